@@ -1,0 +1,202 @@
+"""The handler registry: which function runs which action, with which options."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from .errors import ConfigurationError, ValidationError
+from .model import Backoff, Policy, seconds
+
+__all__ = ["ACTION_PATTERN", "Handler", "Registry", "check_action"]
+
+ACTION_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,199}$")
+MODES = ("auto", "async", "thread")
+
+
+def check_action(action: object) -> str:
+    """Validate an action name: 1-200 characters of letters, digits and ``_ . : / -``."""
+    if not isinstance(action, str) or not ACTION_PATTERN.match(action):
+        raise ValidationError(
+            f"invalid action name {action!r}: use 1-200 letters, digits and _ . : / - "
+            "(for example 'mail:send')")
+    return action
+
+
+@dataclass(slots=True)
+class Handler:
+    """A registered handler and its options (see :meth:`Conveyor.handler`)."""
+
+    action: str
+    fn: Callable[..., Any]
+    is_async: bool
+    environment: Any = None
+    run_timeout: float | None = None
+    pickup_timeout: float | None = None
+    max_attempts: int | None = None
+    backoff: Backoff | None = None
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    limit: int | None = None
+    policy: Policy | None = None
+    priority: float | None = None
+    payload_model: type[BaseModel] | None = None
+    result_model: type[BaseModel] | None = None
+    abort_grace: float = 5.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def retries(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.retry_on)
+
+    def validate_payload(self, payload: Any) -> Any:
+        """The JSON payload to store, checked against the payload model if any."""
+        if self.payload_model is None:
+            return payload
+        if isinstance(payload, self.payload_model):
+            return payload.model_dump(mode="json")
+        try:
+            model = self.payload_model.model_validate(payload)
+        except PydanticValidationError as exc:
+            raise ValidationError(
+                f"payload for {self.action!r} is invalid: {_describe(exc)}") from None
+        return model.model_dump(mode="json")
+
+    def load_payload(self, payload: Any) -> Any:
+        """What the handler receives as ``ctx.payload``."""
+        if self.payload_model is None:
+            return payload
+        return self.payload_model.model_validate(payload)
+
+    def dump_result(self, value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            return value.model_dump(mode="json")
+        if self.result_model is not None:
+            return self.result_model.model_validate(value).model_dump(mode="json")
+        return value
+
+
+def _describe(exc: PydanticValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "(payload)"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    more = len(exc.errors()) - 5
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _models_from_signature(fn: Callable[..., Any]) -> tuple[type[BaseModel] | None,
+                                                            type[BaseModel] | None]:
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        return None, None
+    payload_model = None
+    params = [p for p in inspect.signature(fn).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if params:
+        hint = hints.get(params[0].name)
+        for arg in typing.get_args(hint):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                payload_model = arg
+    ret = hints.get("return")
+    result_model = ret if isinstance(ret, type) and issubclass(ret, BaseModel) else None
+    return payload_model, result_model
+
+
+def _positive_int(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{what} must be an integer >= 1, not {value!r}")
+    return value
+
+
+def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = None,
+                  timeout: float | timedelta | None = None,
+                  pickup_timeout: float | timedelta | None = None,
+                  max_attempts: int | None = None, retries: int | None = None,
+                  backoff: Backoff | Mapping[str, Any] | float | None = None,
+                  retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+                  limit: int | None = None, policy: Policy | None = None,
+                  priority: float | None = None, payload_model: type[BaseModel] | None = None,
+                  result_model: type[BaseModel] | None = None, mode: str = "auto",
+                  abort_grace: float = 5.0) -> Handler:
+    check_action(action)
+    if not callable(fn):
+        raise ConfigurationError(f"handler for {action!r} is not callable")
+    if mode not in MODES:
+        raise ConfigurationError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    is_coroutine = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None))
+    if mode == "async" and not is_coroutine:
+        raise ConfigurationError(f"handler for {action!r}: mode='async' needs an async function")
+    if mode == "thread" and is_coroutine:
+        raise ConfigurationError(f"handler for {action!r}: mode='thread' needs a plain function")
+    if max_attempts is not None and retries is not None:
+        raise ConfigurationError("give max_attempts or retries, not both")
+    if retries is not None:
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
+        max_attempts = retries + 1
+    if isinstance(retry_on, type):
+        retry_on = (retry_on,)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+        raise ConfigurationError("retry_on must be exception classes")
+    if policy is not None and not callable(policy):
+        raise ConfigurationError("policy must be a function (task, outcome) -> Transition")
+    sig_payload, sig_result = _models_from_signature(fn)
+    try:
+        return Handler(
+            action=action,
+            fn=fn,
+            is_async=is_coroutine,
+            environment=environment,
+            run_timeout=seconds(timeout, "timeout", allow_zero=False),
+            pickup_timeout=seconds(pickup_timeout, "pickup_timeout", allow_zero=False),
+            max_attempts=_positive_int(max_attempts, "max_attempts"),
+            backoff=Backoff.parse(backoff),
+            retry_on=tuple(retry_on),
+            limit=_positive_int(limit, "limit"),
+            policy=policy,
+            priority=None if priority is None else float(priority),
+            payload_model=payload_model or sig_payload,
+            result_model=result_model or sig_result,
+            abort_grace=seconds(abort_grace, "abort_grace") or 0.0,
+        )
+    except ValidationError as exc:
+        raise ConfigurationError(f"handler for {action!r}: {exc}") from None
+
+
+class Registry:
+    """Actions and their handlers."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def add(self, handler: Handler) -> None:
+        if handler.action in self._handlers:
+            raise ConfigurationError(f"a handler for {handler.action!r} is already registered")
+        self._handlers[handler.action] = handler
+
+    def get(self, action: str) -> Handler | None:
+        return self._handlers.get(action)
+
+    def __contains__(self, action: object) -> bool:
+        return action in self._handlers
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    @property
+    def actions(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def handlers(self) -> list[Handler]:
+        return [self._handlers[a] for a in self.actions]

@@ -1,0 +1,181 @@
+"""Validation of new tasks: turns ``add`` arguments into a :class:`TaskSpec`.
+
+Everything is checked before anything is written; each error names the
+argument and the problem.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from . import _json
+from ._registry import check_action
+from .errors import QueryError, ValidationError
+from .model import (
+    DEFAULT_UNIQUE_SCOPE,
+    Backoff,
+    Condition,
+    Status,
+    TaskSpec,
+    new_id,
+    normalise_tags,
+    seconds,
+)
+from .query import parse_filter
+
+if TYPE_CHECKING:
+    from ._registry import Handler
+
+__all__ = ["ADD_OPTIONS", "build_spec", "check_priority", "unique_key_from_fields"]
+
+ADD_OPTIONS = frozenset({
+    "priority", "delay", "run_at", "tags", "max_attempts", "timeout", "pickup_timeout",
+    "backoff", "unique_key", "unique_fields", "unique_scope", "concurrency", "parent_id",
+})
+
+MAX_UNIQUE_KEY = 512
+
+
+def check_priority(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(f"priority must be a number, not {value!r}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValidationError(f"priority must be a finite number, not {value!r}")
+    return result
+
+
+def _when(value: Any) -> float:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValidationError(
+            f"run_at must be a datetime or seconds since the epoch, not {value!r}")
+    return float(value)
+
+
+def _lookup(payload: Any, path: str) -> Any:
+    value = payload
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise ValidationError(f"unique_fields: payload has no field {path!r}")
+        value = value[part]
+    return value
+
+
+def unique_key_from_fields(action: str, payload: Any, fields: Sequence[str]) -> str:
+    """The dedupe key built from payload fields: ``action`` plus their values as JSON."""
+    if isinstance(fields, str) or not isinstance(fields, Sequence) or not fields:
+        raise ValidationError("unique_fields must be a non-empty list of payload field names")
+    for name in fields:
+        if not isinstance(name, str) or not name:
+            raise ValidationError(f"unique_fields: field names are strings, not {name!r}")
+    values = [_lookup(payload, name) for name in fields]
+    return f"{action}:{_json.dumps(values)}"
+
+
+def _scope(value: Any) -> tuple[Status, ...]:
+    if value is None:
+        return DEFAULT_UNIQUE_SCOPE
+    items = [value] if isinstance(value, str | Status) else value
+    if not isinstance(items, Sequence) or not items:
+        raise ValidationError("unique_scope must be a list of statuses")
+    scope: list[Status] = []
+    for item in items:
+        try:
+            scope.append(Status(item))
+        except ValueError:
+            raise ValidationError(f"unique_scope: unknown status {item!r}") from None
+    if Status.QUEUED not in scope:
+        raise ValidationError("unique_scope must include 'queued' (a new task starts queued)")
+    return tuple(dict.fromkeys(scope))
+
+
+def _conditions(value: Any) -> tuple[Condition, ...]:
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, Mapping | Condition) else value
+    if not isinstance(items, Sequence):
+        raise ValidationError("concurrency must be a condition or a list of conditions")
+    out = []
+    for i, raw in enumerate(items):
+        cond = Condition.parse(raw, where=f"concurrency[{i}]")
+        try:
+            parse_filter(cond.query)
+        except QueryError as exc:
+            raise ValidationError(f"concurrency[{i}].query: {exc}") from None
+        out.append(cond)
+    return tuple(out)
+
+
+def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = None,
+               max_payload: int | None = None, now: float | None = None,
+               **options: Any) -> TaskSpec:
+    """Validate the arguments of ``add`` and return the spec to insert."""
+    unknown = set(options) - ADD_OPTIONS
+    if unknown:
+        raise ValidationError(f"unknown option(s) for add: {', '.join(sorted(unknown))}")
+    check_action(action)
+    now = time.time() if now is None else now
+    if handler is not None:
+        payload = handler.validate_payload(payload)
+    _json.dumps_checked(payload, "payload", limit=max_payload)
+
+    priority = options.get("priority")
+    if priority is None:
+        priority = handler.priority if handler and handler.priority is not None else 0.0
+    priority = check_priority(priority)
+
+    delay, run_at = options.get("delay"), options.get("run_at")
+    if delay is not None and run_at is not None:
+        raise ValidationError("give delay or run_at, not both")
+    if run_at is not None:
+        start = _when(run_at)
+    else:
+        start = now + (seconds(delay, "delay") or 0.0)
+
+    tags = normalise_tags(options.get("tags"))
+    _json.dumps_checked(tags, "tags", limit=max_payload)
+
+    max_attempts = options.get("max_attempts")
+    if max_attempts is not None and (isinstance(max_attempts, bool)
+                                     or not isinstance(max_attempts, int) or max_attempts < 1):
+        raise ValidationError(f"max_attempts must be an integer >= 1, not {max_attempts!r}")
+    run_timeout = seconds(options.get("timeout"), "timeout", allow_zero=False)
+    pickup_timeout = seconds(options.get("pickup_timeout"), "pickup_timeout", allow_zero=False)
+    backoff = Backoff.parse(options.get("backoff"))
+    if handler is not None:
+        max_attempts = max_attempts or handler.max_attempts
+        run_timeout = run_timeout or handler.run_timeout
+        pickup_timeout = pickup_timeout or handler.pickup_timeout
+        backoff = backoff or handler.backoff
+
+    unique_key = options.get("unique_key")
+    unique_fields = options.get("unique_fields")
+    if unique_key is not None and unique_fields is not None:
+        raise ValidationError("give unique_key or unique_fields, not both")
+    if unique_key is not None:
+        if not isinstance(unique_key, str) or not unique_key:
+            raise ValidationError(f"unique_key must be a non-empty string, not {unique_key!r}")
+    elif unique_fields is not None:
+        unique_key = unique_key_from_fields(action, payload, unique_fields)
+    if unique_key is not None and len(unique_key) > MAX_UNIQUE_KEY:
+        raise ValidationError(f"unique_key is longer than {MAX_UNIQUE_KEY} characters")
+    scope = _scope(options.get("unique_scope"))
+
+    parent_id = options.get("parent_id")
+    if parent_id is not None and (not isinstance(parent_id, str) or not parent_id):
+        raise ValidationError(f"parent_id must be a task id, not {parent_id!r}")
+
+    return TaskSpec(
+        id=new_id(), action=action, payload=payload, priority=priority, run_at=start,
+        max_attempts=max_attempts, run_timeout=run_timeout, pickup_timeout=pickup_timeout,
+        backoff=backoff, unique_key=unique_key, unique_scope=scope,
+        concurrency=_conditions(options.get("concurrency")), tags=tags, parent_id=parent_id,
+    )

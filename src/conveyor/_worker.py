@@ -1,0 +1,672 @@
+"""The worker: claims tasks, runs their handlers, writes what happened.
+
+- The claim loop takes as many ready tasks as it has free slots, in one
+  claim, and sleeps until the change feed (or a local ``add``) says that a
+  task became ready, or until the next delayed task is due.
+- Each claimed task runs as its own asyncio task (async handlers) or in a
+  thread of the worker's pool (sync handlers).
+- Finished runs, logs and progress snapshots are written by one writer in
+  batches: while one transaction is in flight the next batch gathers, so
+  a busy worker commits many tasks per transaction.
+- A keeper thread with its own event loop renews the leases of running
+  tasks, so that a handler that blocks the event loop cannot starve it, and
+  runs the sweeper that rescues tasks of dead workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import _json
+from .context import Context, TaskAbortRequested
+from .errors import ValidationError
+from .events import Event
+from .model import (
+    Aborted,
+    ErrorInfo,
+    LogLevel,
+    LogRecord,
+    Outcome,
+    Progress,
+    Raised,
+    Reschedule,
+    Retry,
+    Returned,
+    Status,
+    Task,
+    TimedOut,
+    Transition,
+    default_policy,
+)
+from .storage import ClaimLimits, Completion, HeartbeatReply, Lease, NewLog, WorkerInfo
+
+if TYPE_CHECKING:
+    from ._registry import Handler
+    from .app import Conveyor
+
+__all__ = ["ErrorItem", "ResultItem", "Worker"]
+
+log = logging.getLogger("conveyor.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class ResultItem:
+    """What a result sink receives: a final result or an intermediate one (``ctx.emit``)."""
+
+    task: Task
+    value: Any
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorItem:
+    """What an error sink receives: the error of one failed attempt."""
+
+    task: Task
+    error: ErrorInfo
+    final: bool
+    """True when the task ended ``failed`` or ``aborted``; False when it will be retried."""
+
+
+@dataclass(slots=True)
+class _Run:
+    task: Task
+    handler: Handler
+    ctx: Context[Any]
+    lease: Lease
+    future: asyncio.Task[None] | None = None
+    abort_reason: str | None = None
+    abort_event: asyncio.Event = field(default_factory=asyncio.Event)
+    lost: bool = False
+    released: bool = False
+    done: bool = False
+
+
+class _Writer:
+    """Batches the worker's writes: logs, then progress, then finished runs."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.storage = worker.storage
+        self.completions: list[tuple[Completion, _Run]] = []
+        self.logs: list[NewLog] = []
+        self.progress: dict[str, tuple[Lease, Progress]] = {}
+        self.progress_written: dict[str, float] = {}
+        self.work = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="conveyor-writer")
+
+    def finish(self, completion: Completion, run: _Run) -> None:
+        self.completions.append((completion, run))
+        self.progress.pop(completion.task_id, None)
+        self.idle.clear()
+        self.work.set()
+
+    def log(self, entry: NewLog) -> None:
+        self.logs.append(entry)
+        self.idle.clear()
+        self.work.set()
+
+    def set_progress(self, lease: Lease, progress: Progress) -> None:
+        self.progress[lease.task_id] = (lease, progress)
+        self.idle.clear()
+        self.work.set()
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is written."""
+        while not self.idle.is_set():
+            await self.idle.wait()
+
+    async def close(self) -> None:
+        await self.drain()
+        self._closing = True
+        self.work.set()
+        if self._task is not None:
+            await self._task
+
+    async def _loop(self) -> None:
+        interval = self.worker.app.progress_interval
+        while True:
+            due_in: float | None = None
+            if self.progress:
+                now = time.monotonic()
+                due_in = min(max(0.0, self.progress_written.get(k, 0.0) + interval - now)
+                             for k in self.progress)
+            if not (self.completions or self.logs) and (due_in is None or due_in > 0):
+                if self._closing and not self.progress:
+                    return
+                if not self.progress:
+                    self.idle.set()
+                self.work.clear()
+                try:
+                    await asyncio.wait_for(self.work.wait(), due_in)
+                except TimeoutError:
+                    pass
+                continue
+            try:
+                await self._write_once(interval)
+            except Exception:
+                log.exception("worker %s could not write to storage; retrying", self.worker.id)
+                await asyncio.sleep(0.5)
+            if not (self.completions or self.logs or self.progress):
+                self.idle.set()
+
+    async def _write_once(self, interval: float) -> None:
+        logs, self.logs = self.logs, []
+        if logs:
+            try:
+                seqs = await self.storage.append_logs(logs)
+            except Exception:
+                self.logs[:0] = logs
+                raise
+            bus = self.worker.app.bus
+            if not bus.idle:
+                for entry, seq in zip(logs, seqs, strict=True):
+                    if bus.wants("task.log", entry.task_id):
+                        record = LogRecord(entry.task_id, seq, entry.ts, entry.level,
+                                           entry.message, entry.data)
+                        bus.emit(Event("task.log", entry.task_id, None, {"log": record},
+                                       entry.ts))
+        if self.progress:
+            now = time.monotonic()
+            due = [k for k in self.progress if self.progress_written.get(k, 0.0) + interval <= now]
+            if due:
+                batch = [self.progress.pop(k) for k in due]
+                for k in due:
+                    self.progress_written[k] = now
+                await self.storage.update_progress(batch)
+        completions, self.completions = self.completions, []
+        if completions:
+            try:
+                refused = set(await self.storage.finish(
+                    self.worker.id, [c for c, _ in completions]))
+            except Exception:
+                self.completions[:0] = completions
+                raise
+            for completion, run in completions:
+                self.progress_written.pop(completion.task_id, None)
+                self.worker._finished(completion, run, completion.task_id in refused)
+
+
+class Worker:
+    """Runs the handlers of one :class:`Conveyor` app. Created by ``app.start()``."""
+
+    def __init__(self, app: Conveyor) -> None:
+        self.app = app
+        self.storage = app.storage
+        self.registry = app.registry
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.concurrency = app.concurrency
+        self.lease = app.lease
+        self.batch_size = app.batch_size
+        self.actions = self.registry.actions
+        self.limits = ClaimLimits({h.action: h.limit for h in self.registry.handlers()
+                                   if h.limit is not None})
+        self.running: dict[str, _Run] = {}
+        self.zombies = 0
+        self.claimed_total = 0
+        self.finished_total = 0
+        self._wake = asyncio.Event()
+        self._slot = asyncio.Event()
+        self._stopping = False
+        self._releasing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._claim_task: asyncio.Task[None] | None = None
+        self._feed_task: asyncio.Task[None] | None = None
+        self._writer = _Writer(self)
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._keeper: threading.Thread | None = None
+        self._keeper_stop = threading.Event()
+        self._leases_lock = threading.Lock()
+        self._leases: dict[str, Lease] = {}
+        self._started_at = time.time()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- life -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        await self.storage.register_worker(self._info())
+        self._writer.start()
+        self.app._relay_listeners.append(self._on_changes)
+        self._claim_task = asyncio.create_task(self._claim_loop(), name="conveyor-claim")
+        self._keeper = threading.Thread(target=self._keeper_main, name="conveyor-keeper",
+                                        daemon=True)
+        self._keeper.start()
+        self.app.bus.emit(Event("worker.started", data={"worker": self._info().to_json()}))
+        log.info("worker %s started: %d action(s), concurrency %d", self.id, len(self.actions),
+                 self.concurrency)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming, let running tasks finish for up to ``timeout`` seconds,
+        then hand the rest back to the queue with their attempt refunded."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._slot.set()
+        if self._claim_task is not None:
+            await asyncio.gather(self._claim_task, return_exceptions=True)
+        timeout = self.app.stop_timeout if timeout is None else timeout
+        pending = [r.future for r in self.running.values() if r.future is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        leftover = [r for r in self.running.values() if not r.done]
+        if leftover:
+            self._releasing = True
+            for run in leftover:
+                run.released = True
+                run.ctx._request_abort("worker stopping")
+                if run.future is not None:
+                    run.future.cancel()
+            futures = [r.future for r in leftover if r.future is not None]
+            if futures:
+                await asyncio.wait(futures, timeout=5)
+        await self._writer.drain()
+        if leftover:
+            try:
+                released = await self.storage.release(self.id, [r.lease for r in leftover])
+                log.info("worker %s handed %d task(s) back to the queue", self.id, len(released))
+            except Exception:
+                log.exception("worker %s could not hand tasks back; their leases will expire",
+                              self.id)
+            for run in leftover:
+                self._forget(run)
+        await self._writer.close()
+        self._keeper_stop.set()
+        if self._keeper is not None:
+            await asyncio.to_thread(self._keeper.join, 10)
+        if self._on_changes in self.app._relay_listeners:
+            self.app._relay_listeners.remove(self._on_changes)
+        try:
+            await self.storage.unregister_worker(self.id)
+        except Exception:
+            log.exception("worker %s could not unregister", self.id)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self.app.bus.emit(Event("worker.stopped", data={"worker": self._info().to_json()}))
+        log.info("worker %s stopped", self.id)
+
+    def _info(self) -> WorkerInfo:
+        now = time.time()
+        return WorkerInfo(id=self.id, host=socket.gethostname(), pid=os.getpid(),
+                          actions=tuple(self.actions), concurrency=self.concurrency,
+                          started_at=self._started_at, last_seen=now, running=len(self.running),
+                          info={"name": self.app.name} if self.app.name else {})
+
+    def wake(self) -> None:
+        """Claim now (a task was added in this process)."""
+        self._wake.set()
+
+    # -- claiming -------------------------------------------------------------
+
+    def _free(self) -> int:
+        return self.concurrency - len(self.running) - self.zombies
+
+    async def _claim_loop(self) -> None:
+        errors = 0
+        while not self._stopping:
+            free = self._free()
+            if free <= 0:
+                self._slot.clear()
+                await self._slot.wait()
+                continue
+            want = min(free, self.batch_size)
+            self._wake.clear()
+            try:
+                tasks = await self.storage.claim(self.id, self.actions, want, self.lease,
+                                                 self.limits)
+                errors = 0
+            except Exception as exc:
+                errors += 1
+                delay = min(5.0, 0.1 * 2 ** min(errors, 6))
+                log.warning("worker %s: claim failed (%s); retrying in %.1fs", self.id, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            for task in tasks:
+                self._launch(task)
+            if len(tasks) >= want or self._stopping:
+                continue
+            await self._idle()
+
+    async def _idle(self) -> None:
+        timeout = self.app.idle_poll
+        try:
+            due = await self.storage.next_run_at(self.actions)
+        except Exception:
+            due = None
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - time.time()) + 0.001)
+        if self._wake.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _on_changes(self, changes: Any) -> None:
+        for change in changes:
+            if change.status is Status.QUEUED and change.event != "prioritized":
+                self._wake.set()
+            elif change.event == "abort_requested" and change.task_id in self.running:
+                run = self.running[change.task_id]
+                task = asyncio.ensure_future(self._fetch_abort(run))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _fetch_abort(self, run: _Run) -> None:
+        task = await self.storage.get(run.task.id)
+        if task is not None and task.abort_requested and task.token == run.lease.token:
+            self._request_abort(run, task.abort_requested)
+
+    # -- running --------------------------------------------------------------
+
+    def _launch(self, task: Task) -> None:
+        handler = self.registry.get(task.action)
+        assert handler is not None and task.token is not None
+        lease = Lease(task.id, task.token)
+        try:
+            payload = handler.load_payload(task.payload)
+        except Exception as exc:
+            payload = exc
+        ctx: Context[Any] = Context(task, payload, handler.environment, self)
+        run = _Run(task, handler, ctx, lease)
+        self.running[task.id] = run
+        with self._leases_lock:
+            self._leases[task.id] = lease
+        self.claimed_total += 1
+        run.future = asyncio.create_task(self._execute(run))
+
+    async def _execute(self, run: _Run) -> None:
+        handler, task = run.handler, run.task
+        timeout = task.run_timeout or handler.run_timeout
+        outcome: Outcome
+        try:
+            if isinstance(run.ctx.payload, Exception):
+                raise ValidationError(f"payload does not fit the handler's model: {run.ctx.payload}")
+            if handler.is_async:
+                outcome = await self._run_async(run, timeout)
+            else:
+                outcome = await self._run_thread(run, timeout)
+        except asyncio.CancelledError:
+            if run.abort_reason is not None and not run.released and not run.lost:
+                outcome = Aborted(run.abort_reason)
+            else:
+                self._forget(run)
+                if run.released or run.lost:
+                    return
+                raise
+        except TaskAbortRequested as exc:
+            outcome = Aborted(run.abort_reason or exc.reason)
+        except Exception as exc:
+            outcome = Raised(ErrorInfo.from_exception(exc, attempt=task.attempts),
+                             retryable=handler.retries(exc))
+        if run.lost or run.released:
+            self._forget(run)
+            return
+        self._complete(run, outcome)
+
+    async def _run_async(self, run: _Run, timeout: float | None) -> Outcome:
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                value = await run.handler.fn(run.ctx)
+        except TimeoutError:
+            if scope.expired() and run.abort_reason is None:
+                run.ctx._request_abort("timeout")
+                return TimedOut(timeout or 0.0)
+            raise
+        return self._returned(run, value)
+
+    async def _run_thread(self, run: _Run, timeout: float | None) -> Outcome:
+        loop = asyncio.get_running_loop()
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix="conveyor-handler")
+        call = contextvars.copy_context().run
+        future = loop.run_in_executor(self._pool, call, run.handler.fn, run.ctx)
+        abort_wait = asyncio.ensure_future(run.abort_event.wait())
+        try:
+            done, _ = await asyncio.wait({future, abort_wait}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            abort_wait.cancel()
+            self._watch_zombie(future)
+            raise
+        abort_wait.cancel()
+        if future in done:
+            if run.abort_reason is not None:
+                self._settle(future)
+                return Aborted(run.abort_reason)
+            return self._returned(run, future.result())
+        # an abort, a timeout, or a stop: ask the handler to end, give it a grace period
+        timed_out = run.abort_reason is None
+        if timed_out:
+            run.ctx._request_abort("timeout")
+        done, _ = await asyncio.wait({future}, timeout=run.handler.abort_grace)
+        if future in done:
+            self._settle(future)
+        else:
+            self._watch_zombie(future)
+        if timed_out:
+            return TimedOut(timeout or 0.0)
+        return Aborted(run.abort_reason or "aborted")
+
+    @staticmethod
+    def _settle(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()  # mark any exception as retrieved
+
+    def _watch_zombie(self, future: asyncio.Future[Any]) -> None:
+        """A handler thread that ignored its abort: its slot stays taken until it returns."""
+        self.zombies += 1
+
+        def gone(f: asyncio.Future[Any]) -> None:
+            self.zombies -= 1
+            self._settle(f)
+            self._slot.set()
+            self._wake.set()
+
+        future.add_done_callback(gone)
+
+    def _returned(self, run: _Run, value: Any) -> Outcome:
+        if isinstance(value, Retry | Reschedule):
+            return value
+        try:
+            value = run.handler.dump_result(value)
+            _json.dumps_checked(value, "result", limit=self.app.max_payload)
+        except Exception as exc:
+            return Raised(ErrorInfo.from_exception(exc, attempt=run.task.attempts),
+                          retryable=False)
+        return Returned(value)
+
+    def _complete(self, run: _Run, outcome: Outcome) -> None:
+        policy = run.handler.policy or self.app.policy
+        try:
+            transition = policy(run.task, outcome) if policy else default_policy(run.task, outcome)
+            if not isinstance(transition, Transition):
+                raise TypeError(f"the transition policy returned {transition!r}")
+        except Exception as exc:
+            log.exception("transition policy failed for task %s", run.task.id)
+            error = ErrorInfo.from_exception(exc, attempt=run.task.attempts)
+            transition = Transition(Status.FAILED, error=error, reason="policy_error")
+        progress = None
+        pending = self._writer.progress.get(run.task.id)
+        if pending is not None:
+            progress = pending[1]
+        run.done = True
+        self._writer.finish(Completion(run.task.id, run.lease.token, transition, progress), run)
+        self._forget(run)
+
+    def _forget(self, run: _Run) -> None:
+        if self.running.get(run.task.id) is run:
+            del self.running[run.task.id]
+            with self._leases_lock:
+                self._leases.pop(run.task.id, None)
+            self._slot.set()
+
+    def _finished(self, completion: Completion, run: _Run, refused: bool) -> None:
+        """Called by the writer once a completion is stored (or refused)."""
+        if refused:
+            log.warning("task %s: lease lost, the result of this run was discarded",
+                        completion.task_id)
+            return
+        self.finished_total += 1
+        app = self.app
+        if not (app.result_sinks or app.error_sinks):
+            return
+        t = completion.transition
+        task = run.task
+        if t.status is Status.SUCCEEDED and app.result_sinks:
+            app._push_sinks(app.result_sinks, ResultItem(task, t.result, True))
+        if t.error is not None and app.error_sinks:
+            app._push_sinks(app.error_sinks,
+                            ErrorItem(task, t.error, t.status is not Status.QUEUED))
+
+    def _request_abort(self, run: _Run, reason: str) -> None:
+        if run.abort_reason is not None or run.done:
+            return
+        run.abort_reason = reason
+        run.ctx._request_abort(reason)
+        run.abort_event.set()
+        if run.handler.is_async and run.future is not None:
+            run.future.cancel()
+
+    def abort_local(self, task_id: str, reason: str) -> bool:
+        """Deliver an abort to a task this worker runs (no storage round trip)."""
+        run = self.running.get(task_id)
+        if run is None:
+            return False
+        self._request_abort(run, reason)
+        return True
+
+    # -- RunChannel (called by contexts, maybe from handler threads) ----------
+
+    def _in_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        elif self._loop is not None:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def progress(self, task_id: str, progress: Progress) -> None:
+        self._in_loop(self._progress, task_id, progress)
+
+    def _progress(self, task_id: str, progress: Progress) -> None:
+        run = self.running.get(task_id)
+        if run is None or run.done:
+            return
+        self._writer.set_progress(run.lease, progress)
+        bus = self.app.bus
+        if bus.wants("task.progress", task_id):
+            bus.emit(Event("task.progress", task_id, run.task, {"progress": progress}))
+
+    def log(self, task_id: str, level: LogLevel, message: str,
+            data: dict[str, Any] | None) -> None:
+        try:
+            if data is not None:
+                _json.dumps_checked(data, "log data")
+        except ValidationError as exc:
+            data = {"unserialisable": str(exc)}
+        self._in_loop(self._writer.log, NewLog(task_id, level, message, time.time(), data))
+
+    def emit(self, task_id: str, value: Any) -> None:
+        _json.dumps_checked(value, "emitted result", limit=self.app.max_payload)
+        self._in_loop(self._emit, task_id, value)
+
+    def _emit(self, task_id: str, value: Any) -> None:
+        run = self.running.get(task_id)
+        task = run.task if run else None
+        if self.app.bus.wants("task.result", task_id):
+            self.app.bus.emit(Event("task.result", task_id, task, {"value": value}))
+        if task is not None and self.app.result_sinks:
+            self.app._push_sinks(self.app.result_sinks, ResultItem(task, value, False))
+
+    # -- the keeper thread ----------------------------------------------------
+
+    def _keeper_main(self) -> None:
+        try:
+            asyncio.run(self._keep())
+        except Exception:
+            log.exception("worker %s: lease keeper stopped", self.id)
+
+    async def _keep(self) -> None:
+        storage = self.storage.fork()
+        own = storage is not self.storage
+        if own:
+            await storage.open()
+        beat = max(0.05, self.lease / 3)
+        sweep = self.app.sweep_interval
+        next_beat = time.monotonic() + beat
+        next_sweep = time.monotonic()
+        next_prune = time.monotonic() + 5.0
+        try:
+            while not self._keeper_stop.is_set():
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + beat
+                    with self._leases_lock:
+                        leases = list(self._leases.values())
+                    try:
+                        reply = await storage.heartbeat(self.id, leases, self.lease)
+                        if self._loop is not None and (reply.lost or reply.abort_requested):
+                            self._loop.call_soon_threadsafe(self._on_heartbeat, reply)
+                    except Exception as exc:
+                        log.warning("worker %s: heartbeat failed: %s", self.id, exc)
+                if now >= next_sweep:
+                    next_sweep = now + sweep
+                    try:
+                        report = await storage.recover(self.app.max_rescues)
+                        if report.total:
+                            log.info("sweeper: %d requeued, %d failed (worker lost), "
+                                     "%d aborted, %d pickup timeouts", len(report.requeued),
+                                     len(report.failed), len(report.aborted),
+                                     len(report.expired))
+                            if report.requeued and self._loop is not None:
+                                self._loop.call_soon_threadsafe(self._wake.set)
+                    except Exception as exc:
+                        log.warning("worker %s: sweep failed: %s", self.id, exc)
+                if now >= next_prune:
+                    next_prune = now + 60.0
+                    retention = self.app.retention
+                    try:
+                        await storage.prune(None if retention is None else time.time() - retention)
+                    except Exception as exc:
+                        log.warning("worker %s: prune failed: %s", self.id, exc)
+                wait = max(0.0, min(next_beat, next_sweep, next_prune) - time.monotonic())
+                await asyncio.to_thread(self._keeper_stop.wait, wait)
+        finally:
+            if own:
+                await storage.close()
+
+    def _on_heartbeat(self, reply: HeartbeatReply) -> None:
+        for task_id in reply.lost:
+            run = self.running.get(task_id)
+            if run is not None and not run.done:
+                log.warning("task %s: lease lost; stopping this run", task_id)
+                run.lost = True
+                run.ctx._request_abort("lease lost")
+                run.abort_event.set()
+                if run.future is not None and run.handler.is_async:
+                    run.future.cancel()
+        for task_id, reason in reply.abort_requested.items():
+            run = self.running.get(task_id)
+            if run is not None:
+                self._request_abort(run, reason)
+

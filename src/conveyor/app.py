@@ -1,0 +1,531 @@
+"""The application object: :class:`Conveyor`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from ._registry import Handler, Registry, build_handler
+from ._specs import build_spec, check_priority
+from ._worker import Worker
+from .errors import (
+    ConfigurationError,
+    TaskAborted,
+    TaskFailed,
+    TaskNotFound,
+    ValidationError,
+    WaitTimeout,
+)
+from .events import ChangeRelay, Event, EventBus, Subscription
+from .model import LogLevel, LogRecord, Policy, Status, Task, seconds
+from .query import parse_filter, parse_query
+from .storage import Change, Storage, WorkerInfo, open_storage
+
+__all__ = ["DEFAULT_URL", "Conveyor"]
+
+log = logging.getLogger("conveyor")
+
+DEFAULT_URL = "sqlite:///conveyor.db"
+F = TypeVar("F", bound=Callable[..., Any])
+Sink = Any  # a callable taking one item, or an object with put(item)
+
+
+class Conveyor:
+    """A conveyor application: a storage, handlers, and (once started) a worker.
+
+    ``Conveyor("sqlite:///tasks.db")`` (the default), ``Conveyor("memory://")``
+    for tests, ``Conveyor("postgresql://...")`` for many machines, or
+    ``Conveyor(storage_object)``.
+
+    Options:
+
+    - ``concurrency``: tasks run at once by this process's worker (default 32);
+    - ``lease``: seconds a claim lasts without a heartbeat (default 30; the
+      worker renews it every ``lease / 3``); a dead worker's tasks come back
+      after at most ``lease + sweep_interval``;
+    - ``batch_size``: most tasks taken in one claim (default ``concurrency``,
+      at most 100);
+    - ``max_payload``: largest payload or result in bytes of JSON (default 1 MiB);
+    - ``policy``: the default transition policy (see :mod:`conveyor.model`);
+    - ``max_rescues``: expired leases a task survives before it fails with
+      reason ``worker_lost`` (default 3);
+    - ``sweep_interval``: seconds between sweeps for expired leases (default
+      ``lease / 3``);
+    - ``idle_poll``: longest sleep of an idle worker between claims when no
+      change wakes it (default 1 s; the change feed normally wakes it at once);
+    - ``progress_interval``: how often progress snapshots are stored (default
+      0.25 s; events carry every update);
+    - ``stop_timeout``: how long ``stop()`` lets running tasks finish (default 10 s);
+    - ``retention``: seconds finished tasks are kept (default None: forever).
+    """
+
+    def __init__(self, url: str | Storage = DEFAULT_URL, *, name: str | None = None,
+                 concurrency: int = 32, lease: float = 30.0, batch_size: int | None = None,
+                 max_payload: int = 1 << 20, policy: Policy | None = None,
+                 max_rescues: int = 3, sweep_interval: float | None = None,
+                 idle_poll: float = 1.0, progress_interval: float = 0.25,
+                 stop_timeout: float = 10.0, retention: float | None = None) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be an integer >= 1, not {concurrency!r}")
+        if batch_size is not None and (isinstance(batch_size, bool)
+                                       or not isinstance(batch_size, int) or batch_size < 1):
+            raise ConfigurationError(f"batch_size must be an integer >= 1, not {batch_size!r}")
+        if isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload < 1:
+            raise ConfigurationError("max_payload must be a positive number of bytes")
+        if isinstance(max_rescues, bool) or not isinstance(max_rescues, int) or max_rescues < 0:
+            raise ConfigurationError("max_rescues must be an integer >= 0")
+        try:
+            self.lease = seconds(lease, "lease", allow_none=False, allow_zero=False) or 30.0
+            self.idle_poll = seconds(idle_poll, "idle_poll", allow_none=False,
+                                     allow_zero=False) or 1.0
+            self.progress_interval = seconds(progress_interval, "progress_interval",
+                                             allow_none=False) or 0.0
+            self.stop_timeout = seconds(stop_timeout, "stop_timeout", allow_none=False) or 0.0
+            sweep = seconds(sweep_interval, "sweep_interval", allow_zero=False)
+            self.retention = seconds(retention, "retention")
+        except ValidationError as exc:
+            raise ConfigurationError(str(exc)) from None
+        self.storage: Storage = open_storage(url) if isinstance(url, str) else url
+        self.name = name
+        self.concurrency = concurrency
+        self.batch_size = min(batch_size or concurrency, concurrency, 1000)
+        if batch_size is None:
+            self.batch_size = min(self.batch_size, 100)
+        self.max_payload = max_payload
+        self.policy = policy
+        self.max_rescues = max_rescues
+        self.sweep_interval = sweep or max(0.05, self.lease / 3)
+        self.registry = Registry()
+        self.bus = EventBus()
+        self.result_sinks: list[Sink] = []
+        self.error_sinks: list[Sink] = []
+        self._relay: ChangeRelay | None = None
+        self._relay_listeners: list[Callable[[Sequence[Change]], None]] = []
+        self._worker: Worker | None = None
+        self._opened = False
+        self._open_lock: asyncio.Lock | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"Conveyor({self.storage.url!r}, handlers={self.registry.actions})"
+
+    # -- registration -----------------------------------------------------------
+
+    def handler(self, action: str, **options: Any) -> Callable[[F], F]:
+        """Register the decorated function as the handler of ``action``.
+
+        Options: ``environment`` (anything; the handler reads it as
+        ``ctx.env``), ``timeout`` (run timeout, seconds), ``pickup_timeout``,
+        ``max_attempts`` (or ``retries`` = max_attempts - 1), ``backoff``
+        (seconds, a dict or :class:`Backoff`), ``retry_on`` (exception
+        classes that retry; default all), ``limit`` (most tasks of this
+        action running at once across all workers), ``policy`` (transition
+        policy), ``priority`` (default priority of new tasks),
+        ``payload_model`` / ``result_model`` (pydantic models; also read from
+        ``ctx: Context[Model]`` and the return annotation), ``mode``
+        (``"auto"``, ``"async"`` or ``"thread"``), ``abort_grace`` (seconds a
+        sync handler gets to notice an abort before it is abandoned).
+        """
+
+        def register(fn: F) -> F:
+            self.register(action, fn, **options)
+            return fn
+
+        return register
+
+    def register(self, action: str, fn: Callable[..., Any], **options: Any) -> Handler:
+        """Register ``fn`` for ``action`` (the non-decorator form of :meth:`handler`)."""
+        if self._worker is not None:
+            raise ConfigurationError("register handlers before the worker starts")
+        try:
+            handler = build_handler(action, fn, **options)
+        except TypeError as exc:
+            raise ConfigurationError(f"handler for {action!r}: {exc}") from None
+        self.registry.add(handler)
+        return handler
+
+    def add_result_sink(self, sink: Sink) -> None:
+        """Push every result (final, and intermediate from ``ctx.emit``) to ``sink``:
+        a callable taking a :class:`ResultItem`, or an object with ``put(item)``
+        (a :class:`queue.Queue` or :class:`asyncio.Queue` works)."""
+        self._check_sink(sink)
+        self.result_sinks.append(sink)
+
+    def add_error_sink(self, sink: Sink) -> None:
+        """Push the error of every failed attempt to ``sink`` as an :class:`ErrorItem`."""
+        self._check_sink(sink)
+        self.error_sinks.append(sink)
+
+    @staticmethod
+    def _check_sink(sink: Sink) -> None:
+        if not (callable(getattr(sink, "put", None)) or callable(sink)):
+            raise ConfigurationError("a sink is a callable or an object with put(item)")
+
+    def _push_sinks(self, sinks: Sequence[Sink], item: Any) -> None:
+        for sink in sinks:
+            try:
+                put = getattr(sink, "put", None)
+                result = put(item) if callable(put) else sink(item)
+                if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                    task = asyncio.ensure_future(result)
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+            except Exception:
+                log.exception("sink %r failed", sink)
+
+    # -- life ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect to storage (done on first use; call it to fail early)."""
+        if self._opened:
+            return
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._opened:
+                return
+            await self.storage.open()
+            self._relay = ChangeRelay(self.storage, self.bus)
+            self._relay.listeners = self._relay_listeners
+            self._relay.start()
+            await self._relay.wait_ready()
+            self._opened = True
+
+    async def close(self) -> None:
+        """Stop the worker if running, and disconnect."""
+        await self.stop()
+        if self._relay is not None:
+            await self._relay.stop()
+            self._relay = None
+        if self._opened:
+            await self.storage.close()
+            self._opened = False
+
+    async def start(self) -> None:
+        """Start a worker for the registered handlers in this process."""
+        await self.open()
+        if self._worker is not None:
+            return
+        if not len(self.registry):
+            raise ConfigurationError("no handlers are registered: nothing to work on")
+        self._worker = Worker(self)
+        await self._worker.start()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop the worker: no more claims; running tasks get ``timeout`` seconds
+        (default ``stop_timeout``) to finish, then go back to the queue."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await worker.stop(timeout)
+
+    async def run(self) -> None:
+        """Start the worker and run until cancelled; then stop gracefully."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.close()
+
+    @property
+    def worker(self) -> Worker | None:
+        """The running worker, if any."""
+        return self._worker
+
+    async def __aenter__(self) -> Conveyor:
+        await self.open()
+        if len(self.registry):
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- adding ---------------------------------------------------------------------
+
+    async def add(self, action: str, payload: Any = None, **options: Any) -> Task:
+        """Add a task and return it.
+
+        Options: ``priority`` (float, lower runs first, default 0), ``delay``
+        (seconds or timedelta) or ``run_at`` (datetime or epoch seconds),
+        ``tags`` (dict), ``max_attempts``, ``timeout`` (run timeout),
+        ``pickup_timeout``, ``backoff``, ``unique_key`` or ``unique_fields``
+        (payload fields to build the key from) with ``unique_scope``
+        (statuses, default queued and running), ``concurrency`` (conditions),
+        ``parent_id``.
+
+        With a ``unique_key`` that a live task holds, that task is returned
+        instead of a new one. A payload is checked against the handler's
+        payload model when the handler is registered in this process.
+        """
+        return (await self.add_many([(action, payload, options)]))[0]
+
+    async def add_many(self, items: Iterable[Any]) -> list[Task]:
+        """Add many tasks in one transaction: all or none.
+
+        Each item is ``(action, payload)``, ``(action, payload, options)`` or a
+        dict with ``action``, ``payload`` and any option of :meth:`add`.
+        """
+        now = time.time()
+        specs = []
+        for i, item in enumerate(items):
+            try:
+                action, payload, options = _unpack(item)
+                specs.append(build_spec(action, payload, handler=self.registry.get(action),
+                                        max_payload=self.max_payload, now=now, **options))
+            except ValidationError as exc:
+                if i:
+                    raise ValidationError(f"task {i}: {exc}") from None
+                raise
+        if not specs:
+            return []
+        await self.open()
+        results = await self.storage.add(specs)
+        if self._worker is not None and any(r.created for r in results):
+            self._worker.wake()
+        return [r.task for r in results]
+
+    # -- reading --------------------------------------------------------------------
+
+    async def get(self, task_id: str, *, logs: bool = False,
+                  max_level: LogLevel | str = LogLevel.DEBUG) -> Task:
+        """The task (raises :class:`TaskNotFound`). With ``logs=True``, its logs
+        up to ``max_level`` of detail are in ``task.logs``."""
+        _check_id(task_id)
+        await self.open()
+        task = await self.storage.get(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        if logs:
+            from dataclasses import replace
+
+            records = await self.storage.read_logs(task_id, 0, LogLevel.parse(max_level))
+            task = replace(task, logs=tuple(records))
+        return task
+
+    async def find(self, filter: Mapping[str, Any] | None = None, *, sort: Any = None,
+                   limit: int | None = None, skip: int = 0) -> list[Task]:
+        """Tasks matching a filter (see the query language), sorted, paged."""
+        query = parse_query(filter, sort, limit, skip)
+        await self.open()
+        return await self.storage.find(query)
+
+    async def find_one(self, filter: Mapping[str, Any] | None = None, *,
+                       sort: Any = None) -> Task | None:
+        """The first task matching, or None."""
+        found = await self.find(filter, sort=sort, limit=1)
+        return found[0] if found else None
+
+    async def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        """How many tasks match."""
+        where = parse_filter(filter)
+        await self.open()
+        return await self.storage.count(where)
+
+    async def exists(self, filter_or_id: Mapping[str, Any] | str) -> bool:
+        """Whether a task with this id, or one matching this filter, exists."""
+        if isinstance(filter_or_id, str):
+            await self.open()
+            return await self.storage.get(filter_or_id) is not None
+        return await self.find_one(filter_or_id) is not None
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Task counts per action and status: ``{action: {status: n}}``."""
+        await self.open()
+        return await self.storage.stats()
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers registered in storage, with their last heartbeat."""
+        await self.open()
+        return await self.storage.list_workers()
+
+    # -- waiting and following ----------------------------------------------------
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait until the task ends and return its result.
+
+        Raises :class:`TaskFailed` or :class:`TaskAborted` if it did not
+        succeed, :class:`WaitTimeout` after ``timeout`` seconds.
+        """
+        task = await self.wait_task(task_id, timeout)
+        if task.status is Status.SUCCEEDED:
+            return task.result
+        if task.status is Status.ABORTED:
+            raise TaskAborted(task)
+        raise TaskFailed(task)
+
+    async def wait_task(self, task_id: str, timeout: float | None = None) -> Task:
+        """Wait until the task ends and return it, whatever its final status."""
+        _check_id(task_id)
+        limit = seconds(timeout, "timeout")
+        await self.open()
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        signal = self.bus.signal(task_id)
+        try:
+            while True:
+                signal.clear()
+                task = await self.storage.get(task_id)
+                if task is None:
+                    raise TaskNotFound(task_id)
+                if task.terminal:
+                    return task
+                pause = 1.0
+                if deadline is not None:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise WaitTimeout(task_id, limit or 0.0)
+                    pause = min(pause, remaining)
+                try:
+                    await asyncio.wait_for(signal.wait(), pause)
+                except TimeoutError:
+                    pass
+        finally:
+            self.bus.unsignal(task_id, signal)
+
+    async def logs(self, task_id: str, *, follow: bool = True,
+                   max_level: LogLevel | str = LogLevel.DEBUG) -> AsyncIterator[LogRecord]:
+        """A task's logs from the beginning; with ``follow`` (the default), then
+        new ones as they are written, until the task ends or you stop iterating."""
+        _check_id(task_id)
+        level = LogLevel.parse(max_level)
+        await self.open()
+        signal = self.bus.signal(task_id)
+        last = 0
+        first = True
+        try:
+            while True:
+                signal.clear()
+                task = await self.storage.get(task_id)
+                if task is None:
+                    if first:
+                        raise TaskNotFound(task_id)
+                    return
+                first = False
+                for record in await self.storage.read_logs(task_id, last, level):
+                    last = record.seq
+                    yield record
+                if not follow or task.terminal:
+                    return
+                try:
+                    await asyncio.wait_for(signal.wait(), 1.0)
+                except TimeoutError:
+                    pass
+        finally:
+            self.bus.unsignal(task_id, signal)
+
+    def events(self, pattern: str | Sequence[str] = "*", *, task_id: str | None = None,
+               maxsize: int = 10_000) -> Subscription:
+        """An async iterator of events matching ``pattern`` (and ``task_id``)::
+
+            async for event in app.events("task.progress", task_id=task.id):
+                ...
+        """
+        self._ensure_relay()
+        return self.bus.subscribe(pattern, task_id=task_id, maxsize=maxsize)
+
+    def on(self, pattern: str | Sequence[str], callback: Callable[[Event], Any] | None = None,
+           *, task_id: str | None = None) -> Any:
+        """Call ``callback(event)`` on matching events. Returns an unsubscribe
+        function; without ``callback``, works as a decorator."""
+        if callback is None:
+            def decorate(fn: Callable[[Event], Any]) -> Callable[[Event], Any]:
+                self.bus.on(pattern, fn, task_id=task_id)
+                self._ensure_relay()
+                return fn
+
+            return decorate
+        unsubscribe = self.bus.on(pattern, callback, task_id=task_id)
+        self._ensure_relay()
+        return unsubscribe
+
+    def _ensure_relay(self) -> None:
+        if self._opened:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # opened with the first awaited call
+        task = asyncio.ensure_future(self.open())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- control --------------------------------------------------------------------
+
+    async def abort(self, task_id: str, reason: str = "aborted") -> Task:
+        """Abort a task. A queued one ends ``aborted`` at once; a running one is
+        asked to stop (its handler is cancelled, or sees ``ctx.aborted``) and
+        ends ``aborted`` within a second. Raises :class:`InvalidTransition` for
+        a task that already ended."""
+        _check_id(task_id)
+        if not isinstance(reason, str) or not reason:
+            raise ValidationError("abort reason must be a non-empty string")
+        await self.open()
+        task = await self.storage.abort(task_id, reason)
+        if task.status is Status.RUNNING and self._worker is not None:
+            self._worker.abort_local(task_id, reason)
+        return task
+
+    async def retry(self, task_id: str, *, delay: float | None = None) -> Task:
+        """Queue a failed or aborted task again: same id, history kept, one more attempt."""
+        _check_id(task_id)
+        wait = seconds(delay, "delay") or 0.0
+        await self.open()
+        task = await self.storage.retry(task_id, time.time() + wait)
+        if self._worker is not None:
+            self._worker.wake()
+        return task
+
+    async def prioritize(self, task_id: str, priority: float) -> Task:
+        """Change the priority of a queued task."""
+        _check_id(task_id)
+        value = check_priority(priority)
+        await self.open()
+        return await self.storage.prioritize(task_id, value)
+
+    async def delete(self, target: str | Sequence[str] | Mapping[str, Any]) -> list[str]:
+        """Delete finished tasks (and their logs): by id, ids, or a filter.
+        Tasks that have not ended are left alone. Returns the ids deleted."""
+        await self.open()
+        if isinstance(target, str):
+            ids: list[str] = [target]
+        elif isinstance(target, Mapping):
+            where = {"$and": [dict(target), {"status": {"$in": ["succeeded", "failed",
+                                                                   "aborted"]}}]}
+            ids = [t.id for t in await self.storage.find(parse_query(where))]
+        else:
+            ids = list(target)
+        for task_id in ids:
+            _check_id(task_id)
+        return await self.storage.delete(ids)
+
+    async def prune(self, older_than: float) -> int:
+        """Delete tasks that finished more than ``older_than`` seconds ago."""
+        age = seconds(older_than, "older_than", allow_none=False) or 0.0
+        await self.open()
+        return await self.storage.prune(time.time() - age)
+
+
+def _check_id(task_id: Any) -> None:
+    if not isinstance(task_id, str) or not task_id or len(task_id) > 100:
+        raise ValidationError(f"a task id is a non-empty string, not {task_id!r}")
+
+
+def _unpack(item: Any) -> tuple[Any, Any, dict[str, Any]]:
+    if isinstance(item, Mapping):
+        data = dict(item)
+        if "action" not in data:
+            raise ValidationError("each task needs an 'action'")
+        action = data.pop("action")
+        payload = data.pop("payload", None)
+        return action, payload, data
+    if isinstance(item, tuple | list):
+        if len(item) == 2:
+            return item[0], item[1], {}
+        if len(item) == 3 and isinstance(item[2], Mapping):
+            return item[0], item[1], dict(item[2])
+    raise ValidationError(
+        "each task is (action, payload), (action, payload, options) or a dict with 'action'")
+

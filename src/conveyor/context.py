@@ -1,0 +1,193 @@
+"""What a handler receives: :class:`Context`.
+
+The same handler code works as an async function on the event loop and as a
+plain function in a worker thread: ``ctx.progress(...)``, ``ctx.log.info(...)``
+and ``ctx.emit(...)`` are ordinary calls that are also awaitable, so both
+``await ctx.progress(1, total=3)`` and ``ctx.progress(1, total=3)`` work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Generator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from .errors import ConveyorError
+from .model import LogLevel, Progress, Task
+
+__all__ = ["Context", "TaskAbortRequested", "TaskLogger"]
+
+P = TypeVar("P")
+
+
+class TaskAbortRequested(ConveyorError):
+    """Raised by :meth:`Context.check_aborted` (and ``ctx.sleep``) once the task
+    was asked to abort; let it propagate and the task ends ``aborted``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"abort requested: {reason}")
+
+
+class _Done:
+    """An already-finished awaitable, so that sync calls can also be awaited."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover
+
+
+_DONE = _Done()
+
+
+class RunChannel(Protocol):
+    """How a context reports to its worker (implemented by the runner)."""
+
+    def progress(self, task_id: str, progress: Progress) -> None: ...
+    def log(self, task_id: str, level: LogLevel, message: str,
+            data: dict[str, Any] | None) -> None: ...
+    def emit(self, task_id: str, value: Any) -> None: ...
+
+
+class TaskLogger:
+    """Writes the task's log, kept with the task in storage.
+
+    ``ctx.log.info("chunk %s of %s", i, n)`` formats like :mod:`logging`;
+    pass ``data={...}`` to attach structured JSON to the line.
+    """
+
+    __slots__ = ("_channel", "_task_id")
+
+    def __init__(self, channel: RunChannel, task_id: str) -> None:
+        self._channel = channel
+        self._task_id = task_id
+
+    def log(self, level: LogLevel | str | int, message: str, *args: Any,
+            data: dict[str, Any] | None = None) -> _Done:
+        text = str(message)
+        if args:
+            try:
+                text = text % args
+            except (TypeError, ValueError):
+                text = " ".join([text, *map(str, args)])
+        self._channel.log(self._task_id, LogLevel.parse(level), text, data)
+        return _DONE
+
+    def debug(self, message: str, *args: Any, data: dict[str, Any] | None = None) -> _Done:
+        return self.log(LogLevel.DEBUG, message, *args, data=data)
+
+    def info(self, message: str, *args: Any, data: dict[str, Any] | None = None) -> _Done:
+        return self.log(LogLevel.INFO, message, *args, data=data)
+
+    def warning(self, message: str, *args: Any, data: dict[str, Any] | None = None) -> _Done:
+        return self.log(LogLevel.WARNING, message, *args, data=data)
+
+    warn = warning
+
+    def error(self, message: str, *args: Any, data: dict[str, Any] | None = None) -> _Done:
+        return self.log(LogLevel.ERROR, message, *args, data=data)
+
+
+class Context(Generic[P]):
+    """The handler's view of the task it runs.
+
+    - ``ctx.task``: the :class:`Task` as claimed (status ``running``);
+    - ``ctx.payload``: the payload, or an instance of the handler's pydantic
+      payload model (declare it as ``ctx: Context[MyModel]``);
+    - ``ctx.env`` (also ``ctx.environment``): the handler's environment;
+    - ``ctx.attempt``: this run's attempt number, from 1;
+    - ``ctx.progress(current, total=None, message=None, **data)``;
+    - ``ctx.log``: a :class:`TaskLogger`;
+    - ``ctx.emit(value)``: publish an intermediate result (``task.result``
+      events and the app's result sinks);
+    - ``ctx.aborted`` / ``ctx.abort_reason``: set once an abort or a run
+      timeout was requested. Async handlers are also cancelled; sync
+      handlers should look at ``ctx.aborted`` (or call
+      ``ctx.check_aborted()``, or wait with ``ctx.wait_aborted(seconds)``).
+    """
+
+    if TYPE_CHECKING:
+        payload: P
+
+    def __init__(self, task: Task, payload: Any, environment: Any, channel: RunChannel) -> None:
+        self.task = task
+        self.payload = payload
+        self.environment = environment
+        self._channel = channel
+        self.log = TaskLogger(channel, task.id)
+        self._abort = threading.Event()
+        self._abort_reason: str | None = None
+
+    # -- shortcuts ----------------------------------------------------------
+
+    @property
+    def env(self) -> Any:
+        return self.environment
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+    @property
+    def action(self) -> str:
+        return self.task.action
+
+    @property
+    def attempt(self) -> int:
+        return self.task.attempts
+
+    @property
+    def tags(self) -> Mapping[str, Any]:
+        return self.task.tags
+
+    # -- reporting ----------------------------------------------------------
+
+    def progress(self, current: float | None = None, total: float | None = None,
+                 message: str | None = None, **data: Any) -> _Done:
+        """Report progress. Events carry every call; storage keeps a snapshot
+        at most every ``progress_interval`` seconds and always the last one."""
+        for name, value in (("current", current), ("total", total)):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, int | float)):
+                raise TypeError(f"progress {name} must be a number, not {value!r}")
+        self._channel.progress(self.task.id, Progress(current, total, message, data or None))
+        return _DONE
+
+    def emit(self, value: Any) -> _Done:
+        """Publish an intermediate result."""
+        self._channel.emit(self.task.id, value)
+        return _DONE
+
+    # -- abort --------------------------------------------------------------
+
+    @property
+    def aborted(self) -> bool:
+        return self._abort.is_set()
+
+    @property
+    def abort_reason(self) -> str | None:
+        return self._abort_reason
+
+    def check_aborted(self) -> None:
+        """Raise :class:`TaskAbortRequested` if the task was asked to abort."""
+        if self._abort.is_set():
+            raise TaskAbortRequested(self._abort_reason or "aborted")
+
+    def wait_aborted(self, timeout: float | None = None) -> bool:
+        """Block (in a sync handler) up to ``timeout`` seconds; True if an abort came."""
+        return self._abort.wait(timeout)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, but raise :class:`TaskAbortRequested` as soon as an abort comes."""
+        if self._abort.is_set():
+            self.check_aborted()
+        await asyncio.sleep(seconds)
+        self.check_aborted()
+
+    def _request_abort(self, reason: str) -> None:
+        if not self._abort.is_set():
+            self._abort_reason = reason
+            self._abort.set()

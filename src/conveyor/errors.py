@@ -1,0 +1,114 @@
+"""Every error conveyor raises on purpose derives from :class:`ConveyorError`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import Task
+
+__all__ = [
+    "ConfigurationError",
+    "ConveyorError",
+    "DuplicateTask",
+    "InvalidTransition",
+    "LeaseLost",
+    "QueryError",
+    "SchemaError",
+    "StorageError",
+    "TaskAborted",
+    "TaskFailed",
+    "TaskNotFound",
+    "UnknownAction",
+    "ValidationError",
+    "WaitTimeout",
+]
+
+
+class ConveyorError(Exception):
+    """Base class of conveyor's errors."""
+
+
+class ValidationError(ConveyorError, ValueError):
+    """Input was refused; nothing was written. The message says what and where."""
+
+
+class QueryError(ValidationError):
+    """A filter or sort was malformed. ``path`` points at the offending part."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        self.path = path
+        self.reason = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class ConfigurationError(ConveyorError):
+    """A URL, option or registration does not make sense."""
+
+
+class UnknownAction(ConveyorError, LookupError):
+    """No handler is registered for an action where one is needed."""
+
+
+class StorageError(ConveyorError):
+    """The storage backend cannot be reached or used."""
+
+
+class SchemaError(StorageError):
+    """The database schema is missing, or newer than this version of conveyor."""
+
+
+class TaskNotFound(ConveyorError, LookupError):
+    """No task has this id."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"no task with id {task_id}")
+
+
+class InvalidTransition(ConveyorError):
+    """The operation does not apply to the task in its current status
+    (for example: abort of a finished task, retry of a queued one)."""
+
+    def __init__(self, message: str, task: Task | None = None) -> None:
+        self.task = task
+        super().__init__(message)
+
+
+class DuplicateTask(ConveyorError):
+    """A live task already holds this unique key (raised where returning it is not possible)."""
+
+
+class LeaseLost(ConveyorError):
+    """A worker's claim on a task was taken over; its write was refused (fencing)."""
+
+
+class WaitTimeout(ConveyorError, TimeoutError):
+    """:meth:`Conveyor.wait` gave up before the task ended."""
+
+    def __init__(self, task_id: str, timeout: float) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        super().__init__(f"task {task_id} did not end within {timeout:g}s")
+
+
+class TaskFailed(ConveyorError):
+    """The awaited task ended ``failed``. ``task.error`` holds the last error."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        err = task.error
+        detail = f"{err.type}: {err.message}" if err else (task.reason or "failed")
+        super().__init__(f"task {task.id} ({task.action}) failed: {detail}")
+
+    @property
+    def error(self) -> Any:
+        return self.task.error
+
+
+class TaskAborted(ConveyorError):
+    """The awaited task ended ``aborted``. ``task.reason`` says why."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        super().__init__(f"task {task.id} ({task.action}) was aborted: {task.reason or 'aborted'}")

@@ -1,0 +1,403 @@
+"""Events: typed notifications of what happens to tasks and workers.
+
+Event types: ``task.added``, ``task.started``, ``task.progress``,
+``task.log``, ``task.result`` (an intermediate result from
+``ctx.emit``), ``task.succeeded``, ``task.failed``, ``task.aborted``,
+``task.retrying`` (queued again after an error), ``task.rescheduled``
+(queued again by ``Reschedule``), ``task.prioritized``,
+``task.abort_requested``, ``task.released`` (handed back by a stopping
+worker), ``task.rescued`` (lease expired, queued again), ``task.retried``
+(queued again by :meth:`Conveyor.retry`), ``task.expired`` (pickup
+timeout), ``task.deleted``, ``task.ended`` (after any of succeeded, failed,
+aborted), ``worker.started``, ``worker.stopped``.
+
+Subscribe by pattern (``fnmatch`` style: ``"task.*"``, ``"*"``) and
+optionally by task id, with a callback (:meth:`EventBus.on`) or as an async
+iterator (:meth:`EventBus.subscribe`).
+
+Within a process, progress, logs and intermediate results come straight
+from the runner at full rate. Everything else, and everything from other
+processes, is rebuilt from the storage change feed by :class:`ChangeRelay`,
+so events arrive in commit order. ``event.task`` is the task as read when
+the event was delivered, which may already be a later version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConveyorError
+from .model import TERMINAL, LogLevel, Task
+from .storage import Change, Storage
+
+__all__ = [
+    "EVENT_TYPES",
+    "ChangeRelay",
+    "Event",
+    "EventBus",
+    "EventOverflow",
+    "Subscription",
+]
+
+log = logging.getLogger("conveyor.events")
+
+EVENT_TYPES: tuple[str, ...] = (
+    "task.added", "task.started", "task.progress", "task.log", "task.result",
+    "task.succeeded", "task.failed", "task.aborted", "task.retrying", "task.rescheduled",
+    "task.prioritized", "task.abort_requested", "task.released", "task.rescued",
+    "task.retried", "task.expired", "task.deleted", "task.ended",
+    "worker.started", "worker.stopped",
+)
+
+# change-feed event name -> event type
+_FROM_CHANGE = {
+    "added": "task.added", "started": "task.started", "progress": "task.progress",
+    "log": "task.log", "succeeded": "task.succeeded", "failed": "task.failed",
+    "aborted": "task.aborted", "retrying": "task.retrying", "rescheduled": "task.rescheduled",
+    "prioritized": "task.prioritized", "abort_requested": "task.abort_requested",
+    "released": "task.released", "rescued": "task.rescued", "retried": "task.retried",
+    "deleted": "task.deleted",
+}
+
+
+class EventOverflow(ConveyorError):
+    """A subscription fell too far behind and lost events; it is closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened. ``data`` depends on the type: ``progress`` for
+    ``task.progress``, ``log`` (a LogRecord) for ``task.log``, ``value`` for
+    ``task.result``, ``worker`` for worker events."""
+
+    type: str
+    task_id: str | None = None
+    task: Task | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    ts: float = field(default_factory=time.time)
+
+
+Callback = Callable[[Event], Any]
+
+
+def _matcher(patterns: str | Sequence[str]) -> Callable[[str], bool]:
+    items = [patterns] if isinstance(patterns, str) else list(patterns)
+    if not items:
+        raise ValueError("at least one event pattern is needed")
+    for p in items:
+        if not isinstance(p, str) or not p:
+            raise ValueError(f"event patterns are non-empty strings, not {p!r}")
+    if "*" in items:
+        return lambda _type: True
+    exact = {p for p in items if not any(c in p for c in "*?[")}
+    wild = [p for p in items if p not in exact]
+    if not wild:
+        return exact.__contains__
+    return lambda t: t in exact or any(fnmatch.fnmatchcase(t, p) for p in wild)
+
+
+class _Listener:
+    __slots__ = ("callback", "matches", "task_id")
+
+    def __init__(self, matches: Callable[[str], bool], task_id: str | None,
+                 callback: Callable[[Event], None]) -> None:
+        self.matches = matches
+        self.task_id = task_id
+        self.callback = callback
+
+
+class Subscription:
+    """An async iterator of events; close it (or leave its ``async with``) when done."""
+
+    def __init__(self, bus: EventBus, matches: Callable[[str], bool], task_id: str | None,
+                 maxsize: int) -> None:
+        self._bus = bus
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._maxsize = maxsize
+        self._overflowed = False
+        self._closed = False
+        self._listener = _Listener(matches, task_id, self._put)
+        bus._add(self._listener)
+
+    def _put(self, event: Event) -> None:
+        if self._closed:
+            return
+        if self._queue.qsize() >= self._maxsize:
+            self._overflowed = True
+            self.close()
+            return
+        self._queue.put_nowait(event)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._bus._remove(self._listener)
+            self._queue.put_nowait(None)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._closed and self._queue.empty():
+            if self._overflowed:
+                raise EventOverflow("event subscription fell behind and was closed")
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is None:
+            if self._overflowed:
+                raise EventOverflow("event subscription fell behind and was closed")
+            raise StopAsyncIteration
+        return event
+
+    async def get(self, timeout: float | None = None) -> Event | None:
+        """The next event, or None after ``timeout`` seconds (or when closed)."""
+        try:
+            return await asyncio.wait_for(self.__anext__(), timeout)
+        except (TimeoutError, StopAsyncIteration):
+            return None
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventBus:
+    """In-process fan-out of events to callbacks and subscriptions.
+
+    Emit from the event loop's thread. Callbacks run in emit order; an async
+    callback is scheduled as a task; a callback that raises is logged and
+    does not stop others.
+    """
+
+    def __init__(self) -> None:
+        self._global: list[_Listener] = []
+        self._by_task: dict[str, list[_Listener]] = {}
+        self._signals: dict[str, set[asyncio.Event]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- registration ---------------------------------------------------------
+
+    def _add(self, listener: _Listener) -> None:
+        if listener.task_id is None:
+            self._global.append(listener)
+        else:
+            self._by_task.setdefault(listener.task_id, []).append(listener)
+
+    def _remove(self, listener: _Listener) -> None:
+        if listener.task_id is None:
+            if listener in self._global:
+                self._global.remove(listener)
+            return
+        items = self._by_task.get(listener.task_id)
+        if items and listener in items:
+            items.remove(listener)
+            if not items:
+                del self._by_task[listener.task_id]
+
+    def on(self, pattern: str | Sequence[str], callback: Callback, *,
+           task_id: str | None = None) -> Callable[[], None]:
+        """Call ``callback(event)`` for each matching event. Returns a function
+        that unsubscribes."""
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+
+        def deliver(event: Event) -> None:
+            try:
+                result = callback(event)
+                if inspect.isawaitable(result):
+                    task = asyncio.ensure_future(_guard(result))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+            except Exception:
+                log.exception("event callback %r failed on %s", callback, event.type)
+
+        listener = _Listener(_matcher(pattern), task_id, deliver)
+        self._add(listener)
+        return lambda: self._remove(listener)
+
+    def subscribe(self, pattern: str | Sequence[str] = "*", *, task_id: str | None = None,
+                  maxsize: int = 10_000) -> Subscription:
+        """An async iterator of matching events, starting now."""
+        return Subscription(self, _matcher(pattern), task_id, maxsize)
+
+    # -- delivery -------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """True when nobody listens (emitters may skip building events)."""
+        return not self._global and not self._by_task
+
+    def wants(self, type: str, task_id: str | None) -> bool:
+        for listener in self._global:
+            if listener.matches(type):
+                return True
+        if task_id is not None:
+            for listener in self._by_task.get(task_id, ()):
+                if listener.matches(type):
+                    return True
+        return False
+
+    def emit(self, event: Event) -> None:
+        listeners = [lst for lst in self._global if lst.matches(event.type)]
+        if event.task_id is not None:
+            listeners.extend(lst for lst in self._by_task.get(event.task_id, ())
+                             if lst.matches(event.type))
+        for listener in listeners:
+            listener.callback(event)
+
+    # -- raw change signals ---------------------------------------------------
+
+    def signal(self, task_id: str) -> asyncio.Event:
+        """An asyncio.Event set on every change of the task (any process).
+
+        Clear it before re-reading; release it with :meth:`unsignal`."""
+        ev = asyncio.Event()
+        self._signals.setdefault(task_id, set()).add(ev)
+        return ev
+
+    def unsignal(self, task_id: str, ev: asyncio.Event) -> None:
+        items = self._signals.get(task_id)
+        if items is not None:
+            items.discard(ev)
+            if not items:
+                del self._signals[task_id]
+
+    def _notify(self, task_id: str) -> None:
+        for ev in self._signals.get(task_id, ()):
+            ev.set()
+
+
+async def _guard(awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except Exception:
+        log.exception("async event callback failed")
+
+
+class ChangeRelay:
+    """Turns the storage change feed into events on a bus.
+
+    Progress and log changes written by this process's own storage object
+    are not re-emitted (the runner emitted them at full rate already).
+    """
+
+    def __init__(self, storage: Storage, bus: EventBus) -> None:
+        self.storage = storage
+        self.bus = bus
+        self._task: asyncio.Task[None] | None = None
+        self._log_seen: dict[str, int] = {}
+        self.listeners: list[Callable[[Sequence[Change]], None]] = []
+        self._ready = asyncio.Event()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="conveyor-change-relay")
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        stream = self.storage.changes()
+        batch: list[Change] = []
+        iterator = stream.__aiter__()
+        self._ready.set()
+        try:
+            while True:
+                change = await iterator.__anext__()
+                batch.append(change)
+                # take what is already queued without waiting, then handle it at once
+                while len(batch) < 500:
+                    try:
+                        nxt = await asyncio.wait_for(iterator.__anext__(), 0)
+                    except (TimeoutError, asyncio.TimeoutError):
+                        break
+                    batch.append(nxt)
+                await self._handle(batch)
+                batch = []
+        except StopAsyncIteration:
+            return
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _handle(self, changes: Sequence[Change]) -> None:
+        for listener in self.listeners:
+            try:
+                listener(changes)
+            except Exception:
+                log.exception("change listener failed")
+        own = self.storage.instance_id
+        wanted: list[tuple[Change, str]] = []
+        for change in changes:
+            self.bus._notify(change.task_id)
+            if change.origin == own and change.event in ("progress", "log"):
+                continue
+            type = _FROM_CHANGE.get(change.event)
+            if type is None:
+                continue
+            if self.bus.wants(type, change.task_id) or (
+                change.status in TERMINAL and change.event in ("succeeded", "failed", "aborted")
+                and self.bus.wants("task.ended", change.task_id)
+            ):
+                wanted.append((change, type))
+        if not wanted:
+            return
+        ids = list(dict.fromkeys(c.task_id for c, _ in wanted if c.event != "deleted"))
+        try:
+            tasks = {t.id: t for t in await self.storage.get_many(ids)} if ids else {}
+        except Exception:
+            log.exception("could not read tasks for events")
+            tasks = {}
+        for change, type in wanted:
+            task = tasks.get(change.task_id)
+            if change.event == "log":
+                await self._emit_logs(change, task)
+                continue
+            data: dict[str, Any] = {"version": change.version, "status": change.status.value}
+            if change.event == "progress" and task is not None and task.progress is not None:
+                data["progress"] = task.progress
+            if change.event == "failed" and task is not None and task.reason == "pickup_timeout":
+                self.bus.emit(Event("task.expired", change.task_id, task, data, change.ts))
+            self.bus.emit(Event(type, change.task_id, task, data, change.ts))
+            if change.event in ("succeeded", "failed", "aborted") and change.status in TERMINAL:
+                self.bus.emit(Event("task.ended", change.task_id, task, data, change.ts))
+
+    async def _emit_logs(self, change: Change, task: Task | None) -> None:
+        after = self._log_seen.get(change.task_id, 0)
+        try:
+            records = await self.storage.read_logs(change.task_id, after, LogLevel.DEBUG)
+        except Exception:
+            log.exception("could not read logs for events")
+            return
+        for record in records:
+            self.bus.emit(Event("task.log", change.task_id, task, {"log": record}, record.ts))
+            after = record.seq
+        self._log_seen[change.task_id] = after
+        if len(self._log_seen) > 10_000:
+            for key in list(self._log_seen)[:5_000]:
+                del self._log_seen[key]
+
+
+def event_types_matching(pattern: str | Sequence[str]) -> Iterable[str]:
+    """The known event types a pattern matches (for validation and docs)."""
+    match = _matcher(pattern)
+    return [t for t in EVENT_TYPES if match(t)]

@@ -1,0 +1,665 @@
+"""The task model: records, statuses, typed outcomes and the transition policy.
+
+This module does no I/O. Every other layer speaks in these types.
+
+Times are floats: seconds since the Unix epoch (UTC), as returned by
+:func:`time.time`. They travel as numbers on every wire, which keeps them
+exact and language-neutral.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any, TypeAlias
+
+from .errors import ValidationError
+
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_RESCUES",
+    "DEFAULT_UNIQUE_SCOPE",
+    "FIELDS",
+    "JSON_FIELDS",
+    "TERMINAL",
+    "Aborted",
+    "Backoff",
+    "Condition",
+    "ErrorInfo",
+    "FieldKind",
+    "LogLevel",
+    "LogRecord",
+    "Outcome",
+    "Policy",
+    "Progress",
+    "Raised",
+    "Reschedule",
+    "Retry",
+    "Returned",
+    "Status",
+    "Task",
+    "TaskSpec",
+    "TimedOut",
+    "Transition",
+    "default_policy",
+    "new_id",
+    "seconds",
+]
+
+JSON: TypeAlias = Any
+"""Any value that :func:`json.dumps` accepts without a custom encoder."""
+
+
+class Status(enum.StrEnum):
+    """Where a task is in its life. See the lifecycle in the user guide."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL: frozenset[Status] = frozenset({Status.SUCCEEDED, Status.FAILED, Status.ABORTED})
+DEFAULT_UNIQUE_SCOPE: tuple[Status, ...] = (Status.QUEUED, Status.RUNNING)
+DEFAULT_MAX_ATTEMPTS = 1
+DEFAULT_MAX_RESCUES = 3
+
+
+class LogLevel(enum.IntEnum):
+    """Task log levels. A higher number is more severe.
+
+    ``max_level`` arguments select logs *up to a level of detail*: ``"info"``
+    keeps ``error``, ``warning`` and ``info`` and leaves out ``debug``.
+    """
+
+    DEBUG = 10
+    INFO = 20
+    WARNING = 30
+    ERROR = 40
+
+    @classmethod
+    def parse(cls, value: LogLevel | str | int) -> LogLevel:
+        if isinstance(value, LogLevel):
+            return value
+        if isinstance(value, bool):
+            raise ValidationError(f"log level must be a name or a number, not {value!r}")
+        if isinstance(value, int):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        elif isinstance(value, str):
+            try:
+                return cls[value.upper()]
+            except KeyError:
+                pass
+        names = ", ".join(level.name.lower() for level in cls)
+        raise ValidationError(f"unknown log level {value!r}: expected one of {names}")
+
+
+# ---------------------------------------------------------------------------
+# identifiers
+
+_id_lock = threading.Lock()
+_last_ms = 0
+_seq = 0
+
+
+def new_id() -> str:
+    """A new UUIDv7 string: time-ordered, unique, sortable as text.
+
+    Ids made in one process are strictly increasing, even within one
+    millisecond (a 12-bit counter fills the ``rand_a`` field).
+    """
+    global _last_ms, _seq
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            _seq += 1
+            if _seq > 0xFFF:
+                _last_ms += 1
+                _seq = 0
+            ms = _last_ms
+        else:
+            _last_ms = ms
+            _seq = random.getrandbits(8)  # leave room to count up within the ms
+    rand_b = int.from_bytes(os.urandom(8), "big") & 0x3FFFFFFFFFFFFFFF
+    value = (ms << 80) | (0x7 << 76) | (_seq << 64) | (0b10 << 62) | rand_b
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_token() -> str:
+    """A fencing token for one claim of a task."""
+    return secrets.token_hex(8)
+
+
+def seconds(value: float | int | timedelta | None, what: str, *, allow_none: bool = True,
+            allow_zero: bool = True) -> float | None:
+    """Normalise a duration given as seconds or a timedelta; refuse bad values."""
+    if value is None:
+        if allow_none:
+            return None
+        raise ValidationError(f"{what} is required")
+    if isinstance(value, timedelta):
+        result = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
+    else:
+        result = float(value)
+    if result != result or result in (float("inf"), float("-inf")):
+        raise ValidationError(f"{what} must be a finite number of seconds, not {value!r}")
+    if result < 0 or (result == 0 and not allow_zero):
+        raise ValidationError(f"{what} must be {'>= 0' if allow_zero else '> 0'} seconds, not {value!r}")
+    return result
+
+
+# ---------------------------------------------------------------------------
+# parts of a task
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An error kept with a task: the exception type, its message and traceback."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+    attempt: int | None = None
+    at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+            "attempt": self.attempt,
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ErrorInfo:
+        return cls(
+            type=str(raw.get("type", "Error")),
+            message=str(raw.get("message", "")),
+            traceback=raw.get("traceback"),
+            attempt=raw.get("attempt"),
+            at=raw.get("at"),
+        )
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, attempt: int | None = None,
+                       with_traceback: bool = True) -> ErrorInfo:
+        import traceback as tb
+
+        text = "".join(tb.format_exception(exc)) if with_traceback else None
+        return cls(type=type(exc).__name__, message=str(exc), traceback=text, attempt=attempt,
+                   at=time.time())
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The latest progress snapshot of a running task."""
+
+    current: float | None = None
+    total: float | None = None
+    message: str | None = None
+    data: dict[str, Any] | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        if self.current is None or not self.total:
+            return None
+        return max(0.0, min(1.0, self.current / self.total))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"current": self.current, "total": self.total,
+                               "message": self.message}
+        if self.data:
+            out["data"] = self.data
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Progress:
+        return cls(current=raw.get("current"), total=raw.get("total"),
+                   message=raw.get("message"), data=raw.get("data"))
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A concurrency condition: claim the task only while fewer than ``limit``
+    tasks in ``scope`` match ``query``.
+
+    ``{"scope": "running", "query": {"payload.book": "X"}, "limit": 1}`` runs at
+    most one task for book X at a time, across every worker.
+    """
+
+    query: Mapping[str, Any]
+    limit: int = 1
+    scope: tuple[Status, ...] = (Status.RUNNING,)
+
+    def to_json(self) -> dict[str, Any]:
+        scope: Any = self.scope[0].value if len(self.scope) == 1 else [s.value for s in self.scope]
+        return {"scope": scope, "query": dict(self.query), "limit": self.limit}
+
+    @classmethod
+    def parse(cls, raw: Condition | Mapping[str, Any], where: str = "condition") -> Condition:
+        """Validate a condition given as a mapping; the query is checked by the caller."""
+        if isinstance(raw, Condition):
+            return raw
+        if not isinstance(raw, Mapping):
+            raise ValidationError(f"{where} must be an object with scope, query and limit")
+        unknown = set(raw) - {"scope", "query", "limit"}
+        if unknown:
+            raise ValidationError(f"{where} has unknown key(s): {', '.join(sorted(unknown))}")
+        query = raw.get("query")
+        if not isinstance(query, Mapping):
+            raise ValidationError(f"{where}.query must be a filter object")
+        limit = raw.get("limit", 1)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValidationError(f"{where}.limit must be an integer >= 1, not {limit!r}")
+        scope_raw = raw.get("scope", "running")
+        names = [scope_raw] if isinstance(scope_raw, str) else scope_raw
+        if not isinstance(names, list | tuple) or not names:
+            raise ValidationError(f"{where}.scope must be a status or a list of statuses")
+        scope: list[Status] = []
+        for name in names:
+            try:
+                scope.append(Status(name))
+            except ValueError:
+                allowed = ", ".join(s.value for s in Status)
+                raise ValidationError(
+                    f"{where}.scope: unknown status {name!r} (expected one of {allowed})"
+                ) from None
+        return cls(query=dict(query), limit=limit, scope=tuple(scope))
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with jitter between attempts.
+
+    The delay before attempt ``n + 1`` after ``n`` failed attempts is
+    ``min(maximum, base * factor ** (n - 1))``, then spread by ``jitter``:
+    a fraction of the delay drawn at random (0.2 means +/- 20%).
+    """
+
+    base: float = 1.0
+    factor: float = 2.0
+    maximum: float = 600.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("base", "factor", "maximum", "jitter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValidationError(f"backoff {name} must be a number >= 0, not {value!r}")
+        if self.factor < 1:
+            raise ValidationError(f"backoff factor must be >= 1, not {self.factor!r}")
+        if self.jitter > 1:
+            raise ValidationError(f"backoff jitter must be between 0 and 1, not {self.jitter!r}")
+
+    def delay(self, failed_attempts: int, rng: random.Random | None = None) -> float:
+        n = max(1, failed_attempts)
+        raw = min(self.maximum, self.base * self.factor ** min(n - 1, 64))
+        if self.jitter:
+            spread = raw * self.jitter
+            raw += (rng or random).uniform(-spread, spread)
+        return max(0.0, raw)
+
+    def to_json(self) -> dict[str, float]:
+        return {"base": self.base, "factor": self.factor, "maximum": self.maximum,
+                "jitter": self.jitter}
+
+    @classmethod
+    def parse(cls, raw: Backoff | Mapping[str, Any] | float | int | None) -> Backoff | None:
+        if raw is None or isinstance(raw, Backoff):
+            return raw
+        if isinstance(raw, bool):
+            raise ValidationError("backoff must be a number of seconds or an object")
+        if isinstance(raw, int | float):
+            return cls(base=float(raw))
+        if isinstance(raw, Mapping):
+            unknown = set(raw) - {"base", "factor", "maximum", "jitter"}
+            if unknown:
+                raise ValidationError(f"backoff has unknown key(s): {', '.join(sorted(unknown))}")
+            return cls(**{k: v for k, v in raw.items()})
+        raise ValidationError(f"backoff must be a number of seconds or an object, not {raw!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One line of a task's log."""
+
+    task_id: str
+    seq: int
+    ts: float
+    level: LogLevel
+    message: str
+    data: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "seq": self.seq, "ts": self.ts,
+                "level": self.level.name.lower(), "message": self.message, "data": self.data}
+
+
+# ---------------------------------------------------------------------------
+# the task record
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One persisted task. Instances are snapshots: read one again to see changes."""
+
+    id: str
+    action: str
+    payload: JSON
+    status: Status
+    priority: float = 0.0
+    run_at: float = 0.0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    max_attempts: int | None = None
+    rescues: int = 0
+    run_timeout: float | None = None
+    pickup_timeout: float | None = None
+    pickup_deadline: float | None = None
+    """For a queued task with a pickup timeout: when it fails unless started."""
+    backoff: Backoff | None = None
+    worker: str | None = None
+    lease_until: float | None = None
+    token: str | None = None
+    abort_requested: str | None = None
+    progress: Progress | None = None
+    result: JSON = None
+    error: ErrorInfo | None = None
+    errors: tuple[ErrorInfo, ...] = ()
+    reason: str | None = None
+    unique_key: str | None = None
+    unique_scope: tuple[Status, ...] = DEFAULT_UNIQUE_SCOPE
+    concurrency: tuple[Condition, ...] = ()
+    tags: dict[str, Any] = field(default_factory=dict)
+    parent_id: str | None = None
+    public_url: str | None = None
+    version: int = 1
+    logs: tuple[LogRecord, ...] | None = None
+    """The task's logs when it was read with ``logs=True``; None otherwise."""
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def to_json(self) -> dict[str, Any]:
+        """The task as a JSON-ready dict (the wire form used by the CLI and the hub).
+
+        The fencing ``token`` is left out: it belongs to the worker holding the task.
+        """
+        return {
+            "id": self.id,
+            "action": self.action,
+            "payload": self.payload,
+            "status": self.status.value,
+            "priority": self.priority,
+            "run_at": self.run_at,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "rescues": self.rescues,
+            "run_timeout": self.run_timeout,
+            "pickup_timeout": self.pickup_timeout,
+            "pickup_deadline": self.pickup_deadline,
+            "backoff": self.backoff.to_json() if self.backoff else None,
+            "worker": self.worker,
+            "lease_until": self.lease_until,
+            "abort_requested": self.abort_requested,
+            "progress": self.progress.to_json() if self.progress else None,
+            "result": self.result,
+            "error": self.error.to_json() if self.error else None,
+            "errors": [e.to_json() for e in self.errors],
+            "reason": self.reason,
+            "unique_key": self.unique_key,
+            "unique_scope": [s.value for s in self.unique_scope],
+            "concurrency": [c.to_json() for c in self.concurrency],
+            "tags": self.tags,
+            "parent_id": self.parent_id,
+            "public_url": self.public_url,
+            "version": self.version,
+            **({"logs": [r.to_json() for r in self.logs]} if self.logs is not None else {}),
+        }
+
+
+# Field names a filter may use, and how each compares. JSON fields may be
+# followed by a dotted path into their value (``payload.user.id``).
+class FieldKind(enum.Enum):
+    TEXT = "text"
+    NUMBER = "number"
+    TIME = "time"
+    JSON = "json"
+
+
+FIELDS: Mapping[str, FieldKind] = {
+    "id": FieldKind.TEXT,
+    "action": FieldKind.TEXT,
+    "status": FieldKind.TEXT,
+    "priority": FieldKind.NUMBER,
+    "run_at": FieldKind.TIME,
+    "created_at": FieldKind.TIME,
+    "updated_at": FieldKind.TIME,
+    "started_at": FieldKind.TIME,
+    "finished_at": FieldKind.TIME,
+    "attempts": FieldKind.NUMBER,
+    "max_attempts": FieldKind.NUMBER,
+    "rescues": FieldKind.NUMBER,
+    "run_timeout": FieldKind.NUMBER,
+    "pickup_timeout": FieldKind.NUMBER,
+    "worker": FieldKind.TEXT,
+    "lease_until": FieldKind.TIME,
+    "abort_requested": FieldKind.TEXT,
+    "reason": FieldKind.TEXT,
+    "unique_key": FieldKind.TEXT,
+    "parent_id": FieldKind.TEXT,
+    "version": FieldKind.NUMBER,
+    "payload": FieldKind.JSON,
+    "tags": FieldKind.JSON,
+    "result": FieldKind.JSON,
+    "error": FieldKind.JSON,
+    "progress": FieldKind.JSON,
+}
+JSON_FIELDS = frozenset(name for name, kind in FIELDS.items() if kind is FieldKind.JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What :meth:`Storage.add` inserts: a validated new task.
+
+    ``payload`` is already JSON-ready; ``run_at`` is absolute.
+    """
+
+    id: str
+    action: str
+    payload: JSON
+    priority: float = 0.0
+    run_at: float = 0.0
+    max_attempts: int | None = None
+    run_timeout: float | None = None
+    pickup_timeout: float | None = None
+    backoff: Backoff | None = None
+    unique_key: str | None = None
+    unique_scope: tuple[Status, ...] = DEFAULT_UNIQUE_SCOPE
+    concurrency: tuple[Condition, ...] = ()
+    tags: dict[str, Any] = field(default_factory=dict)
+    parent_id: str | None = None
+
+
+# ---------------------------------------------------------------------------
+# outcomes: what a handler run came to
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Return this from a handler to run the task again after ``after`` seconds.
+
+    The attempt counts against ``max_attempts``; ``after=None`` uses the backoff.
+    """
+
+    after: float | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        value = seconds(self.after, "Retry(after=...)")  # type: ignore[arg-type]
+        object.__setattr__(self, "after", value)
+
+
+@dataclass(frozen=True, slots=True)
+class Reschedule:
+    """Return this from a handler to queue the task again after ``after`` seconds
+    without using up an attempt (polling)."""
+
+    after: float = 0.0
+    result: JSON = None
+
+    def __post_init__(self) -> None:
+        value = seconds(self.after, "Reschedule(after=...)", allow_none=False)  # type: ignore[arg-type]
+        object.__setattr__(self, "after", value)
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """The handler returned a value (already converted to JSON)."""
+
+    value: JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Raised:
+    """The handler raised. ``retryable`` says whether the action's retry rules
+    allow another attempt for this exception type."""
+
+    error: ErrorInfo
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Aborted:
+    """The run was aborted on request."""
+
+    reason: str = "aborted"
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOut:
+    """The run went past its run timeout."""
+
+    timeout: float
+
+
+Outcome: TypeAlias = Returned | Raised | Retry | Reschedule | Aborted | TimedOut
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What happens to a task after a run: the policy's answer.
+
+    ``status`` is the next status; ``run_at`` is required when it is
+    ``queued``. ``refund_attempt`` gives the attempt back (polling).
+    """
+
+    status: Status
+    run_at: float | None = None
+    result: JSON = None
+    error: ErrorInfo | None = None
+    reason: str | None = None
+    refund_attempt: bool = False
+
+    def __post_init__(self) -> None:
+        if self.status is Status.RUNNING:
+            raise ValidationError("a transition cannot lead to 'running'")
+        if self.status is Status.QUEUED and self.run_at is None:
+            raise ValidationError("a transition back to 'queued' needs run_at")
+
+
+Policy: TypeAlias = Callable[[Task, Outcome], Transition]
+"""A transition policy: ``policy(task, outcome) -> Transition``. Must not do I/O."""
+
+
+def default_policy(task: Task, outcome: Outcome, *, now: float | None = None,
+                   default_backoff: Backoff = Backoff()) -> Transition:
+    """The lifecycle of the design:
+
+    - a returned value: ``succeeded`` with the value as result;
+    - ``Reschedule(after)``: ``queued`` again after ``after``, attempt refunded;
+    - ``Retry(after)`` or a retryable exception: ``queued`` after the delay
+      (backoff when ``after`` is None) while attempts remain, else ``failed``;
+    - a run timeout: like an exception of type ``TimeoutError`` (retried while
+      attempts remain and the action retries ``TimeoutError``), and when no
+      attempt is left, ``aborted`` with reason ``timeout``;
+    - an abort: ``aborted`` with the given reason.
+    """
+    now = time.time() if now is None else now
+    max_attempts = task.max_attempts or DEFAULT_MAX_ATTEMPTS
+    attempts_left = task.attempts < max_attempts
+    backoff = task.backoff or default_backoff
+    match outcome:
+        case Returned(value):
+            return Transition(Status.SUCCEEDED, result=value)
+        case Reschedule(after, result):
+            return Transition(Status.QUEUED, run_at=now + after, result=result,
+                              refund_attempt=True)
+        case Retry(after, reason):
+            error = ErrorInfo("Retry", reason or "retry requested", attempt=task.attempts, at=now)
+            if attempts_left:
+                delay = backoff.delay(task.attempts) if after is None else after
+                return Transition(Status.QUEUED, run_at=now + delay, error=error)
+            return Transition(Status.FAILED, error=error, reason="error")
+        case Raised(error, retryable):
+            if retryable and attempts_left:
+                return Transition(Status.QUEUED, run_at=now + backoff.delay(task.attempts),
+                                  error=error)
+            return Transition(Status.FAILED, error=error, reason="error")
+        case TimedOut(timeout):
+            error = ErrorInfo("TimeoutError", f"run timeout of {timeout:g}s exceeded",
+                              attempt=task.attempts, at=now)
+            if attempts_left:
+                return Transition(Status.QUEUED, run_at=now + backoff.delay(task.attempts),
+                                  error=error)
+            return Transition(Status.ABORTED, error=error, reason="timeout")
+        case Aborted(reason):
+            error = ErrorInfo("Aborted", reason, attempt=task.attempts, at=now)
+            return Transition(Status.ABORTED, error=error, reason=reason)
+    raise TypeError(f"unknown outcome {outcome!r}")  # pragma: no cover
+
+
+def with_changes(task: Task, **changes: Any) -> Task:
+    """A copy of ``task`` with some fields changed (used by backends)."""
+    return replace(task, **changes)
+
+
+def normalise_tags(tags: Mapping[str, Any] | Sequence[tuple[str, Any]] | None) -> dict[str, Any]:
+    if tags is None:
+        return {}
+    items = tags.items() if isinstance(tags, Mapping) else tags
+    out: dict[str, Any] = {}
+    for key, value in items:
+        if not isinstance(key, str) or not key:
+            raise ValidationError(f"tag names must be non-empty strings, not {key!r}")
+        if "." in key:
+            raise ValidationError(f"tag name {key!r} must not contain '.'")
+        out[key] = value
+    return out

@@ -1,0 +1,65 @@
+"""Storage: the interface and its backends (memory, SQLite, PostgreSQL).
+
+:func:`open_storage` turns a URL into a backend:
+
+- ``memory://`` — in this process only, for tests and demos;
+- ``sqlite:///relative.db``, ``sqlite:////absolute.db`` — the embedded default;
+- ``postgresql://user:password@host/db`` — many processes and machines
+  (needs ``pip install 'conveyor[postgres]'``).
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigurationError
+from .base import (
+    AddResult,
+    Change,
+    ClaimLimits,
+    Completion,
+    HeartbeatReply,
+    Lease,
+    NewLog,
+    RecoverReport,
+    Storage,
+    WorkerInfo,
+)
+
+__all__ = [
+    "AddResult",
+    "Change",
+    "ClaimLimits",
+    "Completion",
+    "HeartbeatReply",
+    "Lease",
+    "NewLog",
+    "RecoverReport",
+    "Storage",
+    "WorkerInfo",
+    "open_storage",
+]
+
+
+def open_storage(url: str) -> Storage:
+    """A storage object for ``url`` (not yet opened: call ``await storage.open()``)."""
+    if not isinstance(url, str) or not url:
+        raise ConfigurationError("a storage URL is required, e.g. sqlite:///conveyor.db")
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "memory":
+        from .memory import MemoryStorage
+
+        return MemoryStorage(url)
+    if scheme == "sqlite":
+        from .sqlite import SQLiteStorage
+
+        return SQLiteStorage.from_url(url)
+    if scheme in ("postgres", "postgresql"):
+        try:
+            from .postgres import PostgresStorage
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ConfigurationError(
+                f"PostgreSQL support is not installed ({exc}): pip install 'conveyor[postgres]'"
+            ) from None
+        return PostgresStorage.from_url(url)
+    raise ConfigurationError(
+        f"unknown storage URL {url!r}: expected memory://, sqlite:///path.db or postgresql://..."
+    )

@@ -1,0 +1,152 @@
+"""Pure state changes of a task, shared by the backends.
+
+Each function takes a task and returns the changed copy (with ``version``
+bumped and ``event`` named) or raises :class:`InvalidTransition`. The memory
+backend applies them directly; the SQL backends use them for the cold
+paths (abort, retry, prioritize, rescue) and mirror them in SQL for the hot
+ones (claim, finish), which the contract suite checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..errors import InvalidTransition
+from ..model import ErrorInfo, Status, Task, TaskSpec, Transition
+from .base import Completion
+
+__all__ = [
+    "abort",
+    "claimed",
+    "completion_event",
+    "finished",
+    "new_task",
+    "pickup_deadline",
+    "pickup_expired",
+    "prioritized",
+    "released",
+    "rescued",
+    "retried",
+]
+
+
+def pickup_deadline(task: Task | TaskSpec, ready_at: float) -> float | None:
+    """When a task that becomes ready at ``ready_at`` fails unless started."""
+    return None if task.pickup_timeout is None else ready_at + task.pickup_timeout
+
+
+def new_task(spec: TaskSpec, now: float) -> Task:
+    return Task(
+        id=spec.id, action=spec.action, payload=spec.payload, status=Status.QUEUED,
+        priority=spec.priority, run_at=spec.run_at, created_at=now, updated_at=now,
+        max_attempts=spec.max_attempts, run_timeout=spec.run_timeout,
+        pickup_timeout=spec.pickup_timeout, pickup_deadline=pickup_deadline(spec, spec.run_at),
+        backoff=spec.backoff, unique_key=spec.unique_key,
+        unique_scope=spec.unique_scope, concurrency=spec.concurrency, tags=dict(spec.tags),
+        parent_id=spec.parent_id, version=1,
+    )
+
+
+def claimed(task: Task, worker: str, token: str, now: float, lease: float) -> Task:
+    return replace(task, status=Status.RUNNING, worker=worker, token=token, pickup_deadline=None,
+                   lease_until=now + lease, started_at=now, attempts=task.attempts + 1,
+                   updated_at=now, version=task.version + 1)
+
+
+def completion_event(transition: Transition) -> str:
+    if transition.status is Status.QUEUED:
+        return "rescheduled" if transition.refund_attempt else "retrying"
+    return transition.status.value
+
+
+def finished(task: Task, completion: Completion, now: float) -> Task:
+    """The task after a run ended with ``completion`` (the SQL backends' ``finish`` mirrors this)."""
+    t = completion.transition
+    queued = t.status is Status.QUEUED
+    run_at = t.run_at if (queued and t.run_at is not None) else task.run_at
+    return replace(
+        task,
+        status=t.status,
+        run_at=run_at,
+        pickup_deadline=pickup_deadline(task, run_at) if queued else None,
+        result=t.result,
+        error=t.error,
+        errors=task.errors + ((t.error,) if t.error is not None else ()),
+        reason=t.reason,
+        finished_at=None if queued else now,
+        attempts=task.attempts - (1 if t.refund_attempt else 0),
+        worker=None, token=None, lease_until=None, abort_requested=None,
+        progress=completion.progress if completion.progress is not None else task.progress,
+        updated_at=now,
+        version=task.version + 1,
+    )
+
+
+def abort(task: Task, reason: str, now: float) -> tuple[Task, str]:
+    """An abort of a queued task (now ``aborted``) or a running one (flagged)."""
+    if task.status is Status.QUEUED:
+        error = ErrorInfo("Aborted", reason, attempt=task.attempts, at=now)
+        return replace(task, status=Status.ABORTED, reason=reason, error=error,
+                       errors=(*task.errors, error), finished_at=now, pickup_deadline=None,
+                       updated_at=now, version=task.version + 1), "aborted"
+    if task.status is Status.RUNNING:
+        if task.abort_requested is not None:
+            return task, ""
+        return replace(task, abort_requested=reason, updated_at=now,
+                       version=task.version + 1), "abort_requested"
+    raise InvalidTransition(
+        f"task {task.id} is already {task.status.value}: nothing to abort", task)
+
+
+def prioritized(task: Task, priority: float, now: float) -> Task:
+    if task.status is not Status.QUEUED:
+        raise InvalidTransition(
+            f"task {task.id} is {task.status.value}: only queued tasks can be re-prioritised", task)
+    return replace(task, priority=priority, updated_at=now, version=task.version + 1)
+
+
+def retried(task: Task, run_at: float, now: float) -> Task:
+    if task.status not in (Status.FAILED, Status.ABORTED):
+        raise InvalidTransition(
+            f"task {task.id} is {task.status.value}: only failed or aborted tasks can be retried",
+            task)
+    return replace(task, status=Status.QUEUED, run_at=run_at,
+                   pickup_deadline=pickup_deadline(task, max(run_at, now)), finished_at=None,
+                   reason=None,
+                   error=None, result=None, abort_requested=None, worker=None, token=None,
+                   lease_until=None, updated_at=now, version=task.version + 1)
+
+
+def released(task: Task, now: float) -> Task:
+    return replace(task, status=Status.QUEUED, attempts=max(0, task.attempts - 1),
+                   pickup_deadline=pickup_deadline(task, now), worker=None,
+                   token=None, lease_until=None, updated_at=now, version=task.version + 1)
+
+
+def rescued(task: Task, now: float, max_rescues: int) -> tuple[Task, str]:
+    """A running task whose lease expired: back to the queue, failed or aborted."""
+    if task.abort_requested is not None:
+        error = ErrorInfo("Aborted", task.abort_requested, attempt=task.attempts, at=now)
+        return replace(task, status=Status.ABORTED, reason=task.abort_requested, error=error,
+                       errors=(*task.errors, error), finished_at=now, worker=None, token=None,
+                       lease_until=None, updated_at=now, version=task.version + 1), "aborted"
+    lost = ErrorInfo("WorkerLost", f"lease of worker {task.worker} expired",
+                     attempt=task.attempts, at=now)
+    if task.rescues >= max_rescues:
+        return replace(task, status=Status.FAILED, reason="worker_lost", error=lost,
+                       errors=(*task.errors, lost), finished_at=now, worker=None, token=None,
+                       lease_until=None, updated_at=now, version=task.version + 1), "failed"
+    return replace(task, status=Status.QUEUED, rescues=task.rescues + 1,
+                   attempts=max(0, task.attempts - 1), errors=(*task.errors, lost), worker=None,
+                   token=None, lease_until=None, pickup_deadline=pickup_deadline(task, now),
+                   updated_at=now,
+                   version=task.version + 1), "rescued"
+
+
+def pickup_expired(task: Task, now: float) -> Task:
+    error = ErrorInfo("PickupTimeout",
+                      f"not started within its pickup timeout of {task.pickup_timeout or 0:g}s",
+                      attempt=task.attempts, at=now)
+    return replace(task, status=Status.FAILED, reason="pickup_timeout", error=error,
+                   errors=(*task.errors, error), finished_at=now, pickup_deadline=None,
+                   updated_at=now, version=task.version + 1)

@@ -1,0 +1,315 @@
+"""The storage interface every backend implements.
+
+The interface is small and batch-shaped so that a backend can do each call
+in one round trip. Every write is atomic. The contract test suite in
+``tests/contract`` (importable as ``tests.contract``; see the docs on
+writing a backend) checks that a backend keeps these promises.
+
+Fencing: :meth:`Storage.claim` gives each claimed task a ``token``.
+:meth:`Storage.heartbeat`, :meth:`Storage.update_progress`,
+:meth:`Storage.finish` and :meth:`Storage.release` only act on a task whose
+current token is the one presented, so a worker that lost its lease (and
+whose task was claimed again by someone else) cannot overwrite the new run.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..model import LogLevel, LogRecord, Progress, Status, Task, TaskSpec, Transition
+from ..query import Filter, Query
+
+__all__ = [
+    "AddResult",
+    "Change",
+    "ClaimLimits",
+    "Completion",
+    "HeartbeatReply",
+    "Lease",
+    "NewLog",
+    "RecoverReport",
+    "Storage",
+    "WorkerInfo",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """One answer of :meth:`Storage.add`: the task, and whether it is new
+    (``False`` when a live task with the same unique key was returned)."""
+
+    task: Task
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's hold on a running task: its id and the claim's token."""
+
+    task_id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The end of one run, decided by the transition policy, for :meth:`Storage.finish`."""
+
+    task_id: str
+    token: str
+    transition: Transition
+    progress: Progress | None = None
+    event: str | None = None
+    """The change's event name; by default derived from the transition
+    (``succeeded``, ``failed``, ``aborted``, ``retrying``, ``rescheduled``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimLimits:
+    """Per-action limits of running tasks across all workers, for :meth:`Storage.claim`."""
+
+    per_action: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    """What :meth:`Storage.heartbeat` learnt: leases no longer held (taken
+    over, finished elsewhere or rescued) and abort requests for held ones."""
+
+    lost: frozenset[str] = frozenset()
+    abort_requested: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverReport:
+    """What :meth:`Storage.recover` did with expired leases and pickup timeouts."""
+
+    requeued: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    aborted: tuple[str, ...] = ()
+    expired: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return len(self.requeued) + len(self.failed) + len(self.aborted) + len(self.expired)
+
+
+@dataclass(frozen=True, slots=True)
+class NewLog:
+    """A log line to append to a task's log."""
+
+    task_id: str
+    level: LogLevel
+    message: str
+    ts: float
+    data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change feed: task ``task_id`` reached ``version`` with
+    ``status`` because of ``event`` (``added``, ``started``, ``progress``,
+    ``log``, ``succeeded``, ``failed``, ``aborted``, ``retrying``,
+    ``rescheduled``, ``prioritized``, ``abort_requested``, ``released``,
+    ``rescued``, ``retried``, ``deleted``, ``expired``). ``origin`` is the
+    :attr:`Storage.instance_id` of the writer, when known."""
+
+    seq: int
+    task_id: str
+    version: int
+    status: Status
+    event: str
+    origin: str | None
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker process as registered in storage, with its last heartbeat."""
+
+    id: str
+    host: str
+    pid: int
+    actions: tuple[str, ...]
+    concurrency: int
+    started_at: float
+    last_seen: float
+    running: int = 0
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "host": self.host, "pid": self.pid, "actions": list(self.actions),
+                "concurrency": self.concurrency, "started_at": self.started_at,
+                "last_seen": self.last_seen, "running": self.running, "info": dict(self.info)}
+
+
+class Storage(abc.ABC):
+    """Where tasks live. All methods are coroutines unless noted, and may be
+    called from any event loop thread once :meth:`open` returned."""
+
+    #: The URL the backend was opened with (without a password).
+    url: str
+    #: A unique id of this storage object, recorded as ``origin`` of its writes.
+    instance_id: str
+
+    # -- life -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema where the backend does so itself."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads. Idempotent."""
+
+    def fork(self) -> Storage:
+        """A storage object for another thread's event loop, on the same data.
+
+        Backends whose methods are safe to call from any loop return ``self``.
+        """
+        return self
+
+    # -- tasks --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add(self, specs: Sequence[TaskSpec]) -> list[AddResult]:
+        """Insert tasks atomically (all or none). A spec whose ``unique_key``
+        matches a task whose status is in the spec's ``unique_scope`` gets that
+        task back (``created=False``) instead of a new one, also against
+        tasks added concurrently by other processes."""
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> Task | None:
+        """The task, or None."""
+
+    @abc.abstractmethod
+    async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
+        """The tasks that exist among ``task_ids``, in no particular order."""
+
+    @abc.abstractmethod
+    async def find(self, query: Query) -> list[Task]:
+        """Tasks matching the query, sorted (ties by id), skipped and limited."""
+
+    @abc.abstractmethod
+    async def count(self, where: Filter) -> int:
+        """How many tasks match."""
+
+    @abc.abstractmethod
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Counts per action and status: ``{action: {status: n}}`` (only non-zero)."""
+
+    @abc.abstractmethod
+    async def delete(self, task_ids: Sequence[str]) -> list[str]:
+        """Delete finished tasks and their logs. Returns the ids deleted;
+        ids of tasks that are not finished (or do not exist) are left alone."""
+
+    # -- running ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim(self, worker: str, actions: Sequence[str], limit: int, lease: float,
+                    limits: ClaimLimits | None = None) -> list[Task]:
+        """Take up to ``limit`` ready tasks (``queued`` and ``run_at <= now``) of
+        ``actions``, lowest priority first, then oldest ``run_at``, then id.
+
+        Claimed tasks become ``running`` with ``worker``, a fresh ``token``,
+        ``lease_until = now + lease``, ``started_at = now`` and one more
+        attempt. Concurrency conditions of each task and per-action limits
+        are honoured atomically across all workers. Queued tasks past their
+        pickup deadline are failed (reason ``pickup_timeout``) first.
+        """
+
+    @abc.abstractmethod
+    async def heartbeat(self, worker: str, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
+        """Extend the leases still held to ``now + lease`` and record that the
+        worker is alive."""
+
+    @abc.abstractmethod
+    async def update_progress(self, updates: Sequence[tuple[Lease, Progress]]) -> list[str]:
+        """Store progress snapshots of held tasks. Returns ids not updated (lease lost)."""
+
+    @abc.abstractmethod
+    async def finish(self, worker: str, completions: Sequence[Completion]) -> list[str]:
+        """Apply the transitions of finished runs. Returns the ids refused
+        because the lease was lost (fencing); those tasks are left untouched."""
+
+    @abc.abstractmethod
+    async def release(self, worker: str, leases: Sequence[Lease]) -> list[str]:
+        """Hand running tasks back to the queue at once, refunding the attempt
+        (graceful stop). Returns the ids released."""
+
+    @abc.abstractmethod
+    async def recover(self, max_rescues: int) -> RecoverReport:
+        """Deal with tasks whose lease expired and queued tasks past their pickup deadline.
+
+        An expired task with an abort request becomes ``aborted``; one already
+        rescued ``max_rescues`` times becomes ``failed`` with reason
+        ``worker_lost``; any other goes back to ``queued`` with ``rescues + 1``
+        and its attempt refunded. Safe to call from many processes at once.
+        """
+
+    @abc.abstractmethod
+    async def next_run_at(self, actions: Sequence[str]) -> float | None:
+        """The earliest ``run_at`` among queued tasks of ``actions`` (None if none)."""
+
+    # -- control ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def abort(self, task_id: str, reason: str) -> Task:
+        """Abort a task: a queued one becomes ``aborted`` at once; a running one
+        gets ``abort_requested`` set for its worker to act on.
+
+        Raises :class:`TaskNotFound`, or :class:`InvalidTransition` for a
+        finished task.
+        """
+
+    @abc.abstractmethod
+    async def prioritize(self, task_id: str, priority: float) -> Task:
+        """Change the priority of a queued task (else :class:`InvalidTransition`)."""
+
+    @abc.abstractmethod
+    async def retry(self, task_id: str, run_at: float | None = None) -> Task:
+        """Queue a failed or aborted task again (same id, history kept)."""
+
+    # -- logs ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def append_logs(self, logs: Sequence[NewLog]) -> list[int]:
+        """Append log lines; returns their sequence numbers (increasing)."""
+
+    @abc.abstractmethod
+    async def read_logs(self, task_id: str, after_seq: int = 0,
+                        max_level: LogLevel = LogLevel.DEBUG,
+                        limit: int | None = None) -> list[LogRecord]:
+        """Log lines of a task with ``seq > after_seq`` and a level at least as
+        severe as ``max_level``, oldest first."""
+
+    # -- workers ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Record a worker (or refresh its record)."""
+
+    @abc.abstractmethod
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped."""
+
+    @abc.abstractmethod
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Known workers with their last heartbeat."""
+
+    # -- feed ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def changes(self) -> AsyncIterator[Change]:
+        """An endless stream of changes from every process using this storage,
+        starting from now, in commit order. Not a coroutine: call it and
+        iterate with ``async for``."""
+
+    @abc.abstractmethod
+    async def prune(self, older_than: float | None, batch: int = 500) -> int:
+        """Delete finished tasks with ``finished_at < older_than`` and their logs,
+        in transactions of at most ``batch`` tasks; also drop change-feed entries
+        older than the backend's feed retention. ``older_than=None`` only trims
+        the feed. Returns the number of tasks deleted."""

@@ -1,0 +1,391 @@
+"""The in-memory backend (``memory://``): for unit tests, users' tests and demos.
+
+Everything lives in one process and is lost when it exits. Methods are
+thread-safe and may be called from any event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+from ..errors import InvalidTransition, TaskNotFound
+from ..model import TERMINAL, LogLevel, LogRecord, Progress, Status, Task, TaskSpec, new_token
+from ..query import Filter, Query, apply_query, matches, parse_filter
+from . import _ops
+from ._feed import Fanout
+from .base import (
+    AddResult,
+    Change,
+    ClaimLimits,
+    Completion,
+    HeartbeatReply,
+    Lease,
+    NewLog,
+    RecoverReport,
+    Storage,
+    WorkerInfo,
+)
+
+__all__ = ["MemoryStorage"]
+
+
+class MemoryStorage(Storage):
+    """Tasks in a dict. ``MemoryStorage()`` or ``open_storage("memory://")``."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self.instance_id = uuid.uuid4().hex
+        self._lock = threading.RLock()
+        self._tasks: dict[str, Task] = {}
+        self._logs: dict[str, list[LogRecord]] = {}
+        self._log_seq = 0
+        self._change_seq = 0
+        self._workers: dict[str, WorkerInfo] = {}
+        self._feed = Fanout()
+        self._pending: list[Change] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._feed.close()
+
+    # -- helpers --------------------------------------------------------------
+
+    def _put(self, task: Task, event: str, now: float) -> None:
+        """Store a changed task and record the change (lock held)."""
+        self._tasks[task.id] = task
+        self._change_seq += 1
+        self._pending.append(Change(self._change_seq, task.id, task.version, task.status, event,
+                                    self.instance_id, now))
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        self._feed.publish(pending)
+
+    def _must(self, task_id: str) -> Task:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    def _holds(self, lease: Lease) -> Task | None:
+        task = self._tasks.get(lease.task_id)
+        if task is None or task.status is not Status.RUNNING or task.token != lease.token:
+            return None
+        return task
+
+    def _live_duplicate(self, spec: TaskSpec) -> Task | None:
+        if spec.unique_key is None:
+            return None
+        for task in self._tasks.values():
+            if task.unique_key == spec.unique_key and (
+                task.status in spec.unique_scope or task.status in task.unique_scope
+            ):
+                return task
+        return None
+
+    # -- tasks ----------------------------------------------------------------
+
+    async def add(self, specs: Sequence[TaskSpec]) -> list[AddResult]:
+        now = time.time()
+        out: list[AddResult] = []
+        with self._lock:
+            for spec in specs:
+                dup = self._live_duplicate(spec)
+                if dup is not None:
+                    out.append(AddResult(dup, created=False))
+                    continue
+                task = _ops.new_task(spec, now)
+                self._put(task, "added", now)
+                out.append(AddResult(task, created=True))
+        self._flush()
+        return out
+
+    async def get(self, task_id: str) -> Task | None:
+        with self._lock:
+            return self._tasks.get(task_id)
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
+        with self._lock:
+            return [t for i in task_ids if (t := self._tasks.get(i)) is not None]
+
+    async def find(self, query: Query) -> list[Task]:
+        with self._lock:
+            tasks = list(self._tasks.values())
+        return apply_query(query, tasks)
+
+    async def count(self, where: Filter) -> int:
+        with self._lock:
+            tasks = list(self._tasks.values())
+        return sum(1 for t in tasks if matches(where, t))
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for t in self._tasks.values():
+                per = out.setdefault(t.action, {})
+                per[t.status.value] = per.get(t.status.value, 0) + 1
+        return out
+
+    async def delete(self, task_ids: Sequence[str]) -> list[str]:
+        now = time.time()
+        deleted: list[str] = []
+        with self._lock:
+            for task_id in dict.fromkeys(task_ids):
+                task = self._tasks.get(task_id)
+                if task is None or task.status not in TERMINAL:
+                    continue
+                del self._tasks[task_id]
+                self._logs.pop(task_id, None)
+                self._change_seq += 1
+                self._pending.append(Change(self._change_seq, task_id, task.version + 1,
+                                            task.status, "deleted", self.instance_id, now))
+                deleted.append(task_id)
+        self._flush()
+        return deleted
+
+    # -- running --------------------------------------------------------------
+
+    def _expire_pickups(self, now: float) -> list[str]:
+        expired = []
+        for task in list(self._tasks.values()):
+            if (task.status is Status.QUEUED and task.pickup_deadline is not None
+                    and task.pickup_deadline <= now):
+                self._put(_ops.pickup_expired(task, now), "failed", now)
+                expired.append(task.id)
+        return expired
+
+    def _condition_allows(self, task: Task) -> bool:
+        for cond in task.concurrency:
+            where = parse_filter(cond.query)
+            n = sum(1 for t in self._tasks.values()
+                    if t.status in cond.scope and t.id != task.id and matches(where, t))
+            if n >= cond.limit:
+                return False
+        return True
+
+    async def claim(self, worker: str, actions: Sequence[str], limit: int, lease: float,
+                    limits: ClaimLimits | None = None) -> list[Task]:
+        if limit <= 0 or not actions:
+            return []
+        now = time.time()
+        wanted = set(actions)
+        per_action = dict(limits.per_action) if limits else {}
+        token = new_token()
+        claimed: list[Task] = []
+        with self._lock:
+            self._expire_pickups(now)
+            budget: dict[str, int] = {}
+            for action, cap in per_action.items():
+                running = sum(1 for t in self._tasks.values()
+                              if t.action == action and t.status is Status.RUNNING)
+                budget[action] = cap - running
+            ready = sorted(
+                (t for t in self._tasks.values()
+                 if t.status is Status.QUEUED and t.action in wanted and t.run_at <= now),
+                key=lambda t: (t.priority, t.run_at, t.id),
+            )
+            for task in ready:
+                if len(claimed) >= limit:
+                    break
+                if task.action in budget and budget[task.action] <= 0:
+                    continue
+                if task.concurrency and not self._condition_allows(task):
+                    continue
+                new = _ops.claimed(task, worker, token, now, lease)
+                self._put(new, "started", now)
+                claimed.append(new)
+                if task.action in budget:
+                    budget[task.action] -= 1
+        self._flush()
+        return claimed
+
+    async def heartbeat(self, worker: str, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
+        now = time.time()
+        lost: set[str] = set()
+        aborts: dict[str, str] = {}
+        with self._lock:
+            for item in leases:
+                task = self._holds(item)
+                if task is None:
+                    lost.add(item.task_id)
+                    continue
+                self._tasks[task.id] = replace(task, lease_until=now + lease)
+                if task.abort_requested is not None:
+                    aborts[task.id] = task.abort_requested
+            info = self._workers.get(worker)
+            if info is not None:
+                self._workers[worker] = replace(info, last_seen=now, running=len(leases) - len(lost))
+        return HeartbeatReply(frozenset(lost), aborts)
+
+    async def update_progress(self, updates: Sequence[tuple[Lease, Progress]]) -> list[str]:
+        now = time.time()
+        refused: list[str] = []
+        with self._lock:
+            for item, progress in updates:
+                task = self._holds(item)
+                if task is None:
+                    refused.append(item.task_id)
+                    continue
+                self._put(replace(task, progress=progress, updated_at=now,
+                                  version=task.version + 1), "progress", now)
+        self._flush()
+        return refused
+
+    async def finish(self, worker: str, completions: Sequence[Completion]) -> list[str]:
+        now = time.time()
+        refused: list[str] = []
+        with self._lock:
+            for c in completions:
+                task = self._holds(Lease(c.task_id, c.token))
+                if task is None:
+                    refused.append(c.task_id)
+                    continue
+                event = c.event or _ops.completion_event(c.transition)
+                self._put(_ops.finished(task, c, now), event, now)
+        self._flush()
+        return refused
+
+    async def release(self, worker: str, leases: Sequence[Lease]) -> list[str]:
+        now = time.time()
+        done: list[str] = []
+        with self._lock:
+            for item in leases:
+                task = self._holds(item)
+                if task is None:
+                    continue
+                if task.abort_requested is not None:
+                    new, event = _ops.rescued(task, now, max_rescues=1 << 30)
+                    self._put(new, event, now)
+                else:
+                    self._put(_ops.released(task, now), "released", now)
+                done.append(task.id)
+        self._flush()
+        return done
+
+    async def recover(self, max_rescues: int) -> RecoverReport:
+        now = time.time()
+        requeued: list[str] = []
+        failed: list[str] = []
+        aborted: list[str] = []
+        with self._lock:
+            expired = self._expire_pickups(now)
+            for task in list(self._tasks.values()):
+                if (task.status is not Status.RUNNING or task.lease_until is None
+                        or task.lease_until >= now):
+                    continue
+                new, event = _ops.rescued(task, now, max_rescues)
+                self._put(new, event, now)
+                {"rescued": requeued, "failed": failed, "aborted": aborted}[event].append(task.id)
+        self._flush()
+        return RecoverReport(tuple(requeued), tuple(failed), tuple(aborted), tuple(expired))
+
+    async def next_run_at(self, actions: Sequence[str]) -> float | None:
+        wanted = set(actions)
+        with self._lock:
+            times = [t.run_at for t in self._tasks.values()
+                     if t.status is Status.QUEUED and t.action in wanted]
+        return min(times) if times else None
+
+    # -- control --------------------------------------------------------------
+
+    async def abort(self, task_id: str, reason: str) -> Task:
+        now = time.time()
+        with self._lock:
+            task = self._must(task_id)
+            new, event = _ops.abort(task, reason, now)
+            if event:
+                self._put(new, event, now)
+        self._flush()
+        return new
+
+    async def prioritize(self, task_id: str, priority: float) -> Task:
+        now = time.time()
+        with self._lock:
+            new = _ops.prioritized(self._must(task_id), priority, now)
+            self._put(new, "prioritized", now)
+        self._flush()
+        return new
+
+    async def retry(self, task_id: str, run_at: float | None = None) -> Task:
+        now = time.time()
+        with self._lock:
+            task = self._must(task_id)
+            new = _ops.retried(task, now if run_at is None else run_at, now)
+            if task.unique_key is not None:
+                for other in self._tasks.values():
+                    if (other.id != task.id and other.unique_key == task.unique_key
+                            and (other.status in task.unique_scope
+                                 or other.status in other.unique_scope)
+                            and Status.QUEUED in task.unique_scope):
+                        raise InvalidTransition(
+                            f"task {other.id} already holds unique key {task.unique_key!r}",
+                            task)
+            self._put(new, "retried", now)
+        self._flush()
+        return new
+
+    # -- logs -----------------------------------------------------------------
+
+    async def append_logs(self, logs: Sequence[NewLog]) -> list[int]:
+        seqs: list[int] = []
+        now = time.time()
+        with self._lock:
+            touched: dict[str, Task] = {}
+            for log in logs:
+                self._log_seq += 1
+                record = LogRecord(log.task_id, self._log_seq, log.ts, log.level, log.message,
+                                   log.data)
+                self._logs.setdefault(log.task_id, []).append(record)
+                seqs.append(self._log_seq)
+                task = self._tasks.get(log.task_id)
+                if task is not None:
+                    touched[task.id] = task
+            for task in touched.values():
+                self._change_seq += 1
+                self._pending.append(Change(self._change_seq, task.id, task.version, task.status,
+                                            "log", self.instance_id, now))
+        self._flush()
+        return seqs
+
+    async def read_logs(self, task_id: str, after_seq: int = 0,
+                        max_level: LogLevel = LogLevel.DEBUG,
+                        limit: int | None = None) -> list[LogRecord]:
+        with self._lock:
+            records = [r for r in self._logs.get(task_id, ())
+                       if r.seq > after_seq and r.level >= max_level]
+        return records if limit is None else records[:limit]
+
+    # -- workers --------------------------------------------------------------
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        with self._lock:
+            self._workers[info.id] = info
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        with self._lock:
+            self._workers.pop(worker_id, None)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        with self._lock:
+            return sorted(self._workers.values(), key=lambda w: w.started_at)
+
+    # -- feed -----------------------------------------------------------------
+
+    def changes(self) -> AsyncIterator[Change]:
+        return self._feed.stream()
+
+    async def prune(self, older_than: float | None, batch: int = 500) -> int:
+        if older_than is None:
+            return 0
+        with self._lock:
+            old = [t.id for t in self._tasks.values()
+                   if t.status in TERMINAL and t.finished_at is not None
+                   and t.finished_at < older_than]
+        return len(await self.delete(old))

@@ -1,0 +1,110 @@
+-- conveyor schema for SQLite, version 1.
+-- Times are REAL seconds since the Unix epoch; JSON columns hold JSON text.
+
+CREATE TABLE conveyor_tasks (
+    id              TEXT PRIMARY KEY,
+    action          TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'aborted')),
+    priority        REAL NOT NULL DEFAULT 0,
+    run_at          REAL NOT NULL,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    started_at      REAL,
+    finished_at     REAL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    max_attempts    INTEGER,
+    rescues         INTEGER NOT NULL DEFAULT 0,
+    run_timeout     REAL,
+    pickup_timeout  REAL,
+    pickup_deadline REAL,           -- run_at + pickup_timeout while queued
+    backoff         TEXT,
+    worker          TEXT,
+    lease_until     REAL,
+    token           TEXT,           -- fencing token of the current claim
+    abort_requested TEXT,
+    progress        TEXT,
+    result          TEXT,
+    error           TEXT,
+    errors          TEXT NOT NULL DEFAULT '[]',
+    reason          TEXT,
+    unique_key      TEXT,
+    unique_scope    TEXT NOT NULL DEFAULT '|queued|running|',
+    concurrency     TEXT,
+    tags            TEXT NOT NULL DEFAULT '{}',
+    parent_id       TEXT,
+    public_url      TEXT,
+    version         INTEGER NOT NULL DEFAULT 1,
+    event           TEXT NOT NULL DEFAULT 'added',  -- what the last change was
+    origin          TEXT                            -- which storage instance made it
+);
+
+-- The claim: ready tasks by priority, then age.
+CREATE INDEX conveyor_tasks_ready ON conveyor_tasks (priority, run_at, id) WHERE status = 'queued';
+-- The sweeper: leases that ran out.
+CREATE INDEX conveyor_tasks_leases ON conveyor_tasks (lease_until) WHERE status = 'running';
+-- Pickup timeouts.
+CREATE INDEX conveyor_tasks_pickup ON conveyor_tasks (pickup_deadline)
+    WHERE status = 'queued' AND pickup_deadline IS NOT NULL;
+-- Dedupe: one task per unique key among the tasks whose status is in their own scope.
+CREATE UNIQUE INDEX conveyor_tasks_unique ON conveyor_tasks (unique_key)
+    WHERE unique_key IS NOT NULL AND instr(unique_scope, '|' || status || '|') > 0;
+CREATE INDEX conveyor_tasks_action_status ON conveyor_tasks (action, status);
+CREATE INDEX conveyor_tasks_status ON conveyor_tasks (status, id);
+CREATE INDEX conveyor_tasks_finished ON conveyor_tasks (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX conveyor_tasks_parent ON conveyor_tasks (parent_id) WHERE parent_id IS NOT NULL;
+
+CREATE TABLE conveyor_logs (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id  TEXT NOT NULL,
+    ts       REAL NOT NULL,
+    level    INTEGER NOT NULL,
+    message  TEXT NOT NULL,
+    data     TEXT
+);
+CREATE INDEX conveyor_logs_task ON conveyor_logs (task_id, seq);
+
+-- The change feed: one row per change of a task, in commit order.
+CREATE TABLE conveyor_changes (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id  TEXT NOT NULL,
+    version  INTEGER NOT NULL,
+    status   TEXT NOT NULL,
+    event    TEXT NOT NULL,
+    origin   TEXT,
+    ts       REAL NOT NULL
+);
+
+CREATE TRIGGER conveyor_tasks_added AFTER INSERT ON conveyor_tasks
+BEGIN
+    INSERT INTO conveyor_changes (task_id, version, status, event, origin, ts)
+    VALUES (NEW.id, NEW.version, NEW.status, NEW.event, NEW.origin, NEW.updated_at);
+END;
+
+CREATE TRIGGER conveyor_tasks_changed AFTER UPDATE OF version ON conveyor_tasks
+WHEN NEW.version <> OLD.version
+BEGIN
+    INSERT INTO conveyor_changes (task_id, version, status, event, origin, ts)
+    VALUES (NEW.id, NEW.version, NEW.status, NEW.event, NEW.origin, NEW.updated_at);
+END;
+
+CREATE TRIGGER conveyor_tasks_deleted AFTER DELETE ON conveyor_tasks
+BEGIN
+    INSERT INTO conveyor_changes (task_id, version, status, event, origin, ts)
+    VALUES (OLD.id, OLD.version + 1, OLD.status, 'deleted', NULL, (julianday('now') - 2440587.5) * 86400.0);
+END;
+
+CREATE TABLE conveyor_workers (
+    id          TEXT PRIMARY KEY,
+    host        TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    actions     TEXT NOT NULL,
+    concurrency INTEGER NOT NULL,
+    running     INTEGER NOT NULL DEFAULT 0,
+    started_at  REAL NOT NULL,
+    last_seen   REAL NOT NULL,
+    info        TEXT NOT NULL DEFAULT '{}'
+);
+
+-- When the next delayed task of an action is due.
+CREATE INDEX conveyor_tasks_due ON conveyor_tasks (run_at) WHERE status = 'queued';

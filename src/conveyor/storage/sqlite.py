@@ -1,0 +1,755 @@
+"""The SQLite backend (``sqlite:///path/to/file.db``): the embedded default.
+
+- WAL journal; ``synchronous=FULL`` by default (every commit is on disk when
+  ``add`` returns), ``synchronous=NORMAL`` on request (faster; a power loss
+  may lose the last commits, a process crash loses nothing).
+- One writer at a time: every write is one ``BEGIN IMMEDIATE`` transaction,
+  and waiting for the lock is bounded by a busy timeout.
+- All database work of one storage object runs on its own thread, so the
+  event loop never blocks on the disk, and methods may be awaited from any
+  event loop.
+- The change feed is a table filled by triggers. A watcher thread notices
+  commits from other processes by polling ``PRAGMA data_version`` every
+  ``poll_interval`` seconds (5 ms by default, a few microseconds each), and
+  commits of this process at once.
+- The schema is created and migrated on open from the versioned ``.sql``
+  files in ``storage/sql/sqlite/migrations``; a database of a newer schema
+  version is refused.
+
+URL options: ``sqlite:///tasks.db?synchronous=normal&busy_timeout=30&poll_interval=0.005``.
+Three slashes then a relative path, four for an absolute one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+from .. import _json
+from ..errors import (
+    ConfigurationError,
+    InvalidTransition,
+    SchemaError,
+    StorageError,
+    TaskNotFound,
+)
+from ..model import (
+    LogLevel,
+    LogRecord,
+    Progress,
+    Status,
+    Task,
+    TaskSpec,
+    new_token,
+)
+from ..query import Filter, Query, compile_sort_sqlite, compile_sqlite, parse_filter
+from ..query import register_sqlite_functions as _register_functions
+from . import _ops
+from ._codec import encode_scope, row_to_task, task_to_row
+from ._feed import Fanout
+from ._sqlfile import load_migrations, load_queries
+from .base import (
+    AddResult,
+    Change,
+    ClaimLimits,
+    Completion,
+    HeartbeatReply,
+    Lease,
+    NewLog,
+    RecoverReport,
+    Storage,
+    WorkerInfo,
+)
+
+__all__ = ["FEED_RETENTION", "SQLiteStorage", "parse_sqlite_url"]
+
+T = TypeVar("T")
+Q = load_queries("sqlite")
+MIGRATIONS = load_migrations("sqlite")
+SCHEMA_VERSION = MIGRATIONS[-1].version
+MIN_SQLITE = (3, 38, 0)
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+FEED_RETENTION = 3600.0
+"""Seconds the change feed keeps its entries (consumers only read recent ones)."""
+
+
+def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split ``sqlite:///path?opt=v`` into the file path and options."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ConfigurationError(f"not a sqlite URL: {url!r}")
+    if parts.netloc:
+        raise ConfigurationError(
+            f"bad sqlite URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not path:
+        raise ConfigurationError(f"sqlite URL {url!r} names no file")
+    if path == ":memory:":
+        raise ConfigurationError("sqlite :memory: cannot be shared between threads: use memory://")
+    return path, dict(parse_qsl(parts.query, keep_blank_values=True))
+
+
+class SQLiteStorage(Storage):
+    """Tasks in a SQLite file. See the module docstring for the options."""
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
+                 busy_timeout: float = 30.0, poll_interval: float = 0.005,
+                 url: str | None = None) -> None:
+        sync = synchronous.upper()
+        if sync not in _SYNCHRONOUS:
+            raise ConfigurationError(
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, not {synchronous!r}")
+        if busy_timeout <= 0:
+            raise ConfigurationError("busy_timeout must be > 0 seconds")
+        if poll_interval <= 0:
+            raise ConfigurationError("poll_interval must be > 0 seconds")
+        self.path = os.fspath(path)
+        self.url = url or f"sqlite:///{self.path}"
+        self.synchronous = sync
+        self.busy_timeout = busy_timeout
+        self.poll_interval = poll_interval
+        self.instance_id = uuid.uuid4().hex
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._open_lock = threading.Lock()
+        self._opened = False
+        self._closed = False
+        self._feed = Fanout(on_first=self._start_watcher)
+        self._watcher: threading.Thread | None = None
+        self._kick = threading.Event()
+        self._stop_watcher = threading.Event()
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStorage:
+        path, options = parse_sqlite_url(url)
+        kwargs: dict[str, Any] = {}
+        for key, value in options.items():
+            if key == "synchronous":
+                kwargs["synchronous"] = value
+            elif key in ("busy_timeout", "poll_interval"):
+                try:
+                    kwargs[key] = float(value)
+                except ValueError:
+                    raise ConfigurationError(f"sqlite URL option {key} must be a number") from None
+            else:
+                raise ConfigurationError(
+                    f"unknown sqlite URL option {key!r} (known: synchronous, busy_timeout, "
+                    "poll_interval)")
+        return cls(path, url=url.split("?", 1)[0], **kwargs)
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise StorageError(
+                f"conveyor needs SQLite >= {'.'.join(map(str, MIN_SQLITE))}; "
+                f"this Python has {sqlite3.sqlite_version}")
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise StorageError(f"cannot open database {self.path!r}: folder {folder!r} does not exist")
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot open database {self.path!r}: {exc}") from None
+        conn.row_factory = sqlite3.Row
+        _register_functions(conn)
+        return conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on the database thread."""
+        if not self._opened:
+            await self.open()
+        executor = self._executor
+        if executor is None or self._conn is None:
+            raise StorageError("storage is closed")
+        conn = self._conn
+        try:
+            future = executor.submit(fn, conn)
+        except RuntimeError:
+            raise StorageError("storage is closed") from None
+        return await asyncio.wrap_future(future)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` in one write transaction on the database thread."""
+
+        def tx(conn: sqlite3.Connection) -> T:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StorageError(f"database {self.path!r} is busy: {exc}") from None
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._kick.set()
+            return result
+
+        return await self._run(tx)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        if current > SCHEMA_VERSION:
+            raise SchemaError(
+                f"database {self.path!r} has schema version {current}, newer than this conveyor "
+                f"knows ({SCHEMA_VERSION}): upgrade conveyor")
+        if current == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            if current == 0:
+                existing = conn.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE name = 'conveyor_tasks'").fetchone()[0]
+                if existing:
+                    raise SchemaError(f"database {self.path!r} has conveyor tables but no version")
+            for migration in MIGRATIONS:
+                if migration.version > current:
+                    for statement in _split_statements(migration.sql):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {migration.version:d}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def open(self) -> None:
+        with self._open_lock:
+            if self._opened:
+                return
+            if self._closed:
+                raise StorageError("storage is closed")
+            executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="conveyor-sqlite")
+
+            def connect() -> sqlite3.Connection:
+                conn = self._connect()
+                try:
+                    self._migrate(conn)
+                except sqlite3.DatabaseError as exc:
+                    conn.close()
+                    raise StorageError(f"cannot use database {self.path!r}: {exc}") from None
+                except BaseException:
+                    conn.close()
+                    raise
+                return conn
+
+            try:
+                self._conn = await asyncio.wrap_future(executor.submit(connect))
+            except BaseException:
+                executor.shutdown(wait=False)
+                raise
+            self._executor = executor
+            self._opened = True
+
+    async def close(self) -> None:
+        with self._open_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop_watcher.set()
+        self._kick.set()
+        self._feed.close()
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.join, 5)
+        executor, conn = self._executor, self._conn
+        self._executor = None
+        if executor is not None and conn is not None:
+            await asyncio.wrap_future(executor.submit(conn.close))
+            executor.shutdown(wait=True)
+        self._opened = False
+
+    # -- change feed ----------------------------------------------------------------
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None and not self._closed:
+            self._watcher = threading.Thread(target=self._watch, name="conveyor-sqlite-watch",
+                                             daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        try:
+            conn = self._connect()
+        except StorageError:
+            return
+        try:
+            last = conn.execute(Q["last_change"]).fetchone()[0]
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            while not self._stop_watcher.is_set():
+                kicked = self._kick.wait(self.poll_interval)
+                if self._stop_watcher.is_set():
+                    break
+                if kicked:
+                    self._kick.clear()
+                else:
+                    now_version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if now_version == version:
+                        continue
+                    version = now_version
+                while True:
+                    rows = conn.execute(Q["changes_after"], {"after": last, "limit": 1000}).fetchall()
+                    if not rows:
+                        break
+                    batch = [Change(r[0], r[1], r[2], Status(r[3]), r[4], r[5], r[6]) for r in rows]
+                    last = batch[-1].seq
+                    self._feed.publish(batch)
+                    if len(rows) < 1000:
+                        break
+        except sqlite3.Error:
+            pass  # the database went away; streams end when the storage closes
+        finally:
+            conn.close()
+
+    def changes(self) -> AsyncIterator[Change]:
+        return self._feed.stream()
+
+    # -- helpers on the database thread -----------------------------------------------
+
+    def _row_params(self, task: Task, event: str) -> dict[str, Any]:
+        row = task_to_row(task)
+        row["event"] = event
+        row["origin"] = self.instance_id
+        return row
+
+    def _save(self, conn: sqlite3.Connection, old: Task, new: Task, event: str) -> None:
+        params = self._row_params(new, event)
+        params["expected_version"] = old.version
+        cur = conn.execute(Q["update_task"], params)
+        if cur.rowcount != 1:  # pragma: no cover - the write lock makes this impossible
+            raise StorageError(f"task {old.id} changed during an update")
+
+    def _must(self, conn: sqlite3.Connection, task_id: str) -> Task:
+        row = conn.execute(Q["get_task"], {"id": task_id}).fetchone()
+        if row is None:
+            raise TaskNotFound(task_id)
+        return row_to_task(row)
+
+    def _expire_pickups(self, conn: sqlite3.Connection, now: float) -> list[str]:
+        rows = conn.execute(Q["pickup_expired"], {"now": now}).fetchall()
+        expired = []
+        for row in rows:
+            task = row_to_task(row)
+            self._save(conn, task, _ops.pickup_expired(task, now), "failed")
+            expired.append(task.id)
+        return expired
+
+    # -- tasks --------------------------------------------------------------------
+
+    async def add(self, specs: Sequence[TaskSpec]) -> list[AddResult]:
+        if not specs:
+            return []
+
+        def tx(conn: sqlite3.Connection) -> list[AddResult]:
+            now = time.time()
+            out: list[AddResult] = []
+            plain: list[dict[str, Any]] = []
+            for spec in specs:
+                if spec.unique_key is not None:
+                    if plain:
+                        conn.executemany(Q["insert_task"], plain)
+                        plain = []
+                    row = conn.execute(Q["find_live_duplicate"], {
+                        "unique_key": spec.unique_key, "scope": encode_scope(spec.unique_scope),
+                    }).fetchone()
+                    if row is not None:
+                        out.append(AddResult(row_to_task(row), created=False))
+                        continue
+                    task = _ops.new_task(spec, now)
+                    conn.execute(Q["insert_task"], self._row_params(task, "added"))
+                else:
+                    task = _ops.new_task(spec, now)
+                    plain.append(self._row_params(task, "added"))
+                out.append(AddResult(task, created=True))
+            if plain:
+                conn.executemany(Q["insert_task"], plain)
+            return out
+
+        try:
+            return await self._write(tx)
+        except sqlite3.IntegrityError as exc:
+            raise StorageError(f"could not add tasks: {exc}") from None
+
+    async def get(self, task_id: str) -> Task | None:
+        def read(conn: sqlite3.Connection) -> Task | None:
+            row = conn.execute(Q["get_task"], {"id": task_id}).fetchone()
+            return None if row is None else row_to_task(row)
+
+        return await self._run(read)
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
+        ids = _json.dumps(list(task_ids))
+        return await self._run(
+            lambda conn: [row_to_task(r) for r in conn.execute(Q["get_tasks"], {"ids": ids})])
+
+    async def find(self, query: Query) -> list[Task]:
+        where, params = compile_sqlite(query.filter)
+        order, order_params = compile_sort_sqlite(query.sort)
+        sql = f"SELECT * FROM conveyor_tasks WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
+        args = [*params, *order_params, -1 if query.limit is None else query.limit, query.skip]
+        return await self._run(lambda conn: [row_to_task(r) for r in conn.execute(sql, args)])
+
+    async def count(self, where: Filter) -> int:
+        sql, params = compile_sqlite(where)
+        return await self._run(
+            lambda conn: int(conn.execute(
+                f"SELECT count(*) FROM conveyor_tasks WHERE {sql}", params).fetchone()[0]))
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        def read(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for action, status, n in conn.execute(Q["stats"]):
+                out.setdefault(action, {})[status] = n
+            return out
+
+        return await self._run(read)
+
+    async def delete(self, task_ids: Sequence[str]) -> list[str]:
+        ids = _json.dumps(list(dict.fromkeys(task_ids)))
+
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            deleted = [r[0] for r in conn.execute(Q["delete_finished"], {"ids": ids}).fetchall()]
+            if deleted:
+                conn.execute(Q["delete_logs"], {"ids": _json.dumps(deleted)})
+            return deleted
+
+        return await self._write(tx)
+
+    # -- running ------------------------------------------------------------------
+
+    async def claim(self, worker: str, actions: Sequence[str], limit: int, lease: float,
+                    limits: ClaimLimits | None = None) -> list[Task]:
+        if limit <= 0 or not actions:
+            return []
+        per_action = dict(limits.per_action) if limits else {}
+
+        def tx(conn: sqlite3.Connection) -> list[Task]:
+            now = time.time()
+            self._expire_pickups(conn, now)
+            budget: dict[str, int] = {}
+            if per_action:
+                running = dict(conn.execute(
+                    Q["running_per_action"], {"actions": _json.dumps(list(per_action))}).fetchall())
+                budget = {a: cap - running.get(a, 0) for a, cap in per_action.items()}
+            wanted = [a for a in actions if budget.get(a, 1) > 0]
+            if not wanted:
+                return []
+            token = new_token()
+            base = {"worker": worker, "token": token, "lease_until": now + lease, "now": now,
+                    "origin": self.instance_id}
+            claimed: list[Task] = []
+            pending: list[str] = []
+
+            def flush() -> None:
+                if pending:
+                    rows = conn.execute(Q["claim_tasks"], {**base, "ids": _json.dumps(pending)})
+                    claimed.extend(row_to_task(r) for r in rows.fetchall())
+                    pending.clear()
+
+            after: tuple[float, float, str] = (float("-inf"), float("-inf"), "")
+            page = max(limit, 64)
+            scanned = 0
+            while len(claimed) + len(pending) < limit and scanned < 20 * limit + 1000:
+                rows = conn.execute(Q["claim_candidates"], {
+                    "now": now, "actions": _json.dumps(wanted), "after_priority": after[0],
+                    "after_run_at": after[1], "after_id": after[2], "page": page,
+                }).fetchall()
+                if not rows:
+                    break
+                for task_id, action, priority, run_at, conditional in rows:
+                    scanned += 1
+                    after = (priority, run_at, task_id)
+                    if action in budget:
+                        if budget[action] <= 0:
+                            continue
+                    if conditional:
+                        flush()
+                        if not self._conditions_allow(conn, task_id):
+                            continue
+                        pending.append(task_id)
+                        flush()
+                    else:
+                        pending.append(task_id)
+                    if action in budget:
+                        budget[action] -= 1
+                    if len(claimed) + len(pending) >= limit:
+                        break
+                if len(rows) < page:
+                    break
+            flush()
+            claimed.sort(key=lambda t: (t.priority, t.run_at, t.id))
+            return claimed
+
+        return await self._write(tx)
+
+    def _conditions_allow(self, conn: sqlite3.Connection, task_id: str) -> bool:
+        row = conn.execute(Q["task_conditions"], {"id": task_id}).fetchone()
+        for cond in _json.loads(row[0]):
+            where, params = compile_sqlite(parse_filter(cond["query"]))
+            scope = cond["scope"] if isinstance(cond["scope"], list) else [cond["scope"]]
+            sql = (
+                "SELECT count(*) FROM conveyor_tasks WHERE status IN "
+                f"(SELECT value FROM json_each(?)) AND id != ? AND ({where})"
+            )
+            n = conn.execute(sql, [_json.dumps(scope), task_id, *params]).fetchone()[0]
+            if n >= cond["limit"]:
+                return False
+        return True
+
+    async def heartbeat(self, worker: str, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
+        def tx(conn: sqlite3.Connection) -> HeartbeatReply:
+            now = time.time()
+            lost: set[str] = set()
+            for item in leases:
+                cur = conn.execute(Q["heartbeat_task"], {
+                    "lease_until": now + lease, "id": item.task_id, "token": item.token})
+                if cur.rowcount != 1:
+                    lost.add(item.task_id)
+            held = [item.task_id for item in leases if item.task_id not in lost]
+            aborts = dict(conn.execute(Q["abort_requests"], {"ids": _json.dumps(held)}).fetchall())
+            conn.execute(Q["touch_worker"], {"now": now, "running": len(held), "id": worker})
+            return HeartbeatReply(frozenset(lost), aborts)
+
+        return await self._write(tx)
+
+    async def update_progress(self, updates: Sequence[tuple[Lease, Progress]]) -> list[str]:
+        if not updates:
+            return []
+
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            now = time.time()
+            refused = []
+            for item, progress in updates:
+                cur = conn.execute(Q["update_progress"], {
+                    "progress": _json.dumps(progress.to_json()), "now": now,
+                    "origin": self.instance_id, "id": item.task_id, "token": item.token})
+                if cur.rowcount != 1:
+                    refused.append(item.task_id)
+            return refused
+
+        return await self._write(tx)
+
+    async def finish(self, worker: str, completions: Sequence[Completion]) -> list[str]:
+        if not completions:
+            return []
+        params = []
+        for c in completions:
+            t = c.transition
+            params.append({
+                "id": c.task_id, "token": c.token, "status": t.status.value,
+                "run_at": t.run_at if t.status is Status.QUEUED else None,
+                "result": None if t.result is None else _json.dumps(t.result),
+                "error": _json.dumps(t.error.to_json()) if t.error is not None else None,
+                "reason": t.reason, "refund": 1 if t.refund_attempt else 0,
+                "progress": _json.dumps(c.progress.to_json()) if c.progress is not None else None,
+                "event": c.event or _ops.completion_event(t), "origin": self.instance_id,
+            })
+
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            now = time.time()
+            refused = []
+            statement = Q["finish_task"]
+            for p in params:
+                p["now"] = now
+                if conn.execute(statement, p).rowcount != 1:
+                    refused.append(p["id"])
+            return refused
+
+        return await self._write(tx)
+
+    async def release(self, worker: str, leases: Sequence[Lease]) -> list[str]:
+        if not leases:
+            return []
+        tokens = {item.task_id: item.token for item in leases}
+
+        def tx(conn: sqlite3.Connection) -> list[str]:
+            now = time.time()
+            done = []
+            rows = conn.execute(Q["held_tasks"], {"ids": _json.dumps(list(tokens))}).fetchall()
+            for row in rows:
+                task = row_to_task(row)
+                if task.token != tokens[task.id]:
+                    continue
+                if task.abort_requested is not None:
+                    new, event = _ops.rescued(task, now, max_rescues=1 << 30)
+                else:
+                    new, event = _ops.released(task, now), "released"
+                self._save(conn, task, new, event)
+                done.append(task.id)
+            return done
+
+        return await self._write(tx)
+
+    async def recover(self, max_rescues: int) -> RecoverReport:
+        def tx(conn: sqlite3.Connection) -> RecoverReport:
+            now = time.time()
+            expired = self._expire_pickups(conn, now)
+            groups: dict[str, list[str]] = {"rescued": [], "failed": [], "aborted": []}
+            for row in conn.execute(Q["expired_leases"], {"now": now}).fetchall():
+                task = row_to_task(row)
+                new, event = _ops.rescued(task, now, max_rescues)
+                self._save(conn, task, new, event)
+                groups[event].append(task.id)
+            return RecoverReport(tuple(groups["rescued"]), tuple(groups["failed"]),
+                                 tuple(groups["aborted"]), tuple(expired))
+
+        return await self._write(tx)
+
+    async def next_run_at(self, actions: Sequence[str]) -> float | None:
+        acts = _json.dumps(list(actions))
+        return await self._run(
+            lambda conn: conn.execute(Q["next_run_at"], {"actions": acts}).fetchone()[0])
+
+    # -- control ------------------------------------------------------------------
+
+    async def abort(self, task_id: str, reason: str) -> Task:
+        def tx(conn: sqlite3.Connection) -> Task:
+            task = self._must(conn, task_id)
+            new, event = _ops.abort(task, reason, time.time())
+            if event:
+                self._save(conn, task, new, event)
+            return new
+
+        return await self._write(tx)
+
+    async def prioritize(self, task_id: str, priority: float) -> Task:
+        def tx(conn: sqlite3.Connection) -> Task:
+            task = self._must(conn, task_id)
+            new = _ops.prioritized(task, priority, time.time())
+            self._save(conn, task, new, "prioritized")
+            return new
+
+        return await self._write(tx)
+
+    async def retry(self, task_id: str, run_at: float | None = None) -> Task:
+        def tx(conn: sqlite3.Connection) -> Task:
+            now = time.time()
+            task = self._must(conn, task_id)
+            new = _ops.retried(task, now if run_at is None else run_at, now)
+            if task.unique_key is not None:
+                row = conn.execute(Q["find_live_duplicate"], {
+                    "unique_key": task.unique_key, "scope": encode_scope(task.unique_scope),
+                }).fetchone()
+                if row is not None and row["id"] != task.id:
+                    raise InvalidTransition(
+                        f"task {row['id']} already holds unique key {task.unique_key!r}", task)
+            self._save(conn, task, new, "retried")
+            return new
+
+        return await self._write(tx)
+
+    # -- logs ---------------------------------------------------------------------
+
+    async def append_logs(self, logs: Sequence[NewLog]) -> list[int]:
+        if not logs:
+            return []
+        rows = [{"task_id": log.task_id, "ts": log.ts, "level": int(log.level),
+                 "message": log.message,
+                 "data": None if log.data is None else _json.dumps(log.data)} for log in logs]
+        task_ids = _json.dumps(list(dict.fromkeys(log.task_id for log in logs)))
+
+        def tx(conn: sqlite3.Connection) -> list[int]:
+            start = conn.execute(Q["log_seq"]).fetchone()[0]
+            conn.executemany(Q["insert_log"], rows)
+            conn.execute(Q["log_changes"], {"origin": self.instance_id, "now": time.time(),
+                                            "ids": task_ids})
+            return list(range(start + 1, start + 1 + len(rows)))
+
+        return await self._write(tx)
+
+    async def read_logs(self, task_id: str, after_seq: int = 0,
+                        max_level: LogLevel = LogLevel.DEBUG,
+                        limit: int | None = None) -> list[LogRecord]:
+        params = {"task_id": task_id, "after_seq": after_seq, "min_level": int(max_level),
+                  "limit": -1 if limit is None else limit}
+
+        def read(conn: sqlite3.Connection) -> list[LogRecord]:
+            return [
+                LogRecord(r[0], r[1], r[2], LogLevel(r[3]), r[4],
+                          None if r[5] is None else _json.loads(r[5]))
+                for r in conn.execute(Q["read_logs"], params)
+            ]
+
+        return await self._run(read)
+
+    # -- workers ------------------------------------------------------------------
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        params = {"id": info.id, "host": info.host, "pid": info.pid,
+                  "actions": _json.dumps(list(info.actions)), "concurrency": info.concurrency,
+                  "running": info.running, "started_at": info.started_at,
+                  "last_seen": info.last_seen, "info": _json.dumps(dict(info.info))}
+        await self._write(lambda conn: conn.execute(Q["upsert_worker"], params))
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._write(lambda conn: conn.execute(Q["delete_worker"], {"id": worker_id}))
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        def read(conn: sqlite3.Connection) -> list[WorkerInfo]:
+            return [
+                WorkerInfo(id=r[0], host=r[1], pid=r[2], actions=tuple(_json.loads(r[3])),
+                           concurrency=r[4], running=r[5], started_at=r[6], last_seen=r[7],
+                           info=_json.loads(r[8]))
+                for r in conn.execute(Q["list_workers"])
+            ]
+
+        return await self._run(read)
+
+    # -- retention ----------------------------------------------------------------
+
+    async def prune(self, older_than: float | None, batch: int = 500) -> int:
+        total = 0
+        while older_than is not None:
+            def tx(conn: sqlite3.Connection) -> int:
+                ids = [r[0] for r in conn.execute(
+                    Q["old_finished"], {"before": older_than, "batch": batch})]
+                if not ids:
+                    return 0
+                doomed = _json.dumps(ids)
+                deleted = conn.execute(Q["delete_finished"], {"ids": doomed}).fetchall()
+                conn.execute(Q["delete_logs"], {"ids": doomed})
+                return len(deleted)
+
+            n = await self._write(tx)
+            total += n
+            if n < batch:
+                break
+        feed_before = time.time() - FEED_RETENTION
+        while True:
+            n = await self._write(lambda conn: conn.execute(
+                Q["prune_changes"], {"before": feed_before, "batch": batch}).rowcount)
+            if n < batch:
+                break
+        return total
+
+
+def _split_statements(script: str) -> list[str]:
+    """Split a migration script into statements (triggers contain ';' inside BEGIN...END)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        stripped = line.strip()
+        if not buffer and (not stripped or stripped.startswith("--")):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
+

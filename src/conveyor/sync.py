@@ -1,0 +1,179 @@
+"""The synchronous face of :class:`Conveyor`, for Django, Flask and scripts.
+
+It is derived at one seam rather than written twice: a :class:`SyncConveyor`
+runs an event loop in a background thread and forwards every call of the
+async API to it. Coroutine methods become blocking calls; methods that
+return async iterators (``logs``, ``events``) return ordinary iterators;
+everything else (``handler``, ``register``, ``on``, attributes) passes
+through unchanged::
+
+    from conveyor import SyncConveyor
+
+    app = SyncConveyor("sqlite:///tasks.db")
+    task = app.add("mail:send", {"to": "ann@example.com"})
+    result = app.wait(task.id, timeout=30)
+    for line in app.logs(task.id):
+        print(line.message)
+    app.close()
+
+Handlers registered on a SyncConveyor run in its background loop once
+``app.start()`` is called (sync handlers in threads, as usual).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+from .app import DEFAULT_URL, Conveyor
+from .errors import ConveyorError
+from .storage import Storage
+
+__all__ = ["BlockingIterator", "Portal", "SyncConveyor"]
+
+T = TypeVar("T")
+
+# Sync methods of Conveyor whose work must happen on the loop thread.
+_ON_LOOP = frozenset({"events"})
+
+
+class Portal:
+    """An event loop in a daemon thread, and blocking calls into it."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="conveyor-sync-loop", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.call_soon(self._ready.set)
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        self._loop.close()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def run(self, fn: Callable[[], Awaitable[T] | T]) -> T:
+        """Call ``fn()`` on the loop thread (awaiting it if needed) and return its result."""
+        if threading.current_thread() is self._thread:
+            raise ConveyorError("a SyncConveyor cannot be called from its own event loop thread")
+        if self._loop.is_closed():
+            raise ConveyorError("this SyncConveyor is closed")
+
+        async def call() -> T:
+            value = fn()
+            if inspect.isawaitable(value):
+                return await value  # type: ignore[no-any-return]
+            return value
+
+        future = asyncio.run_coroutine_threadsafe(call(), self._loop)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+class BlockingIterator(Iterator[Any]):
+    """An ordinary iterator over an async iterator that lives on a portal's loop."""
+
+    def __init__(self, portal: Portal, aiter: Any) -> None:
+        self._portal = portal
+        self._aiter = aiter
+        self._done = False
+
+    def __iter__(self) -> BlockingIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        try:
+            return self._portal.run(self._aiter.__anext__)
+        except StopAsyncIteration:
+            self._done = True
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Stop iterating early and release the underlying stream."""
+        if self._done:
+            return
+        self._done = True
+        closer = getattr(self._aiter, "aclose", None) or getattr(self._aiter, "close", None)
+        if closer is not None:
+            self._portal.run(closer)
+
+    def __enter__(self) -> BlockingIterator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SyncConveyor:
+    """A blocking :class:`Conveyor`. Takes the same arguments, or an existing app."""
+
+    def __init__(self, url: str | Storage | Conveyor = DEFAULT_URL, **options: Any) -> None:
+        self.app = url if isinstance(url, Conveyor) else Conveyor(url, **options)
+        self._portal: Portal | None = None
+        self._lock = threading.Lock()
+
+    def _get_portal(self) -> Portal:
+        with self._lock:
+            if self._portal is None:
+                self._portal = Portal()
+            return self._portal
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.app, name)
+        if not callable(attr):
+            return attr
+        if not (inspect.iscoroutinefunction(attr) or inspect.isasyncgenfunction(attr)
+                or name in _ON_LOOP):
+            return attr
+
+        def blocking(*args: Any, **kwargs: Any) -> Any:
+            portal = self._get_portal()
+            value = portal.run(lambda: attr(*args, **kwargs))
+            if hasattr(value, "__anext__"):
+                return BlockingIterator(portal, value)
+            return value
+
+        blocking.__name__ = name
+        blocking.__doc__ = attr.__doc__
+        return blocking
+
+    def close(self) -> None:
+        """Stop the worker if any, disconnect, and end the background loop."""
+        with self._lock:
+            portal, self._portal = self._portal, None
+        if portal is not None:
+            try:
+                portal.run(self.app.close)
+            finally:
+                portal.close()
+
+    def __enter__(self) -> SyncConveyor:
+        portal = self._get_portal()
+        portal.run(self.app.__aenter__)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Sync{self.app!r}"
