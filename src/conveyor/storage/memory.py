@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
-from ..errors import InvalidTransition, TaskNotFound
+from ..errors import InvalidTransition, StorageError, TaskNotFound
 from ..model import TERMINAL, LogLevel, LogRecord, Progress, Status, Task, TaskSpec, new_token
 from ..query import Filter, Query, apply_query, matches, parse_filter
 from . import _ops
@@ -96,6 +96,9 @@ class MemoryStorage(Storage):
         now = time.time()
         out: list[AddResult] = []
         with self._lock:
+            ids = [spec.id for spec in specs]
+            if len(set(ids)) != len(ids) or any(i in self._tasks for i in ids):
+                raise StorageError("could not add tasks: a task with this id already exists")
             for spec in specs:
                 dup = self._live_duplicate(spec)
                 if dup is not None:

@@ -1,0 +1,630 @@
+"""The storage contract: one test suite every backend must pass unchanged.
+
+To check a backend of your own, subclass :class:`StorageContract` in a test
+module and provide two fixtures::
+
+    import pytest
+    from conveyor.testing import StorageContract
+
+    class TestMyStorage(StorageContract):
+        @pytest.fixture
+        async def storage(self):
+            s = MyStorage(...)
+            await s.open()
+            yield s
+            await s.close()
+
+        @pytest.fixture
+        async def other_storage(self, storage):
+            # a second storage object on the same data (another connection), or `storage`
+            yield storage
+
+Run it with pytest and pytest-asyncio (``asyncio_mode = "auto"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from ..errors import InvalidTransition, StorageError, TaskNotFound
+from ..model import (
+    Condition,
+    ErrorInfo,
+    LogLevel,
+    Progress,
+    Status,
+    Task,
+    TaskSpec,
+    Transition,
+    new_id,
+)
+from ..query import parse_filter, parse_query
+from ..storage import Change, ClaimLimits, Completion, Lease, NewLog, Storage, WorkerInfo
+
+__all__ = ["StorageContract", "make_spec"]
+
+
+def make_spec(action: str = "test:a", payload: Any = None, **options: Any) -> TaskSpec:
+    """A TaskSpec with a fresh id, ready now unless ``run_at`` is given."""
+    options.setdefault("run_at", time.time())
+    return TaskSpec(id=new_id(), action=action, payload=payload, **options)
+
+
+def ok(value: Any = None) -> Transition:
+    return Transition(Status.SUCCEEDED, result=value)
+
+
+async def _claim_one(storage: Storage, action: str = "test:a", worker: str = "w1",
+                     lease: float = 30.0) -> Task:
+    claimed = await storage.claim(worker, [action], 1, lease)
+    assert len(claimed) == 1, claimed
+    return claimed[0]
+
+
+class StorageContract:
+    """The behaviour every :class:`~conveyor.storage.Storage` must show."""
+
+    @pytest.fixture
+    async def storage(self) -> AsyncIterator[Storage]:  # pragma: no cover - overridden
+        raise NotImplementedError("provide a `storage` fixture")
+        yield
+
+    @pytest.fixture
+    async def other_storage(self, storage: Storage) -> AsyncIterator[Storage]:
+        """A second storage object on the same data; backends override to use a
+        second connection."""
+        yield storage
+
+    # -- add / get ------------------------------------------------------------
+
+    async def test_add_and_get(self, storage: Storage) -> None:
+        spec = make_spec(payload={"n": 1, "s": "é"}, priority=-2.5, tags={"user": "ann"},
+                         max_attempts=3, run_timeout=10.0, pickup_timeout=60.0)
+        [res] = await storage.add([spec])
+        assert res.created
+        task = res.task
+        assert task.id == spec.id and task.status is Status.QUEUED and task.version == 1
+        got = await storage.get(spec.id)
+        assert got is not None
+        assert got.payload == {"n": 1, "s": "é"}
+        assert got.priority == -2.5 and got.tags == {"user": "ann"}
+        assert got.max_attempts == 3 and got.run_timeout == 10.0 and got.pickup_timeout == 60.0
+        assert got.pickup_deadline == pytest.approx(spec.run_at + 60.0)
+        assert got.attempts == 0 and got.result is None and got.error is None
+        assert got.created_at == pytest.approx(time.time(), abs=5)
+        assert await storage.get(new_id()) is None
+
+    async def test_add_batch_is_atomic(self, storage: Storage) -> None:
+        good = make_spec()
+        clash = make_spec()
+        twin = TaskSpec(id=clash.id, action="test:a", payload=None, run_at=time.time())
+        with pytest.raises(StorageError):
+            await storage.add([good, clash, twin])
+        assert await storage.get(good.id) is None
+        assert await storage.count(parse_filter({})) == 0
+
+    async def test_get_many(self, storage: Storage) -> None:
+        specs = [make_spec(payload=i) for i in range(5)]
+        await storage.add(specs)
+        got = await storage.get_many([specs[1].id, specs[3].id, new_id()])
+        assert sorted(t.payload for t in got) == [1, 3]
+
+    async def test_payload_round_trip(self, storage: Storage) -> None:
+        payloads = [None, 0, -1.5, "text", True, [], [1, [2, {"a": None}]], {"k": {"n": 1e300}}]
+        specs = [make_spec(payload=p) for p in payloads]
+        await storage.add(specs)
+        for spec, payload in zip(specs, payloads, strict=True):
+            got = await storage.get(spec.id)
+            assert got is not None and got.payload == payload
+
+    # -- dedupe ---------------------------------------------------------------
+
+    async def test_unique_key_returns_live_task(self, storage: Storage) -> None:
+        [first] = await storage.add([make_spec(unique_key="k1", payload=1)])
+        [second] = await storage.add([make_spec(unique_key="k1", payload=2)])
+        assert first.created and not second.created
+        assert second.task.id == first.task.id and second.task.payload == 1
+        assert await storage.count(parse_filter({})) == 1
+
+    async def test_unique_key_within_one_batch(self, storage: Storage) -> None:
+        results = await storage.add([make_spec(unique_key="b", payload=i) for i in range(3)])
+        assert [r.created for r in results] == [True, False, False]
+        assert len({r.task.id for r in results}) == 1
+
+    async def test_unique_key_frees_after_finish(self, storage: Storage) -> None:
+        [first] = await storage.add([make_spec(unique_key="k2")])
+        task = await _claim_one(storage)
+        assert task.id == first.task.id
+        await storage.finish("w1", [Completion(task.id, task.token or "", ok())])
+        [again] = await storage.add([make_spec(unique_key="k2")])
+        assert again.created and again.task.id != first.task.id
+
+    async def test_unique_scope_with_finished(self, storage: Storage) -> None:
+        scope = (Status.QUEUED, Status.RUNNING, Status.SUCCEEDED)
+        [first] = await storage.add([make_spec(unique_key="k3", unique_scope=scope)])
+        task = await _claim_one(storage)
+        await storage.finish("w1", [Completion(task.id, task.token or "", ok(1))])
+        [again] = await storage.add([make_spec(unique_key="k3", unique_scope=scope)])
+        assert not again.created and again.task.id == first.task.id
+        assert again.task.status is Status.SUCCEEDED
+
+    async def test_unique_key_race(self, storage: Storage, other_storage: Storage) -> None:
+        async def add(s: Storage, i: int) -> list[str]:
+            res = await s.add([make_spec(unique_key=f"race-{k}", payload=i) for k in range(20)])
+            return [r.task.id for r in res]
+
+        results = await asyncio.gather(*(add(storage if i % 2 else other_storage, i)
+                                         for i in range(6)))
+        assert all(r == results[0] for r in results)
+        assert await storage.count(parse_filter({})) == 20
+
+    # -- claim ------------------------------------------------------------------
+
+    async def test_claim_order(self, storage: Storage) -> None:
+        now = time.time()
+        specs = [
+            make_spec(payload="p1-old", priority=1, run_at=now - 10),
+            make_spec(payload="p0-new", priority=0, run_at=now - 1),
+            make_spec(payload="p0-old", priority=0, run_at=now - 5),
+            make_spec(payload="neg", priority=-1, run_at=now - 1),
+            make_spec(payload="future", priority=-5, run_at=now + 3600),
+            make_spec(action="test:other", payload="other", priority=-9),
+        ]
+        await storage.add(specs)
+        claimed = await storage.claim("w1", ["test:a"], 10, 30)
+        assert [t.payload for t in claimed] == ["neg", "p0-old", "p0-new", "p1-old"]
+
+    async def test_fifo_within_priority(self, storage: Storage) -> None:
+        now = time.time()
+        specs = [make_spec(payload=i, run_at=now) for i in range(30)]
+        await storage.add(specs)
+        order = []
+        while batch := await storage.claim("w1", ["test:a"], 7, 30):
+            order.extend(t.payload for t in batch)
+        assert order == list(range(30))
+
+    async def test_claim_marks_running(self, storage: Storage) -> None:
+        [res] = await storage.add([make_spec(pickup_timeout=100.0)])
+        before = time.time()
+        task = await _claim_one(storage, worker="w-1", lease=20)
+        assert task.id == res.task.id and task.status is Status.RUNNING
+        assert task.worker == "w-1" and task.token
+        assert task.attempts == 1 and task.version == 2
+        assert task.started_at is not None and task.started_at >= before - 1
+        assert task.lease_until == pytest.approx(time.time() + 20, abs=5)
+        assert task.pickup_deadline is None
+        stored = await storage.get(task.id)
+        assert stored is not None and stored.status is Status.RUNNING
+        assert stored.token == task.token
+        assert await storage.claim("w2", ["test:a"], 5, 30) == []
+
+    async def test_claim_limit_and_actions(self, storage: Storage) -> None:
+        await storage.add([make_spec(payload=i) for i in range(5)])
+        await storage.add([make_spec(action="test:b", payload=i) for i in range(5)])
+        assert await storage.claim("w1", ["test:a"], 0, 30) == []
+        assert await storage.claim("w1", [], 5, 30) == []
+        first = await storage.claim("w1", ["test:a"], 3, 30)
+        assert len(first) == 3 and {t.action for t in first} == {"test:a"}
+        both = await storage.claim("w1", ["test:a", "test:b"], 100, 30)
+        assert len(both) == 7
+
+    async def test_concurrent_claims_never_share(self, storage: Storage,
+                                                 other_storage: Storage) -> None:
+        await storage.add([make_spec(payload=i) for i in range(200)])
+
+        async def drain(s: Storage, name: str) -> list[str]:
+            got: list[str] = []
+            while batch := await s.claim(name, ["test:a"], 9, 30):
+                got.extend(t.id for t in batch)
+            return got
+
+        results = await asyncio.gather(*(drain(storage if i % 2 else other_storage, f"w{i}")
+                                         for i in range(4)))
+        ids = [i for r in results for i in r]
+        assert len(ids) == 200 and len(set(ids)) == 200
+
+    async def test_pickup_timeout_expires_on_claim(self, storage: Storage) -> None:
+        now = time.time()
+        [late] = await storage.add([make_spec(payload="late", run_at=now - 10,
+                                              pickup_timeout=5.0)])
+        [fine] = await storage.add([make_spec(payload="fine", run_at=now - 10,
+                                              pickup_timeout=60.0)])
+        claimed = await storage.claim("w1", ["test:a"], 10, 30)
+        assert [t.id for t in claimed] == [fine.task.id]
+        expired = await storage.get(late.task.id)
+        assert expired is not None and expired.status is Status.FAILED
+        assert expired.reason == "pickup_timeout" and expired.attempts == 0
+        assert expired.error is not None and expired.error.type == "PickupTimeout"
+
+    async def test_pickup_timeout_expires_on_recover(self, storage: Storage) -> None:
+        [late] = await storage.add([make_spec(run_at=time.time() - 10, pickup_timeout=1.0)])
+        report = await storage.recover(max_rescues=3)
+        assert report.expired == (late.task.id,)
+        task = await storage.get(late.task.id)
+        assert task is not None and task.status is Status.FAILED
+        assert task.reason == "pickup_timeout"
+
+    # -- concurrency conditions -------------------------------------------------
+
+    async def test_condition_limits_running_matches(self, storage: Storage) -> None:
+        cond = (Condition(query={"payload.book": "X"}, limit=1),)
+        specs = [make_spec(payload={"book": "X", "n": i}, concurrency=cond) for i in range(3)]
+        specs += [make_spec(payload={"book": "Y", "n": i},
+                            concurrency=(Condition(query={"payload.book": "Y"}, limit=2),))
+                  for i in range(3)]
+        await storage.add(specs)
+        claimed = await storage.claim("w1", ["test:a"], 10, 30)
+        books = sorted(t.payload["book"] for t in claimed)
+        assert books == ["X", "Y", "Y"]
+        assert await storage.claim("w2", ["test:a"], 10, 30) == []
+        x = next(t for t in claimed if t.payload["book"] == "X")
+        await storage.finish("w1", [Completion(x.id, x.token or "", ok())])
+        again = await storage.claim("w2", ["test:a"], 10, 30)
+        assert [t.payload["book"] for t in again] == ["X"]
+
+    async def test_condition_counts_unconditional_tasks(self, storage: Storage) -> None:
+        await storage.add([make_spec(payload={"book": "Z"})])
+        await storage.add([make_spec(payload={"book": "Z"},
+                                     concurrency=(Condition({"payload.book": "Z"}, 1),))])
+        claimed = await storage.claim("w1", ["test:a"], 10, 30)
+        assert len(claimed) == 1 and not claimed[0].concurrency
+
+    async def test_condition_scope_queued(self, storage: Storage) -> None:
+        cond = Condition(query={"action": "test:b"}, limit=2, scope=(Status.QUEUED,))
+        await storage.add([make_spec(action="test:b"), make_spec(action="test:b")])
+        [gated] = await storage.add([make_spec(concurrency=(cond,))])
+        assert await storage.claim("w1", ["test:a"], 5, 30) == []
+        await storage.claim("w1", ["test:b"], 1, 30)
+        claimed = await storage.claim("w1", ["test:a"], 5, 30)
+        assert [t.id for t in claimed] == [gated.task.id]
+
+    async def test_per_action_limit(self, storage: Storage, other_storage: Storage) -> None:
+        await storage.add([make_spec(payload=i) for i in range(10)])
+        await storage.add([make_spec(action="test:b", payload=i) for i in range(3)])
+        limits = ClaimLimits({"test:a": 2})
+        first = await storage.claim("w1", ["test:a", "test:b"], 10, 30, limits)
+        assert sorted(t.action for t in first) == ["test:a", "test:a", "test:b", "test:b",
+                                                    "test:b"]
+        assert await other_storage.claim("w2", ["test:a"], 10, 30, limits) == []
+        a = next(t for t in first if t.action == "test:a")
+        await storage.finish("w1", [Completion(a.id, a.token or "", ok())])
+        more = await other_storage.claim("w2", ["test:a"], 10, 30, limits)
+        assert len(more) == 1
+
+    # -- finish, fencing ---------------------------------------------------------
+
+    async def test_finish_success(self, storage: Storage) -> None:
+        await storage.add([make_spec()])
+        task = await _claim_one(storage)
+        progress = Progress(3, 3, "done")
+        refused = await storage.finish("w1", [Completion(task.id, task.token or "",
+                                                         ok({"r": [1, 2]}), progress)])
+        assert refused == []
+        done = await storage.get(task.id)
+        assert done is not None and done.status is Status.SUCCEEDED
+        assert done.result == {"r": [1, 2]} and done.finished_at is not None
+        assert done.worker is None and done.token is None and done.lease_until is None
+        assert done.progress == progress and done.version == task.version + 1
+
+    async def test_finish_is_fenced(self, storage: Storage) -> None:
+        await storage.add([make_spec()])
+        task = await _claim_one(storage)
+        refused = await storage.finish("w9", [Completion(task.id, "not-the-token", ok("bad"))])
+        assert refused == [task.id]
+        stored = await storage.get(task.id)
+        assert stored is not None and stored.status is Status.RUNNING and stored.result is None
+        await storage.finish("w1", [Completion(task.id, task.token or "", ok("good"))])
+        late = await storage.finish("w1", [Completion(task.id, task.token or "", ok("again"))])
+        assert late == [task.id]
+        final = await storage.get(task.id)
+        assert final is not None and final.result == "good"
+
+    async def test_finish_retry_keeps_history(self, storage: Storage) -> None:
+        await storage.add([make_spec(max_attempts=3, pickup_timeout=50.0)])
+        task = await _claim_one(storage)
+        err = ErrorInfo("ValueError", "boom", "Traceback...", attempt=1, at=time.time())
+        retry_at = time.time() + 100
+        await storage.finish("w1", [Completion(task.id, task.token or "",
+                                               Transition(Status.QUEUED, run_at=retry_at,
+                                                          error=err))])
+        queued = await storage.get(task.id)
+        assert queued is not None and queued.status is Status.QUEUED
+        assert queued.run_at == pytest.approx(retry_at) and queued.attempts == 1
+        assert queued.errors == (err,) and queued.error == err
+        assert queued.finished_at is None and queued.token is None
+        assert queued.pickup_deadline == pytest.approx(retry_at + 50.0)
+        assert await storage.claim("w1", ["test:a"], 5, 30) == []
+
+    async def test_finish_reschedule_refunds_attempt(self, storage: Storage) -> None:
+        await storage.add([make_spec()])
+        task = await _claim_one(storage)
+        await storage.finish("w1", [Completion(task.id, task.token or "", Transition(
+            Status.QUEUED, run_at=time.time() - 1, result={"polls": 1}, refund_attempt=True))])
+        again = await storage.get(task.id)
+        assert again is not None and again.status is Status.QUEUED and again.attempts == 0
+        assert again.result == {"polls": 1}
+        claimed = await _claim_one(storage)
+        assert claimed.attempts == 1
+
+    async def test_finish_many_in_one_call(self, storage: Storage) -> None:
+        await storage.add([make_spec(payload=i) for i in range(50)])
+        tasks = await storage.claim("w1", ["test:a"], 50, 30)
+        completions = [Completion(t.id, t.token or "", ok(t.payload)) for t in tasks]
+        completions.append(Completion(new_id(), "x", ok()))
+        refused = await storage.finish("w1", completions)
+        assert refused == [completions[-1].task_id]
+        stats = await storage.stats()
+        assert stats == {"test:a": {"succeeded": 50}}
+
+    async def test_failed_is_terminal(self, storage: Storage) -> None:
+        await storage.add([make_spec()])
+        task = await _claim_one(storage)
+        err = ErrorInfo("RuntimeError", "no", None, attempt=1)
+        await storage.finish("w1", [Completion(task.id, task.token or "", Transition(
+            Status.FAILED, error=err, reason="error"))])
+        failed = await storage.get(task.id)
+        assert failed is not None and failed.status is Status.FAILED
+        assert failed.reason == "error" and failed.error == err and failed.errors == (err,)
+        assert failed.finished_at is not None
+
+    # -- heartbeats, leases, recovery ------------------------------------------
+
+    async def test_heartbeat_extends_lease(self, storage: Storage) -> None:
+        await storage.add([make_spec(), make_spec()])
+        a, b = await storage.claim("w1", ["test:a"], 2, 1.0)
+        reply = await storage.heartbeat("w1", [Lease(a.id, a.token or ""),
+                                               Lease(b.id, "wrong")], 100.0)
+        assert reply.lost == frozenset({b.id}) and dict(reply.abort_requested) == {}
+        stored = await storage.get(a.id)
+        assert stored is not None and stored.lease_until == pytest.approx(time.time() + 100,
+                                                                             abs=5)
+
+    async def test_heartbeat_reports_abort_requests(self, storage: Storage) -> None:
+        await storage.add([make_spec()])
+        task = await _claim_one(storage)
+        await storage.abort(task.id, "user said so")
+        reply = await storage.heartbeat("w1", [Lease(task.id, task.token or "")], 30)
+        assert dict(reply.abort_requested) == {task.id: "user said so"}
+
+    async def test_recover_requeues_expired(self, storage: Storage) -> None:
+        await storage.add([make_spec(max_attempts=1)])
+        task = await _claim_one(storage, lease=0.01)
+        await asyncio.sleep(0.05)
+        report = await storage.recover(max_rescues=3)
+        assert report.requeued == (task.id,)
+        back = await storage.get(task.id)
+        assert back is not None and back.status is Status.QUEUED
+        assert back.rescues == 1 and back.attempts == 0 and back.token is None
+        assert back.errors and back.errors[-1].type == "WorkerLost"
+        # the old holder is fenced out
+        refused = await storage.finish("w1", [Completion(task.id, task.token or "", ok())])
+        assert refused == [task.id]
+        assert (await storage.recover(max_rescues=3)).total == 0
+
+    async def test_recover_fails_after_max_rescues(self, storage: Storage) -> None:
+        await storage.add([make_spec()])
+        for i in range(3):
+            task = await _claim_one(storage, lease=0.01)
+            await asyncio.sleep(0.03)
+            report = await storage.recover(max_rescues=2)
+            if i < 2:
+                assert report.requeued == (task.id,)
+            else:
+                assert report.failed == (task.id,)
+        final = await storage.get(task.id)
+        assert final is not None and final.status is Status.FAILED
+        assert final.reason == "worker_lost" and final.rescues == 2
+
+    async def test_recover_aborts_when_requested(self, storage: Storage) -> None:
+        await storage.add([make_spec()])
+        task = await _claim_one(storage, lease=0.01)
+        await storage.abort(task.id, "stop it")
+        await asyncio.sleep(0.03)
+        report = await storage.recover(max_rescues=3)
+        assert report.aborted == (task.id,)
+        final = await storage.get(task.id)
+        assert final is not None and final.status is Status.ABORTED and final.reason == "stop it"
+
+    async def test_release_refunds_attempt(self, storage: Storage) -> None:
+        await storage.add([make_spec()])
+        task = await _claim_one(storage)
+        released = await storage.release("w1", [Lease(task.id, task.token or ""),
+                                                Lease(new_id(), "x")])
+        assert released == [task.id]
+        back = await storage.get(task.id)
+        assert back is not None and back.status is Status.QUEUED and back.attempts == 0
+        assert back.rescues == 0 and back.token is None
+        assert await storage.release("w1", [Lease(task.id, task.token or "")]) == []
+
+    async def test_update_progress_is_fenced(self, storage: Storage) -> None:
+        await storage.add([make_spec()])
+        task = await _claim_one(storage)
+        refused = await storage.update_progress([
+            (Lease(task.id, task.token or ""), Progress(1, 4, "a quarter", {"k": 1})),
+            (Lease(task.id, "wrong"), Progress(9, 9)),
+        ])
+        assert refused == [task.id]
+        stored = await storage.get(task.id)
+        assert stored is not None and stored.progress == Progress(1, 4, "a quarter", {"k": 1})
+        assert stored.version == task.version + 1
+
+    # -- control ------------------------------------------------------------------
+
+    async def test_abort_queued(self, storage: Storage) -> None:
+        [res] = await storage.add([make_spec()])
+        task = await storage.abort(res.task.id, "not needed")
+        assert task.status is Status.ABORTED and task.reason == "not needed"
+        stored = await storage.get(res.task.id)
+        assert stored is not None and stored.status is Status.ABORTED
+        assert stored.finished_at is not None
+        assert await storage.claim("w1", ["test:a"], 5, 30) == []
+
+    async def test_abort_running_sets_request(self, storage: Storage) -> None:
+        await storage.add([make_spec()])
+        claimed = await _claim_one(storage)
+        task = await storage.abort(claimed.id, "cancel")
+        assert task.status is Status.RUNNING and task.abort_requested == "cancel"
+        again = await storage.abort(claimed.id, "twice")
+        assert again.abort_requested == "cancel"
+
+    async def test_abort_finished_or_missing(self, storage: Storage) -> None:
+        await storage.add([make_spec()])
+        task = await _claim_one(storage)
+        await storage.finish("w1", [Completion(task.id, task.token or "", ok())])
+        with pytest.raises(InvalidTransition):
+            await storage.abort(task.id, "late")
+        with pytest.raises(TaskNotFound):
+            await storage.abort(new_id(), "nobody")
+        stored = await storage.get(task.id)
+        assert stored is not None and stored.status is Status.SUCCEEDED
+
+    async def test_prioritize(self, storage: Storage) -> None:
+        [a] = await storage.add([make_spec(payload="a", priority=5)])
+        [b] = await storage.add([make_spec(payload="b", priority=1)])
+        moved = await storage.prioritize(a.task.id, -1)
+        assert moved.priority == -1
+        assert [t.payload for t in await storage.claim("w1", ["test:a"], 1, 30)] == ["a"]
+        with pytest.raises(InvalidTransition):
+            await storage.prioritize(a.task.id, 3)
+        with pytest.raises(TaskNotFound):
+            await storage.prioritize(new_id(), 3)
+        assert (await storage.get(b.task.id)) is not None
+
+    async def test_retry_failed_keeps_history(self, storage: Storage) -> None:
+        await storage.add([make_spec(max_attempts=1)])
+        task = await _claim_one(storage)
+        err = ErrorInfo("E", "first", attempt=1)
+        await storage.finish("w1", [Completion(task.id, task.token or "", Transition(
+            Status.FAILED, error=err, reason="error"))])
+        retried = await storage.retry(task.id)
+        assert retried.status is Status.QUEUED and retried.errors == (err,)
+        assert retried.error is None and retried.reason is None and retried.finished_at is None
+        again = await _claim_one(storage)
+        assert again.id == task.id and again.attempts == 2
+        with pytest.raises(InvalidTransition):
+            await storage.retry(task.id)
+        with pytest.raises(TaskNotFound):
+            await storage.retry(new_id())
+
+    async def test_retry_refused_when_key_taken(self, storage: Storage) -> None:
+        [first] = await storage.add([make_spec(unique_key="u")])
+        await storage.abort(first.task.id, "x")
+        [second] = await storage.add([make_spec(unique_key="u")])
+        assert second.created
+        with pytest.raises(InvalidTransition):
+            await storage.retry(first.task.id)
+
+    async def test_delete_only_finished(self, storage: Storage) -> None:
+        [a] = await storage.add([make_spec()])
+        [b] = await storage.add([make_spec()])
+        await storage.abort(a.task.id, "x")
+        await storage.append_logs([NewLog(a.task.id, LogLevel.INFO, "hi", time.time())])
+        deleted = await storage.delete([a.task.id, b.task.id, new_id()])
+        assert deleted == [a.task.id]
+        assert await storage.get(a.task.id) is None
+        assert await storage.read_logs(a.task.id) == []
+        assert await storage.get(b.task.id) is not None
+
+    # -- queries ------------------------------------------------------------------
+
+    async def test_find_count_stats(self, storage: Storage) -> None:
+        await storage.add([make_spec(payload={"n": i, "even": i % 2 == 0}, priority=i % 3,
+                                     tags={"team": "a" if i < 6 else "b"}) for i in range(10)])
+        await storage.add([make_spec(action="test:b", payload={"n": 100})])
+        q = parse_query({"payload.even": True, "tags.team": "a"}, sort="-payload.n")
+        assert [t.payload["n"] for t in await storage.find(q)] == [4, 2, 0]
+        q = parse_query({"action": "test:a"}, sort=["priority", "payload.n"], limit=4, skip=1)
+        assert [t.payload["n"] for t in await storage.find(q)] == [3, 6, 9, 1]
+        assert await storage.count(parse_filter({"payload.n": {"$gte": 5}})) == 6
+        assert await storage.count(parse_filter({"$or": [{"action": "test:b"},
+                                                         {"payload.n": 0}]})) == 2
+        assert await storage.stats() == {"test:a": {"queued": 10}, "test:b": {"queued": 1}}
+
+    async def test_next_run_at(self, storage: Storage) -> None:
+        assert await storage.next_run_at(["test:a"]) is None
+        now = time.time()
+        await storage.add([make_spec(run_at=now + 50), make_spec(run_at=now + 20),
+                           make_spec(action="test:b", run_at=now + 1)])
+        assert await storage.next_run_at(["test:a"]) == pytest.approx(now + 20)
+
+    # -- logs ---------------------------------------------------------------------
+
+    async def test_logs(self, storage: Storage) -> None:
+        [res] = await storage.add([make_spec()])
+        tid = res.task.id
+        now = time.time()
+        seqs = await storage.append_logs([
+            NewLog(tid, LogLevel.DEBUG, "d", now, None),
+            NewLog(tid, LogLevel.INFO, "i", now, {"k": [1]}),
+            NewLog(tid, LogLevel.WARNING, "w", now),
+            NewLog(tid, LogLevel.ERROR, "e", now),
+        ])
+        assert seqs == sorted(seqs) and len(set(seqs)) == 4
+        logs = await storage.read_logs(tid)
+        assert [r.message for r in logs] == ["d", "i", "w", "e"]
+        assert logs[1].data == {"k": [1]} and logs[1].level is LogLevel.INFO
+        assert [r.seq for r in logs] == seqs
+        info = await storage.read_logs(tid, max_level=LogLevel.INFO)
+        assert [r.message for r in info] == ["i", "w", "e"]
+        after = await storage.read_logs(tid, after_seq=seqs[1])
+        assert [r.message for r in after] == ["w", "e"]
+        assert [r.message for r in await storage.read_logs(tid, limit=1)] == ["d"]
+        more = await storage.append_logs([NewLog(tid, LogLevel.INFO, "later", now)])
+        assert more[0] > seqs[-1]
+
+    # -- workers ------------------------------------------------------------------
+
+    async def test_workers(self, storage: Storage) -> None:
+        now = time.time()
+        info = WorkerInfo(id="host:1:abc", host="host", pid=1, actions=("test:a",),
+                          concurrency=4, started_at=now, last_seen=now)
+        await storage.register_worker(info)
+        [found] = await storage.list_workers()
+        assert found.id == info.id and found.actions == ("test:a",) and found.concurrency == 4
+        await asyncio.sleep(0.01)
+        await storage.heartbeat(info.id, [], 30)
+        [seen] = await storage.list_workers()
+        assert seen.last_seen > now
+        await storage.unregister_worker(info.id)
+        assert await storage.list_workers() == []
+
+    # -- change feed --------------------------------------------------------------
+
+    async def test_changes_in_order(self, storage: Storage, other_storage: Storage) -> None:
+        stream = storage.changes()
+        seen: list[Change] = []
+
+        async def collect() -> None:
+            async for change in stream:
+                seen.append(change)
+                if change.event == "succeeded":
+                    return
+
+        collector = asyncio.create_task(collect())
+        await asyncio.sleep(0.05)
+        [res] = await other_storage.add([make_spec()])
+        task = await _claim_one(other_storage)
+        await other_storage.finish("w1", [Completion(task.id, task.token or "", ok())])
+        await asyncio.wait_for(collector, 10)
+        mine = [c for c in seen if c.task_id == res.task.id]
+        assert [c.event for c in mine] == ["added", "started", "succeeded"]
+        assert [c.version for c in mine] == [1, 2, 3]
+        assert [c.status for c in mine] == [Status.QUEUED, Status.RUNNING, Status.SUCCEEDED]
+        assert [c.seq for c in mine] == sorted(c.seq for c in mine)
+        assert all(c.origin == other_storage.instance_id for c in mine)
+
+    # -- retention ----------------------------------------------------------------
+
+    async def test_prune(self, storage: Storage) -> None:
+        [old] = await storage.add([make_spec()])
+        [live] = await storage.add([make_spec()])
+        await storage.abort(old.task.id, "x")
+        assert await storage.prune(time.time() - 3600) == 0
+        assert await storage.prune(time.time() + 1) == 1
+        assert await storage.get(old.task.id) is None
+        assert await storage.get(live.task.id) is not None
