@@ -128,7 +128,10 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
                   priority: float | None = None, payload_model: type[BaseModel] | None = None,
                   result_model: type[BaseModel] | None = None, mode: str = "auto",
                   abort_grace: float = 5.0) -> Handler:
-    check_action(action)
+    try:
+        check_action(action)
+    except ValidationError as exc:
+        raise ConfigurationError(str(exc)) from None
     if not callable(fn):
         raise ConfigurationError(f"handler for {action!r} is not callable")
     if mode not in MODES:

@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _json
@@ -50,6 +50,7 @@ from .model import (
     default_policy,
 )
 from .storage import ClaimLimits, Completion, HeartbeatReply, Lease, NewLog, WorkerInfo
+from .storage._ops import completion_event
 
 if TYPE_CHECKING:
     from ._registry import Handler
@@ -87,7 +88,7 @@ class _Run:
     lease: Lease
     future: asyncio.Task[None] | None = None
     abort_reason: str | None = None
-    abort_event: asyncio.Event = field(default_factory=asyncio.Event)
+    abort_event: asyncio.Event | None = None  # sync handlers only
     lost: bool = False
     released: bool = False
     done: bool = False
@@ -183,6 +184,8 @@ class _Writer:
                                            entry.message, entry.data)
                         bus.emit(Event("task.log", entry.task_id, None, {"log": record},
                                        entry.ts))
+                for task_id in {entry.task_id for entry in logs}:
+                    bus._notify(task_id)
         if self.progress:
             now = time.monotonic()
             due = [k for k in self.progress if self.progress_written.get(k, 0.0) + interval <= now]
@@ -202,6 +205,9 @@ class _Writer:
             for completion, run in completions:
                 self.progress_written.pop(completion.task_id, None)
                 self.worker._finished(completion, run, completion.task_id in refused)
+            await self.worker._announce(
+                [(c.task_id, "task." + (c.event or completion_event(c.transition)))
+                 for c, _ in completions if c.task_id not in refused])
 
 
 class Worker:
@@ -285,6 +291,7 @@ class Worker:
             try:
                 released = await self.storage.release(self.id, [r.lease for r in leftover])
                 log.info("worker %s handed %d task(s) back to the queue", self.id, len(released))
+                await self._announce([(task_id, "task.released") for task_id in released])
             except Exception:
                 log.exception("worker %s could not hand tasks back; their leases will expire",
                               self.id)
@@ -393,6 +400,7 @@ class Worker:
         with self._leases_lock:
             self._leases[task.id] = lease
         self.claimed_total += 1
+        self.app.bus.task_event("task.started", task)
         run.future = asyncio.create_task(self._execute(run))
 
     async def _execute(self, run: _Run) -> None:
@@ -425,6 +433,8 @@ class Worker:
         self._complete(run, outcome)
 
     async def _run_async(self, run: _Run, timeout: float | None) -> Outcome:
+        if timeout is None:
+            return self._returned(run, await run.handler.fn(run.ctx))
         try:
             async with asyncio.timeout(timeout) as scope:
                 value = await run.handler.fn(run.ctx)
@@ -442,6 +452,9 @@ class Worker:
                 max_workers=self.concurrency, thread_name_prefix="conveyor-handler")
         call = contextvars.copy_context().run
         future = loop.run_in_executor(self._pool, call, run.handler.fn, run.ctx)
+        run.abort_event = asyncio.Event()
+        if run.abort_reason is not None or run.lost:
+            run.abort_event.set()
         abort_wait = asyncio.ensure_future(run.abort_event.wait())
         try:
             done, _ = await asyncio.wait({future, abort_wait}, timeout=timeout,
@@ -540,12 +553,34 @@ class Worker:
             app._push_sinks(app.error_sinks,
                             ErrorItem(task, t.error, t.status is not Status.QUEUED))
 
+    async def _announce(self, changes: list[tuple[str, str]]) -> None:
+        """Emit events for changes this worker made (reading the tasks only if someone listens)."""
+        bus = self.app.bus
+        if bus.idle:
+            return
+        wanted = [(task_id, type) for task_id, type in changes
+                  if bus.wants_task_event(type, task_id)]
+        for task_id, _ in changes:
+            bus._notify(task_id)
+        if not wanted:
+            return
+        try:
+            tasks = {t.id: t for t in await self.storage.get_many([i for i, _ in wanted])}
+        except Exception:
+            log.exception("could not read tasks for events")
+            return
+        for task_id, type in wanted:
+            task = tasks.get(task_id)
+            if task is not None:
+                bus.task_event(type, task)
+
     def _request_abort(self, run: _Run, reason: str) -> None:
         if run.abort_reason is not None or run.done:
             return
         run.abort_reason = reason
         run.ctx._request_abort(reason)
-        run.abort_event.set()
+        if run.abort_event is not None:
+            run.abort_event.set()
         if run.handler.is_async and run.future is not None:
             run.future.cancel()
 
@@ -662,7 +697,8 @@ class Worker:
                 log.warning("task %s: lease lost; stopping this run", task_id)
                 run.lost = True
                 run.ctx._request_abort("lease lost")
-                run.abort_event.set()
+                if run.abort_event is not None:
+                    run.abort_event.set()
                 if run.future is not None and run.handler.is_async:
                     run.future.cancel()
         for task_id, reason in reply.abort_requested.items():

@@ -285,6 +285,11 @@ class Conveyor:
         results = await self.storage.add(specs)
         if self._worker is not None and any(r.created for r in results):
             self._worker.wake()
+        bus = self.bus
+        if not bus.idle:
+            for r in results:
+                if r.created:
+                    bus.task_event("task.added", r.task)
         return [r.task for r in results]
 
     # -- reading --------------------------------------------------------------------
@@ -464,8 +469,12 @@ class Conveyor:
             raise ValidationError("abort reason must be a non-empty string")
         await self.open()
         task = await self.storage.abort(task_id, reason)
-        if task.status is Status.RUNNING and self._worker is not None:
-            self._worker.abort_local(task_id, reason)
+        if task.status is Status.RUNNING:
+            if self._worker is not None:
+                self._worker.abort_local(task_id, reason)
+            self.bus.task_event("task.abort_requested", task)
+        else:
+            self.bus.task_event("task.aborted", task)
         return task
 
     async def retry(self, task_id: str, *, delay: float | None = None) -> Task:
@@ -476,6 +485,7 @@ class Conveyor:
         task = await self.storage.retry(task_id, time.time() + wait)
         if self._worker is not None:
             self._worker.wake()
+        self.bus.task_event("task.retried", task)
         return task
 
     async def prioritize(self, task_id: str, priority: float) -> Task:
@@ -483,7 +493,9 @@ class Conveyor:
         _check_id(task_id)
         value = check_priority(priority)
         await self.open()
-        return await self.storage.prioritize(task_id, value)
+        task = await self.storage.prioritize(task_id, value)
+        self.bus.task_event("task.prioritized", task)
+        return task
 
     async def delete(self, target: str | Sequence[str] | Mapping[str, Any]) -> list[str]:
         """Delete finished tasks (and their logs): by id, ids, or a filter.
@@ -499,7 +511,12 @@ class Conveyor:
             ids = list(target)
         for task_id in ids:
             _check_id(task_id)
-        return await self.storage.delete(ids)
+        deleted = await self.storage.delete(ids)
+        for task_id in deleted:
+            self.bus._notify(task_id)
+            if self.bus.wants("task.deleted", task_id):
+                self.bus.emit(Event("task.deleted", task_id))
+        return deleted
 
     async def prune(self, older_than: float) -> int:
         """Delete tasks that finished more than ``older_than`` seconds ago."""

@@ -19,6 +19,7 @@ from .model import LogLevel, Progress, Task
 __all__ = ["Context", "TaskAbortRequested", "TaskLogger"]
 
 P = TypeVar("P")
+_EVENT_LOCK = threading.Lock()
 
 
 class TaskAbortRequested(ConveyorError):
@@ -118,8 +119,9 @@ class Context(Generic[P]):
         self.environment = environment
         self._channel = channel
         self.log = TaskLogger(channel, task.id)
-        self._abort = threading.Event()
+        self._aborted = False
         self._abort_reason: str | None = None
+        self._abort_event: threading.Event | None = None  # made when a sync handler waits
 
     # -- shortcuts ----------------------------------------------------------
 
@@ -165,7 +167,7 @@ class Context(Generic[P]):
 
     @property
     def aborted(self) -> bool:
-        return self._abort.is_set()
+        return self._aborted
 
     @property
     def abort_reason(self) -> str | None:
@@ -173,21 +175,32 @@ class Context(Generic[P]):
 
     def check_aborted(self) -> None:
         """Raise :class:`TaskAbortRequested` if the task was asked to abort."""
-        if self._abort.is_set():
+        if self._aborted:
             raise TaskAbortRequested(self._abort_reason or "aborted")
 
     def wait_aborted(self, timeout: float | None = None) -> bool:
         """Block (in a sync handler) up to ``timeout`` seconds; True if an abort came."""
-        return self._abort.wait(timeout)
+        if self._aborted:
+            return True
+        with _EVENT_LOCK:
+            if self._abort_event is None:
+                self._abort_event = threading.Event()
+            event = self._abort_event
+        if self._aborted:
+            return True
+        return event.wait(timeout)
 
     async def sleep(self, seconds: float) -> None:
         """Sleep, but raise :class:`TaskAbortRequested` as soon as an abort comes."""
-        if self._abort.is_set():
-            self.check_aborted()
+        self.check_aborted()
         await asyncio.sleep(seconds)
         self.check_aborted()
 
     def _request_abort(self, reason: str) -> None:
-        if not self._abort.is_set():
+        if not self._aborted:
             self._abort_reason = reason
-            self._abort.set()
+            self._aborted = True
+            with _EVENT_LOCK:
+                event = self._abort_event
+            if event is not None:
+                event.set()

@@ -15,11 +15,12 @@ Subscribe by pattern (``fnmatch`` style: ``"task.*"``, ``"*"``) and
 optionally by task id, with a callback (:meth:`EventBus.on`) or as an async
 iterator (:meth:`EventBus.subscribe`).
 
-Within a process, progress, logs and intermediate results come straight
-from the runner at full rate. Everything else, and everything from other
-processes, is rebuilt from the storage change feed by :class:`ChangeRelay`,
-so events arrive in commit order. ``event.task`` is the task as read when
-the event was delivered, which may already be a later version.
+A process announces the changes it makes itself, in the order it makes
+them (progress, logs and intermediate results at full rate). Changes made
+by other processes, and by this process's sweeper, are rebuilt from the
+storage change feed by :class:`ChangeRelay`, in commit order.
+``event.task`` is the task as read when the event was emitted (for feed
+events, possibly already a later version).
 """
 
 from __future__ import annotations
@@ -63,8 +64,17 @@ _FROM_CHANGE = {
     "aborted": "task.aborted", "retrying": "task.retrying", "rescheduled": "task.rescheduled",
     "prioritized": "task.prioritized", "abort_requested": "task.abort_requested",
     "released": "task.released", "rescued": "task.rescued", "retried": "task.retried",
-    "deleted": "task.deleted",
+    "deleted": "task.deleted", "lost": "task.failed", "lost_aborted": "task.aborted",
+    "expired": "task.failed",
 }
+# Changes that end a task: each is followed by task.ended.
+_ENDING = frozenset({"succeeded", "failed", "aborted", "lost", "lost_aborted", "expired"})
+# Changes a process announces itself when it makes them (the relay skips its own).
+DIRECT = frozenset({
+    "added", "started", "progress", "log", "succeeded", "failed", "aborted", "retrying",
+    "rescheduled", "prioritized", "abort_requested", "released", "retried", "deleted",
+})
+_ENDING_TYPES = frozenset({"task.succeeded", "task.failed", "task.aborted"})
 
 
 class EventOverflow(ConveyorError):
@@ -275,6 +285,23 @@ class EventBus:
         for ev in self._signals.get(task_id, ()):
             ev.set()
 
+    def task_event(self, type: str, task: Task, data: Mapping[str, Any] | None = None) -> None:
+        """Announce a change this process made to ``task`` (now in its new state):
+        wake the task's signals, emit ``type`` and, for an ending, ``task.ended``."""
+        self._notify(task.id)
+        if self.idle:
+            return
+        payload = data or {"version": task.version, "status": task.status.value}
+        if self.wants(type, task.id):
+            self.emit(Event(type, task.id, task, payload))
+        if type in _ENDING_TYPES and task.terminal and self.wants("task.ended", task.id):
+            self.emit(Event("task.ended", task.id, task, payload))
+
+    def wants_task_event(self, type: str, task_id: str) -> bool:
+        """Whether :meth:`task_event` for this type and task would reach anyone."""
+        return self.wants(type, task_id) or (type in _ENDING_TYPES
+                                             and self.wants("task.ended", task_id))
+
 
 async def _guard(awaitable: Awaitable[Any]) -> None:
     try:
@@ -314,8 +341,12 @@ class ChangeRelay:
             except asyncio.CancelledError:
                 pass
 
+    def _wants_own(self) -> bool:
+        """Own changes matter only to event listeners and task signals in this process."""
+        return not self.bus.idle or bool(self.bus._signals)
+
     async def _run(self) -> None:
-        stream = self.storage.changes()
+        stream = self.storage.changes(self._wants_own)
         batch: list[Change] = []
         iterator = stream.__aiter__()
         self._ready.set()
@@ -349,15 +380,15 @@ class ChangeRelay:
         wanted: list[tuple[Change, str]] = []
         for change in changes:
             self.bus._notify(change.task_id)
-            if change.origin == own and change.event in ("progress", "log"):
-                continue
+            if change.origin == own and change.event in DIRECT:
+                continue  # announced by this process when it made the change
             type = _FROM_CHANGE.get(change.event)
             if type is None:
                 continue
-            if self.bus.wants(type, change.task_id) or (
-                change.status in TERMINAL and change.event in ("succeeded", "failed", "aborted")
-                and self.bus.wants("task.ended", change.task_id)
-            ):
+            if (self.bus.wants(type, change.task_id)
+                    or (change.event in _ENDING and self.bus.wants("task.ended", change.task_id))
+                    or (change.event == "expired" and self.bus.wants("task.expired",
+                                                                     change.task_id))):
                 wanted.append((change, type))
         if not wanted:
             return
@@ -375,10 +406,10 @@ class ChangeRelay:
             data: dict[str, Any] = {"version": change.version, "status": change.status.value}
             if change.event == "progress" and task is not None and task.progress is not None:
                 data["progress"] = task.progress
-            if change.event == "failed" and task is not None and task.reason == "pickup_timeout":
+            if change.event == "expired":
                 self.bus.emit(Event("task.expired", change.task_id, task, data, change.ts))
             self.bus.emit(Event(type, change.task_id, task, data, change.ts))
-            if change.event in ("succeeded", "failed", "aborted") and change.status in TERMINAL:
+            if change.event in _ENDING:
                 self.bus.emit(Event("task.ended", change.task_id, task, data, change.ts))
 
     async def _emit_logs(self, change: Change, task: Task | None) -> None:

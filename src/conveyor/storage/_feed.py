@@ -12,11 +12,12 @@ __all__ = ["Fanout"]
 
 
 class _Consumer:
-    __slots__ = ("loop", "queue")
+    __slots__ = ("include_own", "loop", "queue")
 
-    def __init__(self) -> None:
+    def __init__(self, include_own: Callable[[], bool]) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Sequence[Change] | None] = asyncio.Queue()
+        self.include_own = include_own
 
 
 class Fanout:
@@ -24,10 +25,13 @@ class Fanout:
 
     :meth:`publish` may be called from any thread. A consumer that stops
     iterating is dropped. ``on_first`` runs when the first stream opens
-    (backends start their watcher lazily).
+    (backends start their watcher lazily). A stream whose ``include_own()``
+    is false does not get the changes whose origin is ``origin`` (the
+    storage object's own writes).
     """
 
-    def __init__(self, on_first: Callable[[], None] | None = None) -> None:
+    def __init__(self, origin: str, on_first: Callable[[], None] | None = None) -> None:
+        self.origin = origin
         self._lock = threading.Lock()
         self._consumers: list[_Consumer] = []
         self._on_first = on_first
@@ -37,21 +41,33 @@ class Fanout:
     def active(self) -> bool:
         return bool(self._consumers)
 
+    def wants_own(self) -> bool:
+        """Whether any stream currently wants changes made by this storage object."""
+        return any(c.include_own() for c in self._consumers)
+
     def publish(self, changes: Sequence[Change]) -> None:
         if not changes:
             return
         with self._lock:
             consumers = list(self._consumers)
+        foreign: Sequence[Change] | None = None
         for consumer in consumers:
+            batch = changes
+            if not consumer.include_own():
+                if foreign is None:
+                    foreign = [c for c in changes if c.origin != self.origin]
+                batch = foreign
+                if not batch:
+                    continue
             try:
                 running = asyncio.get_running_loop()
             except RuntimeError:
                 running = None
             if running is consumer.loop:
-                consumer.queue.put_nowait(changes)
+                consumer.queue.put_nowait(batch)
             else:
                 try:
-                    consumer.loop.call_soon_threadsafe(consumer.queue.put_nowait, changes)
+                    consumer.loop.call_soon_threadsafe(consumer.queue.put_nowait, batch)
                 except RuntimeError:  # that loop is closed
                     self._remove(consumer)
 
@@ -71,8 +87,12 @@ class Fanout:
             if consumer in self._consumers:
                 self._consumers.remove(consumer)
 
-    async def stream(self) -> AsyncIterator[Change]:
-        consumer = _Consumer()
+    async def stream(self, include_own: Callable[[], bool] | bool = True
+                     ) -> AsyncIterator[Change]:
+        if isinstance(include_own, bool):
+            flag = include_own
+            include_own = lambda: flag  # noqa: E731
+        consumer = _Consumer(include_own)
         with self._lock:
             if self._closed:
                 return

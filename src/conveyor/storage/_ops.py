@@ -124,18 +124,20 @@ def released(task: Task, now: float) -> Task:
 
 
 def rescued(task: Task, now: float, max_rescues: int) -> tuple[Task, str]:
-    """A running task whose lease expired: back to the queue, failed or aborted."""
+    """A running task whose lease expired: back to the queue (event ``rescued``),
+    failed with reason ``worker_lost`` (event ``lost``), or aborted if an abort
+    was requested (event ``lost_aborted``)."""
     if task.abort_requested is not None:
         error = ErrorInfo("Aborted", task.abort_requested, attempt=task.attempts, at=now)
         return replace(task, status=Status.ABORTED, reason=task.abort_requested, error=error,
                        errors=(*task.errors, error), finished_at=now, worker=None, token=None,
-                       lease_until=None, updated_at=now, version=task.version + 1), "aborted"
+                       lease_until=None, updated_at=now, version=task.version + 1), "lost_aborted"
     lost = ErrorInfo("WorkerLost", f"lease of worker {task.worker} expired",
                      attempt=task.attempts, at=now)
     if task.rescues >= max_rescues:
         return replace(task, status=Status.FAILED, reason="worker_lost", error=lost,
                        errors=(*task.errors, lost), finished_at=now, worker=None, token=None,
-                       lease_until=None, updated_at=now, version=task.version + 1), "failed"
+                       lease_until=None, updated_at=now, version=task.version + 1), "lost"
     return replace(task, status=Status.QUEUED, rescues=task.rescues + 1,
                    attempts=max(0, task.attempts - 1), errors=(*task.errors, lost), worker=None,
                    token=None, lease_until=None, pickup_deadline=pickup_deadline(task, now),

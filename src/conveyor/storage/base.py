@@ -15,7 +15,7 @@ whose task was claimed again by someone else) cannot overwrite the new run.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +113,10 @@ class Change:
     ``status`` because of ``event`` (``added``, ``started``, ``progress``,
     ``log``, ``succeeded``, ``failed``, ``aborted``, ``retrying``,
     ``rescheduled``, ``prioritized``, ``abort_requested``, ``released``,
-    ``rescued``, ``retried``, ``deleted``, ``expired``). ``origin`` is the
+    ``retried``, ``deleted``; and from the sweeper and the claim: ``rescued``
+    (lease expired, queued again), ``lost`` (failed: worker lost),
+    ``lost_aborted`` (aborted: its worker died after an abort request),
+    ``expired`` (failed: pickup timeout)). ``origin`` is the
     :attr:`Storage.instance_id` of the writer, when known."""
 
     seq: int
@@ -302,10 +305,14 @@ class Storage(abc.ABC):
     # -- feed ---------------------------------------------------------------
 
     @abc.abstractmethod
-    def changes(self) -> AsyncIterator[Change]:
+    def changes(self, include_own: Callable[[], bool] | bool = True) -> AsyncIterator[Change]:
         """An endless stream of changes from every process using this storage,
         starting from now, in commit order. Not a coroutine: call it and
-        iterate with ``async for``."""
+        iterate with ``async for``.
+
+        While ``include_own`` is (or returns) false, changes written through
+        this storage object are left out, and a backend may skip reading
+        them at all: a worker only needs to hear about other processes."""
 
     @abc.abstractmethod
     async def prune(self, older_than: float | None, batch: int = 500) -> int:

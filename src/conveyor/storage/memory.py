@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
 from ..errors import InvalidTransition, StorageError, TaskNotFound
@@ -45,14 +45,16 @@ class MemoryStorage(Storage):
         self._log_seq = 0
         self._change_seq = 0
         self._workers: dict[str, WorkerInfo] = {}
-        self._feed = Fanout()
+        self._feed = Fanout(self.instance_id)
         self._pending: list[Change] = []
 
     async def open(self) -> None:
         return None
 
     async def close(self) -> None:
+        """End open change streams; the data stays, and the object can be used again."""
         self._feed.close()
+        self._feed = Fanout(self.instance_id)
 
     # -- helpers --------------------------------------------------------------
 
@@ -160,7 +162,7 @@ class MemoryStorage(Storage):
         for task in list(self._tasks.values()):
             if (task.status is Status.QUEUED and task.pickup_deadline is not None
                     and task.pickup_deadline <= now):
-                self._put(_ops.pickup_expired(task, now), "failed", now)
+                self._put(_ops.pickup_expired(task, now), "expired", now)
                 expired.append(task.id)
         return expired
 
@@ -285,7 +287,7 @@ class MemoryStorage(Storage):
                     continue
                 new, event = _ops.rescued(task, now, max_rescues)
                 self._put(new, event, now)
-                {"rescued": requeued, "failed": failed, "aborted": aborted}[event].append(task.id)
+                {"rescued": requeued, "lost": failed, "lost_aborted": aborted}[event].append(task.id)
         self._flush()
         return RecoverReport(tuple(requeued), tuple(failed), tuple(aborted), tuple(expired))
 
@@ -381,8 +383,8 @@ class MemoryStorage(Storage):
 
     # -- feed -----------------------------------------------------------------
 
-    def changes(self) -> AsyncIterator[Change]:
-        return self._feed.stream()
+    def changes(self, include_own: Callable[[], bool] | bool = True) -> AsyncIterator[Change]:
+        return self._feed.stream(include_own)
 
     async def prune(self, older_than: float | None, batch: int = 500) -> int:
         if older_than is None:

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -77,6 +78,7 @@ MIGRATIONS = load_migrations("sqlite")
 SCHEMA_VERSION = MIGRATIONS[-1].version
 MIN_SQLITE = (3, 38, 0)
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_STATUS = {s.value: s for s in Status}
 FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
 
@@ -123,7 +125,7 @@ class SQLiteStorage(Storage):
         self._open_lock = threading.Lock()
         self._opened = False
         self._closed = False
-        self._feed = Fanout(on_first=self._start_watcher)
+        self._feed = Fanout(self.instance_id, on_first=self._start_watcher)
         self._watcher: threading.Thread | None = None
         self._kick = threading.Event()
         self._stop_watcher = threading.Event()
@@ -163,7 +165,6 @@ class SQLiteStorage(Storage):
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open database {self.path!r}: {exc}") from None
-        conn.row_factory = sqlite3.Row
         _register_functions(conn)
         return conn
 
@@ -196,7 +197,8 @@ class SQLiteStorage(Storage):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            self._kick.set()
+            if self._feed.active and self._feed.wants_own():
+                self._kick.set()
             return result
 
         return await self._run(tx)
@@ -232,8 +234,6 @@ class SQLiteStorage(Storage):
         with self._open_lock:
             if self._opened:
                 return
-            if self._closed:
-                raise StorageError("storage is closed")
             executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="conveyor-sqlite")
 
@@ -258,21 +258,31 @@ class SQLiteStorage(Storage):
             self._opened = True
 
     async def close(self) -> None:
+        """Close connections and threads; the object may be opened again."""
         with self._open_lock:
-            if self._closed:
+            if not self._opened or self._closed:
                 return
             self._closed = True
-        self._stop_watcher.set()
-        self._kick.set()
-        self._feed.close()
-        if self._watcher is not None:
-            await asyncio.to_thread(self._watcher.join, 5)
-        executor, conn = self._executor, self._conn
-        self._executor = None
-        if executor is not None and conn is not None:
-            await asyncio.wrap_future(executor.submit(conn.close))
-            executor.shutdown(wait=True)
-        self._opened = False
+        try:
+            self._stop_watcher.set()
+            self._kick.set()
+            self._feed.close()
+            if self._watcher is not None:
+                await asyncio.to_thread(self._watcher.join, 5)
+            executor, conn = self._executor, self._conn
+            self._executor = None
+            self._conn = None
+            if executor is not None and conn is not None:
+                await asyncio.wrap_future(executor.submit(conn.close))
+                executor.shutdown(wait=True)
+        finally:
+            with self._open_lock:
+                self._watcher = None
+                self._stop_watcher = threading.Event()
+                self._kick = threading.Event()
+                self._feed = Fanout(self.instance_id, on_first=self._start_watcher)
+                self._opened = False
+                self._closed = False
 
     # -- change feed ----------------------------------------------------------------
 
@@ -301,33 +311,45 @@ class SQLiteStorage(Storage):
                     if now_version == version:
                         continue
                     version = now_version
-                while True:
-                    rows = conn.execute(Q["changes_after"], {"after": last, "limit": 1000}).fetchall()
-                    if not rows:
-                        break
-                    batch = [Change(r[0], r[1], r[2], Status(r[3]), r[4], r[5], r[6]) for r in rows]
-                    last = batch[-1].seq
-                    self._feed.publish(batch)
-                    if len(rows) < 1000:
-                        break
+                last = self._read_changes(conn, last)
         except sqlite3.Error:
             pass  # the database went away; streams end when the storage closes
         finally:
             conn.close()
 
-    def changes(self) -> AsyncIterator[Change]:
-        return self._feed.stream()
+    def _read_changes(self, conn: sqlite3.Connection, last: int) -> int:
+        """Publish the changes after ``last``; returns the new position.
+
+        When no stream wants this object's own changes, only other writers'
+        rows are turned into Python objects."""
+        while True:
+            conn.execute("BEGIN")  # one snapshot for the rows and the end position
+            try:
+                end = conn.execute(Q["last_change"]).fetchone()[0]
+                if self._feed.wants_own():
+                    query, params = Q["changes_after"], {"after": last, "upto": end}
+                else:
+                    query, params = Q["foreign_changes_after"], {
+                        "after": last, "upto": end, "origin": self.instance_id}
+                rows = conn.execute(query, {**params, "limit": 1000}).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            if rows:
+                self._feed.publish([Change(r[0], r[1], r[2], _STATUS[r[3]], r[4], r[5], r[6])
+                                    for r in rows])
+            if len(rows) < 1000:
+                return int(end)
+            last = rows[-1][0]
+
+    def changes(self, include_own: Callable[[], bool] | bool = True) -> AsyncIterator[Change]:
+        return self._feed.stream(include_own)
 
     # -- helpers on the database thread -----------------------------------------------
 
-    def _row_params(self, task: Task, event: str) -> dict[str, Any]:
-        row = task_to_row(task)
-        row["event"] = event
-        row["origin"] = self.instance_id
-        return row
-
     def _save(self, conn: sqlite3.Connection, old: Task, new: Task, event: str) -> None:
-        params = self._row_params(new, event)
+        params = task_to_row(new)
+        params["event"] = event
+        params["origin"] = self.instance_id
         params["expected_version"] = old.version
         cur = conn.execute(Q["update_task"], params)
         if cur.rowcount != 1:  # pragma: no cover - the write lock makes this impossible
@@ -344,7 +366,7 @@ class SQLiteStorage(Storage):
         expired = []
         for row in rows:
             task = row_to_task(row)
-            self._save(conn, task, _ops.pickup_expired(task, now), "failed")
+            self._save(conn, task, _ops.pickup_expired(task, now), "expired")
             expired.append(task.id)
         return expired
 
@@ -353,30 +375,38 @@ class SQLiteStorage(Storage):
     async def add(self, specs: Sequence[TaskSpec]) -> list[AddResult]:
         if not specs:
             return []
+        now = time.time()
+        tasks = [_ops.new_task(spec, now) for spec in specs]
+        rows = [_insert_row(task) for task in tasks]
+        unique = any(spec.unique_key is not None for spec in specs)
+        origin = self.instance_id
+
+        def insert(conn: sqlite3.Connection, batch: list[list[Any]]) -> None:
+            if batch:
+                conn.execute(Q["insert_tasks"], {"rows": _json.dumps(batch), "origin": origin})
 
         def tx(conn: sqlite3.Connection) -> list[AddResult]:
-            now = time.time()
+            if not unique:
+                insert(conn, rows)
+                return [AddResult(task, True) for task in tasks]
             out: list[AddResult] = []
-            plain: list[dict[str, Any]] = []
-            for spec in specs:
-                if spec.unique_key is not None:
-                    if plain:
-                        conn.executemany(Q["insert_task"], plain)
-                        plain = []
-                    row = conn.execute(Q["find_live_duplicate"], {
-                        "unique_key": spec.unique_key, "scope": encode_scope(spec.unique_scope),
-                    }).fetchone()
-                    if row is not None:
-                        out.append(AddResult(row_to_task(row), created=False))
-                        continue
-                    task = _ops.new_task(spec, now)
-                    conn.execute(Q["insert_task"], self._row_params(task, "added"))
-                else:
-                    task = _ops.new_task(spec, now)
-                    plain.append(self._row_params(task, "added"))
+            plain: list[list[Any]] = []
+            for spec, task, row in zip(specs, tasks, rows, strict=True):
+                if spec.unique_key is None:
+                    plain.append(row)
+                    out.append(AddResult(task, True))
+                    continue
+                insert(conn, plain)
+                plain = []
+                found = conn.execute(Q["find_live_duplicate"], {
+                    "unique_key": spec.unique_key, "scope": encode_scope(spec.unique_scope),
+                }).fetchone()
+                if found is not None:
+                    out.append(AddResult(row_to_task(found), created=False))
+                    continue
+                insert(conn, [row])
                 out.append(AddResult(task, created=True))
-            if plain:
-                conn.executemany(Q["insert_task"], plain)
+            insert(conn, plain)
             return out
 
         try:
@@ -437,7 +467,7 @@ class SQLiteStorage(Storage):
             return []
         per_action = dict(limits.per_action) if limits else {}
 
-        def tx(conn: sqlite3.Connection) -> list[Task]:
+        def tx(conn: sqlite3.Connection) -> list[Any]:
             now = time.time()
             self._expire_pickups(conn, now)
             budget: dict[str, int] = {}
@@ -445,56 +475,43 @@ class SQLiteStorage(Storage):
                 running = dict(conn.execute(
                     Q["running_per_action"], {"actions": _json.dumps(list(per_action))}).fetchall())
                 budget = {a: cap - running.get(a, 0) for a, cap in per_action.items()}
-            wanted = [a for a in actions if budget.get(a, 1) > 0]
+            wanted = [a for a in dict.fromkeys(actions) if budget.get(a, 1) > 0]
             if not wanted:
                 return []
-            token = new_token()
-            base = {"worker": worker, "token": token, "lease_until": now + lease, "now": now,
-                    "origin": self.instance_id}
-            claimed: list[Task] = []
+            base = {"worker": worker, "token": new_token(), "lease_until": now + lease,
+                    "now": now, "origin": self.instance_id}
+            claimed: list[Any] = []
             pending: list[str] = []
 
             def flush() -> None:
                 if pending:
                     rows = conn.execute(Q["claim_tasks"], {**base, "ids": _json.dumps(pending)})
-                    claimed.extend(row_to_task(r) for r in rows.fetchall())
+                    claimed.extend(rows.fetchall())
                     pending.clear()
 
-            after: tuple[float, float, str] = (float("-inf"), float("-inf"), "")
-            page = max(limit, 64)
-            scanned = 0
-            while len(claimed) + len(pending) < limit and scanned < 20 * limit + 1000:
-                rows = conn.execute(Q["claim_candidates"], {
-                    "now": now, "actions": _json.dumps(wanted), "after_priority": after[0],
-                    "after_run_at": after[1], "after_id": after[2], "page": page,
-                }).fetchall()
-                if not rows:
-                    break
-                for task_id, action, priority, run_at, conditional in rows:
-                    scanned += 1
-                    after = (priority, run_at, task_id)
-                    if action in budget:
-                        if budget[action] <= 0:
-                            continue
-                    if conditional:
-                        flush()
-                        if not self._conditions_allow(conn, task_id):
-                            continue
-                        pending.append(task_id)
-                        flush()
-                    else:
-                        pending.append(task_id)
-                    if action in budget:
-                        budget[action] -= 1
-                    if len(claimed) + len(pending) >= limit:
-                        break
-                if len(rows) < page:
+            for action, task_id, conditional in _ready_in_order(conn, wanted, now, limit):
+                if budget.get(action, 1) <= 0:
+                    continue
+                if conditional:
+                    flush()
+                    if not self._conditions_allow(conn, task_id):
+                        continue
+                    pending.append(task_id)
+                    flush()
+                else:
+                    pending.append(task_id)
+                if action in budget:
+                    budget[action] -= 1
+                if len(claimed) + len(pending) >= limit:
                     break
             flush()
-            claimed.sort(key=lambda t: (t.priority, t.run_at, t.id))
             return claimed
 
-        return await self._write(tx)
+        rows = await self._write(tx)
+        loads = _json.loads
+        tasks = [row_to_task(loads(r[0]), decoded=True) for r in rows]
+        tasks.sort(key=lambda t: (t.priority, t.run_at, t.id))
+        return tasks
 
     def _conditions_allow(self, conn: sqlite3.Connection, task_id: str) -> bool:
         row = conn.execute(Q["task_conditions"], {"id": task_id}).fetchone()
@@ -546,28 +563,25 @@ class SQLiteStorage(Storage):
     async def finish(self, worker: str, completions: Sequence[Completion]) -> list[str]:
         if not completions:
             return []
-        params = []
+        rows = []
         for c in completions:
             t = c.transition
-            params.append({
-                "id": c.task_id, "token": c.token, "status": t.status.value,
-                "run_at": t.run_at if t.status is Status.QUEUED else None,
-                "result": None if t.result is None else _json.dumps(t.result),
-                "error": _json.dumps(t.error.to_json()) if t.error is not None else None,
-                "reason": t.reason, "refund": 1 if t.refund_attempt else 0,
-                "progress": _json.dumps(c.progress.to_json()) if c.progress is not None else None,
-                "event": c.event or _ops.completion_event(t), "origin": self.instance_id,
-            })
+            rows.append([
+                c.task_id, c.token, t.status.value,
+                t.run_at if t.status is Status.QUEUED else None,
+                t.result,
+                None if t.error is None else t.error.to_json(),
+                t.reason,
+                1 if t.refund_attempt else 0,
+                None if c.progress is None else c.progress.to_json(),
+                c.event or _ops.completion_event(t),
+            ])
+        params = {"rows": _json.dumps(rows), "origin": self.instance_id}
 
         def tx(conn: sqlite3.Connection) -> list[str]:
-            now = time.time()
-            refused = []
-            statement = Q["finish_task"]
-            for p in params:
-                p["now"] = now
-                if conn.execute(statement, p).rowcount != 1:
-                    refused.append(p["id"])
-            return refused
+            params["now"] = time.time()
+            done = {r[0] for r in conn.execute(Q["finish_tasks"], params).fetchall()}
+            return [c.task_id for c in completions if c.task_id not in done]
 
         return await self._write(tx)
 
@@ -598,21 +612,24 @@ class SQLiteStorage(Storage):
         def tx(conn: sqlite3.Connection) -> RecoverReport:
             now = time.time()
             expired = self._expire_pickups(conn, now)
-            groups: dict[str, list[str]] = {"rescued": [], "failed": [], "aborted": []}
+            groups: dict[str, list[str]] = {"rescued": [], "lost": [], "lost_aborted": []}
             for row in conn.execute(Q["expired_leases"], {"now": now}).fetchall():
                 task = row_to_task(row)
                 new, event = _ops.rescued(task, now, max_rescues)
                 self._save(conn, task, new, event)
                 groups[event].append(task.id)
-            return RecoverReport(tuple(groups["rescued"]), tuple(groups["failed"]),
-                                 tuple(groups["aborted"]), tuple(expired))
+            return RecoverReport(tuple(groups["rescued"]), tuple(groups["lost"]),
+                                 tuple(groups["lost_aborted"]), tuple(expired))
 
         return await self._write(tx)
 
     async def next_run_at(self, actions: Sequence[str]) -> float | None:
         acts = _json.dumps(list(actions))
-        return await self._run(
-            lambda conn: conn.execute(Q["next_run_at"], {"actions": acts}).fetchone()[0])
+        def read(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(Q["next_run_at"], {"actions": acts}).fetchone()
+            return None if row is None else float(row[0])
+
+        return await self._run(read)
 
     # -- control ------------------------------------------------------------------
 
@@ -644,9 +661,9 @@ class SQLiteStorage(Storage):
                 row = conn.execute(Q["find_live_duplicate"], {
                     "unique_key": task.unique_key, "scope": encode_scope(task.unique_scope),
                 }).fetchone()
-                if row is not None and row["id"] != task.id:
+                if row is not None and row[0] != task.id:
                     raise InvalidTransition(
-                        f"task {row['id']} already holds unique key {task.unique_key!r}", task)
+                        f"task {row[0]} already holds unique key {task.unique_key!r}", task)
             self._save(conn, task, new, "retried")
             return new
 
@@ -735,6 +752,62 @@ class SQLiteStorage(Storage):
             if n < batch:
                 break
         return total
+
+
+def _insert_row(task: Task) -> list[Any]:
+    """A new task as a row of the insert_tasks query."""
+    return [
+        task.id, task.action, task.payload, task.priority, task.run_at, task.created_at,
+        task.max_attempts, task.run_timeout, task.pickup_timeout, task.pickup_deadline,
+        task.backoff.to_json() if task.backoff else None, task.unique_key,
+        encode_scope(task.unique_scope),
+        [c.to_json() for c in task.concurrency] if task.concurrency else None,
+        task.tags, task.parent_id,
+    ]
+
+
+def _ready_in_order(conn: sqlite3.Connection, actions: Sequence[str], now: float,
+                    page: int) -> Iterator[tuple[str, str, bool]]:
+    """Ready tasks of several actions, merged in claim order (priority, run_at, id).
+
+    Each action is read a page at a time along its own ready index; a row is
+    only yielded once no unread row of any action can come before it.
+    Yields ``(action, id, has_conditions)``.
+    """
+    page = max(page, 16)
+    buffered: list[tuple[float, float, str, str, bool]] = []
+    after: dict[str, tuple[float, float, str]] = {a: (-math.inf, -math.inf, "") for a in actions}
+    left: dict[str, int] = dict.fromkeys(actions, 0)
+    open_actions = set(actions)
+    query = Q["claim_candidates"]
+    while True:
+        for action in list(open_actions):
+            if left[action]:
+                continue
+            key = after[action]
+            rows = conn.execute(query, {"action": action, "now": now, "after_priority": key[0],
+                                        "after_run_at": key[1], "after_id": key[2],
+                                        "page": page}).fetchall()
+            for priority, run_at, task_id, conditional in rows:
+                buffered.append((priority, run_at, task_id, action, bool(conditional)))
+            left[action] += len(rows)
+            if rows:
+                last = rows[-1]
+                after[action] = (last[0], last[1], last[2])
+            if len(rows) < page:
+                open_actions.discard(action)
+        if not buffered:
+            return
+        buffered.sort()
+        bound = min((after[a] for a in open_actions), default=None)
+        taken = 0
+        for item in buffered:
+            if bound is not None and (item[0], item[1], item[2]) > bound:
+                break
+            taken += 1
+            left[item[3]] -= 1
+            yield item[3], item[2], item[4]
+        del buffered[:taken]
 
 
 def _split_statements(script: str) -> list[str]:

@@ -1,19 +1,24 @@
 -- Named queries of the SQLite backend. Parameters use the :name style.
 -- Lists are passed as one JSON array parameter and read with json_each.
+-- A unary + on a column (+status) keeps the planner from choosing that column's index
+-- where the primary key is the right one.
 
--- name: insert_task
+-- name: insert_tasks
+-- New tasks, given as one JSON array of rows (binding one parameter per column
+-- costs about a microsecond each in Python's sqlite3; SQLite parses JSON in C).
+-- Each row: [id, action, payload, priority, run_at, now, max_attempts, run_timeout,
+--            pickup_timeout, pickup_deadline, backoff, unique_key, unique_scope,
+--            concurrency, tags, parent_id]
 INSERT INTO conveyor_tasks (
-    id, action, payload, status, priority, run_at, created_at, updated_at, started_at,
-    finished_at, attempts, max_attempts, rescues, run_timeout, pickup_timeout, pickup_deadline,
-    backoff, worker, lease_until, token, abort_requested, progress, result, error, errors, reason,
-    unique_key, unique_scope, concurrency, tags, parent_id, public_url, version, event, origin
-) VALUES (
-    :id, :action, :payload, :status, :priority, :run_at, :created_at, :updated_at, :started_at,
-    :finished_at, :attempts, :max_attempts, :rescues, :run_timeout, :pickup_timeout,
-    :pickup_deadline, :backoff, :worker, :lease_until, :token, :abort_requested, :progress,
-    :result, :error, :errors, :reason, :unique_key, :unique_scope, :concurrency, :tags,
-    :parent_id, :public_url, :version, :event, :origin
+    id, action, payload, status, priority, run_at, created_at, updated_at, max_attempts,
+    run_timeout, pickup_timeout, pickup_deadline, backoff, unique_key, unique_scope,
+    concurrency, tags, parent_id, version, event, origin
 )
+SELECT value ->> 0, value ->> 1, value -> 2, 'queued', value ->> 3, value ->> 4, value ->> 5,
+       value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9,
+       nullif(value -> 10, 'null'), value ->> 11, value ->> 12, nullif(value -> 13, 'null'),
+       value -> 14, value ->> 15, 1, 'added', :origin
+FROM json_each(:rows)
 
 -- name: update_task
 -- Write back a whole task changed in Python (cold paths), if nobody changed it meanwhile.
@@ -44,14 +49,14 @@ SELECT action, status, count(*) FROM conveyor_tasks GROUP BY action, status
 -- name: delete_finished
 DELETE FROM conveyor_tasks
 WHERE id IN (SELECT value FROM json_each(:ids))
-  AND status IN ('succeeded', 'failed', 'aborted')
+  AND +status IN ('succeeded', 'failed', 'aborted')
 RETURNING id
 
 -- name: delete_logs
 DELETE FROM conveyor_logs WHERE task_id IN (SELECT value FROM json_each(:ids))
 
 -- name: pickup_expired
-SELECT * FROM conveyor_tasks
+SELECT * FROM conveyor_tasks INDEXED BY conveyor_tasks_pickup
 WHERE status = 'queued' AND pickup_deadline IS NOT NULL AND pickup_deadline <= :now
 
 -- name: running_per_action
@@ -60,11 +65,10 @@ WHERE status = 'running' AND action IN (SELECT value FROM json_each(:actions))
 GROUP BY action
 
 -- name: claim_candidates
--- Ready tasks in claim order, one page at a time (keyset on the ready index).
-SELECT id, action, priority, run_at, concurrency IS NOT NULL AS conditional
-FROM conveyor_tasks
-WHERE status = 'queued' AND run_at <= :now
-  AND action IN (SELECT value FROM json_each(:actions))
+-- Ready tasks of one action in claim order, one page at a time (keyset on the ready index).
+SELECT priority, run_at, id, concurrency IS NOT NULL
+FROM conveyor_tasks INDEXED BY conveyor_tasks_ready
+WHERE status = 'queued' AND action = :action AND run_at <= :now
   AND (priority, run_at, id) > (:after_priority, :after_run_at, :after_id)
 ORDER BY priority, run_at, id
 LIMIT :page
@@ -74,8 +78,13 @@ UPDATE conveyor_tasks SET
     status = 'running', worker = :worker, token = :token, lease_until = :lease_until,
     started_at = :now, attempts = attempts + 1, pickup_deadline = NULL, updated_at = :now,
     version = version + 1, event = 'started', origin = :origin
-WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'queued'
-RETURNING *
+WHERE id IN (SELECT value FROM json_each(:ids)) AND +status = 'queued'
+RETURNING json_array(
+    id, action, json(payload), status, priority, run_at, created_at, updated_at, started_at,
+    finished_at, attempts, max_attempts, rescues, run_timeout, pickup_timeout, pickup_deadline,
+    json(backoff), worker, lease_until, token, abort_requested, json(progress), json(result),
+    json(error), json(errors), reason, unique_key, unique_scope, json(concurrency), json(tags),
+    parent_id, public_url, version)
 
 -- name: task_conditions
 SELECT concurrency FROM conveyor_tasks WHERE id = :id
@@ -86,7 +95,7 @@ WHERE id = :id AND token = :token AND status = 'running'
 
 -- name: abort_requests
 SELECT id, abort_requested FROM conveyor_tasks
-WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running'
+WHERE id IN (SELECT value FROM json_each(:ids)) AND +status = 'running'
   AND abort_requested IS NOT NULL
 
 -- name: touch_worker
@@ -98,34 +107,42 @@ UPDATE conveyor_tasks SET
     origin = :origin
 WHERE id = :id AND token = :token AND status = 'running'
 
--- name: finish_task
--- Mirrors storage/_ops.finished: the transition decided by the policy, fenced by the token.
+-- name: finish_tasks
+-- Mirrors storage/_ops.finished: the transitions decided by the policy, fenced by the token.
+-- One JSON array of rows: [id, token, status, run_at (queued only), result, error, reason,
+--                          refund (0/1), progress, event]
 UPDATE conveyor_tasks SET
-    status = :status,
-    run_at = coalesce(:run_at, run_at),
-    pickup_deadline = CASE WHEN :status = 'queued' AND pickup_timeout IS NOT NULL
-                           THEN coalesce(:run_at, run_at) + pickup_timeout END,
-    result = :result,
-    error = :error,
-    errors = CASE WHEN :error IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(:error)) END,
-    reason = :reason,
-    finished_at = CASE WHEN :status = 'queued' THEN NULL ELSE :now END,
-    attempts = attempts - :refund,
+    status = c.value ->> 2,
+    run_at = coalesce(c.value ->> 3, run_at),
+    pickup_deadline = CASE WHEN c.value ->> 2 = 'queued' AND pickup_timeout IS NOT NULL
+                           THEN coalesce(c.value ->> 3, run_at) + pickup_timeout END,
+    result = nullif(c.value -> 4, 'null'),
+    error = nullif(c.value -> 5, 'null'),
+    errors = CASE WHEN c.value -> 5 = 'null' THEN errors
+                  ELSE json_insert(errors, '$[#]', json(c.value -> 5)) END,
+    reason = c.value ->> 6,
+    finished_at = CASE WHEN c.value ->> 2 = 'queued' THEN NULL ELSE :now END,
+    attempts = attempts - (c.value ->> 7),
     worker = NULL, token = NULL, lease_until = NULL, abort_requested = NULL,
-    progress = coalesce(:progress, progress),
-    updated_at = :now, version = version + 1, event = :event, origin = :origin
-WHERE id = :id AND token = :token AND status = 'running'
+    progress = coalesce(nullif(c.value -> 8, 'null'), progress),
+    updated_at = :now, version = version + 1, event = c.value ->> 9, origin = :origin
+FROM json_each(:rows) AS c
+WHERE conveyor_tasks.id = c.value ->> 0 AND conveyor_tasks.token = c.value ->> 1
+  AND +conveyor_tasks.status = 'running'
+RETURNING conveyor_tasks.id
 
 -- name: held_tasks
 SELECT * FROM conveyor_tasks
-WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running'
+WHERE id IN (SELECT value FROM json_each(:ids)) AND +status = 'running'
 
 -- name: expired_leases
 SELECT * FROM conveyor_tasks WHERE status = 'running' AND lease_until < :now
 
 -- name: next_run_at
-SELECT min(run_at) FROM conveyor_tasks
+SELECT run_at FROM conveyor_tasks INDEXED BY conveyor_tasks_due
 WHERE status = 'queued' AND action IN (SELECT value FROM json_each(:actions))
+ORDER BY run_at
+LIMIT 1
 
 -- name: log_seq
 SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'conveyor_logs'), 0)
@@ -164,7 +181,12 @@ SELECT coalesce(max(seq), 0) FROM conveyor_changes
 
 -- name: changes_after
 SELECT seq, task_id, version, status, event, origin, ts FROM conveyor_changes
-WHERE seq > :after ORDER BY seq LIMIT :limit
+WHERE seq > :after AND seq <= :upto ORDER BY seq LIMIT :limit
+
+-- name: foreign_changes_after
+-- Changes written by other storage objects (other processes, other connections).
+SELECT seq, task_id, version, status, event, origin, ts FROM conveyor_changes
+WHERE seq > :after AND seq <= :upto AND origin IS NOT :origin ORDER BY seq LIMIT :limit
 
 -- name: old_finished
 SELECT id FROM conveyor_tasks

@@ -39,18 +39,20 @@ CREATE TABLE conveyor_tasks (
     origin          TEXT                            -- which storage instance made it
 );
 
--- The claim: ready tasks by priority, then age.
-CREATE INDEX conveyor_tasks_ready ON conveyor_tasks (priority, run_at, id) WHERE status = 'queued';
--- The sweeper: leases that ran out.
-CREATE INDEX conveyor_tasks_leases ON conveyor_tasks (lease_until) WHERE status = 'running';
+-- The claim: ready tasks of one action by priority, then age.
+CREATE INDEX conveyor_tasks_ready ON conveyor_tasks (action, priority, run_at, id)
+    WHERE status = 'queued';
+-- When the next delayed task is due.
+CREATE INDEX conveyor_tasks_due ON conveyor_tasks (run_at) WHERE status = 'queued';
+-- Tasks by status (and action): listings, stats, running tasks for the sweeper and limits.
+CREATE INDEX conveyor_tasks_status ON conveyor_tasks (status, action);
 -- Pickup timeouts.
 CREATE INDEX conveyor_tasks_pickup ON conveyor_tasks (pickup_deadline)
     WHERE status = 'queued' AND pickup_deadline IS NOT NULL;
 -- Dedupe: one task per unique key among the tasks whose status is in their own scope.
 CREATE UNIQUE INDEX conveyor_tasks_unique ON conveyor_tasks (unique_key)
     WHERE unique_key IS NOT NULL AND instr(unique_scope, '|' || status || '|') > 0;
-CREATE INDEX conveyor_tasks_action_status ON conveyor_tasks (action, status);
-CREATE INDEX conveyor_tasks_status ON conveyor_tasks (status, id);
+-- Retention.
 CREATE INDEX conveyor_tasks_finished ON conveyor_tasks (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX conveyor_tasks_parent ON conveyor_tasks (parent_id) WHERE parent_id IS NOT NULL;
 
@@ -64,9 +66,10 @@ CREATE TABLE conveyor_logs (
 );
 CREATE INDEX conveyor_logs_task ON conveyor_logs (task_id, seq);
 
--- The change feed: one row per change of a task, in commit order.
+-- The change feed: one row per change of a task, in commit order. Rows are
+-- pruned from the oldest; the newest is never deleted, so seq never repeats.
 CREATE TABLE conveyor_changes (
-    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq      INTEGER PRIMARY KEY,
     task_id  TEXT NOT NULL,
     version  INTEGER NOT NULL,
     status   TEXT NOT NULL,
@@ -105,6 +108,3 @@ CREATE TABLE conveyor_workers (
     last_seen   REAL NOT NULL,
     info        TEXT NOT NULL DEFAULT '{}'
 );
-
--- When the next delayed task of an action is due.
-CREATE INDEX conveyor_tasks_due ON conveyor_tasks (run_at) WHERE status = 'queued';

@@ -1,0 +1,220 @@
+"""The runner on every backend: handlers, results, errors, waiting, reading."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from conveyor import (
+    Context,
+    Conveyor,
+    Status,
+    TaskAborted,
+    TaskFailed,
+    TaskNotFound,
+    ValidationError,
+    WaitTimeout,
+)
+from conveyor.model import Task
+from conveyor.storage._codec import COLUMNS
+
+
+def test_task_fields_match_storage_columns() -> None:
+    fields = [f for f in Task.__dataclass_fields__ if f != "logs"]
+    assert fields == list(COLUMNS)
+
+
+async def test_async_handler_result(app: Conveyor) -> None:
+    @app.handler("math:double")
+    async def double(ctx: Context[Any]) -> dict[str, int]:
+        return {"n": ctx.payload["n"] * 2}
+
+    async with app:
+        task = await app.add("math:double", {"n": 21})
+        assert task.status is Status.QUEUED
+        assert await app.wait(task.id, timeout=10) == {"n": 42}
+        done = await app.get(task.id)
+        assert done.status is Status.SUCCEEDED and done.attempts == 1
+        assert done.started_at is not None and done.finished_at is not None
+        assert done.finished_at >= done.started_at >= done.created_at
+
+
+async def test_sync_handler_runs_in_a_thread(app: Conveyor) -> None:
+    seen: list[str] = []
+
+    @app.handler("sync:work")
+    def work(ctx: Context[Any]) -> str:
+        seen.append(threading.current_thread().name)
+        ctx.progress(1, total=1, message="done")
+        ctx.log.info("in thread %s", "yes")
+        return "ok"
+
+    async with app:
+        task = await app.add("sync:work")
+        assert await app.wait(task.id, timeout=10) == "ok"
+    assert seen and seen[0].startswith("conveyor-handler")
+    done = await app.get(task.id, logs=True)  # the app opens again after close
+    assert done.progress is not None and done.progress.message == "done"
+    assert done.logs is not None and [r.message for r in done.logs] == ["in thread yes"]
+
+
+async def test_failure_is_kept_and_raised(app: Conveyor) -> None:
+    @app.handler("boom")
+    async def boom(ctx: Context[Any]) -> None:
+        raise ValueError("no good")
+
+    async with app:
+        task = await app.add("boom")
+        with pytest.raises(TaskFailed) as info:
+            await app.wait(task.id, timeout=10)
+    failed = info.value.task
+    assert failed.status is Status.FAILED and failed.reason == "error"
+    assert failed.error is not None and failed.error.type == "ValueError"
+    assert failed.error.message == "no good"
+    assert failed.error.traceback is not None and "no good" in failed.error.traceback
+    assert "ValueError: no good" in str(info.value)
+
+
+async def test_wait_timeout_and_missing(app: Conveyor) -> None:
+    task = await app.add("nobody:handles")
+    with pytest.raises(WaitTimeout):
+        await app.wait(task.id, timeout=0.2)
+    with pytest.raises(TaskNotFound):
+        await app.wait("0000-missing", timeout=0.2)
+    with pytest.raises(TaskNotFound):
+        await app.get("0000-missing")
+
+
+async def test_wait_on_aborted_task(app: Conveyor) -> None:
+    task = await app.add("nobody:handles")
+    waiter = asyncio.create_task(app.wait(task.id, timeout=10))
+    await asyncio.sleep(0.05)
+    await app.abort(task.id, "changed my mind")
+    with pytest.raises(TaskAborted) as info:
+        await waiter
+    assert info.value.task.reason == "changed my mind"
+
+
+async def test_priority_then_fifo(url: str) -> None:
+    app = Conveyor(url, concurrency=1)
+    order: list[str] = []
+
+    @app.handler("rank")
+    async def rank(ctx: Context[Any]) -> None:
+        order.append(ctx.payload)
+
+    try:
+        tasks = [await app.add("rank", name, priority=p)
+                 for name, p in [("c1", 1), ("a1", 0), ("b", -1), ("c2", 1), ("a2", 0)]]
+        await app.start()
+        for t in tasks:
+            await app.wait(t.id, timeout=10)
+        assert order == ["b", "a1", "a2", "c1", "c2"]
+    finally:
+        await app.close()
+
+
+async def test_delay_and_run_at(app: Conveyor) -> None:
+    @app.handler("later")
+    async def later(ctx: Context[Any]) -> float:
+        return time.time()
+
+    async with app:
+        start = time.time()
+        delayed = await app.add("later", delay=0.5)
+        past = await app.add("later", run_at=start - 100)
+        assert delayed.run_at == pytest.approx(start + 0.5, abs=0.1)
+        ran_past = await app.wait(past.id, timeout=10)
+        ran_delayed = await app.wait(delayed.id, timeout=10)
+    assert ran_delayed >= delayed.run_at
+    assert ran_past < ran_delayed
+
+
+async def test_add_many_is_all_or_nothing(app: Conveyor) -> None:
+    with pytest.raises(ValidationError, match="task 2"):
+        await app.add_many([("a", 1), ("a", 2), ("a", {1, 2}), ("a", 4)])
+    assert await app.count() == 0
+    tasks = await app.add_many([("a", 1), {"action": "b", "payload": 2, "priority": 3},
+                                ("c", None, {"tags": {"k": "v"}})])
+    assert [t.action for t in tasks] == ["a", "b", "c"]
+    assert tasks[1].priority == 3 and tasks[2].tags == {"k": "v"}
+    assert await app.count() == 3
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"action": "", "payload": 1}, "invalid action name"),
+    ({"action": "has space", "payload": 1}, "invalid action name"),
+    ({"action": "a", "payload": object()}, "payload is not JSON-serialisable"),
+    ({"action": "a", "payload": float("nan")}, "payload is not JSON-serialisable"),
+    ({"action": "a", "payload": "x" * (1 << 20)}, "over the limit"),
+    ({"action": "a", "payload": "\ud800"}, "not valid Unicode"),
+    ({"action": "a", "priority": "high"}, "priority must be a number"),
+    ({"action": "a", "priority": float("inf")}, "finite"),
+    ({"action": "a", "delay": -1}, "delay must be >= 0"),
+    ({"action": "a", "delay": 1, "run_at": 5}, "not both"),
+    ({"action": "a", "timeout": 0}, "timeout must be > 0"),
+    ({"action": "a", "max_attempts": 0}, "max_attempts"),
+    ({"action": "a", "unique_key": 5}, "unique_key must be a non-empty string"),
+    ({"action": "a", "unique_scope": ["running"]}, "must include 'queued'"),
+    ({"action": "a", "tags": {"a.b": 1}}, "must not contain"),
+    ({"action": "a", "colour": "red"}, "unknown option"),
+    ({"action": "a", "concurrency": [{"scope": "nowhere", "query": {}}]}, "unknown status"),
+    ({"action": "a", "concurrency": [{"query": {"$bad": 1}}]}, "concurrency\\[0\\].query"),
+])
+async def test_bad_input_is_refused_and_writes_nothing(app: Conveyor, kwargs: dict[str, Any],
+                                                       message: str) -> None:
+    kwargs = dict(kwargs)
+    action = kwargs.pop("action")
+    payload = kwargs.pop("payload", None)
+    with pytest.raises(ValidationError, match=message):
+        await app.add(action, payload, **kwargs)
+    assert await app.count() == 0
+
+
+async def test_find_count_exists(app: Conveyor) -> None:
+    for i in range(6):
+        await app.add("item", {"i": i, "group": "odd" if i % 2 else "even"},
+                      tags={"user": "ann" if i < 3 else "bob"}, priority=i)
+    odd = await app.find({"payload.group": "odd"}, sort="-payload.i")
+    assert [t.payload["i"] for t in odd] == [5, 3, 1]
+    assert await app.count({"tags.user": "ann"}) == 3
+    first = await app.find_one({"tags.user": "bob"}, sort="priority")
+    assert first is not None and first.payload["i"] == 3
+    assert await app.exists({"payload.i": {"$gt": 4}})
+    assert not await app.exists({"payload.i": {"$gt": 5}})
+    assert await app.exists(first.id)
+    page = await app.find(sort="priority", limit=2, skip=2)
+    assert [t.priority for t in page] == [2, 3]
+    assert await app.stats() == {"item": {"queued": 6}}
+
+
+async def test_delete_finished(app: Conveyor) -> None:
+    a = await app.add("x")
+    b = await app.add("x")
+    await app.abort(a.id)
+    assert await app.delete([a.id, b.id]) == [a.id]
+    assert not await app.exists(a.id) and await app.exists(b.id)
+    await app.abort(b.id)
+    assert await app.delete({"action": "x"}) == [b.id]
+
+
+async def test_handler_registration_errors(app: Conveyor) -> None:
+    from conveyor import ConfigurationError
+
+    @app.handler("dup")
+    async def one(ctx: Context[Any]) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="already registered"):
+        app.register("dup", one)
+    with pytest.raises(ConfigurationError, match="invalid action|action name"):
+        app.register("bad name", one)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        app.register("t", one, timeout=-1)
+    with pytest.raises(ConfigurationError, match="mode='thread'"):
+        app.register("m", one, mode="thread")
+    with pytest.raises(ConfigurationError, match="unexpected keyword|colour"):
+        app.register("k", one, colour="red")

@@ -1,0 +1,145 @@
+"""Events, log streams, sinks."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from typing import Any
+
+import pytest
+
+from conveyor import Context, Conveyor, ErrorItem, Event, LogLevel, ResultItem
+
+
+async def test_event_sequence_for_one_task(app: Conveyor) -> None:
+    gate = asyncio.Event()
+
+    @app.handler("steps")
+    async def steps(ctx: Context[Any]) -> str:
+        await gate.wait()
+        for i in range(3):
+            await ctx.progress(i + 1, total=3, message=f"step {i + 1}")
+        ctx.log.info("halfway")
+        ctx.emit({"partial": 1})
+        return "done"
+
+    async with app:
+        seen: list[Event] = []
+        ended = asyncio.Event()
+
+        def on_event(event: Event) -> None:
+            if event.type != "task.added":
+                seen.append(event)
+            if event.type == "task.ended":
+                ended.set()
+
+        app.on("task.*", on_event)
+        task = await app.add("steps")
+        gate.set()
+        await asyncio.wait_for(ended.wait(), 10)
+    types = [e.type for e in seen]
+    assert types[0] == "task.started"
+    assert types[-2:] == ["task.succeeded", "task.ended"]
+    progress = [e.data["progress"].current for e in seen if e.type == "task.progress"]
+    assert progress[:3] == [1, 2, 3]
+    assert [e.data["log"].message for e in seen if e.type == "task.log"] == ["halfway"]
+    assert [e.data["value"] for e in seen if e.type == "task.result"] == [{"partial": 1}]
+    assert all(e.task_id == task.id for e in seen)
+    assert seen[-1].task is not None and seen[-1].task.result == "done"
+
+
+async def test_events_as_async_iterator_by_pattern(app: Conveyor) -> None:
+    @app.handler("ok")
+    async def ok(ctx: Context[Any]) -> int:
+        return 1
+
+    @app.handler("bad")
+    async def bad(ctx: Context[Any]) -> int:
+        raise RuntimeError("x")
+
+    async with app:
+        sub = app.events(["task.succeeded", "task.failed"])
+        a = await app.add("ok")
+        b = await app.add("bad")
+        got: dict[str, str] = {}
+        async for event in sub:
+            assert event.task_id is not None
+            got[event.task_id] = event.type
+            if len(got) == 2:
+                break
+        sub.close()
+    assert got == {a.id: "task.succeeded", b.id: "task.failed"}
+
+
+async def test_added_and_aborted_events(app: Conveyor) -> None:
+    added = asyncio.Queue[Event]()
+    app.on(["task.added", "task.aborted", "task.ended"], added.put_nowait)
+    task = await app.add("nobody:runs:this")
+    first = await asyncio.wait_for(added.get(), 10)
+    assert (first.type, first.task_id) == ("task.added", task.id)
+    await app.abort(task.id, "no")
+    second = await asyncio.wait_for(added.get(), 10)
+    third = await asyncio.wait_for(added.get(), 10)
+    assert (second.type, third.type) == ("task.aborted", "task.ended")
+
+
+async def test_logs_replay_then_follow(app: Conveyor) -> None:
+    step = asyncio.Event()
+
+    @app.handler("chatty")
+    async def chatty(ctx: Context[Any]) -> None:
+        ctx.log.debug("one")
+        ctx.log.info("two", data={"k": 2})
+        await step.wait()
+        ctx.log.warning("three")
+        ctx.log.error("four %d", 4)
+
+    async with app:
+        task = await app.add("chatty")
+        lines: list[str] = []
+        async for record in app.logs(task.id):
+            lines.append(record.message)
+            if record.message == "two":
+                assert record.data == {"k": 2}
+                step.set()
+        assert lines == ["one", "two", "three", "four 4"]
+        replay = [r.message async for r in app.logs(task.id, max_level="warning")]
+        assert replay == ["three", "four 4"]
+        got = await app.get(task.id, logs=True, max_level=LogLevel.INFO)
+        assert got.logs is not None and [r.message for r in got.logs] == ["two", "three", "four 4"]
+        no_follow = [r.message async for r in app.logs(task.id, follow=False)]
+        assert no_follow == lines
+
+
+async def test_result_and_error_sinks(app: Conveyor) -> None:
+    results: queue.Queue[ResultItem] = queue.Queue()
+    errors: list[ErrorItem] = []
+    app.add_result_sink(results)
+    app.add_error_sink(errors.append)
+
+    @app.handler("sink:ok")
+    async def ok(ctx: Context[Any]) -> int:
+        ctx.emit("partial")
+        return 7
+
+    @app.handler("sink:bad", max_attempts=2, backoff=0.01)
+    async def bad(ctx: Context[Any]) -> int:
+        raise KeyError("k")
+
+    async with app:
+        a = await app.add("sink:ok")
+        b = await app.add("sink:bad")
+        await app.wait(a.id, timeout=10)
+        with pytest.raises(Exception, match="KeyError"):
+            await app.wait(b.id, timeout=10)
+        await asyncio.sleep(0)
+    items = [results.get_nowait() for _ in range(results.qsize())]
+    assert [(i.value, i.final) for i in items] == [("partial", False), (7, True)]
+    assert [(e.error.type, e.final) for e in errors] == [("KeyError", False), ("KeyError", True)]
+
+
+async def test_sink_must_be_usable(app: Conveyor) -> None:
+    from conveyor import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        app.add_result_sink(42)
