@@ -346,25 +346,19 @@ class ChangeRelay:
         return not self.bus.idle or bool(self.bus._signals)
 
     async def _run(self) -> None:
-        stream = self.storage.changes(self._wants_own)
-        batch: list[Change] = []
+        stream = self.storage.change_batches(self._wants_own)
         iterator = stream.__aiter__()
         self._ready.set()
         try:
             while True:
-                change = await iterator.__anext__()
-                batch.append(change)
-                # take what is already queued without waiting, then handle it at once
-                while len(batch) < 500:
-                    try:
-                        nxt = await asyncio.wait_for(iterator.__anext__(), 0)
-                    except (TimeoutError, asyncio.TimeoutError):
-                        break
-                    batch.append(nxt)
-                await self._handle(batch)
-                batch = []
-        except StopAsyncIteration:
-            return
+                try:
+                    batch = await iterator.__anext__()
+                except StopAsyncIteration:
+                    return
+                try:
+                    await self._handle(batch)
+                except Exception:
+                    log.exception("could not turn changes into events")
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:

@@ -89,6 +89,12 @@ class Fanout:
 
     async def stream(self, include_own: Callable[[], bool] | bool = True
                      ) -> AsyncIterator[Change]:
+        async for batch in self.batches(include_own):
+            for change in batch:
+                yield change
+
+    async def batches(self, include_own: Callable[[], bool] | bool = True
+                      ) -> AsyncIterator[Sequence[Change]]:
         if isinstance(include_own, bool):
             flag = include_own
             include_own = lambda: flag  # noqa: E731
@@ -105,7 +111,12 @@ class Fanout:
                 batch = await consumer.queue.get()
                 if batch is None:
                     return
-                for change in batch:
-                    yield change
+                while not consumer.queue.empty() and len(batch) < 2000:
+                    more = consumer.queue.get_nowait()
+                    if more is None:
+                        yield batch
+                        return
+                    batch = [*batch, *more]
+                yield batch
         finally:
             self._remove(consumer)

@@ -314,6 +314,14 @@ class Storage(abc.ABC):
         this storage object are left out, and a backend may skip reading
         them at all: a worker only needs to hear about other processes."""
 
+    async def change_batches(self, include_own: Callable[[], bool] | bool = True
+                             ) -> AsyncIterator[Sequence[Change]]:
+        """The same stream as :meth:`changes`, in the batches the backend reads
+        them in (so a consumer can handle many at once). The default wraps
+        each change in a batch of one."""
+        async for change in self.changes(include_own):
+            yield [change]
+
     @abc.abstractmethod
     async def prune(self, older_than: float | None, batch: int = 500) -> int:
         """Delete finished tasks with ``finished_at < older_than`` and their logs,

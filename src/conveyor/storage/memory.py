@@ -386,6 +386,10 @@ class MemoryStorage(Storage):
     def changes(self, include_own: Callable[[], bool] | bool = True) -> AsyncIterator[Change]:
         return self._feed.stream(include_own)
 
+    def change_batches(self, include_own: Callable[[], bool] | bool = True
+                       ) -> AsyncIterator[Sequence[Change]]:
+        return self._feed.batches(include_own)
+
     async def prune(self, older_than: float | None, batch: int = 500) -> int:
         if older_than is None:
             return 0

@@ -10,13 +10,13 @@
   event loop.
 - The change feed is a table filled by triggers. A watcher thread notices
   commits from other processes by polling ``PRAGMA data_version`` every
-  ``poll_interval`` seconds (5 ms by default, a few microseconds each), and
+  ``poll_interval`` seconds (2 ms by default, a few microseconds each), and
   commits of this process at once.
 - The schema is created and migrated on open from the versioned ``.sql``
   files in ``storage/sql/sqlite/migrations``; a database of a newer schema
   version is refused.
 
-URL options: ``sqlite:///tasks.db?synchronous=normal&busy_timeout=30&poll_interval=0.005``.
+URL options: ``sqlite:///tasks.db?synchronous=normal&busy_timeout=30&poll_interval=0.002``.
 Three slashes then a relative path, four for an absolute one.
 """
 
@@ -104,7 +104,7 @@ class SQLiteStorage(Storage):
     """Tasks in a SQLite file. See the module docstring for the options."""
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
-                 busy_timeout: float = 30.0, poll_interval: float = 0.005,
+                 busy_timeout: float = 30.0, poll_interval: float = 0.002,
                  url: str | None = None) -> None:
         sync = synchronous.upper()
         if sync not in _SYNCHRONOUS:
@@ -343,6 +343,10 @@ class SQLiteStorage(Storage):
 
     def changes(self, include_own: Callable[[], bool] | bool = True) -> AsyncIterator[Change]:
         return self._feed.stream(include_own)
+
+    def change_batches(self, include_own: Callable[[], bool] | bool = True
+                       ) -> AsyncIterator[Sequence[Change]]:
+        return self._feed.batches(include_own)
 
     # -- helpers on the database thread -----------------------------------------------
 

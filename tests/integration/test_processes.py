@@ -1,0 +1,96 @@
+"""Several real processes on one database."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conveyor import Conveyor
+
+from .procs import read_ledger, stop_worker, workers
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'shared.db'}"
+
+
+async def wait_for(predicate, timeout: float, interval: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(interval)
+
+
+async def test_two_workers_run_each_task_once(db: str, tmp_path: Path) -> None:
+    n = 10_000
+    ledger = tmp_path / "ledger.txt"
+    app = Conveyor(db)
+    try:
+        for start in range(0, n, 1000):
+            await app.add_many([("ledger", {"i": i}) for i in range(start, start + 1000)])
+        with workers(2, {"CONVEYOR_DB": db, "LEDGER": str(ledger)}) as procs:
+            await wait_for(lambda: _count(app, "succeeded", n), timeout=240, interval=0.25)
+            for proc in procs:
+                assert stop_worker(proc) == 0
+        lines = read_ledger(ledger)
+        runs = Counter(task_id for task_id, _, _ in lines)
+        lost = n - await app.count({"status": "succeeded"})
+        duplicated = sum(1 for c in runs.values() if c > 1)
+        print(f"tasks={n} lost={lost} duplicated={duplicated} "
+              f"per-process={Counter(pid for _, _, pid in lines)}")
+        assert lost == 0 and duplicated == 0 and len(runs) == n
+        assert len({pid for _, _, pid in lines}) == 2  # both workers took part
+        assert await app.workers() == []  # both unregistered on a clean stop
+    finally:
+        await app.close()
+
+
+async def _count(app: Conveyor, status: str, n: int) -> bool:
+    return await app.count({"status": status}) >= n
+
+
+async def test_tasks_from_another_process_start_within_100ms(db: str, tmp_path: Path) -> None:
+    app = Conveyor(db)
+    try:
+        with workers(1, {"CONVEYOR_DB": db, "LEDGER": str(tmp_path / "l.txt")}):
+            delays = []
+            for i in range(30):
+                task = await app.add("ledger", {"i": i})
+                await app.wait(task.id, timeout=10)
+                done = await app.get(task.id)
+                assert done.started_at is not None
+                delays.append(done.started_at - done.created_at)
+                await asyncio.sleep(0.02)
+        median = statistics.median(delays)
+        print(f"enqueue-to-start across processes: median {median * 1000:.1f} ms, "
+              f"max {max(delays) * 1000:.1f} ms")
+        assert median < 0.1
+    finally:
+        await app.close()
+
+
+async def test_wait_events_and_logs_across_processes(db: str, tmp_path: Path) -> None:
+    app = Conveyor(db)
+    try:
+        with workers(1, {"CONVEYOR_DB": db, "LEDGER": str(tmp_path / "l.txt")}):
+            progress: list[float] = []
+            app.on("task.progress", lambda e: progress.append(e.data["progress"].current))
+            started = asyncio.Event()
+            app.on("task.started", lambda e: started.set())
+            task = await app.add("chatty", {"steps": 6, "pause": 0.1})
+            lines = [r.message async for r in app.logs(task.id)]
+            assert lines == [f"line {i}" for i in range(6)]
+            assert await app.wait(task.id, timeout=10) == "chatted"
+            assert started.is_set()
+            assert progress and progress == sorted(progress) and progress[-1] == 6
+    finally:
+        await app.close()

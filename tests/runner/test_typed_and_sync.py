@@ -1,0 +1,101 @@
+"""Typed payloads (pydantic) and the synchronous face."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from conveyor import Context, Conveyor, Status, SyncConveyor, TaskFailed, ValidationError
+
+
+class Download(BaseModel):
+    url: str
+    retries: int = 0
+
+
+class Done(BaseModel):
+    size: int
+
+
+async def test_typed_payload_and_result(app: Conveyor) -> None:
+    received: list[Any] = []
+
+    @app.handler("files:download")
+    async def download(ctx: Context[Download]) -> Done:
+        received.append(ctx.payload)
+        return Done(size=len(ctx.payload.url))
+
+    with pytest.raises(ValidationError, match="url"):
+        await app.add("files:download", {"url": 5})
+    with pytest.raises(ValidationError, match="url: Field required"):
+        await app.add("files:download", {})
+    assert await app.count() == 0
+    async with app:
+        a = await app.add("files:download", {"url": "abc"})
+        assert a.payload == {"url": "abc", "retries": 0}
+        b = await app.add("files:download", Download(url="abcdef", retries=2))
+        assert await app.wait(a.id, timeout=10) == {"size": 3}
+        assert await app.wait(b.id, timeout=10) == {"size": 6}
+    assert all(isinstance(p, Download) for p in received)
+
+
+async def test_explicit_models_and_bad_stored_payload(app: Conveyor) -> None:
+    @app.handler("typed", payload_model=Download)
+    async def typed(ctx: Context[Any]) -> str:
+        return str(ctx.payload.url)
+
+    # a task added by a process that did not know the model is checked when it runs
+    other = Conveyor(app.storage)
+    bad = await other.add("typed", {"nope": 1})
+    async with app:
+        with pytest.raises(TaskFailed, match="payload does not fit"):
+            await app.wait(bad.id, timeout=10)
+    failed = await app.get(bad.id)
+    assert failed.status is Status.FAILED
+
+
+async def test_unserialisable_result_fails_the_task(app: Conveyor) -> None:
+    @app.handler("weird")
+    async def weird(ctx: Context[Any]) -> object:
+        return {1, 2, 3}
+
+    async with app:
+        task = await app.add("weird")
+        with pytest.raises(TaskFailed, match="not JSON-serialisable"):
+            await app.wait(task.id, timeout=10)
+
+
+def test_sync_face(tmp_path: Path) -> None:
+    app = SyncConveyor(f"sqlite:///{tmp_path / 'sync.db'}", concurrency=4)
+
+    @app.handler("double")
+    def double(ctx: Context[Any]) -> int:
+        ctx.log.info("doubling %s", ctx.payload)
+        return int(ctx.payload) * 2
+
+    try:
+        events = app.events("task.succeeded")
+        app.start()
+        task = app.add("double", 21)
+        assert app.wait(task.id, timeout=10) == 42
+        assert [r.message for r in app.logs(task.id)] == ["doubling 21"]
+        event = next(events)
+        assert event.type == "task.succeeded" and event.task_id == task.id
+        events.close()
+        assert app.count({"status": "succeeded"}) == 1
+        assert app.get(task.id).result == 42
+        assert [t.id for t in app.find({"action": "double"})] == [task.id]
+        with pytest.raises(ValidationError):
+            app.add("double", object())
+    finally:
+        app.close()
+
+
+def test_sync_face_as_context_manager(tmp_path: Path) -> None:
+    with SyncConveyor(f"sqlite:///{tmp_path / 'sync2.db'}") as app:
+        task = app.add("nobody:runs", {"x": 1})
+        assert app.get(task.id).status is Status.QUEUED
+        assert app.stats() == {"nobody:runs": {"queued": 1}}
