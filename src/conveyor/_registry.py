@@ -136,8 +136,8 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
         raise ConfigurationError(f"handler for {action!r} is not callable")
     if mode not in MODES:
         raise ConfigurationError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    is_coroutine = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None))
+    is_coroutine = inspect.iscoroutinefunction(fn) or (
+        not inspect.isfunction(fn) and inspect.iscoroutinefunction(type(fn).__call__))
     if mode == "async" and not is_coroutine:
         raise ConfigurationError(f"handler for {action!r}: mode='async' needs an async function")
     if mode == "thread" and is_coroutine:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import _json
@@ -52,8 +52,8 @@ def check_priority(value: Any) -> float:
 def _when(value: Any) -> float:
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.timestamp()
+            value = value.replace(tzinfo=UTC)
+        return float(value.timestamp())
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValidationError(
             f"run_at must be a datetime or seconds since the epoch, not {value!r}")

@@ -409,7 +409,8 @@ class Worker:
         outcome: Outcome
         try:
             if isinstance(run.ctx.payload, Exception):
-                raise ValidationError(f"payload does not fit the handler's model: {run.ctx.payload}")
+                raise ValidationError(
+                    f"payload does not fit the handler's model: {run.ctx.payload}")
             if handler.is_async:
                 outcome = await self._run_async(run, timeout)
             else:

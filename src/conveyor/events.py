@@ -30,12 +30,12 @@ import fnmatch
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConveyorError
-from .model import TERMINAL, LogLevel, Task
+from .model import LogLevel, Task
 from .storage import Change, Storage
 
 __all__ = [

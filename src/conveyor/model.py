@@ -162,7 +162,8 @@ def seconds(value: float | int | timedelta | None, what: str, *, allow_none: boo
     if result != result or result in (float("inf"), float("-inf")):
         raise ValidationError(f"{what} must be a finite number of seconds, not {value!r}")
     if result < 0 or (result == 0 and not allow_zero):
-        raise ValidationError(f"{what} must be {'>= 0' if allow_zero else '> 0'} seconds, not {value!r}")
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValidationError(f"{what} must be {bound} seconds, not {value!r}")
     return result
 
 
@@ -523,7 +524,7 @@ class Retry:
     reason: str | None = None
 
     def __post_init__(self) -> None:
-        value = seconds(self.after, "Retry(after=...)")  # type: ignore[arg-type]
+        value = seconds(self.after, "Retry(after=...)")
         object.__setattr__(self, "after", value)
 
 
@@ -536,7 +537,7 @@ class Reschedule:
     result: JSON = None
 
     def __post_init__(self) -> None:
-        value = seconds(self.after, "Reschedule(after=...)", allow_none=False)  # type: ignore[arg-type]
+        value = seconds(self.after, "Reschedule(after=...)", allow_none=False)
         object.__setattr__(self, "after", value)
 
 

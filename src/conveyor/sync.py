@@ -61,17 +61,17 @@ class Portal:
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
 
-    def run(self, fn: Callable[[], Awaitable[T] | T]) -> T:
+    def run(self, fn: Callable[[], Any]) -> Any:
         """Call ``fn()`` on the loop thread (awaiting it if needed) and return its result."""
         if threading.current_thread() is self._thread:
             raise ConveyorError("a SyncConveyor cannot be called from its own event loop thread")
         if self._loop.is_closed():
             raise ConveyorError("this SyncConveyor is closed")
 
-        async def call() -> T:
+        async def call() -> Any:
             value = fn()
             if inspect.isawaitable(value):
-                return await value  # type: ignore[no-any-return]
+                return await value
             return value
 
         future = asyncio.run_coroutine_threadsafe(call(), self._loop)

@@ -210,11 +210,11 @@ async def test_handler_registration_errors(app: Conveyor) -> None:
 
     with pytest.raises(ConfigurationError, match="already registered"):
         app.register("dup", one)
-    with pytest.raises(ConfigurationError, match="invalid action|action name"):
+    with pytest.raises(ConfigurationError, match=r"invalid action|action name"):
         app.register("bad name", one)
     with pytest.raises(ConfigurationError, match="timeout"):
         app.register("t", one, timeout=-1)
     with pytest.raises(ConfigurationError, match="mode='thread'"):
         app.register("m", one, mode="thread")
-    with pytest.raises(ConfigurationError, match="unexpected keyword|colour"):
+    with pytest.raises(ConfigurationError, match=r"unexpected keyword|colour"):
         app.register("k", one, colour="red")

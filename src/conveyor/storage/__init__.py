@@ -54,12 +54,12 @@ def open_storage(url: str) -> Storage:
         return SQLiteStorage.from_url(url)
     if scheme in ("postgres", "postgresql"):
         try:
-            from .postgres import PostgresStorage
+            from .postgres import PostgresStorage  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ConfigurationError(
                 f"PostgreSQL support is not installed ({exc}): pip install 'conveyor[postgres]'"
             ) from None
-        return PostgresStorage.from_url(url)
+        return PostgresStorage.from_url(url)  # type: ignore[no-any-return,unused-ignore]
     raise ConfigurationError(
         f"unknown storage URL {url!r}: expected memory://, sqlite:///path.db or postgresql://..."
     )

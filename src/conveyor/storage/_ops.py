@@ -60,7 +60,9 @@ def completion_event(transition: Transition) -> str:
 
 
 def finished(task: Task, completion: Completion, now: float) -> Task:
-    """The task after a run ended with ``completion`` (the SQL backends' ``finish`` mirrors this)."""
+    """The task after a run ended with ``completion``.
+
+    The SQL backends' ``finish`` queries mirror this."""
     t = completion.transition
     queued = t.status is Status.QUEUED
     run_at = t.run_at if (queued and t.run_at is not None) else task.run_at

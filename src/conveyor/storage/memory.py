@@ -226,7 +226,8 @@ class MemoryStorage(Storage):
                     aborts[task.id] = task.abort_requested
             info = self._workers.get(worker)
             if info is not None:
-                self._workers[worker] = replace(info, last_seen=now, running=len(leases) - len(lost))
+                self._workers[worker] = replace(info, last_seen=now,
+                                                running=len(leases) - len(lost))
         return HeartbeatReply(frozenset(lost), aborts)
 
     async def update_progress(self, updates: Sequence[tuple[Lease, Progress]]) -> list[str]:
@@ -287,7 +288,8 @@ class MemoryStorage(Storage):
                     continue
                 new, event = _ops.rescued(task, now, max_rescues)
                 self._put(new, event, now)
-                {"rescued": requeued, "lost": failed, "lost_aborted": aborted}[event].append(task.id)
+                groups = {"rescued": requeued, "lost": failed, "lost_aborted": aborted}
+                groups[event].append(task.id)
         self._flush()
         return RecoverReport(tuple(requeued), tuple(failed), tuple(aborted), tuple(expired))
 

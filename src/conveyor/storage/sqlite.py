@@ -157,7 +157,8 @@ class SQLiteStorage(Storage):
                 f"this Python has {sqlite3.sqlite_version}")
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
-            raise StorageError(f"cannot open database {self.path!r}: folder {folder!r} does not exist")
+            raise StorageError(
+                f"cannot open database {self.path!r}: folder {folder!r} does not exist")
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False)
@@ -216,7 +217,8 @@ class SQLiteStorage(Storage):
             current = conn.execute("PRAGMA user_version").fetchone()[0]
             if current == 0:
                 existing = conn.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE name = 'conveyor_tasks'").fetchone()[0]
+                    "SELECT count(*) FROM sqlite_master WHERE name = 'conveyor_tasks'"
+                ).fetchone()[0]
                 if existing:
                     raise SchemaError(f"database {self.path!r} has conveyor tables but no version")
             for migration in MIGRATIONS:
@@ -580,7 +582,7 @@ class SQLiteStorage(Storage):
                 None if c.progress is None else c.progress.to_json(),
                 c.event or _ops.completion_event(t),
             ])
-        params = {"rows": _json.dumps(rows), "origin": self.instance_id}
+        params: dict[str, Any] = {"rows": _json.dumps(rows), "origin": self.instance_id}
 
         def tx(conn: sqlite3.Connection) -> list[str]:
             params["now"] = time.time()

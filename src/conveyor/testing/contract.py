@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -70,15 +69,14 @@ class StorageContract:
     """The behaviour every :class:`~conveyor.storage.Storage` must show."""
 
     @pytest.fixture
-    async def storage(self) -> AsyncIterator[Storage]:  # pragma: no cover - overridden
+    async def storage(self) -> Storage:  # pragma: no cover - overridden
         raise NotImplementedError("provide a `storage` fixture")
-        yield
 
     @pytest.fixture
-    async def other_storage(self, storage: Storage) -> AsyncIterator[Storage]:
+    async def other_storage(self, storage: Storage) -> Storage:
         """A second storage object on the same data; backends override to use a
         second connection."""
-        yield storage
+        return storage
 
     # -- add / get ------------------------------------------------------------
 
@@ -183,7 +181,7 @@ class StorageContract:
         now = time.time()
         specs = [make_spec(payload=i, run_at=now) for i in range(30)]
         await storage.add(specs)
-        order = []
+        order: list[Any] = []
         while batch := await storage.claim("w1", ["test:a"], 7, 30):
             order.extend(t.payload for t in batch)
         assert order == list(range(30))
