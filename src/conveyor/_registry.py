@@ -95,7 +95,14 @@ def _models_from_signature(fn: Callable[..., Any]) -> tuple[type[BaseModel] | No
                                                             type[BaseModel] | None]:
     try:
         hints = typing.get_type_hints(fn)
-    except Exception:
+    except Exception as exc:
+        raw = getattr(fn, "__annotations__", {})
+        first = next(iter(inspect.signature(fn).parameters), None)
+        if "[" in str(raw.get(first, "")) or "return" in raw:
+            raise ConfigurationError(
+                f"cannot read the type annotations of handler {fn.__qualname__} ({exc}): "
+                "define its payload and result models at module level, or pass "
+                "payload_model= / result_model=") from None
         return None, None
     payload_model = None
     params = [p for p in inspect.signature(fn).parameters.values()

@@ -55,6 +55,7 @@ from .storage._ops import completion_event
 if TYPE_CHECKING:
     from ._registry import Handler
     from .app import Conveyor
+    from .schedule import Schedule
 
 __all__ = ["ErrorItem", "ResultItem", "Worker"]
 
@@ -235,6 +236,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._claim_task: asyncio.Task[None] | None = None
+        self._schedule_task: asyncio.Task[None] | None = None
         self._feed_task: asyncio.Task[None] | None = None
         self._writer = _Writer(self)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -254,6 +256,9 @@ class Worker:
         self._writer.start()
         self.app._relay_listeners.append(self._on_changes)
         self._claim_task = asyncio.create_task(self._claim_loop(), name="conveyor-claim")
+        if self.app.schedules:
+            self._schedule_task = asyncio.create_task(self._schedule_loop(),
+                                                      name="conveyor-schedules")
         self._keeper = threading.Thread(target=self._keeper_main, name="conveyor-keeper",
                                         daemon=True)
         self._keeper.start()
@@ -269,6 +274,9 @@ class Worker:
         self._stopping = True
         self._wake.set()
         self._slot.set()
+        if self._schedule_task is not None:
+            self._schedule_task.cancel()
+            await asyncio.gather(self._schedule_task, return_exceptions=True)
         if self._claim_task is not None:
             await asyncio.gather(self._claim_task, return_exceptions=True)
         timeout = self.app.stop_timeout if timeout is None else timeout
@@ -383,6 +391,42 @@ class Worker:
         task = await self.storage.get(run.task.id)
         if task is not None and task.abort_requested and task.token == run.lease.token:
             self._request_abort(run, task.abort_requested)
+
+    # -- schedules ------------------------------------------------------------
+
+    async def _schedule_loop(self) -> None:
+        """Keep the next occurrence of every schedule queued (deduped across processes)."""
+        schedules = list(self.app.schedules)
+        now = time.time()
+        due = [s.next_after(now) for s in schedules]
+        pending = set(range(len(schedules)))
+        while not self._stopping:
+            for i in sorted(pending):
+                if await self._add_occurrence(schedules[i], due[i]):
+                    pending.discard(i)
+            now = time.time()
+            pause = min(due) - now
+            if pending:
+                pause = min(pause, 1.0)  # retry failed additions soon
+            if pause > 0:
+                await asyncio.sleep(pause)
+            now = time.time()
+            for i, schedule in enumerate(schedules):
+                if due[i] <= now:
+                    due[i] = schedule.next_after(max(now, due[i]))
+                    pending.add(i)
+
+    async def _add_occurrence(self, schedule: Schedule, at: float) -> bool:
+        try:
+            await self.app.add(schedule.action, schedule.payload, run_at=at,
+                               priority=schedule.priority,
+                               unique_key=schedule.unique_key(at), unique_scope=list(Status),
+                               tags={"schedule": schedule.name})
+            return True
+        except Exception as exc:
+            log.warning("schedule %s: could not add the occurrence at %s: %s", schedule.name,
+                        at, exc)
+            return False
 
     # -- running --------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from ._registry import Handler, Registry, build_handler
@@ -21,6 +22,7 @@ from .errors import (
 )
 from .events import ChangeRelay, Event, EventBus, Subscription
 from .model import LogLevel, LogRecord, Policy, Status, Task, seconds
+from .schedule import Schedule
 from .query import parse_filter, parse_query
 from .storage import Change, Storage, WorkerInfo, open_storage
 
@@ -100,6 +102,7 @@ class Conveyor:
         self.sweep_interval = sweep or max(0.05, self.lease / 3)
         self.registry = Registry()
         self.bus = EventBus()
+        self.schedules: list[Schedule] = []
         self.result_sinks: list[Sink] = []
         self.error_sinks: list[Sink] = []
         self._relay: ChangeRelay | None = None
@@ -140,12 +143,43 @@ class Conveyor:
         """Register ``fn`` for ``action`` (the non-decorator form of :meth:`handler`)."""
         if self._worker is not None:
             raise ConfigurationError("register handlers before the worker starts")
+        schedule = options.pop("schedule", None)
         try:
             handler = build_handler(action, fn, **options)
         except TypeError as exc:
             raise ConfigurationError(f"handler for {action!r}: {exc}") from None
+        parsed = None if schedule is None else Schedule.parse(action, schedule)
         self.registry.add(handler)
+        if parsed is not None:
+            self._add_schedule(parsed)
         return handler
+
+    def schedule(self, action: str, when: str | float | timedelta | Schedule, *,
+                 payload: Any = None, name: str | None = None, tz: str = "UTC",
+                 priority: float | None = None) -> Schedule:
+        """Add a task of ``action`` on a schedule: ``when`` is a cron expression
+        (``"*/5 * * * *"``), a number of seconds or a timedelta (an interval).
+        See :mod:`conveyor.schedule`. Workers of this app keep the schedule."""
+        if isinstance(when, Schedule):
+            schedule = when
+        else:
+            schedule = Schedule.parse(action, when, payload=payload, name=name, tz=tz,
+                                      priority=priority)
+        self._add_schedule(schedule)
+        return schedule
+
+    def _add_schedule(self, schedule: Schedule) -> None:
+        if self._worker is not None:
+            raise ConfigurationError("add schedules before the worker starts")
+        if any(s.name == schedule.name for s in self.schedules):
+            raise ConfigurationError(f"a schedule named {schedule.name!r} exists already")
+        try:  # check the payload and options now rather than at the first occurrence
+            build_spec(schedule.action, schedule.payload,
+                       handler=self.registry.get(schedule.action),
+                       max_payload=self.max_payload, priority=schedule.priority)
+        except ValidationError as exc:
+            raise ConfigurationError(f"schedule {schedule.name!r}: {exc}") from None
+        self.schedules.append(schedule)
 
     def add_result_sink(self, sink: Sink) -> None:
         """Push every result (final, and intermediate from ``ctx.emit``) to ``sink``:
@@ -209,7 +243,7 @@ class Conveyor:
         await self.open()
         if self._worker is not None:
             return
-        if not len(self.registry):
+        if not len(self.registry) and not self.schedules:
             raise ConfigurationError("no handlers are registered: nothing to work on")
         self._worker = Worker(self)
         await self._worker.start()

@@ -34,13 +34,15 @@ def start_worker(env: Mapping[str, str], target: str = "tests.integration.apps:a
 
 def stop_worker(proc: subprocess.Popen[str], sig: int = signal.SIGTERM,
                 timeout: float = 30.0) -> int:
+    """Signal a worker, wait for it to exit, close its pipes; returns its exit code."""
     if proc.poll() is None:
         proc.send_signal(sig)
     try:
-        return proc.wait(timeout)
+        proc.communicate(timeout=timeout)
+        return proc.returncode
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait(10)
+        proc.communicate(timeout=10)
         raise
 
 

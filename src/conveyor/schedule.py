@@ -1,0 +1,101 @@
+"""Recurring tasks: cron and interval schedules.
+
+Declare them with the handler::
+
+    @app.handler("reports:daily", schedule="0 3 * * *")        # cron, UTC
+    async def daily(ctx): ...
+
+    @app.handler("feeds:poll", schedule=60)                     # every 60 s
+    async def poll(ctx): ...
+
+or add more with :meth:`Conveyor.schedule`. Cron expressions have five
+fields, or six with seconds last (croniter's format: ``"* * * * * */10"`` is
+every ten seconds); ``tz`` names the time zone they are read in (default
+UTC). Interval schedules fire on multiples of the interval since the Unix
+epoch, so every process computes the same occurrences.
+
+Every worker that has the handler keeps the next occurrence queued: it adds
+a task whose ``unique_key`` names the schedule and the occurrence, with a
+dedupe scope of every status. However many workers and processes share the
+database, each occurrence is added once and therefore runs once. An
+occurrence missed while no worker was running is not made up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from .errors import ConfigurationError
+from .model import seconds
+
+__all__ = ["Schedule"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When to add a task of ``action``: a ``cron`` expression or ``every`` N seconds."""
+
+    action: str
+    cron: str | None = None
+    every: float | None = None
+    payload: Any = None
+    name: str | None = None
+    tz: str = "UTC"
+    priority: float | None = None
+    _zone: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if (self.cron is None) == (self.every is None):
+            raise ConfigurationError("a schedule needs either cron or every (not both)")
+        if self.cron is not None:
+            if not isinstance(self.cron, str) or not croniter.is_valid(self.cron):
+                raise ConfigurationError(f"bad cron expression {self.cron!r}")
+        else:
+            try:
+                every = seconds(self.every, "schedule interval", allow_none=False,
+                                allow_zero=False)
+            except Exception as exc:
+                raise ConfigurationError(str(exc)) from None
+            object.__setattr__(self, "every", every)
+        try:
+            zone = timezone.utc if self.tz == "UTC" else ZoneInfo(self.tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigurationError(f"unknown time zone {self.tz!r}") from None
+        object.__setattr__(self, "_zone", zone)
+        if self.name is None:
+            spec = self.cron if self.cron is not None else f"every {self.every:g}s"
+            object.__setattr__(self, "name", f"{self.action} {spec}")
+
+    @classmethod
+    def parse(cls, action: str, value: Any, **options: Any) -> Schedule:
+        """A schedule from a handler's ``schedule=`` option: a cron string,
+        seconds, a timedelta, or a Schedule."""
+        if isinstance(value, Schedule):
+            return value
+        if isinstance(value, str):
+            return cls(action, cron=value, **options)
+        if isinstance(value, timedelta) or (isinstance(value, int | float)
+                                            and not isinstance(value, bool)):
+            return cls(action, every=value if not isinstance(value, timedelta)
+                       else value.total_seconds(), **options)
+        raise ConfigurationError(
+            f"schedule must be a cron string, a number of seconds or a Schedule, not {value!r}")
+
+    def next_after(self, t: float) -> float:
+        """The first occurrence strictly after ``t`` (epoch seconds)."""
+        if self.every is not None:
+            return (math.floor(t / self.every) + 1) * self.every
+        start = datetime.fromtimestamp(t, tz=self._zone)
+        nxt = croniter(self.cron, start).get_next(datetime)
+        value = float(nxt.timestamp())
+        return value if value > t else self.next_after(t + 1)
+
+    def unique_key(self, at: float) -> str:
+        """The dedupe key of the occurrence at ``at``."""
+        return f"schedule:{self.name}@{round(at * 1000)}"
