@@ -22,8 +22,8 @@ from .errors import (
 )
 from .events import ChangeRelay, Event, EventBus, Subscription
 from .model import LogLevel, LogRecord, Policy, Status, Task, seconds
-from .schedule import Schedule
 from .query import parse_filter, parse_query
+from .schedule import Schedule
 from .storage import Change, Storage, WorkerInfo, open_storage
 
 __all__ = ["DEFAULT_URL", "Conveyor"]

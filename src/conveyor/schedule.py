@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -64,7 +64,7 @@ class Schedule:
                 raise ConfigurationError(str(exc)) from None
             object.__setattr__(self, "every", every)
         try:
-            zone = timezone.utc if self.tz == "UTC" else ZoneInfo(self.tz)
+            zone = UTC if self.tz == "UTC" else ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigurationError(f"unknown time zone {self.tz!r}") from None
         object.__setattr__(self, "_zone", zone)
