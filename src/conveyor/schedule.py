@@ -91,6 +91,7 @@ class Schedule:
         """The first occurrence strictly after ``t`` (epoch seconds)."""
         if self.every is not None:
             return (math.floor(t / self.every) + 1) * self.every
+        assert self.cron is not None
         start = datetime.fromtimestamp(t, tz=self._zone)
         nxt = croniter(self.cron, start).get_next(datetime)
         value = float(nxt.timestamp())
