@@ -19,7 +19,7 @@ from .model import Backoff, Policy, seconds
 __all__ = ["ACTION_PATTERN", "Handler", "Registry", "check_action"]
 
 ACTION_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,199}$")
-MODES = ("auto", "async", "thread")
+MODES = ("auto", "async", "thread", "process")
 
 
 def check_action(action: object) -> str:
@@ -50,6 +50,7 @@ class Handler:
     payload_model: type[BaseModel] | None = None
     result_model: type[BaseModel] | None = None
     abort_grace: float = 5.0
+    mode: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
     def retries(self, exc: BaseException) -> bool:
@@ -162,6 +163,10 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
     if policy is not None and not callable(policy):
         raise ConfigurationError("policy must be a function (task, outcome) -> Transition")
     sig_payload, sig_result = _models_from_signature(fn)
+    if mode == "process":
+        from ._children import handler_location
+
+        handler_location(Handler(action, fn, is_coroutine))  # fails early if not importable
     try:
         return Handler(
             action=action,
@@ -179,6 +184,7 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
             payload_model=payload_model or sig_payload,
             result_model=result_model or sig_result,
             abort_grace=seconds(abort_grace, "abort_grace") or 0.0,
+            mode=mode,
         )
     except ValidationError as exc:
         raise ConfigurationError(f"handler for {action!r}: {exc}") from None

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _json
+from ._children import ChildPool
 from .context import Context, TaskAbortRequested
 from .errors import ValidationError
 from .events import Event
@@ -240,6 +241,7 @@ class Worker:
         self._feed_task: asyncio.Task[None] | None = None
         self._writer = _Writer(self)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._children: ChildPool | None = None
         self._keeper: threading.Thread | None = None
         self._keeper_stop = threading.Event()
         self._leases_lock = threading.Lock()
@@ -317,6 +319,8 @@ class Worker:
             log.exception("worker %s could not unregister", self.id)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._children is not None:
+            await self._children.close()
         self.app.bus.emit(Event("worker.stopped", data={"worker": self._info().to_json()}))
         log.info("worker %s stopped", self.id)
 
@@ -455,7 +459,9 @@ class Worker:
             if isinstance(run.ctx.payload, Exception):
                 raise ValidationError(
                     f"payload does not fit the handler's model: {run.ctx.payload}")
-            if handler.is_async:
+            if handler.mode == "process":
+                outcome = await self._run_process(run, timeout)
+            elif handler.is_async:
                 outcome = await self._run_async(run, timeout)
             else:
                 outcome = await self._run_thread(run, timeout)
@@ -526,6 +532,101 @@ class Worker:
         if timed_out:
             return TimedOut(timeout or 0.0)
         return Aborted(run.abort_reason or "aborted")
+
+    async def _run_process(self, run: _Run, timeout: float | None) -> Outcome:
+        """Run the handler in a child process; kill the child if it ignores an abort."""
+        if self._children is None:
+            self._children = ChildPool()
+        child = await self._children.acquire(run.handler)
+        loop = asyncio.get_running_loop()
+        run.abort_event = asyncio.Event()
+        if run.abort_reason is not None:
+            run.abort_event.set()
+        abort_wait = asyncio.ensure_future(run.abort_event.wait())
+        receive: asyncio.Future[dict[str, Any] | None] | None = None
+        deadline = None if timeout is None else loop.time() + timeout
+        asked_at: float | None = None  # when the child was asked to stop
+        timed_out = False
+        keep = True
+        try:
+            await child.send({"task": run.task.to_json()})
+            while True:
+                if receive is None:
+                    receive = asyncio.ensure_future(child.receive())
+                waiting: set[asyncio.Future[Any]] = {receive}
+                if asked_at is None:
+                    waiting.add(abort_wait)
+                    limit = None if deadline is None else max(0.0, deadline - loop.time())
+                else:
+                    limit = max(0.0, asked_at + run.handler.abort_grace - loop.time())
+                done, _ = await asyncio.wait(waiting, timeout=limit,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if receive in done:
+                    message, receive = receive.result(), None
+                    if message is None:  # the child died
+                        keep = False
+                        if asked_at is not None:
+                            break
+                        return Raised(ErrorInfo("ChildProcessError",
+                                                "the handler's process died",
+                                                attempt=run.task.attempts), retryable=True)
+                    outcome = self._child_message(run, message)
+                    if outcome is None:
+                        continue
+                    if asked_at is not None:
+                        break  # an abort or timeout was asked for: that decides
+                    return outcome
+                if asked_at is None:
+                    reason = run.abort_reason
+                    if reason is None:  # the run timeout
+                        timed_out = True
+                        reason = "timeout"
+                        run.ctx._request_abort(reason)
+                    asked_at = loop.time()
+                    await child.send({"abort": reason})
+                    continue
+                keep = False  # the grace period is over: stop it hard
+                break
+        except asyncio.CancelledError:
+            keep = False
+            raise
+        finally:
+            abort_wait.cancel()
+            if receive is not None:
+                receive.cancel()
+            if keep:
+                self._children.release(child)
+            else:
+                await self._children.discard(child)
+        if timed_out:
+            return TimedOut(timeout or 0.0)
+        return Aborted(run.abort_reason or "aborted")
+
+    def _child_message(self, run: _Run, message: dict[str, Any]) -> Outcome | None:
+        """Handle one message from a handler process; an outcome ends the run."""
+        task_id = run.task.id
+        if "progress" in message:
+            self._progress(task_id, Progress.from_json(message["progress"]))
+        elif "log" in message:
+            entry = message["log"]
+            self._writer.log(NewLog(task_id, LogLevel(entry["level"]), entry["message"],
+                                    time.time(), entry.get("data")))
+        elif "emit" in message:
+            self._emit(task_id, message["emit"])
+        elif "result" in message:
+            return self._returned(run, message["result"])
+        elif "retry" in message:
+            return Retry(**message["retry"])
+        elif "reschedule" in message:
+            return Reschedule(**message["reschedule"])
+        elif "aborted" in message:
+            return Aborted(run.abort_reason or str(message["aborted"]))
+        elif "error" in message:
+            err = message["error"]
+            return Raised(ErrorInfo(err["type"], err["message"], err.get("traceback"),
+                                    attempt=run.task.attempts, at=time.time()),
+                          retryable=bool(err.get("retryable", True)))
+        return None
 
     @staticmethod
     def _settle(future: asyncio.Future[Any]) -> None:
@@ -626,7 +727,7 @@ class Worker:
         run.ctx._request_abort(reason)
         if run.abort_event is not None:
             run.abort_event.set()
-        if run.handler.is_async and run.future is not None:
+        if run.handler.is_async and run.handler.mode != "process" and run.future is not None:
             run.future.cancel()
 
     def abort_local(self, task_id: str, reason: str) -> bool:

@@ -1,0 +1,127 @@
+"""Child processes for ``mode="process"`` handlers (the worker's side).
+
+Each child runs one task at a time and is reused; a child that does not
+honour an abort or a run timeout within the handler's grace period is
+killed and replaced. Messages are JSON lines (see :mod:`conveyor._child`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from . import _json
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._registry import Handler
+
+__all__ = ["Child", "ChildPool", "handler_location"]
+
+
+def handler_location(handler: Handler) -> tuple[str, str]:
+    """The module (or script path) and qualified name a child imports the handler from."""
+    fn = handler.fn
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not module or not qualname or "<locals>" in qualname:
+        raise ConfigurationError(
+            f"handler for {handler.action!r} runs in a process, so it must be a module-level "
+            "function")
+    if module == "__main__":
+        path = getattr(sys.modules["__main__"], "__file__", None)
+        if not path:
+            raise ConfigurationError(
+                f"handler for {handler.action!r}: a process handler cannot live in an "
+                "interactive session")
+        module = os.path.abspath(path)
+    return module, qualname
+
+
+class Child:
+    """One child process, talking JSON lines."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, key: tuple[str, str]) -> None:
+        self.proc = proc
+        self.key = key
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((_json.dumps(message) + "\n").encode())
+        await self.proc.stdin.drain()
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next message, or None when the child is gone."""
+        assert self.proc.stdout is not None
+        line = await self.proc.stdout.readline()
+        if not line:
+            return None
+        message: dict[str, Any] = _json.loads(line)
+        return message
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+        await self.proc.wait()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+
+
+class ChildPool:
+    """Idle children per handler, started on demand."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, str], list[Child]] = {}
+        self._all: set[Child] = set()
+
+    async def acquire(self, handler: Handler) -> Child:
+        key = handler_location(handler)
+        idle = self._idle.setdefault(key, [])
+        while idle:
+            child = idle.pop()
+            if child.alive:
+                return child
+            self._all.discard(child)
+        return await self._spawn(key)
+
+    async def _spawn(self, key: tuple[str, str]) -> Child:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]])
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "conveyor._child", *key,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+        )
+        child = Child(proc, key)
+        self._all.add(child)
+        hello = await child.receive()
+        if hello is None or "ready" not in hello:
+            await child.kill()
+            self._all.discard(child)
+            reason = (hello or {}).get("fatal", "the child process exited")
+            raise RuntimeError(f"could not start a handler process: {reason}")
+        return child
+
+    def release(self, child: Child) -> None:
+        if child.alive:
+            self._idle.setdefault(child.key, []).append(child)
+        else:
+            self._all.discard(child)
+
+    async def discard(self, child: Child) -> None:
+        self._all.discard(child)
+        await child.kill()
+
+    async def close(self) -> None:
+        children, self._all = list(self._all), set()
+        self._idle.clear()
+        for child in children:
+            await child.kill()

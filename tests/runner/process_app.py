@@ -1,0 +1,61 @@
+"""Handlers that run in child processes (mode="process"), for tests."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from conveyor import Context, Conveyor, Retry
+
+app = Conveyor(os.environ.get("CONVEYOR_DB", "memory://"), concurrency=4)
+
+
+@app.handler("proc:square", mode="process")
+def square(ctx: Context[Any]) -> dict[str, int]:
+    n = int(ctx.payload["n"])
+    ctx.log.info("squaring %d in %d", n, os.getpid())
+    ctx.progress(1, total=1, message="done")
+    print("handler output goes to stderr, not the protocol")
+    return {"square": n * n, "pid": os.getpid()}
+
+
+@app.handler("proc:spin", mode="process", abort_grace=0.5)
+def spin(ctx: Context[Any]) -> str:
+    """Burns CPU and never looks at ctx.aborted: only killing the process stops it."""
+    end = time.time() + float(ctx.payload.get("seconds", 60))
+    x = 0
+    while time.time() < end:
+        x += 1
+    return "finished"
+
+
+@app.handler("proc:polite", mode="process")
+def polite(ctx: Context[Any]) -> str:
+    while not ctx.wait_aborted(0.01):
+        pass
+    ctx.check_aborted()
+    return "unreachable"
+
+
+@app.handler("proc:fail", mode="process", max_attempts=1)
+def fail(ctx: Context[Any]) -> None:
+    raise ArithmeticError("bad sum")
+
+
+@app.handler("proc:again", mode="process", max_attempts=2, backoff=0.01)
+def again(ctx: Context[Any]) -> Any:
+    if ctx.attempt == 1:
+        return Retry(after=0.01)
+    return ctx.attempt
+
+
+@app.handler("proc:slow", mode="process", timeout=0.3, abort_grace=0.3)
+def slow(ctx: Context[Any]) -> str:
+    time.sleep(30)
+    return "late"
+
+
+@app.handler("proc:die", mode="process", max_attempts=1)
+def die(ctx: Context[Any]) -> None:
+    os._exit(3)
