@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["ErrorItem", "ResultItem", "Worker"]
 
 log = logging.getLogger("conveyor.worker")
+_PLAIN = (bool, int)  # results that are always valid JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +202,11 @@ class _Writer:
             try:
                 refused = set(await self.storage.finish(
                     self.worker.id, [c for c, _ in completions]))
+            except (TypeError, ValueError):
+                # a value that cannot be stored must not block the others
+                completions = [self._storable(c, run) for c, run in completions]
+                refused = set(await self.storage.finish(
+                    self.worker.id, [c for c, _ in completions]))
             except Exception:
                 self.completions[:0] = completions
                 raise
@@ -210,6 +216,22 @@ class _Writer:
             await self.worker._announce(
                 [(c.task_id, "task." + (c.event or completion_event(c.transition)))
                  for c, _ in completions if c.task_id not in refused])
+
+
+    @staticmethod
+    def _storable(completion: Completion, run: _Run) -> tuple[Completion, _Run]:
+        """The completion, or a failure in its place if its values are not valid JSON."""
+        t = completion.transition
+        try:
+            _json.dumps_checked([t.result, t.error.to_json() if t.error else None,
+                                 completion.progress.to_json() if completion.progress else None],
+                                "the run's outcome")
+            return completion, run
+        except ValidationError as exc:
+            error = ErrorInfo("ValidationError", str(exc), attempt=run.task.attempts,
+                              at=time.time())
+            failed = Transition(Status.FAILED, error=error, reason="error")
+            return Completion(completion.task_id, completion.token, failed), run
 
 
 class Worker:
@@ -646,6 +668,8 @@ class Worker:
         future.add_done_callback(gone)
 
     def _returned(self, run: _Run, value: Any) -> Outcome:
+        if value is None or (type(value) in _PLAIN and run.handler.result_model is None):
+            return Returned(value)
         if isinstance(value, Retry | Reschedule):
             return value
         try:

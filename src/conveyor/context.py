@@ -118,12 +118,19 @@ class Context(Generic[P]):
         self.payload = payload
         self.environment = environment
         self._channel = channel
-        self.log = TaskLogger(channel, task.id)
+        self._log: TaskLogger | None = None
         self._aborted = False
         self._abort_reason: str | None = None
         self._abort_event: threading.Event | None = None  # made when a sync handler waits
 
     # -- shortcuts ----------------------------------------------------------
+
+    @property
+    def log(self) -> TaskLogger:
+        """The task's logger (see :class:`TaskLogger`)."""
+        if self._log is None:
+            self._log = TaskLogger(self._channel, self.task.id)
+        return self._log
 
     @property
     def env(self) -> Any:

@@ -141,6 +141,15 @@ def new_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def _clean(text: str) -> str:
+    """Text that is valid UTF-8 (lone surrogates escaped), so it can always be stored."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def new_token() -> str:
     """A fencing token for one claim of a task."""
     return secrets.token_hex(8)
@@ -205,9 +214,9 @@ class ErrorInfo:
                        with_traceback: bool = True) -> ErrorInfo:
         import traceback as tb
 
-        text = "".join(tb.format_exception(exc)) if with_traceback else None
-        return cls(type=type(exc).__name__, message=str(exc), traceback=text, attempt=attempt,
-                   at=time.time())
+        text = _clean("".join(tb.format_exception(exc))) if with_traceback else None
+        return cls(type=type(exc).__name__, message=_clean(str(exc)), traceback=text,
+                   attempt=attempt, at=time.time())
 
 
 @dataclass(frozen=True, slots=True)
@@ -613,6 +622,8 @@ def default_policy(task: Task, outcome: Outcome, *, now: float | None = None,
       attempt is left, ``aborted`` with reason ``timeout``;
     - an abort: ``aborted`` with the given reason.
     """
+    if type(outcome) is Returned:
+        return Transition(Status.SUCCEEDED, result=outcome.value)
     now = time.time() if now is None else now
     max_attempts = task.max_attempts or DEFAULT_MAX_ATTEMPTS
     attempts_left = task.attempts < max_attempts

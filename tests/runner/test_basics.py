@@ -218,3 +218,27 @@ async def test_handler_registration_errors(app: Conveyor) -> None:
         app.register("m", one, mode="thread")
     with pytest.raises(ConfigurationError, match=r"unexpected keyword|colour"):
         app.register("k", one, colour="red")
+
+
+async def test_values_that_cannot_be_stored_fail_cleanly(app: Conveyor) -> None:
+    @app.handler("nan")
+    async def nan(ctx: Context[Any]) -> float:
+        return float("nan")
+
+    @app.handler("surrogate")
+    async def surrogate(ctx: Context[Any]) -> None:
+        raise ValueError("bad \ud800 text")
+
+    @app.handler("fine")
+    async def fine(ctx: Context[Any]) -> str:
+        return "ok"
+
+    async with app:
+        a = await app.add("nan")
+        b = await app.add("surrogate")
+        c = await app.add("fine")
+        with pytest.raises(TaskFailed, match="not JSON-serialisable"):
+            await app.wait(a.id, timeout=10)
+        with pytest.raises(TaskFailed, match="bad"):
+            await app.wait(b.id, timeout=10)
+        assert await app.wait(c.id, timeout=10) == "ok"
