@@ -23,7 +23,7 @@ Three slashes then a relative path, four for an absolute one.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import logging
 import math
 import os
 import sqlite3
@@ -57,6 +57,7 @@ from . import _ops
 from ._codec import encode_scope, row_to_task, task_to_row
 from ._feed import Fanout
 from ._sqlfile import load_migrations, load_queries
+from ._sqlthread import DBThread, begin_immediate
 from .base import (
     AddResult,
     Change,
@@ -73,6 +74,7 @@ from .base import (
 __all__ = ["FEED_RETENTION", "SQLiteStorage", "parse_sqlite_url"]
 
 T = TypeVar("T")
+log = logging.getLogger("conveyor.storage.sqlite")
 Q = load_queries("sqlite")
 MIGRATIONS = load_migrations("sqlite")
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -120,8 +122,7 @@ class SQLiteStorage(Storage):
         self.busy_timeout = busy_timeout
         self.poll_interval = poll_interval
         self.instance_id = uuid.uuid4().hex
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._db: DBThread | None = None
         self._open_lock = threading.Lock()
         self._opened = False
         self._closed = False
@@ -160,7 +161,8 @@ class SQLiteStorage(Storage):
             raise StorageError(
                 f"cannot open database {self.path!r}: folder {folder!r} does not exist")
         try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+            # timeout=0: waits for the write lock happen in _sqlthread, with short sleeps
+            conn = sqlite3.connect(self.path, timeout=0.0, isolation_level=None,
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -170,39 +172,29 @@ class SQLiteStorage(Storage):
         return conn
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(connection)`` on the database thread."""
+        """Run ``fn(connection)`` on the database thread (a read)."""
         if not self._opened:
             await self.open()
-        executor = self._executor
-        if executor is None or self._conn is None:
+        db = self._db
+        if db is None:
             raise StorageError("storage is closed")
-        conn = self._conn
-        try:
-            future = executor.submit(fn, conn)
-        except RuntimeError:
-            raise StorageError("storage is closed") from None
-        return await asyncio.wrap_future(future)
+        result: T = await asyncio.wrap_future(db.submit(fn, write=False))
+        return result
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(connection)`` in one write transaction on the database thread."""
+        """Run ``fn(connection)`` as a write on the database thread. Writes queued
+        together share one transaction (group commit), each in its own savepoint."""
+        if not self._opened:
+            await self.open()
+        db = self._db
+        if db is None:
+            raise StorageError("storage is closed")
+        result: T = await asyncio.wrap_future(db.submit(fn, write=True))
+        return result
 
-        def tx(conn: sqlite3.Connection) -> T:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StorageError(f"database {self.path!r} is busy: {exc}") from None
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            if self._feed.active and self._feed.wants_own():
-                self._kick.set()
-            return result
-
-        return await self._run(tx)
+    def _committed(self) -> None:
+        if self._feed.active and self._feed.wants_own():
+            self._kick.set()
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         current = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -212,7 +204,7 @@ class SQLiteStorage(Storage):
                 f"knows ({SCHEMA_VERSION}): upgrade conveyor")
         if current == SCHEMA_VERSION:
             return
-        conn.execute("BEGIN IMMEDIATE")
+        begin_immediate(conn, self.busy_timeout)
         try:
             current = conn.execute("PRAGMA user_version").fetchone()[0]
             if current == 0:
@@ -236,8 +228,6 @@ class SQLiteStorage(Storage):
         with self._open_lock:
             if self._opened:
                 return
-            executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="conveyor-sqlite")
 
             def connect() -> sqlite3.Connection:
                 conn = self._connect()
@@ -251,12 +241,13 @@ class SQLiteStorage(Storage):
                     raise
                 return conn
 
+            db = DBThread(connect, self.busy_timeout, self._committed)
             try:
-                self._conn = await asyncio.wrap_future(executor.submit(connect))
+                await asyncio.wrap_future(db.started)
             except BaseException:
-                executor.shutdown(wait=False)
+                db.close()
                 raise
-            self._executor = executor
+            self._db = db
             self._opened = True
 
     async def close(self) -> None:
@@ -271,12 +262,9 @@ class SQLiteStorage(Storage):
             self._feed.close()
             if self._watcher is not None:
                 await asyncio.to_thread(self._watcher.join, 5)
-            executor, conn = self._executor, self._conn
-            self._executor = None
-            self._conn = None
-            if executor is not None and conn is not None:
-                await asyncio.wrap_future(executor.submit(conn.close))
-                executor.shutdown(wait=True)
+            db, self._db = self._db, None
+            if db is not None:
+                await asyncio.to_thread(db.close)
         finally:
             with self._open_lock:
                 self._watcher = None
@@ -295,14 +283,19 @@ class SQLiteStorage(Storage):
             self._watcher.start()
 
     def _watch(self) -> None:
-        try:
-            conn = self._connect()
-        except StorageError:
-            return
-        try:
-            last = conn.execute(Q["last_change"]).fetchone()[0]
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-            while not self._stop_watcher.is_set():
+        """The watcher thread: notice commits (PRAGMA data_version changes when
+        another connection commits) and publish the new change-feed rows."""
+        conn: sqlite3.Connection | None = None
+        last: int | None = None
+        version = -1
+        failures = 0
+        while not self._stop_watcher.is_set():
+            try:
+                if conn is None:
+                    conn = self._connect()
+                if last is None:
+                    last = int(conn.execute(Q["last_change"]).fetchone()[0])
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
                 kicked = self._kick.wait(self.poll_interval)
                 if self._stop_watcher.is_set():
                     break
@@ -314,9 +307,16 @@ class SQLiteStorage(Storage):
                         continue
                     version = now_version
                 last = self._read_changes(conn, last)
-        except sqlite3.Error:
-            pass  # the database went away; streams end when the storage closes
-        finally:
+                failures = 0
+            except (sqlite3.Error, StorageError) as exc:
+                # busy, or the file went away for a moment: try again, never give up
+                failures += 1
+                if conn is not None and conn.in_transaction:
+                    conn.rollback()
+                if failures in (1, 10) or failures % 1000 == 0:
+                    log.warning("sqlite change watcher: %s (retrying)", exc)
+                self._stop_watcher.wait(min(1.0, self.poll_interval * 2 ** min(failures, 9)))
+        if conn is not None:
             conn.close()
 
     def _read_changes(self, conn: sqlite3.Connection, last: int) -> int:
