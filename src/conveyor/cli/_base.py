@@ -1,0 +1,237 @@
+"""What every command shares: exit codes, errors, ``--db``, input parsing, the app."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import click
+
+from conveyor.app import DEFAULT_URL, Conveyor
+from conveyor.errors import (
+    ConfigurationError,
+    ConveyorError,
+    StorageError,
+    TaskNotFound,
+    UnknownAction,
+    ValidationError,
+)
+
+__all__ = [
+    "DB_ENV",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CliError",
+    "Number",
+    "connect",
+    "db_option",
+    "db_url",
+    "describe_error",
+    "dump_json",
+    "parse_json",
+    "read_json_arg",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""The command was well formed but did not succeed: the task failed or was
+aborted, the task is in the wrong state for the operation, the storage could
+not be used."""
+EXIT_USAGE = 2
+"""The command line was refused: usage, malformed input, unknown task id, bad URL."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C while following a task (the task itself goes on)."""
+
+DB_ENV = "CONVEYOR_DB"
+_DB_KEY = "conveyor.db"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CliError(Exception):
+    """An error the CLI reports as one line ``error: <message>`` and exit ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one-line message for an error raised by a command."""
+    if isinstance(exc, CliError):
+        return exc.code, exc.message
+    if isinstance(exc, json.JSONDecodeError):
+        return EXIT_USAGE, f"invalid JSON: {_json_problem(exc)}"
+    if isinstance(exc, ValidationError | ConfigurationError | TaskNotFound | UnknownAction):
+        # QueryError is a ValidationError: a malformed filter or sort.
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, StorageError):
+        return EXIT_FAILED, str(exc)
+    if isinstance(exc, ConveyorError):
+        # InvalidTransition, TaskFailed, TaskAborted, WaitTimeout, LeaseLost, ...
+        return EXIT_FAILED, str(exc)
+    if isinstance(exc, OSError):
+        where = f" {exc.filename!r}" if exc.filename else ""
+        return EXIT_FAILED, f"{exc.strerror or exc}{':' if where else ''}{where}"
+    return EXIT_FAILED, f"unexpected {type(exc).__name__}: {exc}"
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# -- --db -----------------------------------------------------------------------------
+
+
+def _remember_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        if not value.strip():
+            raise click.BadParameter("must be a storage URL such as sqlite:///conveyor.db")
+        ctx.find_root().meta[_DB_KEY] = value
+
+
+def db_option(fn: F) -> F:
+    """``--db URL``, accepted both before the command name and after it."""
+    return click.option(
+        "--db", metavar="URL", default=None, expose_value=False, callback=_remember_db,
+        help=f"Storage URL [env {DB_ENV}; default {DEFAULT_URL}].",
+    )(fn)
+
+
+def db_url(ctx: click.Context, *, default: str = DEFAULT_URL, use_env: bool = True) -> str:
+    """The storage URL: ``--db`` (after or before the command), else ``$CONVEYOR_DB``
+    (when ``use_env``), else ``default``."""
+    explicit = explicit_db(ctx)
+    if explicit is not None:
+        return explicit
+    if use_env:
+        env = os.environ.get(DB_ENV, "").strip()
+        if env:
+            return env
+    return default
+
+
+def explicit_db(ctx: click.Context) -> str | None:
+    """The URL given with ``--db`` on the command line, if any."""
+    value = ctx.find_root().meta.get(_DB_KEY)
+    return value if isinstance(value, str) else None
+
+
+def _require_existing(url: str) -> None:
+    """Refuse to create a new SQLite file for a command that only reads or changes tasks."""
+    if not url.lower().startswith("sqlite:"):
+        return
+    from conveyor.storage.sqlite import parse_sqlite_url
+
+    path, _ = parse_sqlite_url(url)
+    if not os.path.exists(path):
+        raise CliError(
+            f"no database at {path!r} ({url}): check --db or ${DB_ENV}; "
+            "'conveyor add' or a worker creates it", EXIT_FAILED)
+
+
+@asynccontextmanager
+async def connect(url: str, *, create: bool = False) -> AsyncIterator[Conveyor]:
+    """A :class:`Conveyor` on ``url``, closed on the way out. It opens on first use.
+
+    Without ``create``, a SQLite file that does not exist is an error instead
+    of a new empty database.
+    """
+    if not create:
+        _require_existing(url)
+    app = Conveyor(url)
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+# -- input --------------------------------------------------------------------------
+
+
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    return f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def parse_json(text: str, what: str) -> Any:
+    """``text`` as JSON, or a :class:`CliError` that names ``what``."""
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{what} is not valid JSON: {_json_problem(exc)}") from None
+    except ValueError as exc:  # NaN, Infinity
+        raise CliError(f"{what} is not valid JSON: {exc}") from None
+
+
+def read_json_arg(arg: str, what: str) -> Any:
+    """A JSON argument: the text itself, ``-`` for standard input, ``@path`` for a file."""
+    if arg == "-":
+        text = sys.stdin.read()
+        source = f"{what} (from standard input)"
+    elif arg.startswith("@"):
+        path = arg[1:]
+        if not path:
+            raise CliError(f"{what}: '@' must be followed by a file name")
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise CliError(f"cannot read {what} file {path!r}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise CliError(f"cannot read {what} file {path!r}: not UTF-8 text ({exc.reason})") \
+                from None
+        source = f"{what} file {path!r}"
+    else:
+        text, source = arg, what
+    if not text.strip():
+        raise CliError(f"{source} is empty: give a JSON value (for example {{}} or null)")
+    return parse_json(text, source)
+
+
+def dump_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+class Number(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """A finite number, at least ``minimum``; ``what`` names it in errors."""
+
+    name = "number"
+
+    def __init__(self, what: str, *, minimum: float = 0.0, strict: bool = False,
+                 note: str = "") -> None:
+        self.what = what
+        self.minimum = minimum
+        self.strict = strict
+        self.note = note
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return self.what.upper()
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            try:
+                number = float(str(value).strip())
+            except ValueError:
+                self.fail(f"must be a number, not {value!r}", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"must be a finite number, not {value!r}", param, ctx)
+        bound = ">" if self.strict else ">="
+        if number < self.minimum or (self.strict and number == self.minimum):
+            self.fail(f"must be a number {bound} {self.minimum:g}{self.note}, not {value!r}",
+                      param, ctx)
+        return number

@@ -1,0 +1,272 @@
+"""How tasks, logs, stats and workers look in a terminal (rich)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console, JustifyMethod
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from conveyor.model import LogLevel, LogRecord, Status, Task
+from conveyor.storage import WorkerInfo
+
+__all__ = [
+    "STALE_AFTER",
+    "ago",
+    "err_console",
+    "log_line",
+    "out_console",
+    "progress_text",
+    "stats_table",
+    "status_text",
+    "task_details",
+    "tasks_table",
+    "timestamp",
+    "worker_alive",
+    "workers_table",
+]
+
+STATUS_STYLE: Mapping[str, str] = {
+    Status.QUEUED: "cyan",
+    Status.RUNNING: "yellow",
+    Status.SUCCEEDED: "green",
+    Status.FAILED: "red",
+    Status.ABORTED: "magenta",
+}
+LEVEL_STYLE: Mapping[LogLevel, str] = {
+    LogLevel.DEBUG: "dim",
+    LogLevel.INFO: "",
+    LogLevel.WARNING: "yellow",
+    LogLevel.ERROR: "bold red",
+}
+STALE_AFTER = 90.0
+"""Seconds without a heartbeat after which a registered worker is presumed gone
+(workers beat every ``lease / 3`` seconds, 10 s by default)."""
+
+
+def _width(stderr: bool) -> int | None:
+    """Rich's width, except that a pipe or file gets wide lines instead of 80 columns."""
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return None if tty or os.environ.get("COLUMNS") else 200
+
+
+def out_console() -> Console:
+    return Console(highlight=False, width=_width(False))
+
+
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False, width=_width(True))
+
+
+def status_text(status: Status | str) -> Text:
+    value = str(status)
+    return Text(value, style=STATUS_STYLE.get(value, ""))
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    """``12s ago``, ``in 3m``, or a date for anything older than a day."""
+    if ts is None:
+        return ""
+    now = time.time() if now is None else now
+    delta = now - ts
+    future = delta < 0
+    delta = abs(delta)
+    if delta >= 86400:
+        return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+    if delta < 1:
+        return "now" if not future else "in <1s"
+    if delta < 60:
+        amount = f"{delta:.0f}s"
+    elif delta < 3600:
+        amount = f"{delta // 60:.0f}m"
+    else:
+        amount = f"{delta // 3600:.0f}h{(delta % 3600) // 60:02.0f}m"
+    return f"in {amount}" if future else f"{amount} ago"
+
+
+def timestamp(ts: float | None) -> str:
+    """An absolute local time with milliseconds, and how long ago."""
+    if ts is None:
+        return ""
+    stamp = datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="milliseconds")
+    return f"{stamp} ({ago(ts)})"
+
+
+def progress_text(task: Task) -> str:
+    progress = task.progress
+    if progress is None:
+        return ""
+    parts = []
+    fraction = progress.fraction
+    if fraction is not None:
+        parts.append(f"{fraction * 100:.0f}%")
+    elif progress.current is not None:
+        parts.append(f"{progress.current:g}")
+    if progress.message:
+        parts.append(progress.message)
+    return " ".join(parts)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def tags_text(tags: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v if isinstance(v, str) else _compact(v)}" for k, v in tags.items())
+
+
+def tasks_table(tasks: Sequence[Task], *, caption: str | None = None) -> Table:
+    now = time.time()
+    table = Table(caption=caption, caption_justify="left", header_style="bold")
+    table.add_column("id", no_wrap=True, overflow="fold")
+    table.add_column("action", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("priority", justify="right")
+    table.add_column("attempts", justify="right")
+    table.add_column("progress")
+    table.add_column("created", no_wrap=True)
+    table.add_column("tags")
+    for task in tasks:
+        attempts = str(task.attempts)
+        if task.max_attempts:
+            attempts += f"/{task.max_attempts}"
+        status = status_text(task.status)
+        if task.status is Status.QUEUED and task.run_at > now + 0.5:
+            status.append(f" ({ago(task.run_at, now)})", style="dim")
+        elif task.abort_requested and task.status is Status.RUNNING:
+            status.append(" (aborting)", style="dim")
+        table.add_row(task.id, escape(task.action), status, f"{task.priority:g}", attempts,
+                      escape(progress_text(task)), ago(task.created_at, now),
+                      escape(tags_text(task.tags)))
+    return table
+
+
+def _json_block(value: Any) -> str:
+    compact = json.dumps(value, ensure_ascii=False)
+    if len(compact) <= 60:
+        return compact
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def task_details(task: Task) -> Table:
+    """Every field of the task, one per row."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    times = {"run_at", "created_at", "updated_at", "started_at", "finished_at", "lease_until",
+             "pickup_deadline"}
+    for name, value in task.to_json().items():
+        if name == "logs":
+            continue
+        cell: Text | str
+        if name == "status":
+            cell = status_text(task.status)
+        elif name in times:
+            cell = timestamp(value) if value is not None else "-"
+        elif name == "error" and task.error is not None:
+            cell = Text()
+            cell.append(f"{task.error.type}: {task.error.message}", style="red")
+            if task.error.traceback:
+                cell.append("\n" + task.error.traceback.rstrip(), style="dim")
+        elif name == "errors":
+            if not task.errors:
+                cell = "-"
+            else:
+                cell = Text()
+                for i, err in enumerate(task.errors):
+                    if i:
+                        cell.append("\n")
+                    when = f" ({ago(err.at)})" if err.at else ""
+                    cell.append(f"attempt {err.attempt}: {err.type}: {err.message}{when}")
+        elif name == "progress":
+            shown = progress_text(task) or "-"
+            if task.progress is not None and task.progress.current is not None:
+                total = "" if task.progress.total is None else f" of {task.progress.total:g}"
+                shown += f" ({task.progress.current:g}{total})"
+            cell = Text(shown)
+        elif value is None or value == [] or value == {}:
+            cell = "-"
+        elif isinstance(value, str):
+            cell = escape(value)
+        elif isinstance(value, bool | int | float):
+            cell = f"{value:g}" if isinstance(value, float) else str(value)
+        else:
+            cell = Text(_json_block(value))
+        table.add_row(name, cell)
+    return table
+
+
+def log_line(record: LogRecord) -> Text:
+    stamp = datetime.fromtimestamp(record.ts).strftime("%H:%M:%S.%f")[:-3]
+    text = Text()
+    text.append(f"{stamp} ", style="dim")
+    text.append(f"{record.level.name:<7}", style=LEVEL_STYLE.get(record.level, ""))
+    text.append(" " + record.message)
+    if record.data:
+        text.append(" " + _compact(record.data), style="dim")
+    return text
+
+
+STATUS_ORDER: tuple[str, ...] = tuple(s.value for s in Status)
+
+
+def stats_table(stats: Mapping[str, Mapping[str, int]]) -> Table:
+    table = Table(header_style="bold", show_footer=len(stats) > 1)
+    totals = dict.fromkeys(STATUS_ORDER, 0)
+    for counts in stats.values():
+        for status, n in counts.items():
+            totals[status] = totals.get(status, 0) + n
+    table.add_column("action", footer="total")
+    for status in STATUS_ORDER:
+        table.add_column(status_text(status), justify="right", footer=str(totals[status]))
+    table.add_column("total", justify="right", footer=str(sum(totals.values())))
+    for action in sorted(stats):
+        counts = stats[action]
+        table.add_row(escape(action), *(str(counts.get(s, 0)) for s in STATUS_ORDER),
+                      str(sum(counts.values())))
+    return table
+
+
+def worker_alive(worker: WorkerInfo, now: float | None = None) -> bool:
+    """Whether a registered worker looks alive: its process exists (when it runs
+    on this host) and it sent a heartbeat within :data:`STALE_AFTER` seconds."""
+    now = time.time() if now is None else now
+    if worker.host == socket.gethostname():
+        try:
+            os.kill(worker.pid, 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, OSError):
+            pass
+    return now - worker.last_seen < STALE_AFTER
+
+
+def workers_table(workers: Iterable[WorkerInfo]) -> Table:
+    now = time.time()
+    table = Table(header_style="bold")
+    for name in ("id", "host", "pid", "actions", "concurrency", "running", "started",
+                 "last seen"):
+        justify: JustifyMethod = "right" if name in ("pid", "concurrency", "running") else "left"
+        table.add_column(name, justify=justify)
+    for w in workers:
+        alive = worker_alive(w, now)
+        seen = Text(ago(w.last_seen, now))
+        if not alive:
+            seen.append(" (gone?)", style="red")
+        table.add_row(escape(w.id), escape(w.host), str(w.pid), escape(", ".join(w.actions)),
+                      str(w.concurrency), str(w.running), ago(w.started_at, now), seen,
+                      style=None if alive else "dim")
+    return table

@@ -1,0 +1,66 @@
+"""Graceful stops: SIGINT and SIGTERM set an event instead of raising."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+__all__ = ["StopSignal", "stop_signals"]
+
+SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None))
+                if s is not None)
+
+
+class StopSignal:
+    """Set by the first SIGINT/SIGTERM; ``name`` says which (or why)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.name: str | None = None
+        self.count = 0
+        self.on_repeat: Callable[[str], None] | None = None
+
+    def trigger(self, name: str) -> None:
+        self.count += 1
+        if self.name is None:
+            self.name = name
+            self.event.set()
+        elif self.on_repeat is not None:
+            self.on_repeat(name)
+
+    async def wait(self, seconds: float | None = None) -> bool:
+        """Wait for a stop; False when ``seconds`` passed first."""
+        if self.event.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self.event.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+@contextmanager
+def stop_signals() -> Iterator[StopSignal]:
+    """Within a running event loop: route SIGINT and SIGTERM to a :class:`StopSignal`."""
+    loop = asyncio.get_running_loop()
+    stop = StopSignal()
+    installed: list[signal.Signals] = []
+    previous: dict[signal.Signals, object] = {}
+    for sig in SIGNALS:
+        try:
+            loop.add_signal_handler(sig, stop.trigger, sig.name)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Unix
+            def handler(_signum: int, _frame: object, name: str = sig.name) -> None:
+                loop.call_soon_threadsafe(stop.trigger, name)
+
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        for sig, old in previous.items():  # pragma: no cover - not on Unix
+            signal.signal(sig, old)  # type: ignore[arg-type]

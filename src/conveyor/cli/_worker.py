@@ -1,0 +1,124 @@
+"""``conveyor worker MODULE:APP``: run an application's worker until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from conveyor.app import Conveyor
+from conveyor.storage import open_storage
+from conveyor.sync import SyncConveyor
+
+from ._base import EXIT_OK, CliError, Number, db_option, explicit_db
+from ._signals import stop_signals
+
+__all__ = ["load_app", "worker_command"]
+
+
+def load_app(target: str) -> Conveyor:
+    """Import ``module:attribute`` (``attribute`` defaults to ``app``) and return the
+    :class:`Conveyor` it names (the ``.app`` of a :class:`SyncConveyor`)."""
+    module_name, _, attribute = target.partition(":")
+    module_name, attribute = module_name.strip(), (attribute.strip() or "app")
+    if not module_name:
+        raise CliError(f"expected MODULE:APP (for example myproject.tasks:app), not {target!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            raise CliError(f"cannot import {module_name!r}: no module named {missing!r} "
+                           f"(searched the current directory and sys.path)") from None
+        raise CliError(f"importing {module_name!r} failed: {exc}") from None
+    except Exception as exc:
+        detail = " ".join(str(exc).split())
+        raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {detail}") \
+            from None
+    obj: Any = module
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CliError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if isinstance(obj, SyncConveyor):
+        obj = obj.app
+    if not isinstance(obj, Conveyor):
+        raise CliError(f"{module_name}:{attribute} is a {type(obj).__name__}, "
+                       "not a Conveyor application")
+    return obj
+
+
+@click.command("worker", short_help="Run the worker of a Conveyor app.")
+@click.argument("target", metavar="MODULE:APP")
+@click.option("--concurrency", type=click.IntRange(min=1),
+              help="Tasks run at once (overrides the app's setting).")
+@click.option("--stop-timeout", type=Number("seconds"),
+              help="On stop, seconds running tasks get to finish before they are handed "
+                   "back to the queue (overrides the app's setting, default 10).")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@db_option
+@click.pass_context
+def worker_command(ctx: click.Context, target: str, concurrency: int | None,
+                   stop_timeout: float | None, verbose: int) -> int:
+    """Run the worker of the Conveyor app MODULE:APP until Ctrl-C or SIGTERM.
+
+    MODULE is imported with the current directory on the import path; APP is
+    an attribute holding a Conveyor or SyncConveyor (default: app). The
+    storage is the app's own, unless --db is given on the command line. On
+    Ctrl-C or SIGTERM the worker stops claiming, lets running tasks finish
+    for up to --stop-timeout seconds, hands the rest back to the queue and
+    exits 0.
+    """
+    app = load_app(target)
+    if not len(app.registry) and not getattr(app, "schedules", None):
+        raise CliError(f"{target} has no handlers registered: nothing to work on")
+    url = explicit_db(ctx)
+    if url is not None and url != app.storage.url:
+        app.storage = open_storage(url)
+    if concurrency is not None:
+        app.concurrency = concurrency
+        app.batch_size = min(concurrency, 100)
+    if stop_timeout is not None:
+        app.stop_timeout = stop_timeout
+    level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("conveyor").setLevel(level)
+    return int(asyncio.run(_run_worker(app)))
+
+
+async def _run_worker(app: Conveyor) -> int:
+    with stop_signals() as stop:
+        stop.on_repeat = lambda name: click.echo(
+            f"{name}: already stopping; running tasks get up to {app.stop_timeout:g}s",
+            err=True)
+        try:
+            await app.start()
+            worker = app.worker
+            assert worker is not None
+            actions = ", ".join(worker.actions)
+            schedules = len(getattr(app, "schedules", ()))
+            keeps = f", {schedules} schedule(s)" if schedules else ""
+            click.echo(f"worker {worker.id} started on {app.storage.url}: "
+                       f"{len(worker.actions)} action(s) ({actions}){keeps}, "
+                       f"concurrency {worker.concurrency}; Ctrl-C to stop")
+            await stop.wait()
+            running = len(worker.running)
+            if running:
+                click.echo(f"{stop.name}: stopping; {running} running task(s) get up to "
+                           f"{app.stop_timeout:g}s to finish", err=True)
+            await app.stop()
+        finally:
+            await app.close()
+    click.echo(f"worker {worker.id} stopped ({stop.name}): {worker.finished_total} task "
+               f"run(s) finished, {worker.claimed_total} claimed")
+    return EXIT_OK

@@ -1,0 +1,204 @@
+"""add, ls, show, stats, abort, retry, prioritize, delete and --db, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ._support import add, clean_env, cli, count, get
+
+
+def test_add_prints_the_id_and_stores_the_task(db: str) -> None:
+    result = cli("add", "mail:send", '{"to": "ann@example.com"}', "--db", db)
+    assert result.code == 0, result
+    task_id = result.out.strip()
+    task = get(db, task_id)
+    assert task.action == "mail:send"
+    assert task.payload == {"to": "ann@example.com"}
+    assert task.status == "queued"
+    assert task.priority == 0
+
+
+def test_add_with_every_option_prints_json(db: str) -> None:
+    result = cli("add", "geo:code", '{"q": "Paris"}', "--priority", "2.5", "--delay", "60",
+                 "--tag", "team=ops", "--tag", "n=3", "--tag", 'obj={"a": [1]}', "--tag", "e=",
+                 "--unique-key", "paris", "--max-attempts", "4", "--timeout", "9.5", "--json",
+                 "--db", db)
+    assert result.code == 0, result
+    data = json.loads(result.out)
+    assert data["action"] == "geo:code"
+    assert data["priority"] == 2.5
+    assert data["run_at"] >= data["created_at"] + 59
+    assert data["tags"] == {"team": "ops", "n": 3, "obj": {"a": [1]}, "e": ""}
+    assert data["unique_key"] == "paris"
+    assert data["max_attempts"] == 4
+    assert data["run_timeout"] == 9.5
+    stored = get(db, data["id"])
+    assert stored.tags == data["tags"]
+
+    again = cli("add", "geo:code", '{"q": "Paris"}', "--unique-key", "paris", "--db", db)
+    assert again.code == 0, again
+    assert again.out.strip() == data["id"]
+    assert "already holds unique key 'paris'" in again.err
+    assert count(db) == 1
+
+
+def test_payload_from_stdin_and_from_a_file(db: str, tmp_path: Path) -> None:
+    from_stdin = cli("add", "a:b", "-", "--db", db, input='{"from": "stdin"}')
+    assert from_stdin.code == 0, from_stdin
+    payload_file = tmp_path / "payload.json"
+    payload_file.write_text('[1, 2, {"three": 3}]', encoding="utf-8")
+    from_file = cli("add", "a:b", f"@{payload_file}", "--db", db)
+    assert from_file.code == 0, from_file
+    no_payload = cli("add", "a:b", "--db", db)
+    assert no_payload.code == 0, no_payload
+    assert get(db, from_stdin.out.strip()).payload == {"from": "stdin"}
+    assert get(db, from_file.out.strip()).payload == [1, 2, {"three": 3}]
+    assert get(db, no_payload.out.strip()).payload is None
+
+
+def test_add_warns_when_no_worker_handles_the_action(db: str) -> None:
+    result = cli("add", "nobody:home", "--db", db)
+    assert result.code == 0, result
+    assert result.err.splitlines() == [
+        "warning: no running worker handles 'nobody:home'; the task will wait until one does"]
+    assert get(db, result.out.strip()).status == "queued"
+    assert count(db) == 1
+
+
+def test_db_option_before_or_after_the_command_and_from_the_environment(
+        tmp_path: Path) -> None:
+    first = f"sqlite:///{tmp_path / 'first.db'}"
+    second = f"sqlite:///{tmp_path / 'second.db'}"
+    third = f"sqlite:///{tmp_path / 'third.db'}"
+    assert cli("--db", first, "add", "x:one").code == 0
+    assert cli("add", "x:two", "--db", second).code == 0
+    assert cli("add", "x:three", env=clean_env(CONVEYOR_DB=third)).code == 0
+    # the option after the command wins over the one before it, and both over the env
+    assert cli("--db", third, "add", "x:two-b", "--db", second,
+               env=clean_env(CONVEYOR_DB=first)).code == 0
+    assert [t["action"] for t in json.loads(cli("ls", "--json", "--db", first).out)] == ["x:one"]
+    assert sorted(t["action"] for t in json.loads(cli("--db", second, "ls", "--json").out)) \
+        == ["x:two", "x:two-b"]
+    listed = cli("ls", "--json", env=clean_env(CONVEYOR_DB=third))
+    assert [t["action"] for t in json.loads(listed.out)] == ["x:three"]
+    # without --db nor the env: sqlite:///conveyor.db in the current directory
+    assert cli("add", "x:default", cwd=tmp_path).code == 0
+    assert (tmp_path / "conveyor.db").exists()
+
+
+def test_ls_filters_sorts_and_pages(db: str) -> None:
+    a = add(db, "mail:send", {"user": "ann"}, priority=3, tags={"team": "ops"})
+    b = add(db, "mail:send", {"user": "bob"}, priority=1)
+    c = add(db, "geo:code", {"user": "ann"}, priority=2)
+    add(db, "geo:code", {"user": "cid"})
+    d = add(db, "geo:code", {"user": "dan"})
+    run_abort = cli("abort", d.id, "--db", db)
+    assert run_abort.code == 0, run_abort
+
+    def ids(*args: str) -> list[str]:
+        result = cli("ls", *args, "--json", "--db", db)
+        assert result.code == 0, result
+        return [t["id"] for t in json.loads(result.out)]
+
+    assert len(ids()) == 5
+    assert ids()[0] == d.id  # newest first by default
+    assert ids('{"payload.user": "ann"}', "--sort", "created_at") == [a.id, c.id]
+    assert ids("--action", "mail:send", "--sort", "priority") == [b.id, a.id]
+    assert ids("--status", "aborted") == [d.id]
+    assert ids('{"tags.team": "ops"}') == [a.id]
+    assert ids("--sort", "-priority,created_at", "--limit", "2") == [a.id, c.id]
+    assert ids("--sort", "-priority,created_at", "--limit", "2", "--skip", "1") == [c.id, b.id]
+    assert ids('{"priority": {"$gt": 1}}', "--action", "geo:code") == [c.id]
+
+    table = cli("ls", "--sort", "-priority", "--limit", "4", "--db", db)
+    assert table.code == 0, table
+    for task in (a, b, c):
+        assert task.id in table.out
+    assert "mail:send" in table.out and "team=ops" in table.out and "geo:code" in table.out
+    assert "4 of 5 task(s) (see --limit and --skip)" in table.out
+
+
+def test_show_prints_every_field(db: str) -> None:
+    task = add(db, "mail:send", {"to": "ann"}, tags={"team": "ops"}, priority=4)
+    result = cli("show", task.id, "--db", db)
+    assert result.code == 0, result
+    for field in task.to_json():
+        assert field in result.out, field
+    assert task.id in result.out and '"to": "ann"' in result.out and "queued" in result.out
+
+    as_json = cli("show", task.id, "--json", "--logs", "--db", db)
+    assert as_json.code == 0, as_json
+    data = json.loads(as_json.out)
+    assert data == {**task.to_json(), "logs": []}
+
+
+def test_stats_counts_per_action_and_status(db: str) -> None:
+    add(db, "mail:send")
+    add(db, "mail:send")
+    doomed = add(db, "geo:code")
+    assert cli("abort", doomed.id, "--db", db).code == 0
+    result = cli("stats", "--json", "--db", db)
+    assert result.code == 0, result
+    assert json.loads(result.out) == {"mail:send": {"queued": 2}, "geo:code": {"aborted": 1}}
+    table = cli("stats", "--db", db)
+    assert table.code == 0, table
+    assert "mail:send" in table.out and "geo:code" in table.out and "total" in table.out
+
+
+def test_abort_retry_prioritize_delete(db: str) -> None:
+    task = add(db, "mail:send")
+    other = add(db, "mail:send")
+
+    prioritized = cli("prioritize", task.id, "7", "--db", db)
+    assert prioritized.code == 0, prioritized
+    assert get(db, task.id).priority == 7
+    zero = cli("prioritize", task.id, "0", "--json", "--db", db)
+    assert json.loads(zero.out)["priority"] == 0
+
+    aborted = cli("abort", task.id, "--reason", "not needed", "--db", db)
+    assert aborted.code == 0, aborted
+    assert f"task {task.id} aborted" in aborted.out
+    stored = get(db, task.id)
+    assert (stored.status, stored.reason) == ("aborted", "not needed")
+
+    again = cli("abort", task.id, "--db", db)
+    assert again.code == 1
+    assert "already aborted" in again.err
+
+    late = cli("prioritize", task.id, "3", "--db", db)
+    assert late.code == 1 and "only queued tasks" in late.err
+
+    retried = cli("retry", task.id, "--db", db)
+    assert retried.code == 0, retried
+    assert get(db, task.id).status == "queued"
+    not_failed = cli("retry", other.id, "--db", db)
+    assert not_failed.code == 1 and "only failed or aborted" in not_failed.err
+
+    # delete: finished tasks only, and all or nothing
+    assert cli("abort", task.id, "--db", db).code == 0
+    refused = cli("delete", task.id, other.id, "--db", db)
+    assert refused.code == 1, refused
+    assert other.id in refused.err and "not finished" in refused.err
+    assert count(db) == 2
+    deleted = cli("delete", task.id, "--db", db)
+    assert deleted.code == 0, deleted
+    assert "deleted 1 task(s)" in deleted.out
+    assert count(db) == 1
+
+
+def test_workers_lists_nothing_without_workers(db: str) -> None:
+    add(db, "x:y")
+    result = cli("workers", "--json", "--db", db)
+    assert result.code == 0, result
+    assert json.loads(result.out) == []
+    assert cli("workers", "--db", db).out.strip() == "no workers"
+
+
+def test_help_and_version() -> None:
+    result = cli("--help")
+    assert result.code == 0
+    for command in ("add", "ls", "show", "tail", "abort", "retry", "prioritize", "delete",
+                    "stats", "workers", "worker", "demo"):
+        assert f"  {command} " in result.out, command
+    assert cli("--version").out.startswith("conveyor, version")
