@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import _json
@@ -351,7 +351,8 @@ class Worker:
         return WorkerInfo(id=self.id, host=socket.gethostname(), pid=os.getpid(),
                           actions=tuple(self.actions), concurrency=self.concurrency,
                           started_at=self._started_at, last_seen=now, running=len(self.running),
-                          info={"name": self.app.name} if self.app.name else {})
+                          info={"lease": self.lease,
+                                **({"name": self.app.name} if self.app.name else {})})
 
     def wake(self) -> None:
         """Claim now (a task was added in this process)."""
@@ -460,6 +461,13 @@ class Worker:
         handler = self.registry.get(task.action)
         assert handler is not None and task.token is not None
         lease = Lease(task.id, task.token)
+        if ((task.max_attempts is None and handler.max_attempts is not None)
+                or (task.backoff is None and handler.backoff is not None)
+                or (task.run_timeout is None and handler.run_timeout is not None)):
+            # a task added where the handler was not registered: the handler's defaults apply
+            task = replace(task, max_attempts=task.max_attempts or handler.max_attempts,
+                           backoff=task.backoff or handler.backoff,
+                           run_timeout=task.run_timeout or handler.run_timeout)
         try:
             payload = handler.load_payload(task.payload)
         except Exception as exc:
@@ -832,11 +840,14 @@ class Worker:
                         reply = await storage.heartbeat(self.id, leases, self.lease)
                         if self._loop is not None and (reply.lost or reply.abort_requested):
                             self._loop.call_soon_threadsafe(self._on_heartbeat, reply)
+                        if not reply.known:  # forgotten while paused: say we are alive
+                            await storage.register_worker(self._info())
                     except Exception as exc:
                         log.warning("worker %s: heartbeat failed: %s", self.id, exc)
                 if now >= next_sweep:
                     next_sweep = now + sweep
                     try:
+                        await storage.forget_workers()
                         report = await storage.recover(self.app.max_rescues)
                         if report.total:
                             log.info("sweeper: %d requeued, %d failed (worker lost), "

@@ -242,3 +242,23 @@ async def test_values_that_cannot_be_stored_fail_cleanly(app: Conveyor) -> None:
         with pytest.raises(TaskFailed, match="bad"):
             await app.wait(b.id, timeout=10)
         assert await app.wait(c.id, timeout=10) == "ok"
+
+
+async def test_handler_defaults_apply_to_tasks_added_elsewhere(app: Conveyor) -> None:
+    """A producer that does not know the handler adds the task; the worker's
+    max_attempts and backoff still apply."""
+    producer = Conveyor(app.storage)
+    task = await producer.add("flaky:elsewhere")
+    assert task.max_attempts is None
+    runs: list[int] = []
+
+    @app.handler("flaky:elsewhere", max_attempts=3, backoff={"base": 0.01, "jitter": 0})
+    async def flaky(ctx: Context[Any]) -> int:
+        runs.append(ctx.attempt)
+        if ctx.attempt < 2:
+            raise RuntimeError("first time fails")
+        return ctx.attempt
+
+    async with app:
+        assert await app.wait(task.id, timeout=10) == 2
+    assert runs == [1, 2]

@@ -80,6 +80,8 @@ class HeartbeatReply:
 
     lost: frozenset[str] = frozenset()
     abort_requested: Mapping[str, str] = field(default_factory=dict)
+    known: bool = True
+    """False when the worker's record was gone (forgotten as dead): register again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +303,12 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def list_workers(self) -> list[WorkerInfo]:
         """Known workers with their last heartbeat."""
+
+    @abc.abstractmethod
+    async def forget_workers(self) -> list[str]:
+        """Remove the records of workers that stopped sending heartbeats: not seen
+        for twice their lease (``info["lease"]``, default 30 s), and at least 30 s.
+        Returns the ids removed."""
 
     # -- feed ---------------------------------------------------------------
 

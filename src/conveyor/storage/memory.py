@@ -228,7 +228,7 @@ class MemoryStorage(Storage):
             if info is not None:
                 self._workers[worker] = replace(info, last_seen=now,
                                                 running=len(leases) - len(lost))
-        return HeartbeatReply(frozenset(lost), aborts)
+        return HeartbeatReply(frozenset(lost), aborts, known=info is not None)
 
     async def update_progress(self, updates: Sequence[tuple[Lease, Progress]]) -> list[str]:
         now = time.time()
@@ -382,6 +382,15 @@ class MemoryStorage(Storage):
     async def list_workers(self) -> list[WorkerInfo]:
         with self._lock:
             return sorted(self._workers.values(), key=lambda w: w.started_at)
+
+    async def forget_workers(self) -> list[str]:
+        now = time.time()
+        with self._lock:
+            dead = [w.id for w in self._workers.values()
+                    if w.last_seen < now - max(30.0, 2 * float(w.info.get("lease", 30)))]
+            for worker_id in dead:
+                del self._workers[worker_id]
+        return dead
 
     # -- feed -----------------------------------------------------------------
 

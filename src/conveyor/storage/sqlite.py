@@ -544,8 +544,9 @@ class SQLiteStorage(Storage):
                     lost.add(item.task_id)
             held = [item.task_id for item in leases if item.task_id not in lost]
             aborts = dict(conn.execute(Q["abort_requests"], {"ids": _json.dumps(held)}).fetchall())
-            conn.execute(Q["touch_worker"], {"now": now, "running": len(held), "id": worker})
-            return HeartbeatReply(frozenset(lost), aborts)
+            known = conn.execute(Q["touch_worker"], {"now": now, "running": len(held),
+                                                     "id": worker}).rowcount == 1
+            return HeartbeatReply(frozenset(lost), aborts, known=known)
 
         return await self._write(tx)
 
@@ -731,6 +732,10 @@ class SQLiteStorage(Storage):
             ]
 
         return await self._run(read)
+
+    async def forget_workers(self) -> list[str]:
+        return await self._write(lambda conn: [r[0] for r in conn.execute(
+            Q["forget_workers"], {"now": time.time()}).fetchall()])
 
     # -- retention ----------------------------------------------------------------
 

@@ -590,6 +590,21 @@ class StorageContract:
         assert seen.last_seen > now
         await storage.unregister_worker(info.id)
         assert await storage.list_workers() == []
+        reply = await storage.heartbeat(info.id, [], 30)
+        assert not reply.known  # a worker that was forgotten learns it
+
+    async def test_forget_dead_workers(self, storage: Storage) -> None:
+        now = time.time()
+        alive = WorkerInfo(id="a", host="h", pid=1, actions=(), concurrency=1, started_at=now,
+                           last_seen=now, info={"lease": 30})
+        dead = WorkerInfo(id="d", host="h", pid=2, actions=(), concurrency=1, started_at=now,
+                          last_seen=now - 61, info={"lease": 30})
+        slow = WorkerInfo(id="s", host="h", pid=3, actions=(), concurrency=1, started_at=now,
+                          last_seen=now - 61, info={"lease": 300})
+        for info in (alive, dead, slow):
+            await storage.register_worker(info)
+        assert await storage.forget_workers() == ["d"]
+        assert sorted(w.id for w in await storage.list_workers()) == ["a", "s"]
 
     # -- change feed --------------------------------------------------------------
 

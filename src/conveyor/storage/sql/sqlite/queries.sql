@@ -172,6 +172,11 @@ ON CONFLICT (id) DO UPDATE SET
 -- name: delete_worker
 DELETE FROM conveyor_workers WHERE id = :id
 
+-- name: forget_workers
+DELETE FROM conveyor_workers
+WHERE last_seen < :now - max(30.0, 2 * coalesce(json_extract(info, '$.lease'), 30))
+RETURNING id
+
 -- name: list_workers
 SELECT id, host, pid, actions, concurrency, running, started_at, last_seen, info
 FROM conveyor_workers ORDER BY started_at
