@@ -345,8 +345,12 @@ class ChangeRelay:
         """Own changes matter only to event listeners and task signals in this process."""
         return not self.bus.idle or bool(self.bus._signals)
 
+    def _wakeups_only(self) -> bool:
+        """With no listener and no signal, only wake-ups (for the worker) matter."""
+        return self.bus.idle and not self.bus._signals
+
     async def _run(self) -> None:
-        stream = self.storage.change_batches(self._wants_own)
+        stream = self.storage.change_batches(self._wants_own, self._wakeups_only)
         iterator = stream.__aiter__()
         self._ready.set()
         try:

@@ -6,18 +6,31 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 
+from ..model import Status
 from .base import Change
 
-__all__ = ["Fanout"]
+__all__ = ["Fanout", "is_wakeup"]
+
+
+def is_wakeup(change: Change) -> bool:
+    """A change that can make a worker act: a task became ready, or an abort was asked."""
+    return change.status is Status.QUEUED or change.event == "abort_requested"
+
+
+def _flag(value: Callable[[], bool] | bool) -> Callable[[], bool]:
+    if isinstance(value, bool):
+        return (lambda: True) if value else (lambda: False)
+    return value
 
 
 class _Consumer:
-    __slots__ = ("include_own", "loop", "queue")
+    __slots__ = ("include_own", "loop", "queue", "wakeups_only")
 
-    def __init__(self, include_own: Callable[[], bool]) -> None:
+    def __init__(self, include_own: Callable[[], bool], wakeups_only: Callable[[], bool]) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Sequence[Change] | None] = asyncio.Queue()
         self.include_own = include_own
+        self.wakeups_only = wakeups_only
 
 
 class Fanout:
@@ -45,6 +58,10 @@ class Fanout:
         """Whether any stream currently wants changes made by this storage object."""
         return any(c.include_own() for c in self._consumers)
 
+    def wants_all(self) -> bool:
+        """Whether any stream currently wants more than wake-ups (see :func:`is_wakeup`)."""
+        return any(not c.wakeups_only() for c in self._consumers)
+
     def publish(self, changes: Sequence[Change]) -> None:
         if not changes:
             return
@@ -57,8 +74,10 @@ class Fanout:
                 if foreign is None:
                     foreign = [c for c in changes if c.origin != self.origin]
                 batch = foreign
-                if not batch:
-                    continue
+            if consumer.wakeups_only():
+                batch = [c for c in batch if is_wakeup(c)]
+            if not batch:
+                continue
             try:
                 running = asyncio.get_running_loop()
             except RuntimeError:
@@ -87,18 +106,17 @@ class Fanout:
             if consumer in self._consumers:
                 self._consumers.remove(consumer)
 
-    async def stream(self, include_own: Callable[[], bool] | bool = True
+    async def stream(self, include_own: Callable[[], bool] | bool = True,
+                     wakeups_only: Callable[[], bool] | bool = False
                      ) -> AsyncIterator[Change]:
-        async for batch in self.batches(include_own):
+        async for batch in self.batches(include_own, wakeups_only):
             for change in batch:
                 yield change
 
-    async def batches(self, include_own: Callable[[], bool] | bool = True
+    async def batches(self, include_own: Callable[[], bool] | bool = True,
+                      wakeups_only: Callable[[], bool] | bool = False
                       ) -> AsyncIterator[Sequence[Change]]:
-        if isinstance(include_own, bool):
-            flag = include_own
-            include_own = lambda: flag  # noqa: E731
-        consumer = _Consumer(include_own)
+        consumer = _Consumer(_flag(include_own), _flag(wakeups_only))
         with self._lock:
             if self._closed:
                 return

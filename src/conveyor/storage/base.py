@@ -313,21 +313,26 @@ class Storage(abc.ABC):
     # -- feed ---------------------------------------------------------------
 
     @abc.abstractmethod
-    def changes(self, include_own: Callable[[], bool] | bool = True) -> AsyncIterator[Change]:
+    def changes(self, include_own: Callable[[], bool] | bool = True,
+                wakeups_only: Callable[[], bool] | bool = False) -> AsyncIterator[Change]:
         """An endless stream of changes from every process using this storage,
         starting from now, in commit order. Not a coroutine: call it and
         iterate with ``async for``.
 
         While ``include_own`` is (or returns) false, changes written through
         this storage object are left out, and a backend may skip reading
-        them at all: a worker only needs to hear about other processes."""
+        them at all: a worker only needs to hear about other processes.
+        While ``wakeups_only`` is true, a backend may also leave out every
+        change but those that make a task ready (status ``queued``) or ask
+        for an abort. Both are hints: consumers must tolerate extra changes."""
 
-    async def change_batches(self, include_own: Callable[[], bool] | bool = True
+    async def change_batches(self, include_own: Callable[[], bool] | bool = True,
+                             wakeups_only: Callable[[], bool] | bool = False
                              ) -> AsyncIterator[Sequence[Change]]:
         """The same stream as :meth:`changes`, in the batches the backend reads
         them in (so a consumer can handle many at once). The default wraps
         each change in a batch of one."""
-        async for change in self.changes(include_own):
+        async for change in self.changes(include_own, wakeups_only):
             yield [change]
 
     @abc.abstractmethod

@@ -394,12 +394,14 @@ class MemoryStorage(Storage):
 
     # -- feed -----------------------------------------------------------------
 
-    def changes(self, include_own: Callable[[], bool] | bool = True) -> AsyncIterator[Change]:
-        return self._feed.stream(include_own)
+    def changes(self, include_own: Callable[[], bool] | bool = True,
+                wakeups_only: Callable[[], bool] | bool = False) -> AsyncIterator[Change]:
+        return self._feed.stream(include_own, wakeups_only)
 
-    def change_batches(self, include_own: Callable[[], bool] | bool = True
+    def change_batches(self, include_own: Callable[[], bool] | bool = True,
+                       wakeups_only: Callable[[], bool] | bool = False
                        ) -> AsyncIterator[Sequence[Change]]:
-        return self._feed.batches(include_own)
+        return self._feed.batches(include_own, wakeups_only)
 
     async def prune(self, older_than: float | None, batch: int = 500) -> int:
         if older_than is None:

@@ -330,8 +330,11 @@ class SQLiteStorage(Storage):
                 end = conn.execute(Q["last_change"]).fetchone()[0]
                 if self._feed.wants_own():
                     query, params = Q["changes_after"], {"after": last, "upto": end}
-                else:
+                elif self._feed.wants_all():
                     query, params = Q["foreign_changes_after"], {
+                        "after": last, "upto": end, "origin": self.instance_id}
+                else:
+                    query, params = Q["foreign_wakeups_after"], {
                         "after": last, "upto": end, "origin": self.instance_id}
                 rows = conn.execute(query, {**params, "limit": 1000}).fetchall()
             finally:
@@ -343,12 +346,14 @@ class SQLiteStorage(Storage):
                 return int(end)
             last = rows[-1][0]
 
-    def changes(self, include_own: Callable[[], bool] | bool = True) -> AsyncIterator[Change]:
-        return self._feed.stream(include_own)
+    def changes(self, include_own: Callable[[], bool] | bool = True,
+                wakeups_only: Callable[[], bool] | bool = False) -> AsyncIterator[Change]:
+        return self._feed.stream(include_own, wakeups_only)
 
-    def change_batches(self, include_own: Callable[[], bool] | bool = True
+    def change_batches(self, include_own: Callable[[], bool] | bool = True,
+                       wakeups_only: Callable[[], bool] | bool = False
                        ) -> AsyncIterator[Sequence[Change]]:
-        return self._feed.batches(include_own)
+        return self._feed.batches(include_own, wakeups_only)
 
     # -- helpers on the database thread -----------------------------------------------
 
@@ -514,8 +519,8 @@ class SQLiteStorage(Storage):
             return claimed
 
         rows = await self._write(tx)
-        loads = _json.loads
-        tasks = [row_to_task(loads(r[0]), decoded=True) for r in rows]
+        decoded = _json.loads("[" + ",".join(r[0] for r in rows) + "]") if rows else []
+        tasks = [row_to_task(r, decoded=True) for r in decoded]
         tasks.sort(key=lambda t: (t.priority, t.run_at, t.id))
         return tasks
 

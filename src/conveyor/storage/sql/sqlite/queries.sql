@@ -193,6 +193,13 @@ WHERE seq > :after AND seq <= :upto ORDER BY seq LIMIT :limit
 SELECT seq, task_id, version, status, event, origin, ts FROM conveyor_changes
 WHERE seq > :after AND seq <= :upto AND origin IS NOT :origin ORDER BY seq LIMIT :limit
 
+-- name: foreign_wakeups_after
+-- Changes by other writers that can make a worker act: a task became ready, an abort.
+SELECT seq, task_id, version, status, event, origin, ts FROM conveyor_changes
+WHERE seq > :after AND seq <= :upto AND origin IS NOT :origin
+  AND (status = 'queued' OR event = 'abort_requested')
+ORDER BY seq LIMIT :limit
+
 -- name: old_finished
 SELECT id FROM conveyor_tasks
 WHERE finished_at IS NOT NULL AND finished_at < :before
