@@ -158,8 +158,10 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
         max_attempts = retries + 1
     if isinstance(retry_on, type):
         retry_on = (retry_on,)
-    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
-        raise ConfigurationError("retry_on must be exception classes")
+    if not isinstance(retry_on, tuple | list) or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+        raise ConfigurationError(
+            f"retry_on must be exception classes (one, or a tuple), not {retry_on!r}")
     if policy is not None and not callable(policy):
         raise ConfigurationError("policy must be a function (task, outcome) -> Transition")
     sig_payload, sig_result = _models_from_signature(fn)

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import logging
 import os
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _json
 from ._children import ChildPool
+from ._threads import DaemonThreadPool
 from .context import Context, TaskAbortRequested
 from .errors import ValidationError
 from .events import Event
@@ -262,7 +262,7 @@ class Worker:
         self._schedule_task: asyncio.Task[None] | None = None
         self._feed_task: asyncio.Task[None] | None = None
         self._writer = _Writer(self)
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool: DaemonThreadPool | None = None
         self._children: ChildPool | None = None
         self._keeper: threading.Thread | None = None
         self._keeper_stop = threading.Event()
@@ -515,22 +515,31 @@ class Worker:
 
     async def _run_async(self, run: _Run, timeout: float | None) -> Outcome:
         if timeout is None:
-            return self._returned(run, await run.handler.fn(run.ctx))
-        try:
-            async with asyncio.timeout(timeout) as scope:
-                value = await run.handler.fn(run.ctx)
-        except TimeoutError:
+            value = await run.handler.fn(run.ctx)
+        else:
+            try:
+                async with asyncio.timeout(timeout) as scope:
+                    value = await run.handler.fn(run.ctx)
+            except TimeoutError:
+                if scope.expired() and run.abort_reason is None:
+                    return self._timed_out(run, timeout)
+                raise
             if scope.expired() and run.abort_reason is None:
-                run.ctx._request_abort("timeout")
-                return TimedOut(timeout or 0.0)
-            raise
+                # the handler swallowed the cancellation: the timeout still decides
+                return self._timed_out(run, timeout)
+        if run.abort_reason is not None:
+            # the handler swallowed the cancellation of an abort: its value is discarded
+            return Aborted(run.abort_reason)
         return self._returned(run, value)
+
+    def _timed_out(self, run: _Run, timeout: float) -> TimedOut:
+        run.ctx._request_abort("timeout")
+        return TimedOut(timeout, retryable=run.handler.retries(TimeoutError()))
 
     async def _run_thread(self, run: _Run, timeout: float | None) -> Outcome:
         loop = asyncio.get_running_loop()
         if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self.concurrency, thread_name_prefix="conveyor-handler")
+            self._pool = DaemonThreadPool(self.concurrency)
         call = contextvars.copy_context().run
         future = loop.run_in_executor(self._pool, call, run.handler.fn, run.ctx)
         run.abort_event = asyncio.Event()
@@ -560,7 +569,7 @@ class Worker:
         else:
             self._watch_zombie(future)
         if timed_out:
-            return TimedOut(timeout or 0.0)
+            return TimedOut(timeout or 0.0, retryable=run.handler.retries(TimeoutError()))
         return Aborted(run.abort_reason or "aborted")
 
     async def _run_process(self, run: _Run, timeout: float | None) -> Outcome:
@@ -629,7 +638,7 @@ class Worker:
             else:
                 await self._children.discard(child)
         if timed_out:
-            return TimedOut(timeout or 0.0)
+            return TimedOut(timeout or 0.0, retryable=run.handler.retries(TimeoutError()))
         return Aborted(run.abort_reason or "aborted")
 
     def _child_message(self, run: _Run, message: dict[str, Any]) -> Outcome | None:

@@ -575,9 +575,11 @@ class Aborted:
 
 @dataclass(frozen=True, slots=True)
 class TimedOut:
-    """The run went past its run timeout."""
+    """The run went past its run timeout. ``retryable`` says whether the
+    action's ``retry_on`` covers :class:`TimeoutError` (it does by default)."""
 
     timeout: float
+    retryable: bool = True
 
 
 Outcome: TypeAlias = Returned | Raised | Retry | Reschedule | Aborted | TimedOut
@@ -645,10 +647,10 @@ def default_policy(task: Task, outcome: Outcome, *, now: float | None = None,
                 return Transition(Status.QUEUED, run_at=now + backoff.delay(task.attempts),
                                   error=error)
             return Transition(Status.FAILED, error=error, reason="error")
-        case TimedOut(timeout):
+        case TimedOut(timeout, retryable):
             error = ErrorInfo("TimeoutError", f"run timeout of {timeout:g}s exceeded",
                               attempt=task.attempts, at=now)
-            if attempts_left:
+            if retryable and attempts_left:
                 return Transition(Status.QUEUED, run_at=now + backoff.delay(task.attempts),
                                   error=error)
             return Transition(Status.ABORTED, error=error, reason="timeout")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import time
 from typing import Any
 
 from conveyor import Context, Conveyor
@@ -47,3 +49,63 @@ async def chatty(ctx: Context[Any]) -> str:
         await ctx.progress(i + 1, total=steps)
         await asyncio.sleep(float(ctx.payload.get("pause", 0.05)))
     return "chatted"
+
+
+# -- handlers of the control and crash-safety tests (tests/control) ----------------
+
+
+def record_interval(ctx: Context[Any], group: str, start: float, end: float) -> None:
+    """Append ``task_id group start end pid`` to the ledger (one atomic write)."""
+    global _ledger_fd
+    if _ledger_fd is None:
+        _ledger_fd = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(_ledger_fd, f"{ctx.id} {group} {start!r} {end!r} {os.getpid()}\n".encode())
+
+
+@app.handler("suicide")
+async def suicide(ctx: Context[Any]) -> None:
+    """A poison pill: records its run, then kills its own worker process."""
+    record(ctx)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.handler("book")
+async def book(ctx: Context[Any]) -> int:
+    """Runs under a per-book concurrency condition; records its run interval."""
+    start = time.time()
+    await asyncio.sleep(float(ctx.payload.get("sleep", 0.005)))
+    end = time.time()
+    record_interval(ctx, str(ctx.payload["book"]), start, end)
+    return os.getpid()
+
+
+@app.handler("limited", limit=2)
+async def limited(ctx: Context[Any]) -> int:
+    """At most two running at once across all workers; records its run interval."""
+    start = time.time()
+    await asyncio.sleep(float(ctx.payload.get("sleep", 0.02)))
+    end = time.time()
+    record_interval(ctx, "limited", start, end)
+    return os.getpid()
+
+
+@app.handler("first_run_slow")
+async def first_run_slow(ctx: Context[Any]) -> int:
+    """Records its run; the first run (no marker file yet) creates the marker and
+    sleeps ``payload.sleep`` seconds, later runs return at once."""
+    record(ctx)
+    try:
+        os.close(os.open(ctx.payload["marker"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return os.getpid()
+    await asyncio.sleep(float(ctx.payload.get("sleep", 30)))
+    return os.getpid()
+
+
+@app.handler("stuck_sync", abort_grace=0.2)
+def stuck_sync(ctx: Context[Any]) -> int:
+    """A sync handler that ignores aborts and stops: records its run, then blocks
+    for ``payload.sleep`` seconds (think of a network call without a timeout)."""
+    record(ctx)
+    time.sleep(float(ctx.payload.get("sleep", 30)))
+    return os.getpid()

@@ -133,7 +133,8 @@ def rescued(task: Task, now: float, max_rescues: int) -> tuple[Task, str]:
         error = ErrorInfo("Aborted", task.abort_requested, attempt=task.attempts, at=now)
         return replace(task, status=Status.ABORTED, reason=task.abort_requested, error=error,
                        errors=(*task.errors, error), finished_at=now, worker=None, token=None,
-                       lease_until=None, updated_at=now, version=task.version + 1), "lost_aborted"
+                       lease_until=None, abort_requested=None, updated_at=now,
+                       version=task.version + 1), "lost_aborted"
     lost = ErrorInfo("WorkerLost", f"lease of worker {task.worker} expired",
                      attempt=task.attempts, at=now)
     if task.rescues >= max_rescues:

@@ -23,6 +23,7 @@ Three slashes then a relative path, four for an absolute one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -500,15 +501,19 @@ class SQLiteStorage(Storage):
                     claimed.extend(rows.fetchall())
                     pending.clear()
 
+            memo: dict[str, int] = {}
             for action, task_id, conditional in _ready_in_order(conn, wanted, now, limit):
                 if budget.get(action, 1) <= 0:
                     continue
                 if conditional:
-                    flush()
-                    if not self._conditions_allow(conn, task_id):
+                    if pending:
+                        flush()
+                        memo.clear()
+                    if not self._conditions_allow(conn, task_id, memo):
                         continue
                     pending.append(task_id)
                     flush()
+                    memo.clear()
                 else:
                     pending.append(task_id)
                 if action in budget:
@@ -524,17 +529,20 @@ class SQLiteStorage(Storage):
         tasks.sort(key=lambda t: (t.priority, t.run_at, t.id))
         return tasks
 
-    def _conditions_allow(self, conn: sqlite3.Connection, task_id: str) -> bool:
+    def _conditions_allow(self, conn: sqlite3.Connection, task_id: str,
+                          memo: dict[str, int]) -> bool:
+        """Whether the task's concurrency conditions let it run now. ``memo``
+        keeps counts that do not depend on the candidate (scopes without
+        ``queued``) for the rest of this claim, until a task is taken."""
         row = conn.execute(Q["task_conditions"], {"id": task_id}).fetchone()
-        for cond in _json.loads(row[0]):
-            where, params = compile_sqlite(parse_filter(cond["query"]))
-            scope = cond["scope"] if isinstance(cond["scope"], list) else [cond["scope"]]
-            sql = (
-                "SELECT count(*) FROM conveyor_tasks WHERE status IN "
-                f"(SELECT value FROM json_each(?)) AND id != ? AND ({where})"
-            )
-            n = conn.execute(sql, [_json.dumps(scope), task_id, *params]).fetchone()[0]
-            if n >= cond["limit"]:
+        for text in _condition_texts(row[0]):
+            count_sql, params, limit, own = _condition_query(text)
+            n = memo.get(text)
+            if n is None:
+                n = conn.execute(count_sql, [*params, task_id] if own else params).fetchone()[0]
+                if not own:
+                    memo[text] = n
+            if n >= limit:
                 return False
         return True
 
@@ -768,6 +776,28 @@ class SQLiteStorage(Storage):
             if n < batch:
                 break
         return total
+
+
+@functools.lru_cache(maxsize=1024)
+def _condition_texts(column: str) -> list[str]:
+    """The conditions stored in a task's ``concurrency`` column, each as canonical JSON."""
+    return [_json.dumps(c) for c in _json.loads(column)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _condition_query(text: str) -> tuple[str, list[Any], int, bool]:
+    """The count query of a condition: (sql, params, limit, counts_queued).
+
+    When the scope includes ``queued`` the candidate itself must not be
+    counted, so the query takes its id as a last parameter."""
+    cond = _json.loads(text)
+    where, params = compile_sqlite(parse_filter(cond["query"]))
+    scope = cond["scope"] if isinstance(cond["scope"], list) else [cond["scope"]]
+    own = "queued" in scope
+    marks = ", ".join("?" for _ in scope)
+    sql = (f"SELECT count(*) FROM conveyor_tasks WHERE status IN ({marks}) AND ({where})"
+           + (" AND id != ?" if own else ""))
+    return sql, [*scope, *params], int(cond["limit"]), own
 
 
 def _insert_row(task: Task) -> list[Any]:

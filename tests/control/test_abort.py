@@ -1,0 +1,215 @@
+"""Abort latency and single terminal state, in this process (every backend)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from conveyor import Context, Conveyor, Status, Task
+
+from ._support import until
+
+ENDINGS = {"task.succeeded", "task.failed", "task.aborted"}
+
+
+@pytest.fixture
+async def app(local_url: str) -> AsyncIterator[Conveyor]:
+    app = Conveyor(local_url, concurrency=4, lease=5.0, sweep_interval=0.2, stop_timeout=1.0)
+    yield app
+    await app.close()
+
+
+class Ends:
+    """Records the events of one task; ``ends`` are its ending events."""
+
+    def __init__(self, app: Conveyor, task_id: str) -> None:
+        self.types: list[str] = []
+        app.on("task.*", lambda e: self.types.append(e.type), task_id=task_id)
+
+    @property
+    def ends(self) -> list[str]:
+        return [t for t in self.types if t in ENDINGS]
+
+
+async def abort_and_time(app: Conveyor, task_id: str, bound: float) -> tuple[Task, float]:
+    """Abort the task; return it once aborted and the seconds from the abort
+    call to the stored status change (``finished_at``), checking both the
+    stored time and the time this process saw it against ``bound``."""
+    wall = time.time()
+    t0 = time.monotonic()
+    await app.abort(task_id, "user asked")
+    done = await app.wait_task(task_id, timeout=bound + 5)
+    seen = time.monotonic() - t0
+    assert done.status is Status.ABORTED and done.reason == "user asked"
+    assert done.finished_at is not None
+    latency = done.finished_at - wall
+    assert latency <= bound, f"aborted after {latency:.3f}s, bound {bound}s"
+    assert seen <= bound + 0.1, f"seen aborted after {seen:.3f}s, bound {bound}s"
+    return done, latency
+
+
+async def settle(app: Conveyor) -> None:
+    """Run one more task to the end: everything the worker had to write before is written."""
+    probe = await app.add("probe")
+    assert await app.wait(probe.id, timeout=10) == "probe"
+
+
+def add_probe(app: Conveyor) -> None:
+    @app.handler("probe")
+    async def probe(ctx: Context[Any]) -> str:
+        return "probe"
+
+
+async def test_abort_running_async_task(app: Conveyor) -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    @app.handler("slow")
+    async def slow(ctx: Context[Any]) -> str:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "late"
+
+    add_probe(app)
+    async with app:
+        task = await app.add("slow")
+        ends = Ends(app, task.id)
+        await asyncio.wait_for(started.wait(), 10)
+        done, _ = await abort_and_time(app, task.id, bound=1.0)
+        assert cancelled.is_set()
+        await settle(app)
+        final = await app.get(task.id)
+    assert final.version == done.version and final.result is None
+    assert [e.type for e in final.errors] == ["Aborted"] and final.attempts == 1
+    assert ends.ends == ["task.aborted"]
+
+
+async def test_abort_running_sync_task_cooperative(app: Conveyor) -> None:
+    started = threading.Event()
+    noticed: list[float] = []
+
+    @app.handler("loop")
+    def loop(ctx: Context[Any]) -> str:
+        started.set()
+        while not ctx.aborted:
+            time.sleep(0.01)
+        noticed.append(time.time())
+        return "stopped"  # a value returned after the abort is discarded
+
+    add_probe(app)
+    async with app:
+        task = await app.add("loop")
+        ends = Ends(app, task.id)
+        assert await asyncio.to_thread(started.wait, 10)
+        done, _ = await abort_and_time(app, task.id, bound=1.0)
+        assert noticed and app.worker is not None and app.worker.zombies == 0
+        await settle(app)
+        final = await app.get(task.id)
+    assert final.version == done.version and final.result is None
+    assert final.status is Status.ABORTED
+    assert ends.ends == ["task.aborted"]
+
+
+async def test_abort_running_sync_task_that_ignores_it(local_url: str) -> None:
+    """A sync handler that ignores the abort is abandoned after its abort_grace:
+    the task ends aborted, its later return changes nothing, and its thread
+    keeps the worker's slot until it returns."""
+    app = Conveyor(local_url, concurrency=1, lease=5.0, sweep_interval=0.2, stop_timeout=1.0)
+    started = threading.Event()
+    release = threading.Event()
+    returned: list[float] = []
+    ran: list[float] = []
+    grace = 0.3
+
+    @app.handler("stubborn", abort_grace=grace)
+    def stubborn(ctx: Context[Any]) -> str:
+        started.set()
+        release.wait(30)  # ignores ctx.aborted
+        returned.append(time.time())
+        return "late result"
+
+    @app.handler("next")
+    async def next_(ctx: Context[Any]) -> str:
+        ran.append(time.time())
+        return "next"
+
+    try:
+        await app.start()
+        worker = app.worker
+        assert worker is not None
+        task = await app.add("stubborn")
+        ends = Ends(app, task.id)
+        assert await asyncio.to_thread(started.wait, 10)
+        done, latency = await abort_and_time(app, task.id, bound=grace + 1.0)
+        assert latency >= grace - 0.05  # it was given its grace period
+        # the abandoned thread still holds the only slot: the next task waits
+        assert worker.zombies == 1
+        follower = await app.add("next")
+        await asyncio.sleep(0.3)  # give the worker every chance to (wrongly) claim it
+        assert (await app.get(follower.id)).status is Status.QUEUED and not ran
+        release.set()
+        assert await app.wait(follower.id, timeout=10) == "next"
+        assert worker.zombies == 0
+        assert returned and ran and ran[0] >= returned[0]
+        final = await app.get(task.id)
+        assert final.status is Status.ABORTED and final.result is None
+        assert final.version == done.version
+        assert ends.ends == ["task.aborted"]
+    finally:
+        release.set()
+        await app.close()
+
+
+async def test_abort_queued_task(app: Conveyor) -> None:
+    @app.handler("later")
+    async def later(ctx: Context[Any]) -> str:
+        return "ran"
+
+    async with app:
+        task = await app.add("later", delay=60)
+        ends = Ends(app, task.id)
+        t0 = time.monotonic()
+        aborted = await app.abort(task.id, "user asked")
+        assert time.monotonic() - t0 < 1.0
+        assert aborted.status is Status.ABORTED and aborted.finished_at is not None
+        stored = await app.get(task.id)
+        assert stored.status is Status.ABORTED and stored.attempts == 0 and stored.result is None
+        await until(lambda: ends.ends, timeout=5, what="the aborted event")
+    assert ends.ends == ["task.aborted"]
+    assert stored.version == aborted.version
+
+
+async def test_abort_of_async_handler_that_returns_on_cancel(app: Conveyor) -> None:
+    """An async handler that cleans up on cancellation and returns a value: the
+    abort still wins, as for a sync handler that returns after noticing it
+    (the task ends aborted and the value is discarded)."""
+    started = asyncio.Event()
+
+    @app.handler("tidy")
+    async def tidy(ctx: Context[Any]) -> str:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            return "cleaned up"
+        return "finished"
+
+    add_probe(app)
+    async with app:
+        task = await app.add("tidy")
+        ends = Ends(app, task.id)
+        await asyncio.wait_for(started.wait(), 10)
+        await app.abort(task.id, "user asked")
+        done = await app.wait_task(task.id, timeout=5)
+        await settle(app)
+    assert (done.status, done.reason, done.result) == (Status.ABORTED, "user asked", None)
+    assert ends.ends == ["task.aborted"]
