@@ -1,0 +1,100 @@
+"""The hub: an HTTP + WebSocket server in front of a conveyor app.
+
+``conveyor serve`` runs it; in Python::
+
+    from conveyor import Conveyor
+    from conveyor.hub import HubConfig, create_hub, serve
+
+    app = Conveyor("sqlite:///tasks.db")
+    asgi = create_hub(app, HubConfig(port=8765))       # any ASGI server
+    await serve(app, HubConfig(port=8765))             # or uvicorn, here
+
+Needs ``pip install 'conveyor[hub]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ..app import Conveyor
+from ._config import HubConfig
+from ._credentials import ANONYMOUS, Credential, CredentialStore
+from ._hub import AuthError, Hub
+from ._rest import rest_routes
+from ._ws import ws_routes
+
+__all__ = [
+    "ANONYMOUS",
+    "AuthError",
+    "Credential",
+    "CredentialStore",
+    "Hub",
+    "HubConfig",
+    "create_hub",
+    "serve",
+]
+
+
+def create_hub(app: Conveyor | str, config: HubConfig | None = None, *,
+               credentials: CredentialStore | None = None) -> Starlette:
+    """The hub as an ASGI application. ``app`` is a Conveyor or a storage URL;
+    its handlers (if any) run in the hub's process too."""
+    conveyor = app if isinstance(app, Conveyor) else Conveyor(app)
+    hub = Hub(conveyor, config or HubConfig(), credentials)
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        if not hub.ready:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        try:
+            await conveyor.storage.count(_MATCH_NONE)
+        except Exception as exc:
+            return JSONResponse({"status": "storage unavailable", "detail": str(exc)},
+                                status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+
+    routes = [Route("/healthz", healthz, methods=["GET"]),
+              Route("/readyz", readyz, methods=["GET"]),
+              *rest_routes(hub), *ws_routes(hub)]
+    asgi = Starlette(routes=routes, lifespan=lifespan)
+    asgi.state.hub = hub
+    return asgi
+
+
+def _match_none() -> Any:
+    from ..query import parse_filter
+
+    return parse_filter({"id": "-"})
+
+
+_MATCH_NONE = _match_none()
+
+
+async def serve(app: Conveyor | str, config: HubConfig | None = None, *,
+                credentials: CredentialStore | None = None) -> None:
+    """Run the hub with uvicorn until cancelled (Ctrl-C stops it gracefully)."""
+    import uvicorn
+
+    config = config or HubConfig()
+    asgi = create_hub(app, config, credentials=credentials)
+    server = uvicorn.Server(uvicorn.Config(asgi, host=config.host, port=config.port,
+                                           ws_max_size=config.max_frame, log_level="info",
+                                           lifespan="on"))
+    await server.serve()

@@ -1,0 +1,52 @@
+"""Settings of a hub."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["HubConfig"]
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """How a hub listens and what it allows.
+
+    - ``host`` / ``port``: where to listen (``127.0.0.1:8765`` by default; bind
+      other addresses only on purpose);
+    - ``insecure``: serve without credentials (every client is an admin);
+    - ``credentials_path``: the credentials file (see ``conveyor credentials``);
+    - ``public_url``: the base URL clients reach the hub at, used for tasks'
+      ``public_url`` (default ``http://host:port``);
+    - ``max_frame``: largest WebSocket message accepted, in bytes;
+    - ``inline_payload``: offers to remote workers carry payloads up to this
+      size inline; larger ones are fetched on demand;
+    - ``max_pending``: messages queued for one slow WebSocket reader before it
+      is cut off (close code 4008);
+    - ``max_rate``: messages per second one connection may send (a burst of
+      twice that is allowed) before it is cut off (close code 4029);
+    - ``login_failures`` within ``login_window`` seconds lock a client address
+      out for ``login_lockout`` seconds;
+    - ``offer_timeout``: how long an offer waits for a ``pickup`` before the
+      task is offered elsewhere;
+    - ``service_lease``: how long a remote worker's task lease lasts without a
+      heartbeat.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    insecure: bool = False
+    credentials_path: str = "conveyor-credentials.json"
+    public_url: str | None = None
+    max_frame: int = 1 << 20
+    inline_payload: int = 64 * 1024
+    max_pending: int = 10_000
+    max_rate: float = 1000.0
+    login_failures: int = 5
+    login_window: float = 60.0
+    login_lockout: float = 60.0
+    offer_timeout: float = 30.0
+    service_lease: float = 30.0
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"

@@ -1,0 +1,283 @@
+"""Credentials: who may publish, work on and control which actions.
+
+A credential has a name, a secret key, publish and subscribe permissions as
+action patterns (``mail:*``; ``*`` matches any run of characters, ``?`` one
+character), a maximum of simultaneous WebSocket instances, and an admin right
+(abort, retry, prioritize, delete, the dashboard).
+
+Keys look like ``cvk_<id>_<secret>``: the id finds the credential, the 256-bit
+secret proves it. Only a salted SHA-256 of the secret is stored (a fast hash is
+enough for random 256-bit secrets: there is nothing to guess), compared in
+constant time, and never logged. The store is a JSON file written atomically;
+the hub reloads it when it changes, so a revoked key stops working at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..errors import ConfigurationError, ValidationError
+
+__all__ = [
+    "ANONYMOUS",
+    "Credential",
+    "CredentialStore",
+    "glob_to_regex",
+    "matches_pattern",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,100}$")
+_PATTERN = re.compile(r"^[A-Za-z0-9_.:/*?\-]{1,200}$")
+_KEY = re.compile(r"^cvk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+
+
+def _check_patterns(patterns: Iterable[str], what: str) -> tuple[str, ...]:
+    out = []
+    for p in patterns:
+        if not isinstance(p, str) or not _PATTERN.match(p):
+            raise ValidationError(
+                f"{what} pattern {p!r} is invalid: use action names with * and ? wildcards")
+        out.append(p)
+    return tuple(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One credential as stored (the key's hash, never the key)."""
+
+    name: str
+    key_id: str
+    key_hash: str
+    salt: str
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+    admin: bool = False
+    max_instances: int | None = None
+    created_at: float = 0.0
+    revoked_at: float | None = None
+    _compiled: dict[str, re.Pattern[str]] = field(default_factory=dict, repr=False,
+                                                 compare=False)
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def can_publish(self, action: str) -> bool:
+        return self.admin or matches_pattern(action, self.publish)
+
+    def can_subscribe(self, action: str) -> bool:
+        return self.admin or matches_pattern(action, self.subscribe)
+
+    def can_read(self, action: str) -> bool:
+        """Reading a task (get, find, watch, events) needs publish or subscribe
+        rights on its action, or admin."""
+        return self.admin or matches_pattern(action, self.publish) or matches_pattern(
+            action, self.subscribe)
+
+    @property
+    def readable(self) -> tuple[str, ...]:
+        """The patterns of actions this credential may read (``*`` for admins)."""
+        return ("*",) if self.admin else tuple(dict.fromkeys(self.publish + self.subscribe))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "key_id": self.key_id, "hash": self.key_hash,
+                "salt": self.salt, "publish": list(self.publish),
+                "subscribe": list(self.subscribe), "admin": self.admin,
+                "max_instances": self.max_instances, "created_at": self.created_at,
+                "revoked_at": self.revoked_at}
+
+    def public(self) -> dict[str, Any]:
+        """What may be shown: everything but the hash and salt."""
+        return {"name": self.name, "key_id": self.key_id, "publish": list(self.publish),
+                "subscribe": list(self.subscribe), "admin": self.admin,
+                "max_instances": self.max_instances, "created_at": self.created_at,
+                "revoked": self.revoked}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Credential:
+        return cls(name=raw["name"], key_id=raw["key_id"], key_hash=raw["hash"],
+                   salt=raw["salt"], publish=tuple(raw.get("publish", ())),
+                   subscribe=tuple(raw.get("subscribe", ())), admin=bool(raw.get("admin")),
+                   max_instances=raw.get("max_instances"),
+                   created_at=float(raw.get("created_at", 0.0)),
+                   revoked_at=raw.get("revoked_at"))
+
+
+ANONYMOUS = Credential(name="anonymous", key_id="", key_hash="", salt="", publish=("*",),
+                       subscribe=("*",), admin=True)
+"""The credential every client has when the hub runs with ``--insecure``."""
+
+
+def glob_to_regex(pattern: str) -> str:
+    """An anchored regular expression for an action pattern, valid in Python
+    ``re`` and in POSIX (PostgreSQL) syntax alike."""
+    out = ["^"]
+    for ch in pattern:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch.isalnum() or ch in "_:/-":
+            out.append(ch)
+        else:
+            out.append("\\" + ch)
+    out.append("$")
+    return "".join(out)
+
+
+_REGEX_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def matches_pattern(action: str, patterns: Sequence[str]) -> bool:
+    for p in patterns:
+        if p == "*" or p == action:
+            return True
+        rx = _REGEX_CACHE.get(p)
+        if rx is None:
+            rx = _REGEX_CACHE[p] = re.compile(glob_to_regex(p))
+        if rx.match(action):
+            return True
+    return False
+
+
+def _hash(salt: str, secret: str) -> str:
+    return hashlib.sha256(bytes.fromhex(salt) + secret.encode()).hexdigest()
+
+
+class CredentialStore:
+    """Credentials kept in a JSON file. Thread-safe; reloads when the file changes."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        self._by_id: dict[str, Credential] = {}
+        self._stamp: tuple[float, int] | None = None
+        self.reload()
+
+    # -- file ---------------------------------------------------------------------
+
+    def _file_stamp(self) -> tuple[float, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def reload(self) -> bool:
+        """Read the file again if it changed; True if it did."""
+        stamp = self._file_stamp()
+        with self._lock:
+            if stamp == self._stamp and self._by_id is not None:
+                return False
+            if stamp is None:
+                self._by_id = {}
+            else:
+                try:
+                    with open(self.path, encoding="utf-8") as f:
+                        raw = json.load(f)
+                    creds = [Credential.from_json(c) for c in raw.get("credentials", [])]
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    raise ConfigurationError(
+                        f"cannot read credentials file {self.path!r}: {exc}") from None
+                self._by_id = {c.key_id: c for c in creds}
+            self._stamp = stamp
+            return True
+
+    def _save(self) -> None:
+        data = {"version": 1, "credentials": [c.to_json() for c in self._by_id.values()]}
+        folder = os.path.dirname(os.path.abspath(self.path))
+        fd, tmp = tempfile.mkstemp(prefix=".credentials-", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        self._stamp = self._file_stamp()
+
+    # -- management ---------------------------------------------------------------
+
+    def add(self, name: str, *, publish: Iterable[str] = (), subscribe: Iterable[str] = (),
+            admin: bool = False, max_instances: int | None = None) -> tuple[Credential, str]:
+        """Create a credential; returns it and its key (shown once, never stored)."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValidationError(
+                f"credential name {name!r} is invalid: 1-100 letters, digits and _ . : @ -")
+        if max_instances is not None and (isinstance(max_instances, bool)
+                                          or not isinstance(max_instances, int)
+                                          or max_instances < 1):
+            raise ValidationError("max_instances must be an integer >= 1")
+        pub = _check_patterns(publish, "publish")
+        sub = _check_patterns(subscribe, "subscribe")
+        self.reload()
+        with self._lock:
+            if any(c.name == name and not c.revoked for c in self._by_id.values()):
+                raise ValidationError(f"a credential named {name!r} exists already")
+            key_id = secrets.token_hex(6)
+            secret = secrets.token_urlsafe(32)
+            salt = secrets.token_hex(16)
+            cred = Credential(name=name, key_id=key_id, key_hash=_hash(salt, secret), salt=salt,
+                              publish=pub, subscribe=sub, admin=admin,
+                              max_instances=max_instances, created_at=time.time())
+            self._by_id[key_id] = cred
+            self._save()
+        return cred, f"cvk_{key_id}_{secret}"
+
+    def revoke(self, name: str) -> int:
+        """Revoke every live credential with this name; returns how many."""
+        self.reload()
+        with self._lock:
+            hits = [c for c in self._by_id.values() if c.name == name and not c.revoked]
+            for c in hits:
+                self._by_id[c.key_id] = replace(c, revoked_at=time.time())
+            if hits:
+                self._save()
+        return len(hits)
+
+    def list(self) -> list[Credential]:
+        with self._lock:
+            return sorted(self._by_id.values(), key=lambda c: c.created_at)
+
+    def get(self, name: str) -> Credential | None:
+        with self._lock:
+            for c in self._by_id.values():
+                if c.name == name and not c.revoked:
+                    return c
+        return None
+
+    # -- checking -----------------------------------------------------------------
+
+    def authenticate(self, key: str) -> Credential | None:
+        """The live credential this key belongs to, or None. Constant-time compare."""
+        match = _KEY.match(key) if isinstance(key, str) else None
+        with self._lock:
+            cred = self._by_id.get(match.group(1)) if match else None
+        if match is None or cred is None:
+            # spend the same effort as a real check
+            hmac.compare_digest(_hash("00" * 16, "x"), "0" * 64)
+            return None
+        ok = hmac.compare_digest(_hash(cred.salt, match.group(2)), cred.key_hash)
+        if not ok or cred.revoked:
+            return None
+        return cred
+
+    def is_live(self, key_id: str) -> bool:
+        with self._lock:
+            cred = self._by_id.get(key_id)
+        return cred is not None and not cred.revoked

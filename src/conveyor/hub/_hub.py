@@ -1,0 +1,153 @@
+"""The hub's shared state: the app, credentials, connections, background services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Protocol
+
+from ..app import Conveyor
+from ._config import HubConfig
+from ._credentials import ANONYMOUS, Credential, CredentialStore
+from ._limits import LoginLimiter
+
+__all__ = ["AuthError", "Hub", "HubConnection", "Service"]
+
+log = logging.getLogger("conveyor.hub")
+
+
+class AuthError(Exception):
+    """A request or connection is refused. ``status`` is the HTTP status
+    (401 no or bad key, 403 not allowed, 429 rate limited or too many instances);
+    ``code`` the WebSocket close code to use."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    @property
+    def code(self) -> int:
+        return {401: 4001, 403: 4003, 429: 4029}.get(self.status, 4000)
+
+
+class HubConnection(Protocol):
+    """A live client connection (a WebSocket) held by a credential."""
+
+    credential: Credential
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class Service(Protocol):
+    """A background part of the hub, started and stopped with it."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Hub:
+    """Everything the hub's routes share. Built by :func:`conveyor.hub.create_hub`."""
+
+    def __init__(self, app: Conveyor, config: HubConfig,
+                 credentials: CredentialStore | None = None) -> None:
+        self.app = app
+        self.config = config
+        if config.insecure:
+            self.credentials: CredentialStore | None = None
+        else:
+            self.credentials = credentials or CredentialStore(config.credentials_path)
+        self.limiter = LoginLimiter(config.login_failures, config.login_window,
+                                    config.login_lockout)
+        self.connections: dict[str, set[HubConnection]] = {}
+        self.services: list[Service] = []
+        self.started_at = time.time()
+        self.ready = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    # -- credentials --------------------------------------------------------------
+
+    def authenticate(self, key: str | None, client: str) -> Credential:
+        """The credential of ``key`` (sent by ``client``, an address), or AuthError."""
+        if self.credentials is None:
+            return ANONYMOUS
+        wait = self.limiter.locked_for(client)
+        if wait > 0:
+            raise AuthError(429, f"too many failed logins from {client}: try again in "
+                                 f"{wait:.0f} s")
+        if not key:
+            raise AuthError(401, "a credential is required: send the header "
+                                 "'Authorization: Bearer <key>'")
+        cred = self.credentials.authenticate(key)
+        if cred is None:
+            self.limiter.failed(client)
+            raise AuthError(401, "invalid or revoked key")
+        self.limiter.succeeded(client)
+        return cred
+
+    def attach(self, conn: HubConnection) -> None:
+        """Count a new connection of its credential; refuse it past max_instances."""
+        cred = conn.credential
+        live = self.connections.setdefault(cred.key_id, set())
+        if cred.max_instances is not None and len(live) >= cred.max_instances:
+            raise AuthError(429, f"credential {cred.name!r} already has {len(live)} "
+                                 f"connection(s), its maximum")
+        live.add(conn)
+
+    def detach(self, conn: HubConnection) -> None:
+        live = self.connections.get(conn.credential.key_id)
+        if live is not None:
+            live.discard(conn)
+            if not live:
+                del self.connections[conn.credential.key_id]
+
+    async def _watch_credentials(self) -> None:
+        """Reload the credentials file when it changes; close revoked connections."""
+        assert self.credentials is not None
+        while True:
+            await asyncio.sleep(0.25)
+            try:
+                changed = await asyncio.to_thread(self.credentials.reload)
+            except Exception as exc:
+                log.warning("credentials: %s", exc)
+                continue
+            if not changed:
+                continue
+            for key_id, conns in list(self.connections.items()):
+                if key_id and not self.credentials.is_live(key_id):
+                    for conn in list(conns):
+                        with contextlib.suppress(Exception):
+                            await conn.close(4001, "credential revoked")
+
+    # -- life ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.app.open()
+        if len(self.app.registry) or self.app.schedules:
+            await self.app.start()
+        if self.credentials is not None:
+            self._watcher = asyncio.create_task(self._watch_credentials(),
+                                                name="conveyor-hub-credentials")
+        for service in self.services:
+            await service.start()
+        self.ready = True
+        log.info("hub ready on %s (%s)", self.config.base_url,
+                 "INSECURE: no credentials" if self.credentials is None else "credentials on")
+
+    async def stop(self) -> None:
+        self.ready = False
+        for service in reversed(self.services):
+            with contextlib.suppress(Exception):
+                await service.stop()
+        for conns in list(self.connections.values()):
+            for conn in list(conns):
+                with contextlib.suppress(Exception):
+                    await conn.close(1001, "hub shutting down")
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.app.close()
