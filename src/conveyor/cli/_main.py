@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "workers": ("_tasks", "workers_command"),
     "worker": ("_worker", "worker_command"),
     "demo": ("_demo", "demo_command"),
+    "serve": ("_hub", "serve_command"),
+    "credentials": ("_hub", "credentials_group"),
 }
 
 

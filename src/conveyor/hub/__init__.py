@@ -26,6 +26,7 @@ from starlette.routing import Route
 from ..app import Conveyor
 from ._config import HubConfig
 from ._credentials import ANONYMOUS, Credential, CredentialStore
+from ._http import auth_error_response, request_credential
 from ._hub import AuthError, Hub
 from ._rest import rest_routes
 from ._ws import ws_routes
@@ -50,9 +51,17 @@ def create_hub(app: Conveyor | str, config: HubConfig | None = None, *,
     hub = Hub(conveyor, config or HubConfig(), credentials)
 
     async def healthz(request: Request) -> JSONResponse:
+        try:
+            request_credential(hub, request)
+        except AuthError as exc:
+            return auth_error_response(exc)
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
+        try:
+            request_credential(hub, request)
+        except AuthError as exc:
+            return auth_error_response(exc)
         if not hub.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
         try:

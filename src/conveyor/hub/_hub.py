@@ -68,6 +68,17 @@ class Hub:
         self.ready = False
         self._watcher: asyncio.Task[None] | None = None
 
+    # -- urls ---------------------------------------------------------------------
+
+    def task_url(self, task_id: str) -> str:
+        """The ``public_url`` of a task: its WebSocket stream (progress and logs)."""
+        base = self.config.base_url
+        if base.startswith("https://"):
+            base = "wss://" + base[len("https://"):]
+        elif base.startswith("http://"):
+            base = "ws://" + base[len("http://"):]
+        return f"{base}/ws/tasks/{task_id}"
+
     # -- credentials --------------------------------------------------------------
 
     def authenticate(self, key: str | None, client: str) -> Credential:

@@ -1,0 +1,162 @@
+"""``conveyor serve`` (the hub) and ``conveyor credentials add/list/revoke``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+
+import click
+
+from conveyor.app import Conveyor
+from conveyor.storage import open_storage
+
+from ._base import EXIT_OK, CliError, db_option, db_url, explicit_db
+
+__all__ = ["credentials_group", "serve_command"]
+
+CREDENTIALS_ENV = "CONVEYOR_CREDENTIALS"
+DEFAULT_CREDENTIALS = "conveyor-credentials.json"
+
+_credentials_option = click.option(
+    "--credentials", "credentials_path", metavar="FILE", default=None,
+    help=f"The credentials file [env {CREDENTIALS_ENV}; default {DEFAULT_CREDENTIALS}].")
+
+
+def _credentials_file(path: str | None) -> str:
+    return path or os.environ.get(CREDENTIALS_ENV, "").strip() or DEFAULT_CREDENTIALS
+
+
+@click.command("serve", short_help="Run the hub: HTTP API, WebSocket protocol.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (bind others only on purpose).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--app", "target", metavar="MODULE:APP", default=None,
+              help="Also run the handlers of this Conveyor app in the hub's process "
+                   "(its storage is used unless --db is given).")
+@click.option("--insecure", is_flag=True,
+              help="Accept every client without a credential (every client is an admin).")
+@click.option("--public-url", default=None, metavar="URL",
+              help="The URL clients reach the hub at (for tasks' public_url).")
+@_credentials_option
+@db_option
+@click.pass_context
+def serve_command(ctx: click.Context, host: str, port: int, target: str | None, insecure: bool,
+                  public_url: str | None, credentials_path: str | None) -> int:
+    """Serve the REST API and the WebSocket protocol until Ctrl-C or SIGTERM.
+
+    Every route and message needs a credential (see 'conveyor credentials')
+    unless --insecure is given. The hub listens on 127.0.0.1 unless --host
+    says otherwise.
+    """
+    from conveyor.hub import HubConfig, serve
+    from conveyor.hub._credentials import CredentialStore
+
+    if target is not None:
+        from ._worker import load_app
+
+        app = load_app(target)
+        url = explicit_db(ctx)
+        if url is not None and url != app.storage.url:
+            app.storage = open_storage(url)
+    else:
+        app = Conveyor(db_url(ctx))
+    path = _credentials_file(credentials_path)
+    store = None if insecure else CredentialStore(path)
+    if insecure and host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {host} with --insecure: anyone who can reach it "
+                   "can add, read and abort tasks", err=True)
+    if store is not None and not store.list():
+        click.echo(f"warning: no credentials in {path}: create one with "
+                   "'conveyor credentials add NAME'", err=True)
+    config = HubConfig(host=host, port=port, insecure=insecure, credentials_path=path,
+                       public_url=public_url)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    click.echo(f"hub on http://{host}:{port} ({'insecure' if insecure else 'credentials: ' + path})"
+               f", storage {app.storage.url}", err=True)
+    asyncio.run(serve(app, config, credentials=store))
+    return EXIT_OK
+
+
+@click.group("credentials", short_help="Manage the hub's credentials.")
+def credentials_group() -> None:
+    """Add, list and revoke the credentials the hub accepts.
+
+    A credential has a name, a key (shown once when it is created; only its
+    hash is stored), publish and subscribe permissions as action patterns
+    (mail:*), an optional limit of simultaneous connections, and optionally
+    the admin right (abort, retry, prioritize, delete, the dashboard). A
+    running hub picks up changes within a second; a revoked key's
+    connections are closed.
+    """
+
+
+@credentials_group.command("add")
+@click.argument("name")
+@click.option("--publish", multiple=True, metavar="PATTERN",
+              help="Actions it may publish (add) and read; repeatable; * and ? wildcards.")
+@click.option("--subscribe", multiple=True, metavar="PATTERN",
+              help="Actions it may work on as a remote worker, and read; repeatable.")
+@click.option("--admin", is_flag=True, help="May abort, retry, prioritize and delete, and "
+              "read every action.")
+@click.option("--max-instances", type=click.IntRange(min=1), default=None,
+              help="Most simultaneous WebSocket connections.")
+@click.option("--json", "as_json", is_flag=True, help="Print the credential and key as JSON.")
+@_credentials_option
+def credentials_add(name: str, publish: tuple[str, ...], subscribe: tuple[str, ...],
+                    admin: bool, max_instances: int | None, as_json: bool,
+                    credentials_path: str | None) -> int:
+    """Create credential NAME and print its key (once: only a hash is kept)."""
+    from conveyor.hub._credentials import CredentialStore
+
+    store = CredentialStore(_credentials_file(credentials_path))
+    cred, key = store.add(name, publish=publish, subscribe=subscribe, admin=admin,
+                          max_instances=max_instances)
+    if as_json:
+        click.echo(json.dumps({**cred.public(), "key": key}))
+    else:
+        click.echo(key)
+        click.echo(f"credential {name!r} created in {store.path}; keep the key above, it is "
+                   "not shown again", err=True)
+    return EXIT_OK
+
+
+@credentials_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_credentials_option
+def credentials_list(as_json: bool, credentials_path: str | None) -> int:
+    """List credentials (never their keys)."""
+    from conveyor.hub._credentials import CredentialStore
+
+    store = CredentialStore(_credentials_file(credentials_path))
+    creds = [c.public() for c in store.list()]
+    if as_json:
+        click.echo(json.dumps(creds))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "key id", "publish", "subscribe", "admin", "max instances", "state")
+    for c in creds:
+        table.add_row(c["name"], c["key_id"], " ".join(c["publish"]) or "-",
+                      " ".join(c["subscribe"]) or "-", "yes" if c["admin"] else "no",
+                      str(c["max_instances"] or "-"), "revoked" if c["revoked"] else "live")
+    Console().print(table)
+    return EXIT_OK
+
+
+@credentials_group.command("revoke")
+@click.argument("name")
+@_credentials_option
+def credentials_revoke(name: str, credentials_path: str | None) -> int:
+    """Revoke credential NAME: its key stops working and its connections close."""
+    from conveyor.hub._credentials import CredentialStore
+
+    store = CredentialStore(_credentials_file(credentials_path))
+    if not store.revoke(name):
+        raise CliError(f"no live credential named {name!r} in {store.path}")
+    click.echo(f"credential {name!r} revoked", err=True)
+    return EXIT_OK

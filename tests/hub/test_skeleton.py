@@ -1,0 +1,22 @@
+"""The hub starts, answers health checks, and refuses what it must."""
+
+from __future__ import annotations
+
+import httpx
+
+from .conftest import RunningHub
+
+
+async def test_health_needs_a_credential(hub: RunningHub) -> None:
+    async with httpx.AsyncClient(base_url=hub.url) as http:
+        assert (await http.get("/healthz")).status_code == 401
+        key = hub.key("ops", admin=True)
+        ok = await http.get("/healthz", headers={"Authorization": f"Bearer {key}"})
+        assert ok.status_code == 200 and ok.json() == {"status": "ok"}
+        ready = await http.get("/readyz", headers={"Authorization": f"Bearer {key}"})
+        assert ready.status_code == 200
+
+
+async def test_insecure_hub_is_open(insecure_hub: RunningHub) -> None:
+    async with httpx.AsyncClient(base_url=insecure_hub.url) as http:
+        assert (await http.get("/healthz")).status_code == 200
