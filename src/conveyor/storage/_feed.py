@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from ..model import Status
 from .base import Change
 
-__all__ = ["Fanout", "is_wakeup"]
+__all__ = ["Fanout", "FanoutFeed", "is_wakeup"]
 
 
 def is_wakeup(change: Change) -> bool:
@@ -138,3 +138,19 @@ class Fanout:
                 yield batch
         finally:
             self._remove(consumer)
+
+
+class FanoutFeed:
+    """``changes`` and ``change_batches`` of a backend that publishes through a
+    :class:`Fanout` kept in ``self._feed`` (mix in before :class:`Storage`)."""
+
+    _feed: Fanout
+
+    def changes(self, include_own: Callable[[], bool] | bool = True,
+                wakeups_only: Callable[[], bool] | bool = False) -> AsyncIterator[Change]:
+        return self._feed.stream(include_own, wakeups_only)
+
+    def change_batches(self, include_own: Callable[[], bool] | bool = True,
+                       wakeups_only: Callable[[], bool] | bool = False
+                       ) -> AsyncIterator[Sequence[Change]]:
+        return self._feed.batches(include_own, wakeups_only)

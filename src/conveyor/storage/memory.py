@@ -9,14 +9,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 from ..errors import InvalidTransition, StorageError, TaskNotFound
 from ..model import TERMINAL, LogLevel, LogRecord, Progress, Status, Task, TaskSpec, new_token
 from ..query import Filter, Query, apply_query, matches, parse_filter
 from . import _ops
-from ._feed import Fanout
+from ._feed import Fanout, FanoutFeed
 from .base import (
     AddResult,
     Change,
@@ -33,7 +33,7 @@ from .base import (
 __all__ = ["MemoryStorage"]
 
 
-class MemoryStorage(Storage):
+class MemoryStorage(FanoutFeed, Storage):
     """Tasks in a dict. ``MemoryStorage()`` or ``open_storage("memory://")``."""
 
     def __init__(self, url: str = "memory://") -> None:
@@ -394,14 +394,6 @@ class MemoryStorage(Storage):
 
     # -- feed -----------------------------------------------------------------
 
-    def changes(self, include_own: Callable[[], bool] | bool = True,
-                wakeups_only: Callable[[], bool] | bool = False) -> AsyncIterator[Change]:
-        return self._feed.stream(include_own, wakeups_only)
-
-    def change_batches(self, include_own: Callable[[], bool] | bool = True,
-                       wakeups_only: Callable[[], bool] | bool = False
-                       ) -> AsyncIterator[Sequence[Change]]:
-        return self._feed.batches(include_own, wakeups_only)
 
     async def prune(self, older_than: float | None, batch: int = 500) -> int:
         if older_than is None:

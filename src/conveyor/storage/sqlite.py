@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -56,7 +56,7 @@ from ..query import Filter, Query, compile_sort_sqlite, compile_sqlite, parse_fi
 from ..query import register_sqlite_functions as _register_functions
 from . import _ops
 from ._codec import encode_scope, row_to_task, task_to_row
-from ._feed import Fanout
+from ._feed import Fanout, FanoutFeed
 from ._sqlfile import load_migrations, load_queries
 from ._sqlthread import DBThread, begin_immediate
 from .base import (
@@ -103,7 +103,7 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
     return path, dict(parse_qsl(parts.query, keep_blank_values=True))
 
 
-class SQLiteStorage(Storage):
+class SQLiteStorage(FanoutFeed, Storage):
     """Tasks in a SQLite file. See the module docstring for the options."""
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
@@ -347,14 +347,6 @@ class SQLiteStorage(Storage):
                 return int(end)
             last = rows[-1][0]
 
-    def changes(self, include_own: Callable[[], bool] | bool = True,
-                wakeups_only: Callable[[], bool] | bool = False) -> AsyncIterator[Change]:
-        return self._feed.stream(include_own, wakeups_only)
-
-    def change_batches(self, include_own: Callable[[], bool] | bool = True,
-                       wakeups_only: Callable[[], bool] | bool = False
-                       ) -> AsyncIterator[Sequence[Change]]:
-        return self._feed.batches(include_own, wakeups_only)
 
     # -- helpers on the database thread -----------------------------------------------
 
