@@ -213,9 +213,14 @@ class _Writer:
             for completion, run in completions:
                 self.progress_written.pop(completion.task_id, None)
                 self.worker._finished(completion, run, completion.task_id in refused)
-            await self.worker._announce(
-                [(c.task_id, "task." + (c.event or completion_event(c.transition)))
-                 for c, _ in completions if c.task_id not in refused])
+            bus = self.worker.app.bus
+            if not bus.idle:
+                await self.worker._announce(
+                    [(c.task_id, "task." + (c.event or completion_event(c.transition)))
+                     for c, _ in completions if c.task_id not in refused])
+            elif bus._signals:
+                for c, _ in completions:
+                    bus._notify(c.task_id)
 
 
     @staticmethod
