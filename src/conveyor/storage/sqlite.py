@@ -575,24 +575,38 @@ class SQLiteStorage(FanoutFeed, Storage):
     async def finish(self, worker: str, completions: Sequence[Completion]) -> list[str]:
         if not completions:
             return []
-        rows = []
+        plain: list[list[Any]] = []  # successes: the short query
+        other: list[list[Any]] = []
         for c in completions:
             t = c.transition
-            rows.append([
+            progress = None if c.progress is None else c.progress.to_json()
+            if (t.status is Status.SUCCEEDED and t.error is None and t.reason is None
+                    and not t.refund_attempt and c.event in (None, "succeeded")):
+                plain.append([c.task_id, c.token, t.result, progress])
+                continue
+            other.append([
                 c.task_id, c.token, t.status.value,
                 t.run_at if t.status is Status.QUEUED else None,
                 t.result,
                 None if t.error is None else t.error.to_json(),
                 t.reason,
                 1 if t.refund_attempt else 0,
-                None if c.progress is None else c.progress.to_json(),
+                progress,
                 c.event or _ops.completion_event(t),
             ])
-        params: dict[str, Any] = {"rows": _json.dumps(rows), "origin": self.instance_id}
+        origin = self.instance_id
+        plain_rows = _json.dumps(plain) if plain else None
+        other_rows = _json.dumps(other) if other else None
 
         def tx(conn: sqlite3.Connection) -> list[str]:
-            params["now"] = time.time()
-            done = {r[0] for r in conn.execute(Q["finish_tasks"], params).fetchall()}
+            now = time.time()
+            done: set[str] = set()
+            if plain_rows is not None:
+                done.update(r[0] for r in conn.execute(Q["finish_succeeded"], {
+                    "rows": plain_rows, "origin": origin, "now": now}).fetchall())
+            if other_rows is not None:
+                done.update(r[0] for r in conn.execute(Q["finish_tasks"], {
+                    "rows": other_rows, "origin": origin, "now": now}).fetchall())
             return [c.task_id for c in completions if c.task_id not in done]
 
         return await self._write(tx)

@@ -131,6 +131,20 @@ WHERE conveyor_tasks.id = c.value ->> 0 AND conveyor_tasks.token = c.value ->> 1
   AND +conveyor_tasks.status = 'running'
 RETURNING conveyor_tasks.id
 
+-- name: finish_succeeded
+-- The common case of finish_tasks, with less to read per row: plain successes.
+-- One JSON array of rows: [id, token, result, progress]
+UPDATE conveyor_tasks SET
+    status = 'succeeded', result = nullif(c.value -> 2, 'null'), error = NULL, reason = NULL,
+    finished_at = :now, worker = NULL, token = NULL, lease_until = NULL,
+    abort_requested = NULL, progress = coalesce(nullif(c.value -> 3, 'null'), progress),
+    pickup_deadline = NULL, updated_at = :now, version = version + 1, event = 'succeeded',
+    origin = :origin
+FROM json_each(:rows) AS c
+WHERE conveyor_tasks.id = c.value ->> 0 AND conveyor_tasks.token = c.value ->> 1
+  AND +conveyor_tasks.status = 'running'
+RETURNING conveyor_tasks.id
+
 -- name: held_tasks
 SELECT * FROM conveyor_tasks
 WHERE id IN (SELECT value FROM json_each(:ids)) AND +status = 'running'

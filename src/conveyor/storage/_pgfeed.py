@@ -1,0 +1,200 @@
+"""The PostgreSQL change feed: a listener thread that turns committed change rows into
+:class:`~conveyor.storage.base.Change` objects for :class:`~conveyor.storage._feed.Fanout`.
+
+NOTIFY is only a hint. The truth is the ``changes`` table, read by snapshot:
+each read returns the rows committed after the previous read's snapshot and
+visible in its own (rows of transactions the previous snapshot saw running, or
+that started after it), so every committed row is read exactly once whatever
+the order in which transactions commit, and nothing is lost while the
+connection is down: the first read after a reconnect catches up from the last
+snapshot. See docs/postgres.md, "Change feed".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from ..model import Status
+from ._feed import Fanout
+from .base import Change
+
+__all__ = ["Listener"]
+
+log = logging.getLogger("conveyor.storage.postgres")
+_STATUS = {s.value: s for s in Status}
+PAGE = 5000
+
+
+class Listener:
+    """LISTENs on a dedicated connection (not from the pool) in its own thread and
+    event loop; reads the change table after each notification, at least every
+    ``poll_interval`` seconds (the fallback and the health check), and
+    reconnects with backoff after errors."""
+
+    def __init__(self, *, connect: Callable[[], Any], queries: dict[str, str], channel: str,
+                 feed: Fanout, origin: str, poll_interval: float, listen: bool,
+                 since: str | None) -> None:
+        self._connect = connect
+        self._q = queries
+        self._channel = channel
+        self._feed = feed
+        self._origin = origin
+        self._poll = poll_interval
+        self._listen = listen
+        self.since = since  # snapshot (text) of the last read
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = threading.Event()
+        self._stopping = False
+        self.connected = False
+        self.last_read = 0.0
+        self.failures = 0
+
+    # -- life -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="conveyor-pg-listener",
+                                        daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._task = loop.create_task(self._run())
+            self._ready.set()
+            loop.run_until_complete(self._task)
+        except BaseException:  # cancelled on stop, or a bug: the feed must not take the app down
+            if not self._stopping:
+                log.exception("postgres change listener stopped")
+        finally:
+            self._ready.set()
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        self._ready.wait(timeout)
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- the loop -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._stopping:
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await self._connect()
+                if self._listen:
+                    await conn.execute(f'LISTEN "{self._channel}"')
+                if self.since is None:
+                    cur = await conn.execute(self._q["snapshot"])
+                    row = await cur.fetchone()
+                    assert row is not None
+                    self.since = str(row[0])
+                # catch up: everything committed since the last snapshot (after a
+                # reconnect too); LISTEN came first, so nothing falls in between
+                await self._read(conn)
+                self.connected = True
+                if self.failures:
+                    log.info("postgres change listener reconnected")
+                self.failures = 0
+                backoff = 0.05
+                await self._serve(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.connected = False
+                self.failures += 1
+                if self.failures in (1, 10) or self.failures % 100 == 0:
+                    log.warning("postgres change listener: %s (reconnecting in %.2fs)",
+                                exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                self.connected = False
+                if conn is not None:
+                    try:
+                        await conn.close()
+                    except Exception:  # pragma: no cover - closing a broken connection
+                        pass
+
+    async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Wait for notifications (at most ``poll_interval``), then read."""
+        while not self._stopping:
+            foreign = False
+            own = False
+            got = False
+            if self._listen:
+                async for note in conn.notifies(timeout=self._poll, stop_after=1):
+                    got = True
+                    if note.payload == self._origin:
+                        own = True
+                    else:
+                        foreign = True
+            else:
+                await asyncio.sleep(self._poll)
+            if got and not foreign and own and not self._feed.wants_own():
+                continue  # only our own writes, which nobody here wants: skip the read
+            await self._read(conn)
+
+    async def _read(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Publish the changes committed since ``self.since``; advance it."""
+        since = self.since
+        assert since is not None
+        origin = None if self._feed.wants_own() else self._origin
+        wakeups = not self._feed.wants_all()
+        cur = await conn.execute(self._q["changes_since"], {
+            "since": since, "origin": origin, "wakeups": wakeups, "limit": PAGE})
+        rows = await cur.fetchall()
+        self.last_read = time.time()
+        snap = rows[0][0] if rows else since
+        changes = [_change(r[1:]) for r in rows if r[1] is not None]
+        if len(changes) < PAGE:
+            self.since = snap
+            if changes:
+                self._feed.publish(changes)
+            return
+        # a big backlog (a long disconnect): page through one fixed snapshot
+        seen = {c.seq for c in changes}
+        async with conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cur = await conn.execute(self._q["snapshot"])
+            row = await cur.fetchone()
+            assert row is not None
+            snap = str(row[0])
+            after = 0
+            while True:
+                cur = await conn.execute(self._q["changes_page"], {
+                    "since": since, "origin": origin, "wakeups": wakeups, "after": after,
+                    "limit": PAGE})
+                page = await cur.fetchall()
+                batch = [_change(r) for r in page if r[0] not in seen]
+                if batch:
+                    self._feed.publish(batch)
+                if len(page) < PAGE:
+                    break
+                after = page[-1][0]
+        self.since = snap
+
+
+def _change(r: Any) -> Change:
+    seq, task_id, version, status, event, origin, ts = r
+    return Change(int(seq), task_id, version, _STATUS[status], event, origin, ts)

@@ -1,0 +1,1230 @@
+"""The PostgreSQL backend (``postgresql://user:password@host:port/db``): many processes
+and machines on one database.
+
+- psycopg 3, asynchronous, with a :class:`psycopg_pool.AsyncConnectionPool`
+  per event loop; every hot path (add, claim, heartbeat, progress, finish,
+  logs) is one statement and one round trip whatever the batch size.
+- Claims take ready tasks along a partial index of queued tasks (action,
+  priority, run_at, id) with ``FOR UPDATE SKIP LOCKED``. Tasks with
+  concurrency conditions and actions with claim limits go through a careful
+  path that holds transaction-level advisory locks, so two workers can never
+  exceed a limit together.
+- Dedupe by a partial unique index: ``INSERT ... ON CONFLICT DO NOTHING``,
+  then the live holder of the key is read.
+- The change feed is a table filled by statement-level triggers, which also
+  ``NOTIFY``; a dedicated listener connection reads the table by snapshot
+  after each notification and at least every ``poll_interval`` seconds.
+- The schema lives in its own PostgreSQL schema (``conveyor`` by default) and
+  is created and upgraded by versioned migrations: :func:`migrate`
+  (``conveyor migrate``) or ``?migrate=true``.
+
+URL options (removed before the URL goes to libpq, which gets the rest):
+``schema`` (default ``conveyor``), ``migrate`` (``true``: create or upgrade
+the schema on open), ``pool_min`` / ``pool_max`` (connections per event loop,
+default 1 / 10), ``poll_interval`` (seconds between change-feed reads without
+a notification, default 1), ``listen`` (``false``: poll only, for poolers in
+transaction mode). See docs/postgres.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.adapt import AdaptersMap
+from psycopg.rows import tuple_row
+from psycopg.types.json import set_json_loads
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from .. import _json
+from ..errors import (
+    ConfigurationError,
+    InvalidTransition,
+    QueryError,
+    SchemaError,
+    StorageError,
+    TaskNotFound,
+    ValidationError,
+)
+from ..model import (
+    LogLevel,
+    LogRecord,
+    Progress,
+    Status,
+    Task,
+    TaskSpec,
+    new_token,
+)
+from ..query import Filter, Query, compile_postgres, compile_sort_postgres, matches, parse_filter
+from . import _ops
+from ._codec import encode_scope, row_to_task
+from ._feed import Fanout, FanoutFeed
+from ._pgfeed import Listener
+from ._sqlfile import load_migrations, load_queries
+from .base import (
+    AddResult,
+    ClaimLimits,
+    Completion,
+    HeartbeatReply,
+    Lease,
+    NewLog,
+    RecoverReport,
+    Storage,
+    WorkerInfo,
+)
+
+__all__ = ["FEED_RETENTION", "SCHEMA_VERSION", "PostgresStorage", "migrate",
+           "parse_postgres_url"]
+
+log = logging.getLogger("conveyor.storage.postgres")
+_RAW_QUERIES = load_queries("postgres")
+MIGRATIONS = load_migrations("postgres")
+SCHEMA_VERSION = MIGRATIONS[-1].version
+MIN_SERVER = 130000  # xid8, pg_current_snapshot(), pg_snapshot_xip()
+FEED_RETENTION = 3600.0
+"""Seconds the change feed keeps its entries (consumers only read recent ones)."""
+_STATUS = {s.value: s for s in Status}
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+_OPTIONS = ("schema", "migrate", "pool_min", "pool_max", "poll_interval", "listen")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_P0_FRESH = 2.0  # seconds an open()'s snapshot stays the start of the feed
+
+
+# ---------------------------------------------------------------------------
+# URLs
+
+
+@dataclass(frozen=True, slots=True)
+class PgOptions:
+    schema: str = "conveyor"
+    migrate: bool = False
+    pool_min: int = 1
+    pool_max: int = 10
+    poll_interval: float = 1.0
+    listen: bool = True
+
+
+def _flag(key: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ConfigurationError(f"postgres URL option {key} must be true or false, not {value!r}")
+
+
+def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
+    """Split a ``postgresql://`` URL into the libpq connection string, conveyor's
+    options, and a display URL without the password."""
+    if not isinstance(url, str):
+        raise ConfigurationError("a postgres URL must be a string")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"bad postgres URL: {exc}") from None
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ConfigurationError(f"not a postgres URL: {_hide_password(url)!r}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in _OPTIONS}
+    rest = [(k, v) for k, v in query if k not in _OPTIONS]
+    kwargs: dict[str, Any] = {}
+    for key, value in ours.items():
+        if key == "schema":
+            if not _SCHEMA_NAME.fullmatch(value):
+                raise ConfigurationError(
+                    f"postgres URL option schema={value!r}: use lower-case letters, digits and "
+                    "underscores (at most 48, not starting with a digit)")
+            kwargs[key] = value
+        elif key in ("migrate", "listen"):
+            kwargs[key] = _flag(key, value)
+        elif key in ("pool_min", "pool_max"):
+            try:
+                kwargs[key] = int(value)
+            except ValueError:
+                raise ConfigurationError(
+                    f"postgres URL option {key} must be an integer, not {value!r}") from None
+        else:
+            try:
+                kwargs[key] = float(value)
+            except ValueError:
+                raise ConfigurationError(
+                    f"postgres URL option {key} must be a number, not {value!r}") from None
+    options = PgOptions(**kwargs)
+    _check_options(options)
+    if not any(k == "connect_timeout" for k, _ in rest):
+        rest.append(("connect_timeout", "10"))
+    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
+    try:
+        psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error as exc:
+        raise ConfigurationError(
+            f"bad postgres URL {_hide_password(url)!r}: {_first_line(exc)}") from None
+    display = _hide_password(urlunsplit(parts._replace(
+        query=urlencode([(k, v) for k, v in query if k != "password"]))))
+    return conninfo, options, display
+
+
+def _check_options(o: PgOptions) -> None:
+    if o.pool_min < 0 or o.pool_max < 1 or o.pool_min > o.pool_max:
+        raise ConfigurationError("postgres pool sizes need 0 <= pool_min <= pool_max and "
+                                 f"pool_max >= 1 (got {o.pool_min}, {o.pool_max})")
+    if not o.poll_interval > 0:
+        raise ConfigurationError("postgres poll_interval must be > 0 seconds")
+    if not _SCHEMA_NAME.fullmatch(o.schema):
+        raise ConfigurationError(f"bad schema name {o.schema!r}")
+
+
+def _hide_password(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)
+        user = (parts.username or "")
+        return urlunsplit(parts._replace(netloc=f"{quote(user)}:***@{netloc[-1]}"))
+    except ValueError:
+        return "postgresql://..."
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _lock_key(*parts: str) -> int:
+    """A stable signed 64-bit advisory lock key."""
+    digest = hashlib.blake2b("\x1f".join(("conveyor", *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+# ---------------------------------------------------------------------------
+# JSON in and out
+
+_LONG_INT = re.compile(rb"\d{17,}")
+_decoder = json.JSONDecoder()
+
+
+def _parse_int(text: str) -> int | float:
+    value = int(text)
+    if -(2**63) <= value < 2**63:
+        return value
+    # jsonb keeps numbers as decimals and prints 1e300 as a 1 and 300 zeros: a long
+    # integer that is exactly the shortest form of a float was (almost surely) that float
+    try:
+        f = float(text)
+    except OverflowError:
+        return value
+    if f in (float("inf"), float("-inf")):
+        return value
+    return f if Decimal(repr(f)) == Decimal(text) else value
+
+
+_big_decoder = json.JSONDecoder(parse_int=_parse_int)
+
+
+def _loads(data: bytes | bytearray | memoryview | str) -> Any:
+    if isinstance(data, str):
+        raw = data.encode()
+    else:
+        raw = bytes(data)
+    text = raw.decode("utf-8")
+    if _LONG_INT.search(raw):
+        return _big_decoder.decode(text)
+    return _decoder.decode(text)
+
+
+_ADAPTERS = AdaptersMap(psycopg.adapters)
+set_json_loads(_loads, _ADAPTERS)
+
+_ESCAPED_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _dumps(value: Any) -> str:
+    """JSON text for a jsonb parameter; NUL characters (which jsonb refuses) become U+FFFD."""
+    text = _json.dumps(value)
+    if "\\u0000" in text:
+        text = _ESCAPED_NUL.sub(lambda m: m.group(1) + "\\ufffd", text)
+    return text
+
+
+def _text(value: str | None) -> str | None:
+    """Text for a text column: PostgreSQL text cannot hold NUL."""
+    if value is not None and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def _has_nul(text: str) -> bool:
+    """Whether JSON text holds an escaped NUL character."""
+    return "\\u0000" in text and _ESCAPED_NUL.search(text) is not None
+
+
+# ---------------------------------------------------------------------------
+# the schema
+
+
+def _queries(schema: str) -> dict[str, str]:
+    quoted = f'"{schema}"'
+    return {name: text.replace("{schema}", quoted) for name, text in _RAW_QUERIES.items()}
+
+
+def _channel(schema: str) -> str:
+    return f"conveyor:{schema}"
+
+
+async def _schema_version(conn: psycopg.AsyncConnection[Any], schema: str) -> int | None:
+    cur = await conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
+        (f'"{schema}".migrations', f'"{schema}".tasks'))
+    row = await cur.fetchone()
+    assert row is not None
+    has_migrations, has_tasks = row
+    if not has_migrations:
+        if has_tasks:
+            raise SchemaError(f'schema "{schema}" has conveyor tables but no migration record')
+        return None
+    cur = await conn.execute(
+        sql.SQL("SELECT coalesce(max(version), 0) FROM {}.migrations").format(
+            sql.Identifier(schema)))
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _apply_migrations(conn: psycopg.AsyncConnection[Any], schema: str) -> int:
+    """Create or upgrade the schema; safe to run from many processes at once."""
+    ident = sql.Identifier(schema)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("migrate", schema),))
+        current = await _schema_version(conn, schema)
+        if current is not None and current > SCHEMA_VERSION:
+            raise SchemaError(
+                f'schema "{schema}" is at version {current}, newer than this conveyor knows '
+                f"({SCHEMA_VERSION}): upgrade conveyor")
+        if current is None:
+            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+            await conn.execute(sql.SQL(
+                "CREATE TABLE {}.migrations (version integer PRIMARY KEY, name text NOT NULL, "
+                "applied_at timestamptz NOT NULL DEFAULT now())").format(ident))
+            current = 0
+        for migration in MIGRATIONS:
+            if migration.version <= current:
+                continue
+            text = (migration.sql.replace("{schema}", f'"{schema}"')
+                    .replace("{channel}", "'" + _channel(schema) + "'"))
+            await conn.execute(text.encode())
+            await conn.execute(
+                sql.SQL("INSERT INTO {}.migrations (version, name) VALUES (%s, %s)").format(ident),
+                (migration.version, migration.name))
+            current = migration.version
+    return current
+
+
+async def _connect(conninfo: str, display: str, *, autocommit: bool = True
+                   ) -> psycopg.AsyncConnection[Any]:
+    try:
+        return await psycopg.AsyncConnection.connect(conninfo, autocommit=autocommit,
+                                                     context=_ADAPTERS)
+    except psycopg.OperationalError as exc:
+        raise StorageError(f"cannot connect to PostgreSQL at {display}: {_first_line(exc)}"
+                           ) from None
+    except psycopg.Error as exc:
+        raise StorageError(f"cannot use PostgreSQL at {display}: {_first_line(exc)}") from None
+
+
+async def migrate(url: str) -> int:
+    """Create or upgrade conveyor's schema in the database of ``url`` (the
+    ``schema`` option names it); returns the schema version. Safe to run from
+    several processes at once. Raises :class:`SchemaError` when the database
+    holds a newer schema than this conveyor knows."""
+    conninfo, options, display = parse_postgres_url(url)
+    conn = await _connect(conninfo, display)
+    try:
+        await _check_server(conn, display)
+        return await _apply_migrations(conn, options.schema)
+    except psycopg.Error as exc:
+        raise StorageError(f"could not migrate {display}: {_first_line(exc)}") from None
+    finally:
+        await conn.close()
+
+
+async def _check_server(conn: psycopg.AsyncConnection[Any], display: str) -> None:
+    if conn.info.server_version < MIN_SERVER:
+        raise StorageError(f"conveyor needs PostgreSQL 13 or newer; {display} runs "
+                           f"{conn.info.server_version // 10000}")
+    encoding = conn.info.parameter_status("server_encoding")
+    if encoding is not None and str(encoding) not in ("UTF8", "b'UTF8'"):
+        raise StorageError(f"conveyor needs a UTF8 database; {display} is {encoding}")
+
+
+# ---------------------------------------------------------------------------
+# the storage
+
+
+class PostgresStorage(FanoutFeed, Storage):
+    """Tasks in PostgreSQL. See the module docstring and docs/postgres.md.
+
+    ``PostgresStorage(url, migrate=True)`` creates or upgrades the schema on open;
+    otherwise opening a database without it is a :class:`SchemaError` that says
+    to run ``conveyor migrate``.
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None, migrate: bool | None = None,
+                 pool_min: int | None = None, pool_max: int | None = None,
+                 poll_interval: float | None = None, listen: bool | None = None) -> None:
+        conninfo, options, display = parse_postgres_url(url)
+        overrides = {k: v for k, v in {
+            "schema": schema, "migrate": migrate, "pool_min": pool_min, "pool_max": pool_max,
+            "poll_interval": poll_interval, "listen": listen}.items() if v is not None}
+        if overrides:
+            options = PgOptions(**{**_asdict(options), **overrides})
+            _check_options(options)
+        self._setup(conninfo, options, display, uuid.uuid4().hex)
+
+    def _setup(self, conninfo: str, options: PgOptions, display: str, instance_id: str) -> None:
+        self._conninfo = conninfo
+        self.options = options
+        self.url = display
+        self.schema = options.schema
+        self.instance_id = instance_id
+        self._q = _queries(options.schema)
+        self._state = threading.Lock()
+        self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = {}
+        self._open_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._opened = False
+        self._p0: tuple[str, float] | None = None
+        self._listener: Listener | None = None
+        self._feed = Fanout(self.instance_id, on_first=self._start_listener)
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStorage:
+        return cls(url)
+
+    def fork(self) -> PostgresStorage:
+        """A storage object for another thread's event loop: same data, same
+        ``instance_id``, its own small pool, no listener of its own."""
+        twin = PostgresStorage.__new__(PostgresStorage)
+        options = PgOptions(**{**_asdict(self.options), "migrate": False, "pool_min": 0,
+                               "pool_max": min(2, self.options.pool_max)})
+        twin._setup(self._conninfo, options, self.url, self.instance_id)
+        return twin
+
+    # -- life -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._opened and self._loop_pool() is not None:
+            return
+        loop = asyncio.get_running_loop()
+        with self._state:
+            lock = self._open_locks.setdefault(loop, asyncio.Lock())
+        async with lock:
+            await self._open()
+
+    async def _open(self) -> None:
+        if self._opened and self._loop_pool() is not None:
+            return
+        if not self._opened:
+            conn = await _connect(self._conninfo, self.url)
+            try:
+                await _check_server(conn, self.url)
+                if self.options.migrate:
+                    await _apply_migrations(conn, self.schema)
+                version = await _schema_version(conn, self.schema)
+                if version is None:
+                    raise SchemaError(
+                        f'database {self.url} has no conveyor schema "{self.schema}": run '
+                        f"`conveyor migrate --db '{self.url}'` (or open it with "
+                        "?migrate=true)")
+                if version > SCHEMA_VERSION:
+                    raise SchemaError(
+                        f'schema "{self.schema}" of {self.url} is at version {version}, newer '
+                        f"than this conveyor knows ({SCHEMA_VERSION}): upgrade conveyor")
+                if version < SCHEMA_VERSION:
+                    raise SchemaError(
+                        f'schema "{self.schema}" of {self.url} is at version {version}, older '
+                        f"than this conveyor ({SCHEMA_VERSION}): run `conveyor migrate`")
+                cur = await conn.execute(self._q["snapshot"])
+                row = await cur.fetchone()
+                assert row is not None
+                self._p0 = (str(row[0]), time.monotonic())
+            except psycopg.Error as exc:
+                raise StorageError(f"cannot use PostgreSQL at {self.url}: {_first_line(exc)}"
+                                   ) from None
+            finally:
+                await conn.close()
+        await self._new_pool()
+        self._opened = True
+
+    async def _new_pool(self) -> AsyncConnectionPool[Any]:
+        loop = asyncio.get_running_loop()
+        first = not self._pools
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            self._conninfo,
+            min_size=self.options.pool_min if first else 0,
+            max_size=self.options.pool_max if first else max(1, min(4, self.options.pool_max)),
+            kwargs={"autocommit": True, "context": _ADAPTERS},
+            open=False, name=f"conveyor-{self.schema}", timeout=30.0,
+            reconnect_timeout=60.0,
+        )
+        try:
+            await pool.open(wait=first and self.options.pool_min > 0, timeout=30.0)
+        except PoolTimeout:
+            await pool.close()
+            raise StorageError(f"cannot open connections to PostgreSQL at {self.url}") from None
+        with self._state:
+            self._pools[loop] = pool
+        return pool
+
+    def _loop_pool(self) -> AsyncConnectionPool[Any] | None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return self._pools.get(loop)
+
+    async def close(self) -> None:
+        """Close the pools and the listener; the object may be opened again."""
+        listener, self._listener = self._listener, None
+        feed, self._feed = self._feed, Fanout(self.instance_id, on_first=self._start_listener)
+        feed.close()
+        if listener is not None:
+            await asyncio.to_thread(listener.stop)
+        with self._state:
+            pools, self._pools = dict(self._pools), {}
+            self._opened = False
+            self._open_locks = {}
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover
+            current = None
+        for loop, pool in pools.items():
+            if loop is current:
+                await pool.close()
+            elif not loop.is_closed() and loop.is_running():
+                fut = asyncio.run_coroutine_threadsafe(pool.close(), loop)
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(fut), 5)
+                except (TimeoutError, RuntimeError):  # pragma: no cover
+                    pass
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection (autocommit) of this event loop; errors become StorageError."""
+        pool = self._loop_pool()
+        if pool is None:
+            if not self._opened:
+                await self.open()
+                pool = self._loop_pool()
+            if pool is None:
+                pool = await self._new_pool()
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise StorageError(f"no PostgreSQL connection available for {self.url} "
+                               "(pool exhausted or server unreachable)") from None
+        except psycopg.errors.InvalidRegularExpression as exc:
+            raise QueryError(f"$regex: {_first_line(exc)}") from None
+        except psycopg.errors.UndefinedTable as exc:
+            raise SchemaError(f'conveyor schema "{self.schema}" is missing in {self.url}: run '
+                              f"`conveyor migrate` ({_first_line(exc)})") from None
+        except psycopg.OperationalError as exc:
+            raise StorageError(f"PostgreSQL at {self.url}: {_first_line(exc)}") from None
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL at {self.url}: {_first_line(exc)}") from None
+
+    # -- change feed ----------------------------------------------------------------
+
+    def _start_listener(self) -> None:
+        with self._state:
+            if self._listener is not None:
+                return
+            since = None
+            if self._p0 is not None and time.monotonic() - self._p0[1] < _P0_FRESH:
+                since = self._p0[0]
+            conninfo, display = self._conninfo, self.url
+            listener = Listener(
+                connect=lambda: _connect(conninfo, display), queries=self._q,
+                channel=_channel(self.schema), feed=self._feed, origin=self.instance_id,
+                poll_interval=self.options.poll_interval, listen=self.options.listen,
+                since=since)
+            self._listener = listener
+        listener.start()
+
+    def feed_health(self) -> dict[str, Any]:
+        """The listener's state: connected, consecutive failures, time of the last read."""
+        listener = self._listener
+        if listener is None:
+            return {"running": False}
+        return {"running": True, "connected": listener.connected,
+                "failures": listener.failures, "last_read": listener.last_read}
+
+    # -- helpers ------------------------------------------------------------------
+
+    async def _save(self, conn: psycopg.AsyncConnection[Any],
+                    changes: Sequence[tuple[Task, Task, str]]) -> None:
+        """Write back tasks changed in Python (cold paths), version-checked."""
+        if not changes:
+            return
+        rows = [{
+            "id": new.id, "expected": old.version, "status": new.status.value,
+            "priority": new.priority, "run_at": new.run_at, "updated_at": new.updated_at,
+            "started_at": new.started_at, "finished_at": new.finished_at,
+            "attempts": new.attempts, "rescues": new.rescues,
+            "pickup_deadline": new.pickup_deadline, "worker": _text(new.worker),
+            "lease_until": new.lease_until, "token": new.token,
+            "abort_requested": _text(new.abort_requested),
+            "progress": new.progress.to_json() if new.progress else None,
+            "result": new.result, "error": new.error.to_json() if new.error else None,
+            "errors": [e.to_json() for e in new.errors], "reason": _text(new.reason),
+            "version": new.version, "event": event,
+        } for old, new, event in changes]
+        cur = await conn.execute(self._q["save_tasks"], {"rows": _dumps(rows),
+                                                         "origin": self.instance_id})
+        done = {r[0] for r in await cur.fetchall()}
+        if len(done) != len(changes):  # pragma: no cover - rows are locked by the caller
+            raise StorageError("tasks changed during an update: " + ", ".join(
+                old.id for old, _, _ in changes if old.id not in done))
+
+    async def _rows(self, conn: psycopg.AsyncConnection[Any], query: str,
+                    params: Mapping[str, Any] | Sequence[Any] | None = None) -> list[Any]:
+        cur = conn.cursor(row_factory=tuple_row)
+        await cur.execute(query, params)
+        return await cur.fetchall()
+
+    async def _locked(self, conn: psycopg.AsyncConnection[Any], task_id: str) -> Task:
+        rows = await self._rows(conn, self._q["lock_task"], {"id": task_id})
+        if not rows:
+            raise TaskNotFound(task_id)
+        return row_to_task(rows[0], decoded=True)
+
+    # -- tasks --------------------------------------------------------------------
+
+    async def add(self, specs: Sequence[TaskSpec]) -> list[AddResult]:
+        if not specs:
+            return []
+        async with self._conn() as conn:
+            return await self._add_on(conn, specs)
+
+    async def add_in(self, conn: psycopg.AsyncConnection[Any],
+                     specs: Sequence[TaskSpec | tuple[Any, ...]]) -> list[AddResult]:
+        """Add tasks inside the caller's own transaction on ``conn`` (a psycopg
+        ``AsyncConnection`` to the same database): they exist if and only if that
+        transaction commits, and workers see them (and are woken) at the commit.
+
+        ``specs`` are :class:`TaskSpec` objects or ``(action, payload)`` /
+        ``(action, payload, options)`` tuples with the options of ``Conveyor.add``.
+        """
+        if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            raise ConfigurationError(
+                "add_in() needs a connection inside a transaction: use "
+                "`async with conn.transaction():` (or a connection without autocommit)")
+        built = [s if isinstance(s, TaskSpec) else _build(s) for s in specs]
+        if not built:
+            return []
+        try:
+            return await self._add_on(conn, built)
+        except psycopg.errors.UndefinedTable as exc:
+            raise SchemaError(f'conveyor schema "{self.schema}" is missing: run '
+                              f"`conveyor migrate` ({_first_line(exc)})") from None
+
+    async def _add_on(self, conn: psycopg.AsyncConnection[Any],
+                      specs: Sequence[TaskSpec]) -> list[AddResult]:
+        now = time.time()
+        tasks = [_ops.new_task(spec, now) for spec in specs]
+        rows = [_insert_row(task) for task in tasks]
+        text = _json.dumps(rows)
+        if _has_nul(text):
+            raise ValidationError(
+                "PostgreSQL cannot store the NUL character (\\u0000) in JSON: remove it from "
+                "the payload and tags")
+        ids = [t.id for t in tasks]
+        if len(set(ids)) != len(ids):
+            raise StorageError("could not add tasks: a task with this id already exists")
+        origin = self.instance_id
+        try:
+            if all(spec.unique_key is None for spec in specs):
+                await conn.execute(self._q["insert_tasks"], {"rows": text, "origin": origin})
+                return [AddResult(task, True) for task in tasks]
+            async with conn.transaction():
+                return await self._add_unique(conn, specs, tasks, rows)
+        except psycopg.errors.UniqueViolation as exc:
+            raise StorageError(f"could not add tasks: a task with this id already exists "
+                               f"({_first_line(exc)})") from None
+
+    async def _add_unique(self, conn: psycopg.AsyncConnection[Any], specs: Sequence[TaskSpec],
+                          tasks: list[Task], rows: list[list[Any]]) -> list[AddResult]:
+        keys = list({s.unique_key for s in specs if s.unique_key is not None})
+        existing = await self._holders(conn, keys)
+        out: list[AddResult | None] = [None] * len(specs)
+        batch: dict[str, Task] = {}
+        pending: list[int] = []
+        for i, (spec, task) in enumerate(zip(specs, tasks, strict=True)):
+            key = spec.unique_key
+            if key is None:
+                pending.append(i)
+                continue
+            dup = _live(existing.get(key, ()), spec.unique_scope)
+            if dup is None and key in batch:
+                first = batch[key]
+                if first.status in spec.unique_scope or first.status in first.unique_scope:
+                    dup = first
+            if dup is not None:
+                out[i] = AddResult(dup, created=False)
+                continue
+            batch.setdefault(key, task)
+            pending.append(i)
+        for _ in range(5):
+            if not pending:
+                break
+            inserted = {r[0] for r in await self._rows(conn, self._q["insert_unique_tasks"], {
+                "rows": _json.dumps([rows[i] for i in pending]), "origin": self.instance_id})}
+            missed = [i for i in pending if tasks[i].id not in inserted]
+            for i in pending:
+                if tasks[i].id in inserted:
+                    out[i] = AddResult(tasks[i], created=True)
+            pending = []
+            if not missed:
+                break
+            # a concurrent add took the key after we looked: return its task
+            holders = await self._holders(conn, [specs[i].unique_key or "" for i in missed])
+            for i in missed:
+                spec = specs[i]
+                dup = _live(holders.get(spec.unique_key or "", ()), spec.unique_scope)
+                if dup is not None:
+                    out[i] = AddResult(dup, created=False)
+                else:  # it went away meanwhile: try again
+                    pending.append(i)
+        if pending or any(r is None for r in out):
+            raise StorageError("could not add tasks: unique keys kept changing; try again")
+        return [r for r in out if r is not None]
+
+    async def _holders(self, conn: psycopg.AsyncConnection[Any], keys: Sequence[str]
+                       ) -> dict[str, list[Task]]:
+        found: dict[str, list[Task]] = {}
+        if not keys:
+            return found
+        cur = conn.cursor(row_factory=tuple_row)
+        await cur.execute(self._q["tasks_with_keys"], {"keys": list(keys)})
+        for row in await cur.fetchall():
+            task = row_to_task(row, decoded=True)
+            found.setdefault(task.unique_key or "", []).append(task)
+        return found
+
+    async def get(self, task_id: str) -> Task | None:
+        async with self._conn() as conn:
+            rows = await self._rows(conn, self._q["get_task"], {"id": task_id})
+        return row_to_task(rows[0], decoded=True) if rows else None
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
+        if not task_ids:
+            return []
+        async with self._conn() as conn:
+            rows = await self._rows(conn, self._q["get_tasks"], {"ids": list(task_ids)})
+        return [row_to_task(r, decoded=True) for r in rows]
+
+    async def find(self, query: Query) -> list[Task]:
+        where, params = compile_postgres(query.filter)
+        order, order_params = compile_sort_postgres(query.sort)
+        text = (f'SELECT * FROM "{self.schema}".tasks WHERE {where} ORDER BY {order} '
+                "LIMIT %s OFFSET %s")
+        async with self._conn() as conn:
+            rows = await self._rows(conn, text, [*params, *order_params, query.limit,
+                                                 query.skip])
+        return [row_to_task(r, decoded=True) for r in rows]
+
+    async def count(self, where: Filter) -> int:
+        text, params = compile_postgres(where)
+        async with self._conn() as conn:
+            rows = await self._rows(conn, f'SELECT count(*) FROM "{self.schema}".tasks '
+                                          f"WHERE {text}", params)
+        return int(rows[0][0])
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        async with self._conn() as conn:
+            for action, status, n in await self._rows(conn, self._q["stats"]):
+                out.setdefault(action, {})[status] = int(n)
+        return out
+
+    async def delete(self, task_ids: Sequence[str]) -> list[str]:
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return []
+        async with self._conn() as conn, conn.transaction():
+            await conn.execute(self._q["set_origin"], {"origin": self.instance_id})
+            deleted = {r[0] for r in await self._rows(conn, self._q["delete_finished"],
+                                                      {"ids": ids})}
+        return [i for i in ids if i in deleted]
+
+    # -- running ------------------------------------------------------------------
+
+    async def claim(self, worker: str, actions: Sequence[str], limit: int, lease: float,
+                    limits: ClaimLimits | None = None) -> list[Task]:
+        if limit <= 0 or not actions:
+            return []
+        wanted = list(dict.fromkeys(actions))
+        per_action = {a: n for a, n in (limits.per_action if limits else {}).items()
+                      if a in wanted}
+        claimed: list[Task] = []
+        expire = False
+        async with self._conn() as conn:
+            if not per_action:
+                now = time.time()
+                params: dict[str, Any] = {
+                    "worker": worker, "token": new_token(), "lease_until": now + lease,
+                    "now": now, "origin": self.instance_id, "limit": limit}
+                if len(wanted) == 1:
+                    params["action"] = wanted[0]
+                    rows = await self._rows(conn, self._q["claim_one_action"], params)
+                else:
+                    params["actions"] = wanted
+                    rows = await self._rows(conn, self._q["claim_actions"], params)
+                flags = 0
+                for row in rows:
+                    if row[0] is None:
+                        flags = row[-1]
+                    else:
+                        claimed.append(row_to_task(row, decoded=True))
+                expire = bool(flags & 2)
+                careful = bool(flags & 1) and len(claimed) < limit
+            else:
+                careful = True
+            if careful:
+                more = await self._claim_carefully(conn, worker, wanted, limit - len(claimed),
+                                                   lease, per_action)
+                claimed.extend(more)
+            if expire:
+                await self._expire_pickups(conn)
+        claimed.sort(key=lambda t: (t.priority, t.run_at, t.id))
+        return claimed
+
+    async def _expire_pickups(self, conn: psycopg.AsyncConnection[Any]) -> list[str]:
+        expired: list[str] = []
+        while True:
+            async with conn.transaction():
+                now = time.time()
+                rows = await self._rows(conn, self._q["pickup_expired"], {"now": now})
+                changes = []
+                for row in rows:
+                    task = row_to_task(row, decoded=True)
+                    changes.append((task, _ops.pickup_expired(task, now), "expired"))
+                await self._save(conn, changes)
+            expired.extend(old.id for old, _, _ in changes)
+            if len(rows) < 1000:
+                return expired
+
+    async def _claim_carefully(self, conn: psycopg.AsyncConnection[Any], worker: str,
+                               actions: list[str], limit: int, lease: float,
+                               per_action: dict[str, int]) -> list[Task]:
+        """Claims that honour concurrency conditions and per-action limits.
+
+        Inside one transaction: advisory locks on the limited actions (and on
+        conditions, when a conditional task comes up) serialise these claims
+        across all workers; the counts are read after the locks are held, and
+        the tasks chosen are updated in the same transaction, so no two claimers
+        can both see room for the last slot. Tasks without conditions are
+        claimed by the fast path concurrently; that is safe, since nothing about
+        them is checked (a serial order exists in which they came first or last).
+        """
+        token = new_token()
+        async with conn.transaction():
+            keys = sorted(_lock_key("action", a) for a in per_action)
+            if keys:
+                await conn.execute(self._q["advisory_locks"], {"keys": keys})
+            budget: dict[str, int] = {}
+            if per_action:
+                running = dict(await self._rows(conn, self._q["running_per_action"],
+                                                {"actions": list(per_action)}))
+                budget = {a: cap - int(running.get(a, 0)) for a, cap in per_action.items()}
+            open_actions = [a for a in actions if budget.get(a, 1) > 0]
+            if not open_actions:
+                return []
+            conditions = _ConditionCounts(self, conn)
+            accepted: list[tuple[Task, Task]] = []
+            claimed: list[Task] = []
+            now = time.time()
+            async for task in self._ready_in_order(conn, open_actions, now, limit):
+                if budget.get(task.action, 1) <= 0:
+                    continue
+                if task.concurrency and not await conditions.allow(task):
+                    continue
+                after = _ops.claimed(task, worker, token, now, lease)
+                accepted.append((task, after))
+                conditions.apply(task, after)
+                if task.action in budget:
+                    budget[task.action] -= 1
+                if len(accepted) >= limit:
+                    break
+            if accepted:
+                rows = await self._rows(conn, self._q["claim_ids"], {
+                    "ids": [t.id for t, _ in accepted], "worker": worker, "token": token,
+                    "lease_until": now + lease, "now": now, "origin": self.instance_id})
+                claimed = [row_to_task(r, decoded=True) for r in rows]
+            return claimed
+
+    async def _ready_in_order(self, conn: psycopg.AsyncConnection[Any], actions: list[str],
+                              now: float, limit: int) -> AsyncIterator[Task]:
+        """Ready tasks of several actions, merged in claim order (priority, run_at, id),
+        a page per action at a time along each action's ready index."""
+        page = max(2 * limit, 64)
+        ninf = float("-inf")
+        after: dict[str, tuple[float, float, str]] = {a: (ninf, ninf, "") for a in actions}
+        buffered: list[Task] = []
+        left: dict[str, int] = dict.fromkeys(actions, 0)
+        open_actions = list(actions)
+        while True:
+            fetch = [a for a in open_actions if not left[a]]
+            if fetch:
+                rows = await self._rows(conn, self._q["claim_candidates"], {
+                    "actions": fetch, "after_priority": [after[a][0] for a in fetch],
+                    "after_run_at": [after[a][1] for a in fetch],
+                    "after_id": [after[a][2] for a in fetch], "now": now, "page": page})
+                got: dict[str, int] = dict.fromkeys(fetch, 0)
+                for row in rows:
+                    task = row_to_task(row, decoded=True)
+                    buffered.append(task)
+                    got[task.action] += 1
+                    left[task.action] += 1
+                    key = (task.priority, task.run_at, task.id)
+                    if key > after[task.action]:
+                        after[task.action] = key
+                for action in fetch:
+                    if got[action] < page:
+                        open_actions.remove(action)
+            if not buffered:
+                return
+            buffered.sort(key=lambda t: (t.priority, t.run_at, t.id))
+            bound = min((after[a] for a in open_actions), default=None)
+            taken = 0
+            for task in buffered:
+                if bound is not None and (task.priority, task.run_at, task.id) > bound:
+                    break
+                taken += 1
+                left[task.action] -= 1
+                yield task
+            del buffered[:taken]
+
+    async def heartbeat(self, worker: str, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
+        now = time.time()
+        async with self._conn() as conn:
+            rows = await self._rows(conn, self._q["heartbeat"], {
+                "ids": [item.task_id for item in leases],
+                "tokens": [item.token for item in leases],
+                "lease_until": now + lease, "now": now, "worker": worker})
+        held: set[str] = set()
+        aborts: dict[str, str] = {}
+        known = False
+        for task_id, abort_requested in rows:
+            if task_id is None:
+                known = True
+                continue
+            held.add(task_id)
+            if abort_requested is not None:
+                aborts[task_id] = abort_requested
+        lost = frozenset(item.task_id for item in leases if item.task_id not in held)
+        return HeartbeatReply(lost, aborts, known=known)
+
+    async def update_progress(self, updates: Sequence[tuple[Lease, Progress]]) -> list[str]:
+        if not updates:
+            return []
+        rows = [{"id": item.task_id, "token": item.token, "progress": progress.to_json()}
+                for item, progress in updates]
+        async with self._conn() as conn:
+            done = {(r[0], r[1]) for r in await self._rows(conn, self._q["update_progress"], {
+                "rows": _dumps(rows), "now": time.time(), "origin": self.instance_id})}
+        return [item.task_id for item, _ in updates if (item.task_id, item.token) not in done]
+
+    async def finish(self, worker: str, completions: Sequence[Completion]) -> list[str]:
+        if not completions:
+            return []
+        rows = []
+        for c in completions:
+            t = c.transition
+            rows.append({
+                "id": c.task_id, "token": c.token, "status": t.status.value,
+                "run_at": t.run_at if t.status is Status.QUEUED else None,
+                "result": t.result, "error": None if t.error is None else t.error.to_json(),
+                "reason": _text(t.reason), "refund": 1 if t.refund_attempt else 0,
+                "progress": None if c.progress is None else c.progress.to_json(),
+                "event": c.event or _ops.completion_event(t),
+            })
+        async with self._conn() as conn:
+            done = {(r[0], r[1]) for r in await self._rows(conn, self._q["finish_tasks"], {
+                "rows": _dumps(rows), "now": time.time(), "origin": self.instance_id})}
+        return [c.task_id for c in completions if (c.task_id, c.token) not in done]
+
+    async def release(self, worker: str, leases: Sequence[Lease]) -> list[str]:
+        if not leases:
+            return []
+        tokens = {item.task_id: item.token for item in leases}
+        async with self._conn() as conn, conn.transaction():
+            now = time.time()
+            changes = []
+            for row in await self._rows(conn, self._q["held_tasks"], {"ids": list(tokens)}):
+                task = row_to_task(row, decoded=True)
+                if task.token != tokens[task.id]:
+                    continue
+                if task.abort_requested is not None:
+                    new, event = _ops.rescued(task, now, max_rescues=1 << 30)
+                else:
+                    new, event = _ops.released(task, now), "released"
+                changes.append((task, new, event))
+            await self._save(conn, changes)
+        done = {old.id for old, _, _ in changes}
+        return [item.task_id for item in leases if item.task_id in done]
+
+    async def recover(self, max_rescues: int) -> RecoverReport:
+        groups: dict[str, list[str]] = {"rescued": [], "lost": [], "lost_aborted": []}
+        async with self._conn() as conn:
+            expired = await self._expire_pickups(conn)
+            while True:
+                async with conn.transaction():
+                    now = time.time()
+                    rows = await self._rows(conn, self._q["expired_leases"], {"now": now})
+                    changes = []
+                    for row in rows:
+                        task = row_to_task(row, decoded=True)
+                        new, event = _ops.rescued(task, now, max_rescues)
+                        changes.append((task, new, event))
+                    await self._save(conn, changes)
+                for old, _, event in changes:
+                    groups[event].append(old.id)
+                if len(rows) < 1000:
+                    break
+        return RecoverReport(tuple(groups["rescued"]), tuple(groups["lost"]),
+                             tuple(groups["lost_aborted"]), tuple(expired))
+
+    async def next_run_at(self, actions: Sequence[str]) -> float | None:
+        if not actions:
+            return None
+        async with self._conn() as conn:
+            rows = await self._rows(conn, self._q["next_run_at"], {"actions": list(actions)})
+        value = rows[0][0] if rows else None
+        return None if value is None else float(value)
+
+    # -- control ------------------------------------------------------------------
+
+    async def abort(self, task_id: str, reason: str) -> Task:
+        async with self._conn() as conn, conn.transaction():
+            task = await self._locked(conn, task_id)
+            new, event = _ops.abort(task, _text(reason) or "", time.time())
+            if event:
+                await self._save(conn, [(task, new, event)])
+        return new
+
+    async def prioritize(self, task_id: str, priority: float) -> Task:
+        async with self._conn() as conn, conn.transaction():
+            task = await self._locked(conn, task_id)
+            new = _ops.prioritized(task, priority, time.time())
+            await self._save(conn, [(task, new, "prioritized")])
+        return new
+
+    async def retry(self, task_id: str, run_at: float | None = None) -> Task:
+        async with self._conn() as conn:
+            try:
+                async with conn.transaction():
+                    now = time.time()
+                    task = await self._locked(conn, task_id)
+                    new = _ops.retried(task, now if run_at is None else run_at, now)
+                    if task.unique_key is not None and Status.QUEUED in task.unique_scope:
+                        rows = await self._rows(conn, self._q["live_duplicate"], {
+                            "key": task.unique_key, "id": task.id,
+                            "scope": encode_scope(task.unique_scope)})
+                        if rows:
+                            raise InvalidTransition(f"task {rows[0][0]} already holds unique "
+                                                    f"key {task.unique_key!r}", task)
+                    await self._save(conn, [(task, new, "retried")])
+            except psycopg.errors.UniqueViolation:
+                raise InvalidTransition(
+                    f"another task already holds unique key {task.unique_key!r}", task) from None
+        return new
+
+    # -- logs ---------------------------------------------------------------------
+
+    async def append_logs(self, logs: Sequence[NewLog]) -> list[int]:
+        if not logs:
+            return []
+        rows = [{"task_id": item.task_id, "ts": item.ts, "level": int(item.level),
+                 "message": item.message, "data": item.data} for item in logs]
+        ids = list(dict.fromkeys(item.task_id for item in logs))
+        async with self._conn() as conn:
+            result = await self._rows(conn, self._q["append_logs"], {
+                "rows": _dumps(rows), "ids": ids, "origin": self.instance_id,
+                "now": time.time()})
+        return [int(r[0]) for r in result]
+
+    async def read_logs(self, task_id: str, after_seq: int = 0,
+                        max_level: LogLevel = LogLevel.DEBUG,
+                        limit: int | None = None) -> list[LogRecord]:
+        async with self._conn() as conn:
+            rows = await self._rows(conn, self._q["read_logs"], {
+                "task_id": task_id, "after_seq": after_seq, "min_level": int(max_level),
+                "limit": limit})
+        return [LogRecord(r[0], int(r[1]), r[2], LogLevel(r[3]), r[4], r[5]) for r in rows]
+
+    # -- workers ------------------------------------------------------------------
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        params = {"id": info.id, "host": _text(info.host), "pid": info.pid,
+                  "actions": _dumps(list(info.actions)), "concurrency": info.concurrency,
+                  "running": info.running, "started_at": info.started_at,
+                  "last_seen": info.last_seen, "info": _dumps(dict(info.info))}
+        async with self._conn() as conn:
+            await conn.execute(self._q["upsert_worker"], params)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(self._q["delete_worker"], {"id": worker_id})
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        async with self._conn() as conn:
+            rows = await self._rows(conn, self._q["list_workers"])
+        return [WorkerInfo(id=r[0], host=r[1], pid=r[2], actions=tuple(r[3]), concurrency=r[4],
+                           running=r[5], started_at=r[6], last_seen=r[7], info=r[8])
+                for r in rows]
+
+    async def forget_workers(self) -> list[str]:
+        async with self._conn() as conn:
+            return [r[0] for r in await self._rows(conn, self._q["forget_workers"],
+                                                   {"now": time.time()})]
+
+    # -- retention ----------------------------------------------------------------
+
+    async def prune(self, older_than: float | None, batch: int = 500) -> int:
+        total = 0
+        batch = max(1, int(batch))
+        async with self._conn() as conn:
+            while older_than is not None:
+                async with conn.transaction():
+                    await conn.execute(self._q["set_origin"], {"origin": self.instance_id})
+                    rows = await self._rows(conn, self._q["prune_finished"],
+                                            {"before": older_than, "batch": batch})
+                n = int(rows[0][0])
+                total += n
+                if n < batch:
+                    break
+            feed_before = time.time() - FEED_RETENTION
+            while True:
+                cur = await conn.execute(self._q["prune_changes"],
+                                         {"before": feed_before, "batch": batch})
+                if cur.rowcount < batch:
+                    break
+        return total
+
+
+class _ConditionCounts:
+    """Counts of tasks matching the concurrency conditions met during one careful claim.
+
+    Each condition is counted in SQL once (after the advisory lock is held); the
+    tasks claimed in this transaction are then applied in Python with the query
+    evaluator (which agrees with the SQL compiler on every filter), so later
+    candidates see the earlier ones of the same batch.
+    """
+
+    def __init__(self, storage: PostgresStorage, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.storage = storage
+        self.conn = conn
+        self.locked = False
+        self.counts: dict[tuple[tuple[str, ...], str], int] = {}
+        self.filters: dict[tuple[tuple[str, ...], str], Filter] = {}
+        self.accepted: list[tuple[Task, Task]] = []
+
+    @staticmethod
+    def key(cond: Any) -> tuple[tuple[str, ...], str]:
+        return tuple(sorted(s.value for s in cond.scope)), _json.dumps(cond.query)
+
+    def inside(self, key: tuple[tuple[str, ...], str], task: Task) -> int:
+        return int(task.status.value in key[0] and matches(self.filters[key], task))
+
+    async def allow(self, task: Task) -> bool:
+        if not self.locked:
+            # one lock for every conditional claim: conditions may overlap in ways
+            # no per-condition key can see (a task can match another task's condition)
+            await self.conn.execute(self.storage._q["advisory_locks"],
+                                    {"keys": [_lock_key("conditions", self.storage.schema)]})
+            self.locked = True
+        missing = []
+        for cond in task.concurrency:
+            key = self.key(cond)
+            if key not in self.counts and key not in missing:
+                missing.append(key)
+                self.filters[key] = parse_filter(cond.query)
+        if missing:
+            parts: list[str] = []
+            params: list[Any] = []
+            for key in missing:
+                where, args = compile_postgres(self.filters[key])
+                parts.append(f'(SELECT count(*) FROM "{self.storage.schema}".tasks '
+                             f"WHERE status = ANY(%s::text[]) AND ({where}))")
+                params.extend([list(key[0]), *args])
+            row = (await self.storage._rows(self.conn, "SELECT " + ", ".join(parts), params))[0]
+            for key, n in zip(missing, row, strict=True):
+                # the database does not see this batch's claims yet: add them
+                self.counts[key] = int(n) + sum(self.inside(key, new) - self.inside(key, old)
+                                                for old, new in self.accepted)
+        for cond in task.concurrency:
+            key = self.key(cond)
+            if self.counts[key] - self.inside(key, task) >= cond.limit:
+                return False
+        return True
+
+    def apply(self, old: Task, new: Task) -> None:
+        self.accepted.append((old, new))
+        for key in self.counts:
+            self.counts[key] += self.inside(key, new) - self.inside(key, old)
+
+
+def _asdict(o: PgOptions) -> dict[str, Any]:
+    return {name: getattr(o, name) for name in PgOptions.__dataclass_fields__}
+
+
+def _live(tasks: Sequence[Task], scope: Sequence[Status]) -> Task | None:
+    """The task holding a key for a spec of ``scope``: preferably one in its own scope."""
+    best: Task | None = None
+    for task in tasks:
+        if task.status in task.unique_scope:
+            return task
+        if best is None and task.status in scope:
+            best = task
+    return best
+
+
+def _insert_row(task: Task) -> list[Any]:
+    """A new task as a row of the insert_tasks query."""
+    return [
+        task.id, task.action, task.payload, task.priority, task.run_at, task.created_at,
+        task.max_attempts, task.run_timeout, task.pickup_timeout, task.pickup_deadline,
+        task.backoff.to_json() if task.backoff else None, task.unique_key,
+        encode_scope(task.unique_scope),
+        [c.to_json() for c in task.concurrency] if task.concurrency else None,
+        task.tags, task.parent_id,
+    ]
+
+
+def _build(item: tuple[Any, ...]) -> TaskSpec:
+    from .._specs import build_spec
+
+    if not isinstance(item, tuple) or not 1 <= len(item) <= 3:
+        raise ValidationError("add_in() takes TaskSpec objects or (action, payload[, options]) "
+                              "tuples")
+    action = item[0]
+    payload = item[1] if len(item) > 1 else None
+    options = dict(item[2]) if len(item) > 2 else {}
+    return build_spec(action, payload, **options)
+

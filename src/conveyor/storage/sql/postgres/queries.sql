@@ -1,0 +1,397 @@
+-- Named queries of the PostgreSQL backend, psycopg %(name)s parameters.
+-- {schema} is replaced by the quoted schema name when the storage is created.
+-- Lists travel as one array or one jsonb parameter, so every statement is one
+-- round trip whatever the batch size. No literal percent signs in here.
+
+-- name: insert_tasks
+-- New tasks as one JSON array of rows:
+-- [id, action, payload, priority, run_at, now, max_attempts, run_timeout, pickup_timeout,
+--  pickup_deadline, backoff, unique_key, unique_scope, concurrency, tags, parent_id]
+INSERT INTO {schema}.tasks (
+    id, action, payload, status, priority, run_at, created_at, updated_at, max_attempts,
+    run_timeout, pickup_timeout, pickup_deadline, backoff, unique_key, unique_scope,
+    concurrency, tags, parent_id, version, event, origin
+)
+SELECT e ->> 0, e ->> 1, e -> 2, 'queued', (e ->> 3)::float8, (e ->> 4)::float8,
+       (e ->> 5)::float8, (e ->> 5)::float8, (e ->> 6)::integer, (e ->> 7)::float8,
+       (e ->> 8)::float8, (e ->> 9)::float8, nullif(e -> 10, 'null'), e ->> 11, e ->> 12,
+       nullif(e -> 13, 'null'), e -> 14, e ->> 15, 1, 'added', %(origin)s
+FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS r(e, n)
+ORDER BY n
+
+-- name: insert_unique_tasks
+-- The same, for batches with unique keys: a row whose key a live task holds
+-- (in that task's own scope) is skipped; the ids inserted come back.
+INSERT INTO {schema}.tasks (
+    id, action, payload, status, priority, run_at, created_at, updated_at, max_attempts,
+    run_timeout, pickup_timeout, pickup_deadline, backoff, unique_key, unique_scope,
+    concurrency, tags, parent_id, version, event, origin
+)
+SELECT e ->> 0, e ->> 1, e -> 2, 'queued', (e ->> 3)::float8, (e ->> 4)::float8,
+       (e ->> 5)::float8, (e ->> 5)::float8, (e ->> 6)::integer, (e ->> 7)::float8,
+       (e ->> 8)::float8, (e ->> 9)::float8, nullif(e -> 10, 'null'), e ->> 11, e ->> 12,
+       nullif(e -> 13, 'null'), e -> 14, e ->> 15, 1, 'added', %(origin)s
+FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS r(e, n)
+ORDER BY n
+ON CONFLICT (unique_key)
+    WHERE unique_key IS NOT NULL AND strpos(unique_scope, '|' || status || '|') > 0
+    DO NOTHING
+RETURNING id
+
+-- name: tasks_with_keys
+SELECT * FROM {schema}.tasks WHERE unique_key = ANY(%(keys)s::text[])
+
+-- name: save_tasks
+-- Write back tasks changed in Python (cold paths), each only if nobody changed it meanwhile.
+UPDATE {schema}.tasks AS t SET
+    status = r.status, priority = r.priority, run_at = r.run_at, updated_at = r.updated_at,
+    started_at = r.started_at, finished_at = r.finished_at, attempts = r.attempts,
+    rescues = r.rescues, pickup_deadline = r.pickup_deadline, worker = r.worker,
+    lease_until = r.lease_until, token = r.token, abort_requested = r.abort_requested,
+    progress = r.progress, result = r.result, error = r.error, errors = r.errors,
+    reason = r.reason, version = r.version, event = r.event, origin = %(origin)s
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
+    id text, expected integer, status text, priority float8, run_at float8, updated_at float8,
+    started_at float8, finished_at float8, attempts integer, rescues integer,
+    pickup_deadline float8, worker text, lease_until float8, token text, abort_requested text,
+    progress jsonb, result jsonb, error jsonb, errors jsonb, reason text, version integer,
+    event text)
+WHERE t.id = r.id AND t.version = r.expected
+RETURNING t.id
+
+-- name: get_task
+SELECT * FROM {schema}.tasks WHERE id = %(id)s
+
+-- name: lock_task
+SELECT * FROM {schema}.tasks WHERE id = %(id)s FOR UPDATE
+
+-- name: get_tasks
+SELECT * FROM {schema}.tasks WHERE id = ANY(%(ids)s::text[])
+
+-- name: stats
+SELECT action, status, count(*) FROM {schema}.tasks GROUP BY action, status
+
+-- name: delete_finished
+WITH d AS (
+    DELETE FROM {schema}.tasks
+    WHERE id = ANY(%(ids)s::text[]) AND status IN ('succeeded', 'failed', 'aborted')
+    RETURNING id
+), l AS (
+    DELETE FROM {schema}.logs WHERE task_id IN (SELECT id FROM d)
+)
+SELECT id FROM d
+
+-- name: set_origin
+-- Deletes cannot name their writer in the row: the trigger reads it from here.
+SELECT set_config('conveyor.origin', %(origin)s, true)
+
+-- name: claim_one_action
+-- The hot path for one action: ready tasks in claim order along the ready index,
+-- locked with SKIP LOCKED (rows other claimers hold are passed over, never waited
+-- for), claimed up to the first task that has concurrency conditions. The last
+-- row, if any, has a NULL id and flags: 1 = stopped at a conditional task,
+-- 2 = some queued task is past its pickup deadline.
+WITH picked AS (
+    SELECT id, priority, run_at, concurrency IS NOT NULL AS conditional
+    FROM {schema}.tasks
+    WHERE status = 'queued' AND action = %(action)s AND run_at <= %(now)s
+      AND (pickup_deadline IS NULL OR pickup_deadline > %(now)s)
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), stop AS (
+    SELECT priority, run_at, id FROM picked WHERE conditional
+    ORDER BY priority, run_at, id LIMIT 1
+), claimed AS (
+    UPDATE {schema}.tasks AS t SET
+        status = 'running', worker = %(worker)s, token = %(token)s,
+        lease_until = %(lease_until)s, started_at = %(now)s, attempts = t.attempts + 1,
+        pickup_deadline = NULL, updated_at = %(now)s, version = t.version + 1,
+        event = 'started', origin = %(origin)s
+    FROM picked AS p
+    WHERE t.id = p.id AND NOT p.conditional
+      AND NOT EXISTS (SELECT 1 FROM stop AS s
+                      WHERE (s.priority, s.run_at, s.id) < (p.priority, p.run_at, p.id))
+    RETURNING t.*
+)
+SELECT c.*, NULL::integer FROM claimed AS c
+UNION ALL
+SELECT (n.t).*, f.flags
+FROM (SELECT NULL::{schema}.tasks AS t) AS n,
+     (SELECT (CASE WHEN EXISTS (SELECT 1 FROM stop) THEN 1 ELSE 0 END)
+           + (CASE WHEN EXISTS (SELECT 1 FROM {schema}.tasks
+                                WHERE status = 'queued' AND pickup_deadline <= %(now)s)
+              THEN 2 ELSE 0 END) AS flags) AS f
+WHERE f.flags > 0
+
+-- name: claim_actions
+-- The hot path for several actions. An unlocked peek along each action's ready
+-- index finds how many of the first `limit` tasks (merged in claim order) each
+-- action has; then each action's share is taken with SKIP LOCKED as above, so
+-- no more rows are locked than claimed. Same result shape as claim_one_action.
+WITH peek AS (
+    SELECT m.action, count(*) AS n FROM (
+        SELECT r.action, r.priority, r.run_at, r.id
+        FROM unnest(%(actions)s::text[]) AS a(action)
+        CROSS JOIN LATERAL (
+            SELECT t.action, t.priority, t.run_at, t.id FROM {schema}.tasks AS t
+            WHERE t.status = 'queued' AND t.action = a.action AND t.run_at <= %(now)s
+              AND (t.pickup_deadline IS NULL OR t.pickup_deadline > %(now)s)
+            ORDER BY t.priority, t.run_at, t.id
+            LIMIT %(limit)s) AS r
+        ORDER BY r.priority, r.run_at, r.id
+        LIMIT %(limit)s) AS m
+    GROUP BY m.action
+), picked AS (
+    SELECT r.* FROM peek
+    CROSS JOIN LATERAL (
+        SELECT t.id, t.priority, t.run_at, t.concurrency IS NOT NULL AS conditional
+        FROM {schema}.tasks AS t
+        WHERE t.status = 'queued' AND t.action = peek.action AND t.run_at <= %(now)s
+          AND (t.pickup_deadline IS NULL OR t.pickup_deadline > %(now)s)
+        ORDER BY t.priority, t.run_at, t.id
+        LIMIT peek.n
+        FOR UPDATE SKIP LOCKED) AS r
+), stop AS (
+    SELECT priority, run_at, id FROM picked WHERE conditional
+    ORDER BY priority, run_at, id LIMIT 1
+), claimed AS (
+    UPDATE {schema}.tasks AS t SET
+        status = 'running', worker = %(worker)s, token = %(token)s,
+        lease_until = %(lease_until)s, started_at = %(now)s, attempts = t.attempts + 1,
+        pickup_deadline = NULL, updated_at = %(now)s, version = t.version + 1,
+        event = 'started', origin = %(origin)s
+    FROM picked AS p
+    WHERE t.id = p.id AND NOT p.conditional
+      AND NOT EXISTS (SELECT 1 FROM stop AS s
+                      WHERE (s.priority, s.run_at, s.id) < (p.priority, p.run_at, p.id))
+    RETURNING t.*
+)
+SELECT c.*, NULL::integer FROM claimed AS c
+UNION ALL
+SELECT (n.t).*, f.flags
+FROM (SELECT NULL::{schema}.tasks AS t) AS n,
+     (SELECT (CASE WHEN EXISTS (SELECT 1 FROM stop) THEN 1 ELSE 0 END)
+           + (CASE WHEN EXISTS (SELECT 1 FROM {schema}.tasks
+                                WHERE status = 'queued' AND pickup_deadline <= %(now)s)
+              THEN 2 ELSE 0 END) AS flags) AS f
+WHERE f.flags > 0
+
+-- name: advisory_locks
+-- Transaction-level advisory locks, taken in key order (no deadlocks between claimers).
+SELECT count(pg_advisory_xact_lock(k))
+FROM (SELECT k FROM unnest(%(keys)s::bigint[]) AS k ORDER BY k) AS s
+
+-- name: running_per_action
+SELECT action, count(*) FROM {schema}.tasks
+WHERE status = 'running' AND action = ANY(%(actions)s::text[])
+GROUP BY action
+
+-- name: claim_candidates
+-- The careful path: the next page of ready tasks of each action after a keyset
+-- position, full rows, not locked (only the tasks chosen are locked, by claim_ids).
+SELECT r.* FROM unnest(%(actions)s::text[], %(after_priority)s::float8[],
+                       %(after_run_at)s::float8[], %(after_id)s::text[])
+                AS a(action, priority, run_at, id)
+CROSS JOIN LATERAL (
+    SELECT t.* FROM {schema}.tasks AS t
+    WHERE t.status = 'queued' AND t.action = a.action AND t.run_at <= %(now)s
+      AND (t.pickup_deadline IS NULL OR t.pickup_deadline > %(now)s)
+      AND (t.priority, t.run_at, t.id) > (a.priority, a.run_at, a.id COLLATE "C")
+    ORDER BY t.priority, t.run_at, t.id
+    LIMIT %(page)s) AS r
+
+-- name: claim_ids
+-- Claim chosen tasks that are still queued and that nobody else holds a lock on.
+WITH locked AS (
+    SELECT id FROM {schema}.tasks
+    WHERE id = ANY(%(ids)s::text[]) AND status = 'queued'
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.tasks AS t SET
+    status = 'running', worker = %(worker)s, token = %(token)s,
+    lease_until = %(lease_until)s, started_at = %(now)s, attempts = t.attempts + 1,
+    pickup_deadline = NULL, updated_at = %(now)s, version = t.version + 1,
+    event = 'started', origin = %(origin)s
+FROM locked
+WHERE t.id = locked.id
+RETURNING t.*
+
+-- name: pickup_expired
+SELECT * FROM {schema}.tasks
+WHERE status = 'queued' AND pickup_deadline IS NOT NULL AND pickup_deadline <= %(now)s
+ORDER BY pickup_deadline
+LIMIT 1000
+FOR UPDATE SKIP LOCKED
+
+-- name: heartbeat
+-- Extend the leases still held, read abort requests, and mark the worker alive,
+-- in one statement. A last row with a NULL id says the worker's record exists.
+WITH held AS (
+    UPDATE {schema}.tasks AS t SET lease_until = %(lease_until)s
+    FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
+    WHERE t.id = l.id AND t.token = l.token AND t.status = 'running'
+    RETURNING t.id, t.abort_requested
+), w AS (
+    UPDATE {schema}.workers SET last_seen = %(now)s, running = (SELECT count(*) FROM held)
+    WHERE id = %(worker)s
+    RETURNING 1
+)
+SELECT id, abort_requested FROM held
+UNION ALL
+SELECT NULL, NULL FROM w
+
+-- name: update_progress
+UPDATE {schema}.tasks AS t SET
+    progress = r.progress, updated_at = %(now)s, version = t.version + 1,
+    event = 'progress', origin = %(origin)s
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id text, token text, progress jsonb)
+WHERE t.id = r.id AND t.token = r.token AND t.status = 'running'
+RETURNING t.id, r.token
+
+-- name: finish_tasks
+-- Mirrors storage/_ops.finished: the transitions decided by the policy, fenced by the token.
+UPDATE {schema}.tasks AS t SET
+    status = c.status,
+    run_at = coalesce(c.run_at, t.run_at),
+    pickup_deadline = CASE WHEN c.status = 'queued' AND t.pickup_timeout IS NOT NULL
+                           THEN coalesce(c.run_at, t.run_at) + t.pickup_timeout END,
+    result = c.result,
+    error = c.error,
+    errors = CASE WHEN c.error IS NULL THEN t.errors
+                  ELSE t.errors || jsonb_build_array(c.error) END,
+    reason = c.reason,
+    finished_at = CASE WHEN c.status = 'queued' THEN NULL ELSE %(now)s END,
+    attempts = t.attempts - c.refund,
+    worker = NULL, token = NULL, lease_until = NULL, abort_requested = NULL,
+    progress = coalesce(c.progress, t.progress),
+    updated_at = %(now)s, version = t.version + 1, event = c.event, origin = %(origin)s
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS c(
+    id text, token text, status text, run_at float8, result jsonb, error jsonb, reason text,
+    refund integer, progress jsonb, event text)
+WHERE t.id = c.id AND t.token = c.token AND t.status = 'running'
+RETURNING t.id, c.token
+
+-- name: held_tasks
+SELECT * FROM {schema}.tasks
+WHERE id = ANY(%(ids)s::text[]) AND status = 'running'
+FOR UPDATE
+
+-- name: expired_leases
+SELECT * FROM {schema}.tasks
+WHERE status = 'running' AND lease_until < %(now)s
+ORDER BY lease_until
+LIMIT 1000
+FOR UPDATE SKIP LOCKED
+
+-- name: next_run_at
+SELECT min(x.run_at) FROM unnest(%(actions)s::text[]) AS a(action)
+CROSS JOIN LATERAL (
+    SELECT t.run_at FROM {schema}.tasks AS t
+    WHERE t.status = 'queued' AND t.action = a.action
+    ORDER BY t.run_at
+    LIMIT 1) AS x
+
+-- name: live_duplicate
+-- Another task holding a unique key, in its own scope or in the given one.
+SELECT id FROM {schema}.tasks
+WHERE unique_key = %(key)s AND id <> %(id)s
+  AND (strpos(%(scope)s, '|' || status || '|') > 0
+       OR strpos(unique_scope, '|' || status || '|') > 0)
+LIMIT 1
+
+-- name: append_logs
+WITH ins AS (
+    INSERT INTO {schema}.logs (task_id, ts, level, message, data)
+    SELECT r.task_id, r.ts, r.level, r.message, r.data
+    FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb)
+                    AS (task_id text, ts float8, level integer, message text, data jsonb))
+         WITH ORDINALITY AS r(task_id, ts, level, message, data, n)
+    ORDER BY r.n
+    RETURNING seq
+), ch AS (
+    INSERT INTO {schema}.changes (task_id, version, status, event, origin, ts)
+    SELECT id, version, status, 'log', %(origin)s, %(now)s FROM {schema}.tasks
+    WHERE id = ANY(%(ids)s::text[])
+)
+SELECT seq FROM ins ORDER BY seq
+
+-- name: read_logs
+SELECT task_id, seq, ts, level, message, data FROM {schema}.logs
+WHERE task_id = %(task_id)s AND seq > %(after_seq)s AND level >= %(min_level)s
+ORDER BY seq
+LIMIT %(limit)s
+
+-- name: upsert_worker
+INSERT INTO {schema}.workers (id, host, pid, actions, concurrency, running, started_at,
+                              last_seen, info)
+VALUES (%(id)s, %(host)s, %(pid)s, %(actions)s::jsonb, %(concurrency)s, %(running)s,
+        %(started_at)s, %(last_seen)s, %(info)s::jsonb)
+ON CONFLICT (id) DO UPDATE SET
+    actions = excluded.actions, concurrency = excluded.concurrency,
+    running = excluded.running, last_seen = excluded.last_seen, info = excluded.info
+
+-- name: delete_worker
+DELETE FROM {schema}.workers WHERE id = %(id)s
+
+-- name: forget_workers
+DELETE FROM {schema}.workers
+WHERE last_seen < %(now)s - greatest(30.0, 2 * (CASE WHEN jsonb_typeof(info -> 'lease') = 'number'
+                                                    THEN (info ->> 'lease')::float8
+                                                    ELSE 30.0 END))
+RETURNING id
+
+-- name: list_workers
+SELECT id, host, pid, actions, concurrency, running, started_at, last_seen, info
+FROM {schema}.workers ORDER BY started_at, id
+
+-- name: snapshot
+SELECT pg_current_snapshot()::text
+
+-- name: changes_since
+-- Changes committed after snapshot `since` and visible now, with the snapshot
+-- they were read in (the next `since`): rows of the transactions that `since`
+-- saw running, and of those that started after it. Exactly once, in any commit order.
+SELECT s.snap::text, c.seq, c.task_id, c.version, c.status, c.event, c.origin, c.ts
+FROM (SELECT pg_current_snapshot() AS snap) AS s
+LEFT JOIN LATERAL (
+    SELECT * FROM {schema}.changes
+    WHERE (xid = ANY(ARRAY(SELECT pg_snapshot_xip(%(since)s::pg_snapshot)))
+           OR xid >= pg_snapshot_xmax(%(since)s::pg_snapshot))
+      AND (%(origin)s::text IS NULL OR origin IS DISTINCT FROM %(origin)s::text)
+      AND (NOT %(wakeups)s::boolean OR status = 'queued' OR event = 'abort_requested')
+    ORDER BY seq
+    LIMIT %(limit)s) AS c ON true
+ORDER BY c.seq
+
+-- name: changes_page
+-- The same inside one REPEATABLE READ transaction, a page at a time (catch-up).
+SELECT seq, task_id, version, status, event, origin, ts FROM {schema}.changes
+WHERE (xid = ANY(ARRAY(SELECT pg_snapshot_xip(%(since)s::pg_snapshot)))
+       OR xid >= pg_snapshot_xmax(%(since)s::pg_snapshot))
+  AND (%(origin)s::text IS NULL OR origin IS DISTINCT FROM %(origin)s::text)
+  AND (NOT %(wakeups)s::boolean OR status = 'queued' OR event = 'abort_requested')
+  AND seq > %(after)s
+ORDER BY seq
+LIMIT %(limit)s
+
+-- name: prune_finished
+WITH doomed AS (
+    SELECT id FROM {schema}.tasks
+    WHERE finished_at IS NOT NULL AND finished_at < %(before)s
+      AND status IN ('succeeded', 'failed', 'aborted')
+    ORDER BY finished_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), d AS (
+    DELETE FROM {schema}.tasks WHERE id IN (SELECT id FROM doomed)
+    RETURNING id
+), l AS (
+    DELETE FROM {schema}.logs WHERE task_id IN (SELECT id FROM d)
+)
+SELECT count(*) FROM d
+
+-- name: prune_changes
+DELETE FROM {schema}.changes
+WHERE seq IN (SELECT seq FROM {schema}.changes WHERE ts < %(before)s ORDER BY seq
+              LIMIT %(batch)s)
