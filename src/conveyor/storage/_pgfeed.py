@@ -57,6 +57,7 @@ class Listener:
         self.connected = False
         self.last_read = 0.0
         self.failures = 0
+        self.backend_pid: int | None = None
 
     # -- life -----------------------------------------------------------------
 
@@ -102,6 +103,7 @@ class Listener:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
                 conn = await self._connect()
+                self.backend_pid = conn.info.backend_pid
                 if self._listen:
                     await conn.execute(f'LISTEN "{self._channel}"')
                 if self.since is None:

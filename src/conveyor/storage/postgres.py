@@ -335,11 +335,11 @@ async def _apply_migrations(conn: psycopg.AsyncConnection[Any], schema: str) -> 
     return current
 
 
-async def _connect(conninfo: str, display: str, *, autocommit: bool = True
-                   ) -> psycopg.AsyncConnection[Any]:
+async def _connect(conninfo: str, display: str, *, autocommit: bool = True,
+                   **params: Any) -> psycopg.AsyncConnection[Any]:
     try:
         return await psycopg.AsyncConnection.connect(conninfo, autocommit=autocommit,
-                                                     context=_ADAPTERS)
+                                                     context=_ADAPTERS, **params)
     except psycopg.OperationalError as exc:
         raise StorageError(f"cannot connect to PostgreSQL at {display}: {_first_line(exc)}"
                            ) from None
@@ -559,7 +559,9 @@ class PostgresStorage(FanoutFeed, Storage):
                 since = self._p0[0]
             conninfo, display = self._conninfo, self.url
             listener = Listener(
-                connect=lambda: _connect(conninfo, display), queries=self._q,
+                connect=lambda: _connect(conninfo, display,
+                                         application_name="conveyor-listener"),
+                queries=self._q,
                 channel=_channel(self.schema), feed=self._feed, origin=self.instance_id,
                 poll_interval=self.options.poll_interval, listen=self.options.listen,
                 since=since)
@@ -572,7 +574,8 @@ class PostgresStorage(FanoutFeed, Storage):
         if listener is None:
             return {"running": False}
         return {"running": True, "connected": listener.connected,
-                "failures": listener.failures, "last_read": listener.last_read}
+                "failures": listener.failures, "last_read": listener.last_read,
+                "backend_pid": listener.backend_pid}
 
     # -- helpers ------------------------------------------------------------------
 

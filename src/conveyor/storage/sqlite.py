@@ -341,8 +341,15 @@ class SQLiteStorage(FanoutFeed, Storage):
             finally:
                 conn.execute("COMMIT")
             if rows:
-                self._feed.publish([Change(r[0], r[1], r[2], _STATUS[r[3]], r[4], r[5], r[6])
-                                    for r in rows])
+                changes: list[Change] = []
+                for seq, task_id, version, status, event, origin, ts, batch in rows:
+                    st = _STATUS[status]
+                    if batch is None:
+                        changes.append(Change(seq, task_id, version, st, event, origin, ts))
+                    else:
+                        changes.extend(Change(seq, tid, ver, st, event, origin, ts)
+                                       for tid, ver in _json.loads(batch))
+                self._feed.publish(changes)
             if len(rows) < 1000:
                 return int(end)
             last = rows[-1][0]
@@ -358,6 +365,20 @@ class SQLiteStorage(FanoutFeed, Storage):
         cur = conn.execute(Q["update_task"], params)
         if cur.rowcount != 1:  # pragma: no cover - the write lock makes this impossible
             raise StorageError(f"task {old.id} changed during an update")
+        self._record(conn, new.status.value, event, [(new.id, new.version)])
+
+    def _record(self, conn: sqlite3.Connection, status: str, event: str,
+                pairs: Sequence[tuple[str, int]]) -> None:
+        """Add one change-feed row for ``pairs`` of (task id, new version)."""
+        if not pairs:
+            return
+        if len(pairs) == 1:
+            task_id, version, batch = pairs[0][0], pairs[0][1], None
+        else:
+            task_id, version, batch = None, None, _json.dumps(pairs)
+        conn.execute(Q["record_change"], {
+            "task_id": task_id, "version": version, "status": status, "event": event,
+            "origin": self.instance_id, "now": time.time(), "batch": batch})
 
     def _must(self, conn: sqlite3.Connection, task_id: str) -> Task:
         row = conn.execute(Q["get_task"], {"id": task_id}).fetchone()
@@ -388,6 +409,7 @@ class SQLiteStorage(FanoutFeed, Storage):
         def insert(conn: sqlite3.Connection, batch: list[list[Any]]) -> None:
             if batch:
                 conn.execute(Q["insert_tasks"], {"rows": _json.dumps(batch), "origin": origin})
+                self._record(conn, "queued", "added", [(row[0], 1) for row in batch])
 
         def tx(conn: sqlite3.Connection) -> list[AddResult]:
             if not unique:
@@ -484,13 +506,16 @@ class SQLiteStorage(FanoutFeed, Storage):
                 return []
             base = {"worker": worker, "token": new_token(), "lease_until": now + lease,
                     "now": now, "origin": self.instance_id}
-            claimed: list[Any] = []
+            claimed: list[str] = []
+            pairs: list[tuple[str, int]] = []
             pending: list[str] = []
 
             def flush() -> None:
                 if pending:
                     rows = conn.execute(Q["claim_tasks"], {**base, "ids": _json.dumps(pending)})
-                    claimed.extend(rows.fetchall())
+                    for task_id, version, text in rows.fetchall():
+                        pairs.append((task_id, version))
+                        claimed.append(text)
                     pending.clear()
 
             memo: dict[str, int] = {}
@@ -513,10 +538,11 @@ class SQLiteStorage(FanoutFeed, Storage):
                 if len(claimed) + len(pending) >= limit:
                     break
             flush()
+            self._record(conn, "running", "started", pairs)
             return claimed
 
         rows = await self._write(tx)
-        decoded = _json.loads("[" + ",".join(r[0] for r in rows) + "]") if rows else []
+        decoded = _json.loads("[" + ",".join(rows) + "]") if rows else []
         tasks = [row_to_task(r, decoded=True) for r in decoded]
         tasks.sort(key=lambda t: (t.priority, t.run_at, t.id))
         return tasks
@@ -562,12 +588,17 @@ class SQLiteStorage(FanoutFeed, Storage):
         def tx(conn: sqlite3.Connection) -> list[str]:
             now = time.time()
             refused = []
+            pairs: list[tuple[str, int]] = []
             for item, progress in updates:
-                cur = conn.execute(Q["update_progress"], {
+                row = conn.execute(Q["update_progress"], {
                     "progress": _json.dumps(progress.to_json()), "now": now,
-                    "origin": self.instance_id, "id": item.task_id, "token": item.token})
-                if cur.rowcount != 1:
+                    "origin": self.instance_id, "id": item.task_id,
+                    "token": item.token}).fetchone()
+                if row is None:
                     refused.append(item.task_id)
+                else:
+                    pairs.append((item.task_id, row[0]))
+            self._record(conn, "running", "progress", pairs)
             return refused
 
         return await self._write(tx)
@@ -602,11 +633,18 @@ class SQLiteStorage(FanoutFeed, Storage):
             now = time.time()
             done: set[str] = set()
             if plain_rows is not None:
-                done.update(r[0] for r in conn.execute(Q["finish_succeeded"], {
-                    "rows": plain_rows, "origin": origin, "now": now}).fetchall())
+                rows = conn.execute(Q["finish_succeeded"], {
+                    "rows": plain_rows, "origin": origin, "now": now}).fetchall()
+                done.update(r[0] for r in rows)
+                self._record(conn, "succeeded", "succeeded", rows)
             if other_rows is not None:
-                done.update(r[0] for r in conn.execute(Q["finish_tasks"], {
-                    "rows": other_rows, "origin": origin, "now": now}).fetchall())
+                groups: dict[tuple[str, str], list[tuple[str, int]]] = {}
+                for task_id, version, status, event in conn.execute(Q["finish_tasks"], {
+                        "rows": other_rows, "origin": origin, "now": now}).fetchall():
+                    done.add(task_id)
+                    groups.setdefault((status, event), []).append((task_id, version))
+                for (status, event), pairs in groups.items():
+                    self._record(conn, status, event, pairs)
             return [c.task_id for c in completions if c.task_id not in done]
 
         return await self._write(tx)

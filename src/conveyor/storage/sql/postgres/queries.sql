@@ -108,10 +108,11 @@ WITH picked AS (
         lease_until = %(lease_until)s, started_at = %(now)s, attempts = t.attempts + 1,
         pickup_deadline = NULL, updated_at = %(now)s, version = t.version + 1,
         event = 'started', origin = %(origin)s
-    FROM picked AS p
-    WHERE t.id = p.id AND NOT p.conditional
-      AND NOT EXISTS (SELECT 1 FROM stop AS s
-                      WHERE (s.priority, s.run_at, s.id) < (p.priority, p.run_at, p.id))
+    WHERE t.id = ANY(ARRAY(
+        SELECT p.id FROM picked AS p
+        WHERE NOT p.conditional
+          AND NOT EXISTS (SELECT 1 FROM stop AS s
+                          WHERE (s.priority, s.run_at, s.id) < (p.priority, p.run_at, p.id))))
     RETURNING t.*
 )
 SELECT c.*, NULL::integer FROM claimed AS c
@@ -161,10 +162,11 @@ WITH peek AS (
         lease_until = %(lease_until)s, started_at = %(now)s, attempts = t.attempts + 1,
         pickup_deadline = NULL, updated_at = %(now)s, version = t.version + 1,
         event = 'started', origin = %(origin)s
-    FROM picked AS p
-    WHERE t.id = p.id AND NOT p.conditional
-      AND NOT EXISTS (SELECT 1 FROM stop AS s
-                      WHERE (s.priority, s.run_at, s.id) < (p.priority, p.run_at, p.id))
+    WHERE t.id = ANY(ARRAY(
+        SELECT p.id FROM picked AS p
+        WHERE NOT p.conditional
+          AND NOT EXISTS (SELECT 1 FROM stop AS s
+                          WHERE (s.priority, s.run_at, s.id) < (p.priority, p.run_at, p.id))))
     RETURNING t.*
 )
 SELECT c.*, NULL::integer FROM claimed AS c
@@ -213,8 +215,7 @@ UPDATE {schema}.tasks AS t SET
     lease_until = %(lease_until)s, started_at = %(now)s, attempts = t.attempts + 1,
     pickup_deadline = NULL, updated_at = %(now)s, version = t.version + 1,
     event = 'started', origin = %(origin)s
-FROM locked
-WHERE t.id = locked.id
+WHERE t.id = ANY(ARRAY(SELECT id FROM locked))
 RETURNING t.*
 
 -- name: pickup_expired

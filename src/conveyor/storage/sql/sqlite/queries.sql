@@ -79,7 +79,7 @@ UPDATE conveyor_tasks SET
     started_at = :now, attempts = attempts + 1, pickup_deadline = NULL, updated_at = :now,
     version = version + 1, event = 'started', origin = :origin
 WHERE id IN (SELECT value FROM json_each(:ids)) AND +status = 'queued'
-RETURNING json_array(
+RETURNING id, version, json_array(
     id, action, json(payload), status, priority, run_at, created_at, updated_at, started_at,
     finished_at, attempts, max_attempts, rescues, run_timeout, pickup_timeout, pickup_deadline,
     json(backoff), worker, lease_until, token, abort_requested, json(progress), json(result),
@@ -106,6 +106,7 @@ UPDATE conveyor_tasks SET
     progress = :progress, updated_at = :now, version = version + 1, event = 'progress',
     origin = :origin
 WHERE id = :id AND token = :token AND status = 'running'
+RETURNING version
 
 -- name: finish_tasks
 -- Mirrors storage/_ops.finished: the transitions decided by the policy, fenced by the token.
@@ -129,7 +130,7 @@ UPDATE conveyor_tasks SET
 FROM json_each(:rows) AS c
 WHERE conveyor_tasks.id = c.value ->> 0 AND conveyor_tasks.token = c.value ->> 1
   AND +conveyor_tasks.status = 'running'
-RETURNING conveyor_tasks.id
+RETURNING conveyor_tasks.id, conveyor_tasks.version, conveyor_tasks.status, conveyor_tasks.event
 
 -- name: finish_succeeded
 -- The common case of finish_tasks, with less to read per row: plain successes.
@@ -143,7 +144,7 @@ UPDATE conveyor_tasks SET
 FROM json_each(:rows) AS c
 WHERE conveyor_tasks.id = c.value ->> 0 AND conveyor_tasks.token = c.value ->> 1
   AND +conveyor_tasks.status = 'running'
-RETURNING conveyor_tasks.id
+RETURNING conveyor_tasks.id, conveyor_tasks.version
 
 -- name: held_tasks
 SELECT * FROM conveyor_tasks
@@ -164,6 +165,11 @@ SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'conveyor_logs'), 
 -- name: insert_log
 INSERT INTO conveyor_logs (task_id, ts, level, message, data)
 VALUES (:task_id, :ts, :level, :message, :data)
+
+-- name: record_change
+-- One change-feed row: a single task (task_id, version) or a batch of them.
+INSERT INTO conveyor_changes (task_id, version, status, event, origin, ts, batch)
+VALUES (:task_id, :version, :status, :event, :origin, :now, :batch)
 
 -- name: log_changes
 INSERT INTO conveyor_changes (task_id, version, status, event, origin, ts)
@@ -199,17 +205,17 @@ FROM conveyor_workers ORDER BY started_at
 SELECT coalesce(max(seq), 0) FROM conveyor_changes
 
 -- name: changes_after
-SELECT seq, task_id, version, status, event, origin, ts FROM conveyor_changes
+SELECT seq, task_id, version, status, event, origin, ts, batch FROM conveyor_changes
 WHERE seq > :after AND seq <= :upto ORDER BY seq LIMIT :limit
 
 -- name: foreign_changes_after
 -- Changes written by other storage objects (other processes, other connections).
-SELECT seq, task_id, version, status, event, origin, ts FROM conveyor_changes
+SELECT seq, task_id, version, status, event, origin, ts, batch FROM conveyor_changes
 WHERE seq > :after AND seq <= :upto AND origin IS NOT :origin ORDER BY seq LIMIT :limit
 
 -- name: foreign_wakeups_after
 -- Changes by other writers that can make a worker act: a task became ready, an abort.
-SELECT seq, task_id, version, status, event, origin, ts FROM conveyor_changes
+SELECT seq, task_id, version, status, event, origin, ts, batch FROM conveyor_changes
 WHERE seq > :after AND seq <= :upto AND origin IS NOT :origin
   AND (status = 'queued' OR event = 'abort_requested')
 ORDER BY seq LIMIT :limit

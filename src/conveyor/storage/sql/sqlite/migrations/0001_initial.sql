@@ -66,30 +66,21 @@ CREATE TABLE conveyor_logs (
 );
 CREATE INDEX conveyor_logs_task ON conveyor_logs (task_id, seq);
 
--- The change feed: one row per change of a task, in commit order. Rows are
--- pruned from the oldest; the newest is never deleted, so seq never repeats.
+-- The change feed, in commit order. A row is one change of one task, or, when
+-- `batch` is set, the same change (event, status) of many tasks written by one
+-- statement: `batch` is a JSON array of [task_id, version] pairs. Every write
+-- path inserts its rows explicitly (cheaper than a trigger per task row). Rows
+-- are pruned from the oldest; the newest is never deleted, so seq never repeats.
 CREATE TABLE conveyor_changes (
     seq      INTEGER PRIMARY KEY,
-    task_id  TEXT NOT NULL,
-    version  INTEGER NOT NULL,
+    task_id  TEXT,
+    version  INTEGER,
     status   TEXT NOT NULL,
     event    TEXT NOT NULL,
     origin   TEXT,
-    ts       REAL NOT NULL
+    ts       REAL NOT NULL,
+    batch    TEXT
 );
-
-CREATE TRIGGER conveyor_tasks_added AFTER INSERT ON conveyor_tasks
-BEGIN
-    INSERT INTO conveyor_changes (task_id, version, status, event, origin, ts)
-    VALUES (NEW.id, NEW.version, NEW.status, NEW.event, NEW.origin, NEW.updated_at);
-END;
-
-CREATE TRIGGER conveyor_tasks_changed AFTER UPDATE OF version ON conveyor_tasks
-WHEN NEW.version <> OLD.version
-BEGIN
-    INSERT INTO conveyor_changes (task_id, version, status, event, origin, ts)
-    VALUES (NEW.id, NEW.version, NEW.status, NEW.event, NEW.origin, NEW.updated_at);
-END;
 
 CREATE TRIGGER conveyor_tasks_deleted AFTER DELETE ON conveyor_tasks
 BEGIN
