@@ -15,7 +15,7 @@ from conveyor.storage import open_storage
 
 from ._base import EXIT_OK, CliError, db_option, db_url, explicit_db
 
-__all__ = ["credentials_group", "serve_command"]
+__all__ = ["credentials_group", "migrate_command", "serve_command"]
 
 CREDENTIALS_ENV = "CONVEYOR_CREDENTIALS"
 DEFAULT_CREDENTIALS = "conveyor-credentials.json"
@@ -159,4 +159,21 @@ def credentials_revoke(name: str, credentials_path: str | None) -> int:
     if not store.revoke(name):
         raise CliError(f"no live credential named {name!r} in {store.path}")
     click.echo(f"credential {name!r} revoked", err=True)
+    return EXIT_OK
+
+
+@click.command("migrate", short_help="Create or upgrade the database schema.")
+@db_option
+@click.pass_context
+def migrate_command(ctx: click.Context) -> int:
+    """Create or upgrade the conveyor schema in the database (--db or CONVEYOR_DB).
+
+    Safe to run from several processes at once. SQLite files migrate
+    themselves when opened; PostgreSQL databases need this (or ?migrate=true).
+    """
+    from conveyor.storage import migrate
+
+    url = db_url(ctx)
+    version = asyncio.run(migrate(url))
+    click.echo(f"schema version {version} at {url.split('@')[-1]}")
     return EXIT_OK

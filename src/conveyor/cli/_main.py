@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("_demo", "demo_command"),
     "serve": ("_hub", "serve_command"),
     "credentials": ("_hub", "credentials_group"),
+    "migrate": ("_hub", "migrate_command"),
 }
 
 

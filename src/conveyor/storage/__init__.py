@@ -35,6 +35,7 @@ __all__ = [
     "RecoverReport",
     "Storage",
     "WorkerInfo",
+    "migrate",
     "open_storage",
 ]
 
@@ -63,3 +64,25 @@ def open_storage(url: str) -> Storage:
     raise ConfigurationError(
         f"unknown storage URL {url!r}: expected memory://, sqlite:///path.db or postgresql://..."
     )
+
+
+async def migrate(url: str) -> int:
+    """Create or upgrade the schema at ``url``; returns the schema version.
+
+    SQLite databases also migrate themselves when opened; PostgreSQL ones
+    only here (``conveyor migrate``) or when opened with ``?migrate=true``.
+    Safe to run from several processes at once."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme in ("postgres", "postgresql"):
+        from .postgres import migrate as migrate_postgres  # type: ignore[import-not-found,unused-ignore]
+
+        version: int = await migrate_postgres(url)
+        return version
+    storage = open_storage(url)
+    await storage.open()
+    await storage.close()
+    if scheme == "sqlite":
+        from .sqlite import SCHEMA_VERSION
+
+        return SCHEMA_VERSION
+    return 0
