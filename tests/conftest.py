@@ -1,16 +1,43 @@
-"""Shared fixtures: apps on every backend this machine has."""
+"""Shared fixtures: apps on every backend this machine has.
+
+PostgreSQL joins when ``CONVEYOR_TEST_PG`` holds a server URL (scripts/test
+sets it from scripts/pg-setup): each test then gets a schema of its own,
+created on open (``?migrate=true``) and dropped after the test.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
 from conveyor import Conveyor
 
-BACKENDS = ["memory", "sqlite"]
+PG_ENV = "CONVEYOR_TEST_PG"
+BACKENDS = ["memory", "sqlite", *(["postgres"] if os.environ.get(PG_ENV) else [])]
+
+
+def pg_url(schema: str | None = None, **options: str) -> str:
+    """The test server's URL with a schema (a fresh random one by default) and options."""
+    base = os.environ[PG_ENV]
+    parts = urlsplit(base)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "schema"]
+    query.append(("schema", schema or f"t_{uuid.uuid4().hex[:16]}"))
+    query.extend(options.items())
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def drop_pg_schema(url: str) -> None:
+    """Drop the schema named in ``url`` (and everything in it)."""
+    import psycopg  # the [postgres] extra; a missing driver is an error, not a skip
+
+    schema = dict(parse_qsl(urlsplit(url).query))["schema"]
+    with psycopg.connect(os.environ[PG_ENV], autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def backend_url(kind: str, tmp_path: Path) -> str:
@@ -19,13 +46,16 @@ def backend_url(kind: str, tmp_path: Path) -> str:
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'tasks.db'}"
     if kind == "postgres":
-        return os.environ["CONVEYOR_TEST_PG"]
+        return pg_url(migrate="true")
     raise ValueError(kind)
 
 
 @pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return backend_url(request.param, tmp_path)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    value = backend_url(request.param, tmp_path)
+    yield value
+    if request.param == "postgres":
+        drop_pg_schema(value)
 
 
 @pytest.fixture

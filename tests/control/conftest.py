@@ -34,8 +34,9 @@ def fresh_pg_database(server_url: str) -> Iterator[str]:
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     parts = urlsplit(server_url)
+    query = "&".join(q for q in (parts.query, "migrate=true") if q)  # conveyor creates its schema
     try:
-        yield urlunsplit(parts._replace(path=f"/{name}"))
+        yield urlunsplit(parts._replace(path=f"/{name}", query=query))
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -6,20 +6,27 @@ import asyncio
 import statistics
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conveyor import Conveyor
 
+from ..conftest import BACKENDS, backend_url, drop_pg_schema
 from .procs import read_ledger, stop_worker, workers
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'shared.db'}"
+@pytest.fixture(params=[b for b in BACKENDS if b != "memory"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A storage URL that worker processes share: a SQLite file, or a PostgreSQL
+    schema of this test's own when CONVEYOR_TEST_PG is set."""
+    url = backend_url(request.param, tmp_path)
+    yield url
+    if request.param == "postgres":
+        drop_pg_schema(url)
 
 
 async def wait_for(predicate, timeout: float, interval: float = 0.1) -> None:  # type: ignore[no-untyped-def]

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 from ._evaluate import apply_query, matches, sort_tasks
 from ._parse import parse_filter, parse_query, parse_sort
+from ._postgres import compile_postgres, compile_sort_postgres
 from ._sqlite import compile_sort_sqlite, compile_sqlite, register_sqlite_functions
 from ._tree import Filter, Query, SortKey, fields_of
 
@@ -65,6 +66,8 @@ __all__ = [
     "Query",
     "SortKey",
     "apply_query",
+    "compile_postgres",
+    "compile_sort_postgres",
     "compile_sort_sqlite",
     "compile_sqlite",
     "fields_of",

@@ -139,6 +139,10 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
         raise ConfigurationError(f"bad postgres URL: {exc}") from None
     if parts.scheme not in ("postgres", "postgresql"):
         raise ConfigurationError(f"not a postgres URL: {_hide_password(url)!r}")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as exc:
+        raise ConfigurationError(f"bad postgres URL {_hide_password(url)!r}: {exc}") from None
     query = parse_qsl(parts.query, keep_blank_values=True)
     ours = {k: v for k, v in query if k in _OPTIONS}
     rest = [(k, v) for k, v in query if k not in _OPTIONS]
@@ -448,7 +452,7 @@ class PostgresStorage(FanoutFeed, Storage):
                 if version is None:
                     raise SchemaError(
                         f'database {self.url} has no conveyor schema "{self.schema}": run '
-                        f"`conveyor migrate --db '{self.url}'` (or open it with "
+                        f"`conveyor migrate --db <url>` (or open it with "
                         "?migrate=true)")
                 if version > SCHEMA_VERSION:
                     raise SchemaError(
@@ -621,8 +625,15 @@ class PostgresStorage(FanoutFeed, Storage):
     async def add(self, specs: Sequence[TaskSpec]) -> list[AddResult]:
         if not specs:
             return []
-        async with self._conn() as conn:
-            return await self._add_on(conn, specs)
+        for attempt in range(3):
+            try:
+                async with self._conn() as conn:
+                    return await self._add_on(conn, specs)
+            except _Retry:
+                if attempt == 2:
+                    raise StorageError("could not add tasks: deadlocked three times with "
+                                       "concurrent adds; try again") from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def add_in(self, conn: psycopg.AsyncConnection[Any],
                      specs: Sequence[TaskSpec | tuple[Any, ...]]) -> list[AddResult]:
@@ -642,6 +653,9 @@ class PostgresStorage(FanoutFeed, Storage):
             return []
         try:
             return await self._add_on(conn, built)
+        except _Retry:
+            raise StorageError("could not add tasks: deadlock with a concurrent add; the "
+                               "transaction is aborted: run it again") from None
         except psycopg.errors.UndefinedTable as exc:
             raise SchemaError(f'conveyor schema "{self.schema}" is missing: run '
                               f"`conveyor migrate` ({_first_line(exc)})") from None
@@ -666,6 +680,8 @@ class PostgresStorage(FanoutFeed, Storage):
                 return [AddResult(task, True) for task in tasks]
             async with conn.transaction():
                 return await self._add_unique(conn, specs, tasks, rows)
+        except psycopg.errors.DeadlockDetected:
+            raise _Retry() from None
         except psycopg.errors.UniqueViolation as exc:
             raise StorageError(f"could not add tasks: a task with this id already exists "
                                f"({_first_line(exc)})") from None
@@ -695,6 +711,9 @@ class PostgresStorage(FanoutFeed, Storage):
         for _ in range(5):
             if not pending:
                 break
+            # in key order: concurrent batches then wait for each other's keys in one
+            # order, and never deadlock
+            pending.sort(key=lambda i: (specs[i].unique_key is not None, specs[i].unique_key or ""))
             inserted = {r[0] for r in await self._rows(conn, self._q["insert_unique_tasks"], {
                 "rows": _json.dumps([rows[i] for i in pending]), "origin": self.instance_id})}
             missed = [i for i in pending if tasks[i].id not in inserted]
@@ -1129,6 +1148,10 @@ class PostgresStorage(FanoutFeed, Storage):
                 if cur.rowcount < batch:
                     break
         return total
+
+
+class _Retry(Exception):
+    """A transaction lost a deadlock and may simply run again."""
 
 
 class _ConditionCounts:

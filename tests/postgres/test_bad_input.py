@@ -1,0 +1,140 @@
+"""Bad URLs, unreachable servers, wrong passwords, missing or newer schemas: clear errors,
+nothing half-written."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from conveyor.errors import (
+    ConfigurationError,
+    QueryError,
+    SchemaError,
+    StorageError,
+    ValidationError,
+)
+from conveyor.query import parse_filter
+from conveyor.storage import open_storage
+from conveyor.storage.postgres import SCHEMA_VERSION, PostgresStorage, migrate
+from conveyor.testing.contract import make_spec
+
+
+def _with(url: str, **parts: Any) -> str:
+    return urlunsplit(urlsplit(url)._replace(**parts))
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:p@localhost:notaport/db",
+    "postgresql://u:p@localhost/db?schema=Bad-Name",
+    "postgresql://u:p@localhost/db?schema=1abc",
+    "postgresql://u:p@localhost/db?migrate=maybe",
+    "postgresql://u:p@localhost/db?pool_max=lots",
+    "postgresql://u:p@localhost/db?pool_min=5&pool_max=2",
+    "postgresql://u:p@localhost/db?poll_interval=0",
+    "postgresql://u:p@localhost/db?no_such_libpq_option=1",
+])
+def test_bad_urls_are_configuration_errors(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        open_storage(url)
+
+
+def test_both_schemes_dispatch_and_password_is_hidden() -> None:
+    for scheme in ("postgres", "postgresql"):
+        storage = open_storage(f"{scheme}://ann:s3cret@db.example:5433/tasks?schema=jobs")
+        assert isinstance(storage, PostgresStorage)
+        assert "s3cret" not in storage.url and "ann" in storage.url
+        assert storage.schema == "jobs"
+
+
+async def test_refused_connection(server: str) -> None:
+    url = _with(server, netloc=f"{urlsplit(server).username}:x@127.0.0.1:1")
+    storage = PostgresStorage(url)
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="cannot connect to PostgreSQL") as info:
+        await storage.open()
+    assert time.monotonic() - started < 10
+    assert "x@" not in str(info.value)  # no password in messages
+
+
+async def test_wrong_password(server: str) -> None:
+    parts = urlsplit(server)
+    url = _with(server, netloc=f"{parts.username}:wrong-password@{parts.hostname}:{parts.port}")
+    with pytest.raises(StorageError, match="password authentication failed") as info:
+        await PostgresStorage(url).open()
+    assert "wrong-password" not in str(info.value)
+
+
+async def test_unknown_database(server: str) -> None:
+    url = _with(server, path="/no_such_database_here")
+    with pytest.raises(StorageError, match="no_such_database_here"):
+        await PostgresStorage(url).open()
+
+
+async def test_missing_schema_says_to_migrate(bare_url: str, server: str) -> None:
+    storage = PostgresStorage(bare_url)
+    with pytest.raises(SchemaError, match="conveyor migrate"):
+        await storage.open()
+    # nothing was created
+    schema = dict(p.split("=") for p in urlsplit(bare_url).query.split("&"))["schema"]
+    with psycopg.connect(server) as conn:
+        found = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s",
+                             (schema,)).fetchone()
+    assert found == (0,)
+
+
+async def test_newer_schema_is_refused(bare_url: str, server: str) -> None:
+    assert await migrate(bare_url) == SCHEMA_VERSION
+    schema = dict(p.split("=") for p in urlsplit(bare_url).query.split("&"))["schema"]
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'INSERT INTO "{schema}".migrations (version, name) VALUES (999, \'future\')')
+    with pytest.raises(SchemaError, match="newer than this conveyor"):
+        await PostgresStorage(bare_url).open()
+    with pytest.raises(SchemaError, match="newer than this conveyor"):
+        await migrate(bare_url)
+    with pytest.raises(SchemaError, match="newer than this conveyor"):
+        await PostgresStorage(bare_url, migrate=True).open()
+
+
+async def test_nul_in_payload_is_refused_and_nothing_written(storage: Any) -> None:
+    good = make_spec(payload={"ok": 1})
+    bad = make_spec(payload={"text": "a\x00b"})
+    with pytest.raises(ValidationError, match="NUL"):
+        await storage.add([good, bad])
+    assert await storage.get(good.id) is None
+
+
+async def test_nul_in_results_and_logs_is_replaced(storage: Any) -> None:
+    from conveyor.model import LogLevel, Status, Transition
+    from conveyor.storage import Completion, NewLog
+
+    await storage.add([make_spec()])
+    [task] = await storage.claim("w", ["test:a"], 1, 30)
+    await storage.append_logs([NewLog(task.id, LogLevel.INFO, "nul\x00here", time.time(),
+                                      {"k": "v\x00"})])
+    refused = await storage.finish("w", [Completion(task.id, task.token, Transition(
+        Status.SUCCEEDED, result={"r": "x\x00y"}))])
+    assert refused == []
+    done = await storage.get(task.id)
+    assert done.status is Status.SUCCEEDED and done.result == {"r": "x\ufffdy"}
+    [line] = await storage.read_logs(task.id)
+    assert line.message == "nul\ufffdhere" and line.data == {"k": "v\ufffd"}
+
+
+async def test_unsupported_regex_is_a_query_error(storage: Any) -> None:
+    with pytest.raises(QueryError, match="PostgreSQL"):
+        await storage.count(parse_filter({"payload.a": {"$regex": "(?>a)"}}))
+    with pytest.raises(QueryError, match="PostgreSQL"):
+        await storage.count(parse_filter({"payload.a": {"$regex": "a{300}"}}))
+
+
+async def test_add_in_refuses_an_autocommit_connection(storage: Any, schema_url: str) -> None:
+    from conveyor.storage.postgres import parse_postgres_url
+
+    conninfo, _, _ = parse_postgres_url(schema_url)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        with pytest.raises(ConfigurationError, match="transaction"):
+            await storage.add_in(conn, [make_spec()])

@@ -1,0 +1,150 @@
+"""The change feed: NOTIFY wakes, the table is the truth, read by snapshot.
+
+Sequence numbers are taken before commit, so a transaction that started first
+can commit last with a smaller seq; the feed must still deliver it, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from conveyor.model import Status
+from conveyor.storage import Change
+from conveyor.storage.postgres import PostgresStorage, parse_postgres_url
+from conveyor.testing.contract import make_spec
+
+
+class Collector:
+    def __init__(self, storage: Any, **options: Any) -> None:
+        self.seen: list[Change] = []
+        self.arrived: dict[str, float] = {}
+        self._task = asyncio.create_task(self._run(storage.change_batches(**options)))
+
+    async def _run(self, stream: Any) -> None:
+        async for batch in stream:
+            for change in batch:
+                self.seen.append(change)
+                self.arrived.setdefault(f"{change.task_id}:{change.event}", time.time())
+
+    async def until(self, predicate: Callable[[list[Change]], bool], timeout: float = 5) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.seen):
+            assert time.monotonic() < deadline, f"timed out; seen {self.seen}"
+            await asyncio.sleep(0.01)
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+async def test_out_of_order_commits_are_all_delivered(storage: Any, other: Any,
+                                                      schema_url: str) -> None:
+    feed = Collector(other)
+    await asyncio.sleep(0.2)
+    conninfo, _, _ = parse_postgres_url(schema_url)
+    try:
+        async with await psycopg.AsyncConnection.connect(conninfo) as slow:
+            async with slow.transaction():
+                [early] = await storage.add_in(slow, [make_spec(payload="early")])
+                [late] = await storage.add([make_spec(payload="late")])  # commits first
+                await feed.until(lambda s: any(c.task_id == late.task.id for c in s))
+                await asyncio.sleep(1.2)  # the reader moved past early's seq meanwhile
+            await feed.until(lambda s: any(c.task_id == early.task.id for c in s))
+        seqs = {(c.task_id, c.event): c.seq for c in feed.seen}
+        assert seqs[(early.task.id, "added")] < seqs[(late.task.id, "added")]
+        keys = [(c.task_id, c.version) for c in feed.seen]
+        assert len(keys) == len(set(keys))  # exactly once
+    finally:
+        feed.stop()
+
+
+async def test_feed_is_fast_and_in_order_across_storages(storage: Any, other: Any) -> None:
+    feed = Collector(other, include_own=False)
+    await asyncio.sleep(0.2)
+    try:
+        delays = []
+        for _ in range(20):
+            [res] = await storage.add([make_spec()])
+            start = time.time()
+            await feed.until(lambda s, i=res.task.id: any(c.task_id == i for c in s))
+            delays.append(time.time() - start)
+        delays.sort()
+        assert delays[len(delays) // 2] < 0.1, delays
+    finally:
+        feed.stop()
+
+
+async def test_include_own_and_wakeups_only(storage: Any, other: Any) -> None:
+    mine = Collector(storage, include_own=False)
+    wakeups = Collector(storage, include_own=True, wakeups_only=True)
+    everything = Collector(storage)
+    await asyncio.sleep(0.2)
+    try:
+        [own] = await storage.add([make_spec()])
+        [foreign] = await other.add([make_spec(action="test:b")])
+        [claimed] = await other.claim("w", ["test:b"], 1, 30)
+        await everything.until(lambda s: any(c.task_id == claimed.id and c.event == "started"
+                                             for c in s))
+        await mine.until(lambda s: any(c.task_id == claimed.id for c in s))
+        await wakeups.until(lambda s: any(c.task_id == foreign.task.id for c in s))
+        assert all(c.origin != storage.instance_id for c in mine.seen)
+        assert not any(c.task_id == own.task.id for c in mine.seen)
+        assert all(c.status is Status.QUEUED or c.event == "abort_requested"
+                   for c in wakeups.seen)
+        assert any(c.task_id == own.task.id for c in everything.seen)
+    finally:
+        for c in (mine, wakeups, everything):
+            c.stop()
+
+
+async def test_listener_reconnects_and_catches_up(storage: Any, other: Any,
+                                                  server: str) -> None:
+    feed = Collector(other)
+    await asyncio.sleep(0.2)
+    try:
+        health = other.feed_health()
+        assert health["connected"] and health["backend_pid"]
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (health["backend_pid"],))
+        # written while the listener is down (its first retry waits a little)
+        added = [r.task.id for r in await storage.add([make_spec() for _ in range(5)])]
+        await feed.until(lambda s: set(added) <= {c.task_id for c in s}, timeout=10)
+        assert other.feed_health()["backend_pid"] != health["backend_pid"]
+        keys = [(c.task_id, c.version) for c in feed.seen]
+        assert len(keys) == len(set(keys))
+    finally:
+        feed.stop()
+
+
+async def test_poll_only_mode(schema_url: str) -> None:
+    a = PostgresStorage(schema_url, listen=False, poll_interval=0.05)
+    b = PostgresStorage(schema_url)
+    await a.open()
+    await b.open()
+    feed = Collector(a)
+    await asyncio.sleep(0.2)
+    try:
+        [res] = await b.add([make_spec()])
+        await feed.until(lambda s: any(c.task_id == res.task.id for c in s), timeout=3)
+    finally:
+        feed.stop()
+        await a.close()
+        await b.close()
+
+
+async def test_deleted_changes_name_their_origin(storage: Any, other: Any) -> None:
+    feed = Collector(other)
+    await asyncio.sleep(0.2)
+    try:
+        [res] = await storage.add([make_spec()])
+        await storage.abort(res.task.id, "x")
+        assert await storage.delete([res.task.id]) == [res.task.id]
+        await feed.until(lambda s: any(c.event == "deleted" for c in s))
+        [deleted] = [c for c in feed.seen if c.event == "deleted"]
+        assert deleted.origin == storage.instance_id and deleted.version == 3
+    finally:
+        feed.stop()

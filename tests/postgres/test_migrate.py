@@ -1,0 +1,79 @@
+"""Migrations: versioned, idempotent, safe to run from several processes at once."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import psycopg
+
+from conveyor.storage.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStorage, migrate
+from conveyor.testing.contract import make_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _schema(url: str) -> str:
+    return dict(parse_qsl(urlsplit(url).query))["schema"]
+
+
+async def test_migrate_creates_and_is_idempotent(bare_url: str, server: str) -> None:
+    assert await migrate(bare_url) == SCHEMA_VERSION
+    assert await migrate(bare_url) == SCHEMA_VERSION
+    with psycopg.connect(server) as conn:
+        rows = conn.execute(f'SELECT version, name FROM "{_schema(bare_url)}".migrations '
+                            "ORDER BY version").fetchall()
+    assert rows == [(m.version, m.name) for m in MIGRATIONS]
+    storage = PostgresStorage(bare_url)  # no migrate option needed now
+    await storage.open()
+    try:
+        [res] = await storage.add([make_spec()])
+        assert res.created
+    finally:
+        await storage.close()
+
+
+async def test_concurrent_migrations_in_one_process(bare_url: str) -> None:
+    versions = await asyncio.gather(*(migrate(bare_url) for _ in range(6)))
+    assert versions == [SCHEMA_VERSION] * 6
+
+
+def test_concurrent_migrations_from_processes(bare_url: str, server: str) -> None:
+    code = ("import asyncio, sys; from conveyor.storage.postgres import migrate; "
+            "print(asyncio.run(migrate(sys.argv[1])))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, bare_url], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    assert [o.strip() for o, _ in outs] == [str(SCHEMA_VERSION)] * 4
+    with psycopg.connect(server) as conn:
+        n = conn.execute(f'SELECT count(*) FROM "{_schema(bare_url)}".migrations').fetchone()
+    assert n == (len(MIGRATIONS),)
+
+
+async def test_open_with_migrate_from_many_storages(bare_url: str) -> None:
+    storages = [PostgresStorage(bare_url, migrate=True) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in storages))
+    for s in storages:
+        await s.close()
+
+
+async def test_schemas_are_isolated(schema_url: str) -> None:
+    from ..conftest import drop_pg_schema, pg_url
+
+    other_url = pg_url(migrate="true")
+    a, b = PostgresStorage(schema_url), PostgresStorage(other_url)
+    await a.open()
+    await b.open()
+    try:
+        await a.add([make_spec()])
+        assert await b.claim("w", ["test:a"], 10, 30) == []
+        assert len(await a.claim("w", ["test:a"], 10, 30)) == 1
+    finally:
+        await a.close()
+        await b.close()
+        drop_pg_schema(other_url)
