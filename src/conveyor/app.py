@@ -326,6 +326,35 @@ class Conveyor:
                     bus.task_event("task.added", r.task)
         return [r.task for r in results]
 
+    async def add_in(self, conn: Any, action: str, payload: Any = None, **options: Any) -> Task:
+        """Add a task inside your own database transaction on ``conn`` (PostgreSQL:
+        a psycopg ``AsyncConnection`` in a transaction): the task exists if and
+        only if your transaction commits; workers see it at the commit. Options
+        and validation are those of :meth:`add`."""
+        return (await self.add_many_in(conn, [(action, payload, options)]))[0]
+
+    async def add_many_in(self, conn: Any, items: Iterable[Any]) -> list[Task]:
+        """:meth:`add_many` inside your own transaction on ``conn`` (see :meth:`add_in`)."""
+        now = time.time()
+        specs = []
+        for i, item in enumerate(items):
+            try:
+                action, payload, options = _unpack(item)
+                specs.append(build_spec(action, payload, handler=self.registry.get(action),
+                                        max_payload=self.max_payload, now=now, **options))
+            except ValidationError as exc:
+                if i:
+                    raise ValidationError(f"task {i}: {exc}") from None
+                raise
+        await self.open()
+        add_in = getattr(self.storage, "add_in", None)
+        if add_in is None:
+            raise ConfigurationError(
+                f"{type(self.storage).__name__} cannot add tasks inside your own transaction "
+                "(PostgreSQL can)")
+        results = await add_in(conn, specs)
+        return [r.task for r in results]
+
     # -- reading --------------------------------------------------------------------
 
     async def get(self, task_id: str, *, logs: bool = False,

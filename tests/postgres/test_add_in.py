@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import psycopg
+import pytest
 
 from conveyor.model import Status
 from conveyor.storage.postgres import parse_postgres_url
@@ -73,3 +74,36 @@ async def test_unique_keys_inside_the_transaction(storage: Any, schema_url: str)
                                               make_spec(unique_key="j")])
     assert [r.created for r in results] == [False, True]
     assert results[0].task.id == live.task.id
+
+
+async def test_app_add_in_validates_and_commits(storage: Any, schema_url: str) -> None:
+    from pydantic import BaseModel
+
+    from conveyor import Conveyor, ValidationError
+
+    class Order(BaseModel):
+        number: int
+
+    app = Conveyor(storage)
+    app.register("orders:ship", _ship, payload_model=Order)
+    async with await _user_conn(schema_url) as conn:
+        async with conn.transaction():
+            task = await app.add_in(conn, "orders:ship", {"number": 7}, priority=1)
+            with pytest.raises(ValidationError, match="number"):
+                await app.add_in(conn, "orders:ship", {"number": "seven"})
+        async with conn.transaction(force_rollback=True):
+            [gone] = await app.add_many_in(conn, [("orders:ship", {"number": 8})])
+    assert (await app.get(task.id)).payload == {"number": 7}
+    assert not await app.exists(gone.id)
+
+
+async def test_app_add_in_needs_a_backend_that_can(tmp_path: Any) -> None:
+    from conveyor import ConfigurationError, Conveyor
+
+    app = Conveyor("memory://")
+    with pytest.raises(ConfigurationError, match="PostgreSQL"):
+        await app.add_in(object(), "x")
+
+
+async def _ship(ctx: Any) -> None:
+    return None
