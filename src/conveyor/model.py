@@ -322,7 +322,10 @@ class Backoff:
 
     def delay(self, failed_attempts: int, rng: random.Random | None = None) -> float:
         n = max(1, failed_attempts)
-        raw = min(self.maximum, self.base * self.factor ** min(n - 1, 64))
+        try:
+            raw = min(self.maximum, self.base * self.factor ** min(n - 1, 64))
+        except OverflowError:
+            raw = self.maximum
         if self.jitter:
             spread = raw * self.jitter
             raw += (rng or random).uniform(-spread, spread)

@@ -262,3 +262,11 @@ async def test_handler_defaults_apply_to_tasks_added_elsewhere(app: Conveyor) ->
     async with app:
         assert await app.wait(task.id, timeout=10) == 2
     assert runs == [1, 2]
+
+
+def test_backoff_never_overflows() -> None:
+    from conveyor import Backoff
+
+    huge = Backoff(base=1, factor=1e300, maximum=60, jitter=0)
+    assert [huge.delay(n) for n in (1, 2, 3, 50)] == [1, 60, 60, 60]
+    assert Backoff(base=0.5, factor=2, maximum=600, jitter=0).delay(4) == 4.0
