@@ -37,10 +37,13 @@ def dumps_checked(value: Any, what: str, limit: int | None = None) -> str:
         raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from None
     except RecursionError:
         raise ValidationError(f"{what} is nested too deeply") from None
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValidationError(f"{what} contains text that is not valid Unicode") from None
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValidationError(f"{what} contains text that is not valid Unicode") from None
     if limit is not None and size > limit:
         raise ValidationError(f"{what} is {size} bytes, over the limit of {limit} bytes")
     return text

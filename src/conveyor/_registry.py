@@ -22,12 +22,19 @@ ACTION_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,199}$")
 MODES = ("auto", "async", "thread", "process")
 
 
+_KNOWN_ACTIONS: set[str] = set()
+
+
 def check_action(action: object) -> str:
     """Validate an action name: 1-200 characters of letters, digits and ``_ . : / -``."""
+    if action.__class__ is str and action in _KNOWN_ACTIONS:
+        return action
     if not isinstance(action, str) or not ACTION_PATTERN.match(action):
         raise ValidationError(
             f"invalid action name {action!r}: use 1-200 letters, digits and _ . : / - "
             "(for example 'mail:send')")
+    if len(_KNOWN_ACTIONS) < 10_000:
+        _KNOWN_ACTIONS.add(action)
     return action
 
 

@@ -118,6 +118,11 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
                max_payload: int | None = None, now: float | None = None,
                **options: Any) -> TaskSpec:
     """Validate the arguments of ``add`` and return the spec to insert."""
+    if not options and handler is None:  # the common case of a bulk add, kept short
+        check_action(action)
+        _json.dumps_checked(payload, "payload", limit=max_payload)
+        return TaskSpec(id=new_id(), action=action, payload=payload,
+                        run_at=time.time() if now is None else now)
     unknown = set(options) - ADD_OPTIONS
     if unknown:
         raise ValidationError(f"unknown option(s) for add: {', '.join(sorted(unknown))}")
@@ -141,7 +146,8 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
         start = now + (seconds(delay, "delay") or 0.0)
 
     tags = normalise_tags(options.get("tags"))
-    _json.dumps_checked(tags, "tags", limit=max_payload)
+    if tags:
+        _json.dumps_checked(tags, "tags", limit=max_payload)
 
     max_attempts = options.get("max_attempts")
     if max_attempts is not None and (isinstance(max_attempts, bool)

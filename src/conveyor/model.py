@@ -115,6 +115,8 @@ class LogLevel(enum.IntEnum):
 _id_lock = threading.Lock()
 _last_ms = 0
 _seq = 0
+_random = b""
+_random_at = 0
 
 
 def new_id() -> str:
@@ -123,7 +125,7 @@ def new_id() -> str:
     Ids made in one process are strictly increasing, even within one
     millisecond (a 12-bit counter fills the ``rand_a`` field).
     """
-    global _last_ms, _seq
+    global _last_ms, _seq, _random, _random_at
     with _id_lock:
         ms = time.time_ns() // 1_000_000
         if ms <= _last_ms:
@@ -135,8 +137,12 @@ def new_id() -> str:
         else:
             _last_ms = ms
             _seq = random.getrandbits(8)  # leave room to count up within the ms
-    rand_b = int.from_bytes(os.urandom(8), "big") & 0x3FFFFFFFFFFFFFFF
-    value = (ms << 80) | (0x7 << 76) | (_seq << 64) | (0b10 << 62) | rand_b
+        seq = _seq
+        if _random_at >= len(_random):  # random bytes from the OS, 64 ids at a time
+            _random, _random_at = os.urandom(512), 0
+        rand_b = int.from_bytes(_random[_random_at:_random_at + 8], "big") & 0x3FFFFFFFFFFFFFFF
+        _random_at += 8
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 

@@ -52,8 +52,17 @@ def decode_json(value: Any) -> Any:
     return value
 
 
+_SCOPE_TEXT: dict[tuple[Status, ...], str] = {}
+
+
 def encode_scope(scope: Sequence[Status]) -> str:
-    return "|" + "|".join(s.value for s in scope) + "|"
+    key = tuple(scope)
+    text = _SCOPE_TEXT.get(key)
+    if text is None:
+        text = "|" + "|".join(s.value for s in scope) + "|"
+        if len(_SCOPE_TEXT) < 256:
+            _SCOPE_TEXT[key] = text
+    return text
 
 
 def decode_scope(text: str) -> tuple[Status, ...]:

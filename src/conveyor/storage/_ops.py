@@ -36,15 +36,13 @@ def pickup_deadline(task: Task | TaskSpec, ready_at: float) -> float | None:
 
 
 def new_task(spec: TaskSpec, now: float) -> Task:
-    return Task(
-        id=spec.id, action=spec.action, payload=spec.payload, status=Status.QUEUED,
-        priority=spec.priority, run_at=spec.run_at, created_at=now, updated_at=now,
-        max_attempts=spec.max_attempts, run_timeout=spec.run_timeout,
-        pickup_timeout=spec.pickup_timeout, pickup_deadline=pickup_deadline(spec, spec.run_at),
-        backoff=spec.backoff, unique_key=spec.unique_key,
-        unique_scope=spec.unique_scope, concurrency=spec.concurrency, tags=dict(spec.tags),
-        parent_id=spec.parent_id, version=1,
-    )
+    deadline = None if spec.pickup_timeout is None else spec.run_at + spec.pickup_timeout
+    # positional, in field order: this runs for every task of a bulk add
+    return Task(spec.id, spec.action, spec.payload, Status.QUEUED, spec.priority, spec.run_at,
+                now, now, None, None, 0, spec.max_attempts, 0, spec.run_timeout,
+                spec.pickup_timeout, deadline, spec.backoff, None, None, None, None, None, None,
+                None, (), None, spec.unique_key, spec.unique_scope, spec.concurrency,
+                dict(spec.tags) if spec.tags else {}, spec.parent_id, None, 1)
 
 
 def claimed(task: Task, worker: str, token: str, now: float, lease: float) -> Task:
