@@ -48,7 +48,7 @@ async def running_hub(app: Conveyor, config: HubConfig,
     config = replace(config, port=port)
     asgi = create_hub(app, config, credentials=credentials)
     server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, lifespan="on",
-                                           log_level="warning", ws_max_size=config.max_frame))
+                                           log_level="warning", ws_max_size=config.ws_max_size))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -8,7 +8,8 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import click
 
@@ -22,21 +23,35 @@ from conveyor.errors import (
     ValidationError,
 )
 
+if TYPE_CHECKING:
+    from conveyor.client import HTTPClient
+
 __all__ = [
     "DB_ENV",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "HUB_COMMANDS",
+    "HUB_ENV",
+    "KEY_ENV",
     "CliError",
+    "HubTarget",
     "Number",
+    "Store",
+    "Target",
     "connect",
     "db_option",
     "db_url",
     "describe_error",
     "dump_json",
+    "explicit_hub",
+    "hub_option",
+    "open_store",
     "parse_json",
     "read_json_arg",
+    "store_options",
+    "store_target",
 ]
 
 EXIT_OK = 0
@@ -50,7 +65,14 @@ EXIT_INTERRUPTED = 130
 """Ctrl-C while following a task (the task itself goes on)."""
 
 DB_ENV = "CONVEYOR_DB"
+HUB_ENV = "CONVEYOR_HUB"
+KEY_ENV = "CONVEYOR_KEY"
 _DB_KEY = "conveyor.db"
+_HUB_KEY = "conveyor.hub"
+_KEY_KEY = "conveyor.key"
+HUB_COMMANDS = frozenset({"add", "ls", "show", "tail", "abort", "retry", "prioritize", "delete",
+                          "stats", "workers"})
+"""The commands that can work through a hub (``--hub URL``) instead of a database."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -152,6 +174,85 @@ async def connect(url: str, *, create: bool = False) -> AsyncIterator[Conveyor]:
         yield app
     finally:
         await app.close()
+
+
+# -- --hub, --key ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HubTarget:
+    """Work through the hub at ``url`` (its REST API) with ``key``."""
+
+    url: str
+    key: str | None
+
+
+Target: TypeAlias = "str | HubTarget"
+"""Where a command's tasks are: a storage URL, or a hub."""
+Store: TypeAlias = "Conveyor | HTTPClient"
+"""What a command talks to: the library on a storage, or a hub's REST client."""
+
+
+def _remember(name: str) -> Callable[[click.Context, click.Parameter, str | None], None]:
+    def remember(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            if not value.strip():
+                raise click.BadParameter("must not be empty")
+            ctx.find_root().meta[name] = value.strip()
+
+    return remember
+
+
+def hub_option(fn: F) -> F:
+    """``--hub URL`` and ``--key KEY``, accepted both before the command name and after it."""
+    fn = click.option(
+        "--key", metavar="KEY", default=None, expose_value=False, callback=_remember(_KEY_KEY),
+        help=f"The hub credential's key [env {KEY_ENV}].")(fn)
+    return click.option(
+        "--hub", metavar="URL", default=None, expose_value=False, callback=_remember(_HUB_KEY),
+        help=f"Work through the hub at URL instead of a database [env {HUB_ENV}].")(fn)
+
+
+def store_options(fn: F) -> F:
+    """``--db`` and ``--hub`` / ``--key``: the options of commands on tasks."""
+    return db_option(hub_option(fn))
+
+
+def explicit_hub(ctx: click.Context) -> str | None:
+    value = ctx.find_root().meta.get(_HUB_KEY)
+    return value if isinstance(value, str) else None
+
+
+def store_target(ctx: click.Context) -> Target:
+    """Where the tasks are: ``--db`` or ``--hub`` (not both), else ``$CONVEYOR_HUB``,
+    else the storage URL of :func:`db_url`."""
+    db, hub = explicit_db(ctx), explicit_hub(ctx)
+    if db is not None and hub is not None:
+        raise CliError("give --db or --hub, not both")
+    if db is None:
+        hub = hub or os.environ.get(HUB_ENV, "").strip() or None
+    if hub is None:
+        if ctx.find_root().meta.get(_KEY_KEY) is not None:
+            raise CliError("--key is the key of a hub: give --hub URL (or $CONVEYOR_HUB) too")
+        return db_url(ctx)
+    if not hub.lower().startswith(("http://", "https://")):
+        raise CliError(f"--hub must be the hub's http:// or https:// URL, not {hub!r}")
+    key = ctx.find_root().meta.get(_KEY_KEY) or os.environ.get(KEY_ENV, "").strip() or None
+    return HubTarget(hub.rstrip("/"), key)
+
+
+@asynccontextmanager
+async def open_store(target: Target, *, create: bool = False) -> AsyncIterator[Store]:
+    """A :class:`Conveyor` on a storage URL (see :func:`connect`) or an
+    :class:`HTTPClient` of a hub, closed on the way out."""
+    if isinstance(target, HubTarget):
+        from conveyor.client import HTTPClient
+
+        async with HTTPClient(target.url, target.key) as client:
+            yield client
+    else:
+        async with connect(target, create=create) as app:
+            yield app
 
 
 # -- input --------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -26,10 +26,15 @@ from conveyor.model import Progress as TaskProgress
 
 from ._render import STATUS_STYLE, log_line
 
-__all__ = ["SNAPSHOT_INTERVAL", "final_line", "follow"]
+if TYPE_CHECKING:
+    from conveyor.client import HTTPClient
+
+__all__ = ["HUB_POLL", "SNAPSHOT_INTERVAL", "final_line", "follow", "follow_hub"]
 
 SNAPSHOT_INTERVAL = 0.25
 """Seconds between reads of the task's stored snapshot while following it."""
+HUB_POLL = 0.5
+"""Through a hub: seconds between reads of the task and its log while following it."""
 
 
 class _Bar:
@@ -103,9 +108,10 @@ class _Bar:
         self.progress.stop_task(self.id)
 
 
-async def follow(app: Conveyor, task: Task, *, bar_console: Console | None,
+async def follow(app: Conveyor | HTTPClient, task: Task, *, bar_console: Console | None,
                  log_console: Console | None, level: LogLevel = LogLevel.DEBUG) -> Task:
-    """Follow ``task`` until it ends and return its final state.
+    """Follow ``task`` until it ends and return its final state (through a hub:
+    :func:`follow_hub`).
 
     ``bar_console``: where to draw a live progress bar (None: no bar).
     ``log_console``: where to print its log lines as they arrive (None: no logs).
@@ -115,6 +121,9 @@ async def follow(app: Conveyor, task: Task, *, bar_console: Console | None,
     source); the logs come from :meth:`Conveyor.logs`, the end from
     :meth:`Conveyor.wait_task`.
     """
+    if not isinstance(app, Conveyor):
+        return await follow_hub(app, task, bar_console=bar_console, log_console=log_console,
+                                level=level)
     await app.open()
     events = app.events("task.*", task_id=task.id)  # subscribe before reading the state
     bar: _Bar | None = None
@@ -161,6 +170,45 @@ async def follow(app: Conveyor, task: Task, *, bar_console: Console | None,
         return final
     finally:
         events.close()
+        if bar is not None:
+            bar.progress.stop()
+
+
+async def follow_hub(client: HTTPClient, task: Task, *, bar_console: Console | None,
+                     log_console: Console | None, level: LogLevel = LogLevel.DEBUG,
+                     poll: float = HUB_POLL) -> Task:
+    """:func:`follow` through a hub's REST API: long polls of the task's end of
+    ``poll`` seconds (60 s when nothing is shown), and its log read after each."""
+    task = await client.get(task.id)
+    bar: _Bar | None = None
+    if bar_console is not None and not task.terminal:
+        bar = _Bar(bar_console, task)
+        bar.progress.start()
+    printer = bar.progress.console if bar is not None else log_console
+    wait = poll if bar is not None or log_console is not None else 60.0
+    seq = 0
+    try:
+        while True:
+            if log_console is not None and printer is not None:
+                page = await client.logs(task.id, after_seq=seq, max_level=level)
+                for record in page.records:
+                    printer.print(log_line(record))
+                seq = page.next_seq
+                if len(page.records) >= 1000:
+                    continue  # more lines waiting
+                if page.complete:  # the task had ended before its log was read
+                    final = await client.get(task.id)
+                    break
+            current, ended = await client.wait_once(task.id, wait)
+            if ended and log_console is None:
+                final = current
+                break
+            if bar is not None and not ended:
+                bar.snapshot(current)
+        if bar is not None:
+            bar.finish(final)
+        return final
+    finally:
         if bar is not None:
             bar.progress.stop()
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +15,9 @@ from conveyor.app import Conveyor
 from conveyor.storage import open_storage
 
 from ._base import EXIT_OK, CliError, db_option, db_url, explicit_db
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
 
 __all__ = ["credentials_group", "migrate_command", "serve_command"]
 
@@ -40,11 +44,18 @@ def _credentials_file(path: str | None) -> str:
               help="Accept every client without a credential (every client is an admin).")
 @click.option("--public-url", default=None, metavar="URL",
               help="The URL clients reach the hub at (for tasks' public_url).")
+@click.option("--service-lease", type=click.FloatRange(min=0.1), default=30.0,
+              show_default=True, metavar="SECONDS",
+              help="How long a remote worker's claim lasts without a heartbeat (tasks of a "
+                   "hub that died come back after this).")
+@click.option("--delivery", multiple=True, metavar="PATTERN=MODE",
+              help="Delivery mode of matching actions: one (the default) or all; repeatable.")
 @_credentials_option
 @db_option
 @click.pass_context
 def serve_command(ctx: click.Context, host: str, port: int, target: str | None, insecure: bool,
-                  public_url: str | None, credentials_path: str | None) -> int:
+                  public_url: str | None, service_lease: float, delivery: tuple[str, ...],
+                  credentials_path: str | None) -> int:
     """Serve the REST API and the WebSocket protocol until Ctrl-C or SIGTERM.
 
     Every route and message needs a credential (see 'conveyor credentials')
@@ -71,14 +82,31 @@ def serve_command(ctx: click.Context, host: str, port: int, target: str | None, 
     if store is not None and not store.list():
         click.echo(f"warning: no credentials in {path}: create one with "
                    "'conveyor credentials add NAME'", err=True)
+    modes: dict[str, str] = {}
+    for item in delivery:
+        pattern, _, mode = item.partition("=")
+        if not pattern or mode not in ("one", "all"):
+            raise CliError(f"--delivery {item!r}: expected PATTERN=one or PATTERN=all")
+        modes[pattern] = mode
     config = HubConfig(host=host, port=port, insecure=insecure, credentials_path=path,
-                       public_url=public_url)
+                       public_url=public_url, service_lease=service_lease, delivery=modes)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     click.echo(f"hub on http://{host}:{port} ({'insecure' if insecure else 'credentials: ' + path})"
                f", storage {app.storage.url}", err=True)
-    asyncio.run(serve(app, config, credentials=store))
+    run_loop(serve(app, config, credentials=store))
     return EXIT_OK
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the hub on uvloop when it is installed (as uvicorn itself would: it comes
+    with ``uvicorn[standard]``), else on asyncio's own loop."""
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 @click.group("credentials", short_help="Manage the hub's credentials.")

@@ -13,7 +13,17 @@ from typing import NoReturn
 
 import click
 
-from ._base import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, db_option, describe_error, one_line
+from ._base import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    HUB_COMMANDS,
+    db_option,
+    describe_error,
+    explicit_hub,
+    hub_option,
+    one_line,
+)
 
 __all__ = ["COMMANDS", "cli", "main", "run"]
 
@@ -60,16 +70,27 @@ class _LazyGroup(click.Group):
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="conveyor", prog_name="conveyor")
 @db_option
-def cli() -> None:
+@hub_option
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """conveyor: a durable task runner.
 
     Every command takes --db URL (before or after the command name); without
     it the storage is $CONVEYOR_DB, else sqlite:///conveyor.db.
 
+    The commands on tasks (add, ls, show, tail, abort, retry, prioritize,
+    delete, stats, workers) can work through a hub instead: --hub URL with
+    --key KEY (or $CONVEYOR_HUB and $CONVEYOR_KEY).
+
     Exit codes: 0 success; 1 the operation failed (a task failed or was
-    aborted, a task is in the wrong state, storage errors); 2 bad input
-    (usage, malformed JSON or filter, unknown task id, bad URL); 130 Ctrl-C.
+    aborted, a task is in the wrong state, storage errors, the hub refused
+    the key); 2 bad input (usage, malformed JSON or filter, unknown task id,
+    bad URL); 130 Ctrl-C.
     """
+    command = ctx.invoked_subcommand
+    if explicit_hub(ctx) is not None and command is not None and command not in HUB_COMMANDS:
+        raise click.UsageError(f"'{command}' does not work through a hub: --hub is for "
+                               f"{', '.join(sorted(HUB_COMMANDS))}")
 
 
 def run(args: Sequence[str] | None = None, *, prog_name: str = "conveyor") -> int:

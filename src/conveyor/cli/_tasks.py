@@ -20,12 +20,14 @@ from ._base import (
     EXIT_OK,
     CliError,
     Number,
-    connect,
-    db_option,
-    db_url,
+    Store,
+    Target,
     dump_json,
+    open_store,
     parse_json,
     read_json_arg,
+    store_options,
+    store_target,
 )
 from ._render import (
     err_console,
@@ -112,7 +114,7 @@ def handles(workers: Sequence[WorkerInfo], action: str) -> bool:
 @click.option("--wait", is_flag=True,
               help="Follow the task with a progress bar until it ends; print its result.")
 @json_option
-@db_option
+@store_options
 @click.pass_context
 def add_command(ctx: click.Context, action: str, payload: str | None, priority: float | None,
                 delay: float | None, tags: tuple[str, ...], unique_key: str | None,
@@ -138,19 +140,25 @@ def add_command(ctx: click.Context, action: str, payload: str | None, priority: 
         options["max_attempts"] = max_attempts
     if timeout is not None:
         options["timeout"] = timeout
-    url = db_url(ctx)
+    url = store_target(ctx)
     return int(_run(_add(url, action, data, options, wait=wait, as_json=as_json)))
 
 
-async def _add(url: str, action: str, payload: Any, options: dict[str, Any], *, wait: bool,
+async def _add(url: Target, action: str, payload: Any, options: dict[str, Any], *, wait: bool,
                as_json: bool) -> int:
-    async with connect(url, create=True) as app:
-        before = time.time()
-        task = await app.add(action, payload, **options)
-        if options.get("unique_key") and task.created_at < before:
+    async with open_store(url, create=True) as app:
+        if isinstance(app, Conveyor):
+            before = time.time()
+            task = await app.add(action, payload, **options)
+            created = not (options.get("unique_key") and task.created_at < before)
+            unhandled = not task.terminal and not handles(await app.workers(), action)
+        else:
+            task, created = await app.add_checked(action, payload, **options)
+            unhandled = False  # a hub also has remote workers, which no list shows
+        if not created:
             _warn(f"a live task already holds unique key {options['unique_key']!r}: "
                   f"{task.id} ({task.status.value}); nothing was added")
-        elif not task.terminal and not handles(await app.workers(), action):
+        elif unhandled:
             _warn(f"no running worker handles {action!r}; the task will wait until one does")
         if not wait:
             if as_json:
@@ -162,7 +170,7 @@ async def _add(url: str, action: str, payload: Any, options: dict[str, Any], *, 
         return await _wait_and_report(app, task, as_json=as_json)
 
 
-async def _wait_and_report(app: Conveyor, task: Task, *, as_json: bool) -> int:
+async def _wait_and_report(app: Store, task: Task, *, as_json: bool) -> int:
     from ._follow import follow  # rich.progress: imported only when following
 
     err = err_console()
@@ -180,7 +188,7 @@ async def _wait_and_report(app: Conveyor, task: Task, *, as_json: bool) -> int:
     return _report_end(final)
 
 
-async def _status_now(app: Conveyor, task_id: str) -> str:
+async def _status_now(app: Store, task_id: str) -> str:
     try:
         return (await asyncio.shield(app.get(task_id))).status.value
     except BaseException:
@@ -215,7 +223,7 @@ def _report_end(task: Task) -> int:
               help="Most tasks shown; 0 shows all.")
 @click.option("--skip", default=0, type=click.IntRange(min=0), help="Tasks skipped first.")
 @json_option
-@db_option
+@store_options
 @click.pass_context
 def ls_command(ctx: click.Context, filter: str | None, statuses: tuple[str, ...],
                actions: tuple[str, ...], sort: str, limit: int, skip: int,
@@ -244,13 +252,13 @@ def ls_command(ctx: click.Context, filter: str | None, statuses: tuple[str, ...]
         where = {"$and": parts}
     sort_keys = [s.strip() for s in sort.split(",") if s.strip()]
     parse_query(where, sort_keys or None, limit or None, skip)  # bad input fails before any I/O
-    url = db_url(ctx)
+    url = store_target(ctx)
     return int(_run(_ls(url, where, sort_keys, limit or None, skip, as_json)))
 
 
-async def _ls(url: str, where: dict[str, Any] | None, sort: list[str], limit: int | None,
+async def _ls(url: Target, where: dict[str, Any] | None, sort: list[str], limit: int | None,
               skip: int, as_json: bool) -> int:
-    async with connect(url) as app:
+    async with open_store(url) as app:
         tasks = await app.find(where, sort=sort or None, limit=limit, skip=skip)
         if as_json:
             _echo_json([t.to_json() for t in tasks])
@@ -279,17 +287,17 @@ async def _ls(url: str, where: dict[str, Any] | None, sort: list[str], limit: in
 @click.option("--logs", "with_logs", is_flag=True, help="Also print the task's log lines.")
 @level_option
 @json_option
-@db_option
+@store_options
 @click.pass_context
 def show_command(ctx: click.Context, task_id: str, with_logs: bool, level: str,
                  as_json: bool) -> int:
     """Show every field of a task (and its logs with --logs)."""
-    url = db_url(ctx)
+    url = store_target(ctx)
     return int(_run(_show(url, task_id, with_logs, LogLevel.parse(level), as_json)))
 
 
-async def _show(url: str, task_id: str, with_logs: bool, level: LogLevel, as_json: bool) -> int:
-    async with connect(url) as app:
+async def _show(url: Target, task_id: str, with_logs: bool, level: LogLevel, as_json: bool) -> int:
+    async with open_store(url) as app:
         task = await app.get(task_id, logs=with_logs, max_level=level)
     if as_json:
         _echo_json(task.to_json())
@@ -308,24 +316,25 @@ async def _show(url: str, task_id: str, with_logs: bool, level: LogLevel, as_jso
 @click.command("tail", short_help="Follow a task live until it ends.")
 @click.argument("task_id", metavar="ID")
 @level_option
-@db_option
+@store_options
 @click.pass_context
 def tail_command(ctx: click.Context, task_id: str, level: str) -> int:
     """Follow a task live: its log lines and a progress bar, until it ends.
 
     Exits 0 if it succeeded, 1 if it failed or was aborted, 130 on Ctrl-C.
     """
-    url = db_url(ctx)
+    url = store_target(ctx)
     return int(_run(_tail(url, task_id, LogLevel.parse(level))))
 
 
-async def _tail(url: str, task_id: str, level: LogLevel) -> int:
+async def _tail(url: Target, task_id: str, level: LogLevel) -> int:
     from ._follow import final_line, follow
 
     out = out_console()
-    async with connect(url) as app:
+    async with open_store(url) as app:
         task = await app.get(task_id)
-        if task.status is Status.QUEUED and not handles(await app.workers(), task.action):
+        if (isinstance(app, Conveyor) and task.status is Status.QUEUED
+                and not handles(await app.workers(), task.action)):
             _warn(f"no running worker handles {task.action!r}; the task will wait until one does")
         try:
             final = await follow(app, task, bar_console=out if out.is_terminal else None,
@@ -347,16 +356,16 @@ async def _tail(url: str, task_id: str, level: LogLevel) -> int:
 @click.argument("task_id", metavar="ID")
 @click.option("--reason", default="aborted", show_default=True, help="Why (kept on the task).")
 @json_option
-@db_option
+@store_options
 @click.pass_context
 def abort_command(ctx: click.Context, task_id: str, reason: str, as_json: bool) -> int:
     """Abort a task: a queued one at once, a running one within about a second."""
     if not reason.strip():
         raise CliError("--reason must not be empty")
-    url = db_url(ctx)
+    url = store_target(ctx)
 
     async def go() -> Task:
-        async with connect(url) as app:
+        async with open_store(url) as app:
             return await app.abort(task_id, reason)
 
     task = _run(go())
@@ -373,14 +382,14 @@ def abort_command(ctx: click.Context, task_id: str, reason: str, as_json: bool) 
 @click.argument("task_id", metavar="ID")
 @click.option("--delay", type=SECONDS, help="Run it again no earlier than SECONDS from now.")
 @json_option
-@db_option
+@store_options
 @click.pass_context
 def retry_command(ctx: click.Context, task_id: str, delay: float | None, as_json: bool) -> int:
     """Queue a failed or aborted task again (same id, one more attempt)."""
-    url = db_url(ctx)
+    url = store_target(ctx)
 
     async def go() -> Task:
-        async with connect(url) as app:
+        async with open_store(url) as app:
             return await app.retry(task_id, delay=delay)
 
     task = _run(go())
@@ -396,14 +405,14 @@ def retry_command(ctx: click.Context, task_id: str, delay: float | None, as_json
 @click.argument("task_id", metavar="ID")
 @click.argument("priority", type=PRIORITY)
 @json_option
-@db_option
+@store_options
 @click.pass_context
 def prioritize_command(ctx: click.Context, task_id: str, priority: float, as_json: bool) -> int:
     """Change the PRIORITY of a queued task (>= 0; lower runs first)."""
-    url = db_url(ctx)
+    url = store_target(ctx)
 
     async def go() -> Task:
-        async with connect(url) as app:
+        async with open_store(url) as app:
             return await app.prioritize(task_id, priority)
 
     task = _run(go())
@@ -416,18 +425,18 @@ def prioritize_command(ctx: click.Context, task_id: str, priority: float, as_jso
 
 @click.command("delete")
 @click.argument("task_ids", nargs=-1, required=True, metavar="ID...")
-@db_option
+@store_options
 @click.pass_context
 def delete_command(ctx: click.Context, task_ids: tuple[str, ...]) -> int:
     """Delete finished tasks and their logs.
 
     All or nothing: if an id is unknown or its task has not ended, nothing is deleted.
     """
-    url = db_url(ctx)
+    url = store_target(ctx)
     ids = list(dict.fromkeys(task_ids))
 
     async def go() -> list[str]:
-        async with connect(url) as app:
+        async with open_store(url) as app:
             tasks = [await app.get(task_id) for task_id in ids]  # TaskNotFound: exit 2
             live = [t for t in tasks if not t.terminal]
             if live:
@@ -446,14 +455,14 @@ def delete_command(ctx: click.Context, task_ids: tuple[str, ...]) -> int:
 
 @click.command("stats")
 @json_option
-@db_option
+@store_options
 @click.pass_context
 def stats_command(ctx: click.Context, as_json: bool) -> int:
     """Task counts per action and status."""
-    url = db_url(ctx)
+    url = store_target(ctx)
 
     async def go() -> dict[str, dict[str, int]]:
-        async with connect(url) as app:
+        async with open_store(url) as app:
             return await app.stats()
 
     stats = _run(go())
@@ -468,14 +477,14 @@ def stats_command(ctx: click.Context, as_json: bool) -> int:
 
 @click.command("workers")
 @json_option
-@db_option
+@store_options
 @click.pass_context
 def workers_command(ctx: click.Context, as_json: bool) -> int:
     """Workers registered in the storage, with their last heartbeat."""
-    url = db_url(ctx)
+    url = store_target(ctx)
 
     async def go() -> list[WorkerInfo]:
-        async with connect(url) as app:
+        async with open_store(url) as app:
             return await app.workers()
 
     workers = _run(go())

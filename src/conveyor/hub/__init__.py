@@ -28,7 +28,7 @@ from ._config import HubConfig
 from ._credentials import ANONYMOUS, Credential, CredentialStore
 from ._http import auth_error_response, request_credential
 from ._hub import AuthError, Hub
-from ._rest import rest_routes
+from ._rest import rest_exception_handlers, rest_routes
 from ._ws import ws_routes
 
 __all__ = [
@@ -82,7 +82,8 @@ def create_hub(app: Conveyor | str, config: HubConfig | None = None, *,
     routes = [Route("/healthz", healthz, methods=["GET"]),
               Route("/readyz", readyz, methods=["GET"]),
               *rest_routes(hub), *ws_routes(hub)]
-    asgi = Starlette(routes=routes, lifespan=lifespan)
+    asgi = Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers=rest_exception_handlers())
     asgi.state.hub = hub
     return asgi
 
@@ -104,6 +105,6 @@ async def serve(app: Conveyor | str, config: HubConfig | None = None, *,
     config = config or HubConfig()
     asgi = create_hub(app, config, credentials=credentials)
     server = uvicorn.Server(uvicorn.Config(asgi, host=config.host, port=config.port,
-                                           ws_max_size=config.max_frame, log_level="info",
+                                           ws_max_size=config.ws_max_size, log_level="info",
                                            lifespan="on"))
     await server.serve()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 __all__ = ["HubConfig"]
 
@@ -29,7 +30,11 @@ class HubConfig:
     - ``offer_timeout``: how long an offer waits for a ``pickup`` before the
       task is offered elsewhere;
     - ``service_lease``: how long a remote worker's task lease lasts without a
-      heartbeat.
+      heartbeat;
+    - ``abort_grace``: how long a remote worker has to answer an ``abort`` (an
+      abort request or its run timeout) before the hub ends the task itself;
+    - ``delivery``: delivery modes per action pattern (``{"cache:*": "all"}``);
+      a task's ``delivery`` tag wins; the default is ``one``.
     """
 
     host: str = "127.0.0.1"
@@ -46,6 +51,21 @@ class HubConfig:
     login_lockout: float = 60.0
     offer_timeout: float = 30.0
     service_lease: float = 30.0
+    abort_grace: float = 5.0
+    delivery: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        for pattern, mode in self.delivery.items():
+            if mode not in ("one", "all"):
+                raise ValueError(f"delivery mode of {pattern!r} must be 'one' or 'all', "
+                                 f"not {mode!r}")
+
+    @property
+    def ws_max_size(self) -> int:
+        """The WebSocket transport's frame limit: above ``max_frame``, so that the
+        hub itself refuses oversized messages with close code 4009 (frames past
+        this are cut by the transport with 1009)."""
+        return max(4 * self.max_frame, self.max_frame + (1 << 20))
 
     @property
     def base_url(self) -> str:

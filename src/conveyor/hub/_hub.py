@@ -121,12 +121,12 @@ class Hub:
         while True:
             await asyncio.sleep(0.25)
             try:
-                changed = await asyncio.to_thread(self.credentials.reload)
+                await asyncio.to_thread(self.credentials.reload)
             except Exception as exc:
                 log.warning("credentials: %s", exc)
                 continue
-            if not changed:
-                continue
+            # checked on every tick, not only when the file changed: a revocation
+            # through this very store (an admin route) leaves the file stamp current
             for key_id, conns in list(self.connections.items()):
                 if key_id and not self.credentials.is_live(key_id):
                     for conn in list(conns):

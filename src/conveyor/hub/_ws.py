@@ -1,13 +1,706 @@
-"""The WebSocket protocol (to be written)."""
+"""The WebSocket protocol: one endpoint (``/ws``) and the task streams (``/ws/tasks/{id}``).
+
+A connection authenticates with its handshake's ``Authorization: Bearer`` or
+``X-Conveyor-Key`` header, or with a first ``hello`` message. After that it
+may publish tasks and follow them, work on actions as a remote worker
+(:mod:`._remote`), follow live queries (:mod:`._live`) and watch single tasks
+(:mod:`._watch`). The reference is ``docs/protocol.md``.
+
+Every connection has a bounded send queue (``max_pending`` messages; a reader
+that lets it fill is cut off with 4008), a token bucket on the messages it
+sends (``max_rate`` per second, bursts of twice that; 4029 past it), a frame
+size limit (``max_frame``; 4009) and a budget of bad messages (1008 when a
+client keeps sending garbage). None of this touches other connections.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from ._hub import Hub
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket
 
-__all__ = ["ws_routes"]
+from .. import _json
+from ..errors import (
+    ConveyorError,
+    InvalidTransition,
+    QueryError,
+    TaskNotFound,
+    ValidationError,
+)
+from ._credentials import Credential
+from ._http import client_address, key_from
+from ._hub import AuthError, Hub
+from ._live import LiveManager, LiveSub
+from ._remote import Remote, Sub
+from ._watch import Streams, TaskStream, WaitSpec
+from ._ws_proto import (
+    CLOSE_AUTH,
+    CLOSE_FORBIDDEN,
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL,
+    CLOSE_RATE,
+    CLOSE_SLOW,
+    CLOSE_TOO_BIG,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    encode,
+    encode_id,
+    opt_bool,
+    opt_number,
+    opt_str,
+    req_str,
+)
+
+__all__ = ["Connection", "WSState", "ws_routes"]
+
+log = logging.getLogger("conveyor.hub.ws")
+
+HELLO_TIMEOUT = 10.0
+"""Seconds a connection without a header key has to send its ``hello``."""
+BAD_MESSAGE_BUDGET = 100
+"""Bad messages a connection may send within ``BAD_MESSAGE_WINDOW`` seconds (then 1008)."""
+BAD_MESSAGE_WINDOW = 10.0
+MAX_BATCH = 1000
+"""Most messages the hub packs into one frame (a JSON array)."""
+MAX_BATCH_CHARS = 1 << 20
+
+_MISSING = object()
+Handler = Callable[["Connection", dict[str, Any]], Awaitable[None] | None]
 
 
 def ws_routes(hub: Hub) -> list[BaseRoute]:
-    return []
+    """The WebSocket routes of a hub (its state is started and stopped with the hub)."""
+    state = WSState(hub)
+    hub.services.append(state)
+    return [WebSocketRoute("/ws", state.endpoint),
+            WebSocketRoute("/ws/tasks/{task_id}", state.task_endpoint)]
+
+
+class WSState:
+    """What every WebSocket connection of one hub shares."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.app = hub.app
+        self.config = hub.config
+        self.streams = Streams(self)
+        self.remote = Remote(self)
+        self.live = LiveManager(self)
+        self.connections: set[Connection] = set()
+        self.background: set[asyncio.Task[Any]] = set()
+        self.started = False
+        self.max_batch_chars = max(MAX_BATCH_CHARS, self.config.max_frame)
+        self._url_prefix = hub.task_url("")
+
+    def task_url(self, task_id: str) -> str:
+        return self._url_prefix + task_id
+
+    def task_json(self, task: Any) -> dict[str, Any]:
+        """A task's wire form, its ``public_url`` filled in (the task stream here)."""
+        data: dict[str, Any] = task.to_json()
+        if data["public_url"] is None:
+            data["public_url"] = self._url_prefix + task.id
+        return data
+
+    async def start(self) -> None:
+        await self.remote.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+        for conn in list(self.connections):
+            with contextlib.suppress(Exception):
+                await conn.close(CLOSE_GOING_AWAY, "hub shutting down")
+        await self.remote.stop()
+        self.live.close()
+
+    async def endpoint(self, websocket: WebSocket) -> None:
+        await Connection(self, websocket).run()
+
+    async def task_endpoint(self, websocket: WebSocket) -> None:
+        task_id = str(websocket.path_params.get("task_id", ""))
+        await Connection(self, websocket, task_id=task_id).run()
+
+
+class Connection:
+    """One WebSocket client. Implements :class:`conveyor.hub._hub.HubConnection`."""
+
+    credential: Credential
+
+    def __init__(self, state: WSState, websocket: WebSocket, task_id: str | None = None) -> None:
+        self.state = state
+        self.hub = state.hub
+        self.websocket = websocket
+        self.config = state.config
+        self.peer = client_address(websocket)
+        self.task_id = task_id          # the /ws/tasks/{id} endpoint
+        self.attached = False
+        self.closed = False
+        self._closing: asyncio.Task[None] | None = None
+        self._out: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self.last_seen = time.monotonic()
+        rate = max(1.0, float(self.config.max_rate))
+        self._rate = rate
+        self._burst = 2.0 * rate
+        self._tokens = self._burst
+        self._refilled = time.monotonic()
+        self._bad: deque[float] = deque()
+        self.subs: dict[str, Sub] = {}             # encoded request id -> subscription
+        self.lives: dict[str, LiveSub] = {}
+        self.streams: dict[str, list[TaskStream]] = {}
+        self.handlers: dict[str, Handler] = _HANDLERS
+
+    def __repr__(self) -> str:
+        who = getattr(self, "credential", None)
+        return f"<ws {self.peer} {who.name if who else '?'}>"
+
+    # -- sending ------------------------------------------------------------------
+
+    def send(self, text: str) -> None:
+        """Queue one encoded message. A full queue cuts the reader off (4008)."""
+        if self.closed:
+            return
+        out = self._out
+        if len(out) >= self.config.max_pending:
+            self.closed = True
+            out.clear()
+            log.warning("%r: send queue full (%d messages): cutting a slow reader off", self,
+                        self.config.max_pending)
+            self._schedule_close(CLOSE_SLOW, "slow reader: too many messages pending")
+            # let go of everything now: the close frame waits behind what the socket holds
+            self._cleanup_soon()
+            return
+        out.append(text)
+        if len(out) == 1:
+            self._wake.set()
+
+    def send_msg(self, message: dict[str, Any]) -> None:
+        self.send(encode(message))
+
+    def send_error(self, msg_id: Any, code: str, message: str, **extra: Any) -> None:
+        self.send_msg({"type": "error", "id": msg_id, "code": code, "message": message,
+                       **extra})
+
+    @property
+    def pending(self) -> int:
+        return len(self._out)
+
+    async def _send_loop(self) -> None:
+        out = self._out
+        send = self.websocket.send
+        limit = self.state.max_batch_chars
+        try:
+            while True:
+                if not out:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                if len(out) == 1:
+                    text = out.popleft()
+                else:
+                    batch: list[str] = []
+                    size = 2
+                    while out and len(batch) < MAX_BATCH:
+                        item = out[0]
+                        if batch and size + len(item) + 1 > limit:
+                            break
+                        batch.append(out.popleft())
+                        size += len(item) + 1
+                    text = batch[0] if len(batch) == 1 else "[" + ",".join(batch) + "]"
+                await send({"type": "websocket.send", "text": text})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # the peer went away: the receive loop sees the disconnect
+            self.closed = True
+
+    def _cleanup_soon(self) -> None:
+        task = asyncio.ensure_future(self._cleanup())
+        self.state.background.add(task)
+        task.add_done_callback(self.state.background.discard)
+
+    def _schedule_close(self, code: int, reason: str) -> None:
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self.close(code, reason))
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection with a code (also used by the hub for revocations)."""
+        self.closed = True
+        self._out.clear()
+        with contextlib.suppress(Exception):
+            await self.websocket.close(code, reason[:120])
+
+    # -- life ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        ws = self.websocket
+        try:
+            await ws.accept()
+        except Exception:
+            return
+        self._sender = asyncio.create_task(self._send_loop(), name="conveyor-ws-send")
+        self.state.connections.add(self)
+        try:
+            if not self.state.started:
+                await self.close(CLOSE_GOING_AWAY, "hub not ready")
+                return
+            if not await self._authenticate_header():
+                return
+            await self._receive_loop()
+        except Exception:
+            log.exception("%r: connection failed", self)
+            with contextlib.suppress(Exception):
+                await self.close(1011, "internal error")
+        finally:
+            self.closed = True
+            self.state.connections.discard(self)
+            await self._cleanup()
+            if self._sender is not None:
+                self._sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._sender
+
+    async def _cleanup(self) -> None:
+        if self.attached:
+            self.hub.detach(self)
+            self.attached = False
+        for live in list(self.lives.values()):
+            self.state.live.unsubscribe(live)
+        self.lives.clear()
+        for streams in list(self.streams.values()):
+            for stream in streams:
+                stream.close()
+        self.streams.clear()
+        subs = list(self.subs.values())
+        self.subs.clear()
+        for sub in subs:
+            self.state.remote.unsubscribe(sub, "connection closed")
+
+    async def _authenticate_header(self) -> bool:
+        """Authenticate with the handshake's key if it has one (or the hub is insecure)."""
+        key = key_from(self.websocket)
+        if key is None and self.hub.credentials is not None:
+            return True  # wait for hello
+        return await self._login(key, None)
+
+    async def _login(self, key: str | None, msg_id: Any) -> bool:
+        try:
+            cred = self.hub.authenticate(key, self.peer)
+            self.credential = cred
+            self.hub.attach(self)
+        except AuthError as exc:
+            self.send_error(msg_id, {401: "unauthorized", 403: "forbidden",
+                                     429: "rate_limited"}.get(exc.status, "refused"),
+                            exc.message)
+            await self._flush_then_close(exc.code, exc.message)
+            return False
+        self.attached = True
+        config = self.config
+        self.send_msg({
+            "type": "welcome", "id": msg_id, "protocol": PROTOCOL_VERSION,
+            "credential": cred.name, "admin": cred.admin, "publish": list(cred.publish),
+            "subscribe": list(cred.subscribe),
+            "limits": {"max_frame": config.max_frame, "max_pending": config.max_pending,
+                       "max_rate": config.max_rate, "inline_payload": config.inline_payload,
+                       "service_lease": config.service_lease,
+                       "offer_timeout": config.offer_timeout},
+        })
+        if self.task_id is not None:
+            self._watch_endpoint()
+        return True
+
+    async def _flush_then_close(self, code: int, reason: str) -> None:
+        """Give queued messages (an error) a moment to leave, then close."""
+        for _ in range(20):
+            if not self._out:
+                break
+            await asyncio.sleep(0.005)
+        await self.close(code, reason)
+
+    def _watch_endpoint(self) -> None:
+        assert self.task_id is not None
+        try:
+            level = _level_from_query(self.websocket.query_params.get("max_level"))
+        except ProtocolError as exc:
+            self.send_error(None, exc.code, exc.message)
+            self._schedule_close(CLOSE_PROTOCOL, exc.message)
+            return
+        stream = TaskStream(self.state, self, None, "null", self.task_id, replay=True,
+                            max_level=level, updates=True, wait=None, endpoint=True)
+        self.streams.setdefault("null", []).append(stream)
+        stream.start()
+
+    def endpoint_done(self, forbidden: bool = False, missing: bool = False) -> None:
+        """The task stream of ``/ws/tasks/{id}`` ended: close the socket."""
+        if forbidden:
+            self._schedule_close(CLOSE_FORBIDDEN, "forbidden")
+        elif missing:
+            self._schedule_close(CLOSE_NORMAL, "no such task")
+        else:
+            self._schedule_close(CLOSE_NORMAL, "task ended")
+
+    # -- receiving ----------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        ws = self.websocket
+        max_frame = self.config.max_frame
+        loop = asyncio.get_running_loop()
+        hello_deadline = loop.time() + HELLO_TIMEOUT
+        while True:
+            if self.attached:
+                message = await ws.receive()
+            else:
+                remaining = hello_deadline - loop.time()
+                try:
+                    message = await asyncio.wait_for(ws.receive(), max(0.0, remaining))
+                except TimeoutError:
+                    self.send_error(None, "unauthorized", "no hello within "
+                                    f"{HELLO_TIMEOUT:g} s")
+                    await self._flush_then_close(CLOSE_AUTH, "no credential")
+                    return
+            if message["type"] == "websocket.disconnect":
+                return
+            if self.closed:
+                continue
+            self.last_seen = time.monotonic()
+            text = message.get("text")
+            if text is None:
+                data = message.get("bytes") or b""
+                if len(data) > max_frame:
+                    await self.close(CLOSE_TOO_BIG, f"message over {max_frame} bytes")
+                    return
+                if not self._take(1):
+                    return
+                await self._bad_message(None, "binary_frame",
+                                        "binary frames are not supported: send JSON text")
+                continue
+            if len(text) > max_frame or (len(text) * 4 > max_frame
+                                         and len(text.encode("utf-8", "surrogatepass"))
+                                         > max_frame):
+                await self.close(CLOSE_TOO_BIG, f"message over {max_frame} bytes")
+                return
+            try:
+                parsed = _json.loads(text)
+            except (ValueError, RecursionError):
+                if not self._take(1):
+                    return
+                await self._bad_message(None, "bad_json", "a message must be a JSON object")
+                continue
+            items = parsed if isinstance(parsed, list) else [parsed]
+            if not self._take(max(1, len(items))):
+                return
+            if not items:
+                await self._bad_message(None, "bad_message", "an empty array holds no message")
+                continue
+            for item in items:
+                if self.closed:
+                    break
+                await self._handle(item)
+
+    def _take(self, n: int) -> bool:
+        """Spend ``n`` tokens of the rate limit; close the connection when out of them."""
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
+        self._refilled = now
+        self._tokens -= n
+        if self._tokens >= 0:
+            return True
+        log.warning("%r: over %g messages/s: closing", self, self._rate)
+        self.closed = True
+        self._out.clear()
+        self._schedule_close(CLOSE_RATE, f"rate limit of {self._rate:g} messages/s exceeded")
+        return False
+
+    async def _bad_message(self, msg_id: Any, code: str, message: str) -> None:
+        self.send_error(msg_id, code, message)
+        now = time.monotonic()
+        bad = self._bad
+        bad.append(now)
+        while bad and bad[0] < now - BAD_MESSAGE_WINDOW:
+            bad.popleft()
+        if len(bad) > BAD_MESSAGE_BUDGET:
+            self.closed = True
+            await self._flush_then_close(CLOSE_PROTOCOL, "too many bad messages")
+
+    async def _handle(self, msg: Any) -> None:
+        if not isinstance(msg, dict):
+            await self._bad_message(None, "bad_message", "a message must be a JSON object")
+            return
+        msg_id = msg.get("id", _MISSING)
+        kind = msg.get("type")
+        if msg_id is _MISSING or not _valid_id(msg_id):
+            await self._bad_message(None, "bad_message",
+                                    "every message needs an 'id': a string of at most 100 "
+                                    "characters or an integer")
+            return
+        if not isinstance(kind, str):
+            await self._bad_message(msg_id, "bad_message", "every message needs a 'type'")
+            return
+        if not self.attached:
+            if kind != "hello":
+                await self._bad_message(msg_id, "unauthorized",
+                                        "authenticate first: send a 'hello' with your key")
+                return
+            key = msg.get("key")
+            if key is not None and not isinstance(key, str):
+                key = None
+            if await self._login(key, msg_id):
+                return
+            self.closed = True
+            return
+        handler = self.handlers.get(kind)
+        if handler is None:
+            await self._bad_message(msg_id, "unknown_type", f"unknown message type {kind[:50]!r}")
+            return
+        try:
+            result = handler(self, msg)
+            if result is not None:
+                await result
+        except ProtocolError as exc:
+            if exc.code in ("bad_message", "unknown_type"):
+                await self._bad_message(msg_id, exc.code, exc.message)
+            else:
+                self.send_error(msg_id, exc.code, exc.message, **exc.extra)
+        except QueryError as exc:
+            self.send_error(msg_id, "bad_filter", str(exc), path=exc.path)
+        except TaskNotFound as exc:
+            self.send_error(msg_id, "not_found", str(exc))
+        except InvalidTransition as exc:
+            self.send_error(msg_id, "invalid_transition", str(exc))
+        except ValidationError as exc:
+            self.send_error(msg_id, "invalid", str(exc))
+        except ConveyorError as exc:
+            self.send_error(msg_id, "refused", str(exc))
+        except Exception:
+            log.exception("%r: message %s failed", self, kind)
+            self.send_error(msg_id, "internal", "the hub could not handle this message")
+
+    # -- shared checks ------------------------------------------------------------
+
+    def require_read(self, action: str) -> None:
+        if not self.credential.can_read(action):
+            raise ProtocolError("forbidden", f"credential {self.credential.name!r} may not read "
+                                             f"tasks of action {action!r}")
+
+
+def _valid_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(1 << 53) <= value <= (1 << 53)
+    return isinstance(value, str) and len(value) <= 100
+
+
+def _level_from_query(value: Any) -> Any:
+    from ..model import LogLevel
+
+    if value is None:
+        return LogLevel.DEBUG
+    try:
+        return LogLevel.parse(value)
+    except ValidationError as exc:
+        raise ProtocolError("bad_message", str(exc)) from None
+
+
+# -- message handlers ---------------------------------------------------------------
+
+
+def _ping(conn: Connection, msg: dict[str, Any]) -> None:
+    conn.send_msg({"type": "pong", "id": msg["id"], "ts": time.time()})
+
+
+async def _hello_again(conn: Connection, msg: dict[str, Any]) -> None:
+    raise ProtocolError("bad_message", "already authenticated")
+
+
+_PUBLISH_KEYS = frozenset({"type", "id", "action", "payload", "options", "delivery", "tasks",
+                           "wait", "timeout", "default", "updates"})
+
+
+def _task_item(conn: Connection, raw: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ProtocolError("bad_message", f"{where} must be an object")
+    action = raw.get("action")
+    if not isinstance(action, str) or not action:
+        raise ProtocolError("bad_message", f"{where}.action must be a non-empty string")
+    options = raw.get("options")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ProtocolError("bad_message", f"{where}.options must be an object")
+    options = dict(options)
+    delivery = raw.get("delivery", options.pop("delivery", None))
+    if delivery is not None:
+        if delivery not in ("one", "all"):
+            raise ProtocolError("bad_message", f"{where}.delivery must be 'one' or 'all'")
+        tags = options.get("tags")
+        if tags is None:
+            tags = {}
+        if not isinstance(tags, dict):
+            raise ProtocolError("invalid", f"{where}.options.tags must be an object")
+        options["tags"] = {**tags, "delivery": delivery}
+    if not conn.credential.can_publish(action):
+        raise ProtocolError("forbidden", f"credential {conn.credential.name!r} may not publish "
+                                         f"action {action[:200]!r}")
+    return {"action": action, "payload": raw.get("payload"), **options}
+
+
+async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
+    state = conn.state
+    msg_id = msg["id"]
+    raw_tasks = msg.get("tasks")
+    if raw_tasks is not None:
+        if not isinstance(raw_tasks, list) or not raw_tasks:
+            raise ProtocolError("bad_message", "'tasks' must be a non-empty list")
+        if len(raw_tasks) > 10_000:
+            raise ProtocolError("bad_message", "at most 10000 tasks per publish")
+        items = [_task_item(conn, t, f"tasks[{i}]") for i, t in enumerate(raw_tasks)]
+        several = True
+    else:
+        items = [_task_item(conn, msg, "publish")]
+        several = False
+    wait = opt_bool(msg, "wait", False)
+    timeout = opt_number(msg, "timeout", None)
+    updates = opt_bool(msg, "updates", True)
+    wait_spec = None
+    if wait or timeout is not None or "default" in msg:
+        wait_spec = WaitSpec(timeout, "default" in msg, msg.get("default"))
+    try:
+        tasks = await state.app.add_many(items)
+    except ValidationError as exc:
+        raise ProtocolError("invalid", str(exc)) from None
+    key = encode_id(msg_id)
+    reply: dict[str, Any] = {"type": "published", "id": msg_id}
+    if several:
+        reply["tasks"] = [state.task_json(t) for t in tasks]
+    else:
+        reply["task"] = state.task_json(tasks[0])
+    conn.send_msg(reply)
+    state.remote.wake()
+    if not (updates or wait_spec is not None):
+        return
+    streams = conn.streams.setdefault(key, [])
+    for task in tasks:
+        stream = TaskStream(state, conn, msg_id, key, task.id, replay=False, updates=updates,
+                            wait=wait_spec, initial=task)
+        streams.append(stream)
+        stream.start()
+
+
+async def _wait(conn: Connection, msg: dict[str, Any]) -> None:
+    task_id = req_str(msg, "task_id", limit=100)
+    timeout = opt_number(msg, "timeout", None)
+    key = encode_id(msg["id"])
+    stream = TaskStream(conn.state, conn, msg["id"], key, task_id, replay=False, updates=False,
+                        wait=WaitSpec(timeout, "default" in msg, msg.get("default")),
+                        with_task=opt_bool(msg, "task", False))
+    conn.streams.setdefault(key, []).append(stream)
+    stream.start()
+
+
+async def _watch(conn: Connection, msg: dict[str, Any]) -> None:
+    task_id = req_str(msg, "task_id", limit=100)
+    level = _level_from_query(msg.get("max_level"))
+    logs = opt_bool(msg, "logs", True)
+    key = encode_id(msg["id"])
+    if key in conn.streams:
+        raise ProtocolError("duplicate_id", "a stream with this id is open already")
+    stream = TaskStream(conn.state, conn, msg["id"], key, task_id, replay=logs, updates=True,
+                        wait=None, max_level=level, logs=logs)
+    conn.streams.setdefault(key, []).append(stream)
+    stream.start()
+
+
+def _unwatch(conn: Connection, msg: dict[str, Any]) -> None:
+    target = msg.get("stream")
+    key = encode_id(target)
+    streams = conn.streams.pop(key, None)
+    if streams is None:
+        raise ProtocolError("not_found", f"no open stream with id {target!r}")
+    for stream in streams:
+        stream.close()
+    conn.send_msg({"type": "ok", "id": msg["id"]})
+
+
+async def _get(conn: Connection, msg: dict[str, Any]) -> None:
+    from ..model import LogLevel
+
+    task_id = req_str(msg, "task_id", limit=100)
+    logs = opt_bool(msg, "logs", False)
+    task = await conn.state.app.get(task_id)
+    conn.require_read(task.action)
+    data = conn.state.task_json(task)
+    if logs:
+        level = _level_from_query(msg.get("max_level")) if msg.get("max_level") else \
+            LogLevel.DEBUG
+        records = await conn.state.app.storage.read_logs(task_id, 0, level)
+        data["logs"] = [r.to_json() for r in records]
+    conn.send_msg({"type": "task", "id": msg["id"], "task": data})
+
+
+async def _abort(conn: Connection, msg: dict[str, Any]) -> None:
+    task_id = req_str(msg, "task_id", limit=100)
+    reason = opt_str(msg, "reason", "aborted", limit=500) or "aborted"
+    if not conn.credential.admin:
+        task = await conn.state.app.get(task_id)
+        if not conn.credential.can_publish(task.action):
+            raise ProtocolError("forbidden", "aborting needs the admin right or the right to "
+                                             "publish the task's action")
+    task = await conn.state.app.abort(task_id, reason)
+    conn.send_msg({"type": "task", "id": msg["id"], "task": conn.state.task_json(task)})
+
+
+async def _live(conn: Connection, msg: dict[str, Any]) -> None:
+    key = encode_id(msg["id"])
+    if key in conn.lives or key in conn.streams:
+        raise ProtocolError("duplicate_id", "a live query with this id is open already")
+    if len(conn.lives) >= 100:
+        raise ProtocolError("too_many", "at most 100 live queries per connection")
+    live = await conn.state.live.subscribe(conn, msg["id"], key, msg.get("filter"),
+                                           msg.get("sort"), msg.get("limit"), msg.get("fields"))
+    if live is not None:
+        conn.lives[key] = live
+
+
+def _unlive(conn: Connection, msg: dict[str, Any]) -> None:
+    target = msg.get("live")
+    key = encode_id(target)
+    live = conn.lives.pop(key, None)
+    if live is None:
+        raise ProtocolError("not_found", f"no live query with id {target!r}")
+    conn.state.live.unsubscribe(live)
+    conn.send_msg({"type": "ok", "id": msg["id"]})
+
+
+def _remote(name: str) -> Handler:
+    def handle(conn: Connection, msg: dict[str, Any]) -> Awaitable[None] | None:
+        return conn.state.remote.handle(conn, name, msg)
+
+    return handle
+
+
+_HANDLERS: dict[str, Handler] = {
+    "hello": _hello_again,
+    "ping": _ping,
+    "publish": _publish,
+    "wait": _wait,
+    "get": _get,
+    "abort": _abort,
+    "watch": _watch,
+    "unwatch": _unwatch,
+    "live": _live,
+    "unlive": _unlive,
+    **{name: _remote(name) for name in (
+        "subscribe", "unsubscribe", "pickup", "refuse", "fetch", "update", "log", "emit",
+        "return", "drop", "fail", "retry", "reschedule", "heartbeat")},
+}

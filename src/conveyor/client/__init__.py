@@ -1,0 +1,19 @@
+"""Clients of a conveyor hub.
+
+:class:`HTTPClient` speaks the REST API (``docs/http.md``);
+:class:`HubClient` (async) and :class:`SyncHubClient` (blocking) speak the
+WebSocket protocol (``docs/protocol.md``): publish and await, work on actions
+as a remote worker with in-process-style handlers, follow tasks and live
+queries. :class:`HubError`
+is what a client raises when the hub refuses a request for a reason other
+than bad input or a task's state (authentication, rights, rate limits, an
+unreachable hub).
+"""
+
+from ._client import MISSING, HubClient, LiveChange, LiveQuery, Update
+from ._errors import HubError
+from ._http import HTTPClient
+from ._sync import SyncHubClient
+
+__all__ = ["MISSING", "HTTPClient", "HubClient", "HubError", "LiveChange", "LiveQuery",
+           "SyncHubClient", "Update"]

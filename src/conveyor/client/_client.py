@@ -1,0 +1,733 @@
+"""The WebSocket client of a hub: :class:`HubClient` (async; see ``SyncHubClient``).
+
+::
+
+    from conveyor.client import HubClient
+
+    async with HubClient("http://127.0.0.1:8765", key) as hub:
+        task = await hub.add("mail:send", {"to": "ann@example.com"})
+        print(await hub.wait(task.id, timeout=60))
+
+        async for change in hub.live({"status": "failed"}):
+            print(change.type, change.task_id)
+
+A remote worker uses the handler style of in-process workers::
+
+    hub = HubClient(url, key)
+
+    @hub.handler("mail:send")
+    async def send(ctx: Context) -> dict:
+        await ctx.progress(1, total=2)
+        ctx.log.info("sending to %s", ctx.payload["to"])
+        return {"sent": True}
+
+    await hub.work(service="mailer", concurrency=16)   # until hub.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from .._registry import Handler, build_handler
+from ..errors import (
+    ConfigurationError,
+    InvalidTransition,
+    QueryError,
+    TaskAborted,
+    TaskFailed,
+    TaskNotFound,
+    ValidationError,
+    WaitTimeout,
+)
+from ..model import Backoff, Condition, LogLevel, LogRecord, Progress, Status, Task
+from ._errors import HubError
+from ._http import task_from_json
+from ._link import CLOSED, Link, ws_url
+from ._remote import WorkerSession, with_accept
+
+__all__ = ["MISSING", "HubClient", "LiveChange", "LiveQuery", "Update"]
+
+log = logging.getLogger("conveyor.client")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+"""The default of ``default=`` arguments: no default, raise instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One message about a followed task: ``watching`` (first, with the task),
+    ``start``, ``pickup``, ``update`` (progress), ``log``, ``emit``, ``queued``,
+    ``abort_requested``, ``success``, ``fail``, ``end`` (last). ``data`` is the
+    message as the hub sent it."""
+
+    type: str
+    task_id: str
+    data: Mapping[str, Any]
+
+    @property
+    def task(self) -> Task | None:
+        raw = self.data.get("task")
+        return task_from_json(raw) if isinstance(raw, Mapping) else None
+
+    @property
+    def log(self) -> LogRecord | None:
+        raw = self.data.get("log")
+        if not isinstance(raw, Mapping):
+            return None
+        return LogRecord(raw["task_id"], raw["seq"], raw["ts"], LogLevel.parse(raw["level"]),
+                         raw["message"], raw.get("data"))
+
+    @property
+    def progress(self) -> Progress | None:
+        raw = self.data.get("progress")
+        return Progress.from_json(raw) if isinstance(raw, Mapping) else None
+
+
+@dataclass(frozen=True, slots=True)
+class LiveChange:
+    """One change of a live query: ``snapshot`` (``tasks``: the whole result, also
+    after a resubscription), ``added``, ``changed`` (``task``) or ``removed``
+    (``task_id``). Tasks are dicts in the wire form (only the asked ``fields``)."""
+
+    type: str
+    seq: int
+    task_id: str | None = None
+    task: Mapping[str, Any] | None = None
+    tasks: tuple[Mapping[str, Any], ...] = ()
+    resync: bool = False
+
+
+class LiveQuery:
+    """An async iterator of :class:`LiveChange`; ``tasks`` is the current result.
+
+    It checks the hub's sequence numbers: after a gap, or when the connection
+    came back, it subscribes again and yields a fresh ``snapshot``
+    (``resync=True``)."""
+
+    def __init__(self, client: HubClient, filter: Mapping[str, Any] | None, sort: Any,
+                 limit: int | None, fields: Sequence[str] | None) -> None:
+        self.client = client
+        self.request: dict[str, Any] = {"type": "live", "filter": filter}
+        if sort is not None:
+            self.request["sort"] = sort
+        if limit is not None:
+            self.request["limit"] = limit
+        if fields is not None:
+            self.request["fields"] = list(fields)
+        self.tasks: dict[str, Mapping[str, Any]] = {}
+        self.resyncs = 0
+        self._link: Link | None = None
+        self._id: Any = None
+        self._queue: asyncio.Queue[dict[str, Any]] | None = None
+        self._expected = 1
+        self._chunks: list[Mapping[str, Any]] = []
+        self._started = False
+        self._closed = False
+
+    def __aiter__(self) -> LiveQuery:
+        return self
+
+    async def __aenter__(self) -> LiveQuery:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _subscribe(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                link = await self.client._connect()
+                queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+                message = dict(self.request)
+                message["id"] = link.new_id()
+                reply = await link.request(message, route=queue.put_nowait)
+            except HubError as exc:
+                if exc.code in ("disconnected", "unreachable", "closed") and not self._closed:
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(5.0, delay * 2)
+                    continue
+                raise _mapped(exc) from None
+            self._link, self._id, self._queue = link, message["id"], queue
+            self._expected = 1
+            self._chunks = []
+            queue.put_nowait(reply)
+            # the reply came first: move it before anything routed meanwhile
+            items = [queue.get_nowait() for _ in range(queue.qsize())]
+            items.insert(0, items.pop())
+            for item in items:
+                queue.put_nowait(item)
+            return
+
+    async def __anext__(self) -> LiveChange:
+        if self._closed:
+            raise StopAsyncIteration
+        resync = self._started
+        while True:
+            if self._queue is None:
+                await self._subscribe()
+                resync = resync or self._started
+                self._started = True
+            assert self._queue is not None
+            msg = await self._queue.get()
+            if msg is CLOSED:
+                self._queue = None
+                self.resyncs += 1
+                continue
+            kind = msg.get("type")
+            if kind == "error":
+                self._queue = None
+                self._started = False
+                raise _mapped(_error_of(msg))
+            seq = msg.get("seq")
+            if seq != self._expected:
+                log.warning("live query: expected message %s, got %s: subscribing again",
+                            self._expected, seq)
+                await self._drop()
+                self.resyncs += 1
+                continue
+            self._expected += 1
+            if kind == "snapshot":
+                self._chunks.extend(msg.get("tasks") or ())
+                if msg.get("more"):
+                    continue
+                tasks = tuple(self._chunks)
+                self._chunks = []
+                self.tasks = {t["id"]: t for t in tasks}
+                return LiveChange("snapshot", seq, tasks=tasks, resync=resync)
+            if kind in ("added", "changed"):
+                task = msg.get("task") or {}
+                self.tasks[task["id"]] = task
+                return LiveChange(kind, seq, task["id"], task)
+            if kind == "removed":
+                task_id = str(msg.get("task_id"))
+                self.tasks.pop(task_id, None)
+                return LiveChange("removed", seq, task_id)
+
+    async def _drop(self) -> None:
+        link, msg_id = self._link, self._id
+        self._queue = None
+        if link is not None and msg_id is not None and not link.closed.is_set():
+            link.routes.pop(msg_id, None)
+            with contextlib.suppress(Exception):
+                await link.request({"type": "unlive", "live": msg_id}, timeout=5.0)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._drop()
+
+    close = aclose
+
+
+class HubClient:
+    """A client of a hub over its WebSocket protocol (``docs/protocol.md``).
+
+    ``url`` is the hub's base URL (``http://host:port`` or ``ws://host:port``);
+    ``key`` its credential's key (sent in the handshake's ``Authorization``
+    header, or in a ``hello`` message with ``hello=True``). One client holds
+    one connection, opened on first use and opened again when it was lost.
+    """
+
+    def __init__(self, url: str, key: str | None = None, *, open_timeout: float = 10.0,
+                 hello: bool = False) -> None:
+        self.url = ws_url(url)
+        self.key = key
+        self.open_timeout = open_timeout
+        self.hello = hello
+        self._link: Link | None = None
+        self._lock: asyncio.Lock | None = None
+        self._handlers: dict[str, Handler] = {}
+        self._stops: set[asyncio.Event] = set()
+        self._sessions: set[WorkerSession] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested = False
+        self.connects = 0
+
+    def __repr__(self) -> str:
+        return f"HubClient({self.url!r})"
+
+    # -- connection ---------------------------------------------------------------
+
+    async def _connect(self) -> Link:
+        link = self._link
+        if link is not None and not link.closed.is_set():
+            return link
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            link = self._link
+            if link is not None and not link.closed.is_set():
+                return link
+            self._loop = asyncio.get_running_loop()
+            self._link = await Link.open(self.url, self.key, timeout=self.open_timeout,
+                                         hello=self.hello)
+            self.connects += 1
+            return self._link
+
+    async def connect(self) -> HubClient:
+        """Connect now (done on first use anyway); returns the client."""
+        await self._connect()
+        return self
+
+    @property
+    def welcome(self) -> Mapping[str, Any]:
+        """The hub's ``welcome`` (credential, rights, limits) of the current connection."""
+        return self._link.welcome if self._link is not None else {}
+
+    async def close(self) -> None:
+        """Stop working (if :meth:`work` runs) and disconnect."""
+        if self._stops:
+            self.stop()
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+    async def __aenter__(self) -> HubClient:
+        await self._connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _request(self, message: dict[str, Any], timeout: float | None = None) -> dict[
+            str, Any]:
+        link = await self._connect()
+        try:
+            return await link.request(message, timeout=timeout)
+        except HubError as exc:
+            raise _mapped(exc) from None
+
+    # -- publishing ------------------------------------------------------------------
+
+    async def add(self, action: str, payload: Any = None, *, delivery: str | None = None,
+                  **options: Any) -> Task:
+        """Add a task (the options of :meth:`conveyor.Conveyor.add`, and ``delivery``:
+        ``"one"`` or ``"all"``) and return it."""
+        item = _publish_item(action, payload, options, delivery)
+        reply = await self._request({"type": "publish", **item, "updates": False})
+        return task_from_json(reply["task"])
+
+    async def add_many(self, items: Iterable[Any]) -> list[Task]:
+        """Add several tasks in one transaction (items as for ``Conveyor.add_many``)."""
+        tasks = [_item(item, i) for i, item in enumerate(items)]
+        if not tasks:
+            return []
+        reply = await self._request({"type": "publish", "tasks": tasks, "updates": False})
+        return [task_from_json(t) for t in reply["tasks"]]
+
+    async def run(self, action: str, payload: Any = None, *, timeout: float | None = None,
+                  default: Any = MISSING, delivery: str | None = None,
+                  **options: Any) -> Any:
+        """Add a task and wait for its result (see :meth:`wait`)."""
+        item = _publish_item(action, payload, options, delivery)
+        link = await self._connect()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        message: dict[str, Any] = {"type": "publish", **item, "updates": False, "wait": True}
+        if timeout is not None:
+            message["timeout"] = timeout
+        try:
+            reply = await link.request(message, route=queue.put_nowait)
+        except HubError as exc:
+            raise _mapped(exc) from None
+        task_id = reply["task"]["id"]
+        started = time.monotonic()
+        guard = None if timeout is None else timeout + 10.0
+        try:
+            msg = await asyncio.wait_for(queue.get(), guard)
+        except TimeoutError:
+            msg = {"type": "error", "code": "wait_timeout", "message": "no answer"}
+        finally:
+            link.routes.pop(message["id"], None)
+        if msg is CLOSED:  # the connection went away: ask again on a new one
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            return await self.wait(task_id, left, default=default)
+        return self._answer(task_id, msg, timeout, default)
+
+    async def wait(self, task_id: str, timeout: float | None = None, *,
+                   default: Any = MISSING) -> Any:
+        """The task's result once it ended. Raises :class:`~conveyor.errors.TaskFailed`,
+        :class:`~conveyor.errors.TaskAborted` or :class:`~conveyor.errors.WaitTimeout` —
+        or returns ``default`` instead when one is given."""
+        msg = await self._wait_message(task_id, timeout)
+        return self._answer(task_id, msg, timeout, default)
+
+    async def wait_task(self, task_id: str, timeout: float | None = None) -> Task:
+        """The task once it ended, whatever its status (raises WaitTimeout)."""
+        msg = await self._wait_message(task_id, timeout)
+        raw = msg.get("task")
+        if isinstance(raw, Mapping):
+            return task_from_json(raw)
+        if msg.get("type") == "error" and msg.get("code") == "wait_timeout":
+            raise WaitTimeout(task_id, timeout or 0.0)
+        if msg.get("type") == "error":
+            raise _mapped(_error_of(msg))
+        return await self.get(task_id)
+
+    async def _wait_message(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            message: dict[str, Any] = {"type": "wait", "task_id": task_id, "task": True}
+            if left is not None:
+                message["timeout"] = left
+            link = await self._connect()
+            try:
+                return await link.request(message, None if left is None else left + 10.0)
+            except HubError as exc:
+                if exc.code == "disconnected":
+                    continue
+                data = getattr(exc, "data", None)
+                if isinstance(data, dict):
+                    return data
+                raise _mapped(exc) from None
+            except TimeoutError:
+                return {"type": "error", "code": "wait_timeout", "message": "no answer"}
+
+    def _answer(self, task_id: str, msg: Mapping[str, Any], timeout: float | None,
+                default: Any) -> Any:
+        if msg.get("type") == "result":
+            if msg.get("status") == Status.SUCCEEDED.value and not msg.get("default"):
+                return msg.get("value")
+            if default is not MISSING:
+                return default
+        code = msg.get("code")
+        raw = msg.get("task")
+        if code in ("task_failed", "task_aborted", "wait_timeout") and default is not MISSING:
+            return default
+        if code == "wait_timeout":
+            raise WaitTimeout(task_id, timeout or 0.0)
+        if isinstance(raw, Mapping):
+            task = task_from_json(raw)
+            if task.status is Status.ABORTED:
+                raise TaskAborted(task)
+            raise TaskFailed(task)
+        raise _mapped(_error_of(dict(msg)))
+
+    async def get(self, task_id: str, *, logs: bool = False,
+                  max_level: LogLevel | str = LogLevel.DEBUG) -> Task:
+        """The task (with its logs if asked)."""
+        message: dict[str, Any] = {"type": "get", "task_id": task_id, "logs": logs}
+        if logs:
+            message["max_level"] = LogLevel.parse(max_level).name.lower()
+        reply = await self._request(message)
+        return task_from_json(reply["task"])
+
+    async def abort(self, task_id: str, reason: str = "aborted") -> Task:
+        """Abort a task (needs the admin right or the right to publish its action)."""
+        reply = await self._request({"type": "abort", "task_id": task_id, "reason": reason})
+        return task_from_json(reply["task"])
+
+    # -- following -------------------------------------------------------------------
+
+    async def follow(self, task_id: str, *, max_level: LogLevel | str = LogLevel.DEBUG,
+                     logs: bool = True) -> AsyncIterator[Update]:
+        """The task's messages: ``watching`` (the task), its logs from the start, then
+        progress, logs and status changes, ending with ``end``. A lost connection is
+        resumed (log lines already seen are skipped)."""
+        level = LogLevel.parse(max_level).name.lower()
+        last_seq = 0
+        delay = 0.1
+        while True:
+            link = await self._connect()
+            queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            message = {"type": "watch", "id": link.new_id(), "task_id": task_id,
+                       "max_level": level, "logs": logs}
+            try:
+                reply = await link.request(message, route=queue.put_nowait)
+            except HubError as exc:
+                if exc.code == "disconnected":
+                    await asyncio.sleep(delay)
+                    delay = min(5.0, delay * 2)
+                    continue
+                raise _mapped(exc) from None
+            ended = False
+            try:
+                yield Update("watching", task_id, reply)
+                while True:
+                    msg = await queue.get()
+                    if msg is CLOSED:
+                        break
+                    kind = str(msg.get("type"))
+                    if kind == "error":
+                        ended = True
+                        raise _mapped(_error_of(msg))
+                    if kind == "log":
+                        seq = (msg.get("log") or {}).get("seq", 0)
+                        if seq <= last_seq:
+                            continue
+                        last_seq = seq
+                    yield Update(kind, task_id, msg)
+                    if kind == "end":
+                        ended = True
+                        return
+            finally:
+                link.routes.pop(message["id"], None)
+                if not ended and not link.closed.is_set():
+                    with contextlib.suppress(Exception):
+                        link.send({"type": "unwatch", "id": link.new_id(),
+                                   "stream": message["id"]})
+
+    def live(self, filter: Mapping[str, Any] | None = None, *, sort: Any = None,
+             limit: int | None = None, fields: Sequence[str] | None = None) -> LiveQuery:
+        """A live query: ``async for change in client.live({"status": "running"})``."""
+        return LiveQuery(self, filter, sort, limit, fields)
+
+    # -- working ---------------------------------------------------------------------
+
+    def handler(self, action: str, **options: Any) -> Callable[[F], F]:
+        """Register the decorated function as this client's handler of ``action``:
+        the in-process handler style (``ctx.payload``, ``ctx.progress()``, ``ctx.log``,
+        ``ctx.emit()``, ``ctx.aborted``; return a value, Retry or Reschedule).
+
+        Options: ``environment``, ``timeout`` (enforced here, besides the task's
+        own run timeout enforced by the hub), ``retry_on``, ``payload_model``,
+        ``result_model``, ``mode`` (``"async"``, ``"thread"`` or ``"auto"``),
+        ``abort_grace``, and ``accept`` (a function of the offered task, as a
+        dict, that may refuse it before its payload is downloaded)."""
+
+        def register(fn: F) -> F:
+            self.register(action, fn, **options)
+            return fn
+
+        return register
+
+    def register(self, action: str, fn: Callable[..., Any], **options: Any) -> Handler:
+        """The non-decorator form of :meth:`handler`."""
+        accept = options.pop("accept", None)
+        if options.get("mode") == "process":
+            raise ConfigurationError("remote workers run handlers on their loop or in threads; "
+                                     "mode='process' is not supported here")
+        for name in ("schedule", "limit", "pickup_timeout", "priority", "policy",
+                     "max_attempts", "retries", "backoff"):
+            if name in options:
+                raise ConfigurationError(
+                    f"handler option {name!r} belongs to the publishing side or the hub; "
+                    "give it to the tasks (add(..., {name}=...)) instead")
+        if action in self._handlers:
+            raise ConfigurationError(f"a handler for {action!r} is already registered")
+        try:
+            handler = build_handler(action, fn, **options)
+        except TypeError as exc:
+            raise ConfigurationError(f"handler for {action!r}: {exc}") from None
+        handler = with_accept(handler, accept)
+        self._handlers[action] = handler
+        return handler
+
+    @property
+    def actions(self) -> list[str]:
+        return sorted(self._handlers)
+
+    async def work(self, service: str, *, concurrency: int = 8, prefetch: int | None = None,
+                   stop_timeout: float = 10.0, max_backoff: float = 5.0) -> None:
+        """Work on the registered actions as service ``service`` until :meth:`stop`
+        (or cancellation). A lost connection is opened again with backoff; the
+        hub offers the tasks this worker held to others meanwhile.
+
+        ``concurrency`` handlers run at once; ``prefetch`` more offers (default:
+        as many as ``concurrency``, at most 100) wait here for a free slot, so that
+        the next tasks are at hand when one ends. The subscription's capacity is
+        their sum. A prefetched offer is picked up (and its run timeout starts)
+        only when it starts; it is given back when the worker stops."""
+        if not self._handlers:
+            raise ConfigurationError("no handlers are registered: nothing to work on")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError("concurrency must be an integer >= 1")
+        if prefetch is None:
+            prefetch = min(concurrency, 100)
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ConfigurationError("prefetch must be an integer >= 0")
+        self._loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        if self._stop_requested:
+            stop.set()
+        self._stops.add(stop)
+        session = WorkerSession(self, service, dict(self._handlers), concurrency, prefetch)
+        self._sessions.add(session)
+        delay = 0.1
+        try:
+            while not stop.is_set():
+                try:
+                    link = await self._connect()
+                except HubError as exc:
+                    if exc.status in (401, 403):
+                        raise
+                    log.warning("service %s: %s; retrying in %.1f s", service, exc, delay)
+                    await _sleep_or(stop, delay * (0.5 + random.random()))
+                    delay = min(max_backoff, delay * 2)
+                    continue
+                connected = time.monotonic()
+                runner = asyncio.ensure_future(session.run_on(link))
+                stopper = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopper.cancel()
+                if stop.is_set():
+                    await session.unsubscribe(stop_timeout)
+                    runner.cancel()
+                    with contextlib.suppress(BaseException):
+                        await runner
+                    break
+                failure = runner.exception() if runner.done() and not runner.cancelled() \
+                    else None
+                if isinstance(failure, HubError) and failure.code == "forbidden":
+                    raise _mapped(failure)
+                if failure is not None and not isinstance(failure, HubError):
+                    raise failure
+                if time.monotonic() - connected > 5.0:
+                    delay = 0.1
+                log.warning("service %s: connection to the hub lost (%s); reconnecting",
+                            service, link.close_code)
+                await _sleep_or(stop, delay * (0.5 + random.random()))
+                delay = min(max_backoff, delay * 2)
+        finally:
+            self._stops.discard(stop)
+            self._sessions.discard(session)
+            session.abandon("worker stopped")
+            session.close()
+            self._stop_requested = False
+
+    async def wait_working(self, timeout: float | None = None) -> None:
+        """Wait until :meth:`work` has subscribed (for tests and orchestration)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for session in self._sessions:
+                if session.subscribed.is_set():
+                    return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("the worker did not subscribe in time")
+            await asyncio.sleep(0.01)
+
+    def stop(self) -> None:
+        """Ask :meth:`work` to stop (thread-safe): it stops taking offers, lets
+        running tasks finish for ``stop_timeout`` seconds, and returns."""
+        loop = self._loop
+        if loop is None:
+            self._stop_requested = True
+            return
+        if _on_loop(loop):
+            self._stop_now()
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._stop_now)
+
+    def _stop_now(self) -> None:
+        if not self._stops:
+            self._stop_requested = True
+        for event in list(self._stops):
+            event.set()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+async def _sleep_or(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+
+
+def _error_of(msg: dict[str, Any]) -> HubError:
+    from ._link import hub_error
+
+    return hub_error(msg)
+
+
+def _mapped(exc: HubError) -> Exception:
+    """The library's own exception for a hub error code, where there is one."""
+    data = getattr(exc, "data", None) or {}
+    code = exc.code
+    if code == "not_found":
+        task_id = data.get("task_id")
+        if isinstance(task_id, str):
+            return TaskNotFound(task_id)
+        return ValidationError(exc.message) if "task" not in exc.message else exc
+    if code == "bad_filter":
+        error = QueryError(exc.message)
+        error.path = str(data.get("path") or "")
+        return error
+    if code in ("invalid", "bad_message"):
+        return ValidationError(exc.message)
+    if code == "invalid_transition":
+        return InvalidTransition(exc.message)
+    return exc
+
+
+def _seconds(value: Any) -> Any:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def _options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Add options as JSON (timedeltas as seconds, datetimes as epoch seconds)."""
+    out = dict(options)
+    for name in ("delay", "timeout", "pickup_timeout"):
+        if name in out:
+            out[name] = _seconds(out[name])
+    run_at = out.get("run_at")
+    if isinstance(run_at, datetime):
+        out["run_at"] = (run_at if run_at.tzinfo else run_at.replace(tzinfo=UTC)).timestamp()
+    backoff = out.get("backoff")
+    if isinstance(backoff, Backoff):
+        out["backoff"] = backoff.to_json()
+    concurrency = out.get("concurrency")
+    if isinstance(concurrency, Condition | Mapping):
+        concurrency = [concurrency]
+    if isinstance(concurrency, list | tuple):
+        out["concurrency"] = [c.to_json() if isinstance(c, Condition) else c
+                              for c in concurrency]
+    scope = out.get("unique_scope")
+    if isinstance(scope, str):
+        scope = [scope]
+    if isinstance(scope, list | tuple):
+        out["unique_scope"] = [str(s) for s in scope]
+    return out
+
+
+def _publish_item(action: str, payload: Any, options: Mapping[str, Any],
+                  delivery: str | None) -> dict[str, Any]:
+    item: dict[str, Any] = {"action": action, "payload": payload, "options": _options(options)}
+    if delivery is not None:
+        item["delivery"] = delivery
+    return item
+
+
+def _item(item: Any, index: int) -> dict[str, Any]:
+    if isinstance(item, Mapping):
+        data = dict(item)
+        if "action" not in data:
+            raise ValidationError(f"task {index}: each task needs an 'action'")
+        action = data.pop("action")
+        payload = data.pop("payload", None)
+        delivery = data.pop("delivery", None)
+        return _publish_item(action, payload, data, delivery)
+    if isinstance(item, tuple | list):
+        if len(item) == 2:
+            return _publish_item(item[0], item[1], {}, None)
+        if len(item) == 3 and isinstance(item[2], Mapping):
+            options = dict(item[2])
+            delivery = options.pop("delivery", None)
+            return _publish_item(item[0], item[1], options, delivery)
+    raise ValidationError(
+        f"task {index}: each task is (action, payload), (action, payload, options) or a "
+        "dict with 'action'")
+

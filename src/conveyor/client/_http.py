@@ -1,0 +1,430 @@
+"""A small async client of the hub's REST API (``docs/http.md``), on httpx.
+
+Its methods mirror :class:`conveyor.Conveyor`'s and return the same types
+(:class:`~conveyor.Task`, :class:`~conveyor.storage.WorkerInfo`, ...). Errors
+are the library's own: :class:`~conveyor.errors.TaskNotFound`,
+:class:`~conveyor.errors.ValidationError` (:class:`~conveyor.errors.QueryError`
+for filters), :class:`~conveyor.errors.InvalidTransition`,
+:class:`~conveyor.errors.TaskFailed` / :class:`~conveyor.errors.TaskAborted` /
+:class:`~conveyor.errors.WaitTimeout` from :meth:`HTTPClient.wait`, and
+:class:`HubError` for the rest (authentication, rights, rate limits, an
+unreachable hub)::
+
+    async with HTTPClient("http://127.0.0.1:8765", key) as hub:
+        task = await hub.add("mail:send", {"to": "ann@example.com"})
+        print(await hub.wait(task.id, timeout=60))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ..errors import (
+    InvalidTransition,
+    QueryError,
+    TaskAborted,
+    TaskFailed,
+    TaskNotFound,
+    ValidationError,
+    WaitTimeout,
+)
+from ..model import (
+    Backoff,
+    Condition,
+    ErrorInfo,
+    LogLevel,
+    LogRecord,
+    Progress,
+    Status,
+    Task,
+)
+from ..storage import WorkerInfo
+from ._errors import HubError
+
+__all__ = ["HTTPClient", "HubError", "LogPage", "task_from_json"]
+
+API = "/api/v1"
+PAGE = 1000
+"""Tasks read per request when :meth:`HTTPClient.find` has no limit (or a larger one)."""
+LONG_POLL = 60.0
+"""The hub's longest wait per request."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """One read of a task's log: its status (read before the lines), the lines
+    after ``after_seq``, and the ``next_seq`` to ask for the lines that follow."""
+
+    task_id: str
+    status: Status
+    records: list[LogRecord]
+    next_seq: int
+
+    @property
+    def complete(self) -> bool:
+        """The task had ended before these lines were read: no more will come
+        (when the read was not cut short by its limit)."""
+        return self.status.terminal
+
+
+class HTTPClient:
+    """A client of one hub. Use it as an async context manager, or call :meth:`close`.
+
+    ``url`` is the hub's base URL (``http://127.0.0.1:8765``), ``key`` a
+    credential's key (None for a hub running ``--insecure``), ``timeout`` the
+    seconds one request may take (long polls get their wait on top).
+    """
+
+    def __init__(self, url: str, key: str | None = None, *, timeout: float = 30.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        headers = {"Accept": "application/json", "User-Agent": "conveyor-client"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout,
+                                       transport=transport)
+
+    async def __aenter__(self) -> HTTPClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    def __repr__(self) -> str:
+        return f"HTTPClient({self.url!r})"
+
+    # -- plumbing -------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                    body: Any = None, task_id: str | None = None,
+                    timeout: float | None = None, ok: Sequence[int] = (200, 201)
+                    ) -> tuple[int, Any]:
+        content = None
+        headers = {}
+        if body is not None:
+            try:
+                content = json.dumps(body, allow_nan=False, ensure_ascii=False).encode()
+            except (TypeError, ValueError) as exc:
+                raise ValidationError(f"the request is not JSON-serialisable: {exc}") from None
+            except UnicodeEncodeError:
+                raise ValidationError("the request holds text that is not valid Unicode") \
+                    from None
+            headers["Content-Type"] = "application/json"
+        try:
+            response = await self._http.request(
+                method, path, params=params, content=content, headers=headers,
+                timeout=self.timeout if timeout is None else timeout)
+        except httpx.TimeoutException as exc:
+            raise HubError(0, f"the hub at {self.url} did not answer in time "
+                              f"({type(exc).__name__})", "timeout") from None
+        except httpx.HTTPError as exc:
+            raise HubError(0, f"cannot reach the hub at {self.url}: {exc or type(exc).__name__}",
+                           "unreachable") from None
+        if response.status_code in ok:
+            try:
+                return response.status_code, response.json()
+            except ValueError:
+                raise HubError(response.status_code, "the hub answered with something that "
+                                                     "is not JSON", "bad_answer") from None
+        raise _error(response, task_id)
+
+    @staticmethod
+    def _id(task_id: str) -> str:
+        if not isinstance(task_id, str) or not task_id or len(task_id) > 100:
+            raise ValidationError(f"a task id is a non-empty string, not {task_id!r}")
+        return quote(task_id, safe="")
+
+    # -- adding ---------------------------------------------------------------------
+
+    async def add(self, action: str, payload: Any = None, **options: Any) -> Task:
+        """Add a task (options as :meth:`Conveyor.add`); a live task holding
+        ``unique_key`` is returned instead of a new one."""
+        return (await self.add_checked(action, payload, **options))[0]
+
+    async def add_checked(self, action: str, payload: Any = None,
+                          **options: Any) -> tuple[Task, bool]:
+        """:meth:`add`, and whether the task is new (False: a live task held its
+        ``unique_key``, and that task is returned)."""
+        body = {"action": action, "payload": payload, **_options(options)}
+        status, data = await self._call("POST", f"{API}/tasks", body=body)
+        return task_from_json(data), status == 201
+
+    async def add_many(self, items: Iterable[Any]) -> list[Task]:
+        """Add many tasks, all or none: ``(action, payload)``,
+        ``(action, payload, options)`` or dicts with ``action``."""
+        tasks = [_item(item, i) for i, item in enumerate(items)]
+        if not tasks:
+            return []
+        _, data = await self._call("POST", f"{API}/tasks/batch", body={"tasks": tasks})
+        return [task_from_json(t) for t in data["tasks"]]
+
+    # -- reading --------------------------------------------------------------------
+
+    async def get(self, task_id: str, *, logs: bool = False,
+                  max_level: LogLevel | str = LogLevel.DEBUG) -> Task:
+        params = {"logs": "true", "max_level": _level(max_level)} if logs else None
+        _, data = await self._call("GET", f"{API}/tasks/{self._id(task_id)}", params=params,
+                                   task_id=task_id)
+        return task_from_json(data)
+
+    async def find(self, filter: Mapping[str, Any] | None = None, *, sort: Any = None,
+                   limit: int | None = None, skip: int = 0) -> list[Task]:
+        """Tasks matching ``filter``, sorted, paged (read :data:`PAGE` at a time)."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 0):
+            raise QueryError(f"limit must be null or an integer >= 0, not {limit!r}", "limit")
+        out: list[Task] = []
+        while True:
+            want = PAGE if limit is None else min(PAGE, limit - len(out))
+            body = {"filter": dict(filter) if filter else None, "sort": sort, "limit": want,
+                    "skip": skip + len(out)}
+            _, data = await self._call("POST", f"{API}/tasks/search", body=body)
+            page = [task_from_json(t) for t in data["tasks"]]
+            out.extend(page)
+            if len(page) < want or want == 0 or (limit is not None and len(out) >= limit):
+                return out
+
+    async def find_one(self, filter: Mapping[str, Any] | None = None, *,
+                       sort: Any = None) -> Task | None:
+        found = await self.find(filter, sort=sort, limit=1)
+        return found[0] if found else None
+
+    async def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        _, data = await self._call("POST", f"{API}/tasks/count",
+                                   body={"filter": dict(filter) if filter else None})
+        return int(data["count"])
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        _, data = await self._call("GET", f"{API}/stats")
+        return {str(a): {str(s): int(n) for s, n in counts.items()}
+                for a, counts in data["stats"].items()}
+
+    async def workers(self) -> list[WorkerInfo]:
+        _, data = await self._call("GET", f"{API}/workers")
+        return [WorkerInfo(id=w["id"], host=w["host"], pid=w["pid"],
+                           actions=tuple(w["actions"]), concurrency=w["concurrency"],
+                           started_at=w["started_at"], last_seen=w["last_seen"],
+                           running=w.get("running", 0), info=w.get("info") or {})
+                for w in data["workers"]]
+
+    async def logs(self, task_id: str, *, after_seq: int = 0,
+                   max_level: LogLevel | str = LogLevel.DEBUG, limit: int = 1000) -> LogPage:
+        """One page of a task's log: the lines with ``seq > after_seq``."""
+        params = {"after_seq": str(after_seq), "max_level": _level(max_level),
+                  "limit": str(limit)}
+        _, data = await self._call("GET", f"{API}/tasks/{self._id(task_id)}/logs",
+                                   params=params, task_id=task_id)
+        return LogPage(task_id=data["task_id"], status=Status(data["status"]),
+                       records=[_log(r) for r in data["logs"]], next_seq=data["next_seq"])
+
+    async def follow_logs(self, task_id: str, *, max_level: LogLevel | str = LogLevel.DEBUG,
+                          after_seq: int = 0, poll: float = 0.5) -> AsyncIterator[LogRecord]:
+        """The task's log lines, then new ones (read every ``poll`` seconds)
+        until the task ends."""
+        seq = after_seq
+        while True:
+            page = await self.logs(task_id, after_seq=seq, max_level=max_level)
+            for record in page.records:
+                yield record
+            seq = page.next_seq
+            if page.records and len(page.records) >= 1000:
+                continue
+            if page.complete:
+                return
+            await asyncio.sleep(poll)
+
+    # -- waiting --------------------------------------------------------------------
+
+    async def wait_once(self, task_id: str, timeout: float) -> tuple[Task, bool]:
+        """One long poll of at most ``timeout`` seconds (capped at 60): the task,
+        and whether it has ended."""
+        wait = max(0.0, min(float(timeout), LONG_POLL))
+        status, data = await self._call(
+            "GET", f"{API}/tasks/{self._id(task_id)}/wait", params={"timeout": f"{wait:g}"},
+            task_id=task_id, timeout=self.timeout + wait, ok=(200, 202))
+        return task_from_json(data), status == 200
+
+    async def wait_task(self, task_id: str, timeout: float | None = None) -> Task:
+        """Wait until the task ends and return it, whatever its final status
+        (:class:`WaitTimeout` after ``timeout`` seconds)."""
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+                timeout, int | float) or not math.isfinite(timeout) or timeout < 0):
+            raise ValidationError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = LONG_POLL if deadline is None else deadline - time.monotonic()
+            task, ended = await self.wait_once(task_id, max(0.0, left))
+            if ended:
+                return task
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(task_id, float(timeout or 0.0))
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> Any:
+        """The task's result once it ends; :class:`TaskFailed` or
+        :class:`TaskAborted` if it did not succeed."""
+        task = await self.wait_task(task_id, timeout)
+        if task.status is Status.SUCCEEDED:
+            return task.result
+        if task.status is Status.ABORTED:
+            raise TaskAborted(task)
+        raise TaskFailed(task)
+
+    # -- control (admin) --------------------------------------------------------------
+
+    async def abort(self, task_id: str, reason: str = "aborted") -> Task:
+        _, data = await self._call("POST", f"{API}/tasks/{self._id(task_id)}/abort",
+                                   body={"reason": reason}, task_id=task_id)
+        return task_from_json(data)
+
+    async def retry(self, task_id: str, *, delay: float | timedelta | None = None) -> Task:
+        body = {"delay": _seconds(delay)} if delay is not None else {}
+        _, data = await self._call("POST", f"{API}/tasks/{self._id(task_id)}/retry",
+                                   body=body, task_id=task_id)
+        return task_from_json(data)
+
+    async def prioritize(self, task_id: str, priority: float) -> Task:
+        _, data = await self._call("POST", f"{API}/tasks/{self._id(task_id)}/prioritize",
+                                   body={"priority": priority}, task_id=task_id)
+        return task_from_json(data)
+
+    async def delete(self, target: str | Sequence[str] | Mapping[str, Any]) -> list[str]:
+        """Delete finished tasks by id, ids or filter; others are left alone.
+        Returns the ids deleted."""
+        if isinstance(target, Mapping):
+            _, data = await self._call("POST", f"{API}/tasks/delete",
+                                       body={"filter": dict(target)})
+            return list(data["deleted"])
+        ids = [target] if isinstance(target, str) else list(dict.fromkeys(target))
+        deleted: list[str] = []
+        for start in range(0, len(ids), PAGE):
+            _, data = await self._call("POST", f"{API}/tasks/delete",
+                                       body={"ids": ids[start:start + PAGE]})
+            deleted.extend(data["deleted"])
+        return deleted
+
+
+# -- decoding -------------------------------------------------------------------------
+
+
+def task_from_json(raw: Mapping[str, Any]) -> Task:
+    """A :class:`Task` from its wire form (``Task.to_json()``)."""
+    backoff = raw.get("backoff")
+    progress = raw.get("progress")
+    error = raw.get("error")
+    logs = raw.get("logs")
+    return Task(
+        id=raw["id"], action=raw["action"], payload=raw.get("payload"),
+        status=Status(raw["status"]), priority=raw.get("priority", 0.0),
+        run_at=raw.get("run_at", 0.0), created_at=raw.get("created_at", 0.0),
+        updated_at=raw.get("updated_at", 0.0), started_at=raw.get("started_at"),
+        finished_at=raw.get("finished_at"), attempts=raw.get("attempts", 0),
+        max_attempts=raw.get("max_attempts"), rescues=raw.get("rescues", 0),
+        run_timeout=raw.get("run_timeout"), pickup_timeout=raw.get("pickup_timeout"),
+        pickup_deadline=raw.get("pickup_deadline"),
+        backoff=Backoff(**backoff) if backoff else None, worker=raw.get("worker"),
+        lease_until=raw.get("lease_until"), abort_requested=raw.get("abort_requested"),
+        progress=Progress.from_json(progress) if progress else None,
+        result=raw.get("result"), error=ErrorInfo.from_json(error) if error else None,
+        errors=tuple(ErrorInfo.from_json(e) for e in raw.get("errors") or ()),
+        reason=raw.get("reason"), unique_key=raw.get("unique_key"),
+        unique_scope=tuple(Status(s) for s in raw.get("unique_scope") or ("queued", "running")),
+        concurrency=tuple(Condition.parse(c) for c in raw.get("concurrency") or ()),
+        tags=dict(raw.get("tags") or {}), parent_id=raw.get("parent_id"),
+        public_url=raw.get("public_url"), version=raw.get("version", 1),
+        logs=tuple(_log(r) for r in logs) if logs is not None else None,
+    )
+
+
+def _log(raw: Mapping[str, Any]) -> LogRecord:
+    return LogRecord(task_id=raw["task_id"], seq=raw["seq"], ts=raw["ts"],
+                     level=LogLevel.parse(raw["level"]), message=raw["message"],
+                     data=raw.get("data"))
+
+
+def _error(response: httpx.Response, task_id: str | None) -> Exception:
+    status = response.status_code
+    try:
+        body = response.json()
+        error = body["error"]
+        code, message = str(error["code"]), str(error["message"])
+        path = str(error.get("path") or "")
+    except (ValueError, KeyError, TypeError):
+        code, path = "", ""
+        message = " ".join(response.text.split())[:200] or response.reason_phrase
+    if status == 404 and code == "not_found" and task_id is not None:
+        return TaskNotFound(task_id)
+    if status == 422 and code == "invalid_query":
+        exc = QueryError(message)
+        exc.path = path
+        return exc
+    if status in (400, 413, 415, 422):
+        return ValidationError(message)
+    if status == 409 and code == "invalid_transition":
+        return InvalidTransition(message)
+    return HubError(status, message, code)
+
+
+# -- encoding -------------------------------------------------------------------------
+
+
+def _level(value: LogLevel | str) -> str:
+    return LogLevel.parse(value).name.lower()
+
+
+def _seconds(value: Any) -> Any:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def _options(options: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(options)
+    for name in ("delay", "timeout", "pickup_timeout"):
+        if name in out:
+            out[name] = _seconds(out[name])
+    run_at = out.get("run_at")
+    if isinstance(run_at, datetime):
+        out["run_at"] = (run_at if run_at.tzinfo else run_at.replace(tzinfo=UTC)).timestamp()
+    for name in ("backoff", "concurrency"):
+        value = out.get(name)
+        if isinstance(value, Backoff | Condition):
+            out[name] = value.to_json()
+    if isinstance(out.get("concurrency"), Mapping):
+        out["concurrency"] = [out["concurrency"]]
+    if isinstance(out.get("concurrency"), list | tuple):
+        out["concurrency"] = [c.to_json() if isinstance(c, Condition) else c
+                              for c in out["concurrency"]]
+    if isinstance(out.get("unique_scope"), str):
+        out["unique_scope"] = [out["unique_scope"]]
+    if isinstance(out.get("unique_scope"), list | tuple):
+        out["unique_scope"] = [str(s) for s in out["unique_scope"]]
+    return out
+
+
+def _item(item: Any, index: int) -> dict[str, Any]:
+    if isinstance(item, Mapping):
+        data = dict(item)
+        if "action" not in data:
+            raise ValidationError(f"task {index}: each task needs an 'action'")
+        return {"action": data.pop("action"), "payload": data.pop("payload", None),
+                **_options(data)}
+    if isinstance(item, tuple | list):
+        if len(item) == 2:
+            return {"action": item[0], "payload": item[1]}
+        if len(item) == 3 and isinstance(item[2], Mapping):
+            return {"action": item[0], "payload": item[1], **_options(item[2])}
+    raise ValidationError(
+        f"task {index}: each task is (action, payload), (action, payload, options) or a "
+        "dict with 'action'")

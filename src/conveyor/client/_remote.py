@@ -1,0 +1,393 @@
+"""A remote worker: the handlers of a :class:`HubClient` working on offers from the hub.
+
+Handlers are the in-process kind (:func:`conveyor._registry.build_handler`):
+``async def h(ctx: Context) -> value`` or a plain function, receiving a
+:class:`conveyor.Context` whose ``progress``, ``log`` and ``emit`` send
+messages to the hub, and returning a value, :class:`~conveyor.Retry` or
+:class:`~conveyor.Reschedule`, or raising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from .. import _json
+from .._registry import Handler
+from .._threads import DaemonThreadPool
+from ..context import Context, TaskAbortRequested
+from ..errors import ValidationError
+from ..model import LogLevel, Progress, Reschedule, Retry, Status, Task
+from ._http import task_from_json
+from ._link import CLOSED, Link
+
+if TYPE_CHECKING:
+    from ._client import HubClient
+
+__all__ = ["WorkerSession"]
+
+log = logging.getLogger("conveyor.client.worker")
+
+
+@dataclass(eq=False)
+class _Run:
+    task_id: str
+    handler: Handler
+    offer: dict[str, Any]
+    ctx: Context[Any] | None = None
+    future: asyncio.Future[Any] | None = None
+    abort_reason: str | None = None
+    cancelled: bool = False           # the hub took it back: report nothing
+    completed_by: str | None = None   # delivery all: another service returned first
+
+
+class _Channel:
+    """The context's channel: progress, log lines and emitted values become messages."""
+
+    def __init__(self, session: WorkerSession) -> None:
+        self.session = session
+        self.loop = session.loop
+
+    def _call(self, message: dict[str, Any]) -> None:
+        session = self.session
+        if session.loop_thread_is_current():
+            session.send(message)
+        else:
+            self.loop.call_soon_threadsafe(session.send, message)
+
+    def progress(self, task_id: str, progress: Progress) -> None:
+        self._call({"type": "update", "task_id": task_id, "current": progress.current,
+                    "total": progress.total, "message": progress.message,
+                    **({"data": progress.data} if progress.data else {})})
+
+    def log(self, task_id: str, level: LogLevel, message: str,
+            data: dict[str, Any] | None) -> None:
+        try:
+            if data is not None:
+                _json.dumps_checked(data, "log data")
+        except ValidationError as exc:
+            data = {"unserialisable": str(exc)}
+        self._call({"type": "log", "task_id": task_id, "level": level.name.lower(),
+                    "message": message, **({"data": data} if data is not None else {})})
+
+    def emit(self, task_id: str, value: Any) -> None:
+        _json.dumps_checked(value, "emitted result")
+        self._call({"type": "emit", "task_id": task_id, "value": value})
+
+
+class WorkerSession:
+    """One ``work()`` call: subscribes on each (re)connection and runs what is offered."""
+
+    def __init__(self, client: HubClient, service: str, handlers: dict[str, Handler],
+                 concurrency: int, prefetch: int = 0) -> None:
+        self.client = client
+        self.service = service
+        self.handlers = handlers
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.waiting: deque[_Run] = deque()   # offers accepted, waiting for a free slot
+        self.active = 0
+        self.loop = asyncio.get_running_loop()
+        self._thread_id = threading.get_ident()
+        self.runs: dict[str, _Run] = {}
+        self.link: Link | None = None
+        self.sub_id: Any = None
+        self.channel = _Channel(self)
+        self.pool: DaemonThreadPool | None = None
+        self.subscribed = asyncio.Event()
+        self.completed = 0
+        self.stopping = False
+
+    def loop_thread_is_current(self) -> bool:
+        return threading.get_ident() == self._thread_id
+
+    def send(self, message: dict[str, Any]) -> None:
+        link = self.link
+        if link is None or link.closed.is_set():
+            return
+        message.setdefault("id", link.new_id())
+        link.send(message)
+
+    # -- one connection -----------------------------------------------------------
+
+    async def run_on(self, link: Link) -> None:
+        """Subscribe on ``link`` and work until it closes."""
+        self.link = link
+        sub_id = link.new_id()
+        self.sub_id = sub_id
+        reply = await link.request({"type": "subscribe", "id": sub_id, "service": self.service,
+                                    "actions": sorted(self.handlers),
+                                    "capacity": self.concurrency + self.prefetch},
+                                   route=self._on_message)
+        self.subscribed.set()
+        beat = max(0.05, float(reply.get("heartbeat") or link.service_lease / 3))
+        try:
+            while not link.closed.is_set():
+                try:
+                    await asyncio.wait_for(link.closed.wait(), beat)
+                except TimeoutError:
+                    self.send({"type": "heartbeat"})
+        finally:
+            self.subscribed.clear()
+            self.abandon("connection lost")
+
+    def abandon(self, reason: str) -> None:
+        """The connection is gone: the hub gives these tasks to others; stop them here."""
+        for run in list(self.runs.values()):
+            run.cancelled = True
+            self._stop_run(run, reason)
+        self.runs.clear()
+        self.waiting.clear()
+
+    async def unsubscribe(self, timeout: float) -> None:
+        """Stop taking offers; let running tasks finish for up to ``timeout`` seconds."""
+        self.stopping = True
+        link = self.link
+        while self.waiting:  # offers not started: back to the hub at once
+            run = self.waiting.popleft()
+            self.runs.pop(run.task_id, None)
+            self.send({"type": "refuse", "task_id": run.task_id})
+        if link is not None and not link.closed.is_set() and self.sub_id is not None:
+            try:
+                await link.request({"type": "unsubscribe", "subscription": self.sub_id},
+                                   timeout=5.0)
+            except Exception:
+                pass
+        futures = [r.future for r in self.runs.values() if r.future is not None]
+        if futures:
+            await asyncio.wait(futures, timeout=timeout)
+        if link is not None:
+            await link.flush(2.0)
+
+    # -- messages from the hub ---------------------------------------------------------
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if msg is CLOSED:
+            return
+        task_id = msg.get("task_id")
+        if kind == "offer":
+            self._offer(msg)
+            return
+        run = self.runs.get(task_id) if isinstance(task_id, str) else None
+        if kind == "abort":
+            if run is not None:
+                self._stop_run(run, str(msg.get("reason") or "aborted"))
+        elif kind == "cancel":
+            if run is not None:
+                run.cancelled = True
+                self.runs.pop(run.task_id, None)
+                if run.future is None:
+                    self.waiting.remove(run)
+                self._stop_run(run, str(msg.get("reason") or "cancelled"))
+        elif kind == "completed":
+            if run is not None:
+                run.completed_by = str(msg.get("by") or "another service")
+                self._stop_run(run, f"completed by {run.completed_by}")
+        elif kind == "error":
+            log.warning("hub refused a message of service %s: %s (%s)", self.service,
+                        msg.get("message"), msg.get("code"))
+
+    def _offer(self, msg: dict[str, Any]) -> None:
+        task_id = msg.get("task_id")
+        raw = msg.get("task")
+        if not isinstance(task_id, str) or not isinstance(raw, dict):
+            return
+        action = raw.get("action")
+        handler = self.handlers.get(action) if isinstance(action, str) else None
+        if (handler is None or self.stopping or task_id in self.runs
+                or len(self.runs) >= self.concurrency + self.prefetch):
+            self.send({"type": "refuse", "task_id": task_id})
+            return
+        accept = handler.options.get("accept")
+        if accept is not None:
+            try:
+                ok = bool(accept(raw))
+            except Exception:
+                log.exception("accept hook of %s failed", action)
+                ok = False
+            if not ok:
+                self.send({"type": "refuse", "task_id": task_id})
+                return
+        run = _Run(task_id, handler, msg)
+        self.runs[task_id] = run
+        if self.active < self.concurrency:
+            self._start(run)
+        else:  # prefetched: picked up (its run timeout starts) when a slot frees
+            self.waiting.append(run)
+
+    def _start(self, run: _Run) -> None:
+        self.active += 1
+        self.send({"type": "pickup", "task_id": run.task_id})
+        run.future = asyncio.ensure_future(self._execute(run))
+
+    def _slot_freed(self) -> None:
+        self.active -= 1
+        while self.waiting and self.active < self.concurrency and not self.stopping:
+            run = self.waiting.popleft()
+            if not run.cancelled:
+                self._start(run)
+
+    def _stop_run(self, run: _Run, reason: str) -> None:
+        if run.abort_reason is None:
+            run.abort_reason = reason
+        if run.ctx is not None:
+            run.ctx._request_abort(reason)
+        if run.handler.is_async and run.future is not None and not run.future.done():
+            run.future.cancel()
+
+    # -- running --------------------------------------------------------------------
+
+    async def _execute(self, run: _Run) -> None:
+        try:
+            report = await self._run(run)
+        except asyncio.CancelledError:
+            report = self._aborted_report(run)
+        except Exception as exc:  # pragma: no cover - _run catches handler errors
+            log.exception("running task %s failed", run.task_id)
+            report = {"type": "fail", "error": _error_json(exc), "retryable": True}
+        finally:
+            if self.runs.get(run.task_id) is run:
+                del self.runs[run.task_id]
+            self._slot_freed()
+        if run.cancelled or report is None:
+            return
+        report["task_id"] = run.task_id
+        self.send(report)
+        self.completed += 1
+
+    def _aborted_report(self, run: _Run) -> dict[str, Any] | None:
+        if run.cancelled:
+            return None
+        if run.completed_by is not None:
+            return {"type": "drop", "reason": f"completed by {run.completed_by}"}
+        return {"type": "fail", "error": {"type": "Aborted",
+                                          "message": run.abort_reason or "aborted"},
+                "retryable": False}
+
+    async def _run(self, run: _Run) -> dict[str, Any] | None:
+        handler = run.handler
+        raw = dict(run.offer["task"])
+        if run.offer.get("payload_inline") is False:
+            link = self.link
+            if link is None:
+                return None
+            reply = await link.request({"type": "fetch", "task_id": run.task_id})
+            raw["payload"] = reply.get("payload")
+        task = _task(raw)
+        try:
+            payload = handler.load_payload(task.payload)
+        except Exception as exc:
+            return {"type": "fail", "retryable": False, "error": {
+                "type": "ValidationError",
+                "message": f"payload does not fit the handler's model: {exc}"}}
+        ctx: Context[Any] = Context(task, payload, handler.environment, self.channel)
+        run.ctx = ctx
+        if run.abort_reason is not None:
+            ctx._request_abort(run.abort_reason)
+            return self._aborted_report(run)
+        timeout = handler.run_timeout
+        try:
+            if handler.is_async:
+                if timeout is None:
+                    value = await handler.fn(ctx)
+                else:
+                    value = await asyncio.wait_for(handler.fn(ctx), timeout)
+            else:
+                value = await self._run_thread(run, ctx, timeout)
+        except asyncio.CancelledError:
+            if run.abort_reason is None and not run.cancelled:
+                raise
+            return self._aborted_report(run)
+        except TaskAbortRequested:
+            return self._aborted_report(run)
+        except TimeoutError as exc:
+            if run.abort_reason is not None:
+                return self._aborted_report(run)
+            return {"type": "fail", "error": _error_json(exc),
+                    "retryable": handler.retries(exc)}
+        except Exception as exc:
+            if run.abort_reason is not None:
+                return self._aborted_report(run)
+            return {"type": "fail", "error": _error_json(exc), "retryable": handler.retries(exc)}
+        if run.abort_reason is not None:
+            return self._aborted_report(run)
+        return self._report(handler, task, value)
+
+    async def _run_thread(self, run: _Run, ctx: Context[Any], timeout: float | None) -> Any:
+        if self.pool is None:
+            self.pool = DaemonThreadPool(self.concurrency, name="conveyor-remote-handler")
+        call = contextvars.copy_context().run
+        future = self.loop.run_in_executor(self.pool, call, run.handler.fn, ctx)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            ctx._request_abort("timeout")
+            await asyncio.wait({future}, timeout=run.handler.abort_grace)
+            raise
+        except asyncio.CancelledError:
+            await asyncio.wait({future}, timeout=run.handler.abort_grace)
+            raise
+
+    def _report(self, handler: Handler, task: Task, value: Any) -> dict[str, Any]:
+        if isinstance(value, Retry):
+            return {"type": "retry", "after": value.after, "reason": value.reason}
+        if isinstance(value, Reschedule):
+            return {"type": "reschedule", "after": value.after, "result": value.result}
+        try:
+            result = handler.dump_result(value)
+            if not (result is None or type(result) in (bool, int, str)):
+                _json.dumps_checked(result, "result")
+        except Exception as exc:
+            return {"type": "fail", "error": _error_json(exc), "retryable": False}
+        return {"type": "return", "result": result}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+
+_STATUS = {s.value: s for s in Status}
+_DEFAULT_SCOPE = ("queued", "running")
+
+
+def _task(raw: dict[str, Any]) -> Task:
+    """A :class:`Task` from an offer: the common case without the general decoder's work."""
+    if (raw.get("errors") or raw.get("error") or raw.get("progress") or raw.get("backoff")
+            or raw.get("concurrency") or raw.get("logs") is not None
+            or tuple(raw.get("unique_scope") or _DEFAULT_SCOPE) != _DEFAULT_SCOPE):
+        return task_from_json(raw)
+    return Task(
+        id=raw["id"], action=raw["action"], payload=raw.get("payload"),
+        status=_STATUS[raw["status"]], priority=raw.get("priority", 0.0),
+        run_at=raw.get("run_at", 0.0), created_at=raw.get("created_at", 0.0),
+        updated_at=raw.get("updated_at", 0.0), started_at=raw.get("started_at"),
+        finished_at=raw.get("finished_at"), attempts=raw.get("attempts", 0),
+        max_attempts=raw.get("max_attempts"), rescues=raw.get("rescues", 0),
+        run_timeout=raw.get("run_timeout"), pickup_timeout=raw.get("pickup_timeout"),
+        pickup_deadline=raw.get("pickup_deadline"), worker=raw.get("worker"),
+        lease_until=raw.get("lease_until"), abort_requested=raw.get("abort_requested"),
+        result=raw.get("result"), reason=raw.get("reason"), unique_key=raw.get("unique_key"),
+        tags=dict(raw.get("tags") or {}), parent_id=raw.get("parent_id"),
+        public_url=raw.get("public_url"), version=raw.get("version", 1))
+
+
+def _error_json(exc: BaseException) -> dict[str, Any]:
+    from ..model import ErrorInfo
+
+    info = ErrorInfo.from_exception(exc)
+    return {"type": info.type, "message": info.message, "traceback": info.traceback}
+
+
+def with_accept(handler: Handler, accept: Callable[[dict[str, Any]], bool] | None) -> Handler:
+    if accept is None:
+        return handler
+    return replace(handler, options={**handler.options, "accept": accept})
+

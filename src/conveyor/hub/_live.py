@@ -1,0 +1,452 @@
+"""Live queries: a snapshot of the tasks matching a filter, then every change to it.
+
+Subscriptions with the same filter, sort, limit, fields and readable actions
+share one :class:`_Group`: the group keeps the current result (each task with
+its encoded JSON) and works out, once per change, whether a task was
+``added``, ``changed`` or ``removed``; each subscription only numbers and
+queues the message. A new subscription of a group already in sync takes its
+snapshot from the group's memory, atomically with respect to the event
+stream, so it neither misses nor repeats a change.
+
+The changes come from the app's event bus (fed by this process and, through
+the storage change feed, by every other process sharing the database). Each
+event carries the task as read at or after the change; a group applies a
+task only if its ``version`` is newer than the one it has, so states never
+go backwards. The first subscription of a group reads the snapshot while
+already listening: tasks touched meanwhile are read again before the group
+is declared in sync.
+
+A group with a ``limit`` is a window over a sorted result: a change that may
+move its boundary marks it dirty, and it is read again (at most every
+``REFRESH_DELAY`` seconds) and diffed against what its subscribers have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .. import _json
+from ..errors import QueryError
+from ..events import Event
+from ..model import Progress, Status, Task
+from ..query import Filter, Query, matches, parse_filter, parse_query, sort_tasks
+from ._credentials import glob_to_regex
+from ._ws_proto import ProtocolError, encode
+
+if TYPE_CHECKING:
+    from ._ws import Connection, WSState
+
+__all__ = ["MAX_LIVE_RESULT", "LiveManager", "LiveSub"]
+
+log = logging.getLogger("conveyor.hub.live")
+
+MAX_LIVE_RESULT = 100_000
+"""Most tasks an unlimited live query may hold (ask for a ``limit`` beyond that)."""
+SNAPSHOT_CHUNK = 1000
+"""Tasks per ``snapshot`` message."""
+REFRESH_DELAY = 0.02
+"""Seconds a dirty limited query waits (gathering changes) before it is read again."""
+SYNC_ROUNDS = 5
+_SEEN_CAP = 500_000
+_TASK_FIELDS = frozenset(Task("x", "x", None, Status.QUEUED).to_json())
+_IGNORED = frozenset({"task.log", "task.result", "task.ended", "task.expired"})
+
+
+class LiveSub:
+    """One ``live`` request of one connection."""
+
+    __slots__ = ("closed", "conn", "group", "key", "msg_id", "prefix", "seq")
+
+    def __init__(self, conn: Connection, msg_id: Any, key: str, group: _Group) -> None:
+        self.conn = conn
+        self.msg_id = msg_id
+        self.key = key
+        self.group = group
+        self.seq = 0
+        self.closed = False
+        self.prefix = '{"id":' + key + ',"seq":'
+
+    def push(self, body: str) -> None:
+        self.seq += 1
+        self.conn.send(self.prefix + str(self.seq) + body)
+
+    def snapshot(self, encoded: Sequence[str]) -> None:
+        total = len(encoded)
+        chunks = [encoded[i:i + SNAPSHOT_CHUNK] for i in range(0, total, SNAPSHOT_CHUNK)] or [[]]
+        for i, chunk in enumerate(chunks):
+            more = "true" if i < len(chunks) - 1 else "false"
+            self.push(',"type":"snapshot","count":' + str(total) + ',"more":' + more
+                      + ',"tasks":[' + ",".join(chunk) + "]}")
+
+
+class _Group:
+    """The shared state of identical live queries."""
+
+    def __init__(self, manager: LiveManager, key: tuple[Any, ...], where: Filter, query: Query,
+                 fields: tuple[str, ...] | None) -> None:
+        self.manager = manager
+        self.key = key
+        self.where = where
+        self.query = query
+        self.fields = fields
+        self.limited = query.limit is not None
+        self.members: dict[str, tuple[Task, str]] = {}
+        self.seen: dict[str, int] = {}
+        self.subs: list[LiveSub] = []
+        self.waiting: list[LiveSub] = []
+        self.ready = False
+        self.failed: str | None = None
+        self.buffer: dict[str, Task | None] | None = {}
+        self.dirty = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- encoding ---------------------------------------------------------------
+
+    def encode(self, task: Task) -> str:
+        data = self.manager.state.task_json(task)
+        if self.fields is not None:
+            data = {k: data[k] for k in self.fields if k in data}
+        return _json.dumps(data)
+
+    def ordered(self) -> list[str]:
+        if self.query.sort:
+            return [self.members[t.id][1]
+                    for t in sort_tasks([m[0] for m in self.members.values()], self.query.sort)]
+        return [enc for _, enc in self.members.values()]
+
+    # -- fan-out ----------------------------------------------------------------
+
+    def _fan(self, body: str) -> None:
+        for sub in self.subs:
+            sub.push(body)
+
+    def _added(self, enc: str) -> None:
+        self._fan(',"type":"added","task":' + enc + "}")
+
+    def _changed(self, enc: str) -> None:
+        self._fan(',"type":"changed","task":' + enc + "}")
+
+    def _removed(self, task_id: str, version: int | None) -> None:
+        self._fan(',"type":"removed","task_id":' + _json.dumps(task_id) + ',"version":'
+                  + ("null" if version is None else str(version)) + "}")
+
+    # -- sync -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._sync())
+
+    async def _sync(self) -> None:
+        storage = self.manager.state.app.storage
+        try:
+            if self.limited:
+                tasks = await storage.find(self.query)
+                self.buffer = None
+                self.members = {t.id: (t, self.encode(t)) for t in tasks}
+            else:
+                query = replace(self.query, limit=MAX_LIVE_RESULT + 1)
+                tasks = await storage.find(query)
+                if len(tasks) > MAX_LIVE_RESULT:
+                    raise ProtocolError(
+                        "too_many", f"the live query matches more than {MAX_LIVE_RESULT} tasks: "
+                                    "narrow the filter or give a limit")
+                self.members = {t.id: (t, self.encode(t)) for t in tasks}
+                self.seen = {t.id: t.version for t in tasks}
+                for round_ in range(SYNC_ROUNDS):
+                    touched, self.buffer = self.buffer or {}, {}
+                    if not touched:
+                        break
+                    if round_ == SYNC_ROUNDS - 1:
+                        fresh: list[Task] = [t for t in touched.values() if t is not None]
+                    else:
+                        fresh = await storage.get_many(list(touched))
+                    found = {t.id for t in fresh}
+                    for task_id in touched:
+                        if task_id not in found and task_id in self.members:
+                            del self.members[task_id]
+                    for task in fresh:
+                        self._apply(task, fan=False)
+                self.buffer = None
+        except asyncio.CancelledError:
+            raise
+        except ProtocolError as exc:
+            self._fail(exc.code, exc.message)
+            return
+        except Exception as exc:
+            log.exception("live query failed to read its snapshot")
+            self._fail("internal", f"could not read the live query's snapshot: {exc}")
+            return
+        self.ready = True
+        waiting, self.waiting = self.waiting, []
+        encoded = self.ordered()
+        for sub in waiting:
+            if not sub.closed:
+                self.subs.append(sub)
+                sub.snapshot(encoded)
+        if self.dirty:
+            self._schedule_refresh()
+        if not self.subs:
+            self.manager._drop(self)
+
+    def _fail(self, code: str, message: str) -> None:
+        self.failed = message
+        waiting, self.waiting = self.waiting, []
+        for sub in waiting:
+            if not sub.closed:
+                sub.closed = True
+                sub.conn.send(encode({"type": "error", "id": sub.msg_id, "code": code,
+                                      "message": message}))
+                sub.conn.lives.pop(sub.key, None)
+        self.manager._drop(self)
+
+    def join(self, sub: LiveSub) -> None:
+        if self.ready:
+            self.subs.append(sub)
+            sub.snapshot(self.ordered())
+        else:
+            self.waiting.append(sub)
+
+    def leave(self, sub: LiveSub) -> None:
+        sub.closed = True
+        if sub in self.subs:
+            self.subs.remove(sub)
+        if sub in self.waiting:
+            self.waiting.remove(sub)
+
+    @property
+    def empty(self) -> bool:
+        return not self.subs and not self.waiting
+
+    def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    # -- changes ----------------------------------------------------------------
+
+    def apply(self, task: Task) -> None:
+        if self.buffer is not None:
+            old = self.buffer.get(task.id)
+            if old is None or old.version < task.version:
+                self.buffer[task.id] = task
+            return
+        if self.limited:
+            if task.id in self.members or matches(self.where, task):
+                self._mark_dirty()
+            return
+        self._apply(task, fan=True)
+
+    def _apply(self, task: Task, fan: bool) -> None:
+        task_id = task.id
+        seen = self.seen.get(task_id)
+        if seen is not None and task.version <= seen:
+            return
+        self.seen[task_id] = task.version
+        if len(self.seen) > _SEEN_CAP:
+            for key in list(self.seen)[:_SEEN_CAP // 4]:
+                if key not in self.members:
+                    del self.seen[key]
+        member = self.members.get(task_id)
+        if matches(self.where, task):
+            enc = self.encode(task)
+            self.members[task_id] = (task, enc)
+            if fan:
+                if member is None:
+                    self._added(enc)
+                else:
+                    self._changed(enc)
+        elif member is not None:
+            del self.members[task_id]
+            if fan:
+                self._removed(task_id, task.version)
+
+    def progress(self, task: Task, progress: Any) -> None:
+        """Full-rate progress of a member (the event's task may be an older snapshot)."""
+        if self.buffer is not None or not isinstance(progress, Progress):
+            return
+        member = self.members.get(task.id)
+        if member is None:
+            return
+        current = member[0]
+        if task.version < current.version or current.progress == progress:
+            return
+        patched = replace(current, progress=progress)
+        if self.limited:
+            self._mark_dirty()
+            return
+        if matches(self.where, patched):
+            enc = self.encode(patched)
+            self.members[task.id] = (patched, enc)
+            self._changed(enc)
+        else:
+            del self.members[task.id]
+            self._removed(task.id, current.version)
+
+    def deleted(self, task_id: str) -> None:
+        if self.buffer is not None:
+            self.buffer[task_id] = None
+            return
+        if task_id in self.members:
+            if self.limited:
+                self._mark_dirty()
+                return
+            del self.members[task_id]
+            self._removed(task_id, None)
+
+    # -- limited windows ----------------------------------------------------------
+
+    def _mark_dirty(self) -> None:
+        self.dirty = True
+        if self.ready:
+            self._schedule_refresh()
+
+    def _schedule_refresh(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._refresh())
+
+    async def _refresh(self) -> None:
+        storage = self.manager.state.app.storage
+        while self.dirty and self.subs:
+            await asyncio.sleep(REFRESH_DELAY)
+            self.dirty = False
+            try:
+                tasks = await storage.find(self.query)
+            except Exception:
+                log.exception("live query could not refresh its window")
+                self.dirty = True
+                await asyncio.sleep(1.0)
+                continue
+            fresh = {t.id: t for t in tasks}
+            for task_id in [k for k in self.members if k not in fresh]:
+                old = self.members.pop(task_id)[0]
+                self._removed(task_id, old.version)
+            for task in tasks:
+                member = self.members.get(task.id)
+                if member is None:
+                    enc = self.encode(task)
+                    self.members[task.id] = (task, enc)
+                    self._added(enc)
+                elif member[0].version < task.version or (
+                        member[0].version == task.version and member[0].progress != task.progress):
+                    enc = self.encode(task)
+                    self.members[task.id] = (task, enc)
+                    self._changed(enc)
+            # keep the window's order in memory
+            self.members = {t.id: self.members[t.id] for t in tasks}
+
+
+class LiveManager:
+    """Every live query of one hub, fed by one listener on the app's event bus."""
+
+    def __init__(self, state: WSState) -> None:
+        self.state = state
+        self.groups: dict[tuple[Any, ...], _Group] = {}
+        self._unsubscribe: Callable[[], None] | None = None
+
+    async def subscribe(self, conn: Connection, msg_id: Any, key: str, raw_filter: Any,
+                        raw_sort: Any, raw_limit: Any, raw_fields: Any) -> LiveSub | None:
+        cred = conn.credential
+        if raw_filter is not None and not isinstance(raw_filter, dict):
+            raise QueryError("a filter is an object of field: condition entries", "filter")
+        parse_filter(raw_filter)  # errors name the client's filter, not the combined one
+        query = parse_query(raw_filter, raw_sort, raw_limit, 0)
+        fields = _fields(raw_fields)
+        readable = cred.readable
+        if not readable:
+            raise ProtocolError("forbidden", f"credential {cred.name!r} may not read any action")
+        if "*" in readable:
+            where = query.filter
+        else:
+            combined = {"$and": [raw_filter or {}, {"$or": [
+                {"action": {"$regex": glob_to_regex(p)}} for p in readable]}]}
+            where = parse_filter(combined)
+            query = replace(query, filter=where)
+        group_key = (_json.dumps(_canonical(raw_filter)), _json.dumps(_canonical(raw_sort)),
+                     query.limit, fields, readable)
+        group = self.groups.get(group_key)
+        sub = LiveSub(conn, msg_id, key, group) if group is not None else None
+        if group is None:
+            group = _Group(self, group_key, where, query, fields)
+            self.groups[group_key] = group
+            self._listen()
+            sub = LiveSub(conn, msg_id, key, group)
+            group.join(sub)
+            group.start()
+        else:
+            assert sub is not None
+            group.join(sub)
+        return sub
+
+    def unsubscribe(self, sub: LiveSub) -> None:
+        group = sub.group
+        group.leave(sub)
+        if group.empty and group.ready:
+            self._drop(group)
+
+    def _drop(self, group: _Group) -> None:
+        if self.groups.get(group.key) is group and group.empty:
+            del self.groups[group.key]
+            group.close()
+        if not self.groups and self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _listen(self) -> None:
+        if self._unsubscribe is None:
+            self._unsubscribe = self.state.app.bus.on("task.*", self._on_event)
+            self.state.app._ensure_relay()
+
+    def close(self) -> None:
+        for group in list(self.groups.values()):
+            group.close()
+        self.groups.clear()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _on_event(self, event: Event) -> None:
+        kind = event.type
+        if kind in _IGNORED:
+            return
+        groups = list(self.groups.values())
+        if kind == "task.deleted":
+            if event.task_id is not None:
+                for group in groups:
+                    group.deleted(event.task_id)
+            return
+        task = event.task
+        if task is None:
+            return
+        if kind == "task.progress":
+            progress = event.data.get("progress")
+            for group in groups:
+                group.progress(task, progress)
+            return
+        for group in groups:
+            try:
+                group.apply(task)
+            except Exception:
+                log.exception("live query failed on an event")
+
+
+def _fields(raw: Any) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(f, str) for f in raw):
+        raise ProtocolError("bad_message", "'fields' must be a list of task field names")
+    unknown = [f for f in raw if f not in _TASK_FIELDS]
+    if unknown:
+        raise ProtocolError("bad_message", f"unknown task field(s) in 'fields': "
+                                           f"{', '.join(repr(f[:50]) for f in unknown[:5])}")
+    return tuple(dict.fromkeys(["id", "version", *raw]))
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+

@@ -1,0 +1,138 @@
+"""Prometheus metrics of a hub, served at ``/metrics`` (text format 0.0.4).
+
+Each hub has its own :class:`~prometheus_client.CollectorRegistry` (never the
+global one), so several hubs can live in one process. Counters are fed by
+the app's event bus: tasks added, started and finished through any route,
+by this process's worker, and (through the storage change feed) by other
+processes on the same storage. Gauges of task counts per action and status
+are read from ``app.stats()`` when the metrics are scraped.
+
+A credential only sees the samples of the actions it may read (admins see
+every one); samples without an ``action`` label are shown to every
+credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Metric as PromMetric
+from prometheus_client.exposition import generate_latest
+
+from ..events import Event
+from ..model import Status
+
+if TYPE_CHECKING:
+    from ._credentials import Credential
+    from ._hub import Hub
+
+__all__ = ["RUN_BUCKETS", "Metrics"]
+
+RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+               120.0, 300.0, 600.0, 1800.0, 3600.0)
+"""Buckets of the run duration histogram, in seconds."""
+
+
+class Metrics:
+    """The hub's metrics: a hub service (it listens to the event bus while the hub runs)."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.added = Counter("conveyor_tasks_added", "Tasks added.", ["action"], registry=r)
+        self.started = Counter("conveyor_tasks_started",
+                               "Task runs started (one per attempt).", ["action"], registry=r)
+        self.finished = Counter("conveyor_tasks_finished",
+                                "Tasks that ended, by final status.", ["action", "status"],
+                                registry=r)
+        self.run_seconds = Histogram("conveyor_task_run_seconds",
+                                     "Run time of ended tasks (started_at to finished_at).",
+                                     ["action"], buckets=RUN_BUCKETS, registry=r)
+        self.queued = Gauge("conveyor_queue_depth", "Tasks queued, per action.", ["action"],
+                            registry=r)
+        self.tasks = Gauge("conveyor_tasks", "Tasks stored, per action and status.",
+                           ["action", "status"], registry=r)
+        self.connections = Gauge("conveyor_hub_connections",
+                                 "Open WebSocket connections to this hub.", registry=r)
+        self.uptime = Gauge("conveyor_hub_uptime_seconds", "Seconds since this hub started.",
+                            registry=r)
+        self._unsubscribe: Callable[[], None] | None = None
+        self._refresh = asyncio.Lock()
+
+    # -- service --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._unsubscribe is None:
+            self._unsubscribe = self.hub.app.on(["task.added", "task.started", "task.ended"],
+                                                self._on_event)
+
+    async def stop(self) -> None:
+        unsubscribe, self._unsubscribe = self._unsubscribe, None
+        if unsubscribe is not None:
+            unsubscribe()
+
+    # -- events ---------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        task = event.task
+        if task is None:  # the task could not be read (deleted meanwhile)
+            return
+        if event.type == "task.added":
+            self.added.labels(task.action).inc()
+        elif event.type == "task.started":
+            self.started.labels(task.action).inc()
+        elif event.type == "task.ended":
+            status = event.data.get("status", task.status.value)
+            self.finished.labels(task.action, str(status)).inc()
+            if task.terminal and task.started_at is not None and task.finished_at is not None:
+                self.run_seconds.labels(task.action).observe(
+                    max(0.0, task.finished_at - task.started_at))
+
+    # -- scraping -------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Read the gauges' values (task counts) from storage."""
+        async with self._refresh:
+            stats = await self.hub.app.stats()
+            self.queued.clear()
+            self.tasks.clear()
+            for action, counts in stats.items():
+                self.queued.labels(action).set(counts.get(Status.QUEUED.value, 0))
+                for status, n in counts.items():
+                    self.tasks.labels(action, status).set(n)
+            self.connections.set(sum(len(c) for c in self.hub.connections.values()))
+            self.uptime.set(time.time() - self.hub.started_at)
+
+    async def render(self, cred: Credential) -> bytes:
+        """The metrics in the Prometheus text format, as ``cred`` may see them."""
+        await self.refresh()
+        if cred.admin:
+            return generate_latest(self.registry)
+        return generate_latest(_Visible(self.registry, cred))
+
+
+class _Visible:
+    """A registry view with only the samples of actions a credential may read."""
+
+    def __init__(self, registry: CollectorRegistry, cred: Credential) -> None:
+        self.registry = registry
+        self.cred = cred
+
+    def collect(self) -> Iterator[PromMetric]:
+        for family in self.registry.collect():
+            shown = PromMetric(family.name, family.documentation, family.type, family.unit)
+            shown.samples = list(self._visible(family.samples))
+            yield shown
+
+    def _visible(self, samples: Iterable[Any]) -> Iterator[Any]:
+        for sample in samples:
+            action = sample.labels.get("action")
+            if action is None or self.cred.can_read(action):
+                yield sample

@@ -1,0 +1,340 @@
+"""Task streams: the updates of one task sent to one connection.
+
+Three requests use them: ``publish`` (the updates of the tasks it added),
+``watch`` (and the ``/ws/tasks/{id}`` endpoint: the task, its logs from the
+beginning, then everything that happens to it until it ends) and ``wait``
+(only the final ``result``).
+
+A stream listens to the app's event bus for its task (events of this
+process, and of every other process through the storage change feed) and to
+the hub's own notes (a remote worker picked the task up; in delivery mode
+``all``, the first service returned). It listens *before* it reads the task
+and its logs, buffers what arrives meanwhile, and then drops what the read
+already covered: status changes by version, log lines by sequence number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..events import Event
+from ..model import LogLevel, LogRecord, Progress, Status, Task
+from ._ws_proto import encode
+
+if TYPE_CHECKING:
+    from ._ws import Connection, WSState
+
+__all__ = ["Streams", "TaskStream", "WaitSpec"]
+
+log = logging.getLogger("conveyor.hub.ws")
+
+_QUEUED = {"task.retrying": "retrying", "task.rescheduled": "rescheduled",
+           "task.released": "released", "task.rescued": "rescued", "task.retried": "retried"}
+
+
+@dataclass(frozen=True, slots=True)
+class WaitSpec:
+    """A publisher's or waiter's wish for the final result."""
+
+    timeout: float | None
+    has_default: bool
+    default: Any
+
+
+class Streams:
+    """Routes the hub's own notes about tasks to the streams that follow them."""
+
+    def __init__(self, state: WSState) -> None:
+        self.state = state
+        self.by_task: dict[str, list[TaskStream]] = {}
+
+    def add(self, stream: TaskStream) -> None:
+        self.by_task.setdefault(stream.task_id, []).append(stream)
+
+    def remove(self, stream: TaskStream) -> None:
+        items = self.by_task.get(stream.task_id)
+        if items and stream in items:
+            items.remove(stream)
+            if not items:
+                del self.by_task[stream.task_id]
+
+    def note(self, task_id: str, kind: str, data: dict[str, Any]) -> None:
+        """Tell the streams of a task something only this hub knows (``pickup``,
+        ``success`` of a first return in delivery mode ``all``)."""
+        for stream in list(self.by_task.get(task_id, ())):
+            stream.on_note(kind, data)
+
+
+class TaskStream:
+    """The messages about one task for one connection, under one request id."""
+
+    def __init__(self, state: WSState, conn: Connection, msg_id: Any, key: str, task_id: str, *,
+                 replay: bool, updates: bool, wait: WaitSpec | None,
+                 max_level: LogLevel = LogLevel.DEBUG, logs: bool = True,
+                 initial: Task | None = None, with_task: bool = False,
+                 endpoint: bool = False) -> None:
+        self.state = state
+        self.conn = conn
+        self.msg_id = msg_id
+        self.key = key
+        self.task_id = task_id
+        self.replay = replay
+        self.updates = updates
+        self.wait = wait
+        self.max_level = max_level
+        self.logs = logs
+        self.initial = initial
+        self.with_task = with_task
+        self.endpoint = endpoint
+        self.version = 0
+        self.last_seq = 0
+        self.primed = False
+        self.closed = False
+        self.success_sent = False
+        self.ended = False
+        self.waited = False
+        self._buffer: list[tuple[str, Any, Any]] = []
+        self._unsubscribe: Callable[[], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._prime_task: asyncio.Task[None] | None = None
+
+    # -- life -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._unsubscribe = self.state.app.bus.on("*", self._on_event, task_id=self.task_id)
+        self.state.streams.add(self)
+        if self.wait is not None and self.wait.timeout is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.wait.timeout, self._wait_timed_out)
+        if self.initial is not None:
+            self.version = self.initial.version
+            self.primed = True
+            if self.initial.terminal:
+                self._end(self.initial)
+            return
+        self._prime_task = asyncio.ensure_future(self._prime())
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self.state.streams.remove(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._prime_task is not None and not self._prime_task.done():
+            self._prime_task.cancel()
+        items = self.conn.streams.get(self.key)
+        if items is not None and self in items:
+            items.remove(self)
+            if not items:
+                del self.conn.streams[self.key]
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if not self.closed:
+            message["id"] = self.msg_id
+            self.conn.send(encode(message))
+
+    async def _prime(self) -> None:
+        storage = self.state.app.storage
+        try:
+            task = await storage.get(self.task_id)
+            if task is None:
+                self._send({"type": "error", "code": "not_found", "task_id": self.task_id,
+                            "message": f"no task with id {self.task_id}"})
+                self._finish(missing=True)
+                return
+            if not self.conn.credential.can_read(task.action):
+                self._send({"type": "error", "code": "forbidden", "task_id": self.task_id,
+                            "message": f"credential {self.conn.credential.name!r} may not read "
+                                       f"tasks of action {task.action!r}"})
+                self._finish(forbidden=True)
+                return
+            self.version = task.version
+            if self.updates:
+                self._send({"type": "watching", "task_id": self.task_id,
+                            "task": self.state.task_json(task)})
+            if self.replay and self.logs:
+                records = await storage.read_logs(self.task_id, 0, self.max_level)
+                for record in records:
+                    self._log(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("task stream of %s failed", self.task_id)
+            self._send({"type": "error", "code": "internal", "task_id": self.task_id,
+                        "message": f"could not read the task: {exc}"})
+            self._finish()
+            return
+        self.primed = True
+        buffered, self._buffer = self._buffer, []
+        for kind, a, b in buffered:
+            if self.closed:
+                return
+            if kind == "event":
+                self._handle(a)
+            else:
+                self.on_note(a, b)
+        if not self.closed and task.terminal and not self.ended:
+            self._end(task)
+
+    # -- input ------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if self.closed:
+            return
+        if not self.primed:
+            self._buffer.append(("event", event, None))
+            return
+        self._handle(event)
+
+    def on_note(self, kind: str, data: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        if not self.primed:
+            self._buffer.append(("note", kind, data))
+            return
+        if kind == "pickup":
+            if self.updates:
+                self._send({"type": "pickup", "task_id": self.task_id, **data})
+        elif kind == "success":
+            if self.updates and not self.success_sent:
+                self.success_sent = True
+                self._send({"type": "success", "task_id": self.task_id, **data})
+            if self.wait is not None and not self.waited:
+                self._answer_wait(Status.SUCCEEDED, data.get("result"), None)
+
+    def _newer(self, event: Event) -> bool:
+        version = event.data.get("version") if event.data else None
+        if not isinstance(version, int):
+            version = event.task.version if event.task is not None else None
+        if version is None:
+            return True
+        if version <= self.version:
+            return False
+        self.version = version
+        return True
+
+    def _handle(self, event: Event) -> None:
+        kind = event.type
+        task = event.task
+        if kind == "task.log":
+            record = event.data.get("log")
+            if isinstance(record, LogRecord):
+                self._log(record)
+            return
+        if kind == "task.progress":
+            progress = event.data.get("progress")
+            if self.updates and isinstance(progress, Progress):
+                self._send({"type": "update", "task_id": self.task_id,
+                            "progress": progress.to_json()})
+            return
+        if kind == "task.result":
+            if self.updates:
+                self._send({"type": "emit", "task_id": self.task_id,
+                            "value": event.data.get("value")})
+            return
+        if kind == "task.deleted":
+            self._send({"type": "error", "code": "deleted", "task_id": self.task_id,
+                        "message": "the task was deleted"})
+            self._finish()
+            return
+        if kind == "task.ended":
+            if task is not None and not self.ended:
+                self._end(task)
+            return
+        if kind == "task.abort_requested":
+            if self.updates and task is not None:
+                self._send({"type": "abort_requested", "task_id": self.task_id,
+                            "reason": task.abort_requested})
+            return
+        if not self._newer(event) or task is None or not self.updates:
+            return
+        if kind == "task.started":
+            self._send({"type": "start", "task_id": self.task_id, "attempt": task.attempts,
+                        "worker": task.worker, "task": self.state.task_json(task)})
+        elif kind in _QUEUED:
+            self._send({"type": "queued", "task_id": self.task_id, "event": _QUEUED[kind],
+                        "task": self.state.task_json(task)})
+        elif kind == "task.succeeded":
+            if not self.success_sent:
+                self.success_sent = True
+                self._send({"type": "success", "task_id": self.task_id, "result": task.result,
+                            "task": self.state.task_json(task)})
+        elif kind in ("task.failed", "task.aborted"):
+            self._send({"type": "fail", "task_id": self.task_id, "status": task.status.value,
+                        "reason": task.reason,
+                        "error": task.error.to_json() if task.error else None,
+                        "task": self.state.task_json(task)})
+
+    def _log(self, record: LogRecord) -> None:
+        if record.seq <= self.last_seq or not self.logs or not self.updates:
+            return
+        self.last_seq = record.seq
+        if record.level < self.max_level:
+            return
+        self._send({"type": "log", "task_id": self.task_id, "log": record.to_json()})
+
+    # -- the end ----------------------------------------------------------------
+
+    def _end(self, task: Task) -> None:
+        self.ended = True
+        if self.updates:
+            self._send({"type": "end", "task_id": self.task_id, "status": task.status.value,
+                        "task": self.state.task_json(task)})
+        if self.wait is not None and not self.waited:
+            self._answer_wait(task.status, task.result, task)
+        self._finish()
+
+    def _answer_wait(self, status: Status, value: Any, task: Task | None) -> None:
+        self.waited = True
+        wait = self.wait
+        assert wait is not None
+        extra: dict[str, Any] = {}
+        if self.with_task and task is not None:
+            extra["task"] = self.state.task_json(task)
+        if status is Status.SUCCEEDED:
+            self._send({"type": "result", "task_id": self.task_id, "status": status.value,
+                        "value": value, "default": False, **extra})
+        elif wait.has_default:
+            self._send({"type": "result", "task_id": self.task_id, "status": status.value,
+                        "value": wait.default, "default": True, **extra})
+        else:
+            detail = ""
+            if task is not None and task.error is not None:
+                detail = f": {task.error.type}: {task.error.message}"
+            code = "task_aborted" if status is Status.ABORTED else "task_failed"
+            self._send({"type": "error", "code": code, "task_id": self.task_id,
+                        "status": status.value,
+                        "message": f"task {self.task_id} {status.value}{detail}",
+                        "task": self.state.task_json(task) if task is not None else None})
+        if not self.updates:
+            self._finish()
+
+    def _wait_timed_out(self) -> None:
+        self._timer = None
+        if self.closed or self.waited or self.wait is None:
+            return
+        self.waited = True
+        if self.wait.has_default:
+            self._send({"type": "result", "task_id": self.task_id, "status": None,
+                        "value": self.wait.default, "default": True, "timed_out": True})
+        else:
+            self._send({"type": "error", "code": "wait_timeout", "task_id": self.task_id,
+                        "message": f"task {self.task_id} did not end within "
+                                   f"{self.wait.timeout:g} s"})
+        self._finish()
+
+    def _finish(self, *, forbidden: bool = False, missing: bool = False) -> None:
+        self.close()
+        if self.endpoint:
+            with contextlib.suppress(Exception):
+                self.conn.endpoint_done(forbidden=forbidden, missing=missing)

@@ -1,0 +1,358 @@
+"""The Python client of the WebSocket protocol: HubClient and SyncHubClient."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from conveyor import Context, Conveyor, Reschedule, Retry
+from conveyor.client import HubClient, HubError, SyncHubClient
+from conveyor.errors import TaskAborted, TaskFailed, TaskNotFound, ValidationError, WaitTimeout
+from conveyor.hub import HubConfig
+from conveyor.hub._credentials import CredentialStore
+from conveyor.model import Status
+
+from ._ws_helpers import eventually, make_hub, read_line, reap, spawn
+from .conftest import RunningHub, free_port, running_hub
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Order(BaseModel):
+    item: str
+    qty: int
+
+
+class Receipt(BaseModel):
+    total: int
+
+
+def worker_client(hub: RunningHub, key: str) -> HubClient:
+    client = HubClient(hub.url, key)
+
+    @client.handler("math:double")
+    async def double(ctx: Context) -> int:
+        return int(ctx.payload) * 2
+
+    @client.handler("math:boom", retry_on=KeyError)
+    async def boom(ctx: Context) -> None:
+        raise ValueError(f"no {ctx.payload}")
+
+    @client.handler("math:slow")
+    def slow(ctx: Context) -> str:
+        ctx.wait_aborted(30)
+        return "never"
+
+    @client.handler("shop:order")
+    async def order(ctx: Context[Order]) -> Receipt:
+        assert isinstance(ctx.payload, Order)
+        return Receipt(total=ctx.payload.qty * 3)
+
+    @client.handler("report:make")
+    async def make(ctx: Context) -> Any:
+        if ctx.attempt == 1:
+            return Retry(after=0)
+        for i in range(3):
+            await ctx.progress(i + 1, total=3, message=f"step {i + 1}")
+            ctx.log.info("step %s", i + 1)
+        await ctx.emit({"partial": 1})
+        if ctx.task.result is None:
+            return Reschedule(after=0, result={"round": 1})
+        return {"rounds": ctx.task.result["round"] + 1, "attempt": ctx.attempt}
+
+    @client.handler("sync:sum", mode="thread")
+    def add_up(ctx: Context) -> int:
+        ctx.progress(1, total=1)
+        ctx.log.warning("summing")
+        return sum(ctx.payload)
+
+    return client
+
+
+@contextlib.asynccontextmanager
+async def working(client: HubClient, service: str, concurrency: int = 8) -> Any:
+    task = asyncio.create_task(client.work(service, concurrency=concurrency, stop_timeout=1.0))
+    await client.wait_working(10)
+    try:
+        yield task
+    finally:
+        client.stop()
+        await asyncio.wait_for(task, 20)
+        await client.close()
+
+
+async def test_publish_and_await_with_the_client(hub: RunningHub) -> None:
+    worker = worker_client(hub, hub.key("svc", subscribe=["*"]))
+    async with working(worker, "calc"), HubClient(hub.url, hub.key(
+            "pub", publish=["math:*", "shop:*", "report:*", "sync:*"])) as pub:
+        task = await pub.add("math:double", 21, priority=-1)
+        assert task.status is Status.QUEUED and task.priority == -1
+        assert await pub.wait(task.id, timeout=10) == 42
+        assert await pub.run("math:double", 5, timeout=10) == 10
+        tasks = await pub.add_many([("math:double", 1), {"action": "math:double",
+                                                         "payload": 2, "priority": 3}])
+        assert [await pub.wait(t.id, timeout=10) for t in tasks] == [2, 4]
+
+        failing = await pub.add("math:boom", "luck")
+        with pytest.raises(TaskFailed) as failed:
+            await pub.wait(failing.id, timeout=10)
+        assert failed.value.task.error is not None
+        assert failed.value.task.error.type == "ValueError"
+        assert await pub.wait(failing.id, timeout=10, default="fallback") == "fallback"
+        assert await pub.run("math:boom", "x", timeout=10, default=None) is None
+        ended = await pub.wait_task(failing.id, timeout=5)
+        assert ended.status is Status.FAILED
+
+        slow = await pub.add("math:slow", None)
+        with pytest.raises(WaitTimeout):
+            await pub.wait(slow.id, timeout=0.3)
+        assert await pub.wait(slow.id, timeout=0.3, default="late") == "late"
+        assert await pub.run("math:slow", None, timeout=0.2, default=0) == 0
+        aborted = await pub.abort(slow.id, "no more")
+        assert aborted.abort_requested == "no more"
+        with pytest.raises(TaskAborted):
+            await pub.wait(slow.id, timeout=10)
+
+        assert await pub.run("shop:order", {"item": "pen", "qty": 4}, timeout=10) == {
+            "total": 12}
+        assert await pub.run("sync:sum", [1, 2, 3], timeout=10) == 6
+
+        with pytest.raises(TaskNotFound):
+            await pub.wait("01234567-0000-7000-8000-000000000000", timeout=1)
+        with pytest.raises(HubError) as forbidden:
+            await pub.add("secret:thing", None)
+        assert forbidden.value.code == "forbidden" and forbidden.value.status == 403
+        with pytest.raises(ValidationError):
+            await pub.add("math:double", 1, bogus_option=True)
+        fetched = await pub.get(task.id, logs=True)
+        assert fetched.result == 42 and fetched.logs == ()
+
+
+async def test_handlers_keep_the_in_process_style(hub: RunningHub) -> None:
+    worker = worker_client(hub, hub.key("svc", subscribe=["*"]))
+    async with working(worker, "reports"), HubClient(hub.url, hub.key(
+            "pub", publish=["report:*"])) as pub:
+        task = await pub.add("report:make", None, max_attempts=3)
+        updates = [u async for u in pub.follow(task.id)]
+        kinds = [u.type for u in updates]
+        assert kinds[0] == "watching" and kinds[-1] == "end"
+        assert "start" in kinds and "pickup" in kinds and "queued" in kinds
+        assert kinds.count("emit") == 2 and "success" in kinds
+        progress = [u.progress for u in updates if u.type == "update"]
+        assert progress and progress[-1] is not None and progress[-1].current == 3
+        logs = [u.log for u in updates if u.type == "log"]
+        assert [r.message for r in logs if r is not None] == ["step 1", "step 2", "step 3"] * 2
+        final = updates[-1].task
+        assert final is not None and final.status is Status.SUCCEEDED
+        assert final.result == {"rounds": 2, "attempt": 2}
+        assert final.attempts == 2 and [e.type for e in final.errors] == ["Retry"]
+        # following a finished task replays it
+        again = [u async for u in pub.follow(task.id, max_level="warning")]
+        assert [u.type for u in again] == ["watching", "end"]
+
+
+def test_the_sync_client(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path / "credentials.json")
+    _, key = store.add("all", publish=["*"], subscribe=["*"])
+    box: dict[str, Any] = {}
+    started = threading.Event()
+    stop = threading.Event()
+
+    async def serve() -> None:
+        app = Conveyor(f"sqlite:///{tmp_path / 'hub.db'}")
+        config = HubConfig(port=0, credentials_path=str(store.path))
+        async with running_hub(app, config, store) as hub:
+            box["url"] = hub.url
+            started.set()
+            await asyncio.to_thread(stop.wait)
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    assert started.wait(10)
+    url = box["url"]
+    worker = SyncHubClient(url, key)
+
+    @worker.handler("text:upper")
+    def upper(ctx: Context) -> str:
+        ctx.log.info("upper-casing")
+        return str(ctx.payload).upper()
+
+    runner = threading.Thread(target=worker.work, args=("texts",), kwargs={"concurrency": 2})
+    runner.start()
+    try:
+        with SyncHubClient(url, key) as pub:
+            task = pub.add("text:upper", "abc")
+            assert pub.wait(task.id, timeout=10) == "ABC"
+            assert pub.run("text:upper", "x", timeout=10) == "X"
+            kinds = [u.type for u in pub.follow(task.id)]
+            assert kinds == ["watching", "log", "end"]
+            live = pub.live({"action": "text:upper"}, fields=["status"])
+            first = next(live)
+            assert first.type == "snapshot" and len(first.tasks) == 2
+            assert set(first.tasks[0]) == {"id", "version", "status"}
+            pub.add("text:upper", "y")
+            seen = [next(live).type for _ in range(3)]
+            assert seen[0] == "added"
+            live.close()
+    finally:
+        worker.stop()
+        runner.join(20)
+        worker.close()
+        stop.set()
+        thread.join(20)
+    assert not runner.is_alive()
+
+
+async def test_a_worker_reconnects_when_the_hub_comes_back(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path / "credentials.json")
+    _, key = store.add("all", publish=["*"], subscribe=["*"])
+    config = HubConfig(port=free_port(), credentials_path=str(store.path))
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    worker = HubClient(f"http://127.0.0.1:{config.port}", key)
+    gate = asyncio.Event()
+
+    @worker.handler("job:gated")
+    async def gated(ctx: Context) -> str:
+        await gate.wait()
+        return "done"
+
+    async with running_hub(Conveyor(url), config, store) as hub:
+        work = asyncio.create_task(worker.work("gated", concurrency=4, max_backoff=0.3))
+        await worker.wait_working(10)
+        first = await hub.app.add("job:gated", 1)
+        await eventually(lambda: _status(hub.app, first.id, Status.RUNNING))
+    # the hub stopped (it handed the running task back); the worker retries meanwhile
+    assert (await Conveyor(url).get(first.id)).status is Status.QUEUED
+    async with running_hub(Conveyor(url), config, store) as hub:
+        gate.set()
+        assert await hub.app.wait(first.id, timeout=20) == "done"
+        second = await hub.app.add("job:gated", 2)
+        assert await hub.app.wait(second.id, timeout=20) == "done"
+        assert worker.connects >= 2
+        worker.stop()
+        await asyncio.wait_for(work, 20)
+        await worker.close()
+
+
+async def _status(app: Conveyor, task_id: str, status: Status) -> bool:
+    return (await app.get(task_id)).status is status
+
+
+async def test_live_queries_with_the_client(hub: RunningHub) -> None:
+    key = hub.key("all", publish=["*"], subscribe=["*"])
+    async with HubClient(hub.url, key) as client:
+        old = await client.add("a:x", 1)
+        live = client.live({"action": "a:x", "status": "queued"}, sort="created_at")
+        snapshot = await live.__anext__()
+        assert snapshot.type == "snapshot" and [t["id"] for t in snapshot.tasks] == [old.id]
+        new = await client.add("a:x", 2)
+        added = await live.__anext__()
+        assert added.type == "added" and added.task_id == new.id and added.seq == 2
+        await client.abort(old.id)
+        removed = await live.__anext__()
+        assert removed.type == "removed" and removed.task_id == old.id
+        assert set(live.tasks) == {new.id}
+        await live.aclose()
+        with pytest.raises(ValidationError) as bad:
+            await client.live({"priority": {"$gt": "x", "$bogus": 1}}).__anext__()
+        assert "filter.priority" in str(bad.value)
+
+
+async def test_a_remote_worker_killed_mid_task_loses_nothing(tmp_path: Path) -> None:
+    async with make_hub(tmp_path) as hub:
+        key = hub.key("crashy", publish=["job:*"], subscribe=["job:*"])
+        proc = spawn("tests.hub._remote_worker", hub.url, key, "crashy", "4",
+                     log=tmp_path / "worker.log")
+        try:
+            assert (await read_line(proc)).strip() == "ready"
+            tasks = await hub.app.add_many([("job:sleep", {"n": i, "sleep": 30})
+                                            for i in range(4)])
+            tasks += await hub.app.add_many([("job:noop", {"n": i}) for i in range(20)])
+            running = await eventually(lambda: _running_on(hub.app, "crashy"), timeout=20)
+            assert len(running) == 4
+            # the handlers have started (their first log line is stored)
+            await eventually(lambda: _logged(hub.app, [t.id for t in tasks[:4]]), timeout=20)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            reap(proc)
+        # a second worker takes over at once: the hub released what the dead one held
+        rescuer = HubClient(hub.url, key)
+
+        @rescuer.handler("job:sleep")
+        async def quick(ctx: Context) -> Any:
+            return ctx.payload["n"]
+
+        @rescuer.handler("job:noop")
+        async def noop(ctx: Context) -> Any:
+            return ctx.payload
+
+        async with working(rescuer, "rescuer"):
+            for task in tasks:
+                done = await hub.app.wait_task(task.id, timeout=30)
+                assert done.status is Status.SUCCEEDED, done
+            assert time.monotonic() - t0 < 20
+        for task in tasks[:4]:
+            final = await hub.app.get(task.id, logs=True)
+            assert final.result == task.payload["n"] and final.attempts == 1
+            assert any("queued again" in r.message for r in final.logs or ()), final.logs
+
+
+async def _logged(app: Conveyor, ids: list[str]) -> bool:
+    for task_id in ids:
+        if not await app.storage.read_logs(task_id):
+            return False
+    return True
+
+
+async def _running_on(app: Conveyor, prefix: str) -> list[Any]:
+    tasks = await app.find({"status": "running", "action": "job:sleep"})
+    return [t for t in tasks if (t.worker or "").startswith(prefix + "@")] if len(tasks) == 4 \
+        else []
+
+
+
+
+
+async def test_a_live_query_resyncs_when_the_hub_comes_back(tmp_path: Path) -> None:
+    config = HubConfig(port=free_port(), insecure=True)
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    client = HubClient(f"http://127.0.0.1:{config.port}")
+    async with running_hub(Conveyor(url), config, None) as hub:
+        first = await hub.app.add("r:x", 1)
+        live = client.live({"action": "r:x"}, fields=["status"])
+        snapshot = await live.__anext__()
+        assert [t["id"] for t in snapshot.tasks] == [first.id]
+    other = Conveyor(url)
+    second = await other.add("r:x", 2)  # while the hub is away
+    await other.close()
+    async with running_hub(Conveyor(url), config, None):
+        again = await asyncio.wait_for(live.__anext__(), 20)
+        assert again.type == "snapshot" and again.resync is True
+        assert {t["id"] for t in again.tasks} == {first.id, second.id}
+        assert set(live.tasks) == {first.id, second.id} and live.resyncs == 1
+        await live.aclose()
+    await client.close()
+
+
+async def test_a_closed_client_can_work_again(insecure_hub: RunningHub) -> None:
+    client = HubClient(insecure_hub.url)
+
+    @client.handler("again:x")
+    async def again(ctx: Context) -> int:
+        return 1
+
+    await client.add("again:x", None)
+    await client.close()
+    async with working(client, "again"):
+        task = await client.add("again:x", None)
+        assert await client.wait(task.id, timeout=10) == 1

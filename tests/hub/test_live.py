@@ -1,0 +1,198 @@
+"""Live queries: a snapshot, then added / changed / removed, in order and without gaps."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from conveyor import Conveyor
+
+from ._ws_helpers import Raw, eventually, make_hub, read_line, reap, spawn, ws_state
+from .conftest import RunningHub
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def live(ws: Raw, live_id: Any = "q", **query: Any) -> dict[str, Any]:
+    return await ws.request({"type": "live", "id": live_id, **query}, "snapshot")
+
+
+async def next_change(ws: Raw, live_id: Any = "q") -> dict[str, Any]:
+    return await ws.expect(None, live_id, timeout=10)
+
+
+async def test_snapshot_then_changes_in_order(insecure_hub: RunningHub) -> None:
+    app = insecure_hub.app
+    early = await app.add("feed:a", 1)
+    await app.add("feed:other", 2)
+    ws = await Raw.open(insecure_hub.url)
+    snap = await live(ws, filter={"action": "feed:a", "status": {"$in": ["queued", "running"]}})
+    assert snap["seq"] == 1 and snap["count"] == 1 and snap["more"] is False
+    assert [t["id"] for t in snap["tasks"]] == [early.id]
+    later = await app.add("feed:a", 3)
+    added = await next_change(ws)
+    assert added == {**added, "type": "added", "seq": 2}
+    assert added["task"]["id"] == later.id and added["task"]["status"] == "queued"
+    await app.prioritize(later.id, 5)
+    changed = await next_change(ws)
+    assert changed["type"] == "changed" and changed["seq"] == 3
+    assert changed["task"]["priority"] == 5
+    await app.abort(early.id)
+    removed = await next_change(ws)
+    assert removed == {"type": "removed", "id": "q", "seq": 4, "task_id": early.id,
+                       "version": 2}
+    # a second subscription of the same query gets the group's current state
+    snap2 = await live(ws, "q2", filter={"action": "feed:a",
+                                         "status": {"$in": ["queued", "running"]}})
+    assert [t["id"] for t in snap2["tasks"]] == [later.id]
+    assert (await ws.request({"type": "unlive", "live": "q"}, "ok"))["type"] == "ok"
+    await app.abort(later.id)
+    gone = await next_change(ws, "q2")
+    assert gone["type"] == "removed" and gone["seq"] == 2
+    assert not [m for m in ws.inbox if m.get("id") == "q"]
+    await ws.close()
+
+
+async def test_fields_sort_and_validation(insecure_hub: RunningHub) -> None:
+    app = insecure_hub.app
+    for i in range(3):
+        await app.add("v:x", {"n": i}, priority=-i)
+    ws = await Raw.open(insecure_hub.url)
+    snap = await live(ws, filter={"action": "v:x"}, sort="priority",
+                      fields=["status", "payload"])
+    assert [t["payload"]["n"] for t in snap["tasks"]] == [2, 1, 0]
+    assert set(snap["tasks"][0]) == {"id", "version", "status", "payload"}
+    bad = [
+        ({"filter": {"priority": {"$gt": "a", "$nope": 1}}}, "bad_filter"),
+        ({"filter": {"status": "sleeping"}}, "bad_filter"),
+        ({"filter": [1]}, "bad_filter"),
+        ({"filter": {}, "sort": "-nonsense"}, "bad_filter"),
+        ({"filter": {}, "limit": -1}, "bad_filter"),
+        ({"filter": {}, "fields": ["status", "secret"]}, "bad_message"),
+    ]
+    for i, (query, code) in enumerate(bad):
+        error = await ws.request({"type": "live", "id": f"bad{i}", **query}, "error")
+        assert error["code"] == code, (query, error)
+        assert error["message"]
+    error = await ws.request({"type": "live", "id": "p", "filter": {"$or": [{"a": 1}]}},
+                             "error")
+    assert error["path"] == "filter.$or[0].a" and "unknown field" in error["message"]
+    await ws.close()
+
+
+async def test_a_limited_window_follows_its_boundary(insecure_hub: RunningHub) -> None:
+    app = insecure_hub.app
+    tasks = [await app.add("w:x", i, priority=i) for i in range(5)]
+    ws = await Raw.open(insecure_hub.url)
+    snap = await live(ws, filter={"action": "w:x", "status": "queued"}, sort="priority",
+                      limit=3)
+    assert [t["payload"] for t in snap["tasks"]] == [0, 1, 2]
+    await app.prioritize(tasks[4].id, -1)          # jumps into the window
+    changes = [await next_change(ws), await next_change(ws)]
+    assert {(c["type"], c.get("task_id") or c["task"]["id"]) for c in changes} == {
+        ("removed", tasks[2].id), ("added", tasks[4].id)}
+    await app.abort(tasks[0].id)                    # leaves: the next one moves in
+    changes = [await next_change(ws), await next_change(ws)]
+    assert {(c["type"], c.get("task_id") or c["task"]["id"]) for c in changes} == {
+        ("removed", tasks[0].id), ("added", tasks[2].id)}
+    seqs = [m["seq"] for m in ws.seen if m.get("id") == "q"]
+    assert seqs == list(range(1, len(seqs) + 1))
+    await ws.close()
+
+
+async def test_changes_of_other_processes_and_full_rate_progress(tmp_path: Path) -> None:
+    async with make_hub(tmp_path, insecure=True) as hub:
+        ws = await Raw.open(hub.url)
+        await live(ws, filter={"action": {"$in": ["x:other", "x:remote"]}})
+        # another storage object on the same file: its changes arrive through the feed
+        other = Conveyor(f"sqlite:///{tmp_path / 'hub.db'}")
+        task = await other.add("x:other", 1)
+        added = await next_change(ws)
+        assert added["type"] == "added" and added["task"]["id"] == task.id
+        await other.abort(task.id)
+        changed = await next_change(ws)
+        assert changed["type"] == "changed" and changed["task"]["status"] == "aborted"
+        await other.close()
+        # a remote worker's progress: every update, not only the stored snapshots
+        service = await Raw.open(hub.url)
+        await service.request({"type": "subscribe", "id": "s", "service": "svc",
+                               "actions": ["x:remote"]}, "subscribed")
+        task = await hub.app.add("x:remote", None)
+        await service.expect("offer")
+        await service.send([{"type": "pickup", "task_id": task.id}] + [
+            {"type": "update", "task_id": task.id, "current": i, "total": 50}
+            for i in range(1, 51)])
+        progress: list[Any] = []
+        while len(progress) < 50 or progress[-1] != 50:
+            msg = await next_change(ws)
+            current = (msg.get("task") or {}).get("progress")
+            if current is not None and (not progress or progress[-1] != current["current"]):
+                progress.append(current["current"])
+        assert progress == sorted(progress) and progress[-1] == 50
+        await service.send({"type": "return", "task_id": task.id, "result": 1})
+        done = await ws.expect("changed", "q", where=lambda m: m["task"]["status"] == "succeeded")
+        assert done["task"]["result"] == 1
+        await service.close()
+        await ws.close()
+
+
+async def test_two_hundred_subscribers_while_five_thousand_tasks_run(tmp_path: Path) -> None:
+    """Every subscriber gets a gap-free, ordered stream that ends equal to a fresh query."""
+    n_tasks, n_subs = 5000, 200
+    db = tmp_path / "hub.db"
+    async with make_hub(tmp_path, max_pending=1_000_000, max_rate=100_000) as hub:
+        key = hub.key("watcher", publish=["live:*"])
+        query = {"$or": [{"status": {"$in": ["queued", "running"]}},
+                         {"payload.n": {"$lt": 500}}]}
+        subscribers = spawn("tests.hub._live_subscribers", hub.url, key, str(n_subs),
+                            json.dumps(query), json.dumps(["status"]), stdin=True,
+                            log=tmp_path / "subscribers.log")
+        worker = spawn("conveyor.cli", "worker", "tests.hub._live_app:app", "--db",
+                       f"sqlite:///{db}", "--concurrency", "50", stdout=False,
+                       log=tmp_path / "worker.log")
+        try:
+            assert subscribers.stdin is not None
+            assert (await read_line(subscribers, 120)).strip() == "ready"
+            state = ws_state(hub)
+            assert len(state.live.groups) == 1
+            t0 = time.monotonic()
+            for start in range(0, n_tasks, 500):
+                await hub.app.add_many([("live:job", {"n": i})
+                                        for i in range(start, start + 500)])
+            await eventually(lambda: _all_done(hub.app, n_tasks), timeout=120, interval=0.2)
+            ran = time.monotonic() - t0
+            expected = {t.id: [t.status.value, t.version]
+                        for t in await hub.app.find(query)}
+            assert len(expected) == 500
+            path = tmp_path / "expected.json"
+            path.write_text(json.dumps(expected))
+            subscribers.stdin.write(f"check {path}\n")
+            subscribers.stdin.flush()
+            result = json.loads(await read_line(subscribers, 120))
+            print(f"\n{n_tasks} tasks ran in {ran:.1f} s; {n_subs} subscribers got "
+                  f"{result['messages']} messages")
+            assert result["gaps"] == 0 and result["backwards"] == 0
+            assert result["ok"], result
+            assert result["messages"] >= n_subs * n_tasks
+        finally:
+            reap(subscribers, worker)
+
+
+async def _all_done(app: Conveyor, n: int) -> bool:
+    return await app.count({"status": "succeeded"}) == n
+
+
+async def test_deleted_tasks_leave_the_result(insecure_hub: RunningHub) -> None:
+    app = insecure_hub.app
+    task = await app.add("d:x", 1)
+    await app.abort(task.id)
+    ws = await Raw.open(insecure_hub.url)
+    snap = await live(ws, filter={"action": "d:x"})
+    assert [t["id"] for t in snap["tasks"]] == [task.id]
+    await app.delete(task.id)
+    gone = await next_change(ws)
+    assert gone["type"] == "removed" and gone["task_id"] == task.id
+    assert await app.count({"action": "d:x"}) == 0
+    await ws.close()

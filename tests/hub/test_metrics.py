@@ -1,0 +1,129 @@
+"""/metrics: Prometheus text, a registry per hub, values that follow the tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from conveyor import Conveyor
+from conveyor.hub import HubConfig
+
+from ._rest_helpers import API, client, eventually, make_keys, worker_hub
+from .conftest import RunningHub, running_hub
+
+__all__ = ["worker_hub"]
+
+T = f"{API}/tasks"
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+          **labels: str) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_follow_tasks_added_started_and_finished(worker_hub: RunningHub) -> None:
+    keys = make_keys(worker_hub)
+    async with client(worker_hub, keys.admin) as http:
+        r = await http.get("/metrics")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/plain")
+        before = samples(r.text)
+        assert value(before, "conveyor_tasks_added_total", action="mail:send") == 0
+
+        # queued tasks (delayed: nobody runs them yet) show in the queue depth
+        await http.post(f"{T}/batch", json={"tasks": [
+            {"action": "mail:send", "delay": 600}, {"action": "mail:send", "delay": 600},
+            {"action": "job:slow", "delay": 600}]})
+        now = samples((await http.get("/metrics")).text)
+        assert value(now, "conveyor_tasks_added_total", action="mail:send") == 2
+        assert value(now, "conveyor_tasks_added_total", action="job:slow") == 1
+        assert value(now, "conveyor_queue_depth", action="mail:send") == 2
+        assert value(now, "conveyor_tasks", action="mail:send", status="queued") == 2
+
+        # tasks that run: started, finished by status, durations
+        ok = (await http.post(T, json={"action": "mail:send", "payload": {"sleep": 0.2}})).json()
+        bad = (await http.post(T, json={"action": "job:fail"})).json()
+        for task in (ok, bad):
+            await http.get(f"{T}/{task['id']}/wait", params={"timeout": 10})
+
+        async def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+            found = samples((await http.get("/metrics")).text)
+            if value(found, "conveyor_tasks_finished_total", action="job:fail",
+                     status="failed") == 1 and value(
+                    found, "conveyor_tasks_finished_total", action="mail:send",
+                    status="succeeded") == 1:
+                return found
+            return None
+
+        found = await eventually(counted)
+        assert value(found, "conveyor_tasks_added_total", action="mail:send") == 3
+        assert value(found, "conveyor_tasks_started_total", action="mail:send") == 1
+        assert value(found, "conveyor_tasks_started_total", action="job:fail") == 1
+        assert value(found, "conveyor_task_run_seconds_count", action="mail:send") == 1
+        took = value(found, "conveyor_task_run_seconds_sum", action="mail:send")
+        assert 0.15 < took < 5
+        assert value(found, "conveyor_task_run_seconds_bucket", action="mail:send",
+                     le="0.1") == 0
+        assert value(found, "conveyor_task_run_seconds_bucket", action="mail:send",
+                     le="+Inf") == 1
+        assert value(found, "conveyor_tasks", action="mail:send", status="succeeded") == 1
+        assert value(found, "conveyor_queue_depth", action="mail:send") == 2
+        assert value(found, "conveyor_hub_uptime_seconds") > 0
+
+        # tasks added by another process reach the counters through the change feed
+        other = Conveyor(worker_hub.app.storage.url)
+        try:
+            await other.add("mail:send", {"from": "elsewhere"}, delay=600)
+        finally:
+            await other.close()
+
+        async def seen() -> bool:
+            found = samples((await http.get("/metrics")).text)
+            return value(found, "conveyor_tasks_added_total", action="mail:send") == 4
+
+        await eventually(seen)
+
+
+async def test_metrics_show_only_readable_actions(hub: RunningHub) -> None:
+    await hub.app.add_many([("mail:send", 1), ("geo:code", 2), ("secret:x", 3)])
+    publisher = hub.key("publisher", publish=["mail:*"])
+    async with client(hub, publisher) as http:
+        text = (await http.get("/metrics")).text
+    assert 'action="mail:send"' in text
+    assert "geo:code" not in text and "secret:x" not in text
+    assert "conveyor_hub_uptime_seconds" in text
+
+
+async def test_each_hub_has_its_own_registry(hub: RunningHub) -> None:
+    await hub.app.add("a:x")
+    key = hub.key("admin", admin=True)
+    other = Conveyor("memory://")
+    async with running_hub(other, HubConfig(port=0, insecure=True), None) as second, \
+            client(hub, key) as one, client(second) as two:
+        await other.add("b:y")
+        first = samples((await one.get("/metrics")).text)
+        seen = samples((await two.get("/metrics")).text)
+    assert value(first, "conveyor_tasks_added_total", action="a:x") == 1
+    assert value(first, "conveyor_tasks_added_total", action="b:y") == 0
+    assert value(seen, "conveyor_tasks_added_total", action="a:x") == 0
+    assert value(seen, "conveyor_tasks_added_total", action="b:y") == 1
+
+
+def test_metrics_use_no_global_registry(tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    from conveyor.hub import create_hub
+
+    names = set(REGISTRY._names_to_collectors)
+    create_hub(Conveyor("memory://"), HubConfig(insecure=True))
+    create_hub(Conveyor("memory://"), HubConfig(insecure=True))
+    assert set(REGISTRY._names_to_collectors) == names

@@ -1,0 +1,496 @@
+"""Remote workers over the WebSocket: offers, pickups, outcomes, delivery modes, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from conveyor import Context, Conveyor
+from conveyor.model import Status
+
+from ._ws_helpers import Raw, eventually, make_hub, ws_state
+from .conftest import RunningHub
+
+
+async def subscribe(ws: Raw, service: str, actions: list[str], capacity: int = 1,
+                    sub_id: Any = "sub") -> dict[str, Any]:
+    return await ws.request({"type": "subscribe", "id": sub_id, "service": service,
+                             "actions": actions, "capacity": capacity}, "subscribed")
+
+
+async def test_publish_and_subscribe_lifecycle(hub: RunningHub) -> None:
+    pub_key = hub.key("shop", publish=["mail:*"])
+    svc_key = hub.key("mailer", subscribe=["mail:*"])
+    service = await Raw.open(hub.url, svc_key)
+    sub = await subscribe(service, "mailer", ["mail:send"], capacity=2)
+    assert sub["worker"].startswith("mailer@") and sub["lease"] > 0
+    workers = await hub.app.workers()
+    assert [w.id for w in workers] == [sub["worker"]]
+    assert workers[0].info["remote"] is True and workers[0].concurrency == 2
+
+    publisher = await Raw.open(hub.url, pub_key)
+    published = await publisher.request({"type": "publish", "id": "p1", "action": "mail:send",
+                                         "payload": {"to": "ann"}, "wait": True,
+                                         "options": {"priority": -1, "tags": {"k": "v"}}},
+                                        "published")
+    task = published["task"]
+    assert task["status"] == "queued" and task["priority"] == -1
+    assert task["public_url"] == hub.hub.task_url(task["id"])
+
+    offer = await service.expect("offer", "sub")
+    assert offer["task_id"] == task["id"] and offer["delivery"] == "one"
+    assert offer["task"]["payload"] == {"to": "ann"} and offer["task"]["status"] == "running"
+    assert offer["task"]["worker"] == sub["worker"]
+    await service.send([
+        {"type": "pickup", "id": 1, "task_id": task["id"]},
+        {"type": "update", "id": 2, "task_id": task["id"], "current": 1, "total": 2,
+         "message": "half"},
+        {"type": "log", "id": 3, "task_id": task["id"], "level": "info", "message": "sent",
+         "data": {"n": 1}},
+        {"type": "emit", "id": 4, "task_id": task["id"], "value": {"partial": True}},
+        {"type": "return", "id": 5, "task_id": task["id"], "result": {"ok": True}, "ack": True},
+    ])
+    assert (await service.expect("ok", 5))["type"] == "ok"
+
+    result = await publisher.expect("result", "p1")
+    assert result["value"] == {"ok": True} and result["status"] == "succeeded"
+    kinds = [m["type"] for m in publisher.seen if m.get("id") == "p1"]
+    # log lines are sent once stored (with their sequence number), the rest at once
+    assert [k for k in kinds if k != "log"] == ["published", "start", "pickup", "update",
+                                                "emit", "success", "end", "result"], kinds
+    assert kinds.count("log") == 1 and kinds.index("log") < kinds.index("success")
+    by_type = {m["type"]: m for m in publisher.seen if m.get("id") == "p1"}
+    assert by_type["pickup"]["service"] == "mailer"
+    assert by_type["update"]["progress"]["current"] == 1
+    assert by_type["log"]["log"]["message"] == "sent"
+    assert by_type["end"]["task"]["result"] == {"ok": True}
+
+    stored = await hub.app.get(task["id"], logs=True)
+    assert stored.status is Status.SUCCEEDED and stored.result == {"ok": True}
+    assert stored.worker is None and stored.attempts == 1
+    assert stored.logs is not None and [r.message for r in stored.logs] == ["sent"]
+    assert stored.progress is not None and stored.progress.current == 1
+
+    # a service may not touch a task it does not hold
+    error = await service.request({"type": "return", "task_id": task["id"]}, "error")
+    assert error["code"] == "not_held"
+    await service.close()
+    await eventually(lambda: _no_workers(hub))
+    await publisher.close()
+
+
+async def _no_workers(hub: RunningHub) -> bool:
+    return not await hub.app.workers()
+
+
+async def test_failures_retries_and_drops(hub: RunningHub) -> None:
+    key = hub.key("all", publish=["*"], subscribe=["*"])
+    ws = await Raw.open(hub.url, key)
+    await subscribe(ws, "svc", ["job"], capacity=5)
+    failing = await hub.app.add("job", 1, max_attempts=2, backoff=0)
+    dropped = await hub.app.add("job", 2)
+    retried = await hub.app.add("job", 3, max_attempts=3)
+    rescheduled = await hub.app.add("job", 4)
+    handled: Counter[str] = Counter()
+    done: set[str] = set()
+    while len(done) < 4:
+        offer = await ws.expect("offer")
+        task_id = offer["task_id"]
+        handled[task_id] += 1
+        await ws.send({"type": "pickup", "task_id": task_id})
+        if task_id == failing.id:
+            await ws.send({"type": "fail", "task_id": task_id,
+                           "error": {"type": "SMTPError", "message": "down"}})
+            if handled[task_id] == 2:
+                done.add(task_id)
+        elif task_id == dropped.id:
+            await ws.send({"type": "drop", "task_id": task_id})
+            done.add(task_id)
+        elif task_id == retried.id:
+            if handled[task_id] == 1:
+                await ws.send({"type": "retry", "task_id": task_id, "after": 0})
+            else:
+                await ws.send({"type": "return", "task_id": task_id, "result": "second"})
+                done.add(task_id)
+        elif task_id == rescheduled.id:
+            if handled[task_id] == 1:
+                await ws.send({"type": "reschedule", "task_id": task_id, "after": 0,
+                               "result": {"seen": 1}})
+            else:
+                await ws.send({"type": "return", "task_id": task_id, "result": "polled"})
+                done.add(task_id)
+    f = await hub.app.wait_task(failing.id, timeout=10)
+    assert f.status is Status.FAILED and f.attempts == 2
+    assert [e.type for e in f.errors] == ["SMTPError", "SMTPError"]
+    d = await hub.app.wait_task(dropped.id, timeout=10)
+    assert d.status is Status.SUCCEEDED and d.result is None and d.reason == "dropped"
+    r = await hub.app.wait_task(retried.id, timeout=10)
+    assert r.status is Status.SUCCEEDED and r.result == "second" and r.attempts == 2
+    s = await hub.app.wait_task(rescheduled.id, timeout=10)
+    assert s.status is Status.SUCCEEDED and s.result == "polled" and s.attempts == 1
+    await ws.close()
+
+
+async def test_delivery_all_runs_on_every_service(hub: RunningHub) -> None:
+    pub = await Raw.open(hub.url, hub.key("pub", publish=["cache:*"]))
+    services = {}
+    for name in ("alpha", "beta", "gamma"):
+        ws = await Raw.open(hub.url, hub.key(name, subscribe=["cache:*"]))
+        await subscribe(ws, name, ["cache:clear"])
+        services[name] = ws
+    await pub.request({"type": "publish", "id": "b", "action": "cache:clear", "payload": {},
+                       "delivery": "all", "wait": True}, "published")
+    offers = {name: await ws.expect("offer") for name, ws in services.items()}
+    task_id = offers["alpha"]["task_id"]
+    assert {o["task_id"] for o in offers.values()} == {task_id}
+    assert {o["delivery"] for o in offers.values()} == {"all"}
+    for ws in services.values():
+        await ws.request({"type": "pickup", "task_id": task_id, "ack": True}, "ok")
+    await services["beta"].send({"type": "return", "task_id": task_id, "result": "beta won"})
+    # the first return completes it: the publisher has its result, the others are told
+    result = await pub.expect("result", "b")
+    assert result["value"] == "beta won"
+    for name in ("alpha", "gamma"):
+        told = await services[name].expect("completed")
+        assert told["task_id"] == task_id and told["by"] == "beta"
+    task = await hub.app.get(task_id)
+    assert task.status is Status.RUNNING  # it ends when every service is done
+    await services["alpha"].send({"type": "drop", "task_id": task_id})
+    await services["gamma"].send({"type": "return", "task_id": task_id, "result": "late"})
+    end = await pub.expect("end", "b")
+    assert end["status"] == "succeeded" and end["task"]["result"] == "beta won"
+    success = [m for m in pub.seen if m.get("type") == "success"]
+    assert len(success) == 1 and success[0]["service"] == "beta"
+    for ws in (*services.values(), pub):
+        await ws.close()
+
+
+async def test_delivery_all_by_config_and_outcomes(tmp_path: Path) -> None:
+    async with make_hub(tmp_path, insecure=True, delivery={"notify:*": "all"}) as hub:
+        a = await Raw.open(hub.url)
+        b = await Raw.open(hub.url)
+        await subscribe(a, "a", ["notify:x"])
+        await subscribe(b, "b", ["notify:x"])
+        # every service fails: the policy decides (no attempts left: failed)
+        task = await hub.app.add("notify:x", 1)
+        for ws in (a, b):
+            offer = await ws.expect("offer")
+            assert offer["delivery"] == "all"
+            await ws.send({"type": "pickup", "task_id": task.id})
+            await ws.send({"type": "fail", "task_id": task.id, "error": "nope"})
+        ended = await hub.app.wait_task(task.id, timeout=10)
+        assert ended.status is Status.FAILED
+        # one refuses, one drops: done without a result
+        task = await hub.app.add("notify:x", 2)
+        offer_a = await a.expect("offer")
+        await b.expect("offer")
+        await a.send({"type": "refuse", "task_id": offer_a["task_id"]})
+        await b.send({"type": "pickup", "task_id": task.id})
+        await b.send({"type": "drop", "task_id": task.id})
+        ended = await hub.app.wait_task(task.id, timeout=10)
+        assert ended.status is Status.SUCCEEDED and ended.reason == "dropped"
+        # the task tag wins over the hub's setting
+        task = await hub.app.add("notify:x", 3, tags={"delivery": "one"})
+        got = await asyncio.wait_for(_first_offer(a, b), 10)
+        assert got[1]["delivery"] == "one"
+        await got[0].send({"type": "pickup", "task_id": task.id})
+        await got[0].send({"type": "return", "task_id": task.id, "result": 1})
+        assert (await hub.app.wait_task(task.id, timeout=10)).status is Status.SUCCEEDED
+        await a.close()
+        await b.close()
+
+
+async def _first_offer(*sockets: Raw) -> tuple[Raw, dict[str, Any]]:
+    while True:
+        for ws in sockets:
+            try:
+                return ws, await ws.expect("offer", timeout=0.05)
+            except TimeoutError:
+                continue
+
+
+async def test_round_robin_across_instances_and_the_instance_limit(hub: RunningHub) -> None:
+    key = hub.key("rr", subscribe=["work"], max_instances=3)
+    conns = [await Raw.open(hub.url, key) for _ in range(3)]
+    for ws in conns:
+        await subscribe(ws, "rr", ["work"], capacity=1)
+    fourth = await Raw.open(hub.url, key, welcome=False)
+    assert await fourth.closed() == 4029
+    workers = await hub.app.workers()
+    assert len(workers) == 1 and workers[0].concurrency == 3
+    assert workers[0].info["connections"] == 3
+    await hub.app.add_many([("work", i) for i in range(30)])
+    counts: Counter[int] = Counter()
+
+    async def serve(i: int, ws: Raw) -> None:
+        while sum(counts.values()) < 30:
+            try:
+                offer = await ws.expect("offer", timeout=0.5)
+            except TimeoutError:
+                continue
+            counts[i] += 1
+            await ws.send({"type": "pickup", "task_id": offer["task_id"]})
+            await asyncio.sleep(0.01)
+            await ws.send({"type": "return", "task_id": offer["task_id"], "result": i})
+
+    await asyncio.wait_for(asyncio.gather(*(serve(i, ws) for i, ws in enumerate(conns))), 30)
+    assert sum(counts.values()) == 30
+    assert all(8 <= counts[i] <= 12 for i in range(3)), counts
+    for ws in conns:
+        await ws.close()
+
+
+async def test_pickup_timeout_without_and_with_a_silent_service(tmp_path: Path) -> None:
+    async with make_hub(tmp_path, insecure=True) as hub:
+        lonely = await hub.app.add("nobody:home", 1, pickup_timeout=0.3)
+        ended = await hub.app.wait_task(lonely.id, timeout=10)
+        assert ended.status is Status.FAILED and ended.reason == "pickup_timeout"
+
+        silent = await Raw.open(hub.url)
+        await subscribe(silent, "silent", ["ignored"])
+        pub = await Raw.open(hub.url)
+        reply = await pub.request({"type": "publish", "id": "p", "action": "ignored",
+                                   "options": {"pickup_timeout": 0.5}, "wait": True},
+                                  "published")
+        offer = await silent.expect("offer")
+        assert offer["expires_in"] <= 0.5
+        cancel = await silent.expect("cancel", timeout=5)
+        assert cancel["task_id"] == reply["task"]["id"]
+        error = await pub.expect("error", "p")
+        assert error["code"] == "task_failed" and error["task"]["reason"] == "pickup_timeout"
+        # the late pickup is refused
+        late = await silent.request({"type": "pickup", "task_id": offer["task_id"]}, "error")
+        assert late["code"] == "not_held"
+        await silent.close()
+        await pub.close()
+
+
+async def test_an_offer_not_picked_up_in_time_goes_elsewhere(tmp_path: Path) -> None:
+    async with make_hub(tmp_path, insecure=True, offer_timeout=0.3) as hub:
+        sleepy = await Raw.open(hub.url)
+        await subscribe(sleepy, "svc", ["job"])
+        task = await hub.app.add("job", 1)
+        first = await sleepy.expect("offer")
+        assert (await sleepy.expect("cancel"))["reason"] == "offer expired"
+        eager = await Raw.open(hub.url)
+        await subscribe(eager, "svc", ["job"])
+        offer = await eager.expect("offer", timeout=5)
+        assert offer["task_id"] == first["task_id"] == task.id
+        await eager.send({"type": "pickup", "task_id": task.id})
+        await eager.send({"type": "return", "task_id": task.id, "result": "ok"})
+        done = await hub.app.wait_task(task.id, timeout=10)
+        assert done.status is Status.SUCCEEDED and done.attempts == 1
+        await sleepy.close()
+        await eager.close()
+
+
+async def test_run_timeout_starts_at_pickup_and_is_enforced(tmp_path: Path) -> None:
+    async with make_hub(tmp_path, insecure=True, abort_grace=0.2) as hub:
+        ws = await Raw.open(hub.url)
+        await subscribe(ws, "svc", ["slow"], capacity=2)
+        honest = await hub.app.add("slow", 1, timeout=0.3)
+        stuck = await hub.app.add("slow", 2, timeout=0.3)
+        for _ in range(2):
+            offer = await ws.expect("offer")
+            await ws.send({"type": "pickup", "task_id": offer["task_id"]})
+        aborts = {(await ws.expect("abort"))["task_id"] for _ in range(2)}
+        assert aborts == {honest.id, stuck.id}
+        # one answers (its answer does not change the outcome); the other never does
+        await ws.send({"type": "return", "task_id": honest.id, "result": "too late"})
+        for task in (honest, stuck):
+            ended = await hub.app.wait_task(task.id, timeout=10)
+            assert ended.status is Status.ABORTED and ended.reason == "timeout"
+            assert ended.error is not None and ended.error.type == "TimeoutError"
+        assert (await ws.expect("cancel"))["task_id"] == stuck.id
+        await ws.close()
+
+
+async def test_abort_is_forwarded_to_the_service(hub: RunningHub) -> None:
+    key = hub.key("svc", subscribe=["long"], publish=["long"])
+    ws = await Raw.open(hub.url, key)
+    await subscribe(ws, "svc", ["long"])
+    task = await hub.app.add("long", 1)
+    await ws.expect("offer")
+    await ws.send({"type": "pickup", "task_id": task.id})
+    await eventually(lambda: ws_state(hub).remote.index[task.id].state == "running")
+    await hub.app.abort(task.id, "changed my mind")
+    abort = await ws.expect("abort")
+    assert abort["reason"] == "changed my mind"
+    await ws.send({"type": "fail", "task_id": task.id, "error": {"type": "Aborted",
+                                                                 "message": "ok"}})
+    ended = await hub.app.wait_task(task.id, timeout=10)
+    assert ended.status is Status.ABORTED and ended.reason == "changed my mind"
+    # an abort over the socket: admin or the publisher's right
+    task = await hub.app.add("long", 2)
+    await ws.expect("offer")
+    reply = await ws.request({"type": "abort", "task_id": task.id, "reason": "stop"}, "task")
+    assert reply["task"]["abort_requested"] == "stop" or reply["task"]["status"] == "aborted"
+    await ws.expect("cancel")
+    assert (await hub.app.wait_task(task.id, timeout=10)).status is Status.ABORTED
+    await ws.close()
+
+
+async def test_large_payloads_are_fetched_on_demand(tmp_path: Path) -> None:
+    async with make_hub(tmp_path, insecure=True, inline_payload=100) as hub:
+        ws = await Raw.open(hub.url)
+        await subscribe(ws, "svc", ["big", "small"], capacity=2)
+        big = await hub.app.add("big", {"blob": "y" * 500})
+        offer = await ws.expect("offer")
+        assert offer["payload_inline"] is False and offer["payload_size"] > 500
+        assert offer["task"]["payload"] is None
+        fetched = await ws.request({"type": "fetch", "task_id": big.id}, "payload")
+        assert fetched["payload"] == {"blob": "y" * 500}
+        await ws.send({"type": "refuse", "task_id": big.id})
+        small = await hub.app.add("small", [1, 2])
+        offer = await ws.expect("offer", where=lambda m: m["task_id"] == small.id)
+        assert "payload_inline" not in offer and offer["task"]["payload"] == [1, 2]
+        await ws.close()
+
+
+async def test_a_disconnected_service_loses_its_tasks_to_others(hub: RunningHub) -> None:
+    key = hub.key("svc", subscribe=["job"])
+    first = await Raw.open(hub.url, key)
+    await subscribe(first, "svc", ["job"])
+    task = await hub.app.add("job", 1)
+    await first.expect("offer")
+    await first.send({"type": "pickup", "task_id": task.id})
+    await first.send({"type": "log", "task_id": task.id, "message": "started"})
+    await eventually(lambda: _running(hub, task.id))
+    await first.close()
+    second = await Raw.open(hub.url, key)
+    await subscribe(second, "svc", ["job"])
+    offer = await second.expect("offer", timeout=10)
+    assert offer["task_id"] == task.id and offer["task"]["attempts"] == 1
+    await second.send({"type": "pickup", "task_id": task.id})
+    await second.send({"type": "return", "task_id": task.id, "result": "second"})
+    done = await hub.app.wait_task(task.id, timeout=10)
+    assert done.status is Status.SUCCEEDED and done.result == "second"
+    logs = [r.message for r in (await hub.app.get(task.id, logs=True)).logs or ()]
+    assert logs[0] == "started" and "queued again" in logs[1]
+    await second.close()
+
+
+async def _count(hub: RunningHub, where: dict[str, Any], n: int) -> bool:
+    return await hub.app.count(where) == n
+
+
+async def _running(hub: RunningHub, task_id: str) -> bool:
+    return (await hub.app.get(task_id)).status is Status.RUNNING
+
+
+async def test_a_silent_service_is_disconnected(tmp_path: Path) -> None:
+    async with make_hub(tmp_path, insecure=True, service_lease=0.6) as hub:
+        ws = await Raw.open(hub.url)
+        reply = await subscribe(ws, "svc", ["job"])
+        assert abs(reply["heartbeat"] - 0.2) < 1e-9
+        for _ in range(5):  # heartbeats keep it
+            await asyncio.sleep(0.2)
+            await ws.send({"type": "heartbeat"})
+        assert await ws.closed(timeout=5) == 4002
+
+
+async def test_in_process_handlers_work_beside_remote_workers(tmp_path: Path) -> None:
+    app = Conveyor(f"sqlite:///{tmp_path / 'hub.db'}")
+
+    @app.handler("local:double")
+    async def double(ctx: Context) -> int:
+        return int(ctx.payload) * 2
+
+    async with make_hub(tmp_path, insecure=True, app=app) as hub:
+        ws = await Raw.open(hub.url)
+        await subscribe(ws, "remote", ["remote:triple"], capacity=4)
+        local = await hub.app.add_many([("local:double", i) for i in range(10)])
+        remote = await hub.app.add_many([("remote:triple", i) for i in range(10)])
+        for _ in range(10):
+            offer = await ws.expect("offer")
+            await ws.send([{"type": "pickup", "task_id": offer["task_id"]},
+                           {"type": "return", "task_id": offer["task_id"],
+                            "result": offer["task"]["payload"] * 3}])
+        assert [await hub.app.wait(t.id, timeout=10) for t in local] == [i * 2 for i in range(10)]
+        assert [await hub.app.wait(t.id, timeout=10) for t in remote] == [i * 3 for i in range(10)]
+        kinds = sorted(bool(w.info.get("remote")) for w in await hub.app.workers())
+        assert kinds == [False, True]
+        await ws.close()
+
+
+async def test_delivery_all_moves_a_share_to_another_connection(tmp_path: Path) -> None:
+    async with make_hub(tmp_path, insecure=True, offer_timeout=0.5) as hub:
+        a1 = await Raw.open(hub.url)
+        await subscribe(a1, "alpha", ["bc:x"])
+        a2 = await Raw.open(hub.url)
+        await subscribe(a2, "alpha", ["bc:x"])
+        b = await Raw.open(hub.url)
+        await subscribe(b, "beta", ["bc:x"])
+        task = await hub.app.add("bc:x", 1, tags={"delivery": "all"})
+        offer_b = await b.expect("offer")
+        first, offer_a = await _first_offer(a1, a2)
+        other = a2 if first is a1 else a1
+        await first.request({"type": "pickup", "task_id": task.id, "ack": True}, "ok")
+        await first.close()  # alpha's share goes to its other connection
+        moved = await other.expect("offer", timeout=5)
+        assert moved["task_id"] == task.id == offer_a["task_id"] == offer_b["task_id"]
+        await other.send({"type": "return", "task_id": task.id, "result": "alpha"})
+        # beta never picks up: its share expires, and the task ends with alpha's result
+        assert (await b.expect("cancel", timeout=5))["task_id"] == task.id
+        done = await hub.app.wait_task(task.id, timeout=10)
+        assert done.status is Status.SUCCEEDED and done.result == "alpha"
+        # a share waits for a full service to have room, within the offer timeout
+        fill = await hub.app.add("bc:x", "fill", tags={"delivery": "one"})
+        holder, _ = await _first_offer(other, b)
+        await holder.send({"type": "pickup", "task_id": fill.id})
+        if holder is other:
+            task = await hub.app.add("bc:x", 2, tags={"delivery": "all"})
+            await b.expect("offer", where=lambda m: m["task_id"] == task.id)
+            await b.send({"type": "return", "task_id": task.id, "result": "beta"})
+            done = await hub.app.wait_task(task.id, timeout=10)
+            assert done.status is Status.SUCCEEDED and done.result == "beta"
+        await holder.send({"type": "return", "task_id": fill.id, "result": None})
+        for ws in (other, b):
+            await ws.close()
+
+
+async def test_waits_with_timeouts_and_defaults(insecure_hub: RunningHub) -> None:
+    ws = await Raw.open(insecure_hub.url)
+    reply = await ws.request({"type": "publish", "id": "p", "action": "nobody", "wait": True,
+                              "timeout": 0.2, "default": "fallback", "updates": False},
+                             "published")
+    result = await ws.expect("result", "p")
+    assert result == {**result, "value": "fallback", "default": True, "timed_out": True}
+    task_id = reply["task"]["id"]
+    error = await ws.request({"type": "wait", "task_id": task_id, "timeout": 0.1}, "error")
+    assert error["code"] == "wait_timeout" and error["task_id"] == task_id
+    await insecure_hub.app.abort(task_id)
+    aborted = await ws.request({"type": "wait", "task_id": task_id, "task": True}, "error")
+    assert aborted["code"] == "task_aborted" and aborted["task"]["status"] == "aborted"
+    fallback = await ws.request({"type": "wait", "task_id": task_id, "default": 0}, "result")
+    assert fallback["value"] == 0 and fallback["default"] is True
+    missing = await ws.request({"type": "wait", "task_id": "nope"}, "error")
+    assert missing["code"] == "not_found"
+    several = await ws.request({"type": "publish", "tasks": [
+        {"action": "a", "payload": 1}, {"action": "b", "options": {"priority": 2}}]},
+        "published")
+    assert [t["action"] for t in several["tasks"]] == ["a", "b"]
+    bad = await ws.request({"type": "publish", "tasks": [
+        {"action": "a"}, {"action": "b", "options": {"priority": "high"}}]}, "error")
+    assert bad["code"] == "invalid" and "task 1" in bad["message"]
+    assert await insecure_hub.app.count({"action": "a"}) == 1
+    await ws.close()
+
+
+async def test_unsubscribing_gives_offers_back(insecure_hub: RunningHub) -> None:
+    ws = await Raw.open(insecure_hub.url)
+    await subscribe(ws, "svc", ["u:x"], capacity=3, sub_id="s1")
+    tasks = await insecure_hub.app.add_many([("u:x", i) for i in range(3)])
+    for _ in range(3):
+        await ws.expect("offer", "s1")
+    await ws.request({"type": "unsubscribe", "subscription": "s1"}, "ok")
+    await eventually(lambda: _no_workers(insecure_hub))
+    await eventually(lambda: _count(insecure_hub, {"action": "u:x", "status": "queued"}, 3))
+    again = await ws.request({"type": "unsubscribe", "subscription": "s1"}, "error")
+    assert again["code"] == "not_found"
+    await subscribe(ws, "svc", ["u:x"], capacity=3, sub_id="s2")
+    offers = {(await ws.expect("offer", "s2"))["task_id"] for _ in range(3)}
+    assert offers == {t.id for t in tasks}
+    await ws.close()
