@@ -368,8 +368,27 @@ async def test_a_disconnected_service_loses_its_tasks_to_others(hub: RunningHub)
     done = await hub.app.wait_task(task.id, timeout=10)
     assert done.status is Status.SUCCEEDED and done.result == "second"
     logs = [r.message for r in (await hub.app.get(task.id, logs=True)).logs or ()]
-    assert logs[0] == "started" and "queued again" in logs[1]
+    assert logs[0] == "started" and "let go of this task" in logs[1]
+    assert done.rescues == 1  # a lost run counts like a dead worker's
     await second.close()
+
+
+async def test_a_task_that_keeps_losing_its_service_ends_worker_lost(
+        hub: RunningHub) -> None:
+    """A service that dies on a task every time must not make it loop forever."""
+    key = hub.key("svc", subscribe=["job"])
+    task = await hub.app.add("job", "poison")
+    for _ in range(hub.app.max_rescues + 1):
+        ws = await Raw.open(hub.url, key)
+        await subscribe(ws, "svc", ["job"])
+        offer = await ws.expect("offer", timeout=10)
+        assert offer["task_id"] == task.id
+        await ws.send({"type": "pickup", "task_id": task.id})
+        await eventually(lambda: _running(hub, task.id))
+        await ws.close()  # the service "dies" holding the task
+    final = await hub.app.wait_task(task.id, timeout=10)
+    assert final.status is Status.FAILED and final.reason == "worker_lost"
+    assert final.rescues == hub.app.max_rescues
 
 
 async def _count(hub: RunningHub, where: dict[str, Any], n: int) -> bool:

@@ -237,6 +237,7 @@ class _Writer:
         self.storage = remote.app.storage
         self.completions: list[tuple[str, Completion, bool]] = []
         self.releases: list[tuple[str, Lease]] = []
+        self.lost: list[tuple[str, Lease]] = []
         self.logs: list[NewLog] = []
         self.progress: dict[str, tuple[Lease, Progress]] = {}
         self.progress_written: dict[str, float] = {}
@@ -267,6 +268,15 @@ class _Writer:
 
     def release(self, worker: str, lease: Lease) -> None:
         self.releases.append((worker, lease))
+        self.progress.pop(lease.task_id, None)
+        self.announced.clear()
+        self._poke()
+
+    def lose(self, worker: str, lease: Lease) -> None:
+        """A service that had picked the task up went away: the run is lost, as if
+        its worker died (``rescues + 1``; past ``max_rescues`` it fails with
+        reason ``worker_lost``), so a task that kills its service cannot loop."""
+        self.lost.append((worker, lease))
         self.progress.pop(lease.task_id, None)
         self.announced.clear()
         self._poke()
@@ -302,7 +312,7 @@ class _Writer:
             await self._task
 
     def _busy(self) -> bool:
-        return bool(self.completions or self.logs or self.releases or self.jobs)
+        return bool(self.completions or self.logs or self.releases or self.lost or self.jobs)
 
     async def _loop(self) -> None:
         interval = self.remote.app.progress_interval
@@ -403,7 +413,21 @@ class _Writer:
             if released:
                 remote.wake()
                 await remote.announce([(task_id, "task.released") for task_id in released])
-        if not (self.completions or self.releases):
+        lost, self.lost = self.lost, []
+        if lost:
+            by_worker_l: dict[str, list[Lease]] = {}
+            for worker, lease in lost:
+                by_worker_l.setdefault(worker, []).append(lease)
+            try:
+                for worker, leases in by_worker_l.items():
+                    await self.storage.heartbeat(worker, leases, -1.0)  # expire them now
+                report = await self.storage.recover(remote.app.max_rescues)
+                if report.requeued:
+                    remote.wake()
+            except Exception:
+                log.exception("hub: could not hand lost tasks to the sweeper; their leases "
+                              "will expire")
+        if not (self.completions or self.releases or self.lost):
             self.announced.set()
         jobs, self.jobs = self.jobs, []
         for job in jobs:
@@ -651,10 +675,12 @@ class Remote:
                 self._forget(held)
                 if held.state == "running" and not self._stopping:
                     self.writer.log(NewLog(held.task.id, LogLevel.WARNING,
-                                           f"service {service.name} ({why}) let go of this task; "
-                                           "it is queued again", time.time(),
+                                           f"service {service.name} ({why}) let go of this task "
+                                           "while running it", time.time(),
                                            {"service": service.name, "worker": service.worker_id}))
-                self.writer.release(service.worker_id, held.lease)
+                    self.writer.lose(service.worker_id, held.lease)
+                else:
+                    self.writer.release(service.worker_id, held.lease)
         if not service.subs:
             while service.pending:
                 part = service.pending.popleft()
