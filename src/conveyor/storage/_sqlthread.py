@@ -170,6 +170,19 @@ class DBThread:
                 job.future.set_exception(exc)
             return
         outcomes: list[tuple[bool, Any]] = []
+        if len(jobs) == 1:  # alone in its transaction: no savepoint needed
+            job = jobs[0]
+            try:
+                value = job.fn(conn)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                job.future.set_exception(exc)
+                return
+            self._after_commit()
+            job.future.set_result(value)
+            return
         try:
             for job in jobs:
                 conn.execute("SAVEPOINT job")
