@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .errors import ValidationError
 
-__all__ = ["dumps", "dumps_checked", "loads"]
+__all__ = ["dumps", "dumps_checked", "dumps_stored", "loads"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _decoder = json.JSONDecoder()
@@ -16,6 +17,29 @@ _decoder = json.JSONDecoder()
 def dumps(value: Any) -> str:
     """Encode a value already known to be valid JSON."""
     return _encoder.encode(value)
+
+
+def _stored_encoder() -> Callable[[Any], str]:
+    try:
+        import orjson
+    except ImportError:  # the [hub] extra brings it; without it, the standard encoder
+        return dumps
+    fast = orjson.dumps
+
+    def encode(value: Any) -> str:
+        try:
+            return fast(value).decode("utf-8")
+        except TypeError:  # integers past 64 bits, non-text keys: the standard way
+            return _encoder.encode(value)
+
+    return encode
+
+
+dumps_stored: Callable[[Any], str] = _stored_encoder()
+"""Encode a value read back from storage (so plain JSON without NaN) for the wire:
+orjson when it is installed (the ``[hub]`` extra), else the standard encoder.
+Only for values that passed :func:`dumps_checked` on their way in: orjson
+writes NaN as ``null`` where :func:`dumps` refuses it."""
 
 
 def loads(text: str | bytes) -> Any:

@@ -223,7 +223,7 @@ class EventBus:
         def deliver(event: Event) -> None:
             try:
                 result = callback(event)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     task = asyncio.ensure_future(_guard(result))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)

@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any, TypeAlias
 
@@ -462,6 +462,18 @@ class Task:
             "version": self.version,
             **({"logs": [r.to_json() for r in self.logs]} if self.logs is not None else {}),
         }
+
+
+_TASK_SETTERS = tuple(Task.__dict__[f.name].__set__ for f in fields(Task))
+
+
+def _task_from_values(values: Sequence[Any]) -> Task:
+    """``Task(*values)`` with every field given in order, without the frozen
+    dataclass's per-field ``object.__setattr__`` (storage decodes many tasks)."""
+    task: Task = object.__new__(Task)
+    for set_value, value in zip(_TASK_SETTERS, values, strict=True):
+        set_value(task, value)
+    return task
 
 
 # Field names a filter may use, and how each compares. JSON fields may be

@@ -110,7 +110,7 @@ class _Group:
         data = self.manager.state.task_json(task)
         if self.fields is not None:
             data = {k: data[k] for k in self.fields if k in data}
-        return _json.dumps(data)
+        return _json.dumps_stored(data)
 
     def ordered(self) -> list[str]:
         if self.query.sort:

@@ -65,6 +65,8 @@ class Metrics:
                             registry=r)
         self._unsubscribe: Callable[[], None] | None = None
         self._refresh = asyncio.Lock()
+        self._children: dict[str, tuple[Any, Any, Any]] = {}
+        self._finished_children: dict[tuple[str, str], Any] = {}
 
     # -- service --------------------------------------------------------------------
 
@@ -84,16 +86,25 @@ class Metrics:
         task = event.task
         if task is None:  # the task could not be read (deleted meanwhile)
             return
+        action = task.action
+        children = self._children.get(action)
+        if children is None:  # labels() is slow: keep each action's children
+            children = self._children[action] = (
+                self.added.labels(action), self.started.labels(action),
+                self.run_seconds.labels(action))
         if event.type == "task.added":
-            self.added.labels(task.action).inc()
+            children[0].inc()
         elif event.type == "task.started":
-            self.started.labels(task.action).inc()
+            children[1].inc()
         elif event.type == "task.ended":
-            status = event.data.get("status", task.status.value)
-            self.finished.labels(task.action, str(status)).inc()
+            status = str(event.data.get("status", task.status.value))
+            done = self._finished_children.get((action, status))
+            if done is None:
+                done = self._finished_children[(action, status)] = self.finished.labels(
+                    action, status)
+            done.inc()
             if task.terminal and task.started_at is not None and task.finished_at is not None:
-                self.run_seconds.labels(task.action).observe(
-                    max(0.0, task.finished_at - task.started_at))
+                children[2].observe(max(0.0, task.finished_at - task.started_at))
 
     # -- scraping -------------------------------------------------------------------
 

@@ -855,16 +855,16 @@ class Remote:
             self._offer_clock = asyncio.create_task(self._watch_offers())
         data = self.state.task_json(task)
         extra = ""
-        text = _json.dumps(data)
+        text = _json.dumps_stored(data)
         inline = self.config.inline_payload
         if len(text) * 4 > inline:  # the payload may be too big to travel inline
-            payload_text = _json.dumps(task.payload)
+            payload_text = _json.dumps_stored(task.payload)
             size = len(payload_text)
             if size * 4 > inline:
                 size = len(payload_text.encode("utf-8"))
             if size > inline:
                 data["payload"] = None
-                text = _json.dumps(data)
+                text = _json.dumps_stored(data)
                 extra = ',"payload_inline":false,"payload_size":' + str(size)
         sub.send('"type":"offer","task_id":"' + task.id + '","delivery":'
                  + ('"all"' if fan is not None else '"one"') + ',"expires_in":'

@@ -20,6 +20,7 @@ from ..model import (
     Progress,
     Status,
     Task,
+    _task_from_values,
 )
 
 __all__ = [
@@ -149,14 +150,14 @@ def row_to_task(row: Any, decoded: bool = False) -> Task:
         tags = {}
     else:
         tags = _json_or_none(tags)
-    return Task(
+    return _task_from_values((
         id_, action, _json_or_none(payload), _STATUS[status], priority, run_at, created_at,
         updated_at, started_at, finished_at, attempts, max_attempts, rescues, run_timeout,
         pickup_timeout, pickup_deadline, backoff, worker, lease_until, token, abort_requested,
         progress, _json_or_none(result), error, errors, reason, unique_key,
         decode_scope(unique_scope) if isinstance(unique_scope, str) else tuple(unique_scope),
-        concurrency, tags, parent_id, public_url, version,
-    )
+        concurrency, tags, parent_id, public_url, version, None,
+    ))
 
 
 def _decoded_to_task(values: Sequence[Any]) -> Task:
@@ -165,7 +166,7 @@ def _decoded_to_task(values: Sequence[Any]) -> Task:
      pickup_deadline, backoff, worker, lease_until, token, abort_requested, progress, result,
      error, errors, reason, unique_key, unique_scope, concurrency, tags, parent_id, public_url,
      version) = values[:_N]
-    return Task(
+    return _task_from_values((
         id_, action, payload, _STATUS[status], priority, run_at, created_at, updated_at,
         started_at, finished_at, attempts, max_attempts, rescues, run_timeout, pickup_timeout,
         pickup_deadline, None if backoff is None else Backoff(**backoff), worker, lease_until,
@@ -175,5 +176,5 @@ def _decoded_to_task(values: Sequence[Any]) -> Task:
         reason, unique_key,
         decode_scope(unique_scope) if isinstance(unique_scope, str) else tuple(unique_scope),
         tuple(Condition.parse(c) for c in concurrency) if concurrency else (),
-        tags if tags is not None else {}, parent_id, public_url, version,
-    )
+        tags if tags is not None else {}, parent_id, public_url, version, None,
+    ))

@@ -1,0 +1,50 @@
+"""The JSON helpers and the task decoder the hot paths use agree with the plain ways."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conveyor import _json
+from conveyor.errors import ValidationError
+from conveyor.model import Status, Task, _task_from_values
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_dumps_stored_round_trips_like_dumps(value: object) -> None:
+    text = _json.dumps_stored(value)
+    assert json.loads(text) == json.loads(_json.dumps(value))
+
+
+def test_dumps_stored_falls_back_for_values_orjson_refuses() -> None:
+    # integers past 64 bits and non-text keys are valid for the standard encoder
+    assert _json.dumps_stored({"n": 2**80}) == '{"n":' + str(2**80) + "}"
+    assert _json.dumps_stored({1: "a"}) == '{"1":"a"}'
+
+
+def test_dumps_checked_still_refuses_nan() -> None:
+    with pytest.raises(ValidationError, match="not JSON-serialisable"):
+        _json.dumps_checked(float("nan"), "payload")
+
+
+def test_task_from_values_equals_the_constructor() -> None:
+    task = Task("id-1", "a:b", {"x": [1, 2]}, Status.QUEUED, priority=-1.5, tags={"k": "v"})
+    values = [getattr(task, f.name) for f in dataclasses.fields(Task)]
+    built = _task_from_values(values)
+    assert built == task
+    assert type(built) is Task
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.priority = 3.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match="shorter"):
+        _task_from_values(values[:-1])  # every field must be given
