@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import _json
+from ._batched import BatchedWrites
 from ._children import ChildPool
 from ._threads import DaemonThreadPool
 from .context import Context, TaskAbortRequested
@@ -37,7 +38,6 @@ from .model import (
     Aborted,
     ErrorInfo,
     LogLevel,
-    LogRecord,
     Outcome,
     Progress,
     Raised,
@@ -97,16 +97,13 @@ class _Run:
     done: bool = False
 
 
-class _Writer:
+class _Writer(BatchedWrites):
     """Batches the worker's writes: logs, then progress, then finished runs."""
 
     def __init__(self, worker: Worker) -> None:
+        super().__init__(worker.storage)
         self.worker = worker
-        self.storage = worker.storage
         self.completions: list[tuple[Completion, _Run]] = []
-        self.logs: list[NewLog] = []
-        self.progress: dict[str, tuple[Lease, Progress]] = {}
-        self.progress_written: dict[str, float] = {}
         self.work = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -172,31 +169,7 @@ class _Writer:
                 self.idle.set()
 
     async def _write_once(self, interval: float) -> None:
-        logs, self.logs = self.logs, []
-        if logs:
-            try:
-                seqs = await self.storage.append_logs(logs)
-            except Exception:
-                self.logs[:0] = logs
-                raise
-            bus = self.worker.app.bus
-            if not bus.idle:
-                for entry, seq in zip(logs, seqs, strict=True):
-                    if bus.wants("task.log", entry.task_id):
-                        record = LogRecord(entry.task_id, seq, entry.ts, entry.level,
-                                           entry.message, entry.data)
-                        bus.emit(Event("task.log", entry.task_id, None, {"log": record},
-                                       entry.ts))
-                for task_id in {entry.task_id for entry in logs}:
-                    bus._notify(task_id)
-        if self.progress:
-            now = time.monotonic()
-            due = [k for k in self.progress if self.progress_written.get(k, 0.0) + interval <= now]
-            if due:
-                batch = [self.progress.pop(k) for k in due]
-                for k in due:
-                    self.progress_written[k] = now
-                await self.storage.update_progress(batch)
+        await self.write_logs_and_progress(self.worker.app.bus, interval)
         completions, self.completions = self.completions, []
         if completions:
             try:

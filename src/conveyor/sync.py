@@ -124,11 +124,16 @@ class BlockingIterator(Iterator[Any]):
         self.close()
 
 
-class SyncConveyor:
-    """A blocking :class:`Conveyor`. Takes the same arguments, or an existing app."""
+class _Seam:
+    """The one seam both sync faces are derived at: a :class:`Portal` made on first
+    use, and attribute access that turns the wrapped object's coroutine and async
+    generator methods (and the methods named in ``_on_loop``, which return async
+    iterators) into blocking calls; everything else passes through."""
 
-    def __init__(self, url: str | Storage | Conveyor = DEFAULT_URL, **options: Any) -> None:
-        self.app = url if isinstance(url, Conveyor) else Conveyor(url, **options)
+    _on_loop: frozenset[str] = frozenset()
+
+    def __init__(self, wrapped: Any) -> None:
+        self._wrapped = wrapped
         self._portal: Portal | None = None
         self._lock = threading.Lock()
 
@@ -138,12 +143,21 @@ class SyncConveyor:
                 self._portal = Portal()
             return self._portal
 
+    def _take_portal(self) -> Portal | None:
+        """Detach the portal (for ``close``): the next call makes a new one."""
+        with self._lock:
+            portal, self._portal = self._portal, None
+        return portal
+
     def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.app, name)
+        wrapped = self.__dict__.get("_wrapped")
+        if wrapped is None:
+            raise AttributeError(name)
+        attr = getattr(wrapped, name)
         if not callable(attr):
             return attr
         if not (inspect.iscoroutinefunction(attr) or inspect.isasyncgenfunction(attr)
-                or name in _ON_LOOP):
+                or name in self._on_loop):
             return attr
 
         def blocking(*args: Any, **kwargs: Any) -> Any:
@@ -157,10 +171,19 @@ class SyncConveyor:
         blocking.__doc__ = attr.__doc__
         return blocking
 
+
+class SyncConveyor(_Seam):
+    """A blocking :class:`Conveyor`. Takes the same arguments, or an existing app."""
+
+    _on_loop = _ON_LOOP
+
+    def __init__(self, url: str | Storage | Conveyor = DEFAULT_URL, **options: Any) -> None:
+        self.app = url if isinstance(url, Conveyor) else Conveyor(url, **options)
+        super().__init__(self.app)
+
     def close(self) -> None:
         """Stop the worker if any, disconnect, and end the background loop."""
-        with self._lock:
-            portal, self._portal = self._portal, None
+        portal = self._take_portal()
         if portal is not None:
             try:
                 portal.run(self.app.close)

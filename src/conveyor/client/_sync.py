@@ -21,12 +21,10 @@ ordinary iterators (:class:`conveyor.sync.BlockingIterator`), and
 
 from __future__ import annotations
 
-import inspect
-import threading
 from typing import Any
 
 from ..errors import ConveyorError
-from ..sync import BlockingIterator, Portal
+from ..sync import _Seam
 from ._client import HubClient
 
 __all__ = ["SyncHubClient"]
@@ -36,38 +34,14 @@ __all__ = ["SyncHubClient"]
 _ITERATORS = frozenset({"live"})
 
 
-class SyncHubClient:
+class SyncHubClient(_Seam):
     """A blocking :class:`HubClient`. Takes the same arguments, or a HubClient."""
+
+    _on_loop = _ITERATORS
 
     def __init__(self, url: str | HubClient, key: str | None = None, **options: Any) -> None:
         self.client = url if isinstance(url, HubClient) else HubClient(url, key, **options)
-        self._portal: Portal | None = None
-        self._lock = threading.Lock()
-
-    def _get_portal(self) -> Portal:
-        with self._lock:
-            if self._portal is None:
-                self._portal = Portal()
-            return self._portal
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.client, name)
-        if not callable(attr):
-            return attr
-        if not (inspect.iscoroutinefunction(attr) or inspect.isasyncgenfunction(attr)
-                or name in _ITERATORS):
-            return attr
-
-        def blocking(*args: Any, **kwargs: Any) -> Any:
-            portal = self._get_portal()
-            value = portal.run(lambda: attr(*args, **kwargs))
-            if hasattr(value, "__anext__"):
-                return BlockingIterator(portal, value)
-            return value
-
-        blocking.__name__ = name
-        blocking.__doc__ = attr.__doc__
-        return blocking
+        super().__init__(self.client)
 
     def stop(self) -> None:
         """Ask a running ``work()`` to stop (from any thread or a signal handler)."""
@@ -75,8 +49,7 @@ class SyncHubClient:
 
     def close(self) -> None:
         """Disconnect and end the background loop."""
-        with self._lock:
-            portal, self._portal = self._portal, None
+        portal = self._take_portal()
         if portal is not None:
             try:
                 portal.run(self.client.close)

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import _json
+from .._batched import BatchedWrites
 from .._registry import check_action
 from ..errors import ValidationError
 from ..events import Event
@@ -59,7 +60,6 @@ from ..model import (
     Aborted,
     ErrorInfo,
     LogLevel,
-    LogRecord,
     Outcome,
     Progress,
     Raised,
@@ -229,18 +229,15 @@ class Fanout:
 # -- the batched writer --------------------------------------------------------------
 
 
-class _Writer:
+class _Writer(BatchedWrites):
     """Writes what services report in batches: logs, progress, completions, releases."""
 
     def __init__(self, remote: Remote) -> None:
+        super().__init__(remote.app.storage)
         self.remote = remote
-        self.storage = remote.app.storage
         self.completions: list[tuple[str, Completion, bool]] = []
         self.releases: list[tuple[str, Lease]] = []
         self.lost: list[tuple[str, Lease]] = []
-        self.logs: list[NewLog] = []
-        self.progress: dict[str, tuple[Lease, Progress]] = {}
-        self.progress_written: dict[str, float] = {}
         self.jobs: list[Callable[[], Awaitable[Any]]] = []
         self.work = asyncio.Event()
         self.idle = asyncio.Event()
@@ -343,31 +340,7 @@ class _Writer:
 
     async def _write_once(self, interval: float) -> None:
         remote = self.remote
-        logs, self.logs = self.logs, []
-        if logs:
-            try:
-                seqs = await self.storage.append_logs(logs)
-            except Exception:
-                self.logs[:0] = logs
-                raise
-            bus = remote.app.bus
-            if not bus.idle:
-                for entry, seq in zip(logs, seqs, strict=True):
-                    if bus.wants("task.log", entry.task_id):
-                        record = LogRecord(entry.task_id, seq, entry.ts, entry.level,
-                                           entry.message, entry.data)
-                        bus.emit(Event("task.log", entry.task_id, None, {"log": record},
-                                       entry.ts))
-                for task_id in {entry.task_id for entry in logs}:
-                    bus._notify(task_id)
-        if self.progress:
-            now = time.monotonic()
-            due = [k for k in self.progress if self.progress_written.get(k, 0.0) + interval <= now]
-            if due:
-                batch = [self.progress.pop(k) for k in due]
-                for k in due:
-                    self.progress_written[k] = now
-                await self.storage.update_progress(batch)
+        await self.write_logs_and_progress(remote.app.bus, interval)
         completions, self.completions = self.completions, []
         if completions:
             by_worker: dict[str, list[tuple[Completion, bool]]] = {}

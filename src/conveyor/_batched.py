@@ -1,0 +1,55 @@
+"""What the two batched writers (a worker's and the hub's) share: pending task logs
+and throttled progress snapshots, written first in each batch."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from .events import Event
+from .model import LogRecord, Progress
+from .storage import Lease, NewLog, Storage
+
+if TYPE_CHECKING:
+    from .events import EventBus
+
+__all__ = ["BatchedWrites"]
+
+
+class BatchedWrites:
+    """Pending logs and progress of held tasks, and the write of both."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.logs: list[NewLog] = []
+        self.progress: dict[str, tuple[Lease, Progress]] = {}
+        self.progress_written: dict[str, float] = {}
+
+    async def write_logs_and_progress(self, bus: EventBus, interval: float) -> None:
+        """Store the pending logs (emitting ``task.log`` to listeners) and the
+        progress snapshots not written in the last ``interval`` seconds. Logs that
+        could not be stored are kept for the next batch."""
+        logs, self.logs = self.logs, []
+        if logs:
+            try:
+                seqs = await self.storage.append_logs(logs)
+            except Exception:
+                self.logs[:0] = logs
+                raise
+            if not bus.idle:
+                for entry, seq in zip(logs, seqs, strict=True):
+                    if bus.wants("task.log", entry.task_id):
+                        record = LogRecord(entry.task_id, seq, entry.ts, entry.level,
+                                           entry.message, entry.data)
+                        bus.emit(Event("task.log", entry.task_id, None, {"log": record},
+                                       entry.ts))
+                for task_id in {entry.task_id for entry in logs}:
+                    bus._notify(task_id)
+        if self.progress:
+            now = time.monotonic()
+            due = [k for k in self.progress if self.progress_written.get(k, 0.0) + interval <= now]
+            if due:
+                batch = [self.progress.pop(k) for k in due]
+                for k in due:
+                    self.progress_written[k] = now
+                await self.storage.update_progress(batch)
