@@ -158,3 +158,28 @@ async def test_pickup_timeouts_expire_in_batches(storage: Any) -> None:
     claimed = await storage.claim("w", ["test:a"], 5, 30)
     assert [t.payload for t in claimed] == ["ok"]
     assert await storage.count(parse_filter({"reason": "pickup_timeout"})) == 30
+
+
+async def test_claims_commit_without_the_flush_and_leave_the_session_alone(
+        schema_url: str) -> None:
+    """The claim's own transaction sets synchronous_commit off (the claim does not
+    wait for its WAL flush); the connection it ran on, back in the pool, still has
+    the server's setting for everything else (an add, a finish)."""
+    s = PostgresStorage(schema_url + "&pool_min=1&pool_max=1")
+    await s.open()
+    try:
+        await s.add([make_spec(action=a, payload=i) for a in ("test:a", "test:b")
+                     for i in range(3)])
+        one = await s.claim("w1", ["test:a"], 2, 30)
+        both = await s.claim("w1", ["test:a", "test:b"], 10, 30)
+        assert len(one) == 2 and len(both) == 4
+        async with s._conn() as conn:  # the pool's only connection: the claims ran on it
+            cur = await conn.execute("SHOW synchronous_commit")
+            row = await cur.fetchone()
+        assert row is not None and row[0] == "on"
+        refused = await s.finish("w1", [Completion(t.id, t.token, Transition(Status.SUCCEEDED))
+                                        for t in one + both])
+        assert refused == []
+        assert await s.count(parse_filter({"status": "succeeded"})) == 6
+    finally:
+        await s.close()

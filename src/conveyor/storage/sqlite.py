@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -380,6 +380,13 @@ class SQLiteStorage(FanoutFeed, Storage):
             "task_id": task_id, "version": version, "status": status, "event": event,
             "origin": self.instance_id, "now": time.time(), "batch": batch})
 
+    def _record_text(self, conn: sqlite3.Connection, status: str, event: str,
+                     pairs: str) -> None:
+        """:meth:`_record` of pairs already encoded as a JSON array (of one or more)."""
+        conn.execute(Q["record_change"], {
+            "task_id": None, "version": None, "status": status, "event": event,
+            "origin": self.instance_id, "now": time.time(), "batch": pairs})
+
     def _must(self, conn: sqlite3.Connection, task_id: str) -> Task:
         row = conn.execute(Q["get_task"], {"id": task_id}).fetchone()
         if row is None:
@@ -493,7 +500,7 @@ class SQLiteStorage(FanoutFeed, Storage):
             return []
         per_action = dict(limits.per_action) if limits else {}
 
-        def tx(conn: sqlite3.Connection) -> list[Any]:
+        def tx(conn: sqlite3.Connection) -> str | None:
             now = time.time()
             self._expire_pickups(conn, now)
             budget: dict[str, int] = {}
@@ -503,19 +510,28 @@ class SQLiteStorage(FanoutFeed, Storage):
                 budget = {a: cap - running.get(a, 0) for a, cap in per_action.items()}
             wanted = [a for a in dict.fromkeys(actions) if budget.get(a, 1) > 0]
             if not wanted:
-                return []
+                return None
             base = {"worker": worker, "token": new_token(), "lease_until": now + lease,
                     "now": now, "origin": self.instance_id}
-            claimed: list[str] = []
-            pairs: list[tuple[str, int]] = []
+            taken: list[str] = []
+            if not per_action and len(wanted) <= _TOP_ACTIONS:
+                # the common case: no per-action limit; if no candidate has conditions,
+                # the first `limit` ready tasks are the claim, read in one statement
+                top = conn.execute(_claim_top(len(wanted)), {
+                    **{f"a{i}": a for i, a in enumerate(wanted)}, "now": now,
+                    "limit": limit}).fetchone()[0]
+                candidates = _json.loads(top)
+                if not any(conditional for _, conditional in candidates):
+                    taken = [task_id for task_id, _ in candidates]
+                    if taken:
+                        conn.execute(Q["claim_tasks"], {**base, "ids": _json.dumps(taken)})
+                    return self._claimed(conn, base, taken)
             pending: list[str] = []
 
             def flush() -> None:
                 if pending:
-                    rows = conn.execute(Q["claim_tasks"], {**base, "ids": _json.dumps(pending)})
-                    for task_id, version, text in rows.fetchall():
-                        pairs.append((task_id, version))
-                        claimed.append(text)
+                    conn.execute(Q["claim_tasks"], {**base, "ids": _json.dumps(pending)})
+                    taken.extend(pending)
                     pending.clear()
 
             memo: dict[str, int] = {}
@@ -535,17 +551,30 @@ class SQLiteStorage(FanoutFeed, Storage):
                     pending.append(task_id)
                 if action in budget:
                     budget[action] -= 1
-                if len(claimed) + len(pending) >= limit:
+                if len(taken) + len(pending) >= limit:
                     break
             flush()
-            self._record(conn, "running", "started", pairs)
-            return claimed
+            return self._claimed(conn, base, taken)
 
-        rows = await self._write(tx)
-        decoded = _json.loads("[" + ",".join(rows) + "]") if rows else []
-        tasks = [row_to_task(r, decoded=True) for r in decoded]
+        text = await self._write(tx)
+        if text is None:
+            return []
+        tasks = [row_to_task(r, decoded=True) for r in _json.loads(text)]
         tasks.sort(key=lambda t: (t.priority, t.run_at, t.id))
         return tasks
+
+    def _claimed(self, conn: sqlite3.Connection, base: Mapping[str, Any],
+                 ids: list[str]) -> str | None:
+        """Record a claim in the change feed and read its rows back, as one JSON text
+        (each statement returns one row, so the database thread takes the GIL back a
+        few times per claim, not once per task)."""
+        if not ids:
+            return None
+        params = {"ids": _json.dumps(ids), "token": base["token"]}
+        conn.execute(Q["record_claimed"], {**params, "origin": base["origin"],
+                                           "now": base["now"]})
+        text: str = conn.execute(Q["claimed_rows"], params).fetchone()[0]
+        return text
 
     def _conditions_allow(self, conn: sqlite3.Connection, task_id: str,
                           memo: dict[str, int]) -> bool:
@@ -633,10 +662,14 @@ class SQLiteStorage(FanoutFeed, Storage):
             now = time.time()
             done: set[str] = set()
             if plain_rows is not None:
-                rows = conn.execute(Q["finish_succeeded"], {
-                    "rows": plain_rows, "origin": origin, "now": now}).fetchall()
-                done.update(r[0] for r in rows)
-                self._record(conn, "succeeded", "succeeded", rows)
+                # which rows still hold their token, as one JSON text; then the update
+                # (one row per statement: see _claimed)
+                pairs = conn.execute(Q["finishable"], {"rows": plain_rows}).fetchone()[0]
+                conn.execute(Q["finish_succeeded"], {
+                    "rows": plain_rows, "origin": origin, "now": now})
+                if pairs != "[]":
+                    done.update(task_id for task_id, _ in _json.loads(pairs))
+                    self._record_text(conn, "succeeded", "succeeded", pairs)
             if other_rows is not None:
                 groups: dict[tuple[str, str], list[tuple[str, int]]] = {}
                 for task_id, version, status, event in conn.execute(Q["finish_tasks"], {
@@ -854,6 +887,21 @@ def _insert_row(task: Task) -> list[Any]:
         [c.to_json() for c in task.concurrency] if task.concurrency else None,
         task.tags, task.parent_id,
     ]
+
+
+# claim_top joins one member per action (SQLite allows 500 in a compound select);
+# a worker with more actions claims through _ready_in_order
+_TOP_ACTIONS = 64
+
+
+@functools.cache
+def _claim_top(actions: int) -> str:
+    """The claim_top query for a worker with ``actions`` actions (:a0, :a1, ...)."""
+    one = "\n".join(line for line in Q["claim_top_of_action"].splitlines()
+                    if not line.startswith("--"))
+    members = "\n    UNION ALL\n    ".join(
+        one.replace(":action", f":a{i}") for i in range(actions))
+    return Q["claim_top"].replace("{members}", members)
 
 
 def _ready_in_order(conn: sqlite3.Connection, actions: Sequence[str], now: float,

@@ -211,6 +211,22 @@ class StorageContract:
         both = await storage.claim("w1", ["test:a", "test:b"], 100, 30)
         assert len(both) == 7
 
+    async def test_claim_merges_actions_in_order(self, storage: Storage) -> None:
+        """A claim over several actions takes the first tasks over all of them,
+        by priority then age; also with many actions at once (80 here)."""
+        now = time.time()
+        specs = [make_spec(action=f"test:{a}", payload=f"{a}{p}", priority=p,
+                           run_at=now - 60 + a + p / 10)
+                 for a in range(3) for p in range(4)]
+        await storage.add(specs)
+        claimed = await storage.claim("w1", ["test:0", "test:1", "test:2"], 5, 30)
+        assert [t.payload for t in claimed] == ["00", "10", "20", "01", "11"]
+        many = [f"test:many{i}" for i in range(80)]
+        await storage.add([make_spec(action=a, payload=i, priority=-i)
+                           for i, a in enumerate(many)])
+        claimed = await storage.claim("w1", many, 10, 30)
+        assert [t.payload for t in claimed] == list(range(79, 69, -1))
+
     async def test_concurrent_claims_never_share(self, storage: Storage,
                                                  other_storage: Storage) -> None:
         await storage.add([make_spec(payload=i) for i in range(200)])

@@ -91,11 +91,16 @@ SELECT set_config('conveyor.origin', %(origin)s, true)
 -- for), claimed up to the first task that has concurrency conditions. The last
 -- row, if any, has a NULL id and flags: 1 = stopped at a conditional task,
 -- 2 = some queued task is past its pickup deadline.
+-- The claim commits without waiting for its WAL flush (synchronous_commit off for
+-- this statement's transaction only): a claim lost in a server crash leaves the
+-- task queued, to run again, as after a worker crash; a finish waits for the flush
+-- of everything before it, the claim included.
 WITH picked AS (
     SELECT id, priority, run_at, concurrency IS NOT NULL AS conditional
     FROM {schema}.tasks
     WHERE status = 'queued' AND action = %(action)s AND run_at <= %(now)s
       AND (pickup_deadline IS NULL OR pickup_deadline > %(now)s)
+      AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -129,7 +134,8 @@ WHERE f.flags > 0
 -- The hot path for several actions. An unlocked peek along each action's ready
 -- index finds how many of the first `limit` tasks (merged in claim order) each
 -- action has; then each action's share is taken with SKIP LOCKED as above, so
--- no more rows are locked than claimed. Same result shape as claim_one_action.
+-- no more rows are locked than claimed. Same result shape as claim_one_action,
+-- and committed without waiting for the WAL flush as it is.
 WITH peek AS (
     SELECT m.action, count(*) AS n FROM (
         SELECT r.action, r.priority, r.run_at, r.id
@@ -150,6 +156,7 @@ WITH peek AS (
         FROM {schema}.tasks AS t
         WHERE t.status = 'queued' AND t.action = peek.action AND t.run_at <= %(now)s
           AND (t.pickup_deadline IS NULL OR t.pickup_deadline > %(now)s)
+          AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
         ORDER BY t.priority, t.run_at, t.id
         LIMIT peek.n
         FOR UPDATE SKIP LOCKED) AS r

@@ -73,18 +73,51 @@ WHERE status = 'queued' AND action = :action AND run_at <= :now
 ORDER BY priority, run_at, id
 LIMIT :page
 
+-- name: claim_top_of_action
+-- One member of claim_top (the storage joins one per action with UNION ALL and
+-- numbers :action as :a0, :a1, ...): an action's first ready tasks along its index.
+SELECT * FROM (
+    SELECT priority, run_at, id, action, concurrency IS NOT NULL AS conditional
+    FROM conveyor_tasks INDEXED BY conveyor_tasks_ready
+    WHERE status = 'queued' AND action = :action AND run_at <= :now
+    ORDER BY priority, run_at, id
+    LIMIT :limit)
+
+-- name: claim_top
+-- The first :limit ready tasks over all the worker's actions, in claim order, as one
+-- JSON array of [id, conditional] (one row: the database thread hands the GIL back
+-- once, not once per task). The members are claim_top_of_action, once per action.
+SELECT json_group_array(json_array(id, conditional)) FROM (
+    {members}
+    ORDER BY priority, run_at, id
+    LIMIT :limit)
+
 -- name: claim_tasks
+-- Claims the listed queued tasks under one token; claimed_rows reads them back.
 UPDATE conveyor_tasks SET
     status = 'running', worker = :worker, token = :token, lease_until = :lease_until,
     started_at = :now, attempts = attempts + 1, pickup_deadline = NULL, updated_at = :now,
     version = version + 1, event = 'started', origin = :origin
 WHERE id IN (SELECT value FROM json_each(:ids)) AND +status = 'queued'
-RETURNING id, version, json_array(
+
+-- name: record_claimed
+-- The change-feed row of a claim: every task the token holds among :ids, in one batch.
+INSERT INTO conveyor_changes (task_id, version, status, event, origin, ts, batch)
+SELECT NULL, NULL, 'running', 'started', :origin, :now, json_group_array(json_array(id, version))
+FROM conveyor_tasks
+WHERE id IN (SELECT value FROM json_each(:ids)) AND token = :token AND +status = 'running'
+HAVING count(*) > 0
+
+-- name: claimed_rows
+-- The rows a claim took, as one JSON array of rows in COLUMNS order.
+SELECT json_group_array(json_array(
     id, action, json(payload), status, priority, run_at, created_at, updated_at, started_at,
     finished_at, attempts, max_attempts, rescues, run_timeout, pickup_timeout, pickup_deadline,
     json(backoff), worker, lease_until, token, abort_requested, json(progress), json(result),
     json(error), json(errors), reason, unique_key, unique_scope, json(concurrency), json(tags),
-    parent_id, public_url, version)
+    parent_id, public_url, version))
+FROM conveyor_tasks
+WHERE id IN (SELECT value FROM json_each(:ids)) AND token = :token AND +status = 'running'
 
 -- name: task_conditions
 SELECT concurrency FROM conveyor_tasks WHERE id = :id
@@ -132,6 +165,13 @@ WHERE conveyor_tasks.id = c.value ->> 0 AND conveyor_tasks.token = c.value ->> 1
   AND +conveyor_tasks.status = 'running'
 RETURNING conveyor_tasks.id, conveyor_tasks.version, conveyor_tasks.status, conveyor_tasks.event
 
+-- name: finishable
+-- Which of the rows of finish_succeeded still hold their token: [[id, new version], ...]
+-- as one JSON text (read before the update, inside the same write transaction).
+SELECT json_group_array(json_array(t.id, t.version + 1))
+FROM json_each(:rows) AS c JOIN conveyor_tasks AS t ON t.id = c.value ->> 0
+WHERE t.token = c.value ->> 1 AND +t.status = 'running'
+
 -- name: finish_succeeded
 -- The common case of finish_tasks, with less to read per row: plain successes.
 -- One JSON array of rows: [id, token, result, progress]
@@ -144,7 +184,6 @@ UPDATE conveyor_tasks SET
 FROM json_each(:rows) AS c
 WHERE conveyor_tasks.id = c.value ->> 0 AND conveyor_tasks.token = c.value ->> 1
   AND +conveyor_tasks.status = 'running'
-RETURNING conveyor_tasks.id, conveyor_tasks.version
 
 -- name: held_tasks
 SELECT * FROM conveyor_tasks
