@@ -257,6 +257,9 @@ class Worker:
         await self.storage.register_worker(self._info())
         self._writer.start()
         self.app._relay_listeners.append(self._on_changes)
+        add_hook = getattr(self.storage, "add_ready_hook", None)
+        if add_hook is not None:  # PostgreSQL: woken by the NOTIFY itself
+            add_hook(self.wake)
         self._claim_task = asyncio.create_task(self._claim_loop(), name="conveyor-claim")
         if self.app.schedules:
             self._schedule_task = asyncio.create_task(self._schedule_loop(),
@@ -313,6 +316,9 @@ class Worker:
             await asyncio.to_thread(self._keeper.join, 10)
         if self._on_changes in self.app._relay_listeners:
             self.app._relay_listeners.remove(self._on_changes)
+        remove_hook = getattr(self.storage, "remove_ready_hook", None)
+        if remove_hook is not None:
+            remove_hook(self.wake)
         try:
             await self.storage.unregister_worker(self.id)
         except Exception:

@@ -148,3 +148,37 @@ async def test_deleted_changes_name_their_origin(storage: Any, other: Any) -> No
         assert deleted.origin == storage.instance_id and deleted.version == 3
     finally:
         feed.stop()
+
+
+async def test_ready_hook_fires_on_another_writers_queued_task(storage: Any, other: Any) -> None:
+    """The NOTIFY of a statement that queued a task carries a ready flag: the listener
+    runs the ready hooks (workers claim at once) before reading the change table; it
+    does not for the storage's own writes or for changes that queue nothing."""
+    feed = Collector(storage)  # starts storage's listener
+    woken: list[float] = []
+    fired = asyncio.Event()
+
+    def hook() -> None:
+        woken.append(time.time())
+        fired.set()
+
+    storage.add_ready_hook(hook)
+    try:
+        await storage.add([make_spec(payload="own")])  # its own write: no hook
+        [res] = await other.add([make_spec(payload="foreign")])
+        await asyncio.wait_for(fired.wait(), 5)
+        await feed.until(lambda s: any(c.task_id == res.task.id for c in s))
+        assert len(woken) == 1
+        # a claim and a finish by the other writer queue nothing: no hook
+        fired.clear()
+        [task] = await other.claim("w", ["test:a"], 1, 30)
+        await feed.until(lambda s: any(c.task_id == task.id and c.status is Status.RUNNING
+                                       for c in s))
+        assert len(woken) == 1
+        storage.remove_ready_hook(hook)
+        [late] = await other.add([make_spec(payload="after removal")])
+        await feed.until(lambda s: any(c.task_id == late.task.id for c in s))
+        assert len(woken) == 1
+    finally:
+        storage.remove_ready_hook(hook)
+        feed.stop()

@@ -40,7 +40,7 @@ class Listener:
 
     def __init__(self, *, connect: Callable[[], Any], queries: dict[str, str], channel: str,
                  feed: Fanout, origin: str, poll_interval: float, listen: bool,
-                 since: str | None) -> None:
+                 since: str | None, on_ready: Callable[[], None] | None = None) -> None:
         self._connect = connect
         self._q = queries
         self._channel = channel
@@ -48,6 +48,7 @@ class Listener:
         self._origin = origin
         self._poll = poll_interval
         self._listen = listen
+        self._on_ready = on_ready  # called (in this thread) when another writer queued a task
         self.since = since  # snapshot (text) of the last read
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,10 +148,15 @@ class Listener:
             if self._listen:
                 async for note in conn.notifies(timeout=self._poll, stop_after=1):
                     got = True
-                    if note.payload == self._origin:
+                    origin, _, flags = note.payload.partition(" ")
+                    if origin == self._origin:
                         own = True
                     else:
                         foreign = True
+                        if flags == "q" and self._on_ready is not None:
+                            # a task became ready elsewhere: wake the workers now, the
+                            # read of the change table below can come after
+                            self._on_ready()
             else:
                 await asyncio.sleep(self._poll)
             if got and not foreign and own and not self._feed.wants_own():

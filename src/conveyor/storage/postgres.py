@@ -36,7 +36,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -414,6 +414,7 @@ class PostgresStorage(FanoutFeed, Storage):
         self._p0: tuple[str, float] | None = None
         self._listener: Listener | None = None
         self._feed = Fanout(self.instance_id, on_first=self._start_listener)
+        self._ready_hooks: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStorage:
@@ -568,9 +569,31 @@ class PostgresStorage(FanoutFeed, Storage):
                 queries=self._q,
                 channel=_channel(self.schema), feed=self._feed, origin=self.instance_id,
                 poll_interval=self.options.poll_interval, listen=self.options.listen,
-                since=since)
+                since=since, on_ready=self._ready_hint)
             self._listener = listener
         listener.start()
+
+    def add_ready_hook(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` (on the running event loop) as soon as the listener hears that
+        another process queued a task, before the change feed delivers the change.
+        Workers use it to claim about half a millisecond sooner; it is a hint only."""
+        loop = asyncio.get_running_loop()
+        with self._state:
+            self._ready_hooks.append((loop, hook))
+
+    def remove_ready_hook(self, hook: Callable[[], None]) -> None:
+        with self._state:
+            self._ready_hooks = [(lp, h) for lp, h in self._ready_hooks if h != hook]
+
+    def _ready_hint(self) -> None:
+        """From the listener's thread: run the ready hooks on their loops."""
+        with self._state:
+            hooks = list(self._ready_hooks)
+        for loop, hook in hooks:
+            try:
+                loop.call_soon_threadsafe(hook)
+            except RuntimeError:  # that loop is closed
+                self.remove_ready_hook(hook)
 
     def feed_health(self) -> dict[str, Any]:
         """The listener's state: connected, consecutive failures, time of the last read."""
