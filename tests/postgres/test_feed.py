@@ -155,6 +155,10 @@ async def test_ready_hook_fires_on_another_writers_queued_task(storage: Any, oth
     runs the ready hooks (workers claim at once) before reading the change table; it
     does not for the storage's own writes or for changes that queue nothing."""
     feed = Collector(storage)  # starts storage's listener
+    deadline = time.monotonic() + 10
+    while not storage.feed_health().get("connected"):  # a NOTIFY before LISTEN is not heard
+        assert time.monotonic() < deadline, storage.feed_health()
+        await asyncio.sleep(0.01)
     woken: list[float] = []
     fired = asyncio.Event()
 
