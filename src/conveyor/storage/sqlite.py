@@ -373,19 +373,18 @@ class SQLiteStorage(FanoutFeed, Storage):
         if not pairs:
             return
         if len(pairs) == 1:
-            task_id, version, batch = pairs[0][0], pairs[0][1], None
+            self._record_text(conn, status, event, None, pairs[0])
         else:
-            task_id, version, batch = None, None, _json.dumps(pairs)
+            self._record_text(conn, status, event, _json.dumps(pairs))
+
+    def _record_text(self, conn: sqlite3.Connection, status: str, event: str,
+                     batch: str | None, one: tuple[str, int] | None = None) -> None:
+        """One change-feed row: ``batch``, pairs already encoded as a JSON array (of
+        one or more), or the single pair ``one``."""
+        task_id, version = one if one is not None else (None, None)
         conn.execute(Q["record_change"], {
             "task_id": task_id, "version": version, "status": status, "event": event,
             "origin": self.instance_id, "now": time.time(), "batch": batch})
-
-    def _record_text(self, conn: sqlite3.Connection, status: str, event: str,
-                     pairs: str) -> None:
-        """:meth:`_record` of pairs already encoded as a JSON array (of one or more)."""
-        conn.execute(Q["record_change"], {
-            "task_id": None, "version": None, "status": status, "event": event,
-            "origin": self.instance_id, "now": time.time(), "batch": pairs})
 
     def _must(self, conn: sqlite3.Connection, task_id: str) -> Task:
         row = conn.execute(Q["get_task"], {"id": task_id}).fetchone()
