@@ -51,7 +51,6 @@ from .model import (
     default_policy,
 )
 from .storage import ClaimLimits, Completion, HeartbeatReply, Lease, NewLog, WorkerInfo
-from .storage._ops import completion_event
 
 if TYPE_CHECKING:
     from ._registry import Handler
@@ -188,9 +187,9 @@ class _Writer(BatchedWrites):
                 self.worker._finished(completion, run, completion.task_id in refused)
             bus = self.worker.app.bus
             if not bus.idle:
-                await self.worker._announce(
-                    [(c.task_id, "task." + (c.event or completion_event(c.transition)))
-                     for c, _ in completions if c.task_id not in refused])
+                await bus.announce_finished(
+                    [(c, run.task) for c, run in completions if c.task_id not in refused],
+                    self.storage.get_many)
             elif bus._signals:
                 for c, _ in completions:
                     bus._notify(c.task_id)
@@ -304,7 +303,8 @@ class Worker:
             try:
                 released = await self.storage.release(self.id, [r.lease for r in leftover])
                 log.info("worker %s handed %d task(s) back to the queue", self.id, len(released))
-                await self._announce([(task_id, "task.released") for task_id in released])
+                await self.app.bus.announce([(task_id, "task.released") for task_id in released],
+                                            self.storage.get_many)
             except Exception:
                 log.exception("worker %s could not hand tasks back; their leases will expire",
                               self.id)
@@ -723,27 +723,6 @@ class Worker:
         if t.error is not None and app.error_sinks:
             app._push_sinks(app.error_sinks,
                             ErrorItem(task, t.error, t.status is not Status.QUEUED))
-
-    async def _announce(self, changes: list[tuple[str, str]]) -> None:
-        """Emit events for changes this worker made (reading the tasks only if someone listens)."""
-        bus = self.app.bus
-        if bus.idle:
-            return
-        wanted = [(task_id, type) for task_id, type in changes
-                  if bus.wants_task_event(type, task_id)]
-        for task_id, _ in changes:
-            bus._notify(task_id)
-        if not wanted:
-            return
-        try:
-            tasks = {t.id: t for t in await self.storage.get_many([i for i, _ in wanted])}
-        except Exception:
-            log.exception("could not read tasks for events")
-            return
-        for task_id, type in wanted:
-            task = tasks.get(task_id)
-            if task is not None:
-                bus.task_event(type, task)
 
     def _request_abort(self, run: _Run, reason: str) -> None:
         if run.abort_reason is not None or run.done:

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConveyorError
-from .model import LogLevel, Task
-from .storage import Change, Storage
+from .model import LogLevel, Status, Task
+from .storage import Change, Completion, Storage, _ops
 
 __all__ = [
     "EVENT_TYPES",
@@ -45,6 +45,7 @@ __all__ = [
     "EventBus",
     "EventOverflow",
     "Subscription",
+    "Tally",
 ]
 
 log = logging.getLogger("conveyor.events")
@@ -75,6 +76,9 @@ DIRECT = frozenset({
     "rescheduled", "prioritized", "abort_requested", "released", "retried", "deleted",
 })
 _ENDING_TYPES = frozenset({"task.succeeded", "task.failed", "task.aborted"})
+_TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.ABORTED})
+_TALLIED = frozenset({"added", "started"}) | _ENDING
+"""Changes the tallies count (see :meth:`EventBus.add_tally`)."""
 
 
 class EventOverflow(ConveyorError):
@@ -95,6 +99,8 @@ class Event:
 
 
 Callback = Callable[[Event], Any]
+Tally = Callable[[str, str, "str | None", "float | None"], None]
+"""``tally(kind, action, status, run_seconds)``: see :meth:`EventBus.add_tally`."""
 
 
 def _matcher(patterns: str | Sequence[str]) -> Callable[[str], bool]:
@@ -193,6 +199,7 @@ class EventBus:
         self._by_task: dict[str, list[_Listener]] = {}
         self._signals: dict[str, set[asyncio.Event]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._tallies: list[Tally] = []
 
     # -- registration ---------------------------------------------------------
 
@@ -234,6 +241,21 @@ class EventBus:
         self._add(listener)
         return lambda: self._remove(listener)
 
+    def add_tally(self, tally: Tally) -> Callable[[], None]:
+        """Call ``tally(kind, action, status, run_seconds)`` for every task added
+        (``"added"``), run started (``"started"``) and task ended (``"ended"``, with
+        its final status and, when it ran, its run time), by this process or (through
+        the change feed) by others. Cheaper than an event listener: for runs this
+        process ends, no :class:`Event` is built and the task is not read back.
+        Returns a function that removes it."""
+        self._tallies.append(tally)
+
+        def remove() -> None:
+            if tally in self._tallies:
+                self._tallies.remove(tally)
+
+        return remove
+
     def subscribe(self, pattern: str | Sequence[str] = "*", *, task_id: str | None = None,
                   maxsize: int = 10_000) -> Subscription:
         """An async iterator of matching events, starting now."""
@@ -244,7 +266,7 @@ class EventBus:
     @property
     def idle(self) -> bool:
         """True when nobody listens (emitters may skip building events)."""
-        return not self._global and not self._by_task
+        return not self._global and not self._by_task and not self._tallies
 
     def wants(self, type: str, task_id: str | None) -> bool:
         for listener in self._global:
@@ -285,12 +307,15 @@ class EventBus:
         for ev in self._signals.get(task_id, ()):
             ev.set()
 
-    def task_event(self, type: str, task: Task, data: Mapping[str, Any] | None = None) -> None:
+    def task_event(self, type: str, task: Task, data: Mapping[str, Any] | None = None, *,
+                   tally: bool = True) -> None:
         """Announce a change this process made to ``task`` (now in its new state):
         wake the task's signals, emit ``type`` and, for an ending, ``task.ended``."""
         self._notify(task.id)
         if self.idle:
             return
+        if tally and self._tallies:
+            self._tally(type[5:], task, task.status)
         payload = data or {"version": task.version, "status": task.status.value}
         if self.wants(type, task.id):
             self.emit(Event(type, task.id, task, payload))
@@ -298,9 +323,59 @@ class EventBus:
             self.emit(Event("task.ended", task.id, task, payload))
 
     def wants_task_event(self, type: str, task_id: str) -> bool:
-        """Whether :meth:`task_event` for this type and task would reach anyone."""
+        """Whether :meth:`task_event` for this type and task would reach a listener."""
         return self.wants(type, task_id) or (type in _ENDING_TYPES
                                              and self.wants("task.ended", task_id))
+
+    def _tally(self, event: str, task: Task, status: Status) -> None:
+        """Feed the tallies one change (``event`` as in the change feed)."""
+        if event == "added" or event == "started":
+            for tally in self._tallies:
+                tally(event, task.action, None, None)
+        elif event in _ENDING and status in _TERMINAL:
+            seconds = (task.finished_at - task.started_at
+                       if task.finished_at is not None and task.started_at is not None
+                       else None)
+            for tally in self._tallies:
+                tally("ended", task.action, status.value, seconds)
+
+    async def announce(self, changes: Sequence[tuple[str, str]],
+                       read: Callable[[list[str]], Awaitable[Sequence[Task]]]) -> None:
+        """Emit the events of changes this process made, ``(task_id, type)`` pairs,
+        reading the tasks (``read(ids)``) only if a listener wants them. Not tallied."""
+        for task_id, _ in changes:
+            self._notify(task_id)
+        if not (self._global or self._by_task):
+            return
+        wanted = [(task_id, type) for task_id, type in changes
+                  if self.wants_task_event(type, task_id)]
+        if not wanted:
+            return
+        try:
+            tasks = {t.id: t for t in await read([task_id for task_id, _ in wanted])}
+        except Exception:
+            log.exception("could not read tasks for events")
+            return
+        for task_id, type in wanted:
+            task = tasks.get(task_id)
+            if task is not None:
+                self.task_event(type, task, tally=False)
+
+    async def announce_finished(self, items: Sequence[tuple[Completion, Task]],
+                                read: Callable[[list[str]], Awaitable[Sequence[Task]]]) -> None:
+        """Emit the events of runs this process ended and stored: ``(completion, the
+        task as claimed)`` pairs. Tallies get the outcome without a read."""
+        if self._tallies:
+            now = time.time()
+            for completion, task in items:
+                status = completion.transition.status
+                if status in _TERMINAL:
+                    seconds = now - task.started_at if task.started_at is not None else None
+                    for tally in self._tallies:
+                        tally("ended", task.action, status.value, seconds)
+        await self.announce(
+            [(c.task_id, "task." + (c.event or _ops.completion_event(c.transition)))
+             for c, _ in items], read)
 
 
 async def _guard(awaitable: Awaitable[Any]) -> None:
@@ -375,6 +450,7 @@ class ChangeRelay:
             except Exception:
                 log.exception("change listener failed")
         own = self.storage.instance_id
+        tally = bool(self.bus._tallies)
         wanted: list[tuple[Change, str]] = []
         for change in changes:
             self.bus._notify(change.task_id)
@@ -383,7 +459,8 @@ class ChangeRelay:
             type = _FROM_CHANGE.get(change.event)
             if type is None:
                 continue
-            if (self.bus.wants(type, change.task_id)
+            if ((tally and change.event in _TALLIED)
+                    or self.bus.wants(type, change.task_id)
                     or (change.event in _ENDING and self.bus.wants("task.ended", change.task_id))
                     or (change.event == "expired" and self.bus.wants("task.expired",
                                                                      change.task_id))):
@@ -401,6 +478,8 @@ class ChangeRelay:
             if change.event == "log":
                 await self._emit_logs(change, task)
                 continue
+            if tally and task is not None and change.event in _TALLIED:
+                self.bus._tally(change.event, task, change.status)
             data: dict[str, Any] = {"version": change.version, "status": change.status.value}
             if change.event == "progress" and task is not None and task.progress is not None:
                 data["progress"] = task.progress

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conveyor import Conveyor
+from conveyor import Context, Conveyor
+from conveyor.client import HubClient
 from conveyor.hub import HubConfig
 
 from ._rest_helpers import API, client, eventually, make_keys, worker_hub
@@ -91,6 +94,68 @@ async def test_metrics_follow_tasks_added_started_and_finished(worker_hub: Runni
             return value(found, "conveyor_tasks_added_total", action="mail:send") == 4
 
         await eventually(seen)
+
+
+async def test_metrics_count_remote_runs_and_other_processes_runs(hub: RunningHub) -> None:
+    worker = HubClient(hub.url, hub.key("svc", subscribe=["*"]))
+
+    @worker.handler("calc:double")
+    async def double(ctx: Context[Any]) -> int:
+        return int(ctx.payload) * 2
+
+    @worker.handler("calc:bad")
+    async def bad(ctx: Context[Any]) -> None:
+        raise ValueError("bad input")
+
+    admin = hub.key("admin", admin=True)
+    work = asyncio.create_task(worker.work("calc", concurrency=4))
+    try:
+        await worker.wait_working(10)
+        tasks = await hub.app.add_many([("calc:double", i) for i in range(5)])
+        failing = await hub.app.add("calc:bad", 1)
+        for task in tasks:
+            assert await hub.app.wait(task.id, timeout=10) == task.payload * 2
+        await hub.app.wait_task(failing.id, timeout=10)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(work, 20)
+        await worker.close()
+
+    # another process (its own app on the same file) runs tasks: the hub counts
+    # them through the change feed
+    other = Conveyor(hub.app.storage.url)
+
+    @other.handler("side:job")
+    async def side(ctx: Context[Any]) -> str:
+        return "done"
+
+    try:
+        async with other:
+            done = await other.add_many([("side:job", i) for i in range(3)])
+            for task in done:
+                await other.wait(task.id, timeout=10)
+    finally:
+        await other.close()
+
+    async with client(hub, admin) as http:
+        async def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+            found = samples((await http.get("/metrics")).text)
+            if value(found, "conveyor_tasks_finished_total", action="side:job",
+                     status="succeeded") == 3:
+                return found
+            return None
+
+        found = await eventually(counted)
+    assert value(found, "conveyor_tasks_added_total", action="calc:double") == 5
+    assert value(found, "conveyor_tasks_started_total", action="calc:double") == 5
+    assert value(found, "conveyor_tasks_finished_total", action="calc:double",
+                 status="succeeded") == 5
+    assert value(found, "conveyor_tasks_finished_total", action="calc:bad",
+                 status="failed") == 1
+    assert value(found, "conveyor_task_run_seconds_count", action="calc:double") == 5
+    assert value(found, "conveyor_tasks_added_total", action="side:job") == 3
+    assert value(found, "conveyor_tasks_started_total", action="side:job") == 3
+    assert value(found, "conveyor_task_run_seconds_count", action="side:job") == 3
 
 
 async def test_metrics_show_only_readable_actions(hub: RunningHub) -> None:

@@ -143,3 +143,49 @@ async def test_sink_must_be_usable(app: Conveyor) -> None:
 
     with pytest.raises(ConfigurationError):
         app.add_result_sink(42)
+
+
+async def test_tallies_count_adds_starts_and_ends(app: Conveyor) -> None:
+    from conveyor import Retry
+
+    @app.handler("count:ok")
+    async def ok(ctx: Context[Any]) -> str:
+        await asyncio.sleep(0.05)  # a run time the tally must report
+        return "fine"
+
+    @app.handler("count:flaky", max_attempts=2)
+    async def flaky(ctx: Context[Any]) -> Any:
+        if ctx.task.attempts == 1:
+            return Retry(after=0)
+        raise RuntimeError("no luck")
+
+    seen: list[tuple[str, str, str | None, float | None]] = []
+    ended = asyncio.Event()
+
+    def tally(kind: str, action: str, status: str | None, seconds: float | None) -> None:
+        seen.append((kind, action, status, seconds))
+        if sum(1 for s in seen if s[0] == "ended") == 3:
+            ended.set()
+
+    remove = app.bus.add_tally(tally)
+    delayed = await app.add("count:ok", delay=600)
+    async with app:
+        await app.add("count:ok")
+        await app.add("count:flaky")
+        await app.abort(delayed.id)  # a queued task aborted: ended without a run
+        await asyncio.wait_for(ended.wait(), 10)
+    remove()
+    kinds = [(k, a, s) for k, a, s, _ in seen]
+    assert kinds.count(("added", "count:ok", None)) == 2
+    assert kinds.count(("added", "count:flaky", None)) == 1
+    assert kinds.count(("started", "count:ok", None)) == 1
+    assert kinds.count(("started", "count:flaky", None)) == 2  # a retry runs again
+    ends = sorted((a, s) for k, a, s in kinds if k == "ended")
+    assert ends == [("count:flaky", "failed"), ("count:ok", "aborted"),
+                    ("count:ok", "succeeded")]
+    ok_seconds = [t for k, a, s, t in seen if k == "ended" and s == "succeeded"]
+    assert ok_seconds[0] is not None and 0.04 < ok_seconds[0] < 5
+    aborted = [t for k, a, s, t in seen if k == "ended" and s == "aborted"]
+    assert aborted == [None]  # it never ran
+    await app.add("count:ok", delay=600)
+    assert sum(1 for s in seen if s[0] == "added") == 3  # removed: no more tallies

@@ -2,9 +2,10 @@
 
 Each hub has its own :class:`~prometheus_client.CollectorRegistry` (never the
 global one), so several hubs can live in one process. Counters are fed by
-the app's event bus: tasks added, started and finished through any route,
-by this process's worker, and (through the storage change feed) by other
-processes on the same storage. Gauges of task counts per action and status
+a tally on the app's event bus (:meth:`EventBus.add_tally
+<conveyor.events.EventBus.add_tally>`): tasks added, started and finished
+through any route, by this process's worker, and (through the storage change
+feed) by other processes on the same storage. Gauges of task counts per action and status
 are read from ``app.stats()`` when the metrics are scraped.
 
 A credential only sees the samples of the actions it may read (admins see
@@ -23,7 +24,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client import Metric as PromMetric
 from prometheus_client.exposition import generate_latest
 
-from ..events import Event
 from ..model import Status
 
 if TYPE_CHECKING:
@@ -72,39 +72,36 @@ class Metrics:
 
     async def start(self) -> None:
         if self._unsubscribe is None:
-            self._unsubscribe = self.hub.app.on(["task.added", "task.started", "task.ended"],
-                                                self._on_event)
+            # a tally, not an event listener: a run that ends costs no Event and no read
+            self._unsubscribe = self.hub.app.bus.add_tally(self._on_tally)
+            self.hub.app._ensure_relay()  # other processes' tasks, through the change feed
 
     async def stop(self) -> None:
         unsubscribe, self._unsubscribe = self._unsubscribe, None
         if unsubscribe is not None:
             unsubscribe()
 
-    # -- events ---------------------------------------------------------------------
+    # -- tallies --------------------------------------------------------------------
 
-    def _on_event(self, event: Event) -> None:
-        task = event.task
-        if task is None:  # the task could not be read (deleted meanwhile)
-            return
-        action = task.action
+    def _on_tally(self, kind: str, action: str, status: str | None,
+                  seconds: float | None) -> None:
         children = self._children.get(action)
         if children is None:  # labels() is slow: keep each action's children
             children = self._children[action] = (
                 self.added.labels(action), self.started.labels(action),
                 self.run_seconds.labels(action))
-        if event.type == "task.added":
+        if kind == "added":
             children[0].inc()
-        elif event.type == "task.started":
+        elif kind == "started":
             children[1].inc()
-        elif event.type == "task.ended":
-            status = str(event.data.get("status", task.status.value))
-            done = self._finished_children.get((action, status))
+        elif kind == "ended":
+            done = self._finished_children.get((action, str(status)))
             if done is None:
-                done = self._finished_children[(action, status)] = self.finished.labels(
-                    action, status)
+                done = self._finished_children[(action, str(status))] = self.finished.labels(
+                    action, str(status))
             done.inc()
-            if task.terminal and task.started_at is not None and task.finished_at is not None:
-                children[2].observe(max(0.0, task.finished_at - task.started_at))
+            if seconds is not None:
+                children[2].observe(max(0.0, seconds))
 
     # -- scraping -------------------------------------------------------------------
 

@@ -73,7 +73,6 @@ from ..model import (
     default_policy,
 )
 from ..storage import Change, Completion, Lease, NewLog, WorkerInfo
-from ..storage._ops import completion_event
 from ._credentials import matches_pattern
 from ._ws_proto import (
     CLOSE_HEARTBEAT,
@@ -235,7 +234,8 @@ class _Writer(BatchedWrites):
     def __init__(self, remote: Remote) -> None:
         super().__init__(remote.app.storage)
         self.remote = remote
-        self.completions: list[tuple[str, Completion, bool]] = []
+        self.completions: list[tuple[str, Completion, Task | None]] = []
+        """(worker, completion, the claimed task, or None when not announced)"""
         self.releases: list[tuple[str, Lease]] = []
         self.lost: list[tuple[str, Lease]] = []
         self.jobs: list[Callable[[], Awaitable[Any]]] = []
@@ -257,8 +257,9 @@ class _Writer(BatchedWrites):
         self.idle.clear()
         self.work.set()
 
-    def finish(self, worker: str, completion: Completion, announce: bool = True) -> None:
-        self.completions.append((worker, completion, announce))
+    def finish(self, worker: str, completion: Completion, task: Task | None) -> None:
+        """Store ``completion``; ``task`` (the claimed task) announces it, None does not."""
+        self.completions.append((worker, completion, task))
         self.progress.pop(completion.task_id, None)
         self.announced.clear()
         self._poke()
@@ -343,23 +344,22 @@ class _Writer(BatchedWrites):
         await self.write_logs_and_progress(remote.app.bus, interval)
         completions, self.completions = self.completions, []
         if completions:
-            by_worker: dict[str, list[tuple[Completion, bool]]] = {}
-            for worker, completion, announce in completions:
-                by_worker.setdefault(worker, []).append((completion, announce))
-            announced: list[tuple[str, str]] = []
+            by_worker: dict[str, list[tuple[Completion, Task | None]]] = {}
+            for worker, completion, task in completions:
+                by_worker.setdefault(worker, []).append((completion, task))
+            announced: list[tuple[Completion, Task]] = []
             done = 0
             try:
                 for worker, items in by_worker.items():
                     refused = set(await self.storage.finish(worker, [c for c, _ in items]))
                     done += 1
-                    for completion, announce in items:
+                    for completion, task in items:
                         self.progress_written.pop(completion.task_id, None)
                         if completion.task_id in refused:
                             log.warning("task %s: lease lost; the service's outcome was "
                                         "discarded", completion.task_id)
-                        elif announce:
-                            announced.append((completion.task_id, "task." + (
-                                completion.event or completion_event(completion.transition))))
+                        elif task is not None:
+                            announced.append((completion, task))
             except (TypeError, ValueError):
                 # a value that cannot be stored: fail those tasks instead of blocking the rest
                 rest = [(w, c, a) for w, items in list(by_worker.items())[done:] for c, a in items]
@@ -371,7 +371,7 @@ class _Writer(BatchedWrites):
                 raise
             finally:
                 if announced:
-                    await remote.announce(announced)
+                    await remote.app.bus.announce_finished(announced, self.storage.get_many)
         releases, self.releases = self.releases, []
         if releases:
             by_worker_r: dict[str, list[Lease]] = {}
@@ -385,7 +385,9 @@ class _Writer(BatchedWrites):
                     log.exception("hub: could not release tasks; their leases will expire")
             if released:
                 remote.wake()
-                await remote.announce([(task_id, "task.released") for task_id in released])
+                await remote.app.bus.announce(
+                    [(task_id, "task.released") for task_id in released],
+                    self.storage.get_many)
         lost, self.lost = self.lost, []
         if lost:
             by_worker_l: dict[str, list[Lease]] = {}
@@ -929,7 +931,7 @@ class Remote:
             # the change feed announces "expired" (it is not one of the events a process
             # announces itself)
             self.writer.finish(worker_id, Completion(task.id, lease.token, transition,
-                                                     event="expired"), announce=False)
+                                                     event="expired"), None)
             return
         self.writer.release(worker_id, lease)
 
@@ -1028,7 +1030,7 @@ class Remote:
             transition = replace(transition, reason="dropped")
         progress = self.writer.pending_progress(task.id)
         self.writer.finish(held.sub.service.worker_id,
-                           Completion(task.id, held.lease.token, transition, progress))
+                           Completion(task.id, held.lease.token, transition, progress), task)
 
     def _transition(self, task: Task, outcome: Outcome) -> Transition:
         handler = self.app.registry.get(task.action)
@@ -1231,7 +1233,8 @@ class Remote:
         transition = self._transition(task, outcome)
         if dropped and transition.status is Status.SUCCEEDED:
             transition = replace(transition, reason="dropped")
-        self.writer.finish(worker, Completion(task.id, fan.lease.token, transition, progress))
+        self.writer.finish(worker, Completion(task.id, fan.lease.token, transition, progress),
+                           task)
 
     def _drop_fan(self, fan: Fanout, release: bool) -> None:
         if self.fans.get(fan.task.id) is fan:
@@ -1349,29 +1352,6 @@ class Remote:
             return
         if report.requeued:
             self._wake.set()
-
-    # -- reporting ------------------------------------------------------------------
-
-    async def announce(self, changes: list[tuple[str, str]]) -> None:
-        """Emit events for changes the hub made (reading the tasks only if someone listens)."""
-        bus = self.app.bus
-        for task_id, _ in changes:
-            bus._notify(task_id)
-        if bus.idle:
-            return
-        wanted = [(task_id, kind) for task_id, kind in changes
-                  if bus.wants_task_event(kind, task_id)]
-        if not wanted:
-            return
-        try:
-            tasks = {t.id: t for t in await self.app.storage.get_many([i for i, _ in wanted])}
-        except Exception:
-            log.exception("could not read tasks for events")
-            return
-        for task_id, kind in wanted:
-            task = tasks.get(task_id)
-            if task is not None:
-                bus.task_event(kind, task)
 
 
 def _plain(value: Any, limit: int) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..errors import InvalidTransition
-from ..model import ErrorInfo, Status, Task, TaskSpec, Transition
+from ..model import ErrorInfo, Status, Task, TaskSpec, Transition, _task_replace
 from .base import Completion
 
 __all__ = [
@@ -64,7 +64,7 @@ def finished(task: Task, completion: Completion, now: float) -> Task:
     t = completion.transition
     queued = t.status is Status.QUEUED
     run_at = t.run_at if (queued and t.run_at is not None) else task.run_at
-    return replace(
+    return _task_replace(
         task,
         status=t.status,
         run_at=run_at,
