@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor import Context, Conveyor
@@ -20,7 +21,10 @@ __all__ = ["worker_hub"]
 T = f"{API}/tasks"
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -28,9 +32,19 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+def value(found: Samples, name: str,
           **labels: str) -> float:
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def scrape_until(http: httpx.AsyncClient, name: str, want: float,
+                       **labels: str) -> Samples:
+    """The metrics, once the sample ``name`` with ``labels`` reads ``want``."""
+    async def ready() -> Samples | None:
+        found = samples((await http.get("/metrics")).text)
+        return found if value(found, name, **labels) == want else None
+
+    return await eventually(ready)
 
 
 async def test_metrics_follow_tasks_added_started_and_finished(worker_hub: RunningHub) -> None:
@@ -58,16 +72,10 @@ async def test_metrics_follow_tasks_added_started_and_finished(worker_hub: Runni
         for task in (ok, bad):
             await http.get(f"{T}/{task['id']}/wait", params={"timeout": 10})
 
-        async def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
-            found = samples((await http.get("/metrics")).text)
-            if value(found, "conveyor_tasks_finished_total", action="job:fail",
-                     status="failed") == 1 and value(
-                    found, "conveyor_tasks_finished_total", action="mail:send",
-                    status="succeeded") == 1:
-                return found
-            return None
-
-        found = await eventually(counted)
+        await scrape_until(http, "conveyor_tasks_finished_total", 1, action="job:fail",
+                           status="failed")
+        found = await scrape_until(http, "conveyor_tasks_finished_total", 1,
+                                   action="mail:send", status="succeeded")
         assert value(found, "conveyor_tasks_added_total", action="mail:send") == 3
         assert value(found, "conveyor_tasks_started_total", action="mail:send") == 1
         assert value(found, "conveyor_tasks_started_total", action="job:fail") == 1
@@ -138,14 +146,8 @@ async def test_metrics_count_remote_runs_and_other_processes_runs(hub: RunningHu
         await other.close()
 
     async with client(hub, admin) as http:
-        async def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
-            found = samples((await http.get("/metrics")).text)
-            if value(found, "conveyor_tasks_finished_total", action="side:job",
-                     status="succeeded") == 3:
-                return found
-            return None
-
-        found = await eventually(counted)
+        found = await scrape_until(http, "conveyor_tasks_finished_total", 3, action="side:job",
+                                   status="succeeded")
     assert value(found, "conveyor_tasks_added_total", action="calc:double") == 5
     assert value(found, "conveyor_tasks_started_total", action="calc:double") == 5
     assert value(found, "conveyor_tasks_finished_total", action="calc:double",
