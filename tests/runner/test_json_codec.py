@@ -46,5 +46,17 @@ def test_task_from_values_equals_the_constructor() -> None:
     assert type(built) is Task
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.priority = 3.0  # type: ignore[misc]
-    with pytest.raises(ValueError, match="shorter"):
+    with pytest.raises(ValueError, match="not enough values"):
         _task_from_values(values[:-1])  # every field must be given
+    with pytest.raises(ValueError, match="too many values"):
+        _task_from_values([*values, None])
+
+
+def test_task_replace_equals_dataclasses_replace() -> None:
+    from conveyor.model import _task_replace
+
+    task = Task("id-1", "a:b", {"x": 1}, Status.RUNNING, worker="w", token="t", version=3)
+    changes = {"status": Status.SUCCEEDED, "worker": None, "token": None, "result": [1],
+               "version": 4}
+    assert _task_replace(task, **changes) == dataclasses.replace(task, **changes)
+    assert _task_replace(task) == task

@@ -25,6 +25,7 @@ from ..model import (
 
 __all__ = [
     "COLUMNS",
+    "claimed_to_task",
     "decode_json",
     "decode_scope",
     "encode_conditions",
@@ -157,6 +158,27 @@ def row_to_task(row: Any, decoded: bool = False) -> Task:
         progress, _json_or_none(result), error, errors, reason, unique_key,
         decode_scope(unique_scope) if isinstance(unique_scope, str) else tuple(unique_scope),
         concurrency, tags, parent_id, public_url, version, None,
+    ))
+
+
+def claimed_to_task(values: Sequence[Any], worker: str, token: str, lease_until: float,
+                    now: float) -> Task:
+    """A task just claimed, from a row of the SQLite ``claimed_rows`` query (decoded
+    JSON, without the columns the claim set: they are the arguments)."""
+    (id_, action, payload, priority, run_at, created_at, finished_at, attempts,
+     max_attempts, rescues, run_timeout, pickup_timeout, backoff, abort_requested, progress,
+     result, error, errors, reason, unique_key, unique_scope, concurrency, tags, parent_id,
+     public_url, version) = values
+    return _task_from_values((
+        id_, action, payload, Status.RUNNING, priority, run_at, created_at, now, now,
+        finished_at, attempts, max_attempts, rescues, run_timeout, pickup_timeout, None,
+        None if backoff is None else Backoff(**backoff), worker, lease_until, token,
+        abort_requested, None if progress is None else Progress.from_json(progress),
+        result, None if error is None else ErrorInfo.from_json(error),
+        tuple(ErrorInfo.from_json(e) for e in errors) if errors else (),
+        reason, unique_key, decode_scope(unique_scope),
+        tuple(Condition.parse(c) for c in concurrency) if concurrency else (),
+        tags if tags is not None else {}, parent_id, public_url, version, None,
     ))
 
 

@@ -55,7 +55,7 @@ from ..model import (
 from ..query import Filter, Query, compile_sort_sqlite, compile_sqlite, parse_filter
 from ..query import register_sqlite_functions as _register_functions
 from . import _ops
-from ._codec import encode_scope, row_to_task, task_to_row
+from ._codec import claimed_to_task, encode_scope, row_to_task, task_to_row
 from ._feed import Fanout, FanoutFeed
 from ._sqlfile import load_migrations, load_queries
 from ._sqlthread import DBThread, begin_immediate
@@ -499,7 +499,7 @@ class SQLiteStorage(FanoutFeed, Storage):
             return []
         per_action = dict(limits.per_action) if limits else {}
 
-        def tx(conn: sqlite3.Connection) -> str | None:
+        def tx(conn: sqlite3.Connection) -> tuple[str, Mapping[str, Any]] | None:
             now = time.time()
             self._expire_pickups(conn, now)
             budget: dict[str, int] = {}
@@ -555,25 +555,28 @@ class SQLiteStorage(FanoutFeed, Storage):
             flush()
             return self._claimed(conn, base, taken)
 
-        text = await self._write(tx)
-        if text is None:
+        got = await self._write(tx)
+        if got is None:
             return []
-        tasks = [row_to_task(r, decoded=True) for r in _json.loads(text)]
+        text, base = got
+        held = (worker, base["token"], base["lease_until"], base["now"])
+        tasks = [claimed_to_task(r, *held) for r in _json.loads(text)]
         tasks.sort(key=lambda t: (t.priority, t.run_at, t.id))
         return tasks
 
     def _claimed(self, conn: sqlite3.Connection, base: Mapping[str, Any],
-                 ids: list[str]) -> str | None:
+                 ids: list[str]) -> tuple[str, Mapping[str, Any]] | None:
         """Record a claim in the change feed and read its rows back, as one JSON text
         (each statement returns one row, so the database thread takes the GIL back a
-        few times per claim, not once per task)."""
+        few times per claim, not once per task), with the claim's values (``base``)
+        that the rows leave out."""
         if not ids:
             return None
         params = {"ids": _json.dumps(ids), "token": base["token"]}
         conn.execute(Q["record_claimed"], {**params, "origin": base["origin"],
                                            "now": base["now"]})
         text: str = conn.execute(Q["claimed_rows"], params).fetchone()[0]
-        return text
+        return text, base
 
     def _conditions_allow(self, conn: sqlite3.Connection, task_id: str,
                           memo: dict[str, int]) -> bool:

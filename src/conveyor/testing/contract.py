@@ -25,6 +25,7 @@ Run it with pytest and pytest-asyncio (``asyncio_mode = "auto"``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -32,6 +33,7 @@ import pytest
 
 from ..errors import InvalidTransition, StorageError, TaskNotFound
 from ..model import (
+    Backoff,
     Condition,
     ErrorInfo,
     LogLevel,
@@ -63,6 +65,17 @@ async def _claim_one(storage: Storage, action: str = "test:a", worker: str = "w1
     claimed = await storage.claim(worker, [action], 1, lease)
     assert len(claimed) == 1, claimed
     return claimed[0]
+
+
+def _assert_same(task: Task, stored: Task) -> None:
+    """Every field equal; times to the millisecond (a backend may read them back
+    through JSON, whose numbers can carry fewer digits than the stored double)."""
+    for f in dataclasses.fields(Task):
+        got, want = getattr(task, f.name), getattr(stored, f.name)
+        if isinstance(want, float) and f.name.endswith(("_at", "_until", "deadline")):
+            assert got == pytest.approx(want, abs=1e-3), f.name
+        else:
+            assert got == want, f.name
 
 
 class StorageContract:
@@ -199,7 +212,22 @@ class StorageContract:
         stored = await storage.get(task.id)
         assert stored is not None and stored.status is Status.RUNNING
         assert stored.token == task.token
+        _assert_same(task, stored)  # what the claim returns is what it stored
         assert await storage.claim("w2", ["test:a"], 5, 30) == []
+
+    async def test_claimed_tasks_equal_the_stored_ones(self, storage: Storage) -> None:
+        specs = [make_spec(payload={"n": i}, priority=i % 3, tags={"i": str(i)},
+                           max_attempts=4, run_timeout=30.0, pickup_timeout=600.0,
+                           backoff=Backoff(base=2.0), unique_key=f"k{i}",
+                           unique_scope=(Status.QUEUED,), parent_id="p-1")
+                 for i in range(5)]
+        await storage.add(specs)
+        claimed = await storage.claim("w-1", ["test:a"], 10, 15.0)
+        assert len(claimed) == 5
+        for task in claimed:
+            stored = await storage.get(task.id)
+            assert stored is not None
+            _assert_same(task, stored)
 
     async def test_claim_limit_and_actions(self, storage: Storage) -> None:
         await storage.add([make_spec(payload=i) for i in range(5)])

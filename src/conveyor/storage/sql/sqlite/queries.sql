@@ -109,11 +109,13 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND token = :token AND +status =
 HAVING count(*) > 0
 
 -- name: claimed_rows
--- The rows a claim took, as one JSON array of rows in COLUMNS order.
+-- The rows a claim took, as one JSON array of rows in COLUMNS order without the
+-- columns claim_tasks has just set (status, updated_at, started_at, worker,
+-- lease_until, token, pickup_deadline): the storage fills those in.
 SELECT json_group_array(json_array(
-    id, action, json(payload), status, priority, run_at, created_at, updated_at, started_at,
-    finished_at, attempts, max_attempts, rescues, run_timeout, pickup_timeout, pickup_deadline,
-    json(backoff), worker, lease_until, token, abort_requested, json(progress), json(result),
+    id, action, json(payload), priority, run_at, created_at,
+    finished_at, attempts, max_attempts, rescues, run_timeout, pickup_timeout,
+    json(backoff), abort_requested, json(progress), json(result),
     json(error), json(errors), reason, unique_key, unique_scope, json(concurrency), json(tags),
     parent_id, public_url, version))
 FROM conveyor_tasks
