@@ -61,6 +61,7 @@ __all__ = ["ErrorItem", "ResultItem", "Worker"]
 
 log = logging.getLogger("conveyor.worker")
 _PLAIN = (bool, int)  # results that are always valid JSON
+_RETURNED_NONE = Returned(None)  # outcomes are frozen: the common one is shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +477,10 @@ class Worker:
             if handler.mode == "process":
                 outcome = await self._run_process(run, timeout)
             elif handler.is_async:
-                outcome = await self._run_async(run, timeout)
+                if timeout is None:  # the common case, without a second coroutine
+                    outcome = self._async_outcome(run, await handler.fn(run.ctx))
+                else:
+                    outcome = await self._run_async(run, timeout)
             else:
                 outcome = await self._run_thread(run, timeout)
         except asyncio.CancelledError:
@@ -497,20 +501,20 @@ class Worker:
             return
         self._complete(run, outcome)
 
-    async def _run_async(self, run: _Run, timeout: float | None) -> Outcome:
-        if timeout is None:
-            value = await run.handler.fn(run.ctx)
-        else:
-            try:
-                async with asyncio.timeout(timeout) as scope:
-                    value = await run.handler.fn(run.ctx)
-            except TimeoutError:
-                if scope.expired() and run.abort_reason is None:
-                    return self._timed_out(run, timeout)
-                raise
+    async def _run_async(self, run: _Run, timeout: float) -> Outcome:
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                value = await run.handler.fn(run.ctx)
+        except TimeoutError:
             if scope.expired() and run.abort_reason is None:
-                # the handler swallowed the cancellation: the timeout still decides
                 return self._timed_out(run, timeout)
+            raise
+        if scope.expired() and run.abort_reason is None:
+            # the handler swallowed the cancellation: the timeout still decides
+            return self._timed_out(run, timeout)
+        return self._async_outcome(run, value)
+
+    def _async_outcome(self, run: _Run, value: Any) -> Outcome:
         if run.abort_reason is not None:
             # the handler swallowed the cancellation of an abort: its value is discarded
             return Aborted(run.abort_reason)
@@ -669,7 +673,9 @@ class Worker:
         future.add_done_callback(gone)
 
     def _returned(self, run: _Run, value: Any) -> Outcome:
-        if value is None or (type(value) in _PLAIN and run.handler.result_model is None):
+        if value is None:
+            return _RETURNED_NONE
+        if type(value) in _PLAIN and run.handler.result_model is None:
             return Returned(value)
         if isinstance(value, Retry | Reschedule):
             return value

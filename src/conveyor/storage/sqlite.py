@@ -516,15 +516,14 @@ class SQLiteStorage(FanoutFeed, Storage):
             if not per_action and len(wanted) <= _TOP_ACTIONS:
                 # the common case: no per-action limit; if no candidate has conditions,
                 # the first `limit` ready tasks are the claim, read in one statement
-                top = conn.execute(_claim_top(len(wanted)), {
+                top, conditional = conn.execute(_claim_top(len(wanted)), {
                     **{f"a{i}": a for i, a in enumerate(wanted)}, "now": now,
-                    "limit": limit}).fetchone()[0]
-                candidates = _json.loads(top)
-                if not any(conditional for _, conditional in candidates):
-                    taken = [task_id for task_id, _ in candidates]
-                    if taken:
-                        conn.execute(Q["claim_tasks"], {**base, "ids": _json.dumps(taken)})
-                    return self._claimed(conn, base, taken)
+                    "limit": limit}).fetchone()
+                if not conditional:
+                    if top == "[]":
+                        return None
+                    conn.execute(Q["claim_tasks"], {**base, "ids": top})
+                    return self._claimed(conn, base, top)
             pending: list[str] = []
 
             def flush() -> None:
@@ -553,7 +552,7 @@ class SQLiteStorage(FanoutFeed, Storage):
                 if len(taken) + len(pending) >= limit:
                     break
             flush()
-            return self._claimed(conn, base, taken)
+            return self._claimed(conn, base, _json.dumps(taken)) if taken else None
 
         got = await self._write(tx)
         if got is None:
@@ -565,14 +564,12 @@ class SQLiteStorage(FanoutFeed, Storage):
         return tasks
 
     def _claimed(self, conn: sqlite3.Connection, base: Mapping[str, Any],
-                 ids: list[str]) -> tuple[str, Mapping[str, Any]] | None:
+                 ids: str) -> tuple[str, Mapping[str, Any]]:
         """Record a claim in the change feed and read its rows back, as one JSON text
         (each statement returns one row, so the database thread takes the GIL back a
         few times per claim, not once per task), with the claim's values (``base``)
-        that the rows leave out."""
-        if not ids:
-            return None
-        params = {"ids": _json.dumps(ids), "token": base["token"]}
+        that the rows leave out. ``ids``: the claimed ids, a JSON array."""
+        params = {"ids": ids, "token": base["token"]}
         conn.execute(Q["record_claimed"], {**params, "origin": base["origin"],
                                            "now": base["now"]})
         text: str = conn.execute(Q["claimed_rows"], params).fetchone()[0]

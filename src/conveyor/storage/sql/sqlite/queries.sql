@@ -84,10 +84,11 @@ SELECT * FROM (
     LIMIT :limit)
 
 -- name: claim_top
--- The first :limit ready tasks over all the worker's actions, in claim order, as one
--- JSON array of [id, conditional] (one row: the database thread hands the GIL back
--- once, not once per task). The members are claim_top_of_action, once per action.
-SELECT json_group_array(json_array(id, conditional)) FROM (
+-- The first :limit ready tasks over all the worker's actions, in claim order: their
+-- ids as one JSON array, and 1 if any of them has concurrency conditions (one row:
+-- the database thread hands the GIL back once, not once per task; the ids go to
+-- claim_tasks as they are). The members are claim_top_of_action, once per action.
+SELECT json_group_array(id), coalesce(max(conditional), 0) FROM (
     {members}
     ORDER BY priority, run_at, id
     LIMIT :limit)
