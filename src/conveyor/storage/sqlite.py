@@ -663,11 +663,14 @@ class SQLiteStorage(FanoutFeed, Storage):
             if plain_rows is not None:
                 # which rows still hold their token, as one JSON text; then the update
                 # (one row per statement: see _claimed)
-                pairs = conn.execute(Q["finishable"], {"rows": plain_rows}).fetchone()[0]
+                pairs, held = conn.execute(Q["finishable"], {"rows": plain_rows}).fetchone()
                 conn.execute(Q["finish_succeeded"], {
                     "rows": plain_rows, "origin": origin, "now": now})
-                if pairs != "[]":
-                    done.update(task_id for task_id, _ in _json.loads(pairs))
+                if held:
+                    if held == len(plain):  # the common case: every lease still held
+                        done.update(row[0] for row in plain)
+                    else:
+                        done.update(task_id for task_id, _ in _json.loads(pairs))
                     self._record_text(conn, "succeeded", "succeeded", pairs)
             if other_rows is not None:
                 groups: dict[tuple[str, str], list[tuple[str, int]]] = {}

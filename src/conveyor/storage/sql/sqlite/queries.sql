@@ -170,8 +170,9 @@ RETURNING conveyor_tasks.id, conveyor_tasks.version, conveyor_tasks.status, conv
 
 -- name: finishable
 -- Which of the rows of finish_succeeded still hold their token: [[id, new version], ...]
--- as one JSON text (read before the update, inside the same write transaction).
-SELECT json_group_array(json_array(t.id, t.version + 1))
+-- as one JSON text (read before the update, inside the same write transaction), and
+-- how many they are.
+SELECT json_group_array(json_array(t.id, t.version + 1)), count(*)
 FROM json_each(:rows) AS c JOIN conveyor_tasks AS t ON t.id = c.value ->> 0
 WHERE t.token = c.value ->> 1 AND +t.status = 'running'
 
