@@ -333,11 +333,13 @@ class EventBus:
             for tally in self._tallies:
                 tally(event, task.action, None, None)
         elif event in _ENDING and status in _TERMINAL:
-            seconds = (task.finished_at - task.started_at
-                       if task.finished_at is not None and task.started_at is not None
-                       else None)
-            for tally in self._tallies:
-                tally("ended", task.action, status.value, seconds)
+            self._tally_ended(task.action, status, None if task.started_at is None
+                              or task.finished_at is None
+                              else task.finished_at - task.started_at)
+
+    def _tally_ended(self, action: str, status: Status, seconds: float | None) -> None:
+        for tally in self._tallies:
+            tally("ended", action, status.value, seconds)
 
     async def announce(self, changes: Sequence[tuple[str, str]],
                        read: Callable[[list[str]], Awaitable[Sequence[Task]]]) -> None:
@@ -370,9 +372,8 @@ class EventBus:
             for completion, task in items:
                 status = completion.transition.status
                 if status in _TERMINAL:
-                    seconds = now - task.started_at if task.started_at is not None else None
-                    for tally in self._tallies:
-                        tally("ended", task.action, status.value, seconds)
+                    self._tally_ended(task.action, status, None if task.started_at is None
+                                      else now - task.started_at)
         await self.announce(
             [(c.task_id, "task." + (c.event or _ops.completion_event(c.transition)))
              for c, _ in items], read)

@@ -169,17 +169,11 @@ def claimed_to_task(values: Sequence[Any], worker: str, token: str, lease_until:
      max_attempts, rescues, run_timeout, pickup_timeout, backoff, abort_requested, progress,
      result, error, errors, reason, unique_key, unique_scope, concurrency, tags, parent_id,
      public_url, version) = values
-    return _task_from_values((
-        id_, action, payload, Status.RUNNING, priority, run_at, created_at, now, now,
-        finished_at, attempts, max_attempts, rescues, run_timeout, pickup_timeout, None,
-        None if backoff is None else Backoff(**backoff), worker, lease_until, token,
-        abort_requested, None if progress is None else Progress.from_json(progress),
-        result, None if error is None else ErrorInfo.from_json(error),
-        tuple(ErrorInfo.from_json(e) for e in errors) if errors else (),
-        reason, unique_key, decode_scope(unique_scope),
-        tuple(Condition.parse(c) for c in concurrency) if concurrency else (),
-        tags if tags is not None else {}, parent_id, public_url, version, None,
-    ))
+    return _decoded_to_task((
+        id_, action, payload, "running", priority, run_at, created_at, now, now, finished_at,
+        attempts, max_attempts, rescues, run_timeout, pickup_timeout, None, backoff, worker,
+        lease_until, token, abort_requested, progress, result, error, errors, reason,
+        unique_key, unique_scope, concurrency, tags, parent_id, public_url, version))
 
 
 def _decoded_to_task(values: Sequence[Any]) -> Task:
