@@ -5,7 +5,9 @@ Without ``CONVEYOR_TEST_PG`` these tests are skipped (scripts/test always sets i
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -64,3 +66,12 @@ async def other(schema_url: str, storage: Any) -> AsyncIterator[Any]:
     await s.open()
     yield s
     await s.close()
+
+
+async def listening(storage: Any, timeout: float = 10) -> None:
+    """Wait until ``storage``'s change listener is connected: a NOTIFY sent before
+    its LISTEN is not heard (it would only be caught by the next poll)."""
+    deadline = time.monotonic() + timeout
+    while not storage.feed_health().get("connected"):
+        assert time.monotonic() < deadline, storage.feed_health()
+        await asyncio.sleep(0.01)

@@ -12,6 +12,8 @@ from conveyor.model import Status
 from conveyor.storage.postgres import parse_postgres_url
 from conveyor.testing.contract import make_spec
 
+from .conftest import listening
+
 
 async def _user_conn(schema_url: str) -> psycopg.AsyncConnection[Any]:
     conninfo, _, _ = parse_postgres_url(schema_url)
@@ -48,7 +50,7 @@ async def test_worker_sees_it_only_after_commit(storage: Any, other: Any,
             seen.extend(c.task_id for c in batch if c.event == "added")
 
     watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0.2)
+    await listening(other)
     try:
         async with await _user_conn(schema_url) as conn:
             async with conn.transaction():

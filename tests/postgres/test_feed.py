@@ -18,9 +18,12 @@ from conveyor.storage import Change
 from conveyor.storage.postgres import PostgresStorage, parse_postgres_url
 from conveyor.testing.contract import make_spec
 
+from .conftest import listening
+
 
 class Collector:
     def __init__(self, storage: Any, **options: Any) -> None:
+        self.storage = storage
         self.seen: list[Change] = []
         self.arrived: dict[str, float] = {}
         self._task = asyncio.create_task(self._run(storage.change_batches(**options)))
@@ -30,6 +33,10 @@ class Collector:
             for change in batch:
                 self.seen.append(change)
                 self.arrived.setdefault(f"{change.task_id}:{change.event}", time.time())
+
+    async def ready(self) -> Collector:
+        await listening(self.storage)
+        return self
 
     async def until(self, predicate: Callable[[list[Change]], bool], timeout: float = 5) -> None:
         deadline = time.monotonic() + timeout
@@ -44,7 +51,7 @@ class Collector:
 async def test_out_of_order_commits_are_all_delivered(storage: Any, other: Any,
                                                       schema_url: str) -> None:
     feed = Collector(other)
-    await asyncio.sleep(0.2)
+    await feed.ready()
     conninfo, _, _ = parse_postgres_url(schema_url)
     try:
         async with await psycopg.AsyncConnection.connect(conninfo) as slow:
@@ -64,7 +71,7 @@ async def test_out_of_order_commits_are_all_delivered(storage: Any, other: Any,
 
 async def test_feed_is_fast_and_in_order_across_storages(storage: Any, other: Any) -> None:
     feed = Collector(other, include_own=False)
-    await asyncio.sleep(0.2)
+    await feed.ready()
     try:
         delays = []
         for _ in range(20):
@@ -82,7 +89,7 @@ async def test_include_own_and_wakeups_only(storage: Any, other: Any) -> None:
     mine = Collector(storage, include_own=False)
     wakeups = Collector(storage, include_own=True, wakeups_only=True)
     everything = Collector(storage)
-    await asyncio.sleep(0.2)
+    await everything.ready()
     try:
         [own] = await storage.add([make_spec()])
         [foreign] = await other.add([make_spec(action="test:b")])
@@ -104,7 +111,7 @@ async def test_include_own_and_wakeups_only(storage: Any, other: Any) -> None:
 async def test_listener_reconnects_and_catches_up(storage: Any, other: Any,
                                                   server: str) -> None:
     feed = Collector(other)
-    await asyncio.sleep(0.2)
+    await feed.ready()
     try:
         health = other.feed_health()
         assert health["connected"] and health["backend_pid"]
@@ -126,7 +133,7 @@ async def test_poll_only_mode(schema_url: str) -> None:
     await a.open()
     await b.open()
     feed = Collector(a)
-    await asyncio.sleep(0.2)
+    await feed.ready()
     try:
         [res] = await b.add([make_spec()])
         await feed.until(lambda s: any(c.task_id == res.task.id for c in s), timeout=3)
@@ -138,7 +145,7 @@ async def test_poll_only_mode(schema_url: str) -> None:
 
 async def test_deleted_changes_name_their_origin(storage: Any, other: Any) -> None:
     feed = Collector(other)
-    await asyncio.sleep(0.2)
+    await feed.ready()
     try:
         [res] = await storage.add([make_spec()])
         await storage.abort(res.task.id, "x")
@@ -154,11 +161,7 @@ async def test_ready_hook_fires_on_another_writers_queued_task(storage: Any, oth
     """The NOTIFY of a statement that queued a task carries a ready flag: the listener
     runs the ready hooks (workers claim at once) before reading the change table; it
     does not for the storage's own writes or for changes that queue nothing."""
-    feed = Collector(storage)  # starts storage's listener
-    deadline = time.monotonic() + 10
-    while not storage.feed_health().get("connected"):  # a NOTIFY before LISTEN is not heard
-        assert time.monotonic() < deadline, storage.feed_health()
-        await asyncio.sleep(0.01)
+    feed = await Collector(storage).ready()  # starts storage's listener
     woken: list[float] = []
     fired = asyncio.Event()
 
