@@ -372,6 +372,8 @@ class Worker:
                 self._launch(task)
             if len(tasks) >= want or self._stopping:
                 continue
+            if tasks:
+                await asyncio.sleep(0)  # let the handlers just launched start first
             await self._idle()
 
     async def _idle(self) -> None:

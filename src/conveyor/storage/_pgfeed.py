@@ -30,6 +30,11 @@ __all__ = ["Listener"]
 log = logging.getLogger("conveyor.storage.postgres")
 _STATUS = {s.value: s for s in Status}
 PAGE = 5000
+# After waking the workers for a task queued elsewhere, the read of the change
+# table waits this long: the woken worker's claim then runs without this
+# thread taking the GIL (and the server) from it, which halved enqueue-to-start
+# latency (docs/benchmarks.md); the feed's own latency grows by as much.
+_HINT_DEFER = 0.002
 
 
 class Listener:
@@ -40,7 +45,7 @@ class Listener:
 
     def __init__(self, *, connect: Callable[[], Any], queries: dict[str, str], channel: str,
                  feed: Fanout, origin: str, poll_interval: float, listen: bool,
-                 since: str | None, on_ready: Callable[[], None] | None = None) -> None:
+                 since: str | None, on_ready: Callable[[], bool] | None = None) -> None:
         self._connect = connect
         self._q = queries
         self._channel = channel
@@ -48,7 +53,8 @@ class Listener:
         self._origin = origin
         self._poll = poll_interval
         self._listen = listen
-        self._on_ready = on_ready  # called (in this thread) when another writer queued a task
+        self._on_ready = on_ready  # called (in this thread) when another writer queued a task;
+        # True if it woke someone
         self.since = since  # snapshot (text) of the last read
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -145,6 +151,7 @@ class Listener:
             foreign = False
             own = False
             got = False
+            hinted = False
             if self._listen:
                 async for note in conn.notifies(timeout=self._poll, stop_after=1):
                     got = True
@@ -156,9 +163,11 @@ class Listener:
                         if flags == "q" and self._on_ready is not None:
                             # a task became ready elsewhere: wake the workers now, the
                             # read of the change table below can come after
-                            self._on_ready()
+                            hinted = self._on_ready() or hinted
             else:
                 await asyncio.sleep(self._poll)
+            if hinted:
+                await asyncio.sleep(_HINT_DEFER)
             if got and not foreign and own and not self._feed.wants_own():
                 continue  # only our own writes, which nobody here wants: skip the read
             await self._read(conn)

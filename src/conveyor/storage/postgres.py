@@ -585,15 +585,18 @@ class PostgresStorage(FanoutFeed, Storage):
         with self._state:
             self._ready_hooks = [(lp, h) for lp, h in self._ready_hooks if h != hook]
 
-    def _ready_hint(self) -> None:
-        """From the listener's thread: run the ready hooks on their loops."""
+    def _ready_hint(self) -> bool:
+        """From the listener's thread: run the ready hooks on their loops; whether any ran."""
         with self._state:
             hooks = list(self._ready_hooks)
+        woke = False
         for loop, hook in hooks:
             try:
                 loop.call_soon_threadsafe(hook)
+                woke = True
             except RuntimeError:  # that loop is closed
                 self.remove_ready_hook(hook)
+        return woke
 
     def feed_health(self) -> dict[str, Any]:
         """The listener's state: connected, consecutive failures, time of the last read."""
