@@ -58,6 +58,7 @@ from .model import (
 from .sync import SyncConveyor
 
 __version__ = "0.1.0"
+"""The version of this conveyor (the package's version)."""
 
 __all__ = [
     "DEFAULT_URL",

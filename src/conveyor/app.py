@@ -31,6 +31,8 @@ __all__ = ["DEFAULT_URL", "Conveyor"]
 log = logging.getLogger("conveyor")
 
 DEFAULT_URL = "sqlite:///conveyor.db"
+"""Where ``Conveyor()`` keeps its tasks when given no URL: a SQLite file in the
+current directory."""
 F = TypeVar("F", bound=Callable[..., Any])
 Sink = Any  # a callable taking one item, or an object with put(item)
 

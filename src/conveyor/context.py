@@ -68,6 +68,8 @@ class TaskLogger:
 
     def log(self, level: LogLevel | str | int, message: str, *args: Any,
             data: dict[str, Any] | None = None) -> _Done:
+        """Write one log line at ``level``; ``message % args`` as in :mod:`logging`; ``data`` is
+        attached as JSON."""
         text = str(message)
         if args:
             try:
@@ -78,17 +80,21 @@ class TaskLogger:
         return _DONE
 
     def debug(self, message: str, *args: Any, data: dict[str, Any] | None = None) -> _Done:
+        """Write a DEBUG line."""
         return self.log(LogLevel.DEBUG, message, *args, data=data)
 
     def info(self, message: str, *args: Any, data: dict[str, Any] | None = None) -> _Done:
+        """Write an INFO line."""
         return self.log(LogLevel.INFO, message, *args, data=data)
 
     def warning(self, message: str, *args: Any, data: dict[str, Any] | None = None) -> _Done:
+        """Write a WARNING line (``warn`` is the same)."""
         return self.log(LogLevel.WARNING, message, *args, data=data)
 
     warn = warning
 
     def error(self, message: str, *args: Any, data: dict[str, Any] | None = None) -> _Done:
+        """Write an ERROR line."""
         return self.log(LogLevel.ERROR, message, *args, data=data)
 
 
@@ -134,22 +140,27 @@ class Context(Generic[P]):
 
     @property
     def env(self) -> Any:
+        """The handler's environment (what ``handler(..., environment=...)`` was given)."""
         return self.environment
 
     @property
     def id(self) -> str:
+        """The task's id."""
         return self.task.id
 
     @property
     def action(self) -> str:
+        """The task's action."""
         return self.task.action
 
     @property
     def attempt(self) -> int:
+        """Which attempt this run is (1 for the first)."""
         return self.task.attempts
 
     @property
     def tags(self) -> Mapping[str, Any]:
+        """The task's tags."""
         return self.task.tags
 
     # -- reporting ----------------------------------------------------------
@@ -174,10 +185,12 @@ class Context(Generic[P]):
 
     @property
     def aborted(self) -> bool:
+        """Whether an abort was requested for this run."""
         return self._aborted
 
     @property
     def abort_reason(self) -> str | None:
+        """Why the abort was requested, or None."""
         return self._abort_reason
 
     def check_aborted(self) -> None:

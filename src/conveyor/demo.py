@@ -28,7 +28,10 @@ from .model import Reschedule
 __all__ = ["ACTIONS", "DEMO_URL", "POLLS", "app", "build_app", "demo_batch"]
 
 DEMO_URL = "sqlite:///conveyor-demo.db"
+"""The demo's database: a SQLite file in the current directory."""
 ACTIONS = ("demo:download", "demo:poll", "demo:flaky")
+"""The demo's actions: a download with progress, a poll that reschedules itself,
+and a flaky task that fails and is retried."""
 POLLS = 3
 """How many times a ``demo:poll`` task polls before it is done."""
 STEPS = 20

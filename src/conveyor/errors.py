@@ -103,6 +103,7 @@ class TaskFailed(ConveyorError):
 
     @property
     def error(self) -> Any:
+        """The task's last error (:class:`ErrorInfo`), or None."""
         return self.task.error
 
 

@@ -57,6 +57,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "task.retried", "task.expired", "task.deleted", "task.ended",
     "worker.started", "worker.stopped",
 )
+"""Every event type :meth:`Conveyor.events` and :meth:`Conveyor.on` can deliver."""
 
 # change-feed event name -> event type
 _FROM_CHANGE = {
@@ -152,6 +153,7 @@ class Subscription:
         self._queue.put_nowait(event)
 
     def close(self) -> None:
+        """Stop receiving events; iteration ends."""
         if not self._closed:
             self._closed = True
             self._bus._remove(self._listener)
@@ -269,6 +271,7 @@ class EventBus:
         return not self._global and not self._by_task and not self._tallies
 
     def wants(self, type: str, task_id: str | None) -> bool:
+        """Whether an event of ``type`` (for ``task_id``) would reach some subscriber."""
         for listener in self._global:
             if listener.matches(type):
                 return True
@@ -279,6 +282,7 @@ class EventBus:
         return False
 
     def emit(self, event: Event) -> None:
+        """Deliver ``event`` to every matching subscription and callback."""
         listeners = [lst for lst in self._global if lst.matches(event.type)]
         if event.task_id is not None:
             listeners.extend(lst for lst in self._by_task.get(event.task_id, ())
@@ -297,6 +301,7 @@ class EventBus:
         return ev
 
     def unsignal(self, task_id: str, ev: asyncio.Event) -> None:
+        """Stop setting ``ev`` when ``task_id`` changes (see ``signal``)."""
         items = self._signals.get(task_id)
         if items is not None:
             items.discard(ev)
@@ -402,13 +407,16 @@ class ChangeRelay:
         self._ready = asyncio.Event()
 
     def start(self) -> None:
+        """Start relaying the storage's change feed to the bus (on the running loop)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="conveyor-change-relay")
 
     async def wait_ready(self) -> None:
+        """Wait until the relay reads the feed (changes from then on are delivered)."""
         await self._ready.wait()
 
     async def stop(self) -> None:
+        """Stop relaying."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

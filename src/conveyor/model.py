@@ -68,13 +68,21 @@ class Status(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
+        """Whether a task in this status has ended (succeeded, failed or aborted)."""
         return self in TERMINAL
 
 
 TERMINAL: frozenset[Status] = frozenset({Status.SUCCEEDED, Status.FAILED, Status.ABORTED})
+"""The statuses a task ends in: it never changes again (unless retried by hand)."""
 DEFAULT_UNIQUE_SCOPE: tuple[Status, ...] = (Status.QUEUED, Status.RUNNING)
+"""The statuses in which a task holds its ``unique_key`` unless ``unique_scope`` says
+otherwise: a duplicate is refused while the first is queued or running."""
 DEFAULT_MAX_ATTEMPTS = 1
+"""Attempts a task gets when neither the task nor its handler sets ``max_attempts``:
+no retry unless asked for."""
 DEFAULT_MAX_RESCUES = 3
+"""How many times a task whose worker died (its lease expired) is put back in the
+queue before it fails (``Conveyor(max_rescues=...)``)."""
 
 
 class LogLevel(enum.IntEnum):
@@ -91,6 +99,8 @@ class LogLevel(enum.IntEnum):
 
     @classmethod
     def parse(cls, value: LogLevel | str | int) -> LogLevel:
+        """A level from a level, its name (``"info"``, any case) or its number; anything else is
+        a ValidationError."""
         if isinstance(value, LogLevel):
             return value
         if isinstance(value, bool):
@@ -197,6 +207,7 @@ class ErrorInfo:
     at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The error as JSON, as stored and sent over the wire."""
         return {
             "type": self.type,
             "message": self.message,
@@ -207,6 +218,7 @@ class ErrorInfo:
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> ErrorInfo:
+        """An error from its JSON form."""
         return cls(
             type=str(raw.get("type", "Error")),
             message=str(raw.get("message", "")),
@@ -218,6 +230,8 @@ class ErrorInfo:
     @classmethod
     def from_exception(cls, exc: BaseException, *, attempt: int | None = None,
                        with_traceback: bool = True) -> ErrorInfo:
+        """The error of an exception a handler raised: its type, message and (unless
+        ``with_traceback=False``) traceback."""
         import traceback as tb
 
         text = _clean("".join(tb.format_exception(exc))) if with_traceback else None
@@ -236,11 +250,13 @@ class Progress:
 
     @property
     def fraction(self) -> float | None:
+        """``current / total`` clamped to 0..1, or None when either is unknown."""
         if self.current is None or not self.total:
             return None
         return max(0.0, min(1.0, self.current / self.total))
 
     def to_json(self) -> dict[str, Any]:
+        """The progress as JSON (``{"current", "total", "message"}`` and ``data`` if any)."""
         out: dict[str, Any] = {"current": self.current, "total": self.total,
                                "message": self.message}
         if self.data:
@@ -249,6 +265,7 @@ class Progress:
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Progress:
+        """Progress from its JSON form."""
         return cls(current=raw.get("current"), total=raw.get("total"),
                    message=raw.get("message"), data=raw.get("data"))
 
@@ -267,6 +284,7 @@ class Condition:
     scope: tuple[Status, ...] = (Status.RUNNING,)
 
     def to_json(self) -> dict[str, Any]:
+        """The condition as JSON (``{"scope", "query", "limit"}``)."""
         scope: Any = self.scope[0].value if len(self.scope) == 1 else [s.value for s in self.scope]
         return {"scope": scope, "query": dict(self.query), "limit": self.limit}
 
@@ -327,6 +345,8 @@ class Backoff:
             raise ValidationError(f"backoff jitter must be between 0 and 1, not {self.jitter!r}")
 
     def delay(self, failed_attempts: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before the next attempt after ``failed_attempts`` failures
+        (with jitter drawn from ``rng``)."""
         n = max(1, failed_attempts)
         try:
             raw = min(self.maximum, self.base * self.factor ** min(n - 1, 64))
@@ -338,11 +358,14 @@ class Backoff:
         return max(0.0, raw)
 
     def to_json(self) -> dict[str, float]:
+        """The backoff as JSON (``{"base", "factor", "maximum", "jitter"}``)."""
         return {"base": self.base, "factor": self.factor, "maximum": self.maximum,
                 "jitter": self.jitter}
 
     @classmethod
     def parse(cls, raw: Backoff | Mapping[str, Any] | float | int | None) -> Backoff | None:
+        """A backoff from its JSON form, or from a number of seconds (the ``base``, the
+        other fields at their defaults); None stays None."""
         if raw is None or isinstance(raw, Backoff):
             return raw
         if isinstance(raw, bool):
@@ -369,6 +392,7 @@ class LogRecord:
     data: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The log line as JSON, as sent over the wire."""
         return {"task_id": self.task_id, "seq": self.seq, "ts": self.ts,
                 "level": self.level.name.lower(), "message": self.message, "data": self.data}
 
@@ -420,6 +444,7 @@ class Task:
 
     @property
     def terminal(self) -> bool:
+        """Whether the task has ended (its status is in :data:`TERMINAL`)."""
         return self.status in TERMINAL
 
     def to_json(self) -> dict[str, Any]:
@@ -536,7 +561,9 @@ FIELDS: Mapping[str, FieldKind] = {
     "error": FieldKind.JSON,
     "progress": FieldKind.JSON,
 }
+"""The task fields the query language knows, with their kinds (docs/query.md)."""
 JSON_FIELDS = frozenset(name for name, kind in FIELDS.items() if kind is FieldKind.JSON)
+"""The fields holding JSON documents, whose inner fields a query can reach with dots."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -627,6 +654,7 @@ class TimedOut:
 
 
 Outcome: TypeAlias = Returned | Raised | Retry | Reschedule | Aborted | TimedOut
+"""How one run of a handler ended, as the transition policy sees it."""
 
 
 @dataclass(frozen=True, slots=True)

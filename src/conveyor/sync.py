@@ -59,6 +59,7 @@ class Portal:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the portal's thread runs."""
         return self._loop
 
     def run(self, fn: Callable[[], Any]) -> Any:
@@ -82,6 +83,7 @@ class Portal:
             raise
 
     def close(self) -> None:
+        """Stop the loop and join its thread (up to 10 s); closing twice is harmless."""
         if self._loop.is_closed():
             return
         self._loop.call_soon_threadsafe(self._loop.stop)

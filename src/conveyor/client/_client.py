@@ -82,11 +82,13 @@ class Update:
 
     @property
     def task(self) -> Task | None:
+        """The task carried by this update, if any."""
         raw = self.data.get("task")
         return task_from_json(raw) if isinstance(raw, Mapping) else None
 
     @property
     def log(self) -> LogRecord | None:
+        """The log line carried by this update, if any."""
         raw = self.data.get("log")
         if not isinstance(raw, Mapping):
             return None
@@ -95,6 +97,7 @@ class Update:
 
     @property
     def progress(self) -> Progress | None:
+        """The progress carried by this update, if any."""
         raw = self.data.get("progress")
         return Progress.from_json(raw) if isinstance(raw, Mapping) else None
 
@@ -229,6 +232,7 @@ class LiveQuery:
                 await link.request({"type": "unlive", "live": msg_id}, timeout=5.0)
 
     async def aclose(self) -> None:
+        """Unsubscribe from the live query (``close`` is the same)."""
         if not self._closed:
             self._closed = True
             await self._drop()
@@ -532,6 +536,7 @@ class HubClient:
 
     @property
     def actions(self) -> list[str]:
+        """The actions this client has handlers for, sorted."""
         return sorted(self._handlers)
 
     async def work(self, service: str, *, concurrency: int = 8, prefetch: int | None = None,

@@ -102,6 +102,7 @@ class HTTPClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the HTTP connection pool."""
         await self._http.aclose()
 
     def __repr__(self) -> str:
@@ -176,6 +177,7 @@ class HTTPClient:
 
     async def get(self, task_id: str, *, logs: bool = False,
                   max_level: LogLevel | str = LogLevel.DEBUG) -> Task:
+        """The task (``GET /tasks/{id}``); with ``logs=True`` its logs too."""
         params = {"logs": "true", "max_level": _level(max_level)} if logs else None
         _, data = await self._call("GET", f"{API}/tasks/{self._id(task_id)}", params=params,
                                    task_id=task_id)
@@ -200,20 +202,24 @@ class HTTPClient:
 
     async def find_one(self, filter: Mapping[str, Any] | None = None, *,
                        sort: Any = None) -> Task | None:
+        """The first task matching the filter, or None."""
         found = await self.find(filter, sort=sort, limit=1)
         return found[0] if found else None
 
     async def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        """How many tasks match the filter."""
         _, data = await self._call("POST", f"{API}/tasks/count",
                                    body={"filter": dict(filter) if filter else None})
         return int(data["count"])
 
     async def stats(self) -> dict[str, dict[str, int]]:
+        """Task counts per action and status."""
         _, data = await self._call("GET", f"{API}/stats")
         return {str(a): {str(s): int(n) for s, n in counts.items()}
                 for a, counts in data["stats"].items()}
 
     async def workers(self) -> list[WorkerInfo]:
+        """The workers registered in the hub's storage."""
         _, data = await self._call("GET", f"{API}/workers")
         return [WorkerInfo(id=w["id"], host=w["host"], pid=w["pid"],
                            actions=tuple(w["actions"]), concurrency=w["concurrency"],
@@ -286,17 +292,20 @@ class HTTPClient:
     # -- control (admin) --------------------------------------------------------------
 
     async def abort(self, task_id: str, reason: str = "aborted") -> Task:
+        """Abort a task (queued: at once; running: its worker is asked to stop)."""
         _, data = await self._call("POST", f"{API}/tasks/{self._id(task_id)}/abort",
                                    body={"reason": reason}, task_id=task_id)
         return task_from_json(data)
 
     async def retry(self, task_id: str, *, delay: float | timedelta | None = None) -> Task:
+        """Queue a failed or aborted task again, after ``delay`` seconds."""
         body = {"delay": _seconds(delay)} if delay is not None else {}
         _, data = await self._call("POST", f"{API}/tasks/{self._id(task_id)}/retry",
                                    body=body, task_id=task_id)
         return task_from_json(data)
 
     async def prioritize(self, task_id: str, priority: float) -> Task:
+        """Change the priority of a queued task."""
         _, data = await self._call("POST", f"{API}/tasks/{self._id(task_id)}/prioritize",
                                    body={"priority": priority}, task_id=task_id)
         return task_from_json(data)

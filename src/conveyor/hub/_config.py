@@ -69,4 +69,5 @@ class HubConfig:
 
     @property
     def base_url(self) -> str:
+        """``http://host:port`` of the hub."""
         return self.public_url or f"http://{self.host}:{self.port}"

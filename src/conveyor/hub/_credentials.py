@@ -71,12 +71,15 @@ class Credential:
 
     @property
     def revoked(self) -> bool:
+        """Whether the credential was revoked."""
         return self.revoked_at is not None
 
     def can_publish(self, action: str) -> bool:
+        """Whether this credential may add tasks of ``action``."""
         return self.admin or matches_pattern(action, self.publish)
 
     def can_subscribe(self, action: str) -> bool:
+        """Whether this credential may work on (claim) tasks of ``action``."""
         return self.admin or matches_pattern(action, self.subscribe)
 
     def can_read(self, action: str) -> bool:
@@ -91,6 +94,7 @@ class Credential:
         return ("*",) if self.admin else tuple(dict.fromkeys(self.publish + self.subscribe))
 
     def to_json(self) -> dict[str, Any]:
+        """The credential as stored in the credentials file (the key's hash, never the key)."""
         return {"name": self.name, "key_id": self.key_id, "hash": self.key_hash,
                 "salt": self.salt, "publish": list(self.publish),
                 "subscribe": list(self.subscribe), "admin": self.admin,
@@ -106,6 +110,7 @@ class Credential:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Credential:
+        """A credential from its stored form."""
         return cls(name=raw["name"], key_id=raw["key_id"], key_hash=raw["hash"],
                    salt=raw["salt"], publish=tuple(raw.get("publish", ())),
                    subscribe=tuple(raw.get("subscribe", ())), admin=bool(raw.get("admin")),
@@ -116,6 +121,8 @@ class Credential:
 
 ANONYMOUS = Credential(name="anonymous", key_id="", key_hash="", salt="", publish=("*",),
                        subscribe=("*",), admin=True)
+"""The credential of every request to a hub started without authentication
+(``conveyor hub --insecure``, or no credential store): it may do everything."""
 """The credential every client has when the hub runs with ``--insecure``."""
 
 
@@ -251,10 +258,12 @@ class CredentialStore:
         return len(hits)
 
     def list(self) -> list[Credential]:
+        """Every credential, revoked ones included, oldest first."""
         with self._lock:
             return sorted(self._by_id.values(), key=lambda c: c.created_at)
 
     def get(self, name: str) -> Credential | None:
+        """The live credential named ``name``, or None."""
         with self._lock:
             for c in self._by_id.values():
                 if c.name == name and not c.revoked:
@@ -278,6 +287,7 @@ class CredentialStore:
         return cred
 
     def is_live(self, key_id: str) -> bool:
+        """Whether the credential with this key id exists and is not revoked."""
         with self._lock:
             cred = self._by_id.get(key_id)
         return cred is not None and not cred.revoked

@@ -30,6 +30,7 @@ class AuthError(Exception):
 
     @property
     def code(self) -> int:
+        """The WebSocket close code for this error (4001, 4003, 4029 or 4000)."""
         return {401: 4001, 403: 4003, 429: 4029}.get(self.status, 4000)
 
 
@@ -109,6 +110,7 @@ class Hub:
         live.add(conn)
 
     def detach(self, conn: HubConnection) -> None:
+        """Forget a closed connection (it no longer counts against its credential's limit)."""
         live = self.connections.get(conn.credential.key_id)
         if live is not None:
             live.discard(conn)
@@ -136,6 +138,8 @@ class Hub:
     # -- life ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Open the storage, start in-process workers and schedules if any, the credentials
+        reload and the hub's services; then the hub reports ready."""
         await self.app.open()
         if len(self.app.registry) or self.app.schedules:
             await self.app.start()
@@ -149,6 +153,7 @@ class Hub:
                  "INSECURE: no credentials" if self.credentials is None else "credentials on")
 
     async def stop(self) -> None:
+        """Stop the services, close every connection (1001), and close the app."""
         self.ready = False
         for service in reversed(self.services):
             with contextlib.suppress(Exception):

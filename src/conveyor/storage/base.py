@@ -95,6 +95,7 @@ class RecoverReport:
 
     @property
     def total(self) -> int:
+        """How many tasks the recovery changed."""
         return len(self.requeued) + len(self.failed) + len(self.aborted) + len(self.expired)
 
 
@@ -145,6 +146,7 @@ class WorkerInfo:
     info: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The worker as JSON."""
         return {"id": self.id, "host": self.host, "pid": self.pid, "actions": list(self.actions),
                 "concurrency": self.concurrency, "started_at": self.started_at,
                 "last_seen": self.last_seen, "running": self.running, "info": dict(self.info)}

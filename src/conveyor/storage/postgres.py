@@ -95,6 +95,7 @@ log = logging.getLogger("conveyor.storage.postgres")
 _RAW_QUERIES = load_queries("postgres")
 MIGRATIONS = load_migrations("postgres")
 SCHEMA_VERSION = MIGRATIONS[-1].version
+"""The schema version this code needs: the number of the last migration."""
 MIN_SERVER = 130000  # xid8, pg_current_snapshot(), pg_snapshot_xip()
 FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
@@ -418,6 +419,7 @@ class PostgresStorage(FanoutFeed, Storage):
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStorage:
+        """The storage for a ``postgresql://`` URL (see docs/postgres.md for its options)."""
         return cls(url)
 
     def fork(self) -> PostgresStorage:
@@ -582,6 +584,7 @@ class PostgresStorage(FanoutFeed, Storage):
             self._ready_hooks.append((loop, hook))
 
     def remove_ready_hook(self, hook: Callable[[], None]) -> None:
+        """Stop calling ``hook`` (see :meth:`add_ready_hook`)."""
         with self._state:
             self._ready_hooks = [(lp, h) for lp, h in self._ready_hooks if h != hook]
 

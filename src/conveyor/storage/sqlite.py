@@ -134,6 +134,7 @@ class SQLiteStorage(FanoutFeed, Storage):
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStorage:
+        """The storage for a ``sqlite:///path`` URL (see the guide for its options)."""
         path, options = parse_sqlite_url(url)
         kwargs: dict[str, Any] = {}
         for key, value in options.items():
