@@ -21,6 +21,7 @@ from .model import (
     Condition,
     Status,
     TaskSpec,
+    _spec_from_values,
     new_id,
     normalise_tags,
     seconds,
@@ -121,8 +122,9 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
     if not options and handler is None:  # the common case of a bulk add, kept short
         check_action(action)
         _json.dumps_checked(payload, "payload", limit=max_payload)
-        return TaskSpec(id=new_id(), action=action, payload=payload,
-                        run_at=time.time() if now is None else now)
+        return _spec_from_values((new_id(), action, payload, 0.0,
+                                  time.time() if now is None else now, None, None, None, None,
+                                  None, DEFAULT_UNIQUE_SCOPE, (), {}, None))
     unknown = set(options) - ADD_OPTIONS
     if unknown:
         raise ValidationError(f"unknown option(s) for add: {', '.join(sorted(unknown))}")

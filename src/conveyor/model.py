@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from .errors import ValidationError
+
+_T = TypeVar("_T")
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -489,30 +491,30 @@ class Task:
         }
 
 
-_TASK_SETTERS = tuple(Task.__dict__[f.name].__set__ for f in fields(Task))
-
-
 _TASK_NAMES = tuple(f.name for f in fields(Task))
 
 
-def _task_builder() -> Callable[[Sequence[Any]], Task]:
-    """A function that makes a Task from its field values in order, one setter
-    call per field written out (no loop): storage decodes a task per claimed row."""
-    n = len(_TASK_SETTERS)
+def _builder(cls: type[_T]) -> Callable[[Sequence[Any]], _T]:
+    """A function that makes a ``cls`` (a frozen, slotted dataclass without
+    ``__post_init__``) from its field values in order, one slot setter call per
+    field written out (no loop, no ``object.__setattr__``): storage decodes a task
+    per claimed row, and a bulk add makes a spec and a task per item."""
+    setters = [cls.__dict__[f.name].__set__ for f in fields(cls)]  # type: ignore[arg-type]
+    n = len(setters)
     names = ", ".join(f"v{i}" for i in range(n))
-    lines = ["def build(values, new=object.__new__, Task=Task):",
-             "    task = new(Task)",
+    lines = ["def build(values, new=object.__new__, cls=cls):",
+             "    obj = new(cls)",
              f"    {names}, = values",
-             *(f"    s{i}(task, v{i})" for i in range(n)),
-             "    return task"]
-    scope: dict[str, Any] = {f"s{i}": setter for i, setter in enumerate(_TASK_SETTERS)}
-    scope["Task"] = Task
+             *(f"    s{i}(obj, v{i})" for i in range(n)),
+             "    return obj"]
+    scope: dict[str, Any] = {f"s{i}": setter for i, setter in enumerate(setters)}
+    scope["cls"] = cls
     exec("\n".join(lines), scope)  # fixed text built from the field count alone
-    build: Callable[[Sequence[Any]], Task] = scope["build"]
+    build: Callable[[Sequence[Any]], _T] = scope["build"]
     return build
 
 
-_task_from_values = _task_builder()
+_task_from_values = _builder(Task)
 _task_from_values.__doc__ = """``Task(*values)`` with every field given in order, without the
 frozen dataclass's per-field ``object.__setattr__`` (storage decodes many tasks)."""
 
@@ -587,6 +589,10 @@ class TaskSpec:
     concurrency: tuple[Condition, ...] = ()
     tags: dict[str, Any] = field(default_factory=dict)
     parent_id: str | None = None
+
+
+_spec_from_values = _builder(TaskSpec)
+"""``TaskSpec(*values)`` with every field given in order (see :func:`_builder`)."""
 
 
 # ---------------------------------------------------------------------------

@@ -60,3 +60,28 @@ def test_task_replace_equals_dataclasses_replace() -> None:
                "version": 4}
     assert _task_replace(task, **changes) == dataclasses.replace(task, **changes)
     assert _task_replace(task) == task
+
+
+def test_bulk_fast_paths_equal_the_constructors() -> None:
+    """build_spec's short path and new_task build their dataclasses field by field:
+    the results equal what the constructors make."""
+    from conveyor._specs import build_spec
+    from conveyor.model import TaskSpec
+    from conveyor.storage._ops import new_task
+
+    spec = build_spec("a:b", {"x": 1}, now=123.5)
+    assert spec == TaskSpec(id=spec.id, action="a:b", payload={"x": 1}, run_at=123.5)
+    assert type(spec) is TaskSpec and spec.tags == {}
+    other = build_spec("a:b", None, now=1.0)
+    assert other.tags is not spec.tags  # a dict of its own, as the default factory gives
+
+    task = new_task(spec, 124.0)
+    assert task == Task(spec.id, "a:b", {"x": 1}, Status.QUEUED, run_at=123.5, created_at=124.0,
+                        updated_at=124.0)
+    full = build_spec("a:b", [1], now=5.0, priority=2, tags={"t": 1}, unique_key="k",
+                      pickup_timeout=3, max_attempts=2, parent_id="p")
+    made = new_task(full, 6.0)
+    assert made == Task(full.id, "a:b", [1], Status.QUEUED, priority=2.0, run_at=5.0,
+                        created_at=6.0, updated_at=6.0, max_attempts=2, pickup_timeout=3.0,
+                        pickup_deadline=8.0, unique_key="k", tags={"t": 1}, parent_id="p")
+    assert made.tags is not full.tags

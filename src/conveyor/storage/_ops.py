@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..errors import InvalidTransition
-from ..model import ErrorInfo, Status, Task, TaskSpec, Transition, _task_replace
+from ..model import ErrorInfo, Status, Task, TaskSpec, Transition, _task_from_values, _task_replace
 from .base import Completion
 
 __all__ = [
@@ -37,12 +37,13 @@ def pickup_deadline(task: Task | TaskSpec, ready_at: float) -> float | None:
 
 def new_task(spec: TaskSpec, now: float) -> Task:
     deadline = None if spec.pickup_timeout is None else spec.run_at + spec.pickup_timeout
-    # positional, in field order: this runs for every task of a bulk add
-    return Task(spec.id, spec.action, spec.payload, Status.QUEUED, spec.priority, spec.run_at,
-                now, now, None, None, 0, spec.max_attempts, 0, spec.run_timeout,
-                spec.pickup_timeout, deadline, spec.backoff, None, None, None, None, None, None,
-                None, (), None, spec.unique_key, spec.unique_scope, spec.concurrency,
-                dict(spec.tags) if spec.tags else {}, spec.parent_id, None, 1)
+    # in field order, without the dataclass __init__: this runs for every task of a bulk add
+    return _task_from_values((
+        spec.id, spec.action, spec.payload, Status.QUEUED, spec.priority, spec.run_at,
+        now, now, None, None, 0, spec.max_attempts, 0, spec.run_timeout,
+        spec.pickup_timeout, deadline, spec.backoff, None, None, None, None, None, None,
+        None, (), None, spec.unique_key, spec.unique_scope, spec.concurrency,
+        dict(spec.tags) if spec.tags else {}, spec.parent_id, None, 1, None))
 
 
 def claimed(task: Task, worker: str, token: str, now: float, lease: float) -> Task:

@@ -29,6 +29,7 @@ transaction mode). See docs/postgres.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -96,6 +97,7 @@ _RAW_QUERIES = load_queries("postgres")
 MIGRATIONS = load_migrations("postgres")
 SCHEMA_VERSION = MIGRATIONS[-1].version
 """The schema version this code needs: the number of the last migration."""
+_ADD_CHUNK = 250  # rows per insert statement of a big add (see _insert_overlapped)
 MIN_SERVER = 130000  # xid8, pg_current_snapshot(), pg_snapshot_xip()
 FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
@@ -691,22 +693,22 @@ class PostgresStorage(FanoutFeed, Storage):
 
     async def _add_on(self, conn: psycopg.AsyncConnection[Any],
                       specs: Sequence[TaskSpec]) -> list[AddResult]:
-        now = time.time()
-        tasks = [_ops.new_task(spec, now) for spec in specs]
-        rows = [_insert_row(task) for task in tasks]
-        text = _json.dumps(rows)
-        if _has_nul(text):
-            raise ValidationError(
-                "PostgreSQL cannot store the NUL character (\\u0000) in JSON: remove it from "
-                "the payload and tags")
-        ids = [t.id for t in tasks]
-        if len(set(ids)) != len(ids):
+        if len({spec.id for spec in specs}) != len(specs):
             raise StorageError("could not add tasks: a task with this id already exists")
+        now = time.time()
         origin = self.instance_id
         try:
             if all(spec.unique_key is None for spec in specs):
-                await conn.execute(self._q["insert_tasks"], {"rows": text, "origin": origin})
+                if len(specs) <= _ADD_CHUNK:
+                    tasks, text = _insert_text(specs, now)
+                    await conn.execute(self._q["insert_tasks"], {"rows": text, "origin": origin})
+                else:
+                    async with conn.transaction():
+                        tasks = await self._insert_overlapped(conn, specs, now)
                 return [AddResult(task, True) for task in tasks]
+            tasks = [_ops.new_task(spec, now) for spec in specs]
+            rows = [_insert_row(task) for task in tasks]
+            _check_nul(_json.dumps(rows))
             async with conn.transaction():
                 return await self._add_unique(conn, specs, tasks, rows)
         except psycopg.errors.DeadlockDetected:
@@ -714,6 +716,32 @@ class PostgresStorage(FanoutFeed, Storage):
         except psycopg.errors.UniqueViolation as exc:
             raise StorageError(f"could not add tasks: a task with this id already exists "
                                f"({_first_line(exc)})") from None
+
+    async def _insert_overlapped(self, conn: psycopg.AsyncConnection[Any],
+                                 specs: Sequence[TaskSpec], now: float) -> list[Task]:
+        """Insert a big batch as statements of ``_ADD_CHUNK`` rows inside the caller's
+        transaction, building each statement's rows while the server runs the one
+        before (a bulk add's Python and the server's insert overlap)."""
+        tasks: list[Task] = []
+        pending: asyncio.Task[Any] | None = None
+        query, origin = self._q["insert_tasks"], self.instance_id
+        try:
+            for start in range(0, len(specs), _ADD_CHUNK):
+                chunk, text = _insert_text(specs[start:start + _ADD_CHUNK], now)
+                tasks.extend(chunk)
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(
+                    conn.execute(query, {"rows": text, "origin": origin}))
+                await asyncio.sleep(0)  # the statement goes out before the next is built
+            assert pending is not None
+            await pending
+            pending = None
+        finally:
+            if pending is not None:  # a later chunk failed to build: let this one end
+                with contextlib.suppress(Exception):
+                    await pending
+        return tasks
 
     async def _add_unique(self, conn: psycopg.AsyncConnection[Any], specs: Sequence[TaskSpec],
                           tasks: list[Task], rows: list[list[Any]]) -> list[AddResult]:
@@ -1258,6 +1286,21 @@ def _live(tasks: Sequence[Task], scope: Sequence[Status]) -> Task | None:
         if best is None and task.status in scope:
             best = task
     return best
+
+
+def _insert_text(specs: Sequence[TaskSpec], now: float) -> tuple[list[Task], str]:
+    """The new tasks of ``specs`` and the JSON rows of the insert_tasks query."""
+    tasks = [_ops.new_task(spec, now) for spec in specs]
+    text = _json.dumps([_insert_row(task) for task in tasks])
+    _check_nul(text)
+    return tasks, text
+
+
+def _check_nul(text: str) -> None:
+    if _has_nul(text):
+        raise ValidationError(
+            "PostgreSQL cannot store the NUL character (\\u0000) in JSON: remove it from "
+            "the payload and tags")
 
 
 def _insert_row(task: Task) -> list[Any]:
