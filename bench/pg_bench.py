@@ -9,7 +9,8 @@ conveyor (no-op async handlers, concurrency 100 per worker process)
   - enqueue-to-start latency: tasks sent one by one, 10 ms apart, to 2 idle
     worker processes;
   - enqueue one by one: ``await app.add(...)``, N1 tasks, no worker running;
-  - enqueue in batches: ``await app.add_many(...)`` of 1,000 tasks, N tasks;
+  - enqueue in bulk: ``await app.add_many(...)`` of all N tasks in one call, as the
+    peers' bulk APIs are called (``--bulk`` sets a smaller call size);
   - drain those N tasks with 2 worker processes (and 1 with ``--drain-procs 1,2``);
   - claim throughput with 1,000 and with ``--deep`` (default 1,000,000) tasks queued:
     ``storage.claim`` of 100 + ``storage.finish`` of those 100, in this process,
@@ -65,7 +66,6 @@ DEFAULT_PEERS = os.path.join(os.path.dirname(ROOT), "shared", "bench-peers", "re
 PEER_SET = ("c_procrastinate", "c_pgqueuer", "c_oban")
 
 CONCURRENCY = 100  # conveyor tasks in flight per worker process
-BULK = 1_000  # tasks per add_many call
 RAW_BATCH = 100  # rows per transaction in the batched raw baseline
 CLAIM_BATCH = 100  # tasks per claim in the claim-throughput piece (a worker's default)
 CLAIM_WINDOW = 1_000  # tasks per timed claim window
@@ -532,15 +532,15 @@ async def conveyor_single(url: str, cfg: Config) -> dict[str, Any]:
     return {"n": cfg.n1, "seconds": secs, "rate": cfg.n1 / secs}
 
 
-async def conveyor_fill(url: str, n: int) -> dict[str, Any]:
-    """``app.add_many`` of BULK tasks per call, n tasks, timed."""
+async def conveyor_fill(url: str, n: int, bulk: int) -> dict[str, Any]:
+    """``app.add_many`` of ``bulk`` tasks per call, n tasks, timed."""
     from conveyor import Conveyor
 
     app = Conveyor(url)
     try:
         await app.open()
-        batches = [[(ACTION, {"i": i}) for i in range(s, min(n, s + BULK))]
-                   for s in range(0, n, BULK)]
+        batches = [[(ACTION, {"i": i}) for i in range(s, min(n, s + bulk))]
+                   for s in range(0, n, bulk)]
         t = time.perf_counter()
         for batch in batches:
             await app.add_many(batch)
@@ -550,7 +550,7 @@ async def conveyor_fill(url: str, n: int) -> dict[str, Any]:
         await app.close()
     if count != n:
         raise BenchError(f"expected {n} queued tasks, found {count}")
-    return {"n": n, "batch": BULK, "seconds": secs, "rate": n / secs}
+    return {"n": n, "batch": bulk, "seconds": secs, "rate": n / secs}
 
 
 def conveyor_drain(url: str, procs: int, cfg: Config, tag: str) -> dict[str, Any]:
@@ -817,7 +817,7 @@ def run_conveyor(server: str, cfg: Config, res: dict[str, Any]) -> None:
             with fresh_db(server, f"drain{procs}", cfg.keep) as url:
                 migrate(url)
                 fill = step(out, f"enqueue_bulk_{procs}",
-                            lambda u=url: asyncio.run(conveyor_fill(u, cfg.n)))
+                            lambda u=url: asyncio.run(conveyor_fill(u, cfg.n, cfg.bulk)))
                 if fill is not None:
                     step(out, f"drain_{procs}", lambda u=url, p=procs: conveyor_drain(
                         u, p, cfg, f"conveyor-drain{p}"))
@@ -949,6 +949,7 @@ class Config:
         self.n1 = a.n1 if a.n1 is not None else (500 if a.quick else 10_000)
         self.n1 = min(self.n1, self.n)
         self.lat = a.lat if a.lat is not None else (50 if a.quick else 200)
+        self.bulk = a.bulk if a.bulk is not None else self.n
         self.deep = a.deep if a.deep is not None else (0 if a.quick else 1_000_000)
         self.idle = 1.5 if a.quick else 2.0
         self.drain_procs = [int(x) for x in a.drain_procs.split(",")]
@@ -966,7 +967,7 @@ class Config:
     def to_json(self) -> dict[str, Any]:
         return {"n": self.n, "n1": self.n1, "latency_samples": self.lat, "idle_s": self.idle,
                 "deep": self.deep, "quick": self.quick, "concurrency": CONCURRENCY,
-                "bulk_batch": BULK, "raw_batch": RAW_BATCH, "claim_batch": CLAIM_BATCH,
+                "bulk_batch": self.bulk, "raw_batch": RAW_BATCH, "claim_batch": CLAIM_BATCH,
                 "claim_window": CLAIM_WINDOW, "claim_windows": CLAIM_WINDOWS,
                 "shallow": SHALLOW, "drain_procs": self.drain_procs,
                 "latency_procs": LAT_PROCS, "pieces": sorted(self.only)}
@@ -1044,6 +1045,7 @@ def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
         return rows
 
     b = RAW_BATCH
+    bulk_batch = get(res, "config", "bulk_batch") or 0
     drain_key = "drain_2" if get(res, "conveyor", "drain_2") else "drain_1"
     drain_procs = drain_key[-1]
     rows = [
@@ -1051,7 +1053,8 @@ def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
             ("raw insert, 1 row/tx", raw("b1_p1", "insert_rate")),
             *peer("single_tps", "enqueue 1-by-1"),
         ]),
-        (f"enqueue bulk (add_many x{BULK})", c(f"enqueue_bulk_{drain_procs}", "rate"), "rate", [
+        (f"enqueue bulk (add_many x{bulk_batch:,})", c(f"enqueue_bulk_{drain_procs}", "rate"),
+         "rate", [
             (f"raw insert, {b} rows/tx", raw(f"b{b}_p1", "insert_rate")),
             *peer("bulk_tps", "bulk enqueue"),
         ]),
@@ -1241,6 +1244,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=None,
                     help="tasks per drain, bulk enqueue and batched raw run "
                          "(default 10000; 2000 with --quick)")
+    ap.add_argument("--bulk", type=int, default=None,
+                    help="tasks per add_many call of the bulk enqueue (default: all N in one "
+                         "call, as the peers' bulk APIs are called)")
     ap.add_argument("--n1", type=int, default=None,
                     help="tasks enqueued one by one, and rows of the 1-row/tx raw baseline "
                          "(default 10000; 500 with --quick)")

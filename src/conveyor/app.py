@@ -21,7 +21,7 @@ from .errors import (
     WaitTimeout,
 )
 from .events import ChangeRelay, Event, EventBus, Subscription
-from .model import LogLevel, LogRecord, Policy, Status, Task, seconds
+from .model import LogLevel, LogRecord, Policy, Status, Task, TaskSpec, seconds
 from .query import parse_filter, parse_query
 from .schedule import Schedule
 from .storage import Change, Storage, WorkerInfo, open_storage
@@ -305,20 +305,33 @@ class Conveyor:
         dict with ``action``, ``payload`` and any option of :meth:`add`.
         """
         now = time.time()
-        specs = []
-        for i, item in enumerate(items):
-            try:
-                action, payload, options = _unpack(item)
-                specs.append(build_spec(action, payload, handler=self.registry.get(action),
-                                        max_payload=self.max_payload, now=now, **options))
-            except ValidationError as exc:
-                if i:
-                    raise ValidationError(f"task {i}: {exc}") from None
-                raise
-        if not specs:
+        items = items if isinstance(items, list) else list(items)
+
+        def build(start: int, stop: int) -> list[TaskSpec]:
+            specs = []
+            for i in range(start, stop):
+                try:
+                    action, payload, options = _unpack(items[i])
+                    specs.append(build_spec(action, payload, handler=self.registry.get(action),
+                                            max_payload=self.max_payload, now=now, **options))
+                except ValidationError as exc:
+                    if i:
+                        raise ValidationError(f"task {i}: {exc}") from None
+                    raise
+            return specs
+
+        if not items:
             return []
-        await self.open()
-        results = await self.storage.add(specs)
+        streamed = getattr(self.storage, "add_streamed", None)
+        if streamed is not None and all(type(it) is tuple and len(it) == 2 for it in items):
+            # plain (action, payload) items, so no unique keys: the storage validates
+            # each part of the batch while it sends the previous one (PostgreSQL)
+            await self.open()
+            results = await streamed(build, len(items))
+        else:
+            specs = build(0, len(items))
+            await self.open()
+            results = await self.storage.add(specs)
         if self._worker is not None and any(r.created for r in results):
             self._worker.wake()
         bus = self.bus

@@ -64,3 +64,33 @@ async def test_a_big_add_in_the_callers_transaction(storage: Any, schema_url: st
         assert await storage.count(parse_filter({})) == 0  # not committed yet
     assert await storage.count(parse_filter({})) == N
     assert await storage.get(bad[0].id) is None
+
+
+async def test_add_many_validates_each_part_while_sending_the_previous(storage: Any) -> None:
+    """``Conveyor.add_many`` of plain (action, payload) items hands the storage a
+    builder: a bad item far into the batch still writes nothing, and names its index."""
+    from conveyor import Conveyor
+
+    app = Conveyor(storage)
+    items: list[Any] = [("test:a", {"i": i}) for i in range(N)]
+    bad = postgres._ADD_CHUNK * 2 + 5
+    items[bad] = ("test:a", {"not json": {1, 2}})
+    with pytest.raises(ValidationError, match=f"task {bad}: payload"):
+        await app.add_many(items)
+    assert await storage.count(parse_filter({})) == 0
+    items[bad] = ("test:a", {"i": bad})
+    tasks = await app.add_many(items)
+    assert [t.payload["i"] for t in tasks] == list(range(N))
+    assert len({t.id for t in tasks}) == N
+    assert await storage.count(parse_filter({})) == N
+    # items with options (a unique key) take the one-statement path and still dedupe
+    again = await app.add_many([("test:a", {"i": i}, {"unique_key": f"k{i % 3}"})
+                                for i in range(N)])
+    assert len({t.id for t in again}) == 3
+    assert await storage.count(parse_filter({})) == N + 3
+
+
+async def test_add_streamed_refuses_a_builder_that_gives_the_wrong_count(storage: Any) -> None:
+    with pytest.raises(StorageError, match="gave"):
+        await storage.add_streamed(lambda start, stop: [make_spec()], N)
+    assert await storage.count(parse_filter({})) == 0

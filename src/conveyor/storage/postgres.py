@@ -704,7 +704,8 @@ class PostgresStorage(FanoutFeed, Storage):
                     await conn.execute(self._q["insert_tasks"], {"rows": text, "origin": origin})
                 else:
                     async with conn.transaction():
-                        tasks = await self._insert_overlapped(conn, specs, now)
+                        tasks = await self._insert_overlapped(
+                            conn, lambda start, stop: specs[start:stop], len(specs), now)
                 return [AddResult(task, True) for task in tasks]
             tasks = [_ops.new_task(spec, now) for spec in specs]
             rows = [_insert_row(task) for task in tasks]
@@ -717,17 +718,39 @@ class PostgresStorage(FanoutFeed, Storage):
             raise StorageError(f"could not add tasks: a task with this id already exists "
                                f"({_first_line(exc)})") from None
 
+    async def add_streamed(self, build: Callable[[int, int], Sequence[TaskSpec]],
+                           n: int) -> list[AddResult]:
+        """Add ``n`` new tasks without unique keys, all or none, where ``build(start,
+        stop)`` validates and returns the specs of items ``start`` to ``stop``: each
+        part is built while the server inserts the previous one (``Conveyor.add_many``
+        of plain items uses it). A ``build`` error rolls everything back."""
+        if n <= _ADD_CHUNK:
+            return await self.add(build(0, n))
+        async with self._conn() as conn:
+            try:
+                async with conn.transaction():
+                    tasks = await self._insert_overlapped(conn, build, n, time.time())
+            except psycopg.errors.UniqueViolation as exc:
+                raise StorageError(f"could not add tasks: a task with this id already exists "
+                                   f"({_first_line(exc)})") from None
+        return [AddResult(task, True) for task in tasks]
+
     async def _insert_overlapped(self, conn: psycopg.AsyncConnection[Any],
-                                 specs: Sequence[TaskSpec], now: float) -> list[Task]:
-        """Insert a big batch as statements of ``_ADD_CHUNK`` rows inside the caller's
-        transaction, building each statement's rows while the server runs the one
-        before (a bulk add's Python and the server's insert overlap)."""
+                                 build: Callable[[int, int], Sequence[TaskSpec]], n: int,
+                                 now: float) -> list[Task]:
+        """Insert ``n`` tasks as statements of ``_ADD_CHUNK`` rows inside the caller's
+        transaction, building each statement's rows (``build(start, stop)`` gives the
+        specs) while the server runs the one before: a bulk add's Python and the
+        server's insert overlap."""
         tasks: list[Task] = []
         pending: asyncio.Task[Any] | None = None
         query, origin = self._q["insert_tasks"], self.instance_id
         try:
-            for start in range(0, len(specs), _ADD_CHUNK):
-                chunk, text = _insert_text(specs[start:start + _ADD_CHUNK], now)
+            for start in range(0, n, _ADD_CHUNK):
+                specs = build(start, min(n, start + _ADD_CHUNK))
+                if len(specs) != min(n, start + _ADD_CHUNK) - start:
+                    raise StorageError(f"build({start}, ...) gave {len(specs)} specs")
+                chunk, text = _insert_text(specs, now)
                 tasks.extend(chunk)
                 if pending is not None:
                     await pending
@@ -738,7 +761,7 @@ class PostgresStorage(FanoutFeed, Storage):
             await pending
             pending = None
         finally:
-            if pending is not None:  # a later chunk failed to build: let this one end
+            if pending is not None:  # a later part failed to build: let this one end
                 with contextlib.suppress(Exception):
                     await pending
         return tasks
