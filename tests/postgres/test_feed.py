@@ -195,3 +195,35 @@ async def test_ready_hook_fires_on_another_writers_queued_task(storage: Any, oth
     finally:
         storage.remove_ready_hook(hook)
         feed.stop()
+
+
+async def test_a_statement_of_many_tasks_writes_one_feed_row(storage: Any, other: Any,
+                                                             server: str) -> None:
+    """Schema version 3: a bulk add, a claim or a finish of many tasks writes one
+    change row with their ids and versions; the feed still delivers one change per
+    task, each once, in the order of the task's own changes."""
+    from conveyor.model import Transition
+    from conveyor.storage import Completion
+
+    feed = await Collector(other, include_own=True).ready()
+    try:
+        n = 600  # three insert statements
+        results = await storage.add([make_spec(payload={"i": i}) for i in range(n)])
+        ids = [r.task.id for r in results]
+        claimed = await storage.claim("w", ["test:a"], 100, 30)
+        await storage.finish("w", [Completion(t.id, t.token or "", Transition(Status.SUCCEEDED))
+                                   for t in claimed])
+        done = {t.id for t in claimed}
+        await feed.until(lambda s: sum(c.event == "succeeded" for c in s) == 100)
+        added = [c for c in feed.seen if c.event == "added"]
+        assert sorted(c.task_id for c in added) == sorted(ids)  # each once
+        assert all(c.version == 1 and c.status is Status.QUEUED for c in added)
+        for task_id in done:
+            mine = [(c.event, c.version) for c in feed.seen if c.task_id == task_id]
+            assert mine == [("added", 1), ("started", 2), ("succeeded", 3)]
+        with psycopg.connect(server) as conn:
+            rows = conn.execute(f'SELECT count(*), count(ids), sum(cardinality(ids)) '
+                                f'FROM "{storage.schema}".changes').fetchone()
+        assert rows == (5, 5, n + 200)  # 3 adds, 1 claim, 1 finish
+    finally:
+        feed.stop()

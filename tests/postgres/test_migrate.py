@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
@@ -77,3 +78,36 @@ async def test_schemas_are_isolated(schema_url: str) -> None:
         await a.close()
         await b.close()
         drop_pg_schema(other_url)
+
+
+async def test_upgrade_from_version_2_keeps_the_feed(bare_url: str, server: str,
+                                                     monkeypatch: Any) -> None:
+    """A schema made by the code of version 2 (one change row per task) upgrades to
+    version 3 (one row per statement) with its rows; both kinds read back."""
+    from conveyor.storage import postgres
+    from conveyor.storage._pgfeed import _changes
+
+    monkeypatch.setattr(postgres, "MIGRATIONS", MIGRATIONS[:2])
+    monkeypatch.setattr(postgres, "SCHEMA_VERSION", 2)
+    assert await migrate(bare_url) == 2
+    schema = _schema(bare_url)
+    with psycopg.connect(server) as conn:
+        conn.execute(f'INSERT INTO "{schema}".tasks (id, action, payload, status, run_at, '
+                     "created_at, updated_at) SELECT 'old-' || i, 'test:a', 'null', 'queued', "
+                     "0, 0, 0 FROM generate_series(1, 3) AS i")
+    monkeypatch.undo()
+    assert await migrate(bare_url) == SCHEMA_VERSION == 3
+    storage = PostgresStorage(bare_url)
+    await storage.open()
+    try:
+        await storage.add([make_spec() for _ in range(4)])
+    finally:
+        await storage.close()
+    with psycopg.connect(server) as conn:
+        rows = conn.execute(f'SELECT seq, task_id, version, status, event, origin, ts, ids, '
+                            f'versions FROM "{schema}".changes ORDER BY seq').fetchall()
+    assert [(r[1], r[7]) for r in rows[:3]] == [(f"old-{i}", None) for i in (1, 2, 3)]
+    assert len(rows) == 4 and rows[3][1] is None and len(rows[3][7]) == 4
+    changes = _changes(rows)
+    assert [c.task_id for c in changes][:3] == ["old-1", "old-2", "old-3"]
+    assert len(changes) == 7 and {c.seq for c in changes[3:]} == {rows[3][0]}

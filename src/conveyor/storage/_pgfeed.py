@@ -183,14 +183,15 @@ class Listener:
         rows = await cur.fetchall()
         self.last_read = time.time()
         snap = rows[0][0] if rows else since
-        changes = [_change(r[1:]) for r in rows if r[1] is not None]
-        if len(changes) < PAGE:
+        found = [r[1:] for r in rows if r[1] is not None]
+        changes = _changes(found)
+        if len(found) < PAGE:
             self.since = snap
             if changes:
                 self._feed.publish(changes)
             return
         # a big backlog (a long disconnect): page through one fixed snapshot
-        seen = {c.seq for c in changes}
+        seen = {r[0] for r in found}
         async with conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             cur = await conn.execute(self._q["snapshot"])
@@ -203,7 +204,7 @@ class Listener:
                     "since": since, "origin": origin, "wakeups": wakeups, "after": after,
                     "limit": PAGE})
                 page = await cur.fetchall()
-                batch = [_change(r) for r in page if r[0] not in seen]
+                batch = _changes([r for r in page if r[0] not in seen])
                 if batch:
                     self._feed.publish(batch)
                 if len(page) < PAGE:
@@ -212,6 +213,16 @@ class Listener:
         self.since = snap
 
 
-def _change(r: Any) -> Change:
-    seq, task_id, version, status, event, origin, ts = r
-    return Change(int(seq), task_id, version, _STATUS[status], event, origin, ts)
+def _changes(rows: Any) -> list[Change]:
+    """The changes of change-table rows; a row of several tasks (``ids`` and
+    ``versions``, schema version 3) gives one change per task, sharing its seq."""
+    out: list[Change] = []
+    for seq, task_id, version, status, event, origin, ts, ids, versions in rows:
+        st = _STATUS[status]
+        if ids is None:
+            out.append(Change(int(seq), task_id, version, st, event, origin, ts))
+        else:
+            n = int(seq)
+            out.extend(Change(n, i, v, st, event, origin, ts)
+                       for i, v in zip(ids, versions, strict=True))
+    return out

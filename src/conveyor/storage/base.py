@@ -120,7 +120,8 @@ class Change:
     (lease expired, queued again), ``lost`` (failed: worker lost),
     ``lost_aborted`` (aborted: its worker died after an abort request),
     ``expired`` (failed: pickup timeout)). ``origin`` is the
-    :attr:`Storage.instance_id` of the writer, when known."""
+    :attr:`Storage.instance_id` of the writer, when known. ``seq`` orders the
+    feed; the changes one statement made to several tasks may share it."""
 
     seq: int
     task_id: str

@@ -360,7 +360,9 @@ SELECT pg_current_snapshot()::text
 -- Changes committed after snapshot `since` and visible now, with the snapshot
 -- they were read in (the next `since`): rows of the transactions that `since`
 -- saw running, and of those that started after it. Exactly once, in any commit order.
-SELECT s.snap::text, c.seq, c.task_id, c.version, c.status, c.event, c.origin, c.ts
+-- A row of several tasks has NULL task_id and version, and their ids and versions.
+SELECT s.snap::text, c.seq, c.task_id, c.version, c.status, c.event, c.origin, c.ts,
+       c.ids, c.versions
 FROM (SELECT pg_current_snapshot() AS snap) AS s
 LEFT JOIN LATERAL (
     SELECT * FROM {schema}.changes
@@ -374,7 +376,8 @@ ORDER BY c.seq
 
 -- name: changes_page
 -- The same inside one REPEATABLE READ transaction, a page at a time (catch-up).
-SELECT seq, task_id, version, status, event, origin, ts FROM {schema}.changes
+SELECT seq, task_id, version, status, event, origin, ts, ids, versions
+FROM {schema}.changes
 WHERE (xid = ANY(ARRAY(SELECT pg_snapshot_xip(%(since)s::pg_snapshot)))
        OR xid >= pg_snapshot_xmax(%(since)s::pg_snapshot))
   AND (%(origin)s::text IS NULL OR origin IS DISTINCT FROM %(origin)s::text)
