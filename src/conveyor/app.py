@@ -304,22 +304,8 @@ class Conveyor:
         Each item is ``(action, payload)``, ``(action, payload, options)`` or a
         dict with ``action``, ``payload`` and any option of :meth:`add`.
         """
-        now = time.time()
         items = items if isinstance(items, list) else list(items)
-
-        def build(start: int, stop: int) -> list[TaskSpec]:
-            specs = []
-            for i in range(start, stop):
-                try:
-                    action, payload, options = _unpack(items[i])
-                    specs.append(build_spec(action, payload, handler=self.registry.get(action),
-                                            max_payload=self.max_payload, now=now, **options))
-                except ValidationError as exc:
-                    if i:
-                        raise ValidationError(f"task {i}: {exc}") from None
-                    raise
-            return specs
-
+        build = self._spec_builder(items)
         if not items:
             return []
         streamed = getattr(self.storage, "add_streamed", None)
@@ -341,6 +327,26 @@ class Conveyor:
                     bus.task_event("task.added", r.task)
         return [r.task for r in results]
 
+    def _spec_builder(self, items: list[Any]) -> Callable[[int, int], list[TaskSpec]]:
+        """``build(start, stop)``: the validated specs of ``items[start:stop]`` (all made
+        at one time); a bad item's error names its index."""
+        now = time.time()
+
+        def build(start: int, stop: int) -> list[TaskSpec]:
+            specs = []
+            for i in range(start, stop):
+                try:
+                    action, payload, options = _unpack(items[i])
+                    specs.append(build_spec(action, payload, handler=self.registry.get(action),
+                                            max_payload=self.max_payload, now=now, **options))
+                except ValidationError as exc:
+                    if i:
+                        raise ValidationError(f"task {i}: {exc}") from None
+                    raise
+            return specs
+
+        return build
+
     async def add_in(self, conn: Any, action: str, payload: Any = None, **options: Any) -> Task:
         """Add a task inside your own database transaction on ``conn`` (PostgreSQL:
         a psycopg ``AsyncConnection`` in a transaction): the task exists if and
@@ -350,17 +356,8 @@ class Conveyor:
 
     async def add_many_in(self, conn: Any, items: Iterable[Any]) -> list[Task]:
         """:meth:`add_many` inside your own transaction on ``conn`` (see :meth:`add_in`)."""
-        now = time.time()
-        specs = []
-        for i, item in enumerate(items):
-            try:
-                action, payload, options = _unpack(item)
-                specs.append(build_spec(action, payload, handler=self.registry.get(action),
-                                        max_payload=self.max_payload, now=now, **options))
-            except ValidationError as exc:
-                if i:
-                    raise ValidationError(f"task {i}: {exc}") from None
-                raise
+        items = items if isinstance(items, list) else list(items)
+        specs = self._spec_builder(items)(0, len(items))
         await self.open()
         add_in = getattr(self.storage, "add_in", None)
         if add_in is None:
