@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
+import pytest
 
 from conveyor.storage.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStorage, migrate
 from conveyor.testing.contract import make_spec
@@ -108,6 +109,9 @@ async def test_upgrade_from_version_2_keeps_the_feed(bare_url: str, server: str,
                             f'versions FROM "{schema}".changes ORDER BY seq').fetchall()
     assert [(r[1], r[7]) for r in rows[:3]] == [(f"old-{i}", None) for i in (1, 2, 3)]
     assert len(rows) == 4 and rows[3][1] is None and len(rows[3][7]) == 4
+    with psycopg.connect(server) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(f'INSERT INTO "{schema}".changes (task_id, version, status, event, ts, '
+                     "ids, versions) VALUES ('x', 1, 'queued', 'added', 0, '{x}', '{1}')")
     changes = _changes(rows)
     assert [c.task_id for c in changes][:3] == ["old-1", "old-2", "old-3"]
     assert len(changes) == 7 and {c.seq for c in changes[3:]} == {rows[3][0]}

@@ -16,7 +16,9 @@ ALTER TABLE {schema}.changes
     ADD CONSTRAINT changes_one_or_many CHECK (
         (task_id IS NOT NULL AND version IS NOT NULL AND ids IS NULL AND versions IS NULL)
         OR (task_id IS NULL AND version IS NULL AND ids IS NOT NULL AND versions IS NOT NULL
-            AND cardinality(ids) = cardinality(versions)));
+            AND cardinality(ids) = cardinality(versions))) NOT VALID;
+-- NOT VALID: the rows already there (one task each, by construction) are not
+-- scanned, so the upgrade holds its lock on the table only for a moment.
 
 CREATE OR REPLACE FUNCTION {schema}.tasks_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
