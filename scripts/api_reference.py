@@ -215,24 +215,26 @@ def describe(name: str, obj: Any, module: Any) -> list[str]:
     return lines
 
 
+def _home(obj: Any, modules: list[str]) -> str:
+    defined = getattr(obj, "__module__", None) or ""
+    on_the_way = [m for m in modules if defined == m or defined.startswith(m + ".")]
+    return max(on_the_way, key=len) if on_the_way else modules[0]
+
+
 def render() -> str:
     out = [HEADER]
-    described: dict[int, str] = {}
     modules = public_modules()
-    # describe a name under the module that defines it; other modules list it
-    home: dict[int, str] = {}
+    # describe a class or function once, under the deepest module that exports it on
+    # the way to where it is defined (else the first that exports it); others list it
+    listing: dict[int, tuple[Any, list[str]]] = {}
     for modname in modules:
         mod = importlib.import_module(modname)
         for name in getattr(mod, "__all__", []):
             obj = getattr(mod, name)
-            if inspect.ismodule(obj) or not (inspect.isclass(obj) or callable(obj)):
-                continue
-            defined = getattr(obj, "__module__", None) or ""
-            key = id(obj)
-            if key not in home or (modname == defined
-                                   or (defined.startswith(modname + ".")
-                                       and home[key] != defined)):
-                home[key] = modname
+            if not inspect.ismodule(obj) and (inspect.isclass(obj) or callable(obj)):
+                listing.setdefault(id(obj), (obj, []))[1].append(modname)
+    home = {key: _home(obj, mods) for key, (obj, mods) in listing.items()}
+    described: set[int] = set()
     out.append("## Modules\n")
     for modname in modules:
         out.append(f"- [`{modname}`](#{modname.replace('.', '')})")
@@ -254,9 +256,9 @@ def render() -> str:
             if key in home and home[key] != modname:
                 elsewhere.append(f"`{name}` ([{home[key]}](#{home[key].replace('.', '')}))")
                 continue
-            if key in described and key in home:
+            if key in described and key in home:  # constants are shown wherever listed
                 continue
-            described[key] = modname
+            described.add(key)
             out += describe(name, obj, mod)
         if elsewhere:
             out += ["Also exported here: " + ", ".join(elsewhere) + ".", ""]

@@ -305,9 +305,9 @@ class Conveyor:
         dict with ``action``, ``payload`` and any option of :meth:`add`.
         """
         items = items if isinstance(items, list) else list(items)
-        build = self._spec_builder(items)
         if not items:
             return []
+        build = self._spec_builder(items)
         streamed = getattr(self.storage, "add_streamed", None)
         if streamed is not None and all(type(it) is tuple and len(it) == 2 for it in items):
             # plain (action, payload) items, so no unique keys: the storage validates

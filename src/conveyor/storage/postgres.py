@@ -695,18 +695,11 @@ class PostgresStorage(FanoutFeed, Storage):
                       specs: Sequence[TaskSpec]) -> list[AddResult]:
         if len({spec.id for spec in specs}) != len(specs):
             raise StorageError("could not add tasks: a task with this id already exists")
-        now = time.time()
-        origin = self.instance_id
         try:
             if all(spec.unique_key is None for spec in specs):
-                if len(specs) <= _ADD_CHUNK:
-                    tasks, text = _insert_text(specs, now)
-                    await conn.execute(self._q["insert_tasks"], {"rows": text, "origin": origin})
-                else:
-                    async with conn.transaction():
-                        tasks = await self._insert_overlapped(
-                            conn, lambda start, stop: specs[start:stop], len(specs), now)
-                return [AddResult(task, True) for task in tasks]
+                return await self._add_plain(conn, lambda start, stop: specs[start:stop],
+                                             len(specs))
+            now = time.time()
             tasks = [_ops.new_task(spec, now) for spec in specs]
             rows = [_insert_row(task) for task in tasks]
             _check_nul(_json.dumps(rows))
@@ -715,8 +708,7 @@ class PostgresStorage(FanoutFeed, Storage):
         except psycopg.errors.DeadlockDetected:
             raise _Retry() from None
         except psycopg.errors.UniqueViolation as exc:
-            raise StorageError(f"could not add tasks: a task with this id already exists "
-                               f"({_first_line(exc)})") from None
+            raise _id_taken(exc) from None
 
     async def add_streamed(self, build: Callable[[int, int], Sequence[TaskSpec]],
                            n: int) -> list[AddResult]:
@@ -724,15 +716,26 @@ class PostgresStorage(FanoutFeed, Storage):
         stop)`` validates and returns the specs of items ``start`` to ``stop``: each
         part is built while the server inserts the previous one (``Conveyor.add_many``
         of plain items uses it). A ``build`` error rolls everything back."""
-        if n <= _ADD_CHUNK:
-            return await self.add(build(0, n))
         async with self._conn() as conn:
-            try:
+            return await self._add_plain(conn, build, n)
+
+    async def _add_plain(self, conn: psycopg.AsyncConnection[Any],
+                         build: Callable[[int, int], Sequence[TaskSpec]],
+                         n: int) -> list[AddResult]:
+        """Insert ``n`` tasks without unique keys: one statement, or above ``_ADD_CHUNK``
+        statements that overlap their building (:meth:`_insert_overlapped`) in one
+        transaction."""
+        now = time.time()
+        try:
+            if n <= _ADD_CHUNK:
+                tasks, text = _insert_text(build(0, n), now)
+                await conn.execute(self._q["insert_tasks"],
+                                   {"rows": text, "origin": self.instance_id})
+            else:
                 async with conn.transaction():
-                    tasks = await self._insert_overlapped(conn, build, n, time.time())
-            except psycopg.errors.UniqueViolation as exc:
-                raise StorageError(f"could not add tasks: a task with this id already exists "
-                                   f"({_first_line(exc)})") from None
+                    tasks = await self._insert_overlapped(conn, build, n, now)
+        except psycopg.errors.UniqueViolation as exc:
+            raise _id_taken(exc) from None
         return [AddResult(task, True) for task in tasks]
 
     async def _insert_overlapped(self, conn: psycopg.AsyncConnection[Any],
@@ -1317,6 +1320,11 @@ def _insert_text(specs: Sequence[TaskSpec], now: float) -> tuple[list[Task], str
     text = _json.dumps([_insert_row(task) for task in tasks])
     _check_nul(text)
     return tasks, text
+
+
+def _id_taken(exc: psycopg.errors.UniqueViolation) -> StorageError:
+    return StorageError(f"could not add tasks: a task with this id already exists "
+                        f"({_first_line(exc)})")
 
 
 def _check_nul(text: str) -> None:
