@@ -182,7 +182,8 @@ async def test_max_instances_is_enforced(hub: RunningHub) -> None:
     assert await third.closed() == 4029
     assert third.seen[0]["code"] == "rate_limited"
     await first.close()
-    await asyncio.sleep(0.1)
+    await eventually(lambda: sum(c.credential.name == "pair" for conns in
+                                 hub.hub.connections.values() for c in conns) == 1)
     fourth = await Raw.open(hub.url, key)
     assert (await fourth.request({"type": "ping"}, "pong"))["type"] == "pong"
     await second.close()

@@ -22,6 +22,8 @@ from conveyor import (
 from conveyor.model import Task
 from conveyor.storage._codec import COLUMNS
 
+from ..control._support import until
+
 
 def test_task_fields_match_storage_columns() -> None:
     fields = [f for f in Task.__dataclass_fields__ if f != "logs"]
@@ -92,7 +94,7 @@ async def test_wait_timeout_and_missing(app: Conveyor) -> None:
 async def test_wait_on_aborted_task(app: Conveyor) -> None:
     task = await app.add("nobody:handles")
     waiter = asyncio.create_task(app.wait(task.id, timeout=10))
-    await asyncio.sleep(0.05)
+    await until(lambda: task.id in app.bus._signals, 5, "the waiter to be waiting")
     await app.abort(task.id, "changed my mind")
     with pytest.raises(TaskAborted) as info:
         await waiter

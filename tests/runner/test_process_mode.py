@@ -11,6 +11,7 @@ import pytest
 
 from conveyor import ConfigurationError, Context, Conveyor, Status, TaskFailed
 
+from ..control._support import status_is, until
 from . import process_app
 
 
@@ -53,7 +54,7 @@ async def test_abort_kills_a_process_that_ignores_it(papp: Conveyor) -> None:
 
 async def test_cooperative_abort(papp: Conveyor) -> None:
     task = await papp.add("proc:polite")
-    await asyncio.sleep(0.3)
+    await until(status_is(papp, task.id, Status.RUNNING), 10, "the task to run")
     await papp.abort(task.id, "stop please")
     final = await papp.wait_task(task.id, timeout=10)
     assert final.status is Status.ABORTED and final.reason == "stop please"
