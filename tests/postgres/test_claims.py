@@ -4,6 +4,7 @@ across concurrent claimers; the claim plan stays on the indexes as the queue gro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from typing import Any
@@ -183,3 +184,36 @@ async def test_claims_commit_without_the_flush_and_leave_the_session_alone(
         assert await s.count(parse_filter({"status": "succeeded"})) == 6
     finally:
         await s.close()
+
+
+async def test_a_stalled_careful_claimer_does_not_block_the_others(storage: Any, other: Any,
+                                                                   monkeypatch: Any) -> None:
+    """A careful claim (per-action limit) holds transaction-level advisory locks that
+    every other careful claimer waits for. If its client goes quiet inside that
+    transaction (a paused or cut-off worker), the server ends the transaction after
+    the claim's lease (at least a floor), and the others go on."""
+    from conveyor.errors import StorageError
+    from conveyor.storage import postgres
+
+    monkeypatch.setattr(postgres, "_LOCK_IDLE_FLOOR", 0.2)
+    limits = ClaimLimits(per_action={"test:a": 5})
+    await storage.add([make_spec() for _ in range(2)])
+    stalled = asyncio.Event()
+    real = storage._ready_in_order
+
+    async def stall(*args: Any, **kwargs: Any) -> Any:
+        stalled.set()
+        await asyncio.sleep(30)  # the locks are held and the client says nothing
+        async for task in real(*args, **kwargs):
+            yield task
+
+    monkeypatch.setattr(storage, "_ready_in_order", stall)
+    first = asyncio.create_task(storage.claim("w1", ["test:a"], 1, 0.3, limits))
+    try:
+        await asyncio.wait_for(stalled.wait(), 10)
+        claimed = await asyncio.wait_for(other.claim("w2", ["test:a"], 1, 30, limits), 10)
+        assert len(claimed) == 1 and claimed[0].worker == "w2"
+    finally:
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StorageError):
+            await first

@@ -98,6 +98,7 @@ MIGRATIONS = load_migrations("postgres")
 SCHEMA_VERSION = MIGRATIONS[-1].version
 """The schema version this code needs: the number of the last migration."""
 _ADD_CHUNK = 250  # rows per insert statement of a big add (see _insert_overlapped)
+_LOCK_IDLE_FLOOR = 5.0  # seconds; see _lock_idle
 MIN_SERVER = 130000  # xid8, pg_current_snapshot(), pg_snapshot_xip()
 FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
@@ -950,8 +951,9 @@ class PostgresStorage(FanoutFeed, Storage):
         token = new_token()
         async with conn.transaction():
             keys = sorted(_lock_key("action", a) for a in per_action)
+            idle = _lock_idle(lease)
             if keys:
-                await conn.execute(self._q["advisory_locks"], {"keys": keys})
+                await conn.execute(self._q["advisory_locks"], {"keys": keys, "idle": idle})
             budget: dict[str, int] = {}
             if per_action:
                 running = dict(await self._rows(conn, self._q["running_per_action"],
@@ -960,7 +962,7 @@ class PostgresStorage(FanoutFeed, Storage):
             open_actions = [a for a in actions if budget.get(a, 1) > 0]
             if not open_actions:
                 return []
-            conditions = _ConditionCounts(self, conn)
+            conditions = _ConditionCounts(self, conn, idle)
             accepted: list[tuple[Task, Task]] = []
             claimed: list[Task] = []
             now = time.time()
@@ -1246,9 +1248,11 @@ class _ConditionCounts:
     candidates see the earlier ones of the same batch.
     """
 
-    def __init__(self, storage: PostgresStorage, conn: psycopg.AsyncConnection[Any]) -> None:
+    def __init__(self, storage: PostgresStorage, conn: psycopg.AsyncConnection[Any],
+                 idle: str) -> None:
         self.storage = storage
         self.conn = conn
+        self.idle = idle
         self.locked = False
         self.counts: dict[tuple[tuple[str, ...], str], int] = {}
         self.filters: dict[tuple[tuple[str, ...], str], Filter] = {}
@@ -1266,7 +1270,8 @@ class _ConditionCounts:
             # one lock for every conditional claim: conditions may overlap in ways
             # no per-condition key can see (a task can match another task's condition)
             await self.conn.execute(self.storage._q["advisory_locks"],
-                                    {"keys": [_lock_key("conditions", self.storage.schema)]})
+                                    {"keys": [_lock_key("conditions", self.storage.schema)],
+                                     "idle": self.idle})
             self.locked = True
         missing = []
         for cond in task.concurrency:
@@ -1320,6 +1325,14 @@ def _insert_text(specs: Sequence[TaskSpec], now: float) -> tuple[list[Task], str
     text = _json.dumps([_insert_row(task) for task in tasks])
     _check_nul(text)
     return tasks, text
+
+
+def _lock_idle(lease: float) -> str:
+    """How long a claim transaction holding advisory locks may wait for its client
+    (``idle_in_transaction_session_timeout``, in ms): the claim's lease, at least
+    ``_LOCK_IDLE_FLOOR``. A claimer quiet for longer is paused or cut off, and its
+    claim would be worthless by then anyway."""
+    return f"{int(max(lease, _LOCK_IDLE_FLOOR) * 1000)}"
 
 
 def _id_taken(exc: psycopg.errors.UniqueViolation) -> StorageError:

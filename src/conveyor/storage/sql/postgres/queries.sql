@@ -188,8 +188,12 @@ WHERE f.flags > 0
 
 -- name: advisory_locks
 -- Transaction-level advisory locks, taken in key order (no deadlocks between claimers).
+-- Every other careful claimer waits for them, so the transaction that holds them
+-- is ended by the server if its client goes quiet for `idle` (a paused or cut-off
+-- worker), instead of stalling the others until that client comes back.
 SELECT count(pg_advisory_xact_lock(k))
-FROM (SELECT k FROM unnest(%(keys)s::bigint[]) AS k ORDER BY k) AS s
+FROM (SELECT k FROM unnest(%(keys)s::bigint[]) AS k ORDER BY k) AS s,
+     (SELECT set_config('idle_in_transaction_session_timeout', %(idle)s, true)) AS t
 
 -- name: running_per_action
 SELECT action, count(*) FROM {schema}.tasks
