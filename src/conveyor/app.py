@@ -349,9 +349,9 @@ class Conveyor:
 
     async def add_in(self, conn: Any, action: str, payload: Any = None, **options: Any) -> Task:
         """Add a task inside your own database transaction on ``conn`` (PostgreSQL:
-        a psycopg ``AsyncConnection`` in a transaction): the task exists if and
-        only if your transaction commits; workers see it at the commit. Options
-        and validation are those of :meth:`add`."""
+        a psycopg ``AsyncConnection`` or ``Connection`` in a transaction): the task
+        exists if and only if your transaction commits; workers see it at the
+        commit. Options and validation are those of :meth:`add`."""
         return (await self.add_many_in(conn, [(action, payload, options)]))[0]
 
     async def add_many_in(self, conn: Any, items: Iterable[Any]) -> list[Task]:

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from conveyor.model import Status
+from conveyor.query import parse_filter
 from conveyor.storage.postgres import parse_postgres_url
 from conveyor.testing.contract import make_spec
 
@@ -109,3 +110,122 @@ async def test_app_add_in_needs_a_backend_that_can(tmp_path: Any) -> None:
 
 async def _ship(ctx: Any) -> None:
     return None
+
+
+# -- a sync psycopg Connection (Django, Flask, scripts, SyncConveyor) ------------------
+
+
+def _sync_conn(schema_url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    conninfo, _, _ = parse_postgres_url(schema_url)
+    return psycopg.Connection.connect(conninfo, **kwargs)
+
+
+async def test_a_sync_connection_commits_and_rolls_back(storage: Any, schema_url: str) -> None:
+    with _sync_conn(schema_url) as conn:
+        with conn.transaction():
+            conn.execute("CREATE TEMP TABLE orders (id int)")
+            conn.execute("INSERT INTO orders VALUES (1)")
+            [kept] = await storage.add_in(conn, [("test:a", {"order": 1})])
+        with conn.transaction(force_rollback=True):
+            [gone] = await storage.add_in(conn, [("test:a", {"order": 2})])
+            # visible to the caller's own transaction before the end
+            row = conn.execute(f'SELECT status FROM "{storage.schema}".tasks WHERE id = %s',
+                               (gone.task.id,)).fetchone()
+            assert row == ("queued",)
+    got = await storage.get(kept.task.id)
+    assert got is not None and got.payload == {"order": 1}
+    assert await storage.get(gone.task.id) is None
+
+
+async def test_a_sync_connection_with_unique_keys_and_many_tasks(storage: Any,
+                                                                 schema_url: str) -> None:
+    [live] = await storage.add([make_spec(unique_key="k")])
+    with _sync_conn(schema_url) as conn, conn.transaction():
+        results = await storage.add_in(conn, [make_spec(unique_key="k"), make_spec(unique_key="j")])
+        many = await storage.add_in(conn, [("test:a", {"i": i}) for i in range(600)])
+    assert [r.created for r in results] == [False, True]
+    assert results[0].task.id == live.task.id
+    assert len(many) == 600 and all(r.created for r in many)
+    assert await storage.count(parse_filter({"action": "test:a"})) == 602
+
+
+async def test_a_sync_connection_waiting_on_a_lock_does_not_block_the_loop(
+        storage: Any, schema_url: str) -> None:
+    """The other transaction holds key "k" uncommitted: the sync add waits on it in
+    a worker thread while this loop goes on (it polls for the wait below)."""
+    async with await _user_conn(schema_url) as holder:
+        await holder.execute("BEGIN")
+        [first] = await storage.add_in(holder, [make_spec(unique_key="k")])
+        with _sync_conn(schema_url) as conn:
+            pid = conn.info.backend_pid
+            adding = asyncio.ensure_future(storage.add_in(conn, [make_spec(unique_key="k")]))
+            async with await _user_conn(schema_url) as probe:
+                await probe.set_autocommit(True)
+                waiting = False
+                for _ in range(500):
+                    cur = await probe.execute(
+                        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,))
+                    waiting = (await cur.fetchone()) == ("Lock",)
+                    if waiting:
+                        break
+                    await asyncio.sleep(0.01)
+            assert waiting and not adding.done()
+            await holder.execute("COMMIT")
+            [second] = await asyncio.wait_for(adding, 10)
+            conn.commit()
+    assert second.created is False and second.task.id == first.task.id
+
+
+def test_sync_conveyor_add_in_on_a_sync_connection(schema_url: str) -> None:
+    from conveyor import SyncConveyor
+
+    with SyncConveyor(schema_url) as app, _sync_conn(schema_url) as conn:
+        with conn.transaction():
+            task = app.add_in(conn, "mail:send", {"to": "ann"}, priority=3)
+            [other] = app.add_many_in(conn, [("mail:send", {"to": "bob"})])
+        with conn.transaction(force_rollback=True):
+            gone = app.add_in(conn, "mail:send", {"to": "eve"})
+        assert app.get(task.id).priority == 3
+        assert app.exists(other.id)
+        assert not app.exists(gone.id)
+
+
+async def test_add_in_refuses_what_is_not_a_psycopg_connection(storage: Any,
+                                                               schema_url: str) -> None:
+    import sqlite3
+
+    from conveyor import ConfigurationError
+
+    lite = sqlite3.connect(":memory:")
+    try:
+        with pytest.raises(ConfigurationError, match=r"psycopg Connection or AsyncConnection, "
+                                                     r"not sqlite3\.Connection"):
+            await storage.add_in(lite, [make_spec()])
+    finally:
+        lite.close()
+    with (_sync_conn(schema_url, autocommit=True) as conn,
+          pytest.raises(ConfigurationError, match=r"use `with conn.transaction\(\):`")):
+        await storage.add_in(conn, [make_spec()])
+    assert await storage.count(parse_filter({})) == 0
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_a_first_statement_on_a_connection_without_autocommit_rolls_back(
+        storage: Any, schema_url: str, kind: str) -> None:
+    """No autocommit and nothing run yet (Django's atomic() begins this way): the add
+    opens the caller's transaction, so its rollback removes every task, also those of
+    the paths that use savepoints (unique keys, more than 250 tasks)."""
+    items = [make_spec(unique_key="k"), *(("test:a", {"i": i}) for i in range(600))]
+    if kind == "async":
+        async with await _user_conn(schema_url) as aconn:
+            assert not aconn.autocommit
+            results = await storage.add_in(aconn, items[:1])
+            results += await storage.add_in(aconn, items[1:])
+            await aconn.rollback()
+    else:
+        with _sync_conn(schema_url) as conn:
+            results = await storage.add_in(conn, items[:1])
+            results += await storage.add_in(conn, items[1:])
+            conn.rollback()
+    assert len(results) == 601
+    assert await storage.count(parse_filter({})) == 0

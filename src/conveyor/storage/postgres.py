@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -76,6 +76,7 @@ from . import _ops
 from ._codec import encode_scope, row_to_task
 from ._feed import Fanout, FanoutFeed
 from ._pgfeed import Listener
+from ._pgsync import SyncConnection
 from ._sqlfile import load_migrations, load_queries
 from .base import (
     AddResult,
@@ -667,23 +668,39 @@ class PostgresStorage(FanoutFeed, Storage):
                                        "concurrent adds; try again") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def add_in(self, conn: psycopg.AsyncConnection[Any],
+    async def add_in(self, conn: psycopg.AsyncConnection[Any] | psycopg.Connection[Any],
                      specs: Sequence[TaskSpec | tuple[Any, ...]]) -> list[AddResult]:
         """Add tasks inside the caller's own transaction on ``conn`` (a psycopg
-        ``AsyncConnection`` to the same database): they exist if and only if that
-        transaction commits, and workers see them (and are woken) at the commit.
+        ``AsyncConnection`` or ``Connection`` to the same database): they exist if
+        and only if that transaction commits, and workers see them (and are woken)
+        at the commit. On a sync ``Connection`` each statement runs in a worker
+        thread, so the event loop is not blocked meanwhile.
 
         ``specs`` are :class:`TaskSpec` objects or ``(action, payload)`` /
         ``(action, payload, options)`` tuples with the options of ``Conveyor.add``.
         """
+        if isinstance(conn, psycopg.Connection):
+            enter = "with conn.transaction():"
+            # duck-typed: the awaitable methods the add path uses (see _pgsync)
+            conn = cast("psycopg.AsyncConnection[Any]", SyncConnection(conn))
+        elif isinstance(conn, psycopg.AsyncConnection):
+            enter = "async with conn.transaction():"
+        else:
+            raise ConfigurationError(
+                "add_in() needs a psycopg Connection or AsyncConnection, not "
+                f"{type(conn).__module__}.{type(conn).__qualname__}")
         if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             raise ConfigurationError(
-                "add_in() needs a connection inside a transaction: use "
-                "`async with conn.transaction():` (or a connection without autocommit)")
+                f"add_in() needs a connection inside a transaction: use `{enter}` "
+                "(or a connection without autocommit)")
         built = [s if isinstance(s, TaskSpec) else _build(s) for s in specs]
         if not built:
             return []
         try:
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                # no autocommit, no statement yet: open the caller's transaction now,
+                # else psycopg would make our inner transaction() blocks commit it
+                await conn.execute("SELECT 1")
             return await self._add_on(conn, built)
         except _Retry:
             raise StorageError("could not add tasks: deadlock with a concurrent add; the "
