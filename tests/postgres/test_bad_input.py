@@ -50,6 +50,29 @@ def test_both_schemes_dispatch_and_password_is_hidden() -> None:
         assert storage.schema == "jobs"
 
 
+async def test_a_url_without_a_host_keeps_its_form(schema_url: str) -> None:
+    """``postgresql:///db`` (libpq's default host: the local socket) with the host,
+    user and password as query parameters, as libpq takes them."""
+    from conveyor.storage.postgres import parse_postgres_url
+
+    conninfo, _, display = parse_postgres_url("postgresql:///tasks?host=/run/pg&schema=jobs")
+    assert psycopg.conninfo.conninfo_to_dict(conninfo) == {
+        "dbname": "tasks", "host": "/run/pg", "connect_timeout": "10"}
+    assert display == "postgresql:///tasks?host=%2Frun%2Fpg&schema=jobs"
+    parts = urlsplit(schema_url)
+    query = (f"{parts.query}&host={parts.hostname}&port={parts.port}"
+             f"&user={parts.username}&password={parts.password}")
+    url = f"postgresql://{parts.path}?{query}"  # urlunsplit would drop the "//"
+    storage = PostgresStorage(url)
+    await storage.open()
+    try:
+        [res] = await storage.add([make_spec()])
+        assert (await storage.get(res.task.id)) is not None
+        assert "password" not in storage.url
+    finally:
+        await storage.close()
+
+
 async def test_refused_connection(server: str) -> None:
     url = _with(server, netloc=f"{urlsplit(server).username}:x@127.0.0.1:1")
     storage = PostgresStorage(url)

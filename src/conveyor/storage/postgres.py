@@ -42,7 +42,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
@@ -177,15 +177,22 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
     _check_options(options)
     if not any(k == "connect_timeout" for k, _ in rest):
         rest.append(("connect_timeout", "10"))
-    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
+    conninfo = _unsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
     try:
         psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
         raise ConfigurationError(
             f"bad postgres URL {_hide_password(url)!r}: {_first_line(exc)}") from None
-    display = _hide_password(urlunsplit(parts._replace(
+    display = _hide_password(_unsplit(parts._replace(
         query=urlencode([(k, v) for k, v in query if k != "password"]))))
     return conninfo, options, display
+
+
+def _unsplit(parts: SplitResult) -> str:
+    """``urlunsplit`` that keeps ``//`` when the host is empty: ``postgresql:///db``
+    (the local socket) must not become ``postgresql:/db``."""
+    url = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return f"{url}?{parts.query}" if parts.query else url
 
 
 def _check_options(o: PgOptions) -> None:
