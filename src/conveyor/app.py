@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from . import _forks
 from ._registry import Handler, Registry, build_handler
 from ._specs import build_spec, check_priority
 from ._worker import Worker
@@ -229,6 +230,20 @@ class Conveyor:
             self._relay.start()
             await self._relay.wait_ready()
             self._opened = True
+            _forks.track(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child (see ``_forks``): a new storage object on the same data,
+        no relay, worker or waiters of the parent; opens again on next use.
+        Handlers, schedules, sinks and ``on()`` callbacks stay."""
+        _forks.keep(self.storage, self._relay, self._worker, self._background)
+        self.storage = self.storage.after_fork()
+        self.bus._after_fork()
+        self._relay = None
+        self._worker = None
+        self._opened = False
+        self._open_lock = None
+        self._background = set()
 
     async def close(self) -> None:
         """Stop the worker if running, and disconnect."""

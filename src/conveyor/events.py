@@ -203,6 +203,18 @@ class EventBus:
         self._background: set[asyncio.Task[Any]] = set()
         self._tallies: list[Tally] = []
 
+    def _after_fork(self) -> None:
+        """In a forked child: forget the waiters, subscriptions and background tasks
+        of the parent's event loop; callbacks registered with :meth:`on` stay."""
+        def kept(listeners: list[_Listener]) -> list[_Listener]:
+            return [x for x in listeners
+                    if not isinstance(getattr(x.callback, "__self__", None), Subscription)]
+
+        self._global = kept(self._global)
+        self._by_task = {k: v for k, v in ((k, kept(v)) for k, v in self._by_task.items()) if v}
+        self._signals = {}
+        self._background = set()
+
     # -- registration ---------------------------------------------------------
 
     def _add(self, listener: _Listener) -> None:

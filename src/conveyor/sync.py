@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from . import _forks
 from .app import DEFAULT_URL, Conveyor
 from .errors import ConveyorError
 from .storage import Storage
@@ -137,6 +138,14 @@ class _Seam:
     def __init__(self, wrapped: Any) -> None:
         self._wrapped = wrapped
         self._portal: Portal | None = None
+        self._lock = threading.Lock()
+        _forks.track(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's loop thread does not exist here; the next
+        call starts a new one (the wrapped object resets itself likewise)."""
+        _forks.keep(self._portal)
+        self._portal = None
         self._lock = threading.Lock()
 
     def _get_portal(self) -> Portal:

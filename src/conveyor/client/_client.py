@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from .. import _forks
 from .._registry import Handler, build_handler
 from ..errors import (
     ConfigurationError,
@@ -283,7 +284,19 @@ class HubClient:
             self._link = await Link.open(self.url, self.key, timeout=self.open_timeout,
                                          hello=self.hello)
             self.connects += 1
+            _forks.track(self)
             return self._link
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's connection and loop are left alone; the
+        next call connects anew. Registered handlers stay."""
+        _forks.keep(self._link, self._stops, self._sessions)
+        self._link = None
+        self._lock = None
+        self._stops = set()
+        self._sessions = set()
+        self._loop = None
+        self._stop_requested = False
 
     async def connect(self) -> HubClient:
         """Connect now (done on first use anyway); returns the client."""

@@ -179,6 +179,15 @@ class Storage(abc.ABC):
         """
         return self
 
+    def after_fork(self) -> Storage:
+        """In the child of ``os.fork()``: a storage object for the child, on the
+        same data, that opens its own connections and threads. It must not use,
+        close or finalize the parent's (the caller keeps this object referenced).
+
+        The default returns ``self``, for backends that hold neither.
+        """
+        return self
+
     # -- tasks --------------------------------------------------------------
 
     @abc.abstractmethod

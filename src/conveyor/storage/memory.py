@@ -51,6 +51,13 @@ class MemoryStorage(FanoutFeed, Storage):
     async def open(self) -> None:
         return None
 
+    def after_fork(self) -> MemoryStorage:
+        """In a forked child: the same object, holding the child's copy of the data
+        (from then on apart from the parent's), with a new lock and no streams."""
+        self._lock = threading.RLock()
+        self._feed = Fanout(self.instance_id)
+        return self
+
     async def close(self) -> None:
         """End open change streams; the data stays, and the object can be used again."""
         self._feed.close()

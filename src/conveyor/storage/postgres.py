@@ -442,6 +442,14 @@ class PostgresStorage(FanoutFeed, Storage):
         twin._setup(self._conninfo, options, self.url, self.instance_id)
         return twin
 
+    def after_fork(self) -> PostgresStorage:
+        """In a forked child: a storage with the same URL and options and its own
+        ``instance_id`` (the child is another process), connecting on open; the
+        parent's connections are left alone."""
+        twin = PostgresStorage.__new__(PostgresStorage)
+        twin._setup(self._conninfo, self.options, self.url, uuid.uuid4().hex)
+        return twin
+
     # -- life -----------------------------------------------------------------
 
     async def open(self) -> None:

@@ -132,6 +132,14 @@ class SQLiteStorage(FanoutFeed, Storage):
         self._kick = threading.Event()
         self._stop_watcher = threading.Event()
 
+    def after_fork(self) -> SQLiteStorage:
+        """In a forked child: a storage on the same file with the same options,
+        which opens its own connection and thread (SQLite connections must not
+        cross a fork; the parent's is left alone)."""
+        return SQLiteStorage(self.path, synchronous=self.synchronous,
+                             busy_timeout=self.busy_timeout, poll_interval=self.poll_interval,
+                             url=self.url)
+
     @classmethod
     def from_url(cls, url: str) -> SQLiteStorage:
         """The storage for a ``sqlite:///path`` URL (see the guide for its options)."""
