@@ -23,7 +23,8 @@ URL options (removed before the URL goes to libpq, which gets the rest):
 the schema on open), ``pool_min`` / ``pool_max`` (connections per event loop,
 default 1 / 10), ``poll_interval`` (seconds between change-feed reads without
 a notification, default 1), ``listen`` (``false``: poll only, for poolers in
-transaction mode). See docs/postgres.md.
+transaction mode), ``prepare`` (``false``: never use prepared statements, for
+PgBouncer before 1.21 in transaction mode). See docs/postgres.md.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
 _STATUS = {s.value: s for s in Status}
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
-_OPTIONS = ("schema", "migrate", "pool_min", "pool_max", "poll_interval", "listen")
+_OPTIONS = ("schema", "migrate", "pool_min", "pool_max", "poll_interval", "listen", "prepare")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _P0_FRESH = 2.0  # seconds an open()'s snapshot stays the start of the feed
@@ -123,6 +124,12 @@ class PgOptions:
     pool_max: int = 10
     poll_interval: float = 1.0
     listen: bool = True
+    prepare: bool = True
+
+    @property
+    def prepare_threshold(self) -> int | None:
+        """psycopg's ``prepare_threshold``: its default, or never (``prepare=false``)."""
+        return 5 if self.prepare else None
 
 
 def _flag(key: str, value: str) -> bool:
@@ -159,7 +166,7 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
                     f"postgres URL option schema={value!r}: use lower-case letters, digits and "
                     "underscores (at most 48, not starting with a digit)")
             kwargs[key] = value
-        elif key in ("migrate", "listen"):
+        elif key in ("migrate", "listen", "prepare"):
             kwargs[key] = _flag(key, value)
         elif key in ("pool_min", "pool_max"):
             try:
@@ -369,7 +376,7 @@ async def migrate(url: str) -> int:
     several processes at once. Raises :class:`SchemaError` when the database
     holds a newer schema than this conveyor knows."""
     conninfo, options, display = parse_postgres_url(url)
-    conn = await _connect(conninfo, display)
+    conn = await _connect(conninfo, display, prepare_threshold=options.prepare_threshold)
     try:
         await _check_server(conn, display)
         return await _apply_migrations(conn, options.schema)
@@ -402,11 +409,13 @@ class PostgresStorage(FanoutFeed, Storage):
 
     def __init__(self, url: str, *, schema: str | None = None, migrate: bool | None = None,
                  pool_min: int | None = None, pool_max: int | None = None,
-                 poll_interval: float | None = None, listen: bool | None = None) -> None:
+                 poll_interval: float | None = None, listen: bool | None = None,
+                 prepare: bool | None = None) -> None:
         conninfo, options, display = parse_postgres_url(url)
         overrides = {k: v for k, v in {
             "schema": schema, "migrate": migrate, "pool_min": pool_min, "pool_max": pool_max,
-            "poll_interval": poll_interval, "listen": listen}.items() if v is not None}
+            "poll_interval": poll_interval, "listen": listen,
+            "prepare": prepare}.items() if v is not None}
         if overrides:
             options = PgOptions(**{**_asdict(options), **overrides})
             _check_options(options)
@@ -465,7 +474,8 @@ class PostgresStorage(FanoutFeed, Storage):
         if self._opened and self._loop_pool() is not None:
             return
         if not self._opened:
-            conn = await _connect(self._conninfo, self.url)
+            conn = await _connect(self._conninfo, self.url,
+                                  prepare_threshold=self.options.prepare_threshold)
             try:
                 await _check_server(conn, self.url)
                 if self.options.migrate:
@@ -503,7 +513,8 @@ class PostgresStorage(FanoutFeed, Storage):
             self._conninfo,
             min_size=self.options.pool_min if first else 0,
             max_size=self.options.pool_max if first else max(1, min(4, self.options.pool_max)),
-            kwargs={"autocommit": True, "context": _ADAPTERS},
+            kwargs={"autocommit": True, "context": _ADAPTERS,
+                    "prepare_threshold": self.options.prepare_threshold},
             open=False, name=f"conveyor-{self.schema}", timeout=30.0,
             reconnect_timeout=60.0,
         )
@@ -584,8 +595,9 @@ class PostgresStorage(FanoutFeed, Storage):
             if self._p0 is not None and time.monotonic() - self._p0[1] < _P0_FRESH:
                 since = self._p0[0]
             conninfo, display = self._conninfo, self.url
+            threshold = self.options.prepare_threshold
             listener = Listener(
-                connect=lambda: _connect(conninfo, display,
+                connect=lambda: _connect(conninfo, display, prepare_threshold=threshold,
                                          application_name="conveyor-listener"),
                 queries=self._q,
                 channel=_channel(self.schema), feed=self._feed, origin=self.instance_id,
