@@ -161,3 +161,21 @@ async def test_add_in_refuses_an_autocommit_connection(storage: Any, schema_url:
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         with pytest.raises(ConfigurationError, match="transaction"):
             await storage.add_in(conn, [make_spec()])
+
+
+async def test_a_clock_off_the_servers_is_a_warning(storage: Any, caplog: Any) -> None:
+    """Leases, delays and timeouts use each process's clock: opening says when this
+    host's is off the server's by more than CLOCK_TOLERANCE."""
+    import logging
+
+    from conveyor.storage.postgres import CLOCK_TOLERANCE, _check_clock
+
+    async with storage._conn() as conn:
+        with caplog.at_level(logging.WARNING, logger="conveyor.storage.postgres"):
+            assert abs(await _check_clock(conn, "db")) < CLOCK_TOLERANCE  # same host
+            assert not caplog.records
+            offset = await _check_clock(conn, "db", clock=lambda: time.time() + 30)
+    assert -31 < offset < -29
+    [record] = caplog.records
+    assert "30.0 s ahead of the clock of PostgreSQL at db" in record.getMessage()
+    assert "NTP" in record.getMessage()

@@ -91,7 +91,7 @@ from .base import (
     WorkerInfo,
 )
 
-__all__ = ["FEED_RETENTION", "SCHEMA_VERSION", "PostgresStorage", "migrate",
+__all__ = ["CLOCK_TOLERANCE", "FEED_RETENTION", "SCHEMA_VERSION", "PostgresStorage", "migrate",
            "parse_postgres_url"]
 
 log = logging.getLogger("conveyor.storage.postgres")
@@ -106,6 +106,8 @@ FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
 _STATUS = {s.value: s for s in Status}
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+CLOCK_TOLERANCE = 2.0
+"""Seconds this host's clock may be off the server's before opening logs a warning."""
 _OPTIONS = ("schema", "migrate", "pool_min", "pool_max", "poll_interval", "listen", "prepare")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -395,6 +397,30 @@ async def _check_server(conn: psycopg.AsyncConnection[Any], display: str) -> Non
         raise StorageError(f"conveyor needs a UTF8 database; {display} is {encoding}")
 
 
+async def _check_clock(conn: psycopg.AsyncConnection[Any], display: str,
+                       clock: Callable[[], float] = time.time) -> float:
+    """Warn when this host's clock is more than ``CLOCK_TOLERANCE`` seconds off the
+    server's: leases, delays and timeouts are written with each process's clock,
+    so processes on several hosts need synchronised clocks. Returns the offset."""
+    before = clock()
+    cur = await conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8")
+    row = await cur.fetchone()
+    after = clock()
+    assert row is not None
+    offset = _clock_offset(float(row[0]), before, after)
+    if abs(offset) > CLOCK_TOLERANCE:
+        log.warning("this host's clock is %.1f s %s the clock of PostgreSQL at %s: leases, "
+                    "delays and timeouts use each process's clock; synchronise the hosts' "
+                    "clocks (NTP)", abs(offset), "behind" if offset > 0 else "ahead of", display)
+    return offset
+
+
+def _clock_offset(server: float, before: float, after: float) -> float:
+    """How far the server's clock (read between local times ``before`` and ``after``)
+    is ahead of this host's, in seconds."""
+    return server - (before + after) / 2
+
+
 # ---------------------------------------------------------------------------
 # the storage
 
@@ -494,6 +520,7 @@ class PostgresStorage(FanoutFeed, Storage):
                     raise SchemaError(
                         f'schema "{self.schema}" of {self.url} is at version {version}, older '
                         f"than this conveyor ({SCHEMA_VERSION}): run `conveyor migrate`")
+                await _check_clock(conn, self.url)
                 cur = await conn.execute(self._q["snapshot"])
                 row = await cur.fetchone()
                 assert row is not None
