@@ -16,14 +16,14 @@ from conveyor import Context, Conveyor
 from conveyor.hub import HubConfig
 from conveyor.hub._credentials import CredentialStore
 
-from .conftest import RunningHub, running_hub
+from .conftest import RunningHub, hub_db_url, running_hub
 
 API = "/api/v1"
 
 
-def handler_app(db: Path) -> Conveyor:
+def handler_app(db: str) -> Conveyor:
     """An app with handlers for a few actions (the hub runs its worker)."""
-    app = Conveyor(f"sqlite:///{db}", stop_timeout=1.0, lease=6.0)
+    app = Conveyor(db, stop_timeout=1.0, lease=6.0)
 
     @app.handler("mail:send")
     async def send(ctx: Context) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def make_keys(hub: RunningHub) -> Keys:
 async def worker_hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
     """A hub with credentials whose process runs the handlers of :func:`handler_app`."""
     store = CredentialStore(tmp_path / "credentials.json")
-    app = handler_app(tmp_path / "hub.db")
+    app = handler_app(hub_db_url(tmp_path))
     async with running_hub(app, HubConfig(port=0, credentials_path=str(store.path)),
                            store) as running:
         yield running

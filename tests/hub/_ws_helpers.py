@@ -21,7 +21,7 @@ from conveyor.hub import HubConfig
 from conveyor.hub._credentials import CredentialStore
 from conveyor.hub._ws import WSState
 
-from .conftest import RunningHub, running_hub
+from .conftest import RunningHub, hub_db_url, running_hub
 
 Message = dict[str, Any]
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,8 +151,8 @@ class Raw:
 @contextlib.asynccontextmanager
 async def make_hub(tmp_path: Path, *, insecure: bool = False, app: Conveyor | None = None,
                    **config: Any) -> AsyncIterator[RunningHub]:
-    """A hub on a SQLite file with the given HubConfig settings."""
-    app = app or Conveyor(f"sqlite:///{tmp_path / 'hub.db'}")
+    """A hub (on this test's storage, :func:`hub_db_url`) with the given HubConfig settings."""
+    app = app or Conveyor(hub_db_url(tmp_path))
     store = None if insecure else CredentialStore(tmp_path / "credentials.json")
     cfg = HubConfig(port=0, insecure=insecure,
                     credentials_path=str(tmp_path / "credentials.json"), **config)

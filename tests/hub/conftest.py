@@ -1,11 +1,19 @@
-"""A real hub (uvicorn on 127.0.0.1, a free port) for each test that asks for one."""
+"""A real hub (uvicorn on 127.0.0.1, a free port) for each test that asks for one.
+
+Every hub test runs on SQLite and, when ``CONVEYOR_TEST_PG`` is set, again on
+PostgreSQL (a schema of its own): the hub's storage URL comes from
+:func:`hub_db_url`. The fuzzing modules (``SQLITE_ONLY``) test the hub's input
+handling, which does not depend on the storage, and run on SQLite only.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,6 +23,45 @@ import uvicorn
 from conveyor import Conveyor
 from conveyor.hub import Hub, HubConfig, create_hub
 from conveyor.hub._credentials import CredentialStore
+
+from ..conftest import PG_ENV, drop_pg_schema, pg_url
+
+HUB_BACKENDS = ["sqlite", *(["postgres"] if os.environ.get(PG_ENV) else [])]
+SQLITE_ONLY = ("test_ws_fuzz", "test_openapi_schemathesis")
+_backend = {"kind": "sqlite"}
+_schemas: list[str] = []
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "hub_backend" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        kinds = ["sqlite"] if module in SQLITE_ONLY else HUB_BACKENDS
+        metafunc.parametrize("hub_backend", kinds, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def hub_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The storage of this test's hubs (see :func:`hub_db_url`)."""
+    kind = getattr(request, "param", "sqlite")
+    _backend["kind"] = kind
+    try:
+        yield kind
+    finally:
+        _backend["kind"] = "sqlite"
+        while _schemas:
+            drop_pg_schema(_schemas.pop())
+
+
+def hub_db_url(tmp_path: Path, name: str = "hub.db") -> str:
+    """The storage URL named ``name`` for this test: a SQLite file in ``tmp_path``,
+    or on PostgreSQL a schema named after both (the same URL on every call)."""
+    if _backend["kind"] == "postgres":
+        digest = hashlib.sha1(f"{tmp_path}/{name}".encode()).hexdigest()[:16]
+        url = pg_url(f"h_{digest}", migrate="true")
+        if url not in _schemas:
+            _schemas.append(url)
+        return url
+    return f"sqlite:///{tmp_path / name}"
 
 
 def free_port() -> int:
@@ -64,8 +111,8 @@ async def running_hub(app: Conveyor, config: HubConfig,
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
-    """A hub with credentials on a SQLite file (no in-process handlers)."""
-    app = Conveyor(f"sqlite:///{tmp_path / 'hub.db'}")
+    """A hub with credentials (no in-process handlers)."""
+    app = Conveyor(hub_db_url(tmp_path))
     store = CredentialStore(tmp_path / "credentials.json")
     async with running_hub(app, HubConfig(port=0, credentials_path=str(store.path)),
                            store) as running:
@@ -74,6 +121,6 @@ async def hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
 
 @pytest.fixture
 async def insecure_hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
-    app = Conveyor(f"sqlite:///{tmp_path / 'hub.db'}")
+    app = Conveyor(hub_db_url(tmp_path))
     async with running_hub(app, HubConfig(port=0, insecure=True), None) as running:
         yield running

@@ -21,7 +21,7 @@ from conveyor.hub._credentials import CredentialStore
 from conveyor.model import Status
 
 from ._ws_helpers import eventually, make_hub, read_line, reap, spawn
-from .conftest import RunningHub, free_port, running_hub
+from .conftest import RunningHub, free_port, hub_db_url, running_hub
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,7 +167,7 @@ def test_the_sync_client(tmp_path: Path) -> None:
     stop = threading.Event()
 
     async def serve() -> None:
-        app = Conveyor(f"sqlite:///{tmp_path / 'hub.db'}")
+        app = Conveyor(hub_db_url(tmp_path))
         config = HubConfig(port=0, credentials_path=str(store.path))
         async with running_hub(app, config, store) as hub:
             box["url"] = hub.url
@@ -215,7 +215,7 @@ async def test_a_worker_reconnects_when_the_hub_comes_back(tmp_path: Path) -> No
     store = CredentialStore(tmp_path / "credentials.json")
     _, key = store.add("all", publish=["*"], subscribe=["*"])
     config = HubConfig(port=free_port(), credentials_path=str(store.path))
-    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    url = hub_db_url(tmp_path)
     worker = HubClient(f"http://127.0.0.1:{config.port}", key)
     gate = asyncio.Event()
 
@@ -327,7 +327,7 @@ async def _running_on(app: Conveyor, prefix: str) -> list[Any]:
 
 async def test_a_live_query_resyncs_when_the_hub_comes_back(tmp_path: Path) -> None:
     config = HubConfig(port=free_port(), insecure=True)
-    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    url = hub_db_url(tmp_path)
     client = HubClient(f"http://127.0.0.1:{config.port}")
     async with running_hub(Conveyor(url), config, None) as hub:
         first = await hub.app.add("r:x", 1)

@@ -10,7 +10,7 @@ from typing import Any
 from conveyor import Conveyor
 
 from ._ws_helpers import Raw, eventually, make_hub, read_line, reap, spawn, ws_state
-from .conftest import RunningHub
+from .conftest import RunningHub, hub_db_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,7 +107,7 @@ async def test_changes_of_other_processes_and_full_rate_progress(tmp_path: Path)
         ws = await Raw.open(hub.url)
         await live(ws, filter={"action": {"$in": ["x:other", "x:remote"]}})
         # another storage object on the same file: its changes arrive through the feed
-        other = Conveyor(f"sqlite:///{tmp_path / 'hub.db'}")
+        other = Conveyor(hub_db_url(tmp_path))
         task = await other.add("x:other", 1)
         added = await next_change(ws)
         assert added["type"] == "added" and added["task"]["id"] == task.id
@@ -141,7 +141,7 @@ async def test_changes_of_other_processes_and_full_rate_progress(tmp_path: Path)
 async def test_two_hundred_subscribers_while_five_thousand_tasks_run(tmp_path: Path) -> None:
     """Every subscriber gets a gap-free, ordered stream that ends equal to a fresh query."""
     n_tasks, n_subs = 5000, 200
-    db = tmp_path / "hub.db"
+    db = hub_db_url(tmp_path)
     async with make_hub(tmp_path, max_pending=1_000_000, max_rate=100_000) as hub:
         key = hub.key("watcher", publish=["live:*"])
         query = {"$or": [{"status": {"$in": ["queued", "running"]}},
@@ -150,7 +150,7 @@ async def test_two_hundred_subscribers_while_five_thousand_tasks_run(tmp_path: P
                             json.dumps(query), json.dumps(["status"]), stdin=True,
                             log=tmp_path / "subscribers.log")
         worker = spawn("conveyor.cli", "worker", "tests.hub._live_app:app", "--db",
-                       f"sqlite:///{db}", "--concurrency", "50", stdout=False,
+                       db, "--concurrency", "50", stdout=False,
                        log=tmp_path / "worker.log")
         try:
             assert subscribers.stdin is not None

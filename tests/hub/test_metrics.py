@@ -14,7 +14,7 @@ from conveyor.client import HubClient
 from conveyor.hub import HubConfig
 
 from ._rest_helpers import API, client, eventually, make_keys, worker_hub
-from .conftest import RunningHub, running_hub
+from .conftest import RunningHub, hub_db_url, running_hub
 
 __all__ = ["worker_hub"]
 
@@ -47,7 +47,8 @@ async def scrape_until(http: httpx.AsyncClient, name: str, want: float,
     return await eventually(ready)
 
 
-async def test_metrics_follow_tasks_added_started_and_finished(worker_hub: RunningHub) -> None:
+async def test_metrics_follow_tasks_added_started_and_finished(worker_hub: RunningHub,
+                                                               tmp_path: Path) -> None:
     keys = make_keys(worker_hub)
     async with client(worker_hub, keys.admin) as http:
         r = await http.get("/metrics")
@@ -91,7 +92,7 @@ async def test_metrics_follow_tasks_added_started_and_finished(worker_hub: Runni
         assert value(found, "conveyor_hub_uptime_seconds") > 0
 
         # tasks added by another process reach the counters through the change feed
-        other = Conveyor(worker_hub.app.storage.url)
+        other = Conveyor(hub_db_url(tmp_path))
         try:
             await other.add("mail:send", {"from": "elsewhere"}, delay=600)
         finally:
@@ -104,7 +105,8 @@ async def test_metrics_follow_tasks_added_started_and_finished(worker_hub: Runni
         await eventually(seen)
 
 
-async def test_metrics_count_remote_runs_and_other_processes_runs(hub: RunningHub) -> None:
+async def test_metrics_count_remote_runs_and_other_processes_runs(hub: RunningHub,
+                                                                  tmp_path: Path) -> None:
     worker = HubClient(hub.url, hub.key("svc", subscribe=["*"]))
 
     @worker.handler("calc:double")
@@ -131,7 +133,7 @@ async def test_metrics_count_remote_runs_and_other_processes_runs(hub: RunningHu
 
     # another process (its own app on the same file) runs tasks: the hub counts
     # them through the change feed
-    other = Conveyor(hub.app.storage.url)
+    other = Conveyor(hub_db_url(tmp_path))
 
     @other.handler("side:job")
     async def side(ctx: Context[Any]) -> str:

@@ -11,7 +11,7 @@ from conveyor import Context, Conveyor
 from conveyor.model import Status
 
 from ._ws_helpers import Raw, eventually, make_hub, ws_state
-from .conftest import RunningHub
+from .conftest import RunningHub, hub_db_url
 
 
 async def subscribe(ws: Raw, service: str, actions: list[str], capacity: int = 1,
@@ -411,7 +411,7 @@ async def test_a_silent_service_is_disconnected(tmp_path: Path) -> None:
 
 
 async def test_in_process_handlers_work_beside_remote_workers(tmp_path: Path) -> None:
-    app = Conveyor(f"sqlite:///{tmp_path / 'hub.db'}")
+    app = Conveyor(hub_db_url(tmp_path))
 
     @app.handler("local:double")
     async def double(ctx: Context) -> int:

@@ -14,7 +14,7 @@ from conveyor import Conveyor
 from conveyor.hub._credentials import CredentialStore
 
 from ._ws_helpers import eventually, read_line, reap, spawn
-from .conftest import free_port
+from .conftest import free_port, hub_db_url
 
 
 def start_hub(port: int, db: str, credentials: Path, log: Path) -> subprocess.Popen[str]:
@@ -32,7 +32,7 @@ async def hub_ready(url: str, key: str) -> bool:
 
 
 async def test_a_hub_killed_under_load_loses_nothing(tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path / 'tasks.db'}"
+    db = hub_db_url(tmp_path, "tasks.db")
     credentials = tmp_path / "credentials.json"
     _, key = CredentialStore(credentials).add("svc", publish=["job:*"], subscribe=["job:*"])
     port = free_port()

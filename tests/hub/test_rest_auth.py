@@ -16,7 +16,7 @@ from conveyor.hub import HubConfig
 from conveyor.hub._credentials import CredentialStore
 
 from ._rest_helpers import API, client, error_of
-from .conftest import RunningHub, running_hub
+from .conftest import RunningHub, hub_db_url, running_hub
 
 T = f"{API}/tasks"
 ID = "01a00000-0000-7000-8000-000000000000"
@@ -26,7 +26,7 @@ ID = "01a00000-0000-7000-8000-000000000000"
 async def lenient_hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
     """A hub with credentials that never locks a client out."""
     store = CredentialStore(tmp_path / "credentials.json")
-    app = Conveyor(f"sqlite:///{tmp_path / 'hub.db'}")
+    app = Conveyor(hub_db_url(tmp_path))
     config = HubConfig(port=0, credentials_path=str(store.path), login_failures=10**6)
     async with running_hub(app, config, store) as running:
         yield running
