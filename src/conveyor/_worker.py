@@ -156,7 +156,8 @@ class _Writer(BatchedWrites):
                     self.idle.set()
                 self.work.clear()
                 try:
-                    await asyncio.wait_for(self.work.wait(), due_in)
+                    async with asyncio.timeout(due_in):
+                        await self.work.wait()
                 except TimeoutError:
                     pass
                 continue
@@ -387,7 +388,8 @@ class Worker:
         if self._wake.is_set():
             return
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
         except TimeoutError:
             pass
 

@@ -474,7 +474,8 @@ class Conveyor:
                         raise WaitTimeout(task_id, limit or 0.0)
                     pause = min(pause, remaining)
                 try:
-                    await asyncio.wait_for(signal.wait(), pause)
+                    async with asyncio.timeout(pause):
+                        await signal.wait()
                 except TimeoutError:
                     pass
         finally:
@@ -505,7 +506,8 @@ class Conveyor:
                 if not follow or task.terminal:
                     return
                 try:
-                    await asyncio.wait_for(signal.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await signal.wait()
                 except TimeoutError:
                     pass
         finally:

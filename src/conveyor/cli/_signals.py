@@ -35,7 +35,8 @@ class StopSignal:
         if self.event.is_set():
             return True
         try:
-            await asyncio.wait_for(self.event.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self.event.wait()
         except TimeoutError:
             return False
         return True

@@ -367,7 +367,8 @@ class HubClient:
         started = time.monotonic()
         guard = None if timeout is None else timeout + 10.0
         try:
-            msg = await asyncio.wait_for(queue.get(), guard)
+            async with asyncio.timeout(guard):
+                msg = await queue.get()
         except TimeoutError:
             msg = {"type": "error", "code": "wait_timeout", "message": "no answer"}
         finally:
@@ -662,7 +663,8 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
 
 async def _sleep_or(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 def _error_of(msg: dict[str, Any]) -> HubError:

@@ -102,7 +102,8 @@ class Link:
         try:
             if hello:
                 await ws.send(_json.dumps({"type": "hello", "id": 0, "key": key}))
-            welcome = await asyncio.wait_for(_first(ws), timeout)
+            async with asyncio.timeout(timeout):
+                welcome = await _first(ws)
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd else 1006
             reason = exc.rcvd.reason if exc.rcvd else ""
@@ -168,7 +169,8 @@ class Link:
             self.routes[msg_id] = route
         self.send(message)
         try:
-            reply = await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                reply = await future
         except BaseException:
             self._pending.pop(msg_id, None)
             if route is not None:
@@ -286,7 +288,8 @@ class Link:
         if self.closed.is_set():
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._drained.wait()
 
     async def close(self) -> None:
         if not self.closed.is_set():

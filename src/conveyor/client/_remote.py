@@ -130,7 +130,8 @@ class WorkerSession:
         try:
             while not link.closed.is_set():
                 try:
-                    await asyncio.wait_for(link.closed.wait(), beat)
+                    async with asyncio.timeout(beat):
+                        await link.closed.wait()
                 except TimeoutError:
                     self.send({"type": "heartbeat"})
         finally:
@@ -298,7 +299,8 @@ class WorkerSession:
                 if timeout is None:
                     value = await handler.fn(ctx)
                 else:
-                    value = await asyncio.wait_for(handler.fn(ctx), timeout)
+                    async with asyncio.timeout(timeout):
+                        value = await handler.fn(ctx)
             else:
                 value = await self._run_thread(run, ctx, timeout)
         except asyncio.CancelledError:
@@ -326,7 +328,8 @@ class WorkerSession:
         call = contextvars.copy_context().run
         future = self.loop.run_in_executor(self.pool, call, run.handler.fn, ctx)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(future)
         except TimeoutError:
             ctx._request_abort("timeout")
             await asyncio.wait({future}, timeout=run.handler.abort_grace)

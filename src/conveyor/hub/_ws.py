@@ -362,7 +362,8 @@ class Connection:
             else:
                 remaining = hello_deadline - loop.time()
                 try:
-                    message = await asyncio.wait_for(ws.receive(), max(0.0, remaining))
+                    async with asyncio.timeout(max(0.0, remaining)):
+                        message = await ws.receive()
                 except TimeoutError:
                     self.send_error(None, "unauthorized", "no hello within "
                                     f"{HELLO_TIMEOUT:g} s")

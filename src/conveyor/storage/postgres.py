@@ -582,7 +582,8 @@ class PostgresStorage(FanoutFeed, Storage):
             elif not loop.is_closed() and loop.is_running():
                 fut = asyncio.run_coroutine_threadsafe(pool.close(), loop)
                 try:
-                    await asyncio.wait_for(asyncio.wrap_future(fut), 5)
+                    async with asyncio.timeout(5):
+                        await asyncio.wrap_future(fut)
                 except (TimeoutError, RuntimeError):  # pragma: no cover
                     pass
 
@@ -596,8 +597,16 @@ class PostgresStorage(FanoutFeed, Storage):
                 pool = self._loop_pool()
             if pool is None:
                 pool = await self._new_pool()
+        task = asyncio.current_task()
+        asked = task.cancelling() if task is not None else 0
         try:
             async with pool.connection() as conn:
+                if task is not None and task.cancelling() > asked:
+                    # Python 3.11: the pool waits for a free connection with
+                    # asyncio.wait_for, which loses a cancellation that comes as the
+                    # connection is handed over (CPython gh-86296); the task would go
+                    # on (a stopping relay or worker then hangs). Deliver it here.
+                    raise asyncio.CancelledError
                 yield conn
         except PoolTimeout:
             raise StorageError(f"no PostgreSQL connection available for {self.url} "

@@ -667,7 +667,8 @@ class StorageContract:
         [res] = await other_storage.add([make_spec()])
         task = await _claim_one(other_storage)
         await other_storage.finish("w1", [Completion(task.id, task.token or "", ok())])
-        await asyncio.wait_for(collector, 10)
+        async with asyncio.timeout(10):
+            await collector
         mine = [c for c in seen if c.task_id == res.task.id]
         assert [c.event for c in mine] == ["added", "started", "succeeded"]
         assert [c.version for c in mine] == [1, 2, 3]
