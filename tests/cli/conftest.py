@@ -1,17 +1,26 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from ..conftest import PG_ENV, drop_pg_schema, pg_url
 from ._support import Background
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    """The URL of a SQLite file in a fresh directory (not created yet)."""
-    return f"sqlite:///{tmp_path / 'tasks.db'}"
+@pytest.fixture(params=["sqlite", *(["postgres"] if os.environ.get(PG_ENV) else [])])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh storage URL: a SQLite file in a fresh directory (not created yet) or,
+    with ``CONVEYOR_TEST_PG``, also a PostgreSQL schema of its own (created on first
+    use with ``?migrate=true``, dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tasks.db'}"
+        return
+    url = pg_url(migrate="true")
+    yield url
+    drop_pg_schema(url)
 
 
 @pytest.fixture
