@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
 
 from conveyor.storage.postgres import PostgresStorage
+
+
+async def _hold(storage: PostgresStorage, holding: asyncio.Event,
+                release: asyncio.Event) -> None:
+    """Hold the pool's only connection until ``release`` is set."""
+    async with storage._conn():
+        holding.set()
+        await release.wait()
 
 
 async def test_a_cancel_during_the_connection_handover_is_not_lost(schema_url: str) -> None:
@@ -25,18 +32,9 @@ async def test_a_cancel_during_the_connection_handover_is_not_lost(schema_url: s
         for attempt in range(attempts):
             holding = asyncio.Event()
             release = asyncio.Event()
-
-            async def hold() -> None:
-                async with storage._conn():
-                    holding.set()
-                    await release.wait()
-
-            async def want() -> Any:
-                return await storage.get_many(["x"])
-
-            holder = asyncio.create_task(hold())
+            holder = asyncio.create_task(_hold(storage, holding, release))
             await holding.wait()
-            waiter = asyncio.create_task(want())
+            waiter = asyncio.create_task(storage.get_many(["x"]))
             for _ in range(3):  # the waiter now queues for the only connection
                 await asyncio.sleep(0)
             release.set()
