@@ -404,6 +404,9 @@ async def _guard(awaitable: Awaitable[Any]) -> None:
         log.exception("async event callback failed")
 
 
+_STOP_LIMIT = 10.0  # seconds ChangeRelay.stop() waits for its task
+
+
 class ChangeRelay:
     """Turns the storage change feed into events on a bus.
 
@@ -429,14 +432,23 @@ class ChangeRelay:
         await self._ready.wait()
 
     async def stop(self) -> None:
-        """Stop relaying."""
+        """Stop relaying. The task is cancelled, again every half second while it
+        runs on (a cancellation lost in a library, as ``asyncio.wait_for`` can on
+        Python 3.11), and left behind with an error in the log after
+        ``_STOP_LIMIT`` seconds rather than hang the app's ``close()``."""
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _STOP_LIMIT
+        while not task.done():
+            if loop.time() > deadline:
+                log.error("the change relay did not stop within %g s; left behind", _STOP_LIMIT)
+                return
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait({task}, timeout=0.5)
+        if not task.cancelled():
+            task.result()  # a relay that failed says why
 
     def _wants_own(self) -> bool:
         """Own changes matter only to event listeners and task signals in this process."""
