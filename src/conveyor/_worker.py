@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import _json
+from ._aio import stop_tasks
 from ._batched import BatchedWrites
 from ._children import ChildPool
 from ._threads import DaemonThreadPool
@@ -280,9 +281,7 @@ class Worker:
         self._stopping = True
         self._wake.set()
         self._slot.set()
-        if self._schedule_task is not None:
-            self._schedule_task.cancel()
-            await asyncio.gather(self._schedule_task, return_exceptions=True)
+        await stop_tasks(self._schedule_task, what=f"worker {self.id}: the scheduler")
         if self._claim_task is not None:
             await asyncio.gather(self._claim_task, return_exceptions=True)
         timeout = self.app.stop_timeout if timeout is None else timeout

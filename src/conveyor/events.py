@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._aio import stop_tasks
 from .errors import ConveyorError
 from .model import LogLevel, Status, Task
 from .storage import Change, Completion, Storage, _ops
@@ -432,23 +433,11 @@ class ChangeRelay:
         await self._ready.wait()
 
     async def stop(self) -> None:
-        """Stop relaying. The task is cancelled, again every half second while it
-        runs on (a cancellation lost in a library, as ``asyncio.wait_for`` can on
-        Python 3.11), and left behind with an error in the log after
-        ``_STOP_LIMIT`` seconds rather than hang the app's ``close()``."""
+        """Stop relaying (:func:`~conveyor._aio.stop_tasks`: a cancellation lost in a
+        library is asked again; after ``_STOP_LIMIT`` seconds the task is left
+        behind with an error in the log rather than hang the app's ``close()``)."""
         task, self._task = self._task, None
-        if task is None:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _STOP_LIMIT
-        while not task.done():
-            if loop.time() > deadline:
-                log.error("the change relay did not stop within %g s; left behind", _STOP_LIMIT)
-                return
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.5)
-        if not task.cancelled():
-            task.result()  # a relay that failed says why
+        await stop_tasks(task, what="the change relay", limit=_STOP_LIMIT)
 
     def _wants_own(self) -> bool:
         """Own changes matter only to event listeners and task signals in this process."""

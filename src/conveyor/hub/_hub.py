@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Protocol
 
+from .._aio import stop_tasks
 from ..app import Conveyor
 from ._config import HubConfig
 from ._credentials import ANONYMOUS, Credential, CredentialStore
@@ -162,8 +163,5 @@ class Hub:
             for conn in list(conns):
                 with contextlib.suppress(Exception):
                     await conn.close(1001, "hub shutting down")
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        await stop_tasks(self._watcher, what="the hub's watcher")
         await self.app.close()

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import _json
+from .._aio import stop_tasks
 from .._batched import BatchedWrites
 from .._registry import check_action
 from ..errors import ValidationError
@@ -478,9 +479,7 @@ class Remote:
         self._wake.set()
         if self._offer_clock is not None:
             self._tasks.append(self._offer_clock)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(*self._tasks, what="the hub's remote-worker tasks")
         self._tasks = []
         for service in list(self.services.values()):
             for sub in list(service.subs):

@@ -1,0 +1,36 @@
+"""Stopping background tasks without hanging on a lost cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+__all__ = ["stop_tasks"]
+
+log = logging.getLogger("conveyor")
+
+
+async def stop_tasks(*tasks: asyncio.Future[Any] | None, what: str,
+                     limit: float = 10.0, again: float = 0.5) -> None:
+    """Cancel ``tasks`` and wait until they end. A task still running after
+    ``again`` seconds is cancelled again (on Python 3.11 a cancellation can be
+    lost inside a library: ``asyncio.wait_for``, CPython gh-86296); after ``limit``
+    seconds the rest are left behind with an error in the log (``what`` names
+    them), rather than hang the caller. Their errors are logged, not raised; the
+    caller's own cancellation is not swallowed."""
+    pending = {t for t in tasks if t is not None and not t.done()}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while pending:
+        if loop.time() > deadline:
+            log.error("%s did not stop within %g s; left behind", what, limit)
+            return
+        for running in pending:
+            running.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again)
+    for ended in tasks:
+        if ended is not None and ended.done() and not ended.cancelled():
+            exc = ended.exception()
+            if exc is not None:
+                log.error("%s failed", what, exc_info=exc)
