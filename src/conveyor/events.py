@@ -405,9 +405,6 @@ async def _guard(awaitable: Awaitable[Any]) -> None:
         log.exception("async event callback failed")
 
 
-_STOP_LIMIT = 10.0  # seconds ChangeRelay.stop() waits for its task
-
-
 class ChangeRelay:
     """Turns the storage change feed into events on a bus.
 
@@ -434,10 +431,10 @@ class ChangeRelay:
 
     async def stop(self) -> None:
         """Stop relaying (:func:`~conveyor._aio.stop_tasks`: a cancellation lost in a
-        library is asked again; after ``_STOP_LIMIT`` seconds the task is left
-        behind with an error in the log rather than hang the app's ``close()``)."""
+        library is asked again; after 10 s the task is left behind with an error in
+        the log rather than hang the app's ``close()``)."""
         task, self._task = self._task, None
-        await stop_tasks(task, what="the change relay", limit=_STOP_LIMIT)
+        await stop_tasks(task, what="the change relay")
 
     def _wants_own(self) -> bool:
         """Own changes matter only to event listeners and task signals in this process."""

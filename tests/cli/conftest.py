@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import PG_ENV, drop_pg_schema, pg_url
+from ..conftest import PG_ENV, backend_url, drop_pg_schema
 from ._support import Background
 
 
@@ -15,12 +15,10 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh storage URL: a SQLite file in a fresh directory (not created yet) or,
     with ``CONVEYOR_TEST_PG``, also a PostgreSQL schema of its own (created on first
     use with ``?migrate=true``, dropped afterwards)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'tasks.db'}"
-        return
-    url = pg_url(migrate="true")
+    url = backend_url(request.param, tmp_path)
     yield url
-    drop_pg_schema(url)
+    if request.param == "postgres":
+        drop_pg_schema(url)
 
 
 @pytest.fixture

@@ -52,8 +52,6 @@ class SyncConnection:
         return self._conn.info
 
     def cursor(self, *, row_factory: Any = None) -> _Cursor:
-        if row_factory is None:
-            return _Cursor(self._conn.cursor())
         return _Cursor(self._conn.cursor(row_factory=row_factory))
 
     async def execute(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None

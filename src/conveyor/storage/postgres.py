@@ -471,18 +471,20 @@ class PostgresStorage(FanoutFeed, Storage):
     def fork(self) -> PostgresStorage:
         """A storage object for another thread's event loop: same data, same
         ``instance_id``, its own small pool, no listener of its own."""
-        twin = PostgresStorage.__new__(PostgresStorage)
-        options = PgOptions(**{**_asdict(self.options), "migrate": False, "pool_min": 0,
-                               "pool_max": min(2, self.options.pool_max)})
-        twin._setup(self._conninfo, options, self.url, self.instance_id)
-        return twin
+        return self._twin(PgOptions(**{**_asdict(self.options), "migrate": False,
+                                       "pool_min": 0, "pool_max": min(2, self.options.pool_max)}),
+                          self.instance_id)
 
     def after_fork(self) -> PostgresStorage:
         """In a forked child: a storage with the same URL and options and its own
         ``instance_id`` (the child is another process), connecting on open; the
         parent's connections are left alone."""
+        return self._twin(self.options, uuid.uuid4().hex)
+
+    def _twin(self, options: PgOptions, instance_id: str) -> PostgresStorage:
+        """A new, unopened storage object on the same server and schema."""
         twin = PostgresStorage.__new__(PostgresStorage)
-        twin._setup(self._conninfo, self.options, self.url, uuid.uuid4().hex)
+        twin._setup(self._conninfo, options, self.url, instance_id)
         return twin
 
     # -- life -----------------------------------------------------------------
