@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
 
 from conveyor.model import Status
-from conveyor.storage import Change
+from conveyor.storage import Change, _pgfeed
 from conveyor.storage.postgres import PostgresStorage, parse_postgres_url
 from conveyor.testing.contract import make_spec
 
@@ -227,3 +228,25 @@ async def test_a_statement_of_many_tasks_writes_one_feed_row(storage: Any, other
         assert rows == (5, 5, n + 200)  # 3 adds, 1 claim, 1 finish
     finally:
         feed.stop()
+
+
+async def test_a_backlog_longer_than_a_page_is_delivered_whole(
+        schema_url: str, storage: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that finds a page full or more (a listener back from a long outage)
+    pages through one snapshot; every change goes out once, the first page's too
+    (it was dropped before)."""
+    monkeypatch.setattr(_pgfeed, "PAGE", 10)
+    reader = PostgresStorage(schema_url)
+    await reader.open()  # the feed starts from the snapshot taken here
+    try:
+        added = [(await storage.add([make_spec(payload=i)]))[0].task.id for i in range(35)]
+        feed = Collector(reader)  # the listener starts now: 35 rows to catch up on
+        try:
+            await feed.until(lambda s: set(added) <= {c.task_id for c in s}, timeout=10)
+            keys = [(c.task_id, c.version) for c in feed.seen]
+            assert len(keys) == len(set(keys))
+            assert [c.task_id for c in feed.seen if c.task_id in set(added)] == added
+        finally:
+            feed.stop()
+    finally:
+        await reader.close()

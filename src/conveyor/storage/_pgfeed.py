@@ -172,26 +172,45 @@ class Listener:
                 continue  # only our own writes, which nobody here wants: skip the read
             await self._read(conn)
 
+    def _filter(self) -> tuple[str | None, bool]:
+        """What the streams want now: (origin to leave out or None, wake-ups only)."""
+        origin = None if self._feed.wants_own() else self._origin
+        return origin, not self._feed.wants_all()
+
+    def _wants_more(self, origin: str | None, wakeups: bool) -> bool:
+        """Whether the streams want more than a read filtered by (origin, wakeups)
+        returned: one started wanting them while the read ran."""
+        now_origin, now_wakeups = self._filter()
+        return (origin is not None and now_origin is None) or (wakeups and not now_wakeups)
+
     async def _read(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Publish the changes committed since ``self.since``; advance it."""
+        """Publish the changes committed since ``self.since``; advance it.
+
+        The filter (own changes, wake-ups only) is chosen when the read starts. A
+        stream that starts wanting more meanwhile (``events()`` called while the
+        read ran) must still get every change committed after it asked, and the
+        read's snapshot may hold some the filter left out: the read is then done
+        again from the same ``since``, with the wider filter."""
         since = self.since
         assert since is not None
-        origin = None if self._feed.wants_own() else self._origin
-        wakeups = not self._feed.wants_all()
-        cur = await conn.execute(self._q["changes_since"], {
-            "since": since, "origin": origin, "wakeups": wakeups, "limit": PAGE})
-        rows = await cur.fetchall()
+        while True:
+            origin, wakeups = self._filter()
+            cur = await conn.execute(self._q["changes_since"], {
+                "since": since, "origin": origin, "wakeups": wakeups, "limit": PAGE})
+            rows = await cur.fetchall()
+            if not self._wants_more(origin, wakeups):
+                break
         self.last_read = time.time()
         snap = rows[0][0] if rows else since
         found = [r[1:] for r in rows if r[1] is not None]
-        changes = _changes(found)
         if len(found) < PAGE:
             self.since = snap
+            changes = _changes(found)
             if changes:
                 self._feed.publish(changes)
             return
         # a big backlog (a long disconnect): page through one fixed snapshot
-        seen = {r[0] for r in found}
+        seen: set[int] = set()
         async with conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             cur = await conn.execute(self._q["snapshot"])
@@ -204,7 +223,13 @@ class Listener:
                     "since": since, "origin": origin, "wakeups": wakeups, "after": after,
                     "limit": PAGE})
                 page = await cur.fetchall()
+                if self._wants_more(origin, wakeups):
+                    # wider from here on: page again from the start, skipping what went out
+                    origin, wakeups = self._filter()
+                    after = 0
+                    continue
                 batch = _changes([r for r in page if r[0] not in seen])
+                seen.update(r[0] for r in page)
                 if batch:
                     self._feed.publish(batch)
                 if len(page) < PAGE:

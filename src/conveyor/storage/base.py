@@ -336,7 +336,10 @@ class Storage(abc.ABC):
         them at all: a worker only needs to hear about other processes.
         While ``wakeups_only`` is true, a backend may also leave out every
         change but those that make a task ready (status ``queued``) or ask
-        for an abort. Both are hints: consumers must tolerate extra changes."""
+        for an abort. Both are hints: consumers must tolerate extra changes.
+        When they start wanting more, every change committed after that is
+        delivered (a backend that filters a read must read again, wider, if
+        they changed while it ran)."""
 
     async def change_batches(self, include_own: Callable[[], bool] | bool = True,
                              wakeups_only: Callable[[], bool] | bool = False

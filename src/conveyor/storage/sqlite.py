@@ -77,6 +77,7 @@ __all__ = ["FEED_RETENTION", "SQLiteStorage", "parse_sqlite_url"]
 T = TypeVar("T")
 log = logging.getLogger("conveyor.storage.sqlite")
 Q = load_queries("sqlite")
+_CHANGE_QUERIES = (Q["foreign_wakeups_after"], Q["foreign_changes_after"], Q["changes_after"])
 MIGRATIONS = load_migrations("sqlite")
 SCHEMA_VERSION = MIGRATIONS[-1].version
 MIN_SQLITE = (3, 38, 0)
@@ -329,6 +330,13 @@ class SQLiteStorage(FanoutFeed, Storage):
         if conn is not None:
             conn.close()
 
+    def _wanted(self) -> int:
+        """What the streams want now, as an index of ``_CHANGE_QUERIES``: 2 every
+        change, 1 other writers' changes, 0 other writers' wake-ups."""
+        if self._feed.wants_own():
+            return 2
+        return 1 if self._feed.wants_all() else 0
+
     def _read_changes(self, conn: sqlite3.Connection, last: int) -> int:
         """Publish the changes after ``last``; returns the new position.
 
@@ -338,15 +346,17 @@ class SQLiteStorage(FanoutFeed, Storage):
             conn.execute("BEGIN")  # one snapshot for the rows and the end position
             try:
                 end = conn.execute(Q["last_change"]).fetchone()[0]
-                if self._feed.wants_own():
-                    query, params = Q["changes_after"], {"after": last, "upto": end}
-                elif self._feed.wants_all():
-                    query, params = Q["foreign_changes_after"], {
-                        "after": last, "upto": end, "origin": self.instance_id}
-                else:
-                    query, params = Q["foreign_wakeups_after"], {
-                        "after": last, "upto": end, "origin": self.instance_id}
-                rows = conn.execute(query, {**params, "limit": 1000}).fetchall()
+                params = {"after": last, "upto": end, "origin": self.instance_id,
+                          "limit": 1000}
+                wanted = self._wanted()
+                while True:
+                    rows = conn.execute(_CHANGE_QUERIES[wanted], params).fetchall()
+                    # a stream that started wanting more while the rows were read
+                    # (events() called meanwhile) gets them: read again, wider
+                    now = self._wanted()
+                    if now <= wanted:
+                        break
+                    wanted = now
             finally:
                 conn.execute("COMMIT")
             if rows:
