@@ -229,3 +229,66 @@ async def test_a_first_statement_on_a_connection_without_autocommit_rolls_back(
             conn.rollback()
     assert len(results) == 601
     assert await storage.count(parse_filter({})) == 0
+
+
+# -- connections set up by frameworks; what the adding process announces ---------------
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+async def test_a_connection_that_loads_jsonb_as_text(storage: Any, schema_url: str,
+                                                      sync: bool) -> None:
+    """Django's psycopg backend loads jsonb as text on its connections; the holder of
+    a unique key read on such a connection is still decoded as conveyor does, and
+    the caller's connection keeps its own loaders."""
+    from psycopg.types.string import TextLoader
+
+    [held] = await storage.add([make_spec(payload={"x": [1]}, unique_key="k")])
+    spec = make_spec(payload={"x": [2]}, unique_key="k")
+    if sync:
+        with _sync_conn(schema_url) as conn:
+            conn.adapters.register_loader("jsonb", TextLoader)
+            with conn.transaction():
+                [res] = await storage.add_in(conn, [spec])
+            own = conn.execute("SELECT '{\"a\": 1}'::jsonb").fetchone()
+    else:
+        async with await _user_conn(schema_url) as aconn:
+            aconn.adapters.register_loader("jsonb", TextLoader)
+            async with aconn.transaction():
+                [res] = await storage.add_in(aconn, [spec])
+            cur = await aconn.execute("SELECT '{\"a\": 1}'::jsonb")
+            own = await cur.fetchone()
+    assert not res.created and res.task.id == held.task.id
+    assert res.task.payload == {"x": [1]} and res.task.status is Status.QUEUED
+    assert own == ('{"a": 1}',)
+    assert await storage.get(spec.id) is None
+
+
+async def test_the_adding_app_announces_add_in_tasks_at_the_commit(schema_url: str) -> None:
+    """``task.added`` of a task added in the caller's transaction comes when that
+    transaction commits (through the change feed, as from another process), and
+    never for one rolled back; tallies count it."""
+    from conveyor import Conveyor
+
+    app = Conveyor(schema_url)
+    added: list[str] = []
+    tallied: list[str] = []
+    app.on("task.added", lambda event: added.append(event.task_id or ""))
+    app.bus.add_tally(lambda kind, action, *rest: tallied.append(f"{kind} {action}"))
+    await app.open()
+    try:
+        async with await _user_conn(schema_url) as conn:
+            async with conn.transaction(force_rollback=True):
+                rolled = await app.add_in(conn, "test:a", {"n": 1})
+            async with conn.transaction():
+                task = await app.add_in(conn, "test:a", {"n": 2})
+                [many] = await app.add_many_in(conn, [("test:a", {"n": 3})])
+        direct = await app.add("test:a", {"n": 4})
+        deadline = asyncio.get_running_loop().time() + 5
+        while not {task.id, many.id, direct.id} <= set(added):
+            assert asyncio.get_running_loop().time() < deadline, added
+            await asyncio.sleep(0.01)
+        assert rolled.id not in added
+        assert sorted(added) == sorted({task.id, many.id, direct.id})  # each once
+        assert tallied.count("added test:a") == 3
+    finally:
+        await app.close()

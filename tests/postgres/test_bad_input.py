@@ -179,3 +179,62 @@ async def test_a_clock_off_the_servers_is_a_warning(storage: Any, caplog: Any) -
     [record] = caplog.records
     assert "30.0 s ahead of the clock of PostgreSQL at db" in record.getMessage()
     assert "NTP" in record.getMessage()
+
+
+async def test_libpq_options_with_spaces_reach_the_server(schema_url: str) -> None:
+    """The query string is passed on percent-encoded (not with ``+`` for spaces, which
+    libpq would read as itself)."""
+    from conveyor.storage.postgres import parse_postgres_url
+
+    url = f"{schema_url}&application_name=my%20app&options=-c%20statement_timeout%3D4321"
+    conninfo, _, _ = parse_postgres_url(url)
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    assert params["application_name"] == "my app"
+    assert params["options"] == "-c statement_timeout=4321"
+    storage = PostgresStorage(url)
+    await storage.open()
+    try:
+        [res] = await storage.add([make_spec()])
+        assert await storage.get(res.task.id) is not None
+    finally:
+        await storage.close()
+    with psycopg.connect(conninfo) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("4321ms",)
+        assert conn.execute("SHOW application_name").fetchone() == ("my app",)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://ann@db.example/db?password=s3cret&bogus=1",
+    "postgresql://ann@db.example:abc/db?password=s3cret",
+    "mysql://db.example/db?password=s3cret",
+    "postgresql://ann:s3cret@db.example/db?password=s3cret&bogus=1",
+])
+def test_no_password_in_configuration_errors(url: str) -> None:
+    with pytest.raises(ConfigurationError) as err:
+        PostgresStorage(url)
+    assert "s3cret" not in str(err.value) and "***" in str(err.value)
+
+
+def test_unknown_and_repeated_options_are_named() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown option 'bogus'.*schema"):
+        PostgresStorage("postgresql://ann@db.example/db?bogus=1")
+    with pytest.raises(ConfigurationError, match="'schema' given twice"):
+        PostgresStorage("postgresql://ann@db.example/db?schema=a&schema=b")
+    with pytest.raises(ConfigurationError, match="'sslmode' given twice"):
+        PostgresStorage("postgresql://ann@db.example/db?sslmode=require&sslmode=disable")
+
+
+async def test_tables_not_made_by_migrate_are_named(bare_url: str, server: str) -> None:
+    schema = dict(p.split("=") for p in urlsplit(bare_url).query.split("&"))["schema"]
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'CREATE TABLE "{schema}".tasks (id text)')
+    with pytest.raises(SchemaError, match=rf'"{schema}".*conveyor migrate.*another schema'):
+        await PostgresStorage(bare_url).open()
+
+
+async def test_nul_in_a_unique_key_is_named(storage: Any) -> None:
+    spec = make_spec(unique_key="a\x00b")
+    with pytest.raises(ValidationError, match="unique key"):
+        await storage.add([spec])
+    assert await storage.get(spec.id) is None

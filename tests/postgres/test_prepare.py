@@ -14,7 +14,7 @@ async def _prepared_after_work(storage: PostgresStorage) -> int:
     connection, and count what that connection has prepared."""
     async with storage._conn() as conn:
         for _ in range(8):
-            await storage._add_on(conn, [make_spec()])
+            await storage._add_on(conn, [make_spec()], storage.instance_id)
             await storage._rows(conn, storage._q["get_task"], {"id": "x"})
         cur = await conn.execute("SELECT count(*) FROM pg_prepared_statements")
         row = await cur.fetchone()

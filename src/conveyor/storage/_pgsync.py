@@ -24,6 +24,10 @@ class _Cursor:
     def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
         self._cursor = cursor
 
+    @property
+    def adapters(self) -> Any:
+        return self._cursor.adapters
+
     async def execute(self, query: str, params: Mapping[str, Any] | Sequence[Any] | None = None
                       ) -> _Cursor:
         await asyncio.to_thread(self._cursor.execute, query, params)
@@ -38,7 +42,7 @@ class _Cursor:
 
 class SyncConnection:
     """``conn`` (a ``psycopg.Connection``) with awaitable ``execute``,
-    ``cursor().execute/fetchall/fetchone`` and ``transaction()``."""
+    ``cursor().execute/fetchall/fetchone`` (and its ``adapters``) and ``transaction()``."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn

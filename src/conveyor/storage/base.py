@@ -120,8 +120,11 @@ class Change:
     (lease expired, queued again), ``lost`` (failed: worker lost),
     ``lost_aborted`` (aborted: its worker died after an abort request),
     ``expired`` (failed: pickup timeout)). ``origin`` is the
-    :attr:`Storage.instance_id` of the writer, when known. ``seq`` orders the
-    feed; the changes one statement made to several tasks may share it."""
+    :attr:`Storage.instance_id` of the writer, when known (PostgreSQL's
+    ``add_in`` writes it followed by ``-tx``: such tasks are announced when the
+    caller's transaction commits, through the feed, also in the adding
+    process). ``seq`` orders the feed; the changes one statement made to
+    several tasks may share it."""
 
     seq: int
     task_id: str

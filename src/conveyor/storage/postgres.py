@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
-from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
 
 import psycopg
 import psycopg.errors
@@ -99,6 +100,10 @@ _RAW_QUERIES = load_queries("postgres")
 MIGRATIONS = load_migrations("postgres")
 SCHEMA_VERSION = MIGRATIONS[-1].version
 """The schema version this code needs: the number of the last migration."""
+# the origin of changes written by add_in, after the storage's instance id: not this
+# storage's own writes (which the app announces as it makes them) but announced when
+# the caller's transaction commits, through the feed, in this process too
+_TX_ORIGIN = "-tx"
 _ADD_CHUNK = 250  # rows per insert statement of a big add (see _insert_overlapped)
 _LOCK_IDLE_FLOOR = 5.0  # seconds; see _lock_idle
 MIN_SERVER = 130000  # xid8, pg_current_snapshot(), pg_snapshot_xip()
@@ -158,6 +163,7 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
     except ValueError as exc:
         raise ConfigurationError(f"bad postgres URL {_hide_password(url)!r}: {exc}") from None
     query = parse_qsl(parts.query, keep_blank_values=True)
+    _check_keys(url, [k for k, _ in query])
     ours = {k: v for k, v in query if k in _OPTIONS}
     rest = [(k, v) for k, v in query if k not in _OPTIONS]
     kwargs: dict[str, Any] = {}
@@ -186,14 +192,16 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
     _check_options(options)
     if not any(k == "connect_timeout" for k, _ in rest):
         rest.append(("connect_timeout", "10"))
-    conninfo = _unsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
+    # quote, not urlencode's default quote_plus: libpq reads "+" as itself, not a space
+    conninfo = _unsplit(parts._replace(scheme="postgresql",
+                                       query=urlencode(rest, quote_via=quote)))
     try:
         psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
         raise ConfigurationError(
             f"bad postgres URL {_hide_password(url)!r}: {_first_line(exc)}") from None
     display = _hide_password(_unsplit(parts._replace(
-        query=urlencode([(k, v) for k, v in query if k != "password"]))))
+        query=urlencode([(k, v) for k, v in query if k != "password"], quote_via=quote))))
     return conninfo, options, display
 
 
@@ -214,14 +222,40 @@ def _check_options(o: PgOptions) -> None:
         raise ConfigurationError(f"bad schema name {o.schema!r}")
 
 
+def _check_keys(url: str, keys: Sequence[str]) -> None:
+    """Every option of the URL's query is conveyor's or libpq's, and given once."""
+    known = _libpq_keywords()
+    for key in keys:
+        if key not in _OPTIONS and key not in known:
+            raise ConfigurationError(
+                f"bad postgres URL {_hide_password(url)!r}: unknown option {key!r} (conveyor's "
+                f"are {', '.join(sorted(_OPTIONS))}; the rest go to libpq, which does not "
+                "know it)")
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigurationError(
+            f"bad postgres URL {_hide_password(url)!r}: option {twice[0]!r} given twice")
+
+
+@functools.cache
+def _libpq_keywords() -> frozenset[str]:
+    return frozenset(d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults())
+
+
+_PASSWORD_PARAM = re.compile(r"(?i)((?:^|&)password=)[^&]*")
+
+
 def _hide_password(url: str) -> str:
+    """``url`` for messages: the password (``user:pw@`` or ``?password=``) as ``***``."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
+        query = _PASSWORD_PARAM.sub(r"\1***", parts.query)
+        if parts.password is None and query == parts.query:
             return url
-        netloc = parts.netloc.rsplit("@", 1)
-        user = (parts.username or "")
-        return urlunsplit(parts._replace(netloc=f"{quote(user)}:***@{netloc[-1]}"))
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{quote(parts.username or '')}:***@{netloc.rsplit('@', 1)[-1]}"
+        return _unsplit(parts._replace(netloc=netloc, query=query))
     except ValueError:
         return "postgresql://..."
 
@@ -275,6 +309,19 @@ def _loads(data: bytes | bytearray | memoryview | str) -> Any:
 
 _ADAPTERS = AdaptersMap(psycopg.adapters)
 set_json_loads(_loads, _ADAPTERS)
+_JSON_LOADERS = [(info.oid, loader) for info in (psycopg.postgres.types["json"],
+                                                 psycopg.postgres.types["jsonb"])
+                 for fmt in (psycopg.pq.Format.TEXT, psycopg.pq.Format.BINARY)
+                 if (loader := _ADAPTERS.get_loader(info.oid, fmt)) is not None]
+
+
+def _our_json(cur: Any) -> None:
+    """Load json and jsonb on ``cur`` as conveyor's own connections do, whatever the
+    caller's connection was set up with (Django's psycopg backend loads jsonb as text)."""
+    adapters = cur.adapters
+    for oid, loader in _JSON_LOADERS:
+        if adapters.get_loader(oid, loader.format) is not loader:
+            adapters.register_loader(oid, loader)
 
 _ESCAPED_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
@@ -321,7 +368,10 @@ async def _schema_version(conn: psycopg.AsyncConnection[Any], schema: str) -> in
     has_migrations, has_tasks = row
     if not has_migrations:
         if has_tasks:
-            raise SchemaError(f'schema "{schema}" has conveyor tables but no migration record')
+            raise SchemaError(
+                f'schema "{schema}" has a tasks table but no conveyor migration record: it '
+                "was not made by `conveyor migrate`; use another schema (?schema=...) or "
+                "drop this one")
         return None
     cur = await conn.execute(
         sql.SQL("SELECT coalesce(max(version), 0) FROM {}.migrations").format(
@@ -726,7 +776,7 @@ class PostgresStorage(FanoutFeed, Storage):
         for attempt in range(3):
             try:
                 async with self._conn() as conn:
-                    return await self._add_on(conn, specs)
+                    return await self._add_on(conn, specs, self.instance_id)
             except _Retry:
                 if attempt == 2:
                     raise StorageError("could not add tasks: deadlocked three times with "
@@ -766,7 +816,8 @@ class PostgresStorage(FanoutFeed, Storage):
                 # no autocommit, no statement yet: open the caller's transaction now,
                 # else psycopg would make our inner transaction() blocks commit it
                 await conn.execute("SELECT 1")
-            return await self._add_on(conn, built)
+            # announced at the commit, through the feed, in this process too
+            return await self._add_on(conn, built, self.instance_id + _TX_ORIGIN)
         except _Retry:
             raise StorageError("could not add tasks: deadlock with a concurrent add; the "
                                "transaction is aborted: run it again") from None
@@ -774,20 +825,20 @@ class PostgresStorage(FanoutFeed, Storage):
             raise SchemaError(f'conveyor schema "{self.schema}" is missing: run '
                               f"`conveyor migrate` ({_first_line(exc)})") from None
 
-    async def _add_on(self, conn: psycopg.AsyncConnection[Any],
-                      specs: Sequence[TaskSpec]) -> list[AddResult]:
+    async def _add_on(self, conn: psycopg.AsyncConnection[Any], specs: Sequence[TaskSpec],
+                      origin: str) -> list[AddResult]:
         if len({spec.id for spec in specs}) != len(specs):
             raise StorageError("could not add tasks: a task with this id already exists")
         try:
             if all(spec.unique_key is None for spec in specs):
                 return await self._add_plain(conn, lambda start, stop: specs[start:stop],
-                                             len(specs))
+                                             len(specs), origin)
             now = time.time()
             tasks = [_ops.new_task(spec, now) for spec in specs]
             rows = [_insert_row(task) for task in tasks]
             _check_nul(_json.dumps(rows))
             async with conn.transaction():
-                return await self._add_unique(conn, specs, tasks, rows)
+                return await self._add_unique(conn, specs, tasks, rows, origin)
         except psycopg.errors.DeadlockDetected:
             raise _Retry() from None
         except psycopg.errors.UniqueViolation as exc:
@@ -800,11 +851,11 @@ class PostgresStorage(FanoutFeed, Storage):
         part is built while the server inserts the previous one (``Conveyor.add_many``
         of plain items uses it). A ``build`` error rolls everything back."""
         async with self._conn() as conn:
-            return await self._add_plain(conn, build, n)
+            return await self._add_plain(conn, build, n, self.instance_id)
 
     async def _add_plain(self, conn: psycopg.AsyncConnection[Any],
                          build: Callable[[int, int], Sequence[TaskSpec]],
-                         n: int) -> list[AddResult]:
+                         n: int, origin: str) -> list[AddResult]:
         """Insert ``n`` tasks without unique keys: one statement, or above ``_ADD_CHUNK``
         statements that overlap their building (:meth:`_insert_overlapped`) in one
         transaction."""
@@ -812,25 +863,24 @@ class PostgresStorage(FanoutFeed, Storage):
         try:
             if n <= _ADD_CHUNK:
                 tasks, text = _insert_text(build(0, n), now)
-                await conn.execute(self._q["insert_tasks"],
-                                   {"rows": text, "origin": self.instance_id})
+                await conn.execute(self._q["insert_tasks"], {"rows": text, "origin": origin})
             else:
                 async with conn.transaction():
-                    tasks = await self._insert_overlapped(conn, build, n, now)
+                    tasks = await self._insert_overlapped(conn, build, n, now, origin)
         except psycopg.errors.UniqueViolation as exc:
             raise _id_taken(exc) from None
         return [AddResult(task, True) for task in tasks]
 
     async def _insert_overlapped(self, conn: psycopg.AsyncConnection[Any],
                                  build: Callable[[int, int], Sequence[TaskSpec]], n: int,
-                                 now: float) -> list[Task]:
+                                 now: float, origin: str) -> list[Task]:
         """Insert ``n`` tasks as statements of ``_ADD_CHUNK`` rows inside the caller's
         transaction, building each statement's rows (``build(start, stop)`` gives the
         specs) while the server runs the one before: a bulk add's Python and the
         server's insert overlap."""
         tasks: list[Task] = []
         pending: asyncio.Task[Any] | None = None
-        query, origin = self._q["insert_tasks"], self.instance_id
+        query = self._q["insert_tasks"]
         try:
             for start in range(0, n, _ADD_CHUNK):
                 specs = build(start, min(n, start + _ADD_CHUNK))
@@ -853,7 +903,8 @@ class PostgresStorage(FanoutFeed, Storage):
         return tasks
 
     async def _add_unique(self, conn: psycopg.AsyncConnection[Any], specs: Sequence[TaskSpec],
-                          tasks: list[Task], rows: list[list[Any]]) -> list[AddResult]:
+                          tasks: list[Task], rows: list[list[Any]],
+                          origin: str) -> list[AddResult]:
         keys = list({s.unique_key for s in specs if s.unique_key is not None})
         existing = await self._holders(conn, keys)
         out: list[AddResult | None] = [None] * len(specs)
@@ -881,7 +932,7 @@ class PostgresStorage(FanoutFeed, Storage):
             # order, and never deadlock
             pending.sort(key=lambda i: (specs[i].unique_key is not None, specs[i].unique_key or ""))
             inserted = {r[0] for r in await self._rows(conn, self._q["insert_unique_tasks"], {
-                "rows": _json.dumps([rows[i] for i in pending]), "origin": self.instance_id})}
+                "rows": _json.dumps([rows[i] for i in pending]), "origin": origin})}
             missed = [i for i in pending if tasks[i].id not in inserted]
             for i in pending:
                 if tasks[i].id in inserted:
@@ -908,6 +959,7 @@ class PostgresStorage(FanoutFeed, Storage):
         if not keys:
             return found
         cur = conn.cursor(row_factory=tuple_row)
+        _our_json(cur)  # add_in: the caller's connection may load jsonb otherwise
         await cur.execute(self._q["tasks_with_keys"], {"keys": list(keys)})
         for row in await cur.fetchall():
             task = row_to_task(row, decoded=True)
@@ -1425,8 +1477,8 @@ def _id_taken(exc: psycopg.errors.UniqueViolation) -> StorageError:
 def _check_nul(text: str) -> None:
     if _has_nul(text):
         raise ValidationError(
-            "PostgreSQL cannot store the NUL character (\\u0000) in JSON: remove it from "
-            "the payload and tags")
+            "PostgreSQL cannot store the NUL character (\\u0000): remove it from the "
+            "payload, the tags and the unique key")
 
 
 def _insert_row(task: Task) -> list[Any]:
