@@ -9,11 +9,13 @@ and ``ctx.emit(...)`` are ordinary calls that are also awaitable, so both
 from __future__ import annotations
 
 import asyncio
+import reprlib
 import threading
 from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from .errors import ConveyorError
+from . import _json
+from .errors import ConveyorError, ValidationError
 from .model import LogLevel, Progress, Task
 
 __all__ = ["Context", "TaskAbortRequested", "TaskLogger"]
@@ -57,7 +59,9 @@ class TaskLogger:
     """Writes the task's log, kept with the task in storage.
 
     ``ctx.log.info("chunk %s of %s", i, n)`` formats like :mod:`logging`;
-    pass ``data={...}`` to attach structured JSON to the line.
+    pass ``data={...}`` to attach structured JSON to the line. A bad level or
+    ``data`` (not a dict of JSON values) raises :class:`ValidationError` in the
+    handler, and nothing is written.
     """
 
     __slots__ = ("_channel", "_task_id")
@@ -68,15 +72,18 @@ class TaskLogger:
 
     def log(self, level: LogLevel | str | int, message: str, *args: Any,
             data: dict[str, Any] | None = None) -> _Done:
-        """Write one log line at ``level``; ``message % args`` as in :mod:`logging`; ``data`` is
-        attached as JSON."""
+        """Write one log line at ``level``; ``message % args`` as in :mod:`logging`; ``data`` (a
+        dict with text keys and JSON values) is attached as JSON."""
+        parsed = LogLevel.parse(level)
+        if data is not None:
+            data = _check_data(data)
         text = str(message)
         if args:
             try:
                 text = text % args
             except (TypeError, ValueError):
                 text = " ".join([text, *map(str, args)])
-        self._channel.log(self._task_id, LogLevel.parse(level), text, data)
+        self._channel.log(self._task_id, parsed, text, data)
         return _DONE
 
     def debug(self, message: str, *args: Any, data: dict[str, Any] | None = None) -> _Done:
@@ -96,6 +103,18 @@ class TaskLogger:
     def error(self, message: str, *args: Any, data: dict[str, Any] | None = None) -> _Done:
         """Write an ERROR line."""
         return self.log(LogLevel.ERROR, message, *args, data=data)
+
+
+def _check_data(data: Any) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ValidationError(
+            f"log data must be a dict (or None), not {type(data).__name__} "
+            f"{reprlib.repr(data)}")
+    for key in data:
+        if not isinstance(key, str):
+            raise ValidationError(f"log data keys must be strings, not {key!r}")
+    _json.dumps_checked(data, "log data")
+    return dict(data)
 
 
 class Context(Generic[P]):
