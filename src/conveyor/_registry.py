@@ -16,7 +16,15 @@ from pydantic import ValidationError as PydanticValidationError
 from .errors import ConfigurationError, ValidationError
 from .model import Backoff, Policy, seconds
 
-__all__ = ["ACTION_PATTERN", "Handler", "Registry", "check_action"]
+__all__ = [
+    "ACTION_PATTERN",
+    "HANDLER_OPTIONS",
+    "Handler",
+    "Registry",
+    "build_handler",
+    "check_action",
+    "check_policy",
+]
 
 ACTION_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,199}$")
 MODES = ("auto", "async", "thread", "process")
@@ -36,6 +44,13 @@ def check_action(action: object) -> str:
     if len(_KNOWN_ACTIONS) < 10_000:
         _KNOWN_ACTIONS.add(action)
     return action
+
+
+def check_policy(policy: object) -> None:
+    """A transition policy (the app's or a handler's) is None or a function."""
+    if policy is not None and not callable(policy):
+        raise ConfigurationError(
+            f"policy must be a function (task, outcome) -> Transition, not {policy!r}")
 
 
 @dataclass(slots=True)
@@ -129,8 +144,14 @@ def _positive_int(value: Any, what: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{what} must be an integer >= 1, not {value!r}")
+        raise ValidationError(f"{what} must be an integer >= 1, not {value!r}")
     return value
+
+
+def _model(value: Any, what: str) -> type[BaseModel] | None:
+    if value is None or (isinstance(value, type) and issubclass(value, BaseModel)):
+        return value
+    raise ValidationError(f"{what} must be a pydantic model class, not {value!r}")
 
 
 def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = None,
@@ -157,26 +178,28 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
         raise ConfigurationError(f"handler for {action!r}: mode='async' needs an async function")
     if mode == "thread" and is_coroutine:
         raise ConfigurationError(f"handler for {action!r}: mode='thread' needs a plain function")
-    if max_attempts is not None and retries is not None:
-        raise ConfigurationError("give max_attempts or retries, not both")
-    if retries is not None:
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
-        max_attempts = retries + 1
-    if isinstance(retry_on, type):
-        retry_on = (retry_on,)
-    if not isinstance(retry_on, tuple | list) or not all(
-            isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
-        raise ConfigurationError(
-            f"retry_on must be exception classes (one, or a tuple), not {retry_on!r}")
-    if policy is not None and not callable(policy):
-        raise ConfigurationError("policy must be a function (task, outcome) -> Transition")
+    check_policy(policy)
     sig_payload, sig_result = _models_from_signature(fn)
     if mode == "process":
         from ._children import handler_location
 
         handler_location(Handler(action, fn, is_coroutine))  # fails early if not importable
+    # the defaults of the handler's tasks follow the rules of add's options
+    from ._specs import check_backoff, check_max_attempts, check_priority
+
     try:
+        if max_attempts is not None and retries is not None:
+            raise ValidationError("give max_attempts or retries, not both")
+        if retries is not None:
+            if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+                raise ValidationError(f"retries must be an integer >= 0, not {retries!r}")
+            max_attempts = retries + 1
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        if not isinstance(retry_on, tuple | list) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+            raise ValidationError(
+                f"retry_on must be exception classes (one, or a tuple), not {retry_on!r}")
         return Handler(
             action=action,
             fn=fn,
@@ -184,19 +207,23 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
             environment=environment,
             run_timeout=seconds(timeout, "timeout", allow_zero=False),
             pickup_timeout=seconds(pickup_timeout, "pickup_timeout", allow_zero=False),
-            max_attempts=_positive_int(max_attempts, "max_attempts"),
-            backoff=Backoff.parse(backoff),
+            max_attempts=check_max_attempts(max_attempts),
+            backoff=check_backoff(backoff),
             retry_on=tuple(retry_on),
             limit=_positive_int(limit, "limit"),
             policy=policy,
-            priority=None if priority is None else float(priority),
-            payload_model=payload_model or sig_payload,
-            result_model=result_model or sig_result,
+            priority=None if priority is None else check_priority(priority),
+            payload_model=_model(payload_model, "payload_model") or sig_payload,
+            result_model=_model(result_model, "result_model") or sig_result,
             abort_grace=seconds(abort_grace, "abort_grace") or 0.0,
             mode=mode,
         )
     except ValidationError as exc:
         raise ConfigurationError(f"handler for {action!r}: {exc}") from None
+
+
+HANDLER_OPTIONS = frozenset(inspect.signature(build_handler).parameters) - {"action", "fn"}
+"""The options :func:`build_handler` takes (``schedule`` is the app's)."""
 
 
 class Registry:

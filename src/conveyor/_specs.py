@@ -7,6 +7,7 @@ argument and the problem.
 from __future__ import annotations
 
 import math
+import reprlib
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -31,7 +32,15 @@ from .query import parse_filter
 if TYPE_CHECKING:
     from ._registry import Handler
 
-__all__ = ["ADD_OPTIONS", "build_spec", "check_priority", "unique_key_from_fields"]
+__all__ = [
+    "ADD_OPTIONS",
+    "build_spec",
+    "check_backoff",
+    "check_max_attempts",
+    "check_priority",
+    "check_tags",
+    "unique_key_from_fields",
+]
 
 ADD_OPTIONS = frozenset({
     "priority", "delay", "run_at", "tags", "max_attempts", "timeout", "pickup_timeout",
@@ -41,13 +50,52 @@ ADD_OPTIONS = frozenset({
 MAX_UNIQUE_KEY = 512
 
 
+# The checks of the options a task and a handler share (the handler's are the
+# defaults of its tasks): ``add`` and ``build_handler`` use the same ones.
+
+
 def check_priority(value: Any) -> float:
+    """A priority: a finite number (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(f"priority must be a number, not {value!r}")
     result = float(value)
     if not math.isfinite(result):
         raise ValidationError(f"priority must be a finite number, not {value!r}")
     return result
+
+
+def check_max_attempts(value: Any) -> int | None:
+    """``max_attempts``: None or an integer >= 1 (not a bool)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise ValidationError(f"max_attempts must be an integer >= 1, not {value!r}")
+    return value
+
+
+def check_backoff(value: Any) -> Backoff | None:
+    """``backoff``: None, seconds, a mapping or a :class:`Backoff`, with finite numbers
+    (a backoff is stored as JSON, which has no NaN or infinity)."""
+    backoff = Backoff.parse(value)
+    if backoff is not None:
+        for name in ("base", "factor", "maximum", "jitter"):
+            number = getattr(backoff, name)
+            if not math.isfinite(number):
+                raise ValidationError(f"backoff {name} must be a finite number, not {number!r}")
+    return backoff
+
+
+def check_tags(value: Any) -> dict[str, Any]:
+    """``tags``: None or a mapping of names (non-empty strings without dots) to values."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError(
+            f"tags must be a dict of tag names to values, not {type(value).__name__} "
+            f"{reprlib.repr(value)}")
+    try:
+        return normalise_tags(value)
+    except ValidationError as exc:
+        raise ValidationError(f"tags: {exc}") from None
 
 
 def _when(value: Any) -> float:
@@ -147,17 +195,14 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
     else:
         start = now + (seconds(delay, "delay") or 0.0)
 
-    tags = normalise_tags(options.get("tags"))
+    tags = check_tags(options.get("tags"))
     if tags:
         _json.dumps_checked(tags, "tags", limit=max_payload)
 
-    max_attempts = options.get("max_attempts")
-    if max_attempts is not None and (isinstance(max_attempts, bool)
-                                     or not isinstance(max_attempts, int) or max_attempts < 1):
-        raise ValidationError(f"max_attempts must be an integer >= 1, not {max_attempts!r}")
+    max_attempts = check_max_attempts(options.get("max_attempts"))
     run_timeout = seconds(options.get("timeout"), "timeout", allow_zero=False)
     pickup_timeout = seconds(options.get("pickup_timeout"), "pickup_timeout", allow_zero=False)
-    backoff = Backoff.parse(options.get("backoff"))
+    backoff = check_backoff(options.get("backoff"))
     if handler is not None:
         max_attempts = max_attempts or handler.max_attempts
         run_timeout = run_timeout or handler.run_timeout

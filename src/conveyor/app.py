@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import reprlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from . import _forks
-from ._registry import Handler, Registry, build_handler
+from ._registry import HANDLER_OPTIONS, Handler, Registry, build_handler, check_policy
 from ._specs import build_spec, check_priority
 from ._worker import Worker
 from .errors import (
@@ -82,6 +83,7 @@ class Conveyor:
             raise ConfigurationError("max_payload must be a positive number of bytes")
         if isinstance(max_rescues, bool) or not isinstance(max_rescues, int) or max_rescues < 0:
             raise ConfigurationError("max_rescues must be an integer >= 0")
+        check_policy(policy)
         try:
             self.lease = seconds(lease, "lease", allow_none=False, allow_zero=False) or 30.0
             self.idle_poll = seconds(idle_poll, "idle_poll", allow_none=False,
@@ -143,18 +145,39 @@ class Conveyor:
         return register
 
     def register(self, action: str, fn: Callable[..., Any], **options: Any) -> Handler:
-        """Register ``fn`` for ``action`` (the non-decorator form of :meth:`handler`)."""
+        """Register ``fn`` for ``action`` (the non-decorator form of :meth:`handler`).
+
+        All or nothing: the options, the ``schedule`` option and the schedules
+        already declared for ``action`` (their payloads against the handler's
+        payload model) are checked first; if any is refused, a
+        :class:`ConfigurationError` says which, and nothing is registered."""
         if self._worker is not None:
             raise ConfigurationError("register handlers before the worker starts")
         schedule = options.pop("schedule", None)
-        try:
-            handler = build_handler(action, fn, **options)
-        except TypeError as exc:
-            raise ConfigurationError(f"handler for {action!r}: {exc}") from None
+        if isinstance(action, str) and action in self.registry:
+            raise ConfigurationError(f"a handler for {action!r} is already registered")
+        unknown = set(options) - HANDLER_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"handler for {action!r}: unknown option(s): {', '.join(sorted(unknown))}")
+        handler = build_handler(action, fn, **options)
         parsed = None if schedule is None else Schedule.parse(action, schedule)
+        if parsed is not None and parsed.action != action:
+            raise ConfigurationError(
+                f"handler for {action!r}: its schedule is for {parsed.action!r}")
+        for declared in self.schedules:  # declared before the handler: check them now
+            if declared.action == action:
+                try:
+                    self._check_schedule(declared, handler)
+                except ConfigurationError as exc:
+                    raise ConfigurationError(f"handler for {action!r}: {exc}") from None
+        if parsed is not None:
+            if any(s.name == parsed.name for s in self.schedules):
+                raise ConfigurationError(f"a schedule named {parsed.name!r} exists already")
+            self._check_schedule(parsed, handler)
         self.registry.add(handler)
         if parsed is not None:
-            self._add_schedule(parsed)
+            self.schedules.append(parsed)
         return handler
 
     def schedule(self, action: str, when: str | float | timedelta | Schedule, *,
@@ -176,13 +199,17 @@ class Conveyor:
             raise ConfigurationError("add schedules before the worker starts")
         if any(s.name == schedule.name for s in self.schedules):
             raise ConfigurationError(f"a schedule named {schedule.name!r} exists already")
-        try:  # check the payload and options now rather than at the first occurrence
-            build_spec(schedule.action, schedule.payload,
-                       handler=self.registry.get(schedule.action),
+        self._check_schedule(schedule, self.registry.get(schedule.action))
+        self.schedules.append(schedule)
+
+    def _check_schedule(self, schedule: Schedule, handler: Handler | None) -> None:
+        """Refuse a schedule whose tasks ``handler`` (None: no handler here yet)
+        would refuse: now rather than at every occurrence."""
+        try:
+            build_spec(schedule.action, schedule.payload, handler=handler,
                        max_payload=self.max_payload, priority=schedule.priority)
         except ValidationError as exc:
             raise ConfigurationError(f"schedule {schedule.name!r}: {exc}") from None
-        self.schedules.append(schedule)
 
     def add_result_sink(self, sink: Sink) -> None:
         """Push every result (final, and intermediate from ``ctx.emit``) to ``sink``:
@@ -311,15 +338,19 @@ class Conveyor:
         instead of a new one. A payload is checked against the handler's
         payload model when the handler is registered in this process.
         """
-        return (await self.add_many([(action, payload, options)]))[0]
+        return (await self._add_items([(action, payload, options)]))[0]
 
     async def add_many(self, items: Iterable[Any]) -> list[Task]:
         """Add many tasks in one transaction: all or none.
 
         Each item is ``(action, payload)``, ``(action, payload, options)`` or a
-        dict with ``action``, ``payload`` and any option of :meth:`add`.
+        dict with ``action``, ``payload`` and any option of :meth:`add`. When
+        there are several, a bad item's error starts with its index
+        (``task 0: ...``).
         """
-        items = items if isinstance(items, list) else list(items)
+        return await self._add_items(_item_list(items))
+
+    async def _add_items(self, items: list[Any]) -> list[Task]:
         if not items:
             return []
         build = self._spec_builder(items)
@@ -344,8 +375,9 @@ class Conveyor:
 
     def _spec_builder(self, items: list[Any]) -> Callable[[int, int], list[TaskSpec]]:
         """``build(start, stop)``: the validated specs of ``items[start:stop]`` (all made
-        at one time); a bad item's error names its index."""
+        at one time); when there are several items, a bad one's error names its index."""
         now = time.time()
+        several = len(items) > 1
 
         def build(start: int, stop: int) -> list[TaskSpec]:
             specs = []
@@ -355,7 +387,7 @@ class Conveyor:
                     specs.append(build_spec(action, payload, handler=self.registry.get(action),
                                             max_payload=self.max_payload, now=now, **options))
                 except ValidationError as exc:
-                    if i:
+                    if several:
                         raise ValidationError(f"task {i}: {exc}") from None
                     raise
             return specs
@@ -371,7 +403,7 @@ class Conveyor:
 
     async def add_many_in(self, conn: Any, items: Iterable[Any]) -> list[Task]:
         """:meth:`add_many` inside your own transaction on ``conn`` (see :meth:`add_in`)."""
-        items = items if isinstance(items, list) else list(items)
+        items = _item_list(items)
         specs = self._spec_builder(items)(0, len(items))
         await self.open()
         add_in = getattr(self.storage, "add_in", None)
@@ -592,17 +624,23 @@ class Conveyor:
     async def delete(self, target: str | Sequence[str] | Mapping[str, Any]) -> list[str]:
         """Delete finished tasks (and their logs): by id, ids, or a filter.
         Tasks that have not ended are left alone. Returns the ids deleted."""
-        await self.open()
         if isinstance(target, str):
             ids: list[str] = [target]
         elif isinstance(target, Mapping):
             where = {"$and": [dict(target), {"status": {"$in": ["succeeded", "failed",
                                                                    "aborted"]}}]}
-            ids = [t.id for t in await self.storage.find(parse_query(where))]
+            query = parse_query(where)
+            await self.open()
+            ids = [t.id for t in await self.storage.find(query)]
+        elif isinstance(target, bytes | bytearray) or not isinstance(target, Iterable):
+            raise ValidationError(
+                f"delete takes a task id, a list of ids or a filter, not "
+                f"{reprlib.repr(target)}")
         else:
             ids = list(target)
         for task_id in ids:
             _check_id(task_id)
+        await self.open()
         deleted = await self.storage.delete(ids)
         for task_id in deleted:
             self.bus._notify(task_id)
@@ -620,6 +658,19 @@ class Conveyor:
 def _check_id(task_id: Any) -> None:
     if not isinstance(task_id, str) or not task_id or len(task_id) > 100:
         raise ValidationError(f"a task id is a non-empty string, not {task_id!r}")
+
+
+def _item_list(items: Any) -> list[Any]:
+    """The items of ``add_many``: a list, or any other iterable of items (not a
+    single item, a string or a mapping)."""
+    if isinstance(items, list):
+        return items
+    if isinstance(items, str | bytes | bytearray | Mapping) or not isinstance(items, Iterable):
+        raise ValidationError(
+            "add_many takes a list of tasks, each (action, payload), (action, payload, "
+            f"options) or a dict with 'action'; not {type(items).__name__} "
+            f"{reprlib.repr(items)}")
+    return list(items)
 
 
 def _unpack(item: Any) -> tuple[Any, Any, dict[str, Any]]:
