@@ -2,18 +2,46 @@
 
 Everything lives in one process and is lost when it exits. Methods are
 thread-safe and may be called from any event loop.
+
+It keeps JSON values as the persistent backends do: every value that goes in
+(payload, tags, backoff, conditions, result, progress, errors, log data,
+worker info) is stored as it reads back from a JSON column, through
+:mod:`conveyor._json` (tuples become lists, keys become text, ...), so
+nothing the caller still holds is kept. The stored values are never changed
+in place and never handed out: each read returns dicts and lists of its own
+(:func:`_copy`: stored values are plain JSON, so a walk over their dicts and
+lists copies them, faster than decoding JSON text again).
 """
 
 from __future__ import annotations
 
+import contextlib
+import operator
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from dataclasses import fields, replace
+from typing import Any
 
+from .. import _json
 from ..errors import InvalidTransition, StorageError, TaskNotFound
-from ..model import TERMINAL, LogLevel, LogRecord, Progress, Status, Task, TaskSpec, new_token
+from ..model import (
+    TERMINAL,
+    Backoff,
+    Condition,
+    ErrorInfo,
+    LogLevel,
+    LogRecord,
+    Progress,
+    Status,
+    Task,
+    TaskSpec,
+    Transition,
+    _spec_from_values,
+    _task_from_values,
+    new_token,
+)
 from ..query import Filter, Query, apply_query, matches, parse_filter
 from . import _ops
 from ._feed import Fanout, FanoutFeed
@@ -31,6 +59,92 @@ from .base import (
 )
 
 __all__ = ["MemoryStorage"]
+
+
+def _stored(value: Any) -> Any:
+    """``value`` as a JSON column gives it back: encoded as the other backends
+    encode it, then decoded (raises as they do for values that are not JSON)."""
+    return _json.loads(_json.dumps(value))
+
+
+_NESTED = (dict, list)
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a stored JSON value: new dicts and lists, the (immutable) rest shared."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _copy(v) if type(v) in _NESTED else v for k, v in value.items()}
+    if kind is list:
+        return [_copy(v) if type(v) in _NESTED else v for v in value]
+    return value
+
+
+_NAMES = tuple(f.name for f in fields(Task))
+_values = operator.attrgetter(*_NAMES)
+_PAYLOAD, _BACKOFF, _PROGRESS, _RESULT, _CONCURRENCY, _TAGS = (
+    _NAMES.index(name)
+    for name in ("payload", "backoff", "progress", "result", "concurrency", "tags"))
+
+
+def _out(task: Task) -> Task:
+    """A stored task for a caller: its JSON values its own (the rest is immutable)."""
+    values = list(_values(task))
+    values[_PAYLOAD] = _copy(values[_PAYLOAD])
+    values[_TAGS] = _copy(values[_TAGS])
+    values[_RESULT] = _copy(values[_RESULT])
+    progress = values[_PROGRESS]
+    if progress is not None and progress.data is not None:
+        values[_PROGRESS] = Progress(progress.current, progress.total, progress.message,
+                                     _copy(progress.data))
+    if values[_CONCURRENCY]:
+        values[_CONCURRENCY] = tuple(Condition(_copy(c.query), c.limit, c.scope)
+                                     for c in values[_CONCURRENCY])
+    return _task_from_values(values)
+
+
+_SPEC_NAMES = tuple(f.name for f in fields(TaskSpec))
+_spec_values = operator.attrgetter(*_SPEC_NAMES)
+_SPEC_PAYLOAD, _SPEC_BACKOFF, _SPEC_CONCURRENCY, _SPEC_TAGS = (
+    _SPEC_NAMES.index(name) for name in ("payload", "backoff", "concurrency", "tags"))
+
+
+def _stored_spec(spec: TaskSpec, raw: Any) -> TaskSpec:
+    """``spec`` holding ``raw``, the stored form of its JSON values."""
+    payload, tags, backoff, conditions = raw
+    values = list(_spec_values(spec))
+    values[_SPEC_PAYLOAD] = payload
+    values[_SPEC_TAGS] = tags
+    if backoff is not None:
+        values[_SPEC_BACKOFF] = Backoff(**backoff)
+    if conditions is not None:
+        values[_SPEC_CONCURRENCY] = tuple(Condition.parse(c) for c in conditions)
+    return _spec_from_values(values)
+
+
+@contextlib.contextmanager
+def _handing_out() -> Iterator[None]:
+    """Let an :class:`InvalidTransition` raised inside carry a copy of the stored task."""
+    try:
+        yield
+    except InvalidTransition as exc:
+        if exc.task is not None:
+            exc.task = _out(exc.task)
+        raise
+
+
+def _stored_progress(raw: Any) -> Progress | None:
+    return None if raw is None else Progress.from_json(raw)
+
+
+def _stored_completion(c: Completion, raw: Any) -> Completion:
+    """``c`` with the result, error and progress decoded from ``raw`` (their JSON)."""
+    result, error, progress = raw
+    t = c.transition
+    t = Transition(t.status, run_at=t.run_at, result=result,
+                   error=None if error is None else ErrorInfo.from_json(error),
+                   reason=t.reason, refund_attempt=t.refund_attempt)
+    return Completion(c.task_id, c.token, t, _stored_progress(progress), c.event)
 
 
 class MemoryStorage(FanoutFeed, Storage):
@@ -66,7 +180,8 @@ class MemoryStorage(FanoutFeed, Storage):
     # -- helpers --------------------------------------------------------------
 
     def _put(self, task: Task, event: str, now: float) -> None:
-        """Store a changed task and record the change (lock held)."""
+        """Store a changed task, its JSON values in stored form, and record the change
+        (lock held)."""
         self._tasks[task.id] = task
         self._change_seq += 1
         self._pending.append(Change(self._change_seq, task.id, task.version, task.status, event,
@@ -103,34 +218,41 @@ class MemoryStorage(FanoutFeed, Storage):
 
     async def add(self, specs: Sequence[TaskSpec]) -> list[AddResult]:
         now = time.time()
+        raw = _stored([[
+            s.payload, s.tags or {}, s.backoff.to_json() if s.backoff else None,
+            [c.to_json() for c in s.concurrency] if s.concurrency else None,
+        ] for s in specs])
+        tasks = [_ops.new_task(_stored_spec(spec, r), now)
+                 for spec, r in zip(specs, raw, strict=True)]
         out: list[AddResult] = []
         with self._lock:
             ids = [spec.id for spec in specs]
             if len(set(ids)) != len(ids) or any(i in self._tasks for i in ids):
                 raise StorageError("could not add tasks: a task with this id already exists")
-            for spec in specs:
+            for spec, task in zip(specs, tasks, strict=True):
                 dup = self._live_duplicate(spec)
                 if dup is not None:
                     out.append(AddResult(dup, created=False))
                     continue
-                task = _ops.new_task(spec, now)
                 self._put(task, "added", now)
                 out.append(AddResult(task, created=True))
         self._flush()
-        return out
+        return [AddResult(_out(r.task), r.created) for r in out]
 
     async def get(self, task_id: str) -> Task | None:
         with self._lock:
-            return self._tasks.get(task_id)
+            task = self._tasks.get(task_id)
+        return None if task is None else _out(task)
 
     async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
         with self._lock:
-            return [t for i in task_ids if (t := self._tasks.get(i)) is not None]
+            tasks = [t for i in task_ids if (t := self._tasks.get(i)) is not None]
+        return [_out(t) for t in tasks]
 
     async def find(self, query: Query) -> list[Task]:
         with self._lock:
             tasks = list(self._tasks.values())
-        return apply_query(query, tasks)
+        return [_out(t) for t in apply_query(query, tasks)]
 
     async def count(self, where: Filter) -> int:
         with self._lock:
@@ -216,7 +338,7 @@ class MemoryStorage(FanoutFeed, Storage):
                 if task.action in budget:
                     budget[task.action] -= 1
         self._flush()
-        return claimed
+        return [_out(t) for t in claimed]
 
     async def heartbeat(self, worker: str, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
         now = time.time()
@@ -240,8 +362,9 @@ class MemoryStorage(FanoutFeed, Storage):
     async def update_progress(self, updates: Sequence[tuple[Lease, Progress]]) -> list[str]:
         now = time.time()
         refused: list[str] = []
+        stored = [_stored_progress(p) for p in _stored([p.to_json() for _, p in updates])]
         with self._lock:
-            for item, progress in updates:
+            for (item, _), progress in zip(updates, stored, strict=True):
                 task = self._holds(item)
                 if task is None:
                     refused.append(item.task_id)
@@ -254,8 +377,12 @@ class MemoryStorage(FanoutFeed, Storage):
     async def finish(self, worker: str, completions: Sequence[Completion]) -> list[str]:
         now = time.time()
         refused: list[str] = []
+        raw = _stored([[c.transition.result,
+                        c.transition.error.to_json() if c.transition.error else None,
+                        c.progress.to_json() if c.progress else None] for c in completions])
+        stored = [_stored_completion(c, r) for c, r in zip(completions, raw, strict=True)]
         with self._lock:
-            for c in completions:
+            for c in stored:
                 task = self._holds(Lease(c.task_id, c.token))
                 if task is None:
                     refused.append(c.task_id)
@@ -311,25 +438,25 @@ class MemoryStorage(FanoutFeed, Storage):
 
     async def abort(self, task_id: str, reason: str) -> Task:
         now = time.time()
-        with self._lock:
+        with self._lock, _handing_out():
             task = self._must(task_id)
             new, event = _ops.abort(task, reason, now)
             if event:
                 self._put(new, event, now)
         self._flush()
-        return new
+        return _out(new)
 
     async def prioritize(self, task_id: str, priority: float) -> Task:
         now = time.time()
-        with self._lock:
+        with self._lock, _handing_out():
             new = _ops.prioritized(self._must(task_id), priority, now)
             self._put(new, "prioritized", now)
         self._flush()
-        return new
+        return _out(new)
 
     async def retry(self, task_id: str, run_at: float | None = None) -> Task:
         now = time.time()
-        with self._lock:
+        with self._lock, _handing_out():
             task = self._must(task_id)
             new = _ops.retried(task, now if run_at is None else run_at, now)
             if task.unique_key is not None:
@@ -343,19 +470,20 @@ class MemoryStorage(FanoutFeed, Storage):
                             task)
             self._put(new, "retried", now)
         self._flush()
-        return new
+        return _out(new)
 
     # -- logs -----------------------------------------------------------------
 
     async def append_logs(self, logs: Sequence[NewLog]) -> list[int]:
         seqs: list[int] = []
         now = time.time()
+        datas = _stored([log.data for log in logs])
         with self._lock:
             touched: dict[str, Task] = {}
-            for log in logs:
+            for log, data in zip(logs, datas, strict=True):
                 self._log_seq += 1
                 record = LogRecord(log.task_id, self._log_seq, log.ts, log.level, log.message,
-                                   log.data)
+                                   data)
                 self._logs.setdefault(log.task_id, []).append(record)
                 seqs.append(self._log_seq)
                 task = self._tasks.get(log.task_id)
@@ -374,11 +502,17 @@ class MemoryStorage(FanoutFeed, Storage):
         with self._lock:
             records = [r for r in self._logs.get(task_id, ())
                        if r.seq > after_seq and r.level >= max_level]
-        return records if limit is None else records[:limit]
+        if limit is not None:
+            records = records[:limit]
+        return [r if r.data is None
+                else LogRecord(r.task_id, r.seq, r.ts, r.level, r.message, _copy(r.data))
+                for r in records]
 
     # -- workers --------------------------------------------------------------
 
     async def register_worker(self, info: WorkerInfo) -> None:
+        actions, extra = _stored([list(info.actions), dict(info.info)])
+        info = replace(info, actions=tuple(actions), info=extra)
         with self._lock:
             self._workers[info.id] = info
 
@@ -388,7 +522,8 @@ class MemoryStorage(FanoutFeed, Storage):
 
     async def list_workers(self) -> list[WorkerInfo]:
         with self._lock:
-            return sorted(self._workers.values(), key=lambda w: w.started_at)
+            workers = sorted(self._workers.values(), key=lambda w: w.started_at)
+        return [replace(w, info=_copy(w.info)) for w in workers]
 
     async def forget_workers(self) -> list[str]:
         now = time.time()
