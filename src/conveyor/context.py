@@ -9,6 +9,7 @@ and ``ctx.emit(...)`` are ordinary calls that are also awaitable, so both
 from __future__ import annotations
 
 import asyncio
+import math
 import reprlib
 import threading
 from collections.abc import Generator, Mapping
@@ -187,11 +188,21 @@ class Context(Generic[P]):
     def progress(self, current: float | None = None, total: float | None = None,
                  message: str | None = None, **data: Any) -> _Done:
         """Report progress. Events carry every call; storage keeps a snapshot
-        at most every ``progress_interval`` seconds and always the last one."""
+        at most every ``progress_interval`` seconds and always the last one.
+        ``current`` and ``total`` are finite numbers (or None), ``message`` text,
+        ``data`` JSON values; anything else raises :class:`ValidationError` in
+        the handler, and nothing is reported."""
         for name, value in (("current", current), ("total", total)):
             if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, int | float)):
-                raise TypeError(f"progress {name} must be a number, not {value!r}")
+                                      or not isinstance(value, int | float)
+                                      or (isinstance(value, float)
+                                          and not math.isfinite(value))):
+                raise ValidationError(
+                    f"progress {name} must be a finite number, not {value!r}")
+        if message is not None and not isinstance(message, str):
+            raise ValidationError(f"progress message must be text, not {message!r}")
+        if data:
+            _json.dumps_checked(data, "progress data")
         self._channel.progress(self.task.id, Progress(current, total, message, data or None))
         return _DONE
 

@@ -196,9 +196,10 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def add(self, specs: Sequence[TaskSpec]) -> list[AddResult]:
         """Insert tasks atomically (all or none). A spec whose ``unique_key``
-        matches a task whose status is in the spec's ``unique_scope`` gets that
-        task back (``created=False``) instead of a new one, also against
-        tasks added concurrently by other processes."""
+        matches a task whose status is in that task's own ``unique_scope`` (the
+        holder of the key) or in the spec's ``unique_scope`` gets that task back
+        (``created=False``) instead of a new one, also against tasks added
+        concurrently by other processes."""
 
     @abc.abstractmethod
     async def get(self, task_id: str) -> Task | None:

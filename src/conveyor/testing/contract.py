@@ -164,6 +164,24 @@ class StorageContract:
         assert not again.created and again.task.id == first.task.id
         assert again.task.status is Status.SUCCEEDED
 
+    async def test_unique_key_matches_the_holders_scope_and_the_new_ones(
+            self, storage: Storage) -> None:
+        wide = (Status.QUEUED, Status.RUNNING, Status.SUCCEEDED)
+        # a holder keeps its key in its own scope, against an add of the default scope
+        [held] = await storage.add([make_spec(unique_key="k4", unique_scope=wide)])
+        task = await _claim_one(storage)
+        await storage.finish("w1", [Completion(task.id, task.token or "", ok())])
+        [again] = await storage.add([make_spec(unique_key="k4")])
+        assert not again.created and again.task.id == held.task.id
+        # an add of a wider scope finds a succeeded task added with the default one
+        [plain] = await storage.add([make_spec(unique_key="k5")])
+        task = await _claim_one(storage)
+        await storage.finish("w1", [Completion(task.id, task.token or "", ok())])
+        [found] = await storage.add([make_spec(unique_key="k5", unique_scope=wide)])
+        assert not found.created and found.task.id == plain.task.id
+        [fresh] = await storage.add([make_spec(unique_key="k5")])
+        assert fresh.created
+
     async def test_unique_key_race(self, storage: Storage, other_storage: Storage) -> None:
         async def add(s: Storage, i: int) -> list[str]:
             res = await s.add([make_spec(unique_key=f"race-{k}", payload=i) for k in range(20)])
