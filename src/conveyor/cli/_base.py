@@ -42,6 +42,7 @@ __all__ = [
     "Target",
     "connect",
     "db_option",
+    "db_option_with",
     "db_url",
     "describe_error",
     "dump_json",
@@ -120,12 +121,22 @@ def _remember_db(ctx: click.Context, _param: click.Parameter, value: str | None)
         ctx.find_root().meta[_DB_KEY] = value
 
 
+def db_option_with(help: str) -> Callable[[F], F]:
+    """``--db URL`` (see :func:`db_option`) with its own help text, for the commands
+    that do not read ``$CONVEYOR_DB``."""
+
+    def decorate(fn: F) -> F:
+        return click.option(
+            "--db", metavar="URL", default=None, expose_value=False, callback=_remember_db,
+            help=help,
+        )(fn)
+
+    return decorate
+
+
 def db_option(fn: F) -> F:
     """``--db URL``, accepted both before the command name and after it."""
-    return click.option(
-        "--db", metavar="URL", default=None, expose_value=False, callback=_remember_db,
-        help=f"Storage URL [env {DB_ENV}; default {DEFAULT_URL}].",
-    )(fn)
+    return db_option_with(f"Storage URL [env {DB_ENV}; default {DEFAULT_URL}].")(fn)
 
 
 def db_url(ctx: click.Context, *, default: str = DEFAULT_URL, use_env: bool = True) -> str:
@@ -270,6 +281,8 @@ def parse_json(text: str, what: str) -> Any:
     """``text`` as JSON, or a :class:`CliError` that names ``what``."""
     try:
         return json.loads(text, parse_constant=_no_constants)
+    except RecursionError:
+        raise CliError(f"{what} is nested too deeply to be read") from None
     except json.JSONDecodeError as exc:
         raise CliError(f"{what} is not valid JSON: {_json_problem(exc)}") from None
     except ValueError as exc:  # NaN, Infinity

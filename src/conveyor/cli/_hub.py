@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -15,9 +15,15 @@ from conveyor.app import Conveyor
 from conveyor.storage import open_storage
 
 from ._base import EXIT_OK, CliError, db_option, db_url, explicit_db
+from ._signals import stop_signals
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Callable, Coroutine
+
+    from conveyor.hub import HubConfig
+    from conveyor.hub._credentials import CredentialStore
+
+T = TypeVar("T")
 
 __all__ = ["credentials_group", "migrate_command", "serve_command"]
 
@@ -58,11 +64,15 @@ def serve_command(ctx: click.Context, host: str, port: int, target: str | None, 
                   credentials_path: str | None) -> int:
     """Serve the REST API and the WebSocket protocol until Ctrl-C or SIGTERM.
 
+    Ctrl-C or SIGTERM stops it gracefully (exit 0); a second one stops it
+    without waiting for open requests. With --port 0 a free port is used (the
+    first line says which).
+
     Every route and message needs a credential (see 'conveyor credentials')
     unless --insecure is given. The hub listens on 127.0.0.1 unless --host
     says otherwise.
     """
-    from conveyor.hub import HubConfig, serve
+    from conveyor.hub import HubConfig
     from conveyor.hub._credentials import CredentialStore
 
     if target is not None:
@@ -92,21 +102,46 @@ def serve_command(ctx: click.Context, host: str, port: int, target: str | None, 
                        public_url=public_url, service_lease=service_lease, delivery=modes)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    click.echo(f"hub on http://{host}:{port} ({'insecure' if insecure else 'credentials: ' + path})"
-               f", storage {app.storage.url}", err=True)
-    run_loop(serve(app, config, credentials=store))
+
+    def bound(config: HubConfig) -> None:  # the real port, also with --port 0
+        click.echo(f"hub on http://{config.host}:{config.port} "
+                   f"({'insecure' if insecure else 'credentials: ' + path}), "
+                   f"storage {app.storage.url}", err=True)
+
+    stopped_by = run_loop(_serve(app, config, store, bound))
+    click.echo(f"hub stopped ({stopped_by})", err=True)
     return EXIT_OK
 
 
-def run_loop(main: Coroutine[Any, Any, None]) -> None:
+async def _serve(app: Conveyor, config: HubConfig, store: CredentialStore | None,
+                 bound: Callable[[HubConfig], None]) -> str:
+    """Serve until SIGINT or SIGTERM, then stop gracefully; a second signal stops it
+    without waiting for open requests. Returns the name of the first signal."""
+    from conveyor.hub._serve import run_hub
+
+    force = asyncio.Event()
+
+    def again(name: str) -> None:
+        if not force.is_set():
+            click.echo(f"{name}: stopping now, without waiting for open requests", err=True)
+            force.set()
+
+    with stop_signals() as stop:
+        stop.on_repeat = again
+        await run_hub(app, config, credentials=store, stop=stop.event, force=force,
+                      bound=bound)
+    return stop.name or "stopped"
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run the hub on uvloop when it is installed (as uvicorn itself would: it comes
     with ``uvicorn[standard]``), else on asyncio's own loop."""
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
-        asyncio.run(main)
-        return
-    uvloop.run(main)
+        return asyncio.run(main)
+    result: T = uvloop.run(main)
+    return result
 
 
 @click.group("credentials", short_help="Manage the hub's credentials.")
@@ -198,10 +233,15 @@ def migrate_command(ctx: click.Context) -> int:
 
     Safe to run from several processes at once. SQLite files migrate
     themselves when opened; PostgreSQL databases need this (or ?migrate=true).
+    A SQLite file that does not exist yet is created.
     """
     from conveyor.storage import migrate
 
     url = db_url(ctx)
+    if url.lower().startswith("memory:"):
+        click.echo(f"{url} needs no migration: it lives only as long as the process "
+                   "that opens it")
+        return EXIT_OK
     version = asyncio.run(migrate(url))
     click.echo(f"schema version {version} at {url.split('@')[-1]}")
     return EXIT_OK

@@ -20,6 +20,7 @@ from ._base import (
     HUB_COMMANDS,
     db_option,
     describe_error,
+    explicit_db,
     explicit_hub,
     hub_option,
     one_line,
@@ -75,8 +76,9 @@ class _LazyGroup(click.Group):
 def cli(ctx: click.Context) -> None:
     """conveyor: a durable task runner.
 
-    Every command takes --db URL (before or after the command name); without
-    it the storage is $CONVEYOR_DB, else sqlite:///conveyor.db.
+    Every command but credentials takes --db URL (before or after the command
+    name); without it the storage is $CONVEYOR_DB, else sqlite:///conveyor.db
+    (worker uses its app's storage, demo sqlite:///conveyor-demo.db).
 
     The commands on tasks (add, ls, show, tail, abort, retry, prioritize,
     delete, stats, workers) can work through a hub instead: --hub URL with
@@ -88,6 +90,10 @@ def cli(ctx: click.Context) -> None:
     bad URL); 130 Ctrl-C.
     """
     command = ctx.invoked_subcommand
+    if command == "credentials" and explicit_db(ctx) is not None:
+        raise click.UsageError("'credentials' does not use --db: credentials are kept in "
+                               "their own file (--credentials FILE or $CONVEYOR_CREDENTIALS), "
+                               "not in the database")
     if explicit_hub(ctx) is not None and command is not None and command not in HUB_COMMANDS:
         raise click.UsageError(f"'{command}' does not work through a hub: --hub is for "
                                f"{', '.join(sorted(HUB_COMMANDS))}")

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from conveyor.app import Conveyor
+from conveyor.errors import TaskNotFound
 from conveyor.model import LogLevel, Status, Task
 from conveyor.query import parse_query
 from conveyor.storage import WorkerInfo
@@ -250,7 +251,10 @@ def ls_command(ctx: click.Context, filter: str | None, statuses: tuple[str, ...]
         where = parts[0]
     elif parts:
         where = {"$and": parts}
-    sort_keys = [s.strip() for s in sort.split(",") if s.strip()]
+    sort_keys = [s.strip() for s in sort.split(",")]
+    if not all(sort_keys):
+        raise CliError(f"--sort {sort!r}: every field must be named (comma-separated fields "
+                       "such as -priority,created_at)")
     parse_query(where, sort_keys or None, limit or None, skip)  # bad input fails before any I/O
     url = store_target(ctx)
     return int(_run(_ls(url, where, sort_keys, limit or None, skip, as_json)))
@@ -437,7 +441,16 @@ def delete_command(ctx: click.Context, task_ids: tuple[str, ...]) -> int:
 
     async def go() -> list[str]:
         async with open_store(url) as app:
-            tasks = [await app.get(task_id) for task_id in ids]  # TaskNotFound: exit 2
+            tasks: list[Task] = []
+            unknown: list[str] = []
+            for task_id in ids:
+                try:
+                    tasks.append(await app.get(task_id))
+                except TaskNotFound:
+                    unknown.append(task_id)
+            if unknown:
+                raise CliError(f"no task with id {', '.join(unknown)}" if len(unknown) == 1
+                               else f"no tasks with ids {', '.join(unknown)}")
             live = [t for t in tasks if not t.terminal]
             if live:
                 listed = ", ".join(f"{t.id} ({t.status.value})" for t in live)

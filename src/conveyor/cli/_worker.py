@@ -15,7 +15,7 @@ from conveyor.app import Conveyor
 from conveyor.storage import open_storage
 from conveyor.sync import SyncConveyor
 
-from ._base import EXIT_OK, CliError, Number, db_option, explicit_db
+from ._base import EXIT_OK, CliError, Number, db_option_with, explicit_db
 from ._signals import stop_signals
 
 __all__ = ["load_app", "worker_command"]
@@ -65,7 +65,7 @@ def load_app(target: str) -> Conveyor:
               help="On stop, seconds running tasks get to finish before they are handed "
                    "back to the queue (overrides the app's setting, default 10).")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
-@db_option
+@db_option_with("Run on this storage instead of the app's own ($CONVEYOR_DB is not read).")
 @click.pass_context
 def worker_command(ctx: click.Context, target: str, concurrency: int | None,
                    stop_timeout: float | None, verbose: int) -> int:

@@ -99,12 +99,8 @@ _MATCH_NONE = _match_none()
 
 async def serve(app: Conveyor | str, config: HubConfig | None = None, *,
                 credentials: CredentialStore | None = None) -> None:
-    """Run the hub with uvicorn until cancelled (Ctrl-C stops it gracefully)."""
-    import uvicorn
+    """Run the hub with uvicorn until cancelled (Ctrl-C stops it gracefully).
+    With ``port=0`` the system picks a free port, which the hub's URLs then use."""
+    from ._serve import run_hub
 
-    config = config or HubConfig()
-    asgi = create_hub(app, config, credentials=credentials)
-    server = uvicorn.Server(uvicorn.Config(asgi, host=config.host, port=config.port,
-                                           ws_max_size=config.ws_max_size, log_level="info",
-                                           lifespan="on"))
-    await server.serve()
+    await run_hub(app, config or HubConfig(), credentials=credentials)

@@ -1,0 +1,90 @@
+"""Running the hub with uvicorn: the listening socket is bound first (so that
+``port=0`` gives the hub its real port), and the stop is either uvicorn's own
+signal handling or an event set by the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from ._config import HubConfig
+
+if TYPE_CHECKING:
+    from ..app import Conveyor
+    from ._credentials import CredentialStore
+
+__all__ = ["bind", "run_hub"]
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` and listening (``port`` 0: a free one)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def run_hub(app: Conveyor | str, config: HubConfig, *,
+                  credentials: CredentialStore | None = None,
+                  stop: asyncio.Event | None = None, force: asyncio.Event | None = None,
+                  bound: Callable[[HubConfig], None] | None = None) -> None:
+    """Serve the hub until stopped. Without ``stop``, uvicorn handles SIGINT and
+    SIGTERM itself (and raises them again once stopped); with it, the hub stops
+    gracefully when ``stop`` is set, and at once (open requests not awaited) when
+    ``force`` is set too. ``bound`` is called with the settings holding the real
+    port once the socket is bound, before the hub starts."""
+    from . import create_hub
+
+    sock = bind(config.host, config.port)
+    try:
+        config = replace(config, port=int(sock.getsockname()[1]))
+        if bound is not None:
+            bound(config)
+        asgi = create_hub(app, config, credentials=credentials)
+        settings = uvicorn.Config(asgi, host=config.host, port=config.port,
+                                  ws_max_size=config.ws_max_size, log_level="info",
+                                  lifespan="on")
+        if stop is None:
+            await uvicorn.Server(settings).serve(sockets=[sock])
+            return
+        server = _Server(settings)
+        watch = asyncio.ensure_future(_stop_on(server, stop, force))
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+    finally:
+        sock.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handlers (the caller has them)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _stop_on(server: uvicorn.Server, stop: asyncio.Event,
+                   force: asyncio.Event | None) -> None:
+    await stop.wait()
+    server.should_exit = True
+    if force is not None:
+        await force.wait()
+        server.force_exit = True

@@ -1,0 +1,154 @@
+"""Fixes from the CLI audit: help texts that tell the truth, --db where it means
+nothing, every unknown id named, empty sorts, deeply nested JSON, migrate on
+memory://, and ``conveyor serve``: the real port, exit 0 after a graceful stop."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conveyor.hub._credentials import CredentialStore
+
+from ._support import Background, add, assert_error, cli, count, find, run
+
+MISSING = ["01a00000-0000-7000-8000-000000000001", "01a00000-0000-7000-8000-000000000002"]
+
+
+# -- help texts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["worker", "demo"])
+def test_worker_and_demo_help_say_conveyor_db_is_not_read(command: str) -> None:
+    result = cli(command, "--help")
+    assert result.code == 0, result
+    text = " ".join(result.out.split())
+    assert "env CONVEYOR_DB" not in text, text
+    assert "$CONVEYOR_DB is not read" in text, text
+
+
+def test_main_help_names_the_commands_without_conveyor_db() -> None:
+    text = " ".join(cli("--help").out.split())
+    assert "Every command but credentials takes --db URL" in text, text
+
+
+# -- credentials and --db ----------------------------------------------------------------
+
+
+def test_credentials_refuse_db_before_the_command(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path / "creds.json")
+    store.add("ann", publish=["mail:*"])
+    result = cli("--db", f"sqlite:///{tmp_path / 'w.db'}", "credentials", "list", "--json",
+                 "--credentials", str(store.path), cwd=tmp_path)
+    assert_error(result, 2, "'credentials' does not use --db", "--credentials FILE")
+    assert result.out == ""
+    assert not (tmp_path / "w.db").exists()
+    # after the command name it is no option of credentials either
+    result = cli("credentials", "list", "--db", "sqlite:///w.db", cwd=tmp_path)
+    assert_error(result, 2, "No such option '--db'")
+    # without --db it works
+    result = cli("credentials", "list", "--json", "--credentials", str(store.path),
+                 cwd=tmp_path)
+    assert result.code == 0, result
+    assert [c["name"] for c in json.loads(result.out)] == ["ann"]
+
+
+# -- migrate -------------------------------------------------------------------------------
+
+
+def test_migrate_creates_a_missing_sqlite_file(tmp_path: Path) -> None:
+    result = cli("migrate", "--db", "sqlite:///new.db", cwd=tmp_path)
+    assert result.code == 0, result
+    assert (tmp_path / "new.db").exists()
+    assert "schema version" in result.out
+
+
+def test_migrate_memory_says_it_needs_no_migration(tmp_path: Path) -> None:
+    result = cli("migrate", "--db", "memory://", cwd=tmp_path)
+    assert result.code == 0, result
+    assert result.out.strip() == ("memory:// needs no migration: it lives only as long as "
+                                  "the process that opens it")
+    assert "schema version 0" not in result.out
+
+
+# -- delete -----------------------------------------------------------------------------
+
+
+def test_delete_names_every_unknown_id(db: str, tmp_path: Path) -> None:
+    done = add(db, "a:b")
+    run(lambda app: app.abort(done.id), db)
+    result = cli("delete", MISSING[0], done.id, MISSING[1], "--db", db, cwd=tmp_path)
+    assert_error(result, 2, f"no tasks with ids {MISSING[0]}, {MISSING[1]}")
+    assert [t.id for t in find(db)] == [done.id]  # nothing deleted
+    result = cli("delete", done.id, MISSING[1], "--db", db, cwd=tmp_path)
+    assert_error(result, 2, f"no task with id {MISSING[1]}")
+    assert count(db) == 1
+
+
+# -- ls --sort ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sort", ["", " ", ",", "priority,", "-priority,,created_at"])
+def test_ls_refuses_an_empty_sort_field(db: str, tmp_path: Path, sort: str) -> None:
+    add(db, "a:b")
+    result = cli("ls", "--sort", sort, "--db", db, cwd=tmp_path)
+    assert_error(result, 2, f"--sort {sort!r}: every field must be named")
+    assert result.out == ""
+
+
+def test_ls_sort_with_spaces_still_works(db: str, tmp_path: Path) -> None:
+    first = add(db, "a:b", priority=1)
+    second = add(db, "a:b", priority=0)
+    result = cli("ls", "--sort", "priority, created_at", "--json", "--db", db, cwd=tmp_path)
+    assert result.code == 0, result
+    assert [t["id"] for t in json.loads(result.out)] == [second.id, first.id]
+
+
+# -- deeply nested JSON ------------------------------------------------------------------
+
+
+def test_deeply_nested_payload_is_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "deep.json").write_text("[" * 1500 + "]" * 1500)
+    result = cli("add", "x:y", "@deep.json", "--db", "sqlite:///t.db", cwd=tmp_path)
+    assert_error(result, 2, "payload file 'deep.json' is nested too deeply")
+    assert not (tmp_path / "t.db").exists()  # nothing written, not even the file
+    result = cli("add", "x:y", "-", "--db", "sqlite:///t.db", cwd=tmp_path,
+                 input="{\"a\":" * 1500 + "1" + "}" * 1500)
+    assert_error(result, 2, "payload (from standard input) is nested too deeply")
+    assert not (tmp_path / "t.db").exists()
+
+
+def test_deeply_nested_filter_is_bad_input(db: str, tmp_path: Path) -> None:
+    add(db, "a:b")
+    (tmp_path / "filter.json").write_text("{\"a\":" * 1500 + "1" + "}" * 1500)
+    result = cli("ls", "@filter.json", "--db", db, cwd=tmp_path)
+    assert_error(result, 2, "filter file 'filter.json' is nested too deeply")
+    assert result.out == ""
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_serve_on_port_0_shows_the_real_port_and_exits_0_on_a_signal(
+        tmp_path: Path, background: Callable[..., Background], sig: signal.Signals) -> None:
+    server = background("serve", "--db", "sqlite:///hub.db", "--insecure", "--port", "0",
+                        cwd=tmp_path)
+    first = server.wait_for("hub on http://", stream="err")
+    ready = server.wait_for("hub ready on http://", stream="err")
+    found = re.search(r"http://127\.0\.0\.1:(\d+)", first)
+    assert found is not None, first
+    port = int(found.group(1))
+    assert port != 0, first
+    assert f"http://127.0.0.1:{port} " in ready, ready
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+        assert json.load(answer) == {"status": "ok"}
+    server.signal(sig)
+    assert server.wait() == 0, server.err
+    assert f"hub stopped ({sig.name})" in server.err, server.err
+    assert not any("Traceback" in line for line in server.err), server.err
