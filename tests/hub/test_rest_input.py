@@ -12,19 +12,21 @@ from .conftest import RunningHub
 
 ID = "01a00000-0000-7000-8000-000000000000"
 T = f"{API}/tasks"
+JSON: dict[str, Any] = {"headers": {"content-type": "application/json"}}
 
 # (method, path, request kwargs, status, code, needles)
 CASES: list[tuple[str, str, dict[str, Any], int, str, tuple[str, ...]]] = [
     # bodies that cannot be read
     ("POST", T, {"content": b'{"action": ', "headers": {"content-type": "application/json"}},
      400, "invalid_json", ("not valid JSON",)),
-    ("POST", T, {"content": b'{"action": "a", "priority": NaN}'}, 400, "invalid_json", ("NaN",)),
-    ("POST", T, {"content": b"\xff\xfe{}"}, 400, "invalid_json", ("UTF-8",)),
-    ("POST", T, {"content": b'{"action": "a", "payload": "\\ud800"}'}, 400, "invalid_json",
+    ("POST", T, {"content": b'{"action": "a", "priority": NaN}', **JSON}, 400, "invalid_json",
+     ("NaN",)),
+    ("POST", T, {"content": b"\xff\xfe{}", **JSON}, 400, "invalid_json", ("UTF-8",)),
+    ("POST", T, {"content": b'{"action": "a", "payload": "\\ud800"}', **JSON}, 400, "invalid_json",
      ("Unicode",)),
     ("POST", T, {"content": json.dumps({"action": "a", "payload": [[[[[[[[[[[[[[[[[[[[[[[[[
         [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]
-        ]]]]]]]]]]]]]]]]]]]]]]]]]}).encode()}, 400, "invalid_json", ("nested",)),
+        ]]]]]]]]]]]]]]]]]]]]]]]]]}).encode(), **JSON}, 400, "invalid_json", ("nested",)),
     ("POST", T, {"content": b'{"action": "a"}', "headers": {"content-type": "text/plain"}},
      415, "unsupported_media_type", ("JSON",)),
     ("POST", T, {"content": b"x" * (16 * 1024 * 1024 + 1)}, 413, "too_large", ("limit",)),

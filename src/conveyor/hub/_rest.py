@@ -132,9 +132,13 @@ def _endpoint(hub: Hub, handlers: Mapping[str, Handler], literals: Mapping[str, 
         except Problem as exc:
             return error_response(exc.status, exc.code, exc.message, **exc.extra)
         except QueryError as exc:
-            return error_response(422, "invalid_query", str(exc), path=exc.path)
+            return error_response(422, "invalid_query", str(exc), path=exc.path or "body")
         except ValidationError as exc:
-            return error_response(422, "invalid", str(exc))
+            # raised by the library on a body, or on the task id of the URL
+            message = str(exc)
+            where = (library_path(message) if method == "POST"
+                     and not message.startswith("a task id") else "task_id")
+            return error_response(422, "invalid", message, path=where)
         except TaskNotFound as exc:
             return error_response(404, "not_found", str(exc))
         except InvalidTransition as exc:
@@ -244,9 +248,10 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     body = b"".join(chunks)
     if body.strip():
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind and kind != "application/json" and not kind.endswith("+json"):
+        if kind != "application/json" and not kind.endswith("+json"):
             raise Problem(415, "unsupported_media_type",
-                          f"the body must be JSON (Content-Type: application/json), not {kind}")
+                          "the body must be JSON (Content-Type: application/json), not "
+                          f"{kind or 'a body without a Content-Type'}")
     return body
 
 
@@ -340,13 +345,34 @@ def validation_message(exc: pydantic.ValidationError, limit: int = 3) -> tuple[s
     return message, first
 
 
+_INDEX = re.compile(r"task (\d+): ")
+_FIELD = re.compile(r"([A-Za-z_]\w*(?:\[\d+\]|\.[\w$]+)*): ")
+_EITHER = re.compile(r"give (\w+) or (\w+)")
+
+
+def library_path(message: str, *, batch: bool = False, size: int = 1) -> str:
+    """The ``path`` of a :class:`ValidationError` raised by the library on a body:
+    the field its message starts with (``tags: ...``, ``task 1: delay: ...``), the
+    first of two fields it says not to combine, else the whole body (or task)."""
+    prefix = ""
+    found = _INDEX.match(message)
+    if found:
+        prefix, message = f"tasks[{found[1]}]", message[found.end():]
+    elif batch:
+        prefix = "tasks[0]" if size == 1 else "tasks"
+    field = _FIELD.match(message) or _EITHER.match(message)
+    if field is None or (prefix == "tasks" and not found):
+        return prefix or "body"
+    return f"{prefix}.{field[1]}" if prefix else field[1]
+
+
 def validate(model: type[M], value: Any) -> M:
     """``value`` as ``model`` (strict), or a 422 that names the fields."""
     if not isinstance(value, dict):
         kind = "null" if value is None else type(value).__name__
         kind = {"dict": "object", "list": "array", "str": "string", "bool": "boolean",
                 "int": "number", "float": "number"}.get(kind, kind)
-        raise Problem(422, "invalid", f"the body must be a JSON object, not {kind}")
+        raise Problem(422, "invalid", f"the body must be a JSON object, not {kind}", path="body")
     try:
         return model.model_validate(value)
     except pydantic.ValidationError as exc:
@@ -358,7 +384,7 @@ async def body_as(request: Request, model: type[M], *, required: bool = True) ->
     body = await read_body(request)
     if not body.strip():
         if required:
-            raise Problem(422, "invalid", "a JSON body is required")
+            raise Problem(422, "invalid", "a JSON body is required", path="body")
         return model()
     return validate(model, loads(body))
 
@@ -369,9 +395,11 @@ def query_params(request: Request, allowed: set[str]) -> dict[str, str]:
     for name, value in request.query_params.multi_items():
         if name not in allowed:
             names = ", ".join(sorted(allowed)) or "none"
-            raise Problem(422, "invalid", f"unknown query parameter {name!r} (accepted: {names})")
+            raise Problem(422, "invalid", f"unknown query parameter {name!r} (accepted: {names})",
+                          path=name)
         if name in out:
-            raise Problem(422, "invalid", f"query parameter {name!r} is given more than once")
+            raise Problem(422, "invalid", f"query parameter {name!r} is given more than once",
+                          path=name)
         out[name] = value
     return out
 
@@ -386,10 +414,11 @@ def int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: i
         return default
     text = raw.strip()
     if not re.fullmatch(r"[+-]?\d{1,20}", text):
-        raise Problem(422, "invalid", f"{name} must be an integer, not {raw!r}")
+        raise Problem(422, "invalid", f"{name} must be an integer, not {raw!r}", path=name)
     value = int(text)
     if not lo <= value <= hi:
-        raise Problem(422, "invalid", f"{name} must be between {lo} and {hi}, not {value}")
+        raise Problem(422, "invalid", f"{name} must be between {lo} and {hi}, not {value}",
+                      path=name)
     return value
 
 
@@ -401,9 +430,11 @@ def float_param(params: Mapping[str, str], name: str, default: float, lo: float,
     try:
         value = float(raw.strip())
     except ValueError:
-        raise Problem(422, "invalid", f"{name} must be a number, not {raw!r}") from None
+        raise Problem(422, "invalid", f"{name} must be a number, not {raw!r}",
+                      path=name) from None
     if not lo <= value <= hi:  # also refuses nan
-        raise Problem(422, "invalid", f"{name} must be between {lo:g} and {hi:g}, not {raw!r}")
+        raise Problem(422, "invalid", f"{name} must be between {lo:g} and {hi:g}, not {raw!r}",
+                      path=name)
     return value
 
 
@@ -413,7 +444,7 @@ def bool_param(params: Mapping[str, str], name: str, default: bool) -> bool:
         return default
     value = {"true": True, "1": True, "false": False, "0": False}.get(raw.strip().lower())
     if value is None:
-        raise Problem(422, "invalid", f"{name} must be true or false, not {raw!r}")
+        raise Problem(422, "invalid", f"{name} must be true or false, not {raw!r}", path=name)
     return value
 
 
@@ -425,14 +456,19 @@ def level_param(params: Mapping[str, str], name: str = "max_level") -> LogLevel:
         level = LogLevel[raw.strip().upper()]
     except KeyError:
         names = ", ".join(level.name.lower() for level in LogLevel)
-        raise Problem(422, "invalid", f"{name} must be one of {names}, not {raw!r}") from None
+        raise Problem(422, "invalid", f"{name} must be one of {names}, not {raw!r}",
+                      path=name) from None
     return level
 
 
 def filter_param(params: Mapping[str, str]) -> dict[str, Any] | None:
     raw = params.get("filter")
-    if raw is None or not raw.strip():
+    if raw is None:
         return None
+    if not raw.strip():
+        raise Problem(422, "invalid_query", "filter: the filter is empty: give a JSON object "
+                                            "({} matches every task) or leave filter out",
+                      path="filter")
     value = loads(raw, "the filter parameter")
     if not isinstance(value, dict):
         raise Problem(422, "invalid_query", "filter: a filter is a JSON object", path="filter")
@@ -442,12 +478,17 @@ def filter_param(params: Mapping[str, str]) -> dict[str, Any] | None:
 def sort_param(params: Mapping[str, str]) -> Any:
     """``sort``: fields separated by commas (``-created_at,priority``), or JSON."""
     raw = params.get("sort")
-    if raw is None or not raw.strip():
+    if raw is None:
         return None
     text = raw.strip()
-    if text[0] in "[{\"":
+    if text and text[0] in "[{\"":
         return loads(text, "the sort parameter")
-    return [part.strip() for part in text.split(",") if part.strip()]
+    fields = [part.strip() for part in text.split(",")]
+    if not all(fields):
+        raise Problem(422, "invalid_query", f"sort: every field must be named (comma-separated "
+                                            f"fields such as -priority,created_at), not {raw!r}",
+                      path="sort")
+    return fields
 
 
 # -- permissions -------------------------------------------------------------------------
@@ -521,9 +562,16 @@ class _Api:
                 raise Problem(403, "forbidden", f"{where}credential {cred.name!r} may not "
                                                 f"publish {task.action!r}")
 
-    async def _add(self, tasks: list[TaskIn]) -> tuple[list[Task], bool]:
+    async def _add(self, tasks: list[TaskIn], *, batch: bool) -> tuple[list[Task], bool]:
         before = time.time()
-        added = await self.app.add_many([t.model_dump(exclude_unset=True) for t in tasks])
+        try:
+            added = await self.app.add_many([t.model_dump(exclude_unset=True) for t in tasks])
+        except QueryError:
+            raise
+        except ValidationError as exc:
+            message = str(exc)
+            raise Problem(422, "invalid", message,
+                          path=library_path(message, batch=batch, size=len(tasks))) from None
         created = any(t.created_at >= before for t in added)
         return added, created
 
@@ -531,14 +579,14 @@ class _Api:
         _no_query(request)
         task_in = await body_as(request, TaskIn)
         self._check_publish(cred, [task_in])
-        (task,), created = await self._add([task_in])
+        (task,), created = await self._add([task_in], batch=False)
         return JSONResponse(self.task_json(task), status_code=201 if created else 200)
 
     async def add_batch(self, request: Request, cred: Credential) -> Response:
         _no_query(request)
         batch = await body_as(request, BatchIn)
         self._check_publish(cred, batch.tasks)
-        tasks, created = await self._add(batch.tasks)
+        tasks, created = await self._add(batch.tasks, batch=True)
         return JSONResponse({"tasks": [self.task_json(t) for t in tasks]},
                             status_code=201 if created else 200)
 
@@ -671,7 +719,7 @@ class _Api:
         require_admin(cred, "delete tasks")
         body = await body_as(request, DeleteIn)
         if (body.ids is None) == (body.filter is None):
-            raise Problem(422, "invalid", "give ids or filter (not both)")
+            raise Problem(422, "invalid", "give ids or filter (not both)", path="body")
         if body.filter is not None:
             parse_filter(body.filter)
             deleted = await self.app.delete(body.filter)
