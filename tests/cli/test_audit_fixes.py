@@ -152,3 +152,44 @@ def test_serve_on_port_0_shows_the_real_port_and_exits_0_on_a_signal(
     assert server.wait() == 0, server.err
     assert f"hub stopped ({sig.name})" in server.err, server.err
     assert not any("Traceback" in line for line in server.err), server.err
+
+
+# -- add through a hub: the "no running worker" warning ---------------------------------------
+
+HANDLERS = '''
+from conveyor import Context, Conveyor
+
+app = Conveyor("memory://", stop_timeout=1.0)
+
+
+@app.handler("mail:send")
+async def send(ctx: Context) -> str:
+    return "sent"
+'''
+
+
+def test_add_and_tail_through_a_hub_warn_when_no_worker_runs_the_action(
+        tmp_path: Path, background: Callable[..., Background]) -> None:
+    (tmp_path / "hubtasks.py").write_text(HANDLERS)
+    server = background("serve", "--db", "sqlite:///hub.db", "--insecure", "--port", "0",
+                        "--app", "hubtasks:app", cwd=tmp_path)
+    found = re.search(r"http://127\.0\.0\.1:\d+", server.wait_for("hub on", stream="err"))
+    assert found is not None
+    server.wait_for("hub ready", stream="err")
+    url = found.group(0)
+    nobody = cli("add", "nobody:z", "--hub", url, cwd=tmp_path)
+    assert nobody.code == 0, nobody
+    assert nobody.err.strip() == ("warning: no running worker handles 'nobody:z'; the task "
+                                  "will wait until one does"), nobody
+    task_id = nobody.out.strip()
+    handled = cli("add", "mail:send", "--hub", url, "--wait", cwd=tmp_path)
+    assert handled.code == 0, handled
+    assert "warning" not in handled.err, handled
+    # tail warns too, then follows until the task ends (aborted here: exit 1)
+    tail = Background("tail", task_id, "--hub", url, cwd=tmp_path)
+    try:
+        tail.wait_for("no running worker handles 'nobody:z'", stream="err")
+        assert cli("abort", task_id, "--hub", url, cwd=tmp_path).code == 0
+        assert tail.wait() == 1
+    finally:
+        tail.stop()

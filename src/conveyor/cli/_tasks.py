@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from conveyor.app import Conveyor
-from conveyor.errors import TaskNotFound
+from conveyor.errors import ConveyorError, TaskNotFound
 from conveyor.model import LogLevel, Status, Task
 from conveyor.query import parse_query
 from conveyor.storage import WorkerInfo
@@ -155,7 +155,8 @@ async def _add(url: Target, action: str, payload: Any, options: dict[str, Any], 
             unhandled = not task.terminal and not handles(await app.workers(), action)
         else:
             task, created = await app.add_checked(action, payload, **options)
-            unhandled = False  # a hub also has remote workers, which no list shows
+            # the hub lists its remote workers (and the workers of its storage) too
+            unhandled = not task.terminal and not await _handled_by_hub(app, action)
         if not created:
             _warn(f"a live task already holds unique key {options['unique_key']!r}: "
                   f"{task.id} ({task.status.value}); nothing was added")
@@ -169,6 +170,14 @@ async def _add(url: Target, action: str, payload: Any, options: dict[str, Any], 
             return EXIT_OK
         click.echo(f"added task {task.id}", err=True)
         return await _wait_and_report(app, task, as_json=as_json)
+
+
+async def _handled_by_hub(client: Store, action: str) -> bool:
+    """Whether a live worker the hub lists runs ``action`` (True when the hub cannot say)."""
+    try:
+        return handles(await client.workers(), action)
+    except ConveyorError:
+        return True
 
 
 async def _wait_and_report(app: Store, task: Task, *, as_json: bool) -> int:
@@ -337,8 +346,9 @@ async def _tail(url: Target, task_id: str, level: LogLevel) -> int:
     out = out_console()
     async with open_store(url) as app:
         task = await app.get(task_id)
-        if (isinstance(app, Conveyor) and task.status is Status.QUEUED
-                and not handles(await app.workers(), task.action)):
+        if task.status is Status.QUEUED and not (
+                handles(await app.workers(), task.action) if isinstance(app, Conveyor)
+                else await _handled_by_hub(app, task.action)):
             _warn(f"no running worker handles {task.action!r}; the task will wait until one does")
         try:
             final = await follow(app, task, bar_console=out if out.is_terminal else None,
