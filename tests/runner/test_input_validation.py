@@ -320,3 +320,15 @@ async def test_bad_log_data_raises_in_the_handler(app: Conveyor) -> None:
         assert "log data must be a dict" in failed.error.message
         await asyncio.sleep(0)
         assert [line.message for line in (await app.get(failed.id, logs=True)).logs or ()] == []
+
+
+@pytest.mark.parametrize("fields", [
+    {"base": float("nan")}, {"factor": float("inf")}, {"maximum": float("inf")},
+    {"jitter": float("nan")},
+])
+def test_a_backoff_built_directly_needs_finite_numbers(fields: dict[str, float]) -> None:
+    from conveyor.model import Backoff
+
+    [name] = fields
+    with pytest.raises(ValidationError, match=f"^backoff {name} must be a finite number"):
+        Backoff(**fields)
