@@ -340,10 +340,10 @@ class Backoff:
     def __post_init__(self) -> None:
         for name in ("base", "factor", "maximum", "jitter"):
             value = getattr(self, name)
-            if (isinstance(value, bool) or not isinstance(value, int | float) or value < 0
-                    or (isinstance(value, float) and not math.isfinite(value))):
-                raise ValidationError(
-                    f"backoff {name} must be a finite number >= 0, not {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValidationError(f"backoff {name} must be a finite number, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValidationError(f"backoff {name} must be a number >= 0, not {value!r}")
         if self.factor < 1:
             raise ValidationError(f"backoff factor must be >= 1, not {self.factor!r}")
         if self.jitter > 1:
