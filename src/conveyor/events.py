@@ -444,8 +444,13 @@ class ChangeRelay:
         """With no listener and no signal, only wake-ups (for the worker) matter."""
         return self.bus.idle and not self.bus._signals
 
+    def _wanted(self) -> bool:
+        """Changes matter only to event listeners, tallies, task signals and change
+        listeners (a worker); an app that only adds tasks needs none."""
+        return not self.bus.idle or bool(self.bus._signals) or bool(self.listeners)
+
     async def _run(self) -> None:
-        stream = self.storage.change_batches(self._wants_own, self._wakeups_only)
+        stream = self.storage.change_batches(self._wants_own, self._wakeups_only, self._wanted)
         iterator = stream.__aiter__()
         self._ready.set()
         try:

@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from conveyor.model import Status
-from conveyor.storage import Change, _pgfeed
+from conveyor.model import Status, Transition
+from conveyor.storage import Change, Completion, _pgfeed
 from conveyor.storage.postgres import PostgresStorage, parse_postgres_url
 from conveyor.testing.contract import make_spec
 
@@ -250,3 +250,46 @@ async def test_a_backlog_longer_than_a_page_is_delivered_whole(
             feed.stop()
     finally:
         await reader.close()
+
+
+async def _health(storage: Any, key: str, value: Any, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while storage.feed_health().get(key) != value:
+        assert time.monotonic() < deadline, storage.feed_health()
+        await asyncio.sleep(0.01)
+
+
+async def test_an_app_that_only_adds_listens_only_while_something_wants_changes(
+        schema_url: str, other: Any) -> None:
+    """Its own inserts' notifications would wake its listener for nothing: it stops
+    LISTENing while no listener, signal, tally or worker wants changes, and starts
+    again as soon as one does, with no change committed after that lost."""
+    from conveyor import Conveyor
+
+    app = Conveyor(schema_url)
+    await app.open()
+    try:
+        await _health(app.storage, "listening", False)
+        mine = await app.add("test:a", {"n": 0})
+        started: list[str] = []
+        unsubscribe = app.on("task.started", lambda event: started.append(event.task_id or ""))
+        # right after on(): no wait for LISTEN, the catch-up read delivers
+        claimed = await other.claim("w", ["test:a"], 1, 30)
+        assert [t.id for t in claimed] == [mine.id]
+        deadline = time.monotonic() + 5
+        while mine.id not in started:
+            assert time.monotonic() < deadline, started
+            await asyncio.sleep(0.01)
+        await _health(app.storage, "listening", True)
+        unsubscribe()
+        await _health(app.storage, "listening", False)
+        # a wait() wants changes too (a task signal)
+        [res] = await other.add([make_spec()])
+        waiter = asyncio.create_task(app.wait_task(res.task.id, timeout=10))
+        await _health(app.storage, "listening", True)
+        [task] = await other.claim("w", ["test:a"], 1, 30)
+        await other.finish("w", [Completion(task.id, task.token or "", Transition(
+            Status.SUCCEEDED, result=7))])
+        assert (await waiter).result == 7
+    finally:
+        await app.close()

@@ -23,10 +23,12 @@ class LosesOneCancel(MemoryStorage):
     lost = 0
 
     def change_batches(self, include_own: Callable[[], bool] | bool = True,
-                       wakeups_only: Callable[[], bool] | bool = False
+                       wakeups_only: Callable[[], bool] | bool = False,
+                       wanted: Callable[[], bool] | bool = True
                        ) -> AsyncIterator[Sequence[Change]]:
         def stream() -> AsyncIterator[Sequence[Change]]:
-            return super(LosesOneCancel, self).change_batches(include_own, wakeups_only)
+            return super(LosesOneCancel, self).change_batches(include_own, wakeups_only,
+                                                              wanted)
 
         async def batches() -> AsyncIterator[Sequence[Change]]:
             inner = stream().__aiter__()

@@ -24,13 +24,15 @@ def _flag(value: Callable[[], bool] | bool) -> Callable[[], bool]:
 
 
 class _Consumer:
-    __slots__ = ("include_own", "loop", "queue", "wakeups_only")
+    __slots__ = ("include_own", "loop", "queue", "wakeups_only", "wanted")
 
-    def __init__(self, include_own: Callable[[], bool], wakeups_only: Callable[[], bool]) -> None:
+    def __init__(self, include_own: Callable[[], bool], wakeups_only: Callable[[], bool],
+                 wanted: Callable[[], bool]) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Sequence[Change] | None] = asyncio.Queue()
         self.include_own = include_own
         self.wakeups_only = wakeups_only
+        self.wanted = wanted
 
 
 class Fanout:
@@ -61,6 +63,11 @@ class Fanout:
     def wants_all(self) -> bool:
         """Whether any stream currently wants more than wake-ups (see :func:`is_wakeup`)."""
         return any(not c.wakeups_only() for c in self._consumers)
+
+    def wants_any(self) -> bool:
+        """Whether any stream currently wants changes at all (see ``wanted`` of
+        :meth:`batches`)."""
+        return any(c.wanted() for c in self._consumers)
 
     def publish(self, changes: Sequence[Change]) -> None:
         if not changes:
@@ -107,16 +114,17 @@ class Fanout:
                 self._consumers.remove(consumer)
 
     async def stream(self, include_own: Callable[[], bool] | bool = True,
-                     wakeups_only: Callable[[], bool] | bool = False
-                     ) -> AsyncIterator[Change]:
-        async for batch in self.batches(include_own, wakeups_only):
+                     wakeups_only: Callable[[], bool] | bool = False,
+                     wanted: Callable[[], bool] | bool = True) -> AsyncIterator[Change]:
+        async for batch in self.batches(include_own, wakeups_only, wanted):
             for change in batch:
                 yield change
 
     async def batches(self, include_own: Callable[[], bool] | bool = True,
-                      wakeups_only: Callable[[], bool] | bool = False
+                      wakeups_only: Callable[[], bool] | bool = False,
+                      wanted: Callable[[], bool] | bool = True
                       ) -> AsyncIterator[Sequence[Change]]:
-        consumer = _Consumer(_flag(include_own), _flag(wakeups_only))
+        consumer = _Consumer(_flag(include_own), _flag(wakeups_only), _flag(wanted))
         with self._lock:
             if self._closed:
                 return
@@ -147,10 +155,12 @@ class FanoutFeed:
     _feed: Fanout
 
     def changes(self, include_own: Callable[[], bool] | bool = True,
-                wakeups_only: Callable[[], bool] | bool = False) -> AsyncIterator[Change]:
-        return self._feed.stream(include_own, wakeups_only)
+                wakeups_only: Callable[[], bool] | bool = False,
+                wanted: Callable[[], bool] | bool = True) -> AsyncIterator[Change]:
+        return self._feed.stream(include_own, wakeups_only, wanted)
 
     def change_batches(self, include_own: Callable[[], bool] | bool = True,
-                       wakeups_only: Callable[[], bool] | bool = False
+                       wakeups_only: Callable[[], bool] | bool = False,
+                       wanted: Callable[[], bool] | bool = True
                        ) -> AsyncIterator[Sequence[Change]]:
-        return self._feed.batches(include_own, wakeups_only)
+        return self._feed.batches(include_own, wakeups_only, wanted)

@@ -35,6 +35,11 @@ PAGE = 5000
 # thread taking the GIL (and the server) from it, which halved enqueue-to-start
 # latency (docs/benchmarks.md); the feed's own latency grows by as much.
 _HINT_DEFER = 0.002
+# While nothing in the process wants changes (an app that only adds tasks), the
+# listener does not LISTEN (each of the process's own inserts would wake this
+# thread, which then contends for the GIL with the insert's caller: ~0.1 ms per
+# add) and looks this often whether something wants them again.
+_IDLE_CHECK = 0.02
 
 
 class Listener:
@@ -45,7 +50,8 @@ class Listener:
 
     def __init__(self, *, connect: Callable[[], Any], queries: dict[str, str], channel: str,
                  feed: Fanout, origin: str, poll_interval: float, listen: bool,
-                 since: str | None, on_ready: Callable[[], bool] | None = None) -> None:
+                 since: str | None, on_ready: Callable[[], bool] | None = None,
+                 wanted: Callable[[], bool] | None = None) -> None:
         self._connect = connect
         self._q = queries
         self._channel = channel
@@ -55,6 +61,8 @@ class Listener:
         self._listen = listen
         self._on_ready = on_ready  # called (in this thread) when another writer queued a task;
         # True if it woke someone
+        self._wanted = wanted or feed.wants_any  # whether anything here wants changes
+        self.listening = False
         self.since = since  # snapshot (text) of the last read
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -113,6 +121,7 @@ class Listener:
                 self.backend_pid = conn.info.backend_pid
                 if self._listen:
                     await conn.execute(f'LISTEN "{self._channel}"')
+                    self.listening = True
                 if self.since is None:
                     cur = await conn.execute(self._q["snapshot"])
                     row = await cur.fetchone()
@@ -139,6 +148,7 @@ class Listener:
                 backoff = min(backoff * 2, 5.0)
             finally:
                 self.connected = False
+                self.listening = False
                 if conn is not None:
                     try:
                         await conn.close()
@@ -148,6 +158,9 @@ class Listener:
     async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Wait for notifications (at most ``poll_interval``), then read."""
         while not self._stopping:
+            if self._listen and not self._wanted():
+                await self._idle(conn)
+                continue
             foreign = False
             own = False
             got = False
@@ -171,6 +184,22 @@ class Listener:
             if got and not foreign and own and not self._feed.wants_own():
                 continue  # only our own writes, which nobody here wants: skip the read
             await self._read(conn)
+
+    async def _idle(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Nothing wants changes: stop listening, read every ``poll_interval`` (so
+        the next catch-up stays short), LISTEN again and read as soon as something
+        wants them. The reads are by snapshot: nothing committed meanwhile is lost."""
+        await conn.execute(f'UNLISTEN "{self._channel}"')
+        self.listening = False
+        next_read = time.monotonic() + self._poll
+        while not self._stopping and not self._wanted():
+            await asyncio.sleep(_IDLE_CHECK)
+            if time.monotonic() >= next_read:
+                await self._read(conn)
+                next_read = time.monotonic() + self._poll
+        await conn.execute(f'LISTEN "{self._channel}"')
+        self.listening = True
+        await self._read(conn)
 
     def _filter(self) -> tuple[str | None, bool]:
         """What the streams want now: (origin to leave out or None, wake-ups only)."""

@@ -330,7 +330,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def changes(self, include_own: Callable[[], bool] | bool = True,
-                wakeups_only: Callable[[], bool] | bool = False) -> AsyncIterator[Change]:
+                wakeups_only: Callable[[], bool] | bool = False,
+                wanted: Callable[[], bool] | bool = True) -> AsyncIterator[Change]:
         """An endless stream of changes from every process using this storage,
         starting from now, in commit order. Not a coroutine: call it and
         iterate with ``async for``.
@@ -340,18 +341,21 @@ class Storage(abc.ABC):
         them at all: a worker only needs to hear about other processes.
         While ``wakeups_only`` is true, a backend may also leave out every
         change but those that make a task ready (status ``queued``) or ask
-        for an abort. Both are hints: consumers must tolerate extra changes.
-        When they start wanting more, every change committed after that is
-        delivered (a backend that filters a read must read again, wider, if
-        they changed while it ran)."""
+        for an abort. While ``wanted`` is false, the stream needs nothing at
+        all (an app that only adds tasks), and a backend may stop listening
+        for changes until it is true again. All three are hints: consumers must
+        tolerate extra changes. When they start wanting more, every change
+        committed after that is delivered (a backend that filters a read must
+        read again, wider, if they changed while it ran)."""
 
     async def change_batches(self, include_own: Callable[[], bool] | bool = True,
-                             wakeups_only: Callable[[], bool] | bool = False
+                             wakeups_only: Callable[[], bool] | bool = False,
+                             wanted: Callable[[], bool] | bool = True
                              ) -> AsyncIterator[Sequence[Change]]:
         """The same stream as :meth:`changes`, in the batches the backend reads
         them in (so a consumer can handle many at once). The default wraps
         each change in a batch of one."""
-        async for change in self.changes(include_own, wakeups_only):
+        async for change in self.changes(include_own, wakeups_only, wanted):
             yield [change]
 
     @abc.abstractmethod

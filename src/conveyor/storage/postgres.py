@@ -690,9 +690,13 @@ class PostgresStorage(FanoutFeed, Storage):
                 queries=self._q,
                 channel=_channel(self.schema), feed=self._feed, origin=self.instance_id,
                 poll_interval=self.options.poll_interval, listen=self.options.listen,
-                since=since, on_ready=self._ready_hint)
+                since=since, on_ready=self._ready_hint, wanted=self._feed_wanted)
             self._listener = listener
         listener.start()
+
+    def _feed_wanted(self) -> bool:
+        """Whether anything using this storage wants changes now (a stream, a ready hook)."""
+        return self._feed.wants_any() or bool(self._ready_hooks)
 
     def add_ready_hook(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` (on the running event loop) as soon as the listener hears that
@@ -721,11 +725,13 @@ class PostgresStorage(FanoutFeed, Storage):
         return woke
 
     def feed_health(self) -> dict[str, Any]:
-        """The listener's state: connected, consecutive failures, time of the last read."""
+        """The listener's state: connected, listening (false while nothing here wants
+        changes), consecutive failures, time of the last read, its backend's pid."""
         listener = self._listener
         if listener is None:
             return {"running": False}
         return {"running": True, "connected": listener.connected,
+                "listening": listener.listening,
                 "failures": listener.failures, "last_read": listener.last_read,
                 "backend_pid": listener.backend_pid}
 
