@@ -23,6 +23,7 @@ __all__ = [
     "Registry",
     "build_handler",
     "check_action",
+    "check_handler_options",
     "check_policy",
 ]
 
@@ -224,6 +225,14 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
 
 HANDLER_OPTIONS = frozenset(inspect.signature(build_handler).parameters) - {"action", "fn"}
 """The options :func:`build_handler` takes (``schedule`` is the app's)."""
+
+
+def check_handler_options(action: Any, options: Mapping[str, Any]) -> None:
+    """Refuse options :func:`build_handler` does not take, by name."""
+    unknown = set(options) - HANDLER_OPTIONS
+    if unknown:
+        raise ConfigurationError(
+            f"handler for {action!r}: unknown option(s): {', '.join(sorted(unknown))}")
 
 
 class Registry:

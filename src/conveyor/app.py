@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from . import _forks
-from ._registry import HANDLER_OPTIONS, Handler, Registry, build_handler, check_policy
+from ._registry import Handler, Registry, build_handler, check_handler_options, check_policy
 from ._specs import build_spec, check_priority
 from ._worker import Worker
 from .errors import (
@@ -156,10 +156,7 @@ class Conveyor:
         schedule = options.pop("schedule", None)
         if isinstance(action, str) and action in self.registry:
             raise ConfigurationError(f"a handler for {action!r} is already registered")
-        unknown = set(options) - HANDLER_OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"handler for {action!r}: unknown option(s): {', '.join(sorted(unknown))}")
+        check_handler_options(action, options)
         handler = build_handler(action, fn, **options)
         parsed = None if schedule is None else Schedule.parse(action, schedule)
         if parsed is not None and parsed.action != action:

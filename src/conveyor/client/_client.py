@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from .. import _forks
-from .._registry import HANDLER_OPTIONS, Handler, build_handler
+from .._registry import Handler, build_handler, check_handler_options
 from ..errors import (
     ConfigurationError,
     InvalidTransition,
@@ -540,10 +540,7 @@ class HubClient:
                     "give it to the tasks (add(..., {name}=...)) instead")
         if action in self._handlers:
             raise ConfigurationError(f"a handler for {action!r} is already registered")
-        unknown = set(options) - HANDLER_OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"handler for {action!r}: unknown option(s): {', '.join(sorted(unknown))}")
+        check_handler_options(action, options)
         handler = build_handler(action, fn, **options)
         handler = with_accept(handler, accept)
         self._handlers[action] = handler
