@@ -157,14 +157,36 @@ def _conditions(value: Any) -> tuple[Condition, ...]:
     return tuple(out)
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _as_stored(payload: Any, text: str) -> Any:
+    """``payload`` as the storage will give it back (``text`` is its JSON).
+
+    A task returned by ``add`` then equals the one ``get`` reads: tuples become
+    lists, non-text keys text, subclasses (enums, ``OrderedDict``) plain values.
+    A scalar or a flat dict of scalars is already in that form and kept as is.
+    """
+    kind = type(payload)
+    if kind in _SCALARS:
+        return payload
+    if kind is dict and len(payload) <= 16:
+        for key, value in payload.items():
+            if type(key) is not str or type(value) not in _SCALARS:
+                break
+        else:
+            return payload
+    return _json.loads(text)
+
+
 def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = None,
                max_payload: int | None = None, now: float | None = None,
                **options: Any) -> TaskSpec:
     """Validate the arguments of ``add`` and return the spec to insert."""
     if not options and handler is None:  # the common case of a bulk add, kept short
         check_action(action)
-        _json.dumps_checked(payload, "payload", limit=max_payload)
-        return _spec_from_values((new_id(), action, payload, 0.0,
+        text = _json.dumps_checked(payload, "payload", limit=max_payload)
+        return _spec_from_values((new_id(), action, _as_stored(payload, text), 0.0,
                                   time.time() if now is None else now, None, None, None, None,
                                   None, DEFAULT_UNIQUE_SCOPE, (), {}, None))
     unknown = set(options) - ADD_OPTIONS
@@ -174,7 +196,7 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
     now = time.time() if now is None else now
     if handler is not None:
         payload = handler.validate_payload(payload)
-    _json.dumps_checked(payload, "payload", limit=max_payload)
+    payload = _as_stored(payload, _json.dumps_checked(payload, "payload", limit=max_payload))
 
     priority = options.get("priority")
     if priority is None:

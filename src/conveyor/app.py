@@ -333,7 +333,10 @@ class Conveyor:
 
         With a ``unique_key`` that a live task holds, that task is returned
         instead of a new one. A payload is checked against the handler's
-        payload model when the handler is registered in this process.
+        payload model when the handler is registered in this process. The
+        returned task holds the payload as stored, in its JSON form (tuples
+        become lists, keys text, enums their values): it equals what
+        :meth:`get` reads back.
         """
         return (await self._add_items([(action, payload, options)]))[0]
 

@@ -60,7 +60,8 @@ class TaskLogger:
     """Writes the task's log, kept with the task in storage.
 
     ``ctx.log.info("chunk %s of %s", i, n)`` formats like :mod:`logging`;
-    pass ``data={...}`` to attach structured JSON to the line. A bad level or
+    pass ``data={...}`` to attach structured JSON to the line (copied at the call,
+    as JSON: later changes to the dict are not logged). A bad level or
     ``data`` (not a dict of JSON values) raises :class:`ValidationError` in the
     handler, and nothing is written.
     """
@@ -114,8 +115,9 @@ def _check_data(data: Any) -> dict[str, Any]:
     for key in data:
         if not isinstance(key, str):
             raise ValidationError(f"log data keys must be strings, not {key!r}")
-    _json.dumps_checked(data, "log data")
-    return dict(data)
+    # a JSON copy: what the caller changes after the call is not what gets stored
+    copy: dict[str, Any] = _json.loads(_json.dumps_checked(data, "log data"))
+    return copy
 
 
 class Context(Generic[P]):
@@ -202,7 +204,7 @@ class Context(Generic[P]):
         if message is not None and not isinstance(message, str):
             raise ValidationError(f"progress message must be text, not {message!r}")
         if data:
-            _json.dumps_checked(data, "progress data")
+            data = _json.loads(_json.dumps_checked(data, "progress data"))
         self._channel.progress(self.task.id, Progress(current, total, message, data or None))
         return _DONE
 
