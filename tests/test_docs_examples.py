@@ -48,6 +48,7 @@ EXAMPLES = {
     "asyncio.run(main())": "test_guide_quickstart_script",
     "environment=smtp_client": "test_guide_handler_options",
     "await app.add_many([": "test_guide_add_and_add_many",
+    "task, created = await app.add_checked(": "test_guide_add_checked",
     "await app.find_one(": "test_guide_reading_tasks",
     "app.add_error_sink(": "test_guide_sinks",
     "def poll_until_done(": "test_guide_transition_policy",
@@ -146,6 +147,17 @@ async def test_guide_add_and_add_many(app: Conveyor) -> None:
     for added in [task, *tasks]:
         stored = await app.get(added.id)
         assert stored.priority == added.priority and stored.status is Status.QUEUED
+
+
+async def test_guide_add_checked(app: Conveyor, capsys: pytest.CaptureFixture[str]) -> None:
+    block = find_block("task, created = await app.add_checked(")
+    first = await run_fragment(block, {"app": app})
+    assert first["created"] is True and capsys.readouterr().out == ""
+    again = await run_fragment(block, {"app": app})
+    assert again["created"] is False and again["task"].id == first["task"].id
+    assert capsys.readouterr().out == (
+        f"already queued or running: {first['task'].id} queued\n")
+    assert await app.count({"unique_key": "invoice:42"}) == 1
 
 
 async def test_guide_reading_tasks(app: Conveyor) -> None:

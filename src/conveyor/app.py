@@ -26,7 +26,7 @@ from .events import ChangeRelay, Event, EventBus, Subscription
 from .model import LogLevel, LogRecord, Policy, Status, Task, TaskSpec, seconds
 from .query import parse_filter, parse_query
 from .schedule import Schedule
-from .storage import Change, Storage, WorkerInfo, open_storage
+from .storage import AddResult, Change, Storage, WorkerInfo, open_storage
 
 __all__ = ["DEFAULT_URL", "Conveyor"]
 
@@ -338,7 +338,16 @@ class Conveyor:
         become lists, keys text, enums their values): it equals what
         :meth:`get` reads back.
         """
-        return (await self._add_items([(action, payload, options)]))[0]
+        return (await self._add_items([(action, payload, options)]))[0].task
+
+    async def add_checked(self, action: str, payload: Any = None,
+                          **options: Any) -> tuple[Task, bool]:
+        """:meth:`add`, and whether the task is new: ``(task, False)`` when a
+        live task held its ``unique_key`` and that task is returned. The flag
+        comes from the insert itself, so of two racing adds of one key exactly
+        one is told ``True``."""
+        result = (await self._add_items([(action, payload, options)]))[0]
+        return result.task, result.created
 
     async def add_many(self, items: Iterable[Any]) -> list[Task]:
         """Add many tasks in one transaction: all or none.
@@ -348,9 +357,14 @@ class Conveyor:
         there are several, a bad item's error starts with its index
         (``task 0: ...``).
         """
-        return await self._add_items(_item_list(items))
+        return [r.task for r in await self._add_items(_item_list(items))]
 
-    async def _add_items(self, items: list[Any]) -> list[Task]:
+    async def add_many_checked(self, items: Iterable[Any]) -> list[tuple[Task, bool]]:
+        """:meth:`add_many`, and for each task whether it is new (see
+        :meth:`add_checked`), in the order given."""
+        return [(r.task, r.created) for r in await self._add_items(_item_list(items))]
+
+    async def _add_items(self, items: list[Any]) -> list[AddResult]:
         if not items:
             return []
         build = self._spec_builder(items)
@@ -359,7 +373,7 @@ class Conveyor:
             # plain (action, payload) items, so no unique keys: the storage validates
             # each part of the batch while it sends the previous one (PostgreSQL)
             await self.open()
-            results = await streamed(build, len(items))
+            results: list[AddResult] = await streamed(build, len(items))
         else:
             specs = build(0, len(items))
             await self.open()
@@ -371,7 +385,7 @@ class Conveyor:
             for r in results:
                 if r.created:
                     bus.task_event("task.added", r.task)
-        return [r.task for r in results]
+        return results
 
     def _spec_builder(self, items: list[Any]) -> Callable[[int, int], list[TaskSpec]]:
         """``build(start, stop)``: the validated specs of ``items[start:stop]`` (all made

@@ -69,8 +69,16 @@ async def test_eight_processes_add_the_same_keys(shared_url: str, tmp_path: Path
     assert set(per_key) == {f"key-{k}" for k in range(KEYS)}
     assert set(per_key.values()) == {1}
     stored = {t.unique_key: t.id for t in tasks}
-    for out in outs:  # every process got the one stored task for every key
-        assert json.loads(out.read_text()) == stored
+    got = [json.loads(out.read_text()) for out in outs]
+    for answers in got:  # every process got the one stored task for every key
+        assert {key: task_id for key, (task_id, _) in answers.items()} == stored
+    # exactly one process was told "created" for each key: the one whose payload is stored
+    told = Counter(key for answers in got for key, (_, created) in answers.items() if created)
+    assert told == Counter({key: 1 for key in stored})
+    by = {t.unique_key: t.payload["by"] for t in tasks}
+    for seed, answers in enumerate(got):
+        assert {k for k, (_, created) in answers.items() if created} == {
+            k for k, winner in by.items() if winner == seed}
     winners = Counter(t.payload["by"] for t in tasks)
     print(f"\ndedupe race: {PROCESSES} processes x {KEYS} keys in {took:.2f}s; "
           f"tasks created per process: {dict(sorted(winners.items()))}")

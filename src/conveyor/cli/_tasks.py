@@ -149,9 +149,7 @@ async def _add(url: Target, action: str, payload: Any, options: dict[str, Any], 
                as_json: bool) -> int:
     async with open_store(url, create=True) as app:
         if isinstance(app, Conveyor):
-            before = time.time()
-            task = await app.add(action, payload, **options)
-            created = not (options.get("unique_key") and task.created_at < before)
+            task, created = await app.add_checked(action, payload, **options)
             unhandled = not task.terminal and not handles(await app.workers(), action)
         else:
             task, created = await app.add_checked(action, payload, **options)

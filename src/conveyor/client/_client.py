@@ -337,17 +337,28 @@ class HubClient:
                   **options: Any) -> Task:
         """Add a task (the options of :meth:`conveyor.Conveyor.add`, and ``delivery``:
         ``"one"`` or ``"all"``) and return it."""
+        return (await self.add_checked(action, payload, delivery=delivery, **options))[0]
+
+    async def add_checked(self, action: str, payload: Any = None, *,
+                          delivery: str | None = None, **options: Any) -> tuple[Task, bool]:
+        """:meth:`add`, and whether the task is new (False: a live task held its
+        ``unique_key``, and that task is returned)."""
         item = _publish_item(action, payload, options, delivery)
         reply = await self._request({"type": "publish", **item, "updates": False})
-        return task_from_json(reply["task"])
+        return task_from_json(reply["task"]), bool(reply["created"])
 
     async def add_many(self, items: Iterable[Any]) -> list[Task]:
         """Add several tasks in one transaction (items as for ``Conveyor.add_many``)."""
+        return [task for task, _ in await self.add_many_checked(items)]
+
+    async def add_many_checked(self, items: Iterable[Any]) -> list[tuple[Task, bool]]:
+        """:meth:`add_many`, and for each task whether it is new, in the order given."""
         tasks = [_item(item, i) for i, item in enumerate(items)]
         if not tasks:
             return []
         reply = await self._request({"type": "publish", "tasks": tasks, "updates": False})
-        return [task_from_json(t) for t in reply["tasks"]]
+        return [(task_from_json(t), bool(c)) for t, c in zip(reply["tasks"], reply["created"],
+                                                             strict=True)]
 
     async def run(self, action: str, payload: Any = None, *, timeout: float | None = None,
                   default: Any = MISSING, delivery: str | None = None,

@@ -167,11 +167,17 @@ class HTTPClient:
     async def add_many(self, items: Iterable[Any]) -> list[Task]:
         """Add many tasks, all or none: ``(action, payload)``,
         ``(action, payload, options)`` or dicts with ``action``."""
+        return [task for task, _ in await self.add_many_checked(items)]
+
+    async def add_many_checked(self, items: Iterable[Any]) -> list[tuple[Task, bool]]:
+        """:meth:`add_many`, and for each task whether it is new (see
+        :meth:`add_checked`), in the order given."""
         tasks = [_item(item, i) for i, item in enumerate(items)]
         if not tasks:
             return []
         _, data = await self._call("POST", f"{API}/tasks/batch", body={"tasks": tasks})
-        return [task_from_json(t) for t in data["tasks"]]
+        return [(task_from_json(t), bool(c)) for t, c in zip(data["tasks"], data["created"],
+                                                             strict=True)]
 
     # -- reading --------------------------------------------------------------------
 

@@ -562,24 +562,24 @@ class _Api:
                 raise Problem(403, "forbidden", f"{where}credential {cred.name!r} may not "
                                                 f"publish {task.action!r}")
 
-    async def _add(self, tasks: list[TaskIn], *, batch: bool) -> tuple[list[Task], bool]:
-        before = time.time()
+    async def _add(self, tasks: list[TaskIn], *,
+                   batch: bool) -> tuple[list[Task], list[bool]]:
         try:
-            added = await self.app.add_many([t.model_dump(exclude_unset=True) for t in tasks])
+            added = await self.app.add_many_checked(
+                [t.model_dump(exclude_unset=True) for t in tasks])
         except QueryError:
             raise
         except ValidationError as exc:
             message = str(exc)
             raise Problem(422, "invalid", message,
                           path=library_path(message, batch=batch, size=len(tasks))) from None
-        created = any(t.created_at >= before for t in added)
-        return added, created
+        return [task for task, _ in added], [created for _, created in added]
 
     async def add(self, request: Request, cred: Credential) -> Response:
         _no_query(request)
         task_in = await body_as(request, TaskIn)
         self._check_publish(cred, [task_in])
-        (task,), created = await self._add([task_in], batch=False)
+        (task,), (created,) = await self._add([task_in], batch=False)
         return JSONResponse(self.task_json(task), status_code=201 if created else 200)
 
     async def add_batch(self, request: Request, cred: Credential) -> Response:
@@ -587,8 +587,8 @@ class _Api:
         batch = await body_as(request, BatchIn)
         self._check_publish(cred, batch.tasks)
         tasks, created = await self._add(batch.tasks, batch=True)
-        return JSONResponse({"tasks": [self.task_json(t) for t in tasks]},
-                            status_code=201 if created else 200)
+        return JSONResponse({"tasks": [self.task_json(t) for t in tasks], "created": created},
+                            status_code=201 if any(created) else 200)
 
     # -- reading
 

@@ -235,6 +235,9 @@ class TaskOut(_Out):
 
 class BatchOut(_Out):
     tasks: list[TaskOut]
+    created: list[bool] = Field(
+        description="For each task, in the order given: true if it was added, false if a "
+                    "live task held its unique_key and that task is in `tasks` instead.")
 
 
 class TaskListOut(_Out):

@@ -577,15 +577,18 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
     if wait or timeout is not None or "default" in msg:
         wait_spec = WaitSpec(timeout, "default" in msg, msg.get("default"))
     try:
-        tasks = await state.app.add_many(items)
+        added = await state.app.add_many_checked(items)
     except ValidationError as exc:
         raise ProtocolError("invalid", str(exc)) from None
+    tasks = [task for task, _ in added]
     key = encode_id(msg_id)
     reply: dict[str, Any] = {"type": "published", "id": msg_id}
     if several:
         reply["tasks"] = [state.task_json(t) for t in tasks]
+        reply["created"] = [created for _, created in added]
     else:
         reply["task"] = state.task_json(tasks[0])
+        reply["created"] = added[0][1]
     conn.send_msg(reply)
     state.remote.wake()
     if not (updates or wait_spec is not None):
