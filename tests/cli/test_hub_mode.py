@@ -6,8 +6,10 @@ the whole module; every command runs as its own subprocess too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import sqlite3
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -214,3 +216,20 @@ def test_a_publisher_sees_only_its_actions(hub: Hub) -> None:
     assert "job:fail" in {t["action"] for t in everything}
     stats = _json(hub.run("stats", "--json", key=hub.publisher))
     assert set(stats) == {"mail:send"}
+
+
+def test_prune_through_the_hub(hub: Hub) -> None:
+    task_id = hub.run("add", "mail:send", '{"to": "p"}', "--delay", "600",
+                      key=hub.admin).out.strip()
+    assert hub.run("abort", task_id, key=hub.admin).code == 0
+    # make this task look finished ten days ago (other tests' tasks stay recent)
+    path = hub.db.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE conveyor_tasks SET finished_at = finished_at - 864000 "
+                     "WHERE id = ?", (task_id,))
+    assert_error(hub.run("prune", "--older-than", "7d", key=hub.publisher), 1,
+                 "credential 'publisher' may not", "(HTTP 403)")
+    pruned = hub.run("prune", "--older-than", "7d", "--json", key=hub.admin)
+    assert pruned.code == 0, pruned
+    assert _json(pruned) == {"pruned": 1, "older_than": 604800.0}
+    assert_error(hub.run("show", task_id, key=hub.admin), 2, f"no task with id {task_id}")

@@ -1,11 +1,11 @@
-"""add, ls, show, stats, abort, retry, prioritize, delete and --db, through the real CLI."""
+"""add, ls, show, stats, abort, retry, prioritize, delete, prune and --db, through the real CLI."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ._support import add, clean_env, cli, count, get
+from ._support import add, assert_error, clean_env, cli, count, find, get
 
 
 def test_add_prints_the_id_and_stores_the_task(db: str) -> None:
@@ -199,6 +199,26 @@ def test_help_and_version() -> None:
     result = cli("--help")
     assert result.code == 0
     for command in ("add", "ls", "show", "tail", "abort", "retry", "prioritize", "delete",
-                    "stats", "workers", "worker", "demo"):
+                    "prune", "stats", "workers", "worker", "demo"):
         assert f"  {command} " in result.out, command
     assert cli("--version").out.startswith("conveyor, version")
+
+
+def test_prune_deletes_only_tasks_finished_long_enough_ago(db: str) -> None:
+    done = add(db, "mail:send")
+    queued = add(db, "mail:send")
+    assert cli("abort", done.id, "--db", db).code == 0
+
+    young = cli("prune", "--older-than", "1h", "--db", db)
+    assert young.code == 0, young
+    assert "pruned 0 task(s)" in young.out and count(db) == 2
+
+    for bad in ("7x", "-1", "", "inf"):
+        assert_error(cli("prune", "--older-than", bad, "--db", db), 2, "--older-than")
+    assert_error(cli("prune", "--db", db), 2, "--older-than")
+    assert count(db) == 2
+
+    pruned = cli("prune", "--older-than", "0", "--json", "--db", db)
+    assert pruned.code == 0, pruned
+    assert json.loads(pruned.out) == {"pruned": 1, "older_than": 0.0}
+    assert [t.id for t in find(db)] == [queued.id]

@@ -36,6 +36,7 @@ __all__ = [
     "HUB_ENV",
     "KEY_ENV",
     "CliError",
+    "Duration",
     "HubTarget",
     "Number",
     "Store",
@@ -72,7 +73,7 @@ _DB_KEY = "conveyor.db"
 _HUB_KEY = "conveyor.hub"
 _KEY_KEY = "conveyor.key"
 HUB_COMMANDS = frozenset({"add", "ls", "show", "tail", "abort", "retry", "prioritize", "delete",
-                          "stats", "workers"})
+                          "prune", "stats", "workers"})
 """The commands that can work through a hub (``--hub URL``) instead of a database."""
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -316,6 +317,39 @@ def read_json_arg(arg: str, what: str) -> Any:
 
 def dump_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """Seconds, as a number or a number with a unit: ``90``, ``30m``, ``12h``, ``7d``, ``2w``."""
+
+    name = "duration"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return self.what.upper()
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number, unit = float(value), 1.0
+        else:
+            text = str(value).strip().lower()
+            unit = _UNITS.get(text[-1:], 0.0) if text else 0.0
+            try:
+                number = float(text[:-1] if unit else text)
+            except ValueError:
+                self.fail(f"must be seconds or a number with a unit (s, m, h, d, w) such as "
+                          f"30m or 7d, not {value!r}", param, ctx)
+            unit = unit or 1.0
+        seconds = number * unit
+        if not math.isfinite(seconds) or seconds < 0:
+            self.fail(f"must be a finite duration >= 0, not {value!r}", param, ctx)
+        return seconds
 
 
 class Number(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click

@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "retry": ("_tasks", "retry_command"),
     "prioritize": ("_tasks", "prioritize_command"),
     "delete": ("_tasks", "delete_command"),
+    "prune": ("_tasks", "prune_command"),
     "stats": ("_tasks", "stats_command"),
     "workers": ("_tasks", "workers_command"),
     "worker": ("_worker", "worker_command"),

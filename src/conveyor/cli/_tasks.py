@@ -20,6 +20,7 @@ from ._base import (
     EXIT_FAILED,
     EXIT_OK,
     CliError,
+    Duration,
     Number,
     Store,
     Target,
@@ -47,6 +48,7 @@ __all__ = [
     "delete_command",
     "ls_command",
     "prioritize_command",
+    "prune_command",
     "retry_command",
     "show_command",
     "stats_command",
@@ -469,6 +471,36 @@ def delete_command(ctx: click.Context, task_ids: tuple[str, ...]) -> int:
     deleted = _run(go())
     click.echo(f"deleted {len(deleted)} task(s)")
     return EXIT_OK if len(deleted) == len(ids) else EXIT_FAILED
+
+
+@click.command("prune", short_help="Delete tasks that finished long enough ago.")
+@click.option("--older-than", "older_than", required=True, type=Duration("age"),
+              help="Age since the task finished: seconds, or with a unit: 30m, 12h, 7d, 2w.")
+@json_option
+@store_options
+@click.pass_context
+def prune_command(ctx: click.Context, older_than: float, as_json: bool) -> int:
+    """Delete finished tasks (succeeded, failed, aborted) and their logs, when they
+    finished more than --older-than ago. Queued and running tasks are never touched.
+
+    On a database it deletes in small batches (as the workers' own retention does);
+    through a hub it deletes by filter, with the admin right.
+    """
+    url = store_target(ctx)
+
+    async def go() -> int:
+        async with open_store(url) as app:
+            if isinstance(app, Conveyor):
+                return await app.prune(older_than)
+            cutoff = time.time() - older_than
+            return len(await app.delete({"finished_at": {"$lt": cutoff}}))
+
+    pruned = _run(go())
+    if as_json:
+        _echo_json({"pruned": pruned, "older_than": older_than})
+    else:
+        click.echo(f"pruned {pruned} task(s) that finished more than {older_than:g} s ago")
+    return EXIT_OK
 
 
 # -- overview --------------------------------------------------------------------------
