@@ -78,11 +78,13 @@ async def test_permission_matrix(lenient_hub: RunningHub) -> None:
     geo = await hub.app.add("geo:code", {"q": "b"})
     keys = {"admin": hub.key("admin", admin=True),
             "publisher": hub.key("publisher", publish=["mail:*"]),
-            "subscriber": hub.key("subscriber", subscribe=["geo:*"])}
+            "subscriber": hub.key("subscriber", subscribe=["geo:*"]),
+            "reader": hub.key("reader", read=["geo:*"])}
     # who may publish what
     publish = {("admin", "mail:x"): 201, ("admin", "geo:x"): 201,
                ("publisher", "mail:x"): 201, ("publisher", "geo:x"): 403,
-               ("subscriber", "mail:x"): 403, ("subscriber", "geo:x"): 403}
+               ("subscriber", "mail:x"): 403, ("subscriber", "geo:x"): 403,
+               ("reader", "mail:x"): 403, ("reader", "geo:x"): 403}
     for (who, action), status in publish.items():
         async with client(hub, keys[who]) as http:
             before = await hub.app.count()
@@ -101,7 +103,8 @@ async def test_permission_matrix(lenient_hub: RunningHub) -> None:
     # who may read which task: the others are 404, exactly like a missing task
     read = {("admin", mail.id): 200, ("admin", geo.id): 200,
             ("publisher", mail.id): 200, ("publisher", geo.id): 404,
-            ("subscriber", mail.id): 404, ("subscriber", geo.id): 200}
+            ("subscriber", mail.id): 404, ("subscriber", geo.id): 200,
+            ("reader", mail.id): 404, ("reader", geo.id): 200}
     for (who, task_id), status in read.items():
         async with client(hub, keys[who]) as http:
             for suffix, params in [("", {}), ("", {"logs": "true"}), ("/wait", {"timeout": 0}),
@@ -112,7 +115,7 @@ async def test_permission_matrix(lenient_hub: RunningHub) -> None:
                 else:
                     assert error_of(r, 404, "not_found") == f"no task with id {task_id}"
     # control needs the admin right, whatever the task (and before looking it up)
-    for who in ("publisher", "subscriber"):
+    for who in ("publisher", "subscriber", "reader"):
         async with client(hub, keys[who]) as http:
             for task_id in (mail.id, geo.id, ID):
                 for method, path, body in [
@@ -174,6 +177,14 @@ async def test_find_count_and_stats_never_leak_other_actions(lenient_hub: Runnin
                                                             "geo:zone"]
         assert set((await http.get(f"{API}/stats")).json()["stats"]) == {"mail:send",
                                                                        "geo:zone"}
+    reader = hub.key("reader", read=["geo:*", "secret:y"])
+    async with client(hub, reader) as http:
+        r = await http.get(T, params={"sort": "created_at", "filter": json.dumps(
+            {"action": {"$regex": ".*"}})})
+        assert [t["action"] for t in r.json()["tasks"]] == ["geo:code", "secret:y", "geo:zone"]
+        assert (await http.get(f"{T}/count")).json() == {"count": 3}
+        assert set((await http.get(f"{API}/stats")).json()["stats"]) == {
+            "geo:code", "secret:y", "geo:zone"}
     async with client(hub, nothing) as http:
         assert (await http.get(T)).json()["tasks"] == []
         assert (await http.get(f"{T}/count")).json() == {"count": 0}

@@ -13,6 +13,7 @@ CREDENTIALS: dict[str, dict[str, Any]] = {
     "sub_a": {"subscribe": ["a:*"]},
     "both_b": {"publish": ["b:*"], "subscribe": ["b:*"]},
     "pub_a_sub_b": {"publish": ["a:x"], "subscribe": ["b:?"]},
+    "read_b": {"read": ["b:*"]},
     "admin": {"admin": True},
     "nothing": {},
 }
@@ -26,7 +27,8 @@ def allowed(name: str, action: str, operation: str) -> bool:
     prefix = action.split(":")[0]
     pub = any(p.split(":")[0] == prefix for p in rights.get("publish", ()))
     sub = any(p.split(":")[0] == prefix for p in rights.get("subscribe", ()))
-    return {"publish": pub, "subscribe": sub}.get(operation, pub or sub)
+    read = any(p.split(":")[0] == prefix for p in rights.get("read", ()))
+    return {"publish": pub, "subscribe": sub}.get(operation, pub or sub or read)
 
 
 async def test_the_permission_matrix(hub: RunningHub) -> None:
@@ -86,7 +88,7 @@ async def test_the_permission_matrix(hub: RunningHub) -> None:
 async def test_no_events_of_unreadable_actions_leak(hub: RunningHub) -> None:
     worker_key = hub.key("worker", subscribe=["*"], admin=True)
     watchers = {name: await Raw.open(hub.url, hub.key(name, **CREDENTIALS[name]))
-                for name in ("pub_a", "sub_a", "both_b", "pub_a_sub_b")}
+                for name in ("pub_a", "sub_a", "both_b", "pub_a_sub_b", "read_b")}
     for ws in watchers.values():
         await ws.request({"type": "live", "id": "all", "filter": {}}, "snapshot")
         await ws.request({"type": "live", "id": "running", "filter": {"status": "running"},

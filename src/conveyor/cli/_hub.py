@@ -149,8 +149,8 @@ def credentials_group() -> None:
     """Add, list and revoke the credentials the hub accepts.
 
     A credential has a name, a key (shown once when it is created; only its
-    hash is stored), publish and subscribe permissions as action patterns
-    (mail:*), an optional limit of simultaneous connections, and optionally
+    hash is stored), publish, subscribe and read permissions as action
+    patterns (mail:*), an optional limit of simultaneous connections, and optionally
     the admin right (abort, retry, prioritize, delete, the dashboard). A
     running hub picks up changes within a second; a revoked key's
     connections are closed.
@@ -163,6 +163,9 @@ def credentials_group() -> None:
               help="Actions it may publish (add) and read; repeatable; * and ? wildcards.")
 @click.option("--subscribe", multiple=True, metavar="PATTERN",
               help="Actions it may work on as a remote worker, and read; repeatable.")
+@click.option("--read", multiple=True, metavar="PATTERN",
+              help="Actions it may only read (get, find, watch, live queries, stats); "
+                   "repeatable.")
 @click.option("--admin", is_flag=True, help="May abort, retry, prioritize and delete, and "
               "read every action.")
 @click.option("--max-instances", type=click.IntRange(min=1), default=None,
@@ -170,13 +173,13 @@ def credentials_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the credential and key as JSON.")
 @_credentials_option
 def credentials_add(name: str, publish: tuple[str, ...], subscribe: tuple[str, ...],
-                    admin: bool, max_instances: int | None, as_json: bool,
-                    credentials_path: str | None) -> int:
+                    read: tuple[str, ...], admin: bool, max_instances: int | None,
+                    as_json: bool, credentials_path: str | None) -> int:
     """Create credential NAME and print its key (once: only a hash is kept)."""
     from conveyor.hub._credentials import CredentialStore
 
     store = CredentialStore(_credentials_file(credentials_path))
-    cred, key = store.add(name, publish=publish, subscribe=subscribe, admin=admin,
+    cred, key = store.add(name, publish=publish, subscribe=subscribe, read=read, admin=admin,
                           max_instances=max_instances)
     if as_json:
         click.echo(json.dumps({**cred.public(), "key": key}))
@@ -202,10 +205,12 @@ def credentials_list(as_json: bool, credentials_path: str | None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "key id", "publish", "subscribe", "admin", "max instances", "state")
+    table = Table("name", "key id", "publish", "subscribe", "read", "admin", "max instances",
+                  "state")
     for c in creds:
         table.add_row(c["name"], c["key_id"], " ".join(c["publish"]) or "-",
-                      " ".join(c["subscribe"]) or "-", "yes" if c["admin"] else "no",
+                      " ".join(c["subscribe"]) or "-", " ".join(c["read"]) or "-",
+                      "yes" if c["admin"] else "no",
                       str(c["max_instances"] or "-"), "revoked" if c["revoked"] else "live")
     Console().print(table)
     return EXIT_OK

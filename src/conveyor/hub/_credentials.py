@@ -1,9 +1,11 @@
 """Credentials: who may publish, work on and control which actions.
 
-A credential has a name, a secret key, publish and subscribe permissions as
-action patterns (``mail:*``; ``*`` matches any run of characters, ``?`` one
+A credential has a name, a secret key, publish, subscribe and read permissions
+as action patterns (``mail:*``; ``*`` matches any run of characters, ``?`` one
 character), a maximum of simultaneous WebSocket instances, and an admin right
-(abort, retry, prioritize, delete, the dashboard).
+(abort, retry, prioritize, delete, the dashboard). Publish and subscribe rights
+include reading those actions; a read right alone (for monitoring) reads and
+watches tasks without adding, working on or controlling any.
 
 Keys look like ``cvk_<id>_<secret>``: the id finds the credential, the 256-bit
 secret proves it. Only a salted SHA-256 of the secret is stored (a fast hash is
@@ -66,6 +68,7 @@ class Credential:
     max_instances: int | None = None
     created_at: float = 0.0
     revoked_at: float | None = None
+    read: tuple[str, ...] = ()
     _compiled: dict[str, re.Pattern[str]] = field(default_factory=dict, repr=False,
                                                  compare=False)
 
@@ -83,28 +86,29 @@ class Credential:
         return self.admin or matches_pattern(action, self.subscribe)
 
     def can_read(self, action: str) -> bool:
-        """Reading a task (get, find, watch, events) needs publish or subscribe
-        rights on its action, or admin."""
-        return self.admin or matches_pattern(action, self.publish) or matches_pattern(
-            action, self.subscribe)
+        """Reading a task (get, find, watch, events) needs a read, publish or
+        subscribe right on its action, or admin."""
+        return self.admin or matches_pattern(action, self.readable)
 
     @property
     def readable(self) -> tuple[str, ...]:
         """The patterns of actions this credential may read (``*`` for admins)."""
-        return ("*",) if self.admin else tuple(dict.fromkeys(self.publish + self.subscribe))
+        if self.admin:
+            return ("*",)
+        return tuple(dict.fromkeys(self.read + self.publish + self.subscribe))
 
     def to_json(self) -> dict[str, Any]:
         """The credential as stored in the credentials file (the key's hash, never the key)."""
         return {"name": self.name, "key_id": self.key_id, "hash": self.key_hash,
                 "salt": self.salt, "publish": list(self.publish),
-                "subscribe": list(self.subscribe), "admin": self.admin,
-                "max_instances": self.max_instances, "created_at": self.created_at,
-                "revoked_at": self.revoked_at}
+                "subscribe": list(self.subscribe), "read": list(self.read),
+                "admin": self.admin, "max_instances": self.max_instances,
+                "created_at": self.created_at, "revoked_at": self.revoked_at}
 
     def public(self) -> dict[str, Any]:
         """What may be shown: everything but the hash and salt."""
         return {"name": self.name, "key_id": self.key_id, "publish": list(self.publish),
-                "subscribe": list(self.subscribe), "admin": self.admin,
+                "subscribe": list(self.subscribe), "read": list(self.read), "admin": self.admin,
                 "max_instances": self.max_instances, "created_at": self.created_at,
                 "revoked": self.revoked}
 
@@ -113,7 +117,8 @@ class Credential:
         """A credential from its stored form."""
         return cls(name=raw["name"], key_id=raw["key_id"], key_hash=raw["hash"],
                    salt=raw["salt"], publish=tuple(raw.get("publish", ())),
-                   subscribe=tuple(raw.get("subscribe", ())), admin=bool(raw.get("admin")),
+                   subscribe=tuple(raw.get("subscribe", ())), read=tuple(raw.get("read", ())),
+                   admin=bool(raw.get("admin")),
                    max_instances=raw.get("max_instances"),
                    created_at=float(raw.get("created_at", 0.0)),
                    revoked_at=raw.get("revoked_at"))
@@ -122,8 +127,7 @@ class Credential:
 ANONYMOUS = Credential(name="anonymous", key_id="", key_hash="", salt="", publish=("*",),
                        subscribe=("*",), admin=True)
 """The credential of every request to a hub started without authentication
-(``conveyor hub --insecure``, or no credential store): it may do everything."""
-"""The credential every client has when the hub runs with ``--insecure``."""
+(``conveyor serve --insecure``, or no credential store): it may do everything."""
 
 
 def glob_to_regex(pattern: str) -> str:
@@ -221,7 +225,8 @@ class CredentialStore:
     # -- management ---------------------------------------------------------------
 
     def add(self, name: str, *, publish: Iterable[str] = (), subscribe: Iterable[str] = (),
-            admin: bool = False, max_instances: int | None = None) -> tuple[Credential, str]:
+            admin: bool = False, max_instances: int | None = None,
+            read: Iterable[str] = ()) -> tuple[Credential, str]:
         """Create a credential; returns it and its key (shown once, never stored)."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValidationError(
@@ -232,6 +237,7 @@ class CredentialStore:
             raise ValidationError("max_instances must be an integer >= 1")
         pub = _check_patterns(publish, "publish")
         sub = _check_patterns(subscribe, "subscribe")
+        rd = _check_patterns(read, "read")
         self.reload()
         with self._lock:
             if any(c.name == name and not c.revoked for c in self._by_id.values()):
@@ -241,7 +247,7 @@ class CredentialStore:
             salt = secrets.token_hex(16)
             cred = Credential(name=name, key_id=key_id, key_hash=_hash(salt, secret), salt=salt,
                               publish=pub, subscribe=sub, admin=admin,
-                              max_instances=max_instances, created_at=time.time())
+                              max_instances=max_instances, created_at=time.time(), read=rd)
             self._by_id[key_id] = cred
             self._save()
         return cred, f"cvk_{key_id}_{secret}"

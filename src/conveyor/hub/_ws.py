@@ -309,7 +309,7 @@ class Connection:
         self.send_msg({
             "type": "welcome", "id": msg_id, "protocol": PROTOCOL_VERSION,
             "credential": cred.name, "admin": cred.admin, "publish": list(cred.publish),
-            "subscribe": list(cred.subscribe),
+            "subscribe": list(cred.subscribe), "read": list(cred.read),
             "limits": {"max_frame": config.max_frame, "max_pending": config.max_pending,
                        "max_rate": config.max_rate, "inline_payload": config.inline_payload,
                        "service_lease": config.service_lease,
