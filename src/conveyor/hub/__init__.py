@@ -26,6 +26,7 @@ from starlette.routing import Route
 from ..app import Conveyor
 from ._config import HubConfig
 from ._credentials import ANONYMOUS, Credential, CredentialStore
+from ._dashboard import dashboard_routes
 from ._http import auth_error_response, request_credential
 from ._hub import AuthError, Hub
 from ._rest import rest_exception_handlers, rest_routes
@@ -81,7 +82,7 @@ def create_hub(app: Conveyor | str, config: HubConfig | None = None, *,
 
     routes = [Route("/healthz", healthz, methods=["GET"]),
               Route("/readyz", readyz, methods=["GET"]),
-              *rest_routes(hub), *ws_routes(hub)]
+              *rest_routes(hub), *ws_routes(hub), *dashboard_routes()]
     asgi = Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers=rest_exception_handlers())
     asgi.state.hub = hub

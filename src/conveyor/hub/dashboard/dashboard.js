@@ -1,0 +1,624 @@
+// conveyor dashboard: uses only the hub's public API (REST under /api/v1, WebSocket /ws).
+// Every value from the hub is rendered with textContent, never as HTML.
+"use strict";
+
+(() => {
+  const KEY_STORAGE = "conveyor.dashboard.key";
+  const LIVE_LIMIT = 100;
+  const LIVE_FIELDS = ["action", "status", "priority", "attempts", "max_attempts", "progress",
+                       "created_at"];
+  const STATS_EVERY = 2000;
+  const WORKERS_EVERY = 3000;
+  const WINDOW = 60;  // seconds of throughput kept
+  const FINAL = new Set(["succeeded", "failed", "aborted"]);
+
+  const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
+  const make = (tag, text, testid) => {
+    const el = document.createElement(tag);
+    if (text !== undefined && text !== null) el.textContent = String(text);
+    if (testid) el.dataset.testid = testid;
+    return el;
+  };
+  const show = (testid, visible) => { $(testid).hidden = !visible; };
+  const setText = (testid, text) => { $(testid).textContent = text == null ? "" : String(text); };
+  const time = (ts) => (ts == null ? "" : new Date(ts * 1000).toLocaleString());
+  const json = (value) => JSON.stringify(value, null, 2);
+  const shortId = (id) => "…" + id.slice(-8);  // UUIDv7: the start is the time, the end random
+
+  const state = {
+    key: null,          // the credential's key (null: insecure hub)
+    ws: null,
+    authed: false,
+    nextId: 1,
+    live: null,         // {id, seq, parts, filter}
+    tasks: new Map(),   // id -> task (the live window)
+    rows: new Map(),    // id -> <tr>
+    watch: null,        // {id, taskId, seqs}
+    viewed: null,       // the task shown in the task view
+    timers: [],
+    session: 0,         // bumped on sign out: a pending reconnection is dropped
+    statsSoon: null,
+    samples: [],        // [{t, finished}] from successive stats
+  };
+
+  // -- messages to the user -----------------------------------------------------------
+
+  function notice(text) {
+    setText("notice", text);
+    show("notice", Boolean(text));
+  }
+
+  function connection(text) { setText("connection", text); }
+
+  // -- REST ----------------------------------------------------------------------------
+
+  class HubError extends Error {
+    constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+  }
+
+  async function api(method, path, body) {
+    const headers = {};
+    if (state.key) headers.Authorization = `Bearer ${state.key}`;
+    const init = { method, headers, cache: "no-store" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const response = await fetch(path, init);
+    let data = null;
+    try { data = await response.json(); } catch (_) { data = null; }
+    if (!response.ok) {
+      const err = (data && data.error) || {};
+      if (response.status === 401 && state.authed) {
+        signOut("The hub no longer accepts this key: " + (err.message || "unauthorized"));
+      }
+      throw new HubError(response.status, err.code || "http_error",
+                         err.message || `HTTP ${response.status}`);
+    }
+    return data;
+  }
+
+  // -- start, key, sign out ------------------------------------------------------------
+
+  async function start() {
+    $("key-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const key = $("key-input").value.trim();
+      if (!key) return;
+      sessionStorage.setItem(KEY_STORAGE, key);
+      $("key-input").value = "";
+      state.key = key;
+      connect();
+    });
+    $("forget-key").addEventListener("click", () => signOut(""));
+    $("filters").addEventListener("submit", (event) => { event.preventDefault(); subscribe(); });
+    $("filter-status").addEventListener("change", subscribe);
+    $("task-close").addEventListener("click", () => { location.hash = ""; });
+    $("task-abort").addEventListener("click", () => act("abort", {}));
+    $("task-retry").addEventListener("click", () => act("retry", {}));
+    $("task-prioritize").addEventListener("click", () => {
+      const raw = $("task-priority-input").value.trim();
+      const priority = Number(raw);
+      if (raw === "" || !Number.isFinite(priority)) {
+        actionError("the priority must be a number");
+        return;
+      }
+      act("prioritize", { priority });
+    });
+    window.addEventListener("hashchange", route);
+
+    // An insecure hub answers without a key: then none is asked for.
+    connection("checking the hub");
+    let insecure = false;
+    try {
+      const probe = await fetch("/healthz", { cache: "no-store" });
+      if (probe.status === 429) {
+        notice("Too many failed logins from this address: wait a minute, then reload.");
+      }
+      insecure = probe.ok;
+    } catch (err) {
+      notice("Cannot reach the hub: " + err.message);
+      return;
+    }
+    if (insecure) {
+      state.key = null;
+      show("key-form", false);
+      connect();
+      return;
+    }
+    state.key = sessionStorage.getItem(KEY_STORAGE);
+    if (state.key) connect(); else askKey();
+  }
+
+  function askKey() {
+    connection("not connected");
+    show("main", false);
+    show("forget-key", false);
+    show("key-form", true);
+    $("key-input").focus();
+  }
+
+  function signOut(message) {
+    state.session += 1;
+    sessionStorage.removeItem(KEY_STORAGE);
+    state.key = null;
+    stop();
+    notice(message);
+    askKey();
+  }
+
+  function stop() {
+    state.authed = false;
+    state.timers.forEach(clearInterval);
+    state.timers = [];
+    if (state.ws) {
+      const ws = state.ws;
+      state.ws = null;
+      ws.onclose = null;
+      ws.close();
+    }
+    state.live = null;
+    state.watch = null;
+  }
+
+  // -- WebSocket -----------------------------------------------------------------------
+
+  function connect() {
+    stop();
+    show("key-form", false);
+    connection("connecting");
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${scheme}//${location.host}/ws`);
+    state.ws = ws;
+    let refused = false;
+    ws.onopen = () => {
+      if (state.key) send({ type: "hello", id: "hello", key: state.key });
+    };
+    ws.onmessage = (event) => {
+      let data;
+      try { data = JSON.parse(event.data); } catch (_) { return; }
+      for (const msg of Array.isArray(data) ? data : [data]) {
+        if (!state.authed && msg.type === "error") refused = true;
+        handle(msg);
+      }
+    };
+    ws.onclose = (event) => {
+      if (state.ws !== ws) return;  // closed on purpose
+      state.ws = null;
+      stop();
+      if (refused) return;  // the hub's error message is shown already
+      if (event.code === 4001) {
+        signOut("The hub closed the connection: this key is no longer valid.");
+        return;
+      }
+      const session = state.session;
+      connection(`disconnected (code ${event.code}); reconnecting in 2 s`);
+      setTimeout(() => { if (state.session === session && !state.ws) connect(); }, 2000);
+    };
+  }
+
+  function send(msg) {
+    if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(msg));
+  }
+
+  function newId(prefix) { return `${prefix}-${state.nextId++}`; }
+
+  function handle(msg) {
+    if (msg.type === "welcome") { welcome(msg); return; }
+    if (!state.authed) {
+      if (msg.type === "error") {
+        const text = msg.code === "rate_limited"
+          ? "Too many failed logins from this address: " + msg.message
+          : "The hub refused this key: " + msg.message;
+        signOut(text);
+      }
+      return;
+    }
+    if (state.live && msg.id === state.live.id) { onLive(msg); return; }
+    if (state.watch && msg.id === state.watch.id) { onWatch(msg); return; }
+    // late answers of closed streams (unlive, unwatch, old ids) are ignored
+  }
+
+  function welcome(msg) {
+    if (!msg.admin) {
+      stop();
+      state.session += 1;
+      sessionStorage.removeItem(KEY_STORAGE);
+      state.key = null;
+      show("main", false);
+      connection(`signed in as ${msg.credential}`);
+      notice("This key has no admin right: the dashboard needs the key of a credential with "
+             + "the admin right (conveyor credentials add NAME --admin).");
+      show("forget-key", true);
+      return;
+    }
+    state.authed = true;
+    notice("");
+    connection(state.key ? `connected as ${msg.credential}` : "connected (insecure hub)");
+    show("forget-key", Boolean(state.key));
+    show("main", true);
+    subscribe();
+    refreshStats();
+    refreshWorkers();
+    state.timers.push(setInterval(refreshStats, STATS_EVERY));
+    state.timers.push(setInterval(refreshWorkers, WORKERS_EVERY));
+    route();
+  }
+
+  // -- the live task table ----------------------------------------------------------------
+
+  function globRegex(pattern) {
+    const escaped = pattern.replace(/[.+^${}()|[\]\\]/g, "\\$&");
+    return "^" + escaped.replace(/\*/g, ".*").replace(/\?/g, ".") + "$";
+  }
+
+  function currentFilter() {
+    const parts = [];
+    const status = $("filter-status").value;
+    if (status) parts.push({ status });
+    const action = $("filter-action").value.trim();
+    if (action) {
+      parts.push(/[*?]/.test(action) ? { action: { $regex: globRegex(action) } } : { action });
+    }
+    const raw = $("filter-query").value.trim();
+    if (raw) {
+      let query;
+      try { query = JSON.parse(raw); } catch (err) {
+        throw new Error("The query is not valid JSON: " + err.message);
+      }
+      parts.push(query);
+    }
+    if (parts.length === 0) return {};
+    return parts.length === 1 ? parts[0] : { $and: parts };
+  }
+
+  function subscribe() {
+    if (!state.authed) return;
+    if (state.live) send({ type: "unlive", id: newId("unlive"), live: state.live.id });
+    state.live = null;
+    let filter;
+    try { filter = currentFilter(); } catch (err) {
+      filterError(err.message);
+      clearRows();
+      return;
+    }
+    filterError("");
+    const id = newId("live");
+    state.live = { id, seq: 0, parts: [], filter };
+    send({ type: "live", id, filter, sort: "-created_at", limit: LIVE_LIMIT,
+           fields: LIVE_FIELDS });
+  }
+
+  function filterError(text) {
+    setText("filter-error", text);
+    show("filter-error", Boolean(text));
+  }
+
+  function onLive(msg) {
+    const live = state.live;
+    if (msg.type === "error") {
+      filterError(msg.message + (msg.path ? ` (at ${msg.path})` : ""));
+      state.live = null;
+      clearRows();
+      return;
+    }
+    if (msg.seq !== live.seq + 1) { subscribe(); return; }  // a gap: start again
+    live.seq = msg.seq;
+    if (msg.type === "snapshot") {
+      live.parts.push(...msg.tasks);
+      if (msg.more) return;
+      clearRows();
+      for (const task of live.parts) upsert(task);
+      live.parts = [];
+    } else if (msg.type === "added" || msg.type === "changed") {
+      upsert(msg.task);
+    } else if (msg.type === "removed") {
+      remove(msg.task_id);
+    }
+    countRows();
+    if (msg.type !== "snapshot") statsSoon();
+  }
+
+  function clearRows() {
+    state.tasks.clear();
+    state.rows.clear();
+    $("task-rows").replaceChildren();
+    countRows();
+  }
+
+  function countRows() {
+    const n = state.tasks.size;
+    setText("task-count", n === 0 ? "No task matches."
+      : `${n} task${n === 1 ? "" : "s"}, newest first` + (n >= LIVE_LIMIT ? ` (the first ${LIVE_LIMIT})` : ""));
+  }
+
+  function newer(a, b) {  // the order of -created_at
+    if (a.created_at !== b.created_at) return a.created_at > b.created_at;
+    return a.id > b.id;
+  }
+
+  function upsert(task) {
+    const old = state.tasks.get(task.id);
+    if (old && old.version > task.version) return;
+    state.tasks.set(task.id, task);
+    let row = state.rows.get(task.id);
+    if (!row) {
+      row = buildRow(task);
+      state.rows.set(task.id, row);
+      const body = $("task-rows");
+      const before = [...body.children].find((tr) => newer(task, state.tasks.get(tr.dataset.taskId)));
+      body.insertBefore(row, before || null);
+    }
+    fillRow(row, task);
+  }
+
+  function remove(taskId) {
+    state.tasks.delete(taskId);
+    const row = state.rows.get(taskId);
+    if (row) row.remove();
+    state.rows.delete(taskId);
+  }
+
+  function buildRow(task) {
+    const tr = make("tr", null, "task-row");
+    tr.dataset.taskId = task.id;
+    const cells = ["id", "action", "status", "priority", "attempts", "progress", "created"];
+    for (const name of cells) tr.append(make("td", null, `cell-${name}`));
+    tr.firstChild.className = "id";
+    tr.firstChild.title = task.id;
+    tr.addEventListener("click", () => { location.hash = `#/tasks/${task.id}`; });
+    return tr;
+  }
+
+  function fillRow(tr, task) {
+    const cell = (name) => tr.querySelector(`[data-testid="cell-${name}"]`);
+    cell("id").textContent = shortId(task.id);
+    cell("action").textContent = task.action;
+    cell("status").textContent = task.status;
+    cell("status").className = `status-${task.status}`;
+    cell("priority").textContent = String(task.priority);
+    cell("attempts").textContent = task.max_attempts == null
+      ? String(task.attempts) : `${task.attempts} / ${task.max_attempts}`;
+    cell("progress").replaceChildren(...progressNodes(task.progress));
+    cell("created").textContent = time(task.created_at);
+  }
+
+  function progressNodes(progress) {
+    if (!progress) return [];
+    const bar = make("progress", null, "progress-bar");
+    if (progress.total) {
+      bar.max = progress.total;
+      bar.value = progress.current;
+    }
+    return [bar, make("span", progressText(progress))];
+  }
+
+  function progressText(progress) {
+    if (!progress) return "";
+    const count = progress.total ? `${progress.current} / ${progress.total}` : `${progress.current}`;
+    return progress.message ? `${count} ${progress.message}` : count;
+  }
+
+  // -- the task view -----------------------------------------------------------------------
+
+  function route() {
+    const match = /^#\/tasks\/([^/]+)$/.exec(location.hash);
+    if (!state.authed) return;
+    if (match) openTask(decodeURIComponent(match[1])); else closeTask();
+  }
+
+  function openTask(taskId) {
+    if (!state.watch || state.watch.taskId !== taskId) {
+      stopWatch();
+      state.viewed = null;
+      $("task-logs").replaceChildren();
+      setText("task-id", taskId);
+      for (const name of ["action", "status", "reason", "priority", "attempts", "created",
+                          "started", "finished", "worker", "payload", "progress-text"]) {
+        setText(`task-${name}`, "");
+      }
+      actionError("");
+      watch(taskId);
+    }
+    show("tasks-panel", false);
+    show("task-view", true);
+  }
+
+  function closeTask() {
+    stopWatch();
+    state.viewed = null;
+    show("task-view", false);
+    show("tasks-panel", true);
+  }
+
+  function watch(taskId) {
+    const id = newId("watch");
+    state.watch = { id, taskId, seqs: new Set(), ended: false };
+    $("task-logs").replaceChildren();
+    send({ type: "watch", id, task_id: taskId, logs: true, max_level: "debug" });
+  }
+
+  function stopWatch() {
+    if (state.watch && !state.watch.ended) {
+      send({ type: "unwatch", id: newId("unwatch"), stream: state.watch.id });
+    }
+    state.watch = null;
+  }
+
+  function onWatch(msg) {
+    if (msg.type === "error") {
+      actionError(msg.message);
+      state.watch.ended = true;
+      return;
+    }
+    if (msg.task) renderTask(msg.task);
+    if (msg.type === "log" && msg.log) addLog(msg.log);
+    if (msg.type === "update" && msg.progress && state.viewed) {
+      renderProgress(msg.progress);
+    }
+    if (msg.type === "abort_requested" && state.viewed) {
+      setText("task-reason", `abort requested: ${msg.reason}`);
+    }
+    if (msg.type === "end") state.watch.ended = true;
+  }
+
+  function addLog(line) {
+    if (state.watch.seqs.has(line.seq)) return;
+    state.watch.seqs.add(line.seq);
+    const li = make("li", null, "log-line");
+    li.className = line.level;
+    li.append(make("span", `${new Date(line.ts * 1000).toLocaleTimeString()} `),
+              make("span", `${line.level.toUpperCase()} `),
+              make("span", line.message, "log-message"));
+    if (line.data != null) li.append(make("span", ` ${JSON.stringify(line.data)}`));
+    $("task-logs").append(li);
+  }
+
+  function renderProgress(progress) {
+    const bar = $("task-progress");
+    if (progress && progress.total) {
+      bar.max = progress.total;
+      bar.value = progress.current;
+    } else {
+      bar.removeAttribute("value");
+    }
+    setText("task-progress-text", progressText(progress));
+  }
+
+  function renderTask(task) {
+    if (state.viewed && state.viewed.version > task.version) return;
+    state.viewed = task;
+    setText("task-id", task.id);
+    setText("task-action", task.action);
+    setText("task-status", task.status);
+    $("task-status").className = `status-${task.status}`;
+    setText("task-reason", task.abort_requested ? `abort requested: ${task.abort_requested}`
+                                                : (task.reason || ""));
+    setText("task-priority", task.priority);
+    setText("task-attempts", task.max_attempts == null ? task.attempts
+                                                       : `${task.attempts} / ${task.max_attempts}`);
+    setText("task-created", time(task.created_at));
+    setText("task-started", time(task.started_at));
+    setText("task-finished", time(task.finished_at));
+    setText("task-worker", task.worker || "");
+    renderProgress(task.progress);
+    setText("task-payload", json(task.payload));
+    show("task-result-box", task.status === "succeeded");
+    setText("task-result", task.status === "succeeded" ? json(task.result) : "");
+    const error = task.error;
+    show("task-error", Boolean(error) && FINAL.has(task.status) && task.status !== "succeeded");
+    setText("task-error-type", error ? error.type : "");
+    setText("task-error-message", error ? error.message : "");
+    setText("task-error-traceback", error ? (error.traceback || "") : "");
+    const errors = task.errors || [];
+    show("task-errors-box", errors.length > 0);
+    $("task-errors").replaceChildren(...errors.map((e) => {
+      const li = make("li", `attempt ${e.attempt}, ${time(e.at)}: ${e.type}: ${e.message}`,
+                      "task-errors-item");
+      if (e.traceback) li.append(make("pre", e.traceback));
+      return li;
+    }));
+    show("task-abort", (task.status === "queued" || task.status === "running")
+                       && !task.abort_requested);
+    show("task-retry", task.status === "failed" || task.status === "aborted");
+    show("task-prioritize-form", task.status === "queued");
+  }
+
+  function actionError(text) {
+    setText("task-action-error", text);
+    show("task-action-error", Boolean(text));
+  }
+
+  async function act(what, body) {
+    const task = state.viewed;
+    if (!task) return;
+    actionError("");
+    try {
+      const updated = await api("POST", `/api/v1/tasks/${encodeURIComponent(task.id)}/${what}`,
+                                body);
+      renderTask(updated);
+      if (what === "retry" || (state.watch && state.watch.ended)) watch(task.id);
+    } catch (err) {
+      actionError(`${what}: ${err.message}`);
+    }
+  }
+
+  // -- stats, throughput, workers ---------------------------------------------------------
+
+  function statsSoon() {
+    if (state.statsSoon) return;
+    state.statsSoon = setTimeout(() => { state.statsSoon = null; refreshStats(); }, 300);
+  }
+
+  async function refreshStats() {
+    if (!state.authed) return;
+    let data;
+    try { data = await api("GET", "/api/v1/stats"); } catch (err) {
+      connection(`stats: ${err.message}`);
+      return;
+    }
+    const stats = data.stats;
+    const body = $("queue-rows");
+    const rows = Object.keys(stats).sort().map((action) => {
+      const counts = stats[action];
+      const tr = make("tr", null, "queue-row");
+      tr.dataset.action = action;
+      tr.append(make("td", action, "queue-action"));
+      for (const status of ["queued", "running", "succeeded", "failed", "aborted"]) {
+        tr.append(make("td", counts[status] || 0, `queue-${status}`));
+      }
+      return tr;
+    });
+    body.replaceChildren(...rows);
+    let finished = 0;
+    for (const counts of Object.values(stats)) {
+      for (const status of FINAL) finished += counts[status] || 0;
+    }
+    throughput(performance.now() / 1000, finished);
+  }
+
+  function throughput(now, finished) {
+    const samples = state.samples;
+    const last = samples[samples.length - 1];
+    // tasks deleted in between would make the difference negative: count nothing then
+    const done = last ? Math.max(0, finished - last.finished) : 0;
+    const rate = last && now > last.t ? done / (now - last.t) : 0;
+    samples.push({ t: now, finished, done, rate });
+    while (samples.length && samples[0].t < now - WINDOW) samples.shift();
+    const total = samples.slice(1).reduce((sum, s) => sum + s.done, 0);
+    setText("throughput-rate", rate.toFixed(2));
+    setText("throughput-total", total);
+    const top = Math.max(1, ...samples.map((s) => s.rate));
+    const points = samples.map((s) => {
+      const x = 240 - ((now - s.t) / WINDOW) * 240;
+      const y = 38 - (s.rate / top) * 36;
+      return `${x.toFixed(1)},${y.toFixed(1)}`;
+    });
+    $("throughput-line").setAttribute("points", points.join(" "));
+  }
+
+  async function refreshWorkers() {
+    if (!state.authed) return;
+    let data;
+    try { data = await api("GET", "/api/v1/workers"); } catch (err) {
+      connection(`workers: ${err.message}`);
+      return;
+    }
+    const now = Date.now() / 1000;
+    const rows = data.workers.map((w) => {
+      const tr = make("tr", null, "worker-row");
+      tr.dataset.workerId = w.id;
+      tr.append(make("td", w.id, "worker-id"),
+                make("td", w.actions.join(", "), "worker-actions"),
+                make("td", `${w.running} / ${w.concurrency}`, "worker-running"),
+                make("td", `${Math.max(0, Math.round(now - w.last_seen))} s ago`,
+                     "worker-last-seen"),
+                make("td", w.alive ? "yes" : "no", "worker-alive"));
+      tr.lastChild.title = time(w.last_seen);
+      return tr;
+    });
+    $("worker-rows").replaceChildren(...rows);
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();
