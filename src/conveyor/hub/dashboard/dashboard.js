@@ -366,6 +366,7 @@
     for (const name of cells) tr.append(make("td", null, `cell-${name}`));
     tr.firstChild.className = "id";
     tr.firstChild.title = task.id;
+    tr.lastChild.className = "created";
     tr.addEventListener("click", () => { location.hash = `#/tasks/${task.id}`; });
     return tr;
   }
