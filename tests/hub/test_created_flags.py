@@ -85,3 +85,25 @@ async def test_websocket_published_reply_and_hub_client(hub: RunningHub) -> None
                                            ("a:x", None, {"unique_key": "v"})])
         assert [c for _, c in flags] == [True, False]
         assert (await ws.add("a:x", unique_key="v")).id == flags[0][0].id
+
+
+async def test_an_option_beside_options_is_refused_not_ignored(hub: RunningHub) -> None:
+    key = hub.key("pub", publish=["a:*"])
+    raw = await Raw.open(hub.url, key)
+    try:
+        for message, where, names in [
+            ({"action": "a:x", "priority": 3}, "publish", "'priority'"),
+            ({"action": "a:x", "unique_key": "k", "delay": 5}, "publish", "'delay', 'unique_key'"),
+            ({"tasks": [{"action": "a:x"}, {"action": "a:x", "timeout": 5}]}, "tasks[1]",
+             "'timeout'"),
+        ]:
+            reply = await raw.request({"type": "publish", "updates": False, **message})
+            assert reply["type"] == "error" and reply["code"] == "bad_message", reply
+            assert reply["message"] == f"{where}: put {names} inside 'options' (the options of add)"
+        assert await hub.app.count() == 0
+        # "timeout" beside "options" is the wait's own timeout: still accepted
+        ok = await raw.request({"type": "publish", "action": "a:x", "timeout": 0.01,
+                                "options": {"delay": 600}, "updates": False}, "published")
+        assert ok["created"] is True
+    finally:
+        await raw.close()

@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from .. import _json
+from .._specs import ADD_OPTIONS
 from ..errors import (
     ConveyorError,
     InvalidTransition,
@@ -526,11 +527,20 @@ async def _hello_again(conn: Connection, msg: dict[str, Any]) -> None:
 
 _PUBLISH_KEYS = frozenset({"type", "id", "action", "payload", "options", "delivery", "tasks",
                            "wait", "timeout", "default", "updates"})
+_ITEM_KEYS = frozenset({"action", "payload", "options", "delivery"})
 
 
 def _task_item(conn: Connection, raw: Any, where: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ProtocolError("bad_message", f"{where} must be an object")
+    # an option of add beside "options" (as the REST body has them) would be ignored
+    # as an unknown field: say where it belongs instead
+    own = _PUBLISH_KEYS if where == "publish" else _ITEM_KEYS
+    misplaced = sorted(k for k in raw if k in ADD_OPTIONS and k not in own)
+    if misplaced:
+        names = ", ".join(repr(k) for k in misplaced)
+        raise ProtocolError("bad_message",
+                            f"{where}: put {names} inside 'options' (the options of add)")
     action = raw.get("action")
     if not isinstance(action, str) or not action:
         raise ProtocolError("bad_message", f"{where}.action must be a non-empty string")
