@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from conveyor import Context, LogLevel, Status, Task
@@ -55,14 +55,8 @@ def leaving_print(printed: list[tuple[Any, ...]]) -> Any:
 async def working(client: HubClient, work: Block, ns: dict[str, Any]) -> AsyncIterator[None]:
     """Run ``work`` (an example's ``await hub.work(...)``) in the background until
     the end of the block, then stop ``client`` and close it."""
-    runner = asyncio.create_task(run_fragment(work, ns))
-    try:
-        await client.wait_working(10)
+    async with _serving(client, run_fragment(work, ns)):
         yield
-    finally:
-        client.stop()
-        await asyncio.wait_for(runner, 20)
-        await client.close()
 
 
 @contextlib.asynccontextmanager
@@ -79,13 +73,21 @@ async def mailer(hub: RunningHub) -> AsyncIterator[None]:
             raise LookupError(f"no such address: {ctx.payload['to']}")
         return {"sent": ctx.payload["to"]}
 
-    task = asyncio.create_task(client.work("test-mailer", stop_timeout=1.0))
+    async with _serving(client, client.work("test-mailer", stop_timeout=1.0)):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _serving(client: HubClient, work: Awaitable[Any]) -> AsyncIterator[None]:
+    """Run ``work`` (the client working) in the background while the block runs, once
+    the client is working; then stop the client, wait for ``work`` and close it."""
+    runner = asyncio.ensure_future(work)
     try:
         await client.wait_working(10)
         yield
     finally:
         client.stop()
-        await asyncio.wait_for(task, 20)
+        await asyncio.wait_for(runner, 20)
         await client.close()
 
 
