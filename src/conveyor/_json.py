@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import ValidationError
 
-__all__ = ["dumps", "dumps_checked", "dumps_stored", "loads"]
+__all__ = ["copy_checked", "dumps", "dumps_checked", "dumps_stored", "loads"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _decoder = json.JSONDecoder()
@@ -71,3 +71,9 @@ def dumps_checked(value: Any, what: str, limit: int | None = None) -> str:
     if limit is not None and size > limit:
         raise ValidationError(f"{what} is {size} bytes, over the limit of {limit} bytes")
     return text
+
+
+def copy_checked(value: Any, what: str) -> Any:
+    """``value`` checked as :func:`dumps_checked` does, and returned as a JSON copy
+    of its own: what the caller changes afterwards does not reach it."""
+    return loads(dumps_checked(value, what))

@@ -115,8 +115,7 @@ def _check_data(data: Any) -> dict[str, Any]:
     for key in data:
         if not isinstance(key, str):
             raise ValidationError(f"log data keys must be strings, not {key!r}")
-    # a JSON copy: what the caller changes after the call is not what gets stored
-    copy: dict[str, Any] = _json.loads(_json.dumps_checked(data, "log data"))
+    copy: dict[str, Any] = _json.copy_checked(data, "log data")
     return copy
 
 
@@ -204,7 +203,7 @@ class Context(Generic[P]):
         if message is not None and not isinstance(message, str):
             raise ValidationError(f"progress message must be text, not {message!r}")
         if data:
-            data = _json.loads(_json.dumps_checked(data, "progress data"))
+            data = _json.copy_checked(data, "progress data")
         self._channel.progress(self.task.id, Progress(current, total, message, data or None))
         return _DONE
 

@@ -150,11 +150,10 @@ def add_command(ctx: click.Context, action: str, payload: str | None, priority: 
 async def _add(url: Target, action: str, payload: Any, options: dict[str, Any], *, wait: bool,
                as_json: bool) -> int:
     async with open_store(url, create=True) as app:
+        task, created = await app.add_checked(action, payload, **options)
         if isinstance(app, Conveyor):
-            task, created = await app.add_checked(action, payload, **options)
             unhandled = not task.terminal and not handles(await app.workers(), action)
         else:
-            task, created = await app.add_checked(action, payload, **options)
             # the hub lists its remote workers (and the workers of its storage) too
             unhandled = not task.terminal and not await _handled_by_hub(app, action)
         if not created:

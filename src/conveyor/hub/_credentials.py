@@ -88,7 +88,9 @@ class Credential:
     def can_read(self, action: str) -> bool:
         """Reading a task (get, find, watch, events) needs a read, publish or
         subscribe right on its action, or admin."""
-        return self.admin or matches_pattern(action, self.readable)
+        return (self.admin or matches_pattern(action, self.read)
+                or matches_pattern(action, self.publish)
+                or matches_pattern(action, self.subscribe))
 
     @property
     def readable(self) -> tuple[str, ...]:

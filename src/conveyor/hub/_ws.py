@@ -530,12 +530,12 @@ _PUBLISH_KEYS = frozenset({"type", "id", "action", "payload", "options", "delive
 _ITEM_KEYS = frozenset({"action", "payload", "options", "delivery"})
 
 
-def _task_item(conn: Connection, raw: Any, where: str) -> dict[str, Any]:
+def _task_item(conn: Connection, raw: Any, where: str, own: frozenset[str]) -> dict[str, Any]:
+    """One task of a publish (``own``: the keys of the object it sits in)."""
     if not isinstance(raw, dict):
         raise ProtocolError("bad_message", f"{where} must be an object")
     # an option of add beside "options" (as the REST body has them) would be ignored
     # as an unknown field: say where it belongs instead
-    own = _PUBLISH_KEYS if where == "publish" else _ITEM_KEYS
     misplaced = sorted(k for k in raw if k in ADD_OPTIONS and k not in own)
     if misplaced:
         names = ", ".join(repr(k) for k in misplaced)
@@ -575,10 +575,10 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
             raise ProtocolError("bad_message", "'tasks' must be a non-empty list")
         if len(raw_tasks) > 10_000:
             raise ProtocolError("bad_message", "at most 10000 tasks per publish")
-        items = [_task_item(conn, t, f"tasks[{i}]") for i, t in enumerate(raw_tasks)]
+        items = [_task_item(conn, t, f"tasks[{i}]", _ITEM_KEYS) for i, t in enumerate(raw_tasks)]
         several = True
     else:
-        items = [_task_item(conn, msg, "publish")]
+        items = [_task_item(conn, msg, "publish", _PUBLISH_KEYS)]
         several = False
     wait = opt_bool(msg, "wait", False)
     timeout = opt_number(msg, "timeout", None)

@@ -551,13 +551,18 @@
     state.statsSoon = setTimeout(() => { state.statsSoon = null; refreshStats(); }, 300);
   }
 
-  async function refreshStats() {
-    if (!state.authed) return;
-    let data;
-    try { data = await api("GET", "/api/v1/stats"); } catch (err) {
-      connection(`stats: ${err.message}`);
-      return;
+  // GET a panel's data; null when signed out or refused (the reason is shown)
+  async function panelData(what) {
+    if (!state.authed) return null;
+    try { return await api("GET", `/api/v1/${what}`); } catch (err) {
+      connection(`${what}: ${err.message}`);
+      return null;
     }
+  }
+
+  async function refreshStats() {
+    const data = await panelData("stats");
+    if (data === null) return;
     const stats = data.stats;
     const body = $("queue-rows");
     const rows = Object.keys(stats).sort().map((action) => {
@@ -599,12 +604,8 @@
   }
 
   async function refreshWorkers() {
-    if (!state.authed) return;
-    let data;
-    try { data = await api("GET", "/api/v1/workers"); } catch (err) {
-      connection(`workers: ${err.message}`);
-      return;
-    }
+    const data = await panelData("workers");
+    if (data === null) return;
     const now = Date.now() / 1000;
     const rows = data.workers.map((w) => {
       const tr = make("tr", null, "worker-row");
