@@ -199,7 +199,7 @@ def test_help_and_version() -> None:
     result = cli("--help")
     assert result.code == 0
     for command in ("add", "ls", "show", "tail", "abort", "retry", "prioritize", "delete",
-                    "prune", "stats", "workers", "worker", "demo"):
+                    "prune", "stats", "workers", "worker", "demo", "bench"):
         assert f"  {command} " in result.out, command
     assert cli("--version").out.startswith("conveyor, version")
 

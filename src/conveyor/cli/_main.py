@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "workers": ("_tasks", "workers_command"),
     "worker": ("_worker", "worker_command"),
     "demo": ("_demo", "demo_command"),
+    "bench": ("_bench", "bench_command"),
     "serve": ("_hub", "serve_command"),
     "credentials": ("_hub", "credentials_group"),
     "migrate": ("_hub", "migrate_command"),
@@ -79,7 +80,8 @@ def cli(ctx: click.Context) -> None:
 
     Every command but credentials takes --db URL (before or after the command
     name); without it the storage is $CONVEYOR_DB, else sqlite:///conveyor.db
-    (worker uses its app's storage, demo sqlite:///conveyor-demo.db).
+    (worker uses its app's storage, demo sqlite:///conveyor-demo.db, bench
+    a scratch SQLite file).
 
     The commands on tasks (add, ls, show, tail, abort, retry, prioritize,
     delete, stats, workers) can work through a hub instead: --hub URL with
