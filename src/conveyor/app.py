@@ -594,6 +594,7 @@ class Conveyor:
         task = asyncio.ensure_future(self.open())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(_opened_in_background)
 
     # -- control --------------------------------------------------------------------
 
@@ -667,6 +668,13 @@ class Conveyor:
         age = seconds(older_than, "older_than", allow_none=False) or 0.0
         await self.open()
         return await self.storage.prune(time.time() - age)
+
+
+def _opened_in_background(task: asyncio.Future[None]) -> None:
+    """A failed background open is not an error of its own: the next awaited call
+    opens again and raises it to its caller."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("opening the storage for event listeners failed: %s", task.exception())
 
 
 def _check_id(task_id: Any) -> None:

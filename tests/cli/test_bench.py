@@ -41,3 +41,10 @@ def test_bench_refuses_bad_numbers_and_a_hub(tmp_path: Path) -> None:
                           ("--latency-samples", "-1")):
         assert_error(cli("bench", option, value), 2, option)
     assert_error(cli("--hub", "http://127.0.0.1:9", "bench"), 2, "does not work through a hub")
+
+
+def test_bench_never_prints_a_password() -> None:
+    result = cli("bench", "--tasks", "10", "--db", "postgresql://ann:s3cret@127.0.0.1:1/x")
+    assert result.code == 1, result
+    assert "s3cret" not in result.out + result.err
+    assert "postgresql://ann:***@127.0.0.1:1/x" in result.err

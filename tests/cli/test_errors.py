@@ -67,6 +67,15 @@ CASES: dict[str, Case] = {
     "db-not-a-database": Case(("add", "a:b"), 1, ("file is not a database",),
                               db="sqlite:///{tmp}/garbage.db"),
     "db-unknown-scheme": Case(("add", "a:b"), 2, ("unknown storage URL",), db="mongo://x/y"),
+    "db-unknown-scheme-hides-password": Case(
+        ("ls",), 2, ("unknown storage URL", "'postgresql+psycopg://ann:***@db.example/x'"),
+        db="postgresql+psycopg://ann:s3cret@db.example/x"),
+    "serve-db-in-missing-directory": Case(("serve", "--port", "0", "--insecure"), 1,
+                                          ("does not exist", "missing"),
+                                          db="sqlite:///{tmp}/missing/dir/tasks.db"),
+    "demo-refused-connection": Case(("demo", "--duration", "1"), 1,
+                                    ("cannot connect to PostgreSQL", "***"),
+                                    db="postgresql://ann:s3cret@127.0.0.1:1/x"),
 }
 
 

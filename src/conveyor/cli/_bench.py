@@ -21,6 +21,7 @@ from rich.table import Table
 
 from conveyor.app import Conveyor
 from conveyor.context import Context
+from conveyor.storage import Storage, open_storage
 
 from ._base import EXIT_OK, db_option_with, dump_json, explicit_db
 from ._render import err_console, out_console
@@ -70,7 +71,7 @@ class _Ended:
                 self.done.set()
 
 
-async def run_bench(url: str, *, tasks: int, concurrency: int, latency_samples: int,
+async def run_bench(url: str | Storage, *, tasks: int, concurrency: int, latency_samples: int,
                     timeout: float = 600.0) -> BenchResult:
     """Measure on ``url``: ``tasks // 10`` (at least 1) adds one by one, ``tasks`` adds
     in batches of 1,000, the drain of all of them by one worker of ``concurrency``,
@@ -160,9 +161,10 @@ def bench_command(ctx: click.Context, tasks: int, concurrency: int, latency_samp
         scratch = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
         url = f"sqlite:///{scratch / 'bench.db'}"
     try:
+        storage = open_storage(url)
         if not as_json:
-            err_console().print(f"measuring {tasks:,} no-op tasks on {url} ...")
-        result = asyncio.run(run_bench(url, tasks=tasks, concurrency=concurrency,
+            err_console().print(f"measuring {tasks:,} no-op tasks on {storage.url} ...")
+        result = asyncio.run(run_bench(storage, tasks=tasks, concurrency=concurrency,
                                        latency_samples=latency_samples))
     finally:
         if scratch is not None:

@@ -126,6 +126,11 @@ async def _serve(app: Conveyor, config: HubConfig, store: CredentialStore | None
             click.echo(f"{name}: stopping now, without waiting for open requests", err=True)
             force.set()
 
+    try:
+        await app.open()  # a storage that cannot be used is one line, before binding
+    except BaseException:
+        await app.close()
+        raise
     with stop_signals() as stop:
         stop.on_repeat = again
         await run_hub(app, config, credentials=store, stop=stop.event, force=force,
@@ -247,6 +252,7 @@ def migrate_command(ctx: click.Context) -> int:
         click.echo(f"{url} needs no migration: it lives only as long as the process "
                    "that opens it")
         return EXIT_OK
+    shown = open_storage(url).url  # without the password
     version = asyncio.run(migrate(url))
-    click.echo(f"schema version {version} at {url.split('@')[-1]}")
+    click.echo(f"schema version {version} at {shown}")
     return EXIT_OK

@@ -395,7 +395,7 @@ class _Parser:
             compiled = re.compile(pattern, flags)
         except (re.error, OverflowError, RecursionError, ValueError) as exc:
             raise QueryError(f"invalid regular expression {_short(pattern)}: {exc}", sub) from None
-        return Regex(ref, pattern, int(flags), compiled)
+        return Regex(ref, pattern, int(flags), compiled, sub)
 
 
 def parse_filter(raw: Mapping[str, Any] | Filter | None, *, where: str = "filter") -> Filter:

@@ -101,7 +101,7 @@ class _Compiler:
             return f"({col} IS NOT NULL AND {col} = {listed})"
         if isinstance(node, Exists):
             return f"({col} IS NOT NULL)"
-        pattern = translate_regex(node.pattern, node.flags)
+        pattern = _translated(node)
         return f"({col} IS NOT NULL AND ({col} COLLATE \"C\") ~ {self.bind(pattern)})"
 
     # -- JSON columns ---------------------------------------------------------
@@ -145,10 +145,20 @@ class _Compiler:
             return "(" + " OR ".join(parts) + ")"
         if isinstance(node, Exists):
             return f"(coalesce(jsonb_typeof({self.value(ref)}), 'null') <> 'null')"
-        pattern = translate_regex(node.pattern, node.flags)
+        pattern = _translated(node)
         check = f"(CASE WHEN jsonb_typeof({self.value(ref)}) = 'string' "
         text = f"({self.value(ref)} #>> '{{}}') COLLATE \"C\""
         return f"{check}THEN {text} ~ {self.bind(pattern)} ELSE false END)"
+
+
+def _translated(node: Regex) -> str:
+    """:func:`translate_regex` of the node's pattern; a refusal names where it is."""
+    try:
+        return translate_regex(node.pattern, node.flags)
+    except QueryError as exc:
+        if exc.path or not node.where:
+            raise
+        raise QueryError(exc.reason, node.where) from None
 
 
 def compile_postgres(f: Filter) -> tuple[str, list[Any]]:

@@ -171,6 +171,9 @@ class Regex:
     pattern: str
     flags: int
     compiled: re.Pattern[str] = field(compare=False, repr=False, hash=False)
+    where: str = field(default="", compare=False, repr=False, hash=False)
+    """Where the pattern is in the filter (``filter.payload.email.$regex``), for errors
+    that only a backend finds (a pattern PostgreSQL cannot express)."""
 
 
 Node: TypeAlias = And | Or | Not | Compare | In | Exists | Regex

@@ -61,8 +61,11 @@ def open_storage(url: str) -> Storage:
                 f"PostgreSQL support is not installed ({exc}): pip install 'conveyor[postgres]'"
             ) from None
         return PostgresStorage.from_url(url)  # type: ignore[no-any-return,unused-ignore]
+    from ._url import hide_password
+
     raise ConfigurationError(
-        f"unknown storage URL {url!r}: expected memory://, sqlite:///path.db or postgresql://..."
+        f"unknown storage URL {hide_password(url)!r}: expected memory://, sqlite:///path.db "
+        "or postgresql://..."
     )
 
 

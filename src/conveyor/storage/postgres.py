@@ -35,6 +35,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -44,7 +45,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
-from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit
 
 import psycopg
 import psycopg.errors
@@ -80,6 +81,7 @@ from ._feed import Fanout, FanoutFeed
 from ._pgfeed import Listener
 from ._pgsync import SyncConnection
 from ._sqlfile import load_migrations, load_queries
+from ._url import hide_password as _hide_password
 from .base import (
     AddResult,
     ClaimLimits,
@@ -162,17 +164,22 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
         parts.port  # noqa: B018 - validates the port
     except ValueError as exc:
         raise ConfigurationError(f"bad postgres URL {_hide_password(url)!r}: {exc}") from None
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    if parts.netloc.count("@") > 1:
+        raise ConfigurationError(
+            f"bad postgres URL {_hide_password(url)!r}: more than one '@' before the host; "
+            "write an '@' in the user name or password as %40")
+    query = _parse_query(parts.query)
     _check_keys(url, [k for k, _ in query])
+    _check_libpq_values(url, query)
     ours = {k: v for k, v in query if k in _OPTIONS}
     rest = [(k, v) for k, v in query if k not in _OPTIONS]
     kwargs: dict[str, Any] = {}
     for key, value in ours.items():
         if key == "schema":
-            if not _SCHEMA_NAME.fullmatch(value):
+            if not _SCHEMA_NAME.fullmatch(value) or value.startswith("pg_"):
                 raise ConfigurationError(
                     f"postgres URL option schema={value!r}: use lower-case letters, digits and "
-                    "underscores (at most 48, not starting with a digit)")
+                    "underscores (at most 48, not starting with a digit or pg_)")
             kwargs[key] = value
         elif key in ("migrate", "listen", "prepare"):
             kwargs[key] = _flag(key, value)
@@ -205,6 +212,43 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
     return conninfo, options, display
 
 
+def _parse_query(text: str) -> list[tuple[str, str]]:
+    """The ``key=value`` pairs of a URL's query, percent-decoded as libpq does it: a
+    ``+`` stays a ``+`` (``parse_qsl`` would make it a space)."""
+    pairs = []
+    for item in text.split("&"):
+        if item:
+            key, _, value = item.partition("=")
+            pairs.append((unquote(key), unquote(value)))
+    return pairs
+
+
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+_INTEGER = re.compile(r"\s*-?\d+\s*")
+
+
+def _check_libpq_values(url: str, query: Sequence[tuple[str, str]]) -> None:
+    """The libpq options whose values libpq would only refuse when connecting
+    (as a connection error) are checked here, as the URL's mistakes they are."""
+    for key, value in query:
+        problem = ""
+        if key == "sslmode" and value not in _SSLMODES:
+            problem = f"must be one of {', '.join(_SSLMODES)}"
+        elif key == "target_session_attrs" and value not in _SESSION_ATTRS:
+            problem = f"must be one of {', '.join(_SESSION_ATTRS)}"
+        elif key in ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+                     "keepalives_count") and not _INTEGER.fullmatch(value):
+            problem = "must be a whole number of seconds" if key != "keepalives" \
+                else "must be 0 or 1"
+        elif key == "port" and not all(p.strip().isdigit() and 0 < int(p) < 65536
+                                       for p in value.split(",")):
+            problem = "must be a port number (1-65535), or a comma-separated list of them"
+        if problem:
+            raise ConfigurationError(
+                f"bad postgres URL {_hide_password(url)!r}: option {key}={value!r} {problem}")
+
+
 def _unsplit(parts: SplitResult) -> str:
     """``urlunsplit`` that keeps ``//`` when the host is empty: ``postgresql:///db``
     (the local socket) must not become ``postgresql:/db``."""
@@ -213,13 +257,29 @@ def _unsplit(parts: SplitResult) -> str:
 
 
 def _check_options(o: PgOptions) -> None:
+    for name in ("migrate", "listen", "prepare"):
+        if not isinstance(getattr(o, name), bool):
+            raise ConfigurationError(
+                f"postgres option {name} must be True or False, not {getattr(o, name)!r}")
+    for name in ("pool_min", "pool_max"):
+        value = getattr(o, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigurationError(f"postgres option {name} must be an integer, not {value!r}")
+    if isinstance(o.poll_interval, bool) or not isinstance(o.poll_interval, int | float) \
+            or not math.isfinite(o.poll_interval):
+        raise ConfigurationError(
+            f"postgres option poll_interval must be a number of seconds, not {o.poll_interval!r}")
+    if not isinstance(o.schema, str):
+        raise ConfigurationError(f"postgres option schema must be a string, not {o.schema!r}")
     if o.pool_min < 0 or o.pool_max < 1 or o.pool_min > o.pool_max:
         raise ConfigurationError("postgres pool sizes need 0 <= pool_min <= pool_max and "
                                  f"pool_max >= 1 (got {o.pool_min}, {o.pool_max})")
     if not o.poll_interval > 0:
         raise ConfigurationError("postgres poll_interval must be > 0 seconds")
-    if not _SCHEMA_NAME.fullmatch(o.schema):
-        raise ConfigurationError(f"bad schema name {o.schema!r}")
+    if not _SCHEMA_NAME.fullmatch(o.schema) or o.schema.startswith("pg_"):
+        raise ConfigurationError(
+            f"bad schema name {o.schema!r}: use lower-case letters, digits and underscores "
+            "(at most 48, not starting with a digit or pg_)")
 
 
 def _check_keys(url: str, keys: Sequence[str]) -> None:
@@ -242,22 +302,6 @@ def _libpq_keywords() -> frozenset[str]:
     return frozenset(d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults())
 
 
-_PASSWORD_PARAM = re.compile(r"(?i)((?:^|&)password=)[^&]*")
-
-
-def _hide_password(url: str) -> str:
-    """``url`` for messages: the password (``user:pw@`` or ``?password=``) as ``***``."""
-    try:
-        parts = urlsplit(url)
-        query = _PASSWORD_PARAM.sub(r"\1***", parts.query)
-        if parts.password is None and query == parts.query:
-            return url
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = f"{quote(parts.username or '')}:***@{netloc.rsplit('@', 1)[-1]}"
-        return _unsplit(parts._replace(netloc=netloc, query=query))
-    except ValueError:
-        return "postgresql://..."
 
 
 def _first_line(exc: BaseException) -> str:
@@ -326,9 +370,30 @@ def _our_json(cur: Any) -> None:
 _ESCAPED_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
+# a JSON string (left as it is), or a number that Python wrote with a positive exponent
+_STRING_OR_BIG_FLOAT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?\d+(?:\.\d+)?[eE]\+\d+)')
+
+
+def _positional(match: re.Match[str]) -> str:
+    number = match.group(1)
+    if number is None:
+        return match.group(0)
+    return f"{Decimal(number):f}.0"
+
+
+def _pg_json(value: Any) -> str:
+    """JSON text for jsonb that keeps floats floats: jsonb prints ``1e+16`` back as
+    the integer ``10000000000000000``, but keeps the ``.0`` of ``10000000000000000.0``.
+    (Python writes a float with a positive exponent only from 1e16, where it is whole.)"""
+    text = _json.dumps(value)
+    if "e+" in text or "E+" in text:
+        text = _STRING_OR_BIG_FLOAT.sub(_positional, text)
+    return text
+
+
 def _dumps(value: Any) -> str:
     """JSON text for a jsonb parameter; NUL characters (which jsonb refuses) become U+FFFD."""
-    text = _json.dumps(value)
+    text = _pg_json(value)
     if "\\u0000" in text:
         text = _ESCAPED_NUL.sub(lambda m: m.group(1) + "\\ufffd", text)
     return text
@@ -840,9 +905,11 @@ class PostgresStorage(FanoutFeed, Storage):
                 return await self._add_plain(conn, lambda start, stop: specs[start:stop],
                                              len(specs), origin)
             now = time.time()
+            several = len(specs) > 1
+            _check_conditions(specs, 0, several)
             tasks = [_ops.new_task(spec, now) for spec in specs]
             rows = [_insert_row(task) for task in tasks]
-            _check_nul(_json.dumps(rows))
+            _check_nul(_pg_json(rows), rows, 0, several)
             async with conn.transaction():
                 return await self._add_unique(conn, specs, tasks, rows, origin)
         except psycopg.errors.DeadlockDetected:
@@ -868,7 +935,7 @@ class PostgresStorage(FanoutFeed, Storage):
         now = time.time()
         try:
             if n <= _ADD_CHUNK:
-                tasks, text = _insert_text(build(0, n), now)
+                tasks, text = _insert_text(build(0, n), now, 0, n > 1)
                 await conn.execute(self._q["insert_tasks"], {"rows": text, "origin": origin})
             else:
                 async with conn.transaction():
@@ -892,7 +959,7 @@ class PostgresStorage(FanoutFeed, Storage):
                 specs = build(start, min(n, start + _ADD_CHUNK))
                 if len(specs) != min(n, start + _ADD_CHUNK) - start:
                     raise StorageError(f"build({start}, ...) gave {len(specs)} specs")
-                chunk, text = _insert_text(specs, now)
+                chunk, text = _insert_text(specs, now, start, n > 1)
                 tasks.extend(chunk)
                 if pending is not None:
                     await pending
@@ -938,7 +1005,7 @@ class PostgresStorage(FanoutFeed, Storage):
             # order, and never deadlock
             pending.sort(key=lambda i: (specs[i].unique_key is not None, specs[i].unique_key or ""))
             inserted = {r[0] for r in await self._rows(conn, self._q["insert_unique_tasks"], {
-                "rows": _json.dumps([rows[i] for i in pending]), "origin": origin})}
+                "rows": _pg_json([rows[i] for i in pending]), "origin": origin})}
             missed = [i for i in pending if tasks[i].id not in inserted]
             for i in pending:
                 if tasks[i].id in inserted:
@@ -1459,12 +1526,50 @@ def _live(tasks: Sequence[Task], scope: Sequence[Status]) -> Task | None:
     return best
 
 
-def _insert_text(specs: Sequence[TaskSpec], now: float) -> tuple[list[Task], str]:
-    """The new tasks of ``specs`` and the JSON rows of the insert_tasks query."""
+def _insert_text(specs: Sequence[TaskSpec], now: float, start: int = 0,
+                 several: bool = False) -> tuple[list[Task], str]:
+    """The new tasks of ``specs`` (items ``start``... of the call; ``several`` when
+    the call has more than one, so that errors name the item) and the JSON rows of
+    the insert_tasks query."""
+    _check_conditions(specs, start, several)
     tasks = [_ops.new_task(spec, now) for spec in specs]
-    text = _json.dumps([_insert_row(task) for task in tasks])
-    _check_nul(text)
+    rows = [_insert_row(task) for task in tasks]
+    text = _pg_json(rows)
+    _check_nul(text, rows, start, several)
     return tasks, text
+
+
+def _item_error(exc: ValidationError, index: int, several: bool) -> ValidationError:
+    return ValidationError(f"task {index}: {exc}") if several else exc
+
+
+def _check_conditions(specs: Sequence[TaskSpec], start: int, several: bool) -> None:
+    """Refuse a concurrency condition whose query PostgreSQL cannot run (a ``$regex``
+    it cannot express): stored, it would fail every conditional claim."""
+    for i, spec in enumerate(specs):
+        for j, cond in enumerate(spec.concurrency or ()):
+            try:
+                _condition_sql(_json.dumps(cond.query), j)
+            except QueryError as exc:
+                raise _item_error(exc, start + i, several) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _condition_sql(query: str, index: int) -> None:
+    compile_postgres(parse_filter(_json.loads(query), where=f"concurrency[{index}].query"))
+
+
+def _check_nul(text: str, rows: Sequence[Sequence[Any]] = (), start: int = 0,
+               several: bool = False) -> None:
+    if not _has_nul(text):
+        return
+    error = ValidationError(
+        "PostgreSQL cannot store the NUL character (\\u0000): remove it from the "
+        "payload, the tags and the unique key")
+    for i, row in enumerate(rows):
+        if _has_nul(_json.dumps(row)):
+            raise _item_error(error, start + i, several)
+    raise error
 
 
 def _lock_idle(lease: float) -> str:
@@ -1478,13 +1583,6 @@ def _lock_idle(lease: float) -> str:
 def _id_taken(exc: psycopg.errors.UniqueViolation) -> StorageError:
     return StorageError(f"could not add tasks: a task with this id already exists "
                         f"({_first_line(exc)})")
-
-
-def _check_nul(text: str) -> None:
-    if _has_nul(text):
-        raise ValidationError(
-            "PostgreSQL cannot store the NUL character (\\u0000): remove it from the "
-            "payload, the tags and the unique key")
 
 
 def _insert_row(task: Task) -> list[Any]:
