@@ -171,8 +171,17 @@ class _Writer(BatchedWrites):
                 self.idle.set()
 
     async def _write_once(self, interval: float) -> None:
-        await self.write_logs_and_progress(self.worker.app.bus, interval)
+        # The runs to finish are taken before the logs are written: a run's log lines
+        # are queued before its completion, so they are all in this batch's logs, and
+        # lines queued while the logs are written (a sync handler's last ones, say)
+        # wait with their run's completion for the next batch. Taken after, a
+        # completion could be stored, and its task.ended emitted, before them.
         completions, self.completions = self.completions, []
+        try:
+            await self.write_logs_and_progress(self.worker.app.bus, interval)
+        except Exception:
+            self.completions[:0] = completions
+            raise
         if completions:
             try:
                 refused = set(await self.storage.finish(

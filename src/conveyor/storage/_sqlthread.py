@@ -14,7 +14,9 @@ doubling to 5 ms) until the busy timeout.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import sqlite3
 import threading
 import time
@@ -49,6 +51,21 @@ def begin_immediate(conn: sqlite3.Connection, timeout: float) -> None:
         delay = min(delay * 2, 0.005)
 
 
+def _resolve(future: concurrent.futures.Future[Any], value: Any) -> None:
+    """Hand ``value`` back, unless the future is done already: cancelled by a caller
+    that stopped waiting (its event loop may even be gone)."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if not future.done():
+            future.set_result(value)
+
+
+def _reject(future: concurrent.futures.Future[Any], exc: BaseException) -> None:
+    """Hand ``exc`` back, unless the future is done already (see :func:`_resolve`)."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if not future.done():
+            future.set_exception(exc)
+
+
 class _Job:
     __slots__ = ("fn", "future", "write")
 
@@ -73,10 +90,29 @@ class DBThread:
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
-    @property
-    def started(self) -> concurrent.futures.Future[None]:
-        """Done once the connection is open (or failed to open)."""
-        return self._started
+    async def wait_started(self) -> None:
+        """Wait until the connection is open (or raise why it did not open).
+
+        A caller that is cancelled leaves the opening alone (awaiting the thread's
+        future wrapped would cancel it): others may wait for the same opening."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def settle() -> None:
+            if waiter.done():  # cancelled: the caller is gone
+                return
+            exc = self._started.exception()  # never cancelled: no caller holds it
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+        def done(_: concurrent.futures.Future[None]) -> None:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle)
+
+        self._started.add_done_callback(done)
+        await waiter
 
     def submit(self, fn: Callable[[sqlite3.Connection], Any],
                write: bool) -> concurrent.futures.Future[Any]:
@@ -104,10 +140,10 @@ class DBThread:
         try:
             conn = self._connect()
         except BaseException as exc:
-            self._started.set_exception(exc)
+            _reject(self._started, exc)
             self._fail_all(StorageError("storage did not open"))
             return
-        self._started.set_result(None)
+        _resolve(self._started, None)
         try:
             while True:
                 with self._ready:
@@ -136,8 +172,8 @@ class DBThread:
         with self._ready:
             jobs, self._jobs = list(self._jobs), deque()
         for job in jobs:
-            if job is not None and not job.future.done():
-                job.future.set_exception(exc)
+            if job is not None:
+                _reject(job.future, exc)
 
     def _run_read(self, conn: sqlite3.Connection, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -152,11 +188,11 @@ class DBThread:
                     time.sleep(delay)
                     delay = min(delay * 2, 0.005)
                     continue
-                job.future.set_exception(exc)
+                _reject(job.future, exc)
             except BaseException as exc:
-                job.future.set_exception(exc)
+                _reject(job.future, exc)
             else:
-                job.future.set_result(result)
+                _resolve(job.future, result)
             return
 
     def _run_writes(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
@@ -167,7 +203,7 @@ class DBThread:
             begin_immediate(conn, self._busy_timeout)
         except BaseException as exc:
             for job in jobs:
-                job.future.set_exception(exc)
+                _reject(job.future, exc)
             return
         outcomes: list[tuple[bool, Any]] = []
         if len(jobs) == 1:  # alone in its transaction: no savepoint needed
@@ -178,10 +214,10 @@ class DBThread:
             except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                job.future.set_exception(exc)
+                _reject(job.future, exc)
                 return
             self._after_commit()
-            job.future.set_result(value)
+            _resolve(job.future, value)
             return
         try:
             for job in jobs:
@@ -200,11 +236,11 @@ class DBThread:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             for job in jobs:
-                job.future.set_exception(exc)
+                _reject(job.future, exc)
             return
         self._after_commit()
         for job, (ok, value) in zip(jobs, outcomes, strict=True):
             if ok:
-                job.future.set_result(value)
+                _resolve(job.future, value)
             else:
-                job.future.set_exception(value)
+                _reject(job.future, value)

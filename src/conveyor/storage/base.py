@@ -123,7 +123,10 @@ class Change:
     :attr:`Storage.instance_id` of the writer, when known (PostgreSQL's
     ``add_in`` writes it followed by ``-tx``: such tasks are announced when the
     caller's transaction commits, through the feed, also in the adding
-    process). ``seq`` orders the feed; the changes one statement made to
+    process). The ``deleted`` changes of :meth:`Storage.prune` have no origin
+    (None): every process, the pruning one too, announces them from the feed;
+    those of :meth:`Storage.delete` name their writer, which announces them
+    itself. ``seq`` orders the feed; the changes one statement made to
     several tasks may share it."""
 
     seq: int
@@ -224,7 +227,9 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def delete(self, task_ids: Sequence[str]) -> list[str]:
         """Delete finished tasks and their logs. Returns the ids deleted;
-        ids of tasks that are not finished (or do not exist) are left alone."""
+        ids of tasks that are not finished (or do not exist) are left alone.
+        Each task deleted gets a ``deleted`` change whose origin is this storage
+        object (the caller announces ``task.deleted`` itself)."""
 
     # -- running ------------------------------------------------------------
 
@@ -363,4 +368,6 @@ class Storage(abc.ABC):
         """Delete finished tasks with ``finished_at < older_than`` and their logs,
         in transactions of at most ``batch`` tasks; also drop change-feed entries
         older than the backend's feed retention. ``older_than=None`` only trims
-        the feed. Returns the number of tasks deleted."""
+        the feed. Returns the number of tasks deleted. Each task deleted gets a
+        ``deleted`` change with no origin (None), so that every process, the
+        pruning one included, announces ``task.deleted`` from the feed."""

@@ -268,6 +268,10 @@ class MemoryStorage(FanoutFeed, Storage):
         return out
 
     async def delete(self, task_ids: Sequence[str]) -> list[str]:
+        return self._delete(task_ids, self.instance_id)
+
+    def _delete(self, task_ids: Sequence[str], origin: str | None) -> list[str]:
+        """Delete finished tasks; their changes name ``origin`` as the writer."""
         now = time.time()
         deleted: list[str] = []
         with self._lock:
@@ -279,7 +283,7 @@ class MemoryStorage(FanoutFeed, Storage):
                 self._logs.pop(task_id, None)
                 self._change_seq += 1
                 self._pending.append(Change(self._change_seq, task_id, task.version + 1,
-                                            task.status, "deleted", self.instance_id, now))
+                                            task.status, "deleted", origin, now))
                 deleted.append(task_id)
         self._flush()
         return deleted
@@ -544,4 +548,6 @@ class MemoryStorage(FanoutFeed, Storage):
             old = [t.id for t in self._tasks.values()
                    if t.status in TERMINAL and t.finished_at is not None
                    and t.finished_at < older_than]
-        return len(await self.delete(old))
+        # no writer named, as on every backend: each process (this one too) announces
+        # the deletions from the feed
+        return len(self._delete(old, None))

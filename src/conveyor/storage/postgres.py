@@ -1425,8 +1425,9 @@ class PostgresStorage(FanoutFeed, Storage):
         batch = max(1, int(batch))
         async with self._conn() as conn:
             while older_than is not None:
+                # no origin set: the feed's deletions name no writer, so that every
+                # process, this one too, announces them (as on every backend)
                 async with conn.transaction():
-                    await conn.execute(self._q["set_origin"], {"origin": self.instance_id})
                     rows = await self._rows(conn, self._q["prune_finished"],
                                             {"before": older_than, "batch": batch})
                 n = int(rows[0][0])

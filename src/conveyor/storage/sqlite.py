@@ -125,6 +125,7 @@ class SQLiteStorage(FanoutFeed, Storage):
         self.poll_interval = poll_interval
         self.instance_id = uuid.uuid4().hex
         self._db: DBThread | None = None
+        self._opening: DBThread | None = None
         self._open_lock = threading.Lock()
         self._opened = False
         self._closed = False
@@ -236,37 +237,58 @@ class SQLiteStorage(FanoutFeed, Storage):
             raise
 
     async def open(self) -> None:
-        with self._open_lock:
+        """Open the connection (on the database thread) and create or migrate the
+        schema. Calls made meanwhile, from any loop, wait for the same opening; a
+        caller that is cancelled leaves it running for the others."""
+        with self._open_lock:  # never held across an await: other callers share the loop
             if self._opened:
                 return
+            db = self._opening
+            if db is None:
+                db = self._opening = DBThread(self._open_connection, self.busy_timeout,
+                                              self._committed)
+        try:
+            await db.wait_started()  # a cancelled caller leaves it to the others
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            with self._open_lock:
+                if self._opening is db:
+                    self._opening = None
+            db.close()
+            raise
+        with self._open_lock:
+            if self._opening is db:
+                self._opening = None
+                self._db = db
+                self._opened = True
+            elif self._db is not db:  # not opened by another caller: closed meanwhile
+                raise StorageError("storage was closed while it opened")
 
-            def connect() -> sqlite3.Connection:
-                conn = self._connect()
-                try:
-                    self._migrate(conn)
-                except sqlite3.DatabaseError as exc:
-                    conn.close()
-                    raise StorageError(f"cannot use database {self.path!r}: {exc}") from None
-                except BaseException:
-                    conn.close()
-                    raise
-                return conn
-
-            db = DBThread(connect, self.busy_timeout, self._committed)
-            try:
-                await asyncio.wrap_future(db.started)
-            except BaseException:
-                db.close()
-                raise
-            self._db = db
-            self._opened = True
+    def _open_connection(self) -> sqlite3.Connection:
+        """The database thread's connection, with the schema migrated."""
+        conn = self._connect()
+        try:
+            self._migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StorageError(f"cannot use database {self.path!r}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     async def close(self) -> None:
         """Close connections and threads; the object may be opened again."""
         with self._open_lock:
-            if not self._opened or self._closed:
-                return
-            self._closed = True
+            opening, self._opening = self._opening, None
+            closing = self._opened and not self._closed
+            if closing:
+                self._closed = True
+        if opening is not None:  # still opening (its callers may all have been cancelled)
+            await asyncio.to_thread(opening.close)
+        if not closing:
+            return
         try:
             self._stop_watcher.set()
             self._kick.set()
@@ -503,8 +525,10 @@ class SQLiteStorage(FanoutFeed, Storage):
         ids = _json.dumps(list(dict.fromkeys(task_ids)))
 
         def tx(conn: sqlite3.Connection) -> list[str]:
+            after = conn.execute(Q["last_change"]).fetchone()[0]
             deleted = [r[0] for r in conn.execute(Q["delete_finished"], {"ids": ids}).fetchall()]
             if deleted:
+                conn.execute(Q["own_deletions"], {"origin": self.instance_id, "after": after})
                 conn.execute(Q["delete_logs"], {"ids": _json.dumps(deleted)})
             return deleted
 

@@ -52,6 +52,12 @@ WHERE id IN (SELECT value FROM json_each(:ids))
   AND +status IN ('succeeded', 'failed', 'aborted')
 RETURNING id
 
+-- name: own_deletions
+-- The delete trigger records deletions without a writer (origin NULL, as for a
+-- prune); a delete() names itself, having announced them already.
+UPDATE conveyor_changes SET origin = :origin
+WHERE seq > :after AND event = 'deleted' AND origin IS NULL
+
 -- name: delete_logs
 DELETE FROM conveyor_logs WHERE task_id IN (SELECT value FROM json_each(:ids))
 
