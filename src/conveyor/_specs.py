@@ -10,7 +10,6 @@ import math
 import reprlib
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import _json
@@ -22,7 +21,9 @@ from .model import (
     Condition,
     Status,
     TaskSpec,
+    _shown,
     _spec_from_values,
+    check_time,
     new_id,
     normalise_tags,
     seconds,
@@ -58,9 +59,12 @@ def check_priority(value: Any) -> float:
     """A priority: a finite number (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(f"priority must be a number, not {value!r}")
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an int beyond floats
+        result = math.inf
     if not math.isfinite(result):
-        raise ValidationError(f"priority must be a finite number, not {value!r}")
+        raise ValidationError(f"priority must be a finite number, not {_shown(value)}")
     return result
 
 
@@ -74,8 +78,18 @@ def check_max_attempts(value: Any) -> int | None:
 
 def check_backoff(value: Any) -> Backoff | None:
     """``backoff``: None, seconds, a mapping or a :class:`Backoff` (whose numbers
-    must be finite: a backoff is stored as JSON, which has no NaN or infinity)."""
-    return Backoff.parse(value)
+    must be finite: a backoff is stored as JSON, which has no NaN or infinity;
+    ``base`` and ``maximum`` are durations, at most :data:`MAX_SECONDS`)."""
+    backoff = Backoff.parse(value)
+    if backoff is not None:
+        seconds(backoff.base, "backoff base")
+        seconds(backoff.maximum, "backoff maximum")
+        try:
+            float(backoff.factor)
+        except OverflowError:  # an int beyond floats
+            raise ValidationError(
+                f"backoff factor must be a finite number, not {_shown(backoff.factor)}") from None
+    return backoff
 
 
 def check_tags(value: Any) -> dict[str, Any]:
@@ -90,17 +104,6 @@ def check_tags(value: Any) -> dict[str, Any]:
         return normalise_tags(value)
     except ValidationError as exc:
         raise ValidationError(f"tags: {exc}") from None
-
-
-def _when(value: Any) -> float:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return float(value.timestamp())
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValidationError(
-            f"run_at must be a datetime or seconds since the epoch, not {value!r}")
-    return float(value)
 
 
 def _lookup(payload: Any, path: str) -> Any:
@@ -207,7 +210,7 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
     if delay is not None and run_at is not None:
         raise ValidationError("give delay or run_at, not both")
     if run_at is not None:
-        start = _when(run_at)
+        start = check_time(run_at, "run_at")
     else:
         start = now + (seconds(delay, "delay") or 0.0)
 

@@ -324,7 +324,8 @@ class Conveyor:
         """Add a task and return it.
 
         Options: ``priority`` (float, lower runs first, default 0), ``delay``
-        (seconds or timedelta) or ``run_at`` (datetime or epoch seconds),
+        (seconds or timedelta, at most 100 years) or ``run_at`` (datetime or
+        epoch seconds, in the years 1 to 9999 UTC),
         ``tags`` (dict), ``max_attempts``, ``timeout`` (run timeout),
         ``pickup_timeout``, ``backoff``, ``unique_key`` or ``unique_fields``
         (payload fields to build the key from) with ``unique_scope``
@@ -335,8 +336,8 @@ class Conveyor:
         instead of a new one. A payload is checked against the handler's
         payload model when the handler is registered in this process. The
         returned task holds the payload as stored, in its JSON form (tuples
-        become lists, keys text, enums their values): it equals what
-        :meth:`get` reads back.
+        become lists, dict keys text: ``{1: "a"}`` becomes ``{"1": "a"}``,
+        enums their values): it equals what :meth:`get` reads back.
         """
         return (await self._add_items([(action, payload, options)]))[0].task
 
@@ -448,7 +449,8 @@ class Conveyor:
 
     async def find(self, filter: Mapping[str, Any] | None = None, *, sort: Any = None,
                    limit: int | None = None, skip: int = 0) -> list[Task]:
-        """Tasks matching a filter (see the query language), sorted, paged."""
+        """Tasks matching a filter (see the query language), sorted, paged:
+        ``limit`` is None (no limit) or an int >= 0, ``skip`` an int >= 0."""
         query = parse_query(filter, sort, limit, skip)
         await self.open()
         return await self.storage.find(query)
@@ -599,10 +601,17 @@ class Conveyor:
     # -- control --------------------------------------------------------------------
 
     async def abort(self, task_id: str, reason: str = "aborted") -> Task:
-        """Abort a task. A queued one ends ``aborted`` at once; a running one is
-        asked to stop (its handler is cancelled, or sees ``ctx.aborted``) and
-        ends ``aborted`` within a second. Raises :class:`InvalidTransition` for
-        a task that already ended."""
+        """Abort a task. A queued one ends ``aborted`` at once. A running one is
+        asked to stop; the request reaches its worker at once in this process,
+        through the change feed from another (normally within milliseconds),
+        at the latest with the worker's next heartbeat (``lease / 3``). Then an
+        async handler is cancelled, and the task ends ``aborted`` when the
+        handler returns (one that catches the cancellation and goes on is not
+        abandoned: the task ends when it returns, its value discarded); a sync
+        handler sees ``ctx.aborted``, and one still running ``abort_grace``
+        seconds later (default 5) is abandoned and the task ends ``aborted``;
+        a process handler is killed after ``abort_grace``. Raises
+        :class:`InvalidTransition` for a task that already ended."""
         _check_id(task_id)
         if not isinstance(reason, str) or not reason:
             raise ValidationError("abort reason must be a non-empty string")

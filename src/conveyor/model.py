@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, TypeVar
 
 from .errors import ValidationError
@@ -31,6 +31,9 @@ __all__ = [
     "DEFAULT_UNIQUE_SCOPE",
     "FIELDS",
     "JSON_FIELDS",
+    "MAX_SECONDS",
+    "MAX_TIME",
+    "MIN_TIME",
     "TERMINAL",
     "Aborted",
     "Backoff",
@@ -51,6 +54,7 @@ __all__ = [
     "TaskSpec",
     "TimedOut",
     "Transition",
+    "check_time",
     "default_policy",
     "new_id",
     "seconds",
@@ -174,9 +178,30 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
+MAX_SECONDS = 36525 * 86400.0
+"""The longest duration conveyor accepts (a delay, timeout, interval, lease, backoff
+time, retention...): 100 years, in seconds. Now plus any duration is then a time
+that :data:`MAX_TIME` allows."""
+MIN_TIME = -62135596800.0
+"""The earliest time a task may hold (``run_at``): 0001-01-01T00:00:00Z, in epoch seconds."""
+MAX_TIME = 253402300800.0
+"""The end of the times a task may hold (``run_at``), not included:
+10000-01-01T00:00:00Z in epoch seconds, so every time is a :class:`~datetime.datetime`
+of the years 1 to 9999 (UTC)."""
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for messages, also for an integer too long to print."""
+    if isinstance(value, int) and value.bit_length() > 1000:
+        return f"an integer of about {value.bit_length() * 30103 // 100000} digits"
+    return repr(value)
+
+
 def seconds(value: float | int | timedelta | None, what: str, *, allow_none: bool = True,
             allow_zero: bool = True) -> float | None:
-    """Normalise a duration given as seconds or a timedelta; refuse bad values."""
+    """Normalise a duration given as seconds or a timedelta; refuse bad values
+    (not a number, not finite, negative, zero unless ``allow_zero``, or more than
+    :data:`MAX_SECONDS`)."""
     if value is None:
         if allow_none:
             return None
@@ -186,12 +211,43 @@ def seconds(value: float | int | timedelta | None, what: str, *, allow_none: boo
     elif isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
     else:
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # an int beyond floats
+            result = math.inf if value > 0 else -math.inf
     if result != result or result in (float("inf"), float("-inf")):
-        raise ValidationError(f"{what} must be a finite number of seconds, not {value!r}")
+        raise ValidationError(f"{what} must be a finite number of seconds, not {_shown(value)}")
     if result < 0 or (result == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValidationError(f"{what} must be {bound} seconds, not {value!r}")
+        raise ValidationError(f"{what} must be {bound} seconds, not {_shown(value)}")
+    if result > MAX_SECONDS:
+        raise ValidationError(
+            f"{what} must be at most {MAX_SECONDS:.0f} seconds (100 years), not {_shown(value)}")
+    return result
+
+
+def check_time(value: Any, what: str) -> float:
+    """A time given as a :class:`~datetime.datetime` (naive means UTC) or seconds
+    since the epoch, as epoch seconds; refuse anything else, and times outside
+    the years 1 to 9999 (UTC), from :data:`MIN_TIME` up to :data:`MAX_TIME`."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        try:
+            result = moment.timestamp()
+        except (OverflowError, OSError, ValueError):
+            result = math.nan
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(
+            f"{what} must be a datetime or seconds since the epoch, not {value!r}")
+    else:
+        try:
+            result = float(value)
+        except OverflowError:  # an int beyond floats
+            result = math.nan
+    if not MIN_TIME <= result < MAX_TIME:  # NaN fails too
+        raise ValidationError(
+            f"{what} must be a time in the years 1 to 9999 (UTC): epoch seconds from "
+            f"{MIN_TIME:.0f} to below {MAX_TIME:.0f}, not {_shown(value)}")
     return result
 
 
@@ -328,8 +384,12 @@ class Backoff:
     """Exponential backoff with jitter between attempts.
 
     The delay before attempt ``n + 1`` after ``n`` failed attempts is
-    ``min(maximum, base * factor ** (n - 1))``, then spread by ``jitter``:
-    a fraction of the delay drawn at random (0.2 means +/- 20%).
+    ``d = min(maximum, base * factor ** (n - 1))``, then spread by ``jitter``:
+    an amount drawn at random between ``-jitter * d`` and ``+jitter * d`` is
+    added (0.2 means +/- 20%). The jitter applies after the cap, so a delay
+    can reach ``maximum * (1 + jitter)``. ``factor`` is at least 1 and
+    ``jitter`` from 0 to 1; a task's or handler's backoff (``add``,
+    ``handler``) also keeps ``base`` and ``maximum`` to :data:`MAX_SECONDS`.
     """
 
     base: float = 1.0
@@ -670,8 +730,9 @@ Outcome: TypeAlias = Returned | Raised | Retry | Reschedule | Aborted | TimedOut
 class Transition:
     """What happens to a task after a run: the policy's answer.
 
-    ``status`` is the next status; ``run_at`` is required when it is
-    ``queued``. ``refund_attempt`` gives the attempt back (polling).
+    ``status`` is the next status; ``run_at`` (epoch seconds in the range of
+    :func:`check_time`) is required when it is ``queued``. ``refund_attempt``
+    gives the attempt back (polling).
     """
 
     status: Status
@@ -686,6 +747,8 @@ class Transition:
             raise ValidationError("a transition cannot lead to 'running'")
         if self.status is Status.QUEUED and self.run_at is None:
             raise ValidationError("a transition back to 'queued' needs run_at")
+        if self.run_at is not None:
+            object.__setattr__(self, "run_at", check_time(self.run_at, "a transition's run_at"))
 
 
 _SUCCEEDED = Transition(Status.SUCCEEDED)

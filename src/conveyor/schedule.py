@@ -10,31 +10,64 @@ Declare them with the handler::
 
 or add more with :meth:`Conveyor.schedule`. Cron expressions have five
 fields, or six with seconds last (croniter's format: ``"* * * * * */10"`` is
-every ten seconds); ``tz`` names the time zone they are read in (default
-UTC). Interval schedules fire on multiples of the interval since the Unix
-epoch, so every process computes the same occurrences.
+every ten seconds); other lengths (croniter's seventh field, a year, or
+``@daily``-style names), random or hashed fields (``R``, ``H``) and
+expressions that never fire (``"0 0 30 2 *"``) are refused. ``tz`` names the
+time zone they are read in (default UTC). Interval schedules fire on
+multiples of the interval since the Unix epoch, so every process computes the
+same occurrences; an interval is from 0.001 s (occurrences are told apart by
+the millisecond) to :data:`~conveyor.model.MAX_SECONDS`.
 
 Every worker that has the handler keeps the next occurrence queued: it adds
 a task whose ``unique_key`` names the schedule and the occurrence, with a
 dedupe scope of every status. However many workers and processes share the
-database, each occurrence is added once and therefore runs once. An
-occurrence missed while no worker was running is not made up.
+database, each occurrence is added once and therefore runs once. When the
+last worker stops, the occurrence it had queued stays queued: it runs, late,
+when a worker starts again. The occurrences that fell due while no worker
+was running are not made up: the schedule goes on with the next one after
+the start.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from .errors import ConfigurationError
 from .model import seconds
 
-__all__ = ["Schedule"]
+__all__ = ["MIN_INTERVAL", "Schedule"]
+
+
+MIN_INTERVAL = 0.001
+"""The shortest interval of a schedule, in seconds: occurrences are keyed by the millisecond."""
+_CRON_FIELDS = (5, 6)
+_HASHED = re.compile(r"[hr](?:\(|/|$)", re.IGNORECASE)
+
+
+def _check_cron(cron: object) -> None:
+    """Refuse what is not a cron expression of five fields (or six, seconds last)
+    that every process reads alike."""
+    if not isinstance(cron, str):
+        raise ConfigurationError(f"a cron expression is a string, not {cron!r}")
+    fields = cron.split()
+    if len(fields) not in _CRON_FIELDS:
+        raise ConfigurationError(
+            f"bad cron expression {cron!r}: it has {len(fields)} field(s); a cron expression "
+            "has five (minute hour day month weekday), or six with seconds last")
+    if any(_HASHED.match(part) for f in fields for part in f.split(",")):
+        raise ConfigurationError(
+            f"bad cron expression {cron!r}: random and hashed fields (R, H) are not "
+            "supported (every process must compute the same occurrences)")
+    if not croniter.is_valid(cron):
+        raise ConfigurationError(f"bad cron expression {cron!r}")
 
 
 @dataclass(frozen=True)
@@ -54,20 +87,29 @@ class Schedule:
         if (self.cron is None) == (self.every is None):
             raise ConfigurationError("a schedule needs either cron or every (not both)")
         if self.cron is not None:
-            if not isinstance(self.cron, str) or not croniter.is_valid(self.cron):
-                raise ConfigurationError(f"bad cron expression {self.cron!r}")
+            _check_cron(self.cron)
         else:
             try:
                 every = seconds(self.every, "schedule interval", allow_none=False,
                                 allow_zero=False)
             except Exception as exc:
                 raise ConfigurationError(str(exc)) from None
+            if every is not None and every < MIN_INTERVAL:
+                raise ConfigurationError(
+                    f"schedule interval must be at least {MIN_INTERVAL:g} seconds "
+                    f"(occurrences are told apart by the millisecond), not {self.every!r}")
             object.__setattr__(self, "every", every)
         try:
             zone = UTC if self.tz == "UTC" else ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigurationError(f"unknown time zone {self.tz!r}") from None
         object.__setattr__(self, "_zone", zone)
+        if self.cron is not None:
+            try:
+                self.next_after(time.time())
+            except (CroniterError, ValueError, OverflowError):
+                raise ConfigurationError(
+                    f"bad cron expression {self.cron!r}: it never fires") from None
         if self.name is None:
             spec = self.cron if self.cron is not None else f"every {self.every:g}s"
             object.__setattr__(self, "name", f"{self.action} {spec}")

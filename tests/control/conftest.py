@@ -5,6 +5,7 @@
   server URL such as ``postgresql://user:pw@host/postgres``; each test gets a
   new database created on that server and dropped afterwards).
 - ``local_url``: the same plus ``memory://``, for tests that run in this process.
+- ``opened_app``: an app with default options, opened on ``local_url``.
 
 Without ``CONVEYOR_TEST_PG`` no postgres parameter is generated at all.
 """
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+from conveyor import Conveyor
 
 PG_ENV = "CONVEYOR_TEST_PG"
 SHARED = ["sqlite", *(["postgres"] if os.environ.get(PG_ENV) else [])]
@@ -67,3 +70,12 @@ def local_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh storage URL for tests that run in this process (memory included)."""
     with backend(request.param, tmp_path) as url:
         yield url
+
+
+@pytest.fixture
+async def opened_app(local_url: str) -> AsyncIterator[Conveyor]:
+    """An app with default options, opened on ``local_url`` and closed after the test."""
+    app = Conveyor(local_url)
+    await app.open()
+    yield app
+    await app.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,11 +20,8 @@ from conveyor import (
 
 
 @pytest.fixture
-async def app(local_url: str) -> AsyncIterator[Conveyor]:
-    app = Conveyor(local_url)
-    await app.open()
-    yield app
-    await app.close()
+def app(opened_app: Conveyor) -> Conveyor:
+    return opened_app
 
 
 GOOD_CONDITION = {"scope": "running", "query": {"payload.book": "B"}, "limit": 1}

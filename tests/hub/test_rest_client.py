@@ -102,6 +102,10 @@ async def test_errors_are_the_librarys(worker_hub: RunningHub) -> None:
             await hub.find({"priority": {"$gt": "x"}})
         assert bad_filter.value.path == "filter.priority.$gt"
         assert "filter.priority.$gt" in str(bad_filter.value)
+        for bad in (None, -1, True, "2"):
+            with pytest.raises(QueryError, match="skip must be an integer") as bad_skip:
+                await hub.find(skip=bad)  # type: ignore[arg-type]
+            assert bad_skip.value.path == "skip"
         with pytest.raises(ValidationError, match="priority"):
             await hub.add("mail:send", priority="high")
         with pytest.raises(ValidationError, match="delay or run_at"):

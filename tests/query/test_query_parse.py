@@ -323,9 +323,9 @@ def test_nesting_and_size_limits() -> None:
         nested = {"$not": nested}
     with pytest.raises(QueryError, match="nests more than"):
         parse_filter({"priority": nested})
-    parse_filter({"priority": {"$in": list(range(1999))}})
+    parse_filter({"priority": {"$in": list(range(2000))}})  # the documented limit: 2000 items
     with pytest.raises(QueryError, match="too large") as info:
-        parse_filter({"priority": {"$in": list(range(2000))}})
+        parse_filter({"priority": {"$in": list(range(2001))}})
     assert info.value.path == "filter.priority.$in"
     with pytest.raises(QueryError, match="too large"):
         parse_filter({"$or": [{"priority": i} for i in range(2001)]})
@@ -428,7 +428,7 @@ def test_parse_query() -> None:
                       (SortKey("priority", descending=True),), 10, 5)
     assert parse_query() == Query()
     assert parse_query().filter.matches_all
-    assert parse_query(skip=None).skip == 0
+    assert parse_query(skip=0).skip == 0
     assert parse_query(limit=0).limit == 0
     assert isinstance(parse_query().filter, Filter)
 
@@ -441,6 +441,7 @@ def test_parse_query() -> None:
     ({"skip": -1}, "skip", "skip must be an integer >= 0, not -1"),
     ({"skip": False}, "skip", "not False"),
     ({"skip": 0.5}, "skip", "not 0.5"),
+    ({"skip": None}, "skip", "skip must be an integer >= 0, not None"),
     ({"filter": {"nope": 1}}, "filter.nope", "unknown field"),
     ({"filter": "status"}, "filter", "must be an object"),
     ({"sort": "nope"}, "sort", "unknown field"),

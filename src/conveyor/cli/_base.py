@@ -170,6 +170,24 @@ def _require_existing(url: str) -> None:
         raise CliError(
             f"no database at {path!r} ({url}): check --db or ${DB_ENV}; "
             "'conveyor add' or a worker creates it", EXIT_FAILED)
+    if _empty_file(path):
+        raise CliError(
+            f"{path!r} ({url}) is an empty file, not a conveyor database: check --db or "
+            f"${DB_ENV}; 'conveyor migrate', 'conveyor add' or a worker makes it one",
+            EXIT_FAILED)
+
+
+def _empty_file(path: str) -> bool:
+    """Whether ``path`` is a 0-byte file (with no write-ahead log holding its pages)."""
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path):
+            return False
+    except OSError:
+        return False  # let the storage say what is wrong
+    try:
+        return not os.path.getsize(path + "-wal")
+    except OSError:
+        return True  # no -wal file
 
 
 @asynccontextmanager

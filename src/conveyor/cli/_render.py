@@ -76,16 +76,38 @@ def status_text(status: Status | str) -> Text:
     return Text(value, style=STATUS_STYLE.get(value, ""))
 
 
+def _local(ts: float) -> datetime | None:
+    """``ts`` as a local datetime, or None when it is not a time a datetime can
+    hold (a value stored by an older version, or NaN)."""
+    try:
+        return datetime.fromtimestamp(ts)
+    except (OverflowError, OSError, ValueError, TypeError):
+        return None
+
+
+def _no_time(ts: Any) -> str:
+    """How a stored value that is not a valid time is shown, instead of failing."""
+    try:
+        shown = f"{ts:g}"
+    except (TypeError, ValueError):
+        shown = repr(ts)
+    return f"{shown} (not a valid time)"
+
+
 def ago(ts: float | None, now: float | None = None) -> str:
     """``12s ago``, ``in 3m``, or a date for anything older than a day."""
     if ts is None:
         return ""
     now = time.time() if now is None else now
-    delta = now - ts
+    try:
+        delta = now - ts
+    except TypeError:
+        return _no_time(ts)
     future = delta < 0
     delta = abs(delta)
-    if delta >= 86400:
-        return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+    if not delta < 86400:  # NaN too
+        moment = _local(ts)
+        return _no_time(ts) if moment is None else moment.strftime("%Y-%m-%d %H:%M")
     if delta < 1:
         return "now" if not future else "in <1s"
     if delta < 60:
@@ -101,7 +123,10 @@ def timestamp(ts: float | None) -> str:
     """An absolute local time with milliseconds, and how long ago."""
     if ts is None:
         return ""
-    stamp = datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="milliseconds")
+    moment = _local(ts)
+    if moment is None:
+        return _no_time(ts)
+    stamp = moment.isoformat(sep=" ", timespec="milliseconds")
     return f"{stamp} ({ago(ts)})"
 
 
@@ -210,7 +235,8 @@ def task_details(task: Task) -> Table:
 
 
 def log_line(record: LogRecord) -> Text:
-    stamp = datetime.fromtimestamp(record.ts).strftime("%H:%M:%S.%f")[:-3]
+    moment = _local(record.ts)
+    stamp = _no_time(record.ts) if moment is None else moment.strftime("%H:%M:%S.%f")[:-3]
     text = Text()
     text.append(f"{stamp} ", style="dim")
     text.append(f"{record.level.name:<7}", style=LEVEL_STYLE.get(record.level, ""))

@@ -372,7 +372,7 @@ async def _tail(url: Target, task_id: str, level: LogLevel) -> int:
 @store_options
 @click.pass_context
 def abort_command(ctx: click.Context, task_id: str, reason: str, as_json: bool) -> int:
-    """Abort a task: a queued one at once, a running one within about a second."""
+    """Abort a task: a queued one ends at once, a running one is asked to stop."""
     if not reason.strip():
         raise CliError("--reason must not be empty")
     url = store_target(ctx)

@@ -195,6 +195,8 @@ class HTTPClient:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                                   or limit < 0):
             raise QueryError(f"limit must be null or an integer >= 0, not {limit!r}", "limit")
+        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+            raise QueryError(f"skip must be an integer >= 0, not {skip!r}", "skip")
         out: list[Task] = []
         while True:
             want = PAGE if limit is None else min(PAGE, limit - len(out))

@@ -54,7 +54,8 @@ MAX_DEPTH = 32
 """How deeply ``$and``/``$or``/``$not`` may nest."""
 
 MAX_TERMS = 2000
-"""How many comparisons (counting each ``$in`` item) one filter may hold."""
+"""How many comparisons one filter may hold: each ``$in`` / ``$nin`` item counts as
+one (an empty list as one), so a single ``$in`` may list 2000 values."""
 
 INT_MIN = -(2**63)
 INT_MAX = 2**63 - 1
@@ -179,7 +180,8 @@ class _Parser:
         self.terms += n
         if self.terms > MAX_TERMS:
             raise QueryError(
-                f"the filter is too large: more than {MAX_TERMS} comparisons and $in items",
+                f"the filter is too large: more than {MAX_TERMS} comparisons (each $in or "
+                f"$nin item counts as one)",
                 where,
             )
 
@@ -275,7 +277,7 @@ class _Parser:
             elif op in ("$in", "$nin"):
                 if not isinstance(arg, list | tuple):
                     raise QueryError(f"{op} needs a list of values, not {_describe(arg)}", sub)
-                self.count(1 + len(arg), sub)
+                self.count(max(1, len(arg)), sub)  # an empty list is one comparison
                 values = tuple(
                     self.operand(ref, item, f"{sub}[{i}]", f"each item of {op}", ordering=False)
                     for i, item in enumerate(arg)
@@ -518,14 +520,11 @@ def parse_sort(raw: object, *, where: str = "sort") -> tuple[SortKey, ...]:
 
 def parse_query(filter: Mapping[str, Any] | Filter | None = None, sort: object = None,
                 limit: object = None, skip: object = 0) -> Query:
-    """Parse a whole query: a filter, a sort, ``limit`` (None or int >= 0) and ``skip``.
-
-    ``skip`` may be None (meaning 0). Booleans are not numbers here either.
+    """Parse a whole query: a filter, a sort, ``limit`` (None or an int >= 0) and
+    ``skip`` (an int >= 0; not None). Booleans are not numbers here either.
     """
     parsed_filter = parse_filter(filter)
     parsed_sort = parse_sort(sort)
-    if skip is None:
-        skip = 0
     check_window(limit, skip)
     assert limit is None or isinstance(limit, int)
     assert isinstance(skip, int)

@@ -1,0 +1,84 @@
+"""The documented limits hold exactly, on every backend: a filter of 2000 comparisons
+(each $in / $nin item one) is run, a 2001st is refused; skip and limit are integers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conveyor import Conveyor
+from conveyor.errors import QueryError
+from conveyor.query import parse_filter, parse_query
+from conveyor.query._parse import MAX_TERMS
+
+
+@pytest.mark.parametrize("op", ["$in", "$nin"])
+def test_a_list_of_exactly_the_limit_passes(op: str) -> None:
+    assert MAX_TERMS == 2000  # the number docs/query.md gives
+    parse_filter({"priority": {op: list(range(2000))}})
+    parse_filter({"payload.n": {op: [str(i) for i in range(2000)]}})
+    with pytest.raises(QueryError, match=r"too large: more than 2000 comparisons") as info:
+        parse_filter({"priority": {op: list(range(2001))}})
+    assert info.value.path == f"filter.priority.{op}"
+
+
+@pytest.mark.parametrize(("raw", "ok"), [
+    ({"priority": {"$in": list(range(1999))}, "attempts": 0}, True),
+    ({"priority": {"$in": list(range(1999))}, "attempts": 0, "rescues": 0}, False),
+    ({"priority": {"$in": list(range(1000)), "$nin": list(range(1000))}}, True),
+    ({"priority": {"$in": list(range(1000)), "$nin": list(range(1001))}}, False),
+    ({"$or": [{"priority": i} for i in range(2000)]}, True),
+    ({"$or": [{"priority": i} for i in range(2001)]}, False),
+    ({"priority": {"$in": []}, "$or": [{"attempts": i} for i in range(1999)]}, True),
+    ({"priority": {"$in": []}, "$or": [{"attempts": i} for i in range(2000)]}, False),
+])
+def test_comparisons_add_up(raw: dict[str, Any], ok: bool) -> None:
+    if ok:
+        parse_filter(raw)
+    else:
+        with pytest.raises(QueryError, match="too large"):
+            parse_filter(raw)
+
+
+async def test_a_full_in_list_runs_on_every_backend(url: str) -> None:
+    app = Conveyor(url)
+    try:
+        await app.add_many([("work", {"n": n}) for n in range(10)])
+        wanted = [{"n": 3}, {"n": 7}]
+        values = [3, 7, *range(100, 2098)]
+        assert len(values) == 2000
+        found = await app.find({"payload.n": {"$in": values}}, sort="payload.n")
+        assert [t.payload for t in found] == wanted
+        assert await app.count({"payload.n": {"$nin": values}}) == 8
+        with pytest.raises(QueryError, match="too large"):
+            await app.find({"payload.n": {"$in": [*values, 2098]}})
+        with pytest.raises(QueryError, match="too large"):
+            await app.count({"payload.n": {"$nin": [*values, 2098]}})
+    finally:
+        await app.close()
+
+
+@pytest.mark.parametrize(("window", "message"), [
+    ({"skip": None}, "skip must be an integer >= 0, not None"),
+    ({"skip": True}, "skip must be an integer >= 0, not True"),
+    ({"skip": -1}, "skip must be an integer >= 0, not -1"),
+    ({"skip": 1.0}, "skip must be an integer >= 0, not 1.0"),
+    ({"skip": "1"}, "skip must be an integer >= 0, not '1'"),
+    ({"limit": False}, "limit must be null or an integer >= 0, not False"),
+    ({"limit": -1}, "limit must be null or an integer >= 0, not -1"),
+    ({"limit": 2.0}, "limit must be null or an integer >= 0, not 2.0"),
+])
+async def test_find_refuses_a_bad_window(url: str, window: dict[str, Any], message: str) -> None:
+    app = Conveyor(url)
+    try:
+        await app.add("work")
+        with pytest.raises(QueryError, match=message) as info:
+            await app.find(**window)
+        assert info.value.path == next(iter(window))
+        with pytest.raises(QueryError, match=message):
+            parse_query(**window)
+        assert len(await app.find(limit=None, skip=0)) == 1
+        assert await app.find(limit=0) == []
+    finally:
+        await app.close()
