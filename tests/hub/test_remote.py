@@ -519,3 +519,42 @@ async def test_unsubscribing_gives_offers_back(insecure_hub: RunningHub) -> None
     offers = {(await ws.expect("offer", "s2"))["task_id"] for _ in range(3)}
     assert offers == {t.id for t in tasks}
     await ws.close()
+
+
+async def test_a_retry_too_far_away_is_refused_and_the_run_goes_on(hub: RunningHub) -> None:
+    ws = await Raw.open(hub.url, hub.key("far", subscribe=["job"]))
+    await subscribe(ws, "far", ["job"])
+    task = await hub.app.add("job", 1)
+    offer = await ws.expect("offer")
+    await ws.send({"type": "pickup", "task_id": task.id})
+    for kind in ("retry", "reschedule"):
+        await ws.send({"type": kind, "task_id": task.id, "after": 1e300})
+        error = await ws.expect("error")
+        assert error["code"] == "bad_message" and "'after' must be <=" in error["message"]
+    assert (await hub.app.get(task.id)).status is Status.RUNNING
+    await ws.send({"type": "return", "task_id": offer["task_id"], "result": "ok"})
+    done = await hub.app.wait_task(task.id, timeout=10)
+    assert done.status is Status.SUCCEEDED and done.result == "ok" and done.attempts == 1
+    await ws.close()
+
+
+async def test_a_fail_with_timeout_ends_as_a_run_timeout(hub: RunningHub) -> None:
+    ws = await Raw.open(hub.url, hub.key("slow", subscribe=["job"]))
+    await subscribe(ws, "slow", ["job"])
+    once = await hub.app.add("job", 1, max_attempts=1)
+    again = await hub.app.add("job", 2, max_attempts=2, backoff=0)
+    seen: Counter[str] = Counter()
+    while seen[again.id] < 2 or seen[once.id] < 1:
+        offer = await ws.expect("offer")
+        seen[offer["task_id"]] += 1
+        await ws.send({"type": "pickup", "task_id": offer["task_id"]})
+        await ws.send({"type": "fail", "task_id": offer["task_id"], "timeout": 0.5,
+                       "error": "ignored"})
+    ended = await hub.app.wait_task(once.id, timeout=10)
+    assert ended.status is Status.ABORTED and ended.reason == "timeout"
+    assert [(e.type, e.message) for e in ended.errors] == [
+        ("TimeoutError", "run timeout of 0.5s exceeded")]
+    twice = await hub.app.wait_task(again.id, timeout=10)
+    assert twice.status is Status.ABORTED and twice.attempts == 2
+    assert [e.type for e in twice.errors] == ["TimeoutError", "TimeoutError"]
+    await ws.close()

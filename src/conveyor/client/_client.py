@@ -528,8 +528,13 @@ class HubClient:
         Options: ``environment``, ``timeout`` (enforced here, besides the task's
         own run timeout enforced by the hub), ``retry_on``, ``payload_model``,
         ``result_model``, ``mode`` (``"async"``, ``"thread"`` or ``"auto"``),
-        ``abort_grace``, and ``accept`` (a function of the offered task, as a
-        dict, that may refuse it before its payload is downloaded)."""
+        ``abort_grace``, and ``accept`` (a function of the offered
+        :class:`~conveyor.Task` returning whether to run it, called before the
+        payload is downloaded: ``task.payload`` is None when it is too large to
+        travel inline). A refused task goes back to the hub, which offers it to
+        another connection first; offered here again, it waits a moment
+        (doubling at each refusal in a row, up to 2 s) before ``accept`` is
+        asked again, so that a refusal does not turn into a busy loop."""
 
         def register(fn: F) -> F:
             self.register(action, fn, **options)

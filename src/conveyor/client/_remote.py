@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -34,17 +35,29 @@ __all__ = ["WorkerSession"]
 
 log = logging.getLogger("conveyor.client.worker")
 
+REFUSAL_PAUSE = 0.1
+"""Seconds an offer of a task ``accept`` refused a moment ago waits before ``accept``
+is asked again; doubled at each refusal in a row, up to :data:`MAX_REFUSAL_PAUSE`."""
+MAX_REFUSAL_PAUSE = 2.0
+REFUSAL_MEMORY = 60.0
+"""Seconds a refusal is remembered (a task offered again later is asked about anew)."""
+
 
 @dataclass(eq=False)
 class _Run:
     task_id: str
     handler: Handler
     offer: dict[str, Any]
+    task: Task
     ctx: Context[Any] | None = None
     future: asyncio.Future[Any] | None = None
     abort_reason: str | None = None
     cancelled: bool = False           # the hub took it back: report nothing
     completed_by: str | None = None   # delivery all: another service returned first
+
+
+class _RunTimedOut(Exception):
+    """The handler's own run timeout (the ``timeout`` handler option) passed."""
 
 
 class _Channel:
@@ -96,6 +109,10 @@ class WorkerSession:
         self.loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
         self.runs: dict[str, _Run] = {}
+        # tasks ``accept`` refused: id -> (refusals in a row, when the last one was)
+        self.refusals: dict[str, tuple[int, float]] = {}
+        # offers of such tasks, answered after a pause (see _offer)
+        self.paused: dict[str, asyncio.TimerHandle] = {}
         self.link: Link | None = None
         self.sub_id: Any = None
         self.channel = _Channel(self)
@@ -145,6 +162,9 @@ class WorkerSession:
             self._stop_run(run, reason)
         self.runs.clear()
         self.waiting.clear()
+        for timer in self.paused.values():
+            timer.cancel()
+        self.paused.clear()
 
     async def unsubscribe(self, timeout: float) -> None:
         """Stop taking offers; let running tasks finish for up to ``timeout`` seconds."""
@@ -154,6 +174,10 @@ class WorkerSession:
             run = self.waiting.popleft()
             self.runs.pop(run.task_id, None)
             self.send({"type": "refuse", "task_id": run.task_id})
+        for task_id, timer in list(self.paused.items()):
+            timer.cancel()
+            self.send({"type": "refuse", "task_id": task_id})
+        self.paused.clear()
         if link is not None and not link.closed.is_set() and self.sub_id is not None:
             try:
                 await link.request({"type": "unsubscribe", "subscription": self.sub_id},
@@ -181,6 +205,9 @@ class WorkerSession:
             if run is not None:
                 self._stop_run(run, str(msg.get("reason") or "aborted"))
         elif kind == "cancel":
+            timer = self.paused.pop(task_id, None) if isinstance(task_id, str) else None
+            if timer is not None:
+                timer.cancel()
             if run is not None:
                 run.cancelled = True
                 self.runs.pop(run.task_id, None)
@@ -203,20 +230,63 @@ class WorkerSession:
         action = raw.get("action")
         handler = self.handlers.get(action) if isinstance(action, str) else None
         if (handler is None or self.stopping or task_id in self.runs
+                or task_id in self.paused
                 or len(self.runs) >= self.concurrency + self.prefetch):
             self.send({"type": "refuse", "task_id": task_id})
             return
-        accept = handler.options.get("accept")
-        if accept is not None:
-            try:
-                ok = bool(accept(raw))
-            except Exception:
-                log.exception("accept hook of %s failed", action)
-                ok = False
-            if not ok:
-                self.send({"type": "refuse", "task_id": task_id})
+        try:
+            task = _task(raw)
+        except Exception:
+            log.exception("offer of task %s cannot be read", task_id)
+            self.send({"type": "refuse", "task_id": task_id})
+            return
+        if handler.options.get("accept") is not None:
+            refused = self.refusals.get(task_id)
+            now = time.monotonic()
+            if refused is not None and now - refused[1] < REFUSAL_MEMORY:
+                # refused here a moment ago, and offered again (no other connection of
+                # the service had room): hold the offer for a while before asking again,
+                # rather than refusing it as fast as the hub offers it
+                pause = min(MAX_REFUSAL_PAUSE, REFUSAL_PAUSE * 2 ** (refused[0] - 1),
+                            0.5 * _number(msg.get("expires_in"), MAX_REFUSAL_PAUSE))
+                self.paused[task_id] = self.loop.call_later(
+                    pause, self._reconsider, task_id, handler, msg, task)
                 return
-        run = _Run(task_id, handler, msg)
+            if not self._accepts(handler, task):
+                return
+        self._take(task_id, handler, msg, task)
+
+    def _accepts(self, handler: Handler, task: Task) -> bool:
+        """Ask the handler's ``accept``; a refusal is sent and remembered."""
+        try:
+            ok = bool(handler.options["accept"](task))
+        except Exception:
+            log.exception("accept hook of %s failed", task.action)
+            ok = False
+        if ok:
+            self.refusals.pop(task.id, None)
+            return True
+        refused = self.refusals.pop(task.id, None)
+        now = time.monotonic()
+        if len(self.refusals) >= 10_000:
+            self.refusals = {k: v for k, v in self.refusals.items()
+                             if now - v[1] < REFUSAL_MEMORY}
+        self.refusals[task.id] = (1 if refused is None else refused[0] + 1, now)
+        self.send({"type": "refuse", "task_id": task.id})
+        return False
+
+    def _reconsider(self, task_id: str, handler: Handler, msg: dict[str, Any],
+                    task: Task) -> None:
+        """The pause of an offer of a task refused before is over: ask ``accept`` again."""
+        if self.paused.pop(task_id, None) is None:
+            return
+        if self.stopping or len(self.runs) >= self.concurrency + self.prefetch:
+            self.send({"type": "refuse", "task_id": task_id})
+        elif self._accepts(handler, task):
+            self._take(task_id, handler, msg, task)
+
+    def _take(self, task_id: str, handler: Handler, msg: dict[str, Any], task: Task) -> None:
+        run = _Run(task_id, handler, msg, task)
         self.runs[task_id] = run
         if self.active < self.concurrency:
             self._start(run)
@@ -274,14 +344,13 @@ class WorkerSession:
 
     async def _run(self, run: _Run) -> dict[str, Any] | None:
         handler = run.handler
-        raw = dict(run.offer["task"])
+        task = run.task
         if run.offer.get("payload_inline") is False:
             link = self.link
             if link is None:
                 return None
             reply = await link.request({"type": "fetch", "task_id": run.task_id})
-            raw["payload"] = reply.get("payload")
-        task = _task(raw)
+            task = replace(task, payload=reply.get("payload"))
         try:
             payload = handler.load_payload(task.payload)
         except Exception as exc:
@@ -299,8 +368,7 @@ class WorkerSession:
                 if timeout is None:
                     value = await handler.fn(ctx)
                 else:
-                    async with asyncio.timeout(timeout):
-                        value = await handler.fn(ctx)
+                    value = await self._run_async(run, ctx, timeout)
             else:
                 value = await self._run_thread(run, ctx, timeout)
         except asyncio.CancelledError:
@@ -309,11 +377,11 @@ class WorkerSession:
             return self._aborted_report(run)
         except TaskAbortRequested:
             return self._aborted_report(run)
-        except TimeoutError as exc:
+        except _RunTimedOut:
             if run.abort_reason is not None:
                 return self._aborted_report(run)
-            return {"type": "fail", "error": _error_json(exc),
-                    "retryable": handler.retries(exc)}
+            assert timeout is not None
+            return self._timed_out_report(handler, timeout)
         except Exception as exc:
             if run.abort_reason is not None:
                 return self._aborted_report(run)
@@ -322,21 +390,48 @@ class WorkerSession:
             return self._aborted_report(run)
         return self._report(handler, task, value)
 
+    async def _run_async(self, run: _Run, ctx: Context[Any], timeout: float) -> Any:
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                value = await run.handler.fn(ctx)
+        except TimeoutError:
+            if scope.expired():
+                ctx._request_abort("timeout")
+                raise _RunTimedOut from None
+            raise  # the handler's own TimeoutError: an error like any other
+        if scope.expired():  # the handler swallowed the cancellation: the timeout decides
+            ctx._request_abort("timeout")
+            raise _RunTimedOut
+        return value
+
     async def _run_thread(self, run: _Run, ctx: Context[Any], timeout: float | None) -> Any:
         if self.pool is None:
             self.pool = DaemonThreadPool(self.concurrency, name="conveyor-remote-handler")
         call = contextvars.copy_context().run
         future = self.loop.run_in_executor(self.pool, call, run.handler.fn, ctx)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) as scope:
                 return await asyncio.shield(future)
         except TimeoutError:
+            if not scope.expired():  # the handler's own TimeoutError
+                raise
             ctx._request_abort("timeout")
             await asyncio.wait({future}, timeout=run.handler.abort_grace)
-            raise
+            raise _RunTimedOut from None
         except asyncio.CancelledError:
             await asyncio.wait({future}, timeout=run.handler.abort_grace)
             raise
+
+    @staticmethod
+    def _timed_out_report(handler: Handler, timeout: float) -> dict[str, Any]:
+        """The handler's run timeout passed: a ``fail`` that says so with ``timeout``,
+        so that the hub's policy sees a run timeout (retried while attempts remain and
+        ``retry_on`` covers TimeoutError, else ``aborted`` with reason ``timeout``), as
+        for an in-process handler or the task's own run timeout."""
+        return {"type": "fail", "retryable": handler.retries(TimeoutError()),
+                "timeout": timeout,
+                "error": {"type": "TimeoutError",
+                          "message": f"run timeout of {timeout:g}s exceeded"}}
 
     def _report(self, handler: Handler, task: Task, value: Any) -> dict[str, Any]:
         if isinstance(value, Retry):
@@ -352,6 +447,9 @@ class WorkerSession:
         return {"type": "return", "result": result}
 
     def close(self) -> None:
+        for timer in self.paused.values():
+            timer.cancel()
+        self.paused.clear()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
@@ -382,6 +480,12 @@ def _task(raw: dict[str, Any]) -> Task:
         public_url=raw.get("public_url"), version=raw.get("version", 1))
 
 
+def _number(value: Any, default: float) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return default
+
+
 def _error_json(exc: BaseException) -> dict[str, Any]:
     from ..model import ErrorInfo
 
@@ -389,7 +493,7 @@ def _error_json(exc: BaseException) -> dict[str, Any]:
     return {"type": info.type, "message": info.message, "traceback": info.traceback}
 
 
-def with_accept(handler: Handler, accept: Callable[[dict[str, Any]], bool] | None) -> Handler:
+def with_accept(handler: Handler, accept: Callable[[Task], bool] | None) -> Handler:
     if accept is None:
         return handler
     return replace(handler, options={**handler.options, "accept": accept})

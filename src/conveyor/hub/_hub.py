@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from .._aio import stop_tasks
@@ -17,6 +18,9 @@ from ._limits import LoginLimiter
 __all__ = ["AuthError", "Hub", "HubConnection", "Service"]
 
 log = logging.getLogger("conveyor.hub")
+
+GOING_AWAY_WAIT = 2.0
+"""Seconds :meth:`Hub.going_away` waits for clients to answer their close frames."""
 
 
 class AuthError(Exception):
@@ -66,6 +70,8 @@ class Hub:
                                     config.login_lockout)
         self.connections: dict[str, set[HubConnection]] = {}
         self.services: list[Service] = []
+        self.farewells: list[Callable[[float], Awaitable[None]]] = []
+        """Called by :meth:`going_away` (with the seconds they may wait)."""
         self.started_at = time.time()
         self.ready = False
         self._watcher: asyncio.Task[None] | None = None
@@ -152,6 +158,16 @@ class Hub:
         self.ready = True
         log.info("hub ready on %s (%s)", self.config.base_url,
                  "INSECURE: no credentials" if self.credentials is None else "credentials on")
+
+    async def going_away(self, timeout: float = GOING_AWAY_WAIT) -> None:
+        """The server is about to shut down: report not ready and close every WebSocket
+        with 1001 (going away), before the server closes them with a code of its own
+        (uvicorn's is 1012). :func:`conveyor.hub.serve` and ``conveyor serve`` call it;
+        :meth:`stop` closes what is left with 1001 under any ASGI server."""
+        self.ready = False
+        for farewell in self.farewells:
+            with contextlib.suppress(Exception):
+                await farewell(timeout)
 
     async def stop(self) -> None:
         """Stop the services, close every connection (1001), and close the app."""

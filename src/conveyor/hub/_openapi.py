@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document of the hub's HTTP routes, served at ``/openapi.json``.
 
 The paths are written here by hand; every body schema comes from the pydantic
-models of :mod:`._schemas` (JSON Schema 2020-12, which OpenAPI 3.1 uses as is).
+models of :mod:`._schemas` (JSON Schema 2020-12, which OpenAPI 3.1 uses as is),
+and the filters and sorts from its :data:`~._schemas.QUERY_SCHEMAS`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from ._schemas import (
     MAX_LIMIT,
     MAX_SKIP,
     MAX_WAIT,
+    QUERY_MARK,
+    QUERY_SCHEMAS,
+    SORT_PARAM_SCHEMA,
     AbortIn,
     BatchIn,
     BatchOut,
@@ -106,10 +110,22 @@ _TASK_ID = {"name": "task_id", "in": "path", "required": True,
             "schema": {"type": "string", "format": "uuid"}, "description": "The task's id."}
 _FILTER = {"name": "filter", "in": "query", "required": False,
            "description": "A filter of the query language (docs/query.md), as JSON.",
-           "content": {"application/json": {"schema": {"type": "object"}}}}
+           "content": {"application/json": {"schema": {
+               "$ref": "#/components/schemas/Filter"}}}}
 _LEVEL = _query("max_level", {"type": "string", "enum": ["debug", "info", "warning", "error"],
                               "default": "debug"},
                 "Log lines up to this level of detail (info: error, warning and info).")
+
+
+def _query_refs(node: Any) -> Any:
+    """``node`` with the marks of :data:`QUERY_MARK` turned into refs to QUERY_SCHEMAS."""
+    if isinstance(node, dict):
+        if QUERY_MARK in node:
+            return {"$ref": f"#/components/schemas/{node[QUERY_MARK]}"}
+        return {key: _query_refs(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_query_refs(item) for item in node]
+    return node
 
 
 def openapi_document(hub: Hub) -> dict[str, Any]:
@@ -117,7 +133,7 @@ def openapi_document(hub: Hub) -> dict[str, Any]:
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         *((m, "validation") for m in _INPUTS), *((m, "serialization") for m in _OUTPUTS)]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
-    schemas = top.get("$defs", {})
+    schemas = {**_query_refs(top.get("$defs", {})), **QUERY_SCHEMAS}
 
     task_ok = {"200": _json(TaskOut, "The task.")}
     paths: dict[str, Any] = {
@@ -128,9 +144,10 @@ def openapi_document(hub: Hub) -> dict[str, Any]:
                 description="Tasks matching a filter, sorted and paged. Only tasks of "
                             "actions the credential may read are considered.",
                 params=[_FILTER,
-                        _query("sort", {"type": "string"},
+                        _query("sort", SORT_PARAM_SCHEMA,
                                "Fields separated by commas, '-' in front for descending "
-                               "(-created_at,priority), or a JSON sort."),
+                               "(-created_at,priority), or a sort as JSON (the Sort "
+                               "schema)."),
                         _query("limit", {"type": "integer", "minimum": 0,
                                          "maximum": MAX_LIMIT, "default": 100},
                                "Most tasks returned."),

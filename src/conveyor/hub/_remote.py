@@ -58,6 +58,7 @@ from .._registry import check_action
 from ..errors import ValidationError
 from ..events import Event
 from ..model import (
+    MAX_SECONDS,
     Aborted,
     ErrorInfo,
     LogLevel,
@@ -343,8 +344,13 @@ class _Writer(BatchedWrites):
 
     async def _write_once(self, interval: float) -> None:
         remote = self.remote
-        await self.write_logs_and_progress(remote.app.bus, interval)
+        # take the finished runs first: every log they wrote is then stored before them
         completions, self.completions = self.completions, []
+        try:
+            await self.write_logs_and_progress(remote.app.bus, interval)
+        except BaseException:
+            self.completions[:0] = completions
+            raise
         if completions:
             by_worker: dict[str, list[tuple[Completion, Task | None]]] = {}
             for worker, completion, task in completions:
@@ -994,13 +1000,18 @@ class Remote:
         elif name == "drop":
             outcome = Returned(None)
         elif name == "fail":
-            outcome = Raised(_error_from(msg.get("error"), task.attempts),
-                             retryable=opt_bool(msg, "retryable", True))
+            retryable = opt_bool(msg, "retryable", True)
+            timeout = opt_number(msg, "timeout", None, maximum=MAX_SECONDS)
+            if timeout is not None:
+                outcome = TimedOut(timeout, retryable=retryable)
+            else:
+                outcome = Raised(_error_from(msg.get("error"), task.attempts),
+                                 retryable=retryable)
         elif name == "retry":
-            after = opt_number(msg, "after", None)
+            after = opt_number(msg, "after", None, maximum=MAX_SECONDS)
             outcome = Retry(after, opt_str(msg, "reason", limit=1000))
         elif name == "reschedule":
-            after = opt_number(msg, "after", 0.0) or 0.0
+            after = opt_number(msg, "after", 0.0, maximum=MAX_SECONDS) or 0.0
             value = msg.get("result")
             try:
                 _json.dumps_checked(value, "result", limit=self.app.max_payload)
@@ -1166,6 +1177,8 @@ class Remote:
             self._settle(part, "returned", value=outcome.value)
         elif isinstance(outcome, Returned):
             self._settle(part, "dropped")
+        elif isinstance(outcome, TimedOut):
+            self._settle(part, "timed_out")
         elif isinstance(outcome, Raised):
             part.error = outcome.error
             part.retryable = outcome.retryable

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .._specs import ADD_OPTIONS
 from ..errors import (
     ConveyorError,
     InvalidTransition,
@@ -348,12 +349,15 @@ def validation_message(exc: pydantic.ValidationError, limit: int = 3) -> tuple[s
 _INDEX = re.compile(r"task (\d+): ")
 _FIELD = re.compile(r"([A-Za-z_]\w*(?:\[\d+\]|\.[\w$]+)*): ")
 _EITHER = re.compile(r"give (\w+) or (\w+)")
+_NAMED = re.compile(r"([a-z_]+) ")
+_TASK_FIELDS = frozenset({"action", "payload", *ADD_OPTIONS})
 
 
 def library_path(message: str, *, batch: bool = False, size: int = 1) -> str:
     """The ``path`` of a :class:`ValidationError` raised by the library on a body:
-    the field its message starts with (``tags: ...``, ``task 1: delay: ...``), the
-    first of two fields it says not to combine, else the whole body (or task)."""
+    the field its message starts with (``tags: ...``, ``task 1: delay: ...``,
+    ``payload is 2048 bytes, over the limit ...``), the first of two fields it
+    says not to combine, else the whole body (or task)."""
     prefix = ""
     found = _INDEX.match(message)
     if found:
@@ -361,6 +365,10 @@ def library_path(message: str, *, batch: bool = False, size: int = 1) -> str:
     elif batch:
         prefix = "tasks[0]" if size == 1 else "tasks"
     field = _FIELD.match(message) or _EITHER.match(message)
+    if field is None:
+        named = _NAMED.match(message)
+        if named is not None and named[1] in _TASK_FIELDS:
+            field = named
     if field is None or (prefix == "tasks" and not found):
         return prefix or "body"
     return f"{prefix}.{field[1]}" if prefix else field[1]

@@ -9,13 +9,21 @@ API accepts exactly what :meth:`conveyor.Conveyor.add` accepts, in JSON.
 Response models describe :meth:`conveyor.Task.to_json` and the other bodies
 the routes return; they are used for the OpenAPI document only (responses
 are built from the library's own ``to_json``).
+
+Filters and sorts are validated by the query language, not by these models;
+:data:`QUERY_SCHEMAS` describes them for the OpenAPI document as far as JSON
+Schema can: the field names and paths, the operators, the forms of a sort
+(the operands' types and the filter's size are left to the query language).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from ..model import FIELDS, JSON_FIELDS
+from ..query._parse import FIELD_OPERATORS
 
 __all__ = [
     "ACTION_REGEX",
@@ -23,6 +31,9 @@ __all__ = [
     "MAX_LIMIT",
     "MAX_SKIP",
     "MAX_WAIT",
+    "QUERY_MARK",
+    "QUERY_SCHEMAS",
+    "SORT_PARAM_SCHEMA",
     "AbortIn",
     "BatchIn",
     "BatchOut",
@@ -60,6 +71,100 @@ Number = Annotated[float, Field(allow_inf_nan=False)]
 JSONObject = dict[str, Any]
 
 
+# -- the query language, as JSON Schema ---------------------------------------------------
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_SEGMENT = r'[^."\\\x00-\x1f]+'
+"""A segment of a path into a JSON field (no dot, quote, backslash or control character)."""
+_COMMA_SEGMENT = r'(?:[^.,"\\\x00-\x1f]*[^.,"\\\s\x00-\x1f])'
+"""The same in the comma form of ``?sort=`` (no comma, no space at the end)."""
+
+
+def _field(segment: str) -> str:
+    """A field name, or a JSON field with a dotted path (``payload.user.id``)."""
+    plain = "|".join(name for name in FIELDS if name not in JSON_FIELDS)
+    nested = "|".join(name for name in FIELDS if name in JSON_FIELDS)
+    return rf"(?:{plain}|(?:{nested})(?:\.{segment})*)"
+
+
+_WORD = ("(?:[aA][sS][cC]|[dD][eE][sS][cC])"
+         "(?:[eE][nN][dD][iI][nN][gG])?")  # asc, desc, ascending, descending, any case
+_DIRECTION = f"^{_WORD}$"
+
+QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Filter": {
+        "type": "object",
+        "description": "A filter of the query language (docs/query.md): field names, or "
+                       "JSON fields with a dotted path (payload.user.id), each with a "
+                       "condition, and the logical operators $and, $or (non-empty lists of "
+                       "filters) and $not. {} matches every task.",
+        "properties": {"$and": {"type": "array", "minItems": 1, "items": _ref("Filter")},
+                       "$or": {"type": "array", "minItems": 1, "items": _ref("Filter")},
+                       "$not": _ref("Filter")},
+        "patternProperties": {f"^{_field(_SEGMENT)}$": _ref("Condition")},
+        "additionalProperties": False,
+    },
+    "Condition": {
+        "description": "A JSON scalar to compare with, or an object of operators (each "
+                       "operand of the field's type: see docs/query.md).",
+        "anyOf": [{"type": ["string", "number", "boolean", "null"]},
+                  {"type": "object", "minProperties": 1,
+                   "propertyNames": {"enum": list(FIELD_OPERATORS)},
+                   "dependentRequired": {"$options": ["$regex"]}}],
+    },
+    "SortField": {"type": "string", "pattern": f"^{_field(_SEGMENT)}$"},
+    "SignedSortField": {"type": "string", "pattern": f"^[+-]?{_field(_SEGMENT)}$",
+                        "description": "A field, '-' in front for descending."},
+    "SortDirection": {"anyOf": [{"type": "integer", "enum": [1, -1]},
+                                {"type": "string", "pattern": _DIRECTION}],
+                      "description": "1 or 'asc' (ascending), -1 or 'desc' (descending)."},
+    "SortPair": {"type": "array", "prefixItems": [_ref("SortField"), _ref("SortDirection")],
+                 "minItems": 2, "maxItems": 2},
+    "Sort": {
+        "description": "A field ('-field' for descending), a [field, direction] pair, a "
+                       "list of fields, pairs and {field: direction} objects, or an object "
+                       "of field: direction. An empty list or object is no sort.",
+        "anyOf": [_ref("SignedSortField"), _ref("SortPair"),
+                  {"type": "array", "items": {"anyOf": [
+                      _ref("SignedSortField"), _ref("SortPair"),
+                      {"type": "object", "minProperties": 1, "maxProperties": 1,
+                       "propertyNames": _ref("SortField"),
+                       "additionalProperties": _ref("SortDirection")}]}},
+                  {"type": "object", "propertyNames": _ref("SortField"),
+                   "additionalProperties": _ref("SortDirection")}],
+    },
+}
+"""The schemas of filters and sorts, for the OpenAPI document's components."""
+
+
+def _sort_param() -> str:
+    signed = rf"[+-]?{_field(_COMMA_SEGMENT)}"
+    comma = rf"{signed}(?:\s*,\s*{signed})*"
+    w = r"[ \t\n\r]*"  # JSON's white space
+    field = f'"{_field(_SEGMENT)}"'
+    direction = f'(?:-?1|"{_WORD}")'
+    pair = rf"\[{w}{field}{w},{w}{direction}{w}\]"
+    entry = f"{field}{w}:{w}{direction}"
+    item = rf'(?:"[+-]?{_field(_SEGMENT)}"|{pair}|\{{{w}{entry}{w}\}})'
+    json = (rf'(?:"[+-]?{_field(_SEGMENT)}"|{pair}|\[{w}(?:{item}(?:{w},{w}{item})*{w})?\]'
+            rf"|\{{{w}(?:{entry}(?:{w},{w}{entry})*{w})?\}})")
+    return rf"^\s*(?:{comma}|{json})\s*$"
+
+
+SORT_PARAM_SCHEMA: dict[str, Any] = {"type": "string", "pattern": _sort_param()}
+"""``?sort=``: fields separated by commas, or a sort as JSON."""
+
+QUERY_MARK = "x-conveyor-query"
+"""Marks where a model's JSON schema is one of :data:`QUERY_SCHEMAS`; the OpenAPI
+document puts a ``$ref`` there (pydantic resolves the refs it is given itself)."""
+_Filter = Annotated[JSONObject, WithJsonSchema({QUERY_MARK: "Filter"})]
+_Sort = Annotated[str | list[Any] | JSONObject, WithJsonSchema({QUERY_MARK: "Sort"})]
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -84,7 +189,7 @@ class ConditionIn(_In):
     """A concurrency condition: run only while fewer than ``limit`` tasks whose
     status is in ``scope`` match ``query``."""
 
-    query: JSONObject
+    query: _Filter
     limit: Annotated[int, Field(ge=1, le=MAX_INT)] = 1
     scope: Status | Annotated[list[Status], Field(min_length=1)] = "running"
 
@@ -109,7 +214,8 @@ class TaskIn(_In):
     unique_fields: Annotated[list[Annotated[str, Field(min_length=1)]],
                              Field(min_length=1)] | None = Field(
         None, description="Payload fields to build the unique key from (not with unique_key).")
-    unique_scope: Annotated[list[Status], Field(min_length=1)] | None = Field(
+    unique_scope: Annotated[list[Status], Field(
+        min_length=1, json_schema_extra={"contains": {"const": "queued"}})] | None = Field(
         None, description="Statuses the unique key is held in (must include queued).")
     concurrency: list[ConditionIn] | None = None
     parent_id: Annotated[str, Field(min_length=1, max_length=100)] | None = None
@@ -124,15 +230,14 @@ class BatchIn(_In):
 class FindIn(_In):
     """A query: filter (the query language), sort, limit and skip."""
 
-    filter: JSONObject | None = None
-    sort: str | list[Any] | JSONObject | None = Field(
-        None, description="A field, '-field', a list of them, or an object of field: 1 / -1.")
+    filter: _Filter | None = None
+    sort: _Sort | None = None
     limit: Annotated[int, Field(ge=0, le=MAX_LIMIT)] = 100
     skip: Annotated[int, Field(ge=0, le=MAX_SKIP)] = 0
 
 
 class CountIn(_In):
-    filter: JSONObject | None = None
+    filter: _Filter | None = None
 
 
 class AbortIn(_In):
@@ -150,9 +255,13 @@ class PrioritizeIn(_In):
 class DeleteIn(_In):
     """Finished tasks to delete: give ``ids`` or ``filter``, not both."""
 
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"oneOf": [
+        {"required": ["ids"], "properties": {"ids": {"type": "array"}}},
+        {"required": ["filter"], "properties": {"filter": {"type": "object"}}}]})
+
     ids: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]],
                    Field(min_length=1, max_length=MAX_BATCH)] | None = None
-    filter: JSONObject | None = None
+    filter: _Filter | None = None
 
 
 # -- responses --------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Running the hub with uvicorn: the listening socket is bound first (so that
 ``port=0`` gives the hub its real port), and the stop is either uvicorn's own
-signal handling or an event set by the caller."""
+signal handling or an event set by the caller. On the way down the hub closes
+its WebSockets itself (1001, going away) before uvicorn would (1012)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ._config import HubConfig
 if TYPE_CHECKING:
     from ..app import Conveyor
     from ._credentials import CredentialStore
+    from ._hub import Hub
 
 __all__ = ["bind", "run_hub"]
 
@@ -59,9 +61,9 @@ async def run_hub(app: Conveyor | str, config: HubConfig, *,
                                   ws_max_size=config.ws_max_size, log_level="info",
                                   lifespan="on")
         if stop is None:
-            await uvicorn.Server(settings).serve(sockets=[sock])
+            await _HubServer(settings, asgi.state.hub).serve(sockets=[sock])
             return
-        server = _Server(settings)
+        server = _Server(settings, asgi.state.hub)
         watch = asyncio.ensure_future(_stop_on(server, stop, force))
         try:
             await server.serve(sockets=[sock])
@@ -73,8 +75,22 @@ async def run_hub(app: Conveyor | str, config: HubConfig, *,
         sock.close()
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server without its own signal handlers (the caller has them)."""
+class _HubServer(uvicorn.Server):
+    """uvicorn's server, letting the hub say goodbye to its WebSocket clients (close
+    code 1001) before uvicorn closes the connections with its own code (1012)."""
+
+    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+        super().__init__(config)
+        self.hub = hub
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if not self.force_exit:
+            await self.hub.going_away()
+        await super().shutdown(sockets)
+
+
+class _Server(_HubServer):
+    """The hub's server without its own signal handlers (the caller has them)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -251,6 +251,10 @@ class TaskStream:
             if task is not None and not self.ended:
                 self._end(task)
             return
+        if kind == "task.expired":
+            # a pickup timeout: the task.failed of the same version follows (and sends
+            # the fail); taking this version here would drop it as stale
+            return
         if kind == "task.abort_requested":
             if self.updates and task is not None:
                 self._send({"type": "abort_requested", "task_id": self.task_id,

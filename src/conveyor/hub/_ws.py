@@ -26,7 +26,6 @@ from typing import Any
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from .. import _json
 from .._specs import ADD_OPTIONS
 from ..errors import (
     ConveyorError,
@@ -57,6 +56,7 @@ from ._ws_proto import (
     opt_bool,
     opt_number,
     opt_str,
+    parse_frame,
     req_str,
 )
 
@@ -81,6 +81,7 @@ def ws_routes(hub: Hub) -> list[BaseRoute]:
     """The WebSocket routes of a hub (its state is started and stopped with the hub)."""
     state = WSState(hub)
     hub.services.append(state)
+    hub.farewells.append(state.going_away)
     return [WebSocketRoute("/ws", state.endpoint),
             WebSocketRoute("/ws/tasks/{task_id}", state.task_endpoint)]
 
@@ -96,6 +97,8 @@ class WSState:
         self.remote = Remote(self)
         self.live = LiveManager(self)
         self.connections: set[Connection] = set()
+        self.no_connections = asyncio.Event()
+        self.no_connections.set()
         self.background: set[asyncio.Task[Any]] = set()
         self.started = False
         self.max_batch_chars = max(MAX_BATCH_CHARS, self.config.max_frame)
@@ -114,6 +117,16 @@ class WSState:
     async def start(self) -> None:
         await self.remote.start()
         self.started = True
+
+    async def going_away(self, timeout: float) -> None:
+        """Close every connection with 1001 (new ones are closed so too), and wait up to
+        ``timeout`` seconds for the clients to answer the close frames."""
+        self.started = False
+        await asyncio.gather(*(conn.close(CLOSE_GOING_AWAY, "hub shutting down")
+                               for conn in list(self.connections)), return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.no_connections.wait()
 
     async def stop(self) -> None:
         self.started = False
@@ -251,6 +264,7 @@ class Connection:
             return
         self._sender = asyncio.create_task(self._send_loop(), name="conveyor-ws-send")
         self.state.connections.add(self)
+        self.state.no_connections.clear()
         try:
             if not self.state.started:
                 await self.close(CLOSE_GOING_AWAY, "hub not ready")
@@ -266,6 +280,8 @@ class Connection:
             self.closed = True
             self.state.connections.discard(self)
             await self._cleanup()
+            if not self.state.connections:
+                self.state.no_connections.set()
             if self._sender is not None:
                 self._sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -306,6 +322,13 @@ class Connection:
             await self._flush_then_close(exc.code, exc.message)
             return False
         self.attached = True
+        self.send_welcome(msg_id)
+        if self.task_id is not None:
+            self._watch_endpoint()
+        return True
+
+    def send_welcome(self, msg_id: Any) -> None:
+        cred = self.credential
         config = self.config
         self.send_msg({
             "type": "welcome", "id": msg_id, "protocol": PROTOCOL_VERSION,
@@ -316,9 +339,6 @@ class Connection:
                        "service_lease": config.service_lease,
                        "offer_timeout": config.offer_timeout},
         })
-        if self.task_id is not None:
-            self._watch_endpoint()
-        return True
 
     async def _flush_then_close(self, code: int, reason: str) -> None:
         """Give queued messages (an error) a moment to leave, then close."""
@@ -392,11 +412,11 @@ class Connection:
                 await self.close(CLOSE_TOO_BIG, f"message over {max_frame} bytes")
                 return
             try:
-                parsed = _json.loads(text)
-            except (ValueError, RecursionError):
+                parsed = parse_frame(text)
+            except ProtocolError as exc:
                 if not self._take(1):
                     return
-                await self._bad_message(None, "bad_json", "a message must be a JSON object")
+                await self._bad_message(None, exc.code, exc.message)
                 continue
             items = parsed if isinstance(parsed, list) else [parsed]
             if not self._take(max(1, len(items))):
@@ -489,6 +509,13 @@ class Connection:
 
     # -- shared checks ------------------------------------------------------------
 
+    def require_new_id(self, key: str) -> None:
+        """Refuse a request that would open something under the id (``key``, encoded) of a
+        stream, live query or subscription that is still open."""
+        if key in self.streams or key in self.lives or key in self.subs:
+            raise ProtocolError("duplicate_id", "a stream, live query or subscription with "
+                                                "this id is open already")
+
     def require_read(self, action: str) -> None:
         if not self.credential.can_read(action):
             raise ProtocolError("forbidden", f"credential {self.credential.name!r} may not read "
@@ -521,7 +548,13 @@ def _ping(conn: Connection, msg: dict[str, Any]) -> None:
     conn.send_msg({"type": "pong", "id": msg["id"], "ts": time.time()})
 
 
-async def _hello_again(conn: Connection, msg: dict[str, Any]) -> None:
+def _hello_again(conn: Connection, msg: dict[str, Any]) -> None:
+    if conn.hub.credentials is None:
+        # an insecure hub takes every client (as an admin) and welcomed it at once; a
+        # client that says hello anyway (as browsers must elsewhere) is welcomed again,
+        # its key not read
+        conn.send_welcome(msg["id"])
+        return
     raise ProtocolError("bad_message", "already authenticated")
 
 
@@ -586,12 +619,14 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
     wait_spec = None
     if wait or timeout is not None or "default" in msg:
         wait_spec = WaitSpec(timeout, "default" in msg, msg.get("default"))
+    key = encode_id(msg_id)
+    if updates or wait_spec is not None:
+        conn.require_new_id(key)  # before anything is added
     try:
         added = await state.app.add_many_checked(items)
     except ValidationError as exc:
         raise ProtocolError("invalid", str(exc)) from None
     tasks = [task for task, _ in added]
-    key = encode_id(msg_id)
     reply: dict[str, Any] = {"type": "published", "id": msg_id}
     if several:
         reply["tasks"] = [state.task_json(t) for t in tasks]
@@ -627,8 +662,7 @@ async def _watch(conn: Connection, msg: dict[str, Any]) -> None:
     level = _level_from_query(msg.get("max_level"))
     logs = opt_bool(msg, "logs", True)
     key = encode_id(msg["id"])
-    if key in conn.streams:
-        raise ProtocolError("duplicate_id", "a stream with this id is open already")
+    conn.require_new_id(key)
     stream = TaskStream(conn.state, conn, msg["id"], key, task_id, replay=logs, updates=True,
                         wait=None, max_level=level, logs=logs)
     conn.streams.setdefault(key, []).append(stream)
@@ -676,8 +710,7 @@ async def _abort(conn: Connection, msg: dict[str, Any]) -> None:
 
 async def _live(conn: Connection, msg: dict[str, Any]) -> None:
     key = encode_id(msg["id"])
-    if key in conn.lives or key in conn.streams:
-        raise ProtocolError("duplicate_id", "a live query with this id is open already")
+    conn.require_new_id(key)
     if len(conn.lives) >= 100:
         raise ProtocolError("too_many", "at most 100 live queries per connection")
     live = await conn.state.live.subscribe(conn, msg["id"], key, msg.get("filter"),
