@@ -64,3 +64,17 @@ async def app(url: str) -> AsyncIterator[Conveyor]:
     app = Conveyor(url, concurrency=8, lease=5.0, stop_timeout=2.0)
     yield app
     await app.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With ``CONVEYOR_NO_SKIPS=1`` (set by ``scripts/test``, so CI) a skipped test
+    fails the run: everything the suite has must run there, PostgreSQL included."""
+    if os.environ.get("CONVEYOR_NO_SKIPS") != "1" or exitstatus != 0:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped:
+        reporter.ensure_newline()
+        reporter.write_line(f"CONVEYOR_NO_SKIPS: {len(skipped)} test(s) skipped; "
+                            "every test must run here", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

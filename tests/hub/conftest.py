@@ -27,7 +27,7 @@ from conveyor.hub._credentials import CredentialStore
 from ..conftest import PG_ENV, drop_pg_schema, pg_url
 
 HUB_BACKENDS = ["sqlite", *(["postgres"] if os.environ.get(PG_ENV) else [])]
-SQLITE_ONLY = ("test_ws_fuzz", "test_openapi_schemathesis")
+SQLITE_ONLY = ("test_ws_fuzz", "test_openapi_schemathesis", "test_openapi_docs_command")
 _backend = {"kind": "sqlite"}
 _schemas: list[str] = []
 
