@@ -818,7 +818,11 @@ class Worker:
         sweep = self.app.sweep_interval
         next_beat = time.monotonic() + beat
         next_sweep = time.monotonic()
-        next_prune = time.monotonic() + 5.0
+        # Retention: every minute, or every ``retention`` seconds when that is shorter (at
+        # most once a second); the first prune comes 5 s after the start (or sooner).
+        retention = self.app.retention
+        prune_every = 60.0 if retention is None else min(60.0, max(1.0, retention))
+        next_prune = time.monotonic() + min(5.0, prune_every)
         try:
             while not self._keeper_stop.is_set():
                 now = time.monotonic()
@@ -849,8 +853,7 @@ class Worker:
                     except Exception as exc:
                         log.warning("worker %s: sweep failed: %s", self.id, exc)
                 if now >= next_prune:
-                    next_prune = now + 60.0
-                    retention = self.app.retention
+                    next_prune = now + prune_every
                     try:
                         await storage.prune(None if retention is None else time.time() - retention)
                     except Exception as exc:

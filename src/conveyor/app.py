@@ -65,7 +65,9 @@ class Conveyor:
     - ``progress_interval``: how often progress snapshots are stored (default
       0.25 s; events carry every update);
     - ``stop_timeout``: how long ``stop()`` lets running tasks finish (default 10 s);
-    - ``retention``: seconds finished tasks are kept (default None: forever).
+    - ``retention``: seconds finished tasks are kept (default None: forever);
+      workers delete older ones every minute, or every ``retention`` seconds
+      when that is shorter (at most once a second).
     """
 
     def __init__(self, url: str | Storage = DEFAULT_URL, *, name: str | None = None,

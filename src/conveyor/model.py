@@ -592,6 +592,9 @@ def _task_replace(task: Task, **changes: Any) -> Task:
 # Field names a filter may use, and how each compares. JSON fields may be
 # followed by a dotted path into their value (``payload.user.id``).
 class FieldKind(enum.Enum):
+    """The kind of a task field in the query language (docs/query.md): text, number, time
+    (epoch seconds) or JSON (a document that dotted paths reach into)."""
+
     TEXT = "text"
     NUMBER = "number"
     TIME = "time"

@@ -292,7 +292,9 @@ def workers_table(workers: Iterable[WorkerInfo]) -> Table:
         seen = Text(ago(w.last_seen, now))
         if not alive:
             seen.append(" (gone?)", style="red")
-        table.add_row(escape(w.id), escape(w.host), str(w.pid), escape(", ".join(w.actions)),
+        app_name = w.info.get("name")
+        shown = f"{w.id} ({app_name})" if isinstance(app_name, str) and app_name else w.id
+        table.add_row(escape(shown), escape(w.host), str(w.pid), escape(", ".join(w.actions)),
                       str(w.concurrency), str(w.running), ago(w.started_at, now), seen,
                       style=None if alive else "dim")
     return table
