@@ -36,7 +36,7 @@ from typing import Any
 
 from ._aio import stop_tasks
 from .errors import ConveyorError
-from .model import LogLevel, Status, Task
+from .model import LogLevel, Progress, Status, Task
 from .storage import Change, Completion, Storage, _ops
 
 __all__ = [
@@ -78,6 +78,9 @@ DIRECT = frozenset({
     "rescheduled", "prioritized", "abort_requested", "released", "retried", "deleted",
 })
 _ENDING_TYPES = frozenset({"task.succeeded", "task.failed", "task.aborted"})
+# Changes of a finished run: progress not yet stored when the handler returned is
+# stored with them, so the relay reports it (as task.progress) before them.
+_FINISHING = frozenset({"succeeded", "failed", "aborted", "retrying", "rescheduled"})
 _TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.ABORTED})
 _TALLIED = frozenset({"added", "started"}) | _ENDING
 """Changes the tallies count (see :meth:`EventBus.add_tally`)."""
@@ -417,6 +420,7 @@ class ChangeRelay:
         self.bus = bus
         self._task: asyncio.Task[None] | None = None
         self._log_seen: dict[str, int] = {}
+        self._progress_seen: dict[str, Progress] = {}
         self.listeners: list[Callable[[Sequence[Change]], None]] = []
         self._ready = asyncio.Event()
 
@@ -488,7 +492,9 @@ class ChangeRelay:
                     or self.bus.wants(type, change.task_id)
                     or (change.event in _ENDING and self.bus.wants("task.ended", change.task_id))
                     or (change.event == "expired" and self.bus.wants("task.expired",
-                                                                     change.task_id))):
+                                                                     change.task_id))
+                    or (change.event in _FINISHING
+                        and self.bus.wants("task.progress", change.task_id))):
                 wanted.append((change, type))
         if not wanted:
             return
@@ -508,11 +514,24 @@ class ChangeRelay:
             data: dict[str, Any] = {"version": change.version, "status": change.status.value}
             if change.event == "progress" and task is not None and task.progress is not None:
                 data["progress"] = task.progress
+                self._saw_progress(change.task_id, task.progress)
+            elif (change.event in _FINISHING and task is not None and task.progress is not None
+                    and self._progress_seen.get(change.task_id) != task.progress):
+                self._saw_progress(change.task_id, task.progress)
+                if self.bus.wants("task.progress", change.task_id):
+                    self.bus.emit(Event("task.progress", change.task_id, task,
+                                        {**data, "progress": task.progress}, change.ts))
             if change.event == "expired":
                 self.bus.emit(Event("task.expired", change.task_id, task, data, change.ts))
             self.bus.emit(Event(type, change.task_id, task, data, change.ts))
             if change.event in _ENDING:
                 self.bus.emit(Event("task.ended", change.task_id, task, data, change.ts))
+
+    def _saw_progress(self, task_id: str, progress: Progress) -> None:
+        self._progress_seen[task_id] = progress
+        if len(self._progress_seen) > 10_000:
+            for key in list(self._progress_seen)[:5_000]:
+                del self._progress_seen[key]
 
     async def _emit_logs(self, change: Change, task: Task | None) -> None:
         after = self._log_seen.get(change.task_id, 0)

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,3 +106,25 @@ async def test_wait_events_and_logs_across_processes(db: str, tmp_path: Path) ->
             assert final.progress is not None and final.progress.current == 6
     finally:
         await app.close()
+
+
+async def test_progress_stored_with_the_result_is_reported_before_the_end(
+        db: str, tmp_path: Path) -> None:
+    """A handler that reports progress and returns before the next progress write
+    (progress_interval): the other process still gets a task.progress, then the end."""
+    app = Conveyor(db)
+    try:
+        with workers(1, {"CONVEYOR_DB": db, "LEDGER": str(tmp_path / "l.txt")}):
+            seen: list[tuple[str, Any]] = []
+            app.on("task.progress", lambda e: seen.append((e.type, e.data["progress"].current)))
+            app.on("task.succeeded", lambda e: seen.append((e.type, None)))
+            task = await app.add("chatty", {"steps": 3, "pause": 0})
+            assert await app.wait(task.id, timeout=10) == "chatted"
+            await wait_for(lambda: _seen_end(seen), timeout=10, interval=0.02)
+            assert seen[-2:] == [("task.progress", 3), ("task.succeeded", None)]
+    finally:
+        await app.close()
+
+
+async def _seen_end(seen: list[tuple[str, Any]]) -> bool:
+    return any(kind == "task.succeeded" for kind, _ in seen)
