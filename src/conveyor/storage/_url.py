@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 __all__ = ["hide_password"]
 
@@ -19,7 +19,8 @@ def hide_password(url: str) -> str:
             return url
         netloc = parts.netloc
         if parts.password is not None:
-            netloc = f"{quote(parts.username or '')}:***@{netloc.rsplit('@', 1)[-1]}"
+            user, _, host = netloc.rpartition("@")
+            netloc = f"{user.partition(':')[0]}:***@{host}"  # the user as written
         url = f"{parts.scheme}://{netloc}{parts.path}"
         return f"{url}?{query}" if query else url
     except ValueError:

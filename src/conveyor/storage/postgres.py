@@ -160,8 +160,15 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
         raise ConfigurationError(f"bad postgres URL: {exc}") from None
     if parts.scheme not in ("postgres", "postgresql"):
         raise ConfigurationError(f"not a postgres URL: {_hide_password(url)!r}")
+    if not url.partition(":")[2].startswith("//"):
+        raise ConfigurationError(  # the URL is not shown: its password could not be found
+            f"bad postgres URL: no '//' after '{parts.scheme}:'; write "
+            "postgresql://USER:PASSWORD@HOST/DATABASE (or postgresql:///DATABASE for the "
+            "local socket)")
     try:
-        parts.port  # noqa: B018 - validates the port
+        # libpq's several hosts (``h1:5432,h2:5433``, for failover): each port is checked
+        for host in parts.netloc.rpartition("@")[2].split(","):
+            urlsplit(f"//{host}").port  # noqa: B018 - validates the port
     except ValueError as exc:
         raise ConfigurationError(f"bad postgres URL {_hide_password(url)!r}: {exc}") from None
     if parts.netloc.count("@") > 1:
