@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,25 @@ _CLOSE_STATUS = {4001: 401, 4003: 403, 4029: 429}
 _REPLACEABLE = frozenset({"update", "pickup", "return", "drop", "fail", "retry", "reschedule"})
 _CLOSE_CODE = {4001: "unauthorized", 4003: "forbidden", 4029: "rate_limited", 4008: "slow_reader",
                4009: "too_big", 4002: "no_heartbeat", 1008: "protocol_violation"}
+
+
+_SECRET = re.compile(r"(cvk_[0-9A-Za-z]+_)[0-9A-Za-z_\-]+")
+
+
+class _Redacting(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The ``websockets`` client's logger with key secrets blanked out: at DEBUG level
+    it logs the handshake's headers and every frame (a ``hello`` holds the key)."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if self.isEnabledFor(level):
+            try:
+                text = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):
+                text = f"{msg} {args!r}"
+            self.logger.log(level, _SECRET.sub(r"\1***", text), **kwargs)
+
+
+_wire_log = _Redacting(logging.getLogger("websockets.client"), {})
 
 
 def ws_url(url: str, path: str = "/ws") -> str:
@@ -93,7 +113,7 @@ class Link:
         try:
             ws = await connect(url, additional_headers=headers, max_size=None,
                                open_timeout=timeout, compression=None, ping_interval=20,
-                               ping_timeout=20, close_timeout=2)
+                               ping_timeout=20, close_timeout=2, logger=_wire_log)
         except InvalidStatus as exc:
             raise HubError(exc.response.status_code,
                            f"the hub refused the WebSocket handshake ({exc})") from None

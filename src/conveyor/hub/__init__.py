@@ -100,8 +100,9 @@ _MATCH_NONE = _match_none()
 
 async def serve(app: Conveyor | str, config: HubConfig | None = None, *,
                 credentials: CredentialStore | None = None) -> None:
-    """Run the hub with uvicorn until cancelled (Ctrl-C stops it gracefully).
-    With ``port=0`` the system picks a free port, which the hub's URLs then use."""
+    """Run the hub with uvicorn until cancelled. Cancelling it, like Ctrl-C, stops it
+    gracefully (WebSockets closed with 1001, the app closed) before the cancellation
+    goes on. With ``port=0`` the system picks a free port, which the hub's URLs then use."""
     from ._serve import run_hub
 
     await run_hub(app, config or HubConfig(), credentials=credentials)

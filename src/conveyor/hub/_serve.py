@@ -61,18 +61,36 @@ async def run_hub(app: Conveyor | str, config: HubConfig, *,
                                   ws_max_size=config.ws_max_size, log_level="info",
                                   lifespan="on")
         if stop is None:
-            await _HubServer(settings, asgi.state.hub).serve(sockets=[sock])
+            await _serve(_HubServer(settings, asgi.state.hub), sock)
             return
         server = _Server(settings, asgi.state.hub)
         watch = asyncio.ensure_future(_stop_on(server, stop, force))
         try:
-            await server.serve(sockets=[sock])
+            await _serve(server, sock)
         finally:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
     finally:
         sock.close()
+
+
+async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
+    """Serve until the server stops. Cancelled, the server stops gracefully first (a
+    second cancellation stops it at once), then the cancellation goes on: uvicorn's own
+    ``serve`` cancelled midway would leave the hub's lifespan, its storage and its
+    connections open behind it."""
+    running = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        await asyncio.shield(running)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        try:
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            server.force_exit = True
+            await running
+        raise
 
 
 class _HubServer(uvicorn.Server):

@@ -496,7 +496,7 @@ class Connection:
         except QueryError as exc:
             self.send_error(msg_id, "bad_filter", str(exc), path=exc.path)
         except TaskNotFound as exc:
-            self.send_error(msg_id, "not_found", str(exc))
+            self.send_error(msg_id, "not_found", str(exc), task_id=exc.task_id)
         except InvalidTransition as exc:
             self.send_error(msg_id, "invalid_transition", str(exc))
         except ValidationError as exc:
