@@ -558,3 +558,36 @@ async def test_a_fail_with_timeout_ends_as_a_run_timeout(hub: RunningHub) -> Non
     assert twice.status is Status.ABORTED and twice.attempts == 2
     assert [e.type for e in twice.errors] == ["TimeoutError", "TimeoutError"]
     await ws.close()
+
+
+async def test_delivery_all_a_wait_for_the_task_is_answered_at_the_end(
+        hub: RunningHub) -> None:
+    pub = await Raw.open(hub.url, hub.key("pub", publish=["cache:*"]))
+    services = {}
+    for name in ("alpha", "beta"):
+        ws = await Raw.open(hub.url, hub.key(name, subscribe=["cache:*"]))
+        await subscribe(ws, name, ["cache:clear"])
+        services[name] = ws
+    published = await pub.request({"type": "publish", "id": "p", "action": "cache:clear",
+                                   "payload": {}, "delivery": "all"}, "published")
+    task_id = published["task"]["id"]
+    for ws in services.values():
+        await ws.expect("offer")
+        await ws.request({"type": "pickup", "task_id": task_id, "ack": True}, "ok")
+    await pub.send({"type": "wait", "id": "value", "task_id": task_id})
+    await pub.send({"type": "wait", "id": "task", "task_id": task_id, "task": True})
+    await services["beta"].send({"type": "return", "task_id": task_id, "result": "beta won"})
+    value = await pub.expect("result", "value")
+    assert value["value"] == "beta won" and "task" not in value
+    await services["alpha"].expect("completed")
+    # the ended task does not exist yet: that wait goes on until alpha is done (a ping
+    # round trip: whatever the hub sent the publisher before has arrived)
+    await pub.request({"type": "ping"}, "pong")
+    assert not [m for m in pub.seen if m.get("id") == "task"]
+    assert (await hub.app.get(task_id)).status is Status.RUNNING
+    await services["alpha"].send({"type": "return", "task_id": task_id, "result": "late"})
+    ended = await pub.expect("result", "task")
+    assert ended["value"] == "beta won" and ended["task"]["status"] == "succeeded"
+    assert ended["task"]["result"] == "beta won"
+    for ws in (*services.values(), pub):
+        await ws.close()

@@ -209,7 +209,9 @@ class TaskStream:
             if self.updates and not self.success_sent:
                 self.success_sent = True
                 self._send({"type": "success", "task_id": self.task_id, **data})
-            if self.wait is not None and not self.waited:
+            # delivery ``all``: the first service's result answers a wait at once, but a
+            # wait for the ended task (``"task": true``) is answered when it has ended
+            if self.wait is not None and not self.waited and not self.with_task:
                 self._answer_wait(Status.SUCCEEDED, data.get("result"), None)
 
     def _newer(self, event: Event) -> bool:
