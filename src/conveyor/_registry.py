@@ -48,10 +48,13 @@ def check_action(action: object) -> str:
 
 
 def check_policy(policy: object) -> None:
-    """A transition policy (the app's or a handler's) is None or a function."""
-    if policy is not None and not callable(policy):
+    """A transition policy (the app's or a handler's) is None or a plain function
+    (not a coroutine function: a policy decides at once, without I/O)."""
+    if policy is not None and (not callable(policy) or inspect.iscoroutinefunction(policy)
+                               or inspect.iscoroutinefunction(type(policy).__call__)):
         raise ConfigurationError(
-            f"policy must be a function (task, outcome) -> Transition, not {policy!r}")
+            f"policy must be a function (task, outcome) -> Transition (a plain one, not "
+            f"async), not {policy!r}")
 
 
 @dataclass(slots=True)

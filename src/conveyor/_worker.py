@@ -31,6 +31,8 @@ from . import _json
 from ._aio import stop_tasks
 from ._batched import BatchedWrites
 from ._children import ChildPool
+from ._policy import decide
+from ._specs import _as_stored
 from ._threads import DaemonThreadPool
 from .context import Context, TaskAbortRequested
 from .errors import ValidationError
@@ -49,7 +51,6 @@ from .model import (
     Task,
     TimedOut,
     Transition,
-    default_policy,
 )
 from .storage import ClaimLimits, Completion, HeartbeatReply, Lease, NewLog, WorkerInfo
 
@@ -657,7 +658,7 @@ class Worker:
         elif "retry" in message:
             return Retry(**message["retry"])
         elif "reschedule" in message:
-            return Reschedule(**message["reschedule"])
+            return self._returned(run, Reschedule(**message["reschedule"]))
         elif "aborted" in message:
             return Aborted(run.abort_reason or str(message["aborted"]))
         elif "error" in message:
@@ -689,26 +690,28 @@ class Worker:
             return _RETURNED_NONE
         if type(value) in _PLAIN and run.handler.result_model is None:
             return Returned(value)
-        if isinstance(value, Retry | Reschedule):
+        if isinstance(value, Reschedule):
+            try:  # the result kept on the queued task: JSON, within the size limit
+                text = _json.dumps_checked(value.result, "Reschedule(result=...)",
+                                           limit=self.app.max_payload)
+            except ValidationError as exc:
+                return Raised(ErrorInfo.from_exception(exc, attempt=run.task.attempts),
+                              retryable=False)
+            result = _as_stored(value.result, text)
+            return value if result is value.result else Reschedule(value.after, result)
+        if isinstance(value, Retry):
             return value
         try:
             value = run.handler.dump_result(value)
-            _json.dumps_checked(value, "result", limit=self.app.max_payload)
+            text = _json.dumps_checked(value, "result", limit=self.app.max_payload)
         except Exception as exc:
             return Raised(ErrorInfo.from_exception(exc, attempt=run.task.attempts),
                           retryable=False)
-        return Returned(value)
+        return Returned(_as_stored(value, text))  # in its JSON form, as stored
 
     def _complete(self, run: _Run, outcome: Outcome) -> None:
-        policy = run.handler.policy or self.app.policy
-        try:
-            transition = policy(run.task, outcome) if policy else default_policy(run.task, outcome)
-            if not isinstance(transition, Transition):
-                raise TypeError(f"the transition policy returned {transition!r}")
-        except Exception as exc:
-            log.exception("transition policy failed for task %s", run.task.id)
-            error = ErrorInfo.from_exception(exc, attempt=run.task.attempts)
-            transition = Transition(Status.FAILED, error=error, reason="policy_error")
+        transition = decide(run.handler.policy or self.app.policy, run.task, outcome,
+                            self.app.max_payload)
         progress = None
         pending = self._writer.progress.get(run.task.id)
         if pending is not None:

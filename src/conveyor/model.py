@@ -91,6 +91,8 @@ DEFAULT_MAX_RESCUES = 3
 """How many times a task whose worker died (its lease expired) is put back in the
 queue before it fails (``Conveyor(max_rescues=...)``)."""
 
+_STATUS_NAMES = frozenset(s.value for s in Status)
+
 
 class LogLevel(enum.IntEnum):
     """Task log levels. A higher number is more severe.
@@ -733,9 +735,11 @@ Outcome: TypeAlias = Returned | Raised | Retry | Reschedule | Aborted | TimedOut
 class Transition:
     """What happens to a task after a run: the policy's answer.
 
-    ``status`` is the next status; ``run_at`` (epoch seconds in the range of
-    :func:`check_time`) is required when it is ``queued``. ``refund_attempt``
-    gives the attempt back (polling).
+    ``status`` is the next status (a :class:`Status` or its name); ``run_at``
+    (epoch seconds in the range of :func:`check_time`) is required when it is
+    ``queued``. ``error`` is an :class:`ErrorInfo` (added to the task's errors),
+    ``reason`` a string, and ``refund_attempt`` gives the attempt back
+    (polling). Anything else raises :class:`ValidationError`.
     """
 
     status: Status
@@ -746,6 +750,20 @@ class Transition:
     refund_attempt: bool = False
 
     def __post_init__(self) -> None:
+        if type(self.status) is not Status:
+            if not isinstance(self.status, str) or self.status not in _STATUS_NAMES:
+                raise ValidationError(f"a transition's status must be a status, not "
+                                      f"{self.status!r}")
+            object.__setattr__(self, "status", Status(self.status))
+        if self.error is not None and not isinstance(self.error, ErrorInfo):
+            raise ValidationError(f"a transition's error must be an ErrorInfo or None, not "
+                                  f"{self.error!r}")
+        if self.reason is not None and not isinstance(self.reason, str):
+            raise ValidationError(f"a transition's reason must be a string or None, not "
+                                  f"{self.reason!r}")
+        if not isinstance(self.refund_attempt, bool):
+            raise ValidationError(f"a transition's refund_attempt must be True or False, not "
+                                  f"{self.refund_attempt!r}")
         if self.status is Status.RUNNING:
             raise ValidationError("a transition cannot lead to 'running'")
         if self.status is Status.QUEUED and self.run_at is None:

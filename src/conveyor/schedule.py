@@ -40,8 +40,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
+from ._specs import MAX_UNIQUE_KEY
 from .errors import ConfigurationError
-from .model import seconds
+from .model import MAX_TIME, seconds
 
 __all__ = ["MIN_INTERVAL", "Schedule"]
 
@@ -99,6 +100,9 @@ class Schedule:
                     f"schedule interval must be at least {MIN_INTERVAL:g} seconds "
                     f"(occurrences are told apart by the millisecond), not {self.every!r}")
             object.__setattr__(self, "every", every)
+        if not isinstance(self.tz, str):
+            raise ConfigurationError(f"a time zone is a name such as 'Europe/Paris', "
+                                     f"not {self.tz!r}")
         try:
             zone = UTC if self.tz == "UTC" else ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError):
@@ -113,6 +117,14 @@ class Schedule:
         if self.name is None:
             spec = self.cron if self.cron is not None else f"every {self.every:g}s"
             object.__setattr__(self, "name", f"{self.action} {spec}")
+        elif not isinstance(self.name, str) or not self.name:
+            raise ConfigurationError(f"a schedule's name is a non-empty string, not "
+                                     f"{self.name!r}")
+        if len(self.unique_key(MAX_TIME)) > MAX_UNIQUE_KEY:  # the longest key it makes
+            raise ConfigurationError(
+                f"schedule {str(self.name)[:40]!r}...: the name is too long for the unique keys "
+                f"of its occurrences (at most {MAX_UNIQUE_KEY} characters); give a shorter "
+                "name=")
 
     @classmethod
     def parse(cls, action: str, value: Any, **options: Any) -> Schedule:

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _json
 from .._aio import stop_tasks
 from .._batched import BatchedWrites
+from .._policy import decide
 from .._registry import check_action
 from ..errors import ValidationError
 from ..events import Event
@@ -72,7 +73,6 @@ from ..model import (
     Task,
     TimedOut,
     Transition,
-    default_policy,
 )
 from ..storage import Change, Completion, Lease, NewLog, WorkerInfo
 from ._credentials import matches_pattern
@@ -1047,15 +1047,7 @@ class Remote:
     def _transition(self, task: Task, outcome: Outcome) -> Transition:
         handler = self.app.registry.get(task.action)
         policy = (handler.policy if handler is not None else None) or self.app.policy
-        try:
-            transition = policy(task, outcome) if policy else default_policy(task, outcome)
-            if not isinstance(transition, Transition):
-                raise TypeError(f"the transition policy returned {transition!r}")
-        except Exception as exc:
-            log.exception("transition policy failed for task %s", task.id)
-            error = ErrorInfo.from_exception(exc, attempt=task.attempts)
-            transition = Transition(Status.FAILED, error=error, reason="policy_error")
-        return transition
+        return decide(policy, task, outcome, self.app.max_payload)
 
     def _run_timed_out(self, held: Held) -> None:
         held.timer = None
