@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -35,11 +36,21 @@ _credentials_option = click.option(
     help=f"The credentials file [env {CREDENTIALS_ENV}; default {DEFAULT_CREDENTIALS}].")
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is only reachable from this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _credentials_file(path: str | None) -> str:
     return path or os.environ.get(CREDENTIALS_ENV, "").strip() or DEFAULT_CREDENTIALS
 
 
-@click.command("serve", short_help="Run the hub: HTTP API, WebSocket protocol.")
+@click.command("serve", short_help="Run the hub: HTTP API, WebSocket protocol, dashboard.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (bind others only on purpose).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
@@ -62,7 +73,8 @@ def _credentials_file(path: str | None) -> str:
 def serve_command(ctx: click.Context, host: str, port: int, target: str | None, insecure: bool,
                   public_url: str | None, service_lease: float, delivery: tuple[str, ...],
                   credentials_path: str | None) -> int:
-    """Serve the REST API and the WebSocket protocol until Ctrl-C or SIGTERM.
+    """Serve the REST API, the WebSocket protocol and the web dashboard (at /)
+    until Ctrl-C or SIGTERM.
 
     Ctrl-C or SIGTERM stops it gracefully (exit 0); a second one stops it
     without waiting for open requests. With --port 0 a free port is used (the
@@ -86,7 +98,7 @@ def serve_command(ctx: click.Context, host: str, port: int, target: str | None, 
         app = Conveyor(db_url(ctx))
     path = _credentials_file(credentials_path)
     store = None if insecure else CredentialStore(path)
-    if insecure and host not in ("127.0.0.1", "localhost", "::1"):
+    if insecure and not _loopback(host):
         click.echo(f"warning: serving on {host} with --insecure: anyone who can reach it "
                    "can add, read and abort tasks", err=True)
     if store is not None and not store.list():
@@ -207,8 +219,9 @@ def credentials_list(as_json: bool, credentials_path: str | None) -> int:
     if as_json:
         click.echo(json.dumps(creds))
         return EXIT_OK
-    from rich.console import Console
     from rich.table import Table
+
+    from ._render import out_console
 
     table = Table("name", "key id", "publish", "subscribe", "read", "admin", "max instances",
                   "state")
@@ -217,7 +230,7 @@ def credentials_list(as_json: bool, credentials_path: str | None) -> int:
                       " ".join(c["subscribe"]) or "-", " ".join(c["read"]) or "-",
                       "yes" if c["admin"] else "no",
                       str(c["max_instances"] or "-"), "revoked" if c["revoked"] else "live")
-    Console().print(table)
+    out_console().print(table)
     return EXIT_OK
 
 

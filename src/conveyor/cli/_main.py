@@ -84,8 +84,8 @@ def cli(ctx: click.Context) -> None:
     a scratch SQLite file).
 
     The commands on tasks (add, ls, show, tail, abort, retry, prioritize,
-    delete, stats, workers) can work through a hub instead: --hub URL with
-    --key KEY (or $CONVEYOR_HUB and $CONVEYOR_KEY).
+    delete, prune, stats, workers) can work through a hub instead: --hub URL
+    with --key KEY (or $CONVEYOR_HUB and $CONVEYOR_KEY).
 
     Exit codes: 0 success; 1 the operation failed (a task failed or was
     aborted, a task is in the wrong state, storage errors, the hub refused

@@ -101,6 +101,9 @@ class _Group:
         self.ready = False
         self.failed: str | None = None
         self.buffer: dict[str, Task | None] | None = {}
+        # limited windows: the latest full-rate progress of running tasks (with their
+        # attempt), which the storage may not hold yet; a read of the window shows it
+        self.progressed: dict[str, tuple[int, Progress]] = {}
         self.dirty = False
         self._task: asyncio.Task[None] | None = None
 
@@ -263,19 +266,29 @@ class _Group:
                 self._removed(task_id, task.version)
 
     def progress(self, task: Task, progress: Any) -> None:
-        """Full-rate progress of a member (the event's task may be an older snapshot)."""
+        """Full-rate progress of a running task (the event's task is the snapshot its
+        run started with: the stored version moves on with every progress it stores,
+        so the run is recognised by its attempt)."""
         if self.buffer is not None or not isinstance(progress, Progress):
             return
         member = self.members.get(task.id)
+        if self.limited:
+            # the window is read again from the storage, which may not hold this
+            # progress yet: the read shows it instead (see _progressed)
+            if member is not None:
+                self._progressed_at(task, progress)
+                if member[0].progress != progress:
+                    self._mark_dirty()
+            elif matches(self.where, task):  # it may enter the window (a read is due)
+                self._progressed_at(task, progress)
+            return
         if member is None:
             return
         current = member[0]
-        if task.version < current.version or current.progress == progress:
+        if (current.status is not Status.RUNNING or current.attempts != task.attempts
+                or current.progress == progress):
             return
         patched = replace(current, progress=progress)
-        if self.limited:
-            self._mark_dirty()
-            return
         if matches(self.where, patched):
             enc = self.encode(patched)
             self.members[task.id] = (patched, enc)
@@ -318,7 +331,10 @@ class _Group:
                 self.dirty = True
                 await asyncio.sleep(1.0)
                 continue
+            tasks = [self._progressed(t) for t in tasks]
             fresh = {t.id: t for t in tasks}
+            for task_id in [k for k in self.progressed if k not in fresh]:
+                del self.progressed[task_id]
             for task_id in [k for k in self.members if k not in fresh]:
                 old = self.members.pop(task_id)[0]
                 self._removed(task_id, old.version)
@@ -335,6 +351,23 @@ class _Group:
                     self._changed(enc)
             # keep the window's order in memory
             self.members = {t.id: self.members[t.id] for t in tasks}
+
+    def _progressed_at(self, task: Task, progress: Progress) -> None:
+        self.progressed[task.id] = (task.attempts, progress)
+        if len(self.progressed) > _SEEN_CAP:
+            for key in list(self.progressed)[:_SEEN_CAP // 4]:
+                del self.progressed[key]
+
+    def _progressed(self, task: Task) -> Task:
+        """``task`` as read from the storage, with the newer full-rate progress of its
+        run when one came as an event (the storage holds it a little later)."""
+        seen = self.progressed.get(task.id)
+        if seen is None:
+            return task
+        if task.status is not Status.RUNNING or task.attempts != seen[0]:
+            del self.progressed[task.id]
+            return task
+        return task if task.progress == seen[1] else replace(task, progress=seen[1])
 
 
 class LiveManager:

@@ -5,6 +5,8 @@
 (() => {
   const KEY_STORAGE = "conveyor.dashboard.key";
   const LIVE_LIMIT = 100;
+  // newest first; the tasks of one batch share created_at, and ids are time-ordered
+  const LIVE_SORT = ["-created_at", "-id"];
   const LIVE_FIELDS = ["action", "status", "priority", "attempts", "max_attempts", "progress",
                        "created_at"];
   const STATS_EVERY = 2000;
@@ -285,7 +287,7 @@
     filterError("");
     const id = newId("live");
     state.live = { id, seq: 0, parts: [], filter };
-    send({ type: "live", id, filter, sort: "-created_at", limit: LIVE_LIMIT,
+    send({ type: "live", id, filter, sort: LIVE_SORT, limit: LIVE_LIMIT,
            fields: LIVE_FIELDS });
   }
 
@@ -332,7 +334,7 @@
       : `${n} task${n === 1 ? "" : "s"}, newest first` + (n >= LIVE_LIMIT ? ` (the first ${LIVE_LIMIT})` : ""));
   }
 
-  function newer(a, b) {  // the order of -created_at
+  function newer(a, b) {  // the order of LIVE_SORT
     if (a.created_at !== b.created_at) return a.created_at > b.created_at;
     return a.id > b.id;
   }
