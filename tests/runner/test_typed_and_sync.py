@@ -99,3 +99,20 @@ def test_sync_face_as_context_manager(tmp_path: Path) -> None:
         task = app.add("nobody:runs", {"x": 1})
         assert app.get(task.id).status is Status.QUEUED
         assert app.stats() == {"nobody:runs": {"queued": 1}}
+
+
+async def test_a_model_payload_is_stored_as_its_json_without_a_typed_handler(
+        app: Conveyor) -> None:
+    plain = await app.add("files:elsewhere", Download(url="x", retries=1))
+    assert plain.payload == {"url": "x", "retries": 1}
+    many = await app.add_many([("files:elsewhere", Download(url="y")),
+                               ("files:elsewhere", {"url": "z"})])
+    assert [t.payload for t in many] == [{"url": "y", "retries": 0}, {"url": "z"}]
+
+    @app.handler("files:untyped")
+    async def untyped(ctx: Context) -> Any:
+        return ctx.payload
+
+    task = await app.add("files:untyped", Download(url="w"), priority=1)
+    assert task.payload == {"url": "w", "retries": 0}
+    assert (await app.get(task.id)).payload == {"url": "w", "retries": 0}
