@@ -1,10 +1,10 @@
-"""What the two batched writers (a worker's and the hub's) share: pending task logs
-and throttled progress snapshots, written first in each batch."""
+"""What the two batched writers (a worker's and the hub's) share: pending task logs,
+throttled progress snapshots and finished runs; the logs are written first in each batch."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .events import Event
 from .model import LogRecord, Progress
@@ -15,12 +15,16 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchedWrites"]
 
+C = TypeVar("C")
 
-class BatchedWrites:
-    """Pending logs and progress of held tasks, and the write of both."""
+
+class BatchedWrites(Generic[C]):
+    """Pending logs and progress of held tasks, the finished runs (``C``: what each
+    writer keeps of one), and the write of logs and progress."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        self.completions: list[C] = []
         self.logs: list[NewLog] = []
         self.progress: dict[str, tuple[Lease, Progress]] = {}
         self.progress_written: dict[str, float] = {}
@@ -53,3 +57,18 @@ class BatchedWrites:
                 for k in due:
                     self.progress_written[k] = now
                 await self.storage.update_progress(batch)
+
+    async def take_completions_after_logs(self, bus: EventBus, interval: float) -> list[C]:
+        """The finished runs to store now, taken before the logs and progress are
+        written: a run's log lines are queued before its completion, so they are all
+        stored first; lines queued during the write (a sync handler's last ones, say)
+        wait with their run's completion for the next batch. Taken after, a completion
+        could be stored, and its ``task.ended`` emitted, before its last lines. When the
+        write fails the runs are put back."""
+        completions, self.completions = self.completions, []
+        try:
+            await self.write_logs_and_progress(bus, interval)
+        except BaseException:
+            self.completions[:0] = completions
+            raise
+        return completions

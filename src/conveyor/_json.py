@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 from .errors import ValidationError
 
-__all__ = ["copy_checked", "dumps", "dumps_checked", "dumps_stored", "loads"]
+__all__ = ["copy_checked", "dumps", "dumps_checked", "dumps_stored", "loads", "loads_strict"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _decoder = json.JSONDecoder()
@@ -46,6 +47,42 @@ def loads(text: str | bytes) -> Any:
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     return _decoder.decode(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_strict_decoder = json.JSONDecoder(parse_constant=_no_constant)
+_SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def loads_strict(text: str | bytes, what: str) -> Any:
+    """JSON from outside (a REST body, a WebSocket frame), read strictly: UTF-8, no
+    NaN or Infinity, no lone surrogate escapes. Raises :class:`ValueError` with a
+    message that starts with ``what``."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        value = _strict_decoder.decode(text)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} is not UTF-8 text: {exc.reason}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} is not valid JSON: {exc.msg} (line {exc.lineno}, "
+                         f"column {exc.colno})") from None
+    except ValueError as exc:
+        raise ValueError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply") from None
+    if "\\u" in text and _SURROGATE.search(text):
+        try:
+            _encoder.encode(value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{what} holds text that is not valid Unicode "
+                             "(a lone surrogate escape)") from None
+        except RecursionError:
+            raise ValueError(f"{what} is nested too deeply") from None
+    return value
 
 
 def dumps_checked(value: Any, what: str, limit: int | None = None) -> str:

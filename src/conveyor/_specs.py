@@ -23,6 +23,7 @@ from .model import (
     Condition,
     Status,
     TaskSpec,
+    _as_float,
     _shown,
     _spec_from_values,
     check_time,
@@ -61,10 +62,7 @@ def check_priority(value: Any) -> float:
     """A priority: a finite number (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(f"priority must be a number, not {value!r}")
-    try:
-        result = float(value)
-    except OverflowError:  # an int beyond floats
-        result = math.inf
+    result = _as_float(value)
     if not math.isfinite(result):
         raise ValidationError(f"priority must be a finite number, not {_shown(value)}")
     return result
@@ -86,11 +84,9 @@ def check_backoff(value: Any) -> Backoff | None:
     if backoff is not None:
         seconds(backoff.base, "backoff base")
         seconds(backoff.maximum, "backoff maximum")
-        try:
-            float(backoff.factor)
-        except OverflowError:  # an int beyond floats
+        if not math.isfinite(_as_float(backoff.factor)):  # an int beyond floats
             raise ValidationError(
-                f"backoff factor must be a finite number, not {_shown(backoff.factor)}") from None
+                f"backoff factor must be a finite number, not {_shown(backoff.factor)}")
     return backoff
 
 

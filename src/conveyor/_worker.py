@@ -99,13 +99,12 @@ class _Run:
     done: bool = False
 
 
-class _Writer(BatchedWrites):
+class _Writer(BatchedWrites[tuple[Completion, "_Run"]]):
     """Batches the worker's writes: logs, then progress, then finished runs."""
 
     def __init__(self, worker: Worker) -> None:
         super().__init__(worker.storage)
         self.worker = worker
-        self.completions: list[tuple[Completion, _Run]] = []
         self.work = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -172,17 +171,7 @@ class _Writer(BatchedWrites):
                 self.idle.set()
 
     async def _write_once(self, interval: float) -> None:
-        # The runs to finish are taken before the logs are written: a run's log lines
-        # are queued before its completion, so they are all in this batch's logs, and
-        # lines queued while the logs are written (a sync handler's last ones, say)
-        # wait with their run's completion for the next batch. Taken after, a
-        # completion could be stored, and its task.ended emitted, before them.
-        completions, self.completions = self.completions, []
-        try:
-            await self.write_logs_and_progress(self.worker.app.bus, interval)
-        except Exception:
-            self.completions[:0] = completions
-            raise
+        completions = await self.take_completions_after_logs(self.worker.app.bus, interval)
         if completions:
             try:
                 refused = set(await self.storage.finish(
@@ -690,24 +679,21 @@ class Worker:
             return _RETURNED_NONE
         if type(value) in _PLAIN and run.handler.result_model is None:
             return Returned(value)
-        if isinstance(value, Reschedule):
-            try:  # the result kept on the queued task: JSON, within the size limit
-                text = _json.dumps_checked(value.result, "Reschedule(result=...)",
-                                           limit=self.app.max_payload)
-            except ValidationError as exc:
-                return Raised(ErrorInfo.from_exception(exc, attempt=run.task.attempts),
-                              retryable=False)
-            result = _as_stored(value.result, text)
-            return value if result is value.result else Reschedule(value.after, result)
         if isinstance(value, Retry):
             return value
         try:
-            value = run.handler.dump_result(value)
-            text = _json.dumps_checked(value, "result", limit=self.app.max_payload)
+            if isinstance(value, Reschedule):  # the result kept on the queued task
+                result = self._stored(value.result, "Reschedule(result=...)")
+                return value if result is value.result else Reschedule(value.after, result)
+            return Returned(self._stored(run.handler.dump_result(value), "result"))
         except Exception as exc:
             return Raised(ErrorInfo.from_exception(exc, attempt=run.task.attempts),
                           retryable=False)
-        return Returned(_as_stored(value, text))  # in its JSON form, as stored
+
+    def _stored(self, value: Any, what: str) -> Any:
+        """``value`` in its JSON form, as stored; JSON within ``max_payload`` or a
+        ValidationError naming ``what``."""
+        return _as_stored(value, _json.dumps_checked(value, what, limit=self.app.max_payload))
 
     def _complete(self, run: _Run, outcome: Outcome) -> None:
         transition = decide(run.handler.policy or self.app.policy, run.task, outcome,

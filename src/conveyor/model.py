@@ -192,6 +192,15 @@ MAX_TIME = 253402300800.0
 of the years 1 to 9999 (UTC)."""
 
 
+def _as_float(value: int | float) -> float:
+    """``float(value)``, with an integer beyond floats as an infinity of its sign (which
+    every check of a finite number or a range then refuses)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _shown(value: Any) -> str:
     """``repr(value)`` for messages, also for an integer too long to print."""
     if isinstance(value, int) and value.bit_length() > 1000:
@@ -213,10 +222,7 @@ def seconds(value: float | int | timedelta | None, what: str, *, allow_none: boo
     elif isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
     else:
-        try:
-            result = float(value)
-        except OverflowError:  # an int beyond floats
-            result = math.inf if value > 0 else -math.inf
+        result = _as_float(value)
     if result != result or result in (float("inf"), float("-inf")):
         raise ValidationError(f"{what} must be a finite number of seconds, not {_shown(value)}")
     if result < 0 or (result == 0 and not allow_zero):
@@ -242,11 +248,8 @@ def check_time(value: Any, what: str) -> float:
         raise ValidationError(
             f"{what} must be a datetime or seconds since the epoch, not {value!r}")
     else:
-        try:
-            result = float(value)
-        except OverflowError:  # an int beyond floats
-            result = math.nan
-    if not MIN_TIME <= result < MAX_TIME:  # NaN fails too
+        result = _as_float(value)
+    if not MIN_TIME <= result < MAX_TIME:  # NaN and infinities fail too
         raise ValidationError(
             f"{what} must be a time in the years 1 to 9999 (UTC): epoch seconds from "
             f"{MIN_TIME:.0f} to below {MAX_TIME:.0f}, not {_shown(value)}")

@@ -230,14 +230,13 @@ class Fanout:
 # -- the batched writer --------------------------------------------------------------
 
 
-class _Writer(BatchedWrites):
-    """Writes what services report in batches: logs, progress, completions, releases."""
+class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
+    """Writes what services report in batches: logs, progress, completions, releases.
+    A completion is (worker, completion, the claimed task, or None when not announced)."""
 
     def __init__(self, remote: Remote) -> None:
         super().__init__(remote.app.storage)
         self.remote = remote
-        self.completions: list[tuple[str, Completion, Task | None]] = []
-        """(worker, completion, the claimed task, or None when not announced)"""
         self.releases: list[tuple[str, Lease]] = []
         self.lost: list[tuple[str, Lease]] = []
         self.jobs: list[Callable[[], Awaitable[Any]]] = []
@@ -344,13 +343,7 @@ class _Writer(BatchedWrites):
 
     async def _write_once(self, interval: float) -> None:
         remote = self.remote
-        # take the finished runs first: every log they wrote is then stored before them
-        completions, self.completions = self.completions, []
-        try:
-            await self.write_logs_and_progress(remote.app.bus, interval)
-        except BaseException:
-            self.completions[:0] = completions
-            raise
+        completions = await self.take_completions_after_logs(remote.app.bus, interval)
         if completions:
             by_worker: dict[str, list[tuple[Completion, Task | None]]] = {}
             for worker, completion, task in completions:

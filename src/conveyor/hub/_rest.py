@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import time
@@ -35,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .. import _json
 from .._specs import ADD_OPTIONS
 from ..errors import (
     ConveyorError,
@@ -256,37 +256,15 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     return body
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def loads(text: bytes | str, what: str = "the body") -> Any:
-    """Parse JSON strictly: UTF-8, no NaN or Infinity, nesting at most
-    :data:`MAX_DEPTH` deep, no lone surrogates. Raises :class:`Problem` (400)."""
+    """Parse JSON strictly (:func:`conveyor._json.loads_strict`), nesting at most
+    :data:`MAX_DEPTH` deep. Raises :class:`Problem` (400)."""
     try:
-        if isinstance(text, bytes):
-            text = text.decode("utf-8")
-        value = json.loads(text, parse_constant=_no_constant)
-    except UnicodeDecodeError as exc:
-        raise Problem(400, "invalid_json", f"{what} is not UTF-8 text: {exc.reason}") from None
-    except json.JSONDecodeError as exc:
-        raise Problem(400, "invalid_json", f"{what} is not valid JSON: {exc.msg} (line "
-                                           f"{exc.lineno}, column {exc.colno})") from None
+        value = _json.loads_strict(text, what)
     except ValueError as exc:
-        raise Problem(400, "invalid_json", f"{what} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise Problem(400, "invalid_json", f"{what} is nested too deeply") from None
+        raise Problem(400, "invalid_json", str(exc)) from None
     _check_depth(value, what)
-    if "\\u" in text and _SURROGATE.search(text):
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise Problem(400, "invalid_json", f"{what} holds text that is not valid Unicode "
-                                               "(a lone surrogate escape)") from None
     return value
-
-
-_SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
 def _check_depth(value: Any, what: str) -> None:

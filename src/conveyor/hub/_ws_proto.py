@@ -6,9 +6,7 @@ hub's WebSocket modules share.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,35 +56,13 @@ class ProtocolError(Exception):
         self.extra = extra
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON (JSON has no NaN or Infinity)")
-
-
-_decoder = json.JSONDecoder(parse_constant=_no_constant)
-_SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")
-
-
 def parse_frame(text: str) -> Any:
-    """A text frame's JSON, read as strictly as the REST API reads a body: no NaN or
-    Infinity, no lone surrogate escapes. Raises :class:`ProtocolError` (``bad_json``)."""
+    """A text frame's JSON, read as strictly as the REST API reads a body
+    (:func:`conveyor._json.loads_strict`). Raises :class:`ProtocolError` (``bad_json``)."""
     try:
-        value = _decoder.decode(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError("bad_json", f"the frame is not valid JSON: {exc.msg} (line "
-                                        f"{exc.lineno}, column {exc.colno})") from None
+        return _json.loads_strict(text, "the frame")
     except ValueError as exc:
-        raise ProtocolError("bad_json", f"the frame is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ProtocolError("bad_json", "the frame is nested too deeply") from None
-    if "\\u" in text and _SURROGATE.search(text):
-        try:
-            _json.dumps(value).encode("utf-8")
-        except UnicodeEncodeError:
-            raise ProtocolError("bad_json", "the frame holds text that is not valid Unicode "
-                                            "(a lone surrogate escape)") from None
-        except RecursionError:
-            raise ProtocolError("bad_json", "the frame is nested too deeply") from None
-    return value
+        raise ProtocolError("bad_json", str(exc)) from None
 
 
 def encode(message: Mapping[str, Any]) -> str:
