@@ -79,6 +79,17 @@ class Raw:
             assert msg["type"] == "welcome", msg
         return raw
 
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def opened(cls, url: str, key: str | None = None, **options: Any
+                     ) -> AsyncIterator[Raw]:
+        """:meth:`open` as an ``async with``: the connection is closed at the end."""
+        raw = await cls.open(url, key, **options)
+        try:
+            yield raw
+        finally:
+            await raw.close()
+
     def next_id(self) -> int:
         self._next += 1
         return self._next

@@ -364,8 +364,7 @@ async def test_401_carries_www_authenticate(hub: RunningHub) -> None:
 
 async def test_workers_route_lists_a_remote_service(hub: RunningHub) -> None:
     key = hub.key("svc", subscribe=["mail:*"])
-    raw = await Raw.open(hub.url, key)
-    try:
+    async with Raw.opened(hub.url, key) as raw:
         reply = await raw.request({"type": "subscribe", "service": "mailer",
                                    "actions": ["mail:send"], "capacity": 3}, "subscribed")
         async with client(hub, key) as http:
@@ -376,8 +375,6 @@ async def test_workers_route_lists_a_remote_service(hub: RunningHub) -> None:
         assert worker["info"]["remote"] is True
         assert worker["pid"] == 0 and worker["host"] == "127.0.0.1"
         assert worker["actions"] == ["mail:send"] and worker["alive"] is True
-    finally:
-        await raw.close()
 
 
 # -- the dashboard ------------------------------------------------------------------------
@@ -426,8 +423,7 @@ def test_default_hub_config_binds_loopback_and_needs_credentials() -> None:
 
 async def test_welcome_carries_the_credential_and_limits(hub: RunningHub) -> None:
     key = hub.key("mailer", publish=["mail:*"], subscribe=["mail:*"], read=["log:*"])
-    raw = await Raw.open(hub.url, key, welcome=False)
-    try:
+    async with Raw.opened(hub.url, key, welcome=False) as raw:
         welcome = await raw.recv()
         assert welcome["type"] == "welcome" and welcome["id"] is None
         assert welcome["protocol"] == 1 and welcome["credential"] == "mailer"
@@ -439,8 +435,6 @@ async def test_welcome_carries_the_credential_and_limits(hub: RunningHub) -> Non
                                      "service_lease": 30.0, "offer_timeout": 30.0}
         pong = await raw.request({"type": "ping", "id": "p"}, "pong")
         assert isinstance(pong["ts"], float)
-    finally:
-        await raw.close()
 
 
 async def test_x_conveyor_key_in_the_handshake(hub: RunningHub) -> None:
@@ -453,8 +447,7 @@ async def test_x_conveyor_key_in_the_handshake(hub: RunningHub) -> None:
 
 async def test_messages_before_hello_are_unauthorized(hub: RunningHub) -> None:
     key = hub.key("pub", publish=["*"])
-    raw = await Raw.open(hub.url, welcome=False)
-    try:
+    async with Raw.opened(hub.url, welcome=False) as raw:
         err = await raw.request({"type": "ping", "id": 1}, "error")
         assert err["code"] == "unauthorized"
         welcome = await raw.request({"type": "hello", "id": "h", "key": key})
@@ -462,8 +455,6 @@ async def test_messages_before_hello_are_unauthorized(hub: RunningHub) -> None:
         assert (await raw.request({"type": "ping", "id": 2}))["type"] == "pong"
         err = await raw.request({"type": "hello", "id": 3, "key": key})
         assert err["type"] == "error" and err["code"] == "bad_message"
-    finally:
-        await raw.close()
 
 
 async def test_hello_with_a_bad_key_is_closed_4001(hub: RunningHub) -> None:
@@ -475,8 +466,7 @@ async def test_hello_with_a_bad_key_is_closed_4001(hub: RunningHub) -> None:
 
 async def test_ids_types_and_error_shapes(hub: RunningHub) -> None:
     key = hub.key("admin", admin=True)
-    raw = await Raw.open(hub.url, key)
-    try:
+    async with Raw.opened(hub.url, key) as raw:
         assert (await raw.request({"type": "ping", "id": "x" * 100}))["type"] == "pong"
         assert (await raw.request({"type": "ping", "id": -7}))["type"] == "pong"
         for bad_id in ("x" * 101, 1.5, True, None, [1], {"a": 1}):
@@ -507,14 +497,11 @@ async def test_ids_types_and_error_shapes(hub: RunningHub) -> None:
         got = [await raw.expect(id=i) for i in ("a", "b", "c")]
         assert [m["type"] for m in got] == ["pong", "error", "pong"]
         assert (await raw.request({"type": "ping", "id": "alive"}))["type"] == "pong"
-    finally:
-        await raw.close()
 
 
 async def test_ack_and_heartbeat(hub: RunningHub) -> None:
     key = hub.key("svc", subscribe=["a"])
-    raw = await Raw.open(hub.url, key)
-    try:
+    async with Raw.opened(hub.url, key) as raw:
         await raw.request({"type": "subscribe", "id": "s", "service": "svc", "actions": ["a"]},
                           "subscribed")
         assert await raw.request({"type": "heartbeat", "id": 1, "ack": True}) == \
@@ -525,8 +512,6 @@ async def test_ack_and_heartbeat(hub: RunningHub) -> None:
         assert not [m for m in raw.seen if m.get("id") == 2]
         err = await raw.request({"type": "update", "id": 4, "task_id": "nope", "current": 1})
         assert err["type"] == "error" and err["code"] == "not_held"
-    finally:
-        await raw.close()
 
 
 # -- WebSocket: publish, wait, get, abort ------------------------------------------------
@@ -534,8 +519,7 @@ async def test_ack_and_heartbeat(hub: RunningHub) -> None:
 
 async def test_publish_reply_list_form_and_delivery_tag(hub: RunningHub) -> None:
     key = hub.key("pub", publish=["mail:*"])
-    raw = await Raw.open(hub.url, key)
-    try:
+    async with Raw.opened(hub.url, key) as raw:
         reply = await raw.request({"type": "publish", "action": "mail:send", "payload": {"to": 1},
                                    "options": {"priority": -1, "tags": {"u": "ann"}},
                                    "delivery": "all", "updates": False})
@@ -561,16 +545,13 @@ async def test_publish_reply_list_form_and_delivery_tag(hub: RunningHub) -> None
         assert "priority" in err["message"]
         err = await raw.request({"type": "publish", "action": "mail:c", "delivery": "some"})
         assert err["code"] == "bad_message"
-    finally:
-        await raw.close()
     async with client(hub, hub.key("admin", admin=True)) as http:
         assert (await http.get(f"{API}/tasks/count")).json() == {"count": 3}
 
 
 async def test_publish_with_a_default_gets_it_on_timeout(hub: RunningHub) -> None:
     key = hub.key("pub", publish=["*"])
-    raw = await Raw.open(hub.url, key)
-    try:
+    async with Raw.opened(hub.url, key) as raw:
         reply = await raw.request({"type": "publish", "id": "p", "action": "a",
                                    "updates": False, "timeout": 0.2, "default": 42})
         assert reply["type"] == "published"
@@ -583,14 +564,11 @@ async def test_publish_with_a_default_gets_it_on_timeout(hub: RunningHub) -> Non
         assert err["type"] == "error" and err["code"] == "wait_timeout"
         err = await raw.request({"type": "wait", "id": "w2", "task_id": "nope", "timeout": 1})
         assert err["type"] == "error" and err["code"] == "not_found"
-    finally:
-        await raw.close()
 
 
 async def test_wait_failed_aborted_and_with_task(hub: RunningHub) -> None:
     key = hub.key("pub", publish=["*"])
-    raw = await Raw.open(hub.url, key)
-    try:
+    async with Raw.opened(hub.url, key) as raw:
         task = (await raw.request({"type": "publish", "action": "a", "updates": False}))["task"]
         aborted = await raw.request({"type": "abort", "id": "ab", "task_id": task["id"],
                                      "reason": "no longer needed"})
@@ -607,8 +585,6 @@ async def test_wait_failed_aborted_and_with_task(hub: RunningHub) -> None:
         assert err["type"] == "error" and err["code"] == "invalid_transition"
         err = await raw.request({"type": "abort", "id": 4, "task_id": "nope"})
         assert err["type"] == "error" and err["code"] == "not_found"
-    finally:
-        await raw.close()
 
 
 async def test_get_abort_and_wait_need_the_right_rights(hub: RunningHub) -> None:
@@ -622,8 +598,7 @@ async def test_get_abort_and_wait_need_the_right_rights(hub: RunningHub) -> None
     await raw.request({"type": "log", "id": 0, "task_id": task["id"]})  # not held: error
     await raw.close()
     for key in (reader, worker):
-        conn = await Raw.open(hub.url, key)
-        try:
+        async with Raw.opened(hub.url, key) as conn:
             got = await conn.request({"type": "get", "id": 1, "task_id": task["id"]})
             assert got["type"] == "task" and got["task"]["payload"] == 1
             err = await conn.request({"type": "abort", "id": 2, "task_id": task["id"]})
@@ -631,18 +606,13 @@ async def test_get_abort_and_wait_need_the_right_rights(hub: RunningHub) -> None
             res = await conn.request({"type": "wait", "id": 3, "task_id": task["id"],
                                       "timeout": 0.05, "default": None})
             assert res["type"] == "result" and res["timed_out"] is True
-        finally:
-            await conn.close()
-    conn = await Raw.open(hub.url, stranger)
-    try:
+    async with Raw.opened(hub.url, stranger) as conn:
         for msg in ({"type": "get", "task_id": task["id"]},
                     {"type": "abort", "task_id": task["id"]},
                     {"type": "wait", "task_id": task["id"], "timeout": 1},
                     {"type": "watch", "task_id": task["id"]}):
             err = await conn.request(msg)
             assert err["type"] == "error" and err["code"] == "forbidden", (msg, err)
-    finally:
-        await conn.close()
 
 
 # -- WebSocket: watching and the task stream endpoint -------------------------------------
@@ -708,16 +678,13 @@ async def test_watch_replays_logs_and_ends(hub: RunningHub) -> None:
 
 async def test_unwatch_stops_a_publishs_updates(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
-    raw = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as raw:
         task = (await raw.request({"type": "publish", "id": "p", "action": "a"}))["task"]
         assert await raw.request({"type": "unwatch", "id": 2, "stream": "p"}) == \
             {"type": "ok", "id": 2}
         await raw.request({"type": "abort", "task_id": task["id"]}, "task")
         assert (await raw.request({"type": "ping"}))["type"] == "pong"
         assert not [m for m in raw.seen if m.get("id") == "p" and m["type"] != "published"]
-    finally:
-        await raw.close()
 
 
 async def test_task_stream_endpoint(hub: RunningHub) -> None:
@@ -755,8 +722,7 @@ async def test_task_stream_endpoint(hub: RunningHub) -> None:
 
 async def test_the_task_stream_follows_the_public_url(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
-    raw = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as raw:
         await raw.request({"type": "subscribe", "id": "s", "service": "svc", "actions": ["a"]},
                           "subscribed")
         task = (await raw.request({"type": "publish", "action": "a", "updates": False}))["task"]
@@ -773,8 +739,6 @@ async def test_the_task_stream_follows_the_public_url(hub: RunningHub) -> None:
         assert (await stream.expect("end"))["status"] == "succeeded"
         assert await stream.closed() == 1000
         assert not [m for m in stream.seen if m["type"] == "log" and m["log"]["level"] == "debug"]
-    finally:
-        await raw.close()
 
 
 # -- WebSocket: remote workers -------------------------------------------------------------
@@ -782,8 +746,7 @@ async def test_the_task_stream_follows_the_public_url(hub: RunningHub) -> None:
 
 async def test_subscribe_validation_and_reply(hub: RunningHub) -> None:
     key = hub.key("svc", subscribe=["mail:*"])
-    raw = await Raw.open(hub.url, key)
-    try:
+    async with Raw.opened(hub.url, key) as raw:
         for bad in ({"service": "bad name!", "actions": ["mail:a"]},
                     {"service": "x" * 101, "actions": ["mail:a"]},
                     {"service": "svc", "actions": []},
@@ -810,15 +773,12 @@ async def test_subscribe_validation_and_reply(hub: RunningHub) -> None:
             {"type": "ok", "id": 1}
         err = await raw.request({"type": "unsubscribe", "id": 2, "subscription": "s"})
         assert err["type"] == "error" and err["code"] == "not_found"
-    finally:
-        await raw.close()
 
 
 async def test_refuse_fetch_and_not_offered(tmp_path: Path) -> None:
     async with make_hub(tmp_path, inline_payload=10) as running:
         key = running.key("admin", admin=True)
-        svc = await Raw.open(running.url, key)
-        try:
+        async with Raw.opened(running.url, key) as svc:
             await svc.request({"type": "subscribe", "id": "s", "service": "svc",
                                "actions": ["a"]}, "subscribed")
             big = {"text": "y" * 100}
@@ -849,8 +809,6 @@ async def test_refuse_fetch_and_not_offered(tmp_path: Path) -> None:
             assert done["task"]["reason"] == "dropped"
             err = await svc.request({"type": "return", "task_id": task["id"], "result": 1})
             assert err["type"] == "error" and err["code"] == "not_held"
-        finally:
-            await svc.close()
 
 
 async def test_publisher_sees_start_pickup_progress_log_success_end(hub: RunningHub) -> None:
@@ -897,8 +855,7 @@ async def test_publisher_sees_start_pickup_progress_log_success_end(hub: Running
 
 async def test_fail_retry_and_reschedule_reports(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
-    svc = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as svc:
         await svc.request({"type": "subscribe", "id": "s", "service": "svc", "actions": ["a"],
                            "capacity": 5}, "subscribed")
         published = await svc.request({"type": "publish", "id": "p", "tasks": [
@@ -922,14 +879,11 @@ async def test_fail_retry_and_reschedule_reports(hub: RunningHub) -> None:
         await svc.send({"type": "fail", "task_id": polled, "error": {"type": "X"}})
         err = await svc.expect("error")
         assert err["code"] == "not_held"
-    finally:
-        await svc.close()
 
 
 async def test_abort_of_a_running_task_reaches_the_service(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
-    svc = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as svc:
         await svc.request({"type": "subscribe", "id": "s", "service": "svc", "actions": ["a"]},
                           "subscribed")
         tid = (await svc.request({"type": "publish", "id": "p", "action": "a"}))["task"]["id"]
@@ -948,15 +902,12 @@ async def test_abort_of_a_running_task_reaches_the_service(hub: RunningHub) -> N
         fail = await svc.expect("fail", "p")
         assert fail["status"] == "aborted" and fail["reason"] == "stop it"
         assert (await svc.expect("end", "p"))["status"] == "aborted"
-    finally:
-        await svc.close()
 
 
 async def test_an_expired_offer_is_cancelled(tmp_path: Path) -> None:
     async with make_hub(tmp_path, offer_timeout=0.3) as running:
         key = running.key("admin", admin=True)
-        svc = await Raw.open(running.url, key)
-        try:
+        async with Raw.opened(running.url, key) as svc:
             await svc.request({"type": "subscribe", "id": "s", "service": "svc",
                                "actions": ["a"]}, "subscribed")
             tid = (await svc.request({"type": "publish", "action": "a",
@@ -967,8 +918,6 @@ async def test_an_expired_offer_is_cancelled(tmp_path: Path) -> None:
             assert cancel["task_id"] == tid and cancel["reason"] == "offer expired"
             err = await svc.request({"type": "pickup", "task_id": tid})
             assert err["type"] == "error" and err["code"] == "not_held"
-        finally:
-            await svc.close()
 
 
 async def test_delivery_all_tells_the_others_completed(hub: RunningHub) -> None:
@@ -1007,8 +956,7 @@ async def test_delivery_all_tells_the_others_completed(hub: RunningHub) -> None:
 async def test_live_query_messages_and_errors(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
     nobody = hub.key("nobody")
-    raw = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as raw:
         first = (await raw.request({"type": "publish", "action": "a", "priority": 1,
                                     "updates": False}))
         assert first["type"] == "error"  # priority beside options
@@ -1045,20 +993,14 @@ async def test_live_query_messages_and_errors(hub: RunningHub) -> None:
             assert (await raw.expect(id=f"l{i}"))["type"] == "snapshot"
         err = await raw.request({"type": "live", "id": "one-too-many"})
         assert err["type"] == "error" and err["code"] == "too_many"
-    finally:
-        await raw.close()
-    raw = await Raw.open(hub.url, nobody)
-    try:
+    async with Raw.opened(hub.url, nobody) as raw:
         err = await raw.request({"type": "live", "id": "q"})
         assert err["type"] == "error" and err["code"] == "forbidden"
-    finally:
-        await raw.close()
 
 
 async def test_live_deleted_task_is_removed_with_null_version(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
-    raw = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as raw:
         task = (await raw.request({"type": "publish", "action": "a", "updates": False}))["task"]
         await raw.request({"type": "abort", "task_id": task["id"]}, "task")
         snap = await raw.request({"type": "live", "id": "q"})
@@ -1068,8 +1010,6 @@ async def test_live_deleted_task_is_removed_with_null_version(hub: RunningHub) -
         removed = await raw.expect("removed", "q")
         assert removed == {"type": "removed", "id": "q", "seq": 2, "task_id": task["id"],
                            "version": None}
-    finally:
-        await raw.close()
 
 
 async def test_live_results_hold_only_readable_actions(hub: RunningHub) -> None:
@@ -1241,8 +1181,7 @@ async def test_live_snapshot_comes_in_parts_and_bad_options_are_named(hub: Runni
             r = await http.post(f"{API}/tasks/batch",
                                 json={"tasks": [{"action": "a"} for _ in range(1000)]})
             assert r.status_code == 201
-    raw = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as raw:
         first = await raw.request({"type": "live", "id": "q", "fields": ["status"]})
         assert first["type"] == "snapshot" and first["more"] is True
         assert first["count"] == 2000 and len(first["tasks"]) == 1000
@@ -1258,28 +1197,22 @@ async def test_live_snapshot_comes_in_parts_and_bad_options_are_named(hub: Runni
             assert err.get("path"), (bad, err)
         err = await raw.request({"type": "live", "fields": "status"})
         assert err["type"] == "error" and err["code"] == "bad_message"
-    finally:
-        await raw.close()
 
 
 async def test_metrics_created_gauges_and_connection_gauge(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
-    raw = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as raw:
         await raw.request({"type": "publish", "action": "m:a", "updates": False})
         async with client(hub, admin) as http:
             text = (await http.get("/metrics")).text
         assert 'conveyor_tasks_added_created{action="m:a"}' in text
         assert "conveyor_hub_connections 1.0" in text
         assert 'conveyor_tasks{action="m:a",status="queued"} 1.0' in text
-    finally:
-        await raw.close()
 
 
 async def test_publish_batch_limits(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
-    raw = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as raw:
         err = await raw.request({"type": "publish", "tasks": []})
         assert err["type"] == "error" and err["code"] == "bad_message"
         err = await raw.request({"type": "publish", "tasks": [{"action": "a"}] * 10_001})
@@ -1289,21 +1222,16 @@ async def test_publish_batch_limits(hub: RunningHub) -> None:
         reply = await raw.request({"type": "publish", "updates": False,
                                    "tasks": [{"action": "a"}] * 10_000})
         assert reply["type"] == "published" and len(reply["tasks"]) == 10_000
-    finally:
-        await raw.close()
 
 
 async def test_a_frame_with_one_bad_part_handles_none_of_it(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
-    raw = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as raw:
         await raw.send_text('[{"type": "ping", "id": "a"}, NaN]')
         err = await raw.expect("error")
         assert err["code"] == "bad_json" and err["id"] is None
         assert (await raw.request({"type": "ping", "id": "b"}))["type"] == "pong"
         assert not [m for m in raw.seen if m.get("id") == "a"]
-    finally:
-        await raw.close()
 
 
 async def test_every_message_of_an_array_counts_against_the_rate(tmp_path: Path) -> None:
@@ -1321,8 +1249,7 @@ async def test_every_message_of_an_array_counts_against_the_rate(tmp_path: Path)
 
 async def test_abort_of_an_offer_cancels_it(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
-    svc = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as svc:
         await svc.request({"type": "subscribe", "id": "s", "service": "svc", "actions": ["a"]},
                           "subscribed")
         tid = (await svc.request({"type": "publish", "id": "p", "action": "a"}))["task"]["id"]
@@ -1335,15 +1262,12 @@ async def test_abort_of_an_offer_cancels_it(hub: RunningHub) -> None:
         assert end["status"] == "aborted" and end["task"]["reason"] == "changed my mind"
         err = await svc.request({"type": "pickup", "task_id": tid})
         assert err["type"] == "error" and err["code"] == "not_held"
-    finally:
-        await svc.close()
 
 
 async def test_an_unanswered_abort_ends_the_task_after_the_grace(tmp_path: Path) -> None:
     async with make_hub(tmp_path, abort_grace=0.3) as running:
         admin = running.key("admin", admin=True)
-        svc = await Raw.open(running.url, admin)
-        try:
+        async with Raw.opened(running.url, admin) as svc:
             await svc.request({"type": "subscribe", "id": "s", "service": "svc",
                                "actions": ["a"]}, "subscribed")
             tid = (await svc.request({"type": "publish", "id": "p",
@@ -1358,14 +1282,11 @@ async def test_an_unanswered_abort_ends_the_task_after_the_grace(tmp_path: Path)
             assert end["status"] == "aborted"
             err = await svc.request({"type": "return", "task_id": tid, "result": 1})
             assert err["type"] == "error" and err["code"] == "not_held"
-        finally:
-            await svc.close()
 
 
 async def test_fail_not_retryable_ends_at_once(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
-    svc = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as svc:
         await svc.request({"type": "subscribe", "id": "s", "service": "svc", "actions": ["a"]},
                           "subscribed")
         tid = (await svc.request({"type": "publish", "id": "p", "action": "a",
@@ -1378,14 +1299,11 @@ async def test_fail_not_retryable_ends_at_once(hub: RunningHub) -> None:
         assert fail["error"]["type"] == "KeyError" and fail["error"]["traceback"] == "tb"
         assert fail["task"]["attempts"] == 1
         assert (await svc.expect("end", "p"))["status"] == "failed"
-    finally:
-        await svc.close()
 
 
 async def test_watch_without_logs(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
-    svc = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as svc:
         await svc.request({"type": "subscribe", "id": "s", "service": "svc", "actions": ["a"]},
                           "subscribed")
         tid = (await svc.request({"type": "publish", "action": "a",
@@ -1406,8 +1324,6 @@ async def test_watch_without_logs(hub: RunningHub) -> None:
                         {"type": "return", "task_id": tid, "result": None}])
         await svc.expect("end", "w")
         assert not [m for m in svc.seen if m.get("id") == "w" and m["type"] == "log"]
-    finally:
-        await svc.close()
 
 
 async def test_connections_of_one_service_are_one_worker(hub: RunningHub) -> None:
@@ -1533,24 +1449,20 @@ async def test_every_task_the_hub_sends_has_its_public_url(hub: RunningHub) -> N
         assert searched[0]["public_url"] == url_of(task["id"])
         waited = (await http.get(f"{API}/tasks/{task['id']}/wait?timeout=0")).json()
         assert waited["public_url"] == url_of(task["id"])
-    raw = await Raw.open(hub.url, admin)
-    try:
+    async with Raw.opened(hub.url, admin) as raw:
         snap = await raw.request({"type": "live", "id": "q"})
         assert snap["tasks"][0]["public_url"] == url_of(task["id"])
         got = await raw.request({"type": "get", "task_id": task["id"]})
         assert got["task"]["public_url"] == url_of(task["id"])
         watching = await raw.request({"type": "watch", "id": "w", "task_id": task["id"]})
         assert watching["task"]["public_url"] == url_of(task["id"])
-    finally:
-        await raw.close()
 
 
 async def test_workers_show_only_readable_actions(hub: RunningHub) -> None:
     svc_key = hub.key("svc", subscribe=["a", "b"])
     reader = hub.key("reader", read=["a"])
     other = hub.key("other", read=["zzz"])
-    raw = await Raw.open(hub.url, svc_key)
-    try:
+    async with Raw.opened(hub.url, svc_key) as raw:
         reply = await raw.request({"type": "subscribe", "service": "svc",
                                    "actions": ["a", "b"]}, "subscribed")
         async with client(hub, reader) as http:
@@ -1560,8 +1472,6 @@ async def test_workers_show_only_readable_actions(hub: RunningHub) -> None:
         async with client(hub, other) as http:
             workers = (await http.get(f"{API}/workers")).json()["workers"]
         assert not [w for w in workers if w["id"] == reply["worker"]]
-    finally:
-        await raw.close()
 
 
 async def test_a_refused_task_goes_to_another_connection_first(hub: RunningHub) -> None:
@@ -1633,22 +1543,18 @@ async def test_a_publisher_follows_a_task_run_by_another_process(hub: RunningHub
         return "done"
 
     admin = hub.key("admin", admin=True)
-    pub = await Raw.open(hub.url, admin)
-    try:
-        async with other:
-            tid = (await pub.request({"type": "publish", "id": "p", "action": "far:job",
-                                      "wait": True}))["task"]["id"]
-            start = await pub.expect("start", "p", timeout=20)
-            assert start["task_id"] == tid and start["attempt"] == 1
-            line = await pub.expect("log", "p", timeout=20)
-            assert line["log"]["message"] == "far away"
-            gate.set()
-            assert (await pub.expect("success", "p", timeout=20))["result"] == "done"
-            assert (await pub.expect("end", "p", timeout=20))["status"] == "succeeded"
-            result = await pub.expect("result", "p", timeout=20)
-            assert result["value"] == "done" and result["default"] is False
-    finally:
-        await pub.close()
+    async with Raw.opened(hub.url, admin) as pub, other:
+        tid = (await pub.request({"type": "publish", "id": "p", "action": "far:job",
+                                  "wait": True}))["task"]["id"]
+        start = await pub.expect("start", "p", timeout=20)
+        assert start["task_id"] == tid and start["attempt"] == 1
+        line = await pub.expect("log", "p", timeout=20)
+        assert line["log"]["message"] == "far away"
+        gate.set()
+        assert (await pub.expect("success", "p", timeout=20))["result"] == "done"
+        assert (await pub.expect("end", "p", timeout=20))["status"] == "succeeded"
+        result = await pub.expect("result", "p", timeout=20)
+        assert result["value"] == "done" and result["default"] is False
 
 
 async def test_conveyor_serve_options_reach_the_hub(tmp_path: Path) -> None:
@@ -1674,8 +1580,7 @@ async def test_conveyor_serve_options_reach_the_hub(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{found.group(1)}"
         async with httpx.AsyncClient(base_url=url) as http:  # credentials are required
             error_of(await http.get(f"{API}/stats"), 401, "unauthorized")
-        raw = await Raw.open(url, key)
-        try:
+        async with Raw.opened(url, key) as raw:
             welcome = raw.seen[0]
             assert welcome["limits"]["service_lease"] == 4.5
             one = await raw.request({"type": "subscribe", "id": "s", "service": "a",
@@ -1686,8 +1591,6 @@ async def test_conveyor_serve_options_reach_the_hub(tmp_path: Path) -> None:
             assert task["public_url"] == f"wss://hub.example/ws/tasks/{task['id']}"
             offer = await raw.expect("offer", "s")
             assert offer["delivery"] == "all"
-        finally:
-            await raw.close()
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
