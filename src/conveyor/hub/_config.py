@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["HubConfig"]
+
+_WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,8 @@ class HubConfig:
     - ``insecure``: serve without credentials (every client is an admin);
     - ``credentials_path``: the credentials file (see ``conveyor credentials``);
     - ``public_url``: the base URL clients reach the hub at, used for tasks'
-      ``public_url`` (default ``http://host:port``);
+      ``public_url`` (default ``http://host:port``, with this machine's host
+      name when ``host`` is a wildcard such as ``0.0.0.0``);
     - ``max_frame``: largest WebSocket message accepted, in bytes;
     - ``inline_payload``: offers to remote workers carry payloads up to this
       size inline; larger ones are fetched on demand;
@@ -69,5 +73,14 @@ class HubConfig:
 
     @property
     def base_url(self) -> str:
-        """``http://host:port`` of the hub."""
-        return self.public_url or f"http://{self.host}:{self.port}"
+        """``public_url`` when given, else ``http://host:port`` of the hub: a wildcard
+        ``host`` (``0.0.0.0``, ``::``, empty) gives this machine's host name, which
+        other machines can at least try, and an IPv6 address is put in brackets."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host
+        if host in _WILDCARDS:
+            host = socket.gethostname() or "localhost"
+        elif ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
