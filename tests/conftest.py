@@ -66,15 +66,24 @@ async def app(url: str) -> AsyncIterator[Conveyor]:
     await app.close()
 
 
+def _skipped(config: pytest.Config) -> list[object]:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return list(reporter.stats.get("skipped", [])) if reporter is not None else []
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With ``CONVEYOR_NO_SKIPS=1`` (set by ``scripts/test``, so CI) a skipped test
-    fails the run: everything the suite has must run there, PostgreSQL included."""
+    fails the run: everything the suite has must run there, PostgreSQL included.
+    (Under pytest-xdist this runs in the controller too, which sees every report.)"""
     if os.environ.get("CONVEYOR_NO_SKIPS") != "1" or exitstatus != 0:
         return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
-    if skipped:
-        reporter.ensure_newline()
-        reporter.write_line(f"CONVEYOR_NO_SKIPS: {len(skipped)} test(s) skipped; "
-                            "every test must run here", red=True)
+    if _skipped(session.config):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say why a run with skips failed, after the summary (see pytest_sessionfinish)."""
+    skipped = _skipped(terminalreporter.config)
+    if os.environ.get("CONVEYOR_NO_SKIPS") == "1" and skipped:
+        terminalreporter.write_line(f"CONVEYOR_NO_SKIPS: {len(skipped)} test(s) skipped; "
+                                    "every test must run here", red=True)
