@@ -504,15 +504,42 @@ class Worker:
         self._complete(run, outcome)
 
     async def _run_async(self, run: _Run, timeout: float) -> Outcome:
+        """Run an async handler with a run timeout. When the timeout comes,
+        ``ctx.aborted`` is set (reason ``timeout``) before the handler is cancelled,
+        so that the handler sees why as it unwinds."""
+        current = asyncio.current_task()
+        assert current is not None
+        task: asyncio.Task[Any] = current
+        cancelling = task.cancelling()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            if run.abort_reason is None:
+                run.ctx._request_abort("timeout")
+            task.cancel()
+
+        handle = asyncio.get_running_loop().call_later(timeout, expire)
+        value: Any = None
         try:
-            async with asyncio.timeout(timeout) as scope:
-                value = await run.handler.fn(run.ctx)
-        except TimeoutError:
-            if scope.expired() and run.abort_reason is None:
-                return self._timed_out(run, timeout)
+            value = await run.handler.fn(run.ctx)
+        except (asyncio.CancelledError, TaskAbortRequested):
+            handle.cancel()
+            # ours alone when no other cancellation (a stop, an abort) came as well
+            if not expired or task.uncancel() > cancelling or run.abort_reason is not None:
+                raise  # an abort, a stop or a lost lease: _execute decides
+            return self._timed_out(run, timeout)
+        except BaseException:
+            handle.cancel()
+            if expired:
+                task.uncancel()
             raise
-        if scope.expired() and run.abort_reason is None:
-            # the handler swallowed the cancellation: the timeout still decides
+        handle.cancel()
+        if expired:
+            task.uncancel()  # the handler swallowed the cancellation: it was ours
+        if expired and run.abort_reason is None:
+            # also when the handler swallowed the cancellation: the timeout decides
             return self._timed_out(run, timeout)
         return self._async_outcome(run, value)
 

@@ -242,7 +242,10 @@ class Context(Generic[P]):
         return event.wait(timeout)
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep, but raise :class:`TaskAbortRequested` as soon as an abort comes."""
+        """Sleep; raise :class:`TaskAbortRequested` if the task was aborted when the
+        sleep starts or ends. An abort or the run timeout cancels a handler on the
+        worker's event loop, so there the sleep ends at once with
+        :class:`asyncio.CancelledError`."""
         self.check_aborted()
         await asyncio.sleep(seconds)
         self.check_aborted()

@@ -207,6 +207,9 @@ class EventBus:
         self._signals: dict[str, set[asyncio.Event]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._tallies: list[Tally] = []
+        # events of tasks whose earlier change is being read back by announce():
+        # task id -> (the announce holding it, the events that came meanwhile)
+        self._held: dict[str, tuple[object, list[Event]]] = {}
 
     def _after_fork(self) -> None:
         """In a forked child: forget the waiters, subscriptions and background tasks
@@ -219,6 +222,7 @@ class EventBus:
         self._by_task = {k: v for k, v in ((k, kept(v)) for k, v in self._by_task.items()) if v}
         self._signals = {}
         self._background = set()
+        self._held = {}
 
     # -- registration ---------------------------------------------------------
 
@@ -299,7 +303,13 @@ class EventBus:
         return False
 
     def emit(self, event: Event) -> None:
-        """Deliver ``event`` to every matching subscription and callback."""
+        """Deliver ``event`` to every matching subscription and callback (after the
+        task's earlier change when :meth:`announce` is still reading that one)."""
+        if event.task_id is not None and self._held:
+            held = self._held.get(event.task_id)
+            if held is not None:
+                held[1].append(event)
+                return
         listeners = [lst for lst in self._global if lst.matches(event.type)]
         if event.task_id is not None:
             listeners.extend(lst for lst in self._by_task.get(event.task_id, ())
@@ -375,15 +385,29 @@ class EventBus:
                   if self.wants_task_event(type, task_id)]
         if not wanted:
             return
+        # While the tasks are read, later events of the same tasks (a retried task
+        # claimed again, its progress) wait, so that each task's events keep its order.
+        owner = object()
+        for task_id, _ in wanted:
+            self._held.setdefault(task_id, (owner, []))
+        tasks: dict[str, Task] = {}
         try:
             tasks = {t.id: t for t in await read([task_id for task_id, _ in wanted])}
         except Exception:
             log.exception("could not read tasks for events")
-            return
-        for task_id, type in wanted:
-            task = tasks.get(task_id)
-            if task is not None:
-                self.task_event(type, task, tally=False)
+        finally:
+            for task_id, type in wanted:
+                held = self._held.get(task_id)
+                mine = held is not None and held[0] is owner
+                if mine:
+                    del self._held[task_id]
+                task = tasks.get(task_id)
+                if task is not None:
+                    self.task_event(type, task, tally=False)
+                if mine:
+                    assert held is not None
+                    for event in held[1]:
+                        self.emit(event)
 
     async def announce_finished(self, items: Sequence[tuple[Completion, Task]],
                                 read: Callable[[list[str]], Awaitable[Sequence[Task]]]) -> None:
