@@ -705,7 +705,9 @@ class _Api:
         require_admin(cred, "delete tasks")
         body = await body_as(request, DeleteIn)
         if (body.ids is None) == (body.filter is None):
-            raise Problem(422, "invalid", "give ids or filter (not both)", path="body")
+            # both: named by the first, as other options that must not be combined are
+            raise Problem(422, "invalid", "give ids or filter (not both)",
+                          path="body" if body.ids is None else "ids")
         if body.filter is not None:
             parse_filter(body.filter)
             deleted = await self.app.delete(body.filter)

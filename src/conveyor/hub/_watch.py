@@ -337,7 +337,8 @@ class TaskStream:
             self._send({"type": "error", "code": "wait_timeout", "task_id": self.task_id,
                         "message": f"task {self.task_id} did not end within "
                                    f"{self.wait.timeout:g} s"})
-        self._finish()
+        if not self.updates:  # a publish's updates go on until the task ends
+            self._finish()
 
     def _finish(self, *, forbidden: bool = False, missing: bool = False) -> None:
         self.close()
