@@ -53,7 +53,8 @@ def _credentials_file(path: str | None) -> str:
 @click.command("serve", short_help="Run the hub: HTTP API, WebSocket protocol, dashboard.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (bind others only on purpose).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port to listen on (0: a free port).")
 @click.option("--app", "target", metavar="MODULE:APP", default=None,
               help="Also run the handlers of this Conveyor app in the hub's process "
                    "(its storage is used unless --db is given).")
