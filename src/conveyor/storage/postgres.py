@@ -20,9 +20,10 @@ and machines on one database.
 
 URL options (removed before the URL goes to libpq, which gets the rest):
 ``schema`` (default ``conveyor``), ``migrate`` (``true``: create or upgrade
-the schema on open), ``pool_min`` / ``pool_max`` (connections per event loop,
-default 1 / 10), ``poll_interval`` (seconds between change-feed reads without
-a notification, default 1), ``listen`` (``false``: poll only, for poolers in
+the schema on open), ``pool_min`` / ``pool_max`` (connections of the first event
+loop's pool, default 1 / 10; another loop's pool has at most 4),
+``poll_interval`` (seconds between change-feed reads without a notification,
+default 1), ``listen`` (``false``: poll only, for poolers in
 transaction mode), ``prepare`` (``false``: never use prepared statements, for
 PgBouncer before 1.21 in transaction mode). See docs/postgres.md.
 """
