@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import queue
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from conveyor import Context, Conveyor, ErrorItem, Event, LogLevel, ResultItem
+from conveyor import Context, Conveyor, ErrorItem, Event, LogLevel, ResultItem, Status, Task
+from conveyor.events import EventBus
 
 
 async def test_event_sequence_for_one_task(app: Conveyor) -> None:
@@ -189,3 +191,53 @@ async def test_tallies_count_adds_starts_and_ends(app: Conveyor) -> None:
     assert aborted == [None]  # it never ran
     await app.add("count:ok", delay=600)
     assert sum(1 for s in seen if s[0] == "added") == 3  # removed: no more tallies
+
+
+async def test_a_tasks_events_wait_while_its_earlier_change_is_read_back() -> None:
+    """announce() reads a changed task back before emitting; a later event of the same
+    task (the retried task claimed again) waits for it, others pass."""
+    bus = EventBus()
+    seen: list[tuple[str, str | None]] = []
+    bus.on("task.*", lambda e: seen.append((e.type, e.task_id)))
+    reading, release = asyncio.Event(), asyncio.Event()
+    queued = Task(id="t1", action="a", payload=None, status=Status.QUEUED, version=3)
+
+    async def read(ids: list[str]) -> list[Task]:
+        assert ids == ["t1"]
+        reading.set()
+        await release.wait()
+        return [queued]
+
+    announcing = asyncio.create_task(bus.announce([("t1", "task.retrying")], read))
+    await reading.wait()
+    bus.task_event("task.started", replace(queued, status=Status.RUNNING, version=4))
+    bus.emit(Event("task.progress", "t1", None, {"progress": None}))
+    bus.emit(Event("task.progress", "t2", None, {"progress": None}))
+    assert seen == [("task.progress", "t2")]
+    release.set()
+    await announcing
+    assert seen == [("task.progress", "t2"), ("task.retrying", "t1"),
+                    ("task.started", "t1"), ("task.progress", "t1")]
+    bus.emit(Event("task.progress", "t1", None, {}))  # nothing held any more
+    assert seen[-1] == ("task.progress", "t1")
+
+
+async def test_a_failed_read_back_still_lets_the_held_events_through() -> None:
+    bus = EventBus()
+    seen: list[str] = []
+    bus.on("task.*", lambda e: seen.append(e.type))
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def read(ids: list[str]) -> list[Task]:
+        reading.set()
+        await release.wait()
+        raise OSError("storage gone")
+
+    announcing = asyncio.create_task(bus.announce([("t1", "task.retrying")], read))
+    await reading.wait()
+    bus.task_event("task.started", Task(id="t1", action="a", payload=None,
+                                        status=Status.RUNNING))
+    assert seen == []
+    release.set()
+    await announcing  # the failure is logged, not raised
+    assert seen == ["task.started"]
