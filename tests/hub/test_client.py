@@ -238,7 +238,8 @@ async def test_a_worker_reconnects_when_the_hub_comes_back(tmp_path: Path) -> No
         first = await hub.app.add("job:gated", 1)
         await eventually(lambda: _status(hub.app, first.id, Status.RUNNING))
     # the hub stopped (it handed the running task back); the worker retries meanwhile
-    assert (await Conveyor(url).get(first.id)).status is Status.QUEUED
+    async with Conveyor(url) as reader:
+        assert (await reader.get(first.id)).status is Status.QUEUED
     async with running_hub(Conveyor(url), config, store) as hub:
         gate.set()
         assert await hub.app.wait(first.id, timeout=20) == "done"
