@@ -215,8 +215,8 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
         start = now + (seconds(delay, "delay") or 0.0)
 
     tags = check_tags(options.get("tags"))
-    if tags:
-        _json.dumps_checked(tags, "tags", limit=max_payload)
+    if tags:  # held as stored, as the payload is
+        tags = _as_stored(tags, _json.dumps_checked(tags, "tags", limit=max_payload))
 
     max_attempts = check_max_attempts(options.get("max_attempts"))
     run_timeout = seconds(options.get("timeout"), "timeout", allow_zero=False)

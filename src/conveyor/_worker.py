@@ -521,7 +521,6 @@ class Worker:
             task.cancel()
 
         handle = asyncio.get_running_loop().call_later(timeout, expire)
-        value: Any = None
         try:
             value = await run.handler.fn(run.ctx)
         except (asyncio.CancelledError, TaskAbortRequested):
@@ -538,9 +537,8 @@ class Worker:
         handle.cancel()
         if expired:
             task.uncancel()  # the handler swallowed the cancellation: it was ours
-        if expired and run.abort_reason is None:
-            # also when the handler swallowed the cancellation: the timeout decides
-            return self._timed_out(run, timeout)
+            if run.abort_reason is None:  # the timeout still decides
+                return self._timed_out(run, timeout)
         return self._async_outcome(run, value)
 
     def _async_outcome(self, run: _Run, value: Any) -> Outcome:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from . import _forks, _json
+from . import _forks
 from ._registry import Handler, Registry, build_handler, check_handler_options, check_policy
 from ._specs import build_spec, check_priority
 from ._worker import Worker
@@ -403,9 +403,8 @@ class Conveyor:
             for i in range(start, stop):
                 try:
                     action, payload, options = _unpack(items[i])
-                    specs.append(_tags_as_stored(build_spec(
-                        action, payload, handler=self.registry.get(action),
-                        max_payload=self.max_payload, now=now, **options)))
+                    specs.append(build_spec(action, payload, handler=self.registry.get(action),
+                                            max_payload=self.max_payload, now=now, **options))
                 except ValidationError as exc:
                     if several:
                         raise ValidationError(f"task {i}: {exc}") from None
@@ -687,19 +686,6 @@ def _opened_in_background(task: asyncio.Future[None]) -> None:
     opens again and raises it to its caller."""
     if not task.cancelled() and task.exception() is not None:
         log.debug("opening the storage for event listeners failed: %s", task.exception())
-
-
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
-def _tags_as_stored(spec: TaskSpec) -> TaskSpec:
-    """``spec`` with its tags in their stored JSON form (tuples as lists, keys and
-    enums as text and values), so that the task ``add`` returns holds the tags that
-    ``get`` reads back; flat tags of plain names and scalars are kept as they are."""
-    tags = spec.tags
-    if not tags or all(type(k) is str and type(v) in _SCALARS for k, v in tags.items()):
-        return spec
-    return replace(spec, tags=_json.loads(_json.dumps(tags)))
 
 
 def _check_id(task_id: Any) -> None:
