@@ -94,7 +94,9 @@ class EventOverflow(ConveyorError):
 class Event:
     """Something that happened. ``data`` depends on the type: ``progress`` for
     ``task.progress``, ``log`` (a LogRecord) for ``task.log``, ``value`` for
-    ``task.result``, ``worker`` for worker events."""
+    ``task.result``, ``worker`` for worker events. ``task`` is the task as read
+    after the change; for the end of a run, as that run left it, even when the
+    task moved on before it was read (a retried task claimed again)."""
 
     type: str
     task_id: str | None = None
@@ -420,9 +422,25 @@ class EventBus:
                 if status in _TERMINAL:
                     self._tally_ended(task.action, status, None if task.started_at is None
                                       else now - task.started_at)
+        ended = {c.task_id: (c, task) for c, task in items}
+
+        async def read_as_ended(task_ids: list[str]) -> list[Task]:
+            # a task read back after it moved on (a retried task claimed again, as
+            # soon as its backoff allowed) is shown as this run's end left it
+            now = time.time()
+            shown = []
+            for stored in await read(task_ids):
+                completion, claimed = ended[stored.id]
+                t = completion.transition
+                attempts = claimed.attempts - (1 if t.refund_attempt else 0)
+                if stored.status is not t.status or stored.attempts != attempts:
+                    stored = _ops.finished(claimed, completion, now)
+                shown.append(stored)
+            return shown
+
         await self.announce(
             [(c.task_id, "task." + (c.event or _ops.completion_event(c.transition)))
-             for c, _ in items], read)
+             for c, _ in items], read_as_ended)
 
 
 async def _guard(awaitable: Awaitable[Any]) -> None:

@@ -2,6 +2,7 @@
 
 Usage: python -m tests.integration.fork_main sync|async STORAGE_URL
        python -m tests.integration.fork_main hub HUB_URL (a hub without credentials)
+       python -m tests.integration.fork_main stress sqlite:///PATH
 Prints one JSON line: what the child and the parent saw. Exits 1 on any error; a
 child that hangs (the parent's loop thread does not exist in it) is killed by the
 test's timeout.
@@ -12,7 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import sqlite3
 import sys
+import threading
+import time
 from typing import Any
 
 from conveyor import Conveyor, SyncConveyor
@@ -58,7 +63,60 @@ def run_child(fn: Any) -> None:
     os._exit(code)
 
 
+def stress(url: str, forks: int = 40) -> dict[str, Any]:
+    """Fork many times while the app's SQLite threads are busy (the database thread
+    reading, the change watcher following a writer); each child opens SQLite at once.
+    A child that inherited a lock SQLite held in a parent thread hangs: counted."""
+    app = SyncConveyor(url)
+    app.on("task.added", lambda event: None)  # the change watcher runs
+    stop = threading.Event()
+
+    errors: list[str] = []
+
+    def busy(work: Any) -> None:
+        try:
+            while not stop.is_set():
+                work()
+        except Exception as exc:  # the parent's app must go on working across the forks
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=busy, args=(work,), daemon=True) for work in (
+        lambda: app.count({}), lambda: app.add("fork:busy", 1))]
+    for thread in threads:
+        thread.start()
+    path = url.split("///", 1)[1]
+    seen = {"ok": 0, "failed": 0, "hung": 0}
+    for _ in range(forks):
+        time.sleep(0.005)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                sqlite3.connect(path).execute("SELECT count(*) FROM conveyor_tasks").fetchone()
+                code = 0
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 5
+        while (status := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                seen["hung"] += 1
+                break
+            time.sleep(0.001)
+        else:
+            seen["ok" if os.waitstatus_to_exitcode(status[1]) == 0 else "failed"] += 1
+    stop.set()
+    for thread in threads:
+        thread.join()
+    app.close()
+    return {**seen, "parent_errors": errors}
+
+
 def main(mode: str, url: str) -> int:
+    if mode == "stress":
+        print(json.dumps(stress(url)), flush=True)
+        return 0
     if mode == "hub":
         client = SyncHubClient(url)
         first = client.add("fork:hub", 5).id  # connected: loop thread, WebSocket

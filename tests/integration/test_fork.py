@@ -46,3 +46,18 @@ def test_an_app_used_before_a_fork_works_in_the_child_and_the_parent(
     # the parent's connections survived the child (a PostgreSQL session closed by the
     # child would fail here), and it sees what the child did
     assert parent == {"child_exit": 0, "parent": {"count": 2, "first": "succeeded"}}
+
+
+def test_forks_while_sqlite_threads_are_busy_leave_no_child_hung(tmp_path: Path) -> None:
+    """SQLite's process-wide mutexes and lock records are copied by a fork: a child
+    forked while the app's database thread or change watcher was inside SQLite used
+    to hang on its first SQLite call (several of 40 forks without the fork guard).
+    The parent's app goes on working across them."""
+    url = backend_url("sqlite", tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.integration.fork_main", "stress", url],
+        cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {
+        "ok": 40, "failed": 0, "hung": 0, "parent_errors": []}, \
+        proc.stderr

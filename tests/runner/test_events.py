@@ -11,6 +11,8 @@ import pytest
 
 from conveyor import Context, Conveyor, ErrorItem, Event, LogLevel, ResultItem, Status, Task
 from conveyor.events import EventBus
+from conveyor.model import ErrorInfo, Transition
+from conveyor.storage.base import Completion
 
 
 async def test_event_sequence_for_one_task(app: Conveyor) -> None:
@@ -241,3 +243,35 @@ async def test_a_failed_read_back_still_lets_the_held_events_through() -> None:
     release.set()
     await announcing  # the failure is logged, not raised
     assert seen == ["task.started"]
+
+
+async def test_a_run_end_read_back_after_the_task_moved_on_shows_that_end() -> None:
+    """The worker reads a finished run's task back for its event; a retried task may be
+    claimed again by then. Its task.retrying shows the task as that run left it
+    (queued, the same attempt), while a task still as the run left it is shown as read."""
+    bus = EventBus()
+    seen: list[Event] = []
+    bus.on("task.*", seen.append)
+    error = ErrorInfo("OSError", "first", attempt=1, at=1.0)
+    claimed = Task(id="t1", action="a", payload=None, status=Status.RUNNING, attempts=1,
+                   version=2, worker="w", token="k")
+    other = replace(claimed, id="t2")
+    retry = Completion("t1", "k", Transition(Status.QUEUED, run_at=5.0, error=error,
+                                             reason="error"))
+    done = Completion("t2", "k", Transition(Status.SUCCEEDED, result=7))
+    stored_t2 = replace(other, status=Status.SUCCEEDED, result=7, worker=None, token=None,
+                        version=3, updated_at=9.0)
+    moved_on = replace(claimed, attempts=2, version=4, token="k2")  # running again
+
+    async def read(ids: list[str]) -> list[Task]:
+        assert sorted(ids) == ["t1", "t2"]
+        return [moved_on, stored_t2]
+
+    await bus.announce_finished([(retry, claimed), (done, other)], read)
+    by_type = {e.type: e.task for e in seen}
+    retried = by_type["task.retrying"]
+    assert retried is not None
+    assert (retried.status, retried.attempts, retried.run_at, retried.worker,
+            retried.version) == (Status.QUEUED, 1, 5.0, None, 3)
+    assert retried.errors == (error,)
+    assert by_type["task.succeeded"] == stored_t2  # as read: it had not moved on

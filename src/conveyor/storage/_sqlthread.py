@@ -10,6 +10,17 @@ together. A caller's future completes only after the commit.
 Waiting for the write lock held by another process is done here rather than
 by SQLite's busy handler, whose sleeps grow to 100 ms: short sleeps (0.2 ms
 doubling to 5 ms) until the busy timeout.
+
+Fork safety: SQLite keeps process-wide state, mutexes and the record of the
+file locks its connections hold, which a forked child inherits as it was. A
+child forked while a thread was inside SQLite waits forever on a mutex that
+thread held; a child that opens a database its parent had open believes it
+holds the parent's locks (POSIX locks are not inherited) and may read a WAL
+its parent then deletes. So every thread keeps its connection in a
+:class:`ConnSlot`, held around its SQLite calls: before a fork, the forking
+thread takes every slot (waiting for the calls under way) and closes its
+connection, so the child inherits no SQLite state at all; after the fork the
+slots are let go, and each thread opens its connection again on its next use.
 """
 
 from __future__ import annotations
@@ -17,16 +28,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
 from ..errors import StorageError
 
-__all__ = ["DBThread", "begin_immediate", "is_busy"]
+__all__ = ["ConnSlot", "DBThread", "begin_immediate", "is_busy", "retry_busy"]
+
+T = TypeVar("T")
 
 MAX_GROUP = 64
 
@@ -36,19 +52,79 @@ def is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-def begin_immediate(conn: sqlite3.Connection, timeout: float) -> None:
-    """BEGIN IMMEDIATE, retrying with short sleeps while another writer holds the lock."""
+def retry_busy(fn: Callable[[], T], timeout: float) -> T:
+    """``fn()``, called again after short sleeps while another connection holds the
+    lock it needs, until ``timeout`` seconds have passed (then its error is raised)."""
     deadline = time.monotonic() + timeout
     delay = 0.0002
     while True:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            return
+            return fn()
         except sqlite3.OperationalError as exc:
             if not is_busy(exc) or time.monotonic() >= deadline:
-                raise StorageError(f"the database is busy: {exc}") from None
+                raise
         time.sleep(delay)
         delay = min(delay * 2, 0.005)
+
+
+def begin_immediate(conn: sqlite3.Connection, timeout: float) -> None:
+    """BEGIN IMMEDIATE, retrying with short sleeps while another writer holds the lock."""
+    try:
+        retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), timeout)
+    except sqlite3.OperationalError as exc:
+        what = "the database is busy" if is_busy(exc) else "cannot begin a write"
+        raise StorageError(f"{what}: {exc}") from None
+
+
+_slots: weakref.WeakSet[ConnSlot] = weakref.WeakSet()
+_slots_lock = threading.Lock()  # held by a fork from before to after: no slot is made meanwhile
+_taken: list[ConnSlot] = []
+
+
+class ConnSlot:
+    """One thread's SQLite connection and the lock it holds around its calls into
+    SQLite (``with slot:``). A fork closes the connection (see the module's doc):
+    ``conn`` is then None, and the thread opens it again on its next use."""
+
+    def __init__(self) -> None:
+        self.conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        with _slots_lock:
+            _slots.add(self)
+
+    def __enter__(self) -> ConnSlot:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._lock.release()
+
+    def close(self) -> None:
+        """Close the connection (the caller holds the slot)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+
+def _before_fork() -> None:
+    _slots_lock.acquire()
+    for slot in list(_slots):
+        slot._lock.acquire()  # the thread's SQLite call under way ends first
+        _taken.append(slot)
+        slot.close()
+
+
+def _after_fork() -> None:
+    while _taken:
+        _taken.pop()._lock.release()
+    _slots_lock.release()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork,
+                        after_in_child=_after_fork)
 
 
 def _resolve(future: concurrent.futures.Future[Any], value: Any) -> None:
@@ -87,6 +163,7 @@ class DBThread:
         self._ready = threading.Condition()
         self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._closed = False
+        self._slot = ConnSlot()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -137,8 +214,10 @@ class DBThread:
     # -- the thread ---------------------------------------------------------------
 
     def _main(self) -> None:
+        slot = self._slot
         try:
-            conn = self._connect()
+            with slot:
+                slot.conn = self._connect()
         except BaseException as exc:
             _reject(self._started, exc)
             self._fail_all(StorageError("storage did not open"))
@@ -160,12 +239,23 @@ class DBThread:
                                and self._jobs[0] is not None and self._jobs[0].write):
                             batch.append(self._jobs.popleft())
                 jobs = [j for j in batch if j is not None]
-                if jobs[0].write:
-                    self._run_writes(conn, jobs)
-                else:
-                    self._run_read(conn, jobs[0])
+                with slot:
+                    conn = slot.conn
+                    if conn is None:  # closed for a fork: open it again
+                        try:
+                            conn = slot.conn = self._connect()
+                        except BaseException as exc:
+                            for job in jobs:
+                                if job.future.set_running_or_notify_cancel():
+                                    _reject(job.future, exc)
+                            continue
+                    if jobs[0].write:
+                        self._run_writes(conn, jobs)
+                    else:
+                        self._run_read(conn, jobs[0])
         finally:
-            conn.close()
+            with slot:
+                slot.close()
             self._fail_all(StorageError("storage is closed"))
 
     def _fail_all(self, exc: BaseException) -> None:

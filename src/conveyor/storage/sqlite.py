@@ -58,7 +58,7 @@ from . import _ops
 from ._codec import claimed_to_task, encode_scope, row_to_task, task_to_row
 from ._feed import Fanout, FanoutFeed
 from ._sqlfile import load_migrations, load_queries
-from ._sqlthread import DBThread, begin_immediate
+from ._sqlthread import ConnSlot, DBThread, begin_immediate, retry_busy
 from .base import (
     AddResult,
     Change,
@@ -176,7 +176,8 @@ class SQLiteStorage(FanoutFeed, Storage):
             # timeout=0: waits for the write lock happen in _sqlthread, with short sleeps
             conn = sqlite3.connect(self.path, timeout=0.0, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone(),
+                       self.busy_timeout)
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open database {self.path!r}: {exc}") from None
@@ -318,39 +319,45 @@ class SQLiteStorage(FanoutFeed, Storage):
     def _watch(self) -> None:
         """The watcher thread: notice commits (PRAGMA data_version changes when
         another connection commits) and publish the new change-feed rows."""
-        conn: sqlite3.Connection | None = None
+        slot = ConnSlot()  # its connection, closed by a fork (see _sqlthread)
         last: int | None = None
         version = -1
         failures = 0
         while not self._stop_watcher.is_set():
             try:
-                if conn is None:
-                    conn = self._connect()
-                if last is None:
-                    last = int(conn.execute(Q["last_change"]).fetchone()[0])
-                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                with slot:
+                    if slot.conn is None:
+                        slot.conn = self._connect()
+                        version = -1  # a new connection: read what a fork's pause hid
+                    if last is None:
+                        last = int(slot.conn.execute(Q["last_change"]).fetchone()[0])
+                        version = slot.conn.execute("PRAGMA data_version").fetchone()[0]
                 kicked = self._kick.wait(self.poll_interval)
                 if self._stop_watcher.is_set():
                     break
                 if kicked:
                     self._kick.clear()
                 else:
-                    now_version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    with slot:
+                        if slot.conn is None:
+                            continue
+                        now_version = slot.conn.execute("PRAGMA data_version").fetchone()[0]
                     if now_version == version:
                         continue
                     version = now_version
-                last = self._read_changes(conn, last)
+                last = self._read_changes(slot, last)
                 failures = 0
             except (sqlite3.Error, StorageError) as exc:
                 # busy, or the file went away for a moment: try again, never give up
                 failures += 1
-                if conn is not None and conn.in_transaction:
-                    conn.rollback()
+                with slot:
+                    if slot.conn is not None and slot.conn.in_transaction:
+                        slot.conn.rollback()
                 if failures in (1, 10) or failures % 1000 == 0:
                     log.warning("sqlite change watcher: %s (retrying)", exc)
                 self._stop_watcher.wait(min(1.0, self.poll_interval * 2 ** min(failures, 9)))
-        if conn is not None:
-            conn.close()
+        with slot:
+            slot.close()
 
     def _wanted(self) -> int:
         """What the streams want now, as an index of ``_CHANGE_QUERIES``: 2 every
@@ -359,28 +366,33 @@ class SQLiteStorage(FanoutFeed, Storage):
             return 2
         return 1 if self._feed.wants_all() else 0
 
-    def _read_changes(self, conn: sqlite3.Connection, last: int) -> int:
+    def _read_changes(self, slot: ConnSlot, last: int) -> int:
         """Publish the changes after ``last``; returns the new position.
 
         When no stream wants this object's own changes, only other writers'
-        rows are turned into Python objects."""
+        rows are turned into Python objects. A connection closed by a fork
+        leaves the position where it was (the watcher reads again once open)."""
         while True:
-            conn.execute("BEGIN")  # one snapshot for the rows and the end position
-            try:
-                end = conn.execute(Q["last_change"]).fetchone()[0]
-                params = {"after": last, "upto": end, "origin": self.instance_id,
-                          "limit": 1000}
-                wanted = self._wanted()
-                while True:
-                    rows = conn.execute(_CHANGE_QUERIES[wanted], params).fetchall()
-                    # a stream that started wanting more while the rows were read
-                    # (events() called meanwhile) gets them: read again, wider
-                    now = self._wanted()
-                    if now <= wanted:
-                        break
-                    wanted = now
-            finally:
-                conn.execute("COMMIT")
+            with slot:
+                conn = slot.conn
+                if conn is None:
+                    return last
+                conn.execute("BEGIN")  # one snapshot for the rows and the end position
+                try:
+                    end = conn.execute(Q["last_change"]).fetchone()[0]
+                    params = {"after": last, "upto": end, "origin": self.instance_id,
+                              "limit": 1000}
+                    wanted = self._wanted()
+                    while True:
+                        rows = conn.execute(_CHANGE_QUERIES[wanted], params).fetchall()
+                        # a stream that started wanting more while the rows were read
+                        # (events() called meanwhile) gets them: read again, wider
+                        now = self._wanted()
+                        if now <= wanted:
+                            break
+                        wanted = now
+                finally:
+                    conn.execute("COMMIT")
             if rows:
                 changes: list[Change] = []
                 for seq, task_id, version, status, event, origin, ts, batch in rows:
@@ -394,7 +406,6 @@ class SQLiteStorage(FanoutFeed, Storage):
             if len(rows) < 1000:
                 return int(end)
             last = rows[-1][0]
-
 
     # -- helpers on the database thread -----------------------------------------------
 
