@@ -69,6 +69,7 @@ def stress(url: str, forks: int = 40) -> dict[str, Any]:
     A child that inherited a lock SQLite held in a parent thread hangs: counted."""
     app = SyncConveyor(url)
     app.on("task.added", lambda event: None)  # the change watcher runs
+    app.add("fork:busy", 0)  # the database exists before the first fork
     stop = threading.Event()
 
     errors: list[str] = []
@@ -94,6 +95,8 @@ def stress(url: str, forks: int = 40) -> dict[str, Any]:
             try:
                 sqlite3.connect(path).execute("SELECT count(*) FROM conveyor_tasks").fetchone()
                 code = 0
+            except BaseException as exc:
+                print(f"child: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             finally:
                 os._exit(code)
         deadline = time.monotonic() + 5
