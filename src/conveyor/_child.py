@@ -5,7 +5,9 @@ the :class:`Conveyor` app in it that registered the handler ``QUALNAME``
 (handlers only ever come from an app's registry), then runs tasks one at a
 time. It talks to its worker with JSON lines, never pickle:
 
-- worker -> child on stdin: ``{"task": <task json>}``, ``{"abort": reason}``;
+- worker -> child on stdin: ``{"task": <task json>, "run": key}``, ``{"abort":
+  reason, "run": key}`` (the key names one run: an abort that comes before its
+  run starts is kept for it; one for a run that has ended is dropped);
 - child -> worker on its protocol pipe (the original stdout; the handler's
   own prints go to stderr): ``{"progress": ...}``, ``{"log": ...}``,
   ``{"emit": value}``, then one of ``{"result": value}``,
@@ -13,13 +15,16 @@ time. It talks to its worker with JSON lines, never pickle:
   "result": v}}``, ``{"error": {"type", "message", "traceback",
   "retryable"}}``, ``{"aborted": reason}``.
 
-The worker kills the child when an abort or a run timeout is not honoured
-within the handler's grace period.
+An abort (or the run timeout, which the worker sends as an abort) cancels an
+async handler, as on the worker's event loop; a sync one sees ``ctx.aborted``.
+The worker kills the child when the abort is not honoured within the
+handler's grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import importlib
 import importlib.util
@@ -28,6 +33,7 @@ import os
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import IO, Any
 
 from . import _json
@@ -35,6 +41,8 @@ from .context import Context, TaskAbortRequested
 from .model import LogLevel, Progress, Reschedule, Retry, Status, Task
 
 __all__ = ["main"]
+
+Cancel = Callable[[], object]
 
 
 class _Channel:
@@ -91,13 +99,85 @@ def _task_from_json(raw: dict[str, Any]) -> Task:
                 parent_id=raw["parent_id"], result=raw["result"], version=raw["version"])
 
 
-def _run_one(handler: Any, task: Task, channel: _Channel, current: list[Context[Any]]) -> None:
+async def _cancellable(handler: Any, ctx: Context[Any], runs: _Runs) -> Any:
+    """An async handler as a task that an abort cancels, as on the worker's loop."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    runs.set_cancel(lambda: loop.call_soon_threadsafe(task.cancel))
+    try:
+        if ctx.aborted:  # asked before the line above
+            raise asyncio.CancelledError
+        return await handler.fn(ctx)
+    finally:
+        runs.set_cancel(None)
+
+
+class _Runs:
+    """The runs the worker sent, the one running now and the aborts asked for, shared
+    by the main thread (which runs them) and the thread reading the worker's lines."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[Task, str]] = []
+        self.ready = threading.Event()
+        self.key: str | None = None  # the run under way
+        self.ctx: Context[Any] | None = None
+        self.cancel: Cancel | None = None  # cancels its async handler
+        self.aborts: dict[str, str] = {}  # run key -> reason, for runs not started
+        self.lock = threading.Lock()
+
+    def add(self, task: Task, key: str) -> None:
+        with self.lock:
+            self.queued.append((task, key))
+        self.ready.set()
+
+    def abort(self, key: str, reason: str) -> None:
+        with self.lock:
+            if key != self.key or self.ctx is None:
+                if key == self.key or any(k == key for _, k in self.queued):
+                    self.aborts[key] = reason  # asked before its handler started
+                return  # else: a run that has ended
+            ctx, cancel = self.ctx, self.cancel
+        ctx._request_abort(reason)
+        if cancel is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has just closed
+                cancel()
+
+    def start(self) -> Task:
+        """Take the next run: it is the one under way from now on."""
+        with self.lock:
+            task, self.key = self.queued.pop(0)
+            self.ctx = self.cancel = None
+            return task
+
+    def attach(self, ctx: Context[Any]) -> None:
+        """The run's context: an abort asked for meanwhile applies to it now."""
+        with self.lock:
+            self.ctx = ctx
+            reason = self.aborts.pop(self.key or "", None)
+        if reason is not None:
+            ctx._request_abort(reason)
+
+    def set_cancel(self, cancel: Cancel | None) -> None:
+        with self.lock:
+            self.cancel = cancel
+
+    def end(self) -> None:
+        with self.lock:
+            if self.key is not None:
+                self.aborts.pop(self.key, None)
+            self.key = self.ctx = self.cancel = None
+
+
+def _run_one(handler: Any, channel: _Channel, runs: _Runs) -> None:
+    task = runs.start()
+    ctx: Context[Any] | None = None
     try:
         payload = handler.load_payload(task.payload)
-        ctx: Context[Any] = Context(task, payload, handler.environment, channel)
-        current[:] = [ctx]
+        ctx = Context(task, payload, handler.environment, channel)
+        runs.attach(ctx)
         if handler.is_async:
-            value = asyncio.run(handler.fn(ctx))
+            value = asyncio.run(_cancellable(handler, ctx, runs))
         else:
             value = contextvars.copy_context().run(handler.fn, ctx)
         if ctx.aborted:
@@ -110,12 +190,14 @@ def _run_one(handler: Any, task: Task, channel: _Channel, current: list[Context[
             channel.send({"result": handler.dump_result(value)})
     except TaskAbortRequested as exc:
         channel.send({"aborted": exc.reason})
+    except asyncio.CancelledError:  # cancelled by an abort (nothing else cancels it here)
+        channel.send({"aborted": (ctx.abort_reason if ctx else None) or "aborted"})
     except Exception as exc:
         channel.send({"error": {"type": type(exc).__name__, "message": str(exc),
                                 "traceback": "".join(traceback.format_exception(exc)),
                                 "retryable": handler.retries(exc)}})
     finally:
-        current[:] = []
+        runs.end()
 
 
 def main(argv: list[str]) -> int:
@@ -132,27 +214,24 @@ def main(argv: list[str]) -> int:
     if inspect.iscoroutinefunction(handler.fn) and not handler.is_async:  # pragma: no cover
         return 2
     channel.send({"ready": os.getpid()})
-    current: list[Context[Any]] = []
-    work: list[Task] = []
-    ready = threading.Event()
+    runs = _Runs()
 
     def read_commands() -> None:
         for line in sys.stdin:
             message = _json.loads(line)
+            key = str(message.get("run", ""))
             if "task" in message:
-                work.append(_task_from_json(message["task"]))
-                ready.set()
+                runs.add(_task_from_json(message["task"]), key)
             elif "abort" in message:
-                for ctx in list(current):
-                    ctx._request_abort(str(message["abort"]))
+                runs.abort(key, str(message["abort"]))
         os._exit(0)  # the worker closed our stdin: it is gone or done with us
 
     threading.Thread(target=read_commands, daemon=True).start()
     while True:
-        ready.wait()
-        ready.clear()
-        while work:
-            _run_one(handler, work.pop(0), channel, current)
+        runs.ready.wait()
+        runs.ready.clear()
+        while runs.queued:  # only this thread takes from it
+            _run_one(handler, channel, runs)
 
 
 if __name__ == "__main__":

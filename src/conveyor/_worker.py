@@ -603,7 +603,9 @@ class Worker:
         timed_out = False
         keep = True
         try:
-            await child.send({"task": run.task.to_json()})
+            # "run" names this run (its lease token): an abort for it names it too
+            run_key = run.task.token or run.task.id
+            await child.send({"task": run.task.to_json(), "run": run_key})
             while True:
                 if receive is None:
                     receive = asyncio.ensure_future(child.receive())
@@ -637,7 +639,7 @@ class Worker:
                         reason = "timeout"
                         run.ctx._request_abort(reason)
                     asked_at = loop.time()
-                    await child.send({"abort": reason})
+                    await child.send({"abort": reason, "run": run_key})
                     continue
                 keep = False  # the grace period is over: stop it hard
                 break

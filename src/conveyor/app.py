@@ -612,7 +612,9 @@ class Conveyor:
         abandoned: the task ends when it returns, its value discarded); a sync
         handler sees ``ctx.aborted``, and one still running ``abort_grace``
         seconds later (default 5) is abandoned and the task ends ``aborted``;
-        a process handler is killed after ``abort_grace``. Raises
+        a process handler is told in its process (cancelled if async,
+        ``ctx.aborted`` if sync) and killed if still running after
+        ``abort_grace``. Raises
         :class:`InvalidTransition` for a task that already ended."""
         _check_id(task_id)
         if not isinstance(reason, str) or not reason:

@@ -243,9 +243,9 @@ class Context(Generic[P]):
 
     async def sleep(self, seconds: float) -> None:
         """Sleep; raise :class:`TaskAbortRequested` if the task was aborted when the
-        sleep starts or ends. An abort or the run timeout cancels a handler on the
-        worker's event loop, so there the sleep ends at once with
-        :class:`asyncio.CancelledError`."""
+        sleep starts or ends. An abort or the run timeout cancels an async handler
+        (on the worker's event loop, or in its process with ``mode="process"``), so
+        the sleep ends at once with :class:`asyncio.CancelledError`."""
         self.check_aborted()
         await asyncio.sleep(seconds)
         self.check_aborted()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -59,3 +60,23 @@ def slow(ctx: Context[Any]) -> str:
 @app.handler("proc:die", mode="process", max_attempts=1)
 def die(ctx: Context[Any]) -> None:
     os._exit(3)
+
+
+@app.handler("proc:nap", mode="process", abort_grace=60)
+async def nap(ctx: Context[Any]) -> str:
+    """Sleeps long in its process; an abort cancels it there (far within the grace).
+    asyncio.sleep, not ctx.sleep: only the cancellation can end it early."""
+    ctx.log.info("napping in %d", os.getpid())
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        ctx.log.info("cancelled in %d", os.getpid())
+        raise
+    return "rested"
+
+
+
+@app.handler("proc:overtime", mode="process", timeout=0.3, abort_grace=60, max_attempts=1)
+async def overtime(ctx: Context[Any]) -> str:
+    await asyncio.sleep(60)
+    return "late"

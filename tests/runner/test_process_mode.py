@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import ConfigurationError, Context, Conveyor, Status, TaskFailed
+from conveyor import ConfigurationError, Context, Conveyor, Event, Status, Task, TaskFailed
 
 from ..control._support import status_is, until
 from . import process_app
@@ -58,6 +58,40 @@ async def test_cooperative_abort(papp: Conveyor) -> None:
     await papp.abort(task.id, "stop please")
     final = await papp.wait_task(task.id, timeout=10)
     assert final.status is Status.ABORTED and final.reason == "stop please"
+
+
+async def test_an_abort_cancels_an_async_handler_in_its_process(papp: Conveyor) -> None:
+    """As on the worker's loop: the abort cancels the async handler in the child, which
+    ends the task at once (its grace is 60 s) and stays alive for the next task."""
+    napping: dict[str, asyncio.Event] = {}
+    pids: dict[str, int] = {}
+
+    def on_log(event: Event) -> None:
+        line = event.data["log"]
+        if event.task_id and line.message.startswith("napping in "):
+            pids[event.task_id] = int(line.message.rsplit(" ", 1)[1])
+            napping.setdefault(event.task_id, asyncio.Event()).set()
+
+    papp.on("task.log", on_log)
+
+    async def nap_then_abort(reason: str) -> Task:
+        task = await papp.add("proc:nap")
+        await asyncio.wait_for(napping.setdefault(task.id, asyncio.Event()).wait(), 30)
+        await papp.abort(task.id, reason)
+        return await papp.get((await papp.wait_task(task.id, timeout=20)).id, logs=True)
+
+    first = await nap_then_abort("wake up")  # not killed: that would take 60 s
+    assert first.status is Status.ABORTED and first.reason == "wake up"
+    pid = pids[first.id]
+    assert [line.message for line in first.logs or []] == [
+        f"napping in {pid}", f"cancelled in {pid}"]
+    second = await nap_then_abort("again")  # the child was kept: the same process
+    assert second.status is Status.ABORTED and pids[second.id] == pid
+    assert [line.message for line in second.logs or []][-1] == f"cancelled in {pid}"
+    # the run timeout cancels it likewise
+    slow = await papp.add("proc:overtime")
+    timed = await papp.wait_task(slow.id, timeout=20)  # its grace is 60 s too
+    assert timed.status is Status.ABORTED and timed.reason == "timeout"
 
 
 async def test_error_retry_timeout_and_death(papp: Conveyor) -> None:
