@@ -13,7 +13,10 @@ fields, or six with seconds last (croniter's format: ``"* * * * * */10"`` is
 every ten seconds); other lengths (croniter's seventh field, a year, or
 ``@daily``-style names), random or hashed fields (``R``, ``H``) and
 expressions that never fire (``"0 0 30 2 *"``) are refused. ``tz`` names the
-time zone they are read in (default UTC). Interval schedules fire on
+time zone they are read in (default UTC); where its clocks are set back, an
+expression that names its hours fires once in the repeated hour (hourly
+ones, hour field ``*``, fire in both), and where they go forward, a time
+that does not exist fires at the first moment after it. Interval schedules fire on
 multiples of the interval since the Unix epoch, so every process computes the
 same occurrences; an interval is from 0.001 s (occurrences are told apart by
 the millisecond) to :data:`~conveyor.model.MAX_SECONDS`.
@@ -149,7 +152,20 @@ class Schedule:
         start = datetime.fromtimestamp(t, tz=self._zone)
         nxt = croniter(self.cron, start).get_next(datetime)
         value = float(nxt.timestamp())
-        return value if value > t else self.next_after(t + 1)
+        if value <= t or self._repeated_wall_time(value):
+            return self.next_after(max(value, t + 1))
+        return value
+
+    def _repeated_wall_time(self, at: float) -> bool:
+        """Whether ``at`` is the second time its local wall time comes (a clock set
+        back) and the expression names its hours: as cron does, such a time fires
+        once, the first time. Hourly ones (hour field ``*``) fire in both hours."""
+        assert self.cron is not None
+        if self._zone is UTC or self.cron.split()[1] == "*":
+            return False
+        wall = datetime.fromtimestamp(at, tz=self._zone).replace(tzinfo=None)
+        first = wall.replace(tzinfo=self._zone, fold=0).timestamp()
+        return first < at
 
     def unique_key(self, at: float) -> str:
         """The dedupe key of the occurrence at ``at``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,30 @@ def test_cron_occurrences() -> None:
     paris = Schedule("x", cron="0 3 * * *", tz="Europe/Paris")
     nxt = paris.next_after(t)
     assert time.strftime("%H:%M", time.gmtime(nxt)) == "02:00"  # 03:00 in Paris in winter
+
+
+def _occurrences(cron: str, start: datetime, count: int) -> list[str]:
+    s = Schedule("x", cron=cron, tz="Europe/Paris")
+    t, out = start.timestamp(), []
+    for _ in range(count):
+        t = s.next_after(t)
+        out.append(datetime.fromtimestamp(t, UTC).strftime("%m-%d %H:%M"))
+    return out
+
+
+def test_a_clock_set_back_repeats_an_hour_only_for_hourly_expressions() -> None:
+    """Paris sets its clocks back from 03:00 to 02:00 on 2026-10-25 (00:00-01:00 UTC
+    and 01:00-02:00 UTC are both 02:00-03:00 there). As cron does: an expression that
+    names its hours fires once in the repeated hour, an hourly one in both."""
+    before = datetime(2026, 10, 24, 23, 40, tzinfo=UTC)
+    assert _occurrences("30 2 * * *", before, 2) == ["10-25 00:30", "10-26 01:30"]
+    assert _occurrences("0 1-3 * * *", before, 3) == ["10-25 00:00", "10-25 02:00",
+                                                      "10-26 00:00"]
+    assert _occurrences("*/30 * * * *", before, 5) == [
+        "10-25 00:00", "10-25 00:30", "10-25 01:00", "10-25 01:30", "10-25 02:00"]
+    # a time the clocks skip (02:30 on 2026-03-29) fires at the first moment after it
+    assert _occurrences("30 2 * * *", datetime(2026, 3, 28, 12, tzinfo=UTC), 2) == [
+        "03-29 01:00", "03-30 00:30"]
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
