@@ -342,21 +342,20 @@ async def test_events_by_pattern_by_task_and_as_callbacks(app: Conveyor) -> None
     def on_end(event: Event) -> None:
         ends.append(event.type)
 
-    async with app:
-        other = await app.add("ev:other")
-        sub = app.events("task.*")
-        task = await app.add("ev:run")
-        mine: list[Event] = []
-        async with app.events("*", task_id=task.id) as only_mine:
-            await app.wait(task.id, timeout=10)
-            async for event in sub:
-                if event.type == "task.ended" and event.task_id == task.id:
-                    break
-            sub.close()
-            async for event in only_mine:
-                mine.append(event)
-                if event.type == "task.ended":
-                    break
+    other = await app.add("ev:other")
+    sub = app.events("task.*")
+    task = await app.add("ev:run")  # no worker yet: it cannot start before the next line
+    mine: list[Event] = []
+    async with app.events("*", task_id=task.id) as only_mine, app:  # the worker starts
+        await app.wait(task.id, timeout=10)
+        async for event in sub:
+            if event.type == "task.ended" and event.task_id == task.id:
+                break
+        sub.close()
+        async for event in only_mine:
+            mine.append(event)
+            if event.type == "task.ended":
+                break
     types = [e.type for e in mine]
     assert {e.task_id for e in mine} == {task.id}
     assert types[0] == "task.started" and types[-2:] == ["task.succeeded", "task.ended"]
