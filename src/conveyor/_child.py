@@ -133,11 +133,11 @@ class _Runs:
 
     def abort(self, key: str, reason: str) -> None:
         with self.lock:
-            if key != self.key or self.ctx is None:
+            ctx, cancel = (self.ctx, self.cancel) if key == self.key else (None, None)
+            if ctx is None:
                 if key == self.key or any(k == key for _, k in self.queued):
                     self.aborts[key] = reason  # asked before its handler started
                 return  # else: a run that has ended
-            ctx, cancel = self.ctx, self.cancel
         ctx._request_abort(reason)
         if cancel is not None:
             with contextlib.suppress(RuntimeError):  # its loop has just closed

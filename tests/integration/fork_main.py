@@ -73,11 +73,13 @@ def stress(url: str, forks: int = 40) -> dict[str, Any]:
     stop = threading.Event()
 
     errors: list[str] = []
+    progressed = threading.Event()  # set by the busy threads after each call
 
     def busy(work: Any) -> None:
         try:
             while not stop.is_set():
                 work()
+                progressed.set()
         except Exception as exc:  # the parent's app must go on working across the forks
             errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -88,7 +90,8 @@ def stress(url: str, forks: int = 40) -> dict[str, Any]:
     path = url.split("///", 1)[1]
     seen = {"ok": 0, "failed": 0, "hung": 0}
     for _ in range(forks):
-        time.sleep(0.005)
+        progressed.clear()  # the app's threads get on between two forks
+        progressed.wait(10)
         pid = os.fork()
         if pid == 0:
             code = 1

@@ -268,22 +268,12 @@ class DBThread:
     def _run_read(self, conn: sqlite3.Connection, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
             return
-        delay = 0.0002
-        deadline = time.monotonic() + self._busy_timeout
-        while True:
-            try:
-                result = job.fn(conn)
-            except sqlite3.OperationalError as exc:
-                if is_busy(exc) and time.monotonic() < deadline:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.005)
-                    continue
-                _reject(job.future, exc)
-            except BaseException as exc:
-                _reject(job.future, exc)
-            else:
-                _resolve(job.future, result)
-            return
+        try:
+            result = retry_busy(lambda: job.fn(conn), self._busy_timeout)
+        except BaseException as exc:
+            _reject(job.future, exc)
+        else:
+            _resolve(job.future, result)
 
     def _run_writes(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
