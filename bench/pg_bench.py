@@ -878,8 +878,46 @@ def raw_config(server: str, cfg: Config, batch: int, procs: int) -> dict[str, An
     return out
 
 
+RAW_BULK_ROUNDS = 3
+
+
+def raw_bulk(server: str, cfg: Config) -> dict[str, Any]:
+    """The least a bulk enqueue can cost the server: all N rows of the raw table in
+    one statement (``INSERT ... SELECT unnest(...)``, the form of pgqueuer's bulk
+    path) and in one ``COPY``, each in its own transaction; the median of
+    ``RAW_BULK_ROUNDS`` rounds on a fresh table."""
+    import psycopg
+
+    payloads = [json.dumps({"i": i}) for i in range(cfg.n)]
+    rates: dict[str, list[float]] = {"unnest": [], "copy": []}
+    with fresh_db(server, "raw_bulk", cfg.keep) as url, \
+            psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(RAW_BULK_ROUNDS):
+            for how, ins in rates.items():
+                conn.execute("DROP TABLE IF EXISTS jobs")
+                conn.execute("CREATE TABLE jobs (id bigserial PRIMARY KEY, args text NOT NULL, "
+                             "status smallint NOT NULL DEFAULT 0)")
+                conn.execute("CREATE INDEX jobs_ready ON jobs (id) WHERE status = 0")
+                t = time.perf_counter()
+                if how == "unnest":
+                    conn.execute(RAW_INSERT_N, (payloads,))
+                else:
+                    with conn.transaction(), conn.cursor().copy(
+                            "COPY jobs (args) FROM STDIN") as copy:
+                        for p in payloads:
+                            copy.write_row((p,))
+                ins.append(cfg.n / (time.perf_counter() - t))
+                row = conn.execute("SELECT count(*) FROM jobs").fetchone()
+                if not row or row[0] != cfg.n:
+                    raise BenchError(f"raw bulk ({how}): {row} rows, expected {cfg.n}")
+    return {"n": cfg.n, "rounds": RAW_BULK_ROUNDS,
+            "unnest_rate": statistics.median(rates["unnest"]), "unnest_all": rates["unnest"],
+            "copy_rate": statistics.median(rates["copy"]), "copy_all": rates["copy"]}
+
+
 def run_raw(server: str, cfg: Config, res: dict[str, Any]) -> None:
     out = res.setdefault("raw", {})
+    step(out, "bulk", lambda: raw_bulk(server, cfg))
     for batch in (1, RAW_BATCH):
         for procs in (1, 2):
             step(out, f"b{batch}_p{procs}",
@@ -1056,6 +1094,8 @@ def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
         (f"enqueue bulk (add_many x{bulk_batch:,})", c(f"enqueue_bulk_{drain_procs}", "rate"),
          "rate", [
             (f"raw insert, {b} rows/tx", raw(f"b{b}_p1", "insert_rate")),
+            ("raw insert, all in 1 statement", raw("bulk", "unnest_rate")),
+            ("raw COPY, all in 1 transaction", raw("bulk", "copy_rate")),
             *peer("bulk_tps", "bulk enqueue"),
         ]),
         (f"drain, {drain_procs} worker procs", c(drain_key, "rate"), "rate", [
@@ -1209,6 +1249,11 @@ def render(res: dict[str, Any], cfg: Config) -> str:
         shown = "-" if v is None else f"{v:.2f}x"
         verdict = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")
         lines.append(f"  {t['target']:<62} {shown:>8}  {verdict}")
+    b_name, b_best = best_peer(peers, "bulk_tps")
+    if b_best is not None:
+        lines.append(f"  for scale: 3x {b_name}'s bulk is {fmt_rate(3 * b_best)}; the raw "
+                     f"1-column table takes {fmt_rate(get(res, 'raw', 'bulk', 'unnest_rate'))} "
+                     f"in 1 statement, {fmt_rate(get(res, 'raw', 'bulk', 'copy_rate'))} by COPY")
 
     notes = []
     for sect in ("conveyor", "raw"):
