@@ -7,6 +7,7 @@ import re
 import httpx
 from playwright.async_api import Page, expect
 
+from ..hub._ws_helpers import Raw, eventually
 from ..hub.conftest import RunningHub
 from .conftest import Dash, sign_in
 
@@ -94,3 +95,27 @@ async def test_a_revoked_key_brings_back_the_key_form(dash: Dash) -> None:
     await expect(dash.page.get_by_test_id("key-form")).to_be_visible()
     await expect(dash.page.get_by_test_id("main")).to_be_hidden()
     assert await dash.page.evaluate("sessionStorage.length") == 0
+
+
+async def test_a_key_at_its_connection_limit_is_kept_and_connects_once_one_closes(
+        dash: Dash) -> None:
+    key = dash.hub.key("ops", admin=True, max_instances=1)
+    page = dash.page
+    async with Raw.opened(dash.hub.url, key):  # the credential's one connection
+        await page.goto(dash.hub.url + "/")
+        await sign_in(page, key)
+        notice = page.get_by_test_id("notice")
+        await expect(notice).to_contain_text("refused another connection for this key")
+        await expect(notice).to_contain_text("its maximum")
+        await expect(page.get_by_test_id("main")).to_be_hidden()
+        await expect(page.get_by_test_id("key-form")).to_be_hidden()
+        await expect(page.get_by_test_id("forget-key")).to_be_visible()
+        await expect(page.get_by_test_id("connection")).to_have_text("not connected")
+        # the key is valid: it is kept, not forgotten as a wrong one is
+        assert await page.evaluate("sessionStorage.length") == 1
+    # the other connection closed (and the hub has let it go): a reload signs in
+    # with the kept key
+    await eventually(lambda: not dash.hub.hub.connections)
+    await page.reload()
+    await expect(page.get_by_test_id("task-table")).to_be_visible()
+    await expect(page.get_by_test_id("connection")).to_have_text("connected as ops")

@@ -149,6 +149,20 @@
     askKey();
   }
 
+  // A valid key whose credential has all the connections it may have
+  // (max_instances): the key is kept, so that a reload connects once another of
+  // its connections has closed.
+  function atLimit(message) {
+    state.session += 1;
+    stop();
+    show("main", false);
+    show("key-form", false);
+    show("forget-key", true);
+    connection("not connected");
+    notice("The hub refused another connection for this key (" + message + "): close one "
+           + "of its other connections, then reload the page.");
+  }
+
   function stop() {
     state.authed = false;
     state.timers.forEach(clearInterval);
@@ -209,6 +223,10 @@
     if (msg.type === "welcome") { welcome(msg); return; }
     if (!state.authed) {
       if (msg.type === "error") {
+        if (msg.code === "rate_limited" && !/^too many failed logins/.test(msg.message || "")) {
+          atLimit(msg.message || "too many connections");
+          return;
+        }
         const text = msg.code === "rate_limited"
           ? "Too many failed logins from this address: " + msg.message
           : "The hub refused this key: " + msg.message;
