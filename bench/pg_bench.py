@@ -73,6 +73,10 @@ CLAIM_WINDOWS = 7  # windows per queue depth (alternating shallow and deep)
 SHALLOW = 1_000  # the small queue of the claim-throughput piece
 LAT_SPACING = 0.010  # seconds between latency tasks
 LAT_PROCS = 2  # idle worker processes during the latency piece (as in the peer harness)
+# tasks sent (10 ms apart) and run before the latency is measured: the peer harness
+# measures latency with workers that have just drained its 10,000 tasks, warm
+# (connections open, the server's caches of the tables filled, statements prepared)
+LAT_WARMUP = 50
 POLL = 0.025  # seconds between completion polls of the bench process (cheap EXISTS queries)
 ACTION = "bench:noop"
 CONVEYOR_PIECES = ("latency", "single", "drain", "claim")
@@ -602,6 +606,14 @@ async def _send_latency_tasks(url: str, cfg: Config) -> dict[str, Any]:
     app = Conveyor(url)
     try:
         await app.open()
+        for k in range(LAT_WARMUP):
+            await app.add(ACTION, {"warm": k, "ts": time.time()})
+            await asyncio.sleep(LAT_SPACING)
+        deadline = time.monotonic() + 60
+        while await app.count({"status": "succeeded"}) < LAT_WARMUP:
+            if time.monotonic() > deadline:
+                raise BenchError("conveyor latency: the warm-up tasks did not all run")
+            await asyncio.sleep(0.05)
         await asyncio.sleep(cfg.idle)
         t0 = time.time() + LAT_SPACING
         for j in range(cfg.lat):
@@ -620,7 +632,7 @@ def conveyor_latency(server: str, cfg: Config) -> dict[str, Any]:
         migrate(url)
         kids = spawn("conveyor", {"url": url, "concurrency": CONCURRENCY, "stamp": True},
                      cfg.tmp, "conveyor-latency", LAT_PROCS)
-        out: dict[str, Any] = {"samples": cfg.lat, "procs": LAT_PROCS,
+        out: dict[str, Any] = {"samples": cfg.lat, "warmup": LAT_WARMUP, "procs": LAT_PROCS,
                                "concurrency": CONCURRENCY, "idle_s": cfg.idle,
                                "spacing_ms": LAT_SPACING * 1000}
         with children(kids):
@@ -637,12 +649,20 @@ def conveyor_latency(server: str, cfg: Config) -> dict[str, Any]:
                 reader.close()
         out["worker_log_issues"] = [i for k in kids for i in k.log_issues()]
     bad = [r[4] for r in rows if r[4] != "succeeded"]
-    if len(rows) != cfg.lat or bad:
+    if len(rows) != cfg.lat + LAT_WARMUP or bad:
         raise BenchError(f"conveyor latency: {len(rows)} tasks, not succeeded: {bad[:5]}")
+    warm = sorted((r for r in rows if "warm" in r[0]), key=lambda r: int(r[0]["warm"]))
+    # the first tasks of fresh workers, kept for the record
+    out["warmup_ms"] = [round((float(r[3]) - float(r[0]["ts"])) * 1000, 3) for r in warm]
+    rows = [r for r in rows if "j" in r[0]]
+    rows.sort(key=lambda r: int(r[0]["j"]))  # in the order they were sent
     handler = [(float(r[3]) - float(r[0]["ts"])) * 1000 for r in rows]
     claim = [(r[2] - r[1]) * 1000 for r in rows]
     out.update(lat_summary(handler))
     out["db_started_minus_created_ms"] = lat_summary(claim)
+    # every sample, in the order sent (10 ms apart): where the tail falls in time
+    out["each_ms"] = [round(x, 3) for x in handler]
+    out["each_db_started_minus_created_ms"] = [round(x, 3) for x in claim]
     return out
 
 
