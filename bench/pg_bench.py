@@ -853,14 +853,20 @@ RAW_INSERT = "INSERT INTO jobs (args) VALUES (%s)"
 RAW_INSERT_N = "INSERT INTO jobs (args) SELECT unnest(%s::text[])"
 
 
+def raw_table(conn: Any) -> None:
+    """(Re)create the raw baseline's table: ``jobs`` with a partial index on ready rows."""
+    conn.execute("DROP TABLE IF EXISTS jobs")
+    conn.execute("CREATE TABLE jobs (id bigserial PRIMARY KEY, args text NOT NULL, "
+                 "status smallint NOT NULL DEFAULT 0)")
+    conn.execute("CREATE INDEX jobs_ready ON jobs (id) WHERE status = 0")
+
+
 def raw_insert(url: str, n: int, batch: int) -> float:
     """Create the table and insert n rows, ``batch`` rows per transaction; return the seconds."""
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE jobs (id bigserial PRIMARY KEY, args text NOT NULL, "
-                     "status smallint NOT NULL DEFAULT 0)")
-        conn.execute("CREATE INDEX jobs_ready ON jobs (id) WHERE status = 0")
+        raw_table(conn)
         payloads = [json.dumps({"i": i}) for i in range(n)]
         t = time.perf_counter()
         if batch == 1:
@@ -914,10 +920,7 @@ def raw_bulk(server: str, cfg: Config) -> dict[str, Any]:
             psycopg.connect(url, autocommit=True) as conn:
         for _ in range(RAW_BULK_ROUNDS):
             for how, ins in rates.items():
-                conn.execute("DROP TABLE IF EXISTS jobs")
-                conn.execute("CREATE TABLE jobs (id bigserial PRIMARY KEY, args text NOT NULL, "
-                             "status smallint NOT NULL DEFAULT 0)")
-                conn.execute("CREATE INDEX jobs_ready ON jobs (id) WHERE status = 0")
+                raw_table(conn)
                 t = time.perf_counter()
                 if how == "unnest":
                     conn.execute(RAW_INSERT_N, (payloads,))

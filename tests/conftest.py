@@ -31,11 +31,16 @@ def pg_url(schema: str | None = None, **options: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def pg_schema(url: str) -> str:
+    """The schema named in a URL of :func:`pg_url`."""
+    return dict(parse_qsl(urlsplit(url).query))["schema"]
+
+
 def drop_pg_schema(url: str) -> None:
     """Drop the schema named in ``url`` (and everything in it)."""
     import psycopg  # the [postgres] extra; a missing driver is an error, not a skip
 
-    schema = dict(parse_qsl(urlsplit(url).query))["schema"]
+    schema = pg_schema(url)
     with psycopg.connect(os.environ[PG_ENV], autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 

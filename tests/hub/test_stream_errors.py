@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
 from conveyor.hub import _live
 
-from ..conftest import PG_ENV
+from ..conftest import PG_ENV, pg_schema
 from ._ws_helpers import Raw
 from .conftest import RunningHub, hub_db_url
 
@@ -33,7 +32,7 @@ def delete_behind_the_hubs_back(tmp_path: Path, task_id: str) -> None:
         return
     import psycopg
 
-    schema = dict(parse_qsl(urlsplit(url).query))["schema"]
+    schema = pg_schema(url)
     with psycopg.connect(os.environ[PG_ENV], autocommit=True) as pg:
         done = pg.execute(f'DELETE FROM "{schema}".tasks WHERE id = %s', (task_id,))
         assert done.rowcount == 1

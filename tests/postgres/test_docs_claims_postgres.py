@@ -18,7 +18,7 @@ import math
 import time
 import uuid
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -31,15 +31,12 @@ from conveyor.storage import ClaimLimits, Completion
 from conveyor.storage.postgres import SCHEMA_VERSION, PostgresStorage, migrate, parse_postgres_url
 from conveyor.testing.contract import make_spec
 
+from ..conftest import pg_schema
 from .conftest import listening
 
 
 class Refused(Exception):
     """Raised inside a transaction block to roll it back."""
-
-
-def _schema(url: str) -> str:
-    return dict(parse_qsl(urlsplit(url).query))["schema"]
 
 
 def _conninfo(url: str) -> dict[str, str]:
@@ -144,7 +141,7 @@ async def test_opening_writes_nothing_and_keeps_pool_min_connections(bare_url: s
     keeps ``pool_min`` connections open (1 by default), the listener none until
     something wants changes."""
     assert await migrate(bare_url) == SCHEMA_VERSION
-    schema = _schema(bare_url)
+    schema = pg_schema(bare_url)
     tables = ("tasks", "logs", "changes", "workers", "migrations")
 
     def counts() -> list[Any]:
@@ -174,7 +171,7 @@ async def test_the_tables_indexes_and_autovacuum_settings(schema_url: str, serve
     storage = PostgresStorage(schema_url)
     await storage.open()
     await storage.close()
-    schema = _schema(schema_url)
+    schema = pg_schema(schema_url)
     with psycopg.connect(server) as conn:
         tables = {r[0] for r in conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
@@ -226,7 +223,7 @@ async def test_the_tables_indexes_and_autovacuum_settings(schema_url: str, serve
 
 
 async def test_migrate_refuses_a_tasks_table_it_did_not_make(bare_url: str, server: str) -> None:
-    schema = _schema(bare_url)
+    schema = pg_schema(bare_url)
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
         conn.execute(f'CREATE TABLE "{schema}".tasks (id text)')
@@ -355,7 +352,7 @@ async def test_add_in_on_an_autocommit_connection_inside_transaction(schema_url:
         # their change rows name the storage's instance_id followed by -tx
         with psycopg.connect(server) as conn:
             origins = conn.execute(
-                f'SELECT DISTINCT origin FROM "{_schema(schema_url)}".changes '
+                f'SELECT DISTINCT origin FROM "{pg_schema(schema_url)}".changes '
                 "WHERE event = 'added'").fetchall()
         assert origins == [(f"{app.storage.instance_id}-tx",)]
     finally:

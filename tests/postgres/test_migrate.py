@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 import pytest
@@ -15,18 +14,16 @@ import pytest
 from conveyor.storage.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStorage, migrate
 from conveyor.testing.contract import make_spec
 
+from ..conftest import pg_schema
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _schema(url: str) -> str:
-    return dict(parse_qsl(urlsplit(url).query))["schema"]
 
 
 async def test_migrate_creates_and_is_idempotent(bare_url: str, server: str) -> None:
     assert await migrate(bare_url) == SCHEMA_VERSION
     assert await migrate(bare_url) == SCHEMA_VERSION
     with psycopg.connect(server) as conn:
-        rows = conn.execute(f'SELECT version, name FROM "{_schema(bare_url)}".migrations '
+        rows = conn.execute(f'SELECT version, name FROM "{pg_schema(bare_url)}".migrations '
                             "ORDER BY version").fetchall()
     assert rows == [(m.version, m.name) for m in MIGRATIONS]
     storage = PostgresStorage(bare_url)  # no migrate option needed now
@@ -53,7 +50,7 @@ def test_concurrent_migrations_from_processes(bare_url: str, server: str) -> Non
     assert [p.returncode for p in procs] == [0] * 4, outs
     assert [o.strip() for o, _ in outs] == [str(SCHEMA_VERSION)] * 4
     with psycopg.connect(server) as conn:
-        n = conn.execute(f'SELECT count(*) FROM "{_schema(bare_url)}".migrations').fetchone()
+        n = conn.execute(f'SELECT count(*) FROM "{pg_schema(bare_url)}".migrations').fetchone()
     assert n == (len(MIGRATIONS),)
 
 
@@ -91,7 +88,7 @@ async def test_upgrade_from_version_2_keeps_the_feed(bare_url: str, server: str,
     monkeypatch.setattr(postgres, "MIGRATIONS", MIGRATIONS[:2])
     monkeypatch.setattr(postgres, "SCHEMA_VERSION", 2)
     assert await migrate(bare_url) == 2
-    schema = _schema(bare_url)
+    schema = pg_schema(bare_url)
     with psycopg.connect(server) as conn:
         conn.execute(f'INSERT INTO "{schema}".tasks (id, action, payload, status, run_at, '
                      "created_at, updated_at) SELECT 'old-' || i, 'test:a', 'null', 'queued', "

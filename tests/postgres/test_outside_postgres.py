@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -27,13 +27,10 @@ from conveyor.storage import open_storage
 from conveyor.storage.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStorage
 
 from ..cli._support import CLI, assert_error, clean_env, cli
+from ..conftest import pg_schema
 from .conftest import listening
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _schema(url: str) -> str:
-    return dict(parse_qsl(urlsplit(url).query))["schema"]
 
 
 def _replace(url: str, **parts: Any) -> str:
@@ -122,7 +119,7 @@ def test_several_hosts_as_libpq_takes_them(bare_url: str, server: str) -> None:
     assert result.code == 0, result
     assert f"@127.0.0.1:1,{parts.hostname}:{parts.port}/" in result.out
     assert f":{parts.password}@" not in result.out
-    assert _versions(server, _schema(bare_url)) == [m.version for m in MIGRATIONS]
+    assert _versions(server, pg_schema(bare_url)) == [m.version for m in MIGRATIONS]
     added = cli("add", "outside:noop", "--db", listed)
     assert added.code == 0, added
     bad = _replace(bare_url, netloc=f"{parts.username}:{parts.password}@h1:5432,h2:x")
@@ -161,9 +158,9 @@ def test_cli_migrate_prints_the_version_and_is_idempotent(bare_url: str, server:
         assert result.code == 0, result
         assert result.out.startswith(f"schema version {SCHEMA_VERSION} at "), result
         assert "conveyor:conveyor@" not in result.out  # no password
-        assert _schema(bare_url) in result.out
+        assert pg_schema(bare_url) in result.out
     assert first.out == second.out
-    assert _versions(server, _schema(bare_url)) == [m.version for m in MIGRATIONS]
+    assert _versions(server, pg_schema(bare_url)) == [m.version for m in MIGRATIONS]
 
 
 def test_cli_migrate_from_several_processes_at_once(bare_url: str, server: str) -> None:
@@ -173,7 +170,7 @@ def test_cli_migrate_from_several_processes_at_once(bare_url: str, server: str) 
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outs
     assert all(o.startswith(f"schema version {SCHEMA_VERSION} at ") for o, _ in outs), outs
-    assert _versions(server, _schema(bare_url)) == [m.version for m in MIGRATIONS]
+    assert _versions(server, pg_schema(bare_url)) == [m.version for m in MIGRATIONS]
 
 
 def test_workers_opening_with_migrate_true_from_several_processes(bare_url: str,
@@ -196,9 +193,9 @@ def test_workers_opening_with_migrate_true_from_several_processes(bare_url: str,
              for _ in range(4)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outs
-    assert _versions(server, _schema(bare_url)) == [m.version for m in MIGRATIONS]
+    assert _versions(server, pg_schema(bare_url)) == [m.version for m in MIGRATIONS]
     with psycopg.connect(server) as conn:
-        row = conn.execute(f'SELECT count(*) FROM "{_schema(bare_url)}".tasks').fetchone()
+        row = conn.execute(f'SELECT count(*) FROM "{pg_schema(bare_url)}".tasks').fetchone()
     assert row == (4,)
 
 
@@ -206,7 +203,7 @@ async def test_migrate_from_python_returns_the_version(bare_url: str, server: st
     from conveyor import storage
 
     assert await storage.migrate(bare_url) == SCHEMA_VERSION
-    assert _schema_exists(server, _schema(bare_url))
+    assert _schema_exists(server, pg_schema(bare_url))
 
 
 def test_cli_migrate_reads_the_url_from_the_environment_or_before_the_command(
@@ -217,12 +214,12 @@ def test_cli_migrate_reads_the_url_from_the_environment_or_before_the_command(
     before = cli("--db", bare_url, "migrate")
     assert before.code == 0, before
     assert before.out == from_env.out
-    assert _versions(server, _schema(bare_url)) == [m.version for m in MIGRATIONS]
+    assert _versions(server, pg_schema(bare_url)) == [m.version for m in MIGRATIONS]
 
 
 def test_migrate_into_a_schema_that_already_exists(bare_url: str, server: str) -> None:
     """A DBA may create the (empty) schema beforehand, or put other tables in it."""
-    schema = _schema(bare_url)
+    schema = pg_schema(bare_url)
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
         conn.execute(f'CREATE TABLE "{schema}".orders (id int)')
@@ -236,7 +233,7 @@ def test_migrate_into_a_schema_that_already_exists(bare_url: str, server: str) -
 def test_a_failed_migration_leaves_nothing_behind(bare_url: str, server: str) -> None:
     """A schema holding a table of the user's whose name conveyor needs: a clear error,
     and none of conveyor's tables half-created."""
-    schema = _schema(bare_url)
+    schema = pg_schema(bare_url)
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
         conn.execute(f'CREATE TABLE "{schema}".changes (id int)')
@@ -256,7 +253,7 @@ def test_cli_on_a_database_without_the_schema_says_to_migrate(bare_url: str, ser
     result = cli(*command, "--db", bare_url)
     assert_error(result, 1, "conveyor migrate")
     assert "conveyor:conveyor@" not in result.err
-    assert not _schema_exists(server, _schema(bare_url))  # nothing written
+    assert not _schema_exists(server, pg_schema(bare_url))  # nothing written
 
 
 def test_a_database_that_is_not_utf8_is_refused(server: str) -> None:
@@ -283,7 +280,7 @@ async def test_the_app_on_a_database_without_the_schema(bare_url: str, server: s
             await app.add("outside:noop")
     finally:
         await app.close()
-    assert not _schema_exists(server, _schema(bare_url))
+    assert not _schema_exists(server, pg_schema(bare_url))
 
 
 def test_sync_app_on_a_database_without_the_schema(bare_url: str, server: str) -> None:
@@ -293,12 +290,12 @@ def test_sync_app_on_a_database_without_the_schema(bare_url: str, server: str) -
             app.add("outside:noop")
     finally:
         app.close()
-    assert not _schema_exists(server, _schema(bare_url))
+    assert not _schema_exists(server, pg_schema(bare_url))
 
 
 def test_a_newer_schema_is_refused_with_a_clear_error(bare_url: str, server: str) -> None:
     assert cli("migrate", "--db", bare_url).code == 0
-    schema = _schema(bare_url)
+    schema = pg_schema(bare_url)
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f"INSERT INTO \"{schema}\".migrations (version, name) "
                      f"VALUES ({SCHEMA_VERSION + 1}, 'future')")
@@ -332,7 +329,7 @@ async def test_an_older_schema_is_refused_until_migrated(bare_url: str, server: 
     result = cli("migrate", "--db", bare_url)
     assert result.code == 0, result
     assert result.out.startswith(f"schema version {SCHEMA_VERSION} at ")
-    assert _versions(server, _schema(bare_url)) == [m.version for m in MIGRATIONS]
+    assert _versions(server, pg_schema(bare_url)) == [m.version for m in MIGRATIONS]
     app = Conveyor(bare_url)
     try:
         assert (await app.add("outside:noop")).status == "queued"
@@ -345,7 +342,7 @@ async def test_a_newer_schema_is_refused_by_the_app(bare_url: str, server: str) 
 
     await storage.migrate(bare_url)
     with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"INSERT INTO \"{_schema(bare_url)}\".migrations (version, name) "
+        conn.execute(f"INSERT INTO \"{pg_schema(bare_url)}\".migrations (version, name) "
                      f"VALUES ({SCHEMA_VERSION + 1}, 'future')")
     for url in (bare_url, f"{bare_url}&migrate=true"):
         app = Conveyor(url)
@@ -493,7 +490,7 @@ def test_a_cli_worker_on_a_database_without_the_schema(bare_url: str, server: st
     result = cli("worker", "outside_worker_app:app", "--db", bare_url, cwd=tmp_path,
                  env=clean_env(OUTSIDE_DB=bare_url, PYTHONPATH=str(tmp_path)))
     assert_error(result, 1, "conveyor migrate")
-    assert not _schema_exists(server, _schema(bare_url))
+    assert not _schema_exists(server, pg_schema(bare_url))
 
 
 async def test_add_in_refuses_other_connections(schema_url: str, server: str) -> None:
@@ -598,7 +595,7 @@ async def test_a_key_held_by_an_open_transaction(schema_url: str, server: str,
             held = await app.add_in(conn, "outside:mail", {"n": 1}, unique_key=key)
             racing = asyncio.create_task(other.add_checked("outside:mail", {"n": 2},
                                                            unique_key=key))
-            await _someone_waits_for_a_lock(server, _schema(schema_url))
+            await _someone_waits_for_a_lock(server, pg_schema(schema_url))
             assert not racing.done()
             await (conn.commit() if outcome == "commit" else conn.rollback())
             task, created = await asyncio.wait_for(racing, 10)
@@ -752,12 +749,12 @@ async def test_each_schema_notifies_on_its_own_channel(schema_url: str, server: 
     try:
         await app.open()
         async with await psycopg.AsyncConnection.connect(server, autocommit=True) as conn:
-            await conn.execute(f'LISTEN "conveyor:{_schema(schema_url)}"')
+            await conn.execute(f'LISTEN "conveyor:{pg_schema(schema_url)}"')
             task = await app.add("outside:noop")
             await app.abort(task.id, "no")
             payloads = []
             async for note in conn.notifies(timeout=10, stop_after=2):
-                assert note.channel == f"conveyor:{_schema(schema_url)}"
+                assert note.channel == f"conveyor:{pg_schema(schema_url)}"
                 payloads.append(note.payload)
         origin = app.storage.instance_id
         assert payloads == [f"{origin} q", origin]
@@ -815,7 +812,7 @@ async def test_prune_deletes_finished_tasks_and_their_logs(schema_url: str,
         assert await app.prune(0.001) == 3
         assert [t.id for t in await app.find()] == [queued.id]
         with psycopg.connect(server) as conn:
-            n = conn.execute(f'SELECT count(*) FROM "{_schema(schema_url)}".logs').fetchone()
+            n = conn.execute(f'SELECT count(*) FROM "{pg_schema(schema_url)}".logs').fetchone()
         assert n == (0,)
     finally:
         await app.close()
@@ -878,7 +875,7 @@ async def test_prune_skips_rows_someone_else_holds(schema_url: str, server: str)
         tasks = [await app.add("outside:noop") for _ in range(5)]
         for task in tasks:
             await app.abort(task.id, "done")
-        schema = _schema(schema_url)
+        schema = pg_schema(schema_url)
         async with await psycopg.AsyncConnection.connect(server) as holder:
             await holder.execute(f'SELECT id FROM "{schema}".tasks WHERE id = %s FOR UPDATE',
                                  (tasks[0].id,))

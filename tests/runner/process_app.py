@@ -75,7 +75,6 @@ async def nap(ctx: Context[Any]) -> str:
     return "rested"
 
 
-
 @app.handler("proc:overtime", mode="process", timeout=0.3, abort_grace=60, max_attempts=1)
 async def overtime(ctx: Context[Any]) -> str:
     await asyncio.sleep(60)
