@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -68,6 +69,8 @@ async def test_a_full_in_list_runs_on_every_backend(url: str) -> None:
     ({"limit": False}, "limit must be null or an integer >= 0, not False"),
     ({"limit": -1}, "limit must be null or an integer >= 0, not -1"),
     ({"limit": 2.0}, "limit must be null or an integer >= 0, not 2.0"),
+    ({"limit": 2**63}, re.escape(f"limit must be at most 2**63-1, not {2**63}")),
+    ({"skip": 2**64}, re.escape(f"skip must be at most 2**63-1, not {2**64}")),
 ])
 async def test_find_refuses_a_bad_window(url: str, window: dict[str, Any], message: str) -> None:
     app = Conveyor(url)
@@ -80,5 +83,38 @@ async def test_find_refuses_a_bad_window(url: str, window: dict[str, Any], messa
             parse_query(**window)
         assert len(await app.find(limit=None, skip=0)) == 1
         assert await app.find(limit=0) == []
+    finally:
+        await app.close()
+
+
+async def test_the_largest_window_reads_everything(url: str) -> None:
+    """2**63-1, the largest limit and skip, is accepted by every backend (their SQL
+    holds it in 64 bits): a limit that large is no limit, a skip that large skips all."""
+    app = Conveyor(url)
+    try:
+        added = await app.add_many([("work", {"n": n}) for n in range(3)])
+        found = await app.find(limit=2**63 - 1)
+        assert [t.id for t in found] == [t.id for t in added]
+        assert await app.find(skip=2**63 - 1) == []
+        assert await app.find(limit=2**63 - 1, skip=2**63 - 1) == []
+    finally:
+        await app.close()
+
+
+async def test_integers_beyond_64_bits_compare_as_documented(url: str) -> None:
+    """docs/query.md, Limits: a stored integer beyond 64 bits compares as a float on
+    SQLite, by exact decimal value on PostgreSQL, as Python compares on memory://."""
+    app = Conveyor(url)
+    try:
+        above, exact, as_float = await app.add_many(
+            [("work", {"big": 2**64 + 1}), ("work", {"big": 2**64}),
+             ("work", {"big": float(2**64)})])
+        found = {t.id for t in await app.find({"payload.big": float(2**64)})}
+        if url.startswith("sqlite"):
+            assert found == {above.id, exact.id, as_float.id}
+        elif url.startswith("postgres"):
+            assert found == {as_float.id}
+        else:
+            assert found == {exact.id, as_float.id}
     finally:
         await app.close()

@@ -48,6 +48,7 @@ from ..model import (
     Status,
     Task,
 )
+from ..query._tree import check_window
 from ..storage import WorkerInfo
 from ._errors import HubError
 
@@ -192,11 +193,7 @@ class HTTPClient:
     async def find(self, filter: Mapping[str, Any] | None = None, *, sort: Any = None,
                    limit: int | None = None, skip: int = 0) -> list[Task]:
         """Tasks matching ``filter``, sorted, paged (read :data:`PAGE` at a time)."""
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                  or limit < 0):
-            raise QueryError(f"limit must be null or an integer >= 0, not {limit!r}", "limit")
-        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
-            raise QueryError(f"skip must be an integer >= 0, not {skip!r}", "skip")
+        check_window(limit, skip)
         out: list[Task] = []
         while True:
             want = PAGE if limit is None else min(PAGE, limit - len(out))

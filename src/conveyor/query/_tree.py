@@ -258,11 +258,18 @@ class SortKey:
 
 
 def check_window(limit: object, skip: object) -> None:
-    """Refuse a ``limit`` other than None or an int >= 0, and a ``skip`` other than an int >= 0."""
+    """Refuse a ``limit`` other than None or an int >= 0, and a ``skip`` other than an
+    int >= 0; either above 2**63-1 too (the SQL backends hold them in 64 bits)."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise QueryError(f"limit must be null or an integer >= 0, not {limit!r}", "limit")
     if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
         raise QueryError(f"skip must be an integer >= 0, not {skip!r}", "skip")
+    for name, value in (("limit", limit), ("skip", skip)):
+        if value is not None and value > _WINDOW_MAX:
+            raise QueryError(f"{name} must be at most 2**63-1, not {value!r}", name)
+
+
+_WINDOW_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
