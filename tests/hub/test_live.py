@@ -93,10 +93,14 @@ async def test_a_limited_window_follows_its_boundary(insecure_hub: RunningHub) -
     changes = [await next_change(ws), await next_change(ws)]
     assert {(c["type"], c.get("task_id") or c["task"]["id"]) for c in changes} == {
         ("removed", tasks[2].id), ("added", tasks[4].id)}
+    # pushed out: `removed` carries the version it left at, its own (1)
+    assert [c["version"] for c in changes if c["type"] == "removed"] == [1]
     await app.abort(tasks[0].id)                    # leaves: the next one moves in
     changes = [await next_change(ws), await next_change(ws)]
     assert {(c["type"], c.get("task_id") or c["task"]["id"]) for c in changes} == {
         ("removed", tasks[0].id), ("added", tasks[2].id)}
+    # left by a change: the version of that change, as without a limit
+    assert [c["version"] for c in changes if c["type"] == "removed"] == [2]
     seqs = [m["seq"] for m in ws.seen if m.get("id") == "q"]
     assert seqs == list(range(1, len(seqs) + 1))
     await ws.close()
@@ -191,8 +195,13 @@ async def test_deleted_tasks_leave_the_result(insecure_hub: RunningHub) -> None:
     ws = await Raw.open(insecure_hub.url)
     snap = await live(ws, filter={"action": "d:x"})
     assert [t["id"] for t in snap["tasks"]] == [task.id]
+    windowed = await live(ws, "w", filter={"action": "d:x"}, limit=10)
+    assert [t["id"] for t in windowed["tasks"]] == [task.id]
     await app.delete(task.id)
-    gone = await next_change(ws)
-    assert gone["type"] == "removed" and gone["task_id"] == task.id
+    # `version` is null for a deletion, with a limit (the window read again) or not
+    for live_id in ("q", "w"):
+        gone = await next_change(ws, live_id)
+        assert gone == {"type": "removed", "id": live_id, "seq": 2, "task_id": task.id,
+                        "version": None}
     assert await app.count({"action": "d:x"}) == 0
     await ws.close()

@@ -104,6 +104,11 @@ class _Group:
         # limited windows: the latest full-rate progress of running tasks (with their
         # attempt), which the storage may not hold yet; a read of the window shows it
         self.progressed: dict[str, tuple[int, Progress]] = {}
+        # limited windows: how members may have left since the last read, so that
+        # `removed` says what it says without a limit (the version it left at; null
+        # when deleted)
+        self.left_at: dict[str, int] = {}
+        self.gone: set[str] = set()
         self.dirty = False
         self._task: asyncio.Task[None] | None = None
 
@@ -236,7 +241,10 @@ class _Group:
                 self.buffer[task.id] = task
             return
         if self.limited:
-            if task.id in self.members or matches(self.where, task):
+            if task.id in self.members:
+                self.left_at[task.id] = max(task.version, self.left_at.get(task.id, 0))
+                self._mark_dirty()
+            elif matches(self.where, task):
                 self._mark_dirty()
             return
         self._apply(task, fan=True)
@@ -303,6 +311,7 @@ class _Group:
             return
         if task_id in self.members:
             if self.limited:
+                self.gone.add(task_id)
                 self._mark_dirty()
                 return
             del self.members[task_id]
@@ -337,7 +346,8 @@ class _Group:
                 del self.progressed[task_id]
             for task_id in [k for k in self.members if k not in fresh]:
                 old = self.members.pop(task_id)[0]
-                self._removed(task_id, old.version)
+                self._removed(task_id, None if task_id in self.gone
+                              else max(old.version, self.left_at.get(task_id, 0)))
             for task in tasks:
                 member = self.members.get(task.id)
                 if member is None:
@@ -351,6 +361,9 @@ class _Group:
                     self._changed(enc)
             # keep the window's order in memory
             self.members = {t.id: self.members[t.id] for t in tasks}
+            # a member read before its change or deletion leaves at a later read
+            self.left_at = {k: v for k, v in self.left_at.items() if k in self.members}
+            self.gone &= self.members.keys()
 
     def _progressed_at(self, task: Task, progress: Progress) -> None:
         self.progressed[task.id] = (task.attempts, progress)
