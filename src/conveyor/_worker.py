@@ -747,6 +747,10 @@ class Worker:
                         completion.task_id)
             return
         self.finished_total += 1
+        if completion.transition.status is Status.QUEUED:
+            # queued again (a retry, a reschedule): claim at once or sleep until it is
+            # due, whatever the change feed says (nothing may be listening to it)
+            self._wake.set()
         app = self.app
         if not (app.result_sinks or app.error_sinks):
             return

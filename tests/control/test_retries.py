@@ -60,6 +60,42 @@ async def test_exponential_backoff_and_error_history(app: Conveyor) -> None:
     assert done.error == done.errors[-1]
 
 
+async def test_a_short_delay_is_kept_when_nothing_watches(local_url: str) -> None:
+    """A worker that queues a task again (backoff, ``Reschedule``) runs it when it is
+    due, not at its next idle poll, though nothing in the app listens to events
+    (no ``wait``: the handler tells the test). It slept ``idle_poll`` before."""
+    app = Conveyor(local_url, idle_poll=60.0, stop_timeout=1.0)
+    runs: dict[str, list[float]] = {"poll": [], "flaky": []}
+    done = {name: asyncio.Event() for name in runs}
+
+    @app.handler("poll")
+    async def poll(ctx: Context[Any]) -> Reschedule | str:
+        runs["poll"].append(time.monotonic())
+        if len(runs["poll"]) == 3:
+            done["poll"].set()
+            return "ok"
+        return Reschedule(after=0.05)
+
+    @app.handler("flaky", max_attempts=3, backoff={"base": 0.05, "factor": 1, "jitter": 0})
+    async def flaky(ctx: Context[Any]) -> None:
+        runs["flaky"].append(time.monotonic())
+        if len(runs["flaky"]) == 3:
+            done["flaky"].set()
+        raise RuntimeError("again")
+
+    try:
+        async with app:
+            for name, event in done.items():  # one after the other: nothing else wakes it
+                await app.add(name)
+                # three runs, two 0.05 s delays: far under the 60 s idle poll
+                await asyncio.wait_for(event.wait(), 20)
+    finally:
+        await app.close()
+    for name, times in runs.items():
+        assert len(times) == 3, name
+        assert all(b - a >= 0.05 for a, b in pairwise(times)), (name, times)
+
+
 async def test_retry_returned_by_the_handler(app: Conveyor) -> None:
     runs: list[float] = []
 
