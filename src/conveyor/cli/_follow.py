@@ -154,12 +154,19 @@ async def follow(app: Conveyor | HTTPClient, task: Task, *, bar_console: Console
         if bar is not None:
             helpers.append(asyncio.create_task(pump_events(bar)))
             helpers.append(asyncio.create_task(pump_snapshots(bar)))
+        waiter = asyncio.ensure_future(app.wait_task(task.id))
         try:
-            final = await app.wait_task(task.id)
             if log_console is not None:
-                # the log stream ends by itself once it sees that the task ended
+                # the log stream ends by itself once it sees that the task ended; one
+                # that ends before (its output closed: `| head`) ends the following
+                await asyncio.wait([waiter, helpers[0]], return_when=asyncio.FIRST_COMPLETED)
+                if helpers[0].done() and helpers[0].exception() is not None:
+                    await helpers[0]
+            final = await waiter
+            if log_console is not None:
                 await asyncio.wait(helpers[:1], timeout=5)
         finally:
+            waiter.cancel()
             for helper in helpers:
                 helper.cancel()
             for helper in helpers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -63,12 +64,21 @@ def _width(stderr: bool) -> int | None:
     return None if tty or os.environ.get("COLUMNS") else 200
 
 
+class _Console(Console):
+    """A rich console whose closed pipe (``| head``) is a ``BrokenPipeError``, which
+    the command line ends quietly wherever it is raised, rather than rich's
+    ``SystemExit`` (a traceback when it is raised in an asyncio task)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 def out_console() -> Console:
-    return Console(highlight=False, width=_width(False))
+    return _Console(highlight=False, width=_width(False))
 
 
 def err_console() -> Console:
-    return Console(stderr=True, highlight=False, width=_width(True))
+    return _Console(stderr=True, highlight=False, width=_width(True))
 
 
 def status_text(status: Status | str) -> Text:
