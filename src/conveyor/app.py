@@ -692,7 +692,8 @@ def _opened_in_background(task: asyncio.Future[None]) -> None:
 
 def _check_id(task_id: Any) -> None:
     if not isinstance(task_id, str) or not task_id or len(task_id) > 100:
-        raise ValidationError(f"a task id is a non-empty string, not {task_id!r}")
+        raise ValidationError("a task id is a non-empty string of at most 100 characters, "
+                              f"not {reprlib.repr(task_id)}")
 
 
 def _item_list(items: Any) -> list[Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import reprlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -147,7 +148,8 @@ class HTTPClient:
     @staticmethod
     def _id(task_id: str) -> str:
         if not isinstance(task_id, str) or not task_id or len(task_id) > 100:
-            raise ValidationError(f"a task id is a non-empty string, not {task_id!r}")
+            raise ValidationError("a task id is a non-empty string of at most 100 "
+                                  f"characters, not {reprlib.repr(task_id)}")
         return quote(task_id, safe="")
 
     # -- adding ---------------------------------------------------------------------
