@@ -228,6 +228,9 @@ class Worker:
         self.limits = ClaimLimits({h.action: h.limit for h in self.registry.handlers()
                                    if h.limit is not None})
         self.running: dict[str, _Run] = {}
+        # a task rescued from a dead worker runs alone (see _alone_if_rescued)
+        self._alone: str | None = None
+        self._single = False
         self.zombies = 0
         self.claimed_total = 0
         self.finished_total = 0
@@ -351,15 +354,15 @@ class Worker:
         errors = 0
         while not self._stopping:
             free = self._free()
-            if free <= 0:
+            if free <= 0 or self._alone is not None or (self._single and self.running):
                 self._slot.clear()
                 await self._slot.wait()
                 continue
-            want = min(free, self.batch_size)
+            want = 1 if self._single else min(free, self.batch_size)
             self._wake.clear()
             try:
-                tasks = await self.storage.claim(self.id, self.actions, want, self.lease,
-                                                 self.limits)
+                claimed = await self.storage.claim(self.id, self.actions, want, self.lease,
+                                                   self.limits)
                 errors = 0
             except Exception as exc:
                 errors += 1
@@ -367,13 +370,38 @@ class Worker:
                 log.warning("worker %s: claim failed (%s); retrying in %.1fs", self.id, exc, delay)
                 await asyncio.sleep(delay)
                 continue
+            tasks = await self._alone_if_rescued(claimed)
             for task in tasks:
                 self._launch(task)
-            if len(tasks) >= want or self._stopping:
+            if len(claimed) >= want or self._stopping:
                 continue
             if tasks:
                 await asyncio.sleep(0)  # let the handlers just launched start first
             await self._idle()
+
+    async def _alone_if_rescued(self, tasks: list[Task]) -> list[Task]:
+        """A task rescued from a dead worker (``rescues > 0``) may be what killed it: it
+        runs alone, so that a task that kills its worker every time takes no other
+        task with it. The others of its claim go back to the queue (``release``: no
+        attempt used); with tasks running here, it goes back too until they end. While
+        rescued tasks come, this worker claims one task at a time."""
+        suspect = next((t for t in tasks if t.rescues), None)
+        if suspect is None:
+            self._single = False
+            return tasks
+        self._single = True
+        keep = None if self.running else suspect
+        back = [t for t in tasks if t is not keep]
+        if back:
+            try:
+                await self.storage.release(self.id, [Lease(t.id, t.token or "") for t in back])
+            except Exception as exc:  # their leases expire and the sweeper requeues them
+                log.warning("worker %s: could not hand back %d task(s) claimed beside a "
+                            "rescued one (%s)", self.id, len(back), exc)
+        if keep is None:
+            return []
+        self._alone = keep.id
+        return [keep]
 
     async def _idle(self) -> None:
         timeout = self.app.idle_poll
@@ -736,6 +764,8 @@ class Worker:
     def _forget(self, run: _Run) -> None:
         if self.running.get(run.task.id) is run:
             del self.running[run.task.id]
+            if self._alone == run.task.id:
+                self._alone = None
             with self._leases_lock:
                 self._leases.pop(run.task.id, None)
             self._slot.set()
