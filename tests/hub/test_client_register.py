@@ -17,7 +17,10 @@ async def _noop(ctx: Any) -> None:
 @pytest.mark.parametrize(("options", "message"), [
     ({"colour": "red"}, "unknown option(s): colour"),
     ({"colour": 1, "size": 2}, "unknown option(s): colour, size"),
-    ({"priority": 1}, "belongs to the publishing side"),
+    ({"priority": 1}, "belongs to the publishing side; give it to the tasks "
+                      "(add(..., priority=...)) instead"),
+    ({"retries": 2}, "(add(..., max_attempts=...))"),
+    ({"limit": 1}, "'limit' is not supported for a remote handler"),
     ({"mode": "process"}, "mode='process' is not supported"),
 ])
 def test_bad_register_options_are_named(options: dict[str, Any], message: str) -> None:

@@ -218,6 +218,8 @@ async def test_repeated_failed_logins_are_rate_limited(hub: RunningHub) -> None:
                      401)
         r = await http.get(f"{API}/stats", headers={"Authorization": f"Bearer {good}"})
         error_of(r, 429, "rate_limited", "too many failed logins")
+        # the lockout lasts 60 s: Retry-After says how much of it is left
+        assert 1 <= int(r.headers["Retry-After"]) <= 60, r.headers
         error_of(await http.post(T, headers={"Authorization": f"Bearer {good}"},
                                  json={"action": "a"}), 429)
     assert await hub.app.count() == 0
@@ -232,3 +234,37 @@ async def test_an_insecure_hub_needs_no_key(insecure_hub: RunningHub) -> None:
         assert (await http.get("/metrics")).status_code == 200
         document = (await http.get("/openapi.json")).json()
         assert document["security"] == []
+
+
+async def test_a_broken_credentials_file_keeps_the_keys_read_before(
+        hub: RunningHub, caplog: pytest.LogCaptureFixture) -> None:
+    """A credentials file that cannot be read (a half-finished edit by hand) leaves the
+    credentials read before in use, is logged once (not every quarter second), and is
+    read again once it is whole."""
+    good = hub.key("good", admin=True)
+    assert hub.credentials is not None
+    path = Path(hub.credentials.path)
+    whole = await asyncio.to_thread(path.read_text)
+    caplog.set_level("WARNING", logger="conveyor.hub")
+    await asyncio.to_thread(path.write_text, '{"version": 1, "credentials": [')
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "credentials" in r.getMessage()]
+
+    deadline = time.monotonic() + 5
+    while not warnings():
+        assert time.monotonic() < deadline, "the broken file was not reported"
+        await asyncio.sleep(0.05)
+    async with client(hub) as http:
+        r = await http.get(f"{API}/stats", headers={"Authorization": f"Bearer {good}"})
+        assert r.status_code == 200, r.text
+        await asyncio.sleep(1.0)  # four more reads of the still broken file
+        assert len(warnings()) == 1, warnings()
+        assert "stay in use" in warnings()[0]
+        await asyncio.to_thread(path.write_text, whole)
+        other = hub.key("other", admin=True)  # written by the store: the file is whole again
+        deadline = time.monotonic() + 5
+        while (await http.get(f"{API}/stats",
+                              headers={"Authorization": f"Bearer {other}"})).status_code != 200:
+            assert time.monotonic() < deadline, "the repaired file was not read"
+            await asyncio.sleep(0.05)

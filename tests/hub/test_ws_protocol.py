@@ -92,6 +92,11 @@ async def test_malformed_messages_get_errors_and_the_connection_lives(
     filter_error = next(m for m in ws.seen if m.get("code") == "bad_filter")
     assert filter_error["id"] == 5 and "$nope" in filter_error["message"]
     assert (await ws.request({"type": "ping"}, "pong"))["type"] == "pong"
+    # the words of a live query given to the remote-worker messages point at live/unlive
+    wrong = await ws.request({"type": "subscribe", "filter": {"action": "a"}}, "error")
+    assert wrong["code"] == "bad_message" and "is 'live'" in wrong["message"]
+    wrong = await ws.request({"type": "unsubscribe", "live": "q"}, "error")
+    assert wrong["code"] == "not_found" and "'unlive'" in wrong["message"]
     await ws.close()
 
 

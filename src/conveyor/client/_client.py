@@ -548,12 +548,17 @@ class HubClient:
         if options.get("mode") == "process":
             raise ConfigurationError("remote workers run handlers on their loop or in threads; "
                                      "mode='process' is not supported here")
-        for name in ("schedule", "limit", "pickup_timeout", "priority", "policy",
-                     "max_attempts", "retries", "backoff"):
+        for name in ("pickup_timeout", "priority", "max_attempts", "retries", "backoff"):
+            if name in options:
+                option = "max_attempts" if name == "retries" else name
+                raise ConfigurationError(
+                    f"handler option {name!r} belongs to the publishing side; give it to "
+                    f"the tasks (add(..., {option}=...)) instead")
+        for name in ("schedule", "limit", "policy"):
             if name in options:
                 raise ConfigurationError(
-                    f"handler option {name!r} belongs to the publishing side or the hub; "
-                    "give it to the tasks (add(..., {name}=...)) instead")
+                    f"handler option {name!r} is not supported for a remote handler: it "
+                    "belongs to an in-process app (conveyor serve --app MODULE:APP)")
         if action in self._handlers:
             raise ConfigurationError(f"a handler for {action!r} is already registered")
         check_handler_options(action, options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from starlette.requests import HTTPConnection
@@ -42,4 +43,7 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> JSONRe
 def auth_error_response(exc: AuthError) -> JSONResponse:
     code = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}.get(exc.status,
                                                                           "refused")
-    return error_response(exc.status, code, exc.message)
+    response = error_response(exc.status, code, exc.message)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return response

@@ -28,10 +28,12 @@ class AuthError(Exception):
     (401 no or bad key, 403 not allowed, 429 rate limited or too many instances);
     ``code`` the WebSocket close code to use."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+        """Seconds until a retry may succeed (the failed-login lockout), when known."""
 
     @property
     def code(self) -> int:
@@ -96,7 +98,7 @@ class Hub:
         wait = self.limiter.locked_for(client)
         if wait > 0:
             raise AuthError(429, f"too many failed logins from {client}: try again in "
-                                 f"{wait:.0f} s")
+                                 f"{wait:.0f} s", retry_after=wait)
         if not key:
             raise AuthError(401, "a credential is required: send the header "
                                  "'Authorization: Bearer <key>'")
@@ -127,13 +129,18 @@ class Hub:
     async def _watch_credentials(self) -> None:
         """Reload the credentials file when it changes; close revoked connections."""
         assert self.credentials is not None
+        said = ""  # the last error logged: a broken file is reported once, not every tick
         while True:
             await asyncio.sleep(0.25)
             try:
                 await asyncio.to_thread(self.credentials.reload)
             except Exception as exc:
-                log.warning("credentials: %s", exc)
+                if str(exc) != said:
+                    log.warning("credentials: %s (the credentials read before stay in use)",
+                                exc)
+                    said = str(exc)
                 continue
+            said = ""
             # checked on every tick, not only when the file changed: a revocation
             # through this very store (an admin route) leaves the file stamp current
             for key_id, conns in list(self.connections.items()):

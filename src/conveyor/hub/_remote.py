@@ -514,6 +514,9 @@ class Remote:
             target = msg.get("subscription")
             sub = conn.subs.get(_json.dumps(target))
             if sub is None:
+                if target is None and "live" in msg:
+                    raise ProtocolError("not_found", "no subscription with id None: "
+                                                     "a live query ends with 'unlive'")
                 raise ProtocolError("not_found", f"no subscription with id {target!r}")
             self.unsubscribe(sub, "unsubscribed")
             conn.send_msg({"type": "ok", "id": msg["id"]})
@@ -560,6 +563,9 @@ class Remote:
     # -- subscriptions ----------------------------------------------------------
 
     async def _subscribe(self, conn: Connection, msg: dict[str, Any]) -> None:
+        if "service" not in msg and "filter" in msg:
+            raise ProtocolError("bad_message", "'subscribe' makes a remote worker (service, "
+                                               "actions); a live query of a filter is 'live'")
         name = req_str(msg, "service", limit=100)
         if not _SERVICE_NAME.match(name):
             raise ProtocolError("bad_message", "a service name is 1-100 letters, digits and "
