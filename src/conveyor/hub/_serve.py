@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -21,7 +23,30 @@ if TYPE_CHECKING:
     from ._credentials import CredentialStore
     from ._hub import Hub
 
-__all__ = ["bind", "run_hub"]
+__all__ = ["bind", "redact_access_log", "run_hub"]
+
+_SECRET_PARAM = re.compile(
+    r"([?&](?:key|api_key|apikey|token|access_token|password|secret)=)[^&#\s]*", re.IGNORECASE)
+
+
+class _RedactSecrets(logging.Filter):
+    """Blanks the values of secret-looking query parameters (``?key=...``) in uvicorn's
+    access log lines: the hub reads keys only from headers, but a client may still
+    put one in a URL, and that URL must not be written to the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) \
+                and "=" in args[2]:
+            record.args = (*args[:2], _SECRET_PARAM.sub(r"\1***", args[2]), *args[3:])
+        return True
+
+
+def redact_access_log() -> None:
+    """Install the filter that keeps keys given in URLs out of uvicorn's access log."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactSecrets) for f in access.filters):
+        access.addFilter(_RedactSecrets())
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -60,6 +85,7 @@ async def run_hub(app: Conveyor | str, config: HubConfig, *,
         settings = uvicorn.Config(asgi, host=config.host, port=config.port,
                                   ws_max_size=config.ws_max_size, log_level="info",
                                   lifespan="on")
+        redact_access_log()  # after the Config, which sets uvicorn's logging up
         if stop is None:
             await _serve(_HubServer(settings, asgi.state.hub), sock)
             return
