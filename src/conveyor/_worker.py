@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -60,6 +61,11 @@ if TYPE_CHECKING:
     from .schedule import Schedule
 
 __all__ = ["ErrorItem", "ResultItem", "Worker"]
+
+ALONE_FOR = 10.0
+"""Seconds a task rescued from a dead worker runs with nothing else starting beside it
+(unless it ends before), and the longest a worker waits for its running tasks to end
+before it starts one (see ``Worker._alone_if_rescued``)."""
 
 log = logging.getLogger("conveyor.worker")
 _PLAIN = (bool, int)  # results that are always valid JSON
@@ -231,6 +237,7 @@ class Worker:
         # a task rescued from a dead worker runs alone (see _alone_if_rescued)
         self._alone: str | None = None
         self._single = False
+        self._drain_until = 0.0  # (monotonic) 0: not waiting for running tasks to end
         self.zombies = 0
         self.claimed_total = 0
         self.finished_total = 0
@@ -354,9 +361,15 @@ class Worker:
         errors = 0
         while not self._stopping:
             free = self._free()
-            if free <= 0 or self._alone is not None or (self._single and self.running):
+            if free <= 0 or self._alone is not None:
                 self._slot.clear()
                 await self._slot.wait()
+                continue
+            if self._single and self.running and time.monotonic() < self._drain_until:
+                self._slot.clear()  # a rescued task waits for the running ones to end
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._drain_until - time.monotonic()):
+                        await self._slot.wait()
                 continue
             want = 1 if self._single else min(free, self.batch_size)
             self._wake.clear()
@@ -383,14 +396,23 @@ class Worker:
         """A task rescued from a dead worker (``rescues > 0``) may be what killed it: it
         runs alone, so that a task that kills its worker every time takes no other
         task with it. The others of its claim go back to the queue (``release``: no
-        attempt used); with tasks running here, it goes back too until they end. While
-        rescued tasks come, this worker claims one task at a time."""
+        attempt used); with tasks running here, it goes back too until they end (for
+        at most ``ALONE_FOR`` seconds); once started, nothing else starts beside it for
+        ``ALONE_FOR`` seconds or until it ends. While rescued tasks come, this worker
+        claims one task at a time."""
         suspect = next((t for t in tasks if t.rescues), None)
         if suspect is None:
             self._single = False
             return tasks
         self._single = True
-        keep = None if self.running else suspect
+        now = time.monotonic()
+        if self.running and not (self._drain_until and now >= self._drain_until):
+            keep = None
+            if not self._drain_until:
+                self._drain_until = now + ALONE_FOR
+        else:
+            keep = suspect
+            self._drain_until = 0.0
         back = [t for t in tasks if t is not keep]
         if back:
             try:
@@ -401,7 +423,15 @@ class Worker:
         if keep is None:
             return []
         self._alone = keep.id
+        asyncio.get_running_loop().call_later(ALONE_FOR, self._trusted, keep.id)
         return [keep]
+
+    def _trusted(self, task_id: str) -> None:
+        """A rescued task ran ``ALONE_FOR`` seconds without killing its worker: other
+        tasks may start beside it."""
+        if self._alone == task_id:
+            self._alone = None
+            self._slot.set()
 
     async def _idle(self) -> None:
         timeout = self.app.idle_poll
