@@ -47,7 +47,11 @@ class ConfigurationError(ConveyorError):
 
 
 class UnknownAction(ConveyorError, LookupError):
-    """No handler is registered for an action where one is needed."""
+    """No handler is registered for an action where one is needed.
+
+    Reserved: conveyor does not raise it today. Adding a task of an action that no
+    process handles is accepted (a worker may start later, or run elsewhere); the
+    CLI's ``add`` warns about it instead."""
 
 
 class StorageError(ConveyorError):
@@ -75,12 +79,19 @@ class InvalidTransition(ConveyorError):
         super().__init__(message)
 
 
-class DuplicateTask(ConveyorError):
-    """A live task already holds this unique key (raised where returning it is not possible)."""
+class DuplicateTask(InvalidTransition):
+    """A live task already holds this unique key, where returning that task is not
+    possible: :meth:`Conveyor.retry` of a task whose key another task took meanwhile
+    (an :class:`InvalidTransition`; ``task`` is the task retried)."""
 
 
 class LeaseLost(ConveyorError):
-    """A worker's claim on a task was taken over; its write was refused (fencing)."""
+    """A worker's claim on a task was taken over; its write was refused (fencing).
+
+    Reserved: conveyor does not raise it today. A worker whose heartbeat is refused
+    stops that run as an abort with reason ``lease lost`` (the handler sees
+    ``ctx.aborted``; an async one is cancelled), and a refused finish is logged and
+    its result dropped."""
 
 
 class WaitTimeout(ConveyorError, TimeoutError):

@@ -15,6 +15,7 @@ import pytest
 from conveyor import (
     Context,
     Conveyor,
+    DuplicateTask,
     InvalidTransition,
     Outcome,
     Raised,
@@ -404,3 +405,19 @@ async def test_sync_handler_abort_grace_applies_to_timeouts(local_url: str) -> N
     finally:
         release.set()
         await app.close()
+
+
+async def test_a_retry_whose_key_another_task_took_is_a_duplicate_task(app: Conveyor) -> None:
+    """``retry`` cannot return the task that holds the key instead: DuplicateTask (an
+    InvalidTransition), naming the holder, and nothing changes."""
+    first = await app.add("later", unique_key="k")
+    await app.abort(first.id)
+    second = await app.add("later", unique_key="k")
+    assert second.id != first.id
+    with pytest.raises(DuplicateTask, match=f"task {second.id} already holds unique key 'k'"
+                       ) as info:
+        await app.retry(first.id)
+    assert isinstance(info.value, InvalidTransition)
+    assert info.value.task is not None and info.value.task.id == first.id
+    assert (await app.get(first.id)).status is Status.ABORTED
+

@@ -25,7 +25,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from .. import _json
-from ..errors import InvalidTransition, StorageError, TaskNotFound
+from ..errors import DuplicateTask, InvalidTransition, StorageError, TaskNotFound
 from ..model import (
     TERMINAL,
     Backoff,
@@ -469,7 +469,7 @@ class MemoryStorage(FanoutFeed, Storage):
                             and (other.status in task.unique_scope
                                  or other.status in other.unique_scope)
                             and Status.QUEUED in task.unique_scope):
-                        raise InvalidTransition(
+                        raise DuplicateTask(
                             f"task {other.id} already holds unique key {task.unique_key!r}",
                             task)
             self._put(new, "retried", now)

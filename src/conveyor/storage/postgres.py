@@ -59,7 +59,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from .. import _json
 from ..errors import (
     ConfigurationError,
-    InvalidTransition,
+    DuplicateTask,
     QueryError,
     SchemaError,
     StorageError,
@@ -1369,11 +1369,11 @@ class PostgresStorage(FanoutFeed, Storage):
                             "key": task.unique_key, "id": task.id,
                             "scope": encode_scope(task.unique_scope)})
                         if rows:
-                            raise InvalidTransition(f"task {rows[0][0]} already holds unique "
+                            raise DuplicateTask(f"task {rows[0][0]} already holds unique "
                                                     f"key {task.unique_key!r}", task)
                     await self._save(conn, [(task, new, "retried")])
             except psycopg.errors.UniqueViolation:
-                raise InvalidTransition(
+                raise DuplicateTask(
                     f"another task already holds unique key {task.unique_key!r}", task) from None
         return new
 

@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, urlsplit
 from .. import _json
 from ..errors import (
     ConfigurationError,
-    InvalidTransition,
+    DuplicateTask,
     SchemaError,
     StorageError,
     TaskNotFound,
@@ -815,7 +815,7 @@ class SQLiteStorage(FanoutFeed, Storage):
                     "unique_key": task.unique_key, "scope": encode_scope(task.unique_scope),
                 }).fetchone()
                 if row is not None and row[0] != task.id:
-                    raise InvalidTransition(
+                    raise DuplicateTask(
                         f"task {row[0]} already holds unique key {task.unique_key!r}", task)
             self._save(conn, task, new, "retried")
             return new
