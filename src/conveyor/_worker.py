@@ -403,6 +403,7 @@ class Worker:
         suspect = next((t for t in tasks if t.rescues), None)
         if suspect is None:
             self._single = False
+            self._drain_until = 0.0
             return tasks
         self._single = True
         now = time.monotonic()
