@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -30,6 +30,7 @@ from ._signals import stop_signals
 __all__ = ["demo_command"]
 
 ROWS = 14
+BAR_WIDTH = 20
 
 
 @click.command("demo")
@@ -57,9 +58,10 @@ def demo_command(ctx: click.Context, duration: float | None, every: float) -> in
 class _Board:
     """What the live display knows: session tasks from storage, progress from events."""
 
-    def __init__(self, app: Conveyor, url: str) -> None:
+    def __init__(self, app: Conveyor, url: str, width: Callable[[], int] | None = None) -> None:
         self.app = app
         self.url = url
+        self.width = width  # the terminal's width now, when known
         self.started = time.time()
         self.tasks: list[Task] = []
         self.progress: dict[str, Progress] = {}
@@ -87,18 +89,45 @@ class _Board:
         return Group(header, _counts_line(self.tasks, self.added), self._table(now))
 
     def _table(self, now: float) -> Table:
+        tasks = _interesting(self.tasks)[:ROWS]
+        cells = [("…" + t.id[-8:], t.action, status_text(t.status), str(t.attempts))
+                 for t in tasks]
+        # the note takes what the terminal has left (at most 44 columns; none below 8),
+        # with a shorter bar when it is narrow: a narrow terminal cuts the note rather
+        # than squeezing the other columns
+        width = self.width() if self.width is not None else 200
+        fixed = _fixed_width(cells) + 1  # the columns, their padding and borders
+        bar = BAR_WIDTH if width - fixed - BAR_WIDTH - 6 >= 16 else BAR_WIDTH // 2
+        note = min(44, width - fixed - bar - 6)
         table = Table(header_style="bold", expand=False)
         table.add_column("task", no_wrap=True, style="dim")
         table.add_column("action", no_wrap=True)
         table.add_column("status", no_wrap=True)
-        table.add_column("attempt", justify="right")
+        table.add_column("attempt", justify="right", no_wrap=True)
         table.add_column("progress", no_wrap=True)
-        table.add_column("", no_wrap=True, max_width=44, overflow="ellipsis")
-        for task in _interesting(self.tasks)[:ROWS]:
+        if note >= 8:
+            table.add_column("", no_wrap=True, max_width=note, overflow="ellipsis")
+        for task, (short_id, action, status, attempts) in zip(tasks, cells, strict=True):
             progress = self.progress.get(task.id, task.progress)
-            table.add_row("…" + task.id[-8:], escape(task.action), status_text(task.status),
-                          str(task.attempts), _bar(task, progress), _note(task, progress, now))
+            row: list[RenderableType] = [short_id, escape(action), status, attempts,
+                                         _bar(task, progress, bar)]
+            if note >= 8:
+                row.append(_note(task, progress, now))
+            table.add_row(*row)
         return table
+
+
+def _fixed_width(cells: Sequence[tuple[str, str, Text, str]]) -> int:
+    """The width of the demo table's first four columns: each one's widest cell or
+    header, plus its padding (2) and left border (1)."""
+    heads = ("task", "action", "status", "attempt")
+    widest = [max([len(head)] + [_cell_len(row[i]) for row in cells])
+              for i, head in enumerate(heads)]
+    return sum(w + 3 for w in widest)
+
+
+def _cell_len(cell: str | Text) -> int:
+    return len(cell) if isinstance(cell, str) else cell.cell_len
 
 
 def _interesting(tasks: Sequence[Task]) -> list[Task]:
@@ -125,12 +154,12 @@ def _counts_line(tasks: Sequence[Task], added: int) -> Text:
     return line
 
 
-def _bar(task: Task, progress: Progress | None) -> RenderableType:
+def _bar(task: Task, progress: Progress | None, width: int = BAR_WIDTH) -> RenderableType:
     if task.status is Status.SUCCEEDED:
-        return ProgressBar(total=1, completed=1, width=20)
+        return ProgressBar(total=1, completed=1, width=width)
     if progress is None or progress.fraction is None or task.terminal:
-        return Text(" " * 20)
-    return ProgressBar(total=1, completed=progress.fraction, width=20)
+        return Text(" " * width)
+    return ProgressBar(total=1, completed=progress.fraction, width=width)
 
 
 def _note(task: Task, progress: Progress | None, now: float) -> str:
@@ -150,7 +179,7 @@ def _note(task: Task, progress: Progress | None, now: float) -> str:
 
 async def _run_demo(app: Conveyor, url: str, duration: float | None, every: float) -> int:
     console = out_console()
-    board = _Board(app, url)
+    board = _Board(app, url, width=lambda: console.width)
     app.on("task.progress", board.on_progress)
     with stop_signals() as stop:
         try:
