@@ -591,3 +591,34 @@ async def test_delivery_all_a_wait_for_the_task_is_answered_at_the_end(
     assert ended["task"]["result"] == "beta won"
     for ws in (*services.values(), pub):
         await ws.close()
+
+
+async def test_an_update_in_the_publishers_shape_is_read(insecure_hub: RunningHub) -> None:
+    """A service may send its progress inside ``progress``, as publishers receive it
+    (it was answered ``ok`` and stored as empty progress); both shapes at once is an
+    error."""
+    service = await Raw.open(insecure_hub.url)
+    await subscribe(service, "svc", ["nested:x"])
+    publisher = await Raw.open(insecure_hub.url)
+    task = (await publisher.request({"type": "publish", "id": "p", "action": "nested:x",
+                                     "wait": True}, "published"))["task"]
+    await service.expect("offer", "sub")
+    await service.request({"type": "pickup", "task_id": task["id"], "ack": True}, "ok")
+    await service.request({"type": "update", "task_id": task["id"], "ack": True,
+                           "progress": {"current": 1, "total": 2, "message": "half"}}, "ok")
+    update = await publisher.expect("update", "p")
+    assert update["progress"]["current"] == 1 and update["progress"]["total"] == 2
+    assert update["progress"]["message"] == "half"
+    both = await service.request({"type": "update", "task_id": task["id"], "current": 1,
+                                  "progress": {"current": 2}}, "error")
+    assert both["code"] == "bad_message" and "not both" in both["message"]
+    bad = await service.request({"type": "update", "task_id": task["id"], "progress": 3},
+                                "error")
+    assert bad["code"] == "bad_message"
+    await service.request({"type": "return", "task_id": task["id"], "result": 1, "ack": True},
+                          "ok")
+    assert (await publisher.expect("result", "p"))["value"] == 1
+    stored = await insecure_hub.app.get(task["id"])
+    assert stored.progress is not None and stored.progress.current == 1
+    await service.close()
+    await publisher.close()

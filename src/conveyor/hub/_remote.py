@@ -944,6 +944,14 @@ class Remote:
     # -- runs -------------------------------------------------------------------
 
     def _update(self, held: Held, msg: dict[str, Any]) -> None:
+        nested = msg.get("progress")
+        if nested is not None:  # the shape publishers receive: {"progress": {...}}
+            if not isinstance(nested, dict):
+                raise ProtocolError("bad_message", "'progress' must be an object")
+            if any(k in msg for k in ("current", "total", "message", "data")):
+                raise ProtocolError("bad_message", "give the progress fields at the top "
+                                                   "level or inside 'progress', not both")
+            msg = nested
         current = opt_number(msg, "current", minimum=None)
         total = opt_number(msg, "total", minimum=None)
         message = opt_str(msg, "message", limit=10_000)
