@@ -70,7 +70,7 @@ async def test_nothing_starts_beside_a_rescued_task_for_a_while(app: Conveyor) -
         await until(lambda: len(started) == 4, timeout=10, what="every task to start")
         assert "rescued" not in ended  # the quick ones started while it ran...
         for i in range(3):  # ...but only once it had run alone for ALONE seconds
-            assert started[f"q{i}"] - started["rescued"] >= ALONE * 0.9, started
+            assert started[f"q{i}"] - started["rescued"] >= ALONE * 0.6, started
         go.set()
         for task in [rescued, *quick]:
             assert (await app.wait_task(task.id, timeout=10)).status.value == "succeeded"
