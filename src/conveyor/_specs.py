@@ -43,6 +43,7 @@ __all__ = [
     "check_max_attempts",
     "check_priority",
     "check_tags",
+    "check_task_id",
     "unique_key_from_fields",
 ]
 
@@ -56,6 +57,13 @@ MAX_UNIQUE_KEY = 512
 
 # The checks of the options a task and a handler share (the handler's are the
 # defaults of its tasks): ``add`` and ``build_handler`` use the same ones.
+
+
+def check_task_id(task_id: Any) -> None:
+    """A task id given to a call: a non-empty string of at most 100 characters."""
+    if not isinstance(task_id, str) or not task_id or len(task_id) > 100:
+        raise ValidationError("a task id is a non-empty string of at most 100 characters, "
+                              f"not {reprlib.repr(task_id)}")
 
 
 def check_priority(value: Any) -> float:

@@ -383,7 +383,9 @@ class Worker:
                 log.warning("worker %s: claim failed (%s); retrying in %.1fs", self.id, exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            tasks = await self._alone_if_rescued(claimed)
+            tasks = claimed
+            if self._single or any(t.rescues for t in claimed):
+                tasks = await self._alone_if_rescued(claimed)
             for task in tasks:
                 self._launch(task)
             if len(claimed) >= want or self._stopping:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from . import _forks
 from ._registry import Handler, Registry, build_handler, check_handler_options, check_policy
-from ._specs import build_spec, check_priority
+from ._specs import build_spec, check_priority, check_task_id
 from ._worker import Worker
 from .errors import (
     ConfigurationError,
@@ -439,7 +439,7 @@ class Conveyor:
                   max_level: LogLevel | str = LogLevel.DEBUG) -> Task:
         """The task (raises :class:`TaskNotFound`). With ``logs=True``, its logs
         up to ``max_level`` of detail are in ``task.logs``."""
-        _check_id(task_id)
+        check_task_id(task_id)
         await self.open()
         task = await self.storage.get(task_id)
         if task is None:
@@ -503,7 +503,7 @@ class Conveyor:
 
     async def wait_task(self, task_id: str, timeout: float | None = None) -> Task:
         """Wait until the task ends and return it, whatever its final status."""
-        _check_id(task_id)
+        check_task_id(task_id)
         limit = seconds(timeout, "timeout")
         await self.open()
         loop = asyncio.get_running_loop()
@@ -535,7 +535,7 @@ class Conveyor:
                    max_level: LogLevel | str = LogLevel.DEBUG) -> AsyncIterator[LogRecord]:
         """A task's logs from the beginning; with ``follow`` (the default), then
         new ones as they are written, until the task ends or you stop iterating."""
-        _check_id(task_id)
+        check_task_id(task_id)
         level = LogLevel.parse(max_level)
         await self.open()
         signal = self.bus.signal(task_id)
@@ -616,7 +616,7 @@ class Conveyor:
         ``ctx.aborted`` if sync) and killed if still running after
         ``abort_grace``. Raises
         :class:`InvalidTransition` for a task that already ended."""
-        _check_id(task_id)
+        check_task_id(task_id)
         if not isinstance(reason, str) or not reason:
             raise ValidationError("abort reason must be a non-empty string")
         await self.open()
@@ -631,7 +631,7 @@ class Conveyor:
 
     async def retry(self, task_id: str, *, delay: float | None = None) -> Task:
         """Queue a failed or aborted task again: same id, history kept, one more attempt."""
-        _check_id(task_id)
+        check_task_id(task_id)
         wait = seconds(delay, "delay") or 0.0
         await self.open()
         task = await self.storage.retry(task_id, time.time() + wait)
@@ -642,7 +642,7 @@ class Conveyor:
 
     async def prioritize(self, task_id: str, priority: float) -> Task:
         """Change the priority of a queued task."""
-        _check_id(task_id)
+        check_task_id(task_id)
         value = check_priority(priority)
         await self.open()
         task = await self.storage.prioritize(task_id, value)
@@ -667,7 +667,7 @@ class Conveyor:
         else:
             ids = list(target)
         for task_id in ids:
-            _check_id(task_id)
+            check_task_id(task_id)
         await self.open()
         deleted = await self.storage.delete(ids)
         for task_id in deleted:
@@ -688,12 +688,6 @@ def _opened_in_background(task: asyncio.Future[None]) -> None:
     opens again and raises it to its caller."""
     if not task.cancelled() and task.exception() is not None:
         log.debug("opening the storage for event listeners failed: %s", task.exception())
-
-
-def _check_id(task_id: Any) -> None:
-    if not isinstance(task_id, str) or not task_id or len(task_id) > 100:
-        raise ValidationError("a task id is a non-empty string of at most 100 characters, "
-                              f"not {reprlib.repr(task_id)}")
 
 
 def _item_list(items: Any) -> list[Any]:

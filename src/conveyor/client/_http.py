@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import reprlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .._specs import check_task_id
 from ..errors import (
     InvalidTransition,
     QueryError,
@@ -147,9 +147,7 @@ class HTTPClient:
 
     @staticmethod
     def _id(task_id: str) -> str:
-        if not isinstance(task_id, str) or not task_id or len(task_id) > 100:
-            raise ValidationError("a task id is a non-empty string of at most 100 "
-                                  f"characters, not {reprlib.repr(task_id)}")
+        check_task_id(task_id)
         return quote(task_id, safe="")
 
     # -- adding ---------------------------------------------------------------------
