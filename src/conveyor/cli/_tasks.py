@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -97,11 +96,7 @@ def _parse_tag(raw: str) -> tuple[str, Any]:
 def handles(workers: Sequence[WorkerInfo], action: str) -> bool:
     """Whether a live registered worker runs ``action``."""
     now = time.time()
-    return any(
-        worker_alive(w, now) and any(a == action or fnmatch.fnmatchcase(action, a)
-                                     for a in w.actions)
-        for w in workers
-    )
+    return any(worker_alive(w, now) and w.runs(action) for w in workers)
 
 
 @click.command("add")

@@ -6,20 +6,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 from .._aio import stop_tasks
 from ..app import Conveyor
+from ..storage.base import WorkerInfo
 from ._config import HubConfig
 from ._credentials import ANONYMOUS, Credential, CredentialStore
 from ._limits import LoginLimiter
 
-__all__ = ["AuthError", "Hub", "HubConnection", "Service"]
+__all__ = ["WORKER_STALE_AFTER", "AuthError", "Hub", "HubConnection", "Service"]
 
 log = logging.getLogger("conveyor.hub")
 
 GOING_AWAY_WAIT = 2.0
+WORKER_STALE_AFTER = 90.0
+"""Seconds without a heartbeat after which the hub counts a registered worker as gone
+(``alive`` in ``GET /api/v1/workers``; the ``unserved`` hint of a publish)."""
+SERVED_FOR = 1.0
+"""Seconds the hub reuses a workers list that showed every published action served."""
 """Seconds :meth:`Hub.going_away` waits for clients to answer their close frames."""
 
 
@@ -76,6 +82,7 @@ class Hub:
         """Called by :meth:`going_away` (with the seconds they may wait)."""
         self.started_at = time.time()
         self.ready = False
+        self._workers: tuple[float, list[WorkerInfo]] = (0.0, [])
         self._watcher: asyncio.Task[None] | None = None
 
     # -- urls ---------------------------------------------------------------------
@@ -148,6 +155,30 @@ class Hub:
                     for conn in list(conns):
                         with contextlib.suppress(Exception):
                             await conn.close(4001, "credential revoked")
+
+    # -- workers ------------------------------------------------------------------
+
+    async def unserved(self, actions: Iterable[str]) -> list[str]:
+        """Which of ``actions`` no live registered worker runs (remote services, the
+        hub's own workers and any other process's workers on the storage), sorted: a
+        publish answers with them, as the CLI warns. A list that showed them all served
+        is reused for :data:`SERVED_FOR` seconds; an unserved action is checked on a
+        fresh read, so a service that just subscribed is seen at once."""
+        wanted = set(actions)
+        if not wanted:
+            return []
+        read_at, workers = self._workers
+        if time.monotonic() - read_at < SERVED_FOR and not self._missing(wanted, workers):
+            return []
+        workers = await self.app.workers()
+        self._workers = (time.monotonic(), workers)
+        return self._missing(wanted, workers)
+
+    @staticmethod
+    def _missing(actions: set[str], workers: list[WorkerInfo]) -> list[str]:
+        now = time.time()
+        live = [w for w in workers if now - w.last_seen < WORKER_STALE_AFTER]
+        return sorted(a for a in actions if not any(w.runs(a) for w in live))
 
     # -- life ---------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from ._hub import Hub
-from ._rest import API, DEFAULT_WAIT, MAX_LOG_LIMIT
+from ._rest import API, DEFAULT_WAIT, MAX_LOG_LIMIT, UNSERVED_HEADER
 from ._schemas import (
     MAX_LIMIT,
     MAX_SKIP,
@@ -59,6 +59,10 @@ _ERRORS = {
     "429": "Too many failed logins from this address: locked out for a while.",
     "503": "The storage cannot be used right now.",
 }
+_UNSERVED = {UNSERVED_HEADER: {
+    "schema": {"type": "string"},
+    "description": "Present when no live worker runs some of the added tasks' actions: "
+                   "those actions, comma-separated. The tasks are stored and wait for one."}}
 _CONFLICT = "The task is in the wrong state for this (for example: abort of a finished task)."
 
 
@@ -155,17 +159,18 @@ def openapi_document(hub: Hub) -> dict[str, Any]:
                                         "default": 0}, "Tasks left out first.")]),
             "post": _op(
                 "Add a task", "tasks",
-                {"201": _json(TaskOut, "The task was added."),
+                {"201": _json(TaskOut, "The task was added.", headers=_UNSERVED),
                  "200": _json(TaskOut, "A live task holds the unique key: that task, "
-                                       "nothing added.")},
+                                       "nothing added.", headers=_UNSERVED)},
                 op_id="addTask", body=TaskIn,
                 description="Needs the publish right on the action."),
         },
         f"{API}/tasks/batch": {
             "post": _op(
                 "Add many tasks, all or none", "tasks",
-                {"201": _json(BatchOut, "The tasks (in the order given)."),
-                 "200": _json(BatchOut, "Every task was deduplicated: nothing added.")},
+                {"201": _json(BatchOut, "The tasks (in the order given).", headers=_UNSERVED),
+                 "200": _json(BatchOut, "Every task was deduplicated: nothing added.",
+                              headers=_UNSERVED)},
                 op_id="addTasks", body=BatchIn,
                 description="One transaction: every task is validated first and either all "
                             "are added or none is. Needs publish rights on every action."),

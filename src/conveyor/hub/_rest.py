@@ -50,7 +50,7 @@ from ..query import parse_filter, parse_query
 from ..storage import WorkerInfo
 from ._credentials import Credential, glob_to_regex, matches_pattern
 from ._http import auth_error_response, error_response, request_credential
-from ._hub import AuthError, Hub
+from ._hub import WORKER_STALE_AFTER, AuthError, Hub
 from ._metrics import Metrics
 from ._schemas import (
     MAX_LIMIT,
@@ -70,6 +70,7 @@ __all__ = [
     "API",
     "MAX_BODY",
     "MAX_DEPTH",
+    "UNSERVED_HEADER",
     "WORKER_STALE_AFTER",
     "Problem",
     "rest_exception_handlers",
@@ -84,10 +85,10 @@ MAX_BODY = 16 << 20
 """Largest request body, in bytes (a payload is also held to the app's ``max_payload``)."""
 MAX_DEPTH = 64
 """Deepest nesting of arrays and objects in a request body."""
-WORKER_STALE_AFTER = 90.0
-"""A worker with no heartbeat for this long is reported ``alive: false``."""
 DEFAULT_WAIT = 30.0
 MAX_LOG_LIMIT = 10_000
+UNSERVED_HEADER = "X-Conveyor-Unserved"
+"""Response header of a publish: the actions, comma-separated, that no live worker runs."""
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 Handler = Callable[[Request, Credential], Awaitable[Response]]
@@ -561,12 +562,18 @@ class _Api:
                           path=library_path(message, batch=batch, size=len(tasks))) from None
         return [task for task, _ in added], [created for _, created in added]
 
+    async def _unserved_header(self, tasks: list[Task]) -> dict[str, str]:
+        """``X-Conveyor-Unserved``: the actions of unfinished tasks no live worker runs."""
+        unserved = await self.hub.unserved(t.action for t in tasks if not t.terminal)
+        return {UNSERVED_HEADER: ", ".join(unserved)} if unserved else {}
+
     async def add(self, request: Request, cred: Credential) -> Response:
         _no_query(request)
         task_in = await body_as(request, TaskIn)
         self._check_publish(cred, [task_in])
         (task,), (created,) = await self._add([task_in], batch=False)
-        return JSONResponse(self.task_json(task), status_code=201 if created else 200)
+        return JSONResponse(self.task_json(task), status_code=201 if created else 200,
+                            headers=await self._unserved_header([task]))
 
     async def add_batch(self, request: Request, cred: Credential) -> Response:
         _no_query(request)
@@ -574,7 +581,8 @@ class _Api:
         self._check_publish(cred, batch.tasks)
         tasks, created = await self._add(batch.tasks, batch=True)
         return JSONResponse({"tasks": [self.task_json(t) for t in tasks], "created": created},
-                            status_code=201 if any(created) else 200)
+                            status_code=201 if any(created) else 200,
+                            headers=await self._unserved_header(tasks))
 
     # -- reading
 

@@ -634,6 +634,7 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
     else:
         reply["task"] = state.task_json(tasks[0])
         reply["created"] = added[0][1]
+    reply["unserved"] = await state.hub.unserved(t.action for t in tasks if not t.terminal)
     conn.send_msg(reply)
     state.remote.wake()
     if not (updates or wait_spec is not None):

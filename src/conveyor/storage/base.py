@@ -15,6 +15,7 @@ whose task was claimed again by someone else) cannot overwrite the new run.
 from __future__ import annotations
 
 import abc
+import fnmatch
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,6 +152,11 @@ class WorkerInfo:
     last_seen: float
     running: int = 0
     info: Mapping[str, Any] = field(default_factory=dict)
+
+    def runs(self, action: str) -> bool:
+        """Whether this worker runs ``action``: one of its :attr:`actions` is that
+        name or an ``fnmatch`` pattern that matches it (``"mail:*"``)."""
+        return any(a == action or fnmatch.fnmatchcase(action, a) for a in self.actions)
 
     def to_json(self) -> dict[str, Any]:
         """The worker as JSON."""

@@ -1,0 +1,74 @@
+"""A publish says which of its actions no live worker runs (issue 2: "the hub must
+say when nothing can run it"): REST answers with the ``X-Conveyor-Unserved``
+header, the WebSocket ``published`` reply with ``unserved``. The tasks are stored
+all the same."""
+
+from __future__ import annotations
+
+from conveyor.storage.base import WorkerInfo
+
+from ._rest_helpers import client
+from ._ws_helpers import Raw
+from .conftest import RunningHub
+
+HEADER = "X-Conveyor-Unserved"
+
+
+async def test_rest_names_unserved_actions_until_a_service_subscribes(hub: RunningHub) -> None:
+    pub_key = hub.key("shop", publish=["mail:*", "sms:*"])
+    async with client(hub, pub_key) as http:
+        one = await http.post("/api/v1/tasks", json={"action": "mail:send"})
+        batch = await http.post("/api/v1/tasks/batch", json={"tasks": [
+            {"action": "sms:send"}, {"action": "mail:send"}, {"action": "sms:send"}]})
+        assert (one.status_code, one.headers.get(HEADER)) == (201, "mail:send")
+        assert (batch.status_code, batch.headers.get(HEADER)) == (201, "mail:send, sms:send")
+
+        service = await Raw.open(hub.url, hub.key("mailer", subscribe=["mail:*"]))
+        try:
+            await service.request({"type": "subscribe", "id": "s", "service": "mailer",
+                                   "actions": ["mail:send"], "capacity": 1}, "subscribed")
+            served = await http.post("/api/v1/tasks", json={"action": "mail:send"})
+            mixed = await http.post("/api/v1/tasks/batch", json={"tasks": [
+                {"action": "mail:send"}, {"action": "sms:send"}]})
+        finally:
+            await service.close()
+    assert served.status_code == 201 and HEADER not in served.headers
+    assert mixed.headers.get(HEADER) == "sms:send"
+    assert await hub.app.count({}) == 7  # unserved or not, every task is stored
+
+
+async def test_websocket_published_reply_carries_unserved(hub: RunningHub) -> None:
+    publisher = await Raw.open(hub.url, hub.key("shop", publish=["mail:*", "sms:*"]))
+    service = await Raw.open(hub.url, hub.key("mailer", subscribe=["mail:*"]))
+    try:
+        alone = await publisher.request({"type": "publish", "action": "mail:send",
+                                         "updates": False}, "published")
+        await service.request({"type": "subscribe", "id": "s", "service": "mailer",
+                               "actions": ["mail:send"], "capacity": 1}, "subscribed")
+        served = await publisher.request({"type": "publish", "action": "mail:send",
+                                          "updates": False}, "published")
+        several = await publisher.request({"type": "publish", "updates": False, "tasks": [
+            {"action": "sms:send"}, {"action": "mail:send"}]}, "published")
+    finally:
+        await publisher.close()
+        await service.close()
+    assert alone["unserved"] == ["mail:send"] and alone["task"]["status"] == "queued"
+    assert served["unserved"] == []
+    assert several["unserved"] == ["sms:send"]
+
+
+async def test_a_worker_without_heartbeat_for_90_s_does_not_count(hub: RunningHub) -> None:
+    storage = hub.app.storage
+    await storage.register_worker(WorkerInfo(
+        id="old", host="elsewhere", pid=1, actions=("mail:*",), concurrency=1,
+        started_at=0.0, last_seen=0.0))
+    async with client(hub, hub.key("shop", publish=["mail:*"])) as http:
+        answer = await http.post("/api/v1/tasks", json={"action": "mail:send"})
+    assert answer.headers.get(HEADER) == "mail:send"
+
+
+def test_worker_info_runs_names_and_patterns() -> None:
+    worker = WorkerInfo(id="w", host="h", pid=1, actions=("mail:*", "sms:send"),
+                        concurrency=1, started_at=0.0, last_seen=0.0)
+    assert worker.runs("mail:send") and worker.runs("sms:send")
+    assert not worker.runs("sms:bulk") and not worker.runs("mail")
