@@ -1,10 +1,15 @@
 """A publish says which of its actions no live worker runs (issue 2: "the hub must
 say when nothing can run it"): REST answers with the ``X-Conveyor-Unserved``
 header, the WebSocket ``published`` reply with ``unserved``. The tasks are stored
-all the same."""
+all the same. The Python clients log it."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
+from conveyor.client import HTTPClient, HubClient
 from conveyor.storage.base import WorkerInfo
 
 from ._rest_helpers import client
@@ -72,3 +77,17 @@ def test_worker_info_runs_names_and_patterns() -> None:
                         concurrency=1, started_at=0.0, last_seen=0.0)
     assert worker.runs("mail:send") and worker.runs("sms:send")
     assert not worker.runs("sms:bulk") and not worker.runs("mail")
+
+
+async def test_python_clients_log_the_unserved_actions(
+        hub: RunningHub, caplog: pytest.LogCaptureFixture) -> None:
+    key = hub.key("shop", publish=["mail:*"])
+    caplog.set_level(logging.WARNING, logger="conveyor.client")
+    async with HTTPClient(hub.url, key) as http:
+        await http.add("mail:send")
+        await http.add_many([("mail:bulk", None), ("mail:send", None)])
+    async with HubClient(hub.url, key) as ws:
+        await ws.add("mail:ws")
+    said = [r.getMessage() for r in caplog.records if r.name == "conveyor.client"]
+    assert said == [f"no running worker handles {a!r}; the task waits until one does"
+                    for a in ("mail:send", "mail:bulk", "mail:send", "mail:ws")]

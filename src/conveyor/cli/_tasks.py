@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -145,7 +146,13 @@ def add_command(ctx: click.Context, action: str, payload: str | None, priority: 
 async def _add(url: Target, action: str, payload: Any, options: dict[str, Any], *, wait: bool,
                as_json: bool) -> int:
     async with open_store(url, create=True) as app:
-        task, created = await app.add_checked(action, payload, **options)
+        # a client logs the hub's "unserved" answer: the CLI says it below, once
+        quiet = logging.getLogger("conveyor.client")
+        quiet.addFilter(_not_unserved)
+        try:
+            task, created = await app.add_checked(action, payload, **options)
+        finally:
+            quiet.removeFilter(_not_unserved)
         if isinstance(app, Conveyor):
             unhandled = not task.terminal and not handles(await app.workers(), action)
         else:
@@ -172,6 +179,12 @@ async def _handled_by_hub(client: Store, action: str) -> bool:
         return handles(await client.workers(), action)
     except ConveyorError:
         return True
+
+
+def _not_unserved(record: logging.LogRecord) -> bool:
+    from conveyor.client._unserved import is_unserved_warning
+
+    return not is_unserved_warning(record)
 
 
 async def _wait_and_report(app: Store, task: Task, *, as_json: bool) -> int:

@@ -53,6 +53,7 @@ from ._errors import HubError
 from ._http import task_from_json
 from ._link import CLOSED, Link, ws_url
 from ._remote import WorkerSession, with_accept
+from ._unserved import warn_unserved
 
 __all__ = ["MISSING", "HubClient", "LiveChange", "LiveQuery", "Update"]
 
@@ -345,6 +346,7 @@ class HubClient:
         ``unique_key``, and that task is returned)."""
         item = _publish_item(action, payload, options, delivery)
         reply = await self._request({"type": "publish", **item, "updates": False})
+        warn_unserved(reply.get("unserved", ()))
         return task_from_json(reply["task"]), bool(reply["created"])
 
     async def add_many(self, items: Iterable[Any]) -> list[Task]:
@@ -357,6 +359,7 @@ class HubClient:
         if not tasks:
             return []
         reply = await self._request({"type": "publish", "tasks": tasks, "updates": False})
+        warn_unserved(reply.get("unserved", ()))
         return [(task_from_json(t), bool(c)) for t, c in zip(reply["tasks"], reply["created"],
                                                              strict=True)]
 
@@ -374,6 +377,7 @@ class HubClient:
             reply = await link.request(message, route=queue.put_nowait)
         except HubError as exc:
             raise _mapped(exc) from None
+        warn_unserved(reply.get("unserved", ()))
         task_id = reply["task"]["id"]
         started = time.monotonic()
         guard = None if timeout is None else timeout + 10.0

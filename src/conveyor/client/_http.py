@@ -52,6 +52,9 @@ from ..model import (
 from ..query._tree import check_window
 from ..storage import WorkerInfo
 from ._errors import HubError
+from ._unserved import warn_unserved
+
+UNSERVED_HEADER = "X-Conveyor-Unserved"  # the hub's answer to a publish: see docs/http.md
 
 __all__ = ["HTTPClient", "HubError", "LogPage", "task_from_json"]
 
@@ -138,6 +141,9 @@ class HTTPClient:
             raise HubError(0, f"cannot reach the hub at {self.url}: {exc or type(exc).__name__}",
                            "unreachable") from None
         if response.status_code in ok:
+            unserved = response.headers.get(UNSERVED_HEADER)
+            if unserved:
+                warn_unserved(unserved.split(", "))
             try:
                 return response.status_code, response.json()
             except ValueError:
