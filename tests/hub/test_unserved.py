@@ -6,14 +6,17 @@ all the same. The Python clients log it."""
 from __future__ import annotations
 
 import logging
+import sqlite3
+from pathlib import Path
 
 import pytest
 
+from conveyor import Conveyor
 from conveyor.client import HTTPClient, HubClient
 from conveyor.storage.base import WorkerInfo
 
 from ._rest_helpers import client
-from ._ws_helpers import Raw
+from ._ws_helpers import Raw, make_hub
 from .conftest import RunningHub
 
 HEADER = "X-Conveyor-Unserved"
@@ -91,3 +94,17 @@ async def test_python_clients_log_the_unserved_actions(
     said = [r.getMessage() for r in caplog.records if r.name == "conveyor.client"]
     assert said == [f"no running worker handles {a!r}; the task waits until one does"
                     for a in ("mail:send", "mail:bulk", "mail:send", "mail:ws")]
+
+
+async def test_a_failed_read_of_the_workers_does_not_fail_the_publish(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "broken.db"
+    async with make_hub(tmp_path, insecure=True, app=Conveyor(f"sqlite:///{path}")) as hub:
+        with sqlite3.connect(path) as db:  # the workers table goes away under the hub
+            db.execute("ALTER TABLE conveyor_workers RENAME TO gone")
+        caplog.set_level(logging.WARNING, logger="conveyor.hub")
+        async with client(hub, None) as http:
+            answer = await http.post("/api/v1/tasks", json={"action": "mail:send"})
+        assert answer.status_code == 201 and HEADER not in answer.headers
+        assert await hub.app.count({"action": "mail:send"}) == 1
+    assert any("could not read the workers" in r.getMessage() for r in caplog.records)

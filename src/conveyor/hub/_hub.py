@@ -21,12 +21,12 @@ __all__ = ["WORKER_STALE_AFTER", "AuthError", "Hub", "HubConnection", "Service"]
 log = logging.getLogger("conveyor.hub")
 
 GOING_AWAY_WAIT = 2.0
+"""Seconds :meth:`Hub.going_away` waits for clients to answer their close frames."""
 WORKER_STALE_AFTER = 90.0
 """Seconds without a heartbeat after which the hub counts a registered worker as gone
 (``alive`` in ``GET /api/v1/workers``; the ``unserved`` hint of a publish)."""
 SERVED_FOR = 1.0
 """Seconds the hub reuses a workers list that showed every published action served."""
-"""Seconds :meth:`Hub.going_away` waits for clients to answer their close frames."""
 
 
 class AuthError(Exception):
@@ -163,14 +163,20 @@ class Hub:
         hub's own workers and any other process's workers on the storage), sorted: a
         publish answers with them, as the CLI warns. A list that showed them all served
         is reused for :data:`SERVED_FOR` seconds; an unserved action is checked on a
-        fresh read, so a service that just subscribed is seen at once."""
+        fresh read, so a service that just subscribed is seen at once. A hint: when the
+        workers cannot be read, none is named (the tasks are added by then)."""
         wanted = set(actions)
         if not wanted:
             return []
         read_at, workers = self._workers
         if time.monotonic() - read_at < SERVED_FOR and not self._missing(wanted, workers):
             return []
-        workers = await self.app.workers()
+        try:
+            workers = await self.app.workers()
+        except Exception as exc:
+            log.warning("hub: could not read the workers to check the actions published: %s",
+                        exc)
+            return []
         self._workers = (time.monotonic(), workers)
         return self._missing(wanted, workers)
 
