@@ -622,6 +622,9 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
     key = encode_id(msg_id)
     if updates or wait_spec is not None:
         conn.require_new_id(key)  # before anything is added
+    # read before the add: nothing may run between the add and its streams (below), or
+    # the first updates of a task a service picks up at once would be missed
+    unserved = await state.hub.unserved(item["action"] for item in items)
     try:
         added = await state.app.add_many_checked(items)
     except ValidationError as exc:
@@ -634,7 +637,8 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
     else:
         reply["task"] = state.task_json(tasks[0])
         reply["created"] = added[0][1]
-    reply["unserved"] = await state.hub.unserved(t.action for t in tasks if not t.terminal)
+    waiting = {t.action for t in tasks if not t.terminal}
+    reply["unserved"] = [action for action in unserved if action in waiting]
     conn.send_msg(reply)
     state.remote.wake()
     if not (updates or wait_spec is not None):
