@@ -26,7 +26,7 @@ WORKER_STALE_AFTER = 90.0
 """Seconds without a heartbeat after which the hub counts a registered worker as gone
 (``alive`` in ``GET /api/v1/workers``; the ``unserved`` hint of a publish)."""
 SERVED_FOR = 1.0
-"""Seconds the hub reuses a workers list that showed every published action served."""
+"""Seconds the hub reuses the workers list it read for :meth:`Hub.unserved`."""
 
 
 class AuthError(Exception):
@@ -161,24 +161,27 @@ class Hub:
     async def unserved(self, actions: Iterable[str]) -> list[str]:
         """Which of ``actions`` no live registered worker runs (remote services, the
         hub's own workers and any other process's workers on the storage), sorted: a
-        publish answers with them, as the CLI warns. A list that showed them all served
-        is reused for :data:`SERVED_FOR` seconds; an unserved action is checked on a
-        fresh read, so a service that just subscribed is seen at once. A hint: when the
-        workers cannot be read, none is named (the tasks are added by then)."""
+        publish answers with them, as the CLI warns. The workers are read at most once
+        per :data:`SERVED_FOR` seconds (a service subscribing here clears that, with
+        :meth:`workers_changed`, so it is seen at once). A hint: when the workers cannot
+        be read, none is named (the tasks are added by then)."""
         wanted = set(actions)
         if not wanted:
             return []
         read_at, workers = self._workers
-        if time.monotonic() - read_at < SERVED_FOR and not self._missing(wanted, workers):
-            return []
-        try:
-            workers = await self.app.workers()
-        except Exception as exc:
-            log.warning("hub: could not read the workers to check the actions published: %s",
-                        exc)
-            return []
-        self._workers = (time.monotonic(), workers)
+        if time.monotonic() - read_at >= SERVED_FOR:
+            try:
+                workers = await self.app.workers()
+            except Exception as exc:
+                log.warning("hub: could not read the workers to check the actions "
+                            "published: %s", exc)
+                return []
+            self._workers = (time.monotonic(), workers)
         return self._missing(wanted, workers)
+
+    def workers_changed(self) -> None:
+        """A worker registered here: the next :meth:`unserved` reads them again."""
+        self._workers = (0.0, [])
 
     @staticmethod
     def _missing(actions: set[str], workers: list[WorkerInfo]) -> list[str]:

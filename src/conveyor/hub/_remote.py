@@ -605,6 +605,7 @@ class Remote:
                 service.info_dirty = True
         else:
             self._refresh_info(service)
+        self.state.hub.workers_changed()
         if sub.closed:  # the connection went away meanwhile
             return
         conn.send_msg({"type": "subscribed", "id": msg["id"], "service": name,
@@ -683,6 +684,7 @@ class Remote:
             if service.info_dirty and service.registered and service.subs:
                 service.info_dirty = False
                 await storage.register_worker(service.info(self.hub_id, self.lease))
+                self.state.hub.workers_changed()
 
         self.writer.job(register)
 
