@@ -116,7 +116,12 @@ async def test_publish_and_await_with_the_client(hub: RunningHub) -> None:
             await pub.wait(slow.id, timeout=0.3)
         assert await pub.wait(slow.id, timeout=0.3, default="late") == "late"
         assert await pub.run("math:slow", None, timeout=0.2, default=0) == 0
-        aborted = await pub.abort(slow.id, "no more")
+        with pytest.raises(HubError) as refused:  # control actions need the admin right
+            await pub.abort(slow.id, "no more")
+        assert refused.value.code == "forbidden" and "admin" in str(refused.value)
+        assert (await pub.get(slow.id)).abort_requested is None
+        async with HubClient(hub.url, hub.key("ops", admin=True)) as ops:
+            aborted = await ops.abort(slow.id, "no more")
         assert aborted.abort_requested == "no more"
         with pytest.raises(TaskAborted):
             await pub.wait(slow.id, timeout=10)
@@ -256,7 +261,7 @@ async def _status(app: Conveyor, task_id: str, status: Status) -> bool:
 
 
 async def test_live_queries_with_the_client(hub: RunningHub) -> None:
-    key = hub.key("all", publish=["*"], subscribe=["*"])
+    key = hub.key("all", publish=["*"], subscribe=["*"], admin=True)  # admin: aborts
     async with HubClient(hub.url, key) as client:
         old = await client.add("a:x", 1)
         live = client.live({"action": "a:x", "status": "queued"}, sort="created_at")

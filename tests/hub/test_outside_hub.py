@@ -567,7 +567,7 @@ async def test_publish_with_a_default_gets_it_on_timeout(hub: RunningHub) -> Non
 
 
 async def test_wait_failed_aborted_and_with_task(hub: RunningHub) -> None:
-    key = hub.key("pub", publish=["*"])
+    key = hub.key("pub", publish=["*"], admin=True)
     async with Raw.opened(hub.url, key) as raw:
         task = (await raw.request({"type": "publish", "action": "a", "updates": False}))["task"]
         aborted = await raw.request({"type": "abort", "id": "ab", "task_id": task["id"],
@@ -591,18 +591,20 @@ async def test_get_abort_and_wait_need_the_right_rights(hub: RunningHub) -> None
     admin = hub.key("admin", admin=True)
     reader = hub.key("reader", read=["a"])
     worker = hub.key("worker", subscribe=["a"])
+    publisher = hub.key("publisher", publish=["a"])
     stranger = hub.key("stranger", publish=["b"])
     raw = await Raw.open(hub.url, admin)
     task = (await raw.request({"type": "publish", "action": "a", "payload": 1,
                                "updates": False}))["task"]
     await raw.request({"type": "log", "id": 0, "task_id": task["id"]})  # not held: error
     await raw.close()
-    for key in (reader, worker):
+    for key in (reader, worker, publisher):  # abort is a control action: admin only
         async with Raw.opened(hub.url, key) as conn:
             got = await conn.request({"type": "get", "id": 1, "task_id": task["id"]})
             assert got["type"] == "task" and got["task"]["payload"] == 1
             err = await conn.request({"type": "abort", "id": 2, "task_id": task["id"]})
             assert err["type"] == "error" and err["code"] == "forbidden"
+            assert "admin" in err["message"]
             res = await conn.request({"type": "wait", "id": 3, "task_id": task["id"],
                                       "timeout": 0.05, "default": None})
             assert res["type"] == "result" and res["timed_out"] is True
@@ -613,6 +615,10 @@ async def test_get_abort_and_wait_need_the_right_rights(hub: RunningHub) -> None
                     {"type": "watch", "task_id": task["id"]}):
             err = await conn.request(msg)
             assert err["type"] == "error" and err["code"] == "forbidden", (msg, err)
+            assert "'a'" not in err["message"], err  # the task's action is not told
+    async with Raw.opened(hub.url, admin) as conn:
+        assert (await conn.request({"type": "get", "task_id": task["id"]})
+                )["task"]["abort_requested"] is None
 
 
 # -- WebSocket: watching and the task stream endpoint -------------------------------------
@@ -1658,7 +1664,7 @@ async def test_abort_cancels_a_remote_async_handler_and_a_sync_one_sees_it(
     work = asyncio.create_task(worker.work("slow", concurrency=2))
     try:
         await worker.wait_working(10)
-        async with HubClient(hub.url, key) as pub:
+        async with HubClient(hub.url, hub.key("ops", publish=["slow:*"], admin=True)) as pub:
             for kind in ("async", "sync"):
                 task = await pub.add(f"slow:{kind}")
                 await asyncio.wait_for(started[kind].wait(), 10)

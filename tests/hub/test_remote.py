@@ -314,7 +314,7 @@ async def test_run_timeout_starts_at_pickup_and_is_enforced(tmp_path: Path) -> N
 
 
 async def test_abort_is_forwarded_to_the_service(hub: RunningHub) -> None:
-    key = hub.key("svc", subscribe=["long"], publish=["long"])
+    key = hub.key("svc", subscribe=["long"], admin=True)
     ws = await Raw.open(hub.url, key)
     await subscribe(ws, "svc", ["long"])
     task = await hub.app.add("long", 1)
@@ -328,7 +328,7 @@ async def test_abort_is_forwarded_to_the_service(hub: RunningHub) -> None:
                                                                  "message": "ok"}})
     ended = await hub.app.wait_task(task.id, timeout=10)
     assert ended.status is Status.ABORTED and ended.reason == "changed my mind"
-    # an abort over the socket: admin or the publisher's right
+    # an abort over the socket (the admin right)
     task = await hub.app.add("long", 2)
     await ws.expect("offer")
     reply = await ws.request({"type": "abort", "task_id": task.id, "reason": "stop"}, "task")

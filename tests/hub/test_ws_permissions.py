@@ -81,6 +81,17 @@ async def test_the_permission_matrix(hub: RunningHub) -> None:
             got = {t["action"] for t in reply["tasks"]}
             if not got or not got <= readable:
                 failures.append((name, "*", "live", sorted(got)))
+        # abort, a control action: the admin right only, whatever else is granted
+        for action in ACTIONS:
+            target = await hub.app.add(action, {"abort": name})
+            reply = await ws.request({"type": "abort", "id": f"abort-{action}",
+                                      "task_id": target.id})
+            granted = reply["type"] == "task"
+            if not granted:
+                assert reply["code"] == "forbidden", reply
+            status = (await hub.app.get(target.id)).status.value
+            if granted != (name == "admin") or (status == "aborted") != granted:
+                failures.append((name, action, "abort", reply, status))
         await ws.close()
     assert not failures, "\n".join(map(str, failures))
 

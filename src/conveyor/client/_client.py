@@ -463,7 +463,7 @@ class HubClient:
         return task_from_json(reply["task"])
 
     async def abort(self, task_id: str, reason: str = "aborted") -> Task:
-        """Abort a task (needs the admin right or the right to publish its action)."""
+        """Abort a task (needs the admin right, as every control action)."""
         reply = await self._request({"type": "abort", "task_id": task_id, "reason": reason})
         return task_from_json(reply["task"])
 

@@ -155,7 +155,7 @@ class TaskStream:
             if not self.conn.credential.can_read(task.action):
                 self._send({"type": "error", "code": "forbidden", "task_id": self.task_id,
                             "message": f"credential {self.conn.credential.name!r} may not read "
-                                       f"tasks of action {task.action!r}"})
+                                       f"task {self.task_id}"})
                 self._finish(forbidden=True)
                 return
             self.version = task.version
