@@ -47,6 +47,9 @@ CASES: dict[str, Case] = {
     "prioritize-negative": Case(("prioritize", "{queued}", "-5"), 2, ("PRIORITY", ">= 0")),
     # other options
     "delay-negative": Case(("add", "a:b", "--delay", "-3"), 2, ("--delay", ">= 0")),
+    "delay-unknown-unit": Case(("add", "a:b", "--delay", "5x"), 2, ("--delay", "30m", "'5x'")),
+    "delay-two-units": Case(("add", "a:b", "--delay", "1h30m"), 2, ("--delay", "'1h30m'")),
+    "timeout-zero": Case(("add", "a:b", "--timeout", "0s"), 2, ("--timeout", "> 0", "'0s'")),
     "tag-without-value": Case(("add", "a:b", "--tag", "team"), 2, ("--tag must be key=value",)),
     "tag-with-dot": Case(("add", "a:b", "--tag", "a.b=1"), 2, ("must not contain '.'",)),
     "action-invalid": Case(("add", "bad action!"), 2, ("invalid action name",)),

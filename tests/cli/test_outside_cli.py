@@ -338,7 +338,7 @@ def test_retry_with_a_delay_keeps_the_id_and_the_history(tmp_path: Path) -> None
     url = _url(tmp_path)
     task = add(url, "t:again")
     assert cli("abort", task.id, "--db", url).code == 0
-    retried = cli("retry", task.id, "--delay", "300", "--json", "--db", url)
+    retried = cli("retry", task.id, "--delay", "5m", "--json", "--db", url)
     assert retried.code == 0, retried
     data = json.loads(retried.out)
     assert data["id"] == task.id and data["status"] == "queued"

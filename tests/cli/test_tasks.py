@@ -43,6 +43,17 @@ def test_add_with_every_option_prints_json(db: str) -> None:
     assert count(db) == 1
 
 
+def test_seconds_may_be_written_with_a_unit(db: str) -> None:
+    result = cli("add", "a:b", "--delay", "5m", "--timeout", "1.5h", "--json", "--db", db)
+    assert result.code == 0, result
+    data = json.loads(result.out)
+    assert 299 <= data["run_at"] - data["created_at"] <= 301
+    assert data["run_timeout"] == 5400
+    in_days = json.loads(cli("add", "a:b", "--delay", "2d", "--json", "--db", db).out)
+    assert 2 * 86400 - 1 <= in_days["run_at"] - in_days["created_at"] <= 2 * 86400 + 1
+    assert count(db) == 2
+
+
 def test_payload_from_stdin_and_from_a_file(db: str, tmp_path: Path) -> None:
     from_stdin = cli("add", "a:b", "-", "--db", db, input='{"from": "stdin"}')
     assert from_stdin.code == 0, from_stdin

@@ -341,12 +341,14 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
-    """Seconds, as a number or a number with a unit: ``90``, ``30m``, ``12h``, ``7d``, ``2w``."""
+    """Seconds, as a number or a number with a unit: ``90``, ``30m``, ``12h``, ``7d``, ``2w``;
+    more than 0 when ``strict``."""
 
     name = "duration"
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, *, strict: bool = False) -> None:
         self.what = what
+        self.strict = strict
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return self.what.upper()
@@ -365,8 +367,9 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
                           f"30m or 7d, not {value!r}", param, ctx)
             unit = unit or 1.0
         seconds = number * unit
-        if not math.isfinite(seconds) or seconds < 0:
-            self.fail(f"must be a finite duration >= 0, not {value!r}", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0 or (self.strict and seconds == 0):
+            bound = "> 0" if self.strict else ">= 0"
+            self.fail(f"must be a finite duration {bound}, not {value!r}", param, ctx)
         return seconds
 
 

@@ -23,7 +23,7 @@ from conveyor.app import Conveyor
 from conveyor.events import Event
 from conveyor.model import Progress, Status, Task
 
-from ._base import EXIT_OK, Number, db_option_with, explicit_db
+from ._base import EXIT_OK, Duration, db_option_with, explicit_db
 from ._render import STATUS_STYLE, ago, out_console, stats_table, status_text
 from ._signals import stop_signals
 
@@ -34,9 +34,9 @@ BAR_WIDTH = 20
 
 
 @click.command("demo")
-@click.option("--duration", type=Number("seconds", strict=True),
+@click.option("--duration", type=Duration("seconds", strict=True),
               help="Stop after SECONDS (default: run until Ctrl-C).")
-@click.option("--every", type=Number("seconds", strict=True), default=3.0, show_default=True,
+@click.option("--every", type=Duration("seconds", strict=True), default=3.0, show_default=True,
               help="Seconds between new batches of tasks.")
 @db_option_with(f"Storage URL [default {demo.DEMO_URL}; $CONVEYOR_DB is not read].")
 @click.pass_context

@@ -57,8 +57,8 @@ __all__ = [
 ]
 
 PRIORITY = Number("priority", note=" (lower runs first)")
-SECONDS = Number("seconds")
-POSITIVE_SECONDS = Number("seconds", strict=True)
+SECONDS = Duration("seconds")
+POSITIVE_SECONDS = Duration("seconds", strict=True)
 LEVELS = click.Choice([level.name.lower() for level in LogLevel], case_sensitive=False)
 STATUSES = click.Choice([s.value for s in Status], case_sensitive=False)
 
@@ -104,12 +104,14 @@ def handles(workers: Sequence[WorkerInfo], action: str) -> bool:
 @click.argument("action")
 @click.argument("payload", required=False)
 @click.option("--priority", type=PRIORITY, help="Priority >= 0; lower runs first [default 0].")
-@click.option("--delay", type=SECONDS, help="Run no earlier than SECONDS from now.")
+@click.option("--delay", type=SECONDS,
+              help="Run no earlier than SECONDS from now (90, or 90s, 5m, 2h, 1d).")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
               help="A tag (repeatable); VALUE is parsed as JSON when it parses, else text.")
 @click.option("--unique-key", help="Return the live task holding this key instead of a new one.")
 @click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts before it fails.")
-@click.option("--timeout", type=POSITIVE_SECONDS, help="Run timeout of one attempt, in seconds.")
+@click.option("--timeout", type=POSITIVE_SECONDS,
+              help="Run timeout of one attempt, in seconds (or 30s, 5m, 1h).")
 @click.option("--wait", is_flag=True,
               help="Follow the task with a progress bar until it ends; print its result.")
 @json_option
@@ -401,7 +403,8 @@ def abort_command(ctx: click.Context, task_id: str, reason: str, as_json: bool) 
 
 @click.command("retry", short_help="Queue a failed or aborted task again.")
 @click.argument("task_id", metavar="ID")
-@click.option("--delay", type=SECONDS, help="Run it again no earlier than SECONDS from now.")
+@click.option("--delay", type=SECONDS,
+              help="Run it again no earlier than SECONDS from now (90, or 5m, 2h).")
 @json_option
 @store_options
 @click.pass_context

@@ -15,7 +15,7 @@ from conveyor.app import Conveyor
 from conveyor.storage import open_storage
 from conveyor.sync import SyncConveyor
 
-from ._base import EXIT_OK, CliError, Number, db_option_with, explicit_db
+from ._base import EXIT_OK, CliError, Duration, db_option_with, explicit_db
 from ._signals import stop_signals
 
 __all__ = ["load_app", "worker_command"]
@@ -61,7 +61,7 @@ def load_app(target: str) -> Conveyor:
 @click.argument("target", metavar="MODULE:APP")
 @click.option("--concurrency", type=click.IntRange(min=1),
               help="Tasks run at once (overrides the app's setting).")
-@click.option("--stop-timeout", type=Number("seconds"),
+@click.option("--stop-timeout", type=Duration("seconds"),
               help="On stop, seconds running tasks get to finish before they are handed "
                    "back to the queue (overrides the app's setting, default 10).")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
