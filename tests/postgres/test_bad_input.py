@@ -233,6 +233,75 @@ async def test_tables_not_made_by_migrate_are_named(bare_url: str, server: str) 
         await PostgresStorage(bare_url).open()
 
 
+@pytest.mark.parametrize(("tables", "named"), [
+    (["CREATE TABLE {s}.logs (id int)"], "a logs table"),
+    (["CREATE TABLE {s}.workers (id int)", "CREATE TABLE {s}.changes (id int)"],
+     "tables changes, workers"),
+    (["CREATE TABLE {s}.migrations (id int, timestamp bigint, name text)"],
+     "unlike conveyor's"),
+    (["CREATE TABLE {s}.migrations (version int, name text, applied_at timestamptz)",
+      "INSERT INTO {s}.migrations VALUES (1, 'create_users', now())"], "did not write"),
+    (["CREATE TABLE {s}.migrations (version int, name text)",
+      "CREATE TABLE {s}.tasks (id text)"], "did not write"),
+])
+async def test_other_tables_of_conveyors_names_are_named(
+        bare_url: str, server: str, tables: list[str], named: str) -> None:
+    """A schema holding tables of conveyor's names that migrate did not make: opening it
+    and migrating it both say to use another schema, and migrate changes nothing."""
+    schema = dict(p.split("=") for p in urlsplit(bare_url).query.split("&"))["schema"]
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        for statement in tables:
+            conn.execute(statement.format(s=f'"{schema}"'))
+    for attempt in (PostgresStorage(bare_url).open(), migrate(bare_url),
+                    PostgresStorage(bare_url, migrate=True).open()):
+        with pytest.raises(SchemaError, match=rf'"{schema}" holds .*{named}.*another schema'):
+            await attempt
+    with psycopg.connect(server) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s",
+                            (schema,)).fetchone()
+    assert left == (len([t for t in tables if t.startswith("CREATE")]),)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://ann:pa/ssSECRET@db.example:5432/db",
+    "postgresql://ann:p?wSECRET@db.example/db",
+    "postgresql://ann:pw#SECRET@db.example/db",
+    "postgresql://ann:12/34SECRET@db.example/db",
+])
+def test_an_unencoded_delimiter_in_the_password_is_named_not_shown(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="must be percent-encoded") as err:
+        PostgresStorage(url)
+    assert "SECRET" not in str(err.value) and "ann:***@db.example" in str(err.value)
+
+
+def test_a_bad_escape_in_the_password_is_not_shown() -> None:
+    with pytest.raises(ConfigurationError, match="percent-encoded") as err:
+        PostgresStorage("postgresql://ann:x%zzSECRET@db.example/db")
+    assert "SECRET" not in str(err.value), err.value
+
+
+@pytest.mark.parametrize(("url", "key"), [
+    ("postgresql://ann@db.example:5432/app?dbname=other", "dbname"),
+    ("postgresql://ann@db.example:5432/app?port=5999", "port"),
+    ("postgresql://ann@[::1]:5432/app?port=5999", "port"),
+    ("postgresql://ann@db.example/app?host=", "host"),
+    ("postgresql://ann@db.example/app?user=bob", "user"),
+    ("postgresql://ann:pw@db.example/app?password=pw2", "password"),
+])
+def test_a_query_option_repeating_a_part_of_the_url_is_refused(url: str, key: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"'{key}' given twice"):
+        PostgresStorage(url)
+
+
+def test_query_options_may_fill_the_parts_the_url_leaves_out() -> None:
+    for url in ("postgresql:///app?host=/var/run/postgresql&user=ann&port=5432",
+                "postgresql://[::1]/app?port=5433", "postgresql://db.example?dbname=app"):
+        PostgresStorage(url)  # nothing connects before open()
+    # a keyword beside the same option in the URL wins
+    assert PostgresStorage("postgresql://db.example/app?schema=aaa", schema="bbb").schema == "bbb"
+
+
 async def test_nul_in_a_unique_key_is_named(storage: Any) -> None:
     spec = make_spec(unique_key="a\x00b")
     with pytest.raises(ValidationError, match="unique key"):

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
-__all__ = ["hide_password"]
+__all__ = ["hide_password", "misplaced_userinfo", "scrub_password"]
 
 _PASSWORD_PARAM = re.compile(r"(?i)((?:^|&)password=)[^&]*")
+
+
+def misplaced_userinfo(parts: SplitResult) -> bool:
+    """Whether an ``@`` that ends a user name or password was left out of the URL's
+    host part: a ``/``, ``?`` or ``#`` written unencoded before it (``user:pa/ss@db``)
+    made the parser end the host part early, so the password would be read as the
+    host, path or query (and shown in messages)."""
+    if "@" in parts.netloc:
+        return False
+    keys = [item.partition("=")[0] for item in parts.query.split("&")]
+    return "@" in parts.path or "@" in parts.fragment or any("@" in k for k in keys)
 
 
 def hide_password(url: str) -> str:
     """``url`` for messages: the password (``user:pw@`` or ``?password=``) as ``***``."""
     try:
         parts = urlsplit(url)
+        if misplaced_userinfo(parts):
+            # everything up to the last "@" is the user and password: keep the user
+            userinfo, _, rest = url.partition("//")[2].rpartition("@")
+            user, colon, _ = userinfo.partition(":")
+            return f"{parts.scheme}://{user}{':***' if colon else ''}@{rest}"
         query = _PASSWORD_PARAM.sub(r"\1***", parts.query)
         if parts.password is None and query == parts.query:
             return url
@@ -25,3 +41,18 @@ def hide_password(url: str) -> str:
         return f"{url}?{query}" if query else url
     except ValueError:
         return f"{url.partition(':')[0]}://..."
+
+
+def scrub_password(text: str, url: str) -> str:
+    """``text`` (a message that may quote parts of ``url``) with the URL's passwords,
+    as written in it, replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return text
+    secrets = [m.group(0).partition("=")[2] for m in _PASSWORD_PARAM.finditer(parts.query)]
+    if parts.password:
+        secrets.append(parts.password)
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

@@ -83,6 +83,8 @@ from ._pgfeed import Listener
 from ._pgsync import SyncConnection
 from ._sqlfile import load_migrations, load_queries
 from ._url import hide_password as _hide_password
+from ._url import misplaced_userinfo as _misplaced_userinfo
+from ._url import scrub_password as _scrub_password
 from .base import (
     AddResult,
     ClaimLimits,
@@ -166,6 +168,10 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
             f"bad postgres URL: no '//' after '{parts.scheme}:'; write "
             "postgresql://USER:PASSWORD@HOST/DATABASE (or postgresql:///DATABASE for the "
             "local socket)")
+    if _misplaced_userinfo(parts):
+        raise ConfigurationError(
+            f"bad postgres URL {_hide_password(url)!r}: a '/', '?' or '#' in the user name or "
+            "password must be percent-encoded (%2F, %3F, %23)")
     try:
         # libpq's several hosts (``h1:5432,h2:5433``, for failover): each port is checked
         for host in parts.netloc.rpartition("@")[2].split(","):
@@ -213,8 +219,8 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
     try:
         psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
-        raise ConfigurationError(
-            f"bad postgres URL {_hide_password(url)!r}: {_first_line(exc)}") from None
+        raise ConfigurationError(f"bad postgres URL {_hide_password(url)!r}: "
+                                 f"{_scrub_password(_first_line(exc), url)}") from None
     display = _hide_password(_unsplit(parts._replace(
         query=urlencode([(k, v) for k, v in query if k != "password"], quote_via=quote))))
     return conninfo, options, display
@@ -303,6 +309,18 @@ def _check_keys(url: str, keys: Sequence[str]) -> None:
     if twice:
         raise ConfigurationError(
             f"bad postgres URL {_hide_password(url)!r}: option {twice[0]!r} given twice")
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    port = re.search(r":\d*$", hosts)  # the last host's; "[::1]" has none
+    written = {"user": bool(parts.username), "password": parts.password is not None,
+               "host": bool(hosts[:port.start()] if port else hosts), "port": bool(port),
+               "dbname": parts.path not in ("", "/")}
+    for key in keys:
+        if written.get(key):
+            where = {"dbname": "path"}.get(key, key)
+            raise ConfigurationError(
+                f"bad postgres URL {_hide_password(url)!r}: option {key!r} given twice (in "
+                f"the URL's {where} and in its query); give it once")
 
 
 @functools.cache
@@ -432,26 +450,48 @@ def _channel(schema: str) -> str:
     return f"conveyor:{schema}"
 
 
+_TABLES = ("tasks", "logs", "changes", "workers")
+
+
 async def _schema_version(conn: psycopg.AsyncConnection[Any], schema: str) -> int | None:
+    """The version of conveyor's schema ``schema``, None when it has none; a
+    :class:`SchemaError` when the schema holds tables of conveyor's names that
+    ``conveyor migrate`` did not make (migrating would fail on them)."""
+    names = ("migrations", *_TABLES)
     cur = await conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
-        (f'"{schema}".migrations', f'"{schema}".tasks'))
+        "SELECT " + ", ".join(["to_regclass(%s) IS NOT NULL"] * len(names)),
+        [f'"{schema}".{name}' for name in names])
     row = await cur.fetchone()
     assert row is not None
-    has_migrations, has_tasks = row
+    has_migrations, *has = row
+    found = [name for name, there in zip(_TABLES, has, strict=True) if there]
     if not has_migrations:
-        if has_tasks:
-            raise SchemaError(
-                f'schema "{schema}" has a tasks table but no conveyor migration record: it '
-                "was not made by `conveyor migrate`; use another schema (?schema=...) or "
-                "drop this one")
+        if found:
+            raise _foreign(schema, _tables(found))
         return None
     cur = await conn.execute(
-        sql.SQL("SELECT coalesce(max(version), 0) FROM {}.migrations").format(
-            sql.Identifier(schema)))
+        "SELECT count(*) = 2 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+        "AND attname IN ('version', 'name') AND NOT attisdropped", (f'"{schema}".migrations',))
     row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
+    if row is None or not row[0]:
+        raise _foreign(schema, "a migrations table unlike conveyor's")
+    cur = await conn.execute(sql.SQL("SELECT version::integer, name::text FROM {}.migrations "
+                                     "ORDER BY version").format(sql.Identifier(schema)))
+    applied = [(int(v), str(n)) for v, n in await cur.fetchall()]
+    ours = {m.version: m.name for m in MIGRATIONS}
+    if any(ours.get(v, n) != n for v, n in applied) or (found and not applied):
+        raise _foreign(schema, "a migrations table that conveyor did not write")
+    return applied[-1][0] if applied else 0
+
+
+def _tables(names: Sequence[str]) -> str:
+    return f"a {names[0]} table" if len(names) == 1 else f"tables {', '.join(names)}"
+
+
+def _foreign(schema: str, what: str) -> SchemaError:
+    return SchemaError(
+        f'schema "{schema}" holds {what} but was not made by `conveyor migrate`: use '
+        "another schema (?schema=...) or drop these tables")
 
 
 async def _apply_migrations(conn: psycopg.AsyncConnection[Any], schema: str) -> int:
