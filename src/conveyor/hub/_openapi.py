@@ -63,6 +63,8 @@ _UNSERVED = {UNSERVED_HEADER: {
     "schema": {"type": "string"},
     "description": "Present when no live worker runs some of the added tasks' actions: "
                    "those actions, comma-separated. The tasks are stored and wait for one."}}
+_KEY_HELD = ("unique_key_held: a unique key is held by a task of an action the credential "
+             "may not read; nothing was added.")
 _CONFLICT = "The task is in the wrong state for this (for example: abort of a finished task)."
 
 
@@ -161,7 +163,8 @@ def openapi_document(hub: Hub) -> dict[str, Any]:
                 "Add a task", "tasks",
                 {"201": _json(TaskOut, "The task was added.", headers=_UNSERVED),
                  "200": _json(TaskOut, "A live task holds the unique key: that task, "
-                                       "nothing added.", headers=_UNSERVED)},
+                                       "nothing added.", headers=_UNSERVED),
+                 "409": _json(ErrorOut, _KEY_HELD)},
                 op_id="addTask", body=TaskIn,
                 description="Needs the publish right on the action."),
         },
@@ -170,7 +173,8 @@ def openapi_document(hub: Hub) -> dict[str, Any]:
                 "Add many tasks, all or none", "tasks",
                 {"201": _json(BatchOut, "The tasks (in the order given).", headers=_UNSERVED),
                  "200": _json(BatchOut, "Every task was deduplicated: nothing added.",
-                              headers=_UNSERVED)},
+                              headers=_UNSERVED),
+                 "409": _json(ErrorOut, _KEY_HELD)},
                 op_id="addTasks", body=BatchIn,
                 description="One transaction: every task is validated first and either all "
                             "are added or none is. Needs publish rights on every action."),

@@ -52,6 +52,7 @@ from ._credentials import Credential, glob_to_regex, matches_pattern
 from ._http import auth_error_response, error_response, request_credential
 from ._hub import WORKER_STALE_AFTER, AuthError, Hub
 from ._metrics import Metrics
+from ._publish import KeyHeld, add_as
 from ._schemas import (
     MAX_LIMIT,
     MAX_SKIP,
@@ -549,11 +550,13 @@ class _Api:
                 raise Problem(403, "forbidden", f"{where}credential {cred.name!r} may not "
                                                 f"publish {task.action!r}")
 
-    async def _add(self, tasks: list[TaskIn], *,
+    async def _add(self, cred: Credential, tasks: list[TaskIn], *,
                    batch: bool) -> tuple[list[Task], list[bool]]:
         try:
-            added = await self.app.add_many_checked(
-                [t.model_dump(exclude_unset=True) for t in tasks])
+            added = await add_as(self.app, cred,
+                                 [t.model_dump(exclude_unset=True) for t in tasks])
+        except KeyHeld as exc:
+            raise Problem(409, "unique_key_held", str(exc)) from None
         except QueryError:
             raise
         except ValidationError as exc:
@@ -571,7 +574,7 @@ class _Api:
         _no_query(request)
         task_in = await body_as(request, TaskIn)
         self._check_publish(cred, [task_in])
-        (task,), (created,) = await self._add([task_in], batch=False)
+        (task,), (created,) = await self._add(cred, [task_in], batch=False)
         return JSONResponse(self.task_json(task), status_code=201 if created else 200,
                             headers=await self._unserved_header([task]))
 
@@ -579,7 +582,7 @@ class _Api:
         _no_query(request)
         batch = await body_as(request, BatchIn)
         self._check_publish(cred, batch.tasks)
-        tasks, created = await self._add(batch.tasks, batch=True)
+        tasks, created = await self._add(cred, batch.tasks, batch=True)
         return JSONResponse({"tasks": [self.task_json(t) for t in tasks], "created": created},
                             status_code=201 if any(created) else 200,
                             headers=await self._unserved_header(tasks))

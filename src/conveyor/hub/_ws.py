@@ -26,6 +26,7 @@ from typing import Any
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from .._registry import check_action
 from .._specs import ADD_OPTIONS
 from ..errors import (
     ConveyorError,
@@ -39,6 +40,7 @@ from ._credentials import Credential
 from ._http import client_address, key_from
 from ._hub import AuthError, Hub
 from ._live import LiveManager, LiveSub
+from ._publish import KeyHeld, add_as
 from ._remote import Remote, Sub
 from ._watch import Streams, TaskStream, WaitSpec
 from ._ws_proto import (
@@ -596,6 +598,10 @@ def _task_item(conn: Connection, raw: Any, where: str, own: frozenset[str]) -> d
         if not isinstance(tags, dict):
             raise ProtocolError("invalid", f"{where}.options.tags must be an object")
         options["tags"] = {**tags, "delivery": delivery}
+    try:
+        check_action(action)  # a bad name is invalid, not forbidden
+    except ValidationError as exc:
+        raise ProtocolError("invalid", f"{where}.action: {exc}") from None
     if not conn.credential.can_publish(action):
         raise ProtocolError("forbidden", f"credential {conn.credential.name!r} may not publish "
                                          f"action {action[:200]!r}")
@@ -629,9 +635,11 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
     # the first updates of a task a service picks up at once would be missed
     unserved = await state.hub.unserved(item["action"] for item in items)
     try:
-        added = await state.app.add_many_checked(items)
+        added = await add_as(state.app, conn.credential, items)
     except ValidationError as exc:
         raise ProtocolError("invalid", str(exc)) from None
+    except KeyHeld as exc:
+        raise ProtocolError("unique_key_held", str(exc)) from None
     tasks = [task for task, _ in added]
     reply: dict[str, Any] = {"type": "published", "id": msg_id}
     if several:

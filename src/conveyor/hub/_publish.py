@@ -1,0 +1,83 @@
+"""Adding tasks for a credential: a ``unique_key`` held by a task of an action the
+credential may not read is refused, never answered with that task.
+
+Unique keys are shared by all actions (keys from ``unique_fields`` start with
+their action, so only a ``unique_key`` given as such can meet another action's
+task). A publish that met such a holder would return the task (its payload,
+result, ...) and, over the WebSocket, stream its events to a publisher that may
+not read them. A batch is checked before it is added (so all or none holds); a
+holder that appears between that check and the add is refused after it, and a
+single add then has added nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..app import Conveyor
+from ..model import DEFAULT_UNIQUE_SCOPE, Status, Task
+from ._credentials import Credential
+
+__all__ = ["KeyHeld", "add_as"]
+
+_HOLDERS_READ = 10_000
+
+
+class KeyHeld(Exception):
+    """Item ``index``'s ``unique_key`` is held by a task the credential may not read;
+    ``added`` when other tasks of the call were added all the same (a race)."""
+
+    def __init__(self, index: int, key: str, several: bool, added: bool) -> None:
+        where = f"task {index}: " if several else ""
+        message = (f"{where}unique key {key!r} is held by a task of an action this "
+                   "credential may not read")
+        message += ("; the call's other tasks were added" if added
+                    else "; nothing was added")
+        super().__init__(message)
+        self.index = index
+        self.key = key
+        self.added = added
+
+
+async def add_as(app: Conveyor, cred: Credential,
+                 items: Sequence[dict[str, Any]]) -> list[tuple[Task, bool]]:
+    """``app.add_many_checked(items)`` for ``cred``: :class:`KeyHeld` instead of a
+    task it may not read."""
+    several = len(items) > 1
+    if several and not cred.admin:
+        await _check_holders(app, cred, items)
+    added = await app.add_many_checked(items)
+    if not cred.admin:
+        for i, (task, created) in enumerate(added):
+            if not created and not cred.can_read(task.action):
+                raise KeyHeld(i, task.unique_key or "", several,
+                              any(c for _, c in added))
+    return added
+
+
+async def _check_holders(app: Conveyor, cred: Credential,
+                         items: Sequence[dict[str, Any]]) -> None:
+    keyed = {i: item["unique_key"] for i, item in enumerate(items)
+             if isinstance(item.get("unique_key"), str)}
+    if not keyed:
+        return
+    holders = await app.find({"unique_key": {"$in": sorted(set(keyed.values()))}},
+                             sort="-created_at", limit=_HOLDERS_READ)
+    hidden: dict[str, list[Task]] = {}
+    for task in holders:
+        if not cred.can_read(task.action):
+            hidden.setdefault(task.unique_key or "", []).append(task)
+    for i, key in keyed.items():
+        scope = _scope(items[i].get("unique_scope"))
+        if any(t.status in t.unique_scope or t.status in scope for t in hidden.get(key, ())):
+            raise KeyHeld(i, key, True, False)
+
+
+def _scope(value: Any) -> tuple[Status, ...]:
+    """An item's ``unique_scope`` as far as it is valid (the add validates it)."""
+    try:
+        items = [value] if isinstance(value, str) else list(value or ())
+        return tuple(Status(v) for v in items) or DEFAULT_UNIQUE_SCOPE
+    except (TypeError, ValueError):
+        return DEFAULT_UNIQUE_SCOPE
