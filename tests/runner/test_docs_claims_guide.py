@@ -59,7 +59,7 @@ def test_the_app_options_have_the_documented_defaults() -> None:
     assert app.max_rescues == 3
     assert app.sweep_interval == 10  # lease / 3
     assert app.idle_poll == 1
-    assert app.progress_interval == 0.25
+    assert app.progress_interval == 0.05
     assert app.stop_timeout == 10
     assert app.retention is None
     assert app.name is None
