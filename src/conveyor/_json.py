@@ -9,7 +9,8 @@ from typing import Any
 
 from .errors import ValidationError
 
-__all__ = ["copy_checked", "dumps", "dumps_checked", "dumps_stored", "loads", "loads_strict"]
+__all__ = ["check_depth", "copy_checked", "dumps", "dumps_checked", "dumps_stored", "loads",
+           "loads_strict"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _decoder = json.JSONDecoder()
@@ -57,10 +58,11 @@ _strict_decoder = json.JSONDecoder(parse_constant=_no_constant)
 _SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
-def loads_strict(text: str | bytes, what: str) -> Any:
+def loads_strict(text: str | bytes, what: str, max_depth: int | None = None) -> Any:
     """JSON from outside (a REST body, a WebSocket frame), read strictly: UTF-8, no
-    NaN or Infinity, no lone surrogate escapes. Raises :class:`ValueError` with a
-    message that starts with ``what``."""
+    NaN or Infinity, no lone surrogate escapes, at most ``max_depth`` levels of
+    nesting when given. Raises :class:`ValueError` with a message that starts with
+    ``what``."""
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
@@ -82,7 +84,27 @@ def loads_strict(text: str | bytes, what: str) -> Any:
                              "(a lone surrogate escape)") from None
         except RecursionError:
             raise ValueError(f"{what} is nested too deeply") from None
+    if max_depth is not None:
+        check_depth(value, what, max_depth)
     return value
+
+
+def check_depth(value: Any, what: str, max_depth: int) -> None:
+    """Raise :class:`ValueError` when ``value`` nests lists and objects more than
+    ``max_depth`` levels deep (the value itself is the first level)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > max_depth:
+            raise ValueError(f"{what} is nested more than {max_depth} levels deep")
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list))
 
 
 def dumps_checked(value: Any, what: str, limit: int | None = None) -> str:

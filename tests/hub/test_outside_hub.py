@@ -1356,6 +1356,27 @@ async def test_connections_of_one_service_are_one_worker(hub: RunningHub) -> Non
         await two.close()
 
 
+async def test_ws_frames_nest_as_deep_as_rest_bodies(hub: RunningHub) -> None:
+    """A frame, like a REST body, nests at most 64 levels (itself the first): a payload
+    of 63 levels in a publish (frame, payload) is refused, 62 are stored."""
+    def nested(levels: int) -> Any:
+        value: Any = 1
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    async with Raw.opened(hub.url, hub.key("admin", admin=True)) as ws:
+        await ws.send({"type": "publish", "id": 1, "action": "a", "payload": nested(64),
+                       "updates": False})
+        err = await ws.expect("error")  # the frame was not read: its id is not known
+        assert err["code"] == "bad_json" and err["id"] is None, err
+        assert "more than 64 levels" in err["message"]
+        ok = await ws.request({"type": "publish", "id": 2, "action": "a",
+                               "payload": nested(63), "updates": False})
+        assert ok["type"] == "published", ok
+    assert await hub.app.count() == 1
+
+
 async def test_rest_json_limits(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
     async with client(hub, admin) as http:

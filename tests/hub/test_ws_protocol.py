@@ -55,6 +55,25 @@ async def test_a_bad_key_is_closed_with_4001(hub: RunningHub, how: str) -> None:
     assert ws.seen and ws.seen[0]["type"] == "error" and ws.seen[0]["code"] == "unauthorized"
 
 
+async def test_a_hello_without_key_says_so_and_is_closed(hub: RunningHub) -> None:
+    hub.key("real", publish=["*"])
+    ws = await Raw.open(hub.url, welcome=False)
+    await ws.send({"type": "hello", "id": "h"})
+    assert await ws.closed() == 4001
+    err = ws.seen[0]
+    assert (err["type"], err["code"], err["id"]) == ("error", "unauthorized", "h")
+    assert "'hello' needs your key" in err["message"]
+
+
+async def test_unwatch_without_a_stream_is_a_bad_message(insecure_hub: RunningHub) -> None:
+    ws = await Raw.open(insecure_hub.url)
+    err = await ws.request({"type": "unwatch", "id": 21}, "error")
+    assert err["code"] == "bad_message" and "'stream'" in err["message"], err
+    err = await ws.request({"type": "unwatch", "id": 22, "stream": "nope"}, "error")
+    assert err["code"] == "not_found", err
+    await ws.close()
+
+
 async def test_no_hello_in_time_is_closed(hub: RunningHub,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_ws, "HELLO_TIMEOUT", 0.3)

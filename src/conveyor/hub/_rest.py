@@ -66,6 +66,7 @@ from ._schemas import (
     RetryIn,
     TaskIn,
 )
+from ._ws_proto import MAX_DEPTH
 
 __all__ = [
     "API",
@@ -84,8 +85,6 @@ log = logging.getLogger("conveyor.hub")
 API = "/api/v1"
 MAX_BODY = 16 << 20
 """Largest request body, in bytes (a payload is also held to the app's ``max_payload``)."""
-MAX_DEPTH = 64
-"""Deepest nesting of arrays and objects in a request body."""
 DEFAULT_WAIT = 30.0
 MAX_LOG_LIMIT = 10_000
 UNSERVED_HEADER = "X-Conveyor-Unserved"
@@ -262,28 +261,9 @@ def loads(text: bytes | str, what: str = "the body") -> Any:
     """Parse JSON strictly (:func:`conveyor._json.loads_strict`), nesting at most
     :data:`MAX_DEPTH` deep. Raises :class:`Problem` (400)."""
     try:
-        value = _json.loads_strict(text, what)
+        return _json.loads_strict(text, what, MAX_DEPTH)
     except ValueError as exc:
         raise Problem(400, "invalid_json", str(exc)) from None
-    _check_depth(value, what)
-    return value
-
-
-def _check_depth(value: Any, what: str) -> None:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > MAX_DEPTH:
-            raise Problem(400, "invalid_json",
-                          f"{what} is nested more than {MAX_DEPTH} levels deep")
-        stack.extend((child, depth + 1) for child in children
-                     if isinstance(child, dict | list))
 
 
 _TAG = re.compile(r"^(float|int|str|bool|none|list\[.*\]|dict\[.*\]|[A-Z]\w*|literal\[.*\]"

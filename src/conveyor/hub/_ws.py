@@ -477,8 +477,12 @@ class Connection:
                                         "authenticate first: send a 'hello' with your key")
                 return
             key = msg.get("key")
-            if key is not None and not isinstance(key, str):
-                key = None
+            if (not isinstance(key, str) or not key) and self.hub.credentials is not None:
+                message = "a 'hello' needs your key: {\"type\": \"hello\", \"id\": 1, \"key\": ...}"
+                self.send_error(msg_id, "unauthorized", message)
+                await self._flush_then_close(CLOSE_AUTH, message)
+                self.closed = True
+                return
             if await self._login(key, msg_id):
                 return
             self.closed = True
@@ -687,6 +691,9 @@ async def _watch(conn: Connection, msg: dict[str, Any]) -> None:
 
 def _unwatch(conn: Connection, msg: dict[str, Any]) -> None:
     target = msg.get("stream")
+    if not _valid_id(target):
+        raise ProtocolError("bad_message", "'stream' must be the id of a watch or a publish "
+                                           "(a string or an integer)")
     key = encode_id(target)
     streams = conn.streams.pop(key, None)
     if streams is None:

@@ -22,6 +22,7 @@ __all__ = [
     "CLOSE_RATE",
     "CLOSE_SLOW",
     "CLOSE_TOO_BIG",
+    "MAX_DEPTH",
     "PROTOCOL_VERSION",
     "ProtocolError",
     "encode",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+MAX_DEPTH = 64
+"""Deepest nesting of arrays and objects in a WebSocket frame or a REST body."""
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -58,9 +61,10 @@ class ProtocolError(Exception):
 
 def parse_frame(text: str) -> Any:
     """A text frame's JSON, read as strictly as the REST API reads a body
-    (:func:`conveyor._json.loads_strict`). Raises :class:`ProtocolError` (``bad_json``)."""
+    (:func:`conveyor._json.loads_strict`), nested at most :data:`MAX_DEPTH` levels
+    deep. Raises :class:`ProtocolError` (``bad_json``)."""
     try:
-        return _json.loads_strict(text, "the frame")
+        return _json.loads_strict(text, "the frame", MAX_DEPTH)
     except ValueError as exc:
         raise ProtocolError("bad_json", str(exc)) from None
 
