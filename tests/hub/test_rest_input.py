@@ -101,6 +101,9 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, tuple[str, ...]]] = [
     ("GET", f"{T}/{ID}/wait", {"params": {"timeout": "-1"}}, 422, "invalid", ("timeout",)),
     ("GET", f"{T}/{ID}/logs", {"params": {"after_seq": "-1"}}, 422, "invalid", ("after_seq",)),
     ("GET", f"{T}/{ID}/logs", {"params": {"limit": "0"}}, 422, "invalid", ("limit",)),
+    ("GET", f"{T}/{ID}/logs", {"params": {"after_seq": "9" * 23}}, 422, "invalid",
+     ("after_seq must be between 0 and",)),
+    ("GET", T, {"params": {"skip": "1" + "0" * 30}}, 422, "invalid", ("skip must be between",)),
     ("GET", f"{API}/stats", {"params": {"x": "1"}}, 422, "invalid", ("unknown query",)),
     # control bodies
     ("POST", f"{T}/{ID}/prioritize", {}, 422, "invalid", ("body is required",)),

@@ -12,8 +12,8 @@ unreachable hub).
 
 from ._client import MISSING, HubClient, LiveChange, LiveQuery, Update
 from ._errors import HubError
-from ._http import HTTPClient
+from ._http import HTTPClient, LogPage
 from ._sync import SyncHubClient
 
-__all__ = ["MISSING", "HTTPClient", "HubClient", "HubError", "LiveChange", "LiveQuery",
+__all__ = ["MISSING", "HTTPClient", "HubClient", "HubError", "LiveChange", "LiveQuery", "LogPage",
            "SyncHubClient", "Update"]

@@ -67,8 +67,9 @@ LONG_POLL = 60.0
 
 @dataclass(frozen=True, slots=True)
 class LogPage:
-    """One read of a task's log: its status (read before the lines), the lines
-    after ``after_seq``, and the ``next_seq`` to ask for the lines that follow."""
+    """One read of a task's log (:meth:`HTTPClient.logs`): its status (read before
+    the lines), the lines after ``after_seq`` in ``records`` (the REST body's
+    ``logs``), and the ``next_seq`` to ask for the lines that follow."""
 
     task_id: str
     status: Status
@@ -198,7 +199,7 @@ class HTTPClient:
 
     async def find(self, filter: Mapping[str, Any] | None = None, *, sort: Any = None,
                    limit: int | None = None, skip: int = 0) -> list[Task]:
-        """Tasks matching ``filter``, sorted, paged (read :data:`PAGE` at a time)."""
+        """Tasks matching ``filter``, sorted, paged (read 1,000 per request)."""
         check_window(limit, skip)
         out: list[Task] = []
         while True:

@@ -162,8 +162,8 @@ class Hub:
         """Which of ``actions`` no live registered worker runs (remote services, the
         hub's own workers and any other process's workers on the storage), sorted: a
         publish answers with them, as the CLI warns. The workers are read at most once
-        per :data:`SERVED_FOR` seconds (a service subscribing here clears that, with
-        :meth:`workers_changed`, so it is seen at once). A hint: when the workers cannot
+        a second (``SERVED_FOR``); a service subscribing here clears that (with
+        :meth:`workers_changed`), so it is seen at once. A hint: when the workers cannot
         be read, none is named (the tasks are added by then)."""
         wanted = set(actions)
         if not wanted:

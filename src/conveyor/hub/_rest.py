@@ -381,8 +381,11 @@ def int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: i
     if raw is None:
         return default
     text = raw.strip()
-    if not re.fullmatch(r"[+-]?\d{1,20}", text):
+    if not re.fullmatch(r"[+-]?\d+", text):
         raise Problem(422, "invalid", f"{name} must be an integer, not {raw!r}", path=name)
+    if len(text.lstrip("+-").lstrip("0")) > 20:  # no huge int() of a hostile value
+        raise Problem(422, "invalid", f"{name} must be between {lo} and {hi}, not "
+                                      f"{text[:24]}...", path=name)
     value = int(text)
     if not lo <= value <= hi:
         raise Problem(422, "invalid", f"{name} must be between {lo} and {hi}, not {value}",
