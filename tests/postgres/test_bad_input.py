@@ -36,6 +36,9 @@ def _with(url: str, **parts: Any) -> str:
     "postgresql://u:p@localhost/db?pool_min=5&pool_max=2",
     "postgresql://u:p@localhost/db?poll_interval=0",
     "postgresql://u:p@localhost/db?no_such_libpq_option=1",
+    "postgresql://u:p@localhost/db?gssencmode=bogus",
+    "postgresql://u:p@localhost/db?channel_binding=bogus",
+    "postgresql://u:p@localhost/db?tcp_user_timeout=soon",
 ])
 def test_bad_urls_are_configuration_errors(url: str) -> None:
     with pytest.raises(ConfigurationError):

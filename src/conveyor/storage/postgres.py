@@ -237,8 +237,15 @@ def _parse_query(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby",
+                             "prefer-standby"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "load_balance_hosts": ("disable", "random"),
+}
+"""libpq options with a fixed list of values (libpq refuses others only when connecting)."""
 _INTEGER = re.compile(r"\s*-?\d+\s*")
 
 
@@ -247,14 +254,14 @@ def _check_libpq_values(url: str, query: Sequence[tuple[str, str]]) -> None:
     (as a connection error) are checked here, as the URL's mistakes they are."""
     for key, value in query:
         problem = ""
-        if key == "sslmode" and value not in _SSLMODES:
-            problem = f"must be one of {', '.join(_SSLMODES)}"
-        elif key == "target_session_attrs" and value not in _SESSION_ATTRS:
-            problem = f"must be one of {', '.join(_SESSION_ATTRS)}"
+        choices = _CHOICES.get(key)
+        if choices is not None and value not in choices:
+            problem = f"must be one of {', '.join(choices)}"
         elif key in ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
-                     "keepalives_count") and not _INTEGER.fullmatch(value):
-            problem = "must be a whole number of seconds" if key != "keepalives" \
-                else "must be 0 or 1"
+                     "keepalives_count", "tcp_user_timeout") and not _INTEGER.fullmatch(value):
+            problem = {"keepalives": "must be 0 or 1",
+                       "tcp_user_timeout": "must be a whole number of milliseconds"}.get(
+                key, "must be a whole number of seconds")
         elif key == "port" and not all(p.strip().isdigit() and 0 < int(p) < 65536
                                        for p in value.split(",")):
             problem = "must be a port number (1-65535), or a comma-separated list of them"
