@@ -44,6 +44,7 @@ __all__ = [
     "check_priority",
     "check_tags",
     "check_task_id",
+    "check_unicode",
     "unique_key_from_fields",
 ]
 
@@ -64,6 +65,18 @@ def check_task_id(task_id: Any) -> None:
     if not isinstance(task_id, str) or not task_id or len(task_id) > 100:
         raise ValidationError("a task id is a non-empty string of at most 100 characters, "
                               f"not {reprlib.repr(task_id)}")
+    check_unicode(task_id, "a task id")
+
+
+def check_unicode(text: str, what: str) -> str:
+    """``text`` when it is valid Unicode (storable as UTF-8); else :class:`ValidationError`
+    naming ``what`` (a lone surrogate, as from undecodable command-line bytes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} holds text that is not valid Unicode (a lone "
+                              f"surrogate): {reprlib.repr(text)}") from None
+    return text
 
 
 def check_priority(value: Any) -> float:
@@ -122,14 +135,16 @@ def _lookup(payload: Any, path: str) -> Any:
 
 
 def unique_key_from_fields(action: str, payload: Any, fields: Sequence[str]) -> str:
-    """The dedupe key built from payload fields: ``action`` plus their values as JSON."""
+    """The dedupe key built from payload fields: ``action``, a colon, then the fields
+    and their values as a JSON object in name order (``mail:send:{"to":"ann"}``), so
+    different fields with equal values make different keys."""
     if isinstance(fields, str) or not isinstance(fields, Sequence) or not fields:
         raise ValidationError("unique_fields must be a non-empty list of payload field names")
     for name in fields:
         if not isinstance(name, str) or not name:
             raise ValidationError(f"unique_fields: field names are strings, not {name!r}")
-    values = [_lookup(payload, name) for name in fields]
-    return f"{action}:{_json.dumps(values)}"
+    named = {name: _lookup(payload, name) for name in sorted(fields)}
+    return f"{action}:{_json.dumps(named)}"
 
 
 def _scope(value: Any) -> tuple[Status, ...]:
@@ -243,6 +258,7 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
     if unique_key is not None:
         if not isinstance(unique_key, str) or not unique_key:
             raise ValidationError(f"unique_key must be a non-empty string, not {unique_key!r}")
+        check_unicode(unique_key, "unique_key")
     elif unique_fields is not None:
         unique_key = unique_key_from_fields(action, payload, unique_fields)
     if unique_key is not None and len(unique_key) > MAX_UNIQUE_KEY:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from . import _forks
 from ._registry import Handler, Registry, build_handler, check_handler_options, check_policy
-from ._specs import build_spec, check_priority, check_task_id
+from ._specs import build_spec, check_priority, check_task_id, check_unicode
 from ._worker import Worker
 from .errors import (
     ConfigurationError,
@@ -99,6 +99,13 @@ class Conveyor:
             self.retention = seconds(retention, "retention")
         except ValidationError as exc:
             raise ConfigurationError(str(exc)) from None
+        if not isinstance(url, str | Storage):
+            raise ConfigurationError("url must be a storage URL (str) or a Storage, not "
+                                     f"{type(url).__name__}")
+        if name is not None and (not isinstance(name, str) or not name
+                                 or len(name) > 200 or not name.isprintable()):
+            raise ConfigurationError("name must be None or printable text of 1-200 "
+                                     f"characters, not {name!r}")
         self.storage: Storage = open_storage(url) if isinstance(url, str) else url
         self.name = name
         self.concurrency = concurrency
@@ -620,6 +627,7 @@ class Conveyor:
         check_task_id(task_id)
         if not isinstance(reason, str) or not reason:
             raise ValidationError("abort reason must be a non-empty string")
+        check_unicode(reason, "the abort reason")
         await self.open()
         task = await self.storage.abort(task_id, reason)
         if task.status is Status.RUNNING:
@@ -656,6 +664,7 @@ class Conveyor:
         if isinstance(target, str):
             ids: list[str] = [target]
         elif isinstance(target, Mapping):
+            parse_filter(target)  # its errors name the paths of the filter as given
             where = {"$and": [dict(target), {"status": {"$in": ["succeeded", "failed",
                                                                    "aborted"]}}]}
             query = parse_query(where)

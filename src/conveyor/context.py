@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import _json
 from .errors import ConveyorError, ValidationError
-from .model import LogLevel, Progress, Task
+from .model import LogLevel, Progress, Task, storable_text
 
 __all__ = ["Context", "TaskAbortRequested", "TaskLogger"]
 
@@ -85,7 +85,9 @@ class TaskLogger:
                 text = text % args
             except (TypeError, ValueError):
                 text = " ".join([text, *map(str, args)])
-        self._channel.log(self._task_id, parsed, text, data)
+        # a lone surrogate (undecodable bytes read as text) is escaped, never refused
+        # by the storage when the line is written with the others
+        self._channel.log(self._task_id, parsed, storable_text(text), data)
         return _DONE
 
     def debug(self, message: str, *args: Any, data: dict[str, Any] | None = None) -> _Done:

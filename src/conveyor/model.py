@@ -166,8 +166,9 @@ def new_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _clean(text: str) -> str:
-    """Text that is valid UTF-8 (lone surrogates escaped), so it can always be stored."""
+def storable_text(text: str) -> str:
+    """Text that is valid UTF-8 (lone surrogates escaped as ``\\udXXX``), so it can
+    always be stored."""
     try:
         text.encode("utf-8")
         return text
@@ -298,8 +299,8 @@ class ErrorInfo:
         ``with_traceback=False``) traceback."""
         import traceback as tb
 
-        text = _clean("".join(tb.format_exception(exc))) if with_traceback else None
-        return cls(type=type(exc).__name__, message=_clean(str(exc)), traceback=text,
+        text = storable_text("".join(tb.format_exception(exc))) if with_traceback else None
+        return cls(type=type(exc).__name__, message=storable_text(str(exc)), traceback=text,
                    attempt=attempt, at=time.time())
 
 

@@ -447,7 +447,13 @@ async def test_unique_fields_build_the_key_from_the_action_and_payload(app: Conv
     c = await app.add("dedupe:f", {"invoice": 2, "note": "x"}, unique_fields=["invoice"])
     d = await app.add("dedupe:g", {"invoice": 1}, unique_fields=["invoice"])
     assert a.id == b.id and len({a.id, c.id, d.id}) == 3
-    assert isinstance(a.unique_key, str) and a.unique_key
+    assert a.unique_key == 'dedupe:f:{"invoice":1}'
+    # other fields with equal values make another key; the order of names does not
+    e = await app.add("dedupe:f", {"invoice": 9, "customer": 1}, unique_fields=["customer"])
+    assert e.id != a.id
+    both = await app.add("dedupe:f", {"a": 1, "b": 2}, unique_fields=["b", "a"])
+    again = await app.add("dedupe:f", {"a": 1, "b": 2, "c": 3}, unique_fields=["a", "b"])
+    assert both.id == again.id and both.unique_key == 'dedupe:f:{"a":1,"b":2}'
 
 
 async def test_unique_scope_with_succeeded_keeps_the_key(app: Conveyor) -> None:

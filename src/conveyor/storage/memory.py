@@ -71,12 +71,21 @@ _NESTED = (dict, list)
 
 
 def _copy(value: Any) -> Any:
-    """A copy of a stored JSON value: new dicts and lists, the (immutable) rest shared."""
+    """A copy of a stored JSON value: new dicts and lists, the (immutable) rest shared.
+    A value nested deeper than Python's recursion allows here (one the JSON encoder
+    took, a few hundred levels) is copied through JSON text."""
+    try:
+        return _copy_nested(value)
+    except RecursionError:
+        return _json.loads(_json.dumps(value))
+
+
+def _copy_nested(value: Any) -> Any:
     kind = type(value)
     if kind is dict:
-        return {k: _copy(v) if type(v) in _NESTED else v for k, v in value.items()}
+        return {k: _copy_nested(v) if type(v) in _NESTED else v for k, v in value.items()}
     if kind is list:
-        return [_copy(v) if type(v) in _NESTED else v for v in value]
+        return [_copy_nested(v) if type(v) in _NESTED else v for v in value]
     return value
 
 

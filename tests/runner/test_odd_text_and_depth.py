@@ -1,0 +1,79 @@
+"""Odd input from a black-box audit: text that is not valid Unicode (a lone
+surrogate, as undecodable command-line bytes become), payloads nested hundreds of
+levels deep, and arguments of the wrong type. Each gets a clear error or is
+stored as it can be; none half-writes or stops a worker."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from conveyor import Context, Conveyor
+from conveyor.errors import ConfigurationError, ValidationError
+from conveyor.model import Status
+
+
+async def test_a_log_line_with_a_lone_surrogate_is_escaped_and_the_worker_goes_on(
+        app: Conveyor) -> None:
+    @app.handler("odd:log")
+    async def odd(ctx: Context[Any]) -> int:
+        ctx.log.info("bytes \udcff here %s", "\ud800")
+        return 1
+
+    @app.handler("odd:ok")
+    async def ok(ctx: Context[Any]) -> int:
+        return 2
+
+    async with app:
+        first = await app.add("odd:log")
+        assert await app.wait(first.id, timeout=10) == 1
+        after = await app.add("odd:ok")
+        assert await app.wait(after.id, timeout=10) == 2
+    lines = [r.message async for r in app.logs(first.id)]
+    assert lines == ["bytes \\udcff here \\ud800"]
+
+
+async def test_lone_surrogates_in_keys_reasons_and_ids_are_validation_errors(
+        app: Conveyor) -> None:
+    with pytest.raises(ValidationError, match=r"unique_key.*not valid Unicode"):
+        await app.add("odd:x", unique_key="k\udcff")
+    task = await app.add("odd:x")
+    with pytest.raises(ValidationError, match=r"abort reason.*not valid Unicode"):
+        await app.abort(task.id, "why\ud800")
+    with pytest.raises(ValidationError, match=r"task id.*not valid Unicode"):
+        await app.get("id\udcff")
+    assert (await app.get(task.id)).status is Status.QUEUED
+    assert await app.count() == 1
+
+
+@pytest.mark.parametrize("depth", [400, 600, 900])
+async def test_deep_payloads_are_stored_and_read_back(app: Conveyor, depth: int) -> None:
+    payload = json.loads("[" * depth + "]" * depth)
+    task = await app.add("odd:deep", payload)
+    assert (await app.get(task.id)).payload == payload
+    assert [t.id for t in await app.find()] == [task.id]
+
+
+def test_arguments_of_the_wrong_type_are_named() -> None:
+    with pytest.raises(ConfigurationError, match="url must be a storage URL"):
+        Conveyor(5)  # type: ignore[arg-type]
+    for name in (object(), "", "a\nb", "x" * 201):
+        with pytest.raises(ConfigurationError, match="name must be"):
+            Conveyor("memory://", name=name)  # type: ignore[arg-type]
+    app = Conveyor("memory://")
+    for call in (lambda: app.events(5), lambda: app.on(5, print)):  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="event pattern is a string"):
+            call()
+
+
+async def test_delete_names_the_path_of_the_filter_as_given(app: Conveyor) -> None:
+    from conveyor.errors import QueryError
+
+    with pytest.raises(QueryError) as deleting:
+        await app.delete({"priority": {"$gt": "x"}})
+    with pytest.raises(QueryError) as finding:
+        await app.find({"priority": {"$gt": "x"}})
+    assert str(deleting.value) == str(finding.value)
+    assert "filter.priority.$gt" in str(deleting.value)
