@@ -45,7 +45,7 @@ from .postgres import test_docs_examples as postgres_examples
 
 EXAMPLES = {
     'environment={"chunk": 1024}, max_attempts=3': "test_readme_quickstart",
-    "asyncio.run(main())": "test_guide_quickstart_script",
+    '{"url": "https://example.com/f"}': "test_guide_quickstart_script",
     "environment=smtp_client": "test_guide_handler_options",
     "await app.add_many([": "test_guide_add_and_add_many",
     "task, created = await app.add_checked(": "test_guide_add_checked",
@@ -89,7 +89,9 @@ async def app() -> AsyncIterator[Conveyor]:
 
 async def test_readme_quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the example's sqlite:///tasks.db is relative
-    ns = exec_module(find_block('environment={"chunk": 1024}, max_attempts=3'), {})
+    block = find_block('environment={"chunk": 1024}, max_attempts=3')
+    assert 'if __name__ == "__main__":' in block.code  # run as a script, not on import
+    ns = exec_module(block, {})
     await ns["main"]()  # the task is added with delay=5: this takes five seconds
     reader = Conveyor(f"sqlite:///{tmp_path / 'tasks.db'}")
     try:
@@ -112,7 +114,7 @@ async def test_readme_quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_guide_quickstart_script(tmp_path: Path) -> None:
     script = tmp_path / "quickstart.py"
-    script.write_text(find_block("asyncio.run(main())").code)
+    script.write_text(find_block('{"url": "https://example.com/f"}').code)
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr

@@ -227,8 +227,9 @@
           atLimit(msg.message || "too many connections");
           return;
         }
+        // the hub's lockout message says it all ("too many failed logins from ...")
         const text = msg.code === "rate_limited"
-          ? "Too many failed logins from this address: " + msg.message
+          ? msg.message.charAt(0).toUpperCase() + msg.message.slice(1) + "."
           : "The hub refused this key: " + msg.message;
         signOut(text);
       }
@@ -317,7 +318,9 @@
   function onLive(msg) {
     const live = state.live;
     if (msg.type === "error") {
-      filterError(msg.message + (msg.path ? ` (at ${msg.path})` : ""));
+      const message = msg.message || "";
+      filterError(msg.path && !message.includes(msg.path)
+        ? `${message} (at ${msg.path})` : message);
       state.live = null;
       clearRows();
       return;
