@@ -301,6 +301,23 @@ async def test_abort_of_a_queued_task_and_the_log_followed_again_after_a_retry(
     await expect(page.get_by_test_id("task-status")).to_have_text("aborted")
 
 
+async def test_a_refused_action_shows_the_task_as_it_is_now(dash: Dash) -> None:
+    """The task moved on after its view stopped following it (it had ended): the
+    refusal (409) is shown, and so is the task as it is now."""
+    task = await dash.app.add("mail:send", {"to": "ann"})
+    await dash.app.abort(task.id)
+    await dash.open()
+    page = dash.page
+    await dash.row(task.id).click()
+    await expect(page.get_by_test_id("task-status")).to_have_text("aborted")
+    await dash.app.retry(task.id)  # elsewhere: queued again
+    await page.get_by_test_id("task-retry").click()
+    await expect(page.get_by_test_id("task-action-error")).to_contain_text("retry:")
+    await expect(page.get_by_test_id("task-status")).to_have_text("queued")
+    await expect(page.get_by_test_id("task-retry")).to_be_hidden()
+    await expect(page.get_by_test_id("task-abort")).to_be_visible()
+
+
 # -- panels ------------------------------------------------------------------------------------
 
 

@@ -564,6 +564,12 @@
       if (what === "retry" || (state.watch && state.watch.ended)) watch(task.id);
     } catch (err) {
       actionError(`${what}: ${err.message}`);
+      if (err.status === 409) {  // the task moved on meanwhile: show it as it is now
+        try {
+          const now = await api("GET", `/api/v1/tasks/${encodeURIComponent(task.id)}`);
+          if (state.viewed && state.viewed.id === now.id) renderTask(now);
+        } catch (ignored) { /* the error above is what the user needs */ }
+      }
     }
   }
 
