@@ -23,6 +23,8 @@ Handlers registered on a SyncConveyor run in its background loop once
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import inspect
 import threading
 from collections.abc import Callable, Iterator
@@ -46,6 +48,7 @@ class Portal:
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
+        self._closing = False
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="conveyor-sync-loop", daemon=True)
         self._thread.start()
@@ -82,13 +85,34 @@ class Portal:
         except KeyboardInterrupt:
             future.cancel()
             raise
+        except concurrent.futures.CancelledError:
+            if self._closing:
+                raise ConveyorError("this SyncConveyor was closed while the call "
+                                    "waited") from None
+            raise
 
     def close(self) -> None:
-        """Stop the loop and join its thread (up to 10 s); closing twice is harmless."""
+        """Stop the loop and join its thread (up to 10 s); closing twice is harmless.
+        Calls still waiting in other threads (an event, a log line, a wait) are
+        cancelled: they raise :class:`ConveyorError`."""
         if self._loop.is_closed():
             return
+        self._closing = True
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(_cancel_others(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+async def _cancel_others() -> None:
+    """Cancel every task of the running loop but this one, and let them end."""
+    current = asyncio.current_task()
+    others = [t for t in asyncio.all_tasks() if t is not current]
+    for task in others:
+        task.cancel()
+    if others:
+        await asyncio.wait(others, timeout=5)
 
 
 class BlockingIterator(Iterator[Any]):

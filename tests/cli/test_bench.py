@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
-from ._support import add, assert_error, cli, find
+from ._support import Background, add, assert_error, cli, count, eventually, find
 
 KEYS = {"storage", "tasks", "concurrency", "add_one_per_s", "add_many_per_s", "drain_per_s",
         "latency_samples", "latency_p50_ms", "latency_p99_ms"}
@@ -48,3 +51,29 @@ def test_bench_never_prints_a_password() -> None:
     assert result.code == 1, result
     assert "s3cret" not in result.out + result.err
     assert "postgresql://ann:***@127.0.0.1:1/x" in result.err
+
+
+def test_bench_without_latency_samples_reports_no_latency() -> None:
+    result = cli("bench", "--tasks", "50", "--latency-samples", "0", "--json")
+    assert result.code == 0, result
+    figures = json.loads(result.out)
+    assert figures["latency_samples"] == 0
+    assert figures["latency_p50_ms"] is None and figures["latency_p99_ms"] is None
+
+
+def test_an_interrupted_bench_says_which_of_its_tasks_are_left(
+        db: str, background: Callable[..., Background]) -> None:
+    mine = add(db, "mail:send")
+    bench = background("bench", "--tasks", "300000", "--latency-samples", "0", "--db", db)
+    eventually(lambda: count(db) > 1, what="the bench's first tasks")
+    bench.signal(signal.SIGINT)
+    assert bench.wait(60) == 130, (bench.out, bench.err)
+    said = " ".join(bench.err)
+    match = re.search(r"bench stopped: ([\d,]+) of its tasks \(action (conveyor\.bench:\w+)\) "
+                      r"are left in", said)
+    assert match is not None, said
+    left, action = int(match.group(1).replace(",", "")), match.group(2)
+    # the finished ones were deleted; the queued ones are there, and the user's task
+    assert count(db, {"action": action}) == left > 0
+    assert count(db, {"action": action, "status": {"$ne": "queued"}}) == 0
+    assert [t.id for t in find(db, {"action": "mail:send"})] == [mine.id]

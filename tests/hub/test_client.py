@@ -141,6 +141,35 @@ async def test_publish_and_await_with_the_client(hub: RunningHub) -> None:
         assert fetched.result == 42 and fetched.logs == ()
 
 
+async def test_a_cancelled_work_takes_no_more_tasks(hub: RunningHub) -> None:
+    """Cancelling ``work()`` (as ``stop()`` does) ends the connection's worker: the
+    subscription goes, and the tasks published afterwards go to the other service."""
+    runs: dict[str, int] = {"cancelled": 0, "other": 0}
+
+    def counting(name: str) -> HubClient:
+        client = HubClient(hub.url, hub.key(name, subscribe=["count:*"]))
+
+        @client.handler("count:it")
+        async def count(ctx: Context) -> str:
+            runs[name] += 1
+            return name
+
+        return client
+
+    first = counting("cancelled")
+    job = asyncio.create_task(first.work("first", concurrency=4))
+    await first.wait_working(10)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    other = counting("other")
+    async with working(other, "other"), HubClient(hub.url, hub.key(
+            "pub", publish=["count:*"])) as pub:
+        results = [await pub.run("count:it", i, timeout=20) for i in range(10)]
+    assert results == ["other"] * 10 and runs == {"cancelled": 0, "other": 10}
+    await first.close()
+
+
 async def test_handlers_keep_the_in_process_style(hub: RunningHub) -> None:
     worker = worker_client(hub, hub.key("svc", subscribe=["*"]))
     async with working(worker, "reports"), HubClient(hub.url, hub.key(

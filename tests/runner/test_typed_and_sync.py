@@ -116,3 +116,41 @@ async def test_a_model_payload_is_stored_as_its_json_without_a_typed_handler(
     task = await app.add("files:untyped", Download(url="w"), priority=1)
     assert task.payload == {"url": "w", "retries": 0}
     assert (await app.get(task.id)).payload == {"url": "w", "retries": 0}
+
+
+def test_close_ends_the_calls_other_threads_wait_in(tmp_path: Path) -> None:
+    """A thread blocked in a sync call (the next event, a wait) when another closes the
+    app gets a ConveyorError instead of waiting forever."""
+    import threading
+
+    from conveyor import ConveyorError
+
+    app = SyncConveyor(f"sqlite:///{tmp_path / 'tasks.db'}")
+    task = app.add("nobody:runs")  # no handler: a wait on it blocks
+    outcomes: dict[str, BaseException | None] = {}
+    entered = {"events": threading.Event(), "wait": threading.Event()}
+
+    def blocked(name: str) -> None:
+        try:
+            if name == "events":
+                events = app.events("task.added")
+                entered[name].set()
+                next(events)
+            else:
+                entered[name].set()
+                app.wait(task.id)
+            outcomes[name] = None
+        except BaseException as exc:  # the outcome is what the test checks
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=blocked, args=(n,), daemon=True) for n in entered]
+    for thread in threads:
+        thread.start()
+    for event in entered.values():
+        assert event.wait(10)
+    app.close()
+    for thread in threads:
+        thread.join(15)
+        assert not thread.is_alive()
+    for name in entered:
+        assert isinstance(outcomes[name], ConveyorError), (name, outcomes[name])

@@ -43,8 +43,8 @@ class BenchResult:
     add_many_per_s: float
     drain_per_s: float
     latency_samples: int
-    latency_p50_ms: float
-    latency_p99_ms: float
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
 
 
 class _Ended:
@@ -117,14 +117,33 @@ async def run_bench(url: str | Storage, *, tasks: int, concurrency: int, latency
             latencies.append((counter.started_at - added) * 1000.0)
         await app.stop()
         await app.delete({"action": action})
+    except BaseException:
+        await _leave_note(app, action)
+        raise
     finally:
         await app.close()
     return BenchResult(
         storage=app.storage.url, tasks=tasks, concurrency=concurrency,
         add_one_per_s=add_one, add_many_per_s=add_many, drain_per_s=drain,
         latency_samples=len(latencies),
-        latency_p50_ms=statistics.median(latencies) if latencies else 0.0,
-        latency_p99_ms=_percentile(latencies, 0.99))
+        latency_p50_ms=statistics.median(latencies) if latencies else None,
+        latency_p99_ms=_percentile(latencies, 0.99) if latencies else None)
+
+
+async def _leave_note(app: Conveyor, action: str) -> None:
+    """An interrupted or failed run: delete its finished tasks and say which are left
+    (queued ones wait for a handler of their action, which no other worker has)."""
+    try:
+        await app.stop()
+        await app.delete({"action": action})
+        left = await app.count({"action": action})
+    except BaseException:  # the first error is the one to report
+        left = -1
+    if left:
+        what = "some" if left < 0 else f"{left:,}"
+        err_console().print(
+            f"bench stopped: {what} of its tasks (action {action}) are left in "
+            f"{app.storage.url}; no worker runs them")
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -619,6 +619,13 @@ class HubClient:
                 stopper = asyncio.ensure_future(stop.wait())
                 try:
                     await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    # work() itself cancelled: the connection's worker ends with it
+                    session.leave()
+                    runner.cancel()
+                    with contextlib.suppress(BaseException):
+                        await runner
+                    raise
                 finally:
                     stopper.cancel()
                 if stop.is_set():
@@ -659,7 +666,9 @@ class HubClient:
 
     def stop(self) -> None:
         """Ask :meth:`work` to stop (thread-safe): it stops taking offers, lets
-        running tasks finish for ``stop_timeout`` seconds, and returns."""
+        running tasks finish for ``stop_timeout`` seconds, and returns. A stop asked
+        while no :meth:`work` runs (one about to start, in another thread) applies
+        to the next :meth:`work`, which then returns at once."""
         loop = self._loop
         if loop is None:
             self._stop_requested = True

@@ -166,11 +166,10 @@ class WorkerSession:
             timer.cancel()
         self.paused.clear()
 
-    async def unsubscribe(self, timeout: float) -> None:
-        """Stop taking offers; let running tasks finish for up to ``timeout`` seconds."""
+    def _give_back(self) -> None:
+        """Take no more offers; give back at once those not started."""
         self.stopping = True
-        link = self.link
-        while self.waiting:  # offers not started: back to the hub at once
+        while self.waiting:
             run = self.waiting.popleft()
             self.runs.pop(run.task_id, None)
             self.send({"type": "refuse", "task_id": run.task_id})
@@ -178,6 +177,18 @@ class WorkerSession:
             timer.cancel()
             self.send({"type": "refuse", "task_id": task_id})
         self.paused.clear()
+
+    def leave(self) -> None:
+        """``work()`` was cancelled: no more offers, those not started given back, and
+        the subscription ended without waiting (the connection is shared)."""
+        self._give_back()
+        if self.sub_id is not None:
+            self.send({"type": "unsubscribe", "subscription": self.sub_id})
+
+    async def unsubscribe(self, timeout: float) -> None:
+        """Stop taking offers; let running tasks finish for up to ``timeout`` seconds."""
+        self._give_back()
+        link = self.link
         if link is not None and not link.closed.is_set() and self.sub_id is not None:
             try:
                 await link.request({"type": "unsubscribe", "subscription": self.sub_id},
