@@ -417,7 +417,16 @@ def parse() -> argparse.Namespace:
     p.add_argument("--tmp", default=None)
     p.add_argument("--sync", choices=["full", "normal"], default="full",
                    help="SQLite synchronous setting of every database (default full)")
-    return p.parse_args()
+    args = p.parse_args()
+    for name in ("count", "n", "concurrency", "subscribers"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    for name in ("rate", "high_rate"):
+        if not getattr(args, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be more than 0")
+    if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        p.error(f"--out {args.out!r}: its folder does not exist")
+    return args
 
 
 if __name__ == "__main__":

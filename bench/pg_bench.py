@@ -1146,6 +1146,8 @@ def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     out = []
     for figure, value, unit, bases in rows:
+        if not bases and value is not None:  # latency without peer results: still shown
+            bases = [("(no peer results)", None)]
         for base, bval in bases:
             r = ratio(value, bval)
             out.append({"figure": figure, "conveyor": value, "unit": unit, "baseline": base,
@@ -1342,6 +1344,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="JSON results path "
                                                 "(default bench/results/pg-<timestamp>.json)")
     a = ap.parse_args(argv)
+    for name in ("n", "bulk", "n1", "lat"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            ap.error(f"--{name} must be at least 1")
+    if a.deep is not None and a.deep < 0:
+        ap.error("--deep must be 0 or more")
+    if a.drain_timeout <= 0:
+        ap.error("--drain-timeout must be more than 0")
+    if a.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(a.out))):
+        ap.error(f"--out {a.out!r}: its folder does not exist")
+    procs = a.drain_procs.split(",")
+    if not procs or any(p not in ("1", "2") for p in procs):
+        ap.error("--drain-procs takes 1, 2 or 1,2 (the figures compare 2 processes, as the "
+                 "peers ran, and 1)")
 
     def on_signal(signum: int, frame: Any) -> None:
         raise SystemExit(f"interrupted by signal {signum}")

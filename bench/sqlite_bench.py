@@ -1208,6 +1208,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="JSON results path "
                                                 "(default bench/results/sqlite-<timestamp>.json)")
     a = ap.parse_args(argv)
+    for name in ("n", "n1", "lat"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            ap.error(f"--{name} must be at least 1")
+    if a.drain_timeout <= 0:
+        ap.error("--drain-timeout must be more than 0")
+    pieces = {"conveyor", "raw", "huey"}
+    if a.only is not None:
+        asked = set(a.only.split(","))
+        if not asked or not asked <= pieces:
+            ap.error(f"--only takes some of {', '.join(sorted(pieces))}, not {a.only!r}")
+    if a.tmp is not None and not os.path.isdir(a.tmp):
+        ap.error(f"--tmp {a.tmp!r} is not a folder")
+    if a.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(a.out))):
+        ap.error(f"--out {a.out!r}: its folder does not exist")
 
     def on_signal(signum: int, frame: Any) -> None:
         raise SystemExit(f"interrupted by signal {signum}")
