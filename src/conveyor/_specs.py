@@ -46,6 +46,7 @@ __all__ = [
     "check_task_id",
     "check_unicode",
     "unique_key_from_fields",
+    "unique_scope",
 ]
 
 ADD_OPTIONS = frozenset({
@@ -147,7 +148,9 @@ def unique_key_from_fields(action: str, payload: Any, fields: Sequence[str]) -> 
     return f"{action}:{_json.dumps(named)}"
 
 
-def _scope(value: Any) -> tuple[Status, ...]:
+def unique_scope(value: Any) -> tuple[Status, ...]:
+    """A ``unique_scope`` option as statuses (the default for None); a
+    :class:`ValidationError` when it is not a list of statuses holding ``queued``."""
     if value is None:
         return DEFAULT_UNIQUE_SCOPE
     items = [value] if isinstance(value, str | Status) else value
@@ -263,7 +266,7 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
         unique_key = unique_key_from_fields(action, payload, unique_fields)
     if unique_key is not None and len(unique_key) > MAX_UNIQUE_KEY:
         raise ValidationError(f"unique_key is longer than {MAX_UNIQUE_KEY} characters")
-    scope = _scope(options.get("unique_scope"))
+    scope = unique_scope(options.get("unique_scope"))
 
     parent_id = options.get("parent_id")
     if parent_id is not None and (not isinstance(parent_id, str) or not parent_id):

@@ -378,11 +378,9 @@ class Number(click.ParamType):  # type: ignore[type-arg]  # generic only in newe
 
     name = "number"
 
-    def __init__(self, what: str, *, minimum: float = 0.0, strict: bool = False,
-                 note: str = "") -> None:
+    def __init__(self, what: str, *, minimum: float = 0.0, note: str = "") -> None:
         self.what = what
         self.minimum = minimum
-        self.strict = strict
         self.note = note
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
@@ -399,8 +397,7 @@ class Number(click.ParamType):  # type: ignore[type-arg]  # generic only in newe
                 self.fail(f"must be a number, not {value!r}", param, ctx)
         if not math.isfinite(number):
             self.fail(f"must be a finite number, not {value!r}", param, ctx)
-        bound = ">" if self.strict else ">="
-        if number < self.minimum or (self.strict and number == self.minimum):
-            self.fail(f"must be a number {bound} {self.minimum:g}{self.note}, not {value!r}",
+        if number < self.minimum:
+            self.fail(f"must be a number >= {self.minimum:g}{self.note}, not {value!r}",
                       param, ctx)
         return number

@@ -147,8 +147,6 @@ async def _leave_note(app: Conveyor, action: str) -> None:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 

@@ -52,9 +52,7 @@ from ..model import (
 from ..query._tree import check_window
 from ..storage import WorkerInfo
 from ._errors import HubError
-from ._unserved import warn_unserved
-
-UNSERVED_HEADER = "X-Conveyor-Unserved"  # the hub's answer to a publish: see docs/http.md
+from ._unserved import UNSERVED_HEADER, warn_unserved
 
 __all__ = ["HTTPClient", "HubError", "LogPage", "task_from_json"]
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-__all__ = ["is_unserved_warning", "warn_unserved"]
+__all__ = ["UNSERVED_HEADER", "is_unserved_warning", "warn_unserved"]
 
 log = logging.getLogger("conveyor.client")
+
+UNSERVED_HEADER = "X-Conveyor-Unserved"
+"""Response header of a publish over REST: the actions, comma-separated, that no live
+worker runs (the hub writes it, the HTTP client reads it; docs/http.md)."""
 
 
 def warn_unserved(actions: Iterable[str]) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .._specs import unique_scope
 from ..app import Conveyor
+from ..errors import ValidationError
 from ..model import DEFAULT_UNIQUE_SCOPE, Status, Task
 from ._credentials import Credential
 
@@ -26,7 +28,8 @@ _HOLDERS_READ = 10_000
 
 class KeyHeld(Exception):
     """Item ``index``'s ``unique_key`` is held by a task the credential may not read;
-    ``added`` when other tasks of the call were added all the same (a race)."""
+    ``added`` when other tasks of the call were added all the same (a race): the
+    message says so."""
 
     def __init__(self, index: int, key: str, several: bool, added: bool) -> None:
         where = f"task {index}: " if several else ""
@@ -35,9 +38,6 @@ class KeyHeld(Exception):
         message += ("; the call's other tasks were added" if added
                     else "; nothing was added")
         super().__init__(message)
-        self.index = index
-        self.key = key
-        self.added = added
 
 
 async def add_as(app: Conveyor, cred: Credential,
@@ -75,9 +75,8 @@ async def _check_holders(app: Conveyor, cred: Credential,
 
 
 def _scope(value: Any) -> tuple[Status, ...]:
-    """An item's ``unique_scope`` as far as it is valid (the add validates it)."""
+    """An item's ``unique_scope`` (a bad one is refused by the add itself)."""
     try:
-        items = [value] if isinstance(value, str) else list(value or ())
-        return tuple(Status(v) for v in items) or DEFAULT_UNIQUE_SCOPE
-    except (TypeError, ValueError):
+        return unique_scope(value)
+    except ValidationError:
         return DEFAULT_UNIQUE_SCOPE

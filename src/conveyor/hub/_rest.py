@@ -36,6 +36,7 @@ from starlette.routing import BaseRoute, Route
 
 from .. import _json
 from .._specs import ADD_OPTIONS
+from ..client._unserved import UNSERVED_HEADER
 from ..errors import (
     ConveyorError,
     InvalidTransition,
@@ -87,8 +88,6 @@ MAX_BODY = 16 << 20
 """Largest request body, in bytes (a payload is also held to the app's ``max_payload``)."""
 DEFAULT_WAIT = 30.0
 MAX_LOG_LIMIT = 10_000
-UNSERVED_HEADER = "X-Conveyor-Unserved"
-"""Response header of a publish: the actions, comma-separated, that no live worker runs."""
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 Handler = Callable[[Request, Credential], Awaitable[Response]]

@@ -183,7 +183,7 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
             f"bad postgres URL {_hide_password(url)!r}: more than one '@' before the host; "
             "write an '@' in the user name or password as %40")
     query = _parse_query(parts.query)
-    _check_keys(url, [k for k, _ in query])
+    _check_keys(url, parts, [k for k, _ in query])
     _check_libpq_values(url, query)
     ours = {k: v for k, v in query if k in _OPTIONS}
     rest = [(k, v) for k, v in query if k not in _OPTIONS]
@@ -303,7 +303,7 @@ def _check_options(o: PgOptions) -> None:
             "(at most 48, not starting with a digit or pg_)")
 
 
-def _check_keys(url: str, keys: Sequence[str]) -> None:
+def _check_keys(url: str, parts: SplitResult, keys: Sequence[str]) -> None:
     """Every option of the URL's query is conveyor's or libpq's, and given once."""
     known = _libpq_keywords()
     for key in keys:
@@ -316,7 +316,6 @@ def _check_keys(url: str, keys: Sequence[str]) -> None:
     if twice:
         raise ConfigurationError(
             f"bad postgres URL {_hide_password(url)!r}: option {twice[0]!r} given twice")
-    parts = urlsplit(url)
     hosts = parts.netloc.rpartition("@")[2]
     port = re.search(r":\d*$", hosts)  # the last host's; "[::1]" has none
     written = {"user": bool(parts.username), "password": parts.password is not None,
