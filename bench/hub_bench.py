@@ -339,7 +339,7 @@ async def latency(tmp: Path, subscribers: int, seconds: float, rate: float) -> d
 
 
 async def main(args: argparse.Namespace) -> int:
-    n = 5000 if args.quick else args.n
+    n = args.n if args.n is not None else (5000 if args.quick else 20_000)
     seconds = 5.0 if args.quick else 10.0
     started = time.time()
     load0 = os.getloadavg()[0]
@@ -407,7 +407,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--url")
     p.add_argument("--count", type=int, default=200)
     p.add_argument("--out")
-    p.add_argument("--n", type=int, default=20_000)
+    p.add_argument("--n", type=int, default=None,
+                   help="tasks per drain (default 20000; 5000 with --quick)")
     p.add_argument("--concurrency", type=int, default=CONCURRENCY)
     p.add_argument("--subscribers", type=int, default=200)
     p.add_argument("--rate", type=float, default=10.0, help="tasks added per second")
@@ -419,7 +420,7 @@ def parse() -> argparse.Namespace:
                    help="SQLite synchronous setting of every database (default full)")
     args = p.parse_args()
     for name in ("count", "n", "concurrency", "subscribers"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
     for name in ("rate", "high_rate"):
         if not getattr(args, name) > 0:

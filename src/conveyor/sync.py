@@ -227,7 +227,13 @@ class SyncConveyor(_Seam):
 
     def __enter__(self) -> SyncConveyor:
         portal = self._get_portal()
-        portal.run(self.app.__aenter__)
+        try:
+            portal.run(self.app.__aenter__)
+        except BaseException:
+            # ``__exit__`` is not called when ``__enter__`` raises: end the loop
+            # thread (and whatever the failed open left) here.
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

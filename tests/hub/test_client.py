@@ -253,6 +253,19 @@ def test_the_sync_client(tmp_path: Path) -> None:
     assert not runner.is_alive()
 
 
+def test_a_failed_sync_with_ends_its_loop_thread() -> None:
+    """No ``__exit__`` follows a failed ``__enter__``: a hub that cannot be reached
+    must not leave the client's background loop thread running."""
+    def loops() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "conveyor-sync-loop"]
+
+    before = loops()
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(HubError, match="cannot reach the hub"), SyncHubClient(unreachable, "key"):
+        pass  # pragma: no cover - the connect fails
+    assert [t for t in loops() if t not in before and t.is_alive()] == []
+
+
 async def test_a_worker_reconnects_when_the_hub_comes_back(tmp_path: Path) -> None:
     store = CredentialStore(tmp_path / "credentials.json")
     _, key = store.add("all", publish=["*"], subscribe=["*"])

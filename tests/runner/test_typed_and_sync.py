@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from conveyor import Context, Conveyor, Status, SyncConveyor, TaskFailed, ValidationError
+from conveyor import (
+    Context,
+    Conveyor,
+    ConveyorError,
+    Status,
+    SyncConveyor,
+    TaskFailed,
+    ValidationError,
+)
 
 
 class Download(BaseModel):
@@ -99,6 +108,19 @@ def test_sync_face_as_context_manager(tmp_path: Path) -> None:
         task = app.add("nobody:runs", {"x": 1})
         assert app.get(task.id).status is Status.QUEUED
         assert app.stats() == {"nobody:runs": {"queued": 1}}
+
+
+def test_a_failed_with_ends_its_loop_thread(tmp_path: Path) -> None:
+    """``__exit__`` is not called when ``__enter__`` raises: the open that failed
+    must not leave the background loop thread running."""
+    def loops() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "conveyor-sync-loop"]
+
+    before = loops()
+    (tmp_path / "not-a-db").write_text("plain text, not SQLite")
+    with pytest.raises(ConveyorError), SyncConveyor(f"sqlite:///{tmp_path / 'not-a-db'}"):
+        pass  # pragma: no cover - the open fails
+    assert [t for t in loops() if t not in before and t.is_alive()] == []
 
 
 async def test_a_model_payload_is_stored_as_its_json_without_a_typed_handler(

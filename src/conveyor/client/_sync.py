@@ -59,7 +59,11 @@ class SyncHubClient(_Seam):
                 portal.close()
 
     def __enter__(self) -> SyncHubClient:
-        self._get_portal().run(self.client.connect)
+        try:
+            self._get_portal().run(self.client.connect)
+        except BaseException:
+            self.close()  # no __exit__ after a failed __enter__: end the loop thread
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
