@@ -162,7 +162,7 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
                   timeout: float | timedelta | None = None,
                   pickup_timeout: float | timedelta | None = None,
                   max_attempts: int | None = None, retries: int | None = None,
-                  backoff: Backoff | Mapping[str, Any] | float | None = None,
+                  backoff: Backoff | Mapping[str, Any] | float | timedelta | None = None,
                   retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
                   limit: int | None = None, policy: Policy | None = None,
                   priority: float | None = None, payload_model: type[BaseModel] | None = None,

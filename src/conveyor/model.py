@@ -396,6 +396,8 @@ class Backoff:
     can reach ``maximum * (1 + jitter)``. ``factor`` is at least 1 and
     ``jitter`` from 0 to 1; a task's or handler's backoff (``add``,
     ``handler``) also keeps ``base`` and ``maximum`` to :data:`MAX_SECONDS`.
+    ``base`` and ``maximum`` may be given as :class:`~datetime.timedelta`
+    (kept as their seconds).
     """
 
     base: float = 1.0
@@ -404,6 +406,10 @@ class Backoff:
     jitter: float = 0.2
 
     def __post_init__(self) -> None:
+        for name in ("base", "maximum"):
+            value = getattr(self, name)
+            if isinstance(value, timedelta):  # a duration like every other one
+                object.__setattr__(self, name, value.total_seconds())
         for name in ("base", "factor", "maximum", "jitter"):
             value = getattr(self, name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -434,21 +440,24 @@ class Backoff:
                 "jitter": self.jitter}
 
     @classmethod
-    def parse(cls, raw: Backoff | Mapping[str, Any] | float | int | None) -> Backoff | None:
-        """A backoff from its JSON form, or from a number of seconds (the ``base``, the
-        other fields at their defaults); None stays None."""
+    def parse(cls, raw: Backoff | Mapping[str, Any] | float | int | timedelta | None,
+              ) -> Backoff | None:
+        """A backoff from its JSON form, or from a number of seconds or a timedelta (the
+        ``base``, the other fields at their defaults); None stays None."""
         if raw is None or isinstance(raw, Backoff):
             return raw
         if isinstance(raw, bool):
-            raise ValidationError("backoff must be a number of seconds or an object")
-        if isinstance(raw, int | float):
-            return cls(base=float(raw))
+            raise ValidationError(
+                "backoff must be a number of seconds or an object (or a timedelta)")
+        if isinstance(raw, int | float | timedelta):
+            return cls(base=raw.total_seconds() if isinstance(raw, timedelta) else float(raw))
         if isinstance(raw, Mapping):
             unknown = set(raw) - {"base", "factor", "maximum", "jitter"}
             if unknown:
                 raise ValidationError(f"backoff has unknown key(s): {', '.join(sorted(unknown))}")
             return cls(**{k: v for k, v in raw.items()})
-        raise ValidationError(f"backoff must be a number of seconds or an object, not {raw!r}")
+        raise ValidationError(
+            f"backoff must be a number of seconds or an object (or a timedelta), not {raw!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -208,11 +208,15 @@ class _Seam:
 
 
 class SyncConveyor(_Seam):
-    """A blocking :class:`Conveyor`. Takes the same arguments, or an existing app."""
+    """A blocking :class:`Conveyor`. Takes the same arguments, or an existing app
+    (alone: options beside it are a ``TypeError``)."""
 
     _on_loop = _ON_LOOP
 
     def __init__(self, url: str | Storage | Conveyor = DEFAULT_URL, **options: Any) -> None:
+        if isinstance(url, Conveyor) and options:
+            raise TypeError(f"SyncConveyor(app) takes no options (got {', '.join(options)}): "
+                            "an existing app has its own; give them to Conveyor(...)")
         self.app = url if isinstance(url, Conveyor) else Conveyor(url, **options)
         super().__init__(self.app)
 

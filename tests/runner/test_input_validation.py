@@ -332,3 +332,25 @@ def test_a_backoff_built_directly_needs_finite_numbers(fields: dict[str, float])
     [name] = fields
     with pytest.raises(ValidationError, match=f"^backoff {name} must be a finite number"):
         Backoff(**fields)
+
+
+async def test_a_backoff_takes_timedeltas_like_every_duration(app: Conveyor) -> None:
+    """The guide: every duration conveyor takes, the backoff's base and maximum
+    included, is seconds or a timedelta."""
+    from datetime import timedelta
+
+    from conveyor.model import Backoff
+
+    assert Backoff(base=timedelta(seconds=3), maximum=timedelta(minutes=5)) == Backoff(
+        base=3.0, maximum=300.0)
+    handler = app.register("td:handler", lambda ctx: None, backoff=timedelta(seconds=4))
+    assert handler.backoff == Backoff(base=4.0)
+    a = await app.add("td:a", backoff=timedelta(seconds=3))
+    b = await app.add("td:b", backoff={"base": timedelta(seconds=2),
+                                       "maximum": timedelta(minutes=1)})
+    assert a.backoff == Backoff(base=3.0)
+    assert b.backoff == Backoff(base=2.0, maximum=60.0)
+    assert (await app.get(b.id)).backoff == Backoff(base=2.0, maximum=60.0)
+    with pytest.raises(ValidationError, match="backoff base must be a number >= 0"):
+        await app.add("td:c", backoff=timedelta(seconds=-1))
+    assert await app.count({"action": "td:c"}) == 0

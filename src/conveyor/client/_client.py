@@ -33,11 +33,11 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from .. import _forks
 from .._registry import Handler, build_handler, check_handler_options
+from .._specs import check_task_id
 from ..errors import (
     ConfigurationError,
     InvalidTransition,
@@ -48,12 +48,13 @@ from ..errors import (
     ValidationError,
     WaitTimeout,
 )
-from ..model import Backoff, Condition, LogLevel, LogRecord, Progress, Status, Task
+from ..model import LogLevel, LogRecord, Progress, Status, Task, seconds
 from ._errors import HubError
 from ._http import task_from_json
 from ._link import CLOSED, Link, ws_url
 from ._remote import WorkerSession, with_accept
 from ._unserved import warn_unserved
+from ._wire import item_json, options_json, payload_json
 
 __all__ = ["MISSING", "HubClient", "LiveChange", "LiveQuery", "Update"]
 
@@ -367,6 +368,7 @@ class HubClient:
                   default: Any = MISSING, delivery: str | None = None,
                   **options: Any) -> Any:
         """Add a task and wait for its result (see :meth:`wait`)."""
+        timeout = seconds(timeout, "timeout")
         item = _publish_item(action, payload, options, delivery)
         link = await self._connect()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -414,6 +416,8 @@ class HubClient:
         return await self.get(task_id)
 
     async def _wait_message(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        check_task_id(task_id)
+        timeout = seconds(timeout, "timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -464,6 +468,9 @@ class HubClient:
 
     async def abort(self, task_id: str, reason: str = "aborted") -> Task:
         """Abort a task (needs the admin right, as every control action)."""
+        check_task_id(task_id)
+        if not isinstance(reason, str) or not reason:
+            raise ValidationError("abort reason must be a non-empty string")
         reply = await self._request({"type": "abort", "task_id": task_id, "reason": reason})
         return task_from_json(reply["task"])
 
@@ -725,61 +732,17 @@ def _mapped(exc: HubError) -> Exception:
     return exc
 
 
-def _seconds(value: Any) -> Any:
-    return value.total_seconds() if isinstance(value, timedelta) else value
-
-
-def _options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Add options as JSON (timedeltas as seconds, datetimes as epoch seconds)."""
-    out = dict(options)
-    for name in ("delay", "timeout", "pickup_timeout"):
-        if name in out:
-            out[name] = _seconds(out[name])
-    run_at = out.get("run_at")
-    if isinstance(run_at, datetime):
-        out["run_at"] = (run_at if run_at.tzinfo else run_at.replace(tzinfo=UTC)).timestamp()
-    backoff = out.get("backoff")
-    if isinstance(backoff, Backoff):
-        out["backoff"] = backoff.to_json()
-    concurrency = out.get("concurrency")
-    if isinstance(concurrency, Condition | Mapping):
-        concurrency = [concurrency]
-    if isinstance(concurrency, list | tuple):
-        out["concurrency"] = [c.to_json() if isinstance(c, Condition) else c
-                              for c in concurrency]
-    scope = out.get("unique_scope")
-    if isinstance(scope, str):
-        scope = [scope]
-    if isinstance(scope, list | tuple):
-        out["unique_scope"] = [str(s) for s in scope]
-    return out
-
-
 def _publish_item(action: str, payload: Any, options: Mapping[str, Any],
                   delivery: str | None) -> dict[str, Any]:
-    item: dict[str, Any] = {"action": action, "payload": payload, "options": _options(options)}
+    item: dict[str, Any] = {"action": action, "payload": payload_json(payload),
+                            "options": options_json(options)}
     if delivery is not None:
         item["delivery"] = delivery
     return item
 
 
 def _item(item: Any, index: int) -> dict[str, Any]:
-    if isinstance(item, Mapping):
-        data = dict(item)
-        if "action" not in data:
-            raise ValidationError(f"task {index}: each task needs an 'action'")
-        action = data.pop("action")
-        payload = data.pop("payload", None)
-        delivery = data.pop("delivery", None)
-        return _publish_item(action, payload, data, delivery)
-    if isinstance(item, tuple | list):
-        if len(item) == 2:
-            return _publish_item(item[0], item[1], {}, None)
-        if len(item) == 3 and isinstance(item[2], Mapping):
-            options = dict(item[2])
-            delivery = options.pop("delivery", None)
-            return _publish_item(item[0], item[1], options, delivery)
-    raise ValidationError(
-        f"task {index}: each task is (action, payload), (action, payload, options) or a "
-        "dict with 'action'")
+    action, payload, options = item_json(item, index)
+    delivery = options.pop("delivery", None)
+    return _publish_item(action, payload, options, delivery)
 

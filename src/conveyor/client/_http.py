@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
+import reprlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -48,11 +48,13 @@ from ..model import (
     Progress,
     Status,
     Task,
+    seconds,
 )
 from ..query._tree import check_window
 from ..storage import WorkerInfo
 from ._errors import HubError
 from ._unserved import UNSERVED_HEADER, warn_unserved
+from ._wire import item_json, options_json, payload_json, seconds_json
 
 __all__ = ["HTTPClient", "HubError", "LogPage", "task_from_json"]
 
@@ -123,7 +125,7 @@ class HTTPClient:
         if body is not None:
             try:
                 content = json.dumps(body, allow_nan=False, ensure_ascii=False).encode()
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
                 raise ValidationError(f"the request is not JSON-serialisable: {exc}") from None
             except UnicodeEncodeError:
                 raise ValidationError("the request holds text that is not valid Unicode") \
@@ -166,7 +168,7 @@ class HTTPClient:
                           **options: Any) -> tuple[Task, bool]:
         """:meth:`add`, and whether the task is new (False: a live task held its
         ``unique_key``, and that task is returned)."""
-        body = {"action": action, "payload": payload, **_options(options)}
+        body = {"action": action, "payload": payload_json(payload), **options_json(options)}
         status, data = await self._call("POST", f"{API}/tasks", body=body)
         return task_from_json(data), status == 201
 
@@ -277,9 +279,7 @@ class HTTPClient:
     async def wait_task(self, task_id: str, timeout: float | None = None) -> Task:
         """Wait until the task ends and return it, whatever its final status
         (:class:`WaitTimeout` after ``timeout`` seconds)."""
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(
-                timeout, int | float) or not math.isfinite(timeout) or timeout < 0):
-            raise ValidationError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        timeout = seconds(timeout, "timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = LONG_POLL if deadline is None else deadline - time.monotonic()
@@ -309,7 +309,7 @@ class HTTPClient:
 
     async def retry(self, task_id: str, *, delay: float | timedelta | None = None) -> Task:
         """Queue a failed or aborted task again, after ``delay`` seconds."""
-        body = {"delay": _seconds(delay)} if delay is not None else {}
+        body = {"delay": seconds_json(delay)} if delay is not None else {}
         _, data = await self._call("POST", f"{API}/tasks/{self._id(task_id)}/retry",
                                    body=body, task_id=task_id)
         return task_from_json(data)
@@ -327,7 +327,13 @@ class HTTPClient:
             _, data = await self._call("POST", f"{API}/tasks/delete",
                                        body={"filter": dict(target)})
             return list(data["deleted"])
-        ids = [target] if isinstance(target, str) else list(dict.fromkeys(target))
+        if isinstance(target, bytes | bytearray) or not isinstance(target, str | Iterable):
+            raise ValidationError("delete takes a task id, a list of ids or a filter, not "
+                                  f"{reprlib.repr(target)}")
+        ids = [target] if isinstance(target, str) else list(target)
+        for task_id in ids:  # all checked before the first page is deleted
+            check_task_id(task_id)
+        ids = list(dict.fromkeys(ids))
         deleted: list[str] = []
         for start in range(0, len(ids), PAGE):
             _, data = await self._call("POST", f"{API}/tasks/delete",
@@ -404,46 +410,6 @@ def _level(value: LogLevel | str) -> str:
     return LogLevel.parse(value).name.lower()
 
 
-def _seconds(value: Any) -> Any:
-    return value.total_seconds() if isinstance(value, timedelta) else value
-
-
-def _options(options: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(options)
-    for name in ("delay", "timeout", "pickup_timeout"):
-        if name in out:
-            out[name] = _seconds(out[name])
-    run_at = out.get("run_at")
-    if isinstance(run_at, datetime):
-        out["run_at"] = (run_at if run_at.tzinfo else run_at.replace(tzinfo=UTC)).timestamp()
-    for name in ("backoff", "concurrency"):
-        value = out.get(name)
-        if isinstance(value, Backoff | Condition):
-            out[name] = value.to_json()
-    if isinstance(out.get("concurrency"), Mapping):
-        out["concurrency"] = [out["concurrency"]]
-    if isinstance(out.get("concurrency"), list | tuple):
-        out["concurrency"] = [c.to_json() if isinstance(c, Condition) else c
-                              for c in out["concurrency"]]
-    if isinstance(out.get("unique_scope"), str):
-        out["unique_scope"] = [out["unique_scope"]]
-    if isinstance(out.get("unique_scope"), list | tuple):
-        out["unique_scope"] = [str(s) for s in out["unique_scope"]]
-    return out
-
-
 def _item(item: Any, index: int) -> dict[str, Any]:
-    if isinstance(item, Mapping):
-        data = dict(item)
-        if "action" not in data:
-            raise ValidationError(f"task {index}: each task needs an 'action'")
-        return {"action": data.pop("action"), "payload": data.pop("payload", None),
-                **_options(data)}
-    if isinstance(item, tuple | list):
-        if len(item) == 2:
-            return {"action": item[0], "payload": item[1]}
-        if len(item) == 3 and isinstance(item[2], Mapping):
-            return {"action": item[0], "payload": item[1], **_options(item[2])}
-    raise ValidationError(
-        f"task {index}: each task is (action, payload), (action, payload, options) or a "
-        "dict with 'action'")
+    action, payload, options = item_json(item, index)
+    return {"action": action, "payload": payload_json(payload), **options_json(options)}

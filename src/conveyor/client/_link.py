@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from .. import _json
+from ..errors import ValidationError
 from ._errors import HubError
 
 __all__ = ["CLOSED", "Link", "hub_error", "ws_url"]
@@ -152,7 +153,10 @@ class Link:
         """Queue a message (no reply awaited)."""
         if self.closed.is_set():
             return
-        text = _json.dumps(message)
+        try:
+            text = _json.dumps(message)
+        except (TypeError, ValueError, RecursionError) as exc:  # a set, NaN: nothing sent
+            raise ValidationError(f"the request is not JSON-serialisable: {exc}") from None
         kind = message.get("type")
         task_id = message.get("task_id")
         if isinstance(task_id, str) and kind in _REPLACEABLE:
@@ -187,8 +191,8 @@ class Link:
         self._pending[msg_id] = future
         if route is not None:
             self.routes[msg_id] = route
-        self.send(message)
         try:
+            self.send(message)
             async with asyncio.timeout(timeout):
                 reply = await future
         except BaseException:

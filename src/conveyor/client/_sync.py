@@ -35,11 +35,16 @@ _ITERATORS = frozenset({"live"})
 
 
 class SyncHubClient(_Seam):
-    """A blocking :class:`HubClient`. Takes the same arguments, or a HubClient."""
+    """A blocking :class:`HubClient`. Takes the same arguments, or a HubClient (alone: a
+    key or options beside it are a ``TypeError``)."""
 
     _on_loop = _ITERATORS
 
     def __init__(self, url: str | HubClient, key: str | None = None, **options: Any) -> None:
+        if isinstance(url, HubClient) and (key is not None or options):
+            given = ", ".join((["key"] if key is not None else []) + list(options))
+            raise TypeError(f"SyncHubClient(client) takes no key or options (got {given}): "
+                            "an existing client has its own; give them to HubClient(...)")
         self.client = url if isinstance(url, HubClient) else HubClient(url, key, **options)
         super().__init__(self.client)
 

@@ -721,7 +721,8 @@ async def _get(conn: Connection, msg: dict[str, Any]) -> None:
 
 async def _abort(conn: Connection, msg: dict[str, Any]) -> None:
     task_id = req_str(msg, "task_id", limit=100)
-    reason = opt_str(msg, "reason", "aborted", limit=500) or "aborted"
+    reason = opt_str(msg, "reason", limit=500)  # "" is refused by app.abort, as over REST
+    reason = "aborted" if reason is None else reason
     if not conn.credential.admin:
         raise ProtocolError("forbidden", f"credential {conn.credential.name!r} may not abort "
                                          "tasks: aborting needs the admin right")

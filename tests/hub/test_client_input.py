@@ -1,0 +1,129 @@
+"""Bad input to the hub clients: the library's ValidationError (as ``Conveyor``
+gives for the same call), nothing sent or written, nothing left pending; and the
+Python forms ``Conveyor.add`` takes (a pydantic model payload, timedeltas in a
+backoff) sent as their JSON."""
+
+from __future__ import annotations
+
+import gc
+import math
+from datetime import timedelta
+
+import pytest
+from pydantic import BaseModel
+
+from conveyor import Conveyor, Status, SyncConveyor
+from conveyor.client import HTTPClient, HubClient, SyncHubClient
+from conveyor.errors import ValidationError
+from conveyor.model import Backoff
+
+from .conftest import RunningHub
+
+
+class Invoice(BaseModel):
+    number: int
+    due: str
+
+
+BAD_PAYLOADS = [{1, 2}, {"x": math.nan}, {(1, 2): "tuple key"}, object()]
+
+
+async def test_unsendable_input_is_a_validation_error_and_leaves_nothing(
+        hub: RunningHub, caplog: pytest.LogCaptureFixture) -> None:
+    key = hub.key("pub", publish=["mail:*"])
+    async with HubClient(hub.url, key) as ws, HTTPClient(hub.url, key) as http:
+        for client in (ws, http):
+            for payload in BAD_PAYLOADS:
+                with pytest.raises(ValidationError, match="not JSON-serialisable"):
+                    await client.add("mail:send", payload)
+                with pytest.raises(ValidationError, match="not JSON-serialisable"):
+                    await client.add_many([("mail:send", 1), ("mail:send", payload)])
+            with pytest.raises(ValidationError, match="not JSON-serialisable"):
+                await client.add("mail:send", 1, priority=math.nan)
+        with pytest.raises(ValidationError, match="not JSON-serialisable"):
+            await ws.run("mail:send", {1}, timeout=1)
+        assert await hub.app.count() == 0
+        # the connection still serves, and nothing waits for a reply that never comes
+        assert (await ws.add("mail:send", 1)).status is Status.QUEUED
+        assert ws._link is not None and not ws._link._pending
+    gc.collect()
+    lost = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert lost == []
+
+
+async def test_a_model_payload_is_sent_as_its_json(hub: RunningHub) -> None:
+    key = hub.key("pub", publish=["billing:*"])
+    async with HubClient(hub.url, key) as ws, HTTPClient(hub.url, key) as http:
+        for client in (ws, http):
+            task = await client.add("billing:send", Invoice(number=7, due="2026-12-31"))
+            [many] = await client.add_many([("billing:send", Invoice(number=8, due="x"))])
+            assert (await hub.app.get(task.id)).payload == {"number": 7, "due": "2026-12-31"}
+            assert (await hub.app.get(many.id)).payload == {"number": 8, "due": "x"}
+
+
+async def test_a_backoff_with_timedeltas_is_sent_as_seconds(hub: RunningHub) -> None:
+    key = hub.key("pub", publish=["mail:*"])
+    async with HubClient(hub.url, key) as ws, HTTPClient(hub.url, key) as http:
+        for client in (ws, http):
+            a = await client.add("mail:send", 1, backoff=timedelta(seconds=3))
+            b = await client.add("mail:send", 2, backoff={"base": timedelta(seconds=2),
+                                                          "maximum": timedelta(minutes=1)})
+            assert (await hub.app.get(a.id)).backoff == Backoff(base=3.0)
+            assert (await hub.app.get(b.id)).backoff == Backoff(base=2.0, maximum=60.0)
+
+
+async def test_control_arguments_are_checked_as_the_library_checks_them(
+        hub: RunningHub) -> None:
+    admin = hub.key("ops", admin=True)
+    queued = await hub.app.add("mail:send", 1, delay=600)
+    async with HubClient(hub.url, admin) as ws, HTTPClient(hub.url, admin) as http:
+        for client in (ws, http):
+            with pytest.raises(ValidationError, match="reason"):
+                await client.abort(queued.id, "")
+            with pytest.raises(ValidationError, match="timeout must be >= 0 seconds"):
+                await client.wait(queued.id, timeout=-1)
+            with pytest.raises(ValidationError, match="a task id is a non-empty string"):
+                await client.wait(5, timeout=1)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="timeout must be >= 0 seconds"):
+            await ws.run("mail:send", 1, timeout=-1)
+        for target in (5, None, 3.5, b"id"):
+            with pytest.raises(ValidationError, match="delete takes a task id"):
+                await http.delete(target)  # type: ignore[arg-type]
+        done = await hub.app.add("mail:send", 2)
+        await hub.app.abort(done.id)
+        with pytest.raises(ValidationError, match="a task id is a non-empty string"):
+            await http.delete([done.id, 5])  # type: ignore[list-item]
+        assert (await hub.app.get(done.id)).status is Status.ABORTED  # not deleted
+    assert (await hub.app.get(queued.id)).status is Status.QUEUED
+    assert (await hub.app.get(queued.id)).abort_requested is None
+    assert await hub.app.count() == 2
+
+
+def test_the_sync_faces_take_an_existing_object_alone(tmp_path: object) -> None:
+    app = Conveyor("memory://")
+    with pytest.raises(TypeError, match="takes no options"):
+        SyncConveyor(app, concurrency=4)
+    client = HubClient("http://127.0.0.1:1", "key")
+    with pytest.raises(TypeError, match="takes no key or options"):
+        SyncHubClient(client, open_timeout=99)
+    with pytest.raises(TypeError, match="takes no key or options"):
+        SyncHubClient(client, "another key")
+    assert SyncConveyor(app).app is app and SyncHubClient(client).client is client
+
+
+async def test_an_empty_abort_reason_is_refused_over_the_websocket(
+        insecure_hub: RunningHub) -> None:
+    """REST refuses ``reason: ""``; the WebSocket did not (it aborted with
+    ``"aborted"``)."""
+    from ._ws_helpers import Raw
+
+    queued = await insecure_hub.app.add("mail:send", 1, delay=600)
+    ws = await Raw.open(insecure_hub.url)
+    try:
+        msg_id = await ws.send({"type": "abort", "task_id": queued.id, "reason": ""})
+        error = await ws.expect("error", msg_id)
+        assert error["code"] == "invalid" and "reason" in error["message"]
+        await ws.request({"type": "abort", "task_id": queued.id}, "task")  # default reason
+    finally:
+        await ws.close()
+    assert (await insecure_hub.app.get(queued.id)).reason == "aborted"
