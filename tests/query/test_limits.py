@@ -118,3 +118,44 @@ async def test_integers_beyond_64_bits_compare_as_documented(url: str) -> None:
             assert found == {exact.id, as_float.id}
     finally:
         await app.close()
+
+
+FULL_FILTERS = [
+    ({"$or": [{"payload.n": i} for i in range(2000)]}, 10),
+    ({"$and": [{"payload.n": {"$ne": i}} for i in range(100, 2100)]}, 10),
+    ({"$or": [{"priority": i} for i in range(1, 2001)]}, 0),
+    ({"$or": [{"payload.n": {"$gte": i, "$lte": i}} for i in range(3, 1003)]}, 7),
+    ({f"payload.k{i}": {"$exists": False} for i in range(2000)}, 10),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), FULL_FILTERS)
+async def test_a_filter_of_the_full_size_runs_on_every_backend(
+        url: str, raw: dict[str, Any], expected: int) -> None:
+    """2000 comparisons in an $or, an $and or as the keys of one object: SQLite refused
+    more than about 1000 of them in one chain ("Expression tree is too large")."""
+    app = Conveyor(url)
+    try:
+        await app.add_many([("work", {"n": n}) for n in range(10)])
+        assert await app.count(raw) == expected
+        assert len(await app.find(raw)) == expected
+    finally:
+        await app.close()
+
+
+async def test_a_condition_of_the_full_size_is_claimed_on_every_backend(url: str) -> None:
+    """A task whose concurrency condition holds 2000 comparisons runs, and does not stop
+    the worker from claiming other tasks (on SQLite its claim raised, so nothing ran)."""
+    app = Conveyor(url)
+    app.register("c:big", lambda ctx: "big")
+    app.register("c:other", lambda ctx: "other")
+    condition = {"scope": "running", "limit": 1,
+                 "query": {"$or": [{"payload.book": f"b{i}"} for i in range(2000)]}}
+    try:
+        big = await app.add("c:big", {"book": "b1"}, concurrency=condition)
+        other = await app.add("c:other")
+        async with app:
+            assert await app.wait(big.id, timeout=10) == "big"
+            assert await app.wait(other.id, timeout=10) == "other"
+    finally:
+        await app.close()

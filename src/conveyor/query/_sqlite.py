@@ -56,6 +56,22 @@ def _column(ref: Ref) -> str:
     return ref.field
 
 
+_FLAT = 16
+"""Most terms joined in one flat ``a OR b OR ...`` chain: SQLite parses a chain of n
+terms into a tree n deep, and refuses trees deeper than 1000."""
+
+
+def _joined(terms: list[str], op: str) -> str:
+    """``terms`` joined by ``op``, parenthesised as a balanced tree (depth about
+    ``_FLAT + log2(len(terms))``) so that a filter's 2000 comparisons stay well
+    inside SQLite's expression depth limit; the terms keep their order (and with
+    them the order of the bound parameters)."""
+    if len(terms) <= _FLAT:
+        return "(" + op.join(terms) + ")"
+    half = len(terms) // 2
+    return "(" + _joined(terms[:half], op) + op + _joined(terms[half:], op) + ")"
+
+
 class _Compiler:
     def __init__(self) -> None:
         self.params: list[Any] = []
@@ -68,11 +84,11 @@ class _Compiler:
         if isinstance(node, And):
             if not node.children:
                 return "1"
-            return "(" + " AND ".join(self.node(child) for child in node.children) + ")"
+            return _joined([self.node(child) for child in node.children], " AND ")
         if isinstance(node, Or):
             if not node.children:
                 return "0"
-            return "(" + " OR ".join(self.node(child) for child in node.children) + ")"
+            return _joined([self.node(child) for child in node.children], " OR ")
         if isinstance(node, Not):
             return f"(NOT {self.node(node.child)})"
         if node.ref.kind is FieldKind.JSON:
