@@ -45,6 +45,7 @@ __all__ = [
     "check_tags",
     "check_task_id",
     "check_unicode",
+    "in_batch",
     "unique_key_from_fields",
     "unique_scope",
 ]
@@ -59,6 +60,16 @@ MAX_UNIQUE_KEY = 512
 
 # The checks of the options a task and a handler share (the handler's are the
 # defaults of its tasks): ``add`` and ``build_handler`` use the same ones.
+
+
+def in_batch(exc: ValidationError, index: int) -> ValidationError:
+    """The error of one task of a batch (``add_many``), its message led by ``task N:``;
+    a :class:`QueryError` stays one (its ``path`` that within the task)."""
+    if isinstance(exc, QueryError):
+        error = QueryError(exc.reason, exc.path)
+        error.args = (f"task {index}: {exc}",)
+        return error
+    return ValidationError(f"task {index}: {exc}")
 
 
 def check_task_id(task_id: Any) -> None:

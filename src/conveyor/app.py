@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from . import _forks
 from ._registry import Handler, Registry, build_handler, check_handler_options, check_policy
-from ._specs import build_spec, check_priority, check_task_id, check_unicode
+from ._specs import build_spec, check_priority, check_task_id, check_unicode, in_batch
 from ._worker import Worker
 from .errors import (
     ConfigurationError,
@@ -25,13 +25,16 @@ from .errors import (
 )
 from .events import ChangeRelay, Event, EventBus, Subscription
 from .model import LogLevel, LogRecord, Policy, Status, Task, TaskSpec, seconds
-from .query import parse_filter, parse_query
+from .query import Filter, all_of, parse_filter, parse_query
 from .schedule import Schedule
 from .storage import AddResult, Change, Storage, WorkerInfo, open_storage
 
 __all__ = ["DEFAULT_URL", "Conveyor"]
 
 log = logging.getLogger("conveyor")
+
+_ENDED = parse_filter({"status": {"$in": ["succeeded", "failed", "aborted"]}})
+"""What ``delete`` by filter adds to the caller's filter: tasks that have ended."""
 
 DEFAULT_URL = "sqlite:///conveyor.db"
 """Where ``Conveyor()`` keeps its tasks when given no URL: a SQLite file in the
@@ -415,7 +418,7 @@ class Conveyor:
                                             max_payload=self.max_payload, now=now, **options))
                 except ValidationError as exc:
                     if several:
-                        raise ValidationError(f"task {i}: {exc}") from None
+                        raise in_batch(exc, i) from None
                     raise
             return specs
 
@@ -457,22 +460,23 @@ class Conveyor:
             task = replace(task, logs=tuple(records))
         return task
 
-    async def find(self, filter: Mapping[str, Any] | None = None, *, sort: Any = None,
+    async def find(self, filter: Mapping[str, Any] | Filter | None = None, *, sort: Any = None,
                    limit: int | None = None, skip: int = 0) -> list[Task]:
-        """Tasks matching a filter (see the query language), sorted, paged:
+        """Tasks matching a filter (see the query language: a dict, or a
+        :class:`~conveyor.query.Filter` parsed already), sorted, paged:
         ``limit`` is None (no limit) or an int >= 0, ``skip`` an int >= 0."""
         query = parse_query(filter, sort, limit, skip)
         await self.open()
         return await self.storage.find(query)
 
-    async def find_one(self, filter: Mapping[str, Any] | None = None, *,
+    async def find_one(self, filter: Mapping[str, Any] | Filter | None = None, *,
                        sort: Any = None) -> Task | None:
         """The first task matching, or None."""
         found = await self.find(filter, sort=sort, limit=1)
         return found[0] if found else None
 
-    async def count(self, filter: Mapping[str, Any] | None = None) -> int:
-        """How many tasks match."""
+    async def count(self, filter: Mapping[str, Any] | Filter | None = None) -> int:
+        """How many tasks match (a filter as for :meth:`find`)."""
         where = parse_filter(filter)
         await self.open()
         return await self.storage.count(where)
@@ -658,16 +662,16 @@ class Conveyor:
         self.bus.task_event("task.prioritized", task)
         return task
 
-    async def delete(self, target: str | Sequence[str] | Mapping[str, Any]) -> list[str]:
+    async def delete(self, target: str | Sequence[str] | Mapping[str, Any] | Filter
+                     ) -> list[str]:
         """Delete finished tasks (and their logs): by id, ids, or a filter.
         Tasks that have not ended are left alone. Returns the ids deleted."""
         if isinstance(target, str):
             ids: list[str] = [target]
-        elif isinstance(target, Mapping):
-            parse_filter(target)  # its errors name the paths of the filter as given
-            where = {"$and": [dict(target), {"status": {"$in": ["succeeded", "failed",
-                                                                   "aborted"]}}]}
-            query = parse_query(where)
+        elif isinstance(target, Mapping | Filter):
+            # its errors name the paths of the filter as given, also those a backend
+            # finds (all_of keeps them)
+            query = parse_query(all_of(parse_filter(target), _ENDED))
             await self.open()
             ids = [t.id for t in await self.storage.find(query)]
         elif isinstance(target, bytes | bytearray) or not isinstance(target, Iterable):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from conveyor import Conveyor
+from conveyor import Context, Conveyor
 
 from ._ws_helpers import Raw, eventually, make_hub, read_line, reap, spawn, ws_state
 from .conftest import RunningHub, hub_db_url
@@ -205,3 +206,60 @@ async def test_deleted_tasks_leave_the_result(insecure_hub: RunningHub) -> None:
                         "version": None}
     assert await app.count({"action": "d:x"}) == 0
     await ws.close()
+
+
+async def test_a_running_task_enters_by_its_progress(insecure_hub: RunningHub) -> None:
+    """A query on progress takes a running task as soon as its progress matches, with
+    and without a limit (it came in only at the task's end: progress was applied to
+    tasks already in the result)."""
+    app = insecure_hub.app
+    release = asyncio.Event()
+
+    @app.handler("p:run")
+    async def run(ctx: Context) -> str:
+        ctx.progress(10, 100)
+        ctx.progress(60, 100)
+        await release.wait()
+        return "ok"
+
+    ws = await Raw.open(insecure_hub.url)
+    try:
+        where = {"progress.current": {"$gte": 50}, "status": "running"}
+        assert (await live(ws, "all", filter=where))["tasks"] == []
+        assert (await live(ws, "top", filter=where, sort="-created_at", limit=5))["tasks"] == []
+        await app.start()
+        task = await app.add("p:run")
+        for live_id in ("all", "top"):
+            added = await next_change(ws, live_id)
+            assert added["type"] == "added" and added["task"]["id"] == task.id
+            assert added["task"]["status"] == "running"
+            assert added["task"]["progress"]["current"] == 60
+        release.set()
+        assert await app.wait(task.id, timeout=10) == "ok"
+        for live_id in ("all", "top"):
+            removed = await next_change(ws, live_id)
+            assert removed["type"] == "removed" and removed["task_id"] == task.id
+    finally:
+        release.set()
+        await ws.close()
+
+
+async def test_sort_objects_in_another_key_order_are_other_queries(
+        insecure_hub: RunningHub) -> None:
+    """A sort object's key order is its precedence: two live queries that differ only
+    in it must not share one window (they did: the group key sorted the keys)."""
+    app = insecure_hub.app
+    a = await app.add("s:x", {"n": 2}, priority=1)
+    b = await app.add("s:x", {"n": 1}, priority=2)
+    ws = await Raw.open(insecure_hub.url)
+    try:
+        by_priority = await live(ws, "p", filter={"action": "s:x"},
+                                 sort={"priority": 1, "payload.n": 1}, limit=1)
+        by_n = await live(ws, "n", filter={"action": "s:x"},
+                          sort={"payload.n": 1, "priority": 1}, limit=1)
+        assert [t["id"] for t in by_priority["tasks"]] == [a.id]
+        assert [t["id"] for t in by_n["tasks"]] == [b.id]
+        assert [t.id for t in await app.find(sort={"payload.n": 1, "priority": 1},
+                                             limit=1)] == [b.id]
+    finally:
+        await ws.close()

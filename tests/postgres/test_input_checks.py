@@ -87,10 +87,11 @@ async def test_a_condition_postgresql_cannot_run_is_refused_by_add(schema_url: s
             await app.add("b:index", {"book": "Z"}, concurrency=[BOOK])
         assert err.value.path == "concurrency[0].query.payload.book.$regex"
         assert "possessive" in str(err.value)
-        with pytest.raises(ValidationError, match=r"^task 1: concurrency\[1\]"):
+        with pytest.raises(QueryError, match=r"^task 1: concurrency\[1\]") as in_batch:
             await app.add_many([("b:index", {"book": "A"}),
                                 ("b:index", {"book": "B"},
                                  {"concurrency": [{"query": {"payload.book": "B"}}, BOOK]})])
+        assert in_batch.value.path == "concurrency[1].query.payload.book.$regex"
         with pytest.raises(ValidationError, match=r"^task 1: "):
             await app.add_many([("b:index", {"book": "A"}, {"unique_key": "a"}),
                                 ("b:index", {"book": "B"}, {"concurrency": [BOOK]})])
@@ -108,6 +109,22 @@ async def test_a_refused_pattern_names_its_place(storage: Any) -> None:
         await storage.count(where)
     assert err.value.path == "filter.$or[1].payload.v.$regex"
     assert str(err.value).startswith("filter.$or[1].payload.v.$regex: $regex '(?>a)' uses")
+
+
+async def test_a_refused_pattern_keeps_the_callers_paths(schema_url: str) -> None:
+    """``delete`` by filter adds "has ended" to the caller's filter; the error of a
+    pattern PostgreSQL cannot run points into the caller's filter, not into that
+    combination (it said ``filter.$and[0].payload...``)."""
+    app = Conveyor(schema_url)
+    try:
+        await app.add("b:index", {"book": "a"})
+        with pytest.raises(QueryError) as err:
+            await app.delete({"payload.book": {"$regex": "a++"}})
+        assert err.value.path == "filter.payload.book.$regex"
+        assert str(err.value).startswith("filter.payload.book.$regex: $regex 'a++' uses")
+        assert await app.count() == 1
+    finally:
+        await app.close()
 
 
 async def test_a_nul_in_add_many_names_the_item(schema_url: str) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import ConfigurationError, ValidationError
+from ..query import Filter, parse_filter
 
 __all__ = [
     "ANONYMOUS",
@@ -37,6 +38,7 @@ __all__ = [
     "CredentialStore",
     "glob_to_regex",
     "matches_pattern",
+    "read_scope",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,100}$")
@@ -299,3 +301,13 @@ class CredentialStore:
         with self._lock:
             cred = self._by_id.get(key_id)
         return cred is not None and not cred.revoked
+
+
+def read_scope(patterns: Sequence[str]) -> Filter:
+    """The tasks of the actions ``patterns`` (globs) name."""
+    alternatives: list[dict[str, Any]] = [
+        {"action": {"$regex": glob_to_regex(p)}} if any(c in p for c in "*?") else {"action": p}
+        for p in patterns
+    ]
+    return parse_filter(alternatives[0] if len(alternatives) == 1 else {"$or": alternatives},
+                        where="read scope")

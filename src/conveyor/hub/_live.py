@@ -33,8 +33,8 @@ from .. import _json
 from ..errors import QueryError
 from ..events import Event
 from ..model import Progress, Status, Task
-from ..query import Filter, Query, matches, parse_filter, parse_query, sort_tasks
-from ._credentials import glob_to_regex
+from ..query import Filter, Query, all_of, matches, parse_filter, parse_query, sort_tasks
+from ._credentials import read_scope
 from ._ws_proto import ProtocolError, encode
 
 if TYPE_CHECKING:
@@ -183,6 +183,9 @@ class _Group:
         except ProtocolError as exc:
             self._fail(exc.code, exc.message)
             return
+        except QueryError as exc:  # what the backend cannot run (PostgreSQL's regexes)
+            self._fail("bad_filter", str(exc), exc.path)
+            return
         except Exception as exc:
             log.exception("live query failed to read its snapshot")
             self._fail("internal", f"could not read the live query's snapshot: {exc}")
@@ -199,14 +202,16 @@ class _Group:
         if not self.subs:
             self.manager._drop(self)
 
-    def _fail(self, code: str, message: str) -> None:
+    def _fail(self, code: str, message: str, path: str | None = None) -> None:
         self.failed = message
         waiting, self.waiting = self.waiting, []
+        error: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if path is not None:
+            error["path"] = path
         for sub in waiting:
             if not sub.closed:
                 sub.closed = True
-                sub.conn.send(encode({"type": "error", "id": sub.msg_id, "code": code,
-                                      "message": message}))
+                sub.conn.send(encode({**error, "id": sub.msg_id}))
                 sub.conn.lives.pop(sub.key, None)
         self.manager._drop(self)
 
@@ -287,10 +292,16 @@ class _Group:
                 self._progressed_at(task, progress)
                 if member[0].progress != progress:
                     self._mark_dirty()
-            elif matches(self.where, task):  # it may enter the window (a read is due)
+            elif self._enters(task, progress) is not None:  # a read is due
                 self._progressed_at(task, progress)
+                self._mark_dirty()
             return
         if member is None:
+            entering = self._enters(task, progress)
+            if entering is not None:
+                enc = self.encode(entering)
+                self.members[task.id] = (entering, enc)
+                self._added(enc)
             return
         current = member[0]
         if (current.status is not Status.RUNNING or current.attempts != task.attempts
@@ -304,6 +315,18 @@ class _Group:
         else:
             del self.members[task.id]
             self._removed(task.id, current.version)
+
+    def _enters(self, task: Task, progress: Progress) -> Task | None:
+        """The running task, with this progress, when the progress makes it match (a
+        task the query takes by its progress); None when it does not, or when a later
+        version of the task (its end) was seen already."""
+        if task.status is not Status.RUNNING:
+            return None
+        seen = self.seen.get(task.id)
+        if seen is not None and seen > task.version:
+            return None
+        patched = replace(task, progress=progress)
+        return patched if matches(self.where, patched) else None
 
     def deleted(self, task_id: str) -> None:
         if self.buffer is not None:
@@ -340,7 +363,10 @@ class _Group:
                 self.dirty = True
                 await asyncio.sleep(1.0)
                 continue
-            tasks = [self._progressed(t) for t in tasks]
+            # a newer progress may take a task out of the window as well as into it
+            tasks = [p for t in tasks
+                     if (p := self._progressed(t)) is t or matches(self.where, p)]
+            tasks = await self._with_entrants(tasks)
             fresh = {t.id: t for t in tasks}
             for task_id in [k for k in self.progressed if k not in fresh]:
                 del self.progressed[task_id]
@@ -364,6 +390,24 @@ class _Group:
             # a member read before its change or deletion leaves at a later read
             self.left_at = {k: v for k, v in self.left_at.items() if k in self.members}
             self.gone &= self.members.keys()
+
+    async def _with_entrants(self, tasks: list[Task]) -> list[Task]:
+        """The window read from the storage, with the running tasks that a full-rate
+        progress (newer than what the storage holds) makes match: they are read,
+        given that progress, and sorted into the window when they belong there."""
+        found = {t.id for t in tasks}
+        outside = [k for k in self.progressed if k not in found]
+        if not outside:
+            return tasks
+        read = await self.manager.state.app.storage.get_many(outside)
+        entrants = [t for t in map(self._progressed, read)
+                    if t.status is Status.RUNNING and matches(self.where, t)]
+        for task_id in set(outside) - {t.id for t in read}:  # deleted meanwhile
+            self.progressed.pop(task_id, None)
+        if not entrants:
+            return tasks
+        merged = sort_tasks([*tasks, *entrants], self.query.sort)
+        return merged if self.query.limit is None else merged[:self.query.limit]
 
     def _progressed_at(self, task: Task, progress: Progress) -> None:
         self.progressed[task.id] = (task.attempts, progress)
@@ -405,12 +449,12 @@ class LiveManager:
         if "*" in readable:
             where = query.filter
         else:
-            combined = {"$and": [raw_filter or {}, {"$or": [
-                {"action": {"$regex": glob_to_regex(p)}} for p in readable]}]}
-            where = parse_filter(combined)
+            where = all_of(query.filter, read_scope(readable))
             query = replace(query, filter=where)
-        group_key = (_json.dumps(_canonical(raw_filter)), _json.dumps(_canonical(raw_sort)),
-                     query.limit, fields, readable)
+        # the parsed sort, not the raw one: the order of a sort object's keys is its
+        # precedence (only a filter's keys may be put in canonical order)
+        group_key = (_json.dumps(_canonical(raw_filter)), query.sort, query.limit, fields,
+                     readable)
         group = self.groups.get(group_key)
         sub = LiveSub(conn, msg_id, key, group) if group is not None else None
         if group is None:

@@ -47,9 +47,9 @@ from ..errors import (
     WaitTimeout,
 )
 from ..model import LogLevel, Task
-from ..query import parse_filter, parse_query
+from ..query import Filter, all_of, parse_filter, parse_query
 from ..storage import WorkerInfo
-from ._credentials import Credential, glob_to_regex, matches_pattern
+from ._credentials import Credential, matches_pattern, read_scope
 from ._http import auth_error_response, error_response, request_credential
 from ._hub import WORKER_STALE_AFTER, AuthError, Hub
 from ._metrics import Metrics
@@ -465,22 +465,17 @@ def sort_param(params: Mapping[str, str]) -> Any:
 
 
 def scope_filter(cred: Credential, filter: Mapping[str, Any] | None
-                 ) -> tuple[bool, dict[str, Any] | None]:
+                 ) -> tuple[bool, Filter | None]:
     """``filter`` restricted to the actions ``cred`` may read: ``(any, filter)``.
-    ``any`` is False when the credential may read no action at all."""
+    ``any`` is False when the credential may read no action at all. Errors in the
+    caller's filter keep its own paths (``filter.payload...``), also those the
+    storage finds."""
     patterns = cred.readable
     if cred.admin or "*" in patterns:
-        return True, dict(filter) if filter else None
+        return True, parse_filter(filter) if filter else None
     if not patterns:
         return False, None
-    alternatives: list[dict[str, Any]] = [
-        {"action": {"$regex": glob_to_regex(p)}} if any(c in p for c in "*?") else {"action": p}
-        for p in patterns
-    ]
-    restriction = alternatives[0] if len(alternatives) == 1 else {"$or": alternatives}
-    if not filter:
-        return True, restriction
-    return True, {"$and": [dict(filter), restriction]}
+    return True, all_of(parse_filter(filter), read_scope(patterns))
 
 
 def require_admin(cred: Credential, what: str) -> None:

@@ -59,12 +59,13 @@ from ._evaluate import apply_query, matches, sort_tasks
 from ._parse import parse_filter, parse_query, parse_sort
 from ._postgres import compile_postgres, compile_sort_postgres
 from ._sqlite import compile_sort_sqlite, compile_sqlite, register_sqlite_functions
-from ._tree import Filter, Query, SortKey, fields_of
+from ._tree import Filter, Query, SortKey, all_of, fields_of
 
 __all__ = [
     "Filter",
     "Query",
     "SortKey",
+    "all_of",
     "apply_query",
     "compile_postgres",
     "compile_sort_postgres",

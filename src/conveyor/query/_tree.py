@@ -198,6 +198,16 @@ class Filter:
 MATCH_ALL = Filter(And(()))
 
 
+def all_of(*filters: Filter) -> Filter:
+    """The tasks every one of ``filters`` matches. Each part keeps the error paths it
+    was parsed with (a restriction added to a user's filter does not move the paths
+    of that filter's errors under an ``$and``)."""
+    roots = tuple(f.root for f in filters if not f.matches_all)
+    if len(roots) == 1:
+        return Filter(roots[0])
+    return Filter(And(roots))
+
+
 def fields_of(f: Filter) -> frozenset[str]:
     """The top-level fields a filter reads, such as ``{"payload", "status"}``."""
     found: set[str] = set()

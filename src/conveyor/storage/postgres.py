@@ -1595,7 +1595,9 @@ def _insert_text(specs: Sequence[TaskSpec], now: float, start: int = 0,
 
 
 def _item_error(exc: ValidationError, index: int, several: bool) -> ValidationError:
-    return ValidationError(f"task {index}: {exc}") if several else exc
+    from .._specs import in_batch
+
+    return in_batch(exc, index) if several else exc
 
 
 def _check_conditions(specs: Sequence[TaskSpec], start: int, several: bool) -> None:
