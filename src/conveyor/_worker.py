@@ -103,6 +103,16 @@ class _Run:
     lost: bool = False
     released: bool = False
     done: bool = False
+    started: bool = False  # _execute took its first step
+
+    def cancel(self) -> None:
+        """Cancel the run's asyncio task once it has started. A task cancelled before
+        its first step never runs its coroutine (no ``try`` in it sees the
+        cancellation, so no outcome would be recorded and the lease kept renewed):
+        before that, the flags set with the cancel (``abort_reason``, ``lost``,
+        ``released``) are read by ``_execute`` as it starts."""
+        if self.started and self.future is not None:
+            self.future.cancel()
 
 
 class _Writer(BatchedWrites[tuple[Completion, "_Run"]]):
@@ -303,8 +313,7 @@ class Worker:
             for run in leftover:
                 run.released = True
                 run.ctx._request_abort("worker stopping")
-                if run.future is not None:
-                    run.future.cancel()
+                run.cancel()
             futures = [r.future for r in leftover if r.future is not None]
             if futures:
                 await asyncio.wait(futures, timeout=5)
@@ -530,10 +539,16 @@ class Worker:
         run.future = asyncio.create_task(self._execute(run))
 
     async def _execute(self, run: _Run) -> None:
+        run.started = True
+        if run.lost or run.released:  # before the handler was called: nothing ran
+            self._forget(run)
+            return
         handler, task = run.handler, run.task
         timeout = task.run_timeout or handler.run_timeout
         outcome: Outcome
         try:
+            if run.abort_reason is not None:  # aborted before the handler was called
+                raise TaskAbortRequested(run.abort_reason)
             if isinstance(run.ctx.payload, Exception):
                 raise ValidationError(
                     f"payload does not fit the handler's model: {run.ctx.payload}")
@@ -832,8 +847,8 @@ class Worker:
         run.ctx._request_abort(reason)
         if run.abort_event is not None:
             run.abort_event.set()
-        if run.handler.is_async and run.handler.mode != "process" and run.future is not None:
-            run.future.cancel()
+        if run.handler.is_async and run.handler.mode != "process":
+            run.cancel()
 
     def abort_local(self, task_id: str, reason: str) -> bool:
         """Deliver an abort to a task this worker runs (no storage round trip)."""
@@ -956,8 +971,8 @@ class Worker:
                 run.ctx._request_abort("lease lost")
                 if run.abort_event is not None:
                     run.abort_event.set()
-                if run.future is not None and run.handler.is_async:
-                    run.future.cancel()
+                if run.handler.is_async:
+                    run.cancel()
         for task_id, reason in reply.abort_requested.items():
             run = self.running.get(task_id)
             if run is not None:

@@ -213,3 +213,42 @@ async def test_abort_of_async_handler_that_returns_on_cancel(app: Conveyor) -> N
         await settle(app)
     assert (done.status, done.reason, done.result) == (Status.ABORTED, "user asked", None)
     assert ends.ends == ["task.aborted"]
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_an_abort_right_after_the_claim_ends_the_task(app: Conveyor, kind: str) -> None:
+    """An abort delivered as the run starts (from a ``task.started`` callback): the
+    task ends ``aborted``. On memory:// the abort arrives before the run's asyncio
+    task took its first step, and the handler is not called; such a run was
+    cancelled before its first step, so nothing recorded an outcome: the task stayed
+    ``running``, its lease renewed. (Elsewhere the abort's write lets the handler
+    start first, and the handler is stopped.)"""
+    called: list[str] = []
+
+    async def run_async(ctx: Context[Any]) -> str:
+        called.append(ctx.task.id)
+        await asyncio.sleep(30)
+        return "ran"
+
+    def run_sync(ctx: Context[Any]) -> str:
+        called.append(ctx.task.id)
+        ctx.wait_aborted(30)
+        return "ran"  # returned after the abort: discarded
+
+    app.register("first", run_async if kind == "async" else run_sync)
+    aborts: list[asyncio.Future[Task]] = []
+
+    def on_started(event: Any) -> None:
+        aborts.append(asyncio.ensure_future(app.abort(event.task.id, "at once")))
+
+    app.on("task.started", on_started)
+    async with app:
+        tasks = await app.add_many([("first", i) for i in range(5)])
+        ended = [await app.wait_task(t.id, timeout=10) for t in tasks]
+        await asyncio.gather(*aborts)
+        await until(lambda: app.worker is not None and not app.worker.running, timeout=5,
+                    what="the worker to forget the runs")
+    assert [(t.status, t.reason) for t in ended] == [(Status.ABORTED, "at once")] * 5
+    assert len(aborts) == 5
+    if app.storage.url.startswith("memory"):
+        assert called == []
