@@ -101,11 +101,18 @@ def check_priority(value: Any) -> float:
     return result
 
 
+MAX_ATTEMPTS = 2**31 - 1
+"""The most ``max_attempts`` may be (what every backend stores as an integer)."""
+
+
 def check_max_attempts(value: Any) -> int | None:
-    """``max_attempts``: None or an integer >= 1 (not a bool)."""
+    """``max_attempts``: None or an integer from 1 to :data:`MAX_ATTEMPTS` (not a bool)."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                               or value < 1):
         raise ValidationError(f"max_attempts must be an integer >= 1, not {value!r}")
+    if value is not None and value > MAX_ATTEMPTS:
+        raise ValidationError(
+            f"max_attempts must be an integer >= 1 and at most {MAX_ATTEMPTS}, not {value!r}")
     return value
 
 

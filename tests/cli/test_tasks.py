@@ -233,3 +233,15 @@ def test_prune_deletes_only_tasks_finished_long_enough_ago(db: str) -> None:
     assert pruned.code == 0, pruned
     assert json.loads(pruned.out) == {"pruned": 1, "older_than": 0.0}
     assert [t.id for t in find(db)] == [queued.id]
+
+
+def test_max_attempts_beyond_what_a_backend_stores_is_exit_2(tmp_path: Path) -> None:
+    """PostgreSQL stores max_attempts as an integer column: 2**31 and more were a
+    storage error there (exit 1) and a float on SQLite (exit 0)."""
+    db = f"sqlite:///{tmp_path / 'big.db'}"
+    for bad in ("2147483648", "99999999999999999999"):
+        assert_error(cli("add", "x:y", "--max-attempts", bad, "--db", db), 2,
+                     "--max-attempts", "2147483647")
+    assert count(db) == 0
+    task_id = cli("add", "x:y", "--max-attempts", "2147483647", "--db", db).out.strip()
+    assert get(db, task_id).max_attempts == 2**31 - 1

@@ -54,6 +54,10 @@ GOOD_CONDITION = {"scope": "running", "query": {"payload.book": "B"}, "limit": 1
     ({"backoff": {"bass": 1}}, r"backoff has unknown key\(s\): bass"),
     ({"backoff": "fast"}, r"backoff must be a number of seconds or an object"),
     ({"backoff": True}, r"backoff must be a number of seconds or an object"),
+    # what every backend stores (PostgreSQL: an integer column; SQLite turned 2**63
+    # into a float, memory:// kept any size)
+    ({"max_attempts": 2**31}, r"max_attempts must be an integer >= 1 and at most 2147483647"),
+    ({"max_attempts": 2**70}, r"max_attempts must be an integer >= 1 and at most 2147483647"),
 ])
 async def test_bad_add_options_are_refused(app: Conveyor, options: dict[str, Any],
                                            message: str) -> None:
@@ -77,6 +81,8 @@ async def test_bad_add_options_are_refused(app: Conveyor, options: dict[str, Any
     ({"limit": 0}, r"limit must be an integer >= 1"),
     ({"max_attempts": 0}, r"max_attempts must be an integer >= 1"),
     ({"retries": -1}, r"retries must be an integer >= 0"),
+    ({"max_attempts": 2**31}, r"max_attempts must be an integer >= 1 and at most 2147483647"),
+    ({"retries": 2**31 - 1}, r"max_attempts must be an integer >= 1 and at most 2147483647"),
     ({"retry_on": (ValueError, "KeyError")}, r"retry_on must be exception classes"),
     ({"policy": "default"}, r"policy must be a function"),
 ])

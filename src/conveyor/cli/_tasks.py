@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from conveyor._specs import MAX_ATTEMPTS
 from conveyor.app import Conveyor
 from conveyor.errors import ConveyorError, TaskNotFound
 from conveyor.model import LogLevel, Status, Task
@@ -109,7 +110,8 @@ def handles(workers: Sequence[WorkerInfo], action: str) -> bool:
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
               help="A tag (repeatable); VALUE is parsed as JSON when it parses, else text.")
 @click.option("--unique-key", help="Return the live task holding this key instead of a new one.")
-@click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts before it fails.")
+@click.option("--max-attempts", type=click.IntRange(min=1, max=MAX_ATTEMPTS),
+              help="Attempts before it fails.")
 @click.option("--timeout", type=POSITIVE_SECONDS,
               help="Run timeout of one attempt, in seconds (or 30s, 5m, 1h).")
 @click.option("--wait", is_flag=True,

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from .._specs import MAX_ATTEMPTS
 from ..model import FIELDS, JSON_FIELDS
 from ..query._parse import FIELD_OPERATORS
 
@@ -205,7 +206,7 @@ class TaskIn(_In):
     run_at: Number | None = Field(
         None, description="Epoch seconds before which it does not run (not with delay).")
     tags: JSONObject | None = Field(None, description="Tag names (no dots) to JSON values.")
-    max_attempts: Annotated[int, Field(ge=1, le=MAX_INT)] | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=MAX_ATTEMPTS)] | None = None
     timeout: Annotated[Number, Field(gt=0)] | None = Field(None, description="Run timeout, s.")
     pickup_timeout: Annotated[Number, Field(gt=0)] | None = None
     backoff: Annotated[Number, Field(ge=0)] | BackoffIn | None = None
