@@ -22,6 +22,7 @@ from .base import (
     RecoverReport,
     Storage,
     WorkerInfo,
+    key_holder,
 )
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "RecoverReport",
     "Storage",
     "WorkerInfo",
+    "key_holder",
     "migrate",
     "open_storage",
 ]

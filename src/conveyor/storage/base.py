@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import fnmatch
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ __all__ = [
     "RecoverReport",
     "Storage",
     "WorkerInfo",
+    "key_holder",
 ]
 
 
@@ -44,6 +45,23 @@ class AddResult:
 
     task: Task
     created: bool
+
+
+def key_holder(tasks: Iterable[Task], scope: Iterable[Status]) -> Task | None:
+    """Which of ``tasks`` (those with one unique key) an add of that key with the
+    unique scope ``scope`` returns instead of a new task: the task whose status is in
+    its own scope (the key's live holder; at most one), else the newest (by
+    ``created_at``, then ``id``) whose status is in ``scope``; None when there is
+    none. Every backend returns this one."""
+    wanted = set(scope)
+    best: Task | None = None
+    for task in tasks:
+        if task.status in task.unique_scope:
+            return task
+        if task.status in wanted and (
+                best is None or (task.created_at, task.id) > (best.created_at, best.id)):
+            best = task
+    return best
 
 
 @dataclass(frozen=True, slots=True)

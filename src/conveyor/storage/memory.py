@@ -56,6 +56,7 @@ from .base import (
     RecoverReport,
     Storage,
     WorkerInfo,
+    key_holder,
 )
 
 __all__ = ["MemoryStorage"]
@@ -214,14 +215,11 @@ class MemoryStorage(FanoutFeed, Storage):
         return task
 
     def _live_duplicate(self, spec: TaskSpec) -> Task | None:
+        """The task holding ``spec``'s key (see :func:`~conveyor.storage.base.key_holder`)."""
         if spec.unique_key is None:
             return None
-        for task in self._tasks.values():
-            if task.unique_key == spec.unique_key and (
-                task.status in spec.unique_scope or task.status in task.unique_scope
-            ):
-                return task
-        return None
+        return key_holder([t for t in self._tasks.values() if t.unique_key == spec.unique_key],
+                          spec.unique_scope)
 
     # -- tasks ----------------------------------------------------------------
 

@@ -95,6 +95,7 @@ from .base import (
     RecoverReport,
     Storage,
     WorkerInfo,
+    key_holder,
 )
 
 __all__ = ["CLOCK_TOLERANCE", "FEED_RETENTION", "SCHEMA_VERSION", "PostgresStorage", "migrate",
@@ -1042,7 +1043,7 @@ class PostgresStorage(FanoutFeed, Storage):
             if key is None:
                 pending.append(i)
                 continue
-            dup = _live(existing.get(key, ()), spec.unique_scope)
+            dup = key_holder(existing.get(key, ()), spec.unique_scope)
             if dup is None and key in batch:
                 first = batch[key]
                 if first.status in spec.unique_scope or first.status in first.unique_scope:
@@ -1071,7 +1072,7 @@ class PostgresStorage(FanoutFeed, Storage):
             holders = await self._holders(conn, [specs[i].unique_key or "" for i in missed])
             for i in missed:
                 spec = specs[i]
-                dup = _live(holders.get(spec.unique_key or "", ()), spec.unique_scope)
+                dup = key_holder(holders.get(spec.unique_key or "", ()), spec.unique_scope)
                 if dup is not None:
                     out[i] = AddResult(dup, created=False)
                 else:  # it went away meanwhile: try again
@@ -1568,17 +1569,6 @@ class _ConditionCounts:
 
 def _asdict(o: PgOptions) -> dict[str, Any]:
     return {name: getattr(o, name) for name in PgOptions.__dataclass_fields__}
-
-
-def _live(tasks: Sequence[Task], scope: Sequence[Status]) -> Task | None:
-    """The task holding a key for a spec of ``scope``: preferably one in its own scope."""
-    best: Task | None = None
-    for task in tasks:
-        if task.status in task.unique_scope:
-            return task
-        if best is None and task.status in scope:
-            best = task
-    return best
 
 
 def _insert_text(specs: Sequence[TaskSpec], now: float, start: int = 0,

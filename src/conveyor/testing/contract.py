@@ -182,6 +182,26 @@ class StorageContract:
         [fresh] = await storage.add([make_spec(unique_key="k5")])
         assert fresh.created
 
+    async def test_which_task_a_key_returns_when_several_are_in_scope(
+            self, storage: Storage) -> None:
+        """The holder (in its own scope) first, else the newest in the add's scope
+        (:func:`~conveyor.storage.base.key_holder`); the backends differed."""
+        wide = (Status.QUEUED, Status.RUNNING, Status.SUCCEEDED)
+        ended = []
+        for _ in range(2):
+            [old] = await storage.add([make_spec(unique_key="k6")])
+            task = await _claim_one(storage)
+            await storage.finish("w1", [Completion(task.id, task.token or "", ok())])
+            ended.append(old.task)
+        [newest] = await storage.add([make_spec(unique_key="k6", unique_scope=wide)])
+        assert not newest.created and newest.task.id == ended[-1].id
+        [holder] = await storage.add([make_spec(unique_key="k6")])  # queued: the holder
+        assert holder.created
+        for add in ([make_spec(unique_key="k6", unique_scope=wide)],
+                    [make_spec(payload=1), make_spec(unique_key="k6", unique_scope=wide)]):
+            found = (await storage.add(add))[-1]
+            assert not found.created and found.task.id == holder.task.id
+
     async def test_unique_key_race(self, storage: Storage, other_storage: Storage) -> None:
         async def add(s: Storage, i: int) -> list[str]:
             res = await s.add([make_spec(unique_key=f"race-{k}", payload=i) for k in range(20)])

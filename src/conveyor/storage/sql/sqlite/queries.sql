@@ -32,9 +32,12 @@ UPDATE conveyor_tasks SET
 WHERE id = :id AND version = :expected_version
 
 -- name: find_live_duplicate
+-- The task holding a key (the rule of storage.base.key_holder): the one in its own
+-- scope, else the newest in the given one.
 SELECT * FROM conveyor_tasks
 WHERE unique_key = :unique_key
   AND (instr(:scope, '|' || status || '|') > 0 OR instr(unique_scope, '|' || status || '|') > 0)
+ORDER BY instr(unique_scope, '|' || status || '|') > 0 DESC, created_at DESC, id DESC
 LIMIT 1
 
 -- name: get_task
