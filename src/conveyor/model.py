@@ -693,6 +693,9 @@ class Retry:
     def __post_init__(self) -> None:
         value = seconds(self.after, "Retry(after=...)")
         object.__setattr__(self, "after", value)
+        if self.reason is not None and not isinstance(self.reason, str):
+            raise ValidationError(
+                f"Retry(reason=...) must be a string or None, not {self.reason!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,7 @@ def test_retry_on_given_an_exception_instance_gets_a_clear_error() -> None:
 
 @pytest.mark.parametrize("make", [
     lambda: Retry(after=-1),
+    lambda: Retry(reason=5),  # type: ignore[arg-type]
     lambda: Retry(after=float("inf")),
     lambda: Retry(after="soon"),  # type: ignore[arg-type]
     lambda: Reschedule(after=-1),
