@@ -48,6 +48,7 @@ __all__ = [
     "in_batch",
     "unique_key_from_fields",
     "unique_scope",
+    "unpack_item",
 ]
 
 ADD_OPTIONS = frozenset({
@@ -296,3 +297,22 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
         backoff=backoff, unique_key=unique_key, unique_scope=scope,
         concurrency=_conditions(options.get("concurrency")), tags=tags, parent_id=parent_id,
     )
+
+
+def unpack_item(item: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """One task of ``add_many``: ``(action, payload)``, ``(action, payload, options)``
+    or a dict with ``action``, as ``(action, payload, options)``."""
+    if isinstance(item, Mapping):
+        data = dict(item)
+        if "action" not in data:
+            raise ValidationError("each task needs an 'action'")
+        action = data.pop("action")
+        payload = data.pop("payload", None)
+        return action, payload, data
+    if isinstance(item, tuple | list):
+        if len(item) == 2:
+            return item[0], item[1], {}
+        if len(item) == 3 and isinstance(item[2], Mapping):
+            return item[0], item[1], dict(item[2])
+    raise ValidationError(
+        "each task is (action, payload), (action, payload, options) or a dict with 'action'")

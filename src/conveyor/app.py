@@ -13,7 +13,14 @@ from typing import Any, TypeVar
 
 from . import _forks
 from ._registry import Handler, Registry, build_handler, check_handler_options, check_policy
-from ._specs import build_spec, check_priority, check_task_id, check_unicode, in_batch
+from ._specs import (
+    build_spec,
+    check_priority,
+    check_task_id,
+    check_unicode,
+    in_batch,
+    unpack_item,
+)
 from ._worker import Worker
 from .errors import (
     ConfigurationError,
@@ -413,7 +420,7 @@ class Conveyor:
             specs = []
             for i in range(start, stop):
                 try:
-                    action, payload, options = _unpack(items[i])
+                    action, payload, options = unpack_item(items[i])
                     specs.append(build_spec(action, payload, handler=self.registry.get(action),
                                             max_payload=self.max_payload, now=now, **options))
                 except ValidationError as exc:
@@ -715,21 +722,4 @@ def _item_list(items: Any) -> list[Any]:
             f"options) or a dict with 'action'; not {type(items).__name__} "
             f"{reprlib.repr(items)}")
     return list(items)
-
-
-def _unpack(item: Any) -> tuple[Any, Any, dict[str, Any]]:
-    if isinstance(item, Mapping):
-        data = dict(item)
-        if "action" not in data:
-            raise ValidationError("each task needs an 'action'")
-        action = data.pop("action")
-        payload = data.pop("payload", None)
-        return action, payload, data
-    if isinstance(item, tuple | list):
-        if len(item) == 2:
-            return item[0], item[1], {}
-        if len(item) == 3 and isinstance(item[2], Mapping):
-            return item[0], item[1], dict(item[2])
-    raise ValidationError(
-        "each task is (action, payload), (action, payload, options) or a dict with 'action'")
 

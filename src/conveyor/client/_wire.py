@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from .._specs import in_batch, unpack_item
 from ..errors import ValidationError
 from ..model import Backoff, Condition
 
@@ -59,20 +60,9 @@ def options_json(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def item_json(item: Any, index: int) -> tuple[str, Any, dict[str, Any]]:
-    """One task of ``add_many``: ``(action, payload)``, ``(action, payload, options)``
-    or a dict with ``action``, as ``(action, payload, options)`` (options not yet
-    turned into JSON)."""
-    if isinstance(item, Mapping):
-        data = dict(item)
-        if "action" not in data:
-            raise ValidationError(f"task {index}: each task needs an 'action'")
-        action = data.pop("action")
-        return action, data.pop("payload", None), data
-    if isinstance(item, tuple | list):
-        if len(item) == 2:
-            return item[0], item[1], {}
-        if len(item) == 3 and isinstance(item[2], Mapping):
-            return item[0], item[1], dict(item[2])
-    raise ValidationError(
-        f"task {index}: each task is (action, payload), (action, payload, options) or a "
-        "dict with 'action'")
+    """One task of ``add_many`` as ``(action, payload, options)`` (the forms
+    ``Conveyor.add_many`` takes; options not yet turned into JSON)."""
+    try:
+        return unpack_item(item)
+    except ValidationError as exc:
+        raise in_batch(exc, index) from None
