@@ -4,8 +4,10 @@ throttled progress snapshots and finished runs; the logs are written first in ea
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from . import _json
 from .events import Event
 from .model import LogRecord, Progress
 from .storage import Lease, NewLog, Storage
@@ -36,7 +38,13 @@ class BatchedWrites(Generic[C]):
         logs, self.logs = self.logs, []
         if logs:
             try:
-                seqs = await self.storage.append_logs(logs)
+                try:
+                    seqs = await self.storage.append_logs(logs)
+                except (TypeError, ValueError, RecursionError):
+                    # data that cannot be stored (the senders check it; this is the
+                    # last guard) must not block every later line: kept as a note
+                    logs = [_storable(entry) for entry in logs]
+                    seqs = await self.storage.append_logs(logs)
             except Exception:
                 self.logs[:0] = logs
                 raise
@@ -56,7 +64,10 @@ class BatchedWrites(Generic[C]):
                 batch = [self.progress.pop(k) for k in due]
                 for k in due:
                     self.progress_written[k] = now
-                await self.storage.update_progress(batch)
+                try:
+                    await self.storage.update_progress(batch)
+                except (TypeError, ValueError, RecursionError):  # as for logs: skip those
+                    await self.storage.update_progress([b for b in batch if _encodes(b[1])])
 
     async def take_completions_after_logs(self, bus: EventBus, interval: float) -> list[C]:
         """The finished runs to store now, taken before the logs and progress are
@@ -72,3 +83,22 @@ class BatchedWrites(Generic[C]):
             self.completions[:0] = completions
             raise
         return completions
+
+
+def _encodes(progress: Progress) -> bool:
+    try:
+        _json.dumps_checked(progress.to_json(), "progress")
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _storable(entry: NewLog) -> NewLog:
+    """The log line, with data that is not valid JSON replaced by a note saying why."""
+    if entry.data is None:
+        return entry
+    try:
+        _json.dumps_checked(entry.data, "log data")
+    except (TypeError, ValueError, RecursionError) as exc:
+        return replace(entry, data={"unstorable": str(exc)[:200]})
+    return entry

@@ -54,13 +54,22 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_strict_decoder = json.JSONDecoder(parse_constant=_no_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (_INF, -_INF):  # 1e400: valid JSON text, but no float holds it
+        raise ValueError(f"the number {text[:40]} is out of the range of a float")
+    return value
+
+
+_INF = float("inf")
+_strict_decoder = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
 _SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
 def loads_strict(text: str | bytes, what: str, max_depth: int | None = None) -> Any:
     """JSON from outside (a REST body, a WebSocket frame), read strictly: UTF-8, no
-    NaN or Infinity, no lone surrogate escapes, at most ``max_depth`` levels of
+    NaN or Infinity (nor a number too large for a float, such as 1e400), no lone
+    surrogate escapes, at most ``max_depth`` levels of
     nesting when given. Raises :class:`ValueError` with a message that starts with
     ``what``."""
     try:

@@ -7,7 +7,8 @@
 - a publish under the id of a stream still open is refused (``duplicate_id``)
   and adds nothing;
 - an insecure hub answers ``hello`` with ``welcome``;
-- frames holding NaN, Infinity or a lone surrogate are refused (``bad_json``)
+- frames holding NaN, Infinity, a number past a float (1e400) or a lone surrogate
+  are refused (``bad_json``)
   and nothing of them is handled;
 - a task is rescued ``max_rescues`` times: the next loss ends it ``worker_lost``.
 """
@@ -245,6 +246,9 @@ STRICT = [
     ('{"type": "publish", "id": 1, "action": "a", "payload": {"\\udc00": 1}}', "lone surrogate"),
     ('{"type": "publish", "id": 1, "action": "a", "options": {"priority": NaN}}', "NaN"),
     ('{"type": "ping", "id": 1, "extra": NaN}', "NaN"),
+    # valid JSON text, but past a float: read as infinity, it jammed the hub's writer
+    ('{"type": "publish", "id": 1, "action": "a", "payload": {"x": 1e400}}', "1e400"),
+    ('{"type": "ping", "id": 1, "extra": [-2.5e999]}', "-2.5e999"),
     ('[{"type": "publish", "id": 1, "action": "a"}, '
      '{"type": "publish", "id": 2, "action": "a", "payload": "\\ud83d"}]', "lone surrogate"),
 ]

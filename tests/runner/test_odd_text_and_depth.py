@@ -6,6 +6,7 @@ stored as it can be; none half-writes or stops a worker."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,3 +78,28 @@ async def test_delete_names_the_path_of_the_filter_as_given(app: Conveyor) -> No
         await app.find({"priority": {"$gt": "x"}})
     assert str(deleting.value) == str(finding.value)
     assert "filter.priority.$gt" in str(deleting.value)
+
+
+async def test_a_log_line_that_cannot_be_stored_does_not_block_the_writer(
+        tmp_path: Path) -> None:
+    """The batched writer's last guard (the senders check log data): a line whose data
+    is not JSON (an infinity) is stored with a note instead of its data, and the lines
+    beside it are stored; it failed the whole batch on every pass before."""
+    from conveyor._batched import BatchedWrites
+    from conveyor.events import EventBus
+    from conveyor.model import LogLevel
+    from conveyor.storage import NewLog
+
+    app = Conveyor(f"sqlite:///{tmp_path / 'guard.db'}")
+    try:
+        task = await app.add("g:x")
+        writes: BatchedWrites[object] = BatchedWrites(app.storage)
+        writes.logs = [NewLog(task.id, LogLevel.INFO, "bad", 1.0, {"x": float("inf")}),
+                       NewLog(task.id, LogLevel.INFO, "good", 2.0, {"n": 1})]
+        await writes.write_logs_and_progress(EventBus(), 0.0)
+        assert writes.logs == []
+        lines = await app.storage.read_logs(task.id)
+        assert [line.message for line in lines] == ["bad", "good"]
+        assert "unstorable" in (lines[0].data or {}) and lines[1].data == {"n": 1}
+    finally:
+        await app.close()
