@@ -414,3 +414,74 @@ async def test_a_closed_client_can_work_again(insecure_hub: RunningHub) -> None:
     async with working(client, "again"):
         task = await client.add("again:x", None)
         assert await client.wait(task.id, timeout=10) == 1
+
+
+async def test_a_stopping_service_finishes_or_hands_back_its_runs(hub: RunningHub) -> None:
+    """A graceful stop of ``work()``: a run that ends within ``stop_timeout`` reports
+    its result; one still running then goes back to the queue with its attempt
+    refunded and ``rescues`` unchanged. Both were taken from the service at once and
+    counted as lost runs (``rescues + 1``: four redeploys failed a long task)."""
+    client = HubClient(hub.url, hub.key("svc", subscribe=["stop:*"]))
+    started: dict[str, asyncio.Event] = {"short": asyncio.Event(), "long": asyncio.Event()}
+
+    @client.handler("stop:short")
+    async def short(ctx: Context) -> str:
+        started["short"].set()
+        await asyncio.sleep(0.5)
+        return "done"
+
+    @client.handler("stop:long")
+    async def long(ctx: Context) -> str:
+        started["long"].set()
+        await asyncio.sleep(30)
+        return "never"
+
+    work = asyncio.create_task(client.work("stopper", concurrency=2, stop_timeout=2.0))
+    try:
+        await client.wait_working(10)
+        quick = await hub.app.add("stop:short")
+        slow = await hub.app.add("stop:long")
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started.values())), 10)
+        client.stop()
+        await asyncio.wait_for(work, 20)
+    finally:
+        client.stop()
+        await client.close()
+    assert await hub.app.wait(quick.id, timeout=5) == "done"
+
+    async def handed_back() -> Any:  # the hub writes the release in its next batch
+        task = await hub.app.get(slow.id)
+        return task if task.status is not Status.RUNNING else None
+
+    back = await eventually(handed_back)
+    assert (back.status, back.attempts, back.rescues) == (Status.QUEUED, 0, 0), back
+
+
+async def test_a_thread_handler_ignoring_an_abort_is_abandoned_after_its_grace(
+        hub: RunningHub) -> None:
+    """``abort_grace`` of a remote thread handler, as in process: one that ignores
+    the abort is abandoned after its grace and the task ends ``aborted`` (the client
+    waited for the handler, and the hub ended the task after its own 5 s)."""
+    client = HubClient(hub.url, hub.key("svc", subscribe=["stubborn:*"]))
+    release = threading.Event()
+    started = threading.Event()
+
+    @client.handler("stubborn:loop", mode="thread", abort_grace=0.3)
+    def loop(ctx: Context) -> str:
+        started.set()
+        release.wait(20)  # ignores ctx.aborted
+        return "late"
+
+    async with working(client, "stubborn"):
+        try:
+            task = await hub.app.add("stubborn:loop")
+            assert await asyncio.to_thread(started.wait, 10)
+            async with HubClient(hub.url, hub.key("ops", admin=True)) as ops:
+                t0 = time.monotonic()
+                await ops.abort(task.id, "enough")
+                ended = await hub.app.wait_task(task.id, timeout=10)
+                took = time.monotonic() - t0
+        finally:
+            release.set()
+    assert (ended.status, ended.reason, ended.result) == (Status.ABORTED, "enough", None)
+    assert took < 3.0, took  # the handler's grace (0.3 s), not the hub's (5 s)

@@ -673,7 +673,8 @@ class HubClient:
 
     def stop(self) -> None:
         """Ask :meth:`work` to stop (thread-safe): it stops taking offers, lets
-        running tasks finish for ``stop_timeout`` seconds, and returns. A stop asked
+        running tasks finish for ``stop_timeout`` seconds, hands those still running
+        back to the queue (their attempt refunded), and returns. A stop asked
         while no :meth:`work` runs (one about to start, in another thread) applies
         to the next :meth:`work`, which then returns at once."""
         loop = self._loop

@@ -54,6 +54,7 @@ class _Run:
     abort_reason: str | None = None
     cancelled: bool = False           # the hub took it back: report nothing
     completed_by: str | None = None   # delivery all: another service returned first
+    aborting: asyncio.Event | None = None  # thread handlers: set by an abort
 
 
 class _RunTimedOut(Exception):
@@ -186,18 +187,21 @@ class WorkerSession:
             self.send({"type": "unsubscribe", "subscription": self.sub_id})
 
     async def unsubscribe(self, timeout: float) -> None:
-        """Stop taking offers; let running tasks finish for up to ``timeout`` seconds."""
+        """A graceful stop: take no more offers (those that come are refused), let
+        running tasks finish and report for up to ``timeout`` seconds, then end the
+        subscription: the hub hands the runs still going back to the queue, their
+        attempt refunded (as a stopping worker process does)."""
         self._give_back()
+        futures = [r.future for r in self.runs.values() if r.future is not None]
+        if futures:
+            await asyncio.wait(futures, timeout=timeout)
         link = self.link
         if link is not None and not link.closed.is_set() and self.sub_id is not None:
-            try:
+            try:  # after the reports of the runs that ended (one connection, in order)
                 await link.request({"type": "unsubscribe", "subscription": self.sub_id},
                                    timeout=5.0)
             except Exception:
                 pass
-        futures = [r.future for r in self.runs.values() if r.future is not None]
-        if futures:
-            await asyncio.wait(futures, timeout=timeout)
         if link is not None:
             await link.flush(2.0)
 
@@ -323,6 +327,8 @@ class WorkerSession:
             run.ctx._request_abort(reason)
         if run.handler.is_async and run.future is not None and not run.future.done():
             run.future.cancel()
+        if run.aborting is not None:
+            run.aborting.set()
 
     # -- running --------------------------------------------------------------------
 
@@ -420,9 +426,21 @@ class WorkerSession:
             self.pool = DaemonThreadPool(self.concurrency, name="conveyor-remote-handler")
         call = contextvars.copy_context().run
         future = self.loop.run_in_executor(self.pool, call, run.handler.fn, ctx)
+        run.aborting = asyncio.Event()
+        if run.abort_reason is not None:
+            run.aborting.set()
+        aborting = asyncio.ensure_future(run.aborting.wait())
         try:
             async with asyncio.timeout(timeout) as scope:
-                return await asyncio.shield(future)
+                await asyncio.wait({future, aborting}, return_when=asyncio.FIRST_COMPLETED)
+                if not future.done():
+                    # an abort: the handler sees ctx.aborted; one that ignores it for
+                    # its abort_grace is abandoned (its thread ends when it returns)
+                    await asyncio.wait({future}, timeout=run.handler.abort_grace)
+                    if not future.done():
+                        future.add_done_callback(_retrieve)
+                        raise TaskAbortRequested(run.abort_reason or "aborted")
+                return future.result()
         except TimeoutError:
             if not scope.expired():  # the handler's own TimeoutError
                 raise
@@ -432,6 +450,8 @@ class WorkerSession:
         except asyncio.CancelledError:
             await asyncio.wait({future}, timeout=run.handler.abort_grace)
             raise
+        finally:
+            aborting.cancel()
 
     @staticmethod
     def _timed_out_report(handler: Handler, timeout: float) -> dict[str, Any]:
@@ -509,3 +529,9 @@ def with_accept(handler: Handler, accept: Callable[[Task], bool] | None) -> Hand
         return handler
     return replace(handler, options={**handler.options, "accept": accept})
 
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Read the outcome of an abandoned handler thread when it ends (its value is
+    discarded; an exception is not left unretrieved)."""
+    if not future.cancelled():
+        future.exception()

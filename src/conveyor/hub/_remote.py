@@ -654,7 +654,10 @@ class Remote:
                     self._place_part(part)
             else:
                 self._forget(held)
-                if held.state == "running" and not self._stopping:
+                # a connection that went away lost its runs (rescues + 1); one that
+                # said `unsubscribe` (a service stopping) hands them back, as a
+                # stopping worker process does (attempt refunded)
+                if held.state == "running" and not self._stopping and why != "unsubscribed":
                     self.writer.log(NewLog(held.task.id, LogLevel.WARNING,
                                            f"service {service.name} ({why}) let go of this task "
                                            "while running it", time.time(),
@@ -1007,6 +1010,7 @@ class Remote:
                 outcome = Raised(ErrorInfo("ValidationError", str(exc), attempt=task.attempts,
                                            at=time.time()), retryable=False)
         elif name == "drop":
+            opt_str(msg, "reason", limit=500)  # checked like every field (not stored)
             outcome = Returned(None)
         elif name == "fail":
             retryable = opt_bool(msg, "retryable", True)
