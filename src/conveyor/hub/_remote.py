@@ -300,15 +300,27 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
         while not self.idle.is_set():
             await self.idle.wait()
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 15.0) -> None:
+        """Write what is pending, then stop. A write that keeps failing (the database
+        gone) is given up after ``timeout`` seconds, so that the hub still stops:
+        the tasks whose outcome was not stored are rescued when their leases end."""
         self.progress_written.clear()
         for lease, _ in list(self.progress.values()):
             self.progress_written[lease.task_id] = 0.0
-        await self.drain()
+        try:
+            await asyncio.wait_for(self.drain(), timeout)
+        except TimeoutError:
+            log.error("hub: could not store %d outcome(s) and %d log line(s) reported by "
+                      "services before stopping; their tasks will be rescued when their "
+                      "leases end", len(self.completions), len(self.logs))
+            if self._task is not None:
+                self._task.cancel()
         self._closing = True
         self.work.set()
         if self._task is not None:
-            await self._task
+            await asyncio.wait({self._task})  # ended, or cancelled above
+            if not self._task.cancelled() and self._task.exception() is not None:
+                raise self._task.exception()  # type: ignore[misc]
 
     def _busy(self) -> bool:
         return bool(self.completions or self.logs or self.releases or self.lost or self.jobs)
