@@ -402,6 +402,31 @@ async def test_a_live_query_resyncs_when_the_hub_comes_back(tmp_path: Path) -> N
     await client.close()
 
 
+async def test_a_follow_resumes_across_a_hub_restart(tmp_path: Path) -> None:
+    """``follow`` waits for a restarting hub, as ``work()`` does (it raised
+    "cannot reach the hub" when the reconnect found the port closed)."""
+    config = HubConfig(port=free_port(), insecure=True)
+    url = hub_db_url(tmp_path)
+    client = HubClient(f"http://127.0.0.1:{config.port}")
+    async with running_hub(Conveyor(url), config, None) as hub:
+        task = await hub.app.add("f:x", 1)
+        follow = client.follow(task.id)
+        first = await follow.__anext__()
+        assert first.type == "watching" and first.data["task"]["status"] == "queued"
+    other = Conveyor(url)
+    await other.abort(task.id, "while the hub was away")
+    await other.close()
+    pending = asyncio.ensure_future(follow.__anext__())
+    await asyncio.sleep(0.3)  # the client finds the port closed and retries meanwhile
+    assert not pending.done()
+    async with running_hub(Conveyor(url), config, None):
+        again = await asyncio.wait_for(pending, 20)
+        assert again.type == "watching" and again.data["task"]["status"] == "aborted"
+        rest = [u.type async for u in follow]
+        assert rest[-1] == "end", rest
+    await client.close()
+
+
 async def test_a_closed_client_can_work_again(insecure_hub: RunningHub) -> None:
     client = HubClient(insecure_hub.url)
 

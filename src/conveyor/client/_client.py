@@ -74,10 +74,11 @@ MISSING: Any = _Missing()
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """One message about a followed task: ``watching`` (first, with the task),
-    ``start``, ``pickup``, ``update`` (progress), ``log``, ``emit``, ``queued``,
-    ``abort_requested``, ``success``, ``fail``, ``end`` (last). ``data`` is the
-    message as the hub sent it."""
+    """One message about a followed task: ``watching`` (first, with the task; again
+    after a resumed connection, with the task as it is then), ``start``, ``pickup``,
+    ``update`` (progress), ``log``, ``emit``, ``queued``, ``abort_requested``,
+    ``success``, ``fail``, ``end`` (last). ``data`` is the message as the hub sent
+    it."""
 
     type: str
     task_id: str
@@ -480,12 +481,23 @@ class HubClient:
                      logs: bool = True) -> AsyncIterator[Update]:
         """The task's messages: ``watching`` (the task), its logs from the start, then
         progress, logs and status changes, ending with ``end``. A lost connection is
-        resumed (log lines already seen are skipped)."""
+        resumed, also across a restart of the hub: another ``watching`` then gives
+        the task as it is, and log lines already seen are skipped."""
         level = LogLevel.parse(max_level).name.lower()
         last_seq = 0
         delay = 0.1
+        followed = False
         while True:
-            link = await self._connect()
+            try:
+                link = await self._connect()
+            except HubError as exc:
+                # the first connection must work; a resumed one waits for the hub
+                # (restarting, say) as work() does
+                if not followed or exc.status in (401, 403):
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+                continue
             queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
             message = {"type": "watch", "id": link.new_id(), "task_id": task_id,
                        "max_level": level, "logs": logs}
@@ -498,6 +510,8 @@ class HubClient:
                     continue
                 raise _mapped(exc) from None
             ended = False
+            followed = True
+            delay = 0.1
             try:
                 yield Update("watching", task_id, reply)
                 while True:
