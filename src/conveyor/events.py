@@ -31,7 +31,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._aio import stop_tasks
@@ -466,6 +466,7 @@ class ChangeRelay:
         self._task: asyncio.Task[None] | None = None
         self._log_seen: dict[str, int] = {}
         self._progress_seen: dict[str, Progress] = {}
+        self._attempts_seen: dict[str, tuple[int, int]] = {}  # (version, attempts)
         self.listeners: list[Callable[[Sequence[Change]], None]] = []
         self._ready = asyncio.Event()
 
@@ -549,8 +550,14 @@ class ChangeRelay:
         except Exception:
             log.exception("could not read tasks for events")
             tasks = {}
+        attempts = self._attempts_of(changes, tasks)
         for change, type in wanted:
             task = tasks.get(change.task_id)
+            if task is not None and task.version != change.version and change.event != "log":
+                # read after the task moved on: shown as this change left it
+                task = replace(task, status=change.status, version=change.version,
+                               attempts=attempts.get((change.task_id, change.version),
+                                                     task.attempts))
             if change.event == "log":
                 await self._emit_logs(change, task)
                 continue
@@ -572,11 +579,47 @@ class ChangeRelay:
             if change.event in _ENDING:
                 self.bus.emit(Event("task.ended", change.task_id, task, data, change.ts))
 
+    def _attempts_of(self, changes: Sequence[Change], tasks: Mapping[str, Task]
+                     ) -> dict[tuple[str, int], int]:
+        """A task's attempts after each change of this batch, where the feed tells
+        them: counted from the last change seen of the task (or its addition) along
+        versions without a gap, else back from the task as read when that read is
+        the batch's last change of it."""
+        out: dict[tuple[str, int], int] = {}
+        by_task: dict[str, list[Change]] = {}
+        for change in changes:
+            by_task.setdefault(change.task_id, []).append(change)
+        for task_id, items in by_task.items():
+            items.sort(key=lambda c: c.version)
+            prev = self._attempts_seen.get(task_id)
+            for change in items:
+                if change.event == "added":
+                    prev = (change.version, 0)
+                elif prev is not None and change.version == prev[0] + 1:
+                    prev = (change.version, max(0, prev[1] + _ATTEMPT_DELTA.get(change.event, 0)))
+                elif prev is None or change.version != prev[0]:
+                    prev = None
+                if prev is not None:
+                    out[(task_id, change.version)] = prev[1]
+            task = tasks.get(task_id)
+            if task is not None and task.version == items[-1].version:
+                last = (task.version, task.attempts)
+                count = task.attempts
+                for newer, change in zip(reversed(items), reversed(items[:-1]), strict=False):
+                    if newer.version != change.version + 1:
+                        break
+                    count -= _ATTEMPT_DELTA.get(newer.event, 0)
+                    out.setdefault((task_id, change.version), max(0, count))
+                out[(task_id, task.version)] = task.attempts
+                prev = last
+            if prev is not None:
+                _remember(self._attempts_seen, task_id, prev)
+            else:
+                self._attempts_seen.pop(task_id, None)
+        return out
+
     def _saw_progress(self, task_id: str, progress: Progress) -> None:
-        self._progress_seen[task_id] = progress
-        if len(self._progress_seen) > 10_000:
-            for key in list(self._progress_seen)[:5_000]:
-                del self._progress_seen[key]
+        _remember(self._progress_seen, task_id, progress)
 
     async def _emit_logs(self, change: Change, task: Task | None) -> None:
         after = self._log_seen.get(change.task_id, 0)
@@ -588,13 +631,29 @@ class ChangeRelay:
         for record in records:
             self.bus.emit(Event("task.log", change.task_id, task, {"log": record}, record.ts))
             after = record.seq
-        self._log_seen[change.task_id] = after
-        if len(self._log_seen) > 10_000:
-            for key in list(self._log_seen)[:5_000]:
-                del self._log_seen[key]
+        _remember(self._log_seen, change.task_id, after)
 
 
 def event_types_matching(pattern: str | Sequence[str]) -> Iterable[str]:
     """The known event types a pattern matches (for validation and docs)."""
     match = _matcher(pattern)
     return [t for t in EVENT_TYPES if match(t)]
+
+
+_SEEN_CAP = 10_000
+
+
+def _remember(seen: dict[str, Any], task_id: str, value: Any) -> None:
+    """Note what was last seen of a task, the most recently noted last: past
+    :data:`_SEEN_CAP` tasks the least recently active quarter is forgotten (tasks that
+    ended long ago), not those still logging (forgotten, their lines came again)."""
+    seen.pop(task_id, None)
+    seen[task_id] = value
+    if len(seen) > _SEEN_CAP:
+        for key in list(seen)[:_SEEN_CAP // 4]:
+            del seen[key]
+
+
+# How a change moves a task's attempts: a claim counts one, a reschedule, a release
+# or a rescue gives it back.
+_ATTEMPT_DELTA = {"started": 1, "rescheduled": -1, "released": -1, "rescued": -1}

@@ -109,3 +109,20 @@ def stuck_sync(ctx: Context[Any]) -> int:
     record(ctx)
     time.sleep(float(ctx.payload.get("sleep", 30)))
     return os.getpid()
+
+
+@app.handler("retry_thrice", max_attempts=4)
+async def retry_thrice(ctx: Context[Any]) -> Any:
+    """Retried at once three times, then done: run ends that another process sees
+    after the task has moved on."""
+    from conveyor import Retry
+
+    return Retry(after=0) if ctx.attempt < 4 else ctx.attempt
+
+
+@app.handler("reschedule_thrice")
+async def reschedule_thrice(ctx: Context[Any]) -> Any:
+    from conveyor import Reschedule
+
+    rounds = (ctx.task.result or 0) + 1
+    return Reschedule(after=0, result=rounds) if rounds < 4 else "done"

@@ -128,3 +128,40 @@ async def test_progress_stored_with_the_result_is_reported_before_the_end(
 
 async def _seen_end(seen: list[tuple[str, Any]]) -> bool:
     return any(kind == "task.succeeded" for kind, _ in seen)
+
+
+_STATUS_OF = {"task.started": "running", "task.retrying": "queued",
+              "task.rescheduled": "queued", "task.succeeded": "succeeded"}
+
+
+@pytest.mark.parametrize("action", ["retry_thrice", "reschedule_thrice"])
+async def test_events_from_another_process_show_each_change(
+        db: str, tmp_path: Path, action: str) -> None:
+    """Changes relayed from another process: each event's task is the change's
+    status and version, even when the task moved on before it was read (a retried
+    task claimed again at once). The relay attached the task as read to every change
+    of a batch: ``task.retrying`` showed it running or succeeded, versions repeated."""
+    app = Conveyor(db)
+    try:
+        with workers(1, {"CONVEYOR_DB": db, "LEDGER": str(tmp_path / "l.txt")}):
+            for _ in range(3):
+                seen: list[tuple[str, str, int, int]] = []
+                async with app.events(list(_STATUS_OF)) as events:
+                    task = await app.add(action)
+                    async for event in events:
+                        if event.task_id != task.id:
+                            continue
+                        assert event.task is not None
+                        seen.append((event.type, event.task.status.value,
+                                     event.task.version, event.data["version"]))
+                        if event.type == "task.succeeded":
+                            break
+                assert [s[0] for s in seen] == [
+                    "task.started", f"task.{'retrying' if 'retry' in action else 'rescheduled'}",
+                ] * 3 + ["task.started", "task.succeeded"]
+                assert all(status == _STATUS_OF[kind] for kind, status, _, _ in seen), seen
+                versions = [v for _, _, v, _ in seen]
+                assert versions == [d for _, _, _, d in seen]
+                assert versions == sorted(set(versions)), seen
+    finally:
+        await app.close()

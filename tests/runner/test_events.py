@@ -275,3 +275,22 @@ async def test_a_run_end_read_back_after_the_task_moved_on_shows_that_end() -> N
             retried.version) == (Status.QUEUED, 1, 5.0, None, 3)
     assert retried.errors == (error,)
     assert by_type["task.succeeded"] == stored_t2  # as read: it had not moved on
+
+
+def test_the_relay_forgets_the_least_recently_active_tasks_first() -> None:
+    """What the relay remembers per task (the last log line emitted, the last
+    progress) is bounded; past the bound it forgets the tasks least recently active.
+    It forgot the first noted: a task still logging after 10,000 others had logs got
+    its lines again from the first (duplicate task.log events)."""
+    from conveyor.events import _SEEN_CAP, _remember
+
+    seen: dict[str, int] = {}
+    _remember(seen, "busy", 1)
+    for i in range(_SEEN_CAP - 1):
+        _remember(seen, f"other-{i}", 1)
+    _remember(seen, "busy", 2)  # active again: now the most recent
+    for i in range(_SEEN_CAP // 2):
+        _remember(seen, f"later-{i}", 1)
+    assert seen["busy"] == 2
+    assert len(seen) <= _SEEN_CAP
+    assert "other-0" not in seen
