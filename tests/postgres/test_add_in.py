@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import psycopg
@@ -10,7 +11,7 @@ import pytest
 
 from conveyor.model import Status
 from conveyor.query import parse_filter
-from conveyor.storage.postgres import parse_postgres_url
+from conveyor.storage.postgres import PostgresStorage, parse_postgres_url
 from conveyor.testing.contract import make_spec
 
 from .conftest import listening
@@ -292,3 +293,30 @@ async def test_the_adding_app_announces_add_in_tasks_at_the_commit(schema_url: s
         assert tallied.count("added test:a") == 3
     finally:
         await app.close()
+
+
+async def test_a_connection_to_another_database_is_refused(
+        storage: Any, schema_url: str, server: str) -> None:
+    """The caller's connection must reach this storage's database: on another one
+    (with a conveyor schema of its own) the task was committed where this app's
+    workers never look."""
+    from conveyor.errors import ConfigurationError
+
+    other_db = f"conveyor_other_{uuid.uuid4().hex[:8]}"
+    async with await psycopg.AsyncConnection.connect(server, autocommit=True) as admin:
+        await admin.execute(f'CREATE DATABASE "{other_db}"')
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(server)
+        other = psycopg.conninfo.make_conninfo(**{**parts, "dbname": other_db})
+        twin = PostgresStorage(f"{server.rsplit('/', 1)[0]}/{other_db}"
+                               f"?schema={storage.schema}&migrate=true")
+        await twin.open()  # the same schema there: nothing else would fail
+        await twin.close()
+        async with await psycopg.AsyncConnection.connect(other) as conn:
+            with pytest.raises(ConfigurationError, match=f"not '{other_db}'"):
+                async with conn.transaction():
+                    await storage.add_in(conn, [make_spec()])
+        assert await storage.count(parse_filter({})) == 0
+    finally:
+        async with await psycopg.AsyncConnection.connect(server, autocommit=True) as admin:
+            await admin.execute(f'DROP DATABASE "{other_db}" WITH (FORCE)')

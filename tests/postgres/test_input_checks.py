@@ -43,6 +43,11 @@ async def test_a_plus_in_a_url_value_stays_a_plus(schema_url: str) -> None:
     ("postgresql://ann:pw@db.example/db?target_session_attrs=any-one", "target_session_attrs"),
     ("postgresql://ann:p@ss@db.example/db", "%40"),
     ("postgresql://ann:pw@db.example/db?schema=pg_jobs", "pg_"),
+    # a bad escape in a query value: libpq refuses it, the parser kept it (re-encoded,
+    # the password was sent as written and failed as a wrong password)
+    ("postgresql://ann@db.example/db?password=pw%zzss",
+     "invalid percent-encoded token in 'password'"),
+    ("postgresql://ann:pw@db.example/db?application_name=a%z", "in 'application_name'"),
 ])
 def test_values_libpq_would_refuse_on_connecting_are_configuration_errors(
         url: str, named: str) -> None:

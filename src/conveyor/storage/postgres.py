@@ -183,7 +183,10 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
         raise ConfigurationError(
             f"bad postgres URL {_hide_password(url)!r}: more than one '@' before the host; "
             "write an '@' in the user name or password as %40")
-    query = _parse_query(parts.query)
+    try:
+        query = _parse_query(parts.query)
+    except ValueError as exc:
+        raise ConfigurationError(f"bad postgres URL {_hide_password(url)!r}: {exc}") from None
     _check_keys(url, parts, [k for k, _ in query])
     _check_libpq_values(url, query)
     ours = {k: v for k, v in query if k in _OPTIONS}
@@ -234,8 +237,14 @@ def _parse_query(text: str) -> list[tuple[str, str]]:
     for item in text.split("&"):
         if item:
             key, _, value = item.partition("=")
+            if _BAD_ESCAPE.search(item):  # libpq refuses it; unquote would keep it
+                raise ValueError(f"invalid percent-encoded token in {unquote(key)!r} (write "
+                                 "a '%' as %25)")
             pairs.append((unquote(key), unquote(value)))
     return pairs
+
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 _CHOICES = {
@@ -629,6 +638,7 @@ class PostgresStorage(FanoutFeed, Storage):
         self._open_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._opened = False
         self._p0: tuple[str, float] | None = None
+        self._dbname: str | None = None  # the database's name, read when it opens
         self._listener: Listener | None = None
         self._feed = Fanout(self.instance_id, on_first=self._start_listener)
         self._ready_hooks: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
@@ -675,6 +685,7 @@ class PostgresStorage(FanoutFeed, Storage):
             conn = await _connect(self._conninfo, self.url,
                                   prepare_threshold=self.options.prepare_threshold)
             try:
+                self._dbname = conn.info.dbname
                 await _check_server(conn, self.url)
                 if self.options.migrate:
                     await _apply_migrations(conn, self.schema)
@@ -934,6 +945,11 @@ class PostgresStorage(FanoutFeed, Storage):
             raise ConfigurationError(
                 f"add_in() needs a connection inside a transaction: use `{enter}` "
                 "(or a connection without autocommit)")
+        if self._dbname is not None and conn.info.dbname != self._dbname:
+            # its tasks would be stored where this app's workers never look
+            raise ConfigurationError(
+                f"add_in() needs a connection to this storage's database "
+                f"{self._dbname!r}, not {conn.info.dbname!r}")
         built = [s if isinstance(s, TaskSpec) else _build(s) for s in specs]
         if not built:
             return []
