@@ -29,16 +29,24 @@ def chatty(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         async with app:
             task = await app.add("chatty")
             await app.wait(task.id, timeout=60)
+            # and enough tasks for `ls` to print more than a pipe holds
+            await app.add_many([("filler", {"pad": "x" * 200})] * 3000)
         return task.id
 
     return url, run(make, url)
 
 
-@pytest.mark.parametrize("command", [["tail"], ["show", "--logs"]])
+@pytest.mark.parametrize("command", [
+    ["tail", "ID"], ["show", "ID", "--logs"],
+    # one large write each (a table, a JSON document): a pipe cut it short without an
+    # error, and these ended with exit code 0
+    ["show", "ID", "--logs", "--json"], ["ls", "--limit", "0"], ["ls", "--limit", "0", "--json"],
+])
 def test_a_closed_output_ends_the_command_quietly(chatty: tuple[str, str],
                                                   command: list[str]) -> None:
     url, task_id = chatty
-    proc = subprocess.Popen([*CLI, command[0], task_id, *command[1:], "--db", url],
+    args = [task_id if arg == "ID" else arg for arg in command]
+    proc = subprocess.Popen([*CLI, *args, "--db", url],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.readline()

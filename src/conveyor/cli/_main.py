@@ -136,8 +136,10 @@ def main(args: Sequence[str] | None = None, *, prog_name: str = "conveyor") -> N
     code = run(args, prog_name=prog_name)
     try:
         sys.stdout.flush()
-    except OSError:
+    except OSError as exc:
         _silence_stdout()
+        if exc.errno == errno.EPIPE and code == 0:
+            code = EXIT_FAILED  # the reader went away before the end: not all was written
     sys.exit(code)
 
 

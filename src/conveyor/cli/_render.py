@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import IO, Any, cast
 
 from rich.console import Console, JustifyMethod
 from rich.markup import escape
@@ -22,6 +22,7 @@ from conveyor.storage import WorkerInfo
 
 __all__ = [
     "STALE_AFTER",
+    "ChunkedOut",
     "ago",
     "err_console",
     "log_line",
@@ -73,8 +74,30 @@ class _Console(Console):
         raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
 
+class ChunkedOut:
+    """Standard output written in pieces of at most 64 KiB. A single large write to a
+    pipe whose reader goes away (``| head``) is cut short without an error (the rest
+    is lost and the command would end with exit code 0); in pieces, the next one
+    raises ``BrokenPipeError``."""
+
+    PIECE = 1 << 16
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        for start in range(0, len(text), self.PIECE):
+            self._stream.write(text[start:start + self.PIECE])
+            self._stream.flush()
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, flush, ...
+        return getattr(self._stream, name)
+
+
 def out_console() -> Console:
-    return _Console(highlight=False, width=_width(False))
+    return _Console(highlight=False, width=_width(False),
+                    file=cast("IO[str]", ChunkedOut(sys.stdout)))
 
 
 def err_console() -> Console:

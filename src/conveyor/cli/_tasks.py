@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from ._base import (
     store_target,
 )
 from ._render import (
+    ChunkedOut,
     err_console,
     log_line,
     out_console,
@@ -74,7 +76,7 @@ def _run(coro: Any) -> Any:
 
 
 def _echo_json(value: Any) -> None:
-    click.echo(dump_json(value))
+    ChunkedOut(sys.stdout).write(dump_json(value) + "\n")
 
 
 def _warn(message: str) -> None:
