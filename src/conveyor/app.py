@@ -36,9 +36,12 @@ from .query import Filter, all_of, parse_filter, parse_query
 from .schedule import Schedule
 from .storage import AddResult, Change, Storage, WorkerInfo, open_storage
 
-__all__ = ["DEFAULT_URL", "Conveyor"]
+__all__ = ["DEFAULT_URL", "MAX_CONCURRENCY", "Conveyor"]
 
 log = logging.getLogger("conveyor")
+
+MAX_CONCURRENCY = 100_000
+"""The most tasks one worker may run at once (``concurrency``)."""
 
 _ENDED = parse_filter({"status": {"$in": ["succeeded", "failed", "aborted"]}})
 """What ``delete`` by filter adds to the caller's filter: tasks that have ended."""
@@ -88,8 +91,10 @@ class Conveyor:
                  max_rescues: int = 3, sweep_interval: float | None = None,
                  idle_poll: float = 1.0, progress_interval: float = 0.05,
                  stop_timeout: float = 10.0, retention: float | None = None) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be an integer >= 1, not {concurrency!r}")
+        if (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+                or concurrency > MAX_CONCURRENCY):
+            raise ConfigurationError(f"concurrency must be an integer from 1 to "
+                                     f"{MAX_CONCURRENCY}, not {concurrency!r}")
         if batch_size is not None and (isinstance(batch_size, bool)
                                        or not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigurationError(f"batch_size must be an integer >= 1, not {batch_size!r}")

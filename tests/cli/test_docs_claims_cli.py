@@ -152,13 +152,29 @@ def test_documented_defaults_in_help_and_refusals_without_a_hub(tmp_path: Path) 
         "demo-hub": ("--hub", nowhere, "demo"),
         "credentials-hub": ("--hub", nowhere, "credentials", "list"),
         "lease": ("serve", "--service-lease", "0.05", "--insecure", "--port", "0"),
+        # nan and inf were accepted: every WebSocket's welcome then failed to encode
+        "lease-nan": ("serve", "--service-lease", "nan", "--insecure", "--port", "0"),
+        "lease-inf": ("serve", "--service-lease", "inf", "--insecure", "--port", "0"),
+        "public-url": ("serve", "--public-url", "notaurl", "--insecure", "--port", "0"),
+        "concurrency": ("worker", "m:app", "--concurrency", "3000000000"),
+        "older-than": ("prune", "--older-than", "1e300", "--db",
+                       f"sqlite:///{tmp_path / 'none.db'}"),
+        "older-than-hub": ("prune", "--older-than", "1e300", "--hub", nowhere, "--key", "k"),
     }, cwd=tmp_path)
     serve = " ".join(results["serve"].out.split())
-    for default in ("default: 127.0.0.1]", "default: 8765;", "default: 30.0;"):
+    for default in ("default: 127.0.0.1]", "default: 8765;", "at least 0.1.",
+                    "default: 30.0]"):
         assert default in serve, (default, serve)
     assert_error(results["demo-hub"], 2, "'demo' does not work through a hub")
     assert_error(results["credentials-hub"], 2, "'credentials' does not work through a hub")
     assert_error(results["lease"], 2, "--service-lease")
+    assert_error(results["lease-nan"], 2, "--service-lease", "finite")
+    assert_error(results["lease-inf"], 2, "--service-lease", "finite")
+    assert_error(results["public-url"], 2, "--public-url", "http://")
+    assert_error(results["concurrency"], 2, "--concurrency", "100000")
+    # the 100-year bound of durations names the option, with --db and through a hub
+    assert_error(results["older-than"], 2, "--older-than", "100 years")
+    assert_error(results["older-than-hub"], 2, "--older-than", "100 years")
     assert not any(tmp_path.iterdir())  # nothing was created
 
 

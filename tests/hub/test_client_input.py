@@ -127,3 +127,22 @@ async def test_an_empty_abort_reason_is_refused_over_the_websocket(
     finally:
         await ws.close()
     assert (await insecure_hub.app.get(queued.id)).reason == "aborted"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"service_lease": float("nan")}, "service_lease must be a finite number"),
+    ({"service_lease": float("inf")}, "service_lease must be a finite number"),
+    ({"service_lease": 0.05}, "service_lease must be at least 0.1"),
+    ({"abort_grace": -1}, "abort_grace must be a finite number >= 0"),
+    ({"offer_timeout": "30"}, "offer_timeout must be a finite number"),
+    ({"public_url": "notaurl"}, "public_url must be an http:// or https:// URL"),
+    ({"public_url": "ftp://hub.example"}, "public_url must be an http:// or https:// URL"),
+])
+def test_hub_settings_are_checked(options: dict[str, object], message: str) -> None:
+    """A NaN lease was accepted, and every WebSocket's welcome failed to encode."""
+    from conveyor.errors import ConfigurationError
+    from conveyor.hub import HubConfig
+
+    with pytest.raises(ConfigurationError, match=message):
+        HubConfig(**options)  # type: ignore[arg-type]
+    assert HubConfig(public_url="https://hub.example/x/").base_url == "https://hub.example/x"

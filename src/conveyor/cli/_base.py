@@ -22,6 +22,7 @@ from conveyor.errors import (
     UnknownAction,
     ValidationError,
 )
+from conveyor.model import MAX_SECONDS
 
 if TYPE_CHECKING:
     from conveyor.client import HTTPClient
@@ -342,13 +343,14 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
     """Seconds, as a number or a number with a unit: ``90``, ``30m``, ``12h``, ``7d``, ``2w``;
-    more than 0 when ``strict``."""
+    more than 0 when ``strict``, at least ``minimum``, at most 100 years."""
 
     name = "duration"
 
-    def __init__(self, what: str, *, strict: bool = False) -> None:
+    def __init__(self, what: str, *, strict: bool = False, minimum: float = 0.0) -> None:
         self.what = what
         self.strict = strict
+        self.minimum = minimum
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return self.what.upper()
@@ -370,6 +372,11 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
         if not math.isfinite(seconds) or seconds < 0 or (self.strict and seconds == 0):
             bound = "> 0" if self.strict else ">= 0"
             self.fail(f"must be a finite duration {bound}, not {value!r}", param, ctx)
+        if seconds < self.minimum:
+            self.fail(f"must be at least {self.minimum:g} seconds, not {value!r}", param, ctx)
+        if seconds > MAX_SECONDS:  # what every duration of the library allows
+            self.fail(f"must be at most {MAX_SECONDS:.0f} seconds (100 years), not {value!r}",
+                      param, ctx)
         return seconds
 
 

@@ -15,7 +15,7 @@ import click
 from conveyor.app import Conveyor
 from conveyor.storage import open_storage
 
-from ._base import EXIT_OK, CliError, db_option, db_url, explicit_db
+from ._base import EXIT_OK, CliError, Duration, db_option, db_url, explicit_db
 from ._signals import stop_signals
 
 if TYPE_CHECKING:
@@ -46,6 +46,19 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _public_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from conveyor.errors import ConfigurationError
+    from conveyor.hub._config import check_public_url
+
+    try:
+        return check_public_url(value)
+    except ConfigurationError:
+        raise click.BadParameter(f"must be an http:// or https:// URL with a host, not "
+                                 f"{value!r}") from None
+
+
 def _credentials_file(path: str | None) -> str:
     return path or os.environ.get(CREDENTIALS_ENV, "").strip() or DEFAULT_CREDENTIALS
 
@@ -60,12 +73,12 @@ def _credentials_file(path: str | None) -> str:
                    "(its storage is used unless --db is given).")
 @click.option("--insecure", is_flag=True,
               help="Accept every client without a credential (every client is an admin).")
-@click.option("--public-url", default=None, metavar="URL",
+@click.option("--public-url", default=None, metavar="URL", callback=_public_url,
               help="The URL clients reach the hub at (for tasks' public_url).")
-@click.option("--service-lease", type=click.FloatRange(min=0.1), default=30.0,
+@click.option("--service-lease", type=Duration("seconds", minimum=0.1), default=30.0,
               show_default=True, metavar="SECONDS",
               help="How long a remote worker's claim lasts without a heartbeat (tasks of a "
-                   "hub that died come back after this).")
+                   "hub that died come back after this); at least 0.1.")
 @click.option("--delivery", multiple=True, metavar="PATTERN=MODE",
               help="Delivery mode of matching actions: one (the default) or all; repeatable.")
 @_credentials_option

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from conveyor.app import Conveyor
+from conveyor.app import MAX_CONCURRENCY, Conveyor
 from conveyor.storage import open_storage
 from conveyor.sync import SyncConveyor
 
@@ -59,7 +59,7 @@ def load_app(target: str) -> Conveyor:
 
 @click.command("worker", short_help="Run the worker of a Conveyor app.")
 @click.argument("target", metavar="MODULE:APP")
-@click.option("--concurrency", type=click.IntRange(min=1),
+@click.option("--concurrency", type=click.IntRange(min=1, max=MAX_CONCURRENCY),
               help="Tasks run at once (overrides the app's setting).")
 @click.option("--stop-timeout", type=Duration("seconds"),
               help="On stop, seconds running tasks get to finish before they are handed "

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
-__all__ = ["HubConfig"]
+from ..errors import ConfigurationError
+
+__all__ = ["HubConfig", "check_public_url"]
 
 _WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
@@ -63,6 +68,18 @@ class HubConfig:
             if mode not in ("one", "all"):
                 raise ValueError(f"delivery mode of {pattern!r} must be 'one' or 'all', "
                                  f"not {mode!r}")
+        if self.public_url is not None:
+            check_public_url(self.public_url)
+        for name in ("max_rate", "login_window", "login_lockout", "offer_timeout",
+                     "abort_grace", "service_lease"):
+            value = getattr(self, name)
+            # a NaN lease was accepted, then every connection's welcome failed to encode
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or value < 0):
+                raise ConfigurationError(f"{name} must be a finite number >= 0, not {value!r}")
+        if self.service_lease < 0.1:
+            raise ConfigurationError(
+                f"service_lease must be at least 0.1 seconds, not {self.service_lease!r}")
 
     @property
     def ws_max_size(self) -> int:
@@ -84,3 +101,15 @@ class HubConfig:
         elif ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+
+def check_public_url(url: Any) -> str:
+    """``url`` when it is an http(s) URL with a host (the base of tasks' ``public_url``);
+    else :class:`ConfigurationError`."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
+            or any(c.isspace() for c in url):
+        raise ConfigurationError(f"public_url must be an http:// or https:// URL with a "
+                                 f"host, not {url!r}")
+    assert isinstance(url, str)
+    return url
