@@ -71,9 +71,9 @@ def test_a_stored_time_out_of_range_is_printed_not_fatal(tmp_path: Path) -> None
 
 def test_add_refuses_a_time_out_of_range(db: str) -> None:
     result = cli("add", "later", "--delay", "1e12", "--db", db)
-    assert_error(result, 2, "delay must be at most 3155760000 seconds (100 years)")
+    assert_error(result, 2, "'--delay': must be at most 3155760000 seconds (100 years)")
     result = cli("add", "later", "--timeout", "1e12", "--db", db)
-    assert_error(result, 2, "timeout must be at most 3155760000 seconds")
+    assert_error(result, 2, "'--timeout': must be at most 3155760000 seconds")
     ok = cli("add", "later", "--delay", "3155760000", "--db", db)
     assert ok.code == 0, ok
     assert count(db) == 1
