@@ -133,12 +133,15 @@ async def run_bench(url: str | Storage, *, tasks: int, concurrency: int, latency
 async def _leave_note(app: Conveyor, action: str) -> None:
     """An interrupted or failed run: delete its finished tasks and say which are left
     (queued ones wait for a handler of their action, which no other worker has)."""
-    try:
-        await app.stop()
-        await app.delete({"action": action})
-        left = await app.count({"action": action})
-    except BaseException:  # the first error is the one to report
-        left = -1
+    left = -1
+    for _ in range(2):  # again once: an interrupted statement may have spoilt a connection
+        try:
+            await app.stop()
+            await app.delete({"action": action})
+            left = await app.count({"action": action})
+            break
+        except BaseException:  # the first error is the one to report
+            continue
     if left:
         what = "some" if left < 0 else f"{left:,}"
         err_console().print(
