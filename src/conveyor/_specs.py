@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import reprlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADD_OPTIONS",
     "build_spec",
+    "check_abort_reason",
     "check_backoff",
     "check_max_attempts",
     "check_priority",
@@ -46,6 +47,7 @@ __all__ = [
     "check_task_id",
     "check_unicode",
     "in_batch",
+    "task_ids",
     "unique_key_from_fields",
     "unique_scope",
     "unpack_item",
@@ -79,6 +81,28 @@ def check_task_id(task_id: Any) -> None:
         raise ValidationError("a task id is a non-empty string of at most 100 characters, "
                               f"not {reprlib.repr(task_id)}")
     check_unicode(task_id, "a task id")
+
+
+def check_abort_reason(reason: Any) -> str:
+    """An abort reason: a non-empty string of valid Unicode."""
+    if not isinstance(reason, str) or not reason:
+        raise ValidationError("abort reason must be a non-empty string")
+    return check_unicode(reason, "the abort reason")
+
+
+def task_ids(target: Any) -> list[str]:
+    """The ids ``delete`` was given (one id or several; a filter is read elsewhere),
+    every one checked before anything is deleted."""
+    if isinstance(target, str):
+        ids = [target]
+    elif isinstance(target, bytes | bytearray) or not isinstance(target, Iterable):
+        raise ValidationError("delete takes a task id, a list of ids or a filter, not "
+                              f"{reprlib.repr(target)}")
+    else:
+        ids = list(target)
+    for task_id in ids:
+        check_task_id(task_id)
+    return ids
 
 
 def check_unicode(text: str, what: str) -> str:

@@ -15,10 +15,11 @@ from . import _forks
 from ._registry import Handler, Registry, build_handler, check_handler_options, check_policy
 from ._specs import (
     build_spec,
+    check_abort_reason,
     check_priority,
     check_task_id,
-    check_unicode,
     in_batch,
+    task_ids,
     unpack_item,
 )
 from ._worker import Worker
@@ -641,9 +642,7 @@ class Conveyor:
         ``abort_grace``. Raises
         :class:`InvalidTransition` for a task that already ended."""
         check_task_id(task_id)
-        if not isinstance(reason, str) or not reason:
-            raise ValidationError("abort reason must be a non-empty string")
-        check_unicode(reason, "the abort reason")
+        check_abort_reason(reason)
         await self.open()
         task = await self.storage.abort(task_id, reason)
         if task.status is Status.RUNNING:
@@ -678,22 +677,14 @@ class Conveyor:
                      ) -> list[str]:
         """Delete finished tasks (and their logs): by id, ids, or a filter.
         Tasks that have not ended are left alone. Returns the ids deleted."""
-        if isinstance(target, str):
-            ids: list[str] = [target]
-        elif isinstance(target, Mapping | Filter):
+        if isinstance(target, Mapping | Filter):
             # its errors name the paths of the filter as given, also those a backend
             # finds (all_of keeps them)
             query = parse_query(all_of(parse_filter(target), _ENDED))
             await self.open()
             ids = [t.id for t in await self.storage.find(query)]
-        elif isinstance(target, bytes | bytearray) or not isinstance(target, Iterable):
-            raise ValidationError(
-                f"delete takes a task id, a list of ids or a filter, not "
-                f"{reprlib.repr(target)}")
         else:
-            ids = list(target)
-        for task_id in ids:
-            check_task_id(task_id)
+            ids = task_ids(target)
         await self.open()
         deleted = await self.storage.delete(ids)
         for task_id in deleted:

@@ -28,7 +28,7 @@ import contextlib
 import inspect
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from . import _forks
 from .app import DEFAULT_URL, Conveyor
@@ -178,6 +178,17 @@ class _Seam:
                 self._portal = Portal()
             return self._portal
 
+    def _enter(self, open_: Callable[[], Any]) -> Self:
+        """``with``: run ``open_`` on the loop thread. ``__exit__`` is not called when
+        ``__enter__`` raises, so a failed open closes here (ending the loop thread
+        and whatever the open left)."""
+        try:
+            self._get_portal().run(open_)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
     def _take_portal(self) -> Portal | None:
         """Detach the portal (for ``close``): the next call makes a new one."""
         with self._lock:
@@ -230,15 +241,7 @@ class SyncConveyor(_Seam):
                 portal.close()
 
     def __enter__(self) -> SyncConveyor:
-        portal = self._get_portal()
-        try:
-            portal.run(self.app.__aenter__)
-        except BaseException:
-            # ``__exit__`` is not called when ``__enter__`` raises: end the loop
-            # thread (and whatever the failed open left) here.
-            self.close()
-            raise
-        return self
+        return self._enter(self.app.__aenter__)
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from .. import _forks
 from .._registry import Handler, build_handler, check_handler_options
-from .._specs import check_task_id
+from .._specs import check_abort_reason, check_task_id
 from ..errors import (
     ConfigurationError,
     InvalidTransition,
@@ -470,8 +470,7 @@ class HubClient:
     async def abort(self, task_id: str, reason: str = "aborted") -> Task:
         """Abort a task (needs the admin right, as every control action)."""
         check_task_id(task_id)
-        if not isinstance(reason, str) or not reason:
-            raise ValidationError("abort reason must be a non-empty string")
+        check_abort_reason(reason)
         reply = await self._request({"type": "abort", "task_id": task_id, "reason": reason})
         return task_from_json(reply["task"])
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import reprlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .._specs import check_task_id
+from .._specs import check_task_id, task_ids
 from ..errors import (
     InvalidTransition,
     QueryError,
@@ -327,13 +326,7 @@ class HTTPClient:
             _, data = await self._call("POST", f"{API}/tasks/delete",
                                        body={"filter": dict(target)})
             return list(data["deleted"])
-        if isinstance(target, bytes | bytearray) or not isinstance(target, str | Iterable):
-            raise ValidationError("delete takes a task id, a list of ids or a filter, not "
-                                  f"{reprlib.repr(target)}")
-        ids = [target] if isinstance(target, str) else list(target)
-        for task_id in ids:  # all checked before the first page is deleted
-            check_task_id(task_id)
-        ids = list(dict.fromkeys(ids))
+        ids = list(dict.fromkeys(task_ids(target)))  # all checked before the first page
         deleted: list[str] = []
         for start in range(0, len(ids), PAGE):
             _, data = await self._call("POST", f"{API}/tasks/delete",

@@ -64,12 +64,7 @@ class SyncHubClient(_Seam):
                 portal.close()
 
     def __enter__(self) -> SyncHubClient:
-        try:
-            self._get_portal().run(self.client.connect)
-        except BaseException:
-            self.close()  # no __exit__ after a failed __enter__: end the loop thread
-            raise
-        return self
+        return self._enter(self.client.connect)
 
     def __exit__(self, *exc: object) -> None:
         self.close()
