@@ -4,13 +4,14 @@ throttled progress snapshots and finished runs; the logs are written first in ea
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from . import _json
 from .events import Event
-from .model import LogRecord, Progress
-from .storage import Lease, NewLog, Storage
+from .model import LogRecord, Progress, Status
+from .storage import Completion, Lease, NewLog, Storage
 
 if TYPE_CHECKING:
     from .events import EventBus
@@ -68,6 +69,21 @@ class BatchedWrites(Generic[C]):
                     await self.storage.update_progress(batch)
                 except (TypeError, ValueError, RecursionError):  # as for logs: skip those
                     await self.storage.update_progress([b for b in batch if _encodes(b[1])])
+
+    async def aborted_instead(self, refused: set[str],
+                              completions: Sequence[Completion]) -> set[str]:
+        """Of the completions ``finish`` refused, those that would have queued their
+        task again and found an abort requested: the task ended ``aborted`` instead
+        (the others lost their lease). Read only when a retry was refused."""
+        again = [c.task_id for c in completions
+                 if c.task_id in refused and c.transition.status is Status.QUEUED]
+        if not again:
+            return set()
+        try:
+            tasks = await self.storage.get_many(again)
+        except Exception:
+            return set()  # told apart for the log only
+        return {t.id for t in tasks if t.status is Status.ABORTED}
 
     async def take_completions_after_logs(self, bus: EventBus, interval: float) -> list[C]:
         """The finished runs to store now, taken before the logs and progress are

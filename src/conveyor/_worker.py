@@ -200,9 +200,11 @@ class _Writer(BatchedWrites[tuple[Completion, "_Run"]]):
             except Exception:
                 self.completions[:0] = completions
                 raise
+            aborted = await self.aborted_instead(refused, [c for c, _ in completions])
             for completion, run in completions:
                 self.progress_written.pop(completion.task_id, None)
-                self.worker._finished(completion, run, completion.task_id in refused)
+                self.worker._finished(completion, run, completion.task_id in refused,
+                                      completion.task_id in aborted)
             bus = self.worker.app.bus
             if not bus.idle:
                 await bus.announce_finished(
@@ -818,8 +820,14 @@ class Worker:
                 self._leases.pop(run.task.id, None)
             self._slot.set()
 
-    def _finished(self, completion: Completion, run: _Run, refused: bool) -> None:
-        """Called by the writer once a completion is stored (or refused)."""
+    def _finished(self, completion: Completion, run: _Run, refused: bool,
+                  aborted: bool = False) -> None:
+        """Called by the writer once a completion is stored (or refused; ``aborted``:
+        refused because an abort requested meanwhile ended the task instead)."""
+        if aborted:
+            log.info("task %s: aborted as its run ended; not queued again",
+                     completion.task_id)
+            return
         if refused:
             log.warning("task %s: lease lost, the result of this run was discarded",
                         completion.task_id)

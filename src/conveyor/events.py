@@ -68,10 +68,11 @@ _FROM_CHANGE = {
     "prioritized": "task.prioritized", "abort_requested": "task.abort_requested",
     "released": "task.released", "rescued": "task.rescued", "retried": "task.retried",
     "deleted": "task.deleted", "lost": "task.failed", "lost_aborted": "task.aborted",
-    "expired": "task.failed",
+    "retry_aborted": "task.aborted", "expired": "task.failed",
 }
 # Changes that end a task: each is followed by task.ended.
-_ENDING = frozenset({"succeeded", "failed", "aborted", "lost", "lost_aborted", "expired"})
+_ENDING = frozenset({"succeeded", "failed", "aborted", "lost", "lost_aborted", "retry_aborted",
+                     "expired"})
 # Changes a process announces itself when it makes them (the relay skips its own).
 DIRECT = frozenset({
     "added", "started", "progress", "log", "succeeded", "failed", "aborted", "retrying",
@@ -80,7 +81,8 @@ DIRECT = frozenset({
 _ENDING_TYPES = frozenset({"task.succeeded", "task.failed", "task.aborted"})
 # Changes of a finished run: progress not yet stored when the handler returned is
 # stored with them, so the relay reports it (as task.progress) before them.
-_FINISHING = frozenset({"succeeded", "failed", "aborted", "retrying", "rescheduled"})
+_FINISHING = frozenset({"succeeded", "failed", "aborted", "retrying", "rescheduled",
+                        "retry_aborted"})
 _TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.ABORTED})
 _TALLIED = frozenset({"added", "started"}) | _ENDING
 """Changes the tallies count (see :meth:`EventBus.add_tally`)."""

@@ -252,3 +252,57 @@ async def test_an_abort_right_after_the_claim_ends_the_task(app: Conveyor, kind:
     assert len(aborts) == 5
     if app.storage.url.startswith("memory"):
         assert called == []
+
+
+async def test_an_abort_as_a_run_ends_in_a_retry_is_not_lost(shared_url: str) -> None:
+    """An abort from another process while a run is ending in a retry (its handler
+    raised; the worker decided the retry before the abort reached it): the task
+    ends ``aborted``, is not run again, and listeners see ``task.aborted`` (not
+    ``task.retrying``). Before, the retry was stored and the request dropped with
+    the run: the aborted task ran again."""
+    worker_app = Conveyor(shared_url, concurrency=2, lease=30.0, stop_timeout=1.0)
+    other = Conveyor(shared_url)
+    calls: list[int] = []
+
+    async def flaky(ctx: Context[Any]) -> None:
+        calls.append(ctx.task.attempts)
+        await other.abort(ctx.task.id, "user asked")  # committed; the worker has not seen it
+        raise ValueError("boom")
+
+    worker_app.register("flaky", flaky, max_attempts=5, backoff=0.0)
+    async with other, worker_app:
+        task = await worker_app.add("flaky", None)
+        ends = Ends(worker_app, task.id)
+        done = await worker_app.wait_task(task.id, timeout=10)
+        await until(lambda: "task.aborted" in ends.types, timeout=5, what="task.aborted")
+    assert (done.status, done.reason, calls) == (Status.ABORTED, "user asked", [1])
+    assert [e.type for e in done.errors][-1] == "Aborted"
+    assert "task.retrying" not in ends.types and ends.ends == ["task.aborted"]
+
+
+async def test_a_policy_cannot_queue_a_task_aborted_with_abort(local_url: str) -> None:
+    """``abort()`` is final: a policy that answers the ``Aborted`` outcome with
+    ``queued`` does not run the task again; it ends aborted with the reason."""
+    from conveyor import Aborted, Transition, default_policy
+
+    def requeue_aborts(task: Task, outcome: Any) -> Transition:
+        if isinstance(outcome, Aborted):
+            return Transition(Status.QUEUED, run_at=time.time())
+        return default_policy(task, outcome)
+
+    app = Conveyor(local_url, policy=requeue_aborts, stop_timeout=1.0)
+    started = asyncio.Event()
+    calls: list[int] = []
+
+    async def long(ctx: Context[Any]) -> None:
+        calls.append(ctx.task.attempts)
+        started.set()
+        await asyncio.sleep(30)
+
+    app.register("long", long, max_attempts=5)
+    async with app:
+        task = await app.add("long", None)
+        await asyncio.wait_for(started.wait(), 10)
+        await app.abort(task.id, "user asked")
+        done = await app.wait_task(task.id, timeout=10)
+    assert (done.status, done.reason, calls) == (Status.ABORTED, "user asked", [1])

@@ -366,9 +366,13 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
                 for worker, items in by_worker.items():
                     refused = set(await self.storage.finish(worker, [c for c, _ in items]))
                     done += 1
+                    aborted = await self.aborted_instead(refused, [c for c, _ in items])
                     for completion, task in items:
                         self.progress_written.pop(completion.task_id, None)
-                        if completion.task_id in refused:
+                        if completion.task_id in aborted:
+                            log.info("task %s: aborted as the service's run ended; not "
+                                     "queued again", completion.task_id)
+                        elif completion.task_id in refused:
                             log.warning("task %s: lease lost; the service's outcome was "
                                         "discarded", completion.task_id)
                         elif task is not None:

@@ -16,10 +16,13 @@ from ..model import ErrorInfo, Status, Task, TaskSpec, Transition, _task_from_va
 from .base import Completion
 
 __all__ = [
+    "RETRY_ABORTED",
     "abort",
+    "abort_wins",
     "claimed",
     "completion_event",
     "finished",
+    "finished_with_event",
     "new_task",
     "pickup_deadline",
     "pickup_expired",
@@ -58,8 +61,42 @@ def completion_event(transition: Transition) -> str:
     return transition.status.value
 
 
+RETRY_ABORTED = "retry_aborted"
+"""The change-feed event of a run that ended in a retry or a reschedule while an
+abort was requested: the task ends ``aborted`` instead of being queued again."""
+
+
+def abort_wins(task: Task, completion: Completion) -> bool:
+    """Whether an abort requested of ``task`` overrides the run's ``completion``:
+    it would queue the task again (a retry, a reschedule). An ending (succeeded,
+    failed, aborted) is stored as the run decided it."""
+    return task.abort_requested is not None and completion.transition.status is Status.QUEUED
+
+
+def finished_with_event(task: Task, completion: Completion, now: float) -> tuple[Task, str]:
+    """The task after a run ended with ``completion``, and the change-feed event.
+
+    A run that would be queued again while an abort is requested ends ``aborted``
+    with the abort's reason (event :data:`RETRY_ABORTED`); the run's own error, if
+    any, is kept in ``errors`` before the abort's. Otherwise as :func:`finished`."""
+    if abort_wins(task, completion):
+        reason = task.abort_requested or "aborted"
+        error = ErrorInfo("Aborted", reason, attempt=task.attempts, at=now)
+        run_error = completion.transition.error
+        return _task_replace(
+            task, status=Status.ABORTED, reason=reason, result=None, error=error,
+            errors=task.errors + ((run_error,) if run_error is not None else ()) + (error,),
+            finished_at=now, pickup_deadline=None, worker=None, token=None,
+            lease_until=None, abort_requested=None,
+            progress=completion.progress if completion.progress is not None else task.progress,
+            updated_at=now, version=task.version + 1), RETRY_ABORTED
+    return (finished(task, completion, now),
+            completion.event or completion_event(completion.transition))
+
+
 def finished(task: Task, completion: Completion, now: float) -> Task:
-    """The task after a run ended with ``completion``.
+    """The task after a run ended with ``completion`` as the run decided it (see
+    :func:`finished_with_event` for an abort requested meanwhile).
 
     The SQL backends' ``finish`` queries mirror this."""
     t = completion.transition

@@ -135,9 +135,11 @@ class Change:
     ``status`` because of ``event`` (``added``, ``started``, ``progress``,
     ``log``, ``succeeded``, ``failed``, ``aborted``, ``retrying``,
     ``rescheduled``, ``prioritized``, ``abort_requested``, ``released``,
-    ``retried``, ``deleted``; and from the sweeper and the claim: ``rescued``
+    ``retried``, ``deleted``; and from the sweeper, the claim and a finish: ``rescued``
     (lease expired, queued again), ``lost`` (failed: worker lost),
     ``lost_aborted`` (aborted: its worker died after an abort request),
+    ``retry_aborted`` (aborted: its run ended in a retry or a reschedule while an
+    abort was requested),
     ``expired`` (failed: pickup timeout)). ``origin`` is the
     :attr:`Storage.instance_id` of the writer, when known (PostgreSQL's
     ``add_in`` writes it followed by ``-tx``: such tasks are announced when the
@@ -281,8 +283,11 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def finish(self, worker: str, completions: Sequence[Completion]) -> list[str]:
-        """Apply the transitions of finished runs. Returns the ids refused
-        because the lease was lost (fencing); those tasks are left untouched."""
+        """Apply the transitions of finished runs. Returns the ids whose
+        transition was not stored: those whose lease was lost (fencing), left
+        untouched, and those a retry or a reschedule would queue again while an
+        abort is requested, which end ``aborted`` instead (the abort's reason;
+        the run's error kept in ``errors``; change-feed event ``retry_aborted``)."""
 
     @abc.abstractmethod
     async def release(self, worker: str, leases: Sequence[Lease]) -> list[str]:

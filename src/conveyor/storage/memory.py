@@ -398,8 +398,10 @@ class MemoryStorage(FanoutFeed, Storage):
                 if task is None:
                     refused.append(c.task_id)
                     continue
-                event = c.event or _ops.completion_event(c.transition)
-                self._put(_ops.finished(task, c, now), event, now)
+                new, event = _ops.finished_with_event(task, c, now)
+                if event == _ops.RETRY_ABORTED:
+                    refused.append(c.task_id)
+                self._put(new, event, now)
         self._flush()
         return refused
 

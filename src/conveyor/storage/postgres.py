@@ -1352,6 +1352,19 @@ class PostgresStorage(FanoutFeed, Storage):
         async with self._conn() as conn:
             done = {(r[0], r[1]) for r in await self._rows(conn, self._q["finish_tasks"], {
                 "rows": _dumps(rows), "now": time.time(), "origin": self.instance_id})}
+            again = {c.task_id: c for c in completions if (c.task_id, c.token) not in done
+                     and c.transition.status is Status.QUEUED}
+            if again:  # still held? then an abort was requested: it wins
+                async with conn.transaction():
+                    now = time.time()
+                    changes = []
+                    for row in await self._rows(conn, self._q["held_tasks"],
+                                                {"ids": list(again)}):
+                        task = row_to_task(row, decoded=True)
+                        c = again[task.id]
+                        if task.token == c.token and _ops.abort_wins(task, c):
+                            changes.append((task, *_ops.finished_with_event(task, c, now)))
+                    await self._save(conn, changes)
         return [c.task_id for c in completions if (c.task_id, c.token) not in done]
 
     async def release(self, worker: str, leases: Sequence[Lease]) -> list[str]:

@@ -734,6 +734,15 @@ class SQLiteStorage(FanoutFeed, Storage):
                     groups.setdefault((status, event), []).append((task_id, version))
                 for (status, event), pairs in groups.items():
                     self._record(conn, status, event, pairs)
+            again = {c.task_id: c for c in completions if c.task_id not in done
+                     and c.transition.status is Status.QUEUED}
+            if again:  # still held? then an abort was requested: it wins
+                held = conn.execute(Q["held_tasks"], {"ids": _json.dumps(list(again))})
+                for row in held.fetchall():
+                    task = row_to_task(row)
+                    c = again[task.id]
+                    if task.token == c.token and _ops.abort_wins(task, c):
+                        self._save(conn, task, *_ops.finished_with_event(task, c, now))
             return [c.task_id for c in completions if c.task_id not in done]
 
         return await self._write(tx)

@@ -552,6 +552,68 @@ class StorageContract:
         again = await storage.abort(claimed.id, "twice")
         assert again.abort_requested == "cancel"
 
+    async def test_an_abort_requested_wins_over_a_retry(self, storage: Storage,
+                                                         other_storage: Storage) -> None:
+        """A run that ends in a retry (or a reschedule) after an abort was requested
+        is not queued again: the task ends aborted (event ``retry_aborted``) and
+        ``finish`` reports the id as not stored as given. Endings are kept."""
+        await storage.add([make_spec(max_attempts=5) for _ in range(4)])
+        tasks = await storage.claim("w1", ["test:a"], 4, 30)
+        retry, reschedule, success, untouched = tasks
+        for t in (retry, reschedule, success):
+            await other_storage.abort(t.id, "stop it")
+        stream = storage.changes()
+        seen: list[Change] = []
+
+        async def collect() -> None:
+            ends = {retry.id, reschedule.id, success.id, untouched.id}
+            async for change in stream:
+                seen.append(change)
+                if ends <= {c.task_id for c in seen
+                            if c.event in ("retry_aborted", "retrying", "succeeded")}:
+                    return
+
+        collector = asyncio.create_task(collect())
+        await asyncio.sleep(0.05)
+        err = ErrorInfo("ValueError", "boom", attempt=1, at=time.time())
+        later = time.time() + 100
+        completions = [
+            Completion(retry.id, retry.token or "",
+                       Transition(Status.QUEUED, run_at=later, error=err), Progress(1, 2)),
+            Completion(reschedule.id, reschedule.token or "",
+                       Transition(Status.QUEUED, run_at=later, refund_attempt=True)),
+            Completion(success.id, success.token or "", ok("done")),
+            Completion(untouched.id, untouched.token or "",
+                       Transition(Status.QUEUED, run_at=later, error=err)),
+        ]
+        refused = await storage.finish("w1", completions)
+        assert sorted(refused) == sorted([retry.id, reschedule.id])
+        a = await storage.get(retry.id)
+        assert a is not None and a.status is Status.ABORTED and a.reason == "stop it"
+        assert a.error is not None and a.error.type == "Aborted"
+        assert [e.type for e in a.errors] == ["ValueError", "Aborted"]
+        assert a.finished_at is not None and a.attempts == 1 and a.token is None
+        assert a.abort_requested is None and a.progress == Progress(1, 2)
+        assert a.version == retry.version + 2  # the request, then the end
+        b = await storage.get(reschedule.id)
+        assert b is not None and b.status is Status.ABORTED and b.attempts == 1
+        assert [e.type for e in b.errors] == ["Aborted"]
+        c = await storage.get(success.id)
+        assert c is not None and c.status is Status.SUCCEEDED and c.result == "done"
+        d = await storage.get(untouched.id)
+        assert d is not None and d.status is Status.QUEUED and d.run_at == pytest.approx(later)
+        assert await storage.claim("w1", ["test:a"], 5, 30) == []
+        async with asyncio.timeout(10):
+            await collector
+        events = {(c.task_id, c.event, c.status) for c in seen}
+        assert (retry.id, "retry_aborted", Status.ABORTED) in events
+        assert (reschedule.id, "retry_aborted", Status.ABORTED) in events
+        assert (untouched.id, "retrying", Status.QUEUED) in events
+        # a second finish of the same run is refused (fenced) and changes nothing
+        assert await storage.finish("w1", completions[:1]) == [retry.id]
+        again = await storage.get(retry.id)
+        assert again is not None and again.version == a.version
+
     async def test_abort_finished_or_missing(self, storage: Storage) -> None:
         await storage.add([make_spec()])
         task = await _claim_one(storage)

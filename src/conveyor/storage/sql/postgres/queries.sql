@@ -263,6 +263,8 @@ RETURNING t.id, r.token
 
 -- name: finish_tasks
 -- Mirrors storage/_ops.finished: the transitions decided by the policy, fenced by the token.
+-- A run queued again while an abort is requested is left to the cold path
+-- (_ops.finished_with_event: it ends aborted).
 UPDATE {schema}.tasks AS t SET
     status = c.status,
     run_at = coalesce(c.run_at, t.run_at),
@@ -282,6 +284,7 @@ FROM jsonb_to_recordset(%(rows)s::jsonb) AS c(
     id text, token text, status text, run_at float8, result jsonb, error jsonb, reason text,
     refund integer, progress jsonb, event text)
 WHERE t.id = c.id AND t.token = c.token AND t.status = 'running'
+  AND NOT (c.status = 'queued' AND t.abort_requested IS NOT NULL)
 RETURNING t.id, c.token
 
 -- name: held_tasks

@@ -155,6 +155,8 @@ RETURNING version
 
 -- name: finish_tasks
 -- Mirrors storage/_ops.finished: the transitions decided by the policy, fenced by the token.
+-- A run queued again while an abort is requested is left to the cold path
+-- (_ops.finished_with_event: it ends aborted).
 -- One JSON array of rows: [id, token, status, run_at (queued only), result, error, reason,
 --                          refund (0/1), progress, event]
 UPDATE conveyor_tasks SET
@@ -175,6 +177,7 @@ UPDATE conveyor_tasks SET
 FROM json_each(:rows) AS c
 WHERE conveyor_tasks.id = c.value ->> 0 AND conveyor_tasks.token = c.value ->> 1
   AND +conveyor_tasks.status = 'running'
+  AND NOT (c.value ->> 2 = 'queued' AND conveyor_tasks.abort_requested IS NOT NULL)
 RETURNING conveyor_tasks.id, conveyor_tasks.version, conveyor_tasks.status, conveyor_tasks.event
 
 -- name: finishable
