@@ -187,8 +187,14 @@ class _Writer(BatchedWrites[tuple[Completion, "_Run"]]):
                 self.idle.set()
 
     async def _write_once(self, interval: float) -> None:
-        completions = await self.take_completions_after_logs(self.worker.app.bus, interval)
-        if completions:
+        bus = self.worker.app.bus
+        completions = await self.take_completions_after_logs(bus, interval)
+        if not completions:
+            return
+        # a run queued again may be claimed (and its task.started emitted) before
+        # this run's end is announced: its events wait
+        owner = None if bus.idle else bus.hold(c.task_id for c, _ in completions)
+        try:
             try:
                 refused = set(await self.storage.finish(
                     self.worker.id, [c for c, _ in completions]))
@@ -205,14 +211,16 @@ class _Writer(BatchedWrites[tuple[Completion, "_Run"]]):
                 self.progress_written.pop(completion.task_id, None)
                 self.worker._finished(completion, run, completion.task_id in refused,
                                       completion.task_id in aborted)
-            bus = self.worker.app.bus
-            if not bus.idle:
+            if owner is not None:
                 await bus.announce_finished(
                     [(c, run.task) for c, run in completions if c.task_id not in refused],
-                    self.storage.get_many)
+                    self.storage.get_many, owner)
             elif bus._signals:
                 for c, _ in completions:
                     bus._notify(c.task_id)
+        finally:
+            if owner is not None:
+                bus.release(owner)
 
 
     @staticmethod

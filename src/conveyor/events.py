@@ -30,6 +30,7 @@ import fnmatch
 import inspect
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -84,6 +85,7 @@ _ENDING_TYPES = frozenset({"task.succeeded", "task.failed", "task.aborted"})
 _FINISHING = frozenset({"succeeded", "failed", "aborted", "retrying", "rescheduled",
                         "retry_aborted"})
 _TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.ABORTED})
+_ENDED_KEPT = 10_000
 _TALLIED = frozenset({"added", "started"}) | _ENDING
 """Changes the tallies count (see :meth:`EventBus.add_tally`)."""
 
@@ -217,6 +219,9 @@ class EventBus:
         # events of tasks whose earlier change is being read back by announce():
         # task id -> (the announce holding it, the events that came meanwhile)
         self._held: dict[str, tuple[object, list[Event]]] = {}
+        # the version of the last task.ended delivered, per task (the most recent
+        # _ENDED_KEPT): an event of an older version is stale (see emit)
+        self._ended: OrderedDict[str, int] = OrderedDict()
 
     def _after_fork(self) -> None:
         """In a forked child: forget the waiters, subscriptions and background tasks
@@ -230,6 +235,7 @@ class EventBus:
         self._signals = {}
         self._background = set()
         self._held = {}
+        self._ended = OrderedDict()
 
     # -- registration ---------------------------------------------------------
 
@@ -311,12 +317,28 @@ class EventBus:
 
     def emit(self, event: Event) -> None:
         """Deliver ``event`` to every matching subscription and callback (after the
-        task's earlier change when :meth:`announce` is still reading that one)."""
-        if event.task_id is not None and self._held:
-            held = self._held.get(event.task_id)
-            if held is not None:
-                held[1].append(event)
-                return
+        task's earlier change when :meth:`announce` is still reading that one, or
+        while :meth:`hold` holds the task). An event of a version older than the
+        task's ``task.ended`` delivered already is stale and dropped: a change that
+        another process's event overtook (a run ending in a retry that an abort
+        from this process ended at once) is not shown after the end."""
+        task_id = event.task_id
+        if task_id is not None:
+            if self._held:
+                held = self._held.get(task_id)
+                if held is not None:
+                    held[1].append(event)
+                    return
+            version = event.data.get("version")
+            if isinstance(version, int):
+                ended = self._ended.get(task_id)
+                if ended is not None and version < ended:
+                    return
+                if event.type == "task.ended":
+                    self._ended[task_id] = version
+                    self._ended.move_to_end(task_id)
+                    if len(self._ended) > _ENDED_KEPT:
+                        self._ended.popitem(last=False)
         listeners = [lst for lst in self._global if lst.matches(event.type)]
         if event.task_id is not None:
             listeners.extend(lst for lst in self._by_task.get(event.task_id, ())
@@ -380,10 +402,29 @@ class EventBus:
         for tally in self._tallies:
             tally("ended", action, status.value, seconds)
 
+    def hold(self, task_ids: Iterable[str]) -> object:
+        """Hold the events of these tasks (a writer storing their runs' ends: the
+        next run's ``task.started`` must not come first) until :meth:`announce`
+        with the returned owner emits their change, or :meth:`release`."""
+        owner = object()
+        for task_id in task_ids:
+            self._held.setdefault(task_id, (owner, []))
+        return owner
+
+    def release(self, owner: object) -> None:
+        """Emit, in order, the events held for ``owner`` (see :meth:`hold`)."""
+        mine = [task_id for task_id, (o, _) in self._held.items() if o is owner]
+        for task_id in mine:
+            _, events = self._held.pop(task_id)
+            for event in events:
+                self.emit(event)
+
     async def announce(self, changes: Sequence[tuple[str, str]],
-                       read: Callable[[list[str]], Awaitable[Sequence[Task]]]) -> None:
+                       read: Callable[[list[str]], Awaitable[Sequence[Task]]],
+                       owner: object | None = None) -> None:
         """Emit the events of changes this process made, ``(task_id, type)`` pairs,
-        reading the tasks (``read(ids)``) only if a listener wants them. Not tallied."""
+        reading the tasks (``read(ids)``) only if a listener wants them. Not tallied.
+        ``owner``: what :meth:`hold` returned for these tasks, if it held them."""
         for task_id, _ in changes:
             self._notify(task_id)
         if not (self._global or self._by_task):
@@ -394,7 +435,7 @@ class EventBus:
             return
         # While the tasks are read, later events of the same tasks (a retried task
         # claimed again, its progress) wait, so that each task's events keep its order.
-        owner = object()
+        owner = object() if owner is None else owner
         for task_id, _ in wanted:
             self._held.setdefault(task_id, (owner, []))
         tasks: dict[str, Task] = {}
@@ -417,9 +458,11 @@ class EventBus:
                         self.emit(event)
 
     async def announce_finished(self, items: Sequence[tuple[Completion, Task]],
-                                read: Callable[[list[str]], Awaitable[Sequence[Task]]]) -> None:
+                                read: Callable[[list[str]], Awaitable[Sequence[Task]]],
+                                owner: object | None = None) -> None:
         """Emit the events of runs this process ended and stored: ``(completion, the
-        task as claimed)`` pairs. Tallies get the outcome without a read."""
+        task as claimed)`` pairs. Tallies get the outcome without a read. ``owner``:
+        what :meth:`hold` returned for these tasks, if it held them."""
         if self._tallies:
             now = time.time()
             for completion, task in items:
@@ -445,7 +488,7 @@ class EventBus:
 
         await self.announce(
             [(c.task_id, "task." + (c.event or _ops.completion_event(c.transition)))
-             for c, _ in items], read_as_ended)
+             for c, _ in items], read_as_ended, owner)
 
 
 async def _guard(awaitable: Awaitable[Any]) -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from conveyor import Context, Conveyor, Status, Task
+from conveyor import Context, Conveyor, Retry, Status, Task
 
 from ._support import until
 
@@ -306,3 +308,48 @@ async def test_a_policy_cannot_queue_a_task_aborted_with_abort(local_url: str) -
         await app.abort(task.id, "user asked")
         done = await app.wait_task(task.id, timeout=10)
     assert (done.status, done.reason, calls) == (Status.ABORTED, "user asked", [1])
+
+
+async def test_events_keep_version_order_when_an_abort_overtakes_a_retry(
+        shared_url: str) -> None:
+    """A run ends in a retry and another process aborts the task a moment later
+    (before or after the retry is stored). In both processes, each task's status
+    events come in version order and the last is ``task.aborted`` then
+    ``task.ended``: the aborting process announced its own abort at once, and the
+    retry that reached it later through the change feed was shown after the end
+    (in about half of such rounds on SQLite)."""
+    worker_app = Conveyor(shared_url, concurrency=2, stop_timeout=1.0)
+    other = Conveyor(shared_url)
+    seen: dict[str, defaultdict[str, list[tuple[str, int]]]] = {
+        "worker": defaultdict(list), "other": defaultdict(list)}
+    for name, app in (("worker", worker_app), ("other", other)):
+        app.on("task.*", lambda e, name=name: seen[name][e.task_id].append(
+            (e.type, e.data["version"])) if "version" in e.data else None)
+    returned: dict[str, asyncio.Event] = {}
+
+    async def again(ctx: Context[Any]) -> Any:
+        returned[ctx.task.id].set()
+        return Retry(after=30)
+
+    worker_app.register("again", again, max_attempts=5)
+    ids = []
+    async with other, worker_app:
+        for _ in range(16):
+            task = await worker_app.add("again", None)
+            returned[task.id] = asyncio.Event()
+            ids.append(task.id)
+            await asyncio.wait_for(returned[task.id].wait(), 10)
+            await asyncio.sleep(random.uniform(0, 0.01))  # an abort at a random moment
+            await other.abort(task.id, "stop")
+            assert (await worker_app.wait_task(task.id, timeout=10)).status is Status.ABORTED
+        # a change made after all of them: once both have seen it, the feed brought the rest
+        probe = await other.add("probe", None)
+        for name in seen:
+            await until(lambda name=name: seen[name].get(probe.id), timeout=10,
+                        what=f"the {name} process to see the probe")
+    for name, by_task in seen.items():
+        for task_id in ids:
+            events = by_task[task_id]
+            versions = [v for _, v in events]
+            assert versions == sorted(versions), (name, events)
+            assert [t for t, _ in events][-2:] == ["task.aborted", "task.ended"], (name, events)

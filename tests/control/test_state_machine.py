@@ -114,9 +114,15 @@ class Transitions(RuleBasedStateMachine):
         m = self.model[task_id]
         assert m.token is not None
         refused = self.run(self.storage.finish("w", [Completion(task_id, m.token, transition)]))
-        assert refused == []
         if transition.error is not None:
             m.errors += 1
+        if transition.status is Status.QUEUED and m.abort_requested is not None:
+            # the abort wins over a retry or a reschedule: aborted, not stored as given
+            assert refused == [task_id]
+            m.errors += 1
+            self.terminal(m, Status.ABORTED)
+            return
+        assert refused == []
         if transition.refund_attempt:
             m.attempts -= 1
         m.status = transition.status

@@ -40,6 +40,9 @@ async def test_keys_in_urls_are_blanked_in_the_access_log(tmp_path: Path) -> Non
             await http.get(f"/api/v1/stats?key={SECRET}&x=1")
             await http.get(f"/healthz?token={SECRET}")
             await http.get("/api/v1/tasks", params={"api_key": SECRET, "limit": "5"})
+            # a key under any other name, or one whose name is percent-encoded
+            await http.get(f"/api/v1/stats?k%65y={SECRET}")
+            await http.get(f"/api/v1/stats?auth={SECRET}&y=2")
         hub.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(hub.wait, 30) == 0
     finally:
@@ -48,4 +51,6 @@ async def test_keys_in_urls_are_blanked_in_the_access_log(tmp_path: Path) -> Non
     assert "GET /api/v1/stats?key=***&x=1 HTTP/1.1" in text, text
     assert "GET /healthz?token=*** HTTP/1.1" in text, text
     assert "GET /api/v1/tasks?api_key=***&limit=5 HTTP/1.1" in text, text
+    assert "GET /api/v1/stats?k%65y=cvk_*** HTTP/1.1" in text, text
+    assert "GET /api/v1/stats?auth=cvk_***&y=2 HTTP/1.1" in text, text
     assert SECRET not in text and "SSSS" not in text

@@ -87,6 +87,27 @@ async def test_limit_bounds_and_default(hub: RunningHub) -> None:
         assert len(r.json()["tasks"]) == 5
 
 
+async def test_number_parameters_take_plain_ascii_numbers_only(hub: RunningHub) -> None:
+    """Strict parameters: what int() and float() would also take (spaces, '_',
+    other scripts' digits, 'inf') is refused, naming the parameter."""
+    key = hub.key("admin", admin=True)
+    async with client(hub, key) as http:
+        r = await http.post(f"{API}/tasks", json={"action": "a"})
+        task_id = r.json()["id"]
+        for value in [" 5", "5 ", "1_0", "\uff15", "\u0663", "5.0", ""]:
+            r = await http.get(f"{API}/tasks", params={"limit": value})
+            error_of(r, 422, "invalid")
+            assert r.json()["error"]["path"] == "limit", value
+        for value in ["0_0", " 0", "\uff10", "inf", "nan", "1e", "."]:
+            r = await http.get(f"{API}/tasks/{task_id}/wait", params={"timeout": value})
+            error_of(r, 422, "invalid")
+            assert r.json()["error"]["path"] == "timeout", value
+        assert (await http.get(f"{API}/tasks", params={"limit": "+5"})).json()["limit"] == 5
+        for value in ["0", "0.5", ".5", "1e-1"]:
+            r = await http.get(f"{API}/tasks/{task_id}/wait", params={"timeout": value})
+            assert r.status_code == 202, (value, r.text)
+
+
 async def test_bad_json_body_and_bad_filter_param_are_400(hub: RunningHub) -> None:
     key = hub.key("admin", admin=True)
     async with client(hub, key) as http:

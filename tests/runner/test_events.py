@@ -224,6 +224,46 @@ async def test_a_tasks_events_wait_while_its_earlier_change_is_read_back() -> No
     assert seen[-1] == ("task.progress", "t1")
 
 
+async def test_a_writer_holds_a_tasks_events_from_before_its_finish() -> None:
+    """hold() before a finish is written: the next run's task.started (a claim that
+    saw the stored retry before the writer announced it) waits for the retry's
+    event; release() lets out what announce() did not (a refused finish)."""
+    bus = EventBus()
+    seen: list[tuple[str, str | None]] = []
+    bus.on("task.*", lambda e: seen.append((e.type, e.task_id)))
+    queued = Task(id="t1", action="a", payload=None, status=Status.QUEUED, version=3)
+    owner = bus.hold(["t1", "t2"])
+    bus.task_event("task.started", replace(queued, status=Status.RUNNING, version=4))
+    bus.task_event("task.started", replace(queued, id="t2", status=Status.RUNNING))
+    assert seen == []
+
+    async def read(ids: list[str]) -> list[Task]:
+        return [queued]
+
+    await bus.announce([("t1", "task.retrying")], read, owner)
+    assert seen == [("task.retrying", "t1"), ("task.started", "t1")]
+    bus.release(owner)
+    assert seen[-1] == ("task.started", "t2")
+    bus.release(owner)  # twice: nothing more
+    assert len(seen) == 3
+
+
+async def test_an_event_older_than_the_tasks_end_is_not_delivered() -> None:
+    """An event of a version below the task.ended delivered for the task is stale
+    (another process's change that overtook it): dropped. Newer ones (a retry()
+    of the ended task) and events without a version pass."""
+    bus = EventBus()
+    seen: list[tuple[str, int | None]] = []
+    bus.on("task.*", lambda e: seen.append((e.type, e.data.get("version"))))
+    task = Task(id="t1", action="a", payload=None, status=Status.ABORTED, version=4)
+    bus.task_event("task.aborted", task)
+    bus.task_event("task.retrying", replace(task, status=Status.QUEUED, version=3))
+    bus.emit(Event("task.log", "t1", None, {"log": None}))
+    bus.task_event("task.retried", replace(task, status=Status.QUEUED, version=5))
+    assert seen == [("task.aborted", 4), ("task.ended", 4), ("task.log", None),
+                    ("task.retried", 5)]
+
+
 async def test_a_failed_read_back_still_lets_the_held_events_through() -> None:
     bus = EventBus()
     seen: list[str] = []

@@ -355,8 +355,11 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
 
     async def _write_once(self, interval: float) -> None:
         remote = self.remote
-        completions = await self.take_completions_after_logs(remote.app.bus, interval)
+        bus = remote.app.bus
+        completions = await self.take_completions_after_logs(bus, interval)
         if completions:
+            # the next run's events (a retry offered and taken at once) wait for this end
+            owner = None if bus.idle else bus.hold(c.task_id for _, c, _ in completions)
             by_worker: dict[str, list[tuple[Completion, Task | None]]] = {}
             for worker, completion, task in completions:
                 by_worker.setdefault(worker, []).append((completion, task))
@@ -387,8 +390,12 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
                 self.completions[:0] = rest
                 raise
             finally:
-                if announced:
-                    await remote.app.bus.announce_finished(announced, self.storage.get_many)
+                try:
+                    if announced:
+                        await bus.announce_finished(announced, self.storage.get_many, owner)
+                finally:
+                    if owner is not None:
+                        bus.release(owner)
         releases, self.releases = self.releases, []
         if releases:
             by_worker_r: dict[str, list[Lease]] = {}

@@ -379,8 +379,8 @@ def int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: i
     raw = params.get(name)
     if raw is None:
         return default
-    text = raw.strip()
-    if not re.fullmatch(r"[+-]?\d+", text):
+    text = raw
+    if not re.fullmatch(r"[+-]?[0-9]+", text):  # ASCII digits only, no spaces
         raise Problem(422, "invalid", f"{name} must be an integer, not {raw!r}", path=name)
     if len(text.lstrip("+-").lstrip("0")) > 20:  # no huge int() of a hostile value
         raise Problem(422, "invalid", f"{name} must be between {lo} and {hi}, not "
@@ -392,16 +392,17 @@ def int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: i
     return value
 
 
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def float_param(params: Mapping[str, str], name: str, default: float, lo: float,
                 hi: float) -> float:
     raw = params.get(name)
     if raw is None:
         return default
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise Problem(422, "invalid", f"{name} must be a number, not {raw!r}",
-                      path=name) from None
+    if not _NUMBER.fullmatch(raw):  # float() would take spaces, '_', other digits, 'inf'
+        raise Problem(422, "invalid", f"{name} must be a number, not {raw!r}", path=name)
+    value = float(raw)
     if not lo <= value <= hi:  # also refuses nan
         raise Problem(422, "invalid", f"{name} must be between {lo:g} and {hi:g}, not {raw!r}",
                       path=name)

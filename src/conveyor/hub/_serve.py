@@ -28,6 +28,9 @@ __all__ = ["bind", "redact_access_log", "run_hub"]
 _SECRET_PARAM = re.compile(
     r"([?&](?:key|api_key|apikey|token|access_token|password|secret)=)[^&#\s]*", re.IGNORECASE)
 
+# a conveyor key under any parameter name (?k%65y=..., ?auth=...)
+_KEY_SHAPED = re.compile(r"cvk(?:_|%5f)[^&#\s]*", re.IGNORECASE)
+
 
 class _RedactSecrets(logging.Filter):
     """Blanks the values of secret-looking query parameters (``?key=...``) in uvicorn's
@@ -37,8 +40,9 @@ class _RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) \
-                and "=" in args[2]:
-            record.args = (*args[:2], _SECRET_PARAM.sub(r"\1***", args[2]), *args[3:])
+                and ("=" in args[2] or "cvk" in args[2].lower()):
+            path = _SECRET_PARAM.sub(r"\1***", args[2])
+            record.args = (*args[:2], _KEY_SHAPED.sub("cvk_***", path), *args[3:])
         return True
 
 
