@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ class Gates:
     """Events the test sets to move the ``job:steps`` handler on."""
 
     events: dict[str, asyncio.Event] = field(default_factory=dict)
+    stubborn: threading.Event = field(default_factory=threading.Event)
+    """Ends ``job:stubborn``, a sync handler that ignores aborts."""
 
     def __getitem__(self, name: str) -> asyncio.Event:
         return self.events.setdefault(name, asyncio.Event())
@@ -61,6 +64,12 @@ def dashboard_app(db: str, gates: Gates) -> Conveyor:
     @app.handler("job:fail")
     async def fail(ctx: Context) -> None:
         raise RuntimeError("boom")
+
+    @app.handler("job:stubborn", abort_grace=60)
+    def stubborn(ctx: Context) -> str:
+        ctx.log.info("stubborn")
+        gates.stubborn.wait(30)
+        return "late"
 
     @app.handler("job:hang")
     async def hang(ctx: Context) -> str:

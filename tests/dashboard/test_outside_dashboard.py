@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from playwright.async_api import Browser, expect
@@ -342,6 +343,8 @@ async def test_workers_panel_ids_and_a_worker_that_is_gone(dash: Dash) -> None:
 async def test_deleted_tasks_do_not_count_as_negative_throughput(dash: Dash) -> None:
     await dash.open()
     page = dash.page
+    await expect(page.get_by_test_id("throughput-line")).to_have_attribute(
+        "points", re.compile(r"^[\d.]+,[\d.]+"))  # the first sample: counted from here
     done = [await dash.app.add("job:quick", i) for i in range(3)]
     for task in done:
         await dash.app.wait(task.id, timeout=10)
@@ -352,6 +355,35 @@ async def test_deleted_tasks_do_not_count_as_negative_throughput(dash: Dash) -> 
                  ).to_have_count(0)
     await expect(total).to_have_text("3")
     await expect(page.get_by_test_id("throughput-rate")).to_have_text(re.compile(r"^\d"))
+
+
+async def test_tasks_deleted_before_the_next_sample_still_count(dash: Dash) -> None:
+    """Throughput counts ended tasks from the hub's own count (/metrics), not from
+    the stored ones: tasks that end and are deleted between two samples (pruning,
+    ``retention=``) are counted. The samples are held back here while that happens."""
+    await dash.open()
+    page = dash.page
+    total = page.get_by_test_id("throughput-total")
+    await expect(total).to_have_text("0")
+    # the first sample (the count it counts from) is taken
+    await expect(page.get_by_test_id("throughput-line")).to_have_attribute(
+        "points", re.compile(r"^[\d.]+,[\d.]+"))
+    release = asyncio.Event()
+
+    async def held(route: Any) -> None:
+        await release.wait()
+        await route.continue_()
+
+    await page.route("**/api/v1/stats", held)
+    await page.route("**/metrics", held)
+    done = [await dash.app.add("job:quick", i) for i in range(3)]
+    for task in done:
+        await dash.app.wait(task.id, timeout=10)
+    assert await dash.app.delete([t.id for t in done]) == [t.id for t in done]
+    release.set()
+    await page.unroute("**/api/v1/stats")
+    await page.unroute("**/metrics")
+    await expect(total).to_have_text("3")
 
 
 async def test_every_call_carries_the_key_as_a_bearer_header(dash: Dash) -> None:

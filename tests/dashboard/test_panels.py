@@ -36,7 +36,7 @@ async def test_queue_depth_throughput_and_workers(dash: Dash) -> None:
     worker = page.get_by_test_id("worker-row")
     await expect(worker).to_have_count(1)
     await expect(worker.get_by_test_id("worker-actions")).to_have_text(
-        "job:fail, job:hang, job:quick, job:steps")
+        "job:fail, job:hang, job:quick, job:steps, job:stubborn")
     await expect(worker.get_by_test_id("worker-alive")).to_have_text("yes")
     await expect(worker.get_by_test_id("worker-last-seen")).to_have_text(
         re.compile(r"^\d s ago$"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from playwright.async_api import expect
 
 from .conftest import Dash
@@ -96,3 +99,59 @@ async def test_errors_retry_and_prioritize(dash: Dash) -> None:
     await page.get_by_test_id("task-abort").click()
     await expect(page.get_by_test_id("task-action-error")).to_contain_text("abort: ")
     await expect(page.get_by_test_id("task-action-error")).to_contain_text("aborted")
+
+
+async def test_an_actions_late_answer_does_not_take_over_another_tasks_view(
+        dash: Dash) -> None:
+    """Retry on task A, then task B opened before the hub answers: the answer (held
+    back here) is not shown, and B stays in the view with B's buttons."""
+    a = await dash.app.add("job:fail", {"who": "A"}, max_attempts=1)
+    b = await dash.app.add("mail:send", {"who": "B"})
+    await dash.app.wait_task(a.id, timeout=10)
+    release = asyncio.Event()
+
+    async def held(route: Any) -> None:
+        await release.wait()
+        await route.continue_()
+
+    page = dash.page
+    await page.route("**/retry", held)
+    await dash.open()
+    await dash.row(a.id).click()
+    await expect(page.get_by_test_id("task-status")).to_have_text("failed")
+    async with page.expect_response("**/retry") as answer:
+        await page.get_by_test_id("task-retry").click()
+        await page.evaluate(f"location.hash = '#/tasks/{b.id}'")
+        await expect(page.get_by_test_id("task-id")).to_have_text(b.id)
+        await expect(page.get_by_test_id("task-status")).to_have_text("queued")
+        release.set()
+    assert (await answer.value).status == 200
+    retried = await dash.app.wait_task(a.id, timeout=10)  # it ran (and failed) again
+    assert retried.attempts == 2
+    await page.wait_for_timeout(300)  # a negative check: nothing to wait for
+    await expect(page.get_by_test_id("task-id")).to_have_text(b.id)
+    await expect(page.get_by_test_id("task-payload")).to_have_text('{\n  "who": "B"\n}')
+    await expect(page.get_by_test_id("task-prioritize-form")).to_be_visible()
+    await expect(page.get_by_test_id("task-action-error")).to_be_hidden()
+
+
+async def test_an_abort_requested_elsewhere_hides_the_abort_button(dash: Dash) -> None:
+    """The view of a running task hides Abort once an abort is requested, also one
+    requested elsewhere (here by the app; the handler ignores it, so the task
+    stays running)."""
+    task = await dash.app.add("job:stubborn")
+    await dash.open()
+    page = dash.page
+    await dash.row(task.id).click()
+    try:
+        await expect(page.get_by_test_id("log-message")).to_have_text(["stubborn"])
+        await expect(page.get_by_test_id("task-abort")).to_be_visible()
+        await dash.app.abort(task.id, "from elsewhere")
+        await expect(page.get_by_test_id("task-reason")).to_have_text(
+            "abort requested: from elsewhere")
+        await expect(page.get_by_test_id("task-abort")).to_be_hidden()
+        await expect(page.get_by_test_id("task-status")).to_have_text("running")
+    finally:
+        dash.gates.stubborn.set()
+    done = await dash.app.wait_task(task.id, timeout=10)
+    assert (done.status, done.reason) == ("aborted", "from elsewhere")

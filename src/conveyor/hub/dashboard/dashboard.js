@@ -481,7 +481,9 @@
       renderProgress(msg.progress);
     }
     if (msg.type === "abort_requested" && state.viewed) {
+      state.viewed = { ...state.viewed, abort_requested: msg.reason };
       setText("task-reason", `abort requested: ${msg.reason}`);
+      show("task-abort", false);  // requested already (from here or elsewhere)
     }
     if (msg.type === "end") state.watch.ended = true;
   }
@@ -557,12 +559,16 @@
     const task = state.viewed;
     if (!task) return;
     actionError("");
+    // the answer may come after the user opened another task: then it is not shown
+    const stillViewed = () => Boolean(state.watch && state.watch.taskId === task.id);
     try {
       const updated = await api("POST", `/api/v1/tasks/${encodeURIComponent(task.id)}/${what}`,
                                 body);
+      if (!stillViewed()) return;
       renderTask(updated);
-      if (what === "retry" || (state.watch && state.watch.ended)) watch(task.id);
+      if (what === "retry" || state.watch.ended) watch(task.id);
     } catch (err) {
+      if (!stillViewed()) return;
       actionError(`${what}: ${err.message}`);
       if (err.status === 409) {  // the task moved on meanwhile: show it as it is now
         try {
@@ -590,7 +596,7 @@
   }
 
   async function refreshStats() {
-    const data = await panelData("stats");
+    const [data, metrics] = await Promise.all([panelData("stats"), metricsText()]);
     if (data === null) return;
     const stats = data.stats;
     const body = $("queue-rows");
@@ -605,17 +611,39 @@
       return tr;
     });
     body.replaceChildren(...rows);
-    let finished = 0;
-    for (const counts of Object.values(stats)) {
-      for (const status of FINAL) finished += counts[status] || 0;
+    if (metrics !== null) throughput(performance.now() / 1000, finishedTotal(metrics));
+  }
+
+  // GET /metrics as text; null when it cannot be read (the stats above still show)
+  async function metricsText() {
+    if (!state.authed) return null;
+    const headers = state.key ? { Authorization: `Bearer ${state.key}` } : {};
+    try {
+      const response = await fetch("/metrics", { headers, cache: "no-store" });
+      return response.ok ? await response.text() : null;
+    } catch (_) {
+      return null;
     }
-    throughput(performance.now() / 1000, finished);
+  }
+
+  // the hub's count of tasks ended since it started (conveyor_tasks_finished_total, by
+  // action and status): deleting tasks does not lower it, as it does the stats' counts
+  function finishedTotal(text) {
+    let total = 0;
+    for (const line of text.split("\n")) {
+      if (line.startsWith("conveyor_tasks_finished_total{")) {
+        total += Number(line.slice(line.lastIndexOf(" ") + 1)) || 0;
+      }
+    }
+    return total;
   }
 
   function throughput(now, finished) {
     const samples = state.samples;
     const last = samples[samples.length - 1];
-    // tasks deleted in between would make the difference negative: count nothing then
+    // two answers at once (the timer and a table change) would read as a rate of 0
+    if (last && now - last.t < 1) return;
+    // the hub's count of ended tasks; it starts again at 0 when the hub restarts
     const done = last ? Math.max(0, finished - last.finished) : 0;
     const rate = last && now > last.t ? done / (now - last.t) : 0;
     samples.push({ t: now, finished, done, rate });
