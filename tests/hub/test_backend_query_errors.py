@@ -6,6 +6,8 @@ documented difference), which the same test checks there."""
 
 from __future__ import annotations
 
+import asyncio
+
 from conveyor import Status
 
 from ._rest_helpers import API, client
@@ -43,3 +45,46 @@ async def test_a_pattern_the_backend_refuses_points_into_the_callers_filter(
         finally:
             await ws.close()
     assert [t.status for t in await hub.app.find()] == [Status.QUEUED]
+
+
+HOSTILE = {"payload.s": {"$regex": "^(a|aa)+$"}}  # exponential on 'aaa...a!'
+
+
+async def test_a_catastrophic_regex_fails_its_query_and_the_hub_goes_on(
+        hub: RunningHub, hub_backend: str) -> None:
+    """A ``$regex`` that backtracks catastrophically on a stored value (SQLite runs
+    Python's patterns in the hub's process) fails after about a second: REST
+    ``invalid_query``, a live query ``bad_filter`` (also one that was fine until
+    such a value came); the hub answers other requests meanwhile and other live
+    queries go on. (PostgreSQL's engine does not backtrack on this pattern: there
+    the queries simply answer.)"""
+    key = hub.key("admin", admin=True)
+    ws = await Raw.open(hub.url, key)
+    try:
+        calm = await ws.request({"type": "live", "filter": {"action": "x:calm"}}, "snapshot")
+        watched = await ws.request({"type": "live", "filter": HOSTILE}, "snapshot")
+        assert watched["count"] == calm["count"] == 0
+        await hub.app.add("x:one", {"s": "a" * 80 + "!"})
+        async with client(hub, key) as http:
+            search = asyncio.create_task(
+                http.post(f"{API}/tasks/search", json={"filter": HOSTILE}))
+            await asyncio.sleep(0.2)  # pacing: let the search start; nothing to wait on
+            health = await http.get("/healthz")
+            assert health.status_code == 200
+            health_done = not search.done()
+            r = await search
+        if hub_backend == "postgres":
+            assert r.status_code == 200 and r.json()["tasks"] == [], r.text
+            return
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["code"] == "invalid_query" and "ran longer than" in error["message"]
+        assert health_done  # /healthz was answered while the search still ran
+        ended = await ws.expect("error", watched["id"], timeout=15)
+        assert ended["code"] == "bad_filter" and "ran longer than" in ended["message"]
+        # the other live query still follows its tasks
+        await hub.app.add("x:calm", {"s": "ok"})
+        added = await ws.expect("added", calm["id"])
+        assert added["task"]["action"] == "x:calm"
+    finally:
+        await ws.close()

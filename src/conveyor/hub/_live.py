@@ -205,6 +205,8 @@ class _Group:
     def _fail(self, code: str, message: str, path: str | None = None) -> None:
         self.failed = message
         waiting, self.waiting = self.waiting, []
+        waiting += self.subs  # ready ones too: a filter that fails on a change
+        self.subs = []
         error: dict[str, Any] = {"type": "error", "code": code, "message": message}
         if path is not None:
             error["path"] = path
@@ -237,6 +239,17 @@ class _Group:
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
+    def _matches(self, task: Task) -> bool:
+        """Whether ``task`` is in the result; a filter that fails on it (a ``$regex``
+        running too long) ends the live query with ``bad_filter``."""
+        if self.failed is not None:
+            return False
+        try:
+            return matches(self.where, task)
+        except QueryError as exc:
+            self._fail("bad_filter", str(exc), exc.path or None)
+            return False
+
     # -- changes ----------------------------------------------------------------
 
     def apply(self, task: Task) -> None:
@@ -249,7 +262,7 @@ class _Group:
             if task.id in self.members:
                 self.left_at[task.id] = max(task.version, self.left_at.get(task.id, 0))
                 self._mark_dirty()
-            elif matches(self.where, task):
+            elif self._matches(task):
                 self._mark_dirty()
             return
         self._apply(task, fan=True)
@@ -265,7 +278,7 @@ class _Group:
                 if key not in self.members:
                     del self.seen[key]
         member = self.members.get(task_id)
-        if matches(self.where, task):
+        if self._matches(task):
             enc = self.encode(task)
             self.members[task_id] = (task, enc)
             if fan:
@@ -308,7 +321,7 @@ class _Group:
                 or current.progress == progress):
             return
         patched = replace(current, progress=progress)
-        if matches(self.where, patched):
+        if self._matches(patched):
             enc = self.encode(patched)
             self.members[task.id] = (patched, enc)
             self._changed(enc)
@@ -326,7 +339,7 @@ class _Group:
         if seen is not None and seen > task.version:
             return None
         patched = replace(task, progress=progress)
-        return patched if matches(self.where, patched) else None
+        return patched if self._matches(patched) else None
 
     def deleted(self, task_id: str) -> None:
         if self.buffer is not None:
@@ -358,6 +371,9 @@ class _Group:
             self.dirty = False
             try:
                 tasks = await storage.find(self.query)
+            except QueryError as exc:  # a $regex that ran too long on a new value
+                self._fail("bad_filter", str(exc), exc.path or None)
+                return
             except Exception:
                 log.exception("live query could not refresh its window")
                 self.dirty = True
@@ -365,7 +381,7 @@ class _Group:
                 continue
             # a newer progress may take a task out of the window as well as into it
             tasks = [p for t in tasks
-                     if (p := self._progressed(t)) is t or matches(self.where, p)]
+                     if (p := self._progressed(t)) is t or self._matches(p)]
             tasks = await self._with_entrants(tasks)
             fresh = {t.id: t for t in tasks}
             for task_id in [k for k in self.progressed if k not in fresh]:
@@ -401,7 +417,7 @@ class _Group:
             return tasks
         read = await self.manager.state.app.storage.get_many(outside)
         entrants = [t for t in map(self._progressed, read)
-                    if t.status is Status.RUNNING and matches(self.where, t)]
+                    if t.status is Status.RUNNING and self._matches(t)]
         for task_id in set(outside) - {t.id for t in read}:  # deleted meanwhile
             self.progressed.pop(task_id, None)
         if not entrants:

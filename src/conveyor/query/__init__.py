@@ -37,7 +37,8 @@ Types are strict
     ``$lt``/``$lte`` take a number or a string and are never satisfied by a
     value of another type or a missing one; strings compare by code point.
     ``$ne``, ``$nin`` and ``$not`` are exact negations, so they match missing
-    values. ``$regex`` only matches strings (Python :func:`re.search`).
+    values. ``$regex`` only matches strings (Python's syntax, as
+    :func:`re.search`; a match that runs over a second fails the query).
     Text fields take string operands, number fields numbers, time fields
     numbers or ISO-8601 strings (naive means UTC), each also null where
     equality is meant; ``status`` operands must be statuses.

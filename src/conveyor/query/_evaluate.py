@@ -13,6 +13,7 @@ from typing import Any
 
 from conveyor.model import FieldKind, Task
 
+from ._regex import search
 from ._tree import And, Compare, Exists, Filter, In, Node, Not, Or, Query, Ref, Regex, SortKey
 
 __all__ = ["apply_query", "matches", "read", "sort_tasks", "sort_value"]
@@ -93,7 +94,7 @@ def _evaluate(node: Node, task: Task) -> bool:
     if isinstance(node, Exists):
         return value is not None
     assert isinstance(node, Regex)
-    return isinstance(value, str) and node.compiled.search(value) is not None
+    return isinstance(value, str) and search(node.compiled, value, node.where)
 
 
 def matches(f: Filter, task: Task) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 from conveyor.errors import QueryError
 from conveyor.model import FieldKind, Status
 
+from ._regex import compile_regex
 from ._tree import (
     MATCH_ALL,
     And,
@@ -394,9 +395,13 @@ class _Parser:
                 )
             flags |= flag
         try:
-            compiled = re.compile(pattern, flags)
+            re.compile(pattern, flags)  # Python's syntax, and its words for an error
+            compiled = compile_regex(pattern, int(flags))
         except (re.error, OverflowError, RecursionError, ValueError) as exc:
             raise QueryError(f"invalid regular expression {_short(pattern)}: {exc}", sub) from None
+        except Exception as exc:  # what the regex engine refuses
+            raise QueryError(f"regular expression {_short(pattern)} is not supported: "
+                             f"{exc}", sub) from None
         return Regex(ref, pattern, int(flags), compiled, sub)
 
 

@@ -15,7 +15,6 @@ for arrays and objects).
 
 from __future__ import annotations
 
-import functools
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from typing import Any
 
 from conveyor.model import FIELDS, FieldKind
 
+from ._regex import compile_regex, search
 from ._tree import And, Compare, Exists, Filter, In, Node, Not, Or, Ref, Regex, Scalar, SortKey
 
 __all__ = [
@@ -34,7 +34,8 @@ __all__ = [
 ]
 
 REGEXP_FUNCTION = "conveyor_regexp"
-"""``conveyor_regexp(pattern, flags, value)``: 1 when ``re.search`` finds the
+"""``conveyor_regexp(pattern, flags, value)``: 1 when the pattern (Python's syntax; see
+:mod:`conveyor.query._regex`) finds the
 pattern in ``value`` (a string), else 0."""
 
 _SQL_OPS = {"eq": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
@@ -231,19 +232,16 @@ def compile_sort_sqlite(sort: Sequence[SortKey]) -> tuple[str, list[Any]]:
     return ", ".join(parts), params
 
 
-@functools.lru_cache(maxsize=256)
-def _compiled(pattern: str, flags: int) -> re.Pattern[str] | None:
-    try:
-        return re.compile(pattern, flags)
-    except (re.error, OverflowError, RecursionError, ValueError):
-        return None
-
-
 def _regexp(pattern: object, flags: object, value: object) -> int:
     if not (isinstance(value, str) and isinstance(pattern, str) and isinstance(flags, int)):
         return 0
-    compiled = _compiled(pattern, flags)
-    return 1 if compiled is not None and compiled.search(value) is not None else 0
+    try:
+        compiled = compile_regex(pattern, flags)
+    except Exception:  # parse_filter refused such patterns; none reaches here from it
+        return 0
+    # a timeout raises: SQLite fails the statement, and its caller turns that into
+    # the QueryError (see conveyor.query._regex.take_timeout)
+    return 1 if search(compiled, value) else 0
 
 
 def register_sqlite_functions(conn: sqlite3.Connection) -> None:

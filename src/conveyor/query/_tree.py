@@ -6,11 +6,13 @@ code that validates like it does); evaluators and compilers trust them.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from conveyor.errors import QueryError
+
+if TYPE_CHECKING:
+    import regex
 from conveyor.model import FIELDS, JSON_FIELDS, FieldKind
 
 __all__ = [
@@ -170,7 +172,8 @@ class Regex:
     ref: Ref
     pattern: str
     flags: int
-    compiled: re.Pattern[str] = field(compare=False, repr=False, hash=False)
+    compiled: regex.Pattern[str] = field(compare=False, repr=False, hash=False)
+    """The pattern compiled for matching (:func:`conveyor.query._regex.compile_regex`)."""
     where: str = field(default="", compare=False, repr=False, hash=False)
     """Where the pattern is in the filter (``filter.payload.email.$regex``), for errors
     that only a backend finds (a pattern PostgreSQL cannot express)."""

@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ..errors import StorageError
+from ..query._regex import take_timeout
 
 __all__ = ["ConnSlot", "DBThread", "begin_immediate", "is_busy", "retry_busy"]
 
@@ -65,6 +66,22 @@ def retry_busy(fn: Callable[[], T], timeout: float) -> T:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.005)
+
+
+def _reporting_regex_timeouts(fn: Callable[[sqlite3.Connection], T]
+                              ) -> Callable[[sqlite3.Connection], T]:
+    """``fn`` whose statement failed because a ``$regex`` ran too long raises that
+    :class:`QueryError` (SQLite says only that a function raised)."""
+    def run(conn: sqlite3.Connection) -> T:
+        take_timeout()
+        try:
+            return fn(conn)
+        except sqlite3.OperationalError:
+            error = take_timeout()
+            if error is not None:
+                raise error from None
+            raise
+    return run
 
 
 def begin_immediate(conn: sqlite3.Connection, timeout: float) -> None:
@@ -193,7 +210,7 @@ class DBThread:
 
     def submit(self, fn: Callable[[sqlite3.Connection], Any],
                write: bool) -> concurrent.futures.Future[Any]:
-        job = _Job(fn, write)
+        job = _Job(_reporting_regex_timeouts(fn), write)
         with self._ready:
             if self._closed:
                 raise StorageError("storage is closed")
