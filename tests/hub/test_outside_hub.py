@@ -350,6 +350,41 @@ async def test_a_read_only_credential_reads_but_changes_nothing(hub: RunningHub)
         assert 'action="mail:send"' in metrics and "geo:x" not in metrics
 
 
+async def test_readyz_answers_503_when_the_storage_does_not_answer_in_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holds the SQLite file locked and a write waits its turn on
+    the hub's database thread: /readyz says 503 after its limit (5 s; 0.5 s here)
+    instead of answering 'ready' after the write's 30 s, and 'ready' once the lock
+    is gone."""
+    import sqlite3
+
+    import conveyor.hub
+
+    from .conftest import running_hub
+
+    monkeypatch.setattr(conveyor.hub, "_READY_TIMEOUT", 0.5)
+    db = tmp_path / "locked.db"
+    app = Conveyor(f"sqlite:///{db}")
+    async with running_hub(app, HubConfig(port=0, insecure=True), None) as hub, \
+            httpx.AsyncClient(base_url=hub.url) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            adding = asyncio.create_task(http.post(f"{API}/tasks", json={"action": "a"},
+                                                   timeout=60))
+            await asyncio.sleep(0.3)  # pacing: the write reaches the database thread
+            r = await http.get("/readyz", timeout=10)
+            assert r.status_code == 503, r.text
+            assert r.json() == {"status": "storage unavailable",
+                                "detail": "the storage did not answer within 0.5s"}
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert (await adding).status_code == 201
+        assert (await http.get("/readyz")).json() == {"status": "ready"}
+
+
 async def test_health_readiness_and_metrics_shapes(hub: RunningHub) -> None:
     key = hub.key("admin", admin=True)
     async with client(hub, key) as http:

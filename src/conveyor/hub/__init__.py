@@ -14,6 +14,7 @@ Needs ``pip install 'conveyor[hub]'``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -66,7 +67,13 @@ def create_hub(app: Conveyor | str, config: HubConfig | None = None, *,
         if not hub.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
         try:
-            await conveyor.storage.count(_MATCH_NONE)
+            await asyncio.wait_for(conveyor.storage.count(_MATCH_NONE), _READY_TIMEOUT)
+        except TimeoutError:
+            # a probe's answer within its own timeout: the storage is stuck (a SQLite
+            # file locked by another process, with writes waiting their turn)
+            return JSONResponse({"status": "storage unavailable", "detail":
+                                 f"the storage did not answer within {_READY_TIMEOUT:g}s"},
+                                status_code=503)
         except Exception as exc:
             return JSONResponse({"status": "storage unavailable", "detail": str(exc)},
                                 status_code=503)
@@ -96,6 +103,8 @@ def _match_none() -> Any:
 
 
 _MATCH_NONE = _match_none()
+_READY_TIMEOUT = 5.0
+"""Seconds /readyz waits for the storage before answering 503."""
 
 
 async def serve(app: Conveyor | str, config: HubConfig | None = None, *,
