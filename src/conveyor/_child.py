@@ -178,6 +178,8 @@ def _run_one(handler: Any, channel: _Channel, runs: _Runs) -> None:
         runs.attach(ctx)
         if handler.is_async:
             value = asyncio.run(_cancellable(handler, ctx, runs))
+        elif ctx.aborted:  # asked before the handler started: it is not called
+            raise TaskAbortRequested(ctx.abort_reason or "aborted")
         else:
             value = contextvars.copy_context().run(handler.fn, ctx)
         if ctx.aborted:

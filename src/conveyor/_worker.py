@@ -91,6 +91,14 @@ class ErrorItem:
     """True when the task ended ``failed`` or ``aborted``; False when it will be retried."""
 
 
+def _unless_aborted(fn: Callable[[Context[Any]], Any], ctx: Context[Any]) -> Any:
+    """``fn(ctx)`` in a handler thread, unless an abort came while the run waited
+    for the thread: then the handler is not called."""
+    if ctx.aborted:
+        raise TaskAbortRequested(ctx.abort_reason or "aborted")
+    return fn(ctx)
+
+
 @dataclass(slots=True)
 class _Run:
     task: Task
@@ -642,7 +650,7 @@ class Worker:
         if self._pool is None:
             self._pool = DaemonThreadPool(self.concurrency)
         call = contextvars.copy_context().run
-        future = loop.run_in_executor(self._pool, call, run.handler.fn, run.ctx)
+        future = loop.run_in_executor(self._pool, call, _unless_aborted, run.handler.fn, run.ctx)
         run.abort_event = asyncio.Event()
         if run.abort_reason is not None or run.lost:
             run.abort_event.set()

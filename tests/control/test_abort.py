@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import Context, Conveyor, Retry, Status, Task
+from conveyor import Context, Conveyor, InvalidTransition, Retry, Status, Task
 
 from ._support import until
 
@@ -226,6 +227,7 @@ async def test_an_abort_right_after_the_claim_ends_the_task(app: Conveyor, kind:
     ``running``, its lease renewed. (Elsewhere the abort's write lets the handler
     start first, and the handler is stopped.)"""
     called: list[str] = []
+    aborted_at_start: list[bool] = []  # a sync handler called although aborted already
 
     async def run_async(ctx: Context[Any]) -> str:
         called.append(ctx.task.id)
@@ -234,6 +236,7 @@ async def test_an_abort_right_after_the_claim_ends_the_task(app: Conveyor, kind:
 
     def run_sync(ctx: Context[Any]) -> str:
         called.append(ctx.task.id)
+        aborted_at_start.append(ctx.aborted)
         ctx.wait_aborted(30)
         return "ran"  # returned after the abort: discarded
 
@@ -252,6 +255,7 @@ async def test_an_abort_right_after_the_claim_ends_the_task(app: Conveyor, kind:
                     what="the worker to forget the runs")
     assert [(t.status, t.reason) for t in ended] == [(Status.ABORTED, "at once")] * 5
     assert len(aborts) == 5
+    assert not any(aborted_at_start), aborted_at_start
     if app.storage.url.startswith("memory"):
         assert called == []
 
@@ -353,3 +357,48 @@ async def test_events_keep_version_order_when_an_abort_overtakes_a_retry(
             versions = [v for _, v in events]
             assert versions == sorted(versions), (name, events)
             assert [t for t, _ in events][-2:] == ["task.aborted", "task.ended"], (name, events)
+
+
+def _record_start(ctx: Context[Any]) -> str:
+    """A sync handler (module level: it may run in a process) that notes whether it
+    began aborted, then honours an abort."""
+    began_aborted = ctx.aborted  # first: opening the file lets other threads run
+    with open(ctx.payload, "a") as f:
+        f.write("aborted\n" if began_aborted else "fresh\n")
+    ctx.wait_aborted(0.05)
+    return "done"
+
+
+# what a handler process looks the handler up in (never opened here)
+_recording = Conveyor("memory://")
+_recording.register("sync", _record_start, mode="process")
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+async def test_a_sync_handler_is_not_called_once_its_abort_has_arrived(
+        local_url: str, mode: str, tmp_path: Any) -> None:
+    """Aborts a moment after each run starts (0-4 ms; a process handler 0-80 ms):
+    a sync handler either was called before its abort arrived (it starts with
+    ``ctx.aborted`` false) or is not called at all. It was called with
+    ``ctx.aborted`` already true when the abort came while the run waited for its
+    thread or its process (a few calls in 40)."""
+    app = Conveyor(local_url, concurrency=4, stop_timeout=1.0)
+    app.register("sync", _record_start, **({"mode": "process"} if mode == "process" else {}))
+    log = tmp_path / "starts.log"
+    log.touch()
+    aborts: list[asyncio.Future[Any]] = []
+
+    async def abort_soon(task_id: str) -> None:
+        await asyncio.sleep(random.uniform(0, 0.004 if mode == "thread" else 0.08))
+        with contextlib.suppress(InvalidTransition):
+            await app.abort(task_id, "stop")
+
+    app.on("task.started", lambda e: aborts.append(asyncio.ensure_future(abort_soon(e.task_id))))
+    async with app:
+        for _ in range(40 if mode == "thread" else 12):
+            task = await app.add("sync", str(log))
+            ended = await app.wait_task(task.id, timeout=30)
+            assert ended.status in (Status.ABORTED, Status.SUCCEEDED)
+        await asyncio.gather(*aborts)
+    starts = log.read_text().split()
+    assert starts and "aborted" not in starts, starts
