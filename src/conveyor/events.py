@@ -85,7 +85,7 @@ _ENDING_TYPES = frozenset({"task.succeeded", "task.failed", "task.aborted"})
 _FINISHING = frozenset({"succeeded", "failed", "aborted", "retrying", "rescheduled",
                         "retry_aborted"})
 _TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.ABORTED})
-_ENDED_KEPT = 10_000
+_VERSIONS_KEPT = 10_000
 _TALLIED = frozenset({"added", "started"}) | _ENDING
 """Changes the tallies count (see :meth:`EventBus.add_tally`)."""
 
@@ -219,9 +219,9 @@ class EventBus:
         # events of tasks whose earlier change is being read back by announce():
         # task id -> (the announce holding it, the events that came meanwhile)
         self._held: dict[str, tuple[object, list[Event]]] = {}
-        # the version of the last task.ended delivered, per task (the most recent
-        # _ENDED_KEPT): an event of an older version is stale (see emit)
-        self._ended: OrderedDict[str, int] = OrderedDict()
+        # per task (the most recent _VERSIONS_KEPT): [the version of the last event
+        # delivered, that of its last task.ended] (see emit and is_stale)
+        self._versions: OrderedDict[str, list[int]] = OrderedDict()
 
     def _after_fork(self) -> None:
         """In a forked child: forget the waiters, subscriptions and background tasks
@@ -235,7 +235,7 @@ class EventBus:
         self._signals = {}
         self._background = set()
         self._held = {}
-        self._ended = OrderedDict()
+        self._versions = OrderedDict()
 
     # -- registration ---------------------------------------------------------
 
@@ -331,14 +331,18 @@ class EventBus:
                     return
             version = event.data.get("version")
             if isinstance(version, int):
-                ended = self._ended.get(task_id)
-                if ended is not None and version < ended:
+                seen = self._versions.get(task_id)
+                if seen is None:
+                    seen = self._versions[task_id] = [version, 0]
+                    if len(self._versions) > _VERSIONS_KEPT:
+                        self._versions.popitem(last=False)
+                elif version < seen[1]:
                     return
+                else:
+                    seen[0] = max(seen[0], version)
+                    self._versions.move_to_end(task_id)
                 if event.type == "task.ended":
-                    self._ended[task_id] = version
-                    self._ended.move_to_end(task_id)
-                    if len(self._ended) > _ENDED_KEPT:
-                        self._ended.popitem(last=False)
+                    seen[1] = version
         listeners = [lst for lst in self._global if lst.matches(event.type)]
         if event.task_id is not None:
             listeners.extend(lst for lst in self._by_task.get(event.task_id, ())
@@ -401,6 +405,13 @@ class EventBus:
     def _tally_ended(self, action: str, status: Status, seconds: float | None) -> None:
         for tally in self._tallies:
             tally("ended", action, status.value, seconds)
+
+    def is_stale(self, task_id: str, version: int) -> bool:
+        """Whether a change of this version is older than an event of the task
+        delivered already (the change feed's events are exact, so one that another
+        event overtook, such as this process's own abort, is not shown after it)."""
+        seen = self._versions.get(task_id)
+        return seen is not None and version < seen[0]
 
     def hold(self, task_ids: Iterable[str]) -> object:
         """Hold the events of these tasks (a writer storing their runs' ends: the
@@ -608,6 +619,8 @@ class ChangeRelay:
                 continue
             if tally and task is not None and change.event in _TALLIED:
                 self.bus._tally(change.event, task, change.status)
+            if self.bus.is_stale(change.task_id, change.version):
+                continue  # overtaken by an event delivered already (this process's own)
             data: dict[str, Any] = {"version": change.version, "status": change.status.value}
             if change.event == "progress" and task is not None and task.progress is not None:
                 data["progress"] = task.progress

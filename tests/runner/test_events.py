@@ -264,6 +264,19 @@ async def test_an_event_older_than_the_tasks_end_is_not_delivered() -> None:
                     ("task.retried", 5)]
 
 
+async def test_a_relayed_change_older_than_a_delivered_event_is_stale() -> None:
+    """The change feed's events are exact: one older than an event of the task
+    delivered already (this process's own abort_requested before another process's
+    task.started reached it) is stale, and the relay does not deliver it."""
+    bus = EventBus()
+    bus.on("task.*", lambda e: None)
+    task = Task(id="t1", action="a", payload=None, status=Status.RUNNING, version=3)
+    assert not bus.is_stale("t1", 2)  # nothing delivered yet
+    bus.task_event("task.abort_requested", task)
+    assert bus.is_stale("t1", 2) and not bus.is_stale("t1", 3) and not bus.is_stale("t1", 4)
+    assert not bus.is_stale("t2", 1)
+
+
 async def test_a_failed_read_back_still_lets_the_held_events_through() -> None:
     bus = EventBus()
     seen: list[str] = []
