@@ -397,6 +397,42 @@ async def test_a_task_that_keeps_losing_its_service_ends_worker_lost(
     assert final.rescues == hub.app.max_rescues
 
 
+async def test_delivery_all_a_task_that_keeps_losing_its_service_ends_worker_lost(
+        hub: RunningHub) -> None:
+    """Delivery ``all``: a service that goes away while running its share lost a run,
+    as in delivery ``one`` (rescues + 1, a warning in the log), so a task that kills
+    its only service ends ``worker_lost``. It was released as if nobody had run it,
+    and offered again forever."""
+    pub = await Raw.open(hub.url, hub.key("pub", publish=["cache:*"]))
+    key = hub.key("svc", subscribe=["cache:*"])
+    ws = await Raw.open(hub.url, key)
+    await subscribe(ws, "svc", ["cache:poison"])
+    published = await pub.request({"type": "publish", "id": "p", "action": "cache:poison",
+                                   "payload": {}, "delivery": "all"}, "published")
+    task_id = published["task"]["id"]
+    for attempt in range(hub.app.max_rescues + 1):
+        if attempt:
+            ws = await Raw.open(hub.url, key)
+            await subscribe(ws, "svc", ["cache:poison"])
+        offer = await ws.expect("offer", timeout=10)
+        assert offer["task_id"] == task_id and offer["delivery"] == "all"
+        await ws.request({"type": "pickup", "task_id": task_id, "ack": True}, "ok")
+        await ws.close()  # the service "dies" holding its share
+        if attempt < hub.app.max_rescues:
+            await eventually(lambda n=attempt + 1: _rescued(hub, task_id, n))
+    final = await hub.app.wait_task(task_id, timeout=10)
+    assert (final.status, final.reason) == (Status.FAILED, "worker_lost")
+    assert final.rescues == hub.app.max_rescues
+    logs = [r.message for r in (await hub.app.get(task_id, logs=True)).logs or ()]
+    assert len([m for m in logs if "let go of this task" in m]) == hub.app.max_rescues + 1
+    await pub.close()
+
+
+async def _rescued(hub: RunningHub, task_id: str, n: int) -> bool:
+    task = await hub.app.get(task_id)
+    return task.status is Status.QUEUED and task.rescues == n
+
+
 async def _count(hub: RunningHub, where: dict[str, Any], n: int) -> bool:
     return await hub.app.count(where) == n
 

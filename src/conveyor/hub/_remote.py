@@ -199,6 +199,7 @@ class Part:
     tried: set[Sub] = field(default_factory=set)
     error: ErrorInfo | None = None
     retryable: bool = True
+    lost_running: bool = False  # its service went away while running it
 
 
 @dataclass(eq=False)
@@ -668,6 +669,8 @@ class Remote:
         for held in list(sub.held.values()):
             if held.fan is not None and held.part is not None:
                 part = held.part
+                if held.state == "running" and not self._stopping and why != "unsubscribed":
+                    part.lost_running = True  # a lost run, unless another connection ends it
                 self._forget(held)
                 part.held = None
                 part.tried.add(sub)
@@ -1267,8 +1270,19 @@ class Remote:
         elif "timed_out" in states:
             outcome = TimedOut(task.run_timeout or 0.0, retryable=True)
         else:
-            outcome = None  # nobody ran it
+            outcome = None  # nobody ran it to an end
         if outcome is None:
+            lost = [p for p in fan.parts.values() if p.lost_running]
+            if lost:
+                # a service went away while running it: a lost run, as in delivery
+                # `one` (rescues + 1; past max_rescues it fails `worker_lost`), so a
+                # task that kills its services cannot loop
+                names = ", ".join(p.service.name for p in lost)
+                self.writer.log(NewLog(task.id, LogLevel.WARNING,
+                                       f"service {names} let go of this task while running it",
+                                       time.time(), {"services": [p.service.name for p in lost]}))
+                self.writer.lose(worker, fan.lease)
+                return
             self._give_back(worker, task, fan.lease)
             return
         self.finished_total += 1
