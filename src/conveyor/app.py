@@ -141,7 +141,7 @@ class Conveyor:
         self._relay_listeners: list[Callable[[Sequence[Change]], None]] = []
         self._worker: Worker | None = None
         self._opened = False
-        self._open_lock: asyncio.Lock | None = None
+        self._open_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
@@ -271,9 +271,11 @@ class Conveyor:
         """Connect to storage (done on first use; call it to fail early)."""
         if self._opened:
             return
-        if self._open_lock is None:
-            self._open_lock = asyncio.Lock()
-        async with self._open_lock:
+        loop = asyncio.get_running_loop()
+        if self._open_lock is None or self._open_lock[0] is not loop:
+            # one per loop: a SyncConveyor closed and used again runs a new loop
+            self._open_lock = (loop, asyncio.Lock())
+        async with self._open_lock[1]:
             if self._opened:
                 return
             await self.storage.open()

@@ -176,3 +176,49 @@ def test_close_ends_the_calls_other_threads_wait_in(tmp_path: Path) -> None:
         assert not thread.is_alive()
     for name in entered:
         assert isinstance(outcomes[name], ConveyorError), (name, outcomes[name])
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_calls_racing_close_fail_with_conveyor_errors_only(tmp_path: Path, kind: str) -> None:
+    """Threads adding while another closes the app, again and again (a web app
+    shutting down or reloading): a call either works or raises a ConveyorError.
+    One that opened the app again on the new loop raised a RuntimeError (a lock
+    bound to the closed loop)."""
+    url = "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'race.db'}"
+    app = SyncConveyor(url)
+    app.add("race:x")
+    stop = threading.Event()
+    added = 0
+    others: list[BaseException] = []
+    lock = threading.Condition()
+
+    def adder() -> None:
+        nonlocal added
+        while not stop.is_set():
+            try:
+                app.add("race:x")
+            except ConveyorError:
+                continue
+            except Exception as exc:  # what must not happen
+                with lock:
+                    others.append(exc)
+                continue
+            with lock:
+                added += 1
+                lock.notify_all()
+
+    threads = [threading.Thread(target=adder) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(6):
+            with lock:  # the adders are at work again (on a new loop after a close)
+                closed = added
+                assert lock.wait_for(lambda c=closed: added >= c + 20, timeout=30)
+            app.close()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        app.close()
+    assert not others, others[:3]
