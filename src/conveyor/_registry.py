@@ -102,10 +102,18 @@ class Handler:
         return self.payload_model.model_validate(payload)
 
     def dump_result(self, value: Any) -> Any:
+        """The handler's return value as stored: with a result model, an instance of
+        it, or data (a dict, another model's fields, ...) that validates as one (else
+        pydantic's ValidationError); without, a model's JSON or the value as is."""
+        model = self.result_model
+        if model is not None:
+            if isinstance(value, model):
+                return value.model_dump(mode="json")
+            if isinstance(value, BaseModel):  # another model: its fields must fit
+                value = value.model_dump()
+            return model.model_validate(value).model_dump(mode="json")
         if isinstance(value, BaseModel):
             return value.model_dump(mode="json")
-        if self.result_model is not None:
-            return self.result_model.model_validate(value).model_dump(mode="json")
         return value
 
 

@@ -796,7 +796,7 @@ class Worker:
         future.add_done_callback(gone)
 
     def _returned(self, run: _Run, value: Any) -> Outcome:
-        if value is None:
+        if value is None and run.handler.result_model is None:
             return _RETURNED_NONE
         if type(value) in _PLAIN and run.handler.result_model is None:
             return Returned(value)

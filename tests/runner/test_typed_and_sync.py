@@ -77,6 +77,39 @@ async def test_unserialisable_result_fails_the_task(app: Conveyor) -> None:
             await app.wait(task.id, timeout=10)
 
 
+class Sized(BaseModel):
+    size: int
+    unit: str = "B"
+
+
+class Other(BaseModel):
+    a: int
+
+
+async def test_a_result_model_is_enforced_for_every_return(app: Conveyor) -> None:
+    """A handler annotated ``-> Done`` returns a Done, or data that validates as one
+    (a dict, another model with fitting fields). Another model that does not fit
+    and ``None`` fail the run (they were stored as they came)."""
+    answers: dict[str, Any] = {"done": Done(size=1), "dict": {"size": "2"},
+                               "fits": Sized(size=3), "other": Other(a=1), "none": None,
+                               "bad": {"size": "x"}}
+
+    @app.handler("sized", max_attempts=3)
+    async def sized(ctx: Context[Any]) -> Done:
+        return answers[ctx.payload]  # type: ignore[no-any-return]
+
+    async with app:
+        tasks = {name: await app.add("sized", name) for name in answers}
+        ended = {name: await app.wait_task(t.id, timeout=10) for name, t in tasks.items()}
+    assert {n: t.result for n, t in ended.items() if t.status is Status.SUCCEEDED} == {
+        "done": {"size": 1}, "dict": {"size": 2}, "fits": {"size": 3}}
+    for name in ("other", "none", "bad"):
+        task = ended[name]
+        assert task.status is Status.FAILED and task.attempts == 1, name  # not retried
+        assert task.error is not None and task.error.type == "ValidationError", name
+        assert "Done" in task.error.message, name
+
+
 def test_sync_face(tmp_path: Path) -> None:
     app = SyncConveyor(f"sqlite:///{tmp_path / 'sync.db'}", concurrency=4)
 
