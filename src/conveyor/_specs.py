@@ -181,14 +181,27 @@ def _lookup(payload: Any, path: str) -> Any:
 def unique_key_from_fields(action: str, payload: Any, fields: Sequence[str]) -> str:
     """The dedupe key built from payload fields: ``action``, a colon, then the fields
     and their values as a JSON object in name order (``mail:send:{"to":"ann"}``), so
-    different fields with equal values make different keys."""
+    different fields with equal values make different keys; a whole float is
+    written as an int (42.0 and 42 make one key)."""
     if isinstance(fields, str) or not isinstance(fields, Sequence) or not fields:
         raise ValidationError("unique_fields must be a non-empty list of payload field names")
     for name in fields:
         if not isinstance(name, str) or not name:
             raise ValidationError(f"unique_fields: field names are strings, not {name!r}")
-    named = {name: _lookup(payload, name) for name in sorted(fields)}
+    named = {name: _same_number(_lookup(payload, name)) for name in sorted(fields)}
     return f"{action}:{_json.dumps(named)}"
+
+
+def _same_number(value: Any) -> Any:
+    """``value`` with whole floats as ints, so that 42.0 and 42 (one number in JSON)
+    make one key; inside lists and objects too."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {k: _same_number(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_same_number(v) for v in value]
+    return value
 
 
 def unique_scope(value: Any) -> tuple[Status, ...]:

@@ -454,6 +454,13 @@ async def test_unique_fields_build_the_key_from_the_action_and_payload(app: Conv
     both = await app.add("dedupe:f", {"a": 1, "b": 2}, unique_fields=["b", "a"])
     again = await app.add("dedupe:f", {"a": 1, "b": 2, "c": 3}, unique_fields=["a", "b"])
     assert both.id == again.id and both.unique_key == 'dedupe:f:{"a":1,"b":2}'
+    # one number in JSON: 42.0 (from JavaScript, a float column) and 42 make one key
+    whole = await app.add("dedupe:f", {"n": 42, "m": [1.0, {"k": 2}]}, unique_fields=["n", "m"])
+    floats = await app.add("dedupe:f", {"n": 42.0, "m": [1, {"k": 2.0}]},
+                           unique_fields=["n", "m"])
+    half = await app.add("dedupe:f", {"n": 42.5, "m": [1, {"k": 2}]}, unique_fields=["n", "m"])
+    assert whole.id == floats.id != half.id
+    assert whole.unique_key == 'dedupe:f:{"m":[1,{"k":2}],"n":42}'
 
 
 async def test_unique_scope_with_succeeded_keeps_the_key(app: Conveyor) -> None:
