@@ -667,10 +667,13 @@ class Remote:
         if sub in service.subs:
             service.subs.remove(sub)
         for held in list(sub.held.values()):
+            # a connection that went away lost its runs (rescues + 1); one that said
+            # `unsubscribe` (a service stopping) hands them back, as a stopping worker
+            # process does (attempt refunded)
+            lost_run = held.state == "running" and not self._stopping and why != "unsubscribed"
             if held.fan is not None and held.part is not None:
                 part = held.part
-                if held.state == "running" and not self._stopping and why != "unsubscribed":
-                    part.lost_running = True  # a lost run, unless another connection ends it
+                part.lost_running |= lost_run  # a lost run, unless another connection ends it
                 self._forget(held)
                 part.held = None
                 part.tried.add(sub)
@@ -680,10 +683,7 @@ class Remote:
                     self._place_part(part)
             else:
                 self._forget(held)
-                # a connection that went away lost its runs (rescues + 1); one that
-                # said `unsubscribe` (a service stopping) hands them back, as a
-                # stopping worker process does (attempt refunded)
-                if held.state == "running" and not self._stopping and why != "unsubscribed":
+                if lost_run:
                     self.writer.log(NewLog(held.task.id, LogLevel.WARNING,
                                            f"service {service.name} ({why}) let go of this task "
                                            "while running it", time.time(),
