@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from . import _json
 from .events import Event
-from .model import LogRecord, Progress, Status
+from .model import LogRecord, Progress, Status, Task
 from .storage import Completion, Lease, NewLog, Storage
 
 if TYPE_CHECKING:
@@ -71,19 +71,19 @@ class BatchedWrites(Generic[C]):
                     await self.storage.update_progress([b for b in batch if _encodes(b[1])])
 
     async def aborted_instead(self, refused: set[str],
-                              completions: Sequence[Completion]) -> set[str]:
+                              completions: Sequence[Completion]) -> dict[str, Task]:
         """Of the completions ``finish`` refused, those that would have queued their
         task again and found an abort requested: the task ended ``aborted`` instead
-        (the others lost their lease). Read only when a retry was refused."""
+        (the others lost their lease), as read. Read only when a retry was refused."""
         again = [c.task_id for c in completions
                  if c.task_id in refused and c.transition.status is Status.QUEUED]
         if not again:
-            return set()
+            return {}
         try:
             tasks = await self.storage.get_many(again)
         except Exception:
-            return set()  # told apart for the log only
-        return {t.id for t in tasks if t.status is Status.ABORTED}
+            return {}  # told apart for the log and the error sinks only
+        return {t.id: t for t in tasks if t.status is Status.ABORTED}
 
     async def take_completions_after_logs(self, bus: EventBus, interval: float) -> list[C]:
         """The finished runs to store now, taken before the logs and progress are

@@ -218,7 +218,7 @@ class _Writer(BatchedWrites[tuple[Completion, "_Run"]]):
             for completion, run in completions:
                 self.progress_written.pop(completion.task_id, None)
                 self.worker._finished(completion, run, completion.task_id in refused,
-                                      completion.task_id in aborted)
+                                      aborted.get(completion.task_id))
             if owner is not None:
                 await bus.announce_finished(
                     [(c, run.task) for c, run in completions if c.task_id not in refused],
@@ -837,12 +837,17 @@ class Worker:
             self._slot.set()
 
     def _finished(self, completion: Completion, run: _Run, refused: bool,
-                  aborted: bool = False) -> None:
+                  aborted: Task | None = None) -> None:
         """Called by the writer once a completion is stored (or refused; ``aborted``:
-        refused because an abort requested meanwhile ended the task instead)."""
-        if aborted:
+        refused because an abort requested meanwhile ended the task instead, as
+        read)."""
+        if aborted is not None:
             log.info("task %s: aborted as its run ended; not queued again",
                      completion.task_id)
+            # the attempt's own error if it failed, else the abort's: final either way
+            error = completion.transition.error or aborted.error
+            if error is not None and self.app.error_sinks:
+                self.app._push_sinks(self.app.error_sinks, ErrorItem(aborted, error, True))
             return
         if refused:
             log.warning("task %s: lease lost, the result of this run was discarded",

@@ -276,6 +276,8 @@ async def test_an_abort_as_a_run_ends_in_a_retry_is_not_lost(shared_url: str) ->
         raise ValueError("boom")
 
     worker_app.register("flaky", flaky, max_attempts=5, backoff=0.0)
+    errors: list[Any] = []
+    worker_app.add_error_sink(errors.append)
     async with other, worker_app:
         task = await worker_app.add("flaky", None)
         ends = Ends(worker_app, task.id)
@@ -284,6 +286,9 @@ async def test_an_abort_as_a_run_ends_in_a_retry_is_not_lost(shared_url: str) ->
     assert (done.status, done.reason, calls) == (Status.ABORTED, "user asked", [1])
     assert [e.type for e in done.errors][-1] == "Aborted"
     assert "task.retrying" not in ends.types and ends.ends == ["task.aborted"]
+    # the error sink got the attempt's error as final: it is not retried
+    assert [(e.error.type, e.final, e.task.status) for e in errors] == [
+        ("ValueError", True, Status.ABORTED)]
 
 
 async def test_a_policy_cannot_queue_a_task_aborted_with_abort(local_url: str) -> None:
