@@ -17,7 +17,8 @@ import regex
 
 from ..errors import QueryError
 
-__all__ = ["MATCH_TIMEOUT", "compile_regex", "search", "take_timeout", "timed_out"]
+__all__ = ["MATCH_TIMEOUT", "compile_regex", "note_timeout", "search", "take_timeout",
+           "timed_out"]
 
 MATCH_TIMEOUT = 1.0
 """Seconds one ``$regex`` may take on one value before the query fails."""
@@ -44,14 +45,17 @@ def search(compiled: regex.Pattern[str], value: str, where: str = "") -> bool:
     try:
         return compiled.search(value, timeout=MATCH_TIMEOUT, concurrent=True) is not None
     except TimeoutError:
-        error = timed_out(compiled.pattern, where)
-        _pending.error = error  # for SQLite, which reports only that a function failed
-        raise error from None
+        raise timed_out(compiled.pattern, where) from None
+
+
+def note_timeout(error: QueryError) -> None:
+    """Keep ``error`` for :func:`take_timeout` on this thread: a SQL function that
+    raised it (SQLite reports only that a function failed)."""
+    _pending.error = error
 
 
 def take_timeout() -> QueryError | None:
-    """The timeout a :func:`search` on this thread raised last (then forgotten):
-    what a SQL function's failure was."""
+    """The error :func:`note_timeout` kept on this thread (then forgotten)."""
     error: QueryError | None = getattr(_pending, "error", None)
     _pending.error = None
     return error

@@ -20,9 +20,10 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from conveyor.errors import QueryError
 from conveyor.model import FIELDS, FieldKind
 
-from ._regex import compile_regex, search
+from ._regex import compile_regex, note_timeout, search
 from ._tree import And, Compare, Exists, Filter, In, Node, Not, Or, Ref, Regex, Scalar, SortKey
 
 __all__ = [
@@ -239,9 +240,11 @@ def _regexp(pattern: object, flags: object, value: object) -> int:
         compiled = compile_regex(pattern, flags)
     except Exception:  # parse_filter refused such patterns; none reaches here from it
         return 0
-    # a timeout raises: SQLite fails the statement, and its caller turns that into
-    # the QueryError (see conveyor.query._regex.take_timeout)
-    return 1 if search(compiled, value) else 0
+    try:
+        return 1 if search(compiled, value) else 0
+    except QueryError as exc:  # SQLite fails the statement; its runner raises this
+        note_timeout(exc)
+        raise
 
 
 def register_sqlite_functions(conn: sqlite3.Connection) -> None:

@@ -10,6 +10,7 @@ ones (claim, finish), which the contract suite checks.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from ..errors import InvalidTransition
 from ..model import ErrorInfo, Status, Task, TaskSpec, Transition, _task_from_values, _task_replace
@@ -22,6 +23,7 @@ __all__ = [
     "claimed",
     "completion_event",
     "finished",
+    "finished_overruled",
     "finished_with_event",
     "new_task",
     "pickup_deadline",
@@ -80,18 +82,35 @@ def finished_with_event(task: Task, completion: Completion, now: float) -> tuple
     with the abort's reason (event :data:`RETRY_ABORTED`); the run's own error, if
     any, is kept in ``errors`` before the abort's. Otherwise as :func:`finished`."""
     if abort_wins(task, completion):
-        reason = task.abort_requested or "aborted"
-        error = ErrorInfo("Aborted", reason, attempt=task.attempts, at=now)
         run_error = completion.transition.error
-        return _task_replace(
-            task, status=Status.ABORTED, reason=reason, result=None, error=error,
-            errors=task.errors + ((run_error,) if run_error is not None else ()) + (error,),
-            finished_at=now, pickup_deadline=None, worker=None, token=None,
-            lease_until=None, abort_requested=None,
-            progress=completion.progress if completion.progress is not None else task.progress,
-            updated_at=now, version=task.version + 1), RETRY_ABORTED
+        return _aborted(
+            task, task.abort_requested or "aborted", now,
+            before=(run_error,) if run_error is not None else (), result=None,
+            progress=completion.progress if completion.progress is not None
+            else task.progress), RETRY_ABORTED
     return (finished(task, completion, now),
             completion.event or completion_event(completion.transition))
+
+
+def finished_overruled(task: Task, completion: Completion, now: float
+                       ) -> tuple[Task, Task, str] | None:
+    """For the SQL backends' finish: ``(task, the task ended, event)`` when the
+    stored ``task`` is still held by the completion's run and an abort overrules
+    its retry (:func:`abort_wins`); None otherwise (the lease was lost)."""
+    if task.token != completion.token or not abort_wins(task, completion):
+        return None
+    return (task, *finished_with_event(task, completion, now))
+
+
+def _aborted(task: Task, reason: str, now: float, before: tuple[ErrorInfo, ...] = (),
+             **more: Any) -> Task:
+    """``task`` ended ``aborted`` with ``reason`` (an ``Aborted`` error after the
+    ``before`` ones in its history), its lease and abort request cleared."""
+    error = ErrorInfo("Aborted", reason, attempt=task.attempts, at=now)
+    return replace(task, status=Status.ABORTED, reason=reason, error=error,
+                   errors=(*task.errors, *before, error), finished_at=now,
+                   pickup_deadline=None, worker=None, token=None, lease_until=None,
+                   abort_requested=None, updated_at=now, version=task.version + 1, **more)
 
 
 def finished(task: Task, completion: Completion, now: float) -> Task:
@@ -123,10 +142,7 @@ def finished(task: Task, completion: Completion, now: float) -> Task:
 def abort(task: Task, reason: str, now: float) -> tuple[Task, str]:
     """An abort of a queued task (now ``aborted``) or a running one (flagged)."""
     if task.status is Status.QUEUED:
-        error = ErrorInfo("Aborted", reason, attempt=task.attempts, at=now)
-        return replace(task, status=Status.ABORTED, reason=reason, error=error,
-                       errors=(*task.errors, error), finished_at=now, pickup_deadline=None,
-                       updated_at=now, version=task.version + 1), "aborted"
+        return _aborted(task, reason, now), "aborted"
     if task.status is Status.RUNNING:
         if task.abort_requested is not None:
             return task, ""
@@ -166,11 +182,7 @@ def rescued(task: Task, now: float, max_rescues: int) -> tuple[Task, str]:
     failed with reason ``worker_lost`` (event ``lost``), or aborted if an abort
     was requested (event ``lost_aborted``)."""
     if task.abort_requested is not None:
-        error = ErrorInfo("Aborted", task.abort_requested, attempt=task.attempts, at=now)
-        return replace(task, status=Status.ABORTED, reason=task.abort_requested, error=error,
-                       errors=(*task.errors, error), finished_at=now, worker=None, token=None,
-                       lease_until=None, abort_requested=None, updated_at=now,
-                       version=task.version + 1), "lost_aborted"
+        return _aborted(task, task.abort_requested, now), "lost_aborted"
     lost = ErrorInfo("WorkerLost", f"lease of worker {task.worker} expired",
                      attempt=task.attempts, at=now)
     if task.rescues >= max_rescues:

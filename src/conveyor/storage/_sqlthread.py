@@ -73,13 +73,13 @@ def _reporting_regex_timeouts(fn: Callable[[sqlite3.Connection], T]
     """``fn`` whose statement failed because a ``$regex`` ran too long raises that
     :class:`QueryError` (SQLite says only that a function raised)."""
     def run(conn: sqlite3.Connection) -> T:
-        take_timeout()
         try:
             return fn(conn)
-        except sqlite3.OperationalError:
-            error = take_timeout()
-            if error is not None:
-                raise error from None
+        except sqlite3.OperationalError as exc:
+            if "user-defined function raised exception" in str(exc):
+                error = take_timeout()
+                if error is not None:
+                    raise error from None
             raise
     return run
 

@@ -1357,14 +1357,10 @@ class PostgresStorage(FanoutFeed, Storage):
             if again:  # still held? then an abort was requested: it wins
                 async with conn.transaction():
                     now = time.time()
-                    changes = []
-                    for row in await self._rows(conn, self._q["held_tasks"],
-                                                {"ids": list(again)}):
-                        task = row_to_task(row, decoded=True)
-                        c = again[task.id]
-                        if task.token == c.token and _ops.abort_wins(task, c):
-                            changes.append((task, *_ops.finished_with_event(task, c, now)))
-                    await self._save(conn, changes)
+                    rows = await self._rows(conn, self._q["held_tasks"], {"ids": list(again)})
+                    tasks = [row_to_task(row, decoded=True) for row in rows]
+                    await self._save(conn, [change for t in tasks if (
+                        change := _ops.finished_overruled(t, again[t.id], now))])
         return [c.task_id for c in completions if (c.task_id, c.token) not in done]
 
     async def release(self, worker: str, leases: Sequence[Lease]) -> list[str]:

@@ -738,11 +738,10 @@ class SQLiteStorage(FanoutFeed, Storage):
                      and c.transition.status is Status.QUEUED}
             if again:  # still held? then an abort was requested: it wins
                 held = conn.execute(Q["held_tasks"], {"ids": _json.dumps(list(again))})
-                for row in held.fetchall():
-                    task = row_to_task(row)
-                    c = again[task.id]
-                    if task.token == c.token and _ops.abort_wins(task, c):
-                        self._save(conn, task, *_ops.finished_with_event(task, c, now))
+                for task in [row_to_task(row) for row in held.fetchall()]:
+                    change = _ops.finished_overruled(task, again[task.id], now)
+                    if change is not None:
+                        self._save(conn, *change)
             return [c.task_id for c in completions if c.task_id not in done]
 
         return await self._write(tx)
