@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import Context, Conveyor, InvalidTransition, Retry, Status, Task
+from conveyor import Context, Conveyor, InvalidTransition, Retry, Status, SyncConveyor, Task
 
 from ._support import until
 
@@ -267,22 +267,28 @@ async def test_an_abort_as_a_run_ends_in_a_retry_is_not_lost(shared_url: str) ->
     ``task.retrying``). Before, the retry was stored and the request dropped with
     the run: the aborted task ran again."""
     worker_app = Conveyor(shared_url, concurrency=2, lease=30.0, stop_timeout=1.0)
-    other = Conveyor(shared_url)
+    # another app object on its own loop thread: its abort blocks the worker's loop
+    # until committed, so the worker cannot take the request before the handler
+    # raises (an awaited abort let a fast change feed cancel the handler first)
+    other = SyncConveyor(shared_url)
     calls: list[int] = []
 
     async def flaky(ctx: Context[Any]) -> None:
         calls.append(ctx.task.attempts)
-        await other.abort(ctx.task.id, "user asked")  # committed; the worker has not seen it
+        other.abort(ctx.task.id, "user asked")  # committed; the worker has not seen it
         raise ValueError("boom")
 
     worker_app.register("flaky", flaky, max_attempts=5, backoff=0.0)
     errors: list[Any] = []
     worker_app.add_error_sink(errors.append)
-    async with other, worker_app:
-        task = await worker_app.add("flaky", None)
-        ends = Ends(worker_app, task.id)
-        done = await worker_app.wait_task(task.id, timeout=10)
-        await until(lambda: "task.aborted" in ends.types, timeout=5, what="task.aborted")
+    try:
+        async with worker_app:
+            task = await worker_app.add("flaky", None)
+            ends = Ends(worker_app, task.id)
+            done = await worker_app.wait_task(task.id, timeout=10)
+            await until(lambda: "task.aborted" in ends.types, timeout=5, what="task.aborted")
+    finally:
+        other.close()
     assert (done.status, done.reason, calls) == (Status.ABORTED, "user asked", [1])
     assert [e.type for e in done.errors][-1] == "Aborted"
     assert "task.retrying" not in ends.types and ends.ends == ["task.aborted"]
