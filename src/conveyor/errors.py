@@ -42,8 +42,9 @@ class QueryError(ValidationError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
-class ConfigurationError(ConveyorError):
-    """A URL, option or registration does not make sense."""
+class ConfigurationError(ConveyorError, ValueError):
+    """A URL, option or registration does not make sense (also a ``ValueError``,
+    as :class:`ValidationError` is)."""
 
 
 class UnknownAction(ConveyorError, LookupError):

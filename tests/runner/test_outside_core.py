@@ -57,6 +57,10 @@ def test_statuses_and_the_default_url() -> None:
     assert issubclass(QueryError, ValidationError) and issubclass(ValidationError, ValueError)
     assert issubclass(TaskNotFound, LookupError) and issubclass(WaitTimeout, TimeoutError)
     assert issubclass(SchemaError, StorageError) and issubclass(StorageError, ConveyorError)
+    assert issubclass(ConfigurationError, ConveyorError)
+    assert issubclass(ConfigurationError, ValueError)
+    with pytest.raises(ValueError, match="unknown storage URL"):
+        Conveyor("nosuch://x")
 
 
 def test_every_documented_event_type_is_known() -> None:
