@@ -100,6 +100,12 @@ async def test_malformed_messages_get_errors_and_the_connection_lives(
         (json.dumps({"id": 6, "type": "pickup", "task_id": "x"}), "not_held"),
         (json.dumps({"id": 7, "type": "subscribe", "service": "s", "actions": "a"}),
          "bad_message"),
+        # a malformed action name is `invalid` as in `publish`, before rights
+        (json.dumps({"id": 9, "type": "subscribe", "service": "s",
+                     "actions": ["ok", "bad action!"]}),
+         "invalid"),
+        (json.dumps({"id": 10, "type": "subscribe", "service": "s", "actions": ["a", 3]}),
+         "invalid"),
         (json.dumps({"id": 8, "type": "watch"}), "bad_message"),
         (b"\x00\x01binary", "binary_frame"),
     ]

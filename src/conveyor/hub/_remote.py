@@ -601,8 +601,8 @@ class Remote:
         for action in raw:
             try:
                 check_action(action)
-            except ValidationError as exc:
-                raise ProtocolError("bad_message", str(exc)) from None
+            except ValidationError as exc:  # as in publish: before the rights
+                raise ProtocolError("invalid", str(exc)) from None
         cred = conn.credential
         forbidden = [a for a in raw if not cred.can_subscribe(a)]
         if forbidden:
