@@ -53,7 +53,7 @@ from .model import (
     TimedOut,
     Transition,
 )
-from .storage import ClaimLimits, Completion, HeartbeatReply, Lease, NewLog, WorkerInfo
+from .storage import ClaimLimits, Completion, HeartbeatReply, Lease, NewLog, WorkerInfo, _ops
 
 if TYPE_CHECKING:
     from ._registry import Handler
@@ -74,7 +74,13 @@ _RETURNED_NONE = Returned(None)  # outcomes are frozen: the common one is shared
 
 @dataclass(frozen=True, slots=True)
 class ResultItem:
-    """What a result sink receives: a final result or an intermediate one (``ctx.emit``)."""
+    """What a result sink receives: a final result or an intermediate one (``ctx.emit``).
+
+    ``task`` is the task as the run left it: for a final result ``succeeded``, with
+    its ``result`` and ``finished_at``; for an intermediate one the running task.
+    The worker builds it as it stores the run's end (it is not read back): ``get``
+    the task for the stored record, whose ``version`` is higher when the run
+    reported progress."""
 
     task: Task
     value: Any
@@ -83,7 +89,11 @@ class ResultItem:
 
 @dataclass(frozen=True, slots=True)
 class ErrorItem:
-    """What an error sink receives: the error of one failed attempt."""
+    """What an error sink receives: the error of one failed attempt.
+
+    ``task`` is the task as the attempt left it: ``queued`` again for its retry,
+    ``failed`` or ``aborted`` (with this error last in ``errors``), built by the
+    worker as for :class:`ResultItem`."""
 
     task: Task
     error: ErrorInfo
@@ -862,7 +872,8 @@ class Worker:
         if not (app.result_sinks or app.error_sinks):
             return
         t = completion.transition
-        task = run.task
+        # the task as this run left it (built here, not read back: see ResultItem)
+        task = _ops.finished(run.task, completion, time.time())
         if t.status is Status.SUCCEEDED and app.result_sinks:
             app._push_sinks(app.result_sinks, ResultItem(task, t.result, True))
         if t.error is not None and app.error_sinks:

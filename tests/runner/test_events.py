@@ -140,6 +140,12 @@ async def test_result_and_error_sinks(app: Conveyor) -> None:
     items = [results.get_nowait() for _ in range(results.qsize())]
     assert [(i.value, i.final) for i in items] == [("partial", False), (7, True)]
     assert [(e.error.type, e.final) for e in errors] == [("KeyError", False), ("KeyError", True)]
+    # the task as the run left it: running for an intermediate result, then ended
+    assert [i.task.status for i in items] == [Status.RUNNING, Status.SUCCEEDED]
+    assert (items[1].task.result, items[1].task.finished_at is not None) == (7, True)
+    assert [(e.task.status, e.task.attempts, len(e.task.errors)) for e in errors] == [
+        (Status.QUEUED, 1, 1), (Status.FAILED, 2, 2)]
+    assert errors[1].task.error == errors[1].error and errors[1].task.worker is None
 
 
 async def test_sink_must_be_usable(app: Conveyor) -> None:
