@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._aio import stop_tasks
-from .errors import ConveyorError
+from .errors import ConveyorError, ValidationError
 from .model import LogLevel, Progress, Status, Task
 from .storage import Change, Completion, Storage, _ops
 
@@ -116,14 +116,14 @@ Tally = Callable[[str, str, "str | None", "float | None"], None]
 
 def _matcher(patterns: str | Sequence[str]) -> Callable[[str], bool]:
     if not isinstance(patterns, str | Iterable):
-        raise ValueError("an event pattern is a string (\"task.*\") or a list of them, not "
+        raise ValidationError("an event pattern is a string (\"task.*\") or a list of them, not "
                          f"{type(patterns).__name__}")
     items = [patterns] if isinstance(patterns, str) else list(patterns)
     if not items:
-        raise ValueError("at least one event pattern is needed")
+        raise ValidationError("at least one event pattern is needed")
     for p in items:
         if not isinstance(p, str) or not p:
-            raise ValueError(f"event patterns are non-empty strings, not {p!r}")
+            raise ValidationError(f"event patterns are non-empty strings, not {p!r}")
     if "*" in items:
         return lambda _type: True
     exact = {p for p in items if not any(c in p for c in "*?[")}
@@ -294,7 +294,10 @@ class EventBus:
 
     def subscribe(self, pattern: str | Sequence[str] = "*", *, task_id: str | None = None,
                   maxsize: int = 10_000) -> Subscription:
-        """An async iterator of matching events, starting now."""
+        """An async iterator of matching events, starting now. ``maxsize``: how many
+        undelivered events it holds (an int >= 1) before it overflows."""
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+            raise ValidationError(f"maxsize must be an integer >= 1, not {maxsize!r}")
         return Subscription(self, _matcher(pattern), task_id, maxsize)
 
     # -- delivery -------------------------------------------------------------

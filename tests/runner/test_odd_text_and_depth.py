@@ -65,8 +65,13 @@ def test_arguments_of_the_wrong_type_are_named() -> None:
             Conveyor("memory://", name=name)  # type: ignore[arg-type]
     app = Conveyor("memory://")
     for call in (lambda: app.events(5), lambda: app.on(5, print)):  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="event pattern is a string"):
+        with pytest.raises(ValidationError, match="event pattern is a string"):
             call()
+    # a subscription that could hold no event is refused, not one that overflows at once
+    for size in (0, -1, 1.5, True, "10"):
+        with pytest.raises(ValidationError, match="maxsize must be an integer >= 1"):
+            app.events("*", maxsize=size)  # type: ignore[arg-type]
+    assert app.events("*", maxsize=1) is not None
 
 
 async def test_delete_names_the_path_of_the_filter_as_given(app: Conveyor) -> None:
