@@ -121,6 +121,9 @@ def test_ls_filters_sorts_and_pages(db: str) -> None:
     assert ids("--sort", "-priority,created_at", "--limit", "2") == [a.id, c.id]
     assert ids("--sort", "-priority,created_at", "--limit", "2", "--skip", "1") == [c.id, b.id]
     assert ids('{"priority": {"$gt": 1}}', "--action", "geo:code") == [c.id]
+    # a name no task can have is refused, not answered with "no tasks match"
+    assert_error(cli("ls", "--action", "mail:send", "--action", "bad action!", "--db", db),
+                 2, "--action: invalid action name 'bad action!'")
 
     table = cli("ls", "--sort", "-priority", "--limit", "4", "--db", db)
     assert table.code == 0, table
@@ -223,6 +226,8 @@ def test_prune_deletes_only_tasks_finished_long_enough_ago(db: str) -> None:
     young = cli("prune", "--older-than", "1h", "--db", db)
     assert young.code == 0, young
     assert "pruned 0 task(s)" in young.out and count(db) == 2
+    weeks = cli("prune", "--older-than", "2w", "--db", db)
+    assert weeks.code == 0 and "finished more than 1209600 s ago" in weeks.out, weeks
 
     for bad in ("7x", "-1", "", "inf"):
         assert_error(cli("prune", "--older-than", bad, "--db", db), 2, "--older-than")

@@ -11,9 +11,10 @@ from typing import Any
 
 import click
 
+from conveyor._registry import check_action
 from conveyor._specs import MAX_ATTEMPTS
 from conveyor.app import Conveyor
-from conveyor.errors import ConveyorError, TaskNotFound
+from conveyor.errors import ConveyorError, TaskNotFound, ValidationError
 from conveyor.model import LogLevel, Status, Task
 from conveyor.query import parse_query
 from conveyor.storage import WorkerInfo
@@ -267,6 +268,11 @@ def ls_command(ctx: click.Context, filter: str | None, statuses: tuple[str, ...]
     if statuses:
         parts.append({"status": {"$in": sorted({s.lower() for s in statuses})}})
     if actions:
+        for action in actions:  # a name no task can have is a typo: say so
+            try:
+                check_action(action)
+            except ValidationError as exc:
+                raise CliError(f"--action: {exc}") from None
         parts.append({"action": {"$in": list(dict.fromkeys(actions))}})
     where: dict[str, Any] | None = None
     if len(parts) == 1:
@@ -513,7 +519,8 @@ def prune_command(ctx: click.Context, older_than: float, as_json: bool) -> int:
     if as_json:
         _echo_json({"pruned": pruned, "older_than": older_than})
     else:
-        click.echo(f"pruned {pruned} task(s) that finished more than {older_than:g} s ago")
+        age = f"{older_than:.0f}" if older_than == int(older_than) else f"{older_than:g}"
+        click.echo(f"pruned {pruned} task(s) that finished more than {age} s ago")
     return EXIT_OK
 
 
