@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -258,3 +260,40 @@ async def test_killed_listener_is_replaced(tmp_path: Path) -> None:
     assert left == 0
     assert len(read_ledger(ledger)) == 32  # 10 + 2 x (1 + 10) tasks, each run once
     assert "Traceback" not in fleet.log_text()
+
+
+_LEFT_OPEN = """
+import asyncio, sys, psycopg
+from conveyor import Conveyor
+
+url, admin, name = sys.argv[1:4]
+
+async def main():
+    app = Conveyor(url)
+    await app.open()
+    task = await app.add("never:run", None)
+    with psycopg.connect(admin, autocommit=True) as c:
+        n = c.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                      "WHERE application_name = %s", (name,)).fetchone()[0]
+    print("terminated", n, flush=True)
+    await app.get(task.id)  # fails once on the dead connection; the app is never closed
+
+asyncio.run(main())
+"""
+
+
+def test_a_program_that_leaves_the_app_open_after_a_lost_connection_ends(
+        schema_url: str, server: str, tmp_path: Path) -> None:
+    """A script whose pooled connections the server ends, that raises the
+    ``StorageError`` and never closes its app: ``asyncio.run()`` returns (exit 1).
+    It hung for ever: asyncio.run cancels every task at the end, and psycopg_pool's
+    task that was reopening the lost connection caught the cancellation and went on
+    waiting for its next job."""
+    name = f"conveyor-left-open-{uuid.uuid4().hex[:8]}"  # only this process's connections
+    script = tmp_path / "left_open.py"
+    script.write_text(_LEFT_OPEN)
+    done = subprocess.run([sys.executable, str(script), f"{schema_url}&application_name={name}",
+                           server, name], capture_output=True, text=True, timeout=30)
+    assert done.stdout.startswith("terminated ") and done.stdout.split()[1] != "0", done
+    assert done.returncode == 1, done
+    assert "StorageError" in done.stderr and "administrator command" in done.stderr, done.stderr

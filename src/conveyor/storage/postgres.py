@@ -635,6 +635,7 @@ class PostgresStorage(FanoutFeed, Storage):
         self._q = _queries(options.schema)
         self._state = threading.Lock()
         self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = {}
+        self._guards: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
         self._open_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._opened = False
         self._p0: tuple[str, float] | None = None
@@ -735,7 +736,25 @@ class PostgresStorage(FanoutFeed, Storage):
             raise StorageError(f"cannot open connections to PostgreSQL at {self.url}") from None
         with self._state:
             self._pools[loop] = pool
+            self._guards[loop] = loop.create_task(self._close_if_cancelled(pool),
+                                                  name="conveyor-pool-guard")
         return pool
+
+    async def _close_if_cancelled(self, pool: AsyncConnectionPool[Any]) -> None:
+        """Wait until cancelled; then close ``pool`` if it is still open. When
+        ``asyncio.run()`` ends with the app left open it cancels every task, and
+        psycopg_pool's task that reopens a lost connection catches that
+        cancellation and waits for its next job: the run never returned. Closing
+        the pool gives that task its stop."""
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            with self._state:
+                still_open = any(p is pool for p in self._pools.values())
+            if still_open:
+                with contextlib.suppress(Exception):
+                    await pool.close(timeout=1.0)
+            raise
 
     def _loop_pool(self) -> AsyncConnectionPool[Any] | None:
         try:
@@ -753,12 +772,18 @@ class PostgresStorage(FanoutFeed, Storage):
             await asyncio.to_thread(listener.stop)
         with self._state:
             pools, self._pools = dict(self._pools), {}
+            guards, self._guards = dict(self._guards), {}
             self._opened = False
             self._open_locks = {}
         try:
             current = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover
             current = None
+        for loop, guard in guards.items():  # their pools are no longer ours: they just end
+            if loop is current:
+                guard.cancel()
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(guard.cancel)
         for loop, pool in pools.items():
             if loop is current:
                 await pool.close()
