@@ -6,7 +6,7 @@ import asyncio
 import logging
 import reprlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -25,6 +25,8 @@ from ._specs import (
 from ._worker import Worker
 from .errors import (
     ConfigurationError,
+    SchemaError,
+    StorageError,
     TaskAborted,
     TaskFailed,
     TaskNotFound,
@@ -40,6 +42,7 @@ from .storage import AddResult, Change, Storage, WorkerInfo, open_storage
 __all__ = ["DEFAULT_URL", "MAX_CONCURRENCY", "Conveyor"]
 
 log = logging.getLogger("conveyor")
+_READ_RETRIES = 8  # consecutive storage errors a wait or a log stream rides out
 
 MAX_CONCURRENCY = 100_000
 """The most tasks one worker may run at once (``concurrency``)."""
@@ -51,6 +54,7 @@ DEFAULT_URL = "sqlite:///conveyor.db"
 """Where ``Conveyor()`` keeps its tasks when given no URL: a SQLite file in the
 current directory."""
 F = TypeVar("F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 Sink = Any  # a callable taking one item, or an object with put(item)
 
 
@@ -539,7 +543,7 @@ class Conveyor:
         try:
             while True:
                 signal.clear()
-                task = await self.storage.get(task_id)
+                task = await self._read(self.storage.get, task_id, deadline=deadline)
                 if task is None:
                     raise TaskNotFound(task_id)
                 if task.terminal:
@@ -558,6 +562,30 @@ class Conveyor:
         finally:
             self.bus.unsignal(task_id, signal)
 
+    async def _read(self, read: Callable[..., Awaitable[_T]], *args: Any,
+                    deadline: float | None = None) -> _T:
+        """``await read(*args)`` for a wait or a log stream, which ride out a
+        storage error for a moment as workers do: a pooled connection that the
+        server closed fails once (a restarted server: each idle one once). Tried
+        again after 0.05 s, doubling up to 1 s, at most 8 times in a row and not
+        past ``deadline`` (loop time); then the error is raised. A
+        :class:`SchemaError` is raised at once."""
+        loop = asyncio.get_running_loop()
+        pause = 0.05
+        for again in range(_READ_RETRIES + 1):
+            try:
+                return await read(*args)
+            except SchemaError:
+                raise
+            except StorageError as exc:
+                left = None if deadline is None else deadline - loop.time()
+                if again == _READ_RETRIES or (left is not None and left <= pause):
+                    raise
+                log.info("%s; reading again in %gs", exc, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def logs(self, task_id: str, *, follow: bool = True,
                    max_level: LogLevel | str = LogLevel.DEBUG) -> AsyncIterator[LogRecord]:
         """A task's logs from the beginning; with ``follow`` (the default), then
@@ -571,13 +599,13 @@ class Conveyor:
         try:
             while True:
                 signal.clear()
-                task = await self.storage.get(task_id)
+                task = await self._read(self.storage.get, task_id)
                 if task is None:
                     if first:
                         raise TaskNotFound(task_id)
                     return
                 first = False
-                for record in await self.storage.read_logs(task_id, last, level):
+                for record in await self._read(self.storage.read_logs, task_id, last, level):
                     last = record.seq
                     yield record
                 if not follow or task.terminal:

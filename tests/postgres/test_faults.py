@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from conveyor import Context, Conveyor
 from conveyor.errors import StorageError
 from conveyor.storage.postgres import PostgresStorage, migrate
 from conveyor.testing.contract import make_spec
@@ -297,3 +298,41 @@ def test_a_program_that_leaves_the_app_open_after_a_lost_connection_ends(
     assert done.stdout.startswith("terminated ") and done.stdout.split()[1] != "0", done
     assert done.returncode == 1, done
     assert "StorageError" in done.stderr and "administrator command" in done.stderr, done.stderr
+
+
+async def test_a_wait_and_a_log_stream_ride_out_lost_connections(
+        schema_url: str, server: str) -> None:
+    """The server ends every pooled connection of a process waiting on a task
+    (as a restart does): its ``wait()`` and ``logs()`` read again and return the
+    result and every log line. Each read on a dead connection raised a
+    ``StorageError`` that ended the wait (``conveyor add --wait``, ``tail``)."""
+    name = f"conveyor-waiter-{uuid.uuid4().hex[:8]}"  # only the waiter's connections
+    waiter = Conveyor(f"{schema_url}&application_name={name}&pool_min=3")
+    worker = Conveyor(schema_url, stop_timeout=1.0)
+    go = asyncio.Event()
+
+    async def slow(ctx: Context[Any]) -> str:
+        ctx.log.info("before")
+        await go.wait()
+        ctx.log.info("after")
+        return "done"
+
+    worker.register("slow", slow)
+    async with waiter, worker:
+        task = await waiter.add("slow", None)
+        result = asyncio.ensure_future(waiter.wait(task.id, timeout=30))
+
+        async def read_logs() -> list[str]:
+            return [r.message async for r in waiter.logs(task.id)]
+
+        lines = asyncio.ensure_future(read_logs())
+        await until(lambda: bool(worker.worker and worker.worker.running), timeout=10,
+                    what="the run to start")
+        with psycopg.connect(server, autocommit=True) as admin:
+            [[killed]] = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s", (name,)).fetchall()
+        assert killed >= 1
+        go.set()
+        assert await asyncio.wait_for(result, 30) == "done"
+        assert await asyncio.wait_for(lines, 30) == ["before", "after"]
