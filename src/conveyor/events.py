@@ -116,8 +116,8 @@ Tally = Callable[[str, str, "str | None", "float | None"], None]
 
 def _matcher(patterns: str | Sequence[str]) -> Callable[[str], bool]:
     if not isinstance(patterns, str | Iterable):
-        raise ValidationError("an event pattern is a string (\"task.*\") or a list of them, not "
-                         f"{type(patterns).__name__}")
+        raise ValidationError("an event pattern is a string (\"task.*\") or a list of them, "
+                              f"not {type(patterns).__name__}")
     items = [patterns] if isinstance(patterns, str) else list(patterns)
     if not items:
         raise ValidationError("at least one event pattern is needed")
