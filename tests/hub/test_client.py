@@ -427,6 +427,38 @@ async def test_a_follow_resumes_across_a_hub_restart(tmp_path: Path) -> None:
     await client.close()
 
 
+async def test_a_wait_resumes_across_a_hub_restart(tmp_path: Path) -> None:
+    """``wait`` (and ``run``, which waits) waits for a restarting hub as ``follow``
+    does: it raised ``HubError('unreachable')`` at once when the reconnect found
+    the port closed. With a timeout that passes while the hub is away, the
+    ``default`` comes back."""
+    config = HubConfig(port=free_port(), insecure=True)
+    url = hub_db_url(tmp_path)
+    client = HubClient(f"http://127.0.0.1:{config.port}")
+    async with running_hub(Conveyor(url), config, None) as hub:
+        task = await hub.app.add("f:x", 1)
+        other = await hub.app.add("f:x", 2)
+        waiting = asyncio.ensure_future(client.wait(task.id, timeout=60))
+        short = asyncio.ensure_future(client.wait(other.id, timeout=0.5, default="gone"))
+        running = asyncio.ensure_future(client.run("f:x", 3, timeout=60))
+        await client.get(task.id)  # one connection, in order: the waits reached the hub
+    # the hub is away: the short wait's timeout passes meanwhile
+    assert await asyncio.wait_for(short, 10) == "gone"
+    app = Conveyor(url)
+    await app.abort(task.id, "while the hub was away")
+    await app.close()
+    await asyncio.sleep(0.3)  # the client finds the port closed and retries meanwhile
+    assert not waiting.done() and not running.done()
+    async with running_hub(Conveyor(url), config, None) as hub:
+        with pytest.raises(TaskAborted, match="while the hub was away"):
+            await asyncio.wait_for(waiting, 20)
+        [published] = await hub.app.find({"payload": 3})
+        await hub.app.abort(published.id, "after the restart")
+        with pytest.raises(TaskAborted, match="after the restart"):
+            await asyncio.wait_for(running, 20)
+    await client.close()
+
+
 async def test_a_closed_client_can_work_again(insecure_hub: RunningHub) -> None:
     client = HubClient(insecure_hub.url)
 

@@ -393,7 +393,7 @@ class HubClient:
             link.routes.pop(message["id"], None)
         if msg is CLOSED:  # the connection went away: ask again on a new one
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-            return await self.wait(task_id, left, default=default)
+            msg = await self._wait_message(task_id, left, lost=True)
         return self._answer(task_id, msg, timeout, default)
 
     async def wait(self, task_id: str, timeout: float | None = None, *,
@@ -416,20 +416,33 @@ class HubClient:
             raise _mapped(_error_of(msg))
         return await self.get(task_id)
 
-    async def _wait_message(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+    async def _wait_message(self, task_id: str, timeout: float | None,
+                            lost: bool = False) -> dict[str, Any]:
+        """The hub's answer to a ``wait``. Once the connection was lost (``lost``:
+        before this call), the hub is waited for as ``follow()`` waits (a restart):
+        reconnects 0.1 s apart, doubling up to 5 s, until the timeout."""
         check_task_id(task_id)
         timeout = seconds(timeout, "timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.1
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             message: dict[str, Any] = {"type": "wait", "task_id": task_id, "task": True}
             if left is not None:
                 message["timeout"] = left
-            link = await self._connect()
             try:
+                link = await self._connect()
                 return await link.request(message, None if left is None else left + 10.0)
             except HubError as exc:
-                if exc.code == "disconnected":
+                if exc.code == "disconnected" or (lost and exc.code == "unreachable"):
+                    if exc.code == "unreachable":  # down: try again later
+                        if left is not None and left <= 0:
+                            return {"type": "error", "code": "wait_timeout",
+                                    "message": "the hub did not come back in time"}
+                        pause = delay * (0.5 + random.random())
+                        await asyncio.sleep(pause if left is None else min(pause, left))
+                        delay = min(5.0, delay * 2)
+                    lost = True
                     continue
                 data = getattr(exc, "data", None)
                 if isinstance(data, dict):
