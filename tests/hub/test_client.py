@@ -542,3 +542,42 @@ async def test_a_thread_handler_ignoring_an_abort_is_abandoned_after_its_grace(
             release.set()
     assert (ended.status, ended.reason, ended.result) == (Status.ABORTED, "enough", None)
     assert took < 3.0, took  # the handler's grace (0.3 s), not the hub's (5 s)
+
+
+async def test_a_hub_shutting_down_hands_remote_runs_back(tmp_path: Path) -> None:
+    """A hub stopped gracefully (``conveyor serve`` on SIGTERM: a deploy) hands the
+    runs of its remote workers back as a stopping worker does: the task is queued
+    again, its attempt refunded, ``rescues`` 0. It counted them as lost runs
+    (rescues + 1, "let go of this task"), so a long task failed ``worker_lost``
+    after ``max_rescues`` restarts of the hub."""
+    from conveyor.hub._serve import run_hub
+
+    db = hub_db_url(tmp_path)
+    config = HubConfig(port=free_port(), insecure=True)
+    stop = asyncio.Event()
+    app = Conveyor(db)
+    serving = asyncio.ensure_future(run_hub(app, config, stop=stop))
+    client = HubClient(f"http://127.0.0.1:{config.port}")
+    started = asyncio.Event()
+
+    @client.handler("leave:long")
+    async def long(ctx: Context) -> str:
+        started.set()
+        await asyncio.sleep(30)
+        return "never"
+
+    work = asyncio.create_task(client.work("leaver", concurrency=1))
+    try:
+        await client.wait_working(20)
+        task = await app.add("leave:long")
+        await asyncio.wait_for(started.wait(), 10)
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+    finally:
+        client.stop()
+        await asyncio.wait_for(work, 20)
+        await client.close()
+    async with Conveyor(db) as reader:
+        back = await reader.get(task.id, logs=True)
+    assert (back.status, back.attempts, back.rescues) == (Status.QUEUED, 0, 0), back
+    assert not any("let go of this task" in r.message for r in back.logs or ())

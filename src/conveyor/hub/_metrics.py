@@ -48,7 +48,8 @@ class Metrics:
         r = self.registry
         self.added = Counter("conveyor_tasks_added", "Tasks added.", ["action"], registry=r)
         self.started = Counter("conveyor_tasks_started",
-                               "Task runs started (one per attempt).", ["action"], registry=r)
+                               "Claims: task runs started and offers to remote services.",
+                               ["action"], registry=r)
         self.finished = Counter("conveyor_tasks_finished",
                                 "Tasks that ended, by final status.", ["action", "status"],
                                 registry=r)

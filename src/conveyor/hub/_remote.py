@@ -470,6 +470,7 @@ class Remote:
         self._worker_ids: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._leaving = False  # the hub closes its connections: runs are handed back
         self._writer: _Writer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._unlisten: list[Callable[[], None]] = []
@@ -486,7 +487,7 @@ class Remote:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._stopping = False
+        self._stopping = self._leaving = False
         self._writer = _Writer(self)
         self._writer.start()
         bus = self.app.bus
@@ -496,6 +497,12 @@ class Remote:
         self.app._ensure_relay()
         self._tasks = [asyncio.create_task(self._dispatch_loop(), name="conveyor-hub-claims"),
                        asyncio.create_task(self._keep(), name="conveyor-hub-keeper")]
+
+    def leaving(self) -> None:
+        """The hub is about to close its connections (a shutdown): the runs they hold
+        are handed back, attempt refunded, as a stopping worker hands its runs back,
+        not counted as lost runs (which a task's ``max_rescues`` limits)."""
+        self._leaving = True
 
     async def stop(self) -> None:
         self._stopping = True
@@ -668,9 +675,10 @@ class Remote:
             service.subs.remove(sub)
         for held in list(sub.held.values()):
             # a connection that went away lost its runs (rescues + 1); one that said
-            # `unsubscribe` (a service stopping) hands them back, as a stopping worker
-            # process does (attempt refunded)
-            lost_run = held.state == "running" and not self._stopping and why != "unsubscribed"
+            # `unsubscribe` (a service stopping) or that the hub closes as it shuts down
+            # hands them back, as a stopping worker process does (attempt refunded)
+            lost_run = (held.state == "running" and not (self._stopping or self._leaving)
+                        and why != "unsubscribed")
             if held.fan is not None and held.part is not None:
                 part = held.part
                 part.lost_running |= lost_run  # a lost run, unless another connection ends it

@@ -125,6 +125,7 @@ class WSState:
         """Close every connection with 1001 (new ones are closed so too), and wait up to
         ``timeout`` seconds for the clients to answer the close frames."""
         self.started = False
+        self.remote.leaving()
         await asyncio.gather(*(conn.close(CLOSE_GOING_AWAY, "hub shutting down")
                                for conn in list(self.connections)), return_exceptions=True)
         with contextlib.suppress(TimeoutError):
@@ -133,6 +134,7 @@ class WSState:
 
     async def stop(self) -> None:
         self.started = False
+        self.remote.leaving()
         for conn in list(self.connections):
             with contextlib.suppress(Exception):
                 await conn.close(CLOSE_GOING_AWAY, "hub shutting down")
