@@ -315,6 +315,8 @@ async def test_live_queries_with_the_client(hub: RunningHub) -> None:
         await client.abort(old.id)
         removed = await live.__anext__()
         assert removed.type == "removed" and removed.task_id == old.id
+        # the version of the change that took it out: the abort's
+        assert removed.version == (await client.get(old.id)).version
         assert set(live.tasks) == {new.id}
         await live.aclose()
         with pytest.raises(ValidationError) as bad:

@@ -108,9 +108,11 @@ class Update:
 
 @dataclass(frozen=True, slots=True)
 class LiveChange:
-    """One change of a live query: ``snapshot`` (``tasks``: the whole result, also
-    after a resubscription), ``added``, ``changed`` (``task``) or ``removed``
-    (``task_id``). Tasks are dicts in the wire form (only the asked ``fields``)."""
+    """One change of a live query: ``snapshot`` (``tasks``: the whole result in
+    ``sort`` order, also after a resubscription), ``added``, ``changed``
+    (``task``) or ``removed`` (``task_id``, and ``version``: the task's version
+    when it left, None when it was deleted). Tasks are dicts in the wire form
+    (only the asked ``fields``)."""
 
     type: str
     seq: int
@@ -118,10 +120,13 @@ class LiveChange:
     task: Mapping[str, Any] | None = None
     tasks: tuple[Mapping[str, Any], ...] = ()
     resync: bool = False
+    version: int | None = None
 
 
 class LiveQuery:
-    """An async iterator of :class:`LiveChange`; ``tasks`` is the current result.
+    """An async iterator of :class:`LiveChange`; ``tasks`` is the current result,
+    a dict by task id: which tasks, not their order (the snapshot comes in
+    ``sort`` order, later ones are added at the end; sort its values yourself).
 
     It checks the hub's sequence numbers: after a gap, or when the connection
     came back, it subscribes again and yields a fresh ``snapshot``
@@ -225,7 +230,9 @@ class LiveQuery:
             if kind == "removed":
                 task_id = str(msg.get("task_id"))
                 self.tasks.pop(task_id, None)
-                return LiveChange("removed", seq, task_id)
+                version = msg.get("version")
+                return LiveChange("removed", seq, task_id,
+                                  version=version if isinstance(version, int) else None)
 
     async def _drop(self) -> None:
         link, msg_id = self._link, self._id
