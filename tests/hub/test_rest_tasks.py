@@ -164,7 +164,10 @@ async def test_wait_timeout_answers_202_with_the_task_as_it_is(hub: RunningHub) 
         # the wait ends as soon as the task does, from another writer too
         waiting = asyncio.ensure_future(
             http.get(f"{API}/tasks/{task['id']}/wait", params={"timeout": 30}))
-        await asyncio.sleep(0.2)
+        async def hub_waits() -> bool:  # its wait listens for the task's changes
+            return task["id"] in hub.app.bus._signals
+
+        await eventually(hub_waits)
         assert not waiting.done()
         await hub.app.abort(task["id"], "changed my mind")
         r = await asyncio.wait_for(waiting, 5)

@@ -519,8 +519,7 @@ def prune_command(ctx: click.Context, older_than: float, as_json: bool) -> int:
     if as_json:
         _echo_json({"pruned": pruned, "older_than": older_than})
     else:
-        age = f"{older_than:.0f}" if older_than == int(older_than) else f"{older_than:g}"
-        click.echo(f"pruned {pruned} task(s) that finished more than {age} s ago")
+        click.echo(f"pruned {pruned} task(s) that finished more than {older_than:.15g} s ago")
     return EXIT_OK
 
 

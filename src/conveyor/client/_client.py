@@ -172,8 +172,7 @@ class LiveQuery:
                 reply = await link.request(message, route=queue.put_nowait)
             except HubError as exc:
                 if exc.code in ("disconnected", "unreachable", "closed") and not self._closed:
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(5.0, delay * 2)
+                    delay = await _backoff(delay)
                     continue
                 raise _mapped(exc) from None
             self._link, self._id, self._queue = link, message["id"], queue
@@ -446,9 +445,7 @@ class HubClient:
                         if left is not None and left <= 0:
                             return {"type": "error", "code": "wait_timeout",
                                     "message": "the hub did not come back in time"}
-                        pause = delay * (0.5 + random.random())
-                        await asyncio.sleep(pause if left is None else min(pause, left))
-                        delay = min(5.0, delay * 2)
+                        delay = await _backoff(delay, left)
                     lost = True
                     continue
                 data = getattr(exc, "data", None)
@@ -744,6 +741,14 @@ def _error_of(msg: dict[str, Any]) -> HubError:
     from ._link import hub_error
 
     return hub_error(msg)
+
+
+async def _backoff(delay: float, limit: float | None = None) -> float:
+    """Sleep ``delay`` seconds with jitter (x0.5-1.5; at most ``limit``) before a
+    reconnect; the next delay: doubled, up to 5 s."""
+    pause = delay * (0.5 + random.random())
+    await asyncio.sleep(pause if limit is None else min(pause, limit))
+    return min(5.0, delay * 2)
 
 
 def _mapped(exc: HubError) -> Exception:
