@@ -50,13 +50,14 @@ class BatchedWrites(Generic[C]):
                 self.logs[:0] = logs
                 raise
             if not bus.idle:
-                for entry, seq in zip(logs, seqs, strict=True):
+                stored = [(e, seq) for e, seq in zip(logs, seqs, strict=True) if seq is not None]
+                for entry, seq in stored:
                     if bus.wants("task.log", entry.task_id):
                         record = LogRecord(entry.task_id, seq, entry.ts, entry.level,
                                            entry.message, entry.data)
                         bus.emit(Event("task.log", entry.task_id, None, {"log": record},
                                        entry.ts))
-                for task_id in {entry.task_id for entry in logs}:
+                for task_id in {entry.task_id for entry, _ in stored}:
                     bus._notify(task_id)
         if self.progress:
             now = time.monotonic()

@@ -115,6 +115,7 @@ class _Run:
     handler: Handler
     ctx: Context[Any]
     lease: Lease
+    claimed: float  # time.monotonic() when the claim was sent
     future: asyncio.Task[None] | None = None
     abort_reason: str | None = None
     abort_event: asyncio.Event | None = None  # sync handlers only
@@ -410,6 +411,7 @@ class Worker:
                 continue
             want = 1 if self._single else min(free, self.batch_size)
             self._wake.clear()
+            sent = time.monotonic()
             try:
                 claimed = await self.storage.claim(self.id, self.actions, want, self.lease,
                                                    self.limits)
@@ -424,7 +426,7 @@ class Worker:
             if self._single or any(t.rescues for t in claimed):
                 tasks = await self._alone_if_rescued(claimed)
             for task in tasks:
-                self._launch(task)
+                self._launch(task, sent)
             if len(claimed) >= want or self._stopping:
                 continue
             if tasks:
@@ -542,7 +544,7 @@ class Worker:
 
     # -- running --------------------------------------------------------------
 
-    def _launch(self, task: Task) -> None:
+    def _launch(self, task: Task, claimed: float) -> None:
         handler = self.registry.get(task.action)
         assert handler is not None and task.token is not None
         lease = Lease(task.id, task.token)
@@ -558,7 +560,7 @@ class Worker:
         except Exception as exc:
             payload = exc
         ctx: Context[Any] = Context(task, payload, handler.environment, self)
-        run = _Run(task, handler, ctx, lease)
+        run = _Run(task, handler, ctx, lease, claimed)
         self.running[task.id] = run
         with self._leases_lock:
             self._leases[task.id] = lease
@@ -567,6 +569,8 @@ class Worker:
         run.future = asyncio.create_task(self._execute(run))
 
     async def _execute(self, run: _Run) -> None:
+        if time.monotonic() - run.claimed > self.lease / 2 and not (run.lost or run.released):
+            await self._confirm_claim(run)
         run.started = True
         if run.lost or run.released:  # before the handler was called: nothing ran
             self._forget(run)
@@ -606,6 +610,27 @@ class Worker:
             self._forget(run)
             return
         self._complete(run, outcome)
+
+    async def _confirm_claim(self, run: _Run) -> None:
+        """Ask the storage whether a claim still holds before calling its handler,
+        when the run starts long after the claim (the process was frozen, or the event
+        loop blocked, past part of the lease): the lease may have expired and the task
+        been rescued, run elsewhere or aborted meanwhile, and the keeper's heartbeat
+        saying so may still be queued behind this run. Sets ``run.lost`` or the
+        abort; the run is not cancelled meanwhile (``started`` is not set yet)."""
+        try:
+            reply = await self.storage.heartbeat(self.id, [run.lease], self.lease)
+        except Exception as exc:  # the keeper's next heartbeat tells
+            log.warning("worker %s: could not confirm the claim of task %s (%s)",
+                        self.id, run.task.id, exc)
+            return
+        if run.task.id in reply.lost:
+            log.warning("task %s: lease lost before its run started; not running it",
+                        run.task.id)
+            run.lost = True
+        elif run.task.id in reply.abort_requested and run.abort_reason is None:
+            run.abort_reason = reply.abort_requested[run.task.id]
+            run.ctx._request_abort(run.abort_reason)
 
     async def _run_async(self, run: _Run, timeout: float) -> Outcome:
         """Run an async handler with a run timeout. When the timeout comes,
@@ -770,7 +795,7 @@ class Worker:
         elif "log" in message:
             entry = message["log"]
             self._writer.log(NewLog(task_id, LogLevel(entry["level"]), entry["message"],
-                                    time.time(), entry.get("data")))
+                                    time.time(), entry.get("data"), run.lease.token))
         elif "emit" in message:
             self._emit(task_id, message["emit"])
         elif "result" in message:
@@ -925,7 +950,13 @@ class Worker:
                 _json.dumps_checked(data, "log data")
         except ValidationError as exc:
             data = {"unserialisable": str(exc)}
-        self._in_loop(self._writer.log, NewLog(task_id, level, message, time.time(), data))
+        self._in_loop(self._log, NewLog(task_id, level, message, time.time(), data))
+
+    def _log(self, entry: NewLog) -> None:
+        run = self.running.get(entry.task_id)
+        if run is None:  # its run has ended here or lost its claim: late lines are dropped
+            return
+        self._writer.log(replace(entry, token=run.lease.token))
 
     def emit(self, task_id: str, value: Any) -> None:
         _json.dumps_checked(value, "emitted result", limit=self.app.max_payload)

@@ -196,6 +196,89 @@ async def test_paused_worker_is_fenced_out(shared_url: str, tmp_path: Path) -> N
         await app.close()
 
 
+async def test_a_claim_lost_before_its_run_started_is_not_run(shared_url: str,
+                                                              tmp_path: Path) -> None:
+    """A worker claims two tasks; the first blocks its event loop, the process is
+    frozen (SIGSTOP) past the lease and another worker runs the second task. Resumed,
+    the frozen worker asks whether its claim still holds before starting the second
+    task's handler, and does not start it: the task runs once, on the other worker."""
+    ledger = tmp_path / "ledger.txt"
+    env = {"CONVEYOR_DB": shared_url, "LEDGER": str(ledger), "CONCURRENCY": "2", **FAST}
+    app = Conveyor(shared_url)
+    first = second = None
+    try:
+        # one claim takes both, the blocker first (lower priority runs first)
+        blocker, target = await app.add_many([("block_loop", {"sleep": 1.5}, {"priority": 0}),
+                                              ("ledger", {}, {"priority": 1})])
+        first = await asyncio.to_thread(start_worker_logged, env, tmp_path / "first.log")
+        await until(lambda: read_ledger(ledger), timeout=10, what="the blocker to start")
+        pause(first)  # the target is claimed; its run waits for the blocked loop
+        held = await app.get(target.id)
+        assert held.status is Status.RUNNING and held.worker and f":{first.pid}:" in held.worker
+        assert [t for t, _, _ in read_ledger(ledger)] == [blocker.id]
+
+        second = await asyncio.to_thread(start_worker_logged, env, tmp_path / "second.log")
+        done = await until(status_is(app, target.id, Status.SUCCEEDED), timeout=20,
+                           what="the second worker to run the target")
+        assert done.result == second.pid and done.rescues == 1
+
+        resume(first)
+        log = tmp_path / "first.log"
+        # its keeper's heartbeat, or the blocker's refused finish: by then the target's
+        # run would have started (right after the blocker's handler returned)
+        text = await until(lambda: (t := log.read_text()) and "lease lost" in t and t,
+                           timeout=10, what="the resumed worker to learn it lost its leases")
+        runs = [pid for task_id, _, pid in read_ledger(ledger) if task_id == target.id]
+        assert runs == [second.pid], text  # never started on the resumed worker
+        after = await app.get(target.id)
+        assert after.version == done.version and after.result == second.pid
+        assert first.poll() is None
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                resume(proc)
+                kill_worker(proc)
+        await app.close()
+
+
+async def test_log_lines_of_a_fenced_out_run_are_not_stored(shared_url: str,
+                                                            tmp_path: Path) -> None:
+    """A worker frozen mid-run past its lease, resumed after another worker ran the
+    task to its end: the line its handler writes on waking is not stored (the task's
+    log holds the other run's line only, and nothing after the end)."""
+    ledger = tmp_path / "ledger.txt"
+    env = {"CONVEYOR_DB": shared_url, "LEDGER": str(ledger), **FAST}
+    app = Conveyor(shared_url)
+    first = second = None
+    try:
+        first = await asyncio.to_thread(start_worker_logged, env, tmp_path / "first.log")
+        task = await app.add("log_after", {"sleep": 1.0})
+        await until(lambda: read_ledger(ledger), timeout=10, what="the first run to start")
+        pause(first)  # mid-sleep: the line comes after
+        second = await asyncio.to_thread(start_worker_logged, env, tmp_path / "second.log")
+        done = await until(status_is(app, task.id, Status.SUCCEEDED), timeout=20,
+                           what="the second worker to run the task")
+        assert done.result == second.pid
+        kill_worker(second)  # what comes next runs on the resumed worker
+
+        resume(first)  # its handler wakes, logs its line, returns: too late
+        log = tmp_path / "first.log"
+        await until(lambda: "this run" in log.read_text(), timeout=10,
+                    what="the resumed worker to learn it lost the lease")
+        # a task run after it by the same worker: its writer has passed the line by then
+        again = await app.add("ledger", {})
+        assert await app.wait(again.id, timeout=10) == first.pid
+        lines = [r.message async for r in app.logs(task.id, follow=False)]
+        assert lines == [f"after the sleep, pid {second.pid}"], log.read_text()
+        assert (await app.get(task.id)).version == done.version
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                resume(proc)
+                kill_worker(proc)
+        await app.close()
+
+
 # -- 3. poison pill -------------------------------------------------------------------------
 
 MAX_RESCUES = 3  # the app's default max_rescues (tests/integration/apps.py sets none)

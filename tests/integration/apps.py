@@ -102,6 +102,24 @@ async def first_run_slow(ctx: Context[Any]) -> int:
     return os.getpid()
 
 
+@app.handler("log_after")
+async def log_after(ctx: Context[Any]) -> int:
+    """Records its run, sleeps ``payload.sleep`` seconds, then writes one log line."""
+    record(ctx)
+    await asyncio.sleep(float(ctx.payload.get("sleep", 0)))
+    ctx.log.info("after the sleep, pid %d", os.getpid())
+    return os.getpid()
+
+
+@app.handler("block_loop")
+async def block_loop(ctx: Context[Any]) -> int:
+    """Records its run, then blocks the worker's event loop (not just itself) for
+    ``payload.sleep`` seconds: the runs claimed with it cannot start meanwhile."""
+    record(ctx)
+    time.sleep(float(ctx.payload.get("sleep", 1)))  # noqa: ASYNC251 (the point)
+    return os.getpid()
+
+
 @app.handler("stuck_sync", abort_grace=0.2)
 def stuck_sync(ctx: Context[Any]) -> int:
     """A sync handler that ignores aborts and stops: records its run, then blocks

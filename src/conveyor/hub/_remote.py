@@ -1018,7 +1018,8 @@ class Remote:
             raise ProtocolError("bad_message", "'data' must be an object")
         if held.fan is not None:
             data = {**(data or {}), "service": held.sub.service.name}
-        self.writer.log(NewLog(held.task.id, level, message[:100_000], time.time(), data))
+        self.writer.log(NewLog(held.task.id, level, message[:100_000], time.time(), data,
+                               held.lease.token))
 
     def _emit(self, held: Held, msg: dict[str, Any]) -> None:
         value = msg.get("value")

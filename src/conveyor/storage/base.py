@@ -127,6 +127,10 @@ class NewLog:
     message: str
     ts: float
     data: dict[str, Any] | None = None
+    token: str | None = None
+    """The fencing token of the run that wrote the line: it is stored only while the
+    task is ``running`` under that claim. None (a note by a worker or the hub, not
+    by a run): stored whatever the task's state."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,8 +334,10 @@ class Storage(abc.ABC):
     # -- logs ---------------------------------------------------------------
 
     @abc.abstractmethod
-    async def append_logs(self, logs: Sequence[NewLog]) -> list[int]:
-        """Append log lines; returns their sequence numbers (increasing)."""
+    async def append_logs(self, logs: Sequence[NewLog]) -> list[int | None]:
+        """Append log lines; returns their sequence numbers (increasing), in the
+        order of ``logs``, with None for a line not stored: one with a ``token``
+        whose run no longer holds its task (fencing: taken over, rescued, ended)."""
 
     @abc.abstractmethod
     async def read_logs(self, task_id: str, after_seq: int = 0,

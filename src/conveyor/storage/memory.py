@@ -487,13 +487,19 @@ class MemoryStorage(FanoutFeed, Storage):
 
     # -- logs -----------------------------------------------------------------
 
-    async def append_logs(self, logs: Sequence[NewLog]) -> list[int]:
-        seqs: list[int] = []
+    async def append_logs(self, logs: Sequence[NewLog]) -> list[int | None]:
+        seqs: list[int | None] = []
         now = time.time()
         datas = _stored([log.data for log in logs])
         with self._lock:
             touched: dict[str, Task] = {}
             for log, data in zip(logs, datas, strict=True):
+                if log.token is not None:
+                    held = self._tasks.get(log.task_id)
+                    if (held is None or held.status is not Status.RUNNING
+                            or held.token != log.token):
+                        seqs.append(None)  # a line of a run fenced out
+                        continue
                 self._log_seq += 1
                 record = LogRecord(log.task_id, self._log_seq, log.ts, log.level, log.message,
                                    data)

@@ -1476,17 +1476,20 @@ class PostgresStorage(FanoutFeed, Storage):
 
     # -- logs ---------------------------------------------------------------------
 
-    async def append_logs(self, logs: Sequence[NewLog]) -> list[int]:
+    async def append_logs(self, logs: Sequence[NewLog]) -> list[int | None]:
         if not logs:
             return []
         rows = [{"task_id": item.task_id, "ts": item.ts, "level": int(item.level),
-                 "message": item.message, "data": item.data} for item in logs]
+                 "message": item.message, "data": item.data, "token": item.token}
+                for item in logs]
         ids = list(dict.fromkeys(item.task_id for item in logs))
         async with self._conn() as conn:
-            result = await self._rows(conn, self._q["append_logs"], {
+            [(kept, seqs)] = await self._rows(conn, self._q["append_logs"], {
                 "rows": _dumps(rows), "ids": ids, "origin": self.instance_id,
                 "now": time.time()})
-        return [int(r[0]) for r in result]
+        at = dict(zip(kept or (), seqs or (), strict=True))
+        return [None if (seq := at.get(n)) is None else int(seq)
+                for n in range(1, len(logs) + 1)]
 
     async def read_logs(self, task_id: str, after_seq: int = 0,
                         max_level: LogLevel = LogLevel.DEBUG,

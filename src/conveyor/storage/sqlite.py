@@ -832,20 +832,31 @@ class SQLiteStorage(FanoutFeed, Storage):
 
     # -- logs ---------------------------------------------------------------------
 
-    async def append_logs(self, logs: Sequence[NewLog]) -> list[int]:
+    async def append_logs(self, logs: Sequence[NewLog]) -> list[int | None]:
         if not logs:
             return []
         rows = [{"task_id": log.task_id, "ts": log.ts, "level": int(log.level),
                  "message": log.message,
                  "data": None if log.data is None else _json.dumps(log.data)} for log in logs]
-        task_ids = _json.dumps(list(dict.fromkeys(log.task_id for log in logs)))
+        fenced = _json.dumps(list({log.task_id for log in logs if log.token is not None}))
 
-        def tx(conn: sqlite3.Connection) -> list[int]:
-            start = conn.execute(Q["log_seq"]).fetchone()[0]
-            conn.executemany(Q["insert_log"], rows)
+        def tx(conn: sqlite3.Connection) -> list[int | None]:
+            keep = [True] * len(logs)
+            if fenced != "[]":  # lines of runs: kept only while the run holds its task
+                held = set(conn.execute(Q["running_tokens"], {"ids": fenced}).fetchall())
+                keep = [log.token is None or (log.task_id, log.token) in held for log in logs]
+            kept = [row for row, ok in zip(rows, keep, strict=True) if ok]
+            seq = conn.execute(Q["log_seq"]).fetchone()[0]
+            conn.executemany(Q["insert_log"], kept)
+            ids = list(dict.fromkeys(row["task_id"] for row in kept))
             conn.execute(Q["log_changes"], {"origin": self.instance_id, "now": time.time(),
-                                            "ids": task_ids})
-            return list(range(start + 1, start + 1 + len(rows)))
+                                            "ids": _json.dumps(ids)})
+            seqs: list[int | None] = []
+            for ok in keep:
+                if ok:
+                    seq += 1
+                seqs.append(seq if ok else None)
+            return seqs
 
         return await self._write(tx)
 

@@ -700,13 +700,14 @@ class StorageContract:
         [res] = await storage.add([make_spec()])
         tid = res.task.id
         now = time.time()
-        seqs = await storage.append_logs([
+        stored = await storage.append_logs([
             NewLog(tid, LogLevel.DEBUG, "d", now, None),
             NewLog(tid, LogLevel.INFO, "i", now, {"k": [1]}),
             NewLog(tid, LogLevel.WARNING, "w", now),
             NewLog(tid, LogLevel.ERROR, "e", now),
         ])
-        assert seqs == sorted(seqs) and len(set(seqs)) == 4
+        seqs = [s for s in stored if s is not None]  # no token: every line is stored
+        assert len(seqs) == 4 and seqs == sorted(seqs) and len(set(seqs)) == 4
         logs = await storage.read_logs(tid)
         assert [r.message for r in logs] == ["d", "i", "w", "e"]
         assert logs[1].data == {"k": [1]} and logs[1].level is LogLevel.INFO
@@ -717,7 +718,33 @@ class StorageContract:
         assert [r.message for r in after] == ["w", "e"]
         assert [r.message for r in await storage.read_logs(tid, limit=1)] == ["d"]
         more = await storage.append_logs([NewLog(tid, LogLevel.INFO, "later", now)])
-        assert more[0] > seqs[-1]
+        assert more[0] is not None and more[0] > seqs[-1]
+
+    async def test_log_lines_of_a_run_are_fenced(self, storage: Storage) -> None:
+        """A line with a token is stored only while its task runs under that claim;
+        one without (a note) always; the others of a batch are stored all the same."""
+        [res] = await storage.add([make_spec()])
+        tid = res.task.id
+        now = time.time()
+        # not running yet: a run's line has no claim to belong to
+        assert await storage.append_logs([NewLog(tid, LogLevel.INFO, "early", now,
+                                                 token="t")]) == [None]
+        task = await _claim_one(storage)
+        token = task.token or ""
+        seqs = await storage.append_logs([
+            NewLog(tid, LogLevel.INFO, "mine", now, token=token),
+            NewLog(tid, LogLevel.INFO, "stale", now, token=token + "x"),
+            NewLog(tid, LogLevel.INFO, "note", now),
+        ])
+        assert seqs[1] is None and seqs[0] is not None and seqs[2] is not None
+        assert seqs[0] < seqs[2]
+        await storage.finish("w1", [Completion(tid, token, ok())])
+        late = await storage.append_logs([NewLog(tid, LogLevel.INFO, "late", now, token=token),
+                                          NewLog(tid, LogLevel.INFO, "note 2", now)])
+        assert late[0] is None and late[1] is not None and late[1] > seqs[2]
+        logs = await storage.read_logs(tid)
+        assert [(r.message, r.seq) for r in logs] == [
+            ("mine", seqs[0]), ("note", seqs[2]), ("note 2", late[1])]
 
     # -- workers ------------------------------------------------------------------
 

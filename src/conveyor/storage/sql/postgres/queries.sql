@@ -316,20 +316,28 @@ WHERE unique_key = %(key)s AND id <> %(id)s
 LIMIT 1
 
 -- name: append_logs
-WITH ins AS (
-    INSERT INTO {schema}.logs (task_id, ts, level, message, data)
-    SELECT r.task_id, r.ts, r.level, r.message, r.data
+-- A line with a token (written by a run) is kept only while its task runs under that
+-- claim (fencing); returns the positions (1-based) of the kept lines and their seqs.
+WITH ok AS (
+    SELECT r.task_id, r.ts, r.level, r.message, r.data, r.n
     FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb)
-                    AS (task_id text, ts float8, level integer, message text, data jsonb))
-         WITH ORDINALITY AS r(task_id, ts, level, message, data, n)
-    ORDER BY r.n
+                    AS (task_id text, ts float8, level integer, message text, data jsonb,
+                        token text))
+         WITH ORDINALITY AS r(task_id, ts, level, message, data, token, n)
+    WHERE r.token IS NULL OR EXISTS (
+        SELECT 1 FROM {schema}.tasks t
+        WHERE t.id = r.task_id AND t.token = r.token AND t.status = 'running')
+), ins AS (
+    INSERT INTO {schema}.logs (task_id, ts, level, message, data)
+    SELECT task_id, ts, level, message, data FROM ok
+    ORDER BY n
     RETURNING seq
 ), ch AS (
     INSERT INTO {schema}.changes (task_id, version, status, event, origin, ts)
     SELECT id, version, status, 'log', %(origin)s, %(now)s FROM {schema}.tasks
-    WHERE id = ANY(%(ids)s::text[])
+    WHERE id = ANY(%(ids)s::text[]) AND id IN (SELECT task_id FROM ok)
 )
-SELECT seq FROM ins ORDER BY seq
+SELECT (SELECT array_agg(n ORDER BY n) FROM ok), (SELECT array_agg(seq ORDER BY seq) FROM ins)
 
 -- name: read_logs
 SELECT task_id, seq, ts, level, message, data FROM {schema}.logs

@@ -226,6 +226,11 @@ VALUES (:task_id, :ts, :level, :message, :data)
 INSERT INTO conveyor_changes (task_id, version, status, event, origin, ts, batch)
 VALUES (:task_id, :version, :status, :event, :origin, :now, :batch)
 
+-- name: running_tokens
+-- The claims that hold these tasks now: a run's log lines are stored only under its own.
+SELECT id, token FROM conveyor_tasks
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running'
+
 -- name: log_changes
 INSERT INTO conveyor_changes (task_id, version, status, event, origin, ts)
 SELECT id, version, status, 'log', :origin, :now FROM conveyor_tasks
