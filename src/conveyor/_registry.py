@@ -38,7 +38,7 @@ def check_action(action: object) -> str:
     """Validate an action name: 1-200 characters of letters, digits and ``_ . : / -``."""
     if action.__class__ is str and action in _KNOWN_ACTIONS:
         return action
-    if not isinstance(action, str) or not ACTION_PATTERN.match(action):
+    if not isinstance(action, str) or not ACTION_PATTERN.fullmatch(action):
         raise ValidationError(
             f"invalid action name {action!r}: use 1-200 letters, digits and _ . : / - "
             "(for example 'mail:send')")

@@ -31,7 +31,7 @@ from .model import (
     normalise_tags,
     seconds,
 )
-from .query import parse_filter
+from .query import comparisons, parse_filter
 
 if TYPE_CHECKING:
     from ._registry import Handler
@@ -59,6 +59,11 @@ ADD_OPTIONS = frozenset({
 })
 
 MAX_UNIQUE_KEY = 512
+MAX_CONDITIONS = 16
+"""The most concurrency conditions one task may have."""
+MAX_CONDITION_TERMS = 100
+"""The most comparisons the queries of one task's conditions may hold in all (counted as
+filters count them): they run at every claim of the task."""
 
 
 # The checks of the options a task and a handler share (the handler's are the
@@ -227,15 +232,24 @@ def _conditions(value: Any) -> tuple[Condition, ...]:
     if value is None:
         return ()
     items = [value] if isinstance(value, Mapping | Condition) else value
-    if not isinstance(items, Sequence):
+    if not isinstance(items, Sequence) or isinstance(items, str):
         raise ValidationError("concurrency must be a condition or a list of conditions")
+    if len(items) > MAX_CONDITIONS:
+        raise ValidationError(f"concurrency: at most {MAX_CONDITIONS} conditions per task "
+                              f"(not {len(items)})")
     out = []
+    terms = 0
     for i, raw in enumerate(items):
         cond = Condition.parse(raw, where=f"concurrency[{i}]")
         try:
-            parse_filter(cond.query)
+            terms += comparisons(parse_filter(cond.query))
         except QueryError as exc:
             raise ValidationError(f"concurrency[{i}].query: {exc}") from None
+        if terms > MAX_CONDITION_TERMS:
+            raise ValidationError(
+                f"concurrency: the conditions' queries hold more than {MAX_CONDITION_TERMS} "
+                "comparisons in all (each $in or $nin item counts as one); every claim of the "
+                "task runs them")
         out.append(cond)
     return tuple(out)
 
@@ -318,6 +332,8 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
         if not isinstance(unique_key, str) or not unique_key:
             raise ValidationError(f"unique_key must be a non-empty string, not {unique_key!r}")
         check_unicode(unique_key, "unique_key")
+        if "\x00" in unique_key:  # SQLite would cut the key there, PostgreSQL refuses it
+            raise ValidationError("unique_key must not contain NUL characters (\\x00)")
     elif unique_fields is not None:
         unique_key = unique_key_from_fields(action, payload, unique_fields)
     if unique_key is not None and len(unique_key) > MAX_UNIQUE_KEY:
@@ -325,8 +341,12 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
     scope = unique_scope(options.get("unique_scope"))
 
     parent_id = options.get("parent_id")
-    if parent_id is not None and (not isinstance(parent_id, str) or not parent_id):
-        raise ValidationError(f"parent_id must be a task id, not {parent_id!r}")
+    if parent_id is not None:
+        try:
+            check_task_id(parent_id)
+        except ValidationError:
+            raise ValidationError("parent_id must be a task id (a non-empty string of at most "
+                                  f"100 characters), not {reprlib.repr(parent_id)}") from None
 
     return TaskSpec(
         id=new_id(), action=action, payload=payload, priority=priority, run_at=start,

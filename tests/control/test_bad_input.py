@@ -27,6 +27,14 @@ def app(opened_app: Conveyor) -> Conveyor:
 GOOD_CONDITION = {"scope": "running", "query": {"payload.book": "B"}, "limit": 1}
 
 
+async def test_conditions_up_to_the_bounds_are_taken(app: Conveyor) -> None:
+    """16 conditions holding 100 comparisons in all (each $in item is one)."""
+    conditions = [{"query": {"payload.n": {"$in": list(range(85))}}}]
+    conditions += [{"query": {"payload.m": i}} for i in range(15)]
+    task = await app.add("work", {"n": 1}, concurrency=conditions)
+    assert len(task.concurrency) == 16
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"timeout": -1}, r"timeout must be > 0 seconds"),
     ({"timeout": -0.5}, r"timeout must be > 0 seconds"),
@@ -46,6 +54,16 @@ GOOD_CONDITION = {"scope": "running", "query": {"payload.book": "B"}, "limit": 1
     ({"unique_key": b"bytes"}, r"unique_key must be a non-empty string"),
     ({"unique_key": ""}, r"unique_key must be a non-empty string"),
     ({"unique_key": ["a"]}, r"unique_key must be a non-empty string"),
+    # SQLite cut a key at its NUL (a later key with the same start collided)
+    ({"unique_key": "k\x00A"}, r"unique_key must not contain NUL"),
+    ({"parent_id": "p" * 101}, r"parent_id must be a task id"),
+    ({"parent_id": ""}, r"parent_id must be a task id"),
+    # conditions run at every claim: their number and size are bounded
+    ({"concurrency": [{"query": {"payload.n": i}} for i in range(17)]},
+     r"at most 16 conditions per task \(not 17\)"),
+    ({"concurrency": [{"query": {"payload.n": {"$in": list(range(60))}}},
+                      {"query": {"payload.m": {"$in": list(range(41))}}}]},
+     r"more than 100 comparisons in all"),
     ({"backoff": {"base": -1}}, r"backoff base must be a number >= 0"),
     ({"backoff": -2}, r"backoff base must be a number >= 0"),
     ({"backoff": {"factor": 0.5}}, r"backoff factor must be >= 1"),

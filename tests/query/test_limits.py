@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor
-from conveyor.errors import QueryError
+from conveyor.errors import QueryError, ValidationError
 from conveyor.query import parse_filter, parse_query
 from conveyor.query._parse import MAX_TERMS
 
@@ -144,14 +144,19 @@ async def test_a_filter_of_the_full_size_runs_on_every_backend(
 
 
 async def test_a_condition_of_the_full_size_is_claimed_on_every_backend(url: str) -> None:
-    """A task whose concurrency condition holds 2000 comparisons runs, and does not stop
-    the worker from claiming other tasks (on SQLite its claim raised, so nothing ran)."""
+    """A task whose concurrency condition holds the most comparisons a task's conditions
+    may (100) runs, and does not stop the worker from claiming other tasks (on SQLite a
+    claim with a large one raised once, so nothing ran); a filter of the full size (2000)
+    is refused as a condition."""
     app = Conveyor(url)
     app.register("c:big", lambda ctx: "big")
     app.register("c:other", lambda ctx: "other")
     condition = {"scope": "running", "limit": 1,
-                 "query": {"$or": [{"payload.book": f"b{i}"} for i in range(2000)]}}
+                 "query": {"$or": [{"payload.book": f"b{i}"} for i in range(100)]}}
+    full = {"query": {"$or": [{"payload.book": f"b{i}"} for i in range(2000)]}}
     try:
+        with pytest.raises(ValidationError, match="more than 100 comparisons"):
+            await app.add("c:big", {"book": "b1"}, concurrency=full)
         big = await app.add("c:big", {"book": "b1"}, concurrency=condition)
         other = await app.add("c:other")
         async with app:

@@ -39,6 +39,7 @@ __all__ = [
     "glob_to_regex",
     "matches_pattern",
     "read_scope",
+    "read_scope_query",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,100}$")
@@ -49,7 +50,7 @@ _KEY = re.compile(r"^cvk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 def _check_patterns(patterns: Iterable[str], what: str) -> tuple[str, ...]:
     out = []
     for p in patterns:
-        if not isinstance(p, str) or not _PATTERN.match(p):
+        if not isinstance(p, str) or not _PATTERN.fullmatch(p):
             raise ValidationError(
                 f"{what} pattern {p!r} is invalid: use action names with * and ? wildcards")
         out.append(p)
@@ -161,7 +162,7 @@ def matches_pattern(action: str, patterns: Sequence[str]) -> bool:
         rx = _REGEX_CACHE.get(p)
         if rx is None:
             rx = _REGEX_CACHE[p] = re.compile(glob_to_regex(p))
-        if rx.match(action):
+        if rx.fullmatch(action):
             return True
     return False
 
@@ -232,7 +233,7 @@ class CredentialStore:
             admin: bool = False, max_instances: int | None = None,
             read: Iterable[str] = ()) -> tuple[Credential, str]:
         """Create a credential; returns it and its key (shown once, never stored)."""
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValidationError(
                 f"credential name {name!r} is invalid: 1-100 letters, digits and _ . : @ -")
         if max_instances is not None and (isinstance(max_instances, bool)
@@ -284,7 +285,7 @@ class CredentialStore:
 
     def authenticate(self, key: str) -> Credential | None:
         """The live credential this key belongs to, or None. Constant-time compare."""
-        match = _KEY.match(key) if isinstance(key, str) else None
+        match = _KEY.fullmatch(key) if isinstance(key, str) else None
         with self._lock:
             cred = self._by_id.get(match.group(1)) if match else None
         if match is None or cred is None:
@@ -303,11 +304,15 @@ class CredentialStore:
         return cred is not None and not cred.revoked
 
 
-def read_scope(patterns: Sequence[str]) -> Filter:
-    """The tasks of the actions ``patterns`` (globs) name."""
+def read_scope_query(patterns: Sequence[str]) -> dict[str, Any]:
+    """The filter (as JSON) of the tasks of the actions ``patterns`` (globs) name."""
     alternatives: list[dict[str, Any]] = [
         {"action": {"$regex": glob_to_regex(p)}} if any(c in p for c in "*?") else {"action": p}
         for p in patterns
     ]
-    return parse_filter(alternatives[0] if len(alternatives) == 1 else {"$or": alternatives},
-                        where="read scope")
+    return alternatives[0] if len(alternatives) == 1 else {"$or": alternatives}
+
+
+def read_scope(patterns: Sequence[str]) -> Filter:
+    """The tasks of the actions ``patterns`` (globs) name."""
+    return parse_filter(read_scope_query(patterns), where="read scope")

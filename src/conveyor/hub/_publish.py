@@ -1,5 +1,6 @@
 """Adding tasks for a credential: a ``unique_key`` held by a task of an action the
-credential may not read is refused, never answered with that task.
+credential may not read is refused, never answered with that task, and the queries
+of the tasks' concurrency conditions count only tasks of actions it may read.
 
 Unique keys are shared by all actions (keys from ``unique_fields`` start with
 their action, so only a ``unique_key`` given as such can meet another action's
@@ -8,18 +9,25 @@ result, ...) and, over the WebSocket, stream its events to a publisher that may
 not read them. A batch is checked before it is added (so all or none holds); a
 holder that appears between that check and the add is refused after it, and a
 single add then has added nothing.
+
+A concurrency condition counts the tasks its query matches, whatever their action:
+whether a task is claimed, or stays queued, would tell its publisher whether tasks
+it may not read match a query of its choosing (``$regex`` on their payload or
+result, one character at a time). Each condition's query is therefore narrowed to
+the readable actions, ``{"$and": [query, <read scope>]}``, as stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._specs import unique_scope
 from ..app import Conveyor
-from ..errors import ValidationError
+from ..errors import QueryError, ValidationError
 from ..model import DEFAULT_UNIQUE_SCOPE, Status, Task
-from ._credentials import Credential
+from ..query import parse_filter
+from ._credentials import Credential, read_scope_query
 
 __all__ = ["KeyHeld", "add_as"]
 
@@ -45,6 +53,8 @@ async def add_as(app: Conveyor, cred: Credential,
     """``app.add_many_checked(items)`` for ``cred``: :class:`KeyHeld` instead of a
     task it may not read."""
     several = len(items) > 1
+    if not cred.admin and "*" not in cred.readable:
+        items = [_scoped_conditions(item, cred) for item in items]
     if several and not cred.admin:
         await _check_holders(app, cred, items)
     added = await app.add_many_checked(items)
@@ -72,6 +82,28 @@ async def _check_holders(app: Conveyor, cred: Credential,
         scope = _scope(items[i].get("unique_scope"))
         if any(t.status in t.unique_scope or t.status in scope for t in hidden.get(key, ())):
             raise KeyHeld(i, key, True, False)
+
+
+def _scoped_conditions(item: dict[str, Any], cred: Credential) -> dict[str, Any]:
+    """``item`` with its conditions' queries narrowed to the actions ``cred`` may read.
+    A condition the add will refuse (not an object, a bad query) is left as it is, so
+    that its error keeps its own words and path."""
+    conditions = item.get("concurrency")
+    if not isinstance(conditions, Mapping | list):
+        return item  # none, or refused by the add
+    several = isinstance(conditions, list)
+    scoped = []
+    for cond in conditions if several else [conditions]:
+        if isinstance(cond, Mapping) and isinstance(cond.get("query"), Mapping):
+            try:
+                parse_filter(cond["query"])
+            except QueryError:
+                pass
+            else:
+                cond = {**cond, "query": {"$and": [cond["query"],
+                                                   read_scope_query(cred.readable)]}}
+        scoped.append(cond)
+    return {**item, "concurrency": scoped if several else scoped[0]}
 
 
 def _scope(value: Any) -> tuple[Status, ...]:

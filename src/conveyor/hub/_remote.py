@@ -598,7 +598,7 @@ class Remote:
             raise ProtocolError("bad_message", "'subscribe' makes a remote worker (service, "
                                                "actions); a live query of a filter is 'live'")
         name = req_str(msg, "service", limit=100)
-        if not _SERVICE_NAME.match(name):
+        if not _SERVICE_NAME.fullmatch(name):
             raise ProtocolError("bad_message", "a service name is 1-100 letters, digits and "
                                                "_ . : @ / -")
         raw = msg.get("actions")

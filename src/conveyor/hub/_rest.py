@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import pydantic
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -130,6 +130,11 @@ def _endpoint(hub: Hub, handlers: Mapping[str, Handler], literals: Mapping[str, 
             return error_response(405, "method_not_allowed", "method not allowed")
         try:
             return await handler(request, cred)
+        except AuthError as exc:  # revoked during a long poll
+            return auth_error_response(exc)
+        except ClientDisconnect:  # gone mid-request (its body): nobody reads an answer
+            log.debug("client left during %s %s", request.method, request.url.path)
+            return Response(status_code=204)
         except Problem as exc:
             return error_response(exc.status, exc.code, exc.message, **exc.extra)
         except QueryError as exc:
@@ -646,6 +651,9 @@ class _Api:
                                               self.app.wait_task(task.id, timeout=timeout))
             if ended is None:  # the client left: nobody reads the answer
                 return Response(status_code=204)
+            credentials = self.hub.credentials
+            if cred.key_id and credentials is not None and not credentials.is_live(cred.key_id):
+                raise AuthError(401, "invalid or revoked key")  # revoked while it waited
             if isinstance(ended, Task):
                 task = ended
             else:

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from .._specs import MAX_ATTEMPTS
+from .._specs import MAX_ATTEMPTS, MAX_CONDITION_TERMS, MAX_CONDITIONS
 from ..model import FIELDS, JSON_FIELDS
 from ..query._parse import FIELD_OPERATORS
 
@@ -218,7 +218,9 @@ class TaskIn(_In):
     unique_scope: Annotated[list[Status], Field(
         min_length=1, json_schema_extra={"contains": {"const": "queued"}})] | None = Field(
         None, description="Statuses the unique key is held in (must include queued).")
-    concurrency: list[ConditionIn] | None = None
+    concurrency: Annotated[list[ConditionIn], Field(max_length=MAX_CONDITIONS)] | None = Field(
+        None, description=f"At most {MAX_CONDITIONS} conditions, with {MAX_CONDITION_TERMS} "
+                          "comparisons in all.")
     parent_id: Annotated[str, Field(min_length=1, max_length=100)] | None = None
 
 

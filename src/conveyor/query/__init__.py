@@ -60,7 +60,7 @@ from ._evaluate import apply_query, matches, sort_tasks
 from ._parse import parse_filter, parse_query, parse_sort
 from ._postgres import compile_postgres, compile_sort_postgres
 from ._sqlite import compile_sort_sqlite, compile_sqlite, register_sqlite_functions
-from ._tree import Filter, Query, SortKey, all_of, fields_of
+from ._tree import Filter, Query, SortKey, all_of, comparisons, fields_of
 
 __all__ = [
     "Filter",
@@ -68,6 +68,7 @@ __all__ = [
     "SortKey",
     "all_of",
     "apply_query",
+    "comparisons",
     "compile_postgres",
     "compile_sort_postgres",
     "compile_sort_sqlite",

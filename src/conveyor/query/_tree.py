@@ -33,6 +33,7 @@ __all__ = [
     "SortKey",
     "check_segment",
     "check_window",
+    "comparisons",
     "fields_of",
     "make_ref",
     "unknown_field_message",
@@ -224,6 +225,22 @@ def fields_of(f: Filter) -> frozenset[str]:
         else:
             found.add(node.ref.field)
     return frozenset(found)
+
+
+def comparisons(f: Filter) -> int:
+    """How many comparisons a filter holds, counted as the parser limits them
+    (``MAX_TERMS``): each ``$in`` / ``$nin`` item is one, an empty list one."""
+    total = 0
+    stack: list[Node] = [f.root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, And | Or):
+            stack.extend(node.children)
+        elif isinstance(node, Not):
+            stack.append(node.child)
+        else:
+            total += max(1, len(node.values)) if isinstance(node, In) else 1
+    return total
 
 
 # ---------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def load_migrations(dialect: str) -> list[Migration]:
     folder = resources.files(__package__).joinpath("sql", dialect, "migrations")
     found: list[Migration] = []
     for entry in folder.iterdir():
-        match = _MIGRATION.match(entry.name)
+        match = _MIGRATION.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), entry.name, entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
