@@ -30,6 +30,7 @@ import fnmatch
 import inspect
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -134,17 +135,33 @@ def _matcher(patterns: str | Sequence[str]) -> Callable[[str], bool]:
 
 
 class _Listener:
-    __slots__ = ("callback", "matches", "task_id")
+    __slots__ = ("callback", "matches", "subscription", "task_id")
 
     def __init__(self, matches: Callable[[str], bool], task_id: str | None,
-                 callback: Callable[[Event], None]) -> None:
+                 callback: Callable[[Event], None], subscription: bool = False) -> None:
         self.matches = matches
         self.task_id = task_id
         self.callback = callback
+        self.subscription = subscription
+
+
+def _ignore(event: Event) -> None:
+    pass
+
+
+def _abandoned(bus: EventBus, listener: _Listener) -> None:
+    """A :class:`Subscription` was garbage-collected without being closed (a ``break``
+    out of its ``async for``, its consumer cancelled): it receives nothing more, and
+    the bus drops it at its next registration or emit (not here: this may run in any
+    thread, in the middle of the bus's own work)."""
+    listener.callback = _ignore
+    bus._dead.append(listener)
 
 
 class Subscription:
-    """An async iterator of events; close it (or leave its ``async with``) when done."""
+    """An async iterator of events; close it (or leave its ``async with``) when done.
+    One left behind unclosed (a ``break`` out of its ``async for``, its consumer task
+    cancelled) stops receiving once nothing refers to it any more."""
 
     def __init__(self, bus: EventBus, matches: Callable[[str], bool], task_id: str | None,
                  maxsize: int) -> None:
@@ -153,8 +170,18 @@ class Subscription:
         self._maxsize = maxsize
         self._overflowed = False
         self._closed = False
-        self._listener = _Listener(matches, task_id, self._put)
+        # the bus holds the listener, which refers to this subscription weakly: one that
+        # its user dropped is collected, queue and all, and the finalizer retires it
+        put = weakref.WeakMethod(self._put)
+
+        def deliver(event: Event) -> None:
+            method = put()
+            if method is not None:
+                method(event)
+
+        self._listener = _Listener(matches, task_id, deliver, subscription=True)
         bus._add(self._listener)
+        self._finalizer = weakref.finalize(self, _abandoned, bus, self._listener)
 
     def _put(self, event: Event) -> None:
         if self._closed:
@@ -169,6 +196,7 @@ class Subscription:
         """Stop receiving events; iteration ends."""
         if not self._closed:
             self._closed = True
+            self._finalizer.detach()
             self._bus._remove(self._listener)
             self._queue.put_nowait(None)
 
@@ -213,6 +241,7 @@ class EventBus:
     def __init__(self) -> None:
         self._global: list[_Listener] = []
         self._by_task: dict[str, list[_Listener]] = {}
+        self._dead: list[_Listener] = []  # of subscriptions dropped unclosed
         self._signals: dict[str, set[asyncio.Event]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._tallies: list[Tally] = []
@@ -227,19 +256,21 @@ class EventBus:
         """In a forked child: forget the waiters, subscriptions and background tasks
         of the parent's event loop; callbacks registered with :meth:`on` stay."""
         def kept(listeners: list[_Listener]) -> list[_Listener]:
-            return [x for x in listeners
-                    if not isinstance(getattr(x.callback, "__self__", None), Subscription)]
+            return [x for x in listeners if not x.subscription]
 
         self._global = kept(self._global)
         self._by_task = {k: v for k, v in ((k, kept(v)) for k, v in self._by_task.items()) if v}
         self._signals = {}
         self._background = set()
+        self._dead = []
         self._held = {}
         self._versions = OrderedDict()
 
     # -- registration ---------------------------------------------------------
 
     def _add(self, listener: _Listener) -> None:
+        if self._dead:
+            self._drop_dead()
         if listener.task_id is None:
             self._global.append(listener)
         else:
@@ -255,6 +286,10 @@ class EventBus:
             items.remove(listener)
             if not items:
                 del self._by_task[listener.task_id]
+
+    def _drop_dead(self) -> None:
+        while self._dead:
+            self._remove(self._dead.pop())
 
     def on(self, pattern: str | Sequence[str], callback: Callback, *,
            task_id: str | None = None) -> Callable[[], None]:
@@ -346,6 +381,8 @@ class EventBus:
                     self._versions.move_to_end(task_id)
                 if event.type == "task.ended":
                     seen[1] = version
+        if self._dead:
+            self._drop_dead()
         listeners = [lst for lst in self._global if lst.matches(event.type)]
         if event.task_id is not None:
             listeners.extend(lst for lst in self._by_task.get(event.task_id, ())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import queue
 from dataclasses import replace
 from typing import Any
@@ -353,3 +354,62 @@ def test_the_relay_forgets_the_least_recently_active_tasks_first() -> None:
     assert seen["busy"] == 2
     assert len(seen) <= _SEEN_CAP
     assert "other-0" not in seen
+
+
+async def test_a_subscription_left_unclosed_stops_receiving(app: Conveyor) -> None:
+    """``break`` out of ``async for`` over ``events()``, or a consumer cancelled
+    mid-wait, leaves no subscription behind queueing events for nobody."""
+
+    def listeners() -> int:
+        return len(app.bus._global) + sum(len(v) for v in app.bus._by_task.values())
+
+    before = listeners()
+    for _ in range(20):
+        events = app.events("task.added")
+        await app.add("work", {})
+        async for _event in events:
+            break
+        del events
+    consumed = asyncio.Event()
+
+    async def consume(events: Any) -> None:
+        async for _event in events:
+            consumed.set()
+
+    # subscribed before the add; only the consumer's frame refers to it
+    consumer = asyncio.create_task(consume(app.events("task.*")))
+    await app.add("work", {})
+    await consumed.wait()
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    del consumer
+    # the loop's handle that woke this coroutine refers to the finished task until this
+    # coroutine yields once; a cancelled frame may sit in a cycle (its exception's)
+    await asyncio.sleep(0)
+    gc.collect()
+    await app.add("work", {})  # the bus drops the abandoned ones on its next emit
+    assert listeners() == before
+
+    # one still held is still delivered to, and one closed is gone at once
+    kept = app.events("task.added")
+    task = await app.add("work", {})
+    assert (await kept.get(timeout=5)) is not None
+    kept.close()
+    assert listeners() == before and task.status is Status.QUEUED
+
+
+def test_a_sync_subscription_left_by_break_stops_receiving(tmp_path: Any) -> None:
+    from conveyor import SyncConveyor
+
+    with SyncConveyor(f"sqlite:///{tmp_path / 'subs.db'}") as app:
+        bus = app._wrapped.bus
+        before = len(bus._global)
+        for _ in range(10):
+            events = app.events("task.added")
+            app.add("work", {})
+            for _event in events:
+                break
+            del events
+        app.add("work", {})
+        assert len(bus._global) == before
