@@ -490,7 +490,8 @@ async def test_welcome_carries_the_credential_and_limits(hub: RunningHub) -> Non
         assert welcome["publish"] == ["mail:*"] and welcome["subscribe"] == ["mail:*"]
         assert welcome["read"] == ["log:*"]
         assert welcome["limits"] == {"max_frame": 1048576, "max_pending": 10000,
-                                     "max_rate": 1000.0, "inline_payload": 65536,
+                                     "max_pending_bytes": 16 << 20, "max_rate": 1000.0,
+                                     "inline_payload": 65536,
                                      "service_lease": 30.0, "offer_timeout": 30.0}
         pong = await raw.request({"type": "ping", "id": "p"}, "pong")
         assert isinstance(pong["ts"], float)

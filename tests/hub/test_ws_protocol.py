@@ -185,6 +185,24 @@ async def test_a_slow_reader_is_cut_off_with_4008(tmp_path: Path) -> None:
         await other.close()
 
 
+async def test_a_slow_reader_of_large_messages_is_cut_off_by_their_size(
+        tmp_path: Path) -> None:
+    """Few large messages: the queue's characters, not its count, reach the bound (a
+    live query's reader that stopped reading kept the hub buffering without end)."""
+    async with make_hub(tmp_path, insecure=True, max_pending_bytes=2_000_000) as hub:
+        slow = await Raw.open(hub.url, max_queue=1)
+        await slow.request({"type": "live", "id": "q", "filter": {"action": "flood"}},
+                           "snapshot")
+        # each change sends the task, ~50 kB: far fewer than max_pending (10,000); the
+        # sockets' buffers take some megabytes before the hub's queue grows
+        for _ in range(60):
+            await hub.app.add_many([("flood", {"blob": "x" * 50_000})] * 20)
+            if not hub.hub.connections.get(""):
+                break
+        assert await slow.closed(timeout=30) == 4008
+        assert not hub.hub.connections.get("")
+
+
 async def test_revoking_a_credential_closes_its_sockets_within_a_second(
         hub: RunningHub) -> None:
     key = hub.key("doomed", publish=["*"], subscribe=["*"])

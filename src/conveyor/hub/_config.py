@@ -32,6 +32,8 @@ class HubConfig:
       size inline; larger ones are fetched on demand;
     - ``max_pending``: messages queued for one slow WebSocket reader before it
       is cut off (close code 4008);
+    - ``max_pending_bytes``: the same bound in characters of queued text (what a
+      few large messages reach long before ``max_pending``);
     - ``max_rate``: messages per second one connection may send (a burst of
       twice that is allowed) before it is cut off (close code 4029);
     - ``login_failures`` within ``login_window`` seconds lock a client address
@@ -54,6 +56,7 @@ class HubConfig:
     max_frame: int = 1 << 20
     inline_payload: int = 64 * 1024
     max_pending: int = 10_000
+    max_pending_bytes: int = 16 << 20
     max_rate: float = 1000.0
     login_failures: int = 5
     login_window: float = 60.0
@@ -77,6 +80,10 @@ class HubConfig:
             if (isinstance(value, bool) or not isinstance(value, int | float)
                     or not math.isfinite(value) or value < 0):
                 raise ConfigurationError(f"{name} must be a finite number >= 0, not {value!r}")
+        for name in ("max_pending", "max_pending_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be an integer >= 1, not {value!r}")
         if self.service_lease < 0.1:
             raise ConfigurationError(
                 f"service_lease must be at least 0.1 seconds, not {self.service_lease!r}")

@@ -165,6 +165,7 @@ class Connection:
         self.closed = False
         self._closing: asyncio.Task[None] | None = None
         self._out: deque[str] = deque()
+        self._out_chars = 0  # of the messages in _out
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self.last_seen = time.monotonic()
@@ -190,16 +191,19 @@ class Connection:
         if self.closed:
             return
         out = self._out
-        if len(out) >= self.config.max_pending:
+        if (len(out) >= self.config.max_pending
+                or self._out_chars + len(text) > self.config.max_pending_bytes):
+            log.warning("%r: send queue full (%d messages, %d characters): cutting a slow "
+                        "reader off", self, len(out), self._out_chars)
             self.closed = True
             out.clear()
-            log.warning("%r: send queue full (%d messages): cutting a slow reader off", self,
-                        self.config.max_pending)
+            self._out_chars = 0
             self._schedule_close(CLOSE_SLOW, "slow reader: too many messages pending")
             # let go of everything now: the close frame waits behind what the socket holds
             self._cleanup_soon()
             return
         out.append(text)
+        self._out_chars += len(text)
         if len(out) == 1:
             self._wake.set()
 
@@ -226,6 +230,7 @@ class Connection:
                     continue
                 if len(out) == 1:
                     text = out.popleft()
+                    self._out_chars -= len(text)
                 else:
                     batch: list[str] = []
                     size = 2
@@ -235,6 +240,7 @@ class Connection:
                             break
                         batch.append(out.popleft())
                         size += len(item) + 1
+                    self._out_chars -= sum(map(len, batch))
                     text = batch[0] if len(batch) == 1 else "[" + ",".join(batch) + "]"
                 await send({"type": "websocket.send", "text": text})
         except asyncio.CancelledError:
@@ -256,6 +262,7 @@ class Connection:
         """Close the connection with a code (also used by the hub for revocations)."""
         self.closed = True
         self._out.clear()
+        self._out_chars = 0
         with contextlib.suppress(Exception):
             await self.websocket.close(code, reason[:120])
 
@@ -340,6 +347,7 @@ class Connection:
             "credential": cred.name, "admin": cred.admin, "publish": list(cred.publish),
             "subscribe": list(cred.subscribe), "read": list(cred.read),
             "limits": {"max_frame": config.max_frame, "max_pending": config.max_pending,
+                       "max_pending_bytes": config.max_pending_bytes,
                        "max_rate": config.max_rate, "inline_payload": config.inline_payload,
                        "service_lease": config.service_lease,
                        "offer_timeout": config.offer_timeout},
@@ -445,6 +453,7 @@ class Connection:
         log.warning("%r: over %g messages/s: closing", self, self._rate)
         self.closed = True
         self._out.clear()
+        self._out_chars = 0
         self._schedule_close(CLOSE_RATE, f"rate limit of {self._rate:g} messages/s exceeded")
         return False
 
