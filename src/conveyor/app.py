@@ -25,6 +25,7 @@ from ._specs import (
 from ._worker import Worker
 from .errors import (
     ConfigurationError,
+    ConveyorError,
     SchemaError,
     StorageError,
     TaskAborted,
@@ -145,6 +146,7 @@ class Conveyor:
         self._relay_listeners: list[Callable[[Sequence[Change]], None]] = []
         self._worker: Worker | None = None
         self._opened = False
+        self._closes = 0  # how many times close() ended waits (see _read)
         self._open_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -304,8 +306,13 @@ class Conveyor:
         self._background = set()
 
     async def close(self) -> None:
-        """Stop the worker if running, and disconnect."""
-        await self.stop()
+        """Stop the worker if running, and disconnect. Waits, log streams and event
+        subscriptions still open here end: ``wait()``, ``wait_task()`` and
+        ``logs()`` raise :class:`ConveyorError`, ``events()`` iterators stop (the
+        app may be opened again, by the next call)."""
+        await self.stop()  # first: handlers may be waiting for other tasks
+        self._closes += 1
+        self.bus._end_waits()
         if self._relay is not None:
             await self._relay.stop()
             self._relay = None
@@ -537,13 +544,14 @@ class Conveyor:
         check_task_id(task_id)
         limit = seconds(timeout, "timeout")
         await self.open()
+        closes = self._closes
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit
         signal = self.bus.signal(task_id)
         try:
             while True:
                 signal.clear()
-                task = await self._read(self.storage.get, task_id, deadline=deadline)
+                task = await self._read(closes, self.storage.get, task_id, deadline=deadline)
                 if task is None:
                     raise TaskNotFound(task_id)
                 if task.terminal:
@@ -562,17 +570,21 @@ class Conveyor:
         finally:
             self.bus.unsignal(task_id, signal)
 
-    async def _read(self, read: Callable[..., Awaitable[_T]], *args: Any,
+    async def _read(self, closes: int, read: Callable[..., Awaitable[_T]], *args: Any,
                     deadline: float | None = None) -> _T:
         """``await read(*args)`` for a wait or a log stream, which ride out a
         storage error for a moment as workers do: a pooled connection that the
         server closed fails once (a restarted server: each idle one once). Tried
         again after 0.05 s, doubling up to 1 s, at most 8 times in a row and not
         past ``deadline`` (loop time); then the error is raised. A
-        :class:`SchemaError` is raised at once."""
+        :class:`SchemaError` is raised at once. :class:`ConveyorError` when the app
+        was closed since the wait began (``closes``: ``_closes`` then), rather than
+        open the storage again behind the caller who closed it."""
         loop = asyncio.get_running_loop()
         pause = 0.05
         for again in range(_READ_RETRIES + 1):
+            if self._closes != closes:
+                raise ConveyorError("the app was closed while this call waited")
             try:
                 return await read(*args)
             except SchemaError:
@@ -593,19 +605,21 @@ class Conveyor:
         check_task_id(task_id)
         level = LogLevel.parse(max_level)
         await self.open()
+        closes = self._closes
         signal = self.bus.signal(task_id)
         last = 0
         first = True
         try:
             while True:
                 signal.clear()
-                task = await self._read(self.storage.get, task_id)
+                task = await self._read(closes, self.storage.get, task_id)
                 if task is None:
                     if first:
                         raise TaskNotFound(task_id)
                     return
                 first = False
-                for record in await self._read(self.storage.read_logs, task_id, last, level):
+                for record in await self._read(closes, self.storage.read_logs, task_id, last,
+                                               level):
                     last = record.seq
                     yield record
                 if not follow or task.terminal:

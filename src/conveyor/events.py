@@ -181,6 +181,7 @@ class Subscription:
 
         self._listener = _Listener(matches, task_id, deliver, subscription=True)
         bus._add(self._listener)
+        bus._subscriptions.add(self)
         self._finalizer = weakref.finalize(self, _abandoned, bus, self._listener)
 
     def _put(self, event: Event) -> None:
@@ -242,6 +243,7 @@ class EventBus:
         self._global: list[_Listener] = []
         self._by_task: dict[str, list[_Listener]] = {}
         self._dead: list[_Listener] = []  # of subscriptions dropped unclosed
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._signals: dict[str, set[asyncio.Event]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._tallies: list[Tally] = []
@@ -263,6 +265,7 @@ class EventBus:
         self._signals = {}
         self._background = set()
         self._dead = []
+        self._subscriptions = weakref.WeakSet()
         self._held = {}
         self._versions = OrderedDict()
 
@@ -286,6 +289,15 @@ class EventBus:
             items.remove(listener)
             if not items:
                 del self._by_task[listener.task_id]
+
+    def _end_waits(self) -> None:
+        """The app is closing: wake every waiter (they see it and end) and end every
+        subscription's iteration."""
+        for signals in list(self._signals.values()):
+            for ev in signals:
+                ev.set()
+        for subscription in list(self._subscriptions):
+            subscription.close()
 
     def _drop_dead(self) -> None:
         while self._dead:

@@ -10,7 +10,17 @@ from typing import Any
 
 import pytest
 
-from conveyor import Context, Conveyor, ErrorItem, Event, LogLevel, ResultItem, Status, Task
+from conveyor import (
+    Context,
+    Conveyor,
+    ErrorItem,
+    Event,
+    LogLevel,
+    ResultItem,
+    Status,
+    Task,
+    WaitTimeout,
+)
 from conveyor.events import EventBus
 from conveyor.model import ErrorInfo, Transition
 from conveyor.storage.base import Completion
@@ -413,3 +423,39 @@ def test_a_sync_subscription_left_by_break_stops_receiving(tmp_path: Any) -> Non
             del events
         app.add("work", {})
         assert len(bus._global) == before
+
+
+async def test_close_ends_the_waits_log_streams_and_subscriptions_in_flight(
+        app: Conveyor) -> None:
+    """They ended nowhere (``wait`` and ``logs`` quietly opened the closed app's
+    storage again, which then stayed open); now they end, and nothing is reopened."""
+    from conveyor import ConveyorError
+
+    task = await app.add("work", {})  # nothing runs it
+
+    async def lines() -> list[Any]:
+        return [record async for record in app.logs(task.id)]
+
+    async def events(subscription: Any) -> list[Event]:
+        return [event async for event in subscription]
+
+    waiting = asyncio.create_task(app.wait(task.id))
+    following = asyncio.create_task(lines())
+    listening = asyncio.create_task(events(app.events("task.*")))
+    for _ in range(1000):  # until both wait on the task
+        if len(app.bus._signals.get(task.id, ())) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the wait and the log stream never started waiting")
+    await app.close()
+    with pytest.raises(ConveyorError, match="closed while this call waited"):
+        await asyncio.wait_for(waiting, 5)
+    with pytest.raises(ConveyorError, match="closed while this call waited"):
+        await asyncio.wait_for(following, 5)
+    assert await asyncio.wait_for(listening, 5) == []
+    assert not app._opened  # not opened again behind the caller
+    # the app opens again on its next call, and waits work as before
+    assert (await app.get(task.id)).status is Status.QUEUED
+    with pytest.raises(WaitTimeout):
+        await app.wait(task.id, timeout=0.05)
