@@ -307,9 +307,9 @@ class Conveyor:
 
     async def close(self) -> None:
         """Stop the worker if running, and disconnect. Waits, log streams and event
-        subscriptions still open here end: ``wait()``, ``wait_task()`` and
-        ``logs()`` raise :class:`ConveyorError`, ``events()`` iterators stop (the
-        app may be opened again, by the next call)."""
+        subscriptions still open here end: ``wait()``, ``wait_task()``, ``logs()``
+        and ``events()`` iterators raise :class:`ConveyorError` (the app may be
+        opened again, by the next call)."""
         await self.stop()  # first: handlers may be waiting for other tasks
         self._closes += 1
         self.bus._end_waits()

@@ -34,7 +34,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from ._aio import stop_tasks
 from .errors import ConveyorError, ValidationError
@@ -169,6 +169,7 @@ class Subscription:
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._maxsize = maxsize
         self._overflowed = False
+        self._app_closed = False
         self._closed = False
         # the bus holds the listener, which refers to this subscription weakly: one that
         # its user dropped is collected, queue and all, and the finalizer retires it
@@ -206,15 +207,18 @@ class Subscription:
 
     async def __anext__(self) -> Event:
         if self._closed and self._queue.empty():
-            if self._overflowed:
-                raise EventOverflow("event subscription fell behind and was closed")
-            raise StopAsyncIteration
+            self._ended()
         event = await self._queue.get()
         if event is None:
-            if self._overflowed:
-                raise EventOverflow("event subscription fell behind and was closed")
-            raise StopAsyncIteration
+            self._ended()
         return event
+
+    def _ended(self) -> NoReturn:
+        if self._overflowed:
+            raise EventOverflow("event subscription fell behind and was closed")
+        if self._app_closed:
+            raise ConveyorError("the app was closed while this call waited")
+        raise StopAsyncIteration
 
     async def get(self, timeout: float | None = None) -> Event | None:
         """The next event, or None after ``timeout`` seconds (or when closed)."""
@@ -297,6 +301,7 @@ class EventBus:
             for ev in signals:
                 ev.set()
         for subscription in list(self._subscriptions):
+            subscription._app_closed = True
             subscription.close()
 
     def _drop_dead(self) -> None:
