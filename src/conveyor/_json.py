@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any
 
 from .errors import ValidationError
 
-__all__ = ["check_depth", "copy_checked", "dumps", "dumps_checked", "dumps_stored", "loads",
-           "loads_strict"]
+__all__ = [
+    "check_depth",
+    "copy_checked",
+    "dumps",
+    "dumps_checked",
+    "dumps_stored",
+    "is_finite_number",
+    "loads",
+    "loads_strict",
+]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _decoder = json.JSONDecoder()
+
+
+def is_finite_number(value: object) -> bool:
+    """An int or float (not a bool) that a float can hold: a JSON reader elsewhere (a
+    browser, another language) reads an integer past a float's range as infinity."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def dumps(value: Any) -> str:

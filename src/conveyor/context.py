@@ -9,7 +9,6 @@ and ``ctx.emit(...)`` are ordinary calls that are also awaitable, so both
 from __future__ import annotations
 
 import asyncio
-import math
 import reprlib
 import threading
 from collections.abc import Generator, Mapping
@@ -196,10 +195,7 @@ class Context(Generic[P]):
         ``data`` JSON values; anything else raises :class:`ValidationError` in
         the handler, and nothing is reported."""
         for name, value in (("current", current), ("total", total)):
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, int | float)
-                                      or (isinstance(value, float)
-                                          and not math.isfinite(value))):
+            if value is not None and not _json.is_finite_number(value):
                 raise ValidationError(
                     f"progress {name} must be a finite number, not {value!r}")
         if message is not None and not isinstance(message, str):

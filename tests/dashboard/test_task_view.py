@@ -155,3 +155,45 @@ async def test_an_abort_requested_elsewhere_hides_the_abort_button(dash: Dash) -
         dash.gates.stubborn.set()
     done = await dash.app.wait_task(task.id, timeout=10)
     assert (done.status, done.reason) == ("aborted", "from elsewhere")
+
+
+async def test_a_task_opened_after_another_shows_nothing_of_the_first(dash: Dash) -> None:
+    """The view kept the previous task's error, attempts and Retry button when the next
+    address named a task that does not exist; a malformed address threw."""
+    failed = await dash.app.add("job:fail", max_attempts=1)
+    await dash.app.wait_task(failed.id, timeout=10)
+    await dash.open()
+    page = dash.page
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await dash.row(failed.id).click()
+    await expect(page.get_by_test_id("task-error")).to_be_visible()
+    await expect(page.get_by_test_id("task-errors-box")).to_be_visible()
+    await expect(page.get_by_test_id("task-retry")).to_be_visible()
+
+    await page.evaluate("location.hash = '#/tasks/no-such-task'")
+    await expect(page.get_by_test_id("task-id")).to_have_text("no-such-task")
+    await expect(page.get_by_test_id("task-action-error")).to_contain_text("no-such-task")
+    for box in ("task-error", "task-errors-box", "task-retry", "task-result-box"):
+        await expect(page.get_by_test_id(box)).to_be_hidden()
+    await expect(page.get_by_test_id("task-status")).to_have_text("")
+
+    await page.evaluate("location.hash = '#/tasks/%E0%A4%A'")
+    await expect(page.get_by_test_id("tasks-panel")).to_be_visible()
+    await expect(page.get_by_test_id("notice")).to_have_text("that address names no task")
+    assert errors == []
+
+
+async def test_progress_without_a_current_value_reads_as_a_dash(dash: Dash) -> None:
+    from conveyor.model import Progress
+    from conveyor.storage import Lease
+
+    task = await dash.app.add("mail:send")  # no handler: claimed here, by hand
+    [claimed] = await dash.app.storage.claim("by-hand", ["mail:send"], 1, 30.0)
+    assert claimed.id == task.id and claimed.token
+    await dash.app.storage.update_progress([(Lease(task.id, claimed.token),
+                                             Progress(None, 5, "waiting"))])
+    await dash.open()
+    await expect(dash.row(task.id)).to_contain_text("- / 5 waiting")
+    await dash.row(task.id).click()
+    await expect(dash.page.get_by_test_id("task-progress-text")).to_have_text("- / 5 waiting")

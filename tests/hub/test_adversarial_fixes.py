@@ -127,3 +127,23 @@ async def test_a_client_gone_mid_body_is_not_logged_as_an_internal_error(
     assert await hub.app.count({}) == 0
     async with client(hub, key) as http:  # the hub still answers
         assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_remote_progress_past_a_float_is_a_bad_message(hub: RunningHub) -> None:
+    """An integer too large for a float (a browser reads it as Infinity, which broke the
+    dashboard's table) was an internal error (OverflowError); now bad_message."""
+    service = await Raw.open(hub.url, hub.key("svc", subscribe=["job:*"]))
+    await service.request({"type": "subscribe", "id": "sub", "service": "svc",
+                           "actions": ["job:x"]}, "subscribed")
+    task = await hub.app.add("job:x")
+    assert (await service.expect("offer", "sub"))["task_id"] == task.id
+    await service.send({"type": "pickup", "id": 1, "task_id": task.id})
+    for field in ("current", "total"):
+        err = await service.request({"type": "update", "id": f"u-{field}", "task_id": task.id,
+                                     field: 10**400})
+        assert err["type"] == "error" and err["code"] == "bad_message", err
+        assert f"'{field}' must be a finite number" in err["message"]
+    ok = await service.request({"type": "update", "id": "u", "task_id": task.id, "current": 1,
+                                "total": 2, "ack": True})
+    assert ok["type"] == "ok", ok
+    await service.close()

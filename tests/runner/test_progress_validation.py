@@ -12,6 +12,9 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"current": True}, "progress current must be a finite number"),
     ({"total": float("nan")}, "progress total must be a finite number"),
     ({"current": float("inf")}, "progress current must be a finite number"),
+    # past a float: a browser (the dashboard) reads it as Infinity
+    ({"current": 10**400}, "progress current must be a finite number"),
+    ({"total": -(10**309)}, "progress total must be a finite number"),
     ({"current": 1, "message": 5}, "progress message must be text"),
     ({"current": 1, "blob": object()}, "progress data is not JSON-serialisable"),
 ]

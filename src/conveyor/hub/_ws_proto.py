@@ -6,7 +6,6 @@ hub's WebSocket modules share.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,7 +103,7 @@ def opt_number(msg: Mapping[str, Any], name: str, default: float | None = None, 
     value = msg.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not _json.is_finite_number(value):
         raise ProtocolError("bad_message", f"'{name}' must be a finite number")
     if minimum is not None and value < minimum:
         raise ProtocolError("bad_message", f"'{name}' must be >= {minimum:g}")

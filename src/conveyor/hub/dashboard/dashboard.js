@@ -407,20 +407,30 @@
     cell("created").textContent = time(task.created_at);
   }
 
+  // a <progress> bar refuses non-finite numbers (a number past a float reads as Infinity)
+  function fillBar(bar, progress) {
+    if (progress && Number.isFinite(progress.total) && progress.total > 0) {
+      bar.max = progress.total;
+      if (Number.isFinite(progress.current)) bar.value = progress.current;
+      else bar.removeAttribute("value");
+    } else {
+      bar.removeAttribute("value");
+    }
+  }
+
   function progressNodes(progress) {
     if (!progress) return [];
     const bar = make("progress", null, "progress-bar");
-    if (progress.total) {
-      bar.max = progress.total;
-      bar.value = progress.current;
-    }
+    fillBar(bar, progress);
     return [bar, make("span", progressText(progress))];
   }
 
   function progressText(progress) {
     if (!progress) return "";
-    const count = progress.total ? `${progress.current} / ${progress.total}` : `${progress.current}`;
-    return progress.message ? `${count} ${progress.message}` : count;
+    const current = progress.current == null ? "-" : progress.current;
+    const count = progress.total != null ? `${current} / ${progress.total}`
+                                         : (progress.current == null ? "" : `${current}`);
+    return [count, progress.message || ""].filter(Boolean).join(" ");
   }
 
   // -- the task view -----------------------------------------------------------------------
@@ -428,7 +438,13 @@
   function route() {
     const match = /^#\/tasks\/([^/]+)$/.exec(location.hash);
     if (!state.authed) return;
-    if (match) openTask(decodeURIComponent(match[1])); else closeTask();
+    let taskId = null;
+    try {
+      taskId = match ? decodeURIComponent(match[1]) : null;
+    } catch (_) {  // a malformed address (%E0%A4%A): no task to show
+      notice("that address names no task");
+    }
+    if (taskId) openTask(taskId); else closeTask();
   }
 
   function openTask(taskId) {
@@ -438,8 +454,16 @@
       $("task-logs").replaceChildren();
       setText("task-id", taskId);
       for (const name of ["action", "status", "reason", "priority", "attempts", "created",
-                          "started", "finished", "worker", "payload", "progress-text"]) {
+                          "started", "finished", "worker", "payload", "progress-text",
+                          "result", "error-type", "error-message", "error-traceback"]) {
         setText(`task-${name}`, "");
+      }
+      // nothing of the task shown before stays until this one is read
+      $("task-errors").replaceChildren();
+      renderProgress(null);
+      for (const name of ["task-result-box", "task-error", "task-errors-box", "task-abort",
+                          "task-retry", "task-prioritize-form"]) {
+        show(name, false);
       }
       actionError("");
       watch(taskId);
@@ -501,13 +525,7 @@
   }
 
   function renderProgress(progress) {
-    const bar = $("task-progress");
-    if (progress && progress.total) {
-      bar.max = progress.total;
-      bar.value = progress.current;
-    } else {
-      bar.removeAttribute("value");
-    }
+    fillBar($("task-progress"), progress);
     setText("task-progress-text", progressText(progress));
   }
 
