@@ -421,3 +421,32 @@ async def test_a_retry_whose_key_another_task_took_is_a_duplicate_task(app: Conv
     assert info.value.task is not None and info.value.task.id == first.id
     assert (await app.get(first.id)).status is Status.ABORTED
 
+
+
+async def test_a_retry_whose_key_was_taken_meanwhile_runs_without_it(app: Conveyor) -> None:
+    """A task deduped only while queued runs; a second one takes its key; the first
+    fails once and is retried: it goes back to the queue without its key and succeeds
+    (the unique index refused its retry, so the worker's writes retried for ever and the
+    sweeper rescued nothing more)."""
+    started = asyncio.Event()
+    go = asyncio.Event()
+
+    @app.handler("keyed", max_attempts=2, backoff=0)
+    async def keyed(ctx: Context[Any]) -> int:
+        if ctx.attempt == 1:
+            started.set()
+            await go.wait()
+            raise RuntimeError("first attempt fails")
+        return ctx.attempt
+
+    first = await app.add("keyed", {"n": 1}, unique_key="k", unique_scope=["queued"])
+    async with app:
+        await started.wait()
+        second, created = await app.add_checked("keyed", {"n": 2}, unique_key="k",
+                                                unique_scope=["queued"], delay=60)
+        assert created and second.id != first.id
+        go.set()
+        assert await app.wait(first.id, timeout=10) == 2
+    done = await app.get(first.id)
+    assert done.unique_key is None and done.attempts == 2
+    assert (await app.get(second.id)).unique_key == "k"

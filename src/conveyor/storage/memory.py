@@ -191,7 +191,12 @@ class MemoryStorage(FanoutFeed, Storage):
 
     def _put(self, task: Task, event: str, now: float) -> None:
         """Store a changed task, its JSON values in stored form, and record the change
-        (lock held)."""
+        (lock held). A task entering a status its scope holds its key in while another
+        task holds that key (taken while this one ran) gives the key up."""
+        if (task.unique_key is not None and task.status in task.unique_scope
+                and any(o.unique_key == task.unique_key and o.id != task.id
+                        and o.status in o.unique_scope for o in self._tasks.values())):
+            task = replace(task, unique_key=None)
         self._tasks[task.id] = task
         self._change_seq += 1
         self._pending.append(Change(self._change_seq, task.id, task.version, task.status, event,

@@ -918,6 +918,17 @@ class PostgresStorage(FanoutFeed, Storage):
             raise StorageError("tasks changed during an update: " + ", ".join(
                 old.id for old, _, _ in changes if old.id not in done))
 
+    async def _save_yielding(self, conn: psycopg.AsyncConnection[Any],
+                             changes: Sequence[tuple[Task, Task, str]]) -> None:
+        """:meth:`_save` of tasks that may go back into their key's scope (a release, a
+        rescue): one whose key another task took while it ran gives the key up. Keyed
+        ones one by one (two of them may enter one key's scope in the same batch)."""
+        keyed = [change for change in changes if change[0].unique_key is not None]
+        await self._save(conn, [change for change in changes if change[0].unique_key is None])
+        for old, new, event in keyed:
+            await conn.execute(self._q["yield_key"], {"id": old.id, "status": new.status.value})
+            await self._save(conn, [(old, new, event)])
+
     async def _rows(self, conn: psycopg.AsyncConnection[Any], query: str,
                     params: Mapping[str, Any] | Sequence[Any] | None = None) -> list[Any]:
         cur = conn.cursor(row_factory=tuple_row)
@@ -1375,8 +1386,21 @@ class PostgresStorage(FanoutFeed, Storage):
                 "event": c.event or _ops.completion_event(t),
             })
         async with self._conn() as conn:
-            done = {(r[0], r[1]) for r in await self._rows(conn, self._q["finish_tasks"], {
-                "rows": _dumps(rows), "now": time.time(), "origin": self.instance_id})}
+            try:
+                done = {(r[0], r[1]) for r in await self._rows(conn, self._q["finish_tasks"], {
+                    "rows": _dumps(rows), "now": time.time(), "origin": self.instance_id})}
+            except psycopg.errors.UniqueViolation:
+                # a task going back into its key's scope while another took the key: one
+                # by one, each giving its key up if another task holds it by then
+                done = set()
+                async with conn.transaction():
+                    for row in rows:
+                        await conn.execute(self._q["yield_key"],
+                                           {"id": row["id"], "status": row["status"]})
+                        done.update((r[0], r[1]) for r in await self._rows(
+                            conn, self._q["finish_tasks"], {
+                                "rows": _dumps([row]), "now": time.time(),
+                                "origin": self.instance_id}))
             again = {c.task_id: c for c in completions if (c.task_id, c.token) not in done
                      and c.transition.status is Status.QUEUED}
             if again:  # still held? then an abort was requested: it wins
@@ -1404,7 +1428,7 @@ class PostgresStorage(FanoutFeed, Storage):
                 else:
                     new, event = _ops.released(task, now), "released"
                 changes.append((task, new, event))
-            await self._save(conn, changes)
+            await self._save_yielding(conn, changes)
         done = {old.id for old, _, _ in changes}
         return [item.task_id for item in leases if item.task_id in done]
 
@@ -1421,7 +1445,7 @@ class PostgresStorage(FanoutFeed, Storage):
                         task = row_to_task(row, decoded=True)
                         new, event = _ops.rescued(task, now, max_rescues)
                         changes.append((task, new, event))
-                    await self._save(conn, changes)
+                    await self._save_yielding(conn, changes)
                 for old, _, event in changes:
                     groups[event].append(old.id)
                 if len(rows) < 1000:

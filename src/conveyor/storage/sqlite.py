@@ -688,16 +688,15 @@ class SQLiteStorage(FanoutFeed, Storage):
     async def finish(self, worker: str, completions: Sequence[Completion]) -> list[str]:
         if not completions:
             return []
-        plain: list[list[Any]] = []  # successes: the short query
-        other: list[list[Any]] = []
+        rows: list[tuple[bool, list[Any]]] = []  # (a plain success: the short query, row)
         for c in completions:
             t = c.transition
             progress = None if c.progress is None else c.progress.to_json()
             if (t.status is Status.SUCCEEDED and t.error is None and t.reason is None
                     and not t.refund_attempt and c.event in (None, "succeeded")):
-                plain.append([c.task_id, c.token, t.result, progress])
+                rows.append((True, [c.task_id, c.token, t.result, progress]))
                 continue
-            other.append([
+            rows.append((False, [
                 c.task_id, c.token, t.status.value,
                 t.run_at if t.status is Status.QUEUED else None,
                 t.result,
@@ -706,45 +705,62 @@ class SQLiteStorage(FanoutFeed, Storage):
                 1 if t.refund_attempt else 0,
                 progress,
                 c.event or _ops.completion_event(t),
-            ])
+            ]))
+
+        try:
+            return await self._write(lambda conn: self._finish_rows(conn, completions, rows))
+        except sqlite3.IntegrityError:
+            # a task going back into its key's scope while another took the key (the
+            # unique index refused it): one by one, each giving its key up if another
+            # task holds it by then
+            def one_by_one(conn: sqlite3.Connection) -> list[str]:
+                refused = []
+                for c, row in zip(completions, rows, strict=True):
+                    conn.execute(Q["yield_key"], {"id": c.task_id,
+                                                  "status": c.transition.status.value})
+                    refused += self._finish_rows(conn, [c], [row])
+                return refused
+
+            return await self._write(one_by_one)
+
+    def _finish_rows(self, conn: sqlite3.Connection, completions: Sequence[Completion],
+                     rows: Sequence[tuple[bool, list[Any]]]) -> list[str]:
+        """The transaction of :meth:`finish`: ``rows`` are the completions' rows."""
+        now = time.time()
         origin = self.instance_id
-        plain_rows = _json.dumps(plain) if plain else None
-        other_rows = _json.dumps(other) if other else None
-
-        def tx(conn: sqlite3.Connection) -> list[str]:
-            now = time.time()
-            done: set[str] = set()
-            if plain_rows is not None:
-                # which rows still hold their token, as one JSON text; then the update
-                # (one row per statement: see _claimed)
-                pairs, held = conn.execute(Q["finishable"], {"rows": plain_rows}).fetchone()
-                conn.execute(Q["finish_succeeded"], {
-                    "rows": plain_rows, "origin": origin, "now": now})
-                if held:
-                    if held == len(plain):  # the common case: every lease still held
-                        done.update(row[0] for row in plain)
-                    else:
-                        done.update(task_id for task_id, _ in _json.loads(pairs))
-                    self._record_text(conn, "succeeded", "succeeded", pairs)
-            if other_rows is not None:
-                groups: dict[tuple[str, str], list[tuple[str, int]]] = {}
-                for task_id, version, status, event in conn.execute(Q["finish_tasks"], {
-                        "rows": other_rows, "origin": origin, "now": now}).fetchall():
-                    done.add(task_id)
-                    groups.setdefault((status, event), []).append((task_id, version))
-                for (status, event), pairs in groups.items():
-                    self._record(conn, status, event, pairs)
-            again = {c.task_id: c for c in completions if c.task_id not in done
-                     and c.transition.status is Status.QUEUED}
-            if again:  # still held? then an abort was requested: it wins
-                held = conn.execute(Q["held_tasks"], {"ids": _json.dumps(list(again))})
-                for task in [row_to_task(row) for row in held.fetchall()]:
-                    change = _ops.finished_overruled(task, again[task.id], now)
-                    if change is not None:
-                        self._save(conn, *change)
-            return [c.task_id for c in completions if c.task_id not in done]
-
-        return await self._write(tx)
+        done: set[str] = set()
+        plain = [row for is_plain, row in rows if is_plain]
+        other = [row for is_plain, row in rows if not is_plain]
+        if plain:
+            # which rows still hold their token, as one JSON text; then the update
+            # (one row per statement: see _claimed)
+            plain_rows = _json.dumps(plain)
+            pairs, held = conn.execute(Q["finishable"], {"rows": plain_rows}).fetchone()
+            conn.execute(Q["finish_succeeded"], {
+                "rows": plain_rows, "origin": origin, "now": now})
+            if held:
+                if held == len(plain):  # the common case: every lease still held
+                    done.update(row[0] for row in plain)
+                else:
+                    done.update(task_id for task_id, _ in _json.loads(pairs))
+                self._record_text(conn, "succeeded", "succeeded", pairs)
+        if other:
+            groups: dict[tuple[str, str], list[tuple[str, int]]] = {}
+            for task_id, version, status, event in conn.execute(Q["finish_tasks"], {
+                    "rows": _json.dumps(other), "origin": origin, "now": now}).fetchall():
+                done.add(task_id)
+                groups.setdefault((status, event), []).append((task_id, version))
+            for (status, event), pairs in groups.items():
+                self._record(conn, status, event, pairs)
+        again = {c.task_id: c for c in completions if c.task_id not in done
+                 and c.transition.status is Status.QUEUED}
+        if again:  # still held? then an abort was requested: it wins
+            held = conn.execute(Q["held_tasks"], {"ids": _json.dumps(list(again))})
+            for task in [row_to_task(row) for row in held.fetchall()]:
+                change = _ops.finished_overruled(task, again[task.id], now)
+                if change is not None:
+                    self._save(conn, *change)
+        return [c.task_id for c in completions if c.task_id not in done]
 
     async def release(self, worker: str, leases: Sequence[Lease]) -> list[str]:
         if not leases:
@@ -763,6 +779,7 @@ class SQLiteStorage(FanoutFeed, Storage):
                     new, event = _ops.rescued(task, now, max_rescues=1 << 30)
                 else:
                     new, event = _ops.released(task, now), "released"
+                conn.execute(Q["yield_key"], {"id": task.id, "status": new.status.value})
                 self._save(conn, task, new, event)
                 done.append(task.id)
             return done
@@ -777,6 +794,7 @@ class SQLiteStorage(FanoutFeed, Storage):
             for row in conn.execute(Q["expired_leases"], {"now": now}).fetchall():
                 task = row_to_task(row)
                 new, event = _ops.rescued(task, now, max_rescues)
+                conn.execute(Q["yield_key"], {"id": task.id, "status": new.status.value})
                 self._save(conn, task, new, event)
                 groups[event].append(task.id)
             return RecoverReport(tuple(groups["rescued"]), tuple(groups["lost"]),

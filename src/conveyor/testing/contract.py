@@ -147,6 +147,40 @@ class StorageContract:
         assert [r.created for r in results] == [True, False, False]
         assert len({r.task.id for r in results}) == 1
 
+    async def test_a_task_back_in_its_keys_scope_gives_up_a_key_taken_meanwhile(
+            self, storage: Storage) -> None:
+        """A task whose scope leaves out ``running`` holds no key while it runs; another
+        task may take the key then. When the run ends in a retry (or the task is handed
+        back, or rescued), the task goes back to ``queued`` without its key, the other
+        keeps it (it was refused: a worker's writes and the sweeper jammed)."""
+        queued_only = (Status.QUEUED,)
+        later = time.time() + 60
+        for how in ("retry", "release", "rescue"):
+            key, action = f"kq-{how}", f"test:{how}"
+            [first] = await storage.add([make_spec(action=action, unique_key=key,
+                                                   unique_scope=queued_only)])
+            task = await _claim_one(storage, action, lease=0.01 if how == "rescue" else 30.0)
+            assert task.id == first.task.id
+            [second] = await storage.add([make_spec(unique_key=key, unique_scope=queued_only,
+                                                    run_at=later)])
+            assert second.created
+            if how == "retry":
+                assert await storage.finish("w1", [Completion(
+                    task.id, task.token or "", Transition(Status.QUEUED, run_at=later))]) == []
+            elif how == "release":
+                assert await storage.release("w1", [Lease(task.id, task.token or "")]) == [
+                    task.id]
+            else:
+                await asyncio.sleep(0.05)  # the lease's end must pass
+                assert (await storage.recover(max_rescues=3)).requeued == (task.id,)
+            back = await storage.get(task.id)
+            assert back is not None and back.status is Status.QUEUED, how
+            assert back.unique_key is None, how
+            held = await storage.get(second.task.id)
+            assert held is not None and held.unique_key == key
+            [again] = await storage.add([make_spec(unique_key=key, unique_scope=queued_only)])
+            assert not again.created and again.task.id == second.task.id
+
     async def test_unique_key_frees_after_finish(self, storage: Storage) -> None:
         [first] = await storage.add([make_spec(unique_key="k2")])
         task = await _claim_one(storage)

@@ -307,6 +307,17 @@ CROSS JOIN LATERAL (
     ORDER BY t.run_at
     LIMIT 1) AS x
 
+-- name: yield_key
+-- A task about to enter a status its scope holds its key in, while another task holds the
+-- key (taken while this one ran, outside its scope): it gives the key up, rather than two
+-- tasks holding one key (the unique index would refuse the change).
+UPDATE {schema}.tasks AS t SET unique_key = NULL
+WHERE t.id = %(id)s AND t.unique_key IS NOT NULL
+  AND strpos(t.unique_scope, '|' || %(status)s || '|') > 0
+  AND EXISTS (SELECT 1 FROM {schema}.tasks AS o
+              WHERE o.unique_key = t.unique_key AND o.id <> t.id
+                AND strpos(o.unique_scope, '|' || o.status || '|') > 0)
+
 -- name: live_duplicate
 -- Another task holding a unique key, in its own scope or in the given one.
 SELECT id FROM {schema}.tasks

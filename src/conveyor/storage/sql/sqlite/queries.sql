@@ -31,6 +31,17 @@ UPDATE conveyor_tasks SET
     version = :version, event = :event, origin = :origin
 WHERE id = :id AND version = :expected_version
 
+-- name: yield_key
+-- A task about to enter a status its scope holds its key in, while another task holds the
+-- key (taken while this one ran, outside its scope): it gives the key up, rather than two
+-- tasks holding one key (the unique index would refuse the change).
+UPDATE conveyor_tasks SET unique_key = NULL
+WHERE id = :id AND unique_key IS NOT NULL
+  AND instr(unique_scope, '|' || :status || '|') > 0
+  AND EXISTS (SELECT 1 FROM conveyor_tasks AS o
+              WHERE o.unique_key = conveyor_tasks.unique_key AND o.id <> conveyor_tasks.id
+                AND instr(o.unique_scope, '|' || o.status || '|') > 0)
+
 -- name: find_live_duplicate
 -- The task holding a key (the rule of storage.base.key_holder): the one in its own
 -- scope, else the newest in the given one.
