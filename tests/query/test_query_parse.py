@@ -255,6 +255,12 @@ BAD: list[tuple[Any, str, str]] = [
     ({"payload.a": {"$regex": "("}}, "filter.payload.a.$regex",
      "invalid regular expression '('"),
     ({"payload.a": {"$regex": 5}}, "filter.payload.a.$regex", "$regex needs a pattern string"),
+    # a set Python flags as ambiguous: the regex engine (memory, SQLite) read
+    # [[:alpha:]] as a POSIX class, Python's re and PostgreSQL as "[" or ":" ... then "]"
+    ({"payload.a": {"$regex": "[[:alpha:]]"}}, "filter.payload.a.$regex",
+     "is ambiguous (Possible nested set at position 1)"),
+    ({"payload.a": {"$regex": "[a&&b]"}}, "filter.payload.a.$regex",
+     "is ambiguous (Possible set intersection"),
     ({"payload.a": {"$regex": "a", "$options": "iq"}}, "filter.payload.a.$options",
      "unknown $options flag 'q'"),
     ({"payload.a": {"$regex": "a", "$options": 1}}, "filter.payload.a.$options",

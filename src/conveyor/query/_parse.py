@@ -8,8 +8,10 @@ compiler never meet a malformed tree. Every refusal is a
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -394,8 +396,11 @@ class _Parser:
                     f"{where}.$options",
                 )
             flags |= flag
+        _unambiguous(pattern, flags, sub)
         try:
-            re.compile(pattern, flags)  # Python's syntax, and its words for an error
+            with warnings.catch_warnings():  # (what it would warn of was refused above)
+                warnings.simplefilter("ignore", FutureWarning)
+                re.compile(pattern, flags)  # Python's syntax, and its words for an error
             compiled = compile_regex(pattern, int(flags))
         except (re.error, OverflowError, RecursionError, ValueError) as exc:
             raise QueryError(f"invalid regular expression {_short(pattern)}: {exc}", sub) from None
@@ -403,6 +408,25 @@ class _Parser:
             raise QueryError(f"regular expression {_short(pattern)} is not supported: "
                              f"{exc}", sub) from None
         return Regex(ref, pattern, int(flags), compiled, sub)
+
+
+_re_parser: Any = importlib.import_module("re._parser")
+
+
+def _unambiguous(pattern: str, flags: int, where: str) -> None:
+    """Refuse what Python itself flags as ambiguous in a set (a ``FutureWarning``: a
+    nested ``[``, as in ``[[:alpha:]]``, or ``--``, ``&&``, ``~~``, ``||``): engines read
+    it differently (the regex engine of memory and SQLite as a POSIX class, Python's
+    re and PostgreSQL as a ``[`` in a set), so one filter would answer differently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        try:
+            _re_parser.parse(pattern, flags)
+        except FutureWarning as exc:
+            raise QueryError(f"regular expression {_short(pattern)} is ambiguous ({exc}): "
+                             "escape the character (\\[ for a [ in a set)", where) from None
+        except Exception:  # not a pattern at all: re.compile says why, in its words
+            return
 
 
 def parse_filter(raw: Mapping[str, Any] | Filter | None, *, where: str = "filter") -> Filter:
