@@ -9,6 +9,7 @@ ones (claim, finish), which the contract suite checks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "finished",
     "finished_overruled",
     "finished_with_event",
+    "first_per_task",
     "new_task",
     "pickup_deadline",
     "pickup_expired",
@@ -66,6 +68,22 @@ def completion_event(transition: Transition) -> str:
 RETRY_ABORTED = "retry_aborted"
 """The change-feed event of a run that ended in a retry or a reschedule while an
 abort was requested: the task ends ``aborted`` instead of being queued again."""
+
+
+def first_per_task(completions: Sequence[Completion]) -> tuple[list[Completion], list[str]]:
+    """The completions to apply (the first of each task) and the ids of the repeated
+    ones: a run ends once, so a later completion of a task in the same call is not
+    stored (as a second call's would be refused by the fencing token)."""
+    seen: set[str] = set()
+    first: list[Completion] = []
+    repeated: list[str] = []
+    for c in completions:
+        if c.task_id in seen:
+            repeated.append(c.task_id)
+        else:
+            seen.add(c.task_id)
+            first.append(c)
+    return first, repeated
 
 
 def abort_wins(task: Task, completion: Completion) -> bool:

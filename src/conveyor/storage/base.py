@@ -291,7 +291,9 @@ class Storage(abc.ABC):
         transition was not stored: those whose lease was lost (fencing), left
         untouched, and those a retry or a reschedule would queue again while an
         abort is requested, which end ``aborted`` instead (the abort's reason;
-        the run's error kept in ``errors``; change-feed event ``retry_aborted``)."""
+        the run's error kept in ``errors``; change-feed event ``retry_aborted``).
+        A task listed more than once: its first completion is applied, the later
+        ones are not (a run ends once) and their ids are returned."""
 
     @abc.abstractmethod
     async def release(self, worker: str, leases: Sequence[Lease]) -> list[str]:

@@ -392,6 +392,7 @@ class MemoryStorage(FanoutFeed, Storage):
 
     async def finish(self, worker: str, completions: Sequence[Completion]) -> list[str]:
         now = time.time()
+        completions, repeated = _ops.first_per_task(completions)
         refused: list[str] = []
         raw = _stored([[c.transition.result,
                         c.transition.error.to_json() if c.transition.error else None,
@@ -408,7 +409,7 @@ class MemoryStorage(FanoutFeed, Storage):
                     refused.append(c.task_id)
                 self._put(new, event, now)
         self._flush()
-        return refused
+        return refused + repeated
 
     async def release(self, worker: str, leases: Sequence[Lease]) -> list[str]:
         now = time.time()

@@ -1374,6 +1374,10 @@ class PostgresStorage(FanoutFeed, Storage):
     async def finish(self, worker: str, completions: Sequence[Completion]) -> list[str]:
         if not completions:
             return []
+        completions, repeated = _ops.first_per_task(completions)
+        return await self._finish(completions) + repeated
+
+    async def _finish(self, completions: Sequence[Completion]) -> list[str]:
         rows = []
         for c in completions:
             t = c.transition

@@ -181,6 +181,21 @@ class StorageContract:
             [again] = await storage.add([make_spec(unique_key=key, unique_scope=queued_only)])
             assert not again.created and again.task.id == second.task.id
 
+    async def test_a_task_finished_twice_in_one_call_takes_the_first(
+            self, storage: Storage) -> None:
+        await storage.add([make_spec()])
+        task = await _claim_one(storage)
+        token = task.token or ""
+        err = ErrorInfo("RuntimeError", "boom", "", 1, time.time())
+        refused = await storage.finish("w1", [
+            Completion(task.id, token, Transition(Status.FAILED, error=err, reason="error")),
+            Completion(task.id, token, Transition(Status.QUEUED, run_at=time.time())),
+        ])
+        assert refused == [task.id]  # the second: not stored
+        after = await storage.get(task.id)
+        assert after is not None and after.status is Status.FAILED
+        assert [e.message for e in after.errors] == ["boom"]
+
     async def test_unique_key_frees_after_finish(self, storage: Storage) -> None:
         [first] = await storage.add([make_spec(unique_key="k2")])
         task = await _claim_one(storage)
