@@ -6,6 +6,7 @@ code that validates like it does); evaluators and compilers trust them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
@@ -212,9 +213,8 @@ def all_of(*filters: Filter) -> Filter:
     return Filter(And(roots))
 
 
-def fields_of(f: Filter) -> frozenset[str]:
-    """The top-level fields a filter reads, such as ``{"payload", "status"}``."""
-    found: set[str] = set()
+def _leaves(f: Filter) -> Iterator[Compare | In | Exists | Regex]:
+    """The comparisons of a filter, under its ``$and``, ``$or`` and ``$not``."""
     stack: list[Node] = [f.root]
     while stack:
         node = stack.pop()
@@ -223,24 +223,18 @@ def fields_of(f: Filter) -> frozenset[str]:
         elif isinstance(node, Not):
             stack.append(node.child)
         else:
-            found.add(node.ref.field)
-    return frozenset(found)
+            yield node
+
+
+def fields_of(f: Filter) -> frozenset[str]:
+    """The top-level fields a filter reads, such as ``{"payload", "status"}``."""
+    return frozenset(node.ref.field for node in _leaves(f))
 
 
 def comparisons(f: Filter) -> int:
     """How many comparisons a filter holds, counted as the parser limits them
     (``MAX_TERMS``): each ``$in`` / ``$nin`` item is one, an empty list one."""
-    total = 0
-    stack: list[Node] = [f.root]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, And | Or):
-            stack.extend(node.children)
-        elif isinstance(node, Not):
-            stack.append(node.child)
-        else:
-            total += max(1, len(node.values)) if isinstance(node, In) else 1
-    return total
+    return sum(max(1, len(node.values)) if isinstance(node, In) else 1 for node in _leaves(f))
 
 
 # ---------------------------------------------------------------------------
