@@ -196,8 +196,7 @@ class Connection:
             log.warning("%r: send queue full (%d messages, %d characters): cutting a slow "
                         "reader off", self, len(out), self._out_chars)
             self.closed = True
-            out.clear()
-            self._out_chars = 0
+            self._drop_queue()
             self._schedule_close(CLOSE_SLOW, "slow reader: too many messages pending")
             # let go of everything now: the close frame waits behind what the socket holds
             self._cleanup_soon()
@@ -206,6 +205,10 @@ class Connection:
         self._out_chars += len(text)
         if len(out) == 1:
             self._wake.set()
+
+    def _drop_queue(self) -> None:
+        self._out.clear()
+        self._out_chars = 0
 
     def send_msg(self, message: dict[str, Any]) -> None:
         self.send(encode(message))
@@ -261,8 +264,7 @@ class Connection:
     async def close(self, code: int, reason: str) -> None:
         """Close the connection with a code (also used by the hub for revocations)."""
         self.closed = True
-        self._out.clear()
-        self._out_chars = 0
+        self._drop_queue()
         with contextlib.suppress(Exception):
             await self.websocket.close(code, reason[:120])
 
@@ -452,8 +454,7 @@ class Connection:
             return True
         log.warning("%r: over %g messages/s: closing", self, self._rate)
         self.closed = True
-        self._out.clear()
-        self._out_chars = 0
+        self._drop_queue()
         self._schedule_close(CLOSE_RATE, f"rate limit of {self._rate:g} messages/s exceeded")
         return False
 

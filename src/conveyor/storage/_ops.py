@@ -23,6 +23,7 @@ __all__ = [
     "abort_wins",
     "claimed",
     "completion_event",
+    "enters_key_scope",
     "finished",
     "finished_overruled",
     "finished_with_event",
@@ -68,6 +69,15 @@ def completion_event(transition: Transition) -> str:
 RETRY_ABORTED = "retry_aborted"
 """The change-feed event of a run that ended in a retry or a reschedule while an
 abort was requested: the task ends ``aborted`` instead of being queued again."""
+
+
+def enters_key_scope(old: Task, new: Task) -> bool:
+    """Whether a change takes a keyed task into a status its scope holds the key in from
+    one it does not (back to ``queued`` from ``running`` when ``running`` is out of
+    scope): another task may have taken the key meanwhile, and then this one gives it
+    up (the storages' ``yield_key``)."""
+    return (new.unique_key is not None and new.status in new.unique_scope
+            and old.status not in old.unique_scope)
 
 
 def first_per_task(completions: Sequence[Completion]) -> tuple[list[Completion], list[str]]:

@@ -193,7 +193,8 @@ class MemoryStorage(FanoutFeed, Storage):
         """Store a changed task, its JSON values in stored form, and record the change
         (lock held). A task entering a status its scope holds its key in while another
         task holds that key (taken while this one ran) gives the key up."""
-        if (task.unique_key is not None and task.status in task.unique_scope
+        old = self._tasks.get(task.id)
+        if (old is not None and _ops.enters_key_scope(old, task)
                 and any(o.unique_key == task.unique_key and o.id != task.id
                         and o.status in o.unique_scope for o in self._tasks.values())):
             task = replace(task, unique_key=None)

@@ -895,7 +895,20 @@ class PostgresStorage(FanoutFeed, Storage):
 
     async def _save(self, conn: psycopg.AsyncConnection[Any],
                     changes: Sequence[tuple[Task, Task, str]]) -> None:
-        """Write back tasks changed in Python (cold paths), version-checked."""
+        """Write back tasks changed in Python (cold paths), version-checked. One that
+        enters its key's scope gives the key up if another task took it meanwhile:
+        those one by one (two may enter one key's scope in the same batch)."""
+        entering = [c for c in changes if _ops.enters_key_scope(c[0], c[1])]
+        if entering:
+            for old, new, event in entering:
+                await conn.execute(self._q["yield_key"], {"id": new.id,
+                                                          "status": new.status.value})
+                await self._write_back(conn, [(old, new, event)])
+            changes = [c for c in changes if not _ops.enters_key_scope(c[0], c[1])]
+        await self._write_back(conn, changes)
+
+    async def _write_back(self, conn: psycopg.AsyncConnection[Any],
+                          changes: Sequence[tuple[Task, Task, str]]) -> None:
         if not changes:
             return
         rows = [{
@@ -917,17 +930,6 @@ class PostgresStorage(FanoutFeed, Storage):
         if len(done) != len(changes):  # pragma: no cover - rows are locked by the caller
             raise StorageError("tasks changed during an update: " + ", ".join(
                 old.id for old, _, _ in changes if old.id not in done))
-
-    async def _save_yielding(self, conn: psycopg.AsyncConnection[Any],
-                             changes: Sequence[tuple[Task, Task, str]]) -> None:
-        """:meth:`_save` of tasks that may go back into their key's scope (a release, a
-        rescue): one whose key another task took while it ran gives the key up. Keyed
-        ones one by one (two of them may enter one key's scope in the same batch)."""
-        keyed = [change for change in changes if change[0].unique_key is not None]
-        await self._save(conn, [change for change in changes if change[0].unique_key is None])
-        for old, new, event in keyed:
-            await conn.execute(self._q["yield_key"], {"id": old.id, "status": new.status.value})
-            await self._save(conn, [(old, new, event)])
 
     async def _rows(self, conn: psycopg.AsyncConnection[Any], query: str,
                     params: Mapping[str, Any] | Sequence[Any] | None = None) -> list[Any]:
@@ -1432,7 +1434,7 @@ class PostgresStorage(FanoutFeed, Storage):
                 else:
                     new, event = _ops.released(task, now), "released"
                 changes.append((task, new, event))
-            await self._save_yielding(conn, changes)
+            await self._save(conn, changes)
         done = {old.id for old, _, _ in changes}
         return [item.task_id for item in leases if item.task_id in done]
 
@@ -1449,7 +1451,7 @@ class PostgresStorage(FanoutFeed, Storage):
                         task = row_to_task(row, decoded=True)
                         new, event = _ops.rescued(task, now, max_rescues)
                         changes.append((task, new, event))
-                    await self._save_yielding(conn, changes)
+                    await self._save(conn, changes)
                 for old, _, event in changes:
                     groups[event].append(old.id)
                 if len(rows) < 1000:

@@ -410,6 +410,8 @@ class SQLiteStorage(FanoutFeed, Storage):
     # -- helpers on the database thread -----------------------------------------------
 
     def _save(self, conn: sqlite3.Connection, old: Task, new: Task, event: str) -> None:
+        if _ops.enters_key_scope(old, new):  # the key, if another took it meanwhile
+            conn.execute(Q["yield_key"], {"id": new.id, "status": new.status.value})
         params = task_to_row(new)
         params["event"] = event
         params["origin"] = self.instance_id
@@ -783,7 +785,6 @@ class SQLiteStorage(FanoutFeed, Storage):
                     new, event = _ops.rescued(task, now, max_rescues=1 << 30)
                 else:
                     new, event = _ops.released(task, now), "released"
-                conn.execute(Q["yield_key"], {"id": task.id, "status": new.status.value})
                 self._save(conn, task, new, event)
                 done.append(task.id)
             return done
@@ -798,7 +799,6 @@ class SQLiteStorage(FanoutFeed, Storage):
             for row in conn.execute(Q["expired_leases"], {"now": now}).fetchall():
                 task = row_to_task(row)
                 new, event = _ops.rescued(task, now, max_rescues)
-                conn.execute(Q["yield_key"], {"id": task.id, "status": new.status.value})
                 self._save(conn, task, new, event)
                 groups[event].append(task.id)
             return RecoverReport(tuple(groups["rescued"]), tuple(groups["lost"]),
