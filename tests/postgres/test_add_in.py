@@ -42,6 +42,18 @@ async def test_commit_makes_the_task(storage: Any, schema_url: str) -> None:
     assert task.payload == {"order": 1} and task.priority == 2
 
 
+@pytest.mark.parametrize("item", [("test:a",), ("test:a", 1, 2, 3), ("test:a", 1, "priority"),
+                                  ["test:a", 1], "test:a"])
+async def test_items_other_than_the_documented_tuples_are_refused(
+        storage: Any, schema_url: str, item: Any) -> None:
+    from conveyor import ValidationError
+
+    async with await _user_conn(schema_url) as conn, conn.transaction():
+        with pytest.raises(ValidationError, match=r"\(action, payload\)"):
+            await storage.add_in(conn, [("test:a", 0), item])
+    assert await storage.count(parse_filter({})) == 0
+
+
 async def test_worker_sees_it_only_after_commit(storage: Any, other: Any,
                                                 schema_url: str) -> None:
     seen: list[str] = []

@@ -244,8 +244,12 @@ async def test_tables_not_made_by_migrate_are_named(bare_url: str, server: str) 
      "unlike conveyor's"),
     (["CREATE TABLE {s}.migrations (version int, name text, applied_at timestamptz)",
       "INSERT INTO {s}.migrations VALUES (1, 'create_users', now())"], "did not write"),
-    (["CREATE TABLE {s}.migrations (version int, name text)",
+    (["CREATE TABLE {s}.migrations (version int, name text, applied_at timestamptz)",
       "CREATE TABLE {s}.tasks (id text)"], "did not write"),
+    # another tool's empty migrations table, with conveyor's two columns among its own
+    (["CREATE TABLE {s}.migrations (id serial, version bigint, name text, run_on timestamp)"],
+     "unlike conveyor's"),
+    (["CREATE TABLE {s}.migrations (version int, name text)"], "unlike conveyor's"),
 ])
 async def test_other_tables_of_conveyors_names_are_named(
         bare_url: str, server: str, tables: list[str], named: str) -> None:

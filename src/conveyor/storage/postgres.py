@@ -467,6 +467,9 @@ def _channel(schema: str) -> str:
 
 
 _TABLES = ("tasks", "logs", "changes", "workers")
+# The columns of the migrations table, in order, as _apply_migrations makes it:
+# another tool's table of that name (even an empty one) is not taken over.
+_MIGRATIONS_COLUMNS = ("version", "name", "applied_at")
 
 
 async def _schema_version(conn: psycopg.AsyncConnection[Any], schema: str) -> int | None:
@@ -486,10 +489,9 @@ async def _schema_version(conn: psycopg.AsyncConnection[Any], schema: str) -> in
             raise _foreign(schema, _tables(found))
         return None
     cur = await conn.execute(
-        "SELECT count(*) = 2 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-        "AND attname IN ('version', 'name') AND NOT attisdropped", (f'"{schema}".migrations',))
-    row = await cur.fetchone()
-    if row is None or not row[0]:
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (f'"{schema}".migrations',))
+    if [name for name, in await cur.fetchall()] != list(_MIGRATIONS_COLUMNS):
         raise _foreign(schema, "a migrations table unlike conveyor's")
     cur = await conn.execute(sql.SQL("SELECT version::integer, name::text FROM {}.migrations "
                                      "ORDER BY version").format(sql.Identifier(schema)))
@@ -1730,11 +1732,9 @@ def _insert_row(task: Task) -> list[Any]:
 def _build(item: tuple[Any, ...]) -> TaskSpec:
     from .._specs import build_spec
 
-    if not isinstance(item, tuple) or not 1 <= len(item) <= 3:
-        raise ValidationError("add_in() takes TaskSpec objects or (action, payload[, options]) "
-                              "tuples")
-    action = item[0]
-    payload = item[1] if len(item) > 1 else None
-    options = dict(item[2]) if len(item) > 2 else {}
-    return build_spec(action, payload, **options)
+    if not isinstance(item, tuple) or len(item) not in (2, 3) or (
+            len(item) == 3 and not isinstance(item[2], Mapping)):
+        raise ValidationError("add_in() takes TaskSpec objects or (action, payload) and "
+                              "(action, payload, options) tuples")
+    return build_spec(item[0], item[1], **(dict(item[2]) if len(item) == 3 else {}))
 
