@@ -43,6 +43,18 @@ def test_add_with_every_option_prints_json(db: str) -> None:
     assert count(db) == 1
 
 
+def test_a_pickup_timeout_from_the_command_line(db: str) -> None:
+    """The handler's pickup timeout does not reach tasks the CLI adds: it is given here."""
+    result = cli("add", "a:b", "--pickup-timeout", "5m", "--json", "--db", db)
+    assert result.code == 0, result
+    assert json.loads(result.out)["pickup_timeout"] == 300
+    assert get(db, json.loads(result.out)["id"]).pickup_timeout == 300
+    for bad in ("0", "-1", "soon"):
+        assert_error(cli("add", "a:b", "--pickup-timeout", bad, "--db", db), 2,
+                     "--pickup-timeout")
+    assert count(db) == 1
+
+
 def test_seconds_may_be_written_with_a_unit(db: str) -> None:
     result = cli("add", "a:b", "--delay", "5m", "--timeout", "1.5h", "--json", "--db", db)
     assert result.code == 0, result

@@ -193,6 +193,31 @@ async def test_handlers_keep_the_in_process_style(hub: RunningHub) -> None:
         assert [u.type for u in again] == ["watching", "end"]
 
 
+async def test_a_remote_handlers_retry_options_apply_to_tasks_without_their_own(
+        hub: RunningHub) -> None:
+    """The README's handler options move to a remote handler unchanged: its
+    ``max_attempts`` and ``backoff`` go to the hub, which applies them to the tasks
+    added without them (as an in-process worker does); a task's own still win."""
+    worker = HubClient(hub.url, hub.key("svc", subscribe=["flaky:*"]))
+
+    @worker.handler("flaky:twice", environment={"chunk": 2}, max_attempts=3,
+                    backoff={"base": 0.01, "jitter": 0}, timeout=60)
+    async def twice(ctx: Context) -> int:
+        if ctx.attempt < 3:
+            raise ValueError(f"attempt {ctx.attempt}")
+        return int(ctx.env["chunk"]) * ctx.attempt
+
+    async with working(worker, "flaky"), HubClient(hub.url, hub.key(
+            "pub", publish=["flaky:*"])) as pub:
+        assert await pub.run("flaky:twice", None, timeout=20) == 6
+        own = await pub.add("flaky:twice", None, max_attempts=1)
+        with pytest.raises(TaskFailed) as failed:
+            await pub.wait(own.id, timeout=20)
+        assert failed.value.task.attempts == 1
+        assert failed.value.task.error is not None
+        assert failed.value.task.error.message == "attempt 1"
+
+
 def test_the_sync_client(tmp_path: Path) -> None:
     store = CredentialStore(tmp_path / "credentials.json")
     _, key = store.add("all", publish=["*"], subscribe=["*"])

@@ -17,9 +17,12 @@ async def _noop(ctx: Any) -> None:
 @pytest.mark.parametrize(("options", "message"), [
     ({"colour": "red"}, "unknown option(s): colour"),
     ({"colour": 1, "size": 2}, "unknown option(s): colour, size"),
-    ({"priority": 1}, "belongs to the publishing side; give it to the tasks "
+    ({"priority": 1}, "applies before any worker has the task: give it to the tasks "
                       "(add(..., priority=...)) instead"),
-    ({"retries": 2}, "(add(..., max_attempts=...))"),
+    ({"pickup_timeout": 5}, "(add(..., pickup_timeout=...))"),
+    ({"max_attempts": 0}, "max_attempts must be an integer >= 1"),
+    ({"max_attempts": 2, "retries": 1}, "give max_attempts or retries, not both"),
+    ({"backoff": -1}, "backoff"),
     ({"limit": 1}, "'limit' is not supported for a remote handler"),
     ({"mode": "process"}, "mode='process' is not supported"),
 ])

@@ -54,6 +54,10 @@ async def test_unknown_route_is_404_and_wrong_method_is_405_with_allow(hub: Runn
         r = await http.post(f"{API}/stats", json={})
         error_of(r, 405, "method_not_allowed")
         assert "GET" in r.headers["allow"]
+    async with httpx.AsyncClient(base_url=hub.url) as keyless:  # as documented: the same
+        error_of(await keyless.get(f"{API}/nothing-here"), 404, "not_found")
+        error_of(await keyless.put(f"{API}/tasks", json={}), 405, "method_not_allowed")
+        error_of(await keyless.get(f"{API}/tasks"), 401, "unauthorized")
 
 
 async def test_unknown_and_repeated_query_parameters_are_422(hub: RunningHub) -> None:
@@ -819,9 +823,20 @@ async def test_subscribe_validation_and_reply(hub: RunningHub) -> None:
                     {"service": "svc", "actions": "mail:a"},
                     {"service": "svc", "actions": ["mail:a"], "capacity": 0},
                     {"service": "svc", "actions": ["mail:a"], "capacity": 10_001},
-                    {"service": "svc", "actions": ["mail:a"], "capacity": 1.5}):
+                    {"service": "svc", "actions": ["mail:a"], "capacity": 1.5},
+                    {"service": "svc", "actions": ["mail:a"], "defaults": []},
+                    {"service": "svc", "actions": ["mail:a"],
+                     "defaults": {"mail:b": {"max_attempts": 2}}},
+                    {"service": "svc", "actions": ["mail:a"],
+                     "defaults": {"mail:a": {"pickup_timeout": 2}}}):
             err = await raw.request({"type": "subscribe", **bad})
             assert err["type"] == "error" and err["code"] == "bad_message", (bad, err)
+        for bad in ({"max_attempts": 0}, {"max_attempts": True}, {"backoff": -1},
+                    {"backoff": {"factor": 0.5}}):
+            err = await raw.request({"type": "subscribe", "service": "svc",
+                                     "actions": ["mail:a"], "defaults": {"mail:a": bad}})
+            assert err["type"] == "error" and err["code"] == "invalid", (bad, err)
+            assert "defaults of 'mail:a'" in err["message"]
         err = await raw.request({"type": "subscribe", "service": "svc", "actions": ["geo:a"]})
         assert err["type"] == "error" and err["code"] == "forbidden"
         reply = await raw.request({"type": "subscribe", "id": "s",
@@ -1285,6 +1300,10 @@ async def test_publish_batch_limits(hub: RunningHub) -> None:
         assert err["type"] == "error" and err["code"] == "bad_message"
         err = await raw.request({"type": "publish", "tasks": [{"action": "a"}, 5]})
         assert err["type"] == "error" and err["code"] == "bad_message"
+        for beside in ({"action": "a"}, {"payload": 1}, {"options": {}}, {"delivery": "all"}):
+            err = await raw.request({"type": "publish", "tasks": [{"action": "a"}], **beside})
+            assert err["type"] == "error" and err["code"] == "bad_message", beside
+            assert f"'tasks' comes instead of {next(iter(beside))!r}" in err["message"]
         reply = await raw.request({"type": "publish", "updates": False,
                                    "tasks": [{"action": "a"}] * 10_000})
         assert reply["type"] == "published" and len(reply["tasks"]) == 10_000

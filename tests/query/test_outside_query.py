@@ -373,7 +373,8 @@ async def test_every_sort_form_gives_the_same_order(app: Conveyor) -> None:
                  [["priority", 1], ["payload.size", -1]],
                  [["priority", "asc"], ["payload.size", "desc"]],
                  [["priority", "ascending"], ["payload.size", "descending"]],
-                 {"priority": 1, "payload.size": -1}, ("priority", "-payload.size")):
+                 {"priority": 1, "payload.size": -1}, ("priority", "-payload.size"),
+                 "priority,-payload.size"):
         assert await order(form) == by_priority_then_size_desc, form
     assert await order("priority") == [1, 3, 0, 2, 4]  # ties by id (oldest first)
     assert await order(["priority", -1]) == [4, 0, 2, 1, 3]  # ties by id even descending

@@ -366,6 +366,9 @@ def test_nesting_and_size_limits() -> None:
     (SortKey("priority"), (SortKey("priority"),)),
     ([SortKey("priority"), "-id"], (SortKey("priority"), SortKey("id", descending=True))),
     (["priority", "status"], (SortKey("priority"), SortKey("status"))),
+    ("-priority,created_at", (SortKey("priority", descending=True), SortKey("created_at"))),
+    (" priority , -payload.a ", (SortKey("priority"), SortKey("payload", ("a",), True))),
+    ([["payload.a,b", 1]], (SortKey("payload", ("a,b",)),)),
 ])
 def test_valid_sorts(raw: Any, expected: tuple[SortKey, ...]) -> None:
     assert parse_sort(raw) == expected
@@ -385,6 +388,9 @@ BAD_SORTS: list[tuple[Any, str, str]] = [
     ("", "sort", "a sort field name is empty"),
     ("-", "sort", "a sort field name is empty"),
     ("nope", "sort", "unknown field 'nope'"),
+    ("priority,,id", "sort", "every field must be named (comma-separated"),
+    ("priority,", "sort", "every field must be named"),
+    ("priority,nope", "sort[1]", "unknown field 'nope'"),
     ("-status.x", "sort", "has no sub-fields"),
     ("payload..a", "sort", "empty segment"),
     (["priority", 2], "sort", "a sort direction is 1, -1, 'asc' or 'desc', not a number (2)"),

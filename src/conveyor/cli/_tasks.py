@@ -117,6 +117,8 @@ def handles(workers: Sequence[WorkerInfo], action: str) -> bool:
               help="Attempts before it fails.")
 @click.option("--timeout", type=POSITIVE_SECONDS,
               help="Run timeout of one attempt, in seconds (or 30s, 5m, 1h).")
+@click.option("--pickup-timeout", type=POSITIVE_SECONDS,
+              help="Fail the task if no worker starts it within SECONDS of being ready.")
 @click.option("--wait", is_flag=True,
               help="Follow the task with a progress bar until it ends; print its result.")
 @json_option
@@ -124,8 +126,8 @@ def handles(workers: Sequence[WorkerInfo], action: str) -> bool:
 @click.pass_context
 def add_command(ctx: click.Context, action: str, payload: str | None, priority: float | None,
                 delay: float | None, tags: tuple[str, ...], unique_key: str | None,
-                max_attempts: int | None, timeout: float | None, wait: bool,
-                as_json: bool) -> int:
+                max_attempts: int | None, timeout: float | None,
+                pickup_timeout: float | None, wait: bool, as_json: bool) -> int:
     """Add a task for ACTION with a JSON PAYLOAD.
 
     PAYLOAD is JSON text, '-' to read it from standard input, or @FILE to read
@@ -146,6 +148,8 @@ def add_command(ctx: click.Context, action: str, payload: str | None, priority: 
         options["max_attempts"] = max_attempts
     if timeout is not None:
         options["timeout"] = timeout
+    if pickup_timeout is not None:
+        options["pickup_timeout"] = pickup_timeout
     url = store_target(ctx)
     return int(_run(_add(url, action, data, options, wait=wait, as_json=as_json)))
 

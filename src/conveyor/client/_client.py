@@ -567,7 +567,10 @@ class HubClient:
         ``ctx.emit()``, ``ctx.aborted``; return a value, Retry or Reschedule).
 
         Options: ``environment``, ``timeout`` (enforced here, besides the task's
-        own run timeout enforced by the hub), ``retry_on``, ``payload_model``,
+        own run timeout enforced by the hub), ``max_attempts`` (or ``retries``) and
+        ``backoff`` (sent to the hub, which applies them to the tasks of this action
+        that were added without them, as an in-process worker does), ``retry_on``,
+        ``payload_model``,
         ``result_model``, ``mode`` (``"async"``, ``"thread"`` or ``"auto"``),
         ``abort_grace``, and ``accept`` (a function of the offered
         :class:`~conveyor.Task` returning whether to run it, called before the
@@ -589,12 +592,11 @@ class HubClient:
         if options.get("mode") == "process":
             raise ConfigurationError("remote workers run handlers on their loop or in threads; "
                                      "mode='process' is not supported here")
-        for name in ("pickup_timeout", "priority", "max_attempts", "retries", "backoff"):
+        for name in ("pickup_timeout", "priority"):
             if name in options:
-                option = "max_attempts" if name == "retries" else name
                 raise ConfigurationError(
-                    f"handler option {name!r} belongs to the publishing side; give it to "
-                    f"the tasks (add(..., {option}=...)) instead")
+                    f"handler option {name!r} applies before any worker has the task: give "
+                    f"it to the tasks (add(..., {name}=...)) instead")
         for name in ("schedule", "limit", "policy"):
             if name in options:
                 raise ConfigurationError(

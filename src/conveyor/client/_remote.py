@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import _json
@@ -139,10 +139,16 @@ class WorkerSession:
         self.link = link
         sub_id = link.new_id()
         self.sub_id = sub_id
-        reply = await link.request({"type": "subscribe", "id": sub_id, "service": self.service,
-                                    "actions": sorted(self.handlers),
-                                    "capacity": self.concurrency + self.prefetch},
-                                   route=self._on_message)
+        msg = {"type": "subscribe", "id": sub_id, "service": self.service,
+               "actions": sorted(self.handlers), "capacity": self.concurrency + self.prefetch}
+        defaults = {action: {name: value for name, value in (
+            ("max_attempts", h.max_attempts),
+            ("backoff", None if h.backoff is None else asdict(h.backoff))) if value is not None}
+            for action, h in self.handlers.items()
+            if h.max_attempts is not None or h.backoff is not None}
+        if defaults:
+            msg["defaults"] = defaults
+        reply = await link.request(msg, route=self._on_message)
         self.subscribed.set()
         beat = max(0.05, float(reply.get("heartbeat") or link.service_lease / 3))
         try:

@@ -43,6 +43,7 @@ import asyncio
 import logging
 import os
 import re
+import reprlib
 import secrets
 import socket
 import time
@@ -56,11 +57,13 @@ from .._aio import stop_tasks
 from .._batched import BatchedWrites
 from .._policy import decide
 from .._registry import check_action
+from .._specs import check_backoff, check_max_attempts
 from ..errors import ValidationError
 from ..events import Event
 from ..model import (
     MAX_SECONDS,
     Aborted,
+    Backoff,
     ErrorInfo,
     LogLevel,
     Outcome,
@@ -103,6 +106,31 @@ MAX_CAPACITY = 10_000
 MAX_ACTIONS = 1000
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.:@/\-]{1,100}$")
 _OPEN = frozenset({"pending", "offered", "running"})
+
+
+def _handler_defaults(raw: Any, actions: list[str]
+                      ) -> dict[str, tuple[int | None, Backoff | None]]:
+    """``subscribe``'s ``defaults``: ``{action: {"max_attempts", "backoff"}}`` for
+    actions of the subscription, applied to its tasks that were added without them."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > len(actions):
+        raise ProtocolError("bad_message", "'defaults' must be an object of the subscribed "
+                                           "actions to {max_attempts, backoff}")
+    out: dict[str, tuple[int | None, Backoff | None]] = {}
+    for action, given in raw.items():
+        if action not in actions:
+            raise ProtocolError("bad_message", f"'defaults' names {reprlib.repr(action)}, "
+                                               "which is not among the subscribed actions")
+        if not isinstance(given, dict) or not set(given) <= {"max_attempts", "backoff"}:
+            raise ProtocolError("bad_message", f"defaults of {action!r} must be an object with "
+                                               "max_attempts and/or backoff")
+        try:
+            out[action] = (check_max_attempts(given.get("max_attempts")),
+                           check_backoff(given.get("backoff")))
+        except ValidationError as exc:
+            raise ProtocolError("invalid", f"defaults of {action!r}: {exc}") from None
+    return out
 
 
 # -- state ---------------------------------------------------------------------------
@@ -148,13 +176,16 @@ class Sub:
     """One ``subscribe`` of one connection."""
 
     def __init__(self, conn: Connection, msg_id: Any, key: str, service: Service,
-                 actions: frozenset[str], capacity: int) -> None:
+                 actions: frozenset[str], capacity: int,
+                 defaults: dict[str, tuple[int | None, Backoff | None]] | None = None) -> None:
         self.conn = conn
         self.msg_id = msg_id
         self.key = key
         self.service = service
         self.actions = actions
         self.capacity = capacity
+        # the handlers' max_attempts and backoff by action, for tasks that have none
+        self.defaults = defaults or {}
         self.held: dict[str, Held] = {}
         self.closed = False
         self.ready = False  # offers only after the ``subscribed`` reply
@@ -620,11 +651,12 @@ class Remote:
                 1 <= capacity <= MAX_CAPACITY):
             raise ProtocolError("bad_message", f"'capacity' must be an integer from 1 to "
                                                f"{MAX_CAPACITY}")
+        defaults = _handler_defaults(msg.get("defaults"), raw)
         key = _json.dumps(msg["id"])
         if key in conn.subs or key in conn.streams or key in conn.lives:
             raise ProtocolError("duplicate_id", "a subscription with this id is open already")
         service = self._service(cred.key_id, cred.name, name)
-        sub = Sub(conn, msg["id"], key, service, frozenset(raw), capacity)
+        sub = Sub(conn, msg["id"], key, service, frozenset(raw), capacity, defaults)
         conn.subs[key] = sub
         service.subs.append(sub)
         if not service.registered:
@@ -1085,6 +1117,12 @@ class Remote:
         self._forget(held)
         self.finished_total += 1
         task = held.task
+        max_attempts, backoff = held.sub.defaults.get(task.action, (None, None))
+        if (task.max_attempts is None and max_attempts is not None) or (
+                task.backoff is None and backoff is not None):
+            # a task added without them: the remote handler's, as in-process workers do
+            task = replace(task, max_attempts=task.max_attempts or max_attempts,
+                           backoff=task.backoff or backoff)
         transition = self._transition(task, outcome)
         if dropped and transition.status is Status.SUCCEEDED:
             transition = replace(transition, reason="dropped")

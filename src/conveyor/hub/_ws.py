@@ -633,6 +633,11 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
             raise ProtocolError("bad_message", "'tasks' must be a non-empty list")
         if len(raw_tasks) > 10_000:
             raise ProtocolError("bad_message", "at most 10000 tasks per publish")
+        beside = sorted(_ITEM_KEYS & msg.keys())
+        if beside:  # they would be ignored
+            raise ProtocolError("bad_message", f"'tasks' comes instead of "
+                                               f"{', '.join(repr(k) for k in beside)}: each "
+                                               "task of the list has its own")
         items = [_task_item(conn, t, f"tasks[{i}]", _ITEM_KEYS) for i, t in enumerate(raw_tasks)]
         several = True
     else:

@@ -492,7 +492,8 @@ def _is_pair(raw: list[Any] | tuple[Any, ...]) -> bool:
 def parse_sort(raw: object, *, where: str = "sort") -> tuple[SortKey, ...]:
     """Parse a sort specification into sort keys (``None`` means no sort).
 
-    Accepted forms: ``"field"``, ``"-field"`` (descending), a list of those,
+    Accepted forms: ``"field"``, ``"-field"`` (descending), several of those
+    separated by commas (``"-priority,created_at"``), a list of those,
     ``[field, 1 | -1]`` pairs (or a list of them), and a mapping
     ``{field: 1 | -1 | "asc" | "desc"}``. Fields may be JSON paths such as
     ``payload.user.id``. :class:`SortKey` objects are accepted as they are.
@@ -501,6 +502,12 @@ def parse_sort(raw: object, *, where: str = "sort") -> tuple[SortKey, ...]:
         return ()
     if isinstance(raw, SortKey):
         return (raw,)
+    if isinstance(raw, str) and "," in raw:  # "-priority,created_at", as in a URL
+        parts = [part.strip() for part in raw.split(",")]
+        if not all(parts):
+            raise QueryError("every field must be named (comma-separated fields such as "
+                             f"-priority,created_at), not {raw!r}", where)
+        return tuple(_signed(part, f"{where}[{i}]") for i, part in enumerate(parts))
     if isinstance(raw, str):
         return (_signed(raw, where),)
     if isinstance(raw, Mapping):
