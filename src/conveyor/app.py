@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import reprlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -40,7 +41,7 @@ from .query import Filter, all_of, parse_filter, parse_query
 from .schedule import Schedule
 from .storage import AddResult, Change, Storage, WorkerInfo, open_storage
 
-__all__ = ["DEFAULT_URL", "MAX_CONCURRENCY", "Conveyor"]
+__all__ = ["DB_ENV", "DEFAULT_URL", "MAX_CONCURRENCY", "Conveyor"]
 
 log = logging.getLogger("conveyor")
 _READ_RETRIES = 8  # consecutive storage errors a wait or a log stream rides out
@@ -52,8 +53,11 @@ _ENDED = parse_filter({"status": {"$in": ["succeeded", "failed", "aborted"]}})
 """What ``delete`` by filter adds to the caller's filter: tasks that have ended."""
 
 DEFAULT_URL = "sqlite:///conveyor.db"
-"""Where ``Conveyor()`` keeps its tasks when given no URL: a SQLite file in the
-current directory."""
+"""Where ``Conveyor()`` keeps its tasks when given no URL and ``$CONVEYOR_DB`` is not
+set: a SQLite file in the current directory."""
+DB_ENV = "CONVEYOR_DB"
+"""The environment variable ``Conveyor()`` (no URL) and the command line read the
+storage URL from."""
 F = TypeVar("F", bound=Callable[..., Any])
 _T = TypeVar("_T")
 Sink = Any  # a callable taking one item, or an object with put(item)
@@ -62,9 +66,10 @@ Sink = Any  # a callable taking one item, or an object with put(item)
 class Conveyor:
     """A conveyor application: a storage, handlers, and (once started) a worker.
 
-    ``Conveyor("sqlite:///tasks.db")`` (the default), ``Conveyor("memory://")``
-    for tests, ``Conveyor("postgresql://...")`` for many machines, or
-    ``Conveyor(storage_object)``.
+    ``Conveyor("sqlite:///tasks.db")``, ``Conveyor("memory://")`` for tests,
+    ``Conveyor("postgresql://...")`` for many machines, or
+    ``Conveyor(storage_object)``. Without a URL (``Conveyor()``) the storage is
+    ``$CONVEYOR_DB``, as for the command line, else :data:`DEFAULT_URL`.
 
     Options:
 
@@ -91,7 +96,7 @@ class Conveyor:
       when that is shorter (at most once a second).
     """
 
-    def __init__(self, url: str | Storage = DEFAULT_URL, *, name: str | None = None,
+    def __init__(self, url: str | Storage | None = None, *, name: str | None = None,
                  concurrency: int = 32, lease: float = 30.0, batch_size: int | None = None,
                  max_payload: int = 1 << 20, policy: Policy | None = None,
                  max_rescues: int = 3, sweep_interval: float | None = None,
@@ -120,6 +125,8 @@ class Conveyor:
             self.retention = seconds(retention, "retention")
         except ValidationError as exc:
             raise ConfigurationError(str(exc)) from None
+        if url is None:
+            url = os.environ.get(DB_ENV, "").strip() or DEFAULT_URL
         if not isinstance(url, str | Storage):
             raise ConfigurationError("url must be a storage URL (str) or a Storage, not "
                                      f"{type(url).__name__}")

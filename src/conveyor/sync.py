@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Self, TypeVar
 
 from . import _forks
-from .app import DEFAULT_URL, Conveyor
+from .app import Conveyor
 from .errors import ConveyorError
 from .storage import Storage
 
@@ -224,7 +224,7 @@ class SyncConveyor(_Seam):
 
     _on_loop = _ON_LOOP
 
-    def __init__(self, url: str | Storage | Conveyor = DEFAULT_URL, **options: Any) -> None:
+    def __init__(self, url: str | Storage | Conveyor | None = None, **options: Any) -> None:
         if isinstance(url, Conveyor) and options:
             raise TypeError(f"SyncConveyor(app) takes no options (got {', '.join(options)}): "
                             "an existing app has its own; give them to Conveyor(...)")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ._support import Background, add, assert_error, clean_env, cli, eventually, get
+from ._support import CLI, Background, add, assert_error, clean_env, cli, eventually, get
 
 APP_MODULE = textwrap.dedent('''
     import asyncio
@@ -39,6 +40,12 @@ APP_MODULE = textwrap.dedent('''
         await asyncio.sleep(1.0)
         return "finished"
 
+    @app.handler("t:quiet")
+    async def quiet(ctx: Context) -> object:
+        ctx.log.info("one line, then nothing for a long time")
+        await asyncio.sleep(300)
+        return "never"
+
     @app.handler("t:block")
     async def block(ctx: Context) -> object:
         ctx.progress(0, total=1, message="blocking")
@@ -50,6 +57,12 @@ APP_MODULE = textwrap.dedent('''
     @sync_app.handler("t:sync")
     def sync_handler(ctx: Context) -> object:
         return ctx.payload
+
+    plain = Conveyor()  # no URL: $CONVEYOR_DB, as the command line reads it
+
+    @plain.handler("t:plain")
+    async def plain_handler(ctx: Context) -> object:
+        return "plain"
 
     empty = Conveyor(os.environ["CONVEYOR_DB"])
     not_an_app = 42
@@ -115,6 +128,21 @@ def test_worker_runs_tasks_added_with_wait_and_stops_on_sigint(
     assert json.loads(cli("workers", "--json", "--db", db).out) == []
 
 
+def test_an_app_built_without_a_url_works_on_conveyor_db(
+        background: Callable[..., Background], project: Path, db: str) -> None:
+    """`CONVEYOR_DB=... conveyor worker mod:app` with `app = Conveyor()`: the worker and
+    `conveyor add` meet on the database the variable names."""
+    worker = background("worker", "cliworkerapp:plain", cwd=project,
+                        env=clean_env(CONVEYOR_DB=db))
+    worker.wait_for("started")
+    done = cli("add", "t:plain", "--wait", "--json", env=clean_env(CONVEYOR_DB=db))
+    assert done.code == 0, done
+    assert json.loads(done.out)["result"] == "plain"
+    assert not (project / "conveyor.db").exists()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+
+
 def test_tail_follows_a_running_task_to_its_end(
         background: Callable[..., Background], project: Path, db: str) -> None:
     worker = start_worker(background, project, db)
@@ -123,6 +151,29 @@ def test_tail_follows_a_running_task_to_its_end(
     assert tailed.code == 0, tailed
     assert "succeeded" in tailed.err
     assert get(db, task.id).status == "succeeded"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+
+
+def test_tail_stops_at_once_when_its_reader_goes_away(
+        background: Callable[..., Background], project: Path, db: str) -> None:
+    """`conveyor tail ID | head -1` on a task that logs nothing more for minutes: the
+    closed pipe is noticed without waiting for the next line (it waited for the task)."""
+    worker = start_worker(background, project, db)
+    task = add(db, "t:quiet")
+    proc = subprocess.Popen([*CLI, "tail", task.id, "--db", db], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=clean_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        assert b"one line" in proc.stdout.readline()
+        proc.stdout.close()  # the reader goes away, as `| head -1` does
+        code = proc.wait(20)  # the task itself runs for 300 s
+        err = proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.stderr.close()
+    assert code == 1 and err == b"", err.decode()
+    assert get(db, task.id).status == "running"
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0
 

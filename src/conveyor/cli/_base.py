@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import click
 
-from conveyor.app import DEFAULT_URL, Conveyor
+from conveyor.app import DB_ENV, DEFAULT_URL, Conveyor
 from conveyor.errors import (
     ConfigurationError,
     ConveyorError,
@@ -67,7 +67,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 """Ctrl-C while following a task (the task itself goes on)."""
 
-DB_ENV = "CONVEYOR_DB"
 HUB_ENV = "CONVEYOR_HUB"
 KEY_ENV = "CONVEYOR_KEY"
 _DB_KEY = "conveyor.db"

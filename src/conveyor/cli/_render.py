@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import json
 import os
+import select
 import socket
+import stat
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import IO, Any, cast
+from typing import IO, Any, TypeVar, cast
 
 from rich.console import Console, JustifyMethod
 from rich.markup import escape
@@ -33,6 +37,7 @@ __all__ = [
     "task_details",
     "tasks_table",
     "timestamp",
+    "until_reader_gone",
     "worker_alive",
     "workers_table",
 ]
@@ -72,6 +77,40 @@ class _Console(Console):
 
     def on_broken_pipe(self) -> None:
         raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+T = TypeVar("T")
+
+
+async def until_reader_gone(work: Awaitable[T], *, interval: float = 0.1) -> T:
+    """``work``, unless the reader of standard output goes away first (``| head``
+    has had its lines): then ``work`` is cancelled and ``BrokenPipeError`` raised,
+    which the command line ends quietly. A closed pipe is otherwise noticed only at
+    the next write, which may be long in coming when the output is a task's log."""
+    future = asyncio.ensure_future(work)
+    try:
+        fd = sys.stdout.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):  # no real standard output
+        return await future
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return await future
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLERR and POLLHUP are reported whatever the mask
+    try:
+        while not future.done():
+            if poller.poll(0):
+                future.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await future
+                raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+            await asyncio.wait([future], timeout=interval)
+        return future.result()
+    finally:
+        if not future.done():  # this one was cancelled (Ctrl-C): so is the work
+            future.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await future
 
 
 class ChunkedOut:

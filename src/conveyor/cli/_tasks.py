@@ -42,6 +42,7 @@ from ._render import (
     stats_table,
     task_details,
     tasks_table,
+    until_reader_gone,
     worker_alive,
     workers_table,
 )
@@ -374,8 +375,9 @@ async def _tail(url: Target, task_id: str, level: LogLevel) -> int:
                 else await _handled_by_hub(app, task.action)):
             _warn(f"no running worker handles {task.action!r}; the task will wait until one does")
         try:
-            final = await follow(app, task, bar_console=out if out.is_terminal else None,
-                                 log_console=out, level=level)
+            final = await until_reader_gone(follow(
+                app, task, bar_console=out if out.is_terminal else None, log_console=out,
+                level=level))
         except asyncio.CancelledError:
             current = await _status_now(app, task_id)
             click.echo(f"interrupted: task {task_id} goes on ({current})", err=True)
