@@ -340,9 +340,10 @@ class Conveyor:
     async def stop(self, timeout: float | None = None) -> None:
         """Stop the worker: no more claims; running tasks get ``timeout`` seconds
         (default ``stop_timeout``) to finish, then go back to the queue."""
+        wait = seconds(timeout, "stop timeout")
         worker, self._worker = self._worker, None
         if worker is not None:
-            await worker.stop(timeout)
+            await worker.stop(wait)
 
     async def run(self) -> None:
         """Start the worker and run until cancelled; then stop gracefully."""

@@ -12,11 +12,13 @@ import asyncio
 import reprlib
 import threading
 from collections.abc import Generator, Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import _json
 from .errors import ConveyorError, ValidationError
 from .model import LogLevel, Progress, Task, storable_text
+from .model import seconds as check_seconds
 
 __all__ = ["Context", "TaskAbortRequested", "TaskLogger"]
 
@@ -227,8 +229,9 @@ class Context(Generic[P]):
         if self._aborted:
             raise TaskAbortRequested(self._abort_reason or "aborted")
 
-    def wait_aborted(self, timeout: float | None = None) -> bool:
+    def wait_aborted(self, timeout: float | timedelta | None = None) -> bool:
         """Block (in a sync handler) up to ``timeout`` seconds; True if an abort came."""
+        wait = check_seconds(timeout, "wait_aborted timeout")
         if self._aborted:
             return True
         with _EVENT_LOCK:
@@ -237,15 +240,16 @@ class Context(Generic[P]):
             event = self._abort_event
         if self._aborted:
             return True
-        return event.wait(timeout)
+        return event.wait(wait)
 
-    async def sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float | timedelta) -> None:
         """Sleep; raise :class:`TaskAbortRequested` if the task was aborted when the
         sleep starts or ends. An abort or the run timeout cancels an async handler
         (on the worker's event loop, or in its process with ``mode="process"``), so
         the sleep ends at once with :class:`asyncio.CancelledError`."""
+        delay = check_seconds(seconds, "sleep", allow_none=False)
         self.check_aborted()
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(delay or 0.0)
         self.check_aborted()
 
     def _request_abort(self, reason: str) -> None:

@@ -16,7 +16,8 @@ expressions that never fire (``"0 0 30 2 *"``) are refused. ``tz`` names the
 time zone they are read in (default UTC); where its clocks are set back, an
 expression that names its hours fires once in the repeated hour (hourly
 ones, hour field ``*``, fire in both), and where they go forward, a time
-that does not exist fires at the first moment after it. Interval schedules fire on
+that does not exist fires at the first moment after it (an hourly
+expression has no occurrence in the missing hour). Interval schedules fire on
 multiples of the interval since the Unix epoch, so every process computes the
 same occurrences; an interval is from 0.001 s (occurrences are told apart by
 the millisecond) to :data:`~conveyor.model.MAX_SECONDS`.

@@ -7,6 +7,7 @@ that nothing was registered or stored.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -354,3 +355,67 @@ async def test_a_backoff_takes_timedeltas_like_every_duration(app: Conveyor) -> 
     with pytest.raises(ValidationError, match="backoff base must be a number >= 0"):
         await app.add("td:c", backoff=timedelta(seconds=-1))
     assert await app.count({"action": "td:c"}) == 0
+
+
+# -- 7. the durations of stop(), ctx.sleep() and ctx.wait_aborted() ---------------------
+
+
+BAD_DURATIONS: list[tuple[Any, str]] = [
+    (-1, ">= 0 seconds"), (float("nan"), "finite"), (float("inf"), "finite"),
+    ("x", "a number of seconds or a timedelta"), (True, "a number of seconds or a timedelta"),
+    (4e9, "at most"),
+]
+
+
+@pytest.mark.parametrize(("bad", "message"), BAD_DURATIONS)
+async def test_stop_timeout_is_a_duration(bad: Any, message: str) -> None:
+    app = Conveyor("memory://")
+    release, started = asyncio.Event(), asyncio.Event()
+
+    @app.handler("d:hold")
+    async def hold(ctx: Context[Any]) -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    async with app:
+        task = await app.add("d:hold")
+        await asyncio.wait_for(started.wait(), 10)
+        with pytest.raises(ValidationError, match=message):
+            await asyncio.wait_for(app.stop(timeout=bad), 10)
+        assert app.worker is not None  # refused before anything stopped
+        release.set()
+        assert await app.wait(task.id, timeout=10) == "done"
+        await app.stop(timeout=timedelta(seconds=5))
+        assert app.worker is None
+
+
+async def test_ctx_sleep_and_wait_aborted_take_durations() -> None:
+    app = Conveyor("memory://")
+    seen: dict[Any, str] = {}
+
+    @app.handler("d:sleep")
+    async def nap(ctx: Context[Any]) -> bool:
+        for bad, _ in BAD_DURATIONS:
+            try:
+                await ctx.sleep(bad)
+            except ValidationError as exc:
+                seen[repr(bad)] = str(exc)
+        await ctx.sleep(timedelta(milliseconds=1))
+        return True
+
+    @app.handler("d:wait", mode="thread")
+    def wait(ctx: Context[Any]) -> bool:
+        for bad, _ in BAD_DURATIONS:
+            try:
+                ctx.wait_aborted(bad)
+            except ValidationError as exc:
+                seen["wait " + repr(bad)] = str(exc)
+        return ctx.wait_aborted(timedelta(milliseconds=1))
+
+    async with app:
+        assert await app.wait((await app.add("d:sleep")).id, timeout=10) is True
+        assert await app.wait((await app.add("d:wait")).id, timeout=10) is False
+    for bad, message in BAD_DURATIONS:
+        assert message in seen[repr(bad)], seen
+        assert message in seen["wait " + repr(bad)], seen

@@ -56,6 +56,9 @@ def test_a_clock_set_back_repeats_an_hour_only_for_hourly_expressions() -> None:
     # a time the clocks skip (02:30 on 2026-03-29) fires at the first moment after it
     assert _occurrences("30 2 * * *", datetime(2026, 3, 28, 12, tzinfo=UTC), 2) == [
         "03-29 01:00", "03-30 00:30"]
+    # an hourly one has no occurrence in the missing hour: 01:30, then 03:30 in Paris
+    assert _occurrences("30 * * * *", datetime(2026, 3, 28, 23, 40, tzinfo=UTC), 3) == [
+        "03-29 00:30", "03-29 01:30", "03-29 02:30"]
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
