@@ -269,6 +269,7 @@ class HubClient:
         self._lock: asyncio.Lock | None = None
         self._handlers: dict[str, Handler] = {}
         self._stops: set[asyncio.Event] = set()
+        self._ends: set[asyncio.Future[None]] = set()  # done when its work() has returned
         self._sessions: set[WorkerSession] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
@@ -299,10 +300,11 @@ class HubClient:
     def _after_fork(self) -> None:
         """In a forked child: the parent's connection and loop are left alone; the
         next call connects anew. Registered handlers stay."""
-        _forks.keep(self._link, self._stops, self._sessions)
+        _forks.keep(self._link, self._stops, self._ends, self._sessions)
         self._link = None
         self._lock = None
         self._stops = set()
+        self._ends = set()
         self._sessions = set()
         self._loop = None
         self._stop_requested = False
@@ -318,9 +320,14 @@ class HubClient:
         return self._link.welcome if self._link is not None else {}
 
     async def close(self) -> None:
-        """Stop working (if :meth:`work` runs) and disconnect."""
+        """Stop working (if :meth:`work` runs, as :meth:`stop` does: running tasks
+        get its ``stop_timeout`` to finish, then go back to the queue, their attempt
+        refunded), wait for it to return, and disconnect."""
         if self._stops:
+            ends = list(self._ends)
             self.stop()
+            if ends and self._loop is not None and _on_loop(self._loop):
+                await asyncio.wait(ends)
         link, self._link = self._link, None
         if link is not None:
             await link.close()
@@ -639,6 +646,8 @@ class HubClient:
         if self._stop_requested:
             stop.set()
         self._stops.add(stop)
+        ended: asyncio.Future[None] = self._loop.create_future()
+        self._ends.add(ended)
         session = WorkerSession(self, service, dict(self._handlers), concurrency, prefetch)
         self._sessions.add(session)
         delay = 0.1
@@ -675,7 +684,9 @@ class HubClient:
                     break
                 failure = runner.exception() if runner.done() and not runner.cancelled() \
                     else None
-                if isinstance(failure, HubError) and failure.code == "forbidden":
+                if isinstance(failure, HubError) and failure.code in (
+                        "forbidden", "invalid", "bad_message"):
+                    # the hub refused the subscription itself: trying again cannot help
                     raise _mapped(failure)
                 if failure is not None and not isinstance(failure, HubError):
                     raise failure
@@ -691,6 +702,9 @@ class HubClient:
             session.abandon("worker stopped")
             session.close()
             self._stop_requested = False
+            self._ends.discard(ended)
+            if not ended.done():
+                ended.set_result(None)
 
     async def wait_working(self, timeout: float | None = None) -> None:
         """Wait until :meth:`work` has subscribed (for tests and orchestration)."""

@@ -27,7 +27,7 @@ from .. import _json
 from ..errors import ValidationError
 from ._errors import HubError
 
-__all__ = ["CLOSED", "Link", "hub_error", "ws_url"]
+__all__ = ["CLOSED", "FrameTooBig", "Link", "hub_error", "ws_url"]
 
 log = logging.getLogger("conveyor.client")
 
@@ -78,6 +78,16 @@ def hub_error(msg: dict[str, Any]) -> HubError:
     return error
 
 
+class FrameTooBig(ValidationError):
+    """A message over the hub's ``max_frame``: not sent (the hub would close the
+    connection on it)."""
+
+
+def _size(text: str) -> int:
+    """Bytes of ``text`` in UTF-8."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 class Link:
     """A connected WebSocket with request/reply matching. Create with :meth:`open`."""
 
@@ -88,6 +98,8 @@ class Link:
         limits = welcome.get("limits") or {}
         self.max_rate = float(limits.get("max_rate") or 1000.0)
         self.service_lease = float(limits.get("service_lease") or 30.0)
+        # the hub closes the connection (4009) on a frame over this many bytes
+        self.max_frame = int(limits.get("max_frame") or 1 << 20)
         self._on_push = on_push
         self._next = 0
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
@@ -158,6 +170,10 @@ class Link:
         except (TypeError, ValueError, RecursionError) as exc:  # a set, NaN: nothing sent
             raise ValidationError(f"the request is not JSON-serialisable: {exc}") from None
         kind = message.get("type")
+        size = _size(text)
+        if size > self.max_frame:  # the hub would close the connection on it
+            raise FrameTooBig(f"the {kind} message is {size} bytes, over the hub's frame "
+                              f"limit of {self.max_frame} bytes (max_frame)")
         task_id = message.get("task_id")
         if isinstance(task_id, str) and kind in _REPLACEABLE:
             if kind == "update":
@@ -226,7 +242,13 @@ class Link:
                 if self._tokens < 1:
                     await asyncio.sleep((1 - self._tokens) / self.max_rate)
                     continue
-                take = min(len(self._out), max(1, int(self._tokens)), 1000)
+                take, room = 0, self.max_frame - 2  # a frame of several is [a,b,...]
+                for text in self._out[:min(len(self._out), max(1, int(self._tokens)), 1000)]:
+                    size = 0 if text is None else _size(text) + 1
+                    if take and size > room:
+                        break
+                    take += 1
+                    room -= size
                 batch = [m for m in self._out[:take] if m is not None]
                 del self._out[:take]
                 if self._updates:

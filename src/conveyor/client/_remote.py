@@ -26,7 +26,7 @@ from ..context import Context, TaskAbortRequested
 from ..errors import ValidationError
 from ..model import LogLevel, Progress, Reschedule, Retry, Status, Task
 from ._http import task_from_json
-from ._link import CLOSED, Link
+from ._link import CLOSED, FrameTooBig, Link
 
 if TYPE_CHECKING:
     from ._client import HubClient
@@ -130,7 +130,16 @@ class WorkerSession:
         if link is None or link.closed.is_set():
             return
         message.setdefault("id", link.new_id())
-        link.send(message)
+        try:
+            link.send(message)
+        except FrameTooBig as exc:
+            # over the hub's frame limit (which would close the connection and lose
+            # every run on it): a smaller report of the same thing, as in-process
+            smaller = _within_frame(message, str(exc), link.max_frame)
+            if smaller is None:
+                log.warning("task %s: %s: not sent", message.get("task_id"), exc)
+                return
+            link.send(smaller)
 
     # -- one connection -----------------------------------------------------------
 
@@ -490,6 +499,34 @@ class WorkerSession:
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
+
+
+def _within_frame(message: dict[str, Any], why: str, max_frame: int
+                  ) -> dict[str, Any] | None:
+    """A report too large for one frame, made small enough: an outcome carrying a
+    result becomes a failure that says why (as a result over ``max_payload`` does
+    in-process), a log line or a failure is cut, a progress update loses its text
+    and data; an emitted value is not sent (None)."""
+    kind = message.get("type")
+    keep: dict[str, Any] = {k: message[k] for k in ("id", "task_id") if k in message}
+    cut = max(100, max_frame // 8)  # characters: at most 4 bytes each, with room to spare
+    if kind in ("return", "reschedule"):
+        return {**keep, "type": "fail", "retryable": False,
+                "error": {"type": "ValidationError", "message": f"result: {why}"}}
+    if kind == "fail":
+        error = message.get("error")
+        text = error.get("message") if isinstance(error, dict) else error
+        name = error.get("type") if isinstance(error, dict) else "Error"
+        return {**keep, "type": "fail", "retryable": message.get("retryable", True),
+                "error": {"type": str(name)[:200], "message": str(text)[:cut]}}
+    if kind == "log":
+        text = str(message.get("message", ""))
+        return {**keep, "type": "log", "level": message.get("level", "info"),
+                "message": f"{text[:cut]} [cut: {why}]"}
+    if kind == "update":
+        return {**keep, "type": "update", "current": message.get("current"),
+                "total": message.get("total")}
+    return None
 
 
 _STATUS = {s.value: s for s in Status}
