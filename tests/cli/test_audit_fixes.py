@@ -15,7 +15,7 @@ import pytest
 
 from conveyor.hub._credentials import CredentialStore
 
-from ._support import Background, add, assert_error, cli, count, find, run
+from ._support import Background, add, assert_error, clean_env, cli, count, find, run
 
 MISSING = ["01a00000-0000-7000-8000-000000000001", "01a00000-0000-7000-8000-000000000002"]
 
@@ -193,3 +193,58 @@ def test_add_and_tail_through_a_hub_warn_when_no_worker_runs_the_action(
         assert tail.wait() == 1
     finally:
         tail.stop()
+
+
+# -- the CLI audit of this stop ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://", "ftp://x", "http://h:99999",
+                                 "http://a b"])
+def test_a_malformed_hub_url_is_bad_input(url: str) -> None:
+    """`http://[::1` was an "unexpected InvalidURL" and `http://` a connection error
+    (exit 1); from the environment, the variable is named instead of --hub."""
+    assert_error(cli("ls", "--hub", url, "--key", "k"), 2,
+                 f"--hub must be the hub's http:// or https:// URL with a host, not {url!r}")
+    assert_error(cli("stats", env=clean_env(CONVEYOR_HUB=url)), 2,
+                 "$CONVEYOR_HUB must be the hub's http:// or https:// URL with a host")
+
+
+def test_a_key_with_db_is_named_as_such(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    assert_error(cli("ls", "--db", db, "--key", "K",
+                     env=clean_env(CONVEYOR_HUB="http://127.0.0.1:1")), 2,
+                 "--key is the key of a hub: it does not go with --db")
+
+
+def test_credential_file_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nodir" / "c.json"
+    message = assert_error(cli("credentials", "add", "y", "--admin", "--credentials",
+                               str(missing)), 1, "No such file or directory", str(missing))
+    assert ".credentials-" not in message  # not the temporary file beside it
+    for content, needle in (('{"credentials": 5}', 'not {"credentials": [...]}'),
+                            ("[1]", 'not {"credentials": [...]}'),
+                            ('{"credentials": [{"name": "x"}]}', "a credential has no")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(content, encoding="utf-8")
+        assert_error(cli("credentials", "list", "--credentials", str(bad)), 2,
+                     f"cannot read credentials file {str(bad)!r}", needle)
+
+
+def test_bench_that_cannot_open_its_storage_leaves_no_note(tmp_path: Path) -> None:
+    result = cli("bench", "--db", f"sqlite:///{tmp_path / 'nodir' / 'x.db'}", "--tasks", "10")
+    assert result.code == 1, result
+    assert result.err.splitlines()[-1].startswith("error: cannot open database"), result
+    assert "bench stopped" not in result.err, result.err
+
+
+def test_serve_on_ipv6_loopback_shows_a_url(
+        tmp_path: Path, background: Callable[..., Background]) -> None:
+    server = background("serve", "--db", "sqlite:///hub.db", "--insecure", "--host", "::1",
+                        "--port", "0", cwd=tmp_path)
+    first = server.wait_for("hub on http://", stream="err")
+    found = re.search(r"hub on http://\[::1\]:(\d+) ", first)
+    assert found is not None, first
+    with urllib.request.urlopen(f"http://[::1]:{found.group(1)}/healthz", timeout=10) as answer:
+        assert json.load(answer) == {"status": "ok"}
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0, server.err

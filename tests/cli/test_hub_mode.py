@@ -199,7 +199,8 @@ def test_errors_stay_one_line_with_the_exit_codes(hub: Hub, tmp_path: Path) -> N
                  "does not work through a hub")
     assert_error(cli("stats", "--hub", "localhost:1", cwd=tmp_path), 2, "http:// or https://")
     assert_error(cli("stats", "--key", hub.admin, "--db", hub.db, cwd=tmp_path), 2,
-                 "give --hub URL")
+                 "--key is the key of a hub: it does not go with --db")
+    assert_error(cli("stats", "--key", hub.admin, cwd=tmp_path), 2, "give --hub URL")
     assert_error(cli("stats", "--hub", f"http://127.0.0.1:{_free_port()}", cwd=tmp_path), 1,
                  "cannot reach the hub")
     # nothing was added by any of these

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from urllib.parse import urlsplit
 
 import click
 
@@ -259,16 +260,31 @@ def store_target(ctx: click.Context) -> Target:
     db, hub = explicit_db(ctx), explicit_hub(ctx)
     if db is not None and hub is not None:
         raise CliError("give --db or --hub, not both")
-    if db is None:
-        hub = hub or os.environ.get(HUB_ENV, "").strip() or None
+    where = "--hub"
+    if db is None and hub is None:
+        hub = os.environ.get(HUB_ENV, "").strip() or None
+        where = f"${HUB_ENV}"
     if hub is None:
         if ctx.find_root().meta.get(_KEY_KEY) is not None:
-            raise CliError("--key is the key of a hub: give --hub URL (or $CONVEYOR_HUB) too")
+            raise CliError("--key is the key of a hub: it does not go with --db" if db is not None
+                           else "--key is the key of a hub: give --hub URL (or $CONVEYOR_HUB) "
+                                "too")
         return db_url(ctx)
-    if not hub.lower().startswith(("http://", "https://")):
-        raise CliError(f"--hub must be the hub's http:// or https:// URL, not {hub!r}")
+    if not _http_url(hub):
+        raise CliError(f"{where} must be the hub's http:// or https:// URL with a host, "
+                       f"not {hub!r}")
     key = ctx.find_root().meta.get(_KEY_KEY) or os.environ.get(KEY_ENV, "").strip() or None
     return HubTarget(hub.rstrip("/"), key)
+
+
+def _http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and not any(
+        c.isspace() for c in url)
 
 
 @asynccontextmanager

@@ -90,6 +90,10 @@ async def run_bench(url: str | Storage, *, tasks: int, concurrency: int, latency
     app.bus.add_tally(counter)
     try:
         await app.open()
+    except BaseException:  # nothing was added
+        await app.close()
+        raise
+    try:
         one_by_one = max(1, tasks // 10)
         began = time.perf_counter()
         for i in range(one_by_one):

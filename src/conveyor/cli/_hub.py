@@ -130,7 +130,8 @@ def serve_command(ctx: click.Context, host: str, port: int, target: str | None, 
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def bound(config: HubConfig) -> None:  # the real port, also with --port 0
-        click.echo(f"hub on http://{config.host}:{config.port} "
+        shown = f"[{config.host}]" if ":" in config.host else config.host  # IPv6
+        click.echo(f"hub on http://{shown}:{config.port} "
                    f"({'insecure' if insecure else 'credentials: ' + path}), "
                    f"storage {app.storage.url}", err=True)
 

@@ -202,8 +202,15 @@ class CredentialStore:
                 try:
                     with open(self.path, encoding="utf-8") as f:
                         raw = json.load(f)
-                    creds = [Credential.from_json(c) for c in raw.get("credentials", [])]
-                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    listed = raw.get("credentials", []) if isinstance(raw, dict) else None
+                    if not isinstance(listed, list) or not all(
+                            isinstance(c, dict) for c in listed):
+                        raise ValueError('not {"credentials": [...]} as conveyor writes it')
+                    creds = [Credential.from_json(c) for c in listed]
+                except KeyError as exc:
+                    raise ConfigurationError(f"cannot read credentials file {self.path!r}: "
+                                             f"a credential has no {exc}") from None
+                except (OSError, ValueError, TypeError) as exc:
                     raise ConfigurationError(
                         f"cannot read credentials file {self.path!r}: {exc}") from None
                 self._by_id = {c.key_id: c for c in creds}
@@ -213,7 +220,10 @@ class CredentialStore:
     def _save(self) -> None:
         data = {"version": 1, "credentials": [c.to_json() for c in self._by_id.values()]}
         folder = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(prefix=".credentials-", dir=folder)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".credentials-", dir=folder)
+        except OSError as exc:  # it names the temporary file: name the file it was for
+            raise OSError(exc.errno, exc.strerror, self.path) from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(data, f, indent=2)
