@@ -231,7 +231,7 @@ class Context(Generic[P]):
 
     def wait_aborted(self, timeout: float | timedelta | None = None) -> bool:
         """Block (in a sync handler) up to ``timeout`` seconds; True if an abort came."""
-        wait = check_seconds(timeout, "wait_aborted timeout")
+        wait = check_seconds(_not_negative(timeout), "wait_aborted timeout")
         if self._aborted:
             return True
         with _EVENT_LOCK:
@@ -247,7 +247,7 @@ class Context(Generic[P]):
         sleep starts or ends. An abort or the run timeout cancels an async handler
         (on the worker's event loop, or in its process with ``mode="process"``), so
         the sleep ends at once with :class:`asyncio.CancelledError`."""
-        delay = check_seconds(seconds, "sleep", allow_none=False)
+        delay = check_seconds(_not_negative(seconds), "sleep", allow_none=False)
         self.check_aborted()
         await asyncio.sleep(delay or 0.0)
         self.check_aborted()
@@ -260,3 +260,13 @@ class Context(Generic[P]):
                 event = self._abort_event
             if event is not None:
                 event.set()
+
+
+def _not_negative(value: Any) -> Any:
+    """A negative number of seconds as 0 (as ``asyncio.sleep`` and ``Event.wait`` take
+    it: ``ctx.sleep(deadline - time.time())`` past the deadline returns at once)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        return 0.0
+    if isinstance(value, timedelta) and value < timedelta(0):
+        return 0.0
+    return value

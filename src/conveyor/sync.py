@@ -46,7 +46,8 @@ _ON_LOOP = frozenset({"events"})
 class Portal:
     """An event loop in a daemon thread, and blocking calls into it."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str = "SyncConveyor") -> None:
+        self.owner = owner  # the class named in errors
         self._loop = asyncio.new_event_loop()
         self._closing = False
         self._ready = threading.Event()
@@ -69,25 +70,38 @@ class Portal:
     def run(self, fn: Callable[[], Any]) -> Any:
         """Call ``fn()`` on the loop thread (awaiting it if needed) and return its result."""
         if threading.current_thread() is self._thread:
-            raise ConveyorError("a SyncConveyor cannot be called from its own event loop thread")
+            raise ConveyorError(f"a {self.owner} cannot be called from its own event loop "
+                                "thread (a callback or sink of it: hand the work to another "
+                                "thread)")
         if self._loop.is_closed():
-            raise ConveyorError("this SyncConveyor is closed")
+            raise ConveyorError(f"this {self.owner} is closed")
+
+        started, finished = threading.Event(), threading.Event()
 
         async def call() -> Any:
-            value = fn()
-            if inspect.isawaitable(value):
-                return await value
-            return value
+            started.set()
+            try:
+                value = fn()
+                if inspect.isawaitable(value):
+                    return await value
+                return value
+            finally:
+                finished.set()
 
         future = asyncio.run_coroutine_threadsafe(call(), self._loop)
         try:
             return future.result()
         except KeyboardInterrupt:
+            # Ctrl-C: the call is cancelled and what it does on the way out (run()'s
+            # graceful stop, which hands running tasks back) is waited for; a second
+            # Ctrl-C stops waiting
             future.cancel()
+            if started.is_set():
+                finished.wait()
             raise
         except concurrent.futures.CancelledError:
             if self._closing:
-                raise ConveyorError("this SyncConveyor was closed while the call "
+                raise ConveyorError(f"this {self.owner} was closed while the call "
                                     "waited") from None
             raise
 
@@ -175,7 +189,7 @@ class _Seam:
     def _get_portal(self) -> Portal:
         with self._lock:
             if self._portal is None:
-                self._portal = Portal()
+                self._portal = Portal(type(self).__name__)
             return self._portal
 
     def _enter(self, open_: Callable[[], Any]) -> Self:

@@ -68,6 +68,35 @@ async def test_reports_over_the_frame_limit_become_smaller_ones(tmp_path: Path) 
         await worker.close()
 
 
+async def test_text_that_is_not_valid_unicode_is_reported_as_in_process(
+        tmp_path: Path) -> None:
+    """A lone surrogate (``os.fsdecode`` of a bad byte) in a remote result, log line or
+    progress message: the hub refuses such text, so the result stayed unsent and the
+    task running for ever. Now the log line is stored escaped (as in-process), the
+    progress keeps its numbers, and the result fails the task saying why."""
+    async with make_hub(tmp_path) as hub:
+        worker = HubClient(hub.url, hub.key("svc", subscribe=["s:*"]))
+
+        @worker.handler("s:odd")
+        async def odd(ctx: Context) -> str:
+            await ctx.progress(1, total=2, message="half \udcff")
+            ctx.log.info("line \udcff")
+            return "name \udcff"
+
+        job = asyncio.create_task(worker.work("svc"))
+        await worker.wait_working(10)
+        task = await hub.app.add("s:odd")
+        ended = await hub.app.wait_task(task.id, timeout=20)
+        assert ended.status is Status.FAILED and ended.error is not None, ended
+        assert "not valid Unicode" in ended.error.message and ended.attempts == 1
+        [line] = (await hub.app.get(task.id, logs=True)).logs
+        assert line.message == "line \\udcff"
+        assert worker.connects == 1
+        worker.stop()
+        await asyncio.wait_for(job, 20)
+        await worker.close()
+
+
 async def test_a_publish_over_the_frame_limit_is_a_validation_error(tmp_path: Path) -> None:
     async with make_hub(tmp_path, max_frame=FRAME) as hub, \
             HubClient(hub.url, hub.key("pub", publish=["p:*"], read=["p:*"])) as pub:

@@ -391,12 +391,16 @@ async def test_stop_timeout_is_a_duration(bad: Any, message: str) -> None:
 
 
 async def test_ctx_sleep_and_wait_aborted_take_durations() -> None:
+    """As everywhere, but a negative one is 0, as for asyncio.sleep and Event.wait."""
     app = Conveyor("memory://")
     seen: dict[Any, str] = {}
+    bad_ones = [(bad, message) for bad, message in BAD_DURATIONS if bad != -1]
 
     @app.handler("d:sleep")
     async def nap(ctx: Context[Any]) -> bool:
-        for bad, _ in BAD_DURATIONS:
+        await ctx.sleep(-1)
+        await ctx.sleep(timedelta(seconds=-1))
+        for bad, _ in bad_ones:
             try:
                 await ctx.sleep(bad)
             except ValidationError as exc:
@@ -406,7 +410,8 @@ async def test_ctx_sleep_and_wait_aborted_take_durations() -> None:
 
     @app.handler("d:wait", mode="thread")
     def wait(ctx: Context[Any]) -> bool:
-        for bad, _ in BAD_DURATIONS:
+        assert ctx.wait_aborted(-1) is False
+        for bad, _ in bad_ones:
             try:
                 ctx.wait_aborted(bad)
             except ValidationError as exc:
@@ -416,6 +421,6 @@ async def test_ctx_sleep_and_wait_aborted_take_durations() -> None:
     async with app:
         assert await app.wait((await app.add("d:sleep")).id, timeout=10) is True
         assert await app.wait((await app.add("d:wait")).id, timeout=10) is False
-    for bad, message in BAD_DURATIONS:
+    for bad, message in bad_ones:
         assert message in seen[repr(bad)], seen
         assert message in seen["wait " + repr(bad)], seen

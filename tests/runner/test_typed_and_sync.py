@@ -255,3 +255,60 @@ def test_calls_racing_close_fail_with_conveyor_errors_only(tmp_path: Path, kind:
             t.join(30)
         app.close()
     assert not others, others[:3]
+
+
+CTRL_C_SCRIPT = """
+import os, signal, sys, threading, time
+from conveyor import Context, SyncConveyor
+
+app = SyncConveyor(sys.argv[1], stop_timeout=float(sys.argv[2]))
+running = threading.Event()
+
+@app.handler("slow", mode="thread")
+def slow(ctx: Context) -> str:
+    running.set()
+    time.sleep(1.0)  # stands for work under way when Ctrl-C comes
+    return "done"
+
+task = app.add("slow")
+
+def interrupt() -> None:
+    running.wait(30)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=interrupt, daemon=True).start()
+try:
+    app.run()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+app.close()
+print(task.id, flush=True)
+"""
+
+
+@pytest.mark.parametrize(("stop_timeout", "ends"), [(10.0, "succeeded"), (0.2, "queued")])
+def test_ctrl_c_in_sync_run_stops_gracefully(tmp_path: Path, stop_timeout: float,
+                                             ends: str) -> None:
+    """Ctrl-C during SyncConveyor.run() raised at once while the stop went on in the
+    background: the task stayed `running` (rescued only after its lease), its result
+    lost. Now the graceful stop runs to its end first: the task finishes within
+    stop_timeout or goes back to the queue, its attempt refunded."""
+    import subprocess
+    import sys
+
+    from conveyor import SyncConveyor
+
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT, encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    out = subprocess.run([sys.executable, str(script), url, str(stop_timeout)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "never retrieved" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    lines = out.stdout.split()
+    assert lines[0] == "interrupted", out.stdout
+    with SyncConveyor(url) as app:
+        task = app.get(lines[1])
+    assert task.status.value == ends and task.rescues == 0, task
+    if ends == "queued":
+        assert task.attempts == 0  # handed back: the attempt refunded

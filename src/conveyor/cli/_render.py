@@ -93,8 +93,8 @@ async def until_reader_gone(work: Awaitable[T], *, interval: float = 0.1) -> T:
         mode = os.fstat(fd).st_mode
     except (AttributeError, OSError, ValueError):  # no real standard output
         return await future
-    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-        return await future
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)) or not hasattr(select, "poll"):
+        return await future  # (no poll on Windows: noticed at the next write there)
     poller = select.poll()
     poller.register(fd, 0)  # POLLERR and POLLHUP are reported whatever the mask
     try:

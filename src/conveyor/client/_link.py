@@ -27,7 +27,7 @@ from .. import _json
 from ..errors import ValidationError
 from ._errors import HubError
 
-__all__ = ["CLOSED", "FrameTooBig", "Link", "hub_error", "ws_url"]
+__all__ = ["CLOSED", "FrameTooBig", "Link", "Unsendable", "hub_error", "ws_url"]
 
 log = logging.getLogger("conveyor.client")
 
@@ -78,7 +78,11 @@ def hub_error(msg: dict[str, Any]) -> HubError:
     return error
 
 
-class FrameTooBig(ValidationError):
+class Unsendable(ValidationError):
+    """A message the hub would refuse as a whole: not sent."""
+
+
+class FrameTooBig(Unsendable):
     """A message over the hub's ``max_frame``: not sent (the hub would close the
     connection on it)."""
 
@@ -170,7 +174,11 @@ class Link:
         except (TypeError, ValueError, RecursionError) as exc:  # a set, NaN: nothing sent
             raise ValidationError(f"the request is not JSON-serialisable: {exc}") from None
         kind = message.get("type")
-        size = _size(text)
+        try:
+            size = _size(text)
+        except UnicodeEncodeError:  # the hub refuses it (bad_json), even escaped
+            raise Unsendable(f"the {kind} message holds text that is not valid Unicode "
+                             "(a lone surrogate)") from None
         if size > self.max_frame:  # the hub would close the connection on it
             raise FrameTooBig(f"the {kind} message is {size} bytes, over the hub's frame "
                               f"limit of {self.max_frame} bytes (max_frame)")

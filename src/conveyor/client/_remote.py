@@ -24,9 +24,9 @@ from .._registry import Handler
 from .._threads import DaemonThreadPool
 from ..context import Context, TaskAbortRequested
 from ..errors import ValidationError
-from ..model import LogLevel, Progress, Reschedule, Retry, Status, Task
+from ..model import LogLevel, Progress, Reschedule, Retry, Status, Task, storable_text
 from ._http import task_from_json
-from ._link import CLOSED, FrameTooBig, Link
+from ._link import CLOSED, Link, Unsendable
 
 if TYPE_CHECKING:
     from ._client import HubClient
@@ -132,14 +132,17 @@ class WorkerSession:
         message.setdefault("id", link.new_id())
         try:
             link.send(message)
-        except FrameTooBig as exc:
+        except Unsendable as exc:
             # over the hub's frame limit (which would close the connection and lose
-            # every run on it): a smaller report of the same thing, as in-process
-            smaller = _within_frame(message, str(exc), link.max_frame)
-            if smaller is None:
-                log.warning("task %s: %s: not sent", message.get("task_id"), exc)
-                return
-            link.send(smaller)
+            # every run on it) or not valid Unicode: a report of the same thing that
+            # can be sent, as in-process
+            other = _sendable(message, str(exc), link.max_frame)
+            try:
+                if other is None:
+                    raise exc
+                link.send(other)
+            except Unsendable as again:
+                log.warning("task %s: %s: not sent", message.get("task_id"), again)
 
     # -- one connection -----------------------------------------------------------
 
@@ -501,12 +504,13 @@ class WorkerSession:
             self.pool = None
 
 
-def _within_frame(message: dict[str, Any], why: str, max_frame: int
-                  ) -> dict[str, Any] | None:
-    """A report too large for one frame, made small enough: an outcome carrying a
-    result becomes a failure that says why (as a result over ``max_payload`` does
-    in-process), a log line or a failure is cut, a progress update loses its text
-    and data; an emitted value is not sent (None)."""
+def _sendable(message: dict[str, Any], why: str, max_frame: int) -> dict[str, Any] | None:
+    """A report the hub would refuse (over its frame limit, or text that is not valid
+    Unicode), made sendable: an outcome carrying a result becomes a failure that says
+    why (as a result over ``max_payload`` does in-process), a log line or a failure
+    is cut and its text made valid (lone surrogates escaped as ``\\udXXX``, as
+    in-process logs store them), a progress update loses its text and data; an
+    emitted value is not sent (None)."""
     kind = message.get("type")
     keep: dict[str, Any] = {k: message[k] for k in ("id", "task_id") if k in message}
     cut = max(100, max_frame // 8)  # characters: at most 4 bytes each, with room to spare
@@ -518,11 +522,13 @@ def _within_frame(message: dict[str, Any], why: str, max_frame: int
         text = error.get("message") if isinstance(error, dict) else error
         name = error.get("type") if isinstance(error, dict) else "Error"
         return {**keep, "type": "fail", "retryable": message.get("retryable", True),
-                "error": {"type": str(name)[:200], "message": str(text)[:cut]}}
+                "error": {"type": storable_text(str(name)[:200]),
+                          "message": storable_text(str(text)[:cut])}}
     if kind == "log":
-        text = str(message.get("message", ""))
-        return {**keep, "type": "log", "level": message.get("level", "info"),
-                "message": f"{text[:cut]} [cut: {why}]"}
+        text = storable_text(str(message.get("message", "")))
+        if len(text) > cut:
+            text = f"{text[:cut]} [cut: {why}]"
+        return {**keep, "type": "log", "level": message.get("level", "info"), "message": text}
     if kind == "update":
         return {**keep, "type": "update", "current": message.get("current"),
                 "total": message.get("total")}

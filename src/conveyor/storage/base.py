@@ -365,8 +365,9 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def forget_workers(self) -> list[str]:
         """Remove the records of workers that stopped sending heartbeats: not seen
-        for twice their lease (``info["lease"]``, default 30 s), and at least 30 s.
-        Returns the ids removed."""
+        for twice their lease (``info["lease"]``, default 30 s), and at least 120 s
+        (so that a dead worker is listed with ``alive`` false, after 90 s, before it
+        goes). Returns the ids removed."""
 
     # -- feed ---------------------------------------------------------------
 

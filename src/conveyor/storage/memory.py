@@ -555,7 +555,7 @@ class MemoryStorage(FanoutFeed, Storage):
         now = time.time()
         with self._lock:
             dead = [w.id for w in self._workers.values()
-                    if w.last_seen < now - max(30.0, 2 * float(w.info.get("lease", 30)))]
+                    if w.last_seen < now - max(120.0, 2 * float(w.info.get("lease", 30)))]
             for worker_id in dead:
                 del self._workers[worker_id]
         return dead

@@ -818,13 +818,16 @@ class StorageContract:
         alive = WorkerInfo(id="a", host="h", pid=1, actions=(), concurrency=1, started_at=now,
                            last_seen=now, info={"lease": 30})
         dead = WorkerInfo(id="d", host="h", pid=2, actions=(), concurrency=1, started_at=now,
-                          last_seen=now - 61, info={"lease": 30})
+                          last_seen=now - 121, info={"lease": 30})
+        # not seen for 100 s: shown as not alive (after 90 s) for a while before it goes
+        stale = WorkerInfo(id="g", host="h", pid=4, actions=(), concurrency=1, started_at=now,
+                           last_seen=now - 100, info={"lease": 30})
         slow = WorkerInfo(id="s", host="h", pid=3, actions=(), concurrency=1, started_at=now,
-                          last_seen=now - 61, info={"lease": 300})
-        for info in (alive, dead, slow):
+                          last_seen=now - 121, info={"lease": 300})
+        for info in (alive, dead, slow, stale):
             await storage.register_worker(info)
         assert await storage.forget_workers() == ["d"]
-        assert sorted(w.id for w in await storage.list_workers()) == ["a", "s"]
+        assert sorted(w.id for w in await storage.list_workers()) == ["a", "g", "s"]
 
     # -- change feed --------------------------------------------------------------
 

@@ -370,7 +370,7 @@ DELETE FROM {schema}.workers WHERE id = %(id)s
 
 -- name: forget_workers
 DELETE FROM {schema}.workers
-WHERE last_seen < %(now)s - greatest(30.0, 2 * (CASE WHEN jsonb_typeof(info -> 'lease') = 'number'
+WHERE last_seen < %(now)s - greatest(120.0, 2 * (CASE WHEN jsonb_typeof(info -> 'lease') = 'number'
                                                     THEN (info ->> 'lease')::float8
                                                     ELSE 30.0 END))
 RETURNING id

@@ -265,7 +265,7 @@ DELETE FROM conveyor_workers WHERE id = :id
 
 -- name: forget_workers
 DELETE FROM conveyor_workers
-WHERE last_seen < :now - max(30.0, 2 * coalesce(json_extract(info, '$.lease'), 30))
+WHERE last_seen < :now - max(120.0, 2 * coalesce(json_extract(info, '$.lease'), 30))
 RETURNING id
 
 -- name: list_workers
