@@ -237,6 +237,18 @@ def test_bench_that_cannot_open_its_storage_leaves_no_note(tmp_path: Path) -> No
     assert "bench stopped" not in result.err, result.err
 
 
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
 def test_serve_on_ipv6_loopback_shows_a_url(
         tmp_path: Path, background: Callable[..., Background]) -> None:
     server = background("serve", "--db", "sqlite:///hub.db", "--insecure", "--host", "::1",

@@ -156,3 +156,22 @@ async def test_close_during_work_is_a_graceful_stop(tmp_path: Path) -> None:
         assert all((t.status, t.rescues) in ((Status.SUCCEEDED, 0), (Status.QUEUED, 0))
                    for t in ended), ended
         assert any(t.status is Status.SUCCEEDED for t in ended)
+
+
+async def test_close_from_a_handler_does_not_wait_for_itself(tmp_path: Path) -> None:
+    """close() waits for work() to return, which waits for the running handlers: one
+    called from a handler stalled for the whole stop_timeout (10 s here)."""
+    async with make_hub(tmp_path) as hub:
+        worker = HubClient(hub.url, hub.key("svc", subscribe=["h:*"]))
+
+        @worker.handler("h:close")
+        async def closing(ctx: Context) -> str:
+            await worker.close()
+            return "closed"
+
+        job = asyncio.create_task(worker.work("svc", stop_timeout=10))
+        await worker.wait_working(10)
+        await hub.app.add("h:close")
+        began = asyncio.get_running_loop().time()
+        await asyncio.wait_for(job, 20)
+        assert asyncio.get_running_loop().time() - began < 5

@@ -326,8 +326,11 @@ class HubClient:
         if self._stops:
             ends = list(self._ends)
             self.stop()
-            if ends and self._loop is not None and _on_loop(self._loop):
-                await asyncio.wait(ends)
+            current = asyncio.current_task()
+            in_a_run = any(run.future is current for session in self._sessions
+                           for run in session.runs.values())
+            if ends and not in_a_run and self._loop is not None and _on_loop(self._loop):
+                await asyncio.wait(ends)  # (from a handler: work() waits for it, so not)
         link, self._link = self._link, None
         if link is not None:
             await link.close()
