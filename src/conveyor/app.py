@@ -280,9 +280,15 @@ class Conveyor:
 
     # -- life ---------------------------------------------------------------------
 
+    def _new_relay(self) -> ChangeRelay:
+        relay = ChangeRelay(self.storage, self.bus)
+        relay.listeners = self._relay_listeners
+        relay.start()
+        return relay
+
     async def open(self) -> None:
         """Connect to storage (done on first use; call it to fail early)."""
-        if self._opened:
+        if self._opened and (self._relay is None or not self._relay.orphaned):
             return
         loop = asyncio.get_running_loop()
         if self._open_lock is None or self._open_lock[0] is not loop:
@@ -290,11 +296,14 @@ class Conveyor:
             self._open_lock = (loop, asyncio.Lock())
         async with self._open_lock[1]:
             if self._opened:
+                if self._relay is not None and self._relay.orphaned:
+                    # opened under an asyncio.run() that has returned: the relay ended
+                    # with its loop (other processes' changes would come by polling)
+                    self._relay = self._new_relay()
+                    await self._relay.wait_ready()
                 return
             await self.storage.open()
-            self._relay = ChangeRelay(self.storage, self.bus)
-            self._relay.listeners = self._relay_listeners
-            self._relay.start()
+            self._relay = self._new_relay()
             await self._relay.wait_ready()
             self._opened = True
             _forks.track(self)

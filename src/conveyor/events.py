@@ -588,6 +588,13 @@ class ChangeRelay:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="conveyor-change-relay")
 
+    @property
+    def orphaned(self) -> bool:
+        """Whether the relay's loop has ended (``asyncio.run`` returned): it relays
+        nothing any more."""
+        task = self._task
+        return task is not None and task.get_loop().is_closed()
+
     async def wait_ready(self) -> None:
         """Wait until the relay reads the feed (changes from then on are delivered)."""
         await self._ready.wait()

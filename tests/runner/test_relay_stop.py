@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from conveyor import Conveyor
+from conveyor import Context, Conveyor
 from conveyor.storage import Change
 from conveyor.storage.memory import MemoryStorage
 
@@ -62,3 +63,40 @@ async def test_close_ends_although_the_relay_lost_a_cancellation() -> None:
     finally:
         closing.cancel()
     assert storage.lost == 1
+
+
+def test_an_app_used_again_under_a_new_asyncio_run_relays_other_processes(
+        tmp_path: Path) -> None:
+    """An app opened under one asyncio.run() and used under the next: its change relay
+    had ended with the first loop, so events of tasks other processes ran never came
+    (and wait() fell back to polling)."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    app = Conveyor(url)
+    asyncio.run(app.open())
+
+    async def second_run() -> list[str]:
+        other = Conveyor(url)  # stands for another process: its changes come by the feed
+
+        @other.handler("r:job")
+        async def job(ctx: Context[Any]) -> str:
+            return "done"
+
+        seen: list[str] = []
+        ended = asyncio.Event()
+
+        def note(event: Any) -> None:
+            seen.append(event.type)
+            if event.type == "task.ended":
+                ended.set()
+
+        app.on("task.*", note)
+        await app.open()
+        task = await app.add("r:job")
+        async with other:
+            assert await app.wait(task.id, timeout=20) == "done"
+            await asyncio.wait_for(ended.wait(), 20)
+        await app.close()
+        return seen
+
+    seen = asyncio.run(second_run())
+    assert "task.started" in seen and "task.succeeded" in seen, seen
