@@ -675,7 +675,7 @@ class Conveyor:
         return unsubscribe
 
     def _ensure_relay(self) -> None:
-        if self._opened:
+        if self._opened and (self._relay is None or not self._relay.orphaned):
             return
         try:
             asyncio.get_running_loop()

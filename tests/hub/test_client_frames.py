@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import Context, ValidationError
+from conveyor import Context, Retry, ValidationError
 from conveyor.client import HubClient
 from conveyor.model import Status, Task
 
@@ -83,6 +83,12 @@ async def test_text_that_is_not_valid_unicode_is_reported_as_in_process(
             ctx.log.info("line \udcff")
             return "name \udcff"
 
+        @worker.handler("s:again")
+        async def again(ctx: Context) -> Retry | str:
+            if ctx.attempt == 1:
+                return Retry(after=0, reason="bad \udcff name")
+            return "second"
+
         job = asyncio.create_task(worker.work("svc"))
         await worker.wait_working(10)
         task = await hub.app.add("s:odd")
@@ -91,6 +97,11 @@ async def test_text_that_is_not_valid_unicode_is_reported_as_in_process(
         assert "not valid Unicode" in ended.error.message and ended.attempts == 1
         [line] = (await hub.app.get(task.id, logs=True)).logs
         assert line.message == "line \\udcff"
+        assert ended.progress is not None and ended.progress.current == 1
+        retried = await hub.app.wait_task((await hub.app.add(
+            "s:again", max_attempts=2)).id, timeout=20)
+        assert retried.status is Status.SUCCEEDED and retried.attempts == 2, retried
+        assert "bad" in retried.errors[0].message
         assert worker.connects == 1
         worker.stop()
         await asyncio.wait_for(job, 20)
@@ -158,20 +169,32 @@ async def test_close_during_work_is_a_graceful_stop(tmp_path: Path) -> None:
         assert any(t.status is Status.SUCCEEDED for t in ended)
 
 
-async def test_close_from_a_handler_does_not_wait_for_itself(tmp_path: Path) -> None:
+async def test_close_from_a_handler_is_a_graceful_stop_too(tmp_path: Path) -> None:
     """close() waits for work() to return, which waits for the running handlers: one
-    called from a handler stalled for the whole stop_timeout (10 s here)."""
+    called from a handler stalled for the whole stop_timeout (10 s here). It does not
+    wait for itself now, and the other running handler still finishes (rescues 0)."""
     async with make_hub(tmp_path) as hub:
         worker = HubClient(hub.url, hub.key("svc", subscribe=["h:*"]))
+        long_started = asyncio.Event()
+
+        @worker.handler("h:long")
+        async def long(ctx: Context) -> str:
+            long_started.set()
+            await asyncio.sleep(0.5)  # stands for work under way when close() comes
+            return "long done"
 
         @worker.handler("h:close")
         async def closing(ctx: Context) -> str:
+            await long_started.wait()
             await worker.close()
             return "closed"
 
-        job = asyncio.create_task(worker.work("svc", stop_timeout=10))
+        job = asyncio.create_task(worker.work("svc", concurrency=4, stop_timeout=10))
         await worker.wait_working(10)
-        await hub.app.add("h:close")
+        tasks = [await hub.app.add("h:long"), await hub.app.add("h:close")]
         began = asyncio.get_running_loop().time()
         await asyncio.wait_for(job, 20)
         assert asyncio.get_running_loop().time() - began < 5
+        ended = [await hub.app.wait_task(t.id, timeout=20) for t in tasks]
+        assert [(t.status, t.result, t.rescues) for t in ended] == [
+            (Status.SUCCEEDED, "long done", 0), (Status.SUCCEEDED, "closed", 0)]

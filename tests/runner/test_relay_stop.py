@@ -100,3 +100,32 @@ def test_an_app_used_again_under_a_new_asyncio_run_relays_other_processes(
 
     seen = asyncio.run(second_run())
     assert "task.started" in seen and "task.succeeded" in seen, seen
+
+
+def test_listening_alone_under_a_new_asyncio_run_starts_the_relay(tmp_path: Path) -> None:
+    """The same with events() only (no other call that opens the app): the relay is
+    started again by the subscription, as a fresh app's is."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    app = Conveyor(url)
+    asyncio.run(app.open())
+
+    async def second_run() -> list[str]:
+        other = Conveyor(url)  # stands for another process
+
+        @other.handler("r:job")
+        async def job(ctx: Context[Any]) -> str:
+            return "done"
+
+        seen: list[str] = []
+        events = app.events("task.*")
+        async with other:
+            await other.add("r:job")
+            async for event in events:
+                seen.append(event.type)
+                if event.type == "task.ended":
+                    break
+        await app.close()
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(second_run(), 30))
+    assert "task.started" in seen and "task.succeeded" in seen, seen

@@ -270,6 +270,7 @@ class HubClient:
         self._handlers: dict[str, Handler] = {}
         self._stops: set[asyncio.Event] = set()
         self._ends: set[asyncio.Future[None]] = set()  # done when its work() has returned
+        self._closing: set[asyncio.Future[None]] = set()  # close() from a handler, under way
         self._sessions: set[WorkerSession] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
@@ -305,6 +306,7 @@ class HubClient:
         self._lock = None
         self._stops = set()
         self._ends = set()
+        self._closing = set()
         self._sessions = set()
         self._loop = None
         self._stop_requested = False
@@ -326,11 +328,22 @@ class HubClient:
         if self._stops:
             ends = list(self._ends)
             self.stop()
-            current = asyncio.current_task()
-            in_a_run = any(run.future is current for session in self._sessions
-                           for run in session.runs.values())
-            if ends and not in_a_run and self._loop is not None and _on_loop(self._loop):
-                await asyncio.wait(ends)  # (from a handler: work() waits for it, so not)
+            if ends and self._loop is not None and _on_loop(self._loop):
+                current = asyncio.current_task()
+                if any(run.future is current for session in self._sessions
+                       for run in session.runs.values()):
+                    # from a handler, which work() waits for: disconnect once it is done
+                    later = asyncio.ensure_future(self._close_after(ends))
+                    self._closing.add(later)
+                    later.add_done_callback(self._closing.discard)
+                    return
+                await asyncio.wait(ends)
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+    async def _close_after(self, ends: list[asyncio.Future[None]]) -> None:
+        await asyncio.wait(ends)
         link, self._link = self._link, None
         if link is not None:
             await link.close()

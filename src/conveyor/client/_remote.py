@@ -526,9 +526,12 @@ def _sendable(message: dict[str, Any], why: str, max_frame: int) -> dict[str, An
                           "message": storable_text(str(text)[:cut])}}
     if kind == "log":
         text = storable_text(str(message.get("message", "")))
-        if len(text) > cut:
-            text = f"{text[:cut]} [cut: {why}]"
-        return {**keep, "type": "log", "level": message.get("level", "info"), "message": text}
+        return {**keep, "type": "log", "level": message.get("level", "info"),
+                "message": f"{text[:cut]} [cut: {why}]"}
+    if kind == "retry":
+        reason = message.get("reason")
+        return {**keep, "type": "retry", "after": message.get("after"),
+                "reason": None if reason is None else storable_text(str(reason))[:cut]}
     if kind == "update":
         return {**keep, "type": "update", "current": message.get("current"),
                 "total": message.get("total")}
