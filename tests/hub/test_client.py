@@ -203,6 +203,7 @@ async def test_a_remote_handlers_retry_options_apply_to_tasks_without_their_own(
     @worker.handler("flaky:twice", environment={"chunk": 2}, max_attempts=3,
                     backoff={"base": 0.01, "jitter": 0}, timeout=60)
     async def twice(ctx: Context) -> int:
+        assert ctx.task.max_attempts == (1 if ctx.task.tags.get("own") else 3)
         if ctx.attempt < 3:
             raise ValueError(f"attempt {ctx.attempt}")
         return int(ctx.env["chunk"]) * ctx.attempt
@@ -210,7 +211,7 @@ async def test_a_remote_handlers_retry_options_apply_to_tasks_without_their_own(
     async with working(worker, "flaky"), HubClient(hub.url, hub.key(
             "pub", publish=["flaky:*"])) as pub:
         assert await pub.run("flaky:twice", None, timeout=20) == 6
-        own = await pub.add("flaky:twice", None, max_attempts=1)
+        own = await pub.add("flaky:twice", None, max_attempts=1, tags={"own": True})
         with pytest.raises(TaskFailed) as failed:
             await pub.wait(own.id, timeout=20)
         assert failed.value.task.attempts == 1
