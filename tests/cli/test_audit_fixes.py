@@ -260,3 +260,34 @@ def test_serve_on_ipv6_loopback_shows_a_url(
         assert json.load(answer) == {"status": "ok"}
     server.signal(signal.SIGTERM)
     assert server.wait() == 0, server.err
+
+
+BLOCK_STARLETTE = """
+import sys
+
+
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "starlette":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Missing())
+from conveyor.cli import main
+
+main(["serve", "--db", "sqlite:///x.db", "--insecure", "--port", "0"])
+"""
+
+
+def test_a_missing_extra_is_named(tmp_path: Path) -> None:
+    """`conveyor serve` without the [hub] extra said "unexpected ModuleNotFoundError"."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", BLOCK_STARLETTE], cwd=tmp_path, text=True,
+                         capture_output=True, timeout=60, check=False, env=clean_env())
+    assert out.returncode == 1, out
+    assert out.stderr.splitlines() == [
+        "error: this needs the [hub] extra (no module 'starlette'): pip install "
+        "'conveyor[hub]' (in a clone: scripts/setup hub)"], out.stderr

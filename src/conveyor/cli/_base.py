@@ -89,10 +89,21 @@ class CliError(Exception):
         self.code = code
 
 
+# the top-level modules of the optional extras, by extra
+_EXTRAS = {"starlette": "hub", "uvicorn": "hub", "websockets": "hub", "httpx": "hub",
+           "prometheus_client": "hub", "orjson": "hub", "psycopg": "postgres",
+           "psycopg_pool": "postgres"}
+
+
 def describe_error(exc: BaseException) -> tuple[int, str]:
     """The exit code and the one-line message for an error raised by a command."""
     if isinstance(exc, CliError):
         return exc.code, exc.message
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in _EXTRAS:
+        extra = _EXTRAS[(exc.name or "").split(".")[0]]
+        return EXIT_FAILED, (f"this needs the [{extra}] extra (no module {exc.name!r}): "
+                             f"pip install 'conveyor[{extra}]' (in a clone: scripts/setup "
+                             f"{extra})")
     if isinstance(exc, json.JSONDecodeError):
         return EXIT_USAGE, f"invalid JSON: {_json_problem(exc)}"
     if isinstance(exc, ValidationError | ConfigurationError | TaskNotFound | UnknownAction):
