@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from . import _json
-from .model import ErrorInfo, Outcome, Policy, Status, Task, Transition, default_policy
+from .model import (
+    Backoff,
+    ErrorInfo,
+    Outcome,
+    Policy,
+    Status,
+    Task,
+    Transition,
+    default_policy,
+)
 
-__all__ = ["decide"]
+__all__ = ["decide", "with_defaults"]
 
 log = logging.getLogger("conveyor.worker")
 
@@ -29,3 +39,17 @@ def decide(policy: Policy | None, task: Task, outcome: Outcome, max_payload: int
         error = ErrorInfo.from_exception(exc, attempt=task.attempts)
         return Transition(Status.FAILED, error=error, reason="policy_error")
     return transition
+
+
+def with_defaults(task: Task, *, max_attempts: int | None = None,
+                  backoff: Backoff | None = None, run_timeout: float | None = None) -> Task:
+    """``task`` with a handler's ``max_attempts``, ``backoff`` and run timeout where it
+    has none of its own (a task added where the handler was not registered: the CLI,
+    a hub): what the worker, the hub and a remote handler all apply."""
+    if ((task.max_attempts is None and max_attempts is not None)
+            or (task.backoff is None and backoff is not None)
+            or (task.run_timeout is None and run_timeout is not None)):
+        return replace(task, max_attempts=task.max_attempts or max_attempts,
+                       backoff=task.backoff or backoff,
+                       run_timeout=task.run_timeout or run_timeout)
+    return task

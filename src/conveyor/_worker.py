@@ -32,7 +32,7 @@ from . import _json
 from ._aio import stop_tasks
 from ._batched import BatchedWrites
 from ._children import ChildPool
-from ._policy import decide
+from ._policy import decide, with_defaults
 from ._specs import _as_stored
 from ._threads import DaemonThreadPool
 from .context import Context, TaskAbortRequested
@@ -548,13 +548,8 @@ class Worker:
         handler = self.registry.get(task.action)
         assert handler is not None and task.token is not None
         lease = Lease(task.id, task.token)
-        if ((task.max_attempts is None and handler.max_attempts is not None)
-                or (task.backoff is None and handler.backoff is not None)
-                or (task.run_timeout is None and handler.run_timeout is not None)):
-            # a task added where the handler was not registered: the handler's defaults apply
-            task = replace(task, max_attempts=task.max_attempts or handler.max_attempts,
-                           backoff=task.backoff or handler.backoff,
-                           run_timeout=task.run_timeout or handler.run_timeout)
+        task = with_defaults(task, max_attempts=handler.max_attempts, backoff=handler.backoff,
+                             run_timeout=handler.run_timeout)
         try:
             payload = handler.load_payload(task.payload)
         except Exception as exc:

@@ -288,7 +288,7 @@ class Conveyor:
 
     async def open(self) -> None:
         """Connect to storage (done on first use; call it to fail early)."""
-        if self._opened and (self._relay is None or not self._relay.orphaned):
+        if self._open_and_relaying():
             return
         loop = asyncio.get_running_loop()
         if self._open_lock is None or self._open_lock[0] is not loop:
@@ -674,8 +674,13 @@ class Conveyor:
         self._ensure_relay()
         return unsubscribe
 
+    def _open_and_relaying(self) -> bool:
+        """Open, with a change relay whose loop has not ended (``asyncio.run``
+        returned since the app was opened: the relay ended with it)."""
+        return self._opened and (self._relay is None or not self._relay.orphaned)
+
     def _ensure_relay(self) -> None:
-        if self._opened and (self._relay is None or not self._relay.orphaned):
+        if self._open_and_relaying():
             return
         try:
             asyncio.get_running_loop()

@@ -338,12 +338,13 @@ class HubClient:
                     later.add_done_callback(self._closing.discard)
                     return
                 await asyncio.wait(ends)
-        link, self._link = self._link, None
-        if link is not None:
-            await link.close()
+        await self._disconnect()
 
     async def _close_after(self, ends: list[asyncio.Future[None]]) -> None:
         await asyncio.wait(ends)
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
         link, self._link = self._link, None
         if link is not None:
             await link.close()

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import _json
+from .._policy import with_defaults
 from .._registry import Handler
 from .._threads import DaemonThreadPool
 from ..context import Context, TaskAbortRequested
@@ -392,12 +393,10 @@ class WorkerSession:
             return {"type": "fail", "retryable": False, "error": {
                 "type": "ValidationError",
                 "message": f"payload does not fit the handler's model: {exc}"}}
-        if ((task.max_attempts is None and handler.max_attempts is not None)
-                or (task.backoff is None and handler.backoff is not None)) and (
-                task.tags or {}).get("delivery") != "all":
+        if (task.tags or {}).get("delivery") != "all":
             # what the hub applies (subscribe's defaults), seen by the handler as well
-            task = replace(task, max_attempts=task.max_attempts or handler.max_attempts,
-                           backoff=task.backoff or handler.backoff)
+            task = with_defaults(task, max_attempts=handler.max_attempts,
+                                 backoff=handler.backoff)
         ctx: Context[Any] = Context(task, payload, handler.environment, self.channel)
         run.ctx = ctx
         if run.abort_reason is not None:

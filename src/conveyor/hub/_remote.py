@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _json
 from .._aio import stop_tasks
 from .._batched import BatchedWrites
-from .._policy import decide
+from .._policy import decide, with_defaults
 from .._registry import check_action
 from .._specs import check_backoff, check_max_attempts
 from ..errors import ValidationError
@@ -1118,11 +1118,7 @@ class Remote:
         self.finished_total += 1
         task = held.task
         max_attempts, backoff = held.sub.defaults.get(task.action, (None, None))
-        if (task.max_attempts is None and max_attempts is not None) or (
-                task.backoff is None and backoff is not None):
-            # a task added without them: the remote handler's, as in-process workers do
-            task = replace(task, max_attempts=task.max_attempts or max_attempts,
-                           backoff=task.backoff or backoff)
+        task = with_defaults(task, max_attempts=max_attempts, backoff=backoff)
         transition = self._transition(task, outcome)
         if dropped and transition.status is Status.SUCCEEDED:
             transition = replace(transition, reason="dropped")
