@@ -41,6 +41,7 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -578,6 +579,15 @@ async def _check_server(conn: psycopg.AsyncConnection[Any], display: str) -> Non
         raise StorageError(f"conveyor needs a UTF8 database; {display} is {encoding}")
 
 
+async def _current_database(conn: psycopg.AsyncConnection[Any]) -> str:
+    """The database ``conn`` reaches, as the server names it (behind a pooler the
+    name in the URL can be an alias)."""
+    cur = await conn.execute("SELECT current_database()")
+    row = await cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 async def _check_clock(conn: psycopg.AsyncConnection[Any], display: str,
                        clock: Callable[[], float] = time.time) -> float:
     """Warn when this host's clock is more than ``CLOCK_TOLERANCE`` seconds off the
@@ -642,6 +652,9 @@ class PostgresStorage(FanoutFeed, Storage):
         self._opened = False
         self._p0: tuple[str, float] | None = None
         self._dbname: str | None = None  # the database's name, read when it opens
+        # current_database() of the connections add_in() was given
+        self._callers_dbnames: weakref.WeakKeyDictionary[object, str] = (
+            weakref.WeakKeyDictionary())
         self._listener: Listener | None = None
         self._feed = Fanout(self.instance_id, on_first=self._start_listener)
         self._ready_hooks: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
@@ -688,7 +701,7 @@ class PostgresStorage(FanoutFeed, Storage):
             conn = await _connect(self._conninfo, self.url,
                                   prepare_threshold=self.options.prepare_threshold)
             try:
-                self._dbname = conn.info.dbname
+                self._dbname = await _current_database(conn)
                 await _check_server(conn, self.url)
                 if self.options.migrate:
                     await _apply_migrations(conn, self.schema)
@@ -971,6 +984,7 @@ class PostgresStorage(FanoutFeed, Storage):
         ``specs`` are :class:`TaskSpec` objects or ``(action, payload)`` /
         ``(action, payload, options)`` tuples with the options of ``Conveyor.add``.
         """
+        raw = conn
         if isinstance(conn, psycopg.Connection):
             enter = "with conn.transaction():"
             # duck-typed: the awaitable methods the add path uses (see _pgsync)
@@ -985,11 +999,16 @@ class PostgresStorage(FanoutFeed, Storage):
             raise ConfigurationError(
                 f"add_in() needs a connection inside a transaction: use `{enter}` "
                 "(or a connection without autocommit)")
-        if self._dbname is not None and conn.info.dbname != self._dbname:
-            # its tasks would be stored where this app's workers never look
-            raise ConfigurationError(
-                f"add_in() needs a connection to this storage's database "
-                f"{self._dbname!r}, not {conn.info.dbname!r}")
+        if self._dbname is not None:
+            # the name the server gives, not the one asked for (a pooler's alias)
+            dbname = self._callers_dbnames.get(raw)
+            if dbname is None:
+                dbname = self._callers_dbnames[raw] = await _current_database(conn)
+            if dbname != self._dbname:
+                # its tasks would be stored where this app's workers never look
+                raise ConfigurationError(
+                    f"add_in() needs a connection to this storage's database "
+                    f"{self._dbname!r}, not {dbname!r}")
         built = [s if isinstance(s, TaskSpec) else _build(s) for s in specs]
         if not built:
             return []
