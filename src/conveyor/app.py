@@ -191,7 +191,9 @@ class Conveyor:
         All or nothing: the options, the ``schedule`` option and the schedules
         already declared for ``action`` (their payloads against the handler's
         payload model) are checked first; if any is refused, a
-        :class:`ConfigurationError` says which, and nothing is registered."""
+        :class:`ConfigurationError` says which, and nothing is registered.
+        Register before the app's worker starts (``start()``, ``run()``, ``async
+        with app``): afterwards it is a :class:`ConfigurationError` too."""
         if self._worker is not None:
             raise ConfigurationError("register handlers before the worker starts")
         schedule = options.pop("schedule", None)
@@ -223,7 +225,8 @@ class Conveyor:
                  priority: float | None = None) -> Schedule:
         """Add a task of ``action`` on a schedule: ``when`` is a cron expression
         (``"*/5 * * * *"``), a number of seconds or a timedelta (an interval).
-        See :mod:`conveyor.schedule`. Workers of this app keep the schedule."""
+        See :mod:`conveyor.schedule`. Workers of this app keep the schedule. Add
+        schedules before the app's worker starts (afterwards: :class:`ConfigurationError`)."""
         if isinstance(when, Schedule):
             schedule = when
         else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterator
@@ -136,6 +137,7 @@ class BlockingIterator(Iterator[Any]):
         self._portal = portal
         self._aiter = aiter
         self._done = False
+        self._step: asyncio.Task[Any] | None = None  # the pending __anext__, on the loop
 
     def __iter__(self) -> BlockingIterator:
         return self
@@ -143,20 +145,44 @@ class BlockingIterator(Iterator[Any]):
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
+
+        async def step() -> Any:
+            self._step = asyncio.current_task()
+            try:
+                return await self._aiter.__anext__()
+            finally:
+                self._step = None
+
         try:
-            return self._portal.run(self._aiter.__anext__)
+            return self._portal.run(step)
         except StopAsyncIteration:
             self._done = True
             raise StopIteration from None
+        except concurrent.futures.CancelledError:
+            if self._done:  # close() from another thread ended the wait
+                raise StopIteration from None
+            raise
 
     def close(self) -> None:
-        """Stop iterating early and release the underlying stream."""
+        """Stop iterating early and release the underlying stream. From another
+        thread, a ``next()`` waiting meanwhile ends the iteration (StopIteration)."""
         if self._done:
             return
         self._done = True
-        closer = getattr(self._aiter, "aclose", None) or getattr(self._aiter, "close", None)
-        if closer is not None:
-            self._portal.run(closer)
+
+        async def shut() -> None:
+            step = self._step
+            if step is not None:  # another thread waits for the next item: end that
+                step.cancel()
+                await asyncio.wait([step])
+            closer = getattr(self._aiter, "aclose", None) or getattr(self._aiter, "close",
+                                                                     None)
+            if closer is not None:
+                value = closer()
+                if inspect.isawaitable(value):
+                    await value
+
+        self._portal.run(shut)
 
     def __enter__(self) -> BlockingIterator:
         return self
@@ -227,8 +253,7 @@ class _Seam:
                 return BlockingIterator(portal, value)
             return value
 
-        blocking.__name__ = name
-        blocking.__doc__ = attr.__doc__
+        functools.update_wrapper(blocking, attr)  # name, doc, and the signature's source
         return blocking
 
 

@@ -527,9 +527,8 @@ async def test_add_in_compares_the_database_reached_not_the_name_asked_for(
     app = Conveyor(url)
     try:
         await app.open()
-        async with await psycopg.AsyncConnection.connect(direct) as conn:
-            async with conn.transaction():
-                task = await app.add_in(conn, "pgb:parked", {"n": 1})
+        async with await psycopg.AsyncConnection.connect(direct) as conn, conn.transaction():
+            task = await app.add_in(conn, "pgb:parked", {"n": 1})
         assert (await app.get(task.id)).status is Status.QUEUED
         other = psycopg.conninfo.make_conninfo(direct, dbname="postgres")
         async with await psycopg.AsyncConnection.connect(other) as conn:

@@ -312,3 +312,58 @@ def test_ctrl_c_in_sync_run_stops_gracefully(tmp_path: Path, stop_timeout: float
     assert task.status.value == ends and task.rescues == 0, task
     if ends == "queued":
         assert task.attempts == 0  # handed back: the attempt refunded
+
+
+def test_closing_a_sync_iterator_from_another_thread_ends_its_reader() -> None:
+    """A sync ``for line in app.logs(id)`` blocks its thread, so another thread is where
+    it is closed: the reader's iteration ends (was: close() raised RuntimeError
+    'asynchronous generator is already running' and the reader stayed blocked)."""
+    import threading
+    import time
+
+    app = SyncConveyor("memory://")
+    try:
+        task = app.add("nobody:runs")  # no handler: its log never ends
+        lines = app.logs(task.id)
+        box: dict[str, object] = {}
+
+        def read() -> None:
+            try:
+                box["lines"] = list(lines)
+            except BaseException as exc:  # the outcome is what the test checks
+                box["error"] = exc
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 10
+        while lines._step is None:  # until the reader waits for a line (poll)
+            assert time.monotonic() < deadline, "the reader never asked for a line"
+            time.sleep(0.01)
+        lines.close()
+        reader.join(10)
+        assert not reader.is_alive()
+        assert box == {"lines": []}
+    finally:
+        app.close()
+
+
+def test_the_sync_faces_show_the_async_signatures() -> None:
+    import inspect
+
+    from conveyor import Conveyor
+    from conveyor.client import HubClient, SyncHubClient
+
+    app = SyncConveyor("memory://")
+    hub = SyncHubClient("http://127.0.0.1:9", "key")
+    try:
+        for sync, cls, names in ((app, Conveyor, ("add", "find", "wait", "logs", "events")),
+                                 (hub, HubClient, ("add", "wait", "follow", "live", "work"))):
+            for name in names:
+                seen = inspect.signature(getattr(sync, name))
+                expected = inspect.signature(getattr(cls, name))
+                assert list(seen.parameters.values()) == list(
+                    expected.parameters.values())[1:], name  # without self
+                assert getattr(sync, name).__doc__ == getattr(cls, name).__doc__
+    finally:
+        hub.close()
+        app.close()

@@ -197,6 +197,8 @@ class LiveQuery:
                 self._started = True
             assert self._queue is not None
             msg = await self._queue.get()
+            if self._closed:  # closed by another task while this one waited
+                raise StopAsyncIteration
             if msg is CLOSED:
                 self._queue = None
                 self.resyncs += 1
@@ -242,9 +244,13 @@ class LiveQuery:
                 await link.request({"type": "unlive", "live": msg_id}, timeout=5.0)
 
     async def aclose(self) -> None:
-        """Unsubscribe from the live query (``close`` is the same)."""
+        """Unsubscribe from the live query (``close`` is the same). A reader waiting
+        for the next change in another task (or, through the sync face, another
+        thread) stops iterating."""
         if not self._closed:
             self._closed = True
+            if self._queue is not None:
+                self._queue.put_nowait(CLOSED)  # wakes a reader waiting for a change
             await self._drop()
 
     close = aclose

@@ -74,12 +74,13 @@ class LogPage:
     status: Status
     records: list[LogRecord]
     next_seq: int
+    limit: int | None = None  # the read's limit: a full page may have more behind it
 
     @property
     def complete(self) -> bool:
-        """The task had ended before these lines were read: no more will come
-        (when the read was not cut short by its limit)."""
-        return self.status.terminal
+        """The task had ended before these lines were read and the read was not cut
+        short by its limit (fewer than ``limit`` lines came back): no more will come."""
+        return self.status.terminal and (self.limit is None or len(self.records) < self.limit)
 
 
 class HTTPClient:
@@ -246,7 +247,8 @@ class HTTPClient:
         _, data = await self._call("GET", f"{API}/tasks/{self._id(task_id)}/logs",
                                    params=params, task_id=task_id)
         return LogPage(task_id=data["task_id"], status=Status(data["status"]),
-                       records=[_log(r) for r in data["logs"]], next_seq=data["next_seq"])
+                       records=[_log(r) for r in data["logs"]], next_seq=data["next_seq"],
+                       limit=limit)
 
     async def follow_logs(self, task_id: str, *, max_level: LogLevel | str = LogLevel.DEBUG,
                           after_seq: int = 0, poll: float = 0.5) -> AsyncIterator[LogRecord]:
@@ -258,10 +260,10 @@ class HTTPClient:
             for record in page.records:
                 yield record
             seq = page.next_seq
-            if page.records and len(page.records) >= 1000:
-                continue
             if page.complete:
                 return
+            if page.limit is not None and len(page.records) >= page.limit:
+                continue  # a full page: read on at once
             await asyncio.sleep(poll)
 
     # -- waiting --------------------------------------------------------------------
