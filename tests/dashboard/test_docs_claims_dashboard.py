@@ -10,6 +10,7 @@ Not repeated here: what the other tests/dashboard/test_*.py already check.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -128,3 +129,31 @@ async def test_throughput_counts_from_when_the_page_was_opened(dash: Dash) -> No
     await dash.app.wait(later.id, timeout=10)
     await expect(quick.get_by_test_id("queue-succeeded")).to_have_text("4")
     await expect(total).to_have_text("1")
+
+
+async def test_throughput_counts_nothing_for_an_interval_with_a_hub_restart(
+        dash: Dash) -> None:
+    """The hub's count starts again at 0 when it restarts: an interval with a restart
+    in it counts nothing, also when more tasks ended after the restart than before it
+    (the page took 30 - 5 = 25 there). /metrics is served by the test: a count of 5,
+    then a restart (a later start, from conveyor_hub_uptime_seconds) and 30, then 32."""
+    first_start = time.time() - 100
+    second_start = time.time()
+    samples = [(0, first_start), (5, first_start), (30, second_start), (32, second_start)]
+    served = {"n": 0}
+
+    async def metrics(route: Any) -> None:
+        finished, started = samples[min(served["n"], len(samples) - 1)]
+        served["n"] += 1
+        body = ('conveyor_tasks_finished_total{action="job:quick",status="succeeded"} '
+                f"{finished}.0\nconveyor_hub_uptime_seconds {time.time() - started:.3f}\n")
+        await route.fulfill(status=200, body=body,
+                            headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    page = dash.page
+    await page.route("**/metrics", metrics)
+    await dash.open()
+    total = page.get_by_test_id("throughput-total")
+    await expect(total).to_have_text("5")
+    # 5 before the restart, 2 after it (the count read 30, then 32)
+    await expect(total).to_have_text("7", timeout=15_000)

@@ -197,3 +197,58 @@ async def test_progress_without_a_current_value_reads_as_a_dash(dash: Dash) -> N
     await expect(dash.row(task.id)).to_contain_text("- / 5 waiting")
     await dash.row(task.id).click()
     await expect(dash.page.get_by_test_id("task-progress-text")).to_have_text("- / 5 waiting")
+
+
+async def test_a_task_live_again_after_a_refused_action_is_followed(dash: Dash) -> None:
+    """The view's watch ended with the task (aborted); the task was retried elsewhere;
+    Retry here is refused (409): the view shows the task as it is now AND follows it
+    again (it stayed frozen at that state while the task went on)."""
+    task = await dash.app.add("mail:send", {"to": "ann"})  # no handler: stays queued
+    await dash.open()
+    page = dash.page
+    status = page.get_by_test_id("task-status")
+    await dash.row(task.id).click()
+    await expect(status).to_have_text("queued")
+    await dash.app.abort(task.id)
+    await expect(status).to_have_text("aborted")  # the end of the view's watch
+    await dash.app.retry(task.id)  # elsewhere: the task is queued again
+    await page.evaluate("document.querySelector('[data-testid=task-retry]').hidden = false")
+    await page.get_by_test_id("task-retry").click()
+    await expect(page.get_by_test_id("task-action-error")).to_contain_text("retry: ")
+    await expect(status).to_have_text("queued")
+    await dash.app.abort(task.id, "again")  # followed: the view sees it end again
+    await expect(status).to_have_text("aborted")
+    await expect(page.get_by_test_id("task-reason")).to_contain_text("again")
+
+
+async def test_long_values_wrap_and_an_ended_task_has_a_still_bar(dash: Dash) -> None:
+    """A 200-character action name (the longest allowed) and a progress message of
+    100,000 characters without a space wrap: the page is no wider than the window
+    (the table was 2,139 px wide in 1,280, the view millions). A task that ended
+    without a measured progress shows a still bar, not the busy one."""
+    from conveyor.model import Progress
+    from conveyor.storage import Lease
+
+    page = dash.page
+    await page.set_viewport_size({"width": 1280, "height": 720})
+    action = "a" * 200
+    task = await dash.app.add(action)  # no handler: claimed here, by hand
+    [claimed] = await dash.app.storage.claim("by-hand", [action], 1, 30.0)
+    assert claimed.token
+    await dash.app.storage.update_progress([(Lease(task.id, claimed.token),
+                                             Progress(1, 2, "m" * 100_000))])
+    done = await dash.app.add("job:quick", 1)
+    await dash.app.wait(done.id, timeout=10)
+    fits = "document.documentElement.scrollWidth <= window.innerWidth"
+    await dash.open()
+    await expect(dash.row(task.id)).to_be_visible()
+    assert await page.evaluate(fits)
+    await dash.row(task.id).click()
+    await expect(page.get_by_test_id("task-action")).to_have_text(action)
+    await expect(page.get_by_test_id("task-progress-text")).to_contain_text("mmmm")
+    assert await page.evaluate(fits)
+    await page.get_by_test_id("task-close").click()
+    await dash.row(done.id).click()
+    await expect(page.get_by_test_id("task-status")).to_have_text("succeeded")
+    bar = page.get_by_test_id("task-progress")
+    assert await bar.evaluate("b => b.hasAttribute('value') && b.value === b.max")

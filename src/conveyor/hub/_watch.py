@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["Streams", "TaskStream", "WaitSpec"]
 
 log = logging.getLogger("conveyor.hub.ws")
+REPLAY_PAGE = 1000
+"""Log lines a watch replays per storage read."""
 
 _QUEUED = {"task.retrying": "retrying", "task.rescheduled": "rescheduled",
            "task.released": "released", "task.rescued": "rescued", "task.retried": "retried"}
@@ -163,9 +165,7 @@ class TaskStream:
                 self._send({"type": "watching", "task_id": self.task_id,
                             "task": self.state.task_json(task)})
             if self.replay and self.logs:
-                records = await storage.read_logs(self.task_id, 0, self.max_level)
-                for record in records:
-                    self._log(record)
+                await self._replay_logs()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -185,6 +185,24 @@ class TaskStream:
                 self.on_note(a, b)
         if not self.closed and task.terminal and not self.ended:
             self._end(task)
+
+    async def _replay_logs(self) -> None:
+        """The log from its first line, read by pages and sent as fast as the reader
+        takes it: a log longer than the connection's send queue (``max_pending``)
+        is not sent all at once, which would cut the reader off."""
+        after = 0
+        while True:
+            records = await self.state.app.storage.read_logs(
+                self.task_id, after, self.max_level, limit=REPLAY_PAGE)
+            for record in records:
+                if self.conn.crowded:
+                    await self.conn.room()
+                if self.closed:
+                    return
+                self._log(record)
+            if len(records) < REPLAY_PAGE:
+                return
+            after = records[-1].seq
 
     # -- input ------------------------------------------------------------------
 

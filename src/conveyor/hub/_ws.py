@@ -167,6 +167,7 @@ class Connection:
         self._out: deque[str] = deque()
         self._out_chars = 0  # of the messages in _out
         self._wake = asyncio.Event()
+        self._roomy = asyncio.Event()  # set when the queue falls to half its bounds
         self._sender: asyncio.Task[None] | None = None
         self.last_seen = time.monotonic()
         rate = max(1.0, float(self.config.max_rate))
@@ -209,6 +210,21 @@ class Connection:
     def _drop_queue(self) -> None:
         self._out.clear()
         self._out_chars = 0
+        self._roomy.set()
+
+    @property
+    def crowded(self) -> bool:
+        """The send queue is more than half full (by messages or characters)."""
+        return (len(self._out) > self.config.max_pending // 2
+                or self._out_chars > self.config.max_pending_bytes // 2)
+
+    async def room(self) -> None:
+        """Wait until the send queue is at most half full, or the connection closed:
+        what a long replay paces itself on, so that sending a task's whole log does
+        not cut its own reader off (4008) however fast the reader reads."""
+        while self.crowded and not self.closed:
+            self._roomy.clear()
+            await self._roomy.wait()
 
     def send_msg(self, message: dict[str, Any]) -> None:
         self.send(encode(message))
@@ -245,6 +261,8 @@ class Connection:
                         size += len(item) + 1
                     self._out_chars -= sum(map(len, batch))
                     text = batch[0] if len(batch) == 1 else "[" + ",".join(batch) + "]"
+                if not self._roomy.is_set() and not self.crowded:
+                    self._roomy.set()
                 await send({"type": "websocket.send", "text": text})
         except asyncio.CancelledError:
             raise

@@ -502,7 +502,7 @@
     if (msg.task) renderTask(msg.task);
     if (msg.type === "log" && msg.log) addLog(msg.log);
     if (msg.type === "update" && msg.progress && state.viewed) {
-      renderProgress(msg.progress);
+      renderProgress(msg.progress, state.viewed.status);
     }
     if (msg.type === "abort_requested" && state.viewed) {
       state.viewed = { ...state.viewed, abort_requested: msg.reason };
@@ -524,8 +524,15 @@
     $("task-logs").append(li);
   }
 
-  function renderProgress(progress) {
-    fillBar($("task-progress"), progress);
+  function renderProgress(progress, status) {
+    const bar = $("task-progress");
+    fillBar(bar, progress);
+    // an ended task without a measured progress: a still bar (full if it succeeded),
+    // not the animated one of work under way
+    if (FINAL.has(status) && !bar.hasAttribute("value")) {
+      bar.max = 1;
+      bar.value = status === "succeeded" ? 1 : 0;
+    }
     setText("task-progress-text", progressText(progress));
   }
 
@@ -545,7 +552,7 @@
     setText("task-started", time(task.started_at));
     setText("task-finished", time(task.finished_at));
     setText("task-worker", task.worker || "");
-    renderProgress(task.progress);
+    renderProgress(task.progress, task.status);
     setText("task-payload", json(task.payload));
     show("task-result-box", task.status === "succeeded");
     setText("task-result", task.status === "succeeded" ? json(task.result) : "");
@@ -591,7 +598,10 @@
       if (err.status === 409) {  // the task moved on meanwhile: show it as it is now
         try {
           const now = await api("GET", `/api/v1/tasks/${encodeURIComponent(task.id)}`);
-          if (state.viewed && state.viewed.id === now.id) renderTask(now);
+          if (!stillViewed() || !state.viewed || state.viewed.id !== now.id) return;
+          renderTask(now);
+          // live again (retried elsewhere) while this view's watch had ended: follow it
+          if (state.watch.ended && !FINAL.has(now.status)) watch(now.id);
         } catch (ignored) { /* the error above is what the user needs */ }
       }
     }
@@ -629,7 +639,9 @@
       return tr;
     });
     body.replaceChildren(...rows);
-    if (metrics !== null) throughput(performance.now() / 1000, finishedTotal(metrics));
+    if (metrics !== null) {
+      throughput(performance.now() / 1000, finishedTotal(metrics), hubStarted(metrics));
+    }
   }
 
   // GET /metrics as text; null when it cannot be read (the stats above still show)
@@ -656,15 +668,25 @@
     return total;
   }
 
-  function throughput(now, finished) {
+  // when the hub started (this browser's clock, seconds), from conveyor_hub_uptime_seconds
+  function hubStarted(text) {
+    const line = text.split("\n").find((l) => l.startsWith("conveyor_hub_uptime_seconds "));
+    const uptime = line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : NaN;
+    return Number.isFinite(uptime) ? Date.now() / 1000 - uptime : null;
+  }
+
+  function throughput(now, finished, started) {
     const samples = state.samples;
     const last = samples[samples.length - 1];
     // two answers at once (the timer and a table change) would read as a rate of 0
     if (last && now - last.t < 1) return;
-    // the hub's count of ended tasks; it starts again at 0 when the hub restarts
-    const done = last ? Math.max(0, finished - last.finished) : 0;
+    // the hub's count of ended tasks starts again at 0 when the hub restarts: an
+    // interval with a restart in it (a later start, or a lower count) counts nothing
+    const restarted = last && (finished < last.finished || (started !== null
+      && last.started !== null && Math.abs(started - last.started) > 2));
+    const done = last && !restarted ? finished - last.finished : 0;
     const rate = last && now > last.t ? done / (now - last.t) : 0;
-    samples.push({ t: now, finished, done, rate });
+    samples.push({ t: now, finished, started, done, rate });
     while (samples.length && samples[0].t < now - WINDOW) samples.shift();
     const total = samples.slice(1).reduce((sum, s) => sum + s.done, 0);
     setText("throughput-rate", rate.toFixed(2));
