@@ -73,6 +73,11 @@ class _Compiler:
             return "(" + " OR ".join(self.node(child) for child in node.children) + ")"
         if isinstance(node, Not):
             return f"(NOT {self.node(node.child)})"
+        if isinstance(node, Compare | In):
+            operands = (node.operand,) if isinstance(node, Compare) else node.values
+            if any(isinstance(v, str) and "\x00" in v for v in operands):
+                raise QueryError("PostgreSQL text cannot contain the NUL character (\\u0000)",
+                                 node.ref.dotted)
         if node.ref.kind is FieldKind.JSON:
             return self.json_leaf(node)
         return self.column_leaf(node)
@@ -167,7 +172,8 @@ def compile_postgres(f: Filter) -> tuple[str, list[Any]]:
     Use it as ``WHERE <sql>`` with psycopg, the parameters bound in order
     (``%s`` placeholders; the SQL holds no other ``%``). The empty filter
     compiles to ``true``. Raises :class:`~conveyor.errors.QueryError` for a
-    ``$regex`` that PostgreSQL cannot run with Python's meaning.
+    ``$regex`` that PostgreSQL cannot run with Python's meaning and for a string
+    operand holding the NUL character (PostgreSQL text cannot contain it).
     """
     if not isinstance(f, Filter):
         raise TypeError(f"compile_postgres() needs a parsed Filter, not {type(f).__name__}")

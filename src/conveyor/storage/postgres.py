@@ -953,6 +953,8 @@ class PostgresStorage(FanoutFeed, Storage):
         return await cur.fetchall()
 
     async def _locked(self, conn: psycopg.AsyncConnection[Any], task_id: str) -> Task:
+        if "\x00" in task_id:  # PostgreSQL text cannot hold it: no task has this id
+            raise TaskNotFound(task_id)
         rows = await self._rows(conn, self._q["lock_task"], {"id": task_id})
         if not rows:
             raise TaskNotFound(task_id)
@@ -1170,11 +1172,14 @@ class PostgresStorage(FanoutFeed, Storage):
         return found
 
     async def get(self, task_id: str) -> Task | None:
+        if "\x00" in task_id:  # PostgreSQL text cannot hold it: no task has this id
+            return None
         async with self._conn() as conn:
             rows = await self._rows(conn, self._q["get_task"], {"id": task_id})
         return row_to_task(rows[0], decoded=True) if rows else None
 
     async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
+        task_ids = [i for i in task_ids if "\x00" not in i]  # no task has such an id
         if not task_ids:
             return []
         async with self._conn() as conn:
@@ -1206,7 +1211,7 @@ class PostgresStorage(FanoutFeed, Storage):
         return out
 
     async def delete(self, task_ids: Sequence[str]) -> list[str]:
-        ids = list(dict.fromkeys(task_ids))
+        ids = [i for i in dict.fromkeys(task_ids) if "\x00" not in i]  # no task has those
         if not ids:
             return []
         async with self._conn() as conn, conn.transaction():
@@ -1545,6 +1550,8 @@ class PostgresStorage(FanoutFeed, Storage):
     async def read_logs(self, task_id: str, after_seq: int = 0,
                         max_level: LogLevel = LogLevel.DEBUG,
                         limit: int | None = None) -> list[LogRecord]:
+        if "\x00" in task_id:  # PostgreSQL text cannot hold it: no task has this id
+            return []
         async with self._conn() as conn:
             rows = await self._rows(conn, self._q["read_logs"], {
                 "task_id": task_id, "after_seq": after_seq, "min_level": int(max_level),
@@ -1714,13 +1721,14 @@ def _check_nul(text: str, rows: Sequence[Sequence[Any]] = (), start: int = 0,
                several: bool = False) -> None:
     if not _has_nul(text):
         return
-    error = ValidationError(
-        "PostgreSQL cannot store the NUL character (\\u0000): remove it from the "
-        "payload, the tags and the unique key")
+    refusal = "PostgreSQL cannot store the NUL character (\\u0000)"
     for i, row in enumerate(rows):
-        if _has_nul(_json.dumps(row)):
-            raise _item_error(error, start + i, several)
-    raise error
+        for name, value in zip(_ROW_FIELDS, row, strict=True):
+            if _has_nul(_json.dumps(value)):
+                raise _item_error(ValidationError(f"{name}: {refusal}: remove it"),
+                                  start + i, several)
+    raise ValidationError(f"{refusal}: remove it from the payload, the tags and the "
+                          "unique key")
 
 
 def _lock_idle(lease: float) -> str:
@@ -1734,6 +1742,12 @@ def _lock_idle(lease: float) -> str:
 def _id_taken(exc: psycopg.errors.UniqueViolation) -> StorageError:
     return StorageError(f"could not add tasks: a task with this id already exists "
                         f"({_first_line(exc)})")
+
+
+_ROW_FIELDS = ("id", "action", "payload", "priority", "run_at", "created_at", "max_attempts",
+               "run_timeout", "pickup_timeout", "pickup_deadline", "backoff", "unique_key",
+               "unique_scope", "concurrency", "tags", "parent_id")
+"""The task fields of a row of :func:`_insert_row`, in order."""
 
 
 def _insert_row(task: Task) -> list[Any]:
