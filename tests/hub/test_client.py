@@ -219,6 +219,31 @@ async def test_a_remote_handlers_retry_options_apply_to_tasks_without_their_own(
         assert failed.value.task.error.message == "attempt 1"
 
 
+async def test_a_remote_reschedule_with_a_result_that_is_not_json_fails_its_task(
+        hub: RunningHub) -> None:
+    """As in-process: ``Reschedule(result=...)`` must be JSON, or the run fails (reason
+    ``error``, not retried). The client sent nothing and the task stayed ``running``
+    for good (its lease renewed by the live connection)."""
+    worker = HubClient(hub.url, hub.key("svc", subscribe=["poll:*"]))
+
+    @worker.handler("poll:bad", max_attempts=3)
+    async def bad(ctx: Context) -> Reschedule:
+        return Reschedule(after=0.1, result={"nan": float("nan")} if ctx.payload
+                          else {"when": object()})
+
+    async with working(worker, "poll"), HubClient(hub.url, hub.key(
+            "pub", publish=["poll:*"])) as pub:
+        for payload in (0, 1):
+            task = await pub.add("poll:bad", payload)
+            with pytest.raises(TaskFailed) as failed:
+                await pub.wait(task.id, timeout=20)
+            ended = failed.value.task
+            assert (ended.reason, ended.attempts) == ("error", 1)
+            assert ended.error is not None
+            assert ended.error.message.startswith(
+                "Reschedule(result=...) is not JSON-serialisable"), ended.error.message
+
+
 def test_the_sync_client(tmp_path: Path) -> None:
     store = CredentialStore(tmp_path / "credentials.json")
     _, key = store.add("all", publish=["*"], subscribe=["*"])

@@ -169,11 +169,11 @@ class Link:
         """Queue a message (no reply awaited)."""
         if self.closed.is_set():
             return
+        kind = message.get("type")
         try:
             text = _json.dumps(message)
         except (TypeError, ValueError, RecursionError) as exc:  # a set, NaN: nothing sent
-            raise ValidationError(f"the request is not JSON-serialisable: {exc}") from None
-        kind = message.get("type")
+            raise Unsendable(f"the {kind} message is not JSON-serialisable: {exc}") from None
         try:
             size = _size(text)
         except UnicodeEncodeError:  # the hub refuses it (bad_json), even escaped

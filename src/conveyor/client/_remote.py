@@ -490,9 +490,11 @@ class WorkerSession:
     def _report(self, handler: Handler, task: Task, value: Any) -> dict[str, Any]:
         if isinstance(value, Retry):
             return {"type": "retry", "after": value.after, "reason": value.reason}
-        if isinstance(value, Reschedule):
-            return {"type": "reschedule", "after": value.after, "result": value.result}
         try:
+            if isinstance(value, Reschedule):  # its result is kept: JSON, as in-process
+                if not (value.result is None or type(value.result) in (bool, int, str)):
+                    _json.dumps_checked(value.result, "Reschedule(result=...)")
+                return {"type": "reschedule", "after": value.after, "result": value.result}
             result = handler.dump_result(value)
             if not (result is None or type(result) in (bool, int, str)):
                 _json.dumps_checked(result, "result")
