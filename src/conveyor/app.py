@@ -757,9 +757,7 @@ class Conveyor:
         await self.open()
         deleted = await self.storage.delete(ids)
         for task_id in deleted:
-            self.bus._notify(task_id)
-            if self.bus.wants("task.deleted", task_id):
-                self.bus.emit(Event("task.deleted", task_id))
+            self.bus.deleted(task_id)
         return deleted
 
     async def prune(self, older_than: float) -> int:

@@ -87,6 +87,7 @@ _FINISHING = frozenset({"succeeded", "failed", "aborted", "retrying", "reschedul
                         "retry_aborted"})
 _TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.ABORTED})
 _VERSIONS_KEPT = 10_000
+_GONE = 1 << 62  # the version a deleted task's events are older than (see EventBus.deleted)
 _TALLIED = frozenset({"added", "started"}) | _ENDING
 """Changes the tallies count (see :meth:`EventBus.add_tally`)."""
 
@@ -443,6 +444,19 @@ class EventBus:
             self.emit(Event(type, task.id, task, payload))
         if type in _ENDING_TYPES and task.terminal and self.wants("task.ended", task.id):
             self.emit(Event("task.ended", task.id, task, payload))
+
+    def deleted(self, task_id: str) -> None:
+        """Announce that this process deleted the task: wake its signals, emit
+        ``task.deleted``, and deliver no event of the task after it (changes of the
+        task still on their way through the change feed, or read by :meth:`announce`
+        before the deletion, are older: they would bring the deleted task back)."""
+        self._notify(task_id)
+        self._versions[task_id] = [_GONE, _GONE]
+        self._versions.move_to_end(task_id)
+        if len(self._versions) > _VERSIONS_KEPT:
+            self._versions.popitem(last=False)
+        if self.wants("task.deleted", task_id):
+            self.emit(Event("task.deleted", task_id))
 
     def wants_task_event(self, type: str, task_id: str) -> bool:
         """Whether :meth:`task_event` for this type and task would reach a listener."""
