@@ -163,6 +163,17 @@ class BlockingIterator(Iterator[Any]):
                 raise StopIteration from None
             raise
 
+    def get(self, timeout: float | None = None) -> Any:
+        """The next item, or None after ``timeout`` seconds or at the end, for a
+        stream that offers ``get`` (``events()``: :meth:`Subscription.get
+        <conveyor.events.Subscription.get>`); else ``AttributeError``."""
+        getter = getattr(self._aiter, "get", None)
+        if getter is None:
+            raise AttributeError(f"{type(self._aiter).__name__} offers no get(); iterate it")
+        if self._done:
+            return None
+        return self._portal.run(lambda: getter(timeout))
+
     def close(self) -> None:
         """Stop iterating early and release the underlying stream. From another
         thread, a ``next()`` waiting meanwhile ends the iteration (StopIteration)."""

@@ -367,3 +367,19 @@ def test_the_sync_faces_show_the_async_signatures() -> None:
     finally:
         hub.close()
         app.close()
+
+
+def test_sync_events_get_with_a_timeout() -> None:
+    app = SyncConveyor("memory://")
+    try:
+        events = app.events("task.added")
+        assert events.get(timeout=0.05) is None  # nothing yet
+        task = app.add("nobody:runs")
+        event = events.get(timeout=10)
+        assert event is not None and event.task_id == task.id
+        events.close()
+        assert events.get(timeout=0.05) is None  # closed
+        with pytest.raises(AttributeError, match="no get"):
+            app.logs(task.id).get()
+    finally:
+        app.close()
