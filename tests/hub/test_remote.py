@@ -161,8 +161,15 @@ async def test_delivery_all_runs_on_every_service(hub: RunningHub) -> None:
     await services["gamma"].send({"type": "return", "task_id": task_id, "result": "late"})
     end = await pub.expect("end", "b")
     assert end["status"] == "succeeded" and end["task"]["result"] == "beta won"
+    # the early success of the first return, then the final state before the end (as
+    # for every ending: the final success was missing in delivery all)
     success = [m for m in pub.seen if m.get("type") == "success"]
-    assert len(success) == 1 and success[0]["service"] == "beta"
+    assert len(success) == 2, success
+    assert success[0]["service"] == "beta" and success[0]["final"] is False
+    assert "final" not in success[1] and success[1]["result"] == "beta won"
+    assert success[1]["task"]["status"] == "succeeded"
+    kinds = [m["type"] for m in pub.seen if m.get("id") == "b"]
+    assert kinds[-2:] == ["success", "end"], kinds
     for ws in (*services.values(), pub):
         await ws.close()
 

@@ -97,7 +97,8 @@ class TaskStream:
         self.last_seq = 0
         self.primed = False
         self.closed = False
-        self.success_sent = False
+        self.first_return_sent = False  # delivery all: the early, non-final success
+        self.success_sent = False  # the final one
         self.ended = False
         self.waited = False
         self._buffer: list[tuple[str, Any, Any]] = []
@@ -224,8 +225,8 @@ class TaskStream:
             if self.updates:
                 self._send({"type": "pickup", "task_id": self.task_id, **data})
         elif kind == "success":
-            if self.updates and not self.success_sent:
-                self.success_sent = True
+            if self.updates and not self.first_return_sent and not self.success_sent:
+                self.first_return_sent = True
                 self._send({"type": "success", "task_id": self.task_id, **data})
             # delivery ``all``: the first service's result answers a wait at once, but a
             # wait for the ended task (``"task": true``) is answered when it has ended
