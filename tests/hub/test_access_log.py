@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+from websockets.asyncio.client import connect
 
 from ._ws_helpers import ROOT, eventually, reap
 from .conftest import free_port, hub_db_url
@@ -43,6 +44,10 @@ async def test_keys_in_urls_are_blanked_in_the_access_log(tmp_path: Path) -> Non
             # a key under any other name, or one whose name is percent-encoded
             await http.get(f"/api/v1/stats?k%65y={SECRET}")
             await http.get(f"/api/v1/stats?auth={SECRET}&y=2")
+        # WebSocket handshakes are logged by uvicorn's error logger, not its access log
+        for query in (f"key={SECRET}", f"access_token={SECRET}"):
+            async with connect(f"ws://127.0.0.1:{port}/ws?{query}") as ws:
+                assert '"welcome"' in str(await ws.recv())  # accepted (an insecure hub)
         hub.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(hub.wait, 30) == 0
     finally:
@@ -53,4 +58,6 @@ async def test_keys_in_urls_are_blanked_in_the_access_log(tmp_path: Path) -> Non
     assert "GET /api/v1/tasks?api_key=***&limit=5 HTTP/1.1" in text, text
     assert "GET /api/v1/stats?k%65y=cvk_*** HTTP/1.1" in text, text
     assert "GET /api/v1/stats?auth=cvk_***&y=2 HTTP/1.1" in text, text
+    assert '"WebSocket /ws?key=***" [accepted]' in text, text
+    assert '"WebSocket /ws?access_token=***" [accepted]' in text, text
     assert SECRET not in text and "SSSS" not in text

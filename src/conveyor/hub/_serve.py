@@ -34,23 +34,34 @@ _KEY_SHAPED = re.compile(r"cvk(?:_|%5f)[^&#\s]*", re.IGNORECASE)
 
 class _RedactSecrets(logging.Filter):
     """Blanks the values of secret-looking query parameters (``?key=...``) in uvicorn's
-    access log lines: the hub reads keys only from headers, but a client may still
-    put one in a URL, and that URL must not be written to the log."""
+    log lines (the access log of HTTP requests, and the ``uvicorn.error`` lines of
+    WebSocket handshakes, ``"WebSocket /ws?key=..." [accepted]``): the hub reads keys
+    only from headers, but a client may still put one in a URL, and that URL must
+    not be written to the log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) \
-                and ("=" in args[2] or "cvk" in args[2].lower()):
-            path = _SECRET_PARAM.sub(r"\1***", args[2])
-            record.args = (*args[:2], _KEY_SHAPED.sub("cvk_***", path), *args[3:])
+        if isinstance(args, tuple) and any(_secretive(a) for a in args):
+            record.args = tuple(_redacted(a) if isinstance(a, str) and _secretive(a) else a
+                                for a in args)
         return True
 
 
+def _secretive(value: object) -> bool:
+    return isinstance(value, str) and ("=" in value or "cvk" in value.lower())
+
+
+def _redacted(text: str) -> str:
+    return _KEY_SHAPED.sub("cvk_***", _SECRET_PARAM.sub(r"\1***", text))
+
+
 def redact_access_log() -> None:
-    """Install the filter that keeps keys given in URLs out of uvicorn's access log."""
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, _RedactSecrets) for f in access.filters):
-        access.addFilter(_RedactSecrets())
+    """Install the filter that keeps keys given in URLs out of uvicorn's logs (its
+    access log, and its ``uvicorn.error`` logger, where WebSocket handshakes go)."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactSecrets) for f in logger.filters):
+            logger.addFilter(_RedactSecrets())
 
 
 def bind(host: str, port: int) -> socket.socket:
