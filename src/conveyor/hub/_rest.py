@@ -26,6 +26,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import pydantic
@@ -499,8 +500,6 @@ def worker_visible(cred: Credential, worker: WorkerInfo) -> WorkerInfo | None:
     actions = tuple(a for a in worker.actions if matches_pattern(a, readable))
     if not actions:
         return None
-    from dataclasses import replace
-
     return replace(worker, actions=actions)
 
 
@@ -626,9 +625,15 @@ class _Api:
         out = []
         for worker in await self.app.workers():
             shown = worker_visible(cred, worker)
-            if shown is not None:
-                out.append({**shown.to_json(),
-                            "alive": now - shown.last_seen < WORKER_STALE_AFTER})
+            if shown is None:
+                continue
+            if shown.actions != worker.actions:
+                # some of its actions are hidden: so are their running tasks, and the
+                # worker's info (another credential's name, its service)
+                running = await self.app.find({"worker": worker.id, "status": "running"})
+                shown = replace(shown, info={}, running=sum(
+                    1 for t in running if cred.can_read(t.action)))
+            out.append({**shown.to_json(), "alive": now - shown.last_seen < WORKER_STALE_AFTER})
         return JSONResponse({"workers": out})
 
     async def logs(self, request: Request, cred: Credential) -> Response:
