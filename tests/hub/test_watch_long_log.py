@@ -9,11 +9,12 @@ from pathlib import Path
 
 from conveyor import Context, Conveyor
 
-from ._ws_helpers import Raw, make_hub
+from ._ws_helpers import Raw, eventually, make_hub
 from .conftest import hub_db_url
 
 LINES = 2_500
 MAX_PENDING = 200  # the queue's bound: the log is 12x longer
+PAD = "x" * 2000
 
 
 async def test_a_log_longer_than_the_send_queue_is_replayed_whole(tmp_path: Path) -> None:
@@ -43,4 +44,59 @@ async def test_a_log_longer_than_the_send_queue_is_replayed_whole(tmp_path: Path
             # the connection is still there and answers
             assert (await ws.request({"type": "ping"}, "pong"))["type"] == "pong"
         finally:
+            await ws.close()
+
+
+async def test_progress_during_a_slow_replay_is_kept_to_its_latest(tmp_path: Path) -> None:
+    """Progress reported at full rate while a reader is still behind in the replay:
+    what came meanwhile is sent at the reader's pace too, progress kept to its
+    latest, so the reader is not cut off when the replay ends (the buffered updates
+    went out all at once and filled the queue: 4008)."""
+    import asyncio
+
+    app = Conveyor(hub_db_url(tmp_path))
+    logged, reported, done = asyncio.Event(), {"n": 0}, asyncio.Event()
+
+    @app.handler("busy")
+    async def busy(ctx: Context) -> int:
+        for i in range(LINES):  # 5 MB: more than the sockets' buffers take
+            ctx.log.info("line %d %s", i, PAD)
+        logged.set()
+        while not done.is_set():
+            reported["n"] += 1
+            await ctx.progress(reported["n"])
+            await asyncio.sleep(0.001)  # reports at full rate, ~1,000 a second
+        return reported["n"]
+
+    async with make_hub(tmp_path, insecure=True, app=app, max_pending=MAX_PENDING) as hub:
+        task = await hub.app.add("busy")
+        await asyncio.wait_for(logged.wait(), 30)
+
+        async def stored() -> bool:  # every line stored: none comes as an event later
+            return len(await hub.app.storage.read_logs(task.id)) == LINES
+
+        await eventually(stored, timeout=30)
+        ws = await Raw.open(hub.url, max_queue=1)
+        try:
+            await ws.request({"type": "watch", "task_id": task.id, "logs": True}, "watching")
+            # the reader falls behind, its replay not all sent: it reads nothing while
+            # the handler reports five times max_pending updates
+            start = reported["n"]
+            await eventually(lambda: reported["n"] - start > 5 * MAX_PENDING, timeout=30)
+            lines, updates = [], 0
+            while len(lines) < LINES:
+                msg = await ws.recv(timeout=30)
+                if msg["type"] == "log":
+                    lines.append(msg["log"]["message"])
+                else:
+                    assert msg["type"] == "update", msg
+                    updates += 1
+            assert lines == [f"line {i} {PAD}" for i in range(LINES)]
+            done.set()
+            while (msg := await ws.recv(timeout=30))["type"] != "end":
+                assert msg["type"] in ("update", "success"), msg
+                updates += msg["type"] == "update"
+            assert updates >= 1
+        finally:
+            done.set()
             await ws.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -101,7 +102,12 @@ class TaskStream:
         self.success_sent = False  # the final one
         self.ended = False
         self.waited = False
-        self._buffer: list[tuple[str, Any, Any]] = []
+        # what came while the stream was primed (its replay sent): [kind, a, b] entries,
+        # kind "event", "note" or "skip" (a progress a later one replaced)
+        self._buffer: deque[list[Any]] = deque()
+        self._buffered_progress: list[Any] | None = None
+        self._kept = 0  # entries of _buffer not skipped
+        self._first_live_log: int | None = None  # the seq of the first buffered log line
         self._unsubscribe: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._prime_task: asyncio.Task[None] | None = None
@@ -175,22 +181,32 @@ class TaskStream:
                         "message": f"could not read the task: {exc}"})
             self._finish()
             return
-        self.primed = True
-        buffered, self._buffer = self._buffer, []
-        for kind, a, b in buffered:
+        # what came meanwhile, at the reader's pace too (more may come while it waits)
+        while self._buffer:
+            if self.conn.crowded:
+                await self.conn.room()
             if self.closed:
                 return
+            entry = self._buffer.popleft()
+            if entry is self._buffered_progress:
+                self._buffered_progress = None
+            kind, a, b = entry
+            if kind != "skip":
+                self._kept -= 1
             if kind == "event":
                 self._handle(a)
-            else:
-                self.on_note(a, b)
+            elif kind == "note":
+                self._noted(a, b)
+        self.primed = True
+        self._buffered_progress = None
         if not self.closed and task.terminal and not self.ended:
             self._end(task)
 
     async def _replay_logs(self) -> None:
         """The log from its first line, read by pages and sent as fast as the reader
-        takes it: a log longer than the connection's send queue (``max_pending``)
-        is not sent all at once, which would cut the reader off."""
+        takes it (a log longer than the connection's send queue, ``max_pending``,
+        sent all at once would cut the reader off), up to the first line that came
+        as an event meanwhile: the buffered events go on from there."""
         after = 0
         while True:
             records = await self.state.app.storage.read_logs(
@@ -204,6 +220,29 @@ class TaskStream:
             if len(records) < REPLAY_PAGE:
                 return
             after = records[-1].seq
+            if self._first_live_log is not None and after >= self._first_live_log - 1:
+                return
+
+    def _buffered(self, kind: str, a: Any, b: Any) -> None:
+        """Keep what came before the stream was primed; only the latest progress (as a
+        reader that is behind would see). More than ``max_pending`` kept: the reader
+        is too slow, as when that much waits in its send queue."""
+        entry = [kind, a, b]
+        if kind == "event":
+            if a.type == "task.progress":
+                if self._buffered_progress is not None:
+                    self._buffered_progress[0] = "skip"
+                    self._kept -= 1
+                self._buffered_progress = entry
+            elif a.type == "task.log" and self._first_live_log is None:
+                record = a.data.get("log")
+                if isinstance(record, LogRecord):
+                    self._first_live_log = record.seq
+        self._buffer.append(entry)
+        self._kept += 1
+        if self._kept > self.conn.config.max_pending:
+            self.conn.cut_off(f"{self._kept} messages of task {self.task_id} came while "
+                              "its log was replayed")
 
     # -- input ------------------------------------------------------------------
 
@@ -211,7 +250,7 @@ class TaskStream:
         if self.closed:
             return
         if not self.primed:
-            self._buffer.append(("event", event, None))
+            self._buffered("event", event, None)
             return
         self._handle(event)
 
@@ -219,8 +258,11 @@ class TaskStream:
         if self.closed:
             return
         if not self.primed:
-            self._buffer.append(("note", kind, data))
+            self._buffered("note", kind, data)
             return
+        self._noted(kind, data)
+
+    def _noted(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "pickup":
             if self.updates:
                 self._send({"type": "pickup", "task_id": self.task_id, **data})

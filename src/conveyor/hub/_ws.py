@@ -194,18 +194,24 @@ class Connection:
         out = self._out
         if (len(out) >= self.config.max_pending
                 or self._out_chars + len(text) > self.config.max_pending_bytes):
-            log.warning("%r: send queue full (%d messages, %d characters): cutting a slow "
-                        "reader off", self, len(out), self._out_chars)
-            self.closed = True
-            self._drop_queue()
-            self._schedule_close(CLOSE_SLOW, "slow reader: too many messages pending")
-            # let go of everything now: the close frame waits behind what the socket holds
-            self._cleanup_soon()
+            self.cut_off(f"send queue full ({len(out)} messages, {self._out_chars} "
+                         "characters)")
             return
         out.append(text)
         self._out_chars += len(text)
         if len(out) == 1:
             self._wake.set()
+
+    def cut_off(self, why: str) -> None:
+        """Cut a slow reader off (4008): what waits for it is more than ``max_pending``."""
+        if self.closed:
+            return
+        log.warning("%r: %s: cutting a slow reader off", self, why)
+        self.closed = True
+        self._drop_queue()
+        self._schedule_close(CLOSE_SLOW, "slow reader: too many messages pending")
+        # let go of everything now: the close frame waits behind what the socket holds
+        self._cleanup_soon()
 
     def _drop_queue(self) -> None:
         self._out.clear()
