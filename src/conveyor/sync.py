@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterator
@@ -147,6 +146,8 @@ class BlockingIterator(Iterator[Any]):
             raise StopIteration
 
         async def step() -> Any:
+            if self._done:  # closed by another thread before this step began
+                raise StopAsyncIteration
             self._step = asyncio.current_task()
             try:
                 return await self._aiter.__anext__()
@@ -264,8 +265,23 @@ class _Seam:
                 return BlockingIterator(portal, value)
             return value
 
-        functools.update_wrapper(blocking, attr)  # name, doc, and the signature's source
+        blocking.__name__ = name
+        blocking.__doc__ = attr.__doc__
+        blocking.__signature__ = _signature(type(wrapped), name, attr)  # type: ignore[attr-defined]
         return blocking
+
+
+_SIGNATURES: dict[tuple[type, str], inspect.Signature] = {}
+
+
+def _signature(cls: type, name: str, method: Any) -> inspect.Signature:
+    """The signature a blocking method shows (``help()``, IDEs): the async one's
+    parameters (read once per class and name)."""
+    key = (cls, name)
+    found = _SIGNATURES.get(key)
+    if found is None:
+        found = _SIGNATURES[key] = inspect.signature(method)
+    return found
 
 
 class SyncConveyor(_Seam):

@@ -171,11 +171,16 @@ class LiveQuery:
                 message["id"] = link.new_id()
                 reply = await link.request(message, route=queue.put_nowait)
             except HubError as exc:
-                if exc.code in ("disconnected", "unreachable", "closed") and not self._closed:
+                if self._closed:  # closed meanwhile: the iteration ends
+                    raise StopAsyncIteration from None
+                if exc.code in ("disconnected", "unreachable", "closed"):
                     delay = await _backoff(delay)
                     continue
                 raise _mapped(exc) from None
             self._link, self._id, self._queue = link, message["id"], queue
+            if self._closed:  # closed while it subscribed: unsubscribe, and end
+                await self._drop()
+                raise StopAsyncIteration
             self._expected = 1
             self._chunks = []
             queue.put_nowait(reply)

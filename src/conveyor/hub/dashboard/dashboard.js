@@ -640,7 +640,7 @@
     });
     body.replaceChildren(...rows);
     if (metrics !== null) {
-      throughput(performance.now() / 1000, finishedTotal(metrics), hubStarted(metrics));
+      throughput(performance.now() / 1000, finishedTotal(metrics), hubUptime(metrics));
     }
   }
 
@@ -668,25 +668,25 @@
     return total;
   }
 
-  // when the hub started (this browser's clock, seconds), from conveyor_hub_uptime_seconds
-  function hubStarted(text) {
+  // the hub's conveyor_hub_uptime_seconds (null when absent)
+  function hubUptime(text) {
     const line = text.split("\n").find((l) => l.startsWith("conveyor_hub_uptime_seconds "));
     const uptime = line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : NaN;
-    return Number.isFinite(uptime) ? Date.now() / 1000 - uptime : null;
+    return Number.isFinite(uptime) ? uptime : null;
   }
 
-  function throughput(now, finished, started) {
+  function throughput(now, finished, uptime) {
     const samples = state.samples;
     const last = samples[samples.length - 1];
     // two answers at once (the timer and a table change) would read as a rate of 0
     if (last && now - last.t < 1) return;
     // the hub's count of ended tasks starts again at 0 when the hub restarts: an
-    // interval with a restart in it (a later start, or a lower count) counts nothing
-    const restarted = last && (finished < last.finished || (started !== null
-      && last.started !== null && Math.abs(started - last.started) > 2));
+    // interval with a restart in it (a lower uptime, or a lower count) counts nothing
+    const restarted = last && (finished < last.finished || (uptime !== null
+      && last.uptime !== null && uptime < last.uptime));
     const done = last && !restarted ? finished - last.finished : 0;
     const rate = last && now > last.t ? done / (now - last.t) : 0;
-    samples.push({ t: now, finished, started, done, rate });
+    samples.push({ t: now, finished, uptime, done, rate });
     while (samples.length && samples[0].t < now - WINDOW) samples.shift();
     const total = samples.slice(1).reduce((sum, s) => sum + s.done, 0);
     setText("throughput-rate", rate.toFixed(2));
