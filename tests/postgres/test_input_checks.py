@@ -137,11 +137,13 @@ async def test_a_nul_in_add_many_names_the_item(schema_url: str) -> None:
     try:
         items: list[Any] = [("x:y", {"i": i}) for i in range(700)]
         items[600] = ("x:y", {"i": "a\x00"})
-        with pytest.raises(ValidationError, match=r"^task 600: PostgreSQL cannot store the NUL"):
+        with pytest.raises(ValidationError,
+                           match=r"^task 600: payload: PostgreSQL cannot store the NUL"):
             await app.add_many(items)
-        with pytest.raises(ValidationError, match=r"^task 1: PostgreSQL cannot store the NUL"):
+        with pytest.raises(ValidationError,
+                           match=r"^task 1: payload: PostgreSQL cannot store the NUL"):
             await app.add_many([("x:y", {}, {"unique_key": "k"}), ("x:y", {"i": "\x00"})])
-        with pytest.raises(ValidationError, match=r"^PostgreSQL cannot store the NUL"):
+        with pytest.raises(ValidationError, match=r"^payload: PostgreSQL cannot store the NUL"):
             await app.add("x:y", {"i": "\x00"})
         assert await app.count() == 0
     finally:

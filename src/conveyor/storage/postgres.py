@@ -1725,8 +1725,9 @@ def _check_nul(text: str, rows: Sequence[Sequence[Any]] = (), start: int = 0,
     for i, row in enumerate(rows):
         for name, value in zip(_ROW_FIELDS, row, strict=True):
             if _has_nul(_json.dumps(value)):
-                raise _item_error(ValidationError(f"{name}: {refusal}: remove it"),
-                                  start + i, several)
+                label = name.replace("_", " ") if name == "unique_key" else name
+                raise _item_error(ValidationError(
+                    f"{name}: {refusal}: remove it from the {label}"), start + i, several)
     raise ValidationError(f"{refusal}: remove it from the payload, the tags and the "
                           "unique key")
 
