@@ -100,3 +100,58 @@ async def test_progress_during_a_slow_replay_is_kept_to_its_latest(tmp_path: Pat
         finally:
             done.set()
             await ws.close()
+
+
+async def test_a_task_logging_in_another_process_is_watched_to_the_end(
+        tmp_path: Path) -> None:
+    """The task runs in another process (here another app on the hub's database): the
+    change feed's relay, asked for its lines once the watch began, sends the task's
+    whole log again at once. The replay reads the lines from storage, so those are
+    not kept waiting (they were, and cut a fast reader off), and none is lost or
+    sent twice."""
+    import asyncio
+
+    url = hub_db_url(tmp_path)
+    worker = Conveyor(url)  # another "process": its changes reach the hub by the feed
+    logged, done = asyncio.Event(), asyncio.Event()
+
+    @worker.handler("chatty")
+    async def chatty(ctx: Context) -> int:
+        for i in range(LINES):
+            ctx.log.info("line %d", i)
+        logged.set()
+        n = 0
+        while not done.is_set():
+            ctx.log.info("more %d", n)
+            n += 1
+            await asyncio.sleep(0.02)  # a line now and then, while it is watched
+        ctx.log.info("last")
+        return n
+
+    async with make_hub(tmp_path, insecure=True, app=Conveyor(url),
+                        max_pending=MAX_PENDING) as hub:
+        await worker.start()
+        try:
+            task = await hub.app.add("chatty")
+            await asyncio.wait_for(logged.wait(), 30)
+            ws = await Raw.open(hub.url)
+            try:
+                await ws.request({"type": "watch", "task_id": task.id, "logs": True},
+                                 "watching")
+                lines: list[str] = []
+                while len(lines) < LINES + 20:
+                    msg = await ws.recv(timeout=30)
+                    if msg["type"] == "log":
+                        lines.append(msg["log"]["message"])
+                done.set()
+                while (msg := await ws.recv(timeout=30))["type"] != "end":
+                    if msg["type"] == "log":
+                        lines.append(msg["log"]["message"])
+            finally:
+                done.set()
+                await ws.close()
+            more = int(await hub.app.wait(task.id, timeout=30))
+            assert lines == ([f"line {i}" for i in range(LINES)]
+                             + [f"more {n}" for n in range(more)] + ["last"])
+        finally:
+            await worker.close()

@@ -107,7 +107,9 @@ class TaskStream:
         self._buffer: deque[list[Any]] = deque()
         self._buffered_progress: list[Any] | None = None
         self._kept = 0  # entries of _buffer not skipped
-        self._first_live_log: int | None = None  # the seq of the first buffered log line
+        # a replaying stream reads its log lines from storage: of the lines that come
+        # as events meanwhile it keeps only the highest seq it must read up to
+        self._live_seq = 0
         self._unsubscribe: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._prime_task: asyncio.Task[None] | None = None
@@ -181,36 +183,53 @@ class TaskStream:
                         "message": f"could not read the task: {exc}"})
             self._finish()
             return
-        # what came meanwhile, at the reader's pace too (more may come while it waits)
-        while self._buffer:
-            if self.conn.crowded:
-                await self.conn.room()
-            if self.closed:
-                return
-            entry = self._buffer.popleft()
-            if entry is self._buffered_progress:
-                self._buffered_progress = None
-            kind, a, b = entry
-            if kind != "skip":
-                self._kept -= 1
-            if kind == "event":
-                self._handle(a)
-            elif kind == "note":
-                self._noted(a, b)
-        self.primed = True
-        self._buffered_progress = None
+        await self._catch_up()
         if not self.closed and task.terminal and not self.ended:
             self._end(task)
 
+    async def _catch_up(self) -> None:
+        """Send what came while the stream was not live (its replay, or a burst of log
+        lines more than the reader took at once), at the reader's pace too, more
+        coming meanwhile; before each message the log lines stored until then. Then
+        the stream is live again."""
+        try:
+            while self._buffer or self._live_seq > self.last_seq:
+                if self._live_seq > self.last_seq:
+                    await self._replay_logs()
+                if self.conn.crowded:
+                    await self.conn.room()
+                if self.closed:
+                    return
+                if not self._buffer:
+                    continue
+                entry = self._buffer.popleft()
+                if entry is self._buffered_progress:
+                    self._buffered_progress = None
+                kind, a, b = entry
+                if kind != "skip":
+                    self._kept -= 1
+                if kind == "event":
+                    self._handle(a)
+                elif kind == "note":
+                    self._noted(a, b)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("task stream of %s failed", self.task_id)
+            self._send({"type": "error", "code": "internal", "task_id": self.task_id,
+                        "message": f"could not read the task's log: {exc}"})
+            self._finish()
+            return
+        self.primed = True
+        self._buffered_progress = None
+
     async def _replay_logs(self) -> None:
-        """The log from its first line, read by pages and sent as fast as the reader
-        takes it (a log longer than the connection's send queue, ``max_pending``,
-        sent all at once would cut the reader off), up to the first line that came
-        as an event meanwhile: the buffered events go on from there."""
-        after = 0
+        """The log lines after those sent, read from storage by pages and sent as
+        fast as the reader takes them (a log longer than the connection's send queue,
+        ``max_pending``, sent all at once would cut the reader off), to the end."""
         while True:
             records = await self.state.app.storage.read_logs(
-                self.task_id, after, self.max_level, limit=REPLAY_PAGE)
+                self.task_id, self.last_seq, self.max_level, limit=REPLAY_PAGE)
             for record in records:
                 if self.conn.crowded:
                     await self.conn.room()
@@ -219,9 +238,6 @@ class TaskStream:
                 self._log(record)
             if len(records) < REPLAY_PAGE:
                 return
-            after = records[-1].seq
-            if self._first_live_log is not None and after >= self._first_live_log - 1:
-                return
 
     def _buffered(self, kind: str, a: Any, b: Any) -> None:
         """Keep what came before the stream was primed; only the latest progress (as a
@@ -229,15 +245,23 @@ class TaskStream:
         is too slow, as when that much waits in its send queue."""
         entry = [kind, a, b]
         if kind == "event":
+            if a.type == "task.log" and self.replay and self.logs and self.updates:
+                # stored before it came: the replay reads it (the relay may send a
+                # task's whole log again at once: it is not kept)
+                record = a.data.get("log")
+                if isinstance(record, LogRecord) and record.level >= self.max_level:
+                    self._live_seq = max(self._live_seq, record.seq)
+                return
             if a.type == "task.progress":
-                if self._buffered_progress is not None:
-                    self._buffered_progress[0] = "skip"
+                last = self._buffered_progress
+                if last is not None and self._buffer and self._buffer[-1] is last:
+                    last[1] = a  # nothing since: the latest takes its place
+                    return
+                if last is not None:
+                    last[0] = "skip"  # others since: kept in order, this one left out
+                    last[1] = None
                     self._kept -= 1
                 self._buffered_progress = entry
-            elif a.type == "task.log" and self._first_live_log is None:
-                record = a.data.get("log")
-                if isinstance(record, LogRecord):
-                    self._first_live_log = record.seq
         self._buffer.append(entry)
         self._kept += 1
         if self._kept > self.conn.config.max_pending:
@@ -291,8 +315,17 @@ class TaskStream:
         task = event.task
         if kind == "task.log":
             record = event.data.get("log")
-            if isinstance(record, LogRecord):
-                self._log(record)
+            if not isinstance(record, LogRecord):
+                return
+            if (self.primed and self.replay and self.logs and self.updates
+                    and self.conn.crowded and record.seq > self.last_seq):
+                # more lines at once than the reader takes (a burst relayed from
+                # another process): read them from storage at its pace instead
+                self.primed = False
+                self._buffered("event", event, None)
+                self._prime_task = asyncio.ensure_future(self._catch_up())
+                return
+            self._log(record)
             return
         if kind == "task.progress":
             progress = event.data.get("progress")
