@@ -195,7 +195,10 @@ class TaskStream:
         try:
             while self._buffer or self._live_seq > self.last_seq:
                 if self._live_seq > self.last_seq:
+                    before = self.last_seq
                     await self._replay_logs()
+                    if self.last_seq == before:  # gone from storage (the task deleted)
+                        self._live_seq = self.last_seq
                 if self.conn.crowded:
                     await self.conn.room()
                 if self.closed:
