@@ -5,6 +5,7 @@ bound, could not be watched, and the dashboard reconnected in a loop)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from conveyor import Context, Conveyor
@@ -52,8 +53,6 @@ async def test_progress_during_a_slow_replay_is_kept_to_its_latest(tmp_path: Pat
     what came meanwhile is sent at the reader's pace too, progress kept to its
     latest, so the reader is not cut off when the replay ends (the buffered updates
     went out all at once and filled the queue: 4008)."""
-    import asyncio
-
     app = Conveyor(hub_db_url(tmp_path))
     logged, reported, done = asyncio.Event(), {"n": 0}, asyncio.Event()
 
@@ -109,8 +108,6 @@ async def test_a_task_logging_in_another_process_is_watched_to_the_end(
     whole log again at once. The replay reads the lines from storage, so those are
     not kept waiting (they were, and cut a fast reader off), and none is lost or
     sent twice."""
-    import asyncio
-
     url = hub_db_url(tmp_path)
     worker = Conveyor(url)  # another "process": its changes reach the hub by the feed
     logged, done = asyncio.Event(), asyncio.Event()
@@ -155,3 +152,36 @@ async def test_a_task_logging_in_another_process_is_watched_to_the_end(
                              + [f"more {n}" for n in range(more)] + ["last"])
         finally:
             await worker.close()
+
+
+async def test_a_burst_of_progress_does_not_cut_a_reader_off(tmp_path: Path) -> None:
+    """An async handler reporting progress thousands of times in one turn of the loop
+    fills the reader's queue before it can read a message: once half of it waits,
+    the stream keeps the latest progress back and sends it at the reader's pace (the
+    reader was cut off with 4008 and lost every update and the end)."""
+    app = Conveyor(hub_db_url(tmp_path))
+    many = 10 * MAX_PENDING
+    gate = asyncio.Event()
+
+    @app.handler("burst")
+    async def burst(ctx: Context) -> str:
+        await gate.wait()
+        for i in range(many):
+            await ctx.progress(i + 1, total=many)
+        return "ok"
+
+    async with make_hub(tmp_path, insecure=True, app=app, max_pending=MAX_PENDING) as hub:
+        task = await hub.app.add("burst")
+        ws = await Raw.open(hub.url)
+        try:
+            await ws.request({"type": "watch", "task_id": task.id, "logs": True}, "watching")
+            gate.set()
+            seen = []
+            while (msg := await ws.recv(timeout=30))["type"] != "end":
+                seen.append(msg)
+            updates = [m["progress"]["current"] for m in seen if m["type"] == "update"]
+            assert updates and updates[-1] == many and updates == sorted(updates)
+            assert [m["type"] for m in seen if m["type"] != "update"][-1] == "success"
+            assert msg["status"] == "succeeded"
+        finally:
+            await ws.close()

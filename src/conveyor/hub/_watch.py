@@ -242,6 +242,19 @@ class TaskStream:
             if len(records) < REPLAY_PAGE:
                 return
 
+    def _behind(self, event: Event) -> bool:
+        """A live stream whose reader has half its queue waiting: ``event`` and what
+        follows are kept back and sent at the reader's pace (:meth:`_catch_up`), as
+        during the replay, instead of filling the queue (a burst of thousands of
+        progress updates or log lines in one turn of the loop cut off a reader that
+        kept reading). Whether it was kept back."""
+        if not (self.primed and self.conn.crowded):
+            return False
+        self.primed = False
+        self._buffered("event", event, None)
+        self._prime_task = asyncio.ensure_future(self._catch_up())
+        return True
+
     def _buffered(self, kind: str, a: Any, b: Any) -> None:
         """Keep what came before the stream was primed; only the latest progress (as a
         reader that is behind would see). More than ``max_pending`` kept: the reader
@@ -320,17 +333,14 @@ class TaskStream:
             record = event.data.get("log")
             if not isinstance(record, LogRecord):
                 return
-            if (self.primed and self.replay and self.logs and self.updates
-                    and self.conn.crowded and record.seq > self.last_seq):
-                # more lines at once than the reader takes (a burst relayed from
-                # another process): read them from storage at its pace instead
-                self.primed = False
-                self._buffered("event", event, None)
-                self._prime_task = asyncio.ensure_future(self._catch_up())
-                return
+            if (self.replay and self.logs and self.updates and record.seq > self.last_seq
+                    and self._behind(event)):
+                return  # a burst of lines: read from storage at the reader's pace
             self._log(record)
             return
         if kind == "task.progress":
+            if self.updates and self._behind(event):
+                return  # a burst of progress (an async handler's loop): its latest kept
             progress = event.data.get("progress")
             if self.updates and isinstance(progress, Progress):
                 self._send({"type": "update", "task_id": self.task_id,
