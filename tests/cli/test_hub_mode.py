@@ -210,6 +210,7 @@ def test_errors_stay_one_line_with_the_exit_codes(hub: Hub, tmp_path: Path) -> N
 
 def test_a_publisher_sees_only_its_actions(hub: Hub) -> None:
     hub.run("add", "job:fail", "--delay", "600", key=hub.admin)
+    hub.run("add", "mail:send", '{"to": "q"}', "--delay", "600", key=hub.admin)  # its own
     mine = _json(hub.run("ls", "--json", "--limit", "0", key=hub.publisher))
     everything = _json(hub.run("ls", "--json", "--limit", "0", key=hub.admin))
     assert isinstance(mine, list) and isinstance(everything, list)
