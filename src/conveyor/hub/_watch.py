@@ -178,10 +178,7 @@ class TaskStream:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("task stream of %s failed", self.task_id)
-            self._send({"type": "error", "code": "internal", "task_id": self.task_id,
-                        "message": f"could not read the task: {exc}"})
-            self._finish()
+            self._failed("could not read the task", exc)
             return
         await self._catch_up()
         if not self.closed and task.terminal and not self.ended:
@@ -218,13 +215,17 @@ class TaskStream:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("task stream of %s failed", self.task_id)
-            self._send({"type": "error", "code": "internal", "task_id": self.task_id,
-                        "message": f"could not read the task's log: {exc}"})
-            self._finish()
+            self._failed("could not read the task's log", exc)
             return
         self.primed = True
         self._buffered_progress = None
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        """End the stream on a storage error, telling the reader (``internal``)."""
+        log.exception("task stream of %s failed", self.task_id)
+        self._send({"type": "error", "code": "internal", "task_id": self.task_id,
+                    "message": f"{what}: {exc}"})
+        self._finish()
 
     async def _replay_logs(self) -> None:
         """The log lines after those sent, read from storage by pages and sent as

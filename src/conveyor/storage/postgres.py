@@ -579,6 +579,12 @@ async def _check_server(conn: psycopg.AsyncConnection[Any], display: str) -> Non
         raise StorageError(f"conveyor needs a UTF8 database; {display} is {encoding}")
 
 
+def _no_such_id(task_id: str) -> bool:
+    """An id PostgreSQL text cannot hold (a NUL character): no task has it, so it is
+    not looked up (the driver would refuse it as a parameter)."""
+    return "\x00" in task_id
+
+
 async def _current_database(conn: psycopg.AsyncConnection[Any]) -> str:
     """The database ``conn`` reaches, as the server names it (behind a pooler the
     name in the URL can be an alias)."""
@@ -953,7 +959,7 @@ class PostgresStorage(FanoutFeed, Storage):
         return await cur.fetchall()
 
     async def _locked(self, conn: psycopg.AsyncConnection[Any], task_id: str) -> Task:
-        if "\x00" in task_id:  # PostgreSQL text cannot hold it: no task has this id
+        if _no_such_id(task_id):
             raise TaskNotFound(task_id)
         rows = await self._rows(conn, self._q["lock_task"], {"id": task_id})
         if not rows:
@@ -1172,14 +1178,14 @@ class PostgresStorage(FanoutFeed, Storage):
         return found
 
     async def get(self, task_id: str) -> Task | None:
-        if "\x00" in task_id:  # PostgreSQL text cannot hold it: no task has this id
+        if _no_such_id(task_id):
             return None
         async with self._conn() as conn:
             rows = await self._rows(conn, self._q["get_task"], {"id": task_id})
         return row_to_task(rows[0], decoded=True) if rows else None
 
     async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
-        task_ids = [i for i in task_ids if "\x00" not in i]  # no task has such an id
+        task_ids = [i for i in task_ids if not _no_such_id(i)]
         if not task_ids:
             return []
         async with self._conn() as conn:
@@ -1211,7 +1217,7 @@ class PostgresStorage(FanoutFeed, Storage):
         return out
 
     async def delete(self, task_ids: Sequence[str]) -> list[str]:
-        ids = [i for i in dict.fromkeys(task_ids) if "\x00" not in i]  # no task has those
+        ids = [i for i in dict.fromkeys(task_ids) if not _no_such_id(i)]
         if not ids:
             return []
         async with self._conn() as conn, conn.transaction():
@@ -1550,7 +1556,7 @@ class PostgresStorage(FanoutFeed, Storage):
     async def read_logs(self, task_id: str, after_seq: int = 0,
                         max_level: LogLevel = LogLevel.DEBUG,
                         limit: int | None = None) -> list[LogRecord]:
-        if "\x00" in task_id:  # PostgreSQL text cannot hold it: no task has this id
+        if _no_such_id(task_id):
             return []
         async with self._conn() as conn:
             rows = await self._rows(conn, self._q["read_logs"], {
@@ -1725,7 +1731,7 @@ def _check_nul(text: str, rows: Sequence[Sequence[Any]] = (), start: int = 0,
     for i, row in enumerate(rows):
         for name, value in zip(_ROW_FIELDS, row, strict=True):
             if _has_nul(_json.dumps(value)):
-                label = name.replace("_", " ") if name == "unique_key" else name
+                label = "unique key" if name == "unique_key" else name
                 raise _item_error(ValidationError(
                     f"{name}: {refusal}: remove it from the {label}"), start + i, several)
     raise ValidationError(f"{refusal}: remove it from the payload, the tags and the "
