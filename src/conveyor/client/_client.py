@@ -660,7 +660,10 @@ class HubClient:
         as many as ``concurrency``, at most 100) wait here for a free slot, so that
         the next tasks are at hand when one ends. The subscription's capacity is
         their sum. A prefetched offer is picked up (and its run timeout starts)
-        only when it starts; it is given back when the worker stops."""
+        only when it starts; it is given back when the worker stops. An offer held
+        more than half its ``expires_in``, or started soon after this worker's event
+        loop stood still (a frozen process, a blocking handler), runs only once the
+        hub confirms it is still this worker's (it may have been run elsewhere)."""
         if not self._handlers:
             raise ConfigurationError("no handlers are registered: nothing to work on")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:

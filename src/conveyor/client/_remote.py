@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import _json
@@ -26,6 +26,7 @@ from .._threads import DaemonThreadPool
 from ..context import Context, TaskAbortRequested
 from ..errors import ValidationError
 from ..model import LogLevel, Progress, Reschedule, Retry, Status, Task, storable_text
+from ._errors import HubError
 from ._http import task_from_json
 from ._link import CLOSED, Link, Unsendable
 
@@ -42,6 +43,11 @@ is asked again; doubled at each refusal in a row, up to :data:`MAX_REFUSAL_PAUSE
 MAX_REFUSAL_PAUSE = 2.0
 REFUSAL_MEMORY = 60.0
 """Seconds a refusal is remembered (a task offered again later is asked about anew)."""
+STALL_CHECK = 0.2
+"""Seconds between two looks whether the event loop stood still."""
+STALL = 0.5
+"""A look this many seconds late means the loop stood still (the process was frozen, or
+a handler blocked the loop): for a while, runs ask the hub before they start."""
 
 
 @dataclass(eq=False)
@@ -56,6 +62,8 @@ class _Run:
     cancelled: bool = False           # the hub took it back: report nothing
     completed_by: str | None = None   # delivery all: another service returned first
     aborting: asyncio.Event | None = None  # thread handlers: set by an abort
+    received: float = field(default_factory=time.monotonic)
+    confirm: bool = False             # ask the hub whether it is still ours before running
 
 
 class _RunTimedOut(Exception):
@@ -122,6 +130,9 @@ class WorkerSession:
         self.subscribed = asyncio.Event()
         self.completed = 0
         self.stopping = False
+        # until then, runs ask the hub before starting (the loop stood still before)
+        self.stalled_until = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def loop_thread_is_current(self) -> bool:
         return threading.get_ident() == self._thread_id
@@ -164,6 +175,7 @@ class WorkerSession:
         reply = await link.request(msg, route=self._on_message)
         self.subscribed.set()
         beat = max(0.05, float(reply.get("heartbeat") or link.service_lease / 3))
+        self._look(link, time.monotonic())
         try:
             while not link.closed.is_set():
                 try:
@@ -172,8 +184,22 @@ class WorkerSession:
                 except TimeoutError:
                     self.send({"type": "heartbeat"})
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             self.subscribed.clear()
             self.abandon("connection lost")
+
+    def _look(self, link: Link, due: float) -> None:
+        """Notice the loop standing still. This runs in the first turn of the loop after
+        it (with the reading of what the socket got meanwhile, before any of it is
+        handled): offers that waited unread may have been taken back by the hub since
+        (a service silent for its lease is dropped, an offer expires), so until every
+        frame that waited is surely handled, runs ask the hub first."""
+        now = time.monotonic()
+        if now - due > STALL:
+            self.stalled_until = now + max(1.0, link.service_lease)
+        self._watchdog = self.loop.call_later(STALL_CHECK, self._look, link,
+                                              now + STALL_CHECK)
 
     def abandon(self, reason: str) -> None:
         """The connection is gone: the hub gives these tasks to others; stop them here."""
@@ -329,7 +355,14 @@ class WorkerSession:
 
     def _start(self, run: _Run) -> None:
         self.active += 1
-        self.send({"type": "pickup", "task_id": run.task_id})
+        now = time.monotonic()
+        if (now < self.stalled_until
+                or now - run.received > _number(run.offer.get("expires_in"), 30.0) / 2):
+            # the offer may have been taken back meanwhile: _run asks first (as an
+            # in-process run that starts long after its claim asks the storage)
+            run.confirm = True
+        else:
+            self.send({"type": "pickup", "task_id": run.task_id})
         run.future = asyncio.ensure_future(self._execute(run))
 
     def _slot_freed(self) -> None:
@@ -381,6 +414,17 @@ class WorkerSession:
     async def _run(self, run: _Run) -> dict[str, Any] | None:
         handler = run.handler
         task = run.task
+        if run.confirm:
+            link = self.link
+            if link is None:
+                return None
+            try:
+                await link.request({"type": "pickup", "task_id": run.task_id, "ack": True})
+            except HubError as exc:  # withdrawn (not_held) or the connection is gone
+                log.info("task %s not run: the hub took the offer back before it "
+                         "started (%s)", run.task_id, exc)
+                run.cancelled = True
+                return None
         if run.offer.get("payload_inline") is False:
             link = self.link
             if link is None:
