@@ -651,6 +651,34 @@ async def test_wait_failed_aborted_and_with_task(hub: RunningHub) -> None:
         assert err["type"] == "error" and err["code"] == "not_found"
 
 
+async def test_a_wait_of_timeout_0_answers_from_the_task_as_it_is(hub: RunningHub) -> None:
+    """A ``wait`` with ``timeout: 0`` timed out before the task was read: an ended task
+    got ``wait_timeout`` instead of its result, an unknown or unreadable one
+    ``wait_timeout`` instead of ``not_found`` / ``forbidden`` (security audit)."""
+    admin = hub.key("admin", admin=True)
+    stranger = hub.key("stranger", publish=["b"])
+    done = await hub.app.add("a", 1)
+    await hub.app.abort(done.id, reason="enough")
+    queued = await hub.app.add("a", 2)
+    async with Raw.opened(hub.url, admin) as raw:
+        for _ in range(3):
+            err = await raw.request({"type": "wait", "task_id": done.id, "timeout": 0})
+            assert (err["type"], err["code"]) == ("error", "task_aborted")
+            res = await raw.request({"type": "wait", "task_id": done.id, "timeout": 0,
+                                     "default": "d"})
+            assert (res["status"], res["value"], res.get("timed_out")) == ("aborted", "d", None)
+            err = await raw.request({"type": "wait", "task_id": queued.id, "timeout": 0})
+            assert (err["type"], err["code"]) == ("error", "wait_timeout")
+            res = await raw.request({"type": "wait", "task_id": queued.id, "timeout": 0,
+                                     "default": "d"})
+            assert (res["value"], res["timed_out"], res["status"]) == ("d", True, None)
+            err = await raw.request({"type": "wait", "task_id": "nope", "timeout": 0})
+            assert err["code"] == "not_found"
+    async with Raw.opened(hub.url, stranger) as raw:
+        err = await raw.request({"type": "wait", "task_id": done.id, "timeout": 0})
+        assert err["code"] == "forbidden"
+
+
 async def test_get_abort_and_wait_need_the_right_rights(hub: RunningHub) -> None:
     admin = hub.key("admin", admin=True)
     reader = hub.key("reader", read=["a"])

@@ -102,6 +102,8 @@ class TaskStream:
         self.success_sent = False  # the final one
         self.ended = False
         self.waited = False
+        self.read = False  # the task was read (its wait can time out only then)
+        self._timed_out = False  # the wait's timeout passed before that
         # what came while the stream was primed (its replay sent): [kind, a, b] entries,
         # kind "event", "note" or "skip" (a progress a later one replaced)
         self._buffer: deque[list[Any]] = deque()
@@ -124,7 +126,7 @@ class TaskStream:
             self._timer = loop.call_later(self.wait.timeout, self._wait_timed_out)
         if self.initial is not None:
             self.version = self.initial.version
-            self.primed = True
+            self.read = self.primed = True
             if self.initial.terminal:
                 self._end(self.initial)
             return
@@ -170,6 +172,9 @@ class TaskStream:
                 self._finish(forbidden=True)
                 return
             self.version = task.version
+            self.read = True
+            if self._timed_out and not task.terminal:
+                self._wait_timed_out()
             if self.updates:
                 self._send({"type": "watching", "task_id": self.task_id,
                             "task": self.state.task_json(task)})
@@ -436,6 +441,9 @@ class TaskStream:
     def _wait_timed_out(self) -> None:
         self._timer = None
         if self.closed or self.waited or self.wait is None:
+            return
+        if not self.read:  # a timeout of 0: the task may have ended already (or be
+            self._timed_out = True  # unknown, or unreadable): _prime decides
             return
         self.waited = True
         if self.wait.has_default:
