@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import httpx
@@ -119,3 +120,49 @@ async def test_a_key_at_its_connection_limit_is_kept_and_connects_once_one_close
     await page.reload()
     await expect(page.get_by_test_id("task-table")).to_be_visible()
     await expect(page.get_by_test_id("connection")).to_have_text("connected as ops")
+
+
+EVIL_PAGE = """<!doctype html><script>
+window.seen = {messages: [], fetch: null, closed: null};
+const ws = new WebSocket("ws://127.0.0.1:PORT/ws");
+ws.onmessage = (e) => {
+  window.seen.messages.push(e.data);
+  ws.send(JSON.stringify({type: "abort", id: 1, task_id: "TASK"}));
+  ws.send(JSON.stringify({type: "live", id: 2, filter: {}}));
+};
+ws.onclose = (e) => { window.seen.closed = e.code; };
+fetch("http://127.0.0.1:PORT/api/v1/tasks/TASK/abort", {method: "POST", mode: "no-cors"})
+  .then(() => { window.seen.fetch = "answered"; }, () => { window.seen.fetch = "failed"; });
+</script>"""
+
+
+async def test_a_page_of_another_origin_cannot_drive_an_insecure_hub(
+        insecure_page: tuple[RunningHub, Page]) -> None:
+    """A hub without credentials takes every client as an admin: a web page of another
+    origin, opened in the browser of the person running it, read every task and
+    aborted them (security audit). The page here is served from another port."""
+    hub, page = insecure_page
+    task = await hub.app.add("mail:send", {"ssn": "123-45-6789"})
+    port = int(hub.url.rsplit(":", 1)[1])
+    html = EVIL_PAGE.replace("PORT", str(port)).replace("TASK", task.id).encode()
+
+    async def serve_page(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nconnection: close\r\n"
+                     b"content-length: " + str(len(html)).encode() + b"\r\n\r\n" + html)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve_page, "127.0.0.1", 0)
+    evil = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    async with server:
+        await page.goto(evil)
+        await page.wait_for_function(
+            "window.seen.closed !== null && window.seen.fetch !== null")
+    seen = await page.evaluate("window.seen")
+    assert seen["messages"] == []  # no welcome, no snapshot: refused at the handshake
+    assert (await hub.app.get(task.id)).status.value == "queued"
+    # the hub's own page still works
+    await page.goto(hub.url + "/")
+    row = page.locator(f'[data-testid="task-row"][data-task-id="{task.id}"]')
+    await expect(row.get_by_test_id("cell-status")).to_have_text("queued")

@@ -23,11 +23,13 @@ import uvicorn
 from conveyor import Conveyor
 from conveyor.hub import Hub, HubConfig, create_hub
 from conveyor.hub._credentials import CredentialStore
+from conveyor.hub._serve import server_config
 
 from ..conftest import PG_ENV, drop_pg_schema, pg_url
 
 HUB_BACKENDS = ["sqlite", *(["postgres"] if os.environ.get(PG_ENV) else [])]
-SQLITE_ONLY = ("test_ws_fuzz", "test_openapi_schemathesis", "test_openapi_docs_command")
+SQLITE_ONLY = ("test_ws_fuzz", "test_openapi_schemathesis", "test_openapi_docs_command",
+               "test_http_guard")
 _backend = {"kind": "sqlite"}
 _schemas: list[str] = []
 
@@ -94,8 +96,8 @@ async def running_hub(app: Conveyor, config: HubConfig,
     port = config.port or free_port()
     config = replace(config, port=port)
     asgi = create_hub(app, config, credentials=credentials)
-    server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, lifespan="on",
-                                           log_level="warning", ws_max_size=config.ws_max_size))
+    server = uvicorn.Server(server_config(asgi, replace(config, host="127.0.0.1"),
+                                          log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -137,6 +137,10 @@ async def test_an_empty_abort_reason_is_refused_over_the_websocket(
     ({"offer_timeout": "30"}, "offer_timeout must be a finite number"),
     ({"public_url": "notaurl"}, "public_url must be an http:// or https:// URL"),
     ({"public_url": "ftp://hub.example"}, "public_url must be an http:// or https:// URL"),
+    ({"max_head": 100}, "max_head must be an integer >= 1024"),
+    ({"max_head": True}, "max_head must be an integer >= 1024"),
+    ({"head_timeout": 0}, "head_timeout must be a finite number >= 0.1"),
+    ({"head_timeout": float("nan")}, "head_timeout must be a finite number >= 0.1"),
 ])
 def test_hub_settings_are_checked(options: dict[str, object], message: str) -> None:
     """A NaN lease was accepted, and every WebSocket's welcome failed to encode."""

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -28,6 +29,7 @@ from ..app import Conveyor
 from ._config import HubConfig
 from ._credentials import ANONYMOUS, Credential, CredentialStore
 from ._dashboard import dashboard_routes
+from ._guard import SameOrigin
 from ._http import auth_error_response, request_credential
 from ._hub import AuthError, Hub
 from ._rest import rest_exception_handlers, rest_routes
@@ -90,7 +92,10 @@ def create_hub(app: Conveyor | str, config: HubConfig | None = None, *,
     routes = [Route("/healthz", healthz, methods=["GET"]),
               Route("/readyz", readyz, methods=["GET"]),
               *rest_routes(hub), *ws_routes(hub), *dashboard_routes()]
-    asgi = Starlette(routes=routes, lifespan=lifespan,
+    # without credentials, every client is an admin: only pages the hub serves may
+    # drive it from a browser (docs/http.md, "Cross-origin requests")
+    middleware = [Middleware(SameOrigin, config=hub.config)] if hub.config.insecure else []
+    asgi = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                      exception_handlers=rest_exception_handlers())
     asgi.state.hub = hub
     return asgi

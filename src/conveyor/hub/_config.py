@@ -44,6 +44,11 @@ class HubConfig:
       heartbeat;
     - ``abort_grace``: how long a remote worker has to answer an ``abort`` (an
       abort request or its run timeout) before the hub ends the task itself;
+    - ``max_head``: largest request line and headers of an HTTP request (or
+      WebSocket handshake), in bytes (larger: ``431`` and the connection closed);
+    - ``head_timeout``: seconds a request's line and headers may take to arrive,
+      from their first byte (from the connection's opening for the first
+      request): later, ``408`` and the connection closed;
     - ``delivery``: delivery modes per action pattern (``{"cache:*": "all"}``);
       a task's ``delivery`` tag wins; the default is ``one``.
     """
@@ -64,6 +69,8 @@ class HubConfig:
     offer_timeout: float = 30.0
     service_lease: float = 30.0
     abort_grace: float = 5.0
+    max_head: int = 64 * 1024
+    head_timeout: float = 10.0
     delivery: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +91,15 @@ class HubConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be an integer >= 1, not {value!r}")
+        if (isinstance(self.max_head, bool) or not isinstance(self.max_head, int)
+                or self.max_head < 1024):
+            raise ConfigurationError(f"max_head must be an integer >= 1024, not "
+                                     f"{self.max_head!r}")
+        if (isinstance(self.head_timeout, bool)
+                or not isinstance(self.head_timeout, int | float)
+                or not math.isfinite(self.head_timeout) or self.head_timeout < 0.1):
+            raise ConfigurationError(f"head_timeout must be a finite number >= 0.1, not "
+                                     f"{self.head_timeout!r}")
         if self.service_lease < 0.1:
             raise ConfigurationError(
                 f"service_lease must be at least 0.1 seconds, not {self.service_lease!r}")

@@ -17,13 +17,16 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from ._config import HubConfig
+from ._guard import guarded_protocol
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
     from ..app import Conveyor
     from ._credentials import CredentialStore
     from ._hub import Hub
 
-__all__ = ["bind", "redact_access_log", "run_hub"]
+__all__ = ["bind", "redact_access_log", "run_hub", "server_config"]
 
 _SECRET_PARAM = re.compile(
     r"([?&](?:key|api_key|apikey|token|access_token|password|secret)=)[^&#\s]*", re.IGNORECASE)
@@ -80,6 +83,16 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def server_config(asgi: Starlette, config: HubConfig, *,
+                  log_level: str = "info") -> uvicorn.Config:
+    """uvicorn's settings for the hub ``asgi`` built with ``config``: its WebSocket
+    frame limit, and HTTP requests whose line and headers are bounded in size and
+    time (:mod:`conveyor.hub._guard`)."""
+    return uvicorn.Config(asgi, host=config.host, port=config.port,
+                          ws_max_size=config.ws_max_size, log_level=log_level,
+                          lifespan="on", http=guarded_protocol(config))
+
+
 async def run_hub(app: Conveyor | str, config: HubConfig, *,
                   credentials: CredentialStore | None = None,
                   stop: asyncio.Event | None = None, force: asyncio.Event | None = None,
@@ -97,9 +110,7 @@ async def run_hub(app: Conveyor | str, config: HubConfig, *,
         if bound is not None:
             bound(config)
         asgi = create_hub(app, config, credentials=credentials)
-        settings = uvicorn.Config(asgi, host=config.host, port=config.port,
-                                  ws_max_size=config.ws_max_size, log_level="info",
-                                  lifespan="on")
+        settings = server_config(asgi, config)
         redact_access_log()  # after the Config, which sets uvicorn's logging up
         if stop is None:
             await _serve(_HubServer(settings, asgi.state.hub), sock)

@@ -1,0 +1,191 @@
+"""What the hub refuses before a request reaches a route.
+
+- :class:`GuardedHttpTools`: uvicorn's HTTP/1.1 protocol (httptools) reads a
+  request's head (request line and headers) without a bound of size or time: a
+  client that never ends a header grows the server's memory, one that sends a
+  line now and then holds a connection (and a file handle) for good. Here a head
+  must be complete within ``HubConfig.max_head`` bytes (else ``431``) and
+  ``HubConfig.head_timeout`` seconds of its first byte, or of the connection's
+  opening for the first request (else ``408``); the connection is then closed.
+- :class:`SameOrigin`: a hub without credentials (``--insecure``) takes every
+  client as an admin, so any web page the user opens could drive it from their
+  browser (a cross-site request, or a host name of the attacker's that resolves
+  to 127.0.0.1: DNS rebinding). Such a hub refuses (``403``, WebSocket handshakes
+  included) a request whose ``Origin`` is not the hub itself, and, listening on a
+  loopback address, one whose ``Host`` is a name other than ``localhost`` or the
+  host of its ``public_url``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ._config import HubConfig
+
+__all__ = ["GuardedHttpTools", "SameOrigin", "guarded_protocol"]
+
+_END = b"\r\n\r\n"
+LINGER = 2.0
+"""Seconds a refused connection stays open, dropping what it gets, before it closes."""
+
+
+def _refusal(status: int, reason: str, code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+def guarded_protocol(config: HubConfig) -> type[HttpToolsProtocol]:
+    """The HTTP protocol class of a hub with ``config``'s bounds."""
+    return type("GuardedHttpTools", (GuardedHttpTools,),
+                {"max_head": config.max_head, "head_timeout": config.head_timeout})
+
+
+class GuardedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on each request's head."""
+
+    max_head = 64 * 1024
+    head_timeout = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._in_head = True     # reading a request's head (not a body, not idle)
+        self._heads = 0          # requests read whole
+        self._dropping = False   # refused: what comes is dropped until the close
+        self._head = 0           # its bytes read so far
+        self._tail = b""         # its last 3 bytes (an end split across two reads)
+        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
+            self.head_timeout, self._head_late)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._dropping:
+            return
+        counting, heads = self._in_head, self._heads
+        if counting:
+            room = self.max_head - self._head
+            seen = self._tail + data
+            if len(data) > room and _END not in seen[:len(self._tail) + room]:
+                self._refuse(431, "Request Header Fields Too Large", "too_large",
+                             f"the request's line and headers are over {self.max_head} bytes")
+                return
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+        super().data_received(data)
+        if counting and self._in_head and self._heads == heads:  # the same head goes on
+            self._head += len(data)
+            self._tail = seen[-3:]
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head, self._tail = True, 0, b""
+        self._heads += 1
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._in_head:
+            self._refuse(408, "Request Timeout", "timeout",
+                         f"the request's line and headers did not come within "
+                         f"{self.head_timeout:g} s")
+
+    def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+        """Answer and close; what the client still sends meanwhile is read and dropped
+        for a moment (closed with unread data, the connection would be reset before
+        the client read the answer)."""
+        self._in_head = False
+        self._stop_head_timer()
+        if self.transport.is_closing():
+            return
+        self._dropping = True
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(_refusal(status, reason, code, message))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER, self.transport.close)
+
+
+class SameOrigin:
+    """ASGI middleware of a hub without credentials: refuses cross-origin requests and,
+    on a loopback address, host names that are not its own (see the module's text)."""
+
+    def __init__(self, app: ASGIApp, config: HubConfig) -> None:
+        self.app = app
+        self.loopback = _is_loopback(config.host)
+        names = {"localhost"}
+        if config.public_url:
+            names.add((urlsplit(config.public_url).hostname or "").lower())
+        self.names = frozenset(names)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            why = self._refused(dict(scope["headers"]))
+            if why is not None:
+                await _deny(scope, send, why)
+                return
+        await self.app(scope, receive, send)
+
+    def _refused(self, headers: dict[bytes, bytes]) -> str | None:
+        host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        if self.loopback and host:
+            name = urlsplit("//" + host).hostname or ""
+            if not (name in self.names or name.endswith(".localhost") or _is_ip(name)):
+                return (f"host {host!r} refused: a hub without credentials on a loopback "
+                        f"address answers only to its address, localhost and the host of "
+                        f"its public_url (a name of someone else's resolving to it is DNS "
+                        f"rebinding)")
+        origin = headers.get(b"origin")
+        if origin is not None:
+            parts = urlsplit(origin.decode("latin-1").strip().lower())
+            if parts.netloc != host or parts.scheme not in ("http", "https"):
+                return (f"cross-origin request refused: a hub without credentials "
+                        f"answers only pages it serves itself (origin "
+                        f"{origin.decode('latin-1')!r}, host {host!r})")
+        return None
+
+
+async def _deny(scope: Scope, send: Send, why: str) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
+        return
+    body = json.dumps({"error": {"code": "forbidden", "message": why}}).encode()
+    await send({"type": "http.response.start", "status": 403,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+

@@ -1,0 +1,147 @@
+"""What the hub refuses before a request reaches a route (from a security audit):
+request heads without a bound of size or time (memory and file handles of the
+hub, taken without a key), and, on a hub without credentials, requests from
+other origins and host names (a web page driving the hub from the browser of the
+person who runs it, DNS rebinding)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from conveyor import Conveyor
+from conveyor.hub import HubConfig
+from conveyor.hub._credentials import CredentialStore
+
+from .conftest import RunningHub, hub_db_url, running_hub
+
+
+@pytest.fixture
+async def guarded(tmp_path: Path) -> AsyncIterator[RunningHub]:
+    config = HubConfig(port=0, insecure=True, head_timeout=0.5, max_head=4096)
+    async with running_hub(Conveyor(hub_db_url(tmp_path)), config, None) as hub:
+        yield hub
+
+
+def _port(hub: RunningHub) -> int:
+    return int(hub.url.rsplit(":", 1)[1])
+
+
+def _exchange(port: int, parts: list[bytes], pause: float = 0.0,
+              timeout: float = 10.0) -> bytes:
+    """Send ``parts`` (``pause`` seconds apart) and read until the hub closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            for i, part in enumerate(parts):
+                if i and pause:
+                    sock.settimeout(pause)
+                    try:  # the hub may answer and close before every part is sent
+                        got = sock.recv(65536)
+                    except TimeoutError:
+                        got = b""
+                    if got:
+                        return got + _read_all(sock, timeout)
+                    sock.settimeout(timeout)
+                sock.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return _read_all(sock, timeout)
+
+
+def _read_all(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    out = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+
+
+async def test_a_head_over_max_head_is_refused_with_431(guarded: RunningHub) -> None:
+    port = _port(guarded)
+    endless = [b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: "] + [b"a" * 65536] * 64
+    reply = await asyncio.to_thread(_exchange, port, endless)
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:100]
+    assert b'"too_large"' in reply
+    # a head just under the bound, and a body far larger than it in the same read
+    head = b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    body = b'{"action": "a", "payload": "' + b"x" * 200_000 + b'"}'
+    pad = b"X-Pad: " + b"p" * (4096 - len(head) - 120) + b"\r\n"
+    request = (head + pad + b"Content-Type: application/json\r\nContent-Length: "
+               + str(len(body)).encode() + b"\r\n\r\n")
+    assert len(request) <= 4096
+    reply = await asyncio.to_thread(_exchange, port, [request + body])
+    assert reply.startswith(b"HTTP/1.1 201 "), reply[:100]
+
+
+async def test_a_head_that_does_not_come_in_time_is_refused_with_408(
+        guarded: RunningHub) -> None:
+    port = _port(guarded)
+    loop = asyncio.get_running_loop()
+    # silent, and a header line now and then (each sooner than head_timeout)
+    for parts, pause in (([], 0.0), ([b"GET /healthz HTTP/1.1\r\n"] + [b"X-A: a\r\n"] * 40,
+                                     0.2)):
+        started = loop.time()
+        reply = await asyncio.to_thread(_exchange, port, parts, pause)
+        assert reply.startswith(b"HTTP/1.1 408 "), reply[:100]
+        assert loop.time() - started < 8.0  # not the 40 x 0.2 s the trickle takes
+    # an idle connection between two requests is kept-alive as before: its next head
+    # may come later than head_timeout after the last answer
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(guarded.url + "/healthz")).status_code == 200
+        await asyncio.sleep(0.8)  # idle on purpose, longer than head_timeout
+        assert (await client.get(guarded.url + "/healthz")).status_code == 200
+
+
+async def test_an_insecure_hub_refuses_other_origins_and_host_names(
+        guarded: RunningHub) -> None:
+    task = await guarded.app.add("mail:send", {"to": "ann"})
+    url = guarded.url
+    port = _port(guarded)
+    async with httpx.AsyncClient() as client:
+        for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
+                        {"Origin": f"http://127.0.0.1:{port + 1}"},
+                        {"Host": f"evil.example:{port}"},
+                        {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}):
+            for method, path in (("GET", "/api/v1/tasks"),
+                                 ("POST", f"/api/v1/tasks/{task.id}/abort")):
+                got = await client.request(method, url + path, headers=headers)
+                assert got.status_code == 403, (headers, path)
+                assert got.json()["error"]["code"] == "forbidden"
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(f"ws://127.0.0.1:{port}/ws", additional_headers={
+                        k: v for k, v in headers.items() if k != "Origin"},
+                        origin=headers.get("Origin")):  # type: ignore[arg-type]
+                    pass
+            assert refused.value.response.status_code == 403
+        assert (await guarded.app.get(task.id)).status.value == "queued"
+        # its own pages, clients without an Origin, localhost and addresses are served
+        for headers in ({}, {"Origin": url}, {"Host": f"localhost:{port}"},
+                        {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"},
+                        {"Host": f"[::1]:{port}"}):
+            got = await client.get(url + "/api/v1/tasks", headers=headers)
+            assert got.status_code == 200, headers
+        async with connect(f"ws://127.0.0.1:{port}/ws", origin=url) as ws:  # type: ignore[arg-type]
+            assert '"welcome"' in str(await ws.recv())
+
+
+async def test_a_hub_with_credentials_takes_keys_from_any_origin(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path / "credentials.json")
+    _, key = store.add("admin", admin=True)
+    config = HubConfig(port=0, credentials_path=str(store.path))
+    async with (running_hub(Conveyor(hub_db_url(tmp_path)), config, store) as hub,
+                httpx.AsyncClient() as client):
+        got = await client.get(hub.url + "/api/v1/tasks", headers={
+            "Origin": "http://evil.example", "Authorization": f"Bearer {key}"})
+        assert got.status_code == 200
+        got = await client.get(hub.url + "/api/v1/tasks",
+                               headers={"Origin": "http://evil.example"})
+        assert got.status_code == 401
