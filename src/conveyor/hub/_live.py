@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -59,7 +60,8 @@ _IGNORED = frozenset({"task.log", "task.result", "task.ended", "task.expired"})
 class LiveSub:
     """One ``live`` request of one connection."""
 
-    __slots__ = ("closed", "conn", "group", "key", "msg_id", "prefix", "seq")
+    __slots__ = ("_sending", "closed", "conn", "group", "held", "held_chars", "key",
+                 "msg_id", "prefix", "seq")
 
     def __init__(self, conn: Connection, msg_id: Any, key: str, group: _Group) -> None:
         self.conn = conn
@@ -69,18 +71,76 @@ class LiveSub:
         self.seq = 0
         self.closed = False
         self.prefix = '{"id":' + key + ',"seq":'
+        # while a large snapshot goes out at the reader's pace: the changes that come
+        # meanwhile, sent after it (and their characters)
+        self.held: deque[str] | None = None
+        self.held_chars = 0
+        self._sending: asyncio.Task[None] | None = None
 
     def push(self, body: str) -> None:
+        if self.held is not None:
+            self.held.append(body)
+            self.held_chars += len(body)
+            config = self.conn.config
+            if (len(self.held) > config.max_pending
+                    or self.held_chars > config.max_pending_bytes):
+                self.conn.cut_off("live query changes piled up behind its snapshot")
+            return
+        self._send(body)
+
+    def _send(self, body: str) -> None:
         self.seq += 1
         self.conn.send(self.prefix + str(self.seq) + body)
 
     def snapshot(self, encoded: Sequence[str]) -> None:
-        total = len(encoded)
-        chunks = [encoded[i:i + SNAPSHOT_CHUNK] for i in range(0, total, SNAPSHOT_CHUNK)] or [[]]
-        for i, chunk in enumerate(chunks):
-            more = "true" if i < len(chunks) - 1 else "false"
-            self.push(',"type":"snapshot","count":' + str(total) + ',"more":' + more
-                      + ',"tasks":[' + ",".join(chunk) + "]}")
+        """Send the snapshot in parts of :data:`SNAPSHOT_CHUNK` tasks: at once when it is
+        small, else at the reader's pace (all at once, a snapshot larger than half the
+        connection's send queue would cut its reader off, 4008, however fast it reads),
+        the changes that come meanwhile following it."""
+        config = self.conn.config
+        chunks = deque(_chunks(encoded, SNAPSHOT_CHUNK, config.max_pending_bytes // 8))
+        head = ',"type":"snapshot","count":' + str(len(encoded)) + ',"more":'
+        if (len(chunks) < config.max_pending // 4 and not self.conn.crowded
+                and sum(map(len, encoded)) < config.max_pending_bytes // 4):
+            while chunks:
+                self._send_part(head, chunks)
+            return
+        self.held = deque()
+        self._sending = asyncio.ensure_future(self._paced(head, chunks))
+
+    def _send_part(self, head: str, chunks: deque[Sequence[str]]) -> None:
+        chunk = chunks.popleft()
+        self._send(head + ("true" if chunks else "false") + ',"tasks":[' + ",".join(chunk)
+                   + "]}")
+
+    async def _paced(self, head: str, chunks: deque[Sequence[str]]) -> None:
+        conn = self.conn
+        while chunks or self.held:
+            if conn.crowded:
+                await conn.room()
+            if self.closed or conn.closed:
+                return
+            if chunks:
+                self._send_part(head, chunks)
+            elif self.held:
+                body = self.held.popleft()
+                self.held_chars -= len(body)
+                self._send(body)
+        self.held = None
+
+
+def _chunks(encoded: Sequence[str], most: int, chars: int) -> list[Sequence[str]]:
+    """``encoded`` in parts of at most ``most`` tasks and about ``chars`` characters
+    (a part holds one task at least); one empty part when there are none."""
+    chunks: list[Sequence[str]] = []
+    start, size = 0, 0
+    for i, enc in enumerate(encoded):
+        if i > start and (i - start >= most or size + len(enc) > chars):
+            chunks.append(encoded[start:i])
+            start, size = i, 0
+        size += len(enc) + 1
+    chunks.append(encoded[start:])
+    return chunks
 
 
 class _Group:
