@@ -145,3 +145,72 @@ async def test_a_hub_with_credentials_takes_keys_from_any_origin(tmp_path: Path)
         got = await client.get(hub.url + "/api/v1/tasks",
                                headers={"Origin": "http://evil.example"})
         assert got.status_code == 401
+
+
+async def test_a_body_left_unread_by_the_answer_is_not_read_on(tmp_path: Path) -> None:
+    """A request refused before its body was read (no key: 401) kept its connection
+    while the client trickled the rest of a 100 MB body, a byte now and then."""
+    store = CredentialStore(tmp_path / "credentials.json")
+    config = HubConfig(port=0, credentials_path=str(store.path))
+    async with running_hub(Conveyor(hub_db_url(tmp_path)), config, store) as hub:
+        head = (b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                b"application/json\r\nContent-Length: 100000000\r\n\r\n{")
+        reply, closed = await asyncio.to_thread(_trickle_after_answer, _port(hub), head)
+        assert reply.startswith(b"HTTP/1.1 401 "), reply[:100]
+        assert closed, "the hub kept reading the body of a request it had answered"
+
+
+def _trickle_after_answer(port: int, head: bytes) -> tuple[bytes, bool]:
+    """Send ``head``, read the answer, then go on sending a byte every 0.2 s for up to
+    15 s (more than uvicorn's keep-alive, which each byte restarts): whether the hub
+    closed the connection meanwhile."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        reply = sock.recv(65536)
+        sock.settimeout(0.2)
+        for _ in range(75):
+            try:
+                sock.sendall(b" ")
+                if sock.recv(65536) == b"":
+                    return reply, True
+            except TimeoutError:
+                continue
+            except OSError:  # reset: closed as well
+                return reply, True
+        return reply, False
+
+
+async def test_chunk_trailers_are_bounded_like_headers(guarded: RunningHub) -> None:
+    head = (b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+            b"application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    body = b'{"action": "a:b", "payload": 1}'
+    parts = [head + hex(len(body))[2:].encode() + b"\r\n" + body + b"\r\n0\r\nX-T: "]
+    parts += [b"a" * 65536] * 64
+    reply = await asyncio.to_thread(_exchange, _port(guarded), parts)
+    assert reply.startswith(b"HTTP/1.1 431 ") or reply == b"", reply[:100]
+    assert await guarded.app.count({"action": "a:b"}) == 0
+
+
+async def test_a_stray_line_end_during_a_long_answer_does_not_cut_it(
+        guarded: RunningHub) -> None:
+    """A CRLF after a request (which servers should ignore) started the head timer;
+    firing during a long-poll wait, it closed the connection and lost the answer."""
+    task = await guarded.app.add("w:x", 1)
+    request = (f"GET /api/v1/tasks/{task.id}/wait?timeout=1.5 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               "Connection: close\r\n\r\n").encode()
+    reply = await asyncio.to_thread(_exchange, _port(guarded), [request, b"\r\n"], 0.1)
+    assert reply.startswith(b"HTTP/1.1 202 "), reply[:100]
+
+
+async def test_malformed_host_or_origin_is_refused_not_a_server_error(
+        tmp_path: Path) -> None:
+    config = HubConfig(port=0, insecure=True, public_url="https://hub.example.com")
+    async with (running_hub(Conveyor(hub_db_url(tmp_path)), config, None) as hub,
+                httpx.AsyncClient() as client):
+        for headers in ({"Host": "[::1"}, {"Origin": "http://[::1"}):
+            got = await client.get(hub.url + "/api/v1/tasks", headers=headers)
+            assert got.status_code == 403, headers
+        # behind a proxy that rewrites Host: pages of the public URL are its own
+        got = await client.get(hub.url + "/api/v1/tasks", headers={
+            "Host": "127.0.0.1:8765", "Origin": "https://hub.example.com"})
+        assert got.status_code == 200

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import _json
@@ -62,7 +62,8 @@ class _Run:
     cancelled: bool = False           # the hub took it back: report nothing
     completed_by: str | None = None   # delivery all: another service returned first
     aborting: asyncio.Event | None = None  # thread handlers: set by an abort
-    received: float = field(default_factory=time.monotonic)
+    received: float = 0.0             # when the offer came (monotonic)
+    started: float = 0.0              # when _start started it
     confirm: bool = False             # ask the hub whether it is still ours before running
 
 
@@ -133,6 +134,7 @@ class WorkerSession:
         # until then, runs ask the hub before starting (the loop stood still before)
         self.stalled_until = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
+        self._look_due = float("inf")
 
     def loop_thread_is_current(self) -> bool:
         return threading.get_ident() == self._thread_id
@@ -198,8 +200,13 @@ class WorkerSession:
         now = time.monotonic()
         if now - due > STALL:
             self.stalled_until = now + max(1.0, link.service_lease)
-        self._watchdog = self.loop.call_later(STALL_CHECK, self._look, link,
-                                              now + STALL_CHECK)
+        self._look_due = now + STALL_CHECK
+        self._watchdog = self.loop.call_later(STALL_CHECK, self._look, link, self._look_due)
+
+    def _stalled(self, now: float) -> bool:
+        """The loop stood still lately, or stands still now (the look is overdue: a
+        callback that runs before it in the first turn after a freeze sees this)."""
+        return now < self.stalled_until or now - self._look_due > STALL
 
     def abandon(self, reason: str) -> None:
         """The connection is gone: the hub gives these tasks to others; stop them here."""
@@ -283,6 +290,7 @@ class WorkerSession:
                         msg.get("message"), msg.get("code"))
 
     def _offer(self, msg: dict[str, Any]) -> None:
+        received = time.monotonic()
         task_id = msg.get("task_id")
         raw = msg.get("task")
         if not isinstance(task_id, str) or not isinstance(raw, dict):
@@ -310,11 +318,11 @@ class WorkerSession:
                 pause = min(MAX_REFUSAL_PAUSE, REFUSAL_PAUSE * 2 ** (refused[0] - 1),
                             0.5 * _number(msg.get("expires_in"), MAX_REFUSAL_PAUSE))
                 self.paused[task_id] = self.loop.call_later(
-                    pause, self._reconsider, task_id, handler, msg, task)
+                    pause, self._reconsider, task_id, handler, msg, task, received)
                 return
             if not self._accepts(handler, task):
                 return
-        self._take(task_id, handler, msg, task)
+        self._take(task_id, handler, msg, task, received)
 
     def _accepts(self, handler: Handler, task: Task) -> bool:
         """Ask the handler's ``accept``; a refusal is sent and remembered."""
@@ -336,17 +344,18 @@ class WorkerSession:
         return False
 
     def _reconsider(self, task_id: str, handler: Handler, msg: dict[str, Any],
-                    task: Task) -> None:
+                    task: Task, received: float) -> None:
         """The pause of an offer of a task refused before is over: ask ``accept`` again."""
         if self.paused.pop(task_id, None) is None:
             return
         if self.stopping or len(self.runs) >= self.concurrency + self.prefetch:
             self.send({"type": "refuse", "task_id": task_id})
         elif self._accepts(handler, task):
-            self._take(task_id, handler, msg, task)
+            self._take(task_id, handler, msg, task, received)
 
-    def _take(self, task_id: str, handler: Handler, msg: dict[str, Any], task: Task) -> None:
-        run = _Run(task_id, handler, msg, task)
+    def _take(self, task_id: str, handler: Handler, msg: dict[str, Any], task: Task,
+              received: float) -> None:
+        run = _Run(task_id, handler, msg, task, received=received)
         self.runs[task_id] = run
         if self.active < self.concurrency:
             self._start(run)
@@ -355,8 +364,8 @@ class WorkerSession:
 
     def _start(self, run: _Run) -> None:
         self.active += 1
-        now = time.monotonic()
-        if (now < self.stalled_until
+        now = run.started = time.monotonic()
+        if (self._stalled(now)
                 or now - run.received > _number(run.offer.get("expires_in"), 30.0) / 2):
             # the offer may have been taken back meanwhile: _run asks first (as an
             # in-process run that starts long after its claim asks the storage)
@@ -414,6 +423,8 @@ class WorkerSession:
     async def _run(self, run: _Run) -> dict[str, Any] | None:
         handler = run.handler
         task = run.task
+        if self._stalled(time.monotonic()) or time.monotonic() - run.started > STALL:
+            run.confirm = True  # the loop stood still since _start
         if run.confirm:
             link = self.link
             if link is None:

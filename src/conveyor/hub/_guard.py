@@ -48,7 +48,9 @@ def guarded_protocol(config: HubConfig) -> type[HttpToolsProtocol]:
 
 
 class GuardedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a bound on each request's head."""
+    """uvicorn's httptools protocol with a bound on each request's head, on what a
+    chunked body carries besides its data (chunk sizes, trailers), and on a body
+    left unread by the answer."""
 
     max_head = 64 * 1024
     head_timeout = 10.0
@@ -56,16 +58,22 @@ class GuardedHttpTools(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._in_head = True     # reading a request's head (not a body, not idle)
+        self._in_body = False    # reading a request's body
         self._heads = 0          # requests read whole
         self._dropping = False   # refused: what comes is dropped until the close
-        self._head = 0           # its bytes read so far
+        self._head = 0           # the head's bytes read so far
         self._tail = b""         # its last 3 bytes (an end split across two reads)
+        self._framing = 0        # bytes of the body read that were not its data
+        self._body = 0           # bytes of the body's data
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
             self.head_timeout, self._head_late)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         super().connection_lost(exc)
+
+    def _responding(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
 
     def data_received(self, data: bytes) -> None:
         if self._dropping:
@@ -78,22 +86,46 @@ class GuardedHttpTools(HttpToolsProtocol):
                 self._refuse(431, "Request Header Fields Too Large", "too_large",
                              f"the request's line and headers are over {self.max_head} bytes")
                 return
-            if self._head_timer is None:
+            if self._head_timer is None and not self._responding():
                 self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+        if self._in_body:
+            self._framing += len(data)
         super().data_received(data)
         if counting and self._in_head and self._heads == heads:  # the same head goes on
             self._head += len(data)
             self._tail = seen[-3:]
+        if self._in_body and self._framing > max(self.max_head, self._body):
+            self._refuse(431, "Request Header Fields Too Large", "too_large",
+                         f"the body's chunk sizes and trailers are over {self.max_head} bytes")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._in_body, self._framing, self._body = True, 0, 0
         self._stop_head_timer()
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._framing -= len(body)
+        self._body += len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head, self._head, self._tail = True, 0, b""
+        self._in_body = False
         self._heads += 1
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.transport.is_closing():
+            return
+        if self._in_body and self.cycle is not None and self.cycle.response_complete:
+            # answered before its body was read whole (a refused key, a body too large):
+            # the rest of it would be read for nothing, as slowly as the client likes
+            self._refuse(0, "", "", "")
+        elif self._in_head and self._head and self._head_timer is None:
+            # the next request's head began while this response was going out
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -102,21 +134,29 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def _head_late(self) -> None:
         self._head_timer = None
-        if self._in_head:
+        if self._in_head and not self._responding():  # else timed from the response's end
             self._refuse(408, "Request Timeout", "timeout",
                          f"the request's line and headers did not come within "
                          f"{self.head_timeout:g} s")
 
     def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
-        """Answer and close; what the client still sends meanwhile is read and dropped
-        for a moment (closed with unread data, the connection would be reset before
-        the client read the answer)."""
-        self._in_head = False
+        """Answer ``status`` (none when 0) and close. A response going out ends first
+        (the connection is not kept alive after it); else what the client still sends
+        is read and dropped for a moment (closed with unread data, the connection
+        would be reset before the client read the answer)."""
+        self._in_head = self._in_body = False
         self._stop_head_timer()
         if self.transport.is_closing():
             return
         self._dropping = True
-        if self.cycle is None or self.cycle.response_complete:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if cycle.response_started:
+                cycle.keep_alive = False  # closed once the response is out
+            else:
+                self.transport.close()  # the app sees the client gone
+            return
+        if status:
             self.transport.write(_refusal(status, reason, code, message))
         if self.transport.can_write_eof():
             self.transport.write_eof()
@@ -131,8 +171,12 @@ class SameOrigin:
         self.app = app
         self.loopback = _is_loopback(config.host)
         names = {"localhost"}
+        self.public_origin: str | None = None
         if config.public_url:
-            names.add((urlsplit(config.public_url).hostname or "").lower())
+            public = urlsplit(config.public_url.lower())
+            names.add(public.hostname or "")
+            # behind a proxy that rewrites Host, its pages' origin is the public URL's
+            self.public_origin = f"{public.scheme}://{public.netloc}"
         self.names = frozenset(names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,6 +188,12 @@ class SameOrigin:
         await self.app(scope, receive, send)
 
     def _refused(self, headers: dict[bytes, bytes]) -> str | None:
+        try:
+            return self._check(headers)
+        except ValueError as exc:  # a Host or Origin urlsplit cannot read ("[::1")
+            return f"malformed Host or Origin header: {exc}"
+
+    def _check(self, headers: dict[bytes, bytes]) -> str | None:
         host = headers.get(b"host", b"").decode("latin-1").strip().lower()
         if self.loopback and host:
             name = urlsplit("//" + host).hostname or ""
@@ -154,8 +204,10 @@ class SameOrigin:
                         f"rebinding)")
         origin = headers.get(b"origin")
         if origin is not None:
-            parts = urlsplit(origin.decode("latin-1").strip().lower())
-            if parts.netloc != host or parts.scheme not in ("http", "https"):
+            text = origin.decode("latin-1").strip().lower()
+            parts = urlsplit(text)
+            if text != self.public_origin and (
+                    parts.netloc != host or parts.scheme not in ("http", "https")):
                 return (f"cross-origin request refused: a hub without credentials "
                         f"answers only pages it serves itself (origin "
                         f"{origin.decode('latin-1')!r}, host {host!r})")

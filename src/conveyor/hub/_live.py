@@ -88,6 +88,12 @@ class LiveSub:
             return
         self._send(body)
 
+    def stop(self) -> None:
+        """The subscription ended: nothing more is sent (a paced snapshot stops)."""
+        self.closed = True
+        if self._sending is not None and not self._sending.done():
+            self._sending.cancel()
+
     def _send(self, body: str) -> None:
         self.seq += 1
         self.conn.send(self.prefix + str(self.seq) + body)
@@ -272,7 +278,7 @@ class _Group:
             error["path"] = path
         for sub in waiting:
             if not sub.closed:
-                sub.closed = True
+                sub.stop()
                 sub.conn.send(encode({**error, "id": sub.msg_id}))
                 sub.conn.lives.pop(sub.key, None)
         self.manager._drop(self)
@@ -285,7 +291,7 @@ class _Group:
             self.waiting.append(sub)
 
     def leave(self, sub: LiveSub) -> None:
-        sub.closed = True
+        sub.stop()
         if sub in self.subs:
             self.subs.remove(sub)
         if sub in self.waiting:

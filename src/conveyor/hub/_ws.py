@@ -316,6 +316,7 @@ class Connection:
                 await self.close(1011, "internal error")
         finally:
             self.closed = True
+            self._roomy.set()  # what waits for room (a paced replay or snapshot) ends
             self.state.connections.discard(self)
             await self._cleanup()
             if not self.state.connections:
