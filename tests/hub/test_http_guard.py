@@ -7,8 +7,9 @@ person who runs it, DNS rebinding)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -151,7 +152,7 @@ async def test_a_body_left_unread_by_the_answer_is_not_read_on(tmp_path: Path) -
     """A request refused before its body was read (no key: 401) kept its connection
     while the client trickled the rest of a 100 MB body, a byte now and then."""
     store = CredentialStore(tmp_path / "credentials.json")
-    config = HubConfig(port=0, credentials_path=str(store.path))
+    config = HubConfig(port=0, credentials_path=str(store.path), head_timeout=1.0)
     async with running_hub(Conveyor(hub_db_url(tmp_path)), config, store) as hub:
         head = (b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                 b"application/json\r\nContent-Length: 100000000\r\n\r\n{")
@@ -214,3 +215,58 @@ async def test_malformed_host_or_origin_is_refused_not_a_server_error(
         got = await client.get(hub.url + "/api/v1/tasks", headers={
             "Host": "127.0.0.1:8765", "Origin": "https://hub.example.com"})
         assert got.status_code == 200
+        # origins compared as browsers write them: default ports, case, a final dot
+        for host, origin in (("hub.example.com:443", "https://hub.example.com"),
+                             ("127.0.0.1:80", "http://127.0.0.1"),
+                             ("LOCALHOST.:8765", "http://localhost:8765")):
+            got = await client.get(hub.url + "/api/v1/tasks",
+                                   headers={"Host": host, "Origin": origin})
+            assert got.status_code == 200, (host, origin)
+    config = HubConfig(port=0, insecure=True, public_url="https://hub.example.com:443/c/")
+    async with (running_hub(Conveyor(hub_db_url(tmp_path, "b.db")), config, None) as hub,
+                httpx.AsyncClient() as client):
+        got = await client.get(hub.url + "/api/v1/tasks", headers={
+            "Host": "127.0.0.1:8765", "Origin": "https://hub.example.com"})
+        assert got.status_code == 200
+
+
+async def test_a_chunked_upload_of_tiny_chunks_is_taken(guarded: RunningHub) -> None:
+    """Chunk sizes count against max_head only between two pieces of data: a client
+    streaming its JSON a few bytes at a time was cut off past 64 KB of body."""
+    payload = [{"i": i} for i in range(5000)]
+
+    def pieces() -> Iterator[bytes]:
+        for piece in json.JSONEncoder().iterencode({"action": "c:x", "payload": payload}):
+            yield piece.encode()
+
+    async with httpx.AsyncClient() as client:
+        got = await asyncio.to_thread(lambda: httpx.post(
+            guarded.url + "/api/v1/tasks", content=pieces(),
+            headers={"Content-Type": "application/json"}, timeout=30))
+        assert got.status_code == 201, got.text
+        assert (await client.get(guarded.url + "/healthz")).status_code == 200
+
+
+async def test_a_connection_answered_early_is_kept_for_the_next_request(
+        guarded: RunningHub) -> None:
+    """A request answered before its body was read (a 404 here) and whose body then
+    came at once: the connection was half-closed after the answer, and a client that
+    reused it lost its next request."""
+    body = b'{"action": "k:x", "payload": 1}'
+    first = (b"POST /api/v1/nope HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+             b"application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    second = (b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+              b"Content-Type: application/json\r\nContent-Length: "
+              + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    def exchange() -> bytes:
+        with socket.create_connection(("127.0.0.1", _port(guarded)), timeout=10) as sock:
+            sock.sendall(first)
+            answer = sock.recv(65536)  # the 404, before the body was sent
+            sock.sendall(body + second)
+            return answer + _read_all(sock, 10)
+
+    reply = await asyncio.to_thread(exchange)
+    assert reply.startswith(b"HTTP/1.1 404 "), reply[:100]
+    assert b"HTTP/1.1 201 " in reply, reply[-300:]
+    assert await guarded.app.count({"action": "k:x"}) == 1

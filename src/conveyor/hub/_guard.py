@@ -63,10 +63,10 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._dropping = False   # refused: what comes is dropped until the close
         self._head = 0           # the head's bytes read so far
         self._tail = b""         # its last 3 bytes (an end split across two reads)
-        self._framing = 0        # bytes of the body read that were not its data
-        self._body = 0           # bytes of the body's data
+        self._framing = 0        # bytes of the body read since its last data
+        # the time a head may take, or the unread rest of an answered request's body
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
-            self.head_timeout, self._head_late)
+            self.head_timeout, self._late)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
@@ -87,26 +87,25 @@ class GuardedHttpTools(HttpToolsProtocol):
                              f"the request's line and headers are over {self.max_head} bytes")
                 return
             if self._head_timer is None and not self._responding():
-                self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+                self._head_timer = self.loop.call_later(self.head_timeout, self._late)
         if self._in_body:
             self._framing += len(data)
         super().data_received(data)
         if counting and self._in_head and self._heads == heads:  # the same head goes on
             self._head += len(data)
             self._tail = seen[-3:]
-        if self._in_body and self._framing > max(self.max_head, self._body):
+        if self._in_body and self._framing > self.max_head:
             self._refuse(431, "Request Header Fields Too Large", "too_large",
-                         f"the body's chunk sizes and trailers are over {self.max_head} bytes")
+                         f"a chunk size or the trailers are over {self.max_head} bytes")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._in_body, self._framing, self._body = True, 0, 0
+        self._in_body, self._framing = True, 0
         self._stop_head_timer()
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        self._framing -= len(body)
-        self._body += len(body)
+        self._framing = 0
         super().on_body(body)
 
     def on_message_complete(self) -> None:
@@ -114,30 +113,37 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._in_head, self._head, self._tail = True, 0, b""
         self._in_body = False
         self._heads += 1
+        self._stop_head_timer()  # a body that had to come in time came
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.transport.is_closing():
             return
         if self._in_body and self.cycle is not None and self.cycle.response_complete:
-            # answered before its body was read whole (a refused key, a body too large):
-            # the rest of it would be read for nothing, as slowly as the client likes
-            self._refuse(0, "", "", "")
+            # answered before its body was read whole (a refused key): the rest is read
+            # and dropped, but must come within head_timeout (a client trickling it
+            # would hold the connection for good)
+            self._stop_head_timer()
+            self._head_timer = self.loop.call_later(self.head_timeout, self._late)
         elif self._in_head and self._head and self._head_timer is None:
             # the next request's head began while this response was going out
-            self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+            self._head_timer = self.loop.call_later(self.head_timeout, self._late)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
-    def _head_late(self) -> None:
+    def _late(self) -> None:
         self._head_timer = None
-        if self._in_head and not self._responding():  # else timed from the response's end
+        if self._responding():  # timed again from the response's end
+            return
+        if self._in_head:
             self._refuse(408, "Request Timeout", "timeout",
                          f"the request's line and headers did not come within "
                          f"{self.head_timeout:g} s")
+        elif self._in_body:  # the unread rest of an answered request's body
+            self._refuse(0, "", "", "")
 
     def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
         """Answer ``status`` (none when 0) and close. A response going out ends first
@@ -153,9 +159,11 @@ class GuardedHttpTools(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             if cycle.response_started:
                 cycle.keep_alive = False  # closed once the response is out
-            else:
-                self.transport.close()  # the app sees the client gone
-            return
+                return
+            # the app, still reading the request, sees the client gone; its answer
+            # is not sent, this one is
+            cycle.disconnected = True
+            cycle.message_event.set()
         if status:
             self.transport.write(_refusal(status, reason, code, message))
         if self.transport.can_write_eof():
@@ -171,12 +179,12 @@ class SameOrigin:
         self.app = app
         self.loopback = _is_loopback(config.host)
         names = {"localhost"}
-        self.public_origin: str | None = None
+        self.public_origin: tuple[str, str, int] | None = None
         if config.public_url:
-            public = urlsplit(config.public_url.lower())
-            names.add(public.hostname or "")
+            public = urlsplit(config.public_url)
             # behind a proxy that rewrites Host, its pages' origin is the public URL's
-            self.public_origin = f"{public.scheme}://{public.netloc}"
+            self.public_origin = _origin(public.scheme, public.netloc)
+            names.add(self.public_origin[1])
         self.names = frozenset(names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -196,7 +204,7 @@ class SameOrigin:
     def _check(self, headers: dict[bytes, bytes]) -> str | None:
         host = headers.get(b"host", b"").decode("latin-1").strip().lower()
         if self.loopback and host:
-            name = urlsplit("//" + host).hostname or ""
+            name = _origin("http", host)[1]
             if not (name in self.names or name.endswith(".localhost") or _is_ip(name)):
                 return (f"host {host!r} refused: a hub without credentials on a loopback "
                         f"address answers only to its address, localhost and the host of "
@@ -204,14 +212,25 @@ class SameOrigin:
                         f"rebinding)")
         origin = headers.get(b"origin")
         if origin is not None:
-            text = origin.decode("latin-1").strip().lower()
-            parts = urlsplit(text)
-            if text != self.public_origin and (
-                    parts.netloc != host or parts.scheme not in ("http", "https")):
+            parts = urlsplit(origin.decode("latin-1").strip())
+            seen = _origin(parts.scheme, parts.netloc)
+            if seen != self.public_origin and (
+                    parts.scheme.lower() not in ("http", "https")
+                    or seen != _origin(parts.scheme, host)):
                 return (f"cross-origin request refused: a hub without credentials "
                         f"answers only pages it serves itself (origin "
                         f"{origin.decode('latin-1')!r}, host {host!r})")
         return None
+
+
+def _origin(scheme: str, netloc: str) -> tuple[str, str, int]:
+    """(scheme, host name, port) of ``scheme://netloc``, compared as browsers do: no
+    user, the name in lower case without a final dot, the scheme's default port when
+    none is given. ``ValueError`` when it cannot be read."""
+    scheme = scheme.lower()
+    parts = urlsplit(f"{scheme}://{netloc}")
+    port = parts.port or {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme, 0)
+    return scheme, (parts.hostname or "").rstrip("."), port
 
 
 async def _deny(scope: Scope, send: Send, why: str) -> None:
