@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -34,16 +33,6 @@ DEFAULT_CREDENTIALS = "conveyor-credentials.json"
 _credentials_option = click.option(
     "--credentials", "credentials_path", metavar="FILE", default=None,
     help=f"The credentials file [env {CREDENTIALS_ENV}; default {DEFAULT_CREDENTIALS}].")
-
-
-def _loopback(host: str) -> bool:
-    """Whether ``host`` is only reachable from this machine (127.0.0.0/8, ::1, localhost)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _public_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -99,6 +88,7 @@ def serve_command(ctx: click.Context, host: str, port: int, target: str | None, 
     says otherwise.
     """
     from conveyor.hub import HubConfig
+    from conveyor.hub._config import is_loopback
     from conveyor.hub._credentials import CredentialStore
 
     if target is not None:
@@ -112,7 +102,7 @@ def serve_command(ctx: click.Context, host: str, port: int, target: str | None, 
         app = Conveyor(db_url(ctx))
     path = _credentials_file(credentials_path)
     store = None if insecure else CredentialStore(path)
-    if insecure and not _loopback(host):
+    if insecure and not is_loopback(host):
         click.echo(f"warning: serving on {host} with --insecure: anyone who can reach it "
                    "can add, read and abort tasks", err=True)
     if store is not None and not store.list():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import socket
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
 
-__all__ = ["HubConfig", "check_public_url"]
+__all__ = ["HubConfig", "check_public_url", "is_loopback"]
 
 _WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
@@ -136,3 +137,13 @@ def check_public_url(url: Any) -> str:
                                  f"host, not {url!r}")
     assert isinstance(url, str)
     return url
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is only reachable from this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ._config import HubConfig
+from ._config import HubConfig, is_loopback
 
 __all__ = ["GuardedHttpTools", "SameOrigin", "guarded_protocol"]
 
@@ -177,7 +177,7 @@ class SameOrigin:
 
     def __init__(self, app: ASGIApp, config: HubConfig) -> None:
         self.app = app
-        self.loopback = _is_loopback(config.host)
+        self.loopback = is_loopback(config.host)
         names = {"localhost"}
         self.public_origin: tuple[str, str, int] | None = None
         if config.public_url:
@@ -250,13 +250,3 @@ def _is_ip(name: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
