@@ -43,6 +43,25 @@ T = TypeVar("T")
 _ON_LOOP = frozenset({"events"})
 
 
+SIGNAL_CHECK = 0.2
+"""Seconds the main thread waits at most between two looks for a signal (Ctrl-C)."""
+
+
+def _result(future: concurrent.futures.Future[T]) -> T:
+    """``future.result()``, in slices in the main thread: a signal that another thread
+    received (the kernel gives a process's SIGINT to any of its threads) does not
+    wake a main thread blocked on a lock, and Ctrl-C would go unnoticed until the
+    call ended, for ``run()`` never."""
+    if threading.current_thread() is not threading.main_thread():
+        return future.result()
+    while True:
+        try:
+            return future.result(SIGNAL_CHECK)
+        except TimeoutError:
+            if future.done():  # the call's own TimeoutError, or it ended just now
+                return future.result()
+
+
 class Portal:
     """An event loop in a daemon thread, and blocking calls into it."""
 
@@ -90,14 +109,15 @@ class Portal:
 
         future = asyncio.run_coroutine_threadsafe(call(), self._loop)
         try:
-            return future.result()
+            return _result(future)
         except KeyboardInterrupt:
             # Ctrl-C: the call is cancelled and what it does on the way out (run()'s
             # graceful stop, which hands running tasks back) is waited for; a second
             # Ctrl-C stops waiting
             future.cancel()
             if started.is_set():
-                finished.wait()
+                while not finished.wait(SIGNAL_CHECK):
+                    pass
             raise
         except concurrent.futures.CancelledError:
             if self._closing:
