@@ -30,6 +30,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -203,6 +204,11 @@ def _run_one(handler: Any, channel: _Channel, runs: _Runs) -> None:
 
 
 def main(argv: list[str]) -> int:
+    # A service manager's stop may signal every process of the service (systemd's
+    # default): the worker decides when this one ends (it waits for the run within
+    # its stop timeout, then kills it; a closed stdin ends it too).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     module_name, qualname = argv
     # the protocol owns the real stdout; the handler's prints go to stderr
     proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")

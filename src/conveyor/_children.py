@@ -99,6 +99,10 @@ class ChildPool:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "conveyor._child", *key,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            # out of the worker's process group: a terminal's Ctrl-C (a signal to the
+            # whole group) is the worker's to handle, its graceful stop included; the
+            # child ends when the worker kills it or closes its stdin
+            start_new_session=True,
         )
         child = Child(proc, key)
         self._all.add(child)
