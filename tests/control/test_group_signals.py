@@ -43,10 +43,7 @@ async def test_a_signal_to_the_process_group_lets_process_handlers_finish(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     async with Conveyor(url) as app:
         task = await app.add("g:slow")
-        log = (tmp_path / "worker.log").open("wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.cli", "worker", "group_app:app", "--db", url],
-            cwd=tmp_path, env=env, stdout=log, stderr=log, start_new_session=True)
+        worker = await asyncio.to_thread(_start_worker, tmp_path, url, env)
         try:
             await until(lambda: _running(app, task.id), timeout=30,
                         what="the handler process to run the task")
@@ -60,7 +57,15 @@ async def test_a_signal_to_the_process_group_lets_process_handlers_finish(
             if worker.poll() is None:
                 os.killpg(worker.pid, signal.SIGKILL)
                 worker.wait()
-            log.close()
+
+
+def _start_worker(tmp_path: Path, url: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``conveyor worker`` as the leader of a process group of its own (as a shell
+    starts a job), its output in worker.log."""
+    with (tmp_path / "worker.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli", "worker", "group_app:app", "--db", url],
+            cwd=tmp_path, env=env, stdout=log, stderr=log, start_new_session=True)
 
 
 async def _running(app: Conveyor, task_id: str) -> bool:
