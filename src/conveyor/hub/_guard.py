@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ._config import HubConfig, is_loopback
+from ._http import error_response
 
 __all__ = ["GuardedHttpTools", "SameOrigin", "guarded_protocol"]
 
@@ -191,7 +192,7 @@ class SameOrigin:
         if scope["type"] in ("http", "websocket"):
             why = self._refused(dict(scope["headers"]))
             if why is not None:
-                await _deny(scope, send, why)
+                await _deny(scope, receive, send, why)
                 return
         await self.app(scope, receive, send)
 
@@ -233,15 +234,11 @@ def _origin(scheme: str, netloc: str) -> tuple[str, str, int]:
     return scheme, (parts.hostname or "").rstrip("."), port
 
 
-async def _deny(scope: Scope, send: Send, why: str) -> None:
+async def _deny(scope: Scope, receive: Receive, send: Send, why: str) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
         return
-    body = json.dumps({"error": {"code": "forbidden", "message": why}}).encode()
-    await send({"type": "http.response.start", "status": 403,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await error_response(403, "forbidden", why)(scope, receive, send)
 
 
 def _is_ip(name: str) -> bool:

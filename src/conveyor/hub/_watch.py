@@ -248,6 +248,11 @@ class TaskStream:
             if len(records) < REPLAY_PAGE:
                 return
 
+    @property
+    def _reads_log(self) -> bool:
+        """Whether this stream sends the log from storage (a replay, and bursts)."""
+        return self.replay and self.logs and self.updates
+
     def _behind(self, event: Event) -> bool:
         """A live stream whose reader has half its queue waiting: ``event`` and what
         follows are kept back and sent at the reader's pace (:meth:`_catch_up`), as
@@ -267,7 +272,7 @@ class TaskStream:
         is too slow, as when that much waits in its send queue."""
         entry = [kind, a, b]
         if kind == "event":
-            if a.type == "task.log" and self.replay and self.logs and self.updates:
+            if a.type == "task.log" and self._reads_log:
                 # stored before it came: the replay reads it (the relay may send a
                 # task's whole log again at once: it is not kept)
                 record = a.data.get("log")
@@ -339,8 +344,7 @@ class TaskStream:
             record = event.data.get("log")
             if not isinstance(record, LogRecord):
                 return
-            if (self.replay and self.logs and self.updates and record.seq > self.last_seq
-                    and self._behind(event)):
+            if self._reads_log and record.seq > self.last_seq and self._behind(event):
                 return  # a burst of lines: read from storage at the reader's pace
             self._log(record)
             return
