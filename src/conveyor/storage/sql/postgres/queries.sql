@@ -239,10 +239,20 @@ FOR UPDATE SKIP LOCKED
 -- name: heartbeat
 -- Extend the leases still held, read abort requests, and mark the worker alive,
 -- in one statement. A last row with a NULL id says the worker's record exists.
-WITH held AS (
+-- Like every statement of a worker on its running tasks, it locks them in the
+-- order of their ids (mine) first: two such statements wait for each other
+-- instead of deadlocking.
+WITH mine AS (
+    SELECT t.id, l.token
+    FROM {schema}.tasks AS t
+    JOIN unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token) ON t.id = l.id
+    WHERE t.token = l.token AND t.status = 'running'
+    ORDER BY t.id
+    FOR UPDATE OF t
+), held AS (
     UPDATE {schema}.tasks AS t SET lease_until = %(lease_until)s
-    FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
-    WHERE t.id = l.id AND t.token = l.token AND t.status = 'running'
+    FROM mine
+    WHERE t.id = mine.id AND t.token = mine.token AND t.status = 'running'
     RETURNING t.id, t.abort_requested
 ), w AS (
     UPDATE {schema}.workers SET last_seen = %(now)s, running = (SELECT count(*) FROM held)
@@ -254,17 +264,36 @@ UNION ALL
 SELECT NULL, NULL FROM w
 
 -- name: update_progress
+WITH r AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id text, token text, progress jsonb)
+), mine AS (
+    SELECT r.* FROM {schema}.tasks AS t JOIN r ON t.id = r.id
+    WHERE t.token = r.token AND t.status = 'running'
+    ORDER BY t.id
+    FOR UPDATE OF t
+)
 UPDATE {schema}.tasks AS t SET
     progress = r.progress, updated_at = %(now)s, version = t.version + 1,
     event = 'progress', origin = %(origin)s
-FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id text, token text, progress jsonb)
+FROM mine AS r
 WHERE t.id = r.id AND t.token = r.token AND t.status = 'running'
 RETURNING t.id, r.token
 
 -- name: finish_tasks
 -- Mirrors storage/_ops.finished: the transitions decided by the policy, fenced by the token.
 -- A run queued again while an abort is requested is left to the cold path
--- (_ops.finished_with_event: it ends aborted).
+-- (_ops.finished_with_event: it ends aborted). Rows locked in id order (mine), as
+-- by the heartbeat.
+WITH c AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS c(
+        id text, token text, status text, run_at float8, result jsonb, error jsonb,
+        reason text, refund integer, progress jsonb, event text)
+), mine AS (
+    SELECT c.* FROM {schema}.tasks AS t JOIN c ON t.id = c.id
+    WHERE t.token = c.token AND t.status = 'running'
+    ORDER BY t.id
+    FOR UPDATE OF t
+)
 UPDATE {schema}.tasks AS t SET
     status = c.status,
     run_at = coalesce(c.run_at, t.run_at),
@@ -280,9 +309,7 @@ UPDATE {schema}.tasks AS t SET
     worker = NULL, token = NULL, lease_until = NULL, abort_requested = NULL,
     progress = coalesce(c.progress, t.progress),
     updated_at = %(now)s, version = t.version + 1, event = c.event, origin = %(origin)s
-FROM jsonb_to_recordset(%(rows)s::jsonb) AS c(
-    id text, token text, status text, run_at float8, result jsonb, error jsonb, reason text,
-    refund integer, progress jsonb, event text)
+FROM mine AS c
 WHERE t.id = c.id AND t.token = c.token AND t.status = 'running'
   AND NOT (c.status = 'queued' AND t.abort_requested IS NOT NULL)
 RETURNING t.id, c.token
@@ -290,6 +317,7 @@ RETURNING t.id, c.token
 -- name: held_tasks
 SELECT * FROM {schema}.tasks
 WHERE id = ANY(%(ids)s::text[]) AND status = 'running'
+ORDER BY id
 FOR UPDATE
 
 -- name: expired_leases
