@@ -32,6 +32,7 @@ from . import _json
 from ._aio import stop_tasks
 from ._batched import BatchedWrites
 from ._children import ChildPool
+from ._logging import log_outcome, log_recovery
 from ._policy import decide, with_defaults
 from ._specs import _as_stored
 from ._threads import DaemonThreadPool
@@ -884,6 +885,7 @@ class Worker:
                         completion.task_id)
             return
         self.finished_total += 1
+        log_outcome(log, run.task, completion.transition)
         if completion.transition.status is Status.QUEUED:
             # queued again (a retry, a reschedule): claim at once or sleep until it is
             # due, whatever the change feed says (nothing may be listening to it)
@@ -1008,13 +1010,9 @@ class Worker:
                     try:
                         await storage.forget_workers()
                         report = await storage.recover(self.app.max_rescues)
-                        if report.total:
-                            log.info("sweeper: %d requeued, %d failed (worker lost), "
-                                     "%d aborted, %d pickup timeouts", len(report.requeued),
-                                     len(report.failed), len(report.aborted),
-                                     len(report.expired))
-                            if report.requeued and self._loop is not None:
-                                self._loop.call_soon_threadsafe(self._wake.set)
+                        log_recovery(log, report)
+                        if report.requeued and self._loop is not None:
+                            self._loop.call_soon_threadsafe(self._wake.set)
                     except Exception as exc:
                         log.warning("worker %s: sweep failed: %s", self.id, exc)
                 if now >= next_prune:

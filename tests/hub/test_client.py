@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -194,10 +195,12 @@ async def test_handlers_keep_the_in_process_style(hub: RunningHub) -> None:
 
 
 async def test_a_remote_handlers_retry_options_apply_to_tasks_without_their_own(
-        hub: RunningHub) -> None:
+        hub: RunningHub, caplog: pytest.LogCaptureFixture) -> None:
     """The README's handler options move to a remote handler unchanged: its
     ``max_attempts`` and ``backoff`` go to the hub, which applies them to the tasks
-    added without them (as an in-process worker does); a task's own still win."""
+    added without them (as an in-process worker does); a task's own still win. The
+    hub logs the remote runs' outcomes as a worker logs its own."""
+    caplog.set_level(logging.INFO, logger="conveyor.hub")
     worker = HubClient(hub.url, hub.key("svc", subscribe=["flaky:*"]))
 
     @worker.handler("flaky:twice", environment={"chunk": 2}, max_attempts=3,
@@ -217,6 +220,11 @@ async def test_a_remote_handlers_retry_options_apply_to_tasks_without_their_own(
         assert failed.value.task.attempts == 1
         assert failed.value.task.error is not None
         assert failed.value.task.error.message == "attempt 1"
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records
+             if r.name == "conveyor.hub.remote" and " (flaky:twice) " in r.getMessage()]
+    assert [level for level, _ in lines] == [logging.INFO, logging.INFO, logging.ERROR], lines
+    assert lines[2][1] == (f"task {own.id} (flaky:twice) failed after 1 attempt(s): "
+                           "ValueError: attempt 1")
 
 
 async def test_a_remote_reschedule_with_a_result_that_is_not_json_fails_its_task(

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _json
 from .._aio import stop_tasks
 from .._batched import BatchedWrites
+from .._logging import log_outcome, log_recovery
 from .._policy import decide, with_defaults
 from .._registry import check_action
 from .._specs import check_backoff, check_max_attempts
@@ -411,6 +412,7 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
                             log.warning("task %s: lease lost; the service's outcome was "
                                         "discarded", completion.task_id)
                         elif task is not None:
+                            log_outcome(log, task, completion.transition)
                             announced.append((completion, task))
             except (TypeError, ValueError):
                 # a value that cannot be stored: fail those tasks instead of blocking the rest
@@ -453,6 +455,7 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
                 for worker, leases in by_worker_l.items():
                     await self.storage.heartbeat(worker, leases, -1.0)  # expire them now
                 report = await self.storage.recover(remote.app.max_rescues)
+                log_recovery(log, report)
                 if report.requeued:
                     remote.wake()
             except Exception:
@@ -1449,6 +1452,7 @@ class Remote:
         except Exception as exc:
             log.warning("hub: sweep failed: %s", exc)
             return
+        log_recovery(log, report)
         if report.requeued:
             self._wake.set()
 
