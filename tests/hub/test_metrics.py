@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor import Context, Conveyor
 from conveyor.client import HubClient
 from conveyor.hub import HubConfig
 
+from ..conftest import PG_ENV, pg_schema
 from ._rest_helpers import API, client, eventually, make_keys, worker_hub
 from .conftest import RunningHub, hub_db_url, running_hub
 
@@ -196,3 +202,63 @@ def test_metrics_use_no_global_registry(tmp_path: Path) -> None:
     create_hub(Conveyor("memory://"), HubConfig(insecure=True))
     create_hub(Conveyor("memory://"), HubConfig(insecure=True))
     assert set(REGISTRY._names_to_collectors) == names
+
+
+@contextlib.contextmanager
+def storage_stuck(url: str) -> Iterator[None]:
+    """Another session holds the storage locked: the SQLite file (a write then
+    waits its turn on the hub's database thread, reads queue behind it), or the
+    PostgreSQL tasks table (every read and write of it waits)."""
+    if url.startswith("sqlite:///"):
+        other = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        return
+    with psycopg.connect(os.environ[PG_ENV]) as conn:
+        conn.execute(f'LOCK TABLE "{pg_schema(url)}".tasks IN ACCESS EXCLUSIVE MODE')
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+async def test_metrics_answer_without_the_task_counts_when_the_storage_is_stuck(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """The storage does not answer (locked by another session, a write waiting):
+    a scrape still answers, after ``storage_timeout`` (5 s; 0.5 s here) rather
+    than the write's 30 s, with the counters and ``conveyor_storage_up 0`` but no
+    task-count gauges; once the lock is gone the gauges come back,
+    ``conveyor_storage_up 1``."""
+    from conveyor.hub._metrics import Metrics
+
+    monkeypatch.setattr(Metrics, "storage_timeout", 0.5)
+    app = Conveyor(hub_db_url(tmp_path))
+    async with running_hub(app, HubConfig(port=0, insecure=True), None) as hub, \
+            httpx.AsyncClient(base_url=hub.url) as http:
+        assert (await http.post(T, json={"action": "a"})).status_code == 201
+        found = samples((await http.get("/metrics")).text)
+        assert value(found, "conveyor_storage_up") == 1
+        assert value(found, "conveyor_queue_depth", action="a") == 1
+        with storage_stuck(app.storage.url):
+            adding = asyncio.create_task(http.post(T, json={"action": "a"}, timeout=60))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while True:  # until a scrape meets the stuck storage
+                r = await http.get("/metrics", timeout=10)
+                assert r.status_code == 200, r.text
+                found = samples(r.text)
+                if value(found, "conveyor_storage_up") == 0:
+                    break
+                assert loop.time() < deadline, "the scrapes never waited for the storage"
+            assert value(found, "conveyor_tasks_added_total", action="a") >= 1
+            assert value(found, "conveyor_hub_uptime_seconds") > 0
+            assert not any(name in ("conveyor_queue_depth", "conveyor_tasks")
+                           for name, _ in found)
+        assert (await adding).status_code == 201
+        found = samples((await http.get("/metrics")).text)
+        assert value(found, "conveyor_storage_up") == 1
+        assert value(found, "conveyor_queue_depth", action="a") == 2

@@ -16,6 +16,7 @@ credential.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client import Metric as PromMetric
 from prometheus_client.exposition import generate_latest
 
+from ..errors import StorageError
 from ..model import Status
 
 if TYPE_CHECKING:
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from ._hub import Hub
 
 __all__ = ["RUN_BUCKETS", "Metrics"]
+
+log = logging.getLogger("conveyor.hub.metrics")
 
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -41,6 +45,9 @@ class Metrics:
     """The hub's metrics: a hub service (it listens to the event bus while the hub runs)."""
 
     content_type = CONTENT_TYPE_LATEST
+    storage_timeout = 5.0
+    """Seconds a scrape waits for the task counts before serving the rest without them
+    (Prometheus's own scrape timeout is 10 s by default)."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -64,6 +71,10 @@ class Metrics:
                                  "Open WebSocket connections to this hub.", registry=r)
         self.uptime = Gauge("conveyor_hub_uptime_seconds", "Seconds since this hub started.",
                             registry=r)
+        self.storage_up = Gauge("conveyor_storage_up",
+                                "1 if the storage answered this scrape's read of the task "
+                                "counts in time, else 0 (and the task-count gauges are left "
+                                "out).", registry=r)
         self._unsubscribe: Callable[[], None] | None = None
         self._refresh = asyncio.Lock()
         self._children: dict[str, tuple[Any, Any, Any]] = {}
@@ -107,15 +118,25 @@ class Metrics:
     # -- scraping -------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Read the gauges' values (task counts) from storage."""
+        """Read the gauges' values (task counts) from storage, waiting at most
+        ``storage_timeout`` seconds: a storage that is down or stuck leaves them out
+        (``conveyor_storage_up`` 0), the counters are served all the same."""
         async with self._refresh:
-            stats = await self.hub.app.stats()
             self.queued.clear()
             self.tasks.clear()
-            for action, counts in stats.items():
-                self.queued.labels(action).set(counts.get(Status.QUEUED.value, 0))
-                for status, n in counts.items():
-                    self.tasks.labels(action, status).set(n)
+            try:
+                stats = await asyncio.wait_for(self.hub.app.stats(), self.storage_timeout)
+            except (TimeoutError, StorageError) as exc:
+                log.warning("metrics: task counts left out, the storage %s",
+                            f"did not answer within {self.storage_timeout:g}s"
+                            if isinstance(exc, TimeoutError) else f"failed: {exc}")
+                self.storage_up.set(0)
+            else:
+                self.storage_up.set(1)
+                for action, counts in stats.items():
+                    self.queued.labels(action).set(counts.get(Status.QUEUED.value, 0))
+                    for status, n in counts.items():
+                        self.tasks.labels(action, status).set(n)
             self.connections.set(sum(len(c) for c in self.hub.connections.values()))
             self.uptime.set(time.time() - self.hub.started_at)
 
