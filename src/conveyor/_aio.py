@@ -1,4 +1,5 @@
-"""Stopping background tasks without hanging on a lost cancellation."""
+"""Stopping background tasks without hanging on a lost cancellation; telling a
+cancellation of the running task from a CancelledError raised by code it awaited."""
 
 from __future__ import annotations
 
@@ -6,9 +7,17 @@ import asyncio
 import logging
 from typing import Any
 
-__all__ = ["stop_tasks"]
+__all__ = ["cancelled_here", "stop_tasks"]
 
 log = logging.getLogger("conveyor")
+
+
+def cancelled_here() -> bool:
+    """Whether the running asyncio task was cancelled (a worker's abort, stop or
+    lost lease; the app's shutdown), rather than a CancelledError raised by the
+    code it awaited (a handler's own: a cancelled future it awaited)."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
 
 
 async def stop_tasks(*tasks: asyncio.Future[Any] | None, what: str,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import _json
-from ._aio import stop_tasks
+from ._aio import cancelled_here, stop_tasks
 from ._batched import BatchedWrites
 from ._children import ChildPool
 from ._logging import log_outcome, log_recovery
@@ -589,9 +589,13 @@ class Worker:
                     outcome = await self._run_async(run, timeout)
             else:
                 outcome = await self._run_thread(run, timeout)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if run.abort_reason is not None and not run.released and not run.lost:
                 outcome = Aborted(run.abort_reason)
+            elif not (run.released or run.lost or cancelled_here()):
+                # raised by the handler itself (a cancelled future it awaited), not a
+                # cancellation of this run: an error like any other
+                outcome = self._raised(run, exc)
             else:
                 self._forget(run)
                 if run.released or run.lost:
@@ -599,13 +603,20 @@ class Worker:
                 raise
         except TaskAbortRequested as exc:
             outcome = Aborted(run.abort_reason or exc.reason)
-        except Exception as exc:
-            outcome = Raised(ErrorInfo.from_exception(exc, attempt=task.attempts),
-                             retryable=handler.retries(exc))
-        if run.lost or run.released:
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) and handler.is_async:
+                raise  # maybe the user's Ctrl-C, raised in the handler's frame
+            # SystemExit and the like too: the handler's error, not the worker's end
+            outcome = self._raised(run, exc)
+        if run.lost or (run.released and not isinstance(outcome, Returned)):
+            # a run handed back at a stop keeps its result if it still returned one
             self._forget(run)
             return
         self._complete(run, outcome)
+
+    def _raised(self, run: _Run, exc: BaseException) -> Raised:
+        return Raised(ErrorInfo.from_exception(exc, attempt=run.task.attempts),
+                      retryable=run.handler.retries(exc))
 
     async def _confirm_claim(self, run: _Run) -> None:
         """Ask the storage whether a claim still holds before calling its handler,

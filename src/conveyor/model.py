@@ -300,7 +300,11 @@ class ErrorInfo:
         import traceback as tb
 
         text = storable_text("".join(tb.format_exception(exc))) if with_traceback else None
-        return cls(type=type(exc).__name__, message=storable_text(str(exc)), traceback=text,
+        try:
+            message = str(exc)
+        except Exception:  # a __str__ that fails or returns no str
+            message = f"<{type(exc).__name__}: str() failed>"
+        return cls(type=type(exc).__name__, message=storable_text(message), traceback=text,
                    attempt=attempt, at=time.time())
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -642,3 +643,43 @@ async def test_a_hub_shutting_down_hands_remote_runs_back(tmp_path: Path) -> Non
         back = await reader.get(task.id, logs=True)
     assert (back.status, back.attempts, back.rescues) == (Status.QUEUED, 0, 0), back
     assert not any("let go of this task" in r.message for r in back.logs or ())
+
+
+async def test_a_remote_handler_ending_oddly_fails_its_task_and_the_service_goes_on(
+        hub: RunningHub) -> None:
+    """``sys.exit()`` in a sync or async handler, a BaseException, a CancelledError
+    leaked by the handler's own code: each is its task's error (not retried by the
+    default ``retry_on``); the service stays up and runs the next task."""
+    worker = HubClient(hub.url, hub.key("svc", subscribe=["odd:*"]))
+
+    @worker.handler("odd:exit")
+    async def exits(ctx: Context) -> None:
+        sys.exit(3)
+
+    @worker.handler("odd:exit-sync", mode="thread")
+    def exits_sync(ctx: Context) -> None:
+        sys.exit(4)
+
+    @worker.handler("odd:leak", max_attempts=2)
+    async def leaks(ctx: Context) -> None:
+        inner = asyncio.get_running_loop().create_future()
+        inner.cancel()
+        await inner
+
+    @worker.handler("odd:ok")
+    async def ok(ctx: Context) -> str:
+        return "ok"
+
+    async with working(worker, "odd", concurrency=1), HubClient(hub.url, hub.key(
+            "pub", publish=["odd:*"])) as pub:
+        for action, kind, message in [("odd:exit", "SystemExit", "3"),
+                                      ("odd:exit-sync", "SystemExit", "4"),
+                                      ("odd:leak", "CancelledError", "")]:
+            task = await pub.add(action, None)
+            with pytest.raises(TaskFailed) as failed:
+                await pub.wait(task.id, timeout=10)
+            ended = failed.value.task
+            assert ended.error is not None
+            assert (ended.error.type, ended.error.message, ended.attempts, ended.rescues) == (
+                kind, message, 1, 0), action
+            assert await pub.run("odd:ok", None, timeout=10) == "ok"

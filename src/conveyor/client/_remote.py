@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import _json
+from .._aio import cancelled_here
 from .._policy import with_defaults
 from .._registry import Handler
 from .._threads import DaemonThreadPool
@@ -466,8 +467,11 @@ class WorkerSession:
                     value = await self._run_async(run, ctx, timeout)
             else:
                 value = await self._run_thread(run, ctx, timeout)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if run.abort_reason is None and not run.cancelled:
+                if not cancelled_here():  # raised by the handler: an error like any other
+                    return {"type": "fail", "error": _error_json(exc),
+                            "retryable": handler.retries(exc)}
                 raise
             return self._aborted_report(run)
         except TaskAbortRequested:
@@ -477,9 +481,12 @@ class WorkerSession:
                 return self._aborted_report(run)
             assert timeout is not None
             return self._timed_out_report(handler, timeout)
-        except Exception as exc:
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) and handler.is_async:
+                raise  # maybe the user's Ctrl-C, raised in the handler's frame
             if run.abort_reason is not None:
                 return self._aborted_report(run)
+            # SystemExit and the like too: the handler's error, not the service's end
             return {"type": "fail", "error": _error_json(exc), "retryable": handler.retries(exc)}
         if run.abort_reason is not None:
             return self._aborted_report(run)
