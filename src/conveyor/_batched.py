@@ -3,6 +3,8 @@ throttled progress snapshots and finished runs; the logs are written first in ea
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -18,6 +20,11 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchedWrites"]
 
+log = logging.getLogger("conveyor")
+
+CLOSE_TIMEOUT = 15.0
+"""Seconds a stopping worker or hub keeps trying to store what its runs reported."""
+
 C = TypeVar("C")
 
 
@@ -25,12 +32,49 @@ class BatchedWrites(Generic[C]):
     """Pending logs and progress of held tasks, the finished runs (``C``: what each
     writer keeps of one), and the write of logs and progress."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, owner: str) -> None:
         self.storage = storage
+        self.owner = owner
+        """Who writes (``worker ID``, ``hub``), for the log."""
         self.completions: list[C] = []
         self.logs: list[NewLog] = []
         self.progress: dict[str, tuple[Lease, Progress]] = {}
         self.progress_written: dict[str, float] = {}
+        self.work = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is written."""
+        while not self.idle.is_set():
+            await self.idle.wait()
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Write what is pending (progress at once), then stop. A write that keeps
+        failing (the database gone, its disk full) is given up after ``timeout``
+        seconds (``CLOSE_TIMEOUT``), so that a stop ends: the tasks whose outcome
+        was not stored are rescued when their leases end."""
+        if timeout is None:
+            timeout = CLOSE_TIMEOUT
+        self.progress_written.clear()
+        for lease, _ in list(self.progress.values()):
+            self.progress_written[lease.task_id] = 0.0
+        try:
+            await asyncio.wait_for(self.drain(), timeout)
+        except TimeoutError:
+            log.error("%s: could not store %d outcome(s) and %d log line(s) within %g s of "
+                      "stopping; their tasks will be rescued when their leases end",
+                      self.owner, len(self.completions), len(self.logs), timeout)
+            if self._task is not None:
+                self._task.cancel()
+        self._closing = True
+        self.work.set()
+        if self._task is not None:
+            await asyncio.wait({self._task})  # ended, or cancelled above
+            if not self._task.cancelled() and self._task.exception() is not None:
+                raise self._task.exception()  # type: ignore[misc]
 
     async def write_logs_and_progress(self, bus: EventBus, interval: float) -> None:
         """Store the pending logs (emitting ``task.log`` to listeners) and the

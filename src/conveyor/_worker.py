@@ -139,13 +139,8 @@ class _Writer(BatchedWrites[tuple[Completion, "_Run"]]):
     """Batches the worker's writes: logs, then progress, then finished runs."""
 
     def __init__(self, worker: Worker) -> None:
-        super().__init__(worker.storage)
+        super().__init__(worker.storage, f"worker {worker.id}")
         self.worker = worker
-        self.work = asyncio.Event()
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="conveyor-writer")
@@ -165,18 +160,6 @@ class _Writer(BatchedWrites[tuple[Completion, "_Run"]]):
         self.progress[lease.task_id] = (lease, progress)
         self.idle.clear()
         self.work.set()
-
-    async def drain(self) -> None:
-        """Wait until everything queued so far is written."""
-        while not self.idle.is_set():
-            await self.idle.wait()
-
-    async def close(self) -> None:
-        await self.drain()
-        self._closing = True
-        self.work.set()
-        if self._task is not None:
-            await self._task
 
     async def _loop(self) -> None:
         interval = self.worker.app.progress_interval
@@ -347,7 +330,9 @@ class Worker:
             futures = [r.future for r in leftover if r.future is not None]
             if futures:
                 await asyncio.wait(futures, timeout=5)
-        await self._writer.drain()
+        # the runs' outcomes, logs and progress first (given up after a while when
+        # the storage cannot be written), then the hand-back
+        await self._writer.close()
         if leftover:
             try:
                 released = await self.storage.release(self.id, [r.lease for r in leftover])
@@ -359,7 +344,6 @@ class Worker:
                               self.id)
             for run in leftover:
                 self._forget(run)
-        await self._writer.close()
         self._keeper_stop.set()
         if self._keeper is not None:
             await asyncio.to_thread(self._keeper.join, 10)

@@ -98,7 +98,7 @@ async def test_a_log_line_that_cannot_be_stored_does_not_block_the_writer(
     app = Conveyor(f"sqlite:///{tmp_path / 'guard.db'}")
     try:
         task = await app.add("g:x")
-        writes: BatchedWrites[object] = BatchedWrites(app.storage)
+        writes: BatchedWrites[object] = BatchedWrites(app.storage, "test")
         writes.logs = [NewLog(task.id, LogLevel.INFO, "bad", 1.0, {"x": float("inf")}),
                        NewLog(task.id, LogLevel.INFO, "good", 2.0, {"n": 1})]
         await writes.write_logs_and_progress(EventBus(), 0.0)

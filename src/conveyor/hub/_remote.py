@@ -268,21 +268,16 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
     A completion is (worker, completion, the claimed task, or None when not announced)."""
 
     def __init__(self, remote: Remote) -> None:
-        super().__init__(remote.app.storage)
+        super().__init__(remote.app.storage, "hub")
         self.remote = remote
         self.releases: list[tuple[str, Lease]] = []
         self.lost: list[tuple[str, Lease]] = []
         self.jobs: list[Callable[[], Awaitable[Any]]] = []
-        self.work = asyncio.Event()
-        self.idle = asyncio.Event()
-        self.idle.set()
         self.announced = asyncio.Event()
         """Set while every stored completion and release has been announced: while tasks
         are followed, claims wait for it, so that a task's ``retrying`` is told before
         its next ``started``."""
         self.announced.set()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="conveyor-hub-writer")
@@ -328,32 +323,6 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
     def job(self, fn: Callable[[], Awaitable[Any]]) -> None:
         self.jobs.append(fn)
         self._poke()
-
-    async def drain(self) -> None:
-        while not self.idle.is_set():
-            await self.idle.wait()
-
-    async def close(self, timeout: float = 15.0) -> None:
-        """Write what is pending, then stop. A write that keeps failing (the database
-        gone) is given up after ``timeout`` seconds, so that the hub still stops:
-        the tasks whose outcome was not stored are rescued when their leases end."""
-        self.progress_written.clear()
-        for lease, _ in list(self.progress.values()):
-            self.progress_written[lease.task_id] = 0.0
-        try:
-            await asyncio.wait_for(self.drain(), timeout)
-        except TimeoutError:
-            log.error("hub: could not store %d outcome(s) and %d log line(s) reported by "
-                      "services before stopping; their tasks will be rescued when their "
-                      "leases end", len(self.completions), len(self.logs))
-            if self._task is not None:
-                self._task.cancel()
-        self._closing = True
-        self.work.set()
-        if self._task is not None:
-            await asyncio.wait({self._task})  # ended, or cancelled above
-            if not self._task.cancelled() and self._task.exception() is not None:
-                raise self._task.exception()  # type: ignore[misc]
 
     def _busy(self) -> bool:
         return bool(self.completions or self.logs or self.releases or self.lost or self.jobs)

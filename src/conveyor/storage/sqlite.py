@@ -58,7 +58,7 @@ from . import _ops
 from ._codec import claimed_to_task, encode_scope, row_to_task, task_to_row
 from ._feed import Fanout, FanoutFeed
 from ._sqlfile import load_migrations, load_queries
-from ._sqlthread import ConnSlot, DBThread, begin_immediate, retry_busy
+from ._sqlthread import ConnSlot, DBThread, begin_immediate, is_busy, retry_busy
 from .base import (
     AddResult,
     Change,
@@ -191,7 +191,12 @@ class SQLiteStorage(FanoutFeed, Storage):
         db = self._db
         if db is None:
             raise StorageError("storage is closed")
-        result: T = await asyncio.wrap_future(db.submit(fn, write=False))
+        try:
+            result: T = await asyncio.wrap_future(db.submit(fn, write=False))
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(exc) from None
         return result
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -202,8 +207,20 @@ class SQLiteStorage(FanoutFeed, Storage):
         db = self._db
         if db is None:
             raise StorageError("storage is closed")
-        result: T = await asyncio.wrap_future(db.submit(fn, write=True))
+        try:
+            result: T = await asyncio.wrap_future(db.submit(fn, write=True))
+        except sqlite3.IntegrityError:
+            raise  # a unique key taken: the callers handle it
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(exc) from None
         return result
+
+    def _unusable(self, exc: sqlite3.DatabaseError) -> StorageError:
+        """The error of a statement that failed for the database's sake: a disk full,
+        a file made read-only, an I/O error, a lock held past ``busy_timeout``."""
+        if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
+            return StorageError(f"the database is busy: {exc}")
+        return StorageError(f"cannot use database {self.path!r}: {exc}")
 
     def _committed(self) -> None:
         if self._feed.active and self._feed.wants_own():
