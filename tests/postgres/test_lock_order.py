@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 
-from conveyor.model import Progress, Status, Transition
+from conveyor.model import Progress, Status, Task, Transition
 from conveyor.storage import Completion, Lease
 from conveyor.testing.contract import make_spec
 
@@ -43,24 +44,31 @@ async def _waiting_on_locks(schema: str, count: int) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_heartbeat_and_finish_in_opposite_orders_do_not_deadlock(
-        storage: Any, schema_url: str) -> None:
+async def _beat_then(storage: Any, schema_url: str,
+                     second: Callable[[list[Task]], Awaitable[Any]]) -> tuple[list[Task], Any, Any]:
+    """Six running tasks; a third session holds the first one's row; a heartbeat of
+    all six (first to last) queues behind it, then ``second(tasks)``; the row is let
+    go. The running tasks, the heartbeat's reply and what ``second`` returned."""
     schema = pg_schema(schema_url)
     await storage.add([make_spec(action="a") for _ in range(6)])
     tasks = sorted(await storage.claim("w", ["a"], 6, 30), key=lambda t: t.id)
     assert len(tasks) == 6
-    leases = [Lease(t.id, t.token) for t in tasks]
     async with await psycopg.AsyncConnection.connect(os.environ[PG_ENV]) as holder:
         await holder.execute(
             f'SELECT 1 FROM "{schema}".tasks WHERE id = %s FOR UPDATE', (tasks[0].id,))
-        beat = asyncio.create_task(storage.heartbeat("w", leases, 30))
+        beat = asyncio.create_task(storage.heartbeat(
+            "w", [Lease(t.id, t.token) for t in tasks], 30))
         await _waiting_on_locks(schema, 1)
-        finish = asyncio.create_task(storage.finish("w", [
-            Completion(t.id, t.token, Transition(Status.SUCCEEDED)) for t in tasks[::-1]]))
+        then = asyncio.create_task(second(tasks))
         await _waiting_on_locks(schema, 2)
         await holder.rollback()
-        reply = await beat
-        not_done = await finish
+        return tasks, await beat, await then
+
+
+async def test_heartbeat_and_finish_in_opposite_orders_do_not_deadlock(
+        storage: Any, schema_url: str) -> None:
+    tasks, reply, not_done = await _beat_then(storage, schema_url, lambda tasks: storage.finish(
+        "w", [Completion(t.id, t.token, Transition(Status.SUCCEEDED)) for t in tasks[::-1]]))
     assert reply.lost == frozenset()
     assert not_done == []
     assert [t.status for t in await storage.get_many([t.id for t in tasks])] == [
@@ -69,21 +77,8 @@ async def test_heartbeat_and_finish_in_opposite_orders_do_not_deadlock(
 
 async def test_progress_and_heartbeat_in_opposite_orders_do_not_deadlock(
         storage: Any, schema_url: str) -> None:
-    schema = pg_schema(schema_url)
-    await storage.add([make_spec(action="a") for _ in range(6)])
-    tasks = sorted(await storage.claim("w", ["a"], 6, 30), key=lambda t: t.id)
-    leases = [Lease(t.id, t.token) for t in tasks]
-    async with await psycopg.AsyncConnection.connect(os.environ[PG_ENV]) as holder:
-        await holder.execute(
-            f'SELECT 1 FROM "{schema}".tasks WHERE id = %s FOR UPDATE', (tasks[0].id,))
-        beat = asyncio.create_task(storage.heartbeat("w", leases, 30))
-        await _waiting_on_locks(schema, 1)
-        progress = asyncio.create_task(storage.update_progress(
-            [(lease, Progress(1, 2)) for lease in leases[::-1]]))
-        await _waiting_on_locks(schema, 2)
-        await holder.rollback()
-        reply = await beat
-        lost = await progress
+    tasks, reply, lost = await _beat_then(storage, schema_url, lambda tasks: (
+        storage.update_progress([(Lease(t.id, t.token), Progress(1, 2)) for t in tasks[::-1]])))
     assert reply.lost == frozenset()
     assert lost == []
     assert all(t.progress is not None and t.progress.current == 1
