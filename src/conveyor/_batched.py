@@ -64,9 +64,10 @@ class BatchedWrites(Generic[C]):
         try:
             await asyncio.wait_for(self.drain(), timeout)
         except TimeoutError:
-            log.error("%s: could not store %d outcome(s) and %d log line(s) within %g s of "
-                      "stopping; their tasks will be rescued when their leases end",
-                      self.owner, len(self.completions), len(self.logs), timeout)
+            log.error("%s: gave up storing what its runs reported within %g s of stopping "
+                      "(%d outcome(s) and %d log line(s) waiting, besides those being "
+                      "written); their tasks will be rescued when their leases end",
+                      self.owner, timeout, len(self.completions), len(self.logs))
             if self._task is not None:
                 self._task.cancel()
         self._closing = True

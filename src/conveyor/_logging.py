@@ -32,8 +32,9 @@ def log_outcome(log: logging.Logger, task: Task, t: Transition) -> None:
                     else f" ({_error_text(t.error)})")
     elif t.status is Status.QUEUED and t.error is not None:
         if log.isEnabledFor(logging.INFO):
-            log.info("task %s (%s) failed attempt %d of %d, queued again for %s: %s",
-                     task.id, task.action, task.attempts, task.max_attempts,
+            log.info("task %s (%s) failed attempt %d%s, queued again for %s: %s",
+                     task.id, task.action, task.attempts,
+                     f" of {task.max_attempts}" if task.max_attempts else "",
                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t.run_at or time.time())),
                      _error_text(t.error))
     else:

@@ -592,8 +592,7 @@ class Worker:
                 raise  # maybe the user's Ctrl-C, raised in the handler's frame
             # SystemExit and the like too: the handler's error, not the worker's end
             outcome = self._raised(run, exc)
-        if run.lost or (run.released and not isinstance(outcome, Returned)):
-            # a run handed back at a stop keeps its result if it still returned one
+        if run.lost or run.released:
             self._forget(run)
             return
         self._complete(run, outcome)
@@ -686,7 +685,14 @@ class Worker:
                                          return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             abort_wait.cancel()
-            self._watch_zombie(future)
+            if run.released and not future.done():
+                # a stop (the handler sees ctx.aborted): its grace period to end before
+                # its task goes back to the queue, as an async handler gets time to unwind
+                await asyncio.wait({future}, timeout=run.handler.abort_grace)
+            if future.done():
+                self._settle(future)
+            else:
+                self._watch_zombie(future)
             raise
         abort_wait.cancel()
         if future in done:

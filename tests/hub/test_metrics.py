@@ -229,13 +229,13 @@ def storage_stuck(url: str) -> Iterator[None]:
 async def test_metrics_answer_without_the_task_counts_when_the_storage_is_stuck(
         tmp_path: Path, monkeypatch: Any) -> None:
     """The storage does not answer (locked by another session, a write waiting):
-    a scrape still answers, after ``storage_timeout`` (5 s; 0.5 s here) rather
-    than the write's 30 s, with the counters and ``conveyor_storage_up 0`` but no
-    task-count gauges; once the lock is gone the gauges come back,
-    ``conveyor_storage_up 1``."""
+    a scrape still answers, after ``storage_timeout`` (5 s; 1 s here) rather
+    than the write's 30 s, scrapes at the same time too, with the counters and
+    ``conveyor_storage_up 0`` but no task-count gauges; once the lock is gone
+    the gauges come back, ``conveyor_storage_up 1``."""
     from conveyor.hub._metrics import Metrics
 
-    monkeypatch.setattr(Metrics, "storage_timeout", 0.5)
+    monkeypatch.setattr(Metrics, "storage_timeout", 1.0)
     app = Conveyor(hub_db_url(tmp_path))
     async with running_hub(app, HubConfig(port=0, insecure=True), None) as hub, \
             httpx.AsyncClient(base_url=hub.url) as http:
@@ -258,6 +258,10 @@ async def test_metrics_answer_without_the_task_counts_when_the_storage_is_stuck(
             assert value(found, "conveyor_hub_uptime_seconds") > 0
             assert not any(name in ("conveyor_queue_depth", "conveyor_tasks")
                            for name, _ in found)
+            # scrapes at the same time share one read, each waiting 1 s at most (one
+            # after the other, the fourth would answer after 4 s)
+            answers = await asyncio.gather(*(http.get("/metrics", timeout=3) for _ in range(4)))
+            assert [value(samples(r.text), "conveyor_storage_up") for r in answers] == [0] * 4
         assert (await adding).status_code == 201
         found = samples((await http.get("/metrics")).text)
         assert value(found, "conveyor_storage_up") == 1

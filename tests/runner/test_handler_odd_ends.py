@@ -1,13 +1,15 @@
 """Handlers that end in odd ways end their task like any error, and the worker
 goes on: an exception whose ``str()`` fails, a ``BaseException`` that is not an
 ``Exception`` (``SystemExit`` included), a ``CancelledError`` raised by the
-handler's own code. A run handed back at a stop that still returns keeps its
-result instead of running again."""
+handler's own code. A sync run asked to end by a stop gets its grace period
+before its task goes back to the queue."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -105,32 +107,34 @@ async def test_a_cancelled_error_raised_by_the_handler_is_its_error(url: str) ->
         await app.close()
 
 
-async def test_a_run_that_returns_after_a_stop_keeps_its_result(url: str) -> None:
-    """An async handler that swallows the stop's cancellation and returns: its
-    result is stored (the work is done), the task is not handed back to run
-    again."""
+@pytest.mark.parametrize("ends", ["raises", "returns"])
+async def test_a_sync_run_gets_its_grace_to_end_at_a_stop(url: str, ends: str) -> None:
+    """A sync handler sees ``ctx.aborted`` (``worker stopping``) and gets its
+    ``abort_grace`` to end before its task goes back to the queue (it would start
+    elsewhere while the thread still unwinds); what it returns then is
+    discarded, as after an abort."""
     app = Conveyor(url, lease=5.0)
-    started = asyncio.Event()
-    runs = 0
+    started = threading.Event()
+    unwound = threading.Event()
 
-    @app.handler("stubborn")
-    async def stubborn(ctx: Context[Any]) -> str:
-        nonlocal runs
-        runs += 1
+    @app.handler("careful", abort_grace=10)
+    def careful(ctx: Context[Any]) -> str:
         started.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            pass
-        return "done"
+        assert ctx.wait_aborted(30)
+        assert ctx.abort_reason == "worker stopping"
+        time.sleep(0.3)  # the handler's own cleanup
+        unwound.set()
+        if ends == "raises":
+            ctx.check_aborted()
+        return "partial"
 
     try:
         await app.start()
-        task = await app.add("stubborn")
-        await asyncio.wait_for(started.wait(), 10)
+        task = await app.add("careful")
+        assert await asyncio.to_thread(started.wait, 10)
         await app.stop(timeout=0.1)
+        assert unwound.is_set()  # before the stop returned
         done = await app.get(task.id)
-        assert (done.status, done.result, done.attempts, runs) == (
-            Status.SUCCEEDED, "done", 1, 1)
+        assert (done.status, done.attempts, done.result) == (Status.QUEUED, 0, None)
     finally:
         await app.close()

@@ -102,3 +102,25 @@ async def test_sweeper_names_the_tasks_it_fails_for_good(
     errors = [text for level, text in _lines(caplog, task.id) if level == logging.ERROR]
     assert errors == [f"sweeper: 1 task(s) failed, their worker lost too many times "
                       f"(reason worker_lost): {task.id}"]
+
+
+async def test_a_retry_line_without_max_attempts(
+        url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A task with no ``max_attempts`` (a custom policy queues it again): the
+    line leaves the 'of N' out instead of failing to format."""
+    from dataclasses import replace
+
+    from conveyor._logging import log_outcome
+    from conveyor.model import ErrorInfo, Status, Transition
+
+    caplog.set_level(logging.INFO, logger="test")
+    app = Conveyor(url)
+    try:
+        task = replace(await app.add("a"), max_attempts=None, attempts=2)
+    finally:
+        await app.close()
+    log_outcome(logging.getLogger("test"), task, Transition(
+        Status.QUEUED, run_at=1.0, error=ErrorInfo("ValueError", "no")))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"task {task.id} (a) failed attempt 2, queued again for 1970-01-01T00:00:01Z: "
+        "ValueError: no"]

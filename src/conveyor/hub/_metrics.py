@@ -76,7 +76,7 @@ class Metrics:
                                 "counts in time, else 0 (and the task-count gauges are left "
                                 "out).", registry=r)
         self._unsubscribe: Callable[[], None] | None = None
-        self._refresh = asyncio.Lock()
+        self._reading: asyncio.Task[dict[str, dict[str, int]]] | None = None
         self._children: dict[str, tuple[Any, Any, Any]] = {}
         self._finished_children: dict[tuple[str, str], Any] = {}
 
@@ -92,6 +92,8 @@ class Metrics:
         unsubscribe, self._unsubscribe = self._unsubscribe, None
         if unsubscribe is not None:
             unsubscribe()
+        if self._reading is not None:
+            self._reading.cancel()
 
     # -- tallies --------------------------------------------------------------------
 
@@ -120,25 +122,29 @@ class Metrics:
     async def refresh(self) -> None:
         """Read the gauges' values (task counts) from storage, waiting at most
         ``storage_timeout`` seconds: a storage that is down or stuck leaves them out
-        (``conveyor_storage_up`` 0), the counters are served all the same."""
-        async with self._refresh:
-            self.queued.clear()
-            self.tasks.clear()
-            try:
-                stats = await asyncio.wait_for(self.hub.app.stats(), self.storage_timeout)
-            except (TimeoutError, StorageError) as exc:
-                log.warning("metrics: task counts left out, the storage %s",
-                            f"did not answer within {self.storage_timeout:g}s"
-                            if isinstance(exc, TimeoutError) else f"failed: {exc}")
-                self.storage_up.set(0)
-            else:
-                self.storage_up.set(1)
-                for action, counts in stats.items():
-                    self.queued.labels(action).set(counts.get(Status.QUEUED.value, 0))
-                    for status, n in counts.items():
-                        self.tasks.labels(action, status).set(n)
-            self.connections.set(sum(len(c) for c in self.hub.connections.values()))
-            self.uptime.set(time.time() - self.hub.started_at)
+        (``conveyor_storage_up`` 0), the counters are served all the same. Scrapes
+        at the same time share one read (each with its own deadline), and a read
+        that outlives its scrape is the next scrape's, so reads never pile up."""
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.create_task(self.hub.app.stats())
+            self._reading.add_done_callback(_retrieved)
+        try:
+            stats = await asyncio.wait_for(asyncio.shield(self._reading), self.storage_timeout)
+        except (TimeoutError, StorageError) as exc:
+            log.warning("metrics: task counts left out, the storage %s",
+                        f"did not answer within {self.storage_timeout:g}s"
+                        if isinstance(exc, TimeoutError) else f"failed: {exc}")
+            stats = None
+        # no await from here to the rendering: each scrape sees one read's counts
+        self.queued.clear()
+        self.tasks.clear()
+        self.storage_up.set(0 if stats is None else 1)
+        for action, counts in (stats or {}).items():
+            self.queued.labels(action).set(counts.get(Status.QUEUED.value, 0))
+            for status, n in counts.items():
+                self.tasks.labels(action, status).set(n)
+        self.connections.set(sum(len(c) for c in self.hub.connections.values()))
+        self.uptime.set(time.time() - self.hub.started_at)
 
     async def render(self, cred: Credential) -> bytes:
         """The metrics in the Prometheus text format, as ``cred`` may see them."""
@@ -166,3 +172,9 @@ class _Visible:
             action = sample.labels.get("action")
             if action is None or self.cred.can_read(action):
                 yield sample
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """A shared read's error is the scrapes' to report; none may be left unread."""
+    if not task.cancelled():
+        task.exception()

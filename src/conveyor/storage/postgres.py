@@ -1432,7 +1432,7 @@ class PostgresStorage(FanoutFeed, Storage):
                 # by one, each giving its key up if another task holds it by then
                 done = set()
                 async with conn.transaction():
-                    for row in rows:
+                    for row in sorted(rows, key=lambda r: str(r["id"])):  # locks in id order
                         await conn.execute(self._q["yield_key"],
                                            {"id": row["id"], "status": row["status"]})
                         done.update((r[0], r[1]) for r in await self._rows(
