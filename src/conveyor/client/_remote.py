@@ -470,8 +470,7 @@ class WorkerSession:
         except asyncio.CancelledError as exc:
             if run.abort_reason is None and not run.cancelled:
                 if not cancelled_here():  # raised by the handler: an error like any other
-                    return {"type": "fail", "error": _error_json(exc),
-                            "retryable": handler.retries(exc)}
+                    return _failed(handler, exc)
                 raise
             return self._aborted_report(run)
         except TaskAbortRequested:
@@ -487,7 +486,7 @@ class WorkerSession:
             if run.abort_reason is not None:
                 return self._aborted_report(run)
             # SystemExit and the like too: the handler's error, not the service's end
-            return {"type": "fail", "error": _error_json(exc), "retryable": handler.retries(exc)}
+            return _failed(handler, exc)
         if run.abort_reason is not None:
             return self._aborted_report(run)
         return self._report(handler, task, value)
@@ -636,6 +635,11 @@ def _number(value: Any, default: float) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return float(value)
     return default
+
+
+def _failed(handler: Handler, exc: BaseException) -> dict[str, Any]:
+    """The ``fail`` report of a run whose handler raised ``exc``."""
+    return {"type": "fail", "error": _error_json(exc), "retryable": handler.retries(exc)}
 
 
 def _error_json(exc: BaseException) -> dict[str, Any]:

@@ -186,41 +186,30 @@ class SQLiteStorage(FanoutFeed, Storage):
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` on the database thread (a read)."""
-        if not self._opened:
-            await self.open()
-        db = self._db
-        if db is None:
-            raise StorageError("storage is closed")
-        try:
-            result: T = await asyncio.wrap_future(db.submit(fn, write=False))
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.DatabaseError as exc:
-            raise self._unusable(exc) from None
-        return result
+        return await self._submit(fn, write=False)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` as a write on the database thread. Writes queued
         together share one transaction (group commit), each in its own savepoint."""
+        return await self._submit(fn, write=True)
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
         if not self._opened:
             await self.open()
         db = self._db
         if db is None:
             raise StorageError("storage is closed")
         try:
-            result: T = await asyncio.wrap_future(db.submit(fn, write=True))
+            result: T = await asyncio.wrap_future(db.submit(fn, write=write))
         except sqlite3.IntegrityError:
             raise  # a unique key taken: the callers handle it
         except sqlite3.DatabaseError as exc:
-            raise self._unusable(exc) from None
+            # failed for the database's sake: a disk full, a file made read-only, an
+            # I/O error, a lock held past busy_timeout
+            if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
+                raise StorageError(f"the database is busy: {exc}") from None
+            raise StorageError(f"cannot use database {self.path!r}: {exc}") from None
         return result
-
-    def _unusable(self, exc: sqlite3.DatabaseError) -> StorageError:
-        """The error of a statement that failed for the database's sake: a disk full,
-        a file made read-only, an I/O error, a lock held past ``busy_timeout``."""
-        if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
-            return StorageError(f"the database is busy: {exc}")
-        return StorageError(f"cannot use database {self.path!r}: {exc}")
 
     def _committed(self) -> None:
         if self._feed.active and self._feed.wants_own():
