@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from .model import ErrorInfo, Status, Task, Transition
 from .storage import RecoverReport
 
-__all__ = ["log_outcome", "log_recovery"]
+__all__ = ["log_outcome", "log_recovery", "log_report"]
 
 MAX_TEXT = 500
 """Characters of an error's type and message put in a log line."""
@@ -56,6 +57,31 @@ def log_recovery(log: logging.Logger, report: RecoverReport) -> None:
     if report.expired:
         log.error("sweeper: %d task(s) failed, not picked up in time "
                   "(reason pickup_timeout): %s", len(report.expired), _ids(report.expired))
+
+
+def log_report(log: logging.Logger, task: Task, report: dict[str, Any]) -> None:
+    """One line per outcome a remote service sends its hub (the hub stores it, and
+    logs there what became of the task): an error or a run timeout at WARNING, an
+    abort or a retry asked for at INFO, the rest at DEBUG."""
+    kind = report.get("type")
+    if kind == "fail":
+        raw = report.get("error") or {}
+        error = ErrorInfo(type=str(raw.get("type", "Error")), message=str(raw.get("message", "")))
+        if error.type == "Aborted":
+            log.info("task %s (%s) aborted: %s", task.id, task.action, error.message)
+        else:
+            log.warning("task %s (%s) attempt %d failed: %s (sent to the hub, %s)",
+                        task.id, task.action, task.attempts, _error_text(error),
+                        "which retries it while attempts remain" if report.get("retryable")
+                        else "not to be retried")
+    elif kind == "retry":
+        log.info("task %s (%s) asks to be retried%s", task.id, task.action,
+                 "" if report.get("after") is None else f" in {report['after']:g}s")
+    elif kind == "drop":
+        log.info("task %s (%s) not reported: %s", task.id, task.action, report.get("reason"))
+    else:
+        log.debug("task %s (%s) %s", task.id, task.action,
+                  "rescheduled" if kind == "reschedule" else "succeeded")
 
 
 def _error_text(error: ErrorInfo | None) -> str:

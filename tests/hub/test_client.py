@@ -200,8 +200,10 @@ async def test_a_remote_handlers_retry_options_apply_to_tasks_without_their_own(
     """The README's handler options move to a remote handler unchanged: its
     ``max_attempts`` and ``backoff`` go to the hub, which applies them to the tasks
     added without them (as an in-process worker does); a task's own still win. The
-    hub logs the remote runs' outcomes as a worker logs its own."""
+    hub logs the remote runs' outcomes as a worker logs its own; the service logs
+    each outcome it sends."""
     caplog.set_level(logging.INFO, logger="conveyor.hub")
+    caplog.set_level(logging.DEBUG, logger="conveyor.client.worker")
     worker = HubClient(hub.url, hub.key("svc", subscribe=["flaky:*"]))
 
     @worker.handler("flaky:twice", environment={"chunk": 2}, max_attempts=3,
@@ -226,6 +228,13 @@ async def test_a_remote_handlers_retry_options_apply_to_tasks_without_their_own(
     assert [level for level, _ in lines] == [logging.INFO, logging.INFO, logging.ERROR], lines
     assert lines[2][1] == (f"task {own.id} (flaky:twice) failed after 1 attempt(s): "
                            "ValueError: attempt 1")
+    sent = [(r.levelno, r.getMessage()) for r in caplog.records
+            if r.name == "conveyor.client.worker" and " (flaky:twice) " in r.getMessage()]
+    assert [level for level, _ in sent] == [logging.WARNING] * 2 + [
+        logging.DEBUG, logging.WARNING], sent
+    assert sent[1][1].endswith(") attempt 2 failed: ValueError: attempt 2 (sent to the "
+                               "hub, which retries it while attempts remain)"), sent
+    assert sent[2][1].endswith(") succeeded") and sent[3][1].startswith(f"task {own.id} ")
 
 
 async def test_a_remote_reschedule_with_a_result_that_is_not_json_fails_its_task(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from conveyor import Context, Conveyor
 from conveyor.model import Status
@@ -255,11 +258,20 @@ async def test_round_robin_across_instances_and_the_instance_limit(hub: RunningH
         await ws.close()
 
 
-async def test_pickup_timeout_without_and_with_a_silent_service(tmp_path: Path) -> None:
+async def test_pickup_timeout_without_and_with_a_silent_service(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="conveyor.hub")
     async with make_hub(tmp_path, insecure=True) as hub:
         lonely = await hub.app.add("nobody:home", 1, pickup_timeout=0.3)
         ended = await hub.app.wait_task(lonely.id, timeout=10)
         assert ended.status is Status.FAILED and ended.reason == "pickup_timeout"
+        # the hub's sweep says so, naming the task (docs/guide.md, "Logging")
+        swept = [(r.levelno, r.getMessage()) for r in caplog.records
+                 if r.name.startswith("conveyor.hub") and "sweeper:" in r.getMessage()]
+        assert (logging.ERROR, "sweeper: 1 task(s) failed, not picked up in time "
+                f"(reason pickup_timeout): {lonely.id}") in swept, swept
+        assert (logging.INFO, "sweeper: 0 requeued, 0 failed (worker lost), 0 aborted, "
+                "1 pickup timeouts") in swept, swept
 
         silent = await Raw.open(hub.url)
         await subscribe(silent, "silent", ["ignored"])
@@ -387,8 +399,10 @@ async def test_a_disconnected_service_loses_its_tasks_to_others(hub: RunningHub)
 
 
 async def test_a_task_that_keeps_losing_its_service_ends_worker_lost(
-        hub: RunningHub) -> None:
-    """A service that dies on a task every time must not make it loop forever."""
+        hub: RunningHub, caplog: pytest.LogCaptureFixture) -> None:
+    """A service that dies on a task every time must not make it loop forever; the
+    hub logs each rescue and names the task it fails for good."""
+    caplog.set_level(logging.INFO, logger="conveyor.hub")
     key = hub.key("svc", subscribe=["job"])
     task = await hub.app.add("job", "poison")
     for _ in range(hub.app.max_rescues + 1):
@@ -402,6 +416,12 @@ async def test_a_task_that_keeps_losing_its_service_ends_worker_lost(
     final = await hub.app.wait_task(task.id, timeout=10)
     assert final.status is Status.FAILED and final.reason == "worker_lost"
     assert final.rescues == hub.app.max_rescues
+    swept = [(r.levelno, r.getMessage()) for r in caplog.records
+             if r.name.startswith("conveyor.hub") and "sweeper:" in r.getMessage()]
+    requeued = "sweeper: 1 requeued, 0 failed (worker lost), 0 aborted, 0 pickup timeouts"
+    assert swept.count((logging.INFO, requeued)) == hub.app.max_rescues, swept
+    assert (logging.ERROR, "sweeper: 1 task(s) failed, their worker lost too many times "
+            f"(reason worker_lost): {task.id}") in swept, swept
 
 
 async def test_delivery_all_a_task_that_keeps_losing_its_service_ends_worker_lost(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _json
 from .._aio import cancelled_here
+from .._logging import log_report
 from .._policy import with_defaults
 from .._registry import Handler
 from .._threads import DaemonThreadPool
@@ -408,6 +409,7 @@ class WorkerSession:
             self._slot_freed()
         if run.cancelled or report is None:
             return
+        log_report(log, run.task, report)
         report["task_id"] = run.task_id
         self.send(report)
         self.completed += 1
