@@ -429,29 +429,40 @@ class Conveyor:
     async def _add_items(self, items: list[Any]) -> list[AddResult]:
         if not items:
             return []
-        build = self._spec_builder(items)
-        streamed = getattr(self.storage, "add_streamed", None)
-        if streamed is not None and all(type(it) is tuple and len(it) == 2 for it in items):
-            # plain (action, payload) items, so no unique keys: the storage validates
-            # each part of the batch while it sends the previous one (PostgreSQL)
-            await self.open()
-            results: list[AddResult] = await streamed(build, len(items))
-        else:
-            specs = build(0, len(items))
-            await self.open()
-            results = await self.storage.add(specs)
-        if self._worker is not None and any(r.created for r in results):
-            self._worker.wake()
         bus = self.bus
-        if not bus.idle:
-            for r in results:
-                if r.created:
-                    bus.task_event("task.added", r.task)
+        # the new tasks' other events (a worker of this process may start one before
+        # the add returns here) wait for their task.added
+        owner = None if bus.idle else bus.hold(())
+        build = self._spec_builder(items, owner)
+        results: list[AddResult] = []
+        try:
+            streamed = getattr(self.storage, "add_streamed", None)
+            if streamed is not None and all(type(it) is tuple and len(it) == 2
+                                            for it in items):
+                # plain (action, payload) items, so no unique keys: the storage
+                # validates each part of the batch while it sends the previous one
+                await self.open()
+                results = await streamed(build, len(items))
+            else:
+                specs = build(0, len(items))
+                await self.open()
+                results = await self.storage.add(specs)
+            if self._worker is not None and any(r.created for r in results):
+                self._worker.wake()
+        finally:
+            added = [("task.added", r.task) for r in results if r.created]
+            if owner is not None:
+                bus.release(owner, added)
+            elif not bus.idle:
+                for type_, task in added:
+                    bus.task_event(type_, task)
         return results
 
-    def _spec_builder(self, items: list[Any]) -> Callable[[int, int], list[TaskSpec]]:
+    def _spec_builder(self, items: list[Any], owner: object | None = None
+                      ) -> Callable[[int, int], list[TaskSpec]]:
         """``build(start, stop)``: the validated specs of ``items[start:stop]`` (all made
-        at one time); when there are several items, a bad one's error names its index."""
+        at one time); when there are several items, a bad one's error names its index.
+        With an ``owner``, the bus holds the new tasks' events for it."""
         now = time.time()
         several = len(items) > 1
 
@@ -466,6 +477,8 @@ class Conveyor:
                     if several:
                         raise in_batch(exc, i) from None
                     raise
+            if owner is not None:
+                self.bus.hold([spec.id for spec in specs], owner)
             return specs
 
         return build

@@ -484,20 +484,27 @@ class EventBus:
         seen = self._versions.get(task_id)
         return seen is not None and version < seen[0]
 
-    def hold(self, task_ids: Iterable[str]) -> object:
-        """Hold the events of these tasks (a writer storing their runs' ends: the
-        next run's ``task.started`` must not come first) until :meth:`announce`
-        with the returned owner emits their change, or :meth:`release`."""
-        owner = object()
+    def hold(self, task_ids: Iterable[str], owner: object | None = None) -> object:
+        """Hold the events of these tasks (a writer storing their runs' ends, or an add:
+        the next run's ``task.started`` must not come first) until :meth:`announce`
+        with the returned owner emits their change, or :meth:`release`. Pass
+        ``owner`` to hold more tasks for the same owner."""
+        owner = object() if owner is None else owner
         for task_id in task_ids:
             self._held.setdefault(task_id, (owner, []))
         return owner
 
-    def release(self, owner: object) -> None:
-        """Emit, in order, the events held for ``owner`` (see :meth:`hold`)."""
-        mine = [task_id for task_id, (o, _) in self._held.items() if o is owner]
-        for task_id in mine:
-            _, events = self._held.pop(task_id)
+    def release(self, owner: object,
+                first: Iterable[tuple[str, Task]] = ()) -> None:
+        """Announce ``first`` (``(type, task)`` pairs, as :meth:`task_event`), then
+        emit, in order, the events held for ``owner`` (see :meth:`hold`)."""
+        mine = [(task_id, held[1]) for task_id, held in self._held.items()
+                if held[0] is owner]
+        for task_id, _ in mine:
+            del self._held[task_id]
+        for type, task in first:
+            self.task_event(type, task)
+        for _, events in mine:
             for event in events:
                 self.emit(event)
 

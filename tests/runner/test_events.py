@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import queue
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,8 +23,9 @@ from conveyor import (
     WaitTimeout,
 )
 from conveyor.events import EventBus
-from conveyor.model import ErrorInfo, Transition
-from conveyor.storage.base import Completion
+from conveyor.model import ErrorInfo, TaskSpec, Transition
+from conveyor.storage.base import AddResult, Completion
+from conveyor.storage.memory import MemoryStorage
 
 
 async def test_event_sequence_for_one_task(app: Conveyor) -> None:
@@ -523,3 +525,42 @@ async def test_a_task_deleted_at_once_does_not_come_back_through_the_feed(
         await here.close()
         if kind == "postgres":
             drop_pg_schema(url)
+
+
+class _LateAddReturn(MemoryStorage):
+    """Its ``add`` returns only once ``started`` is set: a worker of the same process
+    started the new task first (as on PostgreSQL, where the add's commit reaches the
+    worker through the change feed while the add's own reply waits in the loop)."""
+
+    started: asyncio.Event | None = None
+
+    async def add(self, specs: Sequence[TaskSpec]) -> list[AddResult]:
+        results = await super().add(specs)
+        if self.started is not None:
+            await asyncio.wait_for(self.started.wait(), 10)
+        return results
+
+
+@pytest.mark.parametrize("many", [False, True])
+async def test_a_new_tasks_added_event_comes_before_its_start(many: bool) -> None:
+    """A worker that starts a task before the add that made it has returned: the
+    task's task.started waits for its task.added (it came first, version 2 before
+    version 1: seen once on PostgreSQL, in a version-order test under load)."""
+    storage = _LateAddReturn()
+    storage.started = started = asyncio.Event()
+    app = Conveyor(storage)
+    seen: list[tuple[str, int]] = []
+    app.on("task.*", lambda e: seen.append((e.type, e.data["version"]))
+           if e.type in ("task.added", "task.started") else None)
+
+    @app.handler("quick")
+    async def quick(ctx: Context[Any]) -> None:
+        started.set()
+
+    async with app:
+        if many:
+            task = (await app.add_many([("quick", None)]))[0]
+        else:
+            task = await app.add("quick")
+        await app.wait_task(task.id, timeout=10)
+    assert seen == [("task.added", 1), ("task.started", 2)]
