@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from conveyor import Context, Conveyor
 from conveyor.client import HubClient
 from conveyor.hub import HubConfig
 
+from .._sqlite_held import sqlite_reads_held
 from ..conftest import PG_ENV, pg_schema
 from ._rest_helpers import API, client, eventually, make_keys, worker_hub
 from .conftest import RunningHub, hub_db_url, running_hub
@@ -204,22 +204,17 @@ def test_metrics_use_no_global_registry(tmp_path: Path) -> None:
     assert set(REGISTRY._names_to_collectors) == names
 
 
-@contextlib.contextmanager
-def storage_stuck(url: str) -> Iterator[None]:
-    """Another session holds the storage locked: the SQLite file (a write then
-    waits its turn on the hub's database thread, reads queue behind it), or the
-    PostgreSQL tasks table (every read and write of it waits)."""
-    if url.startswith("sqlite:///"):
-        other = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-        other.execute("BEGIN EXCLUSIVE")
-        try:
+@contextlib.asynccontextmanager
+async def storage_stuck(storage: Any) -> AsyncIterator[None]:
+    """The storage does not answer reads: on SQLite every reader thread is busy
+    with a long read; on PostgreSQL another session holds the tasks table locked
+    (every read and write of it waits)."""
+    if storage.url.startswith("sqlite:///"):
+        async with sqlite_reads_held(storage):
             yield
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
         return
     with psycopg.connect(os.environ[PG_ENV]) as conn:
-        conn.execute(f'LOCK TABLE "{pg_schema(url)}".tasks IN ACCESS EXCLUSIVE MODE')
+        conn.execute(f'LOCK TABLE "{pg_schema(storage.url)}".tasks IN ACCESS EXCLUSIVE MODE')
         try:
             yield
         finally:
@@ -228,7 +223,7 @@ def storage_stuck(url: str) -> Iterator[None]:
 
 async def test_metrics_answer_without_the_task_counts_when_the_storage_is_stuck(
         tmp_path: Path, monkeypatch: Any) -> None:
-    """The storage does not answer (locked by another session, a write waiting):
+    """The storage does not answer (its readers busy, or its table locked):
     a scrape still answers, after ``storage_timeout`` (5 s; 1 s here) rather
     than the write's 30 s, scrapes at the same time too, with the counters and
     ``conveyor_storage_up 0`` but no task-count gauges; once the lock is gone
@@ -243,7 +238,7 @@ async def test_metrics_answer_without_the_task_counts_when_the_storage_is_stuck(
         found = samples((await http.get("/metrics")).text)
         assert value(found, "conveyor_storage_up") == 1
         assert value(found, "conveyor_queue_depth", action="a") == 1
-        with storage_stuck(app.storage.url):
+        async with storage_stuck(app.storage):
             adding = asyncio.create_task(http.post(T, json={"action": "a"}, timeout=60))
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10

@@ -71,8 +71,8 @@ def create_hub(app: Conveyor | str, config: HubConfig | None = None, *,
         try:
             await asyncio.wait_for(conveyor.storage.count(_MATCH_NONE), _READY_TIMEOUT)
         except TimeoutError:
-            # a probe's answer within its own timeout: the storage is stuck (a SQLite
-            # file locked by another process, with writes waiting their turn)
+            # a probe's answer within its own timeout: the storage is stuck (a
+            # PostgreSQL table locked, SQLite's reader threads all busy)
             return JSONResponse({"status": "storage unavailable", "detail":
                                  f"the storage did not answer within {_READY_TIMEOUT:g}s"},
                                 status_code=503)

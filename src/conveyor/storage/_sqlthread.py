@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 from ..errors import StorageError
 from ..query._regex import take_timeout
 
-__all__ = ["ConnSlot", "DBThread", "begin_immediate", "is_busy", "retry_busy"]
+__all__ = ["ConnSlot", "DBThread", "ReaderPool", "begin_immediate", "is_busy", "retry_busy"]
 
 T = TypeVar("T")
 
@@ -283,14 +283,7 @@ class DBThread:
                 _reject(job.future, exc)
 
     def _run_read(self, conn: sqlite3.Connection, job: _Job) -> None:
-        if not job.future.set_running_or_notify_cancel():
-            return
-        try:
-            result = retry_busy(lambda: job.fn(conn), self._busy_timeout)
-        except BaseException as exc:
-            _reject(job.future, exc)
-        else:
-            _resolve(job.future, result)
+        _run_read(conn, job, self._busy_timeout)
 
     def _run_writes(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
@@ -341,3 +334,93 @@ class DBThread:
                 _resolve(job.future, value)
             else:
                 _reject(job.future, value)
+
+
+def _run_read(conn: sqlite3.Connection, job: _Job, busy_timeout: float) -> None:
+    if not job.future.set_running_or_notify_cancel():
+        return
+    try:
+        result = retry_busy(lambda: job.fn(conn), busy_timeout)
+    except BaseException as exc:
+        _reject(job.future, exc)
+    else:
+        _resolve(job.future, result)
+
+
+class ReaderPool:
+    """Threads that run reads, each on a connection of its own, taking them from one
+    queue: in WAL mode reads run beside the writer's transactions and beside each
+    other, so a long read holds up one thread, and the next read goes to another.
+    Threads are started as reads find none idle, up to ``size``; each opens its
+    connection on its first read (and again after a fork)."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], busy_timeout: float,
+                 size: int, name: str = "conveyor-sqlite-read") -> None:
+        self._connect = connect
+        self._busy_timeout = busy_timeout
+        self._size = size
+        self._name = name
+        self._jobs: deque[_Job] = deque()
+        self._ready = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._waiting = 0  # threads waiting for a job
+        self._closed = False
+
+    @property
+    def threads(self) -> int:
+        """Reader threads started so far."""
+        return len(self._threads)
+
+    def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> concurrent.futures.Future[Any]:
+        job = _Job(_reporting_regex_timeouts(fn), write=False)
+        with self._ready:
+            if self._closed:
+                raise StorageError("storage is closed")
+            self._jobs.append(job)
+            if len(self._jobs) > self._waiting and len(self._threads) < self._size:
+                thread = threading.Thread(target=self._main, name=self._name, daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._ready.notify()
+        return job.future
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish the reads under way, fail the queued ones, end the threads."""
+        with self._ready:
+            self._closed = True
+            jobs, self._jobs = list(self._jobs), deque()
+            self._ready.notify_all()
+        for job in jobs:
+            _reject(job.future, StorageError("storage is closed"))
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _main(self) -> None:
+        slot = ConnSlot()
+        try:
+            while True:
+                with self._ready:
+                    while not self._jobs and not self._closed:
+                        self._waiting += 1
+                        try:
+                            self._ready.wait()
+                        finally:
+                            self._waiting -= 1
+                    if self._closed:
+                        return
+                    job = self._jobs.popleft()
+                with slot:
+                    if slot.conn is None:  # its first read, or closed for a fork
+                        try:
+                            slot.conn = self._connect()
+                        except BaseException as exc:
+                            if job.future.set_running_or_notify_cancel():
+                                _reject(job.future, exc)
+                            continue
+                    _run_read(slot.conn, job, self._busy_timeout)
+        finally:
+            with slot:
+                slot.close()

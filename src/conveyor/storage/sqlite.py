@@ -5,9 +5,11 @@
   may lose the last commits, a process crash loses nothing).
 - One writer at a time: every write is one ``BEGIN IMMEDIATE`` transaction,
   and waiting for the lock is bounded by a busy timeout.
-- All database work of one storage object runs on its own thread, so the
-  event loop never blocks on the disk, and methods may be awaited from any
-  event loop.
+- Database work runs on threads of the storage object's own, so the event
+  loop never blocks on the disk, and methods may be awaited from any event
+  loop: writes on one writer thread (with group commit), reads on up to
+  :data:`READERS` reader threads, each with its own connection, so that a long
+  read holds up neither the writes nor the other reads.
 - The change feed is a table filled by triggers. A watcher thread notices
   commits from other processes by polling ``PRAGMA data_version`` every
   ``poll_interval`` seconds (2 ms by default, a few microseconds each), and
@@ -58,7 +60,7 @@ from . import _ops
 from ._codec import claimed_to_task, encode_scope, row_to_task, task_to_row
 from ._feed import Fanout, FanoutFeed
 from ._sqlfile import load_migrations, load_queries
-from ._sqlthread import ConnSlot, DBThread, begin_immediate, is_busy, retry_busy
+from ._sqlthread import ConnSlot, DBThread, ReaderPool, begin_immediate, is_busy, retry_busy
 from .base import (
     AddResult,
     Change,
@@ -84,6 +86,9 @@ MIN_SQLITE = (3, 38, 0)
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _STATUS = {s.value: s for s in Status}
 FEED_RETENTION = 3600.0
+READERS = 2
+"""Reader threads (each with its own connection) a storage object starts at most:
+the second when a read finds the first busy."""
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
 
 
@@ -125,6 +130,7 @@ class SQLiteStorage(FanoutFeed, Storage):
         self.poll_interval = poll_interval
         self.instance_id = uuid.uuid4().hex
         self._db: DBThread | None = None
+        self._readers: ReaderPool | None = None
         self._opening: DBThread | None = None
         self._open_lock = threading.Lock()
         self._opened = False
@@ -185,7 +191,8 @@ class SQLiteStorage(FanoutFeed, Storage):
         return conn
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(connection)`` on the database thread (a read)."""
+        """Run ``fn(connection)`` as a read, on a reader thread: reads run beside the
+        writes and beside each other (WAL), a long one holds up neither."""
         return await self._submit(fn, write=False)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -197,10 +204,12 @@ class SQLiteStorage(FanoutFeed, Storage):
         if not self._opened:
             await self.open()
         db = self._db
-        if db is None:
+        readers = self._readers
+        if db is None or readers is None:
             raise StorageError("storage is closed")
         try:
-            result: T = await asyncio.wrap_future(db.submit(fn, write=write))
+            result: T = await asyncio.wrap_future(
+                db.submit(fn, write=True) if write else readers.submit(fn))
         except sqlite3.IntegrityError:
             raise  # a unique key taken: the callers handle it
         except sqlite3.DatabaseError as exc:
@@ -268,6 +277,7 @@ class SQLiteStorage(FanoutFeed, Storage):
             if self._opening is db:
                 self._opening = None
                 self._db = db
+                self._readers = ReaderPool(self._connect, self.busy_timeout, READERS)
                 self._opened = True
             elif self._db is not db:  # not opened by another caller: closed meanwhile
                 raise StorageError("storage was closed while it opened")
@@ -302,7 +312,11 @@ class SQLiteStorage(FanoutFeed, Storage):
             self._feed.close()
             if self._watcher is not None:
                 await asyncio.to_thread(self._watcher.join, 5)
-            db, self._db = self._db, None
+            with self._open_lock:
+                db, self._db = self._db, None
+                readers, self._readers = self._readers, None
+            if readers is not None:
+                await asyncio.to_thread(readers.close)
             if db is not None:
                 await asyncio.to_thread(db.close)
         finally:
