@@ -165,6 +165,7 @@ class MemoryStorage(FanoutFeed, Storage):
         self.instance_id = uuid.uuid4().hex
         self._lock = threading.RLock()
         self._tasks: dict[str, Task] = {}
+        self._keyed: dict[str, dict[str, None]] = {}  # unique key -> ids of its tasks
         self._logs: dict[str, list[LogRecord]] = {}
         self._log_seq = 0
         self._change_seq = 0
@@ -195,9 +196,13 @@ class MemoryStorage(FanoutFeed, Storage):
         task holds that key (taken while this one ran) gives the key up."""
         old = self._tasks.get(task.id)
         if (old is not None and _ops.enters_key_scope(old, task)
-                and any(o.unique_key == task.unique_key and o.id != task.id
-                        and o.status in o.unique_scope for o in self._tasks.values())):
+                and any(o.id != task.id and o.status in o.unique_scope
+                        for o in self._with_key(task.unique_key))):
             task = replace(task, unique_key=None)
+        if old is not None and old.unique_key != task.unique_key:
+            self._unkey(old)
+        if task.unique_key is not None:
+            self._keyed.setdefault(task.unique_key, {})[task.id] = None
         self._tasks[task.id] = task
         self._change_seq += 1
         self._pending.append(Change(self._change_seq, task.id, task.version, task.status, event,
@@ -220,12 +225,22 @@ class MemoryStorage(FanoutFeed, Storage):
             return None
         return task
 
+    def _with_key(self, key: str | None) -> list[Task]:
+        """The tasks with this unique key (lock held)."""
+        return [] if key is None else [self._tasks[i] for i in self._keyed.get(key, ())]
+
+    def _unkey(self, task: Task) -> None:
+        """Forget that ``task`` has its unique key (lock held)."""
+        if task.unique_key is not None:
+            ids = self._keyed.get(task.unique_key)
+            if ids is not None:
+                ids.pop(task.id, None)
+                if not ids:
+                    del self._keyed[task.unique_key]
+
     def _live_duplicate(self, spec: TaskSpec) -> Task | None:
         """The task holding ``spec``'s key (see :func:`~conveyor.storage.base.key_holder`)."""
-        if spec.unique_key is None:
-            return None
-        return key_holder([t for t in self._tasks.values() if t.unique_key == spec.unique_key],
-                          spec.unique_scope)
+        return key_holder(self._with_key(spec.unique_key), spec.unique_scope)
 
     # -- tasks ----------------------------------------------------------------
 
@@ -293,6 +308,7 @@ class MemoryStorage(FanoutFeed, Storage):
                 if task is None or task.status not in TERMINAL:
                     continue
                 del self._tasks[task_id]
+                self._unkey(task)
                 self._logs.pop(task_id, None)
                 self._change_seq += 1
                 self._pending.append(Change(self._change_seq, task_id, task.version + 1,
@@ -480,8 +496,8 @@ class MemoryStorage(FanoutFeed, Storage):
             task = self._must(task_id)
             new = _ops.retried(task, now if run_at is None else run_at, now)
             if task.unique_key is not None:
-                for other in self._tasks.values():
-                    if (other.id != task.id and other.unique_key == task.unique_key
+                for other in self._with_key(task.unique_key):
+                    if (other.id != task.id
                             and (other.status in task.unique_scope
                                  or other.status in other.unique_scope)
                             and Status.QUEUED in task.unique_scope):
