@@ -128,7 +128,7 @@ def check_priority(value: Any) -> float:
     result = _as_float(value)
     if not math.isfinite(result):
         raise ValidationError(f"priority must be a finite number, not {_shown(value)}")
-    return result
+    return result + 0.0  # -0.0 is 0.0, as every backend stores it
 
 
 MAX_ATTEMPTS = 2**31 - 1

@@ -19,6 +19,7 @@ from ._specs import (
     check_abort_reason,
     check_priority,
     check_task_id,
+    check_unicode,
     in_batch,
     task_ids,
     unpack_item,
@@ -543,6 +544,7 @@ class Conveyor:
     async def exists(self, filter_or_id: Mapping[str, Any] | str) -> bool:
         """Whether a task with this id, or one matching this filter, exists."""
         if isinstance(filter_or_id, str):
+            check_unicode(filter_or_id, "a task id")
             await self.open()
             return await self.storage.get(filter_or_id) is not None
         return await self.find_one(filter_or_id) is not None
