@@ -209,7 +209,8 @@ _VALUE = (
 def compile_sort_sqlite(sort: Sequence[SortKey]) -> tuple[str, list[Any]]:
     """The body of an ``ORDER BY`` (without those words) for the sort keys, and its parameters.
 
-    It always ends with ``id`` (ascending), the final tie-break; the order is
+    It ends with ``id`` (ascending), the final tie-break, unless a key sorts by
+    ``id`` already (an index on ``(created_at, id)`` then serves the whole order); the order is
     the one of :func:`~conveyor.query.sort_tasks`. Bind these parameters after
     the ones of the WHERE clause.
     """
@@ -229,7 +230,8 @@ def compile_sort_sqlite(sort: Sequence[SortKey]) -> tuple[str, list[Any]]:
         else:
             # NULL sorts first in SQLite, like missing values here; DESC puts it last
             parts.append(f"{col} {direction}")
-    parts.append("id")
+    if not any(key.ref.field == "id" for key in sort):  # else id decided already
+        parts.append("id")
     return ", ".join(parts), params
 
 

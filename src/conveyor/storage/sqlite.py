@@ -86,10 +86,10 @@ MIN_SQLITE = (3, 38, 0)
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _STATUS = {s.value: s for s in Status}
 FEED_RETENTION = 3600.0
+"""Seconds the change feed keeps its entries (consumers only read recent ones)."""
 READERS = 2
 """Reader threads (each with its own connection) a storage object starts at most:
 the second when a read finds the first busy."""
-"""Seconds the change feed keeps its entries (consumers only read recent ones)."""
 
 
 def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
