@@ -685,3 +685,30 @@ async def test_an_update_in_the_publishers_shape_is_read(insecure_hub: RunningHu
     assert stored.progress is not None and stored.progress.current == 1
     await service.close()
     await publisher.close()
+
+
+async def test_a_services_long_log_line_and_error_are_cut_with_a_note(
+        hub: RunningHub) -> None:
+    """A log line or an error message over 100,000 characters is cut there, ending
+    with a note of how much went (it was cut silently: a line that ended with the
+    client's own ``[cut: ...]`` lost it)."""
+    key = hub.key("svc", subscribe=["long"])
+    ws = await Raw.open(hub.url, key)
+    await subscribe(ws, "svc", ["long"])
+    task = await hub.app.add("long", None, max_attempts=1)
+    await ws.expect("offer")
+    await ws.send([
+        {"type": "pickup", "task_id": task.id},
+        {"type": "log", "task_id": task.id, "message": "L" * 100_005},
+        {"type": "log", "task_id": task.id, "message": "short"},
+        {"type": "fail", "id": 9, "task_id": task.id, "ack": True,
+         "error": {"type": "E", "message": "M" * 100_003, "traceback": "T" * 200_001}},
+    ])
+    assert (await ws.expect("ok", 9))["type"] == "ok"
+    done = await hub.app.wait_task(task.id, timeout=10)
+    logs = [r.message for r in (await hub.app.get(task.id, logs=True)).logs or ()]
+    assert logs == ["L" * 100_000 + " [cut: 5 more characters]", "short"]
+    assert done.error is not None
+    assert done.error.message == "M" * 100_000 + " [cut: 3 more characters]"
+    assert done.error.traceback == "T" * 200_000 + " [cut: 1 more characters]"
+    await ws.close()

@@ -88,3 +88,31 @@ async def test_a_live_query_over_the_limit_is_refused_and_a_limit_makes_it_fit(
         exact = await raw.request({"type": "live", "id": "five",
                                    "filter": {"action": "report.build", "payload.n": {"$lt": 5}}})
         assert exact["type"] == "snapshot" and len(exact["tasks"]) == 5
+
+
+async def test_a_live_query_that_grows_past_the_limit_ends_with_too_many(
+        hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cap holds after the snapshot too: a query that grows past it ends with
+    ``too_many`` (it went on growing, and the hub's memory with it: 99,990 tasks at
+    first, 249,990 later). Another query on the same connection goes on."""
+    monkeypatch.setattr(_live, "MAX_LIVE_RESULT", 5)
+    await hub.app.add_many([("grow", {"n": i}) for i in range(4)])
+    admin = hub.key("admin", admin=True)
+    async with Raw.opened(hub.url, admin) as raw:
+        first = await raw.request({"type": "live", "id": "g", "filter": {"action": "grow"}})
+        assert first["type"] == "snapshot" and len(first["tasks"]) == 4
+        other = await raw.request({"type": "live", "id": "o", "filter": {"action": "other"}})
+        assert other["type"] == "snapshot" and other["tasks"] == []
+        fifth = await hub.app.add("grow", {"n": 4})
+        assert (await raw.expect("added", "g"))["task"]["id"] == fifth.id
+        await hub.app.add("grow", {"n": 5})
+        err = await raw.expect("error", "g")
+        assert err["code"] == "too_many" and "now matches more than 5 tasks" in err["message"]
+        # the query is gone (its id free again); the other one still follows
+        again = await raw.request({"type": "live", "id": "g", "filter": {"action": "grow"},
+                                   "limit": 2})
+        assert again["type"] == "snapshot" and len(again["tasks"]) == 2
+        mine = await hub.app.add("other", None)
+        assert (await raw.expect("added", "o"))["task"]["id"] == mine.id
+        assert not [m for m in raw.seen if m.get("id") == "g" and m.get("type") == "added"
+                    and m["task"]["payload"] == {"n": 5}]

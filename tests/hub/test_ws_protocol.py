@@ -11,6 +11,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from conveyor.hub import _ws
+from conveyor.model import LogLevel
+from conveyor.storage.base import NewLog
 
 from ._ws_helpers import Raw, eventually, make_hub
 from .conftest import RunningHub
@@ -257,3 +259,22 @@ async def test_task_stream_endpoint_needs_a_credential(hub: RunningHub) -> None:
     end = await ws.expect("end")
     assert end["status"] == "aborted"
     assert await ws.closed() == 1000
+
+
+async def test_a_get_whose_log_would_fill_the_send_queue_is_refused_not_cut_off(
+        tmp_path: Path) -> None:
+    """``get`` with ``logs`` of a task whose log is more than half the send queue
+    (``max_pending_bytes``): a ``too_large`` error, and the connection goes on (it
+    was cut off with 4008 as a slow reader, however fast it read)."""
+    async with make_hub(tmp_path, insecure=True, max_pending_bytes=64_000) as hub:
+        task = await hub.app.add("long", None)
+        await hub.app.storage.append_logs([  # lines without a run's token: kept
+            NewLog(task.id, LogLevel.INFO, "x" * 1000, time.time(), None) for _ in range(40)])
+        ws = await Raw.open(hub.url)
+        error = await ws.request({"type": "get", "id": 1, "task_id": task.id, "logs": True},
+                                 "error")
+        assert error["code"] == "too_large" and "watch" in error["message"], error
+        small = await ws.request({"type": "get", "id": 2, "task_id": task.id,
+                                  "logs": True, "max_level": "warning"}, "task")
+        assert small["task"]["id"] == task.id and small["task"]["logs"] == []
+        await ws.close()

@@ -243,6 +243,8 @@ class _Group:
                             del self.members[task_id]
                     for task in fresh:
                         self._apply(task, fan=False)
+                        if self.failed is not None:  # grew past the cap meanwhile
+                            return
                 self.buffer = None
         except asyncio.CancelledError:
             raise
@@ -267,6 +269,15 @@ class _Group:
             self._schedule_refresh()
         if not self.subs:
             self.manager._drop(self)
+
+    def _overflowed(self) -> bool:
+        """Whether an unlimited query has grown past :data:`MAX_LIVE_RESULT` tasks (it
+        then ends with ``too_many``, as it would have been refused with them at first)."""
+        if self.limited or len(self.members) <= MAX_LIVE_RESULT or self.failed is not None:
+            return False
+        self._fail("too_many", f"the live query now matches more than {MAX_LIVE_RESULT} "
+                               "tasks: narrow the filter or give a limit")
+        return True
 
     def _fail(self, code: str, message: str, path: str | None = None) -> None:
         self.failed = message
@@ -347,6 +358,8 @@ class _Group:
         if self._matches(task):
             enc = self.encode(task)
             self.members[task_id] = (task, enc)
+            if member is None and self._overflowed():
+                return
             if fan:
                 if member is None:
                     self._added(enc)
@@ -380,7 +393,8 @@ class _Group:
             if entering is not None:
                 enc = self.encode(entering)
                 self.members[task.id] = (entering, enc)
-                self._added(enc)
+                if not self._overflowed():
+                    self._added(enc)
             return
         current = member[0]
         if (current.status is not Status.RUNNING or current.attempts != task.attempts

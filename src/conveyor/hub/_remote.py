@@ -105,6 +105,9 @@ SWEEP_INTERVAL = 1.0
 FORGET_INTERVAL = 30.0
 MAX_CAPACITY = 10_000
 MAX_ACTIONS = 1000
+MAX_TEXT = 100_000
+"""Characters of a service's log line or error message kept (a traceback: twice
+as many); the rest is cut, with a note of how many characters went."""
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.:@/\-]{1,100}$")
 _OPEN = frozenset({"pending", "offered", "running"})
 
@@ -1022,8 +1025,8 @@ class Remote:
             raise ProtocolError("bad_message", "'data' must be an object")
         if held.fan is not None:
             data = {**(data or {}), "service": held.sub.service.name}
-        self.writer.log(NewLog(held.task.id, level, message[:100_000], time.time(), data,
-                               held.lease.token))
+        self.writer.log(NewLog(held.task.id, level, _cut(message, MAX_TEXT), time.time(),
+                               data, held.lease.token))
 
     def _emit(self, held: Held, msg: dict[str, Any]) -> None:
         value = msg.get("value")
@@ -1436,17 +1439,24 @@ def _plain(value: Any, limit: int) -> bool:
     return kind is str and len(value) * 4 <= limit
 
 
+def _cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and a note of how many were cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} [cut: {len(text) - limit} more characters]"
+
+
 def _error_from(raw: Any, attempt: int) -> ErrorInfo:
     now = time.time()
     if isinstance(raw, str):
-        return ErrorInfo("Error", raw[:100_000], attempt=attempt, at=now)
+        return ErrorInfo("Error", _cut(raw, MAX_TEXT), attempt=attempt, at=now)
     if isinstance(raw, dict):
         kind = raw.get("type")
         message = raw.get("message")
         trace = raw.get("traceback")
         return ErrorInfo(kind[:200] if isinstance(kind, str) and kind else "Error",
-                         message[:100_000] if isinstance(message, str) else "",
-                         trace[:200_000] if isinstance(trace, str) else None,
+                         _cut(message, MAX_TEXT) if isinstance(message, str) else "",
+                         _cut(trace, 2 * MAX_TEXT) if isinstance(trace, str) else None,
                          attempt=attempt, at=now)
     if raw is None:
         return ErrorInfo("Error", "the service reported a failure", attempt=attempt, at=now)

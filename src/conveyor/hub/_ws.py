@@ -758,7 +758,15 @@ async def _get(conn: Connection, msg: dict[str, Any]) -> None:
             LogLevel.DEBUG
         records = await conn.state.app.storage.read_logs(task_id, 0, level)
         data["logs"] = [r.to_json() for r in records]
-    conn.send_msg({"type": "task", "id": msg["id"], "task": data})
+    text = encode({"type": "task", "id": msg["id"], "task": data})
+    budget = conn.config.max_pending_bytes // 2
+    if len(text) > budget:  # queued whole, it would cut its own reader off (4008)
+        raise ProtocolError(
+            "too_large", f"the task with its log is {len(text):,} characters, more than "
+            f"half the send queue's max_pending_bytes ({budget:,}): follow its log with "
+            "watch (replayed at the reader's pace) or read it in pages over REST "
+            "(GET /api/v1/tasks/{id}/logs)")
+    conn.send(text)
 
 
 async def _abort(conn: Connection, msg: dict[str, Any]) -> None:
