@@ -359,8 +359,8 @@ async def test_readyz_answers_503_when_the_storage_does_not_answer_in_time(
     """Every reader thread of the hub's SQLite storage is busy with a long read:
     /readyz says 503 after its limit (5 s; 0.5 s here) instead of waiting, and
     'ready' once a reader is free. Another process holding the file locked holds
-    up writes only: /readyz answers 'ready' at once meanwhile (it waited behind
-    the write on the one database thread there was)."""
+    up writes only: /readyz answers 'ready' meanwhile (it waited behind the
+    write on the one database thread there was)."""
     import sqlite3
 
     import conveyor.hub
@@ -370,7 +370,7 @@ async def test_readyz_answers_503_when_the_storage_does_not_answer_in_time(
 
     monkeypatch.setattr(conveyor.hub, "_READY_TIMEOUT", 0.5)
     db = tmp_path / "locked.db"
-    app = Conveyor(f"sqlite:///{db}")
+    app = Conveyor(f"sqlite:///{db}?busy_timeout=2")
     async with running_hub(app, HubConfig(port=0, insecure=True), None) as hub, \
             httpx.AsyncClient(base_url=hub.url) as http:
         assert (await http.get("/readyz")).status_code == 200
@@ -385,14 +385,21 @@ async def test_readyz_answers_503_when_the_storage_does_not_answer_in_time(
         try:
             adding = asyncio.create_task(http.post(f"{API}/tasks", json={"action": "a"},
                                                    timeout=60))
-            await asyncio.sleep(0.2)  # the add is waiting for the lock (absence check)
-            assert not adding.done()
-            # within /readyz's own 0.5 s
-            assert (await http.get("/readyz", timeout=10)).json() == {"status": "ready"}
+            # the add waits for the lock for its busy timeout (2 s), then fails; /readyz
+            # answers 'ready' all that time, each within its own 0.5 s
+            answers = 0
+            while not adding.done():
+                r = await http.get("/readyz", timeout=10)
+                assert r.json() == {"status": "ready"}, r.text
+                answers += 1
+            assert answers >= 2
+            refused = await adding
+            assert refused.status_code == 503 and \
+                refused.json()["error"]["code"] == "storage_unavailable", refused.text
         finally:
             other.execute("ROLLBACK")
             other.close()
-        assert (await adding).status_code == 201
+        assert (await http.post(f"{API}/tasks", json={"action": "a"})).status_code == 201
 
 
 async def test_health_readiness_and_metrics_shapes(hub: RunningHub) -> None:

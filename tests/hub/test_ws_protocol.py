@@ -261,15 +261,15 @@ async def test_task_stream_endpoint_needs_a_credential(hub: RunningHub) -> None:
     assert await ws.closed() == 1000
 
 
-async def test_a_get_whose_log_would_fill_the_send_queue_is_refused_not_cut_off(
+async def test_a_get_whose_log_would_overflow_the_send_queue_is_refused_not_cut_off(
         tmp_path: Path) -> None:
-    """``get`` with ``logs`` of a task whose log is more than half the send queue
+    """``get`` with ``logs`` of a task whose log does not fit in the send queue
     (``max_pending_bytes``): a ``too_large`` error, and the connection goes on (it
     was cut off with 4008 as a slow reader, however fast it read)."""
     async with make_hub(tmp_path, insecure=True, max_pending_bytes=64_000) as hub:
         task = await hub.app.add("long", None)
         await hub.app.storage.append_logs([  # lines without a run's token: kept
-            NewLog(task.id, LogLevel.INFO, "x" * 1000, time.time(), None) for _ in range(40)])
+            NewLog(task.id, LogLevel.INFO, "x" * 1000, time.time(), None) for _ in range(70)])
         ws = await Raw.open(hub.url)
         error = await ws.request({"type": "get", "id": 1, "task_id": task.id, "logs": True},
                                  "error")

@@ -29,7 +29,7 @@ async def _pages(app: Conveyor, limit: int | None) -> int:
         return int(conn.execute(f"PRAGMA max_page_count = {int(pages)}").fetchone()[0])
 
     db = app.storage._db  # type: ignore[attr-defined]
-    return int(await asyncio.wrap_future(db.submit(cap, write=False)))
+    return int(await asyncio.wrap_future(db.submit(cap)))
 
 
 async def _fill(app: Conveyor) -> StorageError:

@@ -11,7 +11,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from conveyor import Context, Conveyor, Status
+import pytest
+
+from conveyor import Context, Conveyor, Status, StorageError
+from conveyor.storage import _sqlthread
 from conveyor.storage import sqlite as sqlite_storage
 
 
@@ -53,3 +56,31 @@ async def test_a_long_read_holds_up_neither_writes_nor_another_read(tmp_path: Pa
     async with reopened:
         assert (await reopened.stats())["work"]["succeeded"] == 21
         assert (await reopened.get(first.id)).status is Status.SUCCEEDED
+
+
+def test_a_reader_thread_that_cannot_start_is_a_storage_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process's thread limit reached: the read is refused with StorageError
+    and nothing is left behind (the pool counted a thread that never ran, and its
+    close then failed, leaving the writer open)."""
+    path = tmp_path / "tasks.db"
+    sqlite3.connect(path).close()
+    pool = _sqlthread.ReaderPool(lambda: sqlite3.connect(path, check_same_thread=False),
+                                 1.0, 2)
+    start = threading.Thread.start
+
+    def refused(thread: threading.Thread) -> None:
+        if thread.name == "conveyor-sqlite-read":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    with pytest.raises(StorageError, match="cannot start a reader thread"):
+        pool.submit(lambda conn: 1)
+    assert pool.threads == 0
+    monkeypatch.setattr(threading.Thread, "start", start)
+    assert pool.submit(lambda conn: conn.execute("SELECT 2").fetchone()[0]).result(10) == 2
+    pool.close()
+    assert pool.threads == 1
+    with pytest.raises(StorageError, match="closed"):
+        pool.submit(lambda conn: 3)

@@ -246,7 +246,7 @@ def _report_end(task: Task) -> int:
 @click.option("--status", "statuses", multiple=True, type=STATUSES,
               help="Only tasks in this status (repeatable).")
 @click.option("--action", "actions", multiple=True, help="Only tasks of this action (repeatable).")
-@click.option("--sort", default="-created_at", show_default=True,
+@click.option("--sort", default="-created_at,-id", show_default=True,
               help="Sort fields, comma separated; '-' in front sorts descending.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=0),
               help="Most tasks shown; 0 shows all.")

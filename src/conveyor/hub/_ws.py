@@ -187,13 +187,18 @@ class Connection:
 
     # -- sending ------------------------------------------------------------------
 
+    def fits(self, text: str) -> bool:
+        """Whether the send queue has room for ``text`` (else :meth:`send` cuts the
+        reader off)."""
+        return (len(self._out) < self.config.max_pending
+                and self._out_chars + len(text) <= self.config.max_pending_bytes)
+
     def send(self, text: str) -> None:
         """Queue one encoded message. A full queue cuts the reader off (4008)."""
         if self.closed:
             return
         out = self._out
-        if (len(out) >= self.config.max_pending
-                or self._out_chars + len(text) > self.config.max_pending_bytes):
+        if not self.fits(text):
             self.cut_off(f"send queue full ({len(out)} messages, {self._out_chars} "
                          "characters)")
             return
@@ -759,12 +764,11 @@ async def _get(conn: Connection, msg: dict[str, Any]) -> None:
         records = await conn.state.app.storage.read_logs(task_id, 0, level)
         data["logs"] = [r.to_json() for r in records]
     text = encode({"type": "task", "id": msg["id"], "task": data})
-    budget = conn.config.max_pending_bytes // 2
-    if len(text) > budget:  # queued whole, it would cut its own reader off (4008)
+    if not conn.fits(text):  # queued, it would cut its own reader off (4008)
         raise ProtocolError(
-            "too_large", f"the task with its log is {len(text):,} characters, more than "
-            f"half the send queue's max_pending_bytes ({budget:,}): follow its log with "
-            "watch (replayed at the reader's pace) or read it in pages over REST "
+            "too_large", f"the task with its log is {len(text):,} characters, more than the "
+            "send queue holds (max_pending_bytes, less what waits to be sent): follow its "
+            "log with watch (replayed at the reader's pace) or read it in pages over REST "
             "(GET /api/v1/tasks/{id}/logs)")
     conn.send(text)
 

@@ -1,6 +1,9 @@
-"""The database thread of a SQLite storage object, with group commit.
+"""The threads of a SQLite storage object: one writer, with group commit, and a
+pool of readers.
 
-All work of one storage object runs on one thread that owns the connection.
+All writes of one storage object run on one thread that owns the writing
+connection (:class:`DBThread`); reads run on a few threads of their own, each
+with its connection (:class:`ReaderPool`), beside the writes (WAL).
 Writes queued at the same time share one transaction: each runs inside its
 own SAVEPOINT (so one failing write rolls back only itself), then a single
 COMMIT makes them all durable at once: with ``synchronous=FULL`` that is one
@@ -160,16 +163,16 @@ def _reject(future: concurrent.futures.Future[Any], exc: BaseException) -> None:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "write")
+    __slots__ = ("fn", "future")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], write: bool) -> None:
-        self.fn = fn
-        self.write = write
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = _reporting_regex_timeouts(fn)
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
 
 class DBThread:
-    """A thread that owns a connection and runs jobs on it in order."""
+    """A thread that owns a connection and runs writes on it in order, those queued
+    together in one transaction."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection], busy_timeout: float,
                  after_commit: Callable[[], None], name: str = "conveyor-sqlite") -> None:
@@ -208,9 +211,10 @@ class DBThread:
         self._started.add_done_callback(done)
         await waiter
 
-    def submit(self, fn: Callable[[sqlite3.Connection], Any],
-               write: bool) -> concurrent.futures.Future[Any]:
-        job = _Job(_reporting_regex_timeouts(fn), write)
+    def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> concurrent.futures.Future[Any]:
+        """Run ``fn(connection)`` as a write (inside a transaction, committed before its
+        future completes)."""
+        job = _Job(fn)
         with self._ready:
             if self._closed:
                 raise StorageError("storage is closed")
@@ -245,17 +249,15 @@ class DBThread:
                 with self._ready:
                     while not self._jobs:
                         self._ready.wait()
-                    head = self._jobs[0]
-                    if head is None:
+                    if self._jobs[0] is None:
                         break
-                    if not head.write:
-                        batch = [self._jobs.popleft()]
-                    else:
-                        batch = []
-                        while (self._jobs and len(batch) < MAX_GROUP
-                               and self._jobs[0] is not None and self._jobs[0].write):
-                            batch.append(self._jobs.popleft())
-                jobs = [j for j in batch if j is not None]
+                    jobs: list[_Job] = []
+                    while self._jobs and len(jobs) < MAX_GROUP:
+                        job = self._jobs[0]
+                        if job is None:
+                            break
+                        jobs.append(job)
+                        self._jobs.popleft()
                 with slot:
                     conn = slot.conn
                     if conn is None:  # closed for a fork: open it again
@@ -266,10 +268,7 @@ class DBThread:
                                 if job.future.set_running_or_notify_cancel():
                                     _reject(job.future, exc)
                             continue
-                    if jobs[0].write:
-                        self._run_writes(conn, jobs)
-                    else:
-                        self._run_read(conn, jobs[0])
+                    self._run_writes(conn, jobs)
         finally:
             with slot:
                 slot.close()
@@ -281,9 +280,6 @@ class DBThread:
         for job in jobs:
             if job is not None:
                 _reject(job.future, exc)
-
-    def _run_read(self, conn: sqlite3.Connection, job: _Job) -> None:
-        _run_read(conn, job, self._busy_timeout)
 
     def _run_writes(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
@@ -372,17 +368,22 @@ class ReaderPool:
         return len(self._threads)
 
     def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> concurrent.futures.Future[Any]:
-        job = _Job(_reporting_regex_timeouts(fn), write=False)
+        job = _Job(fn)
         with self._ready:
             if self._closed:
                 raise StorageError("storage is closed")
             self._jobs.append(job)
             if len(self._jobs) > self._waiting and len(self._threads) < self._size:
                 thread = threading.Thread(target=self._main, name=self._name, daemon=True)
-                self._threads.append(thread)
-                thread.start()
-            else:
-                self._ready.notify()
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # the process's thread limit
+                    if not self._threads:  # no reader to take it later
+                        self._jobs.remove(job)
+                        raise StorageError(f"cannot start a reader thread: {exc}") from None
+                else:
+                    self._threads.append(thread)
+            self._ready.notify()
         return job.future
 
     def close(self, timeout: float = 10.0) -> None:

@@ -209,7 +209,7 @@ class SQLiteStorage(FanoutFeed, Storage):
             raise StorageError("storage is closed")
         try:
             result: T = await asyncio.wrap_future(
-                db.submit(fn, write=True) if write else readers.submit(fn))
+                db.submit(fn) if write else readers.submit(fn))
         except sqlite3.IntegrityError:
             raise  # a unique key taken: the callers handle it
         except sqlite3.DatabaseError as exc:
@@ -315,10 +315,12 @@ class SQLiteStorage(FanoutFeed, Storage):
             with self._open_lock:
                 db, self._db = self._db, None
                 readers, self._readers = self._readers, None
-            if readers is not None:
-                await asyncio.to_thread(readers.close)
-            if db is not None:
-                await asyncio.to_thread(db.close)
+            try:
+                if readers is not None:
+                    await asyncio.to_thread(readers.close)
+            finally:
+                if db is not None:
+                    await asyncio.to_thread(db.close)
         finally:
             with self._open_lock:
                 self._watcher = None
