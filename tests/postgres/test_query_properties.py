@@ -1,5 +1,6 @@
 """Property tests: the Python evaluator and the PostgreSQL compiler agree on every filter
-and sort, and translated $regex patterns match exactly what Python's re.search does.
+and sort, and translated $regex patterns match exactly what the regex engine (memory,
+SQLite) finds.
 
 Random tasks go into a real table made by the real migration; the strategies are
 the ones of the SQLite property tests (tests/query).
@@ -15,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +33,7 @@ from conveyor.query import (
     parse_sort,
 )
 from conveyor.query._postgres import translate_regex
+from conveyor.query._regex import compile_regex
 from conveyor.query._tree import MATCH_ALL
 from conveyor.storage._codec import COLUMNS, task_to_values
 
@@ -141,10 +144,14 @@ def test_sort_order_agrees(db: Any, tasks: list[Task], raw_sort: list[tuple[str,
     assert pg_ids(db, MATCH_ALL, sort) == python_ids(MATCH_ALL, tasks, sort)
 
 
-# -- $regex: Python's meaning on PostgreSQL ------------------------------------------
+# -- $regex: the same meaning on PostgreSQL as on memory and SQLite --------------------
 
-ALPHABET = "aAbB_ 0\n9\t.-é\u00c9\u0663\u212akKs\u017f\u00df\u03c3\u03c2\u03a3\u00a0x"
-ATOMS = ["a", "b", "A", "é", "k", "s", "\u03c3", ".", r"\d", r"\D", r"\w", r"\W", r"\s", r"\S",
+ALPHABET = ("aAbB_ 0\n9\t.-é\u00c9\u0663\u212akKs\u017f\u00df\u03c3\u03c2\u03a3\u00a0x"
+            # where Python's re and the regex engine part: ASCII separators, dotless and
+            # dotted i, a Unicode 16 digit, a Unicode 14 letter, a combining mark, ½, ‿
+            "iI\u0131\u0130\x1c\x1f\U00010d40\U0001df95\u1e9e\u0301\u00bd\u203f")
+ATOMS = ["a", "b", "A", "é", "k", "s", "\u03c3", "i", "\u0131", "\u00df", ".",
+         r"\d", r"\D", r"\w", r"\W", r"\s", r"\S",
          "[a-c]", "[^a]", r"[\w-]", r"[^\d\s]", "[A-Z]", "[é-ê]", r"\.", r"\n", r"\u00e9",
          r"\x41", "(?:a|b)", "(a)", "[\u03c3\u03c2]"]
 ANCHORS = ["^", "$", r"\A", r"\Z", r"\b", r"\B"]
@@ -177,8 +184,9 @@ def test_regex_translation_matches_python(db: Any, pattern: str, options: set[st
     for o in options:
         flags |= {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}[o]
     try:
-        compiled = re.compile(pattern, flags)
-    except re.error:
+        re.compile(pattern, flags)  # the syntax is Python's
+        compiled = compile_regex(pattern, flags)  # the meaning, memory's and SQLite's
+    except (re.error, regex.error):
         return
     try:
         translated = translate_regex(pattern, flags)

@@ -12,23 +12,25 @@ Equality is jsonb equality, which is type-strict and compares numbers by value
 (``1 = 1.0``); the ordering operators check the type first and compare numbers
 as jsonb numbers and strings as text in the ``"C"`` collation (code points).
 
-``$regex`` keeps Python's semantics: the pattern is parsed with Python's own
-regular expression parser and rewritten as a PostgreSQL advanced regular
-expression that matches exactly the same strings (character classes such as
-``\\d`` and ``\\w`` and case-insensitive letters become explicit code point
-sets, ``$`` and ``\\b`` become lookarounds). The few constructs PostgreSQL
+``$regex`` keeps its meaning on the other backends: the pattern is parsed with
+Python's own regular expression parser and rewritten as a PostgreSQL advanced
+regular expression that matches exactly the strings the ``regex`` engine (memory,
+SQLite) finds (character classes such as ``\\d`` and ``\\w`` and case-insensitive
+letters become explicit sets of the code points that engine matches, ``$`` and
+``\\b`` become lookarounds). The few constructs PostgreSQL
 cannot express are refused with a :class:`~conveyor.errors.QueryError`
 (see docs/query.md, "PostgreSQL").
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
 import importlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+import regex as _regex_engine
 
 from conveyor import _json
 from conveyor.errors import QueryError
@@ -217,12 +219,11 @@ def compile_sort_postgres(sort: Sequence[SortKey]) -> tuple[str, list[Any]]:
 
 
 # ---------------------------------------------------------------------------
-# $regex: Python's regular expressions as PostgreSQL advanced regular expressions
+# $regex: Python's regular expressions, as the regex engine reads them, in PostgreSQL's
 
 # Python's own regular expression parser and constants (private, but stable in 3.11+)
 _c: Any = importlib.import_module("re._constants")
 _p: Any = importlib.import_module("re._parser")
-_sre: Any = importlib.import_module("_sre")
 
 _MAX = 0x10FFFF
 _SURROGATES = (0xD800, 0xDFFF)
@@ -259,22 +260,24 @@ def _from_points(points: Iterable[int]) -> Ranges:
 
 
 @functools.cache
+def _every_character() -> str:
+    """Every code point, in order (about 4 MiB, made once): the classes below are
+    what the ``regex`` engine itself matches in it."""
+    return "".join(map(chr, range(_MAX + 1)))
+
+
+def _matched(pattern: str, flags: int) -> tuple[tuple[int, int], ...]:
+    """The code points the ``regex`` engine (as memory and SQLite run ``$regex``)
+    matches with ``pattern``, a one-character class, under ``flags``."""
+    found = _regex_engine.finditer(f"(?:{pattern})+", _every_character(),
+                                   flags | _regex_engine.VERSION0)
+    return tuple((m.start(), m.end() - 1) for m in found)
+
+
+@functools.cache
 def _category(name: str) -> tuple[tuple[int, int], ...]:
-    """Code point ranges of Python's \\d, \\w, \\s (Unicode) for str patterns."""
-    tests: dict[str, Callable[[str], bool]] = {
-        "digit": str.isdecimal, "space": str.isspace,
-        "word": lambda ch: ch.isalnum() or ch == "_"}
-    test = tests[name]
-    out: Ranges = []
-    start = None
-    for cp in range(_MAX + 2):
-        inside = cp <= _MAX and test(chr(cp))
-        if inside and start is None:
-            start = cp
-        elif not inside and start is not None:
-            out.append((start, cp - 1))
-            start = None
-    return tuple(out)
+    """Code point ranges of \\d, \\s, \\w (Unicode) as the ``regex`` engine reads them."""
+    return _matched({"digit": r"\d", "space": r"\s", "word": r"\w"}[name], 0)
 
 
 _ASCII_CATEGORY: dict[str, Ranges] = {
@@ -284,10 +287,12 @@ _ASCII_CATEGORY: dict[str, Ranges] = {
 }
 
 
-@functools.cache
-def _cased() -> tuple[int, ...]:
-    """Every code point whose case matters to Python's IGNORECASE."""
-    return tuple(cp for cp in range(_MAX + 1) if _sre.unicode_iscased(cp))
+@functools.lru_cache(maxsize=4096)
+def _case_closure(raw: tuple[tuple[int, int], ...], ascii: bool) -> tuple[tuple[int, int], ...]:
+    """The code points that the ``regex`` engine's IGNORECASE matches against the
+    class ``raw``."""
+    source = "[" + "".join(_py_class_item(lo, hi) for lo, hi in raw) + "]"
+    return _matched(source, _regex_engine.IGNORECASE | (_regex_engine.ASCII if ascii else 0))
 
 
 def _esc(cp: int) -> str:
@@ -314,26 +319,10 @@ class _Translator:
     # -- sets -------------------------------------------------------------
 
     def case_closure(self, raw: Ranges, flags: int) -> Ranges:
-        """The code points that Python's IGNORECASE matches against the class ``raw``."""
+        """The code points that IGNORECASE matches against the class ``raw``."""
         if not flags & _c.SRE_FLAG_IGNORECASE or not raw:
             return raw
-        cased = _cased()
-        source = "[" + "".join(_py_class_item(lo, hi) for lo, hi in raw) + "]"
-        compiled = re.compile(source, re.IGNORECASE | (flags & re.ASCII))
-        matched = [cp for cp in cased if compiled.fullmatch(chr(cp))]
-        # members that have no case match themselves only
-        uncased: Ranges = []
-        for lo, hi in raw:
-            start = lo
-            i = bisect.bisect_left(cased, lo)
-            while i < len(cased) and cased[i] <= hi:
-                if cased[i] > start:
-                    uncased.append((start, cased[i] - 1))
-                start = cased[i] + 1
-                i += 1
-            if start <= hi:
-                uncased.append((start, hi))
-        return _normalise([*uncased, *((p, p) for p in matched)])
+        return list(_case_closure(tuple(raw), bool(flags & _c.SRE_FLAG_ASCII)))
 
     def category(self, chcode: Any, flags: int) -> Ranges:
         name = str(chcode).lower()
@@ -461,16 +450,16 @@ class _Translator:
         w = self.word(flags)
         if where is _c.AT_BOUNDARY:
             return f"(?:(?<={w})(?!{w})|(?<!{w})(?={w}))"
-        if where is _c.AT_NON_BOUNDARY:
-            # Python's \B never matches in an empty string
-            return f"(?:(?=.)|(?<=.))(?:(?<={w})(?={w})|(?<!{w})(?!{w}))"
+        if where is _c.AT_NON_BOUNDARY:  # (in an empty string too, as the regex engine's)
+            return f"(?:(?<={w})(?={w})|(?<!{w})(?!{w}))"
         raise _Unsupported(str(where))
 
 
 @functools.lru_cache(maxsize=256)
 def translate_regex(pattern: str, flags: int = 0) -> str:
     """A PostgreSQL advanced regular expression that finds a match in exactly the
-    strings where Python's ``re.search(pattern, s, flags)`` does.
+    strings where ``$regex`` does on memory and SQLite (the ``regex`` engine's
+    ``search(pattern, s, flags)``).
 
     Raises :class:`QueryError` for what PostgreSQL cannot express (possessive
     repeats, atomic and conditional groups, back references with IGNORECASE or
