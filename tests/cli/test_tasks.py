@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
+
+from conveyor import Conveyor, LogLevel
+from conveyor.storage.base import NewLog
 
 from ._support import add, assert_error, clean_env, cli, count, find, get
 
@@ -262,3 +267,28 @@ def test_max_attempts_beyond_what_a_backend_stores_is_exit_2(tmp_path: Path) -> 
     assert count(db) == 0
     task_id = cli("add", "x:y", "--max-attempts", "2147483647", "--db", db).out.strip()
     assert get(db, task_id).max_attempts == 2**31 - 1
+
+
+def test_tail_and_show_write_a_long_log_line_whole_to_a_pipe(tmp_path: Path) -> None:
+    """To a pipe or a file each log line is one line, however long, and plain (rich
+    wrapped it at 200 columns, and rendered each line slowly: 100,000 lines took
+    45 s)."""
+    db = f"sqlite:///{tmp_path / 'tasks.db'}"
+    long = "word " * 100 + "end"
+
+    async def fill() -> str:
+        async with Conveyor(db) as app:
+            task = await app.add("logs:long", None)
+            await app.storage.append_logs([
+                NewLog(task.id, LogLevel.INFO, long, time.time(), {"k": "v"}),
+                NewLog(task.id, LogLevel.WARNING, "short", time.time())])
+            await app.abort(task.id, "done")
+            return task.id
+
+    task_id = asyncio.run(fill())
+    for args in (("tail", task_id), ("show", task_id, "--logs")):
+        result = cli(*args, "--db", db)
+        lines = [line for line in result.out.splitlines() if "INFO" in line or "WARNING" in line]
+        assert len(lines) == 2, result.out
+        assert lines[0].endswith(f"INFO    {long} " + '{"k":"v"}'), lines[0]
+        assert lines[1].endswith("WARNING short") and "\x1b" not in result.out

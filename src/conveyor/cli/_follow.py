@@ -24,7 +24,7 @@ from conveyor.events import Event
 from conveyor.model import LogLevel, Status, Task
 from conveyor.model import Progress as TaskProgress
 
-from ._render import STATUS_STYLE, log_line
+from ._render import STATUS_STYLE, print_log
 
 if TYPE_CHECKING:
     from conveyor.client import HTTPClient
@@ -137,7 +137,7 @@ async def follow(app: Conveyor | HTTPClient, task: Task, *, bar_console: Console
         async def pump_logs() -> None:
             assert printer is not None
             async for record in app.logs(task.id, max_level=level):
-                printer.print(log_line(record))
+                print_log(printer, record)
 
         async def pump_events(bar: _Bar) -> None:
             async for event in events:
@@ -199,7 +199,7 @@ async def follow_hub(client: HTTPClient, task: Task, *, bar_console: Console | N
             if log_console is not None and printer is not None:
                 page = await client.logs(task.id, after_seq=seq, max_level=level)
                 for record in page.records:
-                    printer.print(log_line(record))
+                    print_log(printer, record)
                 seq = page.next_seq
                 if len(page.records) >= 1000:
                     continue  # more lines waiting

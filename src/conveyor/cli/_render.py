@@ -31,6 +31,7 @@ __all__ = [
     "err_console",
     "log_line",
     "out_console",
+    "print_log",
     "progress_text",
     "stats_table",
     "status_text",
@@ -316,6 +317,17 @@ def log_line(record: LogRecord) -> Text:
     if record.data:
         text.append(" " + _compact(record.data), style="dim")
     return text
+
+
+def print_log(console: Console, record: LogRecord) -> None:
+    """One log line, whole: a terminal gets it styled (folded to the screen's width);
+    a pipe or a file gets it plain and on one line however long (rich wrapped it at
+    200 columns there), written at once (rich's rendering took about 0.5 ms a line:
+    100,000 lines took 45 s)."""
+    if console.is_terminal:
+        console.print(log_line(record))
+    else:
+        console.file.write(log_line(record).plain + "\n")
 
 
 STATUS_ORDER: tuple[str, ...] = tuple(s.value for s in Status)

@@ -37,8 +37,8 @@ from ._base import (
 from ._render import (
     ChunkedOut,
     err_console,
-    log_line,
     out_console,
+    print_log,
     stats_table,
     task_details,
     tasks_table,
@@ -346,7 +346,7 @@ async def _show(url: Target, task_id: str, with_logs: bool, level: LogLevel, as_
         if not task.logs:
             console.print("no log lines", style="dim")
         for record in task.logs or ():
-            console.print(log_line(record))
+            print_log(console, record)
     return EXIT_OK
 
 
