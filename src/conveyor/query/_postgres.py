@@ -255,10 +255,6 @@ def _complement(ranges: Ranges) -> Ranges:
     return out
 
 
-def _from_points(points: Iterable[int]) -> Ranges:
-    return _normalise((p, p) for p in points)
-
-
 @functools.cache
 def _every_character() -> str:
     """Every code point, in order (about 4 MiB, made once): the classes below are
@@ -275,16 +271,11 @@ def _matched(pattern: str, flags: int) -> tuple[tuple[int, int], ...]:
 
 
 @functools.cache
-def _category(name: str) -> tuple[tuple[int, int], ...]:
-    """Code point ranges of \\d, \\s, \\w (Unicode) as the ``regex`` engine reads them."""
-    return _matched({"digit": r"\d", "space": r"\s", "word": r"\w"}[name], 0)
-
-
-_ASCII_CATEGORY: dict[str, Ranges] = {
-    "digit": [(0x30, 0x39)],
-    "space": [(0x09, 0x0D), (0x20, 0x20)],
-    "word": [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)],
-}
+def _category(name: str, flags: int) -> tuple[tuple[int, int], ...]:
+    """Code point ranges of \\d, \\s, \\w as the ``regex`` engine reads them, with the
+    pattern's ``flags`` (``re.ASCII`` among them: the ASCII classes)."""
+    ascii = _regex_engine.ASCII if flags & _c.SRE_FLAG_ASCII else 0
+    return _matched({"digit": r"\d", "space": r"\s", "word": r"\w"}[name], ascii)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -330,8 +321,7 @@ class _Translator:
         base = "digit" if "digit" in name else "space" if "space" in name else "word"
         if "linebreak" in name:
             raise _Unsupported("\\n categories")
-        ranges = (_ASCII_CATEGORY[base] if flags & _c.SRE_FLAG_ASCII
-                  else list(_category(base)))
+        ranges = list(_category(base, flags & _c.SRE_FLAG_ASCII))
         return _complement(ranges) if negate else ranges
 
     def in_set(self, items: Sequence[Any], flags: int) -> Ranges:
@@ -375,8 +365,7 @@ class _Translator:
         return f"[{inside}]"
 
     def word(self, flags: int) -> str:
-        return self.bracket(_ASCII_CATEGORY["word"] if flags & _c.SRE_FLAG_ASCII
-                            else list(_category("word")))
+        return self.bracket(list(_category("word", flags & _c.SRE_FLAG_ASCII)))
 
     # -- the tree ---------------------------------------------------------
 
