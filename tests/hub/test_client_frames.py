@@ -6,6 +6,7 @@ lost every run on it, over and over. Also: a subscription the hub refuses ends
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,11 @@ from ._ws_helpers import eventually, make_hub
 FRAME = 64 * 1024
 
 
-async def test_reports_over_the_frame_limit_become_smaller_ones(tmp_path: Path) -> None:
+async def test_reports_over_the_frame_limit_become_smaller_ones(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The service logs the outcome its hub got: a result over the limit is sent as a
+    failure, and logged so (it was logged as succeeded)."""
+    caplog.set_level(logging.DEBUG, logger="conveyor.client.worker")
     async with make_hub(tmp_path, max_frame=FRAME) as hub:
         worker = HubClient(hub.url, hub.key("svc", subscribe=["big:*"]))
         gate = asyncio.Event()
@@ -51,6 +56,10 @@ async def test_reports_over_the_frame_limit_become_smaller_ones(tmp_path: Path) 
             failed = await pub.wait_task((await pub.add("big:result")).id, timeout=20)
             assert failed.status is Status.FAILED and failed.error is not None
             assert "frame limit" in failed.error.message and failed.attempts == 1
+            [said] = [r for r in caplog.records if r.name == "conveyor.client.worker"
+                      and r.getMessage().startswith(f"task {failed.id} ")]
+            assert said.levelno == logging.WARNING, said.getMessage()
+            assert "failed: ValidationError: result: " in said.getMessage()
             line = await pub.wait_task((await pub.add("big:line")).id, timeout=20)
             assert line.status is Status.SUCCEEDED
             burst_task = await pub.wait_task((await pub.add("big:burst")).id, timeout=20)

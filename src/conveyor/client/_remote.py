@@ -141,13 +141,16 @@ class WorkerSession:
     def loop_thread_is_current(self) -> bool:
         return threading.get_ident() == self._thread_id
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """Send ``message``, or the smaller report that stands for it; return what
+        went (None: nothing did)."""
         link = self.link
         if link is None or link.closed.is_set():
-            return
+            return None
         message.setdefault("id", link.new_id())
         try:
             link.send(message)
+            return message
         except Unsendable as exc:
             # over the hub's frame limit (which would close the connection and lose
             # every run on it) or not valid Unicode: a report of the same thing that
@@ -157,8 +160,10 @@ class WorkerSession:
                 if other is None:
                     raise exc
                 link.send(other)
+                return other
             except Unsendable as again:
                 log.warning("task %s: %s: not sent", message.get("task_id"), again)
+                return None
 
     # -- one connection -----------------------------------------------------------
 
@@ -409,9 +414,14 @@ class WorkerSession:
             self._slot_freed()
         if run.cancelled or report is None:
             return
-        log_report(log, run.task, report)
         report["task_id"] = run.task_id
-        self.send(report)
+        sent = self.send(report)
+        if sent is not None:  # what the hub gets: an oversized result is a failure
+            log_report(log, run.task, sent)
+        elif self.link is None or self.link.closed.is_set():
+            log.warning("task %s (%s): its outcome was not sent, the connection to the "
+                        "hub had closed (the hub gives its tasks back at once)", run.task.id,
+                        run.task.action)
         self.completed += 1
 
     def _aborted_report(self, run: _Run) -> dict[str, Any] | None:
