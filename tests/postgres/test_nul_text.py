@@ -35,10 +35,15 @@ async def test_an_id_with_nul_names_no_task(schema_url: str) -> None:
 async def test_a_filter_operand_with_nul_is_a_query_error(schema_url: str) -> None:
     async with Conveyor(schema_url) as app:
         await app.add("nul:x", {"a": "b"})
-        for where in ({"action": "a\x00"}, {"payload.a": "b\x00"},
-                      {"payload.a": {"$in": ["b", "\x00"]}}, {"id": {"$gt": "\x00"}}):
-            with pytest.raises(QueryError, match="NUL"):
+        for where, path in (
+                ({"action": "a\x00"}, "filter.action"),
+                ({"payload.a": "b\x00"}, "filter.payload.a"),
+                ({"payload.a": {"$in": ["b", "\x00"]}}, "filter.payload.a.$in[1]"),
+                ({"$or": [{"id": "1"}, {"id": {"$gt": "\x00"}}]}, "filter.$or[1].id.$gt"),
+                ({"tags.t": {"$not": {"$eq": "\x00"}}}, "filter.tags.t.$not.$eq")):
+            with pytest.raises(QueryError, match="NUL") as refused:
                 await app.find(where)
+            assert refused.value.path == path  # the whole path, as the parser's errors
             with pytest.raises(QueryError, match="NUL"):
                 await app.count(where)
         assert await app.count({"payload.a": "b"}) == 1  # the same without it

@@ -239,7 +239,7 @@ class _Parser:
             )
         if not isinstance(raw, Mapping):
             self.count(1, where)
-            return Compare(ref, "eq", self.operand(ref, raw, where, None, ordering=False))
+            return Compare(ref, "eq", self.operand(ref, raw, where, None, ordering=False), where)
         if not raw:
             raise QueryError(
                 'empty condition: give a value to compare with, or an object of operators '
@@ -271,12 +271,13 @@ class _Parser:
             node: Node
             if op in ("$eq", "$ne"):
                 self.count(1, sub)
-                node = Compare(ref, "eq", self.operand(ref, arg, sub, op, ordering=False))
+                node = Compare(ref, "eq", self.operand(ref, arg, sub, op, ordering=False), sub)
                 if op == "$ne":
                     node = Not(node)
             elif op in _ORDERING:
                 self.count(1, sub)
-                node = Compare(ref, _ORDERING[op], self.operand(ref, arg, sub, op, ordering=True))
+                node = Compare(ref, _ORDERING[op], self.operand(ref, arg, sub, op, ordering=True),
+                               sub)
             elif op in ("$in", "$nin"):
                 if not isinstance(arg, list | tuple):
                     raise QueryError(f"{op} needs a list of values, not {_describe(arg)}", sub)
@@ -285,7 +286,7 @@ class _Parser:
                     self.operand(ref, item, f"{sub}[{i}]", f"each item of {op}", ordering=False)
                     for i, item in enumerate(arg)
                 )
-                node = In(ref, values)
+                node = In(ref, values, sub)
                 if op == "$nin":
                     node = Not(node)
             elif op == "$exists":

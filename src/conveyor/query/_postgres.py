@@ -77,9 +77,12 @@ class _Compiler:
             return f"(NOT {self.node(node.child)})"
         if isinstance(node, Compare | In):
             operands = (node.operand,) if isinstance(node, Compare) else node.values
-            if any(isinstance(v, str) and "\x00" in v for v in operands):
-                raise QueryError("PostgreSQL text cannot contain the NUL character (\\u0000)",
-                                 node.ref.dotted)
+            for i, value in enumerate(operands):
+                if isinstance(value, str) and "\x00" in value:
+                    where = node.where or node.ref.dotted
+                    raise QueryError(
+                        "PostgreSQL text cannot contain the NUL character (\\u0000)",
+                        f"{where}[{i}]" if isinstance(node, In) and node.where else where)
         if node.ref.kind is FieldKind.JSON:
             return self.json_leaf(node)
         return self.column_leaf(node)

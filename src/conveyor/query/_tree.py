@@ -150,6 +150,9 @@ class Compare:
     ref: Ref
     op: CompareOp
     operand: Scalar
+    where: str = field(default="", compare=False, repr=False, hash=False)
+    """Where the condition is in the filter (``filter.payload.a.$gt``), for errors that
+    only a backend finds (a string PostgreSQL cannot hold)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +161,8 @@ class In:
 
     ref: Ref
     values: tuple[Scalar, ...]
+    where: str = field(default="", compare=False, repr=False, hash=False)
+    """Where the list is in the filter (``filter.payload.a.$in``), as :attr:`Compare.where`."""
 
 
 @dataclass(frozen=True, slots=True)
