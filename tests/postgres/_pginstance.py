@@ -111,6 +111,10 @@ class PgInstance:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
                   "-m", "fast", "restart")
 
+    def stop(self) -> None:
+        """A fast shutdown (every session is ended), leaving the files for a start."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "-m", "fast", "stop")
+
     def server_pid(self) -> int | None:
         try:
             return int((self.data / "postmaster.pid").read_text().split()[0])

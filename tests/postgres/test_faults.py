@@ -283,6 +283,33 @@ asyncio.run(main())
 """
 
 
+async def test_with_the_server_down_a_call_fails_after_pool_timeout() -> None:
+    """The server stops for good under an open app: a call waits for a connection up
+    to the URL's ``pool_timeout`` (default 30 s), then fails with ``StorageError``; once
+    the server is back, calls succeed again (once the pool's next attempt to connect
+    comes: it tries again with a growing backoff) without a restart of the app."""
+    with PgInstance() as pg:
+        url = pg.url(schema="down", migrate="true", pool_timeout="1.5")
+        async with Conveyor(url) as app:
+            first = await app.add("down:x")
+            await asyncio.to_thread(pg.stop)
+            started = time.monotonic()
+            for _ in range(3):  # the first may fail at once, on the pooled connection
+                with pytest.raises(StorageError):
+                    await asyncio.wait_for(app.add("down:x"), 15)  # under the 30 s default
+            waited = time.monotonic() - started
+            assert waited < 15, waited
+            await asyncio.to_thread(pg.start)
+            deadline = time.monotonic() + 30  # the pool tries again with a growing backoff
+            while True:
+                try:
+                    again = await asyncio.wait_for(app.add("down:x"), 15)
+                    break
+                except StorageError:
+                    assert time.monotonic() < deadline, "the app did not recover"
+            assert {t.id for t in await app.find({})} == {first.id, again.id}
+
+
 def test_a_program_that_leaves_the_app_open_after_a_lost_connection_ends(
         schema_url: str, server: str, tmp_path: Path) -> None:
     """A script whose pooled connections the server ends, that raises the

@@ -64,7 +64,8 @@ def test_a_list_of_ports_is_accepted() -> None:
 @pytest.mark.parametrize("options", [
     {"listen": "false"}, {"migrate": 1}, {"prepare": "no"}, {"schema": 5},
     {"schema": "pg_jobs"}, {"pool_max": 2.5}, {"pool_min": True},
-    {"poll_interval": math.nan}, {"poll_interval": "1"},
+    {"poll_interval": math.nan}, {"poll_interval": "1"}, {"pool_timeout": "5"},
+    {"pool_timeout": 0}, {"pool_timeout": math.inf}, {"pool_timeout": True},
 ])
 def test_keyword_options_are_checked_like_the_urls(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError, match=next(iter(options))):

@@ -22,6 +22,7 @@ URL options (removed before the URL goes to libpq, which gets the rest):
 ``schema`` (default ``conveyor``), ``migrate`` (``true``: create or upgrade
 the schema on open), ``pool_min`` / ``pool_max`` (connections of the first event
 loop's pool, default 1 / 10; another loop's pool has at most 4),
+``pool_timeout`` (seconds a call waits for a pooled connection, default 30),
 ``poll_interval`` (seconds between change-feed reads without a notification,
 default 1), ``listen`` (``false``: poll only, for poolers in
 transaction mode), ``prepare`` (``false``: never use prepared statements, for
@@ -120,7 +121,8 @@ _STATUS = {s.value: s for s in Status}
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 CLOCK_TOLERANCE = 2.0
 """Seconds this host's clock may be off the server's before opening logs a warning."""
-_OPTIONS = ("schema", "migrate", "pool_min", "pool_max", "poll_interval", "listen", "prepare")
+_OPTIONS = ("schema", "migrate", "pool_min", "pool_max", "pool_timeout", "poll_interval", "listen",
+            "prepare")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _P0_FRESH = 2.0  # seconds an open()'s snapshot stays the start of the feed
@@ -136,6 +138,7 @@ class PgOptions:
     migrate: bool = False
     pool_min: int = 1
     pool_max: int = 10
+    pool_timeout: float = 30.0
     poll_interval: float = 1.0
     listen: bool = True
     prepare: bool = True
@@ -297,10 +300,12 @@ def _check_options(o: PgOptions) -> None:
         value = getattr(o, name)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigurationError(f"postgres option {name} must be an integer, not {value!r}")
-    if isinstance(o.poll_interval, bool) or not isinstance(o.poll_interval, int | float) \
-            or not math.isfinite(o.poll_interval):
-        raise ConfigurationError(
-            f"postgres option poll_interval must be a number of seconds, not {o.poll_interval!r}")
+    for name in ("poll_interval", "pool_timeout"):
+        value = getattr(o, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value):
+            raise ConfigurationError(
+                f"postgres option {name} must be a number of seconds, not {value!r}")
     if not isinstance(o.schema, str):
         raise ConfigurationError(f"postgres option schema must be a string, not {o.schema!r}")
     if o.pool_min < 0 or o.pool_max < 1 or o.pool_min > o.pool_max:
@@ -308,6 +313,8 @@ def _check_options(o: PgOptions) -> None:
                                  f"pool_max >= 1 (got {o.pool_min}, {o.pool_max})")
     if not o.poll_interval > 0:
         raise ConfigurationError("postgres poll_interval must be > 0 seconds")
+    if not o.pool_timeout > 0:
+        raise ConfigurationError("postgres pool_timeout must be > 0 seconds")
     if not _SCHEMA_NAME.fullmatch(o.schema) or o.schema.startswith("pg_"):
         raise ConfigurationError(
             f"bad schema name {o.schema!r}: use lower-case letters, digits and underscores "
@@ -632,12 +639,12 @@ class PostgresStorage(FanoutFeed, Storage):
 
     def __init__(self, url: str, *, schema: str | None = None, migrate: bool | None = None,
                  pool_min: int | None = None, pool_max: int | None = None,
-                 poll_interval: float | None = None, listen: bool | None = None,
-                 prepare: bool | None = None) -> None:
+                 pool_timeout: float | None = None, poll_interval: float | None = None,
+                 listen: bool | None = None, prepare: bool | None = None) -> None:
         conninfo, options, display = parse_postgres_url(url)
         overrides = {k: v for k, v in {
             "schema": schema, "migrate": migrate, "pool_min": pool_min, "pool_max": pool_max,
-            "poll_interval": poll_interval, "listen": listen,
+            "pool_timeout": pool_timeout, "poll_interval": poll_interval, "listen": listen,
             "prepare": prepare}.items() if v is not None}
         if overrides:
             options = PgOptions(**{**_asdict(options), **overrides})
@@ -747,11 +754,12 @@ class PostgresStorage(FanoutFeed, Storage):
             max_size=self.options.pool_max if first else max(1, min(4, self.options.pool_max)),
             kwargs={"autocommit": True, "context": _ADAPTERS,
                     "prepare_threshold": self.options.prepare_threshold},
-            open=False, name=f"conveyor-{self.schema}", timeout=30.0,
+            open=False, name=f"conveyor-{self.schema}", timeout=self.options.pool_timeout,
             reconnect_timeout=60.0,
         )
         try:
-            await pool.open(wait=first and self.options.pool_min > 0, timeout=30.0)
+            await pool.open(wait=first and self.options.pool_min > 0,
+                            timeout=self.options.pool_timeout)
         except PoolTimeout:
             await pool.close()
             raise StorageError(f"cannot open connections to PostgreSQL at {self.url}") from None
