@@ -1031,7 +1031,8 @@ class Worker:
     def _on_heartbeat(self, reply: HeartbeatReply) -> None:
         for task_id in reply.lost:
             run = self.running.get(task_id)
-            if run is not None and not run.done:
+            if run is not None and not run.done and not run.lost:  # once: a sync
+                # handler's thread runs on, and its lease is reported lost at each beat
                 log.warning("task %s: lease lost; stopping this run", task_id)
                 run.lost = True
                 run.ctx._request_abort("lease lost")

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -460,3 +461,48 @@ async def test_sigterm_exits_even_with_a_stuck_sync_handler(shared_url: str,
         if worker is not None:
             kill_worker(worker)
         await app.close()
+
+
+async def test_a_lost_lease_is_logged_once_while_a_sync_handler_runs_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync handler goes on after its lease is lost (a thread cannot be stopped):
+    the worker says so once, not at every heartbeat until the thread ends."""
+    import logging
+    import sqlite3
+    import threading
+
+    caplog.set_level(logging.WARNING, logger="conveyor.worker")
+    db = tmp_path / "tasks.db"
+    app = Conveyor(f"sqlite:///{db}", lease=0.3)  # a heartbeat every 0.1 s
+    entered, release = threading.Event(), threading.Event()
+    beats: list[float] = []
+    heartbeat = app.storage.heartbeat
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        reply = await heartbeat(*args, **kwargs)
+        beats.append(time.monotonic())
+        return reply
+
+    monkeypatch.setattr(app.storage, "heartbeat", counted)
+
+    @app.handler("stuck")
+    def stuck(ctx: object) -> str:
+        entered.set()
+        release.wait(20)
+        return "late"
+
+    def lost_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "lease lost" in r.getMessage()]
+
+    async with app:
+        task = await app.add("stuck")
+        assert await asyncio.to_thread(entered.wait, 10)
+        with sqlite3.connect(db) as conn:  # another worker took the task over
+            conn.execute("UPDATE conveyor_tasks SET token = 'taken' WHERE id = ?", (task.id,))
+        await until(lost_lines, timeout=10, what="the worker to notice the lost lease")
+        noticed = len(beats)
+        await until(lambda: len(beats) >= noticed + 5, timeout=10,
+                    what="five more heartbeats with the handler still running")
+        release.set()
+    assert lost_lines() == [f"task {task.id}: lease lost; stopping this run"]
