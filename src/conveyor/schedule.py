@@ -13,7 +13,8 @@ fields, or six with seconds last (croniter's format: ``"* * * * * */10"`` is
 every ten seconds); other lengths (croniter's seventh field, a year, or
 ``@daily``-style names), random or hashed fields (``R``, ``H``) and
 expressions that never fire (``"0 0 30 2 *"``) are refused. ``tz`` names the
-time zone they are read in (default UTC); where its clocks are set back, an
+time zone they are read in (default UTC; a place's name, not the host's own
+``localtime``); where its clocks are set back, an
 expression that names its hours fires once in the repeated hour (hourly
 ones, hour field ``*``, fire in both), and where they go forward, a time
 that does not exist fires at the first moment after it (an hourly
@@ -54,6 +55,8 @@ __all__ = ["MIN_INTERVAL", "Schedule"]
 MIN_INTERVAL = 0.001
 """The shortest interval of a schedule, in seconds: occurrences are keyed by the millisecond."""
 _CRON_FIELDS = (5, 6)
+_HOST_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+"""Zone files that stand for the host's own zone (or no zone) rather than a place."""
 _HASHED = re.compile(r"[hr](?:\(|/|$)", re.IGNORECASE)
 
 
@@ -107,6 +110,11 @@ class Schedule:
         if not isinstance(self.tz, str):
             raise ConfigurationError(f"a time zone is a name such as 'Europe/Paris', "
                                      f"not {self.tz!r}")
+        if self.tz in _HOST_ZONES:
+            raise ConfigurationError(
+                f"time zone {self.tz!r} is this host's own zone, which may differ from "
+                "another host's (every process must compute the same occurrences): "
+                "name the zone, such as 'Europe/Paris'")
         try:
             zone = UTC if self.tz == "UTC" else ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError):
