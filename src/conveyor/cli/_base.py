@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -365,6 +366,8 @@ def dump_json(value: Any) -> str:
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([smhdw]?)", re.ASCII)
+"""Plain decimal digits and at most one lower-case unit: ``90``, ``2.5``, ``30m``."""
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
@@ -386,14 +389,15 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
         if isinstance(value, int | float) and not isinstance(value, bool):
             number, unit = float(value), 1.0
         else:
-            text = str(value).strip().lower()
-            unit = _UNITS.get(text[-1:], 0.0) if text else 0.0
-            try:
-                number = float(text[:-1] if unit else text)
-            except ValueError:
+            text = str(value).strip()
+            if text.lower().lstrip("+-") in ("nan", "inf", "infinity") or text.startswith("-"):
+                self.fail(f"must be a finite duration "
+                          f"{'> 0' if self.strict else '>= 0'}, not {value!r}", param, ctx)
+            parsed = _DURATION.fullmatch(text)
+            if parsed is None:
                 self.fail(f"must be seconds or a number with a unit (s, m, h, d, w) such as "
                           f"30m or 7d, not {value!r}", param, ctx)
-            unit = unit or 1.0
+            number, unit = float(parsed[1]), _UNITS.get(parsed[2], 1.0)
         seconds = number * unit
         if not math.isfinite(seconds) or seconds < 0 or (self.strict and seconds == 0):
             bound = "> 0" if self.strict else ">= 0"
