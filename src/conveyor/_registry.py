@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-from pydantic import ValidationError as PydanticValidationError
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from pydantic import ValidationError as PydanticValidationError
 
 from .errors import ConfigurationError, ValidationError
 from .model import Backoff, Policy, seconds
@@ -25,6 +27,8 @@ __all__ = [
     "check_action",
     "check_handler_options",
     "check_policy",
+    "is_model",
+    "is_model_class",
 ]
 
 ACTION_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,199}$")
@@ -88,9 +92,11 @@ class Handler:
             return payload
         if isinstance(payload, self.payload_model):
             return payload.model_dump(mode="json")
+        import pydantic  # imported already: the payload model is one of its classes
+
         try:
             model = self.payload_model.model_validate(payload)
-        except PydanticValidationError as exc:
+        except pydantic.ValidationError as exc:
             raise ValidationError(
                 f"payload for {self.action!r} is invalid: {_describe(exc)}") from None
         return model.model_dump(mode="json")
@@ -109,12 +115,27 @@ class Handler:
         if model is not None:
             if isinstance(value, model):
                 return value.model_dump(mode="json")
-            if isinstance(value, BaseModel):  # another model: its fields must fit
+            if is_model(value):  # another model: its fields must fit
                 value = value.model_dump()
             return model.model_validate(value).model_dump(mode="json")
-        if isinstance(value, BaseModel):
+        if is_model(value):
             return value.model_dump(mode="json")
         return value
+
+
+def is_model(value: Any) -> bool:
+    """Whether ``value`` is a pydantic model instance. pydantic is looked up, not
+    imported: a model exists only in a program that imported it, and a program or a
+    CLI call that uses none does without its import (about 0.1 s)."""
+    pydantic = sys.modules.get("pydantic")
+    return pydantic is not None and isinstance(value, pydantic.BaseModel)
+
+
+def is_model_class(value: Any) -> bool:
+    """Whether ``value`` is a pydantic model class (see :func:`is_model`)."""
+    pydantic = sys.modules.get("pydantic")
+    return (pydantic is not None and isinstance(value, type)
+            and issubclass(value, pydantic.BaseModel))
 
 
 def _describe(exc: PydanticValidationError) -> str:
@@ -145,10 +166,10 @@ def _models_from_signature(fn: Callable[..., Any]) -> tuple[type[BaseModel] | No
     if params:
         hint = hints.get(params[0].name)
         for arg in typing.get_args(hint):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
+            if is_model_class(arg):
                 payload_model = arg
     ret = hints.get("return")
-    result_model = ret if isinstance(ret, type) and issubclass(ret, BaseModel) else None
+    result_model = ret if is_model_class(ret) else None
     return payload_model, result_model
 
 
@@ -161,8 +182,8 @@ def _positive_int(value: Any, what: str) -> int | None:
 
 
 def _model(value: Any, what: str) -> type[BaseModel] | None:
-    if value is None or (isinstance(value, type) and issubclass(value, BaseModel)):
-        return value
+    if value is None or is_model_class(value):
+        return typing.cast("type[BaseModel] | None", value)
     raise ValidationError(f"{what} must be a pydantic model class, not {value!r}")
 
 

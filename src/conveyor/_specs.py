@@ -12,10 +12,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
 from . import _json
-from ._registry import check_action
+from ._registry import check_action, is_model
 from .errors import QueryError, ValidationError
 from .model import (
     DEFAULT_UNIQUE_SCOPE,
@@ -280,7 +278,7 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
                max_payload: int | None = None, now: float | None = None,
                **options: Any) -> TaskSpec:
     """Validate the arguments of ``add`` and return the spec to insert."""
-    if isinstance(payload, BaseModel) and (handler is None or handler.payload_model is None):
+    if is_model(payload) and (handler is None or handler.payload_model is None):
         payload = payload.model_dump(mode="json")  # a model's JSON, typed handler or not
     if not options and handler is None:  # the common case of a bulk add, kept short
         check_action(action)
