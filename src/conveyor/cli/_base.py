@@ -366,8 +366,10 @@ def dump_json(value: Any) -> str:
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([smhdw]?)", re.ASCII)
-"""Plain decimal digits and at most one lower-case unit: ``90``, ``2.5``, ``30m``."""
+_DURATION = re.compile(r"(\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)([smhdw]?)",
+                       re.ASCII)
+"""A decimal number (digits 0-9, an exponent allowed) and at most one lower-case
+unit: ``90``, ``2.5``, ``1e3``, ``30m``."""
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
