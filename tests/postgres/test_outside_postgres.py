@@ -824,6 +824,9 @@ async def test_a_killed_listener_is_replaced_and_catches_up(schema_url: str,
             task = await adder.add("outside:noop")
             event = await events.get(timeout=10)
             assert event is not None and event.task_id == task.id
+            # the event may come from the new connection's catch-up read, which comes
+            # just before the listener counts itself connected
+            await listening(feed)
             health = feed.feed_health()
             assert health["connected"] and health["backend_pid"] not in (None, old), health
     finally:
