@@ -12,6 +12,8 @@ import pytest
 from conveyor.model import Status, TaskSpec, Transition, new_id
 from conveyor.storage import Completion, Lease, Storage, open_storage
 
+pytestmark = pytest.mark.serial  # races timed to the millisecond: alone
+
 
 @pytest.fixture
 async def stores(local_url: str) -> AsyncIterator[list[Storage]]:

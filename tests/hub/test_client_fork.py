@@ -9,7 +9,11 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import RunningHub
+
+pytestmark = pytest.mark.serial  # a fork of a process with busy threads: alone
 
 ROOT = Path(__file__).resolve().parents[2]
 

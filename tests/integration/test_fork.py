@@ -14,6 +14,8 @@ import pytest
 
 from ..conftest import PG_ENV, backend_url, drop_pg_schema
 
+pytestmark = pytest.mark.serial  # forks of a process with busy threads: alone
+
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = ["sqlite", *(["postgres"] if os.environ.get(PG_ENV) else [])]
 

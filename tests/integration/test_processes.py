@@ -17,7 +17,8 @@ from conveyor import Conveyor
 from ..conftest import BACKENDS, backend_url, drop_pg_schema
 from .procs import read_ledger, stop_worker, workers
 
-pytestmark = pytest.mark.slow
+# slow; and alone: 100 ms bounds across processes
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 @pytest.fixture(params=[b for b in BACKENDS if b != "memory"])

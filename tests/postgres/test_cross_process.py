@@ -14,7 +14,8 @@ from conveyor import Conveyor
 from ..control._support import until
 from ..integration.procs import workers
 
-pytestmark = pytest.mark.slow
+# slow; and alone: 100 ms bounds across processes
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 async def test_events_arrive_within_100ms(schema_url: str, tmp_path: Path) -> None:

@@ -34,7 +34,8 @@ from ..control._support import until
 from ..integration.procs import Fleet, read_ledger
 from ._pginstance import PgInstance
 
-pytestmark = pytest.mark.slow
+# slow; and alone: servers restarted under load, 100 ms bounds
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 LISTENERS = "SELECT pid FROM pg_stat_activity WHERE application_name = 'conveyor-listener'"
 RECOVERY = 15.0  # seconds the workers and their listeners get to come back after a restart

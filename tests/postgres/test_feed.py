@@ -70,6 +70,7 @@ async def test_out_of_order_commits_are_all_delivered(storage: Any, other: Any,
         feed.stop()
 
 
+@pytest.mark.serial  # a 100 ms bound across processes: alone
 async def test_feed_is_fast_and_in_order_across_storages(storage: Any, other: Any) -> None:
     feed = Collector(other, include_own=False)
     await feed.ready()

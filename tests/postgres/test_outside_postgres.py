@@ -715,6 +715,7 @@ async def test_listen_false_still_delivers_events_by_polling(schema_url: str) ->
         await writer.close()
 
 
+@pytest.mark.serial  # a 100 ms bound across processes: alone
 async def test_another_process_starts_a_task_within_100ms(schema_url: str,
                                                          tmp_path: Path) -> None:
     """Across processes on loopback: an idle worker process (``idle_poll`` 30 s, so only
@@ -750,6 +751,7 @@ async def test_another_process_starts_a_task_within_100ms(schema_url: str,
     assert worker.returncode == 0, err
 
 
+@pytest.mark.serial  # a 100 ms bound across processes: alone
 async def test_progress_from_another_process_within_100ms(schema_url: str,
                                                          tmp_path: Path) -> None:
     """Issue 4: a handler's progress, seen by ``events()`` in another process within
