@@ -127,15 +127,22 @@ def is_model(value: Any) -> bool:
     """Whether ``value`` is a pydantic model instance. pydantic is looked up, not
     imported: a model exists only in a program that imported it, and a program or a
     CLI call that uses none does without its import (about 0.1 s)."""
-    pydantic = sys.modules.get("pydantic")
-    return pydantic is not None and isinstance(value, pydantic.BaseModel)
+    base = _base_model()
+    return base is not None and isinstance(value, base)
 
 
 def is_model_class(value: Any) -> bool:
     """Whether ``value`` is a pydantic model class (see :func:`is_model`)."""
-    pydantic = sys.modules.get("pydantic")
-    return (pydantic is not None and isinstance(value, type)
-            and issubclass(value, pydantic.BaseModel))
+    base = _base_model()
+    return base is not None and isinstance(value, type) and issubclass(value, base)
+
+
+def _base_model() -> type | None:
+    """pydantic's ``BaseModel`` once it is defined (no model exists before), None until
+    then: another thread may be importing pydantic, its module not yet complete."""
+    main = sys.modules.get("pydantic.main")
+    base = getattr(main, "BaseModel", None)
+    return base if isinstance(base, type) else None
 
 
 def _describe(exc: PydanticValidationError) -> str:

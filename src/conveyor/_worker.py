@@ -1031,9 +1031,11 @@ class Worker:
     def _on_heartbeat(self, reply: HeartbeatReply) -> None:
         for task_id in reply.lost:
             run = self.running.get(task_id)
-            if run is not None and not run.done and not run.lost:  # once: a sync
-                # handler's thread runs on, and its lease is reported lost at each beat
-                log.warning("task %s: lease lost; stopping this run", task_id)
+            if run is not None and not run.done:
+                if not run.lost:  # said once: a sync handler's thread runs on, and its
+                    # lease is reported lost at each beat (an async one is cancelled
+                    # again at each: a handler may swallow one cancellation)
+                    log.warning("task %s: lease lost; stopping this run", task_id)
                 run.lost = True
                 run.ctx._request_abort("lease lost")
                 if run.abort_event is not None:

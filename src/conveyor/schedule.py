@@ -56,7 +56,8 @@ MIN_INTERVAL = 0.001
 """The shortest interval of a schedule, in seconds: occurrences are keyed by the millisecond."""
 _CRON_FIELDS = (5, 6)
 _HOST_ZONES = frozenset({"localtime", "posixrules", "Factory"})
-"""Zone files that stand for the host's own zone (or no zone) rather than a place."""
+"""Zone files (also under ``posix/`` or ``right/``) that stand for the host's own
+zone, or for none, rather than a place."""
 _HASHED = re.compile(r"[hr](?:\(|/|$)", re.IGNORECASE)
 
 
@@ -110,11 +111,11 @@ class Schedule:
         if not isinstance(self.tz, str):
             raise ConfigurationError(f"a time zone is a name such as 'Europe/Paris', "
                                      f"not {self.tz!r}")
-        if self.tz in _HOST_ZONES:
+        if self.tz.rsplit("/", 1)[-1] in _HOST_ZONES:
             raise ConfigurationError(
-                f"time zone {self.tz!r} is this host's own zone, which may differ from "
-                "another host's (every process must compute the same occurrences): "
-                "name the zone, such as 'Europe/Paris'")
+                f"time zone {self.tz!r} is not a place's zone ('localtime' is this host's "
+                "own, which may differ from another host's: every process must compute "
+                "the same occurrences): name the zone, such as 'Europe/Paris'")
         try:
             zone = UTC if self.tz == "UTC" else ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError):

@@ -13,10 +13,12 @@ from conveyor.cli._base import Duration
 @pytest.mark.parametrize(("text", "seconds"), [
     ("90", 90.0), ("2.5", 2.5), (".5", 0.5), ("5.", 5.0), ("0", 0.0), ("90s", 90.0),
     ("1e3", 1000.0), ("+5", 5.0), ("2.5E2s", 250.0),
-    ("5m", 300.0), ("1.5h", 5400.0), ("7d", 604800.0), ("2w", 1209600.0), (" 30m ", 1800.0),
+    ("-0", 0.0), ("-0.0s", 0.0), ("5m", 300.0), ("1.5h", 5400.0), ("7d", 604800.0),
+    ("2w", 1209600.0), (" 30m ", 1800.0),
 ])
 def test_accepted(text: str, seconds: float) -> None:
-    assert Duration("seconds").convert(text, None, None) == seconds
+    got = Duration("seconds").convert(text, None, None)
+    assert got == seconds and str(got) == str(seconds)  # -0 is 0
 
 
 @pytest.mark.parametrize(("text", "says"), [
@@ -31,6 +33,7 @@ def test_accepted(text: str, seconds: float) -> None:
     ("5x", "with a unit"),
     ("", "with a unit"),
     ("-3", "finite duration >= 0"),
+    ("-5m", "finite duration >= 0"),
     ("NaN", "finite duration >= 0"),
     ("inf", "finite duration >= 0"),
     ("-Infinity", "finite duration >= 0"),

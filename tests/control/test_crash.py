@@ -506,3 +506,36 @@ async def test_a_lost_lease_is_logged_once_while_a_sync_handler_runs_on(
                     what="five more heartbeats with the handler still running")
         release.set()
     assert lost_lines() == [f"task {task.id}: lease lost; stopping this run"]
+
+
+async def test_an_async_handler_that_swallows_the_cancellation_is_cancelled_again(
+        tmp_path: Path) -> None:
+    """After a lost lease each heartbeat cancels an async handler again (said once in
+    the log): one that swallows a cancellation (a cleanup that awaits; one lost on
+    the way, CPython gh-86296) does not run on while the task runs elsewhere."""
+    import sqlite3
+
+    db = tmp_path / "tasks.db"
+    app = Conveyor(f"sqlite:///{db}", lease=0.3)  # a heartbeat every 0.1 s
+    entered, again = asyncio.Event(), asyncio.Event()
+
+    @app.handler("swallow")
+    async def swallow(ctx: object) -> str:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # swallowed
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            again.set()
+            raise
+        return "late"
+
+    async with app:
+        task = await app.add("swallow")
+        await asyncio.wait_for(entered.wait(), 10)
+        with sqlite3.connect(db) as conn:  # another worker took the task over
+            conn.execute("UPDATE conveyor_tasks SET token = 'taken' WHERE id = ?", (task.id,))
+        await asyncio.wait_for(again.wait(), 10)  # the next heartbeat's cancellation

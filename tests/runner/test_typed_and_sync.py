@@ -438,3 +438,21 @@ def test_pydantic_is_imported_only_by_programs_that_use_models() -> None:
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["False", "{'n': 2}", "ValidationError"], done
+
+
+def test_a_pydantic_import_under_way_in_another_thread_is_not_a_model(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While another thread imports pydantic, its modules are in ``sys.modules`` before
+    ``BaseModel`` is defined: no model exists yet, and a plain add must not fail on
+    the missing name (AttributeError)."""
+    import sys
+    import types
+
+    from conveyor._registry import is_model, is_model_class
+
+    for name in ("pydantic", "pydantic.main"):  # as they are early in their import
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    assert not is_model({"n": 1}) and not is_model_class(dict)
+    app = SyncConveyor("memory://")
+    with app:
+        assert app.add("plain", {"n": 1}).payload == {"n": 1}

@@ -366,7 +366,7 @@ def dump_json(value: Any) -> str:
 
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"(\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)([smhdw]?)",
+_DURATION = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)([smhdw]?)",
                        re.ASCII)
 """A decimal number (digits 0-9, an exponent allowed) and at most one lower-case
 unit: ``90``, ``2.5``, ``1e3``, ``30m``."""
@@ -392,7 +392,7 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
             number, unit = float(value), 1.0
         else:
             text = str(value).strip()
-            if text.lower().lstrip("+-") in ("nan", "inf", "infinity") or text.startswith("-"):
+            if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
                 self.fail(f"must be a finite duration "
                           f"{'> 0' if self.strict else '>= 0'}, not {value!r}", param, ctx)
             parsed = _DURATION.fullmatch(text)
@@ -400,7 +400,7 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
                 self.fail(f"must be seconds or a number with a unit (s, m, h, d, w) such as "
                           f"30m or 7d, not {value!r}", param, ctx)
             number, unit = float(parsed[1]), _UNITS.get(parsed[2], 1.0)
-        seconds = number * unit
+        seconds = number * unit + 0.0  # -0 is 0
         if not math.isfinite(seconds) or seconds < 0 or (self.strict and seconds == 0):
             bound = "> 0" if self.strict else ">= 0"
             self.fail(f"must be a finite duration {bound}, not {value!r}", param, ctx)

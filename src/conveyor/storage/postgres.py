@@ -758,8 +758,9 @@ class PostgresStorage(FanoutFeed, Storage):
             reconnect_timeout=60.0,
         )
         try:
+            # opening waits for pool_min connections: not cut short by a small pool_timeout
             await pool.open(wait=first and self.options.pool_min > 0,
-                            timeout=self.options.pool_timeout)
+                            timeout=max(30.0, self.options.pool_timeout))
         except PoolTimeout:
             await pool.close()
             raise StorageError(f"cannot open connections to PostgreSQL at {self.url}") from None
