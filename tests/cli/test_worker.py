@@ -159,7 +159,8 @@ def test_tail_stops_at_once_when_its_reader_goes_away(
         background: Callable[..., Background], project: Path, db: str) -> None:
     """`conveyor tail ID | head -1` on a task that logs nothing more for minutes: the
     closed pipe is noticed without waiting for the next line (it waited for the task)."""
-    worker = start_worker(background, project, db)
+    worker = start_worker(background, project, db, "--stop-timeout", "0.2")  # the task
+    # runs for 300 s: the stop hands it back instead of waiting the default 10 s
     task = add(db, "t:quiet")
     proc = subprocess.Popen([*CLI, "tail", task.id, "--db", db], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=clean_env())
