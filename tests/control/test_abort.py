@@ -68,6 +68,7 @@ def add_probe(app: Conveyor) -> None:
         return "probe"
 
 
+@pytest.mark.serial  # a bound of about a second: alone
 async def test_abort_running_async_task(app: Conveyor) -> None:
     started = asyncio.Event()
     cancelled = asyncio.Event()
@@ -96,6 +97,7 @@ async def test_abort_running_async_task(app: Conveyor) -> None:
     assert ends.ends == ["task.aborted"]
 
 
+@pytest.mark.serial  # a bound of about a second: alone
 async def test_abort_running_sync_task_cooperative(app: Conveyor) -> None:
     started = threading.Event()
     noticed: list[float] = []
@@ -122,6 +124,7 @@ async def test_abort_running_sync_task_cooperative(app: Conveyor) -> None:
     assert ends.ends == ["task.aborted"]
 
 
+@pytest.mark.serial  # a bound of about a second: alone
 async def test_abort_running_sync_task_that_ignores_it(local_url: str) -> None:
     """A sync handler that ignores the abort is abandoned after its abort_grace:
     the task ends aborted, its later return changes nothing, and its thread
@@ -172,6 +175,7 @@ async def test_abort_running_sync_task_that_ignores_it(local_url: str) -> None:
         await app.close()
 
 
+@pytest.mark.serial  # a bound of about a second: alone
 async def test_abort_queued_task(app: Conveyor) -> None:
     @app.handler("later")
     async def later(ctx: Context[Any]) -> str:

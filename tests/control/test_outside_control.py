@@ -97,6 +97,7 @@ async def test_abort_of_a_finished_task_is_an_error_and_changes_nothing(app: Con
     assert (await app.get(aborted.id)).version == again.version
 
 
+@pytest.mark.serial  # a bound of about a second: alone
 async def test_abort_reaches_running_handlers_within_a_second(app: Conveyor) -> None:
     @app.handler("abort:async")
     async def async_handler(ctx: Context[Any]) -> None:

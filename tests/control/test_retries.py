@@ -37,6 +37,7 @@ async def app(local_url: str) -> AsyncIterator[Conveyor]:
     await app.close()
 
 
+@pytest.mark.serial  # a bound of about a second: alone
 async def test_exponential_backoff_and_error_history(app: Conveyor) -> None:
     runs: list[float] = []
 
@@ -372,6 +373,7 @@ async def test_abort_of_a_finished_task_changes_nothing(app: Conveyor) -> None:
             assert await app.get(task.id) == task
 
 
+@pytest.mark.serial  # a bound of about a second: alone
 async def test_sync_handler_abort_grace_applies_to_timeouts(local_url: str) -> None:
     """A sync handler that ignores its run timeout is abandoned after abort_grace:
     the task ends aborted/timeout and its late return changes nothing."""

@@ -8,9 +8,12 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from conveyor import Context, Conveyor, Status
 
 
+@pytest.mark.serial  # a bound of about a second: alone
 async def test_stop_hands_back_long_tasks_and_lets_short_ones_finish(local_url: str) -> None:
     app = Conveyor(local_url, concurrency=4, lease=30.0)
     started = {"long": asyncio.Event(), "short": asyncio.Event()}
@@ -61,6 +64,7 @@ async def test_stop_hands_back_long_tasks_and_lets_short_ones_finish(local_url: 
         await app.close()
 
 
+@pytest.mark.serial  # a bound of about a second: alone
 async def test_stop_returns_as_soon_as_running_tasks_finish(local_url: str) -> None:
     app = Conveyor(local_url, concurrency=4)
     started = asyncio.Event()

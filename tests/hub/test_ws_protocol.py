@@ -205,6 +205,7 @@ async def test_a_slow_reader_of_large_messages_is_cut_off_by_their_size(
         assert not hub.hub.connections.get("")
 
 
+@pytest.mark.serial  # a bound of about a second: alone
 async def test_revoking_a_credential_closes_its_sockets_within_a_second(
         hub: RunningHub) -> None:
     key = hub.key("doomed", publish=["*"], subscribe=["*"])

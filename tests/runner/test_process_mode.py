@@ -36,6 +36,7 @@ async def test_result_logs_and_progress(papp: Conveyor) -> None:
     assert rc["pid"] in (ra["pid"], rb["pid"])  # children are reused
 
 
+@pytest.mark.serial  # a bound of about a second: alone
 async def test_abort_kills_a_process_that_ignores_it(papp: Conveyor) -> None:
     task = await papp.add("proc:spin", {"seconds": 60})
     started = asyncio.Event()
