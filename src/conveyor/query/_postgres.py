@@ -324,7 +324,7 @@ class _Translator:
         base = "digit" if "digit" in name else "space" if "space" in name else "word"
         if "linebreak" in name:
             raise _Unsupported("\\n categories")
-        ranges = list(_category(base, flags & _c.SRE_FLAG_ASCII))
+        ranges = list(_category(base, flags))
         return _complement(ranges) if negate else ranges
 
     def in_set(self, items: Sequence[Any], flags: int) -> Ranges:
@@ -368,7 +368,7 @@ class _Translator:
         return f"[{inside}]"
 
     def word(self, flags: int) -> str:
-        return self.bracket(list(_category("word", flags & _c.SRE_FLAG_ASCII)))
+        return self.bracket(list(_category("word", flags)))
 
     # -- the tree ---------------------------------------------------------
 

@@ -311,10 +311,9 @@ def _check_options(o: PgOptions) -> None:
     if o.pool_min < 0 or o.pool_max < 1 or o.pool_min > o.pool_max:
         raise ConfigurationError("postgres pool sizes need 0 <= pool_min <= pool_max and "
                                  f"pool_max >= 1 (got {o.pool_min}, {o.pool_max})")
-    if not o.poll_interval > 0:
-        raise ConfigurationError("postgres poll_interval must be > 0 seconds")
-    if not o.pool_timeout > 0:
-        raise ConfigurationError("postgres pool_timeout must be > 0 seconds")
+    for name in ("poll_interval", "pool_timeout"):
+        if not getattr(o, name) > 0:
+            raise ConfigurationError(f"postgres {name} must be > 0 seconds")
     if not _SCHEMA_NAME.fullmatch(o.schema) or o.schema.startswith("pg_"):
         raise ConfigurationError(
             f"bad schema name {o.schema!r}: use lower-case letters, digits and underscores "
