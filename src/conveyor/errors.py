@@ -63,12 +63,19 @@ class SchemaError(StorageError):
     """The database schema is missing, or newer than this version of conveyor."""
 
 
+def _shown_id(task_id: str) -> str:
+    """An id as a message shows it: quoted when it has spaces around it or characters
+    that do not print, which would otherwise look the same as an id that exists."""
+    plain = task_id and task_id.isprintable() and task_id.strip() == task_id
+    return task_id if plain else repr(task_id)
+
+
 class TaskNotFound(ConveyorError, LookupError):
     """No task has this id."""
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
-        super().__init__(f"no task with id {task_id}")
+        super().__init__(f"no task with id {_shown_id(task_id)}")
 
 
 class InvalidTransition(ConveyorError):

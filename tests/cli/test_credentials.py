@@ -40,3 +40,14 @@ def test_add_list_and_revoke_with_every_right(tmp_path: Path) -> None:
                  2, "read pattern")
     assert cli("credentials", "revoke", "monitor", "--credentials", path).code == 0
     assert CredentialStore(path).authenticate(created["key"]) is None
+
+
+def test_list_of_a_missing_file_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "typo.json"
+    listed = cli("credentials", "list", "--json", "--credentials", str(path))
+    assert listed.code == 0 and json.loads(listed.out) == []
+    assert f"no credentials file at {path}" in listed.err
+    assert not path.exists()
+    assert cli("credentials", "add", "a", "--read", "*", "--credentials", str(path)).code == 0
+    again = cli("credentials", "list", "--credentials", str(path))
+    assert again.code == 0 and "no credentials file" not in again.err

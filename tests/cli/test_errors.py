@@ -62,6 +62,11 @@ CASES: dict[str, Case] = {
                                   (f"no task with id {MISSING_ID}",)),
     "delete-unknown-id": Case(("delete", "{aborted}", MISSING_ID), 2,
                               (f"no task with id {MISSING_ID}",)),
+    # an id with a space around it is quoted, else it reads as an id that exists
+    "show-id-with-space": Case(("show", f" {MISSING_ID}"), 2,
+                               (f"no task with id ' {MISSING_ID}'",)),
+    "delete-ids-with-tab": Case(("delete", f"{MISSING_ID}\t", "x"), 2,
+                                (f"no tasks with ids '{MISSING_ID}\\t', x",)),
     # storage that cannot be used
     "db-in-missing-directory": Case(("add", "a:b"), 1, ("does not exist", "missing"),
                                     db="sqlite:///{tmp}/missing/dir/tasks.db"),

@@ -47,6 +47,10 @@ async def test_add_one_task_and_read_it_back(hub: RunningHub) -> None:
         assert again.json()["id"] == task["id"]
         assert await hub.app.count() == 1
 
+        # an id with a space around it is quoted in the error: it would read as this one
+        spaced = await http.get(f"{API}/tasks/%20{task['id']}")
+        assert error_of(spaced, 404, "not_found") == f"no task with id ' {task['id']}'"
+
 
 async def test_add_many_is_one_transaction(hub: RunningHub) -> None:
     key = hub.key("pub", publish=["mail:*", "geo:*"])

@@ -220,6 +220,10 @@ def credentials_list(as_json: bool, credentials_path: str | None) -> int:
     from conveyor.hub._credentials import CredentialStore
 
     store = CredentialStore(_credentials_file(credentials_path))
+    if not os.path.exists(store.path):
+        # An empty list alone would look the same as a file that holds no credential.
+        click.echo(f"no credentials file at {store.path}; 'conveyor credentials add' creates "
+                   "it", err=True)
     creds = [c.public() for c in store.list()]
     if as_json:
         click.echo(json.dumps(creds))

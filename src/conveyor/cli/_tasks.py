@@ -14,7 +14,7 @@ import click
 from conveyor._registry import check_action
 from conveyor._specs import MAX_ATTEMPTS
 from conveyor.app import Conveyor
-from conveyor.errors import ConveyorError, TaskNotFound, ValidationError
+from conveyor.errors import ConveyorError, TaskNotFound, ValidationError, _shown_id
 from conveyor.model import LogLevel, Status, Task
 from conveyor.query import parse_query
 from conveyor.storage import WorkerInfo
@@ -485,8 +485,9 @@ def delete_command(ctx: click.Context, task_ids: tuple[str, ...]) -> int:
                 except TaskNotFound:
                     unknown.append(task_id)
             if unknown:
-                raise CliError(f"no task with id {', '.join(unknown)}" if len(unknown) == 1
-                               else f"no tasks with ids {', '.join(unknown)}")
+                shown = ", ".join(_shown_id(task_id) for task_id in unknown)
+                raise CliError(f"no task with id {shown}" if len(unknown) == 1
+                               else f"no tasks with ids {shown}")
             live = [t for t in tasks if not t.terminal]
             if live:
                 listed = ", ".join(f"{t.id} ({t.status.value})" for t in live)

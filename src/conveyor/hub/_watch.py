@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import TaskNotFound
 from ..events import Event
 from ..model import LogLevel, LogRecord, Progress, Status, Task
 from ._ws_proto import encode
@@ -162,7 +163,7 @@ class TaskStream:
             task = await storage.get(self.task_id)
             if task is None:
                 self._send({"type": "error", "code": "not_found", "task_id": self.task_id,
-                            "message": f"no task with id {self.task_id}"})
+                            "message": str(TaskNotFound(self.task_id))})
                 self._finish(missing=True)
                 return
             if not self.conn.credential.can_read(task.action):
