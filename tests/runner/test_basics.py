@@ -272,3 +272,23 @@ def test_backoff_never_overflows() -> None:
     huge = Backoff(base=1, factor=1e300, maximum=60, jitter=0)
     assert [huge.delay(n) for n in (1, 2, 3, 50)] == [1, 60, 60, 60]
     assert Backoff(base=0.5, factor=2, maximum=600, jitter=0).delay(4) == 4.0
+
+
+async def test_calls_under_way_when_the_app_closes_finish_first(app: Conveyor) -> None:
+    """Adds already waiting in the storage (on PostgreSQL, for one of the pool's
+    connections) end as they would have, not with an error from the closing."""
+    await app.open()
+
+    async def add(i: int) -> str:
+        try:
+            await app.add("close:race", {"i": i})
+        except Exception as exc:  # noqa: BLE001 - counted, and shown if any
+            return f"{type(exc).__name__}: {exc}"
+        return "ok"
+
+    adds = [asyncio.create_task(add(i)) for i in range(100)]
+    await asyncio.sleep(0)  # one step each: every add is inside the storage now
+    await app.close()
+    results = await asyncio.gather(*adds)
+    assert [r for r in results if r != "ok"] == []
+    assert await app.count({"action": "close:race"}) == 100

@@ -114,6 +114,7 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 _TX_ORIGIN = "-tx"
 _ADD_CHUNK = 250  # rows per insert statement of a big add (see _insert_overlapped)
 _LOCK_IDLE_FLOOR = 5.0  # seconds; see _lock_idle
+_CLOSE_DRAIN = 5.0  # seconds close() waits for the calls under way on a pool
 MIN_SERVER = 130000  # xid8, pg_current_snapshot(), pg_snapshot_xip()
 FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
@@ -660,6 +661,10 @@ class PostgresStorage(FanoutFeed, Storage):
         self._state = threading.Lock()
         self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = {}
         self._guards: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+        # calls under way on each pool (waiting for a connection or using one), and the
+        # event close() waits on for them to end: each set on its pool's own loop
+        self._busy: dict[AsyncConnectionPool[Any], int] = {}
+        self._quiet: dict[AsyncConnectionPool[Any], asyncio.Event] = {}
         self._open_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._opened = False
         self._p0: tuple[str, float] | None = None
@@ -815,14 +820,30 @@ class PostgresStorage(FanoutFeed, Storage):
                 loop.call_soon_threadsafe(guard.cancel)
         for loop, pool in pools.items():
             if loop is current:
-                await pool.close()
+                await self._close_pool(pool)
             elif not loop.is_closed() and loop.is_running():
-                fut = asyncio.run_coroutine_threadsafe(pool.close(), loop)
+                fut = asyncio.run_coroutine_threadsafe(self._close_pool(pool), loop)
                 try:
-                    async with asyncio.timeout(5):
+                    async with asyncio.timeout(_CLOSE_DRAIN + 5):
                         await asyncio.wrap_future(fut)
                 except (TimeoutError, RuntimeError):  # pragma: no cover
                     pass
+
+    async def _close_pool(self, pool: AsyncConnectionPool[Any]) -> None:
+        """On the pool's loop: let the calls under way on it end (those waiting for a
+        connection too, as SQLite's queued calls do), for at most ``_CLOSE_DRAIN``
+        seconds, then close it."""
+        with self._state:
+            quiet = None
+            if self._busy.get(pool):
+                quiet = self._quiet.setdefault(pool, asyncio.Event())
+        if quiet is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CLOSE_DRAIN):
+                    await quiet.wait()
+        with self._state:
+            self._quiet.pop(pool, None)
+        await pool.close()
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -836,6 +857,8 @@ class PostgresStorage(FanoutFeed, Storage):
                 pool = await self._new_pool()
         task = asyncio.current_task()
         asked = task.cancelling() if task is not None else 0
+        with self._state:
+            self._busy[pool] = self._busy.get(pool, 0) + 1
         try:
             async with pool.connection() as conn:
                 if task is not None and task.cancelling() > asked:
@@ -857,6 +880,16 @@ class PostgresStorage(FanoutFeed, Storage):
             raise StorageError(f"PostgreSQL at {self.url}: {_first_line(exc)}") from None
         except psycopg.Error as exc:
             raise StorageError(f"PostgreSQL at {self.url}: {_first_line(exc)}") from None
+        finally:
+            with self._state:
+                left = self._busy[pool] - 1
+                if left:
+                    self._busy[pool] = left
+                else:
+                    del self._busy[pool]
+                quiet = None if left else self._quiet.get(pool)
+            if quiet is not None:
+                quiet.set()
 
     # -- change feed ----------------------------------------------------------------
 
