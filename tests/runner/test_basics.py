@@ -275,20 +275,26 @@ def test_backoff_never_overflows() -> None:
 
 
 async def test_calls_under_way_when_the_app_closes_finish_first(app: Conveyor) -> None:
-    """Adds already waiting in the storage (on PostgreSQL, for one of the pool's
-    connections) end as they would have, not with an error from the closing."""
-    await app.open()
+    """Adds and reads already waiting in the storage (on SQLite, queued for a reader
+    thread; on PostgreSQL, for one of the pool's connections) end as they would have,
+    not with an error from the closing."""
+    first = await app.add("close:race", {"i": -1})
 
-    async def add(i: int) -> str:
+    async def call(i: int) -> str:
         try:
-            await app.add("close:race", {"i": i})
-        except Exception as exc:  # noqa: BLE001 - counted, and shown if any
+            if i % 3 == 0:
+                await app.add("close:race", {"i": i})
+            elif i % 3 == 1:
+                assert (await app.get(first.id)).id == first.id
+            else:
+                assert len(await app.find({"action": "close:race"}, limit=1)) == 1
+        except Exception as exc:  # counted, and shown if any
             return f"{type(exc).__name__}: {exc}"
         return "ok"
 
-    adds = [asyncio.create_task(add(i)) for i in range(100)]
-    await asyncio.sleep(0)  # one step each: every add is inside the storage now
+    calls = [asyncio.create_task(call(i)) for i in range(300)]
+    await asyncio.sleep(0)  # one step each: every call is inside the storage now
     await app.close()
-    results = await asyncio.gather(*adds)
+    results = await asyncio.gather(*calls)
     assert [r for r in results if r != "ok"] == []
-    assert await app.count({"action": "close:race"}) == 100
+    assert await app.count({"action": "close:race"}) == 101

@@ -387,17 +387,20 @@ class ReaderPool:
         return job.future
 
     def close(self, timeout: float = 10.0) -> None:
-        """Finish the reads under way, fail the queued ones, end the threads."""
+        """Take no more reads; finish those under way and those queued, as the writer
+        does its queued writes; end the threads. Reads still queued after ``timeout``
+        seconds fail."""
         with self._ready:
             self._closed = True
-            jobs, self._jobs = list(self._jobs), deque()
             self._ready.notify_all()
-        for job in jobs:
-            _reject(job.future, StorageError("storage is closed"))
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        with self._ready:
+            jobs, self._jobs = list(self._jobs), deque()
+        for job in jobs:
+            _reject(job.future, StorageError("storage is closed"))
 
     def _main(self) -> None:
         slot = ConnSlot()
@@ -410,7 +413,7 @@ class ReaderPool:
                             self._ready.wait()
                         finally:
                             self._waiting -= 1
-                    if self._closed:
+                    if not self._jobs:  # closed, and nothing left to read
                         return
                     job = self._jobs.popleft()
                 with slot:
