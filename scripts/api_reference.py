@@ -60,8 +60,14 @@ def public_modules() -> list[str]:
 
 def first_paragraph(obj: Any) -> str:
     doc = inspect.getdoc(obj) or ""
-    para = doc.strip().split("\n\n")[0].strip()
-    return " ".join(line.strip() for line in para.splitlines())
+    return _joined(doc.strip().split("\n\n")[0].strip())
+
+
+def _joined(para: str) -> str:
+    """A paragraph on one line; a closing ``::`` (reST: an example follows, which
+    the page leaves out) becomes a colon."""
+    text = " ".join(line.strip() for line in para.splitlines())
+    return text[:-1] if text.endswith("::") else text
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+")
@@ -110,8 +116,7 @@ def _assigned_doc(module: Any, name: str) -> str:
             nxt = body[i + 1]
             if (isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
                     and isinstance(nxt.value.value, str)):
-                para = inspect.cleandoc(nxt.value.value).split("\n\n")[0]
-                return " ".join(line.strip() for line in para.splitlines())
+                return _joined(inspect.cleandoc(nxt.value.value).split("\n\n")[0])
         comments = []
         j = node.lineno - 2
         while j >= 0 and lines[j].lstrip().startswith("#"):
