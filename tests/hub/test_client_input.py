@@ -139,6 +139,11 @@ async def test_an_empty_abort_reason_is_refused_over_the_websocket(
     ({"public_url": "ftp://hub.example"}, "public_url must be an http:// or https:// URL"),
     ({"max_head": 100}, "max_head must be an integer >= 1024"),
     ({"max_head": True}, "max_head must be an integer >= 1024"),
+    ({"max_frame": 0}, "max_frame must be an integer >= 512, not 0"),
+    ({"max_frame": 1e6}, "max_frame must be an integer >= 512"),
+    ({"max_frame": "1MiB"}, "max_frame must be an integer >= 512"),
+    ({"inline_payload": -1}, "inline_payload must be an integer >= 0"),
+    ({"inline_payload": None}, "inline_payload must be an integer >= 0"),
     ({"head_timeout": 0}, "head_timeout must be a finite number >= 0.1"),
     ({"head_timeout": float("nan")}, "head_timeout must be a finite number >= 0.1"),
 ])

@@ -28,7 +28,7 @@ class HubConfig:
     - ``public_url``: the base URL clients reach the hub at, used for tasks'
       ``public_url`` (default ``http://host:port``, with this machine's host
       name when ``host`` is a wildcard such as ``0.0.0.0``);
-    - ``max_frame``: largest WebSocket message accepted, in bytes;
+    - ``max_frame``: largest WebSocket message accepted, in bytes (at least 512);
     - ``inline_payload``: offers to remote workers carry payloads up to this
       size inline; larger ones are fetched on demand;
     - ``max_pending``: messages queued for one slow WebSocket reader before it
@@ -92,6 +92,11 @@ class HubConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be an integer >= 1, not {value!r}")
+        for name, least in (("max_frame", 512), ("inline_payload", 0)):
+            value = getattr(self, name)
+            # a max_frame below a hello's size refused every connection's first message
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigurationError(f"{name} must be an integer >= {least}, not {value!r}")
         if (isinstance(self.max_head, bool) or not isinstance(self.max_head, int)
                 or self.max_head < 1024):
             raise ConfigurationError(f"max_head must be an integer >= 1024, not "
