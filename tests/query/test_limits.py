@@ -11,7 +11,8 @@ import pytest
 from conveyor import Conveyor
 from conveyor.errors import QueryError, ValidationError
 from conveyor.query import parse_filter, parse_query
-from conveyor.query._parse import MAX_TERMS
+from conveyor.query._parse import MAX_PATTERN, MAX_PATTERNS, MAX_TERMS
+from conveyor.query._tree import MAX_PATH
 
 
 @pytest.mark.parametrize("op", ["$in", "$nin"])
@@ -164,3 +165,35 @@ async def test_a_condition_of_the_full_size_is_claimed_on_every_backend(url: str
             assert await app.wait(other.id, timeout=10) == "other"
     finally:
         await app.close()
+
+
+def test_regex_patterns_are_bounded_one_by_one_and_together() -> None:
+    """Compiling a pattern costs about 10 ms per 1000 characters, where the filter comes
+    in (a hub's event loop): a few large patterns held a hub for seconds."""
+    assert (MAX_PATTERN, MAX_PATTERNS) == (1000, 4000)  # the numbers docs/query.md gives
+    parse_filter({"payload.s": {"$regex": "a" * 1000}})
+    with pytest.raises(QueryError, match="pattern is too long: 1001 characters, at most "
+                                         "1000") as one:
+        parse_filter({"payload.s": {"$regex": "a" * 1001}})
+    assert one.value.path == "filter.payload.s.$regex"
+    parse_filter({"$or": [{f"payload.s{i}": {"$regex": "a" * 1000}} for i in range(4)]})
+    with pytest.raises(QueryError, match="patterns are too long together: more than 4000 "
+                                         "characters") as many:
+        parse_filter({"$or": [{f"payload.s{i}": {"$regex": "(a|b)" * 160}}
+                              for i in range(6)]})
+    assert many.value.path == "filter.$or[5].payload.s5.$regex"
+
+
+async def test_paths_go_at_most_100_levels_deep(url: str) -> None:
+    """A path of 5000 levels overflowed PostgreSQL's stack (503 on a hub)."""
+    assert MAX_PATH == 100
+    deep = "payload." + ".".join(["a"] * 100)
+    async with Conveyor(url) as app:
+        await app.add("deep:x", {"a": 1})
+        assert await app.count({deep: 1}) == 0
+        assert await app.find({}, sort=deep) != []
+        for too_deep in (deep + ".a", "payload." + ".".join(["a"] * 5000)):
+            with pytest.raises(QueryError, match="is more than 100 levels deep"):
+                await app.count({too_deep: 1})
+            with pytest.raises(QueryError, match="is more than 100 levels deep"):
+                await app.find({}, sort=too_deep)

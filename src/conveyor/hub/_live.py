@@ -34,7 +34,8 @@ from .. import _json
 from ..errors import QueryError
 from ..events import Event
 from ..model import Progress, Status, Task
-from ..query import Filter, Query, all_of, matches, parse_filter, parse_query, sort_tasks
+from ..query import Filter, Query, matches, parse_filter, parse_query, sort_tasks
+from ..query._tree import scoped
 from ._credentials import read_scope
 from ._ws_proto import ProtocolError, encode
 
@@ -545,7 +546,7 @@ class LiveManager:
         if "*" in readable:
             where = query.filter
         else:
-            where = all_of(query.filter, read_scope(readable))
+            where = scoped(read_scope(readable), query.filter)
             query = replace(query, filter=where)
         # the parsed sort, not the raw one: the order of a sort object's keys is its
         # precedence (only a filter's keys may be put in canonical order)

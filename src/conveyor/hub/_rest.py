@@ -48,7 +48,8 @@ from ..errors import (
     WaitTimeout,
 )
 from ..model import LogLevel, Task
-from ..query import Filter, all_of, parse_filter, parse_query
+from ..query import Filter, parse_filter, parse_query
+from ..query._tree import scoped
 from ..storage import WorkerInfo
 from ._credentials import Credential, matches_pattern, read_scope
 from ._http import auth_error_response, error_response, request_credential
@@ -482,7 +483,7 @@ def scope_filter(cred: Credential, filter: Mapping[str, Any] | None
         return True, parse_filter(filter) if filter else None
     if not patterns:
         return False, None
-    return True, all_of(parse_filter(filter), read_scope(patterns))
+    return True, scoped(read_scope(patterns), parse_filter(filter))
 
 
 def require_admin(cred: Credential, what: str) -> None:

@@ -46,6 +46,8 @@ __all__ = [
     "INT_MAX",
     "INT_MIN",
     "MAX_DEPTH",
+    "MAX_PATTERN",
+    "MAX_PATTERNS",
     "MAX_TERMS",
     "REGEX_OPTIONS",
     "parse_filter",
@@ -59,6 +61,14 @@ MAX_DEPTH = 32
 MAX_TERMS = 2000
 """How many comparisons one filter may hold: each ``$in`` / ``$nin`` item counts as
 one (an empty list as one), so a single ``$in`` may list 2000 values."""
+
+MAX_PATTERN = 1000
+"""The longest ``$regex`` pattern, in characters."""
+
+MAX_PATTERNS = 4000
+"""The ``$regex`` patterns of one filter together, in characters (compiling a
+pattern takes about 10 ms per 1000 characters: a filter is parsed where it comes in,
+on a hub on its event loop)."""
 
 INT_MIN = -(2**63)
 INT_MAX = 2**63 - 1
@@ -178,6 +188,7 @@ def _all(parts: list[Node]) -> Node:
 class _Parser:
     def __init__(self) -> None:
         self.terms = 0
+        self.pattern_chars = 0
 
     def count(self, n: int, where: str) -> None:
         self.terms += n
@@ -378,6 +389,13 @@ class _Parser:
         if not isinstance(pattern, str):
             raise QueryError(f"$regex needs a pattern string, not {_describe(pattern)}", sub)
         pattern = _text(pattern, "the $regex pattern", sub)
+        if len(pattern) > MAX_PATTERN:
+            raise QueryError(f"the $regex pattern is too long: {len(pattern)} characters, "
+                             f"at most {MAX_PATTERN}", sub)
+        self.pattern_chars += len(pattern)
+        if self.pattern_chars > MAX_PATTERNS:
+            raise QueryError(f"the filter's $regex patterns are too long together: more "
+                             f"than {MAX_PATTERNS} characters", sub)
         if ref.kind in (FieldKind.NUMBER, FieldKind.TIME):
             raise QueryError(
                 f"$regex matches text, but {ref.field} is a {ref.kind.value} field", sub

@@ -24,7 +24,21 @@ from conveyor.errors import QueryError
 from conveyor.model import FIELDS, FieldKind
 
 from ._regex import compile_regex, note_timeout, search
-from ._tree import And, Compare, Exists, Filter, In, Node, Not, Or, Ref, Regex, Scalar, SortKey
+from ._tree import (
+    And,
+    Compare,
+    Exists,
+    Filter,
+    In,
+    Node,
+    Not,
+    Or,
+    Ref,
+    Regex,
+    Scalar,
+    SortKey,
+    has_regex,
+)
 
 __all__ = [
     "REGEXP_FUNCTION",
@@ -86,6 +100,11 @@ class _Compiler:
         if isinstance(node, And):
             if not node.children:
                 return "1"
+            if node.guarded and len(node.children) > 1 and has_regex(And(node.children[1:])):
+                # the planner may take an AND's terms in any order; a CASE takes its own
+                first = node.children[0]
+                return (f"({self.node(first)} AND CASE WHEN {self.node(first)} THEN "
+                        f"{self.node(And(node.children[1:]))} ELSE 0 END)")
             return _joined([self.node(child) for child in node.children], " AND ")
         if isinstance(node, Or):
             if not node.children:

@@ -18,6 +18,7 @@ from conveyor.model import FIELDS, JSON_FIELDS, FieldKind
 
 __all__ = [
     "MATCH_ALL",
+    "MAX_PATH",
     "And",
     "Compare",
     "CompareOp",
@@ -36,7 +37,9 @@ __all__ = [
     "check_window",
     "comparisons",
     "fields_of",
+    "has_regex",
     "make_ref",
+    "scoped",
     "unknown_field_message",
 ]
 
@@ -60,6 +63,10 @@ def unknown_field_message(name: str, key: str) -> str:
         f"Look inside JSON fields with a dotted path, such as 'payload.user.id' "
         f"({json_fields} take paths)"
     )
+
+
+MAX_PATH = 100
+"""How many levels a dotted path may go into a JSON field (``payload.a.b`` is 2)."""
 
 
 def check_segment(segment: str) -> str | None:
@@ -107,6 +114,8 @@ def make_ref(name: str, path: tuple[str, ...], where: str, key: str | None = Non
             f"only the JSON fields ({json_fields}) take a dotted path",
             where,
         )
+    if len(path) > MAX_PATH:
+        raise QueryError(f"path {key[:60]!r}... is more than {MAX_PATH} levels deep", where)
     for segment in path:
         problem = check_segment(segment)
         if problem is not None:
@@ -120,9 +129,16 @@ def make_ref(name: str, path: tuple[str, ...], where: str, key: str | None = Non
 
 @dataclass(frozen=True, slots=True)
 class And:
-    """True when every child is; ``And(())`` matches everything."""
+    """True when every child is; ``And(())`` matches everything.
+
+    ``guarded``: the children after the first are looked at only for tasks the first
+    matches (a credential's read scope first, then a client's filter: a ``$regex``
+    of that filter, which can fail or take long on a value, never runs on a task
+    the scope leaves out, so its errors and its time tell nothing of those tasks).
+    """
 
     children: tuple[Node, ...]
+    guarded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +232,21 @@ def all_of(*filters: Filter) -> Filter:
     if len(roots) == 1:
         return Filter(roots[0])
     return Filter(And(roots))
+
+
+def scoped(scope: Filter, f: Filter) -> Filter:
+    """The tasks of ``scope`` that ``f`` matches, ``f`` looked at only within ``scope``
+    (see :attr:`And.guarded`); ``f`` keeps its error paths, as with :func:`all_of`."""
+    if f.matches_all:
+        return scope
+    if scope.matches_all:
+        return f
+    return Filter(And((scope.root, f.root), guarded=True))
+
+
+def has_regex(node: Node) -> bool:
+    """Whether a ``$regex`` is in ``node``."""
+    return any(isinstance(leaf, Regex) for leaf in _leaves(Filter(node)))
 
 
 def _leaves(f: Filter) -> Iterator[Compare | In | Exists | Regex]:

@@ -1,0 +1,50 @@
+"""A narrowed credential's filter never runs on tasks outside its read scope.
+
+A ``$regex`` that backtracks catastrophically fails after a second on the value it
+is stuck on: run on the tasks of actions a key may not read, that error (or its
+time) told the key whether a hidden value started with a guess, one character at
+a time. The scope is looked at first, and the client's filter only within it."""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor.client import HubClient
+from conveyor.errors import QueryError
+from conveyor.query._regex import compile_regex, search
+
+from ._rest_helpers import API, client
+from .conftest import RunningHub
+
+STUCK = "^(z|zz)+$"            # exponential on "zzz...z!"
+HIDDEN = "z" * 40 + "!"
+
+
+def test_the_pattern_is_stuck_on_the_hidden_value() -> None:
+    with pytest.raises(QueryError, match="ran longer than"):
+        search(compile_regex(STUCK, 0), HIDDEN)
+
+
+async def test_a_narrowed_key_cannot_probe_hidden_values_with_a_regex(
+        hub: RunningHub) -> None:
+    await hub.app.add("secret:keep", {"pw": HIDDEN})
+    await hub.app.add("mail:send", {"pw": "short"})
+    shop = hub.key("shop", publish=["mail:*"])
+    where = {"payload.pw": {"$regex": STUCK}}
+    async with client(hub, shop) as http:
+        count = await http.post(f"{API}/tasks/count", json={"filter": where})
+        assert count.status_code == 200, count.text
+        assert count.json()["count"] == 0
+        found = await http.post(f"{API}/tasks/search", json={"filter": where})
+        assert found.status_code == 200, found.text
+        assert found.json()["tasks"] == []
+
+    async with HubClient(hub.url, shop) as ws:
+        live = ws.live(where)
+        snapshot = await live.__anext__()
+        assert snapshot.type == "snapshot" and list(snapshot.tasks) == []
+        await hub.app.add("secret:keep", {"pw": HIDDEN})  # another hidden one changes
+        seen = await ws.add("mail:send", {"pw": "zz"})
+        added = await live.__anext__()  # not bad_filter: the hidden task was not looked at
+        assert added.type == "added" and added.task_id == seen.id
+        await live.aclose()
