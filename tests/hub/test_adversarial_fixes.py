@@ -30,8 +30,8 @@ async def test_a_publishers_conditions_count_only_tasks_it_may_read(hub: Running
         assert added.status_code == 201, added.text
         [stored] = added.json()["concurrency"]
     # stored narrowed to the credential's actions
-    assert stored["query"] == {"$and": [condition["query"],
-                                        {"action": {"$regex": "^spy:.*$"}}]}
+    assert stored["query"] == {"$and": [{"action": {"$regex": "^spy:.*$"}},
+                                        condition["query"]]}
     # and so claimable: the hidden task that matches the query does not count
     claimed = await hub.app.storage.claim("probe-worker", ["spy:probe"], 1, 30.0)
     assert [t.id for t in claimed] == [added.json()["id"]]

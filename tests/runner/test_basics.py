@@ -298,3 +298,43 @@ async def test_calls_under_way_when_the_app_closes_finish_first(app: Conveyor) -
     results = await asyncio.gather(*calls)
     assert [r for r in results if r != "ok"] == []
     assert await app.count({"action": "close:race"}) == 101
+
+
+async def test_a_condition_that_cannot_be_evaluated_holds_up_no_other_task(
+        app: Conveyor, url: str) -> None:
+    """A condition's ``$regex`` stuck on a running task's value (memory and SQLite give
+    up after a second) failed every claim of the worker, of every action, for as
+    long as that task ran. The task of that condition fails instead; PostgreSQL's
+    own engine is not stuck on this pattern, and runs it."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @app.handler("cond:hold")
+    async def hold(ctx: Context[Any]) -> None:
+        started.set()
+        await release.wait()
+
+    @app.handler("cond:guarded")
+    async def guarded(ctx: Context[Any]) -> str:
+        return "ran"
+
+    @app.handler("cond:other")
+    async def other(ctx: Context[Any]) -> str:
+        return "other"
+
+    async with app:
+        holder = await app.add("cond:hold", {"pw": "z" * 40 + "!"})
+        await started.wait()
+        stuck = await app.add("cond:guarded", concurrency=[
+            {"query": {"payload.pw": {"$regex": "^(z|zz)+$"}}, "limit": 1}])
+        free = await app.add("cond:other")
+        assert await app.wait(free.id, timeout=10) == "other"
+        done = await app.wait_task(stuck.id, timeout=10)
+        if url.startswith("postgresql"):
+            assert done.status is Status.SUCCEEDED
+        else:
+            assert done.status is Status.FAILED and done.reason == "condition_error"
+            assert done.error is not None and done.error.type == "QueryError"
+            assert "concurrency condition could not be evaluated" in done.error.message
+            assert done.attempts == 0 and done.started_at is None
+        release.set()
+        assert (await app.wait_task(holder.id, timeout=10)).status is Status.SUCCEEDED

@@ -100,8 +100,8 @@ def _scoped_conditions(item: dict[str, Any], cred: Credential) -> dict[str, Any]
             except QueryError:
                 pass
             else:
-                cond = {**cond, "query": {"$and": [cond["query"],
-                                                   read_scope_query(cred.readable)]}}
+                cond = {**cond, "query": {"$and": [read_scope_query(cred.readable),
+                                                   cond["query"]]}}
         scoped.append(cond)
     return {**item, "concurrency": scoped if several else scoped[0]}
 

@@ -224,6 +224,17 @@ def rescued(task: Task, now: float, max_rescues: int) -> tuple[Task, str]:
                    version=task.version + 1), "rescued"
 
 
+def condition_failed(task: Task, now: float, message: str) -> Task:
+    """A queued task whose concurrency condition could not be evaluated (a ``$regex``
+    that ran too long on another task's value): it fails rather than hold up every
+    claim."""
+    error = ErrorInfo("QueryError", f"its concurrency condition could not be evaluated: "
+                      f"{message}", attempt=task.attempts, at=now)
+    return replace(task, status=Status.FAILED, reason="condition_error", error=error,
+                   errors=(*task.errors, error), finished_at=now, pickup_deadline=None,
+                   updated_at=now, version=task.version + 1)
+
+
 def pickup_expired(task: Task, now: float) -> Task:
     error = ErrorInfo("PickupTimeout",
                       f"not started within its pickup timeout of {task.pickup_timeout or 0:g}s",

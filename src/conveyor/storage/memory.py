@@ -25,7 +25,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from .. import _json
-from ..errors import DuplicateTask, InvalidTransition, StorageError, TaskNotFound
+from ..errors import DuplicateTask, InvalidTransition, QueryError, StorageError, TaskNotFound
 from ..model import (
     TERMINAL,
     Backoff,
@@ -363,8 +363,14 @@ class MemoryStorage(FanoutFeed, Storage):
                     break
                 if task.action in budget and budget[task.action] <= 0:
                     continue
-                if task.concurrency and not self._condition_allows(task):
-                    continue
+                if task.concurrency:
+                    try:
+                        allowed = self._condition_allows(task)
+                    except QueryError as exc:  # a $regex that ran too long
+                        self._put(_ops.condition_failed(task, now, str(exc)), "failed", now)
+                        continue
+                    if not allowed:
+                        continue
                 new = _ops.claimed(task, worker, token, now, lease)
                 self._put(new, "started", now)
                 claimed.append(new)

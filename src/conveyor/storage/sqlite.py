@@ -56,6 +56,7 @@ from ..model import (
 )
 from ..query import Filter, Query, compile_sort_sqlite, compile_sqlite, parse_filter
 from ..query import register_sqlite_functions as _register_functions
+from ..query._regex import take_timeout
 from . import _ops
 from ._codec import claimed_to_task, encode_scope, row_to_task, task_to_row
 from ._feed import Fanout, FanoutFeed
@@ -618,7 +619,15 @@ class SQLiteStorage(FanoutFeed, Storage):
                     if pending:
                         flush()
                         memo.clear()
-                    if not self._conditions_allow(conn, task_id, memo):
+                    try:
+                        allowed = self._conditions_allow(conn, task_id, memo)
+                    except sqlite3.OperationalError:
+                        error = take_timeout()  # a $regex that ran too long
+                        if error is None:
+                            raise
+                        self._fail_condition(conn, task_id, now, str(error))
+                        continue
+                    if not allowed:
                         continue
                     pending.append(task_id)
                     flush()
@@ -652,6 +661,13 @@ class SQLiteStorage(FanoutFeed, Storage):
                                            "now": base["now"]})
         text: str = conn.execute(Q["claimed_rows"], params).fetchone()[0]
         return text, base
+
+    def _fail_condition(self, conn: sqlite3.Connection, task_id: str, now: float,
+                        message: str) -> None:
+        """Fail a candidate whose condition could not be evaluated: it would fail every
+        claim (of every action) for as long as the value it is stuck on is there."""
+        task = self._must(conn, task_id)
+        self._save(conn, task, _ops.condition_failed(task, now, message), "failed")
 
     def _conditions_allow(self, conn: sqlite3.Connection, task_id: str,
                           memo: dict[str, int]) -> bool:
