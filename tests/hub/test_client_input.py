@@ -155,3 +155,21 @@ def test_hub_settings_are_checked(options: dict[str, object], message: str) -> N
     with pytest.raises(ConfigurationError, match=message):
         HubConfig(**options)  # type: ignore[arg-type]
     assert HubConfig(public_url="https://hub.example/x/").base_url == "https://hub.example/x"
+
+
+async def test_a_hub_urls_password_stays_out_of_messages() -> None:
+    from conveyor.client import HubError
+
+    from .conftest import free_port
+
+    url = f"http://ann:s3cret@127.0.0.1:{free_port()}"
+    for client in (HubClient(url, "cvk_1_x"), HTTPClient(url, "cvk_1_x")):
+        assert "s3cret" not in repr(client) and "ann:***@" in repr(client)
+        with pytest.raises(HubError) as unreachable:
+            await client.get("01a00000-0000-7000-8000-000000000000")
+        assert "cannot reach the hub at" in str(unreachable.value)
+        assert "s3cret" not in str(unreachable.value), unreachable.value
+        await client.close()
+    with pytest.raises(ValueError, match="not a hub URL") as bad:
+        HubClient("ftp://ann:s3cret@127.0.0.1:1", "cvk_1_x")
+    assert "s3cret" not in str(bad.value)

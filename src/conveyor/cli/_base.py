@@ -25,6 +25,7 @@ from conveyor.errors import (
     ValidationError,
 )
 from conveyor.model import MAX_SECONDS
+from conveyor.storage._url import hide_password
 
 if TYPE_CHECKING:
     from conveyor.client import HTTPClient
@@ -284,7 +285,7 @@ def store_target(ctx: click.Context) -> Target:
         return db_url(ctx)
     if not _http_url(hub):
         raise CliError(f"{where} must be the hub's http:// or https:// URL with a host, "
-                       f"not {hub!r}")
+                       f"not {hide_password(hub)!r}")
     key = ctx.find_root().meta.get(_KEY_KEY) or os.environ.get(KEY_ENV, "").strip() or None
     return HubTarget(hub.rstrip("/"), key)
 

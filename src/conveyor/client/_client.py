@@ -49,6 +49,7 @@ from ..errors import (
     WaitTimeout,
 )
 from ..model import LogLevel, LogRecord, Progress, Status, Task, seconds
+from ..storage._url import hide_password
 from ._errors import HubError
 from ._http import task_from_json
 from ._link import CLOSED, Link, ws_url
@@ -288,7 +289,7 @@ class HubClient:
         self.connects = 0
 
     def __repr__(self) -> str:
-        return f"HubClient({self.url!r})"
+        return f"HubClient({hide_password(self.url)!r})"
 
     # -- connection ---------------------------------------------------------------
 

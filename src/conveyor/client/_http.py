@@ -51,6 +51,7 @@ from ..model import (
 )
 from ..query._tree import check_window
 from ..storage import WorkerInfo
+from ..storage._url import hide_password, scrub_password
 from ._errors import HubError
 from ._unserved import UNSERVED_HEADER, warn_unserved
 from ._wire import item_json, options_json, payload_json, seconds_json
@@ -112,7 +113,7 @@ class HTTPClient:
         await self._http.aclose()
 
     def __repr__(self) -> str:
-        return f"HTTPClient({self.url!r})"
+        return f"HTTPClient({hide_password(self.url)!r})"
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -136,10 +137,11 @@ class HTTPClient:
                 method, path, params=params, content=content, headers=headers,
                 timeout=self.timeout if timeout is None else timeout)
         except httpx.TimeoutException as exc:
-            raise HubError(0, f"the hub at {self.url} did not answer in time "
+            raise HubError(0, f"the hub at {hide_password(self.url)} did not answer in time "
                               f"({type(exc).__name__})", "timeout") from None
         except httpx.HTTPError as exc:
-            raise HubError(0, f"cannot reach the hub at {self.url}: {exc or type(exc).__name__}",
+            shown = scrub_password(str(exc), self.url) or type(exc).__name__
+            raise HubError(0, f"cannot reach the hub at {hide_password(self.url)}: {shown}",
                            "unreachable") from None
         if response.status_code in ok:
             unserved = response.headers.get(UNSERVED_HEADER)

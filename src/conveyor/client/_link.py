@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from .. import _json
 from ..errors import ValidationError
+from ..storage._url import hide_password, scrub_password
 from ._errors import HubError
 
 __all__ = ["CLOSED", "FrameTooBig", "Link", "Unsendable", "hub_error", "ws_url"]
@@ -64,7 +65,8 @@ def ws_url(url: str, path: str = "/ws") -> str:
     parts = urlsplit(url)
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
     if scheme is None:
-        raise ValueError(f"not a hub URL: {url!r} (expected http://, https://, ws:// or wss://)")
+        raise ValueError(f"not a hub URL: {hide_password(url)!r} (expected http://, https://, "
+                         "ws:// or wss://)")
     base = parts.path.rstrip("/")
     if not base.endswith(path):
         base += path
@@ -135,7 +137,8 @@ class Link:
             raise HubError(exc.response.status_code,
                            f"the hub refused the WebSocket handshake ({exc})") from None
         except (OSError, TimeoutError, WebSocketException) as exc:
-            raise HubError(0, f"cannot reach the hub at {url}: {exc}", "unreachable") from None
+            raise HubError(0, f"cannot reach the hub at {hide_password(url)}: "
+                              f"{scrub_password(str(exc), url)}", "unreachable") from None
         try:
             if hello:
                 await ws.send(_json.dumps({"type": "hello", "id": 0, "key": key}))
