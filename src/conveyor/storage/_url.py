@@ -39,7 +39,9 @@ def hide_password(url: str) -> str:
             netloc = f"{user.partition(':')[0]}:***@{host}"  # the user as written
         url = f"{parts.scheme}://{netloc}{parts.path}"
         return f"{url}?{query}" if query else url
-    except ValueError:
+    except ValueError:  # not a URL Python can take apart (http://[::1)
+        if "@" not in url and "password" not in url.lower():
+            return url  # nothing in it to hide
         return f"{url.partition(':')[0]}://..."
 
 
