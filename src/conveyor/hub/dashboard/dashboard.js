@@ -11,6 +11,11 @@
                        "created_at"];
   const STATS_EVERY = 2000;
   const WORKERS_EVERY = 3000;
+  // a connection that stops carrying data without closing (a network gone dead) is
+  // noticed by its silence: the page pings, and one quiet this long is given up
+  const PING_EVERY = 5000;
+  const SILENCE_LIMIT = 15000;
+  const REQUEST_TIMEOUT = 15000;  // a REST call that has no answer by then fails
   const WINDOW = 60;  // seconds of throughput kept
   const FINAL = new Set(["succeeded", "failed", "aborted"]);
 
@@ -41,6 +46,10 @@
     session: 0,         // bumped on sign out: a pending reconnection is dropped
     statsSoon: null,
     samples: [],        // [{t, finished}] from successive stats
+    heard: 0,           // performance.now() of the last message from the hub
+    connected: "",      // the header's text while all is well
+    panelErrors: {},    // what the latest refresh of a panel failed with, by panel
+    acting: false,      // a button's request is under way
   };
 
   // -- messages to the user -----------------------------------------------------------
@@ -66,7 +75,16 @@
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    const response = await fetch(path, init);
+    init.signal = AbortSignal.timeout(REQUEST_TIMEOUT);
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (err) {
+      if (err.name === "TimeoutError") {
+        throw new HubError(0, "timeout", `no answer from the hub within ${REQUEST_TIMEOUT / 1000} s`);
+      }
+      throw err;
+    }
     let data = null;
     try { data = await response.json(); } catch (_) { data = null; }
     if (!response.ok) {
@@ -191,6 +209,7 @@
       if (state.key) send({ type: "hello", id: "hello", key: state.key });
     };
     ws.onmessage = (event) => {
+      state.heard = performance.now();
       let data;
       try { data = JSON.parse(event.data); } catch (_) { return; }
       for (const msg of Array.isArray(data) ? data : [data]) {
@@ -207,10 +226,31 @@
         signOut("The hub closed the connection: this key is no longer valid.");
         return;
       }
-      const session = state.session;
-      connection(`disconnected (code ${event.code}); reconnecting in 2 s`);
-      setTimeout(() => { if (state.session === session && !state.ws) connect(); }, 2000);
+      reconnect(`disconnected (code ${event.code})`);
     };
+  }
+
+  function reconnect(why) {
+    const session = state.session;
+    connection(`${why}; reconnecting in 2 s`);
+    setTimeout(() => { if (state.session === session && !state.ws) connect(); }, 2000);
+  }
+
+  // Ping the hub; a connection silent for SILENCE_LIMIT is dropped and made again
+  // (a dead network may keep a WebSocket "open" for many minutes).
+  function keepAlive() {
+    const ws = state.ws;
+    if (!ws || !state.authed) return;
+    if (performance.now() - state.heard > SILENCE_LIMIT) {
+      state.ws = null;
+      ws.onclose = null;
+      ws.onmessage = null;
+      stop();
+      try { ws.close(); } catch (_) { /* closing a dead socket */ }
+      reconnect(`no answer from the hub for ${SILENCE_LIMIT / 1000} s`);
+      return;
+    }
+    send({ type: "ping", id: newId("ping") });
   }
 
   function send(msg) {
@@ -255,7 +295,10 @@
     }
     state.authed = true;
     notice("");
-    connection(state.key ? `connected as ${msg.credential}` : "connected (insecure hub)");
+    state.connected = state.key ? `connected as ${msg.credential}` : "connected (insecure hub)";
+    state.panelErrors = {};
+    state.heard = performance.now();
+    connection(state.connected);
     show("forget-key", Boolean(state.key));
     show("main", true);
     subscribe();
@@ -263,6 +306,7 @@
     refreshWorkers();
     state.timers.push(setInterval(refreshStats, STATS_EVERY));
     state.timers.push(setInterval(refreshWorkers, WORKERS_EVERY));
+    state.timers.push(setInterval(keepAlive, PING_EVERY));
     route();
   }
 
@@ -301,6 +345,7 @@
     try { filter = currentFilter(); } catch (err) {
       filterError(err.message);
       clearRows();
+      setText("task-count", "");
       return;
     }
     filterError("");
@@ -323,6 +368,7 @@
         ? `${message} (at ${msg.path})` : message);
       state.live = null;
       clearRows();
+      setText("task-count", "");  // the query did not run: not "no task matches"
       return;
     }
     if (msg.seq !== live.seq + 1) { subscribe(); return; }  // a gap: start again
@@ -389,6 +435,10 @@
     for (const name of cells) tr.append(make("td", null, `cell-${name}`));
     tr.firstChild.className = "id";
     tr.firstChild.title = task.id;
+    const link = make("a", null, "task-link");
+    link.href = `#/tasks/${encodeURIComponent(task.id)}`;
+    link.setAttribute("aria-label", `task ${task.id}`);
+    tr.firstChild.append(link);
     tr.lastChild.className = "created";
     tr.addEventListener("click", () => { location.hash = `#/tasks/${task.id}`; });
     return tr;
@@ -396,7 +446,7 @@
 
   function fillRow(tr, task) {
     const cell = (name) => tr.querySelector(`[data-testid="cell-${name}"]`);
-    cell("id").textContent = shortId(task.id);
+    cell("id").firstChild.textContent = shortId(task.id);
     cell("action").textContent = task.action;
     cell("status").textContent = task.status;
     cell("status").className = `status-${task.status}`;
@@ -421,6 +471,7 @@
   function progressNodes(progress) {
     if (!progress) return [];
     const bar = make("progress", null, "progress-bar");
+    bar.setAttribute("aria-label", "progress");
     fillBar(bar, progress);
     return [bar, make("span", progressText(progress))];
   }
@@ -435,14 +486,17 @@
 
   // -- the task view -----------------------------------------------------------------------
 
+  const BAD_ADDRESS = "that address names no task";
+
   function route() {
     const match = /^#\/tasks\/([^/]+)$/.exec(location.hash);
     if (!state.authed) return;
     let taskId = null;
     try {
       taskId = match ? decodeURIComponent(match[1]) : null;
+      if ($("notice").textContent === BAD_ADDRESS) notice("");
     } catch (_) {  // a malformed address (%E0%A4%A): no task to show
-      notice("that address names no task");
+      notice(BAD_ADDRESS);
     }
     if (taskId) openTask(taskId); else closeTask();
   }
@@ -467,6 +521,10 @@
       }
       actionError("");
       watch(taskId);
+      show("tasks-panel", false);
+      show("task-view", true);
+      $("task-heading").focus();
+      return;
     }
     show("tasks-panel", false);
     show("task-view", true);
@@ -583,9 +641,11 @@
   async function act(what, body) {
     const task = state.viewed;
     if (!task) return;
+    if (state.acting) return;  // a second click while the first is under way
     actionError("");
     // the answer may come after the user opened another task: then it is not shown
     const stillViewed = () => Boolean(state.watch && state.watch.taskId === task.id);
+    busy(true, what);
     try {
       const updated = await api("POST", `/api/v1/tasks/${encodeURIComponent(task.id)}/${what}`,
                                 body);
@@ -604,7 +664,16 @@
           if (state.watch.ended && !FINAL.has(now.status)) watch(now.id);
         } catch (ignored) { /* the error above is what the user needs */ }
       }
+    } finally {
+      busy(false, what);
     }
+  }
+
+  function busy(on, what) {
+    state.acting = on;
+    for (const name of ["task-abort", "task-retry", "task-prioritize"]) $(name).disabled = on;
+    $("task-actions").setAttribute("aria-busy", on ? "true" : "false");
+    setText("task-action-busy", on ? `${what}: waiting for the hub…` : "");
   }
 
   // -- stats, throughput, workers ---------------------------------------------------------
@@ -617,10 +686,21 @@
   // GET a panel's data; null when signed out or refused (the reason is shown)
   async function panelData(what) {
     if (!state.authed) return null;
-    try { return await api("GET", `/api/v1/${what}`); } catch (err) {
-      connection(`${what}: ${err.message}`);
+    try {
+      const data = await api("GET", `/api/v1/${what}`);
+      panelError(what, null);
+      return data;
+    } catch (err) {
+      panelError(what, err.message);
       return null;
     }
+  }
+
+  function panelError(what, message) {
+    if (!state.authed) return;
+    if (message) state.panelErrors[what] = message; else delete state.panelErrors[what];
+    const errors = Object.entries(state.panelErrors).map(([name, text]) => `${name}: ${text}`);
+    connection(errors.length ? errors.join("; ") : state.connected);
   }
 
   async function refreshStats() {
