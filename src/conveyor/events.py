@@ -71,10 +71,11 @@ _FROM_CHANGE = {
     "released": "task.released", "rescued": "task.rescued", "retried": "task.retried",
     "deleted": "task.deleted", "lost": "task.failed", "lost_aborted": "task.aborted",
     "retry_aborted": "task.aborted", "expired": "task.failed",
+    "condition_failed": "task.failed",
 }
 # Changes that end a task: each is followed by task.ended.
 _ENDING = frozenset({"succeeded", "failed", "aborted", "lost", "lost_aborted", "retry_aborted",
-                     "expired"})
+                     "expired", "condition_failed"})
 # Changes a process announces itself when it makes them (the relay skips its own).
 DIRECT = frozenset({
     "added", "started", "progress", "log", "succeeded", "failed", "aborted", "retrying",

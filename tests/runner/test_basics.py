@@ -322,8 +322,14 @@ async def test_a_condition_that_cannot_be_evaluated_holds_up_no_other_task(
         return "other"
 
     async with app:
+        # its own value is the one its condition is stuck on: it runs (PostgreSQL's claim
+        # counted it in Python, and that error failed the claim)
+        own = await app.add("cond:guarded", {"pw": "z" * 40 + "!"}, concurrency=[
+            {"query": {"payload.pw": {"$regex": "^(z|zz)+$"}}, "limit": 1}])
+        assert await app.wait(own.id, timeout=10) == "ran"
         holder = await app.add("cond:hold", {"pw": "z" * 40 + "!"})
         await started.wait()
+        failures = app.events("task.failed")
         stuck = await app.add("cond:guarded", concurrency=[
             {"query": {"payload.pw": {"$regex": "^(z|zz)+$"}}, "limit": 1}])
         free = await app.add("cond:other")
@@ -332,9 +338,13 @@ async def test_a_condition_that_cannot_be_evaluated_holds_up_no_other_task(
         if url.startswith("postgresql"):
             assert done.status is Status.SUCCEEDED
         else:
+            # announced as any failure is, in this process too
+            event = await asyncio.wait_for(failures.__anext__(), 10)
+            assert (event.type, event.task_id) == ("task.failed", stuck.id)
             assert done.status is Status.FAILED and done.reason == "condition_error"
             assert done.error is not None and done.error.type == "QueryError"
             assert "concurrency condition could not be evaluated" in done.error.message
             assert done.attempts == 0 and done.started_at is None
+        failures.close()
         release.set()
         assert (await app.wait_task(holder.id, timeout=10)).status is Status.SUCCEEDED

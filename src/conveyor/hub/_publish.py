@@ -14,7 +14,7 @@ A concurrency condition counts the tasks its query matches, whatever their actio
 whether a task is claimed, or stays queued, would tell its publisher whether tasks
 it may not read match a query of its choosing (``$regex`` on their payload or
 result, one character at a time). Each condition's query is therefore narrowed to
-the readable actions, ``{"$and": [query, <read scope>]}``, as stored.
+the readable actions, ``{"$and": [<read scope>, query]}``, as stored.
 """
 
 from __future__ import annotations

@@ -367,7 +367,8 @@ class MemoryStorage(FanoutFeed, Storage):
                     try:
                         allowed = self._condition_allows(task)
                     except QueryError as exc:  # a $regex that ran too long
-                        self._put(_ops.condition_failed(task, now, str(exc)), "failed", now)
+                        self._put(_ops.condition_failed(task, now, str(exc)), "condition_failed",
+                                  now)
                         continue
                     if not allowed:
                         continue

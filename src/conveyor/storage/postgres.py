@@ -115,6 +115,7 @@ _TX_ORIGIN = "-tx"
 _ADD_CHUNK = 250  # rows per insert statement of a big add (see _insert_overlapped)
 _LOCK_IDLE_FLOOR = 5.0  # seconds; see _lock_idle
 _CLOSE_DRAIN = 5.0  # seconds close() waits for the calls under way on a pool
+_UNCOUNTED = 1 << 62  # a condition's count that one claim could not learn
 MIN_SERVER = 130000  # xid8, pg_current_snapshot(), pg_snapshot_xip()
 FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
@@ -1355,11 +1356,19 @@ class PostgresStorage(FanoutFeed, Storage):
             accepted: list[tuple[Task, Task]] = []
             claimed: list[Task] = []
             now = time.time()
+            unevaluable: list[tuple[Task, Task, str]] = []
             async for task in self._ready_in_order(conn, open_actions, now, limit):
                 if budget.get(task.action, 1) <= 0:
                     continue
-                if task.concurrency and not await conditions.allow(task):
-                    continue
+                if task.concurrency:
+                    try:
+                        allowed = await conditions.allow(task)
+                    except QueryError as exc:  # would fail every claim while it is queued
+                        unevaluable.append((task, _ops.condition_failed(task, now, str(exc)),
+                                            "condition_failed"))
+                        continue
+                    if not allowed:
+                        continue
                 after = _ops.claimed(task, worker, token, now, lease)
                 accepted.append((task, after))
                 conditions.apply(task, after)
@@ -1372,6 +1381,8 @@ class PostgresStorage(FanoutFeed, Storage):
                     "ids": [t.id for t, _ in accepted], "worker": worker, "token": token,
                     "lease_until": now + lease, "now": now, "origin": self.instance_id})
                 claimed = [row_to_task(r, decoded=True) for r in rows]
+            if unevaluable:
+                await self._save(conn, unevaluable)
             return claimed
 
     async def _ready_in_order(self, conn: psycopg.AsyncConnection[Any], actions: list[str],
@@ -1711,10 +1722,14 @@ class _ConditionCounts:
             row = (await self.storage._rows(self.conn, "SELECT " + ", ".join(parts), params))[0]
             for key, n in zip(missing, row, strict=True):
                 # the database does not see this batch's claims yet: add them
-                self.counts[key] = int(n) + sum(self.inside(key, new) - self.inside(key, old)
-                                                for old, new in self.accepted)
+                self.counts[key] = int(n)
+                self._add(key, self.accepted)
         for cond in task.concurrency:
             key = self.key(cond)
+            if self.counts[key] >= _UNCOUNTED:
+                return False  # not known in this claim: the task waits for the next one
+            # a QueryError here is the task's own value stuck in its own condition's
+            # $regex: the caller fails the task
             if self.counts[key] - self.inside(key, task) >= cond.limit:
                 return False
         return True
@@ -1722,7 +1737,17 @@ class _ConditionCounts:
     def apply(self, old: Task, new: Task) -> None:
         self.accepted.append((old, new))
         for key in self.counts:
-            self.counts[key] += self.inside(key, new) - self.inside(key, old)
+            self._add(key, [(old, new)])
+
+    def _add(self, key: tuple[tuple[str, ...], str], moves: list[tuple[Task, Task]]) -> None:
+        """Count ``moves`` (claimed tasks, before and after) in ``key``'s count; a
+        ``$regex`` stuck on one of their values (Python's matcher gives up after a
+        second) leaves the count unknown for the rest of this claim."""
+        try:
+            self.counts[key] += sum(self.inside(key, new) - self.inside(key, old)
+                                    for old, new in moves)
+        except QueryError:
+            self.counts[key] = _UNCOUNTED
 
 
 def _asdict(o: PgOptions) -> dict[str, Any]:

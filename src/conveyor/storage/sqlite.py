@@ -667,7 +667,7 @@ class SQLiteStorage(FanoutFeed, Storage):
         """Fail a candidate whose condition could not be evaluated: it would fail every
         claim (of every action) for as long as the value it is stuck on is there."""
         task = self._must(conn, task_id)
-        self._save(conn, task, _ops.condition_failed(task, now, message), "failed")
+        self._save(conn, task, _ops.condition_failed(task, now, message), "condition_failed")
 
     def _conditions_allow(self, conn: sqlite3.Connection, task_id: str,
                           memo: dict[str, int]) -> bool:
