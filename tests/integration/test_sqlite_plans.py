@@ -27,3 +27,27 @@ async def test_retention_batches_read_the_finished_index(tmp_path: Path) -> None
             await app.abort(task.id)
     plan = _plan(db, Q["old_finished"], {"before": time.time(), "batch": 500})
     assert "conveyor_tasks_finished" in plan, plan
+
+
+async def test_a_narrowed_filter_with_a_regex_keeps_its_index(tmp_path: Path) -> None:
+    """A credential's scope guards the client's ``$regex`` through a CASE; the client's
+    plain terms stay outside it, where the status index serves them (a review found
+    such finds scanning the whole table)."""
+    from conveyor.query import compile_sqlite, parse_filter, register_sqlite_functions
+    from conveyor.query._tree import scoped
+
+    db = tmp_path / "tasks.db"
+    async with Conveyor(f"sqlite:///{db}") as app:
+        await app.add("spy:x", {"pw": "zz"})
+    where = scoped(parse_filter({"action": {"$regex": "^spy:.*$"}}),
+                   parse_filter({"status": "queued", "payload.pw": {"$regex": "^z"}}))
+    sql, params = compile_sqlite(where)
+    assert "CASE WHEN" in sql
+    with sqlite3.connect(db) as conn:
+        register_sqlite_functions(conn)
+        rows = conn.execute("EXPLAIN QUERY PLAN SELECT id FROM conveyor_tasks WHERE " + sql,
+                            params).fetchall()
+        assert conn.execute("SELECT count(*) FROM conveyor_tasks WHERE " + sql,
+                            params).fetchone() == (1,)
+    plan = " | ".join(str(row[-1]) for row in rows)
+    assert "conveyor_tasks_status" in plan, plan

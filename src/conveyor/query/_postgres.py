@@ -36,7 +36,7 @@ from conveyor import _json
 from conveyor.errors import QueryError
 from conveyor.model import FIELDS, FieldKind
 
-from ._tree import And, Compare, Exists, Filter, In, Node, Not, Or, Ref, Regex, SortKey, has_regex
+from ._tree import And, Compare, Exists, Filter, In, Node, Not, Or, Ref, Regex, SortKey, guard_parts
 
 __all__ = ["compile_postgres", "compile_sort_postgres", "translate_regex"]
 
@@ -68,11 +68,14 @@ class _Compiler:
         if isinstance(node, And):
             if not node.children:
                 return "true"
-            if node.guarded and len(node.children) > 1 and has_regex(And(node.children[1:])):
-                # the planner may take an AND's terms in any order; a CASE takes its own
-                first = node.children[0]
-                return (f"({self.node(first)} AND CASE WHEN {self.node(first)} THEN "
-                        f"{self.node(And(node.children[1:]))} ELSE false END)")
+            if node.guarded and len(node.children) > 1:
+                first, plain, risky = guard_parts(node)
+                if risky:
+                    # the planner may take an AND's terms in any order; a CASE takes its
+                    # own: a $regex runs only where the first term holds
+                    outside = self.node(And((first, *plain)))
+                    return (f"({outside} AND CASE WHEN {self.node(first)} THEN "
+                            f"{self.node(And(risky))} ELSE false END)")
             return "(" + " AND ".join(self.node(child) for child in node.children) + ")"
         if isinstance(node, Or):
             if not node.children:

@@ -37,7 +37,7 @@ from ._tree import (
     Regex,
     Scalar,
     SortKey,
-    has_regex,
+    guard_parts,
 )
 
 __all__ = [
@@ -100,11 +100,14 @@ class _Compiler:
         if isinstance(node, And):
             if not node.children:
                 return "1"
-            if node.guarded and len(node.children) > 1 and has_regex(And(node.children[1:])):
-                # the planner may take an AND's terms in any order; a CASE takes its own
-                first = node.children[0]
-                return (f"({self.node(first)} AND CASE WHEN {self.node(first)} THEN "
-                        f"{self.node(And(node.children[1:]))} ELSE 0 END)")
+            if node.guarded and len(node.children) > 1:
+                first, plain, risky = guard_parts(node)
+                if risky:
+                    # the planner may take an AND's terms in any order; a CASE takes its
+                    # own: a $regex runs only where the first term holds
+                    outside = self.node(And((first, *plain)))
+                    return (f"({outside} AND CASE WHEN {self.node(first)} THEN "
+                            f"{self.node(And(risky))} ELSE 0 END)")
             return _joined([self.node(child) for child in node.children], " AND ")
         if isinstance(node, Or):
             if not node.children:

@@ -37,6 +37,7 @@ __all__ = [
     "check_window",
     "comparisons",
     "fields_of",
+    "guard_parts",
     "has_regex",
     "make_ref",
     "scoped",
@@ -247,6 +248,19 @@ def scoped(scope: Filter, f: Filter) -> Filter:
 def has_regex(node: Node) -> bool:
     """Whether a ``$regex`` is in ``node``."""
     return any(isinstance(leaf, Regex) for leaf in _leaves(Filter(node)))
+
+
+def guard_parts(node: And) -> tuple[Node, tuple[Node, ...], tuple[Node, ...]]:
+    """A guarded ``And`` for SQL: its first child, the terms after it that hold no
+    ``$regex`` (plain terms: an index may serve them, and they tell nothing by failing
+    or by their time), and those that do (to run only where the first holds)."""
+    terms: list[Node] = []
+    for child in node.children[1:]:
+        terms.extend(child.children if isinstance(child, And) and not child.guarded
+                     else (child,))
+    plain = tuple(t for t in terms if not has_regex(t))
+    risky = tuple(t for t in terms if has_regex(t))
+    return node.children[0], plain, risky
 
 
 def _leaves(f: Filter) -> Iterator[Compare | In | Exists | Regex]:
