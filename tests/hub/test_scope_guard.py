@@ -48,3 +48,29 @@ async def test_a_narrowed_key_cannot_probe_hidden_values_with_a_regex(
         added = await live.__anext__()  # not bad_filter: the hidden task was not looked at
         assert added.type == "added" and added.task_id == seen.id
         await live.aclose()
+
+
+async def test_the_hub_bounds_its_clients_patterns_not_its_own_scope(hub: RunningHub) -> None:
+    """A client's patterns are bounded (1000 characters, 4000 per filter); the hub's read
+    scope of a credential with many long patterns is not counted against them."""
+    globs = [f"svc-{i}-" + "x" * 150 + ":*" for i in range(30)]  # a scope of ~5000 characters
+    wide = hub.key("wide", publish=globs)
+    await hub.app.add(globs[3].replace("*", "job"), {"n": 1})
+    async with client(hub, wide) as http:
+        found = await http.post(f"{API}/tasks/search", json={"filter": {"payload.n": 1}})
+        assert found.status_code == 200, found.text
+        assert len(found.json()["tasks"]) == 1
+        long = {"payload.s": {"$regex": "a" * 1001}}
+        refused = await http.post(f"{API}/tasks/count", json={"filter": long})
+        assert refused.status_code == 422 and "too long" in refused.text, refused.text
+        added = await http.post(f"{API}/tasks", json={
+            "action": globs[0].replace("*", "x"),
+            "concurrency": [{"query": {"payload.n": {"$regex": "b" * 1000}}}]})
+        assert added.status_code == 201, added.text  # its scope is not counted against it
+        too_long = await http.post(f"{API}/tasks", json={
+            "action": globs[0].replace("*", "x"),
+            "concurrency": [{"query": {"payload.n": {"$regex": "b" * 1001}}}]})
+        assert too_long.status_code == 422, too_long.text
+        assert "concurrency[0].query.payload.n.$regex" in too_long.text
+    # the embedded API is not bounded (a stored condition is parsed again at each claim)
+    assert await hub.app.count({"payload.s": {"$regex": "a" * 1001}}) == 0

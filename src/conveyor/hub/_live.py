@@ -545,7 +545,7 @@ class LiveManager:
         cred = conn.credential
         if raw_filter is not None and not isinstance(raw_filter, dict):
             raise QueryError("a filter is an object of field: condition entries", "filter")
-        parse_filter(raw_filter)  # errors name the client's filter, not the combined one
+        parse_filter(raw_filter, bounded=True)  # errors name the client's filter
         query = parse_query(raw_filter, raw_sort, raw_limit, 0)
         fields = _fields(raw_fields)
         readable = cred.readable

@@ -93,13 +93,16 @@ def _scoped_conditions(item: dict[str, Any], cred: Credential) -> dict[str, Any]
         return item  # none, or refused by the add
     several = isinstance(conditions, list)
     scoped = []
-    for cond in conditions if several else [conditions]:
+    for i, cond in enumerate(conditions if several else [conditions]):
         if isinstance(cond, Mapping) and isinstance(cond.get("query"), Mapping):
             try:
                 parse_filter(cond["query"])
             except QueryError:
-                pass
+                pass  # refused by the add, in its own words
             else:
+                # the hub's own bound on patterns (the add does not know it comes from a hub)
+                parse_filter(cond["query"], bounded=True,
+                             where=f"concurrency[{i}].query" if several else "concurrency.query")
                 cond = {**cond, "query": {"$and": [read_scope_query(cred.readable),
                                                    cond["query"]]}}
         scoped.append(cond)

@@ -581,7 +581,8 @@ class _Api:
         return JSONResponse(self.task_json(task))
 
     async def _find(self, cred: Credential, query: FindIn) -> Response:
-        parse_query(query.filter, query.sort, query.limit, query.skip)  # errors name the input
+        parse_query(query.filter, query.sort, query.limit, query.skip,  # errors name the input
+                    bounded=True)
         readable, where = scope_filter(cred, query.filter)
         tasks = await self.app.find(where, sort=query.sort, limit=query.limit,
                                     skip=query.skip) if readable else []
@@ -600,7 +601,7 @@ class _Api:
         return await self._find(cred, await body_as(request, FindIn, required=False))
 
     async def _count(self, cred: Credential, filter: dict[str, Any] | None) -> Response:
-        parse_filter(filter)
+        parse_filter(filter, bounded=True)
         readable, where = scope_filter(cred, filter)
         return JSONResponse({"count": await self.app.count(where) if readable else 0})
 
@@ -712,7 +713,7 @@ class _Api:
             raise Problem(422, "invalid", "give ids or filter (not both)",
                           path="body" if body.ids is None else "ids")
         if body.filter is not None:
-            parse_filter(body.filter)
+            parse_filter(body.filter, bounded=True)
             deleted = await self.app.delete(body.filter)
         else:
             deleted = await self.app.delete(list(dict.fromkeys(body.ids or ())))

@@ -63,12 +63,12 @@ MAX_TERMS = 2000
 one (an empty list as one), so a single ``$in`` may list 2000 values."""
 
 MAX_PATTERN = 1000
-"""The longest ``$regex`` pattern, in characters."""
+"""The longest ``$regex`` pattern of a ``bounded`` parse (a hub's clients), in characters."""
 
 MAX_PATTERNS = 4000
-"""The ``$regex`` patterns of one filter together, in characters (compiling a
-pattern takes about 10 ms per 1000 characters: a filter is parsed where it comes in,
-on a hub on its event loop)."""
+"""The ``$regex`` patterns of one filter of a ``bounded`` parse together, in characters
+(compiling a pattern takes about 10 ms per 1000 characters, and a hub parses its
+clients' filters on its event loop)."""
 
 INT_MIN = -(2**63)
 INT_MAX = 2**63 - 1
@@ -186,8 +186,9 @@ def _all(parts: list[Node]) -> Node:
 
 
 class _Parser:
-    def __init__(self) -> None:
+    def __init__(self, bounded: bool = False) -> None:
         self.terms = 0
+        self.bounded = bounded
         self.pattern_chars = 0
 
     def count(self, n: int, where: str) -> None:
@@ -389,11 +390,11 @@ class _Parser:
         if not isinstance(pattern, str):
             raise QueryError(f"$regex needs a pattern string, not {_describe(pattern)}", sub)
         pattern = _text(pattern, "the $regex pattern", sub)
-        if len(pattern) > MAX_PATTERN:
+        if self.bounded and len(pattern) > MAX_PATTERN:
             raise QueryError(f"the $regex pattern is too long: {len(pattern)} characters, "
                              f"at most {MAX_PATTERN}", sub)
         self.pattern_chars += len(pattern)
-        if self.pattern_chars > MAX_PATTERNS:
+        if self.bounded and self.pattern_chars > MAX_PATTERNS:
             raise QueryError(f"the filter's $regex patterns are too long together: more "
                              f"than {MAX_PATTERNS} characters", sub)
         if ref.kind in (FieldKind.NUMBER, FieldKind.TIME):
@@ -448,18 +449,21 @@ def _unambiguous(pattern: str, flags: int, where: str) -> None:
             return
 
 
-def parse_filter(raw: Mapping[str, Any] | Filter | None, *, where: str = "filter") -> Filter:
+def parse_filter(raw: Mapping[str, Any] | Filter | None, *, where: str = "filter",
+                 bounded: bool = False) -> Filter:
     """Parse and validate a filter; ``None`` or ``{}`` match every task.
 
     A :class:`Filter` is returned unchanged. ``where`` names the filter in
     error paths (``"filter"``, or for instance ``"concurrency[0].query"``).
+    ``bounded``: also refuse ``$regex`` patterns longer than :data:`MAX_PATTERN`
+    characters, or :data:`MAX_PATTERNS` together (a hub's clients' filters).
     Raises :class:`~conveyor.errors.QueryError` for anything malformed.
     """
     if raw is None:
         return MATCH_ALL
     if isinstance(raw, Filter):
         return raw
-    parser = _Parser()
+    parser = _Parser(bounded)
     try:
         return Filter(parser.filter(raw, where, 0))
     except RecursionError:  # pragma: no cover - depth is limited long before this
@@ -574,11 +578,12 @@ def parse_sort(raw: object, *, where: str = "sort") -> tuple[SortKey, ...]:
 
 
 def parse_query(filter: Mapping[str, Any] | Filter | None = None, sort: object = None,
-                limit: object = None, skip: object = 0) -> Query:
+                limit: object = None, skip: object = 0, *, bounded: bool = False) -> Query:
     """Parse a whole query: a filter, a sort, ``limit`` (None or an int >= 0) and
     ``skip`` (an int >= 0; not None). Booleans are not numbers here either.
+    ``bounded``: as for :func:`parse_filter`.
     """
-    parsed_filter = parse_filter(filter)
+    parsed_filter = parse_filter(filter, bounded=bounded)
     parsed_sort = parse_sort(sort)
     check_window(limit, skip)
     assert limit is None or isinstance(limit, int)
