@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -805,35 +805,33 @@ class PostgresStorage(FanoutFeed, Storage):
         feed.close()
         if listener is not None:
             await asyncio.to_thread(listener.stop)
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover
+            current = None
+        # the calls under way end first, on pools still in place: a call they make
+        # meanwhile (the next step of a handler's work) is one of them, not a reopening
+        with self._state:
+            draining = dict(self._pools)
+        for loop, pool in draining.items():
+            await _on_loop(loop, current, self._drain(pool), _CLOSE_DRAIN + 5)
         with self._state:
             pools, self._pools = dict(self._pools), {}
             guards, self._guards = dict(self._guards), {}
             self._opened = False
             self._open_locks = {}
-        try:
-            current = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover
-            current = None
         for loop, guard in guards.items():  # their pools are no longer ours: they just end
             if loop is current:
                 guard.cancel()
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(guard.cancel)
         for loop, pool in pools.items():
-            if loop is current:
-                await self._close_pool(pool)
-            elif not loop.is_closed() and loop.is_running():
-                fut = asyncio.run_coroutine_threadsafe(self._close_pool(pool), loop)
-                try:
-                    async with asyncio.timeout(_CLOSE_DRAIN + 5):
-                        await asyncio.wrap_future(fut)
-                except (TimeoutError, RuntimeError):  # pragma: no cover
-                    pass
+            await _on_loop(loop, current, pool.close(), 5)
 
-    async def _close_pool(self, pool: AsyncConnectionPool[Any]) -> None:
-        """On the pool's loop: let the calls under way on it end (those waiting for a
-        connection too, as SQLite's queued calls do), for at most ``_CLOSE_DRAIN``
-        seconds, then close it."""
+    async def _drain(self, pool: AsyncConnectionPool[Any]) -> None:
+        """On the pool's loop: wait until the calls under way on it (those waiting for a
+        connection too, as SQLite's queued calls do) have ended, for at most
+        ``_CLOSE_DRAIN`` seconds."""
         with self._state:
             quiet = None
             if self._busy.get(pool):
@@ -844,7 +842,6 @@ class PostgresStorage(FanoutFeed, Storage):
                     await quiet.wait()
         with self._state:
             self._quiet.pop(pool, None)
-        await pool.close()
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -1748,6 +1745,23 @@ class _ConditionCounts:
                                     for old, new in moves)
         except QueryError:
             self.counts[key] = _UNCOUNTED
+
+
+async def _on_loop(loop: asyncio.AbstractEventLoop, current: asyncio.AbstractEventLoop | None,
+                   work: Coroutine[Any, Any, None], timeout: float) -> None:
+    """Run ``work`` on ``loop`` (this one, or another thread's, waiting at most
+    ``timeout`` seconds for it); dropped when that loop no longer runs."""
+    if loop is current:
+        await work
+    elif not loop.is_closed() and loop.is_running():
+        fut = asyncio.run_coroutine_threadsafe(work, loop)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.wrap_future(fut)
+        except (TimeoutError, RuntimeError):  # pragma: no cover
+            pass
+    else:
+        work.close()
 
 
 def _asdict(o: PgOptions) -> dict[str, Any]:
