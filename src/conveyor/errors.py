@@ -64,9 +64,9 @@ class SchemaError(StorageError):
 
 
 def _shown_id(task_id: str) -> str:
-    """An id as a message shows it: quoted when it has spaces around it or characters
-    that do not print, which would otherwise look the same as an id that exists."""
-    plain = task_id and task_id.isprintable() and task_id.strip() == task_id
+    """An id as a message shows it: quoted when it has spaces or characters that do
+    not print, which would otherwise look the same as an id that exists (or as two)."""
+    plain = task_id and task_id.isprintable() and not any(c.isspace() for c in task_id)
     return task_id if plain else repr(task_id)
 
 

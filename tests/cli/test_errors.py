@@ -65,6 +65,7 @@ CASES: dict[str, Case] = {
     # an id with a space around it is quoted, else it reads as an id that exists
     "show-id-with-space": Case(("show", f" {MISSING_ID}"), 2,
                                (f"no task with id ' {MISSING_ID}'",)),
+    "show-id-with-inner-space": Case(("show", "a b"), 2, ("no task with id 'a b'",)),
     "delete-ids-with-tab": Case(("delete", f"{MISSING_ID}\t", "x"), 2,
                                 (f"no tasks with ids '{MISSING_ID}\\t', x",)),
     # storage that cannot be used

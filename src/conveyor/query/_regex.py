@@ -44,9 +44,11 @@ def compile_regex(pattern: str, flags: int) -> regex.Pattern[str]:
 
 
 def timed_out(pattern: str, where: str = "", seconds: float = MATCH_TIMEOUT) -> QueryError:
+    why = ("it backtracks catastrophically" if seconds >= MATCH_TIMEOUT
+           else "a live query matches each change on the hub's event loop, shared by all")
     return QueryError(
-        f"$regex {pattern[:60]!r} ran longer than {seconds:g}s on one value "
-        "(it backtracks catastrophically): simplify the pattern", where)
+        f"$regex {pattern[:60]!r} ran longer than {seconds:g}s on one value ({why}): "
+        "simplify the pattern", where)
 
 
 def search(compiled: regex.Pattern[str], value: str, where: str = "") -> bool:
