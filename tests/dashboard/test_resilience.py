@@ -67,6 +67,11 @@ async def test_a_dead_network_is_noticed_and_the_page_reconnects(dash: Dash) -> 
         await page.goto(f"http://127.0.0.1:{proxy.port}/")
         await sign_in(page, dash.admin)
         await expect(page.get_by_test_id("connection")).to_have_text("connected as admin")
+        # an operator about to re-prioritise a queued task
+        viewed = await dash.app.add("mail:send", {"n": 0})
+        await dash.row(viewed.id).click()
+        priority = page.get_by_test_id("task-priority-input")
+        await priority.focus()
         proxy.flowing.clear()
         during = await dash.app.add("mail:send", {"n": 1})
         await expect(page.get_by_test_id("connection")).to_contain_text(
@@ -74,6 +79,8 @@ async def test_a_dead_network_is_noticed_and_the_page_reconnects(dash: Dash) -> 
         proxy.flowing.set()
         await expect(page.get_by_test_id("connection")).to_have_text("connected as admin",
                                                                      timeout=20_000)
+        await expect(priority).to_be_focused()  # the reconnection did not take the focus
+        await page.get_by_test_id("task-close").click()
         await expect(dash.row(during.id)).to_be_visible()
 
 

@@ -12,9 +12,13 @@
   const STATS_EVERY = 2000;
   const WORKERS_EVERY = 3000;
   // a connection that stops carrying data without closing (a network gone dead) is
-  // noticed by its silence: the page pings, and one quiet this long is given up
+  // noticed by its silence: the page pings, and a ping unanswered this long gives it up
   const PING_EVERY = 5000;
   const SILENCE_LIMIT = 15000;
+  // after giving one up, the hub may still count it against the key's connection
+  // limit until its own ping times out: a refusal for that limit is retried meanwhile
+  const RETRY_AT_LIMIT = 5000;
+  const OLD_CONNECTION_KEPT = 90000;
   const REQUEST_TIMEOUT = 15000;  // a REST call that has no answer by then fails
   const WINDOW = 60;  // seconds of throughput kept
   const FINAL = new Set(["succeeded", "failed", "aborted"]);
@@ -46,7 +50,8 @@
     session: 0,         // bumped on sign out: a pending reconnection is dropped
     statsSoon: null,
     samples: [],        // [{t, finished}] from successive stats
-    heard: 0,           // performance.now() of the last message from the hub
+    pingSince: null,    // performance.now() of a ping not answered yet (nor anything else)
+    dropped: null,      // performance.now() when a silent connection was given up
     connected: "",      // the header's text while all is well
     panelErrors: {},    // what the latest refresh of a panel failed with, by panel
     acting: false,      // a button's request is under way
@@ -209,7 +214,7 @@
       if (state.key) send({ type: "hello", id: "hello", key: state.key });
     };
     ws.onmessage = (event) => {
-      state.heard = performance.now();
+      state.pingSince = null;  // the connection carries data
       let data;
       try { data = JSON.parse(event.data); } catch (_) { return; }
       for (const msg of Array.isArray(data) ? data : [data]) {
@@ -241,16 +246,21 @@
   function keepAlive() {
     const ws = state.ws;
     if (!ws || !state.authed) return;
-    if (performance.now() - state.heard > SILENCE_LIMIT) {
+    const now = performance.now();
+    if (state.pingSince !== null && now - state.pingSince > SILENCE_LIMIT) {
       state.ws = null;
       ws.onclose = null;
       ws.onmessage = null;
       stop();
       try { ws.close(); } catch (_) { /* closing a dead socket */ }
+      state.dropped = now;
       reconnect(`no answer from the hub for ${SILENCE_LIMIT / 1000} s`);
       return;
     }
-    send({ type: "ping", id: newId("ping") });
+    if (state.pingSince === null) {
+      state.pingSince = now;
+      send({ type: "ping", id: newId("ping") });
+    }
   }
 
   function send(msg) {
@@ -264,6 +274,13 @@
     if (!state.authed) {
       if (msg.type === "error") {
         if (msg.code === "rate_limited" && !/^too many failed logins/.test(msg.message || "")) {
+          if (state.dropped !== null && performance.now() - state.dropped < OLD_CONNECTION_KEPT) {
+            // most likely the connection given up for its silence, still counted
+            const session = state.session;
+            connection("the hub still counts the connection given up; trying again in 5 s");
+            setTimeout(() => { if (state.session === session) connect(); }, RETRY_AT_LIMIT);
+            return;
+          }
           atLimit(msg.message || "too many connections");
           return;
         }
@@ -297,7 +314,8 @@
     notice("");
     state.connected = state.key ? `connected as ${msg.credential}` : "connected (insecure hub)";
     state.panelErrors = {};
-    state.heard = performance.now();
+    state.pingSince = null;
+    state.dropped = null;
     connection(state.connected);
     show("forget-key", Boolean(state.key));
     show("main", true);
@@ -504,30 +522,37 @@
   function openTask(taskId) {
     if (!state.watch || state.watch.taskId !== taskId) {
       stopWatch();
-      state.viewed = null;
-      $("task-logs").replaceChildren();
-      setText("task-id", taskId);
-      for (const name of ["action", "status", "reason", "priority", "attempts", "created",
-                          "started", "finished", "worker", "payload", "progress-text",
-                          "result", "error-type", "error-message", "error-traceback"]) {
-        setText(`task-${name}`, "");
-      }
-      // nothing of the task shown before stays until this one is read
-      $("task-errors").replaceChildren();
-      renderProgress(null);
-      for (const name of ["task-result-box", "task-error", "task-errors-box", "task-abort",
-                          "task-retry", "task-prioritize-form"]) {
-        show(name, false);
-      }
-      actionError("");
+      const opening = $("task-view").hidden;
+      // a reconnection watches the task shown again: what the view shows stays (and
+      // the focus in it) while the task is read again
+      if (opening || !state.viewed || state.viewed.id !== taskId) resetView(taskId);
       watch(taskId);
       show("tasks-panel", false);
       show("task-view", true);
-      $("task-heading").focus();
+      if (opening) $("task-heading").focus();
       return;
     }
     show("tasks-panel", false);
     show("task-view", true);
+  }
+
+  function resetView(taskId) {
+    state.viewed = null;
+    $("task-logs").replaceChildren();
+    setText("task-id", taskId);
+    for (const name of ["action", "status", "reason", "priority", "attempts", "created",
+                        "started", "finished", "worker", "payload", "progress-text",
+                        "result", "error-type", "error-message", "error-traceback"]) {
+      setText(`task-${name}`, "");
+    }
+    // nothing of the task shown before stays until this one is read
+    $("task-errors").replaceChildren();
+    renderProgress(null);
+    for (const name of ["task-result-box", "task-error", "task-errors-box", "task-abort",
+                        "task-retry", "task-prioritize-form"]) {
+      show(name, false);
+    }
+    actionError("");
   }
 
   function closeTask() {
