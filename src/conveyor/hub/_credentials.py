@@ -192,8 +192,10 @@ class CredentialStore:
 
     def reload(self) -> bool:
         """Read the file again if it changed; True if it did."""
-        stamp = self._file_stamp()
         with self._lock:
+            # looked at under the lock: a stamp taken before an add() in another thread
+            # wrote the file (None, when that add made it) emptied the credentials
+            stamp = self._file_stamp()
             if stamp == self._stamp and self._by_id is not None:
                 return False
             if stamp is None:
