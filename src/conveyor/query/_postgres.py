@@ -36,7 +36,7 @@ from conveyor import _json
 from conveyor.errors import QueryError
 from conveyor.model import FIELDS, FieldKind
 
-from ._tree import And, Compare, Exists, Filter, In, Node, Not, Or, Ref, Regex, SortKey, guard_parts
+from ._tree import And, Compare, Exists, Filter, In, Node, Not, Or, Ref, Regex, SortKey, guarded_sql
 
 __all__ = ["compile_postgres", "compile_sort_postgres", "translate_regex"]
 
@@ -69,13 +69,9 @@ class _Compiler:
             if not node.children:
                 return "true"
             if node.guarded and len(node.children) > 1:
-                first, plain, risky = guard_parts(node)
-                if risky:
-                    # the planner may take an AND's terms in any order; a CASE takes its
-                    # own: a $regex runs only where the first term holds
-                    outside = self.node(And((first, *plain)))
-                    return (f"({outside} AND CASE WHEN {self.node(first)} THEN "
-                            f"{self.node(And(risky))} ELSE false END)")
+                sql = guarded_sql(node, self.node, "false")
+                if sql is not None:
+                    return sql
             return "(" + " AND ".join(self.node(child) for child in node.children) + ")"
         if isinstance(node, Or):
             if not node.children:

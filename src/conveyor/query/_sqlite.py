@@ -37,7 +37,7 @@ from ._tree import (
     Regex,
     Scalar,
     SortKey,
-    guard_parts,
+    guarded_sql,
 )
 
 __all__ = [
@@ -101,13 +101,9 @@ class _Compiler:
             if not node.children:
                 return "1"
             if node.guarded and len(node.children) > 1:
-                first, plain, risky = guard_parts(node)
-                if risky:
-                    # the planner may take an AND's terms in any order; a CASE takes its
-                    # own: a $regex runs only where the first term holds
-                    outside = self.node(And((first, *plain)))
-                    return (f"({outside} AND CASE WHEN {self.node(first)} THEN "
-                            f"{self.node(And(risky))} ELSE 0 END)")
+                sql = guarded_sql(node, self.node, "0")
+                if sql is not None:
+                    return sql
             return _joined([self.node(child) for child in node.children], " AND ")
         if isinstance(node, Or):
             if not node.children:

@@ -6,7 +6,7 @@ code that validates like it does); evaluators and compilers trust them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
@@ -38,6 +38,7 @@ __all__ = [
     "comparisons",
     "fields_of",
     "guard_parts",
+    "guarded_sql",
     "has_regex",
     "make_ref",
     "scoped",
@@ -261,6 +262,19 @@ def guard_parts(node: And) -> tuple[Node, tuple[Node, ...], tuple[Node, ...]]:
     plain = tuple(t for t in terms if not has_regex(t))
     risky = tuple(t for t in terms if has_regex(t))
     return node.children[0], plain, risky
+
+
+def guarded_sql(node: And, compile: Callable[[Node], str], false: str) -> str | None:
+    """The SQL of a guarded ``And`` whose later terms hold a ``$regex`` (None when they
+    hold none: a plain AND then): the planner may take an AND's terms in any order,
+    a CASE takes its own, so the ``$regex`` runs only where the first term holds.
+    ``compile`` writes a node's SQL (binding its parameters in the order called)."""
+    first, plain, risky = guard_parts(node)
+    if not risky:
+        return None
+    outside = compile(And((first, *plain)))
+    return (f"({outside} AND CASE WHEN {compile(first)} THEN {compile(And(risky))} "
+            f"ELSE {false} END)")
 
 
 def _leaves(f: Filter) -> Iterator[Compare | In | Exists | Regex]:
