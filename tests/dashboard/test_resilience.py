@@ -28,6 +28,7 @@ class StallingProxy:
         self.flowing = asyncio.Event()
         self.flowing.set()
         self.port = 0
+        self.opened: list[asyncio.Event] = []  # each connection's own flow
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
 
@@ -36,8 +37,18 @@ class StallingProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    def stall_open_connections(self) -> None:
+        """Stop the connections open now; new ones flow."""
+        for flow in self.opened:
+            flow.clear()
+
+    def resume(self) -> None:
         self.flowing.set()
+        for flow in self.opened:
+            flow.set()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.resume()
         assert self._server is not None
         self._server.close()
         for writer in self._writers:
@@ -47,13 +58,19 @@ class StallingProxy:
         await self.flowing.wait()
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
         self._writers += [writer, up_writer]
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer),
-                             return_exceptions=True)
+        flow = asyncio.Event()
+        flow.set()
+        self.opened.append(flow)
+        await asyncio.gather(self._pump(reader, up_writer, flow),
+                             self._pump(up_reader, writer, flow), return_exceptions=True)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    flow: asyncio.Event) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
-                await self.flowing.wait()  # stalled: the data waits, nothing closes
+                # stalled: the data waits, nothing closes
+                await self.flowing.wait()
+                await flow.wait()
                 writer.write(data)
                 await writer.drain()
         writer.close()
@@ -82,6 +99,24 @@ async def test_a_dead_network_is_noticed_and_the_page_reconnects(dash: Dash) -> 
         await expect(priority).to_be_focused()  # the reconnection did not take the focus
         await page.get_by_test_id("task-close").click()
         await expect(dash.row(during.id)).to_be_visible()
+
+
+async def test_a_key_at_its_limit_connects_again_once_the_hub_lets_go(dash: Dash) -> None:
+    """After giving up a silent connection, the hub may still count it against a key's
+    connection limit: the page tried once, was refused, and stopped for good."""
+    page = dash.page
+    key = dash.hub.key("solo", admin=True, max_instances=1)
+    async with StallingProxy(int(dash.hub.url.rsplit(":", 1)[1])) as proxy:
+        await page.goto(f"http://127.0.0.1:{proxy.port}/")
+        await sign_in(page, key)
+        header = page.get_by_test_id("connection")
+        await expect(header).to_have_text("connected as solo")
+        proxy.stall_open_connections()  # the page's socket goes dead; a new one would not
+        await expect(header).to_contain_text("still counts the connection given up",
+                                             timeout=40_000)
+        proxy.resume()  # the old connection's close reaches the hub, which lets it go
+        await expect(header).to_have_text("connected as solo", timeout=20_000)
+        await expect(page.get_by_test_id("notice")).to_be_hidden()
 
 
 async def test_a_double_click_sends_one_request(dash: Dash) -> None:
