@@ -37,7 +37,6 @@ __all__ = [
     "check_window",
     "comparisons",
     "fields_of",
-    "guard_parts",
     "guarded_sql",
     "has_regex",
     "make_ref",
@@ -251,29 +250,24 @@ def has_regex(node: Node) -> bool:
     return any(isinstance(leaf, Regex) for leaf in _leaves(Filter(node)))
 
 
-def guard_parts(node: And) -> tuple[Node, tuple[Node, ...], tuple[Node, ...]]:
-    """A guarded ``And`` for SQL: its first child, the terms after it that hold no
-    ``$regex`` (plain terms: an index may serve them, and they tell nothing by failing
-    or by their time), and those that do (to run only where the first holds)."""
-    terms: list[Node] = []
-    for child in node.children[1:]:
-        terms.extend(child.children if isinstance(child, And) and not child.guarded
-                     else (child,))
-    plain = tuple(t for t in terms if not has_regex(t))
-    risky = tuple(t for t in terms if has_regex(t))
-    return node.children[0], plain, risky
-
-
 def guarded_sql(node: And, compile: Callable[[Node], str], false: str) -> str | None:
     """The SQL of a guarded ``And`` whose later terms hold a ``$regex`` (None when they
     hold none: a plain AND then): the planner may take an AND's terms in any order,
     a CASE takes its own, so the ``$regex`` runs only where the first term holds.
-    ``compile`` writes a node's SQL (binding its parameters in the order called)."""
-    first, plain, risky = guard_parts(node)
+    The later terms without one stay outside the CASE, where an index may serve them
+    (they tell nothing by failing or by their time). ``compile`` writes a node's SQL
+    (binding its parameters in the order called)."""
+    first = node.children[0]
+    plain: list[Node] = []
+    risky: list[Node] = []
+    for child in node.children[1:]:
+        for term in (child.children if isinstance(child, And) and not child.guarded
+                     else (child,)):
+            (risky if has_regex(term) else plain).append(term)
     if not risky:
         return None
     outside = compile(And((first, *plain)))
-    return (f"({outside} AND CASE WHEN {compile(first)} THEN {compile(And(risky))} "
+    return (f"({outside} AND CASE WHEN {compile(first)} THEN {compile(And(tuple(risky)))} "
             f"ELSE {false} END)")
 
 
