@@ -35,7 +35,6 @@ from ..errors import QueryError
 from ..events import Event
 from ..model import Progress, Status, Task
 from ..query import Filter, Query, matches, parse_filter, parse_query, sort_tasks
-from ..query._regex import limit_matches
 from ..query._tree import scoped
 from ._credentials import read_scope
 from ._ws_proto import ProtocolError, encode
@@ -43,7 +42,7 @@ from ._ws_proto import ProtocolError, encode
 if TYPE_CHECKING:
     from ._ws import Connection, WSState
 
-__all__ = ["LIVE_MATCH_TIMEOUT", "MAX_LIVE_RESULT", "LiveManager", "LiveSub"]
+__all__ = ["MAX_LIVE_RESULT", "LiveManager", "LiveSub"]
 
 log = logging.getLogger("conveyor.hub.live")
 
@@ -54,10 +53,6 @@ SNAPSHOT_CHUNK = 1000
 REFRESH_DELAY = 0.02
 """Seconds a dirty limited query waits (gathering changes) before it is read again."""
 SYNC_ROUNDS = 5
-LIVE_MATCH_TIMEOUT = 0.05
-"""Seconds a live query's ``$regex`` may take on one value of a changed task: the match
-runs on the hub's event loop, which every connection shares (a query read from the
-storage has a second, off the loop). Past it the live query ends with ``bad_filter``."""
 _SEEN_CAP = 500_000
 _TASK_FIELDS = frozenset(Task("x", "x", None, Status.QUEUED).to_json())
 _IGNORED = frozenset({"task.log", "task.result", "task.ended", "task.expired"})
@@ -327,14 +322,11 @@ class _Group:
         running too long) ends the live query with ``bad_filter``."""
         if self.failed is not None:
             return False
-        before = limit_matches(LIVE_MATCH_TIMEOUT)  # on the event loop: short
         try:
             return matches(self.where, task)
         except QueryError as exc:
             self._fail("bad_filter", str(exc), exc.path or None)
             return False
-        finally:
-            limit_matches(before)
 
     # -- changes ----------------------------------------------------------------
 

@@ -17,23 +17,13 @@ import regex
 
 from ..errors import QueryError
 
-__all__ = ["MATCH_TIMEOUT", "compile_regex", "limit_matches", "note_timeout", "search",
-           "take_timeout", "timed_out"]
+__all__ = ["MATCH_TIMEOUT", "compile_regex", "note_timeout", "search", "take_timeout",
+           "timed_out"]
 
 MATCH_TIMEOUT = 1.0
 """Seconds one ``$regex`` may take on one value before the query fails."""
 
 _pending = threading.local()
-_limit = threading.local()
-
-
-def limit_matches(seconds: float | None) -> float | None:
-    """Make :func:`search` on this thread give up after ``seconds`` (None: after
-    :data:`MATCH_TIMEOUT`); returns the limit it replaces, to put back. A hub's live
-    queries match on its event loop, with a far shorter limit than a query's."""
-    old: float | None = getattr(_limit, "seconds", None)
-    _limit.seconds = seconds
-    return old
 
 
 @functools.lru_cache(maxsize=256)
@@ -43,23 +33,19 @@ def compile_regex(pattern: str, flags: int) -> regex.Pattern[str]:
     return regex.compile(pattern, flags | regex.VERSION0)
 
 
-def timed_out(pattern: str, where: str = "", seconds: float = MATCH_TIMEOUT) -> QueryError:
-    why = ("it backtracks catastrophically" if seconds >= MATCH_TIMEOUT
-           else "a live query matches each change on the hub's event loop, shared by all")
+def timed_out(pattern: str, where: str = "") -> QueryError:
     return QueryError(
-        f"$regex {pattern[:60]!r} ran longer than {seconds:g}s on one value ({why}): "
-        "simplify the pattern", where)
+        f"$regex {pattern[:60]!r} ran longer than {MATCH_TIMEOUT:g}s on one value "
+        "(it backtracks catastrophically): simplify the pattern", where)
 
 
 def search(compiled: regex.Pattern[str], value: str, where: str = "") -> bool:
     """Whether ``compiled`` is found in ``value``; :class:`QueryError` when that
-    takes longer than :data:`MATCH_TIMEOUT` (or the :func:`limit_matches` of this
-    thread)."""
-    seconds = getattr(_limit, "seconds", None) or MATCH_TIMEOUT
+    takes longer than :data:`MATCH_TIMEOUT`."""
     try:
-        return compiled.search(value, timeout=seconds, concurrent=True) is not None
+        return compiled.search(value, timeout=MATCH_TIMEOUT, concurrent=True) is not None
     except TimeoutError:
-        raise timed_out(compiled.pattern, where, seconds) from None
+        raise timed_out(compiled.pattern, where) from None
 
 
 def note_timeout(error: QueryError) -> None:
