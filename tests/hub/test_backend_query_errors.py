@@ -89,3 +89,31 @@ async def test_a_catastrophic_regex_fails_its_query_and_the_hub_goes_on(
         assert added["task"]["action"] == "x:calm"
     finally:
         await ws.close()
+
+
+async def test_a_live_querys_regex_is_matched_off_the_event_loop(
+        hub: RunningHub, hub_backend: str) -> None:
+    """A live query whose filter holds a ``$regex`` matches each change on one of the
+    hub's threads: a pattern stuck on a new value (its second, then ``bad_filter``)
+    no longer holds the hub's event loop, and so every other client, meanwhile."""
+    key = hub.key("admin", admin=True)
+    ws = await Raw.open(hub.url, key)
+    try:
+        calm = await ws.request({"type": "live", "filter": {"action": "x:calm"}}, "snapshot")
+        watched = await ws.request({"type": "live", "filter": HOSTILE}, "snapshot")
+        async with client(hub, key) as http:
+            ended = asyncio.create_task(ws.expect("error", watched["id"], timeout=15))
+            await hub.app.add("x:one", {"s": "a" * 80 + "!"})
+            answered = 0  # /healthz answers while the match runs (about a second)
+            while not ended.done():
+                assert (await http.get("/healthz")).status_code == 200
+                answered += 0 if ended.done() else 1
+            error = await ended
+        assert error["code"] == "bad_filter" and "ran longer than" in error["message"]
+        # many while it ran (matched on the event loop, none until it ended)
+        assert answered >= 5, answered
+        await hub.app.add("x:calm", {"s": "ok"})
+        added = await ws.expect("added", calm["id"])
+        assert added["task"]["action"] == "x:calm"
+    finally:
+        await ws.close()

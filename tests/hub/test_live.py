@@ -8,12 +8,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conveyor import Context, Conveyor
 
 from ._ws_helpers import Raw, eventually, make_hub, read_line, reap, spawn, ws_state
 from .conftest import RunningHub, hub_db_url
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+# the same query with the action as a $regex: a group whose client filter holds one
+# matches tasks on the hub's threads (its changes through an inbox), not on the loop
+by_regex = pytest.mark.parametrize("as_regex", [False, True], ids=["plain", "regex"])
+
+
+def action(name: str, as_regex: bool) -> Any:
+    """The condition on ``action`` that takes exactly ``name``: plain or a ``$regex``."""
+    return {"$regex": "^" + name + "$"} if as_regex else name
 
 
 async def live(ws: Raw, live_id: Any = "q", **query: Any) -> dict[str, Any]:
@@ -24,12 +36,16 @@ async def next_change(ws: Raw, live_id: Any = "q") -> dict[str, Any]:
     return await ws.expect(None, live_id, timeout=10)
 
 
-async def test_snapshot_then_changes_in_order(insecure_hub: RunningHub) -> None:
+@by_regex
+async def test_snapshot_then_changes_in_order(insecure_hub: RunningHub, as_regex: bool) -> None:
     app = insecure_hub.app
     early = await app.add("feed:a", 1)
     await app.add("feed:other", 2)
     ws = await Raw.open(insecure_hub.url)
-    snap = await live(ws, filter={"action": "feed:a", "status": {"$in": ["queued", "running"]}})
+    where = {"action": action("feed:a", as_regex), "status": {"$in": ["queued", "running"]}}
+    snap = await live(ws, filter=where)
+    groups = ws_state(insecure_hub).live.groups.values()
+    assert [group.offloaded for group in groups] == [as_regex]
     assert snap["seq"] == 1 and snap["count"] == 1 and snap["more"] is False
     assert [t["id"] for t in snap["tasks"]] == [early.id]
     later = await app.add("feed:a", 3)
@@ -45,8 +61,7 @@ async def test_snapshot_then_changes_in_order(insecure_hub: RunningHub) -> None:
     assert removed == {"type": "removed", "id": "q", "seq": 4, "task_id": early.id,
                        "version": 2}
     # a second subscription of the same query gets the group's current state
-    snap2 = await live(ws, "q2", filter={"action": "feed:a",
-                                         "status": {"$in": ["queued", "running"]}})
+    snap2 = await live(ws, "q2", filter=where)
     assert [t["id"] for t in snap2["tasks"]] == [later.id]
     assert (await ws.request({"type": "unlive", "live": "q"}, "ok"))["type"] == "ok"
     await app.abort(later.id)
@@ -83,12 +98,14 @@ async def test_fields_sort_and_validation(insecure_hub: RunningHub) -> None:
     await ws.close()
 
 
-async def test_a_limited_window_follows_its_boundary(insecure_hub: RunningHub) -> None:
+@by_regex
+async def test_a_limited_window_follows_its_boundary(insecure_hub: RunningHub,
+                                                     as_regex: bool) -> None:
     app = insecure_hub.app
     tasks = [await app.add("w:x", i, priority=i) for i in range(5)]
     ws = await Raw.open(insecure_hub.url)
-    snap = await live(ws, filter={"action": "w:x", "status": "queued"}, sort="priority",
-                      limit=3)
+    snap = await live(ws, filter={"action": action("w:x", as_regex), "status": "queued"},
+                      sort="priority", limit=3)
     assert [t["payload"] for t in snap["tasks"]] == [0, 1, 2]
     await app.prioritize(tasks[4].id, -1)          # jumps into the window
     changes = [await next_change(ws), await next_change(ws)]
@@ -107,10 +124,13 @@ async def test_a_limited_window_follows_its_boundary(insecure_hub: RunningHub) -
     await ws.close()
 
 
-async def test_changes_of_other_processes_and_full_rate_progress(tmp_path: Path) -> None:
+@by_regex
+async def test_changes_of_other_processes_and_full_rate_progress(tmp_path: Path,
+                                                                 as_regex: bool) -> None:
     async with make_hub(tmp_path, insecure=True) as hub:
         ws = await Raw.open(hub.url)
-        await live(ws, filter={"action": {"$in": ["x:other", "x:remote"]}})
+        await live(ws, filter={"action": {"$regex": "^x:(other|remote)$"} if as_regex
+                               else {"$in": ["x:other", "x:remote"]}})
         # another storage object on the same file: its changes arrive through the feed
         other = Conveyor(hub_db_url(tmp_path))
         task = await other.add("x:other", 1)
@@ -189,14 +209,15 @@ async def _all_done(app: Conveyor, n: int) -> bool:
     return await app.count({"status": "succeeded"}) == n
 
 
-async def test_deleted_tasks_leave_the_result(insecure_hub: RunningHub) -> None:
+@by_regex
+async def test_deleted_tasks_leave_the_result(insecure_hub: RunningHub, as_regex: bool) -> None:
     app = insecure_hub.app
     task = await app.add("d:x", 1)
     await app.abort(task.id)
     ws = await Raw.open(insecure_hub.url)
-    snap = await live(ws, filter={"action": "d:x"})
+    snap = await live(ws, filter={"action": action("d:x", as_regex)})
     assert [t["id"] for t in snap["tasks"]] == [task.id]
-    windowed = await live(ws, "w", filter={"action": "d:x"}, limit=10)
+    windowed = await live(ws, "w", filter={"action": action("d:x", as_regex)}, limit=10)
     assert [t["id"] for t in windowed["tasks"]] == [task.id]
     await app.delete(task.id)
     # `version` is null for a deletion, with a limit (the window read again) or not
@@ -208,7 +229,9 @@ async def test_deleted_tasks_leave_the_result(insecure_hub: RunningHub) -> None:
     await ws.close()
 
 
-async def test_a_running_task_enters_by_its_progress(insecure_hub: RunningHub) -> None:
+@by_regex
+async def test_a_running_task_enters_by_its_progress(insecure_hub: RunningHub,
+                                                     as_regex: bool) -> None:
     """A query on progress takes a running task as soon as its progress matches, with
     and without a limit (it came in only at the task's end: progress was applied to
     tasks already in the result)."""
@@ -224,7 +247,8 @@ async def test_a_running_task_enters_by_its_progress(insecure_hub: RunningHub) -
 
     ws = await Raw.open(insecure_hub.url)
     try:
-        where = {"progress.current": {"$gte": 50}, "status": "running"}
+        where = {"progress.current": {"$gte": 50}, "status": "running",
+                 "action": action("p:run", as_regex)}
         assert (await live(ws, "all", filter=where))["tasks"] == []
         assert (await live(ws, "top", filter=where, sort="-created_at", limit=5))["tasks"] == []
         await app.start()

@@ -19,6 +19,12 @@ is declared in sync.
 A group with a ``limit`` is a window over a sorted result: a change that may
 move its boundary marks it dirty, and it is read again (at most every
 ``REFRESH_DELAY`` seconds) and diffed against what its subscribers have.
+
+A group whose client filter holds a ``$regex`` matches tasks off the event loop,
+on the manager's own threads (a pattern may take up to its 1 s limit on one
+value: on the loop, that held every client of the hub). Its changes go through
+an inbox, in order, each step waiting for the verdicts it needs and then taken
+on the loop as any group takes it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +42,7 @@ from ..errors import QueryError
 from ..events import Event
 from ..model import Progress, Status, Task
 from ..query import Filter, Query, matches, parse_filter, parse_query, sort_tasks
-from ..query._tree import scoped
+from ..query._tree import has_regex, scoped
 from ._credentials import read_scope
 from ._ws_proto import ProtocolError, encode
 
@@ -56,6 +63,31 @@ SYNC_ROUNDS = 5
 _SEEN_CAP = 500_000
 _TASK_FIELDS = frozenset(Task("x", "x", None, Status.QUEUED).to_json())
 _IGNORED = frozenset({"task.log", "task.result", "task.ended", "task.expired"})
+MATCH_THREADS = 2
+"""Threads of a hub on which live queries with a ``$regex`` match tasks."""
+
+_Verdict = bool | QueryError
+_VerdictKey = tuple[str, int, str | None]
+
+
+def _verdict_key(task: Task) -> _VerdictKey:
+    """What a verdict is about: a task at a version, with the progress it is given."""
+    progress = task.progress
+    return (task.id, task.version,
+            None if progress is None else _json.dumps(progress.to_json()))
+
+
+def _judge(where: Filter, tasks: Sequence[Task]) -> dict[_VerdictKey, _Verdict]:
+    """Whether each of ``tasks`` matches ``where`` (run on a match thread); the first
+    error ends the list (it ends the live query)."""
+    verdicts: dict[_VerdictKey, _Verdict] = {}
+    for task in tasks:
+        try:
+            verdicts[_verdict_key(task)] = matches(where, task)
+        except QueryError as exc:
+            verdicts[_verdict_key(task)] = exc
+            break
+    return verdicts
 
 
 class LiveSub:
@@ -154,7 +186,7 @@ class _Group:
     """The shared state of identical live queries."""
 
     def __init__(self, manager: LiveManager, key: tuple[Any, ...], where: Filter, query: Query,
-                 fields: tuple[str, ...] | None) -> None:
+                 fields: tuple[str, ...] | None, offloaded: bool = False) -> None:
         self.manager = manager
         self.key = key
         self.where = where
@@ -178,6 +210,12 @@ class _Group:
         self.gone: set[str] = set()
         self.dirty = False
         self._task: asyncio.Task[None] | None = None
+        # a client's $regex: tasks are matched on the manager's threads, the changes
+        # taken in order from the inbox once the verdicts they need are in
+        self.offloaded = offloaded
+        self._inbox: deque[tuple[str, Task | str, Any]] = deque()
+        self._pump: asyncio.Task[None] | None = None
+        self._verdicts: dict[_VerdictKey, _Verdict] = {}
 
     # -- encoding ---------------------------------------------------------------
 
@@ -238,14 +276,19 @@ class _Group:
                         fresh: list[Task] = [t for t in touched.values() if t is not None]
                     else:
                         fresh = await storage.get_many(list(touched))
+                    verdicts = await self._judged(fresh)
                     found = {t.id for t in fresh}
                     for task_id in touched:
                         if task_id not in found and task_id in self.members:
                             del self.members[task_id]
-                    for task in fresh:
-                        self._apply(task, fan=False)
-                        if self.failed is not None:  # grew past the cap meanwhile
-                            return
+                    self._verdicts = verdicts
+                    try:
+                        for task in fresh:
+                            self._apply(task, fan=False)
+                            if self.failed is not None:  # grew past the cap meanwhile
+                                return
+                    finally:
+                        self._verdicts = {}
                 self.buffer = None
         except asyncio.CancelledError:
             raise
@@ -314,19 +357,96 @@ class _Group:
         return not self.subs and not self.waiting
 
     def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        for job in (self._task, self._pump):
+            if job is not None and not job.done():
+                job.cancel()
+        self._inbox.clear()
 
     def _matches(self, task: Task) -> bool:
         """Whether ``task`` is in the result; a filter that fails on it (a ``$regex``
-        running too long) ends the live query with ``bad_filter``."""
+        running too long) ends the live query with ``bad_filter``. An offloaded group
+        takes the verdict worked out on a match thread."""
         if self.failed is not None:
             return False
         try:
-            return matches(self.where, task)
+            verdict = self._verdicts.get(_verdict_key(task)) if self.offloaded else None
+            if verdict is None:
+                return matches(self.where, task)
+            if isinstance(verdict, QueryError):
+                raise verdict
+            return verdict
         except QueryError as exc:
             self._fail("bad_filter", str(exc), exc.path or None)
             return False
+
+    async def _judged(self, tasks: Sequence[Task]) -> dict[_VerdictKey, _Verdict]:
+        """The verdicts on ``tasks`` from a match thread (none needed when the group is
+        not offloaded: it matches on the loop)."""
+        if not self.offloaded or not tasks:
+            return {}
+        return await self.manager.judge(self.where, tasks)
+
+    async def _kept(self, tasks: list[Task]) -> list[Task]:
+        """Those of ``tasks`` that match (an offloaded group's verdicts from a match
+        thread)."""
+        verdicts = await self._judged(tasks)
+        self._verdicts = verdicts
+        try:
+            return [t for t in tasks if self._matches(t)]
+        finally:
+            self._verdicts = {}
+
+    # -- the inbox of an offloaded group ------------------------------------------
+
+    def offer(self, kind: str, subject: Task | str, data: Any = None) -> None:
+        """Take an event's change (``task.deleted``: its id; ``task.progress``: its
+        progress in ``data``): at once, or after the changes before it when offloaded."""
+        if not self.offloaded:
+            self._take(kind, subject, data)
+            return
+        self._inbox.append((kind, subject, data))
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.ensure_future(self._drain())
+
+    def _take(self, kind: str, subject: Task | str, data: Any) -> None:
+        if isinstance(subject, str):
+            self.deleted(subject)
+        elif kind == "task.progress":
+            self.progress(subject, data)
+        else:
+            self.apply(subject)
+
+    def _wanted(self, kind: str, subject: Task | str, data: Any) -> list[Task]:
+        """The tasks whose verdicts a change needs, as the group stands."""
+        if isinstance(subject, str):
+            return []
+        if kind != "task.progress":
+            return [subject]
+        if not isinstance(data, Progress):
+            return []
+        wanted = [replace(subject, progress=data)]
+        member = self.members.get(subject.id)
+        if member is not None:
+            wanted.append(replace(member[0], progress=data))
+        return wanted
+
+    async def _drain(self) -> None:
+        while self._inbox and self.failed is None:
+            kind, subject, data = self._inbox.popleft()
+            verdicts: dict[_VerdictKey, _Verdict] = {}
+            while self.failed is None:  # the group may change while a thread matches
+                wanted = [t for t in self._wanted(kind, subject, data)
+                          if _verdict_key(t) not in verdicts]
+                if not wanted:
+                    break
+                verdicts.update(await self._judged(wanted))
+            self._verdicts = verdicts
+            try:
+                self._take(kind, subject, data)
+            except Exception:
+                log.exception("live query failed on an event")
+            finally:
+                self._verdicts = {}
 
     # -- changes ----------------------------------------------------------------
 
@@ -461,8 +581,12 @@ class _Group:
                 await asyncio.sleep(1.0)
                 continue
             # a newer progress may take a task out of the window as well as into it
-            tasks = [p for t in tasks
-                     if (p := self._progressed(t)) is t or self._matches(p)]
+            progressed = [self._progressed(t) for t in tasks]
+            kept = {id(p) for p in await self._kept(
+                [p for p, t in zip(progressed, tasks, strict=True) if p is not t])}
+            if self.failed is not None:
+                return
+            tasks = [p for p, t in zip(progressed, tasks, strict=True) if p is t or id(p) in kept]
             tasks = await self._with_entrants(tasks)
             fresh = {t.id: t for t in tasks}
             for task_id in [k for k in self.progressed if k not in fresh]:
@@ -497,8 +621,8 @@ class _Group:
         if not outside:
             return tasks
         read = await self.manager.state.app.storage.get_many(outside)
-        entrants = [t for t in map(self._progressed, read)
-                    if t.status is Status.RUNNING and self._matches(t)]
+        entrants = await self._kept([t for t in map(self._progressed, read)
+                                     if t.status is Status.RUNNING])
         for task_id in set(outside) - {t.id for t in read}:  # deleted meanwhile
             self.progressed.pop(task_id, None)
         if not entrants:
@@ -531,6 +655,16 @@ class LiveManager:
         self.state = state
         self.groups: dict[tuple[Any, ...], _Group] = {}
         self._unsubscribe: Callable[[], None] | None = None
+        self._threads: ThreadPoolExecutor | None = None
+
+    async def judge(self, where: Filter, tasks: Sequence[Task]) -> dict[_VerdictKey, _Verdict]:
+        """Whether ``where`` matches each of ``tasks``, worked out on a match thread (a
+        ``$regex`` may take up to its limit on one value; the loop goes on meanwhile)."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(MATCH_THREADS,
+                                               thread_name_prefix="conveyor-live-match")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, _judge, where, list(tasks))
 
     async def subscribe(self, conn: Connection, msg_id: Any, key: str, raw_filter: Any,
                         raw_sort: Any, raw_limit: Any, raw_fields: Any) -> LiveSub | None:
@@ -539,6 +673,7 @@ class LiveManager:
             raise QueryError("a filter is an object of field: condition entries", "filter")
         parse_filter(raw_filter, bounded=True)  # errors name the client's filter
         query = parse_query(raw_filter, raw_sort, raw_limit, 0)
+        query_filter = query.filter
         fields = _fields(raw_fields)
         readable = cred.readable
         if not readable:
@@ -555,7 +690,8 @@ class LiveManager:
         group = self.groups.get(group_key)
         sub = LiveSub(conn, msg_id, key, group) if group is not None else None
         if group is None:
-            group = _Group(self, group_key, where, query, fields)
+            group = _Group(self, group_key, where, query, fields,
+                           offloaded=has_regex(query_filter.root))
             self.groups[group_key] = group
             self._listen()
             sub = LiveSub(conn, msg_id, key, group)
@@ -592,6 +728,9 @@ class LiveManager:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
 
     def _on_event(self, event: Event) -> None:
         kind = event.type
@@ -601,7 +740,7 @@ class LiveManager:
         if kind == "task.deleted":
             if event.task_id is not None:
                 for group in groups:
-                    group.deleted(event.task_id)
+                    group.offer(kind, event.task_id)
             return
         task = event.task
         if task is None:
@@ -609,11 +748,11 @@ class LiveManager:
         if kind == "task.progress":
             progress = event.data.get("progress")
             for group in groups:
-                group.progress(task, progress)
+                group.offer(kind, task, progress)
             return
         for group in groups:
             try:
-                group.apply(task)
+                group.offer(kind, task)
             except Exception:
                 log.exception("live query failed on an event")
 
