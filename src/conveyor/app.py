@@ -427,7 +427,12 @@ class Conveyor:
         :meth:`add_checked`), in the order given."""
         return [(r.task, r.created) for r in await self._add_items(_item_list(items))]
 
-    async def _add_items(self, items: list[Any]) -> list[AddResult]:
+    async def _add_items(self, items: list[Any],
+                         before_events: Callable[[list[AddResult]], None] | None = None
+                         ) -> list[AddResult]:
+        """Add ``items``. ``before_events(results)`` runs once they are stored, before
+        the bus lets their events out (``task.added``, and those of a run that a
+        worker started, or even ended, before the add returned here)."""
         if not items:
             return []
         bus = self.bus
@@ -448,6 +453,8 @@ class Conveyor:
                 specs = build(0, len(items))
                 await self.open()
                 results = await self.storage.add(specs)
+            if before_events is not None:
+                before_events(results)
             if self._worker is not None and any(r.created for r in results):
                 self._worker.wake()
         finally:
@@ -479,7 +486,7 @@ class Conveyor:
                         raise in_batch(exc, i) from None
                     raise
             if owner is not None:
-                self.bus.hold([spec.id for spec in specs], owner)
+                self.bus.hold([spec.id for spec in specs], owner, eager=True)
             return specs
 
         return build

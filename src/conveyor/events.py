@@ -254,8 +254,12 @@ class EventBus:
         self._background: set[asyncio.Task[Any]] = set()
         self._tallies: list[Tally] = []
         # events of tasks whose earlier change is being read back by announce():
-        # task id -> (the announce holding it, the events that came meanwhile)
-        self._held: dict[str, tuple[object, list[Event]]] = {}
+        # task id -> (the announce holding it, the events that came meanwhile, and the
+        # calls deferred after them)
+        self._held: dict[str, tuple[object, list[Event | Callable[[], None]]]] = {}
+        # held tasks whose events are made even with nobody listening yet (new tasks
+        # until their add lets them out: a listener may come before that)
+        self._eager: set[str] = set()
         # per task (the most recent _VERSIONS_KEPT): [the version of the last event
         # delivered, that of its last task.ended] (see emit and is_stale)
         self._versions: OrderedDict[str, list[int]] = OrderedDict()
@@ -273,6 +277,7 @@ class EventBus:
         self._dead = []
         self._subscriptions = weakref.WeakSet()
         self._held = {}
+        self._eager = set()
         self._versions = OrderedDict()
 
     # -- registration ---------------------------------------------------------
@@ -362,7 +367,10 @@ class EventBus:
         return not self._global and not self._by_task and not self._tallies
 
     def wants(self, type: str, task_id: str | None) -> bool:
-        """Whether an event of ``type`` (for ``task_id``) would reach some subscriber."""
+        """Whether an event of ``type`` (for ``task_id``) would reach some subscriber
+        (or may: a task held with ``eager``)."""
+        if self._eager and task_id in self._eager:
+            return True
         for listener in self._global:
             if listener.matches(type):
                 return True
@@ -485,14 +493,18 @@ class EventBus:
         seen = self._versions.get(task_id)
         return seen is not None and version < seen[0]
 
-    def hold(self, task_ids: Iterable[str], owner: object | None = None) -> object:
+    def hold(self, task_ids: Iterable[str], owner: object | None = None, *,
+             eager: bool = False) -> object:
         """Hold the events of these tasks (a writer storing their runs' ends, or an add:
         the next run's ``task.started`` must not come first) until :meth:`announce`
         with the returned owner emits their change, or :meth:`release`. Pass
-        ``owner`` to hold more tasks for the same owner."""
+        ``owner`` to hold more tasks for the same owner. ``eager``: make their events
+        even while nobody listens, for the listeners that come before the release (an
+        add's new tasks: a hub's wait starts listening then)."""
         owner = object() if owner is None else owner
         for task_id in task_ids:
-            self._held.setdefault(task_id, (owner, []))
+            if self._held.setdefault(task_id, (owner, []))[0] is owner and eager:
+                self._eager.add(task_id)
         return owner
 
     def release(self, owner: object,
@@ -503,11 +515,28 @@ class EventBus:
                 if held[0] is owner]
         for task_id, _ in mine:
             del self._held[task_id]
+            self._eager.discard(task_id)
         for type, task in first:
             self.task_event(type, task)
         for _, events in mine:
-            for event in events:
-                self.emit(event)
+            self._let_out(events)
+
+    def defer(self, task_id: str, call: Callable[[], None]) -> bool:
+        """Run ``call`` once the events held for this task (see :meth:`hold`) are out,
+        in their order (a hub's own notes on a task); False, and nothing kept, when
+        they are not held."""
+        held = self._held.get(task_id)
+        if held is None:
+            return False
+        held[1].append(call)
+        return True
+
+    def _let_out(self, held: list[Event | Callable[[], None]]) -> None:
+        for item in held:
+            if isinstance(item, Event):
+                self.emit(item)
+            else:
+                item()
 
     async def announce(self, changes: Sequence[tuple[str, str]],
                        read: Callable[[list[str]], Awaitable[Sequence[Task]]],
@@ -544,8 +573,7 @@ class EventBus:
                     self.task_event(type, task, tally=False)
                 if mine:
                     assert held is not None
-                    for event in held[1]:
-                        self.emit(event)
+                    self._let_out(held[1])
 
     async def announce_finished(self, items: Sequence[tuple[Completion, Task]],
                                 read: Callable[[list[str]], Awaitable[Sequence[Task]]],

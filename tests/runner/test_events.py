@@ -267,6 +267,31 @@ async def test_a_writer_holds_a_tasks_events_from_before_its_finish() -> None:
     assert len(seen) == 3
 
 
+async def test_an_eager_hold_keeps_events_for_listeners_that_come_before_the_release(
+        ) -> None:
+    """An add holds its new tasks eagerly: their events are made while nobody listens
+    (a run that started, and ended, before the add returned), kept with the calls
+    deferred after them, and let out in order at the release to whoever listens by
+    then. A plain hold makes no event nobody wants."""
+    bus = EventBus()
+    seen: list[tuple[str, str]] = []
+    bus.on("task.added", lambda e: None)  # a hub's listener: the bus is not idle
+    task = Task(id="t1", action="a", payload=None, status=Status.QUEUED, version=1)
+    owner = bus.hold(["t1"], eager=True)
+    assert bus.wants("task.succeeded", "t1") and not bus.wants("task.succeeded", "t2")
+    bus.task_event("task.started", replace(task, status=Status.RUNNING, version=2))
+    assert bus.defer("t1", lambda: seen.append(("note", "pickup")))
+    bus.task_event("task.succeeded", replace(task, status=Status.SUCCEEDED, version=3))
+    bus.on("*", lambda e: seen.append((e.type, e.task_id or "")), task_id="t1")
+    bus.release(owner, [("task.added", task)])
+    assert seen == [("task.added", "t1"), ("task.started", "t1"), ("note", "pickup"),
+                    ("task.succeeded", "t1"), ("task.ended", "t1")]
+    assert not bus.wants("task.succeeded", "t2") and not bus.defer("t1", lambda: None)
+    plain = bus.hold(["t2"])
+    assert not bus.wants("task.succeeded", "t2")
+    bus.release(plain)
+
+
 async def test_an_event_older_than_the_tasks_end_is_not_delivered() -> None:
     """An event of a version below the task.ended delivered for the task is stale
     (another process's change that overtook it): dropped. Newer ones (a retry()

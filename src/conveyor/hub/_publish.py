@@ -19,14 +19,15 @@ the readable actions, ``{"$and": [<read scope>, query]}``, as stored.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._specs import unique_scope
-from ..app import Conveyor
+from ..app import Conveyor, _item_list
 from ..errors import QueryError, ValidationError
 from ..model import DEFAULT_UNIQUE_SCOPE, Status, Task
 from ..query import parse_filter
+from ..storage import AddResult
 from ._credentials import Credential, read_scope_query
 
 __all__ = ["KeyHeld", "add_as"]
@@ -48,16 +49,19 @@ class KeyHeld(Exception):
         super().__init__(message)
 
 
-async def add_as(app: Conveyor, cred: Credential,
-                 items: Sequence[dict[str, Any]]) -> list[tuple[Task, bool]]:
+async def add_as(app: Conveyor, cred: Credential, items: Sequence[dict[str, Any]],
+                 before_events: Callable[[list[AddResult]], None] | None = None
+                 ) -> list[tuple[Task, bool]]:
     """``app.add_many_checked(items)`` for ``cred``: :class:`KeyHeld` instead of a
-    task it may not read."""
+    task it may not read. ``before_events(results)``: run once the tasks are stored,
+    before their events go out (a publish's streams start listening then)."""
     several = len(items) > 1
     if not cred.admin and "*" not in cred.readable:
         items = [_scoped_conditions(item, cred) for item in items]
     if several and not cred.admin:
         await _check_holders(app, cred, items)
-    added = await app.add_many_checked(items)
+    added = [(r.task, r.created)
+             for r in await app._add_items(_item_list(items), before_events)]
     if not cred.admin:
         for i, (task, created) in enumerate(added):
             if not created and not cred.can_read(task.action):

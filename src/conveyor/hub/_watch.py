@@ -69,7 +69,12 @@ class Streams:
 
     def note(self, task_id: str, kind: str, data: dict[str, Any]) -> None:
         """Tell the streams of a task something only this hub knows (``pickup``,
-        ``success`` of a first return in delivery mode ``all``)."""
+        ``success`` of a first return in delivery mode ``all``), after the task's
+        events that the bus holds (a new task's, until its add lets them out)."""
+        if not self.state.app.bus.defer(task_id, lambda: self._tell(task_id, kind, data)):
+            self._tell(task_id, kind, data)
+
+    def _tell(self, task_id: str, kind: str, data: dict[str, Any]) -> None:
         for stream in list(self.by_task.get(task_id, ())):
             stream.on_note(kind, data)
 
@@ -119,17 +124,30 @@ class TaskStream:
 
     # -- life -------------------------------------------------------------------
 
+    def listen(self) -> None:
+        """Take the task's events (and the hub's notes) from now on, kept until
+        :meth:`start`: a publish's streams listen before the add lets the new tasks'
+        events out, since a task that a service runs at once may end before the
+        add returns (its end was missed, and a ``run`` waited for ever)."""
+        if self._unsubscribe is None and not self.closed:
+            self._unsubscribe = self.state.app.bus.on("*", self._on_event, task_id=self.task_id)
+            self.state.streams.add(self)
+
     def start(self) -> None:
-        self._unsubscribe = self.state.app.bus.on("*", self._on_event, task_id=self.task_id)
-        self.state.streams.add(self)
+        self.listen()
         if self.wait is not None and self.wait.timeout is not None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.wait.timeout, self._wait_timed_out)
         if self.initial is not None:
             self.version = self.initial.version
-            self.read = self.primed = True
+            self.read = True
             if self.initial.terminal:
+                self.primed = True
                 self._end(self.initial)
+            elif self._buffer:  # what came since listen(), in order, then live
+                self._prime_task = asyncio.ensure_future(self._catch_up())
+            else:
+                self.primed = True
             return
         self._prime_task = asyncio.ensure_future(self._prime())
 

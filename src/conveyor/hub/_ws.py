@@ -36,6 +36,7 @@ from ..errors import (
     ValidationError,
 )
 from ..model import Task
+from ..storage import AddResult
 from ._credentials import Credential
 from ._http import client_address, key_from
 from ._hub import AuthError, Hub
@@ -685,8 +686,25 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
     # read before the add: nothing may run between the add and its streams (below), or
     # the first updates of a task a service picks up at once would be missed
     unserved = await state.hub.unserved(item["action"] for item in items)
+    streams: list[TaskStream] = []
+
+    def listen(results: list[AddResult]) -> None:
+        # the streams take the tasks' events from before the add lets them out: a
+        # task a service runs at once may start, and end, before the add returns
+        if updates or wait_spec is not None:
+            for result in results:
+                stream = TaskStream(state, conn, msg_id, key, result.task.id, replay=False,
+                                    updates=updates, wait=wait_spec, initial=result.task)
+                stream.listen()
+                streams.append(stream)
+
     try:
-        added = await add_as(state.app, conn.credential, items)
+        try:
+            added = await add_as(state.app, conn.credential, items, listen)
+        except BaseException:
+            for stream in streams:
+                stream.close()
+            raise
     except ValidationError as exc:
         raise ProtocolError("invalid", str(exc)) from None
     except KeyHeld as exc:
@@ -705,11 +723,8 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
     state.remote.wake()
     if not (updates or wait_spec is not None):
         return
-    streams = conn.streams.setdefault(key, [])
-    for task in tasks:
-        stream = TaskStream(state, conn, msg_id, key, task.id, replay=False, updates=updates,
-                            wait=wait_spec, initial=task)
-        streams.append(stream)
+    conn.streams.setdefault(key, []).extend(streams)
+    for stream in streams:
         stream.start()
 
 

@@ -1,0 +1,72 @@
+"""A published task that a service runs, and ends, before the hub's add returns.
+
+Under load the add's last step (its connection given back, the commit's reply)
+can come after a service already took the task (the change feed's NOTIFY, or the
+hub's poll, woke the claim): the run's events came out while the add let the new
+task's events go, before the publish's stream listened, and a ``run`` (publish with
+``wait``) waited for an end it had missed, to its timeout. The stream now listens
+before the add lets the events out, and the bus makes a new task's events while
+its add holds them, even if nobody listened yet."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from conveyor.client import HubClient
+
+from ._ws_helpers import Raw, eventually
+from .conftest import RunningHub
+from .test_client import worker_client, working
+
+
+@contextlib.asynccontextmanager
+async def adds_returning_late(hub: RunningHub) -> AsyncIterator[None]:
+    """The hub's adds return only once the task they added has ended (as an add
+    whose last step is slow under load, while a service runs the task at once)."""
+    storage = hub.app.storage
+    original = storage.add
+
+    async def add_then_wait(specs: Any, *args: Any, **kwargs: Any) -> Any:
+        results = await original(specs, *args, **kwargs)
+
+        async def ended() -> bool:
+            task = await storage.get(results[-1].task.id)
+            return task is not None and task.terminal
+
+        await eventually(ended, timeout=20)
+        return results
+
+    storage.add = add_then_wait  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        storage.add = original  # type: ignore[method-assign]
+
+
+def kinds(ws: Raw, msg_id: Any) -> list[str]:
+    return [m["type"] for m in ws.seen if m.get("id") == msg_id]
+
+
+async def test_a_run_ended_before_its_add_returned_is_answered(hub: RunningHub) -> None:
+    worker = worker_client(hub, hub.key("svc", subscribe=["*"]))
+    key = hub.key("pub", publish=["math:*"])
+    async with working(worker, "calc"), HubClient(hub.url, key) as pub:
+        assert await pub.run("math:double", 5, timeout=10) == 10
+        async with adds_returning_late(hub):
+            assert await pub.run("math:double", 6, timeout=15) == 12
+            tasks = await pub.add_many([("math:double", 7), ("math:double", 8)])
+        assert [await pub.wait(t.id, timeout=10) for t in tasks] == [14, 16]
+
+        # what a publisher with updates is told is the same, in the same order
+        async with Raw.opened(hub.url, key) as ws:
+            publish = {"type": "publish", "action": "math:double", "wait": True,
+                       "timeout": 15}
+            on_time = await ws.send({**publish, "payload": 1})
+            assert (await ws.expect("result", on_time, timeout=15))["value"] == 2
+            async with adds_returning_late(hub):
+                late = await ws.send({**publish, "payload": 2})
+                assert (await ws.expect("result", late, timeout=15))["value"] == 4
+            assert kinds(ws, on_time)[0] == "published"
+            assert kinds(ws, late) == kinds(ws, on_time)
