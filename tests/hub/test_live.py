@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from conveyor import Context, Conveyor
+from conveyor.hub import _live
 
 from ._ws_helpers import Raw, eventually, make_hub, read_line, reap, spawn, ws_state
 from .conftest import RunningHub, hub_db_url
@@ -285,5 +286,34 @@ async def test_sort_objects_in_another_key_order_are_other_queries(
         assert [t["id"] for t in by_n["tasks"]] == [b.id]
         assert [t.id for t in await app.find(sort={"payload.n": 1, "priority": 1},
                                              limit=1)] == [b.id]
+    finally:
+        await ws.close()
+
+
+async def test_a_regex_query_takes_a_burst_in_order_or_ends_when_it_cannot_keep_up(
+        insecure_hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live query with a ``$regex`` matches off the event loop: a burst of changes
+    (an add of many tasks) is matched in one trip to a match thread and sent in
+    order; one that falls more than ``MAX_BEHIND`` changes behind ends with
+    ``bad_filter`` instead of holding them all (a query without a ``$regex`` goes on)."""
+    app = insecure_hub.app
+    ws = await Raw.open(insecure_hub.url)
+    try:
+        await live(ws, "all", filter={"action": action("b:x", True)})
+        added = await app.add_many([("b:x", i) for i in range(50)])
+        got = [await next_change(ws, "all") for _ in added]
+        assert [(m["type"], m["task"]["id"]) for m in got] == [("added", t.id) for t in added]
+        assert [m["seq"] for m in got] == list(range(2, 52))
+        assert (await ws.request({"type": "unlive", "live": "all"}, "ok"))["type"] == "ok"
+
+        monkeypatch.setattr(_live, "MAX_BEHIND", 5)
+        await live(ws, "slow", filter={"action": action("c:x", True)})
+        await live(ws, "plain", filter={"action": "c:x"})
+        burst = await app.add_many([("c:x", i) for i in range(20)])
+        ended = await ws.expect("error", "slow")
+        assert ended["code"] == "bad_filter" and "keep up" in ended["message"]
+        plain = [await next_change(ws, "plain") for _ in burst]
+        assert [m["task"]["id"] for m in plain] == [t.id for t in burst]
+        assert len(ws_state(insecure_hub).live.groups) == 1  # "plain" goes on
     finally:
         await ws.close()

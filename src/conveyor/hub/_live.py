@@ -65,6 +65,9 @@ _TASK_FIELDS = frozenset(Task("x", "x", None, Status.QUEUED).to_json())
 _IGNORED = frozenset({"task.log", "task.result", "task.ended", "task.expired"})
 MATCH_THREADS = 2
 """Threads of a hub on which live queries with a ``$regex`` match tasks."""
+MAX_BEHIND = 100_000
+"""Changes a live query with a ``$regex`` may have waiting for its matches: one whose
+pattern is too slow to keep up ends (``bad_filter``) rather than hold them all."""
 
 _Verdict = bool | QueryError
 _VerdictKey = tuple[str, int, str | None]
@@ -404,7 +407,15 @@ class _Group:
         if not self.offloaded:
             self._take(kind, subject, data)
             return
+        if self.failed is not None:
+            return
         self._inbox.append((kind, subject, data))
+        if len(self._inbox) > MAX_BEHIND:
+            self._fail("bad_filter", f"the live query's $regex matches too slowly to keep up "
+                                     f"with the changes (more than {MAX_BEHIND} waiting): "
+                                     "simplify the pattern")
+            self._inbox.clear()
+            return
         if self._pump is None or self._pump.done():
             self._pump = asyncio.ensure_future(self._drain())
 
@@ -431,22 +442,28 @@ class _Group:
         return wanted
 
     async def _drain(self) -> None:
+        """Take the waiting changes in order: the verdicts of all of them from one trip
+        to a match thread, then each change (another trip first when the group changed
+        meanwhile so that it needs one more: a verdict depends only on the task)."""
         while self._inbox and self.failed is None:
-            kind, subject, data = self._inbox.popleft()
-            verdicts: dict[_VerdictKey, _Verdict] = {}
-            while self.failed is None:  # the group may change while a thread matches
-                wanted = [t for t in self._wanted(kind, subject, data)
-                          if _verdict_key(t) not in verdicts]
-                if not wanted:
-                    break
-                verdicts.update(await self._judged(wanted))
-            self._verdicts = verdicts
-            try:
-                self._take(kind, subject, data)
-            except Exception:
-                log.exception("live query failed on an event")
-            finally:
-                self._verdicts = {}
+            batch = list(self._inbox)
+            self._inbox.clear()
+            verdicts = await self._judged([t for change in batch for t in self._wanted(*change)])
+            for change in batch:
+                while self.failed is None:
+                    wanted = [t for t in self._wanted(*change) if _verdict_key(t) not in verdicts]
+                    if not wanted:
+                        break
+                    verdicts.update(await self._judged(wanted))
+                if self.failed is not None:
+                    return
+                self._verdicts = verdicts
+                try:
+                    self._take(*change)
+                except Exception:
+                    log.exception("live query failed on an event")
+                finally:
+                    self._verdicts = {}
 
     # -- changes ----------------------------------------------------------------
 
