@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
-from conveyor import Context, Conveyor
+from conveyor import Context, Conveyor, Task
+from conveyor.events import Event
 from conveyor.hub import _live
+from conveyor.model import Progress
+from conveyor.storage import Lease
 
 from ._ws_helpers import Raw, eventually, make_hub, read_line, reap, spawn, ws_state
 from .conftest import RunningHub, hub_db_url
@@ -291,29 +294,97 @@ async def test_sort_objects_in_another_key_order_are_other_queries(
 
 
 async def test_a_regex_query_takes_a_burst_in_order_or_ends_when_it_cannot_keep_up(
-        insecure_hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """A live query with a ``$regex`` matches off the event loop: a burst of changes
     (an add of many tasks) is matched in one trip to a match thread and sent in
-    order; one that falls more than ``MAX_BEHIND`` changes behind ends with
-    ``bad_filter`` instead of holding them all (a query without a ``$regex`` goes on)."""
-    app = insecure_hub.app
+    order; one that falls more than ``max_pending`` changes behind ends with
+    ``bad_filter`` instead of holding them all (as a reader that far behind is cut off)."""
+    async with make_hub(tmp_path, insecure=True, max_pending=100) as hub:
+        app = hub.app
+        ws = await Raw.open(hub.url)
+        try:
+            await live(ws, "all", filter={"action": action("b:x", True)})
+            added = await app.add_many([("b:x", i) for i in range(50)])
+            got = [await next_change(ws, "all") for _ in added]
+            assert [(m["type"], m["task"]["id"]) for m in got] == [
+                ("added", t.id) for t in added]
+            assert [m["seq"] for m in got] == list(range(2, 52))
+
+            await live(ws, "slow", filter={"action": action("c:x", True)})
+            await app.add_many([("c:x", i) for i in range(101)])
+            for live_id in ("all", "slow"):  # 101 changes of c:x came at once for both
+                ended = await ws.expect("error", live_id)
+                assert ended["code"] == "bad_filter" and "keep up" in ended["message"]
+            assert not ws_state(hub).live.groups
+        finally:
+            await ws.close()
+
+
+async def test_a_regex_query_past_its_cpu_budget_ends(
+        insecure_hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``$regex`` that takes more than ``MATCH_CPU`` seconds of CPU on one task ends
+    its live query (``bad_filter``) after that task, so that a slow pattern holds a
+    match thread once, not on every change; a query without one goes on."""
+    monkeypatch.setattr(_live, "MATCH_CPU", 0.0)  # every match is over it
     ws = await Raw.open(insecure_hub.url)
     try:
-        await live(ws, "all", filter={"action": action("b:x", True)})
-        added = await app.add_many([("b:x", i) for i in range(50)])
-        got = [await next_change(ws, "all") for _ in added]
-        assert [(m["type"], m["task"]["id"]) for m in got] == [("added", t.id) for t in added]
-        assert [m["seq"] for m in got] == list(range(2, 52))
-        assert (await ws.request({"type": "unlive", "live": "all"}, "ok"))["type"] == "ok"
-
-        monkeypatch.setattr(_live, "MAX_BEHIND", 5)
-        await live(ws, "slow", filter={"action": action("c:x", True)})
-        await live(ws, "plain", filter={"action": "c:x"})
-        burst = await app.add_many([("c:x", i) for i in range(20)])
+        await live(ws, "slow", filter={"action": action("m:x", True)})
+        await live(ws, "plain", filter={"action": "m:x"})
+        task = await insecure_hub.app.add("m:x", 1)
         ended = await ws.expect("error", "slow")
-        assert ended["code"] == "bad_filter" and "keep up" in ended["message"]
-        plain = [await next_change(ws, "plain") for _ in burst]
-        assert [m["task"]["id"] for m in plain] == [t.id for t in burst]
-        assert len(ws_state(insecure_hub).live.groups) == 1  # "plain" goes on
+        assert ended["code"] == "bad_filter" and "ms of CPU on one task" in ended["message"]
+        added = await next_change(ws, "plain")
+        assert added["type"] == "added" and added["task"]["id"] == task.id
+    finally:
+        await ws.close()
+
+
+async def test_a_regex_query_keeps_the_changes_made_while_its_snapshot_is_read(
+        insecure_hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Changes that come while a ``$regex`` query reads its snapshot are kept as for any
+    query, with their verdicts from a match thread: neither one added during the last
+    round's matching (it was dropped), nor an older progress shown after the snapshot's
+    newer one (changes taken late, after the snapshot)."""
+    app = insecure_hub.app
+    state = ws_state(insecure_hub)
+    await app.add("x:run", 1)
+    (running,) = await app.storage.claim("w1", ["x:run"], 1, 60)
+    lease = Lease(running.id, running.token or "")
+    one, two = Progress(1, 10, "one"), Progress(2, 10, "two")
+    monkeypatch.setattr(_live, "SYNC_ROUNDS", 1)  # the first round of the sync is its last
+    find, judge = app.storage.find, state.live.judge
+    late: list[Task] = []
+
+    async def find_while_it_runs(query: Any) -> Any:
+        app.storage.find = find  # type: ignore[method-assign]
+        # the runner reports 1 then 2 at full rate; 2 is stored, then read
+        app.bus.emit(Event("task.progress", running.id, running, {"progress": one}))
+        app.bus.emit(Event("task.progress", running.id, running, {"progress": two}))
+        await app.storage.update_progress([(lease, two)])
+        await app.add("x:early", 2)
+        return await find(query)
+
+    async def slow_judge(where: Any, tasks: Any) -> Any:
+        if not late:  # a task added while the last round's verdicts are worked out
+            late.append(await app.add("x:late", 3))
+        await asyncio.sleep(0.2)  # the match threads are busy (another client's pattern)
+        return await judge(where, tasks)
+
+    app.storage.find = find_while_it_runs  # type: ignore[method-assign]
+    state.live.judge = slow_judge  # type: ignore[method-assign]
+    ws = await Raw.open(insecure_hub.url)
+    try:
+        snap = await live(ws, filter={"action": {"$regex": "^x:"}})
+        assert {t["payload"] for t in snap["tasks"]} == {1, 2}
+        assert [t["progress"] for t in snap["tasks"] if t["payload"] == 1] == [
+            two.to_json()]
+        added = await next_change(ws)
+        assert added["type"] == "added" and added["task"]["id"] == late[0].id
+        await app.abort(running.id)  # asked of a running task: a change, still running
+        changed = await next_change(ws)
+        assert changed["type"] == "changed" and changed["task"]["id"] == running.id
+        assert changed["task"]["progress"] == two.to_json()
+        # nothing between: no older progress after the snapshot
+        assert [m["seq"] for m in ws.seen if m.get("id") == "q"] == [1, 2, 3]
     finally:
         await ws.close()

@@ -70,3 +70,34 @@ async def test_a_run_ended_before_its_add_returned_is_answered(hub: RunningHub) 
                 assert (await ws.expect("result", late, timeout=15))["value"] == 4
             assert kinds(ws, on_time)[0] == "published"
             assert kinds(ws, late) == kinds(ws, on_time)
+
+
+async def test_a_deduplicated_publish_sees_the_existing_task_end_meanwhile(
+        hub: RunningHub) -> None:
+    """A publish whose ``unique_key`` matched a live task follows that task: when it
+    ends after the add read it and before the stream listened, the stream reads it
+    again and answers the wait (it waited for its timeout)."""
+    key = hub.key("admin", admin=True)
+    first = await hub.app.add("x:job", 1, unique_key="k")
+    storage = hub.app.storage
+    original = storage.add
+
+    async def add_then_end(specs: Any, *args: Any, **kwargs: Any) -> Any:
+        results = await original(specs, *args, **kwargs)
+        if not results[0].created:  # the task it matched ends meanwhile
+            await hub.app.abort(results[0].task.id, "ended elsewhere")
+        return results
+
+    storage.add = add_then_end  # type: ignore[method-assign]
+    try:
+        async with Raw.opened(hub.url, key) as ws:
+            sent = await ws.send({"type": "publish", "action": "x:job", "payload": 2,
+                                  "options": {"unique_key": "k"}, "wait": True,
+                                  "timeout": 15})
+            published = await ws.expect("published", sent)
+            assert published["created"] is False and published["task"]["id"] == first.id
+            answer = await ws.expect("error", sent, timeout=15)
+            assert answer["code"] == "task_aborted", answer
+            assert kinds(ws, sent) == ["published", "end", "error"]
+    finally:
+        storage.add = original  # type: ignore[method-assign]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,9 +66,10 @@ _TASK_FIELDS = frozenset(Task("x", "x", None, Status.QUEUED).to_json())
 _IGNORED = frozenset({"task.log", "task.result", "task.ended", "task.expired"})
 MATCH_THREADS = 2
 """Threads of a hub on which live queries with a ``$regex`` match tasks."""
-MAX_BEHIND = 100_000
-"""Changes a live query with a ``$regex`` may have waiting for its matches: one whose
-pattern is too slow to keep up ends (``bad_filter``) rather than hold them all."""
+MATCH_CPU = 0.05
+"""CPU seconds a live query with a ``$regex`` may take to match one task (measured on
+its match thread, so a loaded machine does not count): past it, the live query ends
+(``bad_filter``), so that a slow pattern holds a match thread once, not on every change."""
 
 _Verdict = bool | QueryError
 _VerdictKey = tuple[str, int, str | None]
@@ -82,13 +84,22 @@ def _verdict_key(task: Task) -> _VerdictKey:
 
 def _judge(where: Filter, tasks: Sequence[Task]) -> dict[_VerdictKey, _Verdict]:
     """Whether each of ``tasks`` matches ``where`` (run on a match thread); the first
-    error ends the list (it ends the live query)."""
+    error (a match past :data:`MATCH_CPU`, or the ``$regex`` time limit) ends the list
+    (it ends the live query)."""
     verdicts: dict[_VerdictKey, _Verdict] = {}
     for task in tasks:
+        key = _verdict_key(task)
+        started = time.thread_time()
         try:
-            verdicts[_verdict_key(task)] = matches(where, task)
+            verdicts[key] = matches(where, task)
         except QueryError as exc:
-            verdicts[_verdict_key(task)] = exc
+            verdicts[key] = exc
+            break
+        spent = time.thread_time() - started
+        if spent > MATCH_CPU:
+            verdicts[key] = QueryError(
+                f"the live query's $regex took {spent * 1000:.0f} ms of CPU on one task (a "
+                f"live query may take {MATCH_CPU * 1000:g} ms): simplify the pattern", "filter")
             break
     return verdicts
 
@@ -292,7 +303,14 @@ class _Group:
                                 return
                     finally:
                         self._verdicts = {}
-                self.buffer = None
+                # what came while the last round's verdicts were worked out: after the
+                # snapshot, through the inbox, in order with the changes that follow
+                left, self.buffer = self.buffer or {}, None
+                for task_id, change in left.items():
+                    if change is None:
+                        self.offer("task.deleted", task_id)
+                    else:
+                        self.offer("task.changed", change)
         except asyncio.CancelledError:
             raise
         except ProtocolError as exc:
@@ -404,15 +422,17 @@ class _Group:
     def offer(self, kind: str, subject: Task | str, data: Any = None) -> None:
         """Take an event's change (``task.deleted``: its id; ``task.progress``: its
         progress in ``data``): at once, or after the changes before it when offloaded."""
-        if not self.offloaded:
+        if not self.offloaded or (self.buffer is not None and not self._inbox):
+            # (while the snapshot is read a change is only kept, with no verdict)
             self._take(kind, subject, data)
             return
         if self.failed is not None:
             return
         self._inbox.append((kind, subject, data))
-        if len(self._inbox) > MAX_BEHIND:
+        most = self.manager.state.config.max_pending
+        if len(self._inbox) > most:
             self._fail("bad_filter", f"the live query's $regex matches too slowly to keep up "
-                                     f"with the changes (more than {MAX_BEHIND} waiting): "
+                                     f"with the changes (more than {most} waiting): "
                                      "simplify the pattern")
             self._inbox.clear()
             return
@@ -429,8 +449,8 @@ class _Group:
 
     def _wanted(self, kind: str, subject: Task | str, data: Any) -> list[Task]:
         """The tasks whose verdicts a change needs, as the group stands."""
-        if isinstance(subject, str):
-            return []
+        if isinstance(subject, str) or (self.limited and subject.id in self.members):
+            return []  # a deletion, or a change of a window's member: no match needed
         if kind != "task.progress":
             return [subject]
         if not isinstance(data, Progress):

@@ -86,7 +86,7 @@ class TaskStream:
                  replay: bool, updates: bool, wait: WaitSpec | None,
                  max_level: LogLevel = LogLevel.DEBUG, logs: bool = True,
                  initial: Task | None = None, with_task: bool = False,
-                 endpoint: bool = False) -> None:
+                 endpoint: bool = False, recheck: bool = False) -> None:
         self.state = state
         self.conn = conn
         self.msg_id = msg_id
@@ -98,6 +98,9 @@ class TaskStream:
         self.max_level = max_level
         self.logs = logs
         self.initial = initial
+        # read the task again at the start (an existing task a publish's unique_key
+        # matched: it may have changed since the add read it, before the stream listened)
+        self.recheck = recheck
         self.with_task = with_task
         self.endpoint = endpoint
         self.version = 0
@@ -138,7 +141,7 @@ class TaskStream:
         if self.wait is not None and self.wait.timeout is not None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.wait.timeout, self._wait_timed_out)
-        if self.initial is not None:
+        if self.initial is not None and not self.recheck:
             self.version = self.initial.version
             self.read = True
             if self.initial.terminal:
@@ -194,7 +197,7 @@ class TaskStream:
             self.read = True
             if self._timed_out and not task.terminal:
                 self._wait_timed_out()
-            if self.updates:
+            if self.updates and self.initial is None:
                 self._send({"type": "watching", "task_id": self.task_id,
                             "task": self.state.task_json(task)})
             if self.replay and self.logs:

@@ -694,7 +694,8 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
         if updates or wait_spec is not None:
             for result in results:
                 stream = TaskStream(state, conn, msg_id, key, result.task.id, replay=False,
-                                    updates=updates, wait=wait_spec, initial=result.task)
+                                    updates=updates, wait=wait_spec, initial=result.task,
+                                    recheck=not result.created)
                 stream.listen()
                 streams.append(stream)
 
