@@ -66,7 +66,7 @@ _TASK_FIELDS = frozenset(Task("x", "x", None, Status.QUEUED).to_json())
 _IGNORED = frozenset({"task.log", "task.result", "task.ended", "task.expired"})
 MATCH_THREADS = 2
 """Threads of a hub on which live queries with a ``$regex`` match tasks."""
-MATCH_CPU = 0.05
+MATCH_CPU = 0.1
 """CPU seconds a live query with a ``$regex`` may take to match one task (measured on
 its match thread, so a loaded machine does not count): past it, the live query ends
 (``bad_filter``), so that a slow pattern holds a match thread once, not on every change."""
