@@ -34,6 +34,7 @@ from ._batched import BatchedWrites
 from ._children import ChildPool
 from ._logging import log_outcome, log_recovery
 from ._policy import decide, with_defaults
+from ._recent import RecentIds
 from ._specs import _as_stored
 from ._threads import DaemonThreadPool
 from .context import Context, TaskAbortRequested
@@ -282,6 +283,7 @@ class Worker:
         self._leases: dict[str, Lease] = {}
         self._started_at = time.time()
         self._background: set[asyncio.Task[Any]] = set()
+        self._early_aborts = RecentIds()
 
     # -- life -----------------------------------------------------------------
 
@@ -480,11 +482,17 @@ class Worker:
         for change in changes:
             if change.status is Status.QUEUED and change.event != "prioritized":
                 self._wake.set()
-            elif change.event == "abort_requested" and change.task_id in self.running:
-                run = self.running[change.task_id]
-                task = asyncio.ensure_future(self._fetch_abort(run))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            elif change.event == "abort_requested":
+                run = self.running.get(change.task_id)
+                if run is None:  # not ours, or our claim of it has not returned yet
+                    self._early_aborts.note(change.task_id)
+                else:
+                    self._look_for_abort(run)
+
+    def _look_for_abort(self, run: _Run) -> None:
+        task = asyncio.ensure_future(self._fetch_abort(run))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _fetch_abort(self, run: _Run) -> None:
         task = await self.storage.get(run.task.id)
@@ -542,6 +550,8 @@ class Worker:
         ctx: Context[Any] = Context(task, payload, handler.environment, self)
         run = _Run(task, handler, ctx, lease, claimed)
         self.running[task.id] = run
+        if self._early_aborts.take(task.id):  # asked while the claim was returning
+            self._look_for_abort(run)
         with self._leases_lock:
             self._leases[task.id] = lease
         self.claimed_total += 1

@@ -388,3 +388,31 @@ async def test_a_regex_query_keeps_the_changes_made_while_its_snapshot_is_read(
         assert [m["seq"] for m in ws.seen if m.get("id") == "q"] == [1, 2, 3]
     finally:
         await ws.close()
+
+
+@by_regex
+async def test_a_window_keeps_the_changes_made_while_it_is_read(
+        insecure_hub: RunningHub, as_regex: bool) -> None:
+    """A live query with a ``limit`` (the dashboard's table) reads its window again when
+    a task changed while it was read: the change was kept back and then dropped, and
+    the row showed the old state until some other change came."""
+    app = insecure_hub.app
+    task = await app.add("lim:x", 1)
+    find = app.storage.find
+
+    async def find_then_abort(query: Any) -> Any:
+        app.storage.find = find  # type: ignore[method-assign]
+        read = await find(query)
+        await app.abort(task.id)  # after the read, before the snapshot is sent
+        return read
+
+    app.storage.find = find_then_abort  # type: ignore[method-assign]
+    ws = await Raw.open(insecure_hub.url)
+    try:
+        snap = await live(ws, filter={"action": action("lim:x", as_regex)},
+                          sort="-created_at", limit=10)
+        assert [(t["id"], t["status"]) for t in snap["tasks"]] == [(task.id, "queued")]
+        changed = await next_change(ws)
+        assert changed["type"] == "changed" and changed["task"]["status"] == "aborted"
+    finally:
+        await ws.close()

@@ -14,7 +14,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from conveyor.client import HubClient
+from conveyor.errors import TaskAborted
+from conveyor.model import Status
 
 from ._ws_helpers import Raw, eventually
 from .conftest import RunningHub
@@ -101,3 +105,35 @@ async def test_a_deduplicated_publish_sees_the_existing_task_end_meanwhile(
             assert kinds(ws, sent) == ["published", "end", "error"]
     finally:
         storage.add = original  # type: ignore[method-assign]
+
+
+async def test_an_abort_asked_while_the_hubs_claim_returns_reaches_the_service(
+        hub: RunningHub) -> None:
+    """An abort asked after the hub's claim of a task committed, before the claim
+    returned here: the event found no run to stop, and the service ran the task until
+    the next heartbeat (lease / 3, 10 s). The hub looks again once the claim returns."""
+    worker = worker_client(hub, hub.key("svc", subscribe=["*"]))
+    storage = hub.app.storage
+    claim = storage.claim
+    asked: list[str] = []
+
+    async def claim_then_abort(*args: Any, **kwargs: Any) -> Any:
+        tasks = await claim(*args, **kwargs)
+        for task in tasks:
+            if task.action == "math:slow" and not asked:
+                asked.append(task.id)
+                await hub.app.abort(task.id, "asked early")
+        return tasks
+
+    storage.claim = claim_then_abort  # type: ignore[method-assign]
+    try:
+        async with working(worker, "calc"), HubClient(hub.url, hub.key(
+                "pub", publish=["math:*"])) as pub:
+            slow = await pub.add("math:slow", None)
+            with pytest.raises(TaskAborted):  # the handler saw it (no wait for a heartbeat)
+                await pub.wait(slow.id, timeout=5)
+            assert asked == [slow.id]
+            ended = await pub.get(slow.id)
+            assert ended.status is Status.ABORTED and ended.reason == "asked early"
+    finally:
+        storage.claim = claim  # type: ignore[method-assign]

@@ -271,8 +271,10 @@ class _Group:
         try:
             if self.limited:
                 tasks = await storage.find(self.query)
-                self.buffer = None
+                touched, self.buffer = self.buffer, None
                 self.members = {t.id: (t, self.encode(t)) for t in tasks}
+                if touched:  # changed while the window was read: read it again
+                    self.dirty = True
             else:
                 query = replace(self.query, limit=MAX_LIVE_RESULT + 1)
                 tasks = await storage.find(query)
@@ -330,8 +332,8 @@ class _Group:
             if not sub.closed:
                 self.subs.append(sub)
                 sub.snapshot(encoded)
-        if self.dirty:
-            self._schedule_refresh()
+        if self.dirty:  # (this task ends here: the refresh is one of its own)
+            self._task = asyncio.ensure_future(self._refresh())
         if not self.subs:
             self.manager._drop(self)
 

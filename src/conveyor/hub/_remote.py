@@ -57,6 +57,7 @@ from .._aio import stop_tasks
 from .._batched import BatchedWrites
 from .._logging import log_outcome, log_recovery
 from .._policy import decide, with_defaults
+from .._recent import RecentIds
 from .._registry import check_action
 from .._specs import check_backoff, check_max_attempts
 from ..errors import ValidationError
@@ -472,6 +473,7 @@ class Remote:
         self.deadlines: dict[str, float] = {}       # pickup deadlines of claimed tasks
         self.refused: dict[str, tuple[Sub, float]] = {}
         self.offered: dict[Held, None] = {}         # offers waiting for a pickup
+        self.early_aborts = RecentIds()             # asked of tasks not (yet) held here
         self._offer_clock: asyncio.Task[None] | None = None
         self._worker_ids: set[str] = set()
         self._wake = asyncio.Event()
@@ -837,6 +839,8 @@ class Remote:
                 for key in list(self.deadlines)[:10_000]:
                     del self.deadlines[key]
         self.app.bus.task_event("task.started", task)
+        if self.early_aborts.take(task.id):  # asked while the claim was returning
+            self.writer.job(lambda: self._check_abort(task.id, lease.token))
         if self._mode(task) == "all":
             self._start_fan(service, subs, task, lease)
             return
@@ -845,6 +849,13 @@ class Remote:
             self.writer.release(service.worker_id, lease)
             return
         self._offer(sub, task, lease, None, None)
+
+    async def _check_abort(self, task_id: str, token: str) -> None:
+        """Abort the run of a claimed task whose abort was asked before the claim
+        returned here (the event found nothing to stop), if it was asked of this run."""
+        task = await self.app.storage.get(task_id)
+        if task is not None and task.abort_requested and task.token == token:
+            self.abort_local(task_id, task.abort_requested)
 
     def _pick(self, service: Service, subs: list[Sub], task: Task) -> Sub | None:
         n = len(subs)
@@ -1167,6 +1178,8 @@ class Remote:
                                            + ',"reason":' + _json.dumps(reason) + "}")
                     self._settle(part, "aborted")
             self._maybe_end_fan(fan)
+        elif fan is None:
+            self.early_aborts.note(task_id)
 
     # -- delivery all -------------------------------------------------------------
 

@@ -91,6 +91,7 @@ FEED_RETENTION = 3600.0
 READERS = 2
 """Reader threads (each with its own connection) a storage object starts at most:
 the second when a read finds the first busy."""
+_P0_FRESH = 2.0  # seconds an open()'s feed position stays the start of the feed
 
 
 def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
@@ -140,6 +141,10 @@ class SQLiteStorage(FanoutFeed, Storage):
         self._watcher: threading.Thread | None = None
         self._kick = threading.Event()
         self._stop_watcher = threading.Event()
+        # the change feed's position when open() read it, and when: the start of the
+        # feed for a watcher started soon after (changes made after open() returned,
+        # before the watcher thread's first read, were missed)
+        self._p0: tuple[int, float] | None = None
 
     def after_fork(self) -> SQLiteStorage:
         """In a forked child: a storage on the same file with the same options,
@@ -288,6 +293,7 @@ class SQLiteStorage(FanoutFeed, Storage):
         conn = self._connect()
         try:
             self._migrate(conn)
+            self._p0 = (int(conn.execute(Q["last_change"]).fetchone()[0]), time.monotonic())
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StorageError(f"cannot use database {self.path!r}: {exc}") from None
@@ -328,6 +334,7 @@ class SQLiteStorage(FanoutFeed, Storage):
                 self._stop_watcher = threading.Event()
                 self._kick = threading.Event()
                 self._feed = Fanout(self.instance_id, on_first=self._start_watcher)
+                self._p0 = None
                 self._opened = False
                 self._closed = False
 
@@ -335,15 +342,17 @@ class SQLiteStorage(FanoutFeed, Storage):
 
     def _start_watcher(self) -> None:
         if self._watcher is None and not self._closed:
-            self._watcher = threading.Thread(target=self._watch, name="conveyor-sqlite-watch",
-                                             daemon=True)
+            p0 = self._p0
+            start = p0[0] if p0 is not None and time.monotonic() - p0[1] < _P0_FRESH else None
+            self._watcher = threading.Thread(target=self._watch, args=(start,),
+                                             name="conveyor-sqlite-watch", daemon=True)
             self._watcher.start()
 
-    def _watch(self) -> None:
+    def _watch(self, last: int | None) -> None:
         """The watcher thread: notice commits (PRAGMA data_version changes when
-        another connection commits) and publish the new change-feed rows."""
+        another connection commits) and publish the new change-feed rows after
+        ``last`` (None: from the position when it starts)."""
         slot = ConnSlot()  # its connection, closed by a fork (see _sqlthread)
-        last: int | None = None
         version = -1
         failures = 0
         while not self._stop_watcher.is_set():
