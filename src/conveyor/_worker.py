@@ -926,7 +926,8 @@ class Worker:
     def abort_local(self, task_id: str, reason: str) -> bool:
         """Deliver an abort to a task this worker runs (no storage round trip)."""
         run = self.running.get(task_id)
-        if run is None:
+        if run is None:  # not ours, or our claim of it has not returned yet
+            self._early_aborts.note(task_id)
             return False
         self._request_abort(run, reason)
         return True

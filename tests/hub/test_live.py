@@ -294,12 +294,13 @@ async def test_sort_objects_in_another_key_order_are_other_queries(
 
 
 async def test_a_regex_query_takes_a_burst_in_order_or_ends_when_it_cannot_keep_up(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A live query with a ``$regex`` matches off the event loop: a burst of changes
     (an add of many tasks) is matched in one trip to a match thread and sent in
-    order; one that falls more than ``max_pending`` changes behind ends with
-    ``bad_filter`` instead of holding them all (as a reader that far behind is cut off)."""
-    async with make_hub(tmp_path, insecure=True, max_pending=100) as hub:
+    order; one that falls more than ``MAX_BEHIND`` changes behind ends with
+    ``bad_filter`` instead of holding them all (every change of the hub comes to it)."""
+    monkeypatch.setattr(_live, "MAX_BEHIND", 100)
+    async with make_hub(tmp_path, insecure=True) as hub:
         app = hub.app
         ws = await Raw.open(hub.url)
         try:
@@ -414,5 +415,40 @@ async def test_a_window_keeps_the_changes_made_while_it_is_read(
         assert [(t["id"], t["status"]) for t in snap["tasks"]] == [(task.id, "queued")]
         changed = await next_change(ws)
         assert changed["type"] == "changed" and changed["task"]["status"] == "aborted"
+    finally:
+        await ws.close()
+
+
+@by_regex
+async def test_a_member_that_leaves_while_the_window_is_read_is_removed_as_it_left(
+        insecure_hub: RunningHub, as_regex: bool) -> None:
+    """``removed`` of a window's member that left while the window was read says how it
+    left, as for a change after the snapshot: the version of the change that took it
+    out, null when it was deleted (it said the snapshot's version)."""
+    app = insecure_hub.app
+    gone = await app.add("lim:d", 1)
+    await app.abort(gone.id)  # ended: it may be deleted
+    out = await app.add("lim:d", 2)
+    find = app.storage.find
+    aborted: list[Task] = []
+
+    async def find_then_change(query: Any) -> Any:
+        app.storage.find = find  # type: ignore[method-assign]
+        read = await find(query)
+        await app.delete(gone.id)  # after the read, before the snapshot is sent
+        aborted.append(await app.abort(out.id))
+        return read
+
+    app.storage.find = find_then_change  # type: ignore[method-assign]
+    ws = await Raw.open(insecure_hub.url)
+    try:
+        # `gone` is in as payload 1, `out` as queued: its abort takes it out
+        snap = await live(ws, filter={"action": action("lim:d", as_regex),
+                                      "$or": [{"status": "queued"}, {"payload": 1}]},
+                          sort="-created_at", limit=10)
+        assert {t["id"] for t in snap["tasks"]} == {gone.id, out.id}
+        removed = {m["task_id"]: m["version"] for m in [await next_change(ws) for _ in "ab"]
+                   if m["type"] == "removed"}
+        assert removed == {gone.id: None, out.id: aborted[0].version}
     finally:
         await ws.close()

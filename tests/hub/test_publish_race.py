@@ -137,3 +137,34 @@ async def test_an_abort_asked_while_the_hubs_claim_returns_reaches_the_service(
             assert ended.status is Status.ABORTED and ended.reason == "asked early"
     finally:
         storage.claim = claim  # type: ignore[method-assign]
+
+
+async def test_a_deduplicated_publish_is_told_the_start_it_reads_again_around(
+        hub: RunningHub) -> None:
+    """The task a publish's ``unique_key`` matched starts while its stream reads it
+    again: the publisher with updates is told that start (the read's version no
+    longer hides the changes held since the add)."""
+    key = hub.key("admin", admin=True)
+    first = await hub.app.add("x:job", 1, unique_key="k")
+    storage = hub.app.storage
+    get = storage.get
+    started: list[str] = []
+
+    async def get_after_a_start(task_id: str, *args: Any, **kwargs: Any) -> Any:
+        if task_id == first.id and not started:
+            started.append(task_id)  # a worker takes the task while the stream reads it
+            (claimed,) = await storage.claim("w1", ["x:job"], 1, 60)
+            hub.app.bus.task_event("task.started", claimed)
+        return await get(task_id, *args, **kwargs)
+
+    storage.get = get_after_a_start  # type: ignore[method-assign]
+    try:
+        async with Raw.opened(hub.url, key) as ws:
+            sent = await ws.send({"type": "publish", "action": "x:job", "payload": 2,
+                                  "options": {"unique_key": "k"}})
+            assert (await ws.expect("published", sent))["created"] is False
+            start = await ws.expect("start", sent)
+            assert start["task_id"] == first.id and start["attempt"] == 1
+            assert started == [first.id] and kinds(ws, sent) == ["published", "start"]
+    finally:
+        storage.get = get  # type: ignore[method-assign]

@@ -68,8 +68,12 @@ MATCH_THREADS = 2
 """Threads of a hub on which live queries with a ``$regex`` match tasks."""
 MATCH_CPU = 0.1
 """CPU seconds a live query with a ``$regex`` may take to match one task (measured on
-its match thread, so a loaded machine does not count): past it, the live query ends
+its match thread, so a loaded machine does not count; twice, so that a garbage
+collection the match set off does not count either): past it, the live query ends
 (``bad_filter``), so that a slow pattern holds a match thread once, not on every change."""
+MAX_BEHIND = 100_000
+"""Changes a live query with a ``$regex`` may have waiting for its matches (every change
+of the hub comes to it, a large add at once): past them it ends (``bad_filter``)."""
 
 _Verdict = bool | QueryError
 _VerdictKey = tuple[str, int, str | None]
@@ -96,6 +100,10 @@ def _judge(where: Filter, tasks: Sequence[Task]) -> dict[_VerdictKey, _Verdict]:
             verdicts[key] = exc
             break
         spent = time.thread_time() - started
+        if spent > MATCH_CPU:  # again: a garbage collection may have run meanwhile
+            started = time.thread_time()
+            matches(where, task)
+            spent = time.thread_time() - started
         if spent > MATCH_CPU:
             verdicts[key] = QueryError(
                 f"the live query's $regex took {spent * 1000:.0f} ms of CPU on one task (a "
@@ -271,10 +279,17 @@ class _Group:
         try:
             if self.limited:
                 tasks = await storage.find(self.query)
-                touched, self.buffer = self.buffer, None
+                touched, self.buffer = self.buffer or {}, None
                 self.members = {t.id: (t, self.encode(t)) for t in tasks}
-                if touched:  # changed while the window was read: read it again
+                # changed while the window was read: read it again, noting how a member
+                # may have left (as apply and deleted do)
+                for task_id, change in touched.items():
                     self.dirty = True
+                    if task_id in self.members and change is None:
+                        self.gone.add(task_id)
+                    elif task_id in self.members and change is not None:
+                        self.left_at[task_id] = max(change.version,
+                                                    self.left_at.get(task_id, 0))
             else:
                 query = replace(self.query, limit=MAX_LIVE_RESULT + 1)
                 tasks = await storage.find(query)
@@ -431,10 +446,9 @@ class _Group:
         if self.failed is not None:
             return
         self._inbox.append((kind, subject, data))
-        most = self.manager.state.config.max_pending
-        if len(self._inbox) > most:
+        if len(self._inbox) > MAX_BEHIND:
             self._fail("bad_filter", f"the live query's $regex matches too slowly to keep up "
-                                     f"with the changes (more than {most} waiting): "
+                                     f"with the changes (more than {MAX_BEHIND} waiting): "
                                      "simplify the pattern")
             self._inbox.clear()
             return

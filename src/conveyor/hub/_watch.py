@@ -193,7 +193,9 @@ class TaskStream:
                                        f"task {self.task_id}"})
                 self._finish(forbidden=True)
                 return
-            self.version = task.version
+            # a recheck goes on from the task the add found: the changes held since
+            # (its start, its end) are told, the read's end only if none ended it
+            self.version = task.version if self.initial is None else self.initial.version
             self.read = True
             if self._timed_out and not task.terminal:
                 self._wait_timed_out()
