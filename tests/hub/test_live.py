@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from conveyor import Context, Conveyor, Task
+from conveyor.errors import QueryError
 from conveyor.events import Event
 from conveyor.hub import _live
 from conveyor.model import Progress
@@ -450,5 +452,33 @@ async def test_a_member_that_leaves_while_the_window_is_read_is_removed_as_it_le
         removed = {m["task_id"]: m["version"] for m in [await next_change(ws) for _ in "ab"]
                    if m["type"] == "removed"}
         assert removed == {gone.id: None, out.id: aborted[0].version}
+    finally:
+        await ws.close()
+
+
+async def test_a_match_measured_again_that_runs_out_of_time_ends_the_query(
+        insecure_hub: RunningHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A match over the CPU budget is measured again; when that second match runs past
+    the ``$regex`` time limit the live query ends with that error (it escaped the
+    match thread and stopped the query's changes, with no message)."""
+    monkeypatch.setattr(_live, "MATCH_CPU", 0.0)  # every match is over it
+    real = _live.matches
+    calls: list[str] = []
+
+    def second_runs_out(where: Any, task: Task) -> bool:
+        if threading.current_thread().name.startswith("conveyor-live-match"):
+            calls.append(task.id)
+            if len(calls) == 2:
+                raise QueryError("$regex ran longer than 1s on one value", "filter")
+        return real(where, task)
+
+    monkeypatch.setattr(_live, "matches", second_runs_out)
+    ws = await Raw.open(insecure_hub.url)
+    try:
+        await live(ws, "slow", filter={"action": action("t:x", True)})
+        task = await insecure_hub.app.add("t:x", 1)
+        ended = await ws.expect("error", "slow")
+        assert ended["code"] == "bad_filter" and "ran longer than" in ended["message"]
+        assert calls == [task.id, task.id]
     finally:
         await ws.close()
