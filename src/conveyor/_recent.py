@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-__all__ = ["RecentIds"]
+if TYPE_CHECKING:
+    from .storage import Storage
+
+__all__ = ["RecentIds", "abort_asked"]
+
+
+async def abort_asked(storage: Storage, task_id: str, token: str) -> str | None:
+    """The reason of an abort asked of this run of the task (the run holding ``token``),
+    as stored; None when none was (or the task is another run's now)."""
+    task = await storage.get(task_id)
+    if task is not None and task.abort_requested and task.token == token:
+        return task.abort_requested
+    return None
 
 
 class RecentIds:

@@ -34,7 +34,7 @@ from ._batched import BatchedWrites
 from ._children import ChildPool
 from ._logging import log_outcome, log_recovery
 from ._policy import decide, with_defaults
-from ._recent import RecentIds
+from ._recent import RecentIds, abort_asked
 from ._specs import _as_stored
 from ._threads import DaemonThreadPool
 from .context import Context, TaskAbortRequested
@@ -495,9 +495,9 @@ class Worker:
         task.add_done_callback(self._background.discard)
 
     async def _fetch_abort(self, run: _Run) -> None:
-        task = await self.storage.get(run.task.id)
-        if task is not None and task.abort_requested and task.token == run.lease.token:
-            self._request_abort(run, task.abort_requested)
+        reason = await abort_asked(self.storage, run.task.id, run.lease.token)
+        if reason is not None:
+            self._request_abort(run, reason)
 
     # -- schedules ------------------------------------------------------------
 

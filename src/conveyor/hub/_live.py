@@ -30,10 +30,11 @@ on the loop as any group takes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -314,14 +315,11 @@ class _Group:
                     for task_id in touched:
                         if task_id not in found and task_id in self.members:
                             del self.members[task_id]
-                    self._verdicts = verdicts
-                    try:
+                    with self._given(verdicts):
                         for task in fresh:
                             self._apply(task, fan=False)
                             if self.failed is not None:  # grew past the cap meanwhile
                                 return
-                    finally:
-                        self._verdicts = {}
                 # what came while the last round's verdicts were worked out: after the
                 # snapshot, through the inbox, in order with the changes that follow
                 left, self.buffer = self.buffer or {}, None
@@ -429,10 +427,16 @@ class _Group:
     async def _kept(self, tasks: list[Task]) -> list[Task]:
         """Those of ``tasks`` that match (an offloaded group's verdicts from a match
         thread)."""
-        verdicts = await self._judged(tasks)
+        with self._given(await self._judged(tasks)):
+            return [t for t in tasks if self._matches(t)]
+
+    @contextlib.contextmanager
+    def _given(self, verdicts: dict[_VerdictKey, _Verdict]) -> Iterator[None]:
+        """The verdicts :meth:`_matches` takes meanwhile (a synchronous step: no other
+        step of the group runs before they are taken back)."""
         self._verdicts = verdicts
         try:
-            return [t for t in tasks if self._matches(t)]
+            yield
         finally:
             self._verdicts = {}
 
@@ -495,13 +499,11 @@ class _Group:
                     verdicts.update(await self._judged(wanted))
                 if self.failed is not None:
                     return
-                self._verdicts = verdicts
-                try:
-                    self._take(*change)
-                except Exception:
-                    log.exception("live query failed on an event")
-                finally:
-                    self._verdicts = {}
+                with self._given(verdicts):
+                    try:
+                        self._take(*change)
+                    except Exception:
+                        log.exception("live query failed on an event")
 
     # -- changes ----------------------------------------------------------------
 

@@ -57,7 +57,7 @@ from .._aio import stop_tasks
 from .._batched import BatchedWrites
 from .._logging import log_outcome, log_recovery
 from .._policy import decide, with_defaults
-from .._recent import RecentIds
+from .._recent import RecentIds, abort_asked
 from .._registry import check_action
 from .._specs import check_backoff, check_max_attempts
 from ..errors import ValidationError
@@ -853,9 +853,9 @@ class Remote:
     async def _check_abort(self, task_id: str, token: str) -> None:
         """Abort the run of a claimed task whose abort was asked before the claim
         returned here (the event found nothing to stop), if it was asked of this run."""
-        task = await self.app.storage.get(task_id)
-        if task is not None and task.abort_requested and task.token == token:
-            self.abort_local(task_id, task.abort_requested)
+        reason = await abort_asked(self.app.storage, task_id, token)
+        if reason is not None:
+            self.abort_local(task_id, reason)
 
     def _pick(self, service: Service, subs: list[Sub], task: Task) -> Sub | None:
         n = len(subs)

@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TypeVar
 
 from ..model import Status
 from .base import Change
 
-__all__ = ["Fanout", "FanoutFeed", "is_wakeup"]
+__all__ = ["OPENED_FRESH", "Fanout", "FanoutFeed", "is_wakeup", "opened_start"]
+
+_P = TypeVar("_P")
+
+OPENED_FRESH = 2.0
+"""Seconds the feed position that ``open()`` read stays the start of a feed begun later
+(changes made after ``open()`` returned, before the feed's first read, are delivered)."""
+
+
+def opened_start(p0: tuple[_P, float] | None) -> _P | None:
+    """The position ``open()`` read (``(position, time.monotonic() then)``) while it is
+    fresh; None when there is none, or it is older than :data:`OPENED_FRESH`."""
+    if p0 is None or time.monotonic() - p0[1] >= OPENED_FRESH:
+        return None
+    return p0[0]
 
 
 def is_wakeup(change: Change) -> bool:

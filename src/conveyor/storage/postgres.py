@@ -80,7 +80,7 @@ from ..model import (
 from ..query import Filter, Query, compile_postgres, compile_sort_postgres, matches, parse_filter
 from . import _ops
 from ._codec import encode_scope, row_to_task
-from ._feed import Fanout, FanoutFeed
+from ._feed import Fanout, FanoutFeed, opened_start
 from ._pgfeed import Listener
 from ._pgsync import SyncConnection
 from ._sqlfile import load_migrations, load_queries
@@ -127,7 +127,6 @@ _OPTIONS = ("schema", "migrate", "pool_min", "pool_max", "pool_timeout", "poll_i
             "prepare")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-_P0_FRESH = 2.0  # seconds an open()'s snapshot stays the start of the feed
 
 
 # ---------------------------------------------------------------------------
@@ -895,9 +894,7 @@ class PostgresStorage(FanoutFeed, Storage):
         with self._state:
             if self._listener is not None:
                 return
-            since = None
-            if self._p0 is not None and time.monotonic() - self._p0[1] < _P0_FRESH:
-                since = self._p0[0]
+            since = opened_start(self._p0)
             conninfo, display = self._conninfo, self.url
             threshold = self.options.prepare_threshold
             listener = Listener(

@@ -59,7 +59,7 @@ from ..query import register_sqlite_functions as _register_functions
 from ..query._regex import take_timeout
 from . import _ops
 from ._codec import claimed_to_task, encode_scope, row_to_task, task_to_row
-from ._feed import Fanout, FanoutFeed
+from ._feed import Fanout, FanoutFeed, opened_start
 from ._sqlfile import load_migrations, load_queries
 from ._sqlthread import ConnSlot, DBThread, ReaderPool, begin_immediate, is_busy, retry_busy
 from .base import (
@@ -91,7 +91,6 @@ FEED_RETENTION = 3600.0
 READERS = 2
 """Reader threads (each with its own connection) a storage object starts at most:
 the second when a read finds the first busy."""
-_P0_FRESH = 2.0  # seconds an open()'s feed position stays the start of the feed
 
 
 def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
@@ -342,9 +341,8 @@ class SQLiteStorage(FanoutFeed, Storage):
 
     def _start_watcher(self) -> None:
         if self._watcher is None and not self._closed:
-            p0 = self._p0
-            start = p0[0] if p0 is not None and time.monotonic() - p0[1] < _P0_FRESH else None
-            self._watcher = threading.Thread(target=self._watch, args=(start,),
+            self._watcher = threading.Thread(target=self._watch,
+                                             args=(opened_start(self._p0),),
                                              name="conveyor-sqlite-watch", daemon=True)
             self._watcher.start()
 
