@@ -283,14 +283,13 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
     if not options and handler is None:  # the common case of a bulk add, kept short
         check_action(action)
         text = _json.dumps_checked(payload, "payload", limit=max_payload)
-        return _spec_from_values((new_id(), action, _as_stored(payload, text), 0.0,
-                                  time.time() if now is None else now, None, None, None, None,
-                                  None, DEFAULT_UNIQUE_SCOPE, (), {}, None))
+        return _spec_from_values((new_id(), action, _as_stored(payload, text), 0.0, None,
+                                  None, None, None, None, None, DEFAULT_UNIQUE_SCOPE, (), {},
+                                  None))
     unknown = set(options) - ADD_OPTIONS
     if unknown:
         raise ValidationError(f"unknown option(s) for add: {', '.join(sorted(unknown))}")
     check_action(action)
-    now = time.time() if now is None else now
     if handler is not None:
         payload = handler.validate_payload(payload)
     payload = _as_stored(payload, _json.dumps_checked(payload, "payload", limit=max_payload))
@@ -303,10 +302,13 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
     delay, run_at = options.get("delay"), options.get("run_at")
     if delay is not None and run_at is not None:
         raise ValidationError("give delay or run_at, not both")
+    start: float | None = None  # ready once stored: run_at is then created_at
     if run_at is not None:
         start = check_time(run_at, "run_at")
     else:
-        start = now + (seconds(delay, "delay") or 0.0)
+        wait = seconds(delay, "delay")
+        if wait:
+            start = (time.time() if now is None else now) + wait
 
     tags = check_tags(options.get("tags"))
     if tags:  # held as stored, as the payload is

@@ -657,14 +657,16 @@ JSON_FIELDS = frozenset(name for name, kind in FIELDS.items() if kind is FieldKi
 class TaskSpec:
     """What :meth:`Storage.add` inserts: a validated new task.
 
-    ``payload`` is already JSON-ready; ``run_at`` is absolute.
+    ``payload`` is already JSON-ready; ``run_at`` is absolute, or None for
+    the time the storage adds it (its ``created_at``, so a task added without a
+    delay has ``run_at == created_at``).
     """
 
     id: str
     action: str
     payload: JSON
     priority: float = 0.0
-    run_at: float = 0.0
+    run_at: float | None = None
     max_attempts: int | None = None
     run_timeout: float | None = None
     pickup_timeout: float | None = None

@@ -70,16 +70,16 @@ def test_bulk_fast_paths_equal_the_constructors() -> None:
     from conveyor.storage._ops import new_task
 
     spec = build_spec("a:b", {"x": 1}, now=123.5)
-    assert spec == TaskSpec(id=spec.id, action="a:b", payload={"x": 1}, run_at=123.5)
+    assert spec == TaskSpec(id=spec.id, action="a:b", payload={"x": 1}, run_at=None)
     assert type(spec) is TaskSpec and spec.tags == {}
     other = build_spec("a:b", None, now=1.0)
     assert other.tags is not spec.tags  # a dict of its own, as the default factory gives
 
     task = new_task(spec, 124.0)
-    assert task == Task(spec.id, "a:b", {"x": 1}, Status.QUEUED, run_at=123.5, created_at=124.0,
+    assert task == Task(spec.id, "a:b", {"x": 1}, Status.QUEUED, run_at=124.0, created_at=124.0,
                         updated_at=124.0)
-    full = build_spec("a:b", [1], now=5.0, priority=2, tags={"t": 1}, unique_key="k",
-                      pickup_timeout=3, max_attempts=2, parent_id="p")
+    full = build_spec("a:b", [1], now=4.0, priority=2, tags={"t": 1}, unique_key="k",
+                      pickup_timeout=3, max_attempts=2, parent_id="p", delay=1)
     made = new_task(full, 6.0)
     assert made == Task(full.id, "a:b", [1], Status.QUEUED, priority=2.0, run_at=5.0,
                         created_at=6.0, updated_at=6.0, max_attempts=2, pickup_timeout=3.0,

@@ -44,10 +44,11 @@ def pickup_deadline(task: Task | TaskSpec, ready_at: float) -> float | None:
 
 
 def new_task(spec: TaskSpec, now: float) -> Task:
-    deadline = None if spec.pickup_timeout is None else spec.run_at + spec.pickup_timeout
+    run_at = now if spec.run_at is None else spec.run_at
+    deadline = None if spec.pickup_timeout is None else run_at + spec.pickup_timeout
     # in field order, without the dataclass __init__: this runs for every task of a bulk add
     return _task_from_values((
-        spec.id, spec.action, spec.payload, Status.QUEUED, spec.priority, spec.run_at,
+        spec.id, spec.action, spec.payload, Status.QUEUED, spec.priority, run_at,
         now, now, None, None, 0, spec.max_attempts, 0, spec.run_timeout,
         spec.pickup_timeout, deadline, spec.backoff, None, None, None, None, None, None,
         None, (), None, spec.unique_key, spec.unique_scope, spec.concurrency,

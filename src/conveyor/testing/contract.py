@@ -105,10 +105,17 @@ class StorageContract:
         assert got.payload == {"n": 1, "s": "é"}
         assert got.priority == -2.5 and got.tags == {"user": "ann"}
         assert got.max_attempts == 3 and got.run_timeout == 10.0 and got.pickup_timeout == 60.0
-        assert got.pickup_deadline == pytest.approx(spec.run_at + 60.0)
+        assert got.run_at == spec.run_at and got.pickup_deadline == pytest.approx(got.run_at + 60)
         assert got.attempts == 0 and got.result is None and got.error is None
         assert got.created_at == pytest.approx(time.time(), abs=5)
         assert await storage.get(new_id()) is None
+
+    async def test_a_spec_without_run_at_is_ready_when_stored(self, storage: Storage) -> None:
+        spec = TaskSpec(id=new_id(), action="test:a", payload=None, pickup_timeout=5.0)
+        [res] = await storage.add([spec])
+        got = await storage.get(spec.id)
+        assert got is not None and got == res.task
+        assert got.run_at == got.created_at and got.pickup_deadline == got.created_at + 5
 
     async def test_add_batch_is_atomic(self, storage: Storage) -> None:
         good = make_spec()
