@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,8 @@ from conveyor.hub._credentials import CredentialStore
 from conveyor.hub._serve import server_config
 
 from ..conftest import PG_ENV, drop_pg_schema, pg_url
+
+START_TIMEOUT = 30.0  # seconds for uvicorn to listen
 
 HUB_BACKENDS = ["sqlite", *(["postgres"] if os.environ.get(PG_ENV) else [])]
 SQLITE_ONLY = ("test_ws_fuzz", "test_openapi_schemathesis", "test_openapi_docs_command",
@@ -99,9 +102,17 @@ async def running_hub(app: Conveyor, config: HubConfig,
     server = uvicorn.Server(server_config(asgi, replace(config, host="127.0.0.1"),
                                           log_level="warning"))
     task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + START_TIMEOUT
     while not server.started:
         if task.done():
-            task.result()
+            task.result()  # raises what stopped it, if anything did
+            raise AssertionError(f"the hub on port {port} ended before it started")
+        if time.monotonic() > deadline:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise AssertionError(f"the hub on port {port} did not start within "
+                                 f"{START_TIMEOUT} s")
         await asyncio.sleep(0.01)
     try:
         yield RunningHub(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}",

@@ -487,8 +487,23 @@ async def test_a_follow_resumes_across_a_hub_restart(tmp_path: Path) -> None:
     other = Conveyor(url)
     await other.abort(task.id, "while the hub was away")
     await other.close()
+    refused = 0
+    retried = asyncio.Event()
+    connect = client._connect
+
+    async def counting_connect() -> Any:
+        nonlocal refused
+        try:
+            return await connect()
+        except HubError:
+            refused += 1
+            if refused >= 2:  # found the port closed, and tried again
+                retried.set()
+            raise
+
+    client._connect = counting_connect  # type: ignore[method-assign]
     pending = asyncio.ensure_future(follow.__anext__())
-    await asyncio.sleep(0.3)  # the client finds the port closed and retries meanwhile
+    await asyncio.wait_for(retried.wait(), 10)  # the client finds the port closed, retries
     assert not pending.done()
     async with running_hub(Conveyor(url), config, None):
         again = await asyncio.wait_for(pending, 20)

@@ -45,6 +45,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Until process ``pid`` has ended (gone, or a zombie nobody reaped yet); whether it
+    did within ``timeout`` seconds (teardown goes on either way)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return True
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 class PgInstance:
     """A throw-away PostgreSQL cluster. ``with PgInstance(...) as pg:`` starts it."""
 
@@ -131,7 +146,7 @@ class PgInstance:
             except (RuntimeError, subprocess.TimeoutExpired):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)  # the postmaster of our own data folder
-                time.sleep(0.5)
+                _wait_gone(pid, 10.0)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> PgInstance:

@@ -49,6 +49,14 @@ class Collector:
         self._task.cancel()
 
 
+async def _read_since(storage: Any, mark: float, timeout: float = 10) -> None:
+    """Until ``storage``'s listener has read the feed again after ``mark`` (time.time())."""
+    deadline = time.monotonic() + timeout
+    while storage.feed_health().get("last_read", 0.0) <= mark:
+        assert time.monotonic() < deadline, storage.feed_health()
+        await asyncio.sleep(0.01)
+
+
 async def test_out_of_order_commits_are_all_delivered(storage: Any, other: Any,
                                                       schema_url: str) -> None:
     feed = Collector(other)
@@ -60,7 +68,8 @@ async def test_out_of_order_commits_are_all_delivered(storage: Any, other: Any,
                 [early] = await storage.add_in(slow, [make_spec(payload="early")])
                 [late] = await storage.add([make_spec(payload="late")])  # commits first
                 await feed.until(lambda s: any(c.task_id == late.task.id for c in s))
-                await asyncio.sleep(1.2)  # the reader moved past early's seq meanwhile
+                # the reader reads again (its poll) past early's seq, early still open
+                await _read_since(other, time.time())
             await feed.until(lambda s: any(c.task_id == early.task.id for c in s))
         seqs = {(c.task_id, c.event): c.seq for c in feed.seen}
         assert seqs[(early.task.id, "added")] < seqs[(late.task.id, "added")]
