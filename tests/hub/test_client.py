@@ -559,11 +559,15 @@ async def test_a_closed_client_can_work_again(insecure_hub: RunningHub) -> None:
         assert await client.wait(task.id, timeout=10) == 1
 
 
-async def test_a_stopping_service_finishes_or_hands_back_its_runs(hub: RunningHub) -> None:
+@pytest.mark.parametrize("how", ["stop", "close"])
+async def test_a_stopping_service_finishes_or_hands_back_its_runs(hub: RunningHub,
+                                                                  how: str) -> None:
     """A graceful stop of ``work()``: a run that ends within ``stop_timeout`` reports
     its result; one still running then goes back to the queue with its attempt
     refunded and ``rescues`` unchanged. Both were taken from the service at once and
-    counted as lost runs (``rescues + 1``: four redeploys failed a long task)."""
+    counted as lost runs (``rescues + 1``: four redeploys failed a long task). The
+    task is back once ``work()`` (or ``close()``) returns: the hub answered the
+    unsubscribe before it had stored the hand-back."""
     client = HubClient(hub.url, hub.key("svc", subscribe=["stop:*"]))
     started: dict[str, asyncio.Event] = {"short": asyncio.Event(), "long": asyncio.Event()}
 
@@ -585,19 +589,18 @@ async def test_a_stopping_service_finishes_or_hands_back_its_runs(hub: RunningHu
         quick = await hub.app.add("stop:short")
         slow = await hub.app.add("stop:long")
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started.values())), 10)
-        client.stop()
-        await asyncio.wait_for(work, 20)
+        if how == "stop":
+            client.stop()
+            await asyncio.wait_for(work, 20)
+        else:
+            await asyncio.wait_for(client.close(), 20)
+            assert work.done()
+        back = await hub.app.get(slow.id)
     finally:
         client.stop()
         await client.close()
-    assert await hub.app.wait(quick.id, timeout=5) == "done"
-
-    async def handed_back() -> Any:  # the hub writes the release in its next batch
-        task = await hub.app.get(slow.id)
-        return task if task.status is not Status.RUNNING else None
-
-    back = await eventually(handed_back)
     assert (back.status, back.attempts, back.rescues) == (Status.QUEUED, 0, 0), back
+    assert await hub.app.wait(quick.id, timeout=5) == "done"
 
 
 async def test_a_thread_handler_ignoring_an_abort_is_abandoned_after_its_grace(

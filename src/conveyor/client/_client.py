@@ -336,7 +336,8 @@ class HubClient:
     async def close(self) -> None:
         """Stop working (if :meth:`work` runs, as :meth:`stop` does: running tasks
         get its ``stop_timeout`` to finish, then go back to the queue, their attempt
-        refunded), wait for it to return, and disconnect."""
+        refunded), wait for it to return (those tasks are queued again by then),
+        and disconnect."""
         if self._stops:
             ends = list(self._ends)
             self.stop()
@@ -752,7 +753,8 @@ class HubClient:
     def stop(self) -> None:
         """Ask :meth:`work` to stop (thread-safe): it stops taking offers, lets
         running tasks finish for ``stop_timeout`` seconds, hands those still running
-        back to the queue (their attempt refunded), and returns. A stop asked
+        back to the queue (their attempt refunded), and returns once the hub has
+        them queued again. A stop asked
         while no :meth:`work` runs (one about to start, in another thread) applies
         to the next :meth:`work`, which then returns at once."""
         loop = self._loop

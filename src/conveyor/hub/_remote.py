@@ -40,6 +40,7 @@ Leases
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -109,6 +110,8 @@ MAX_ACTIONS = 1000
 MAX_TEXT = 100_000
 """Characters of a service's log line or error message kept (a traceback: twice
 as many); the rest is cut, with a note of how many characters went."""
+RELEASE_WAIT = 5.0
+"""Seconds an ``unsubscribe`` waits for its hand-backs to be stored before it answers."""
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.:@/\-]{1,100}$")
 _OPEN = frozenset({"pending", "offered", "running"})
 
@@ -275,6 +278,11 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
         super().__init__(remote.app.storage, "hub")
         self.remote = remote
         self.releases: list[tuple[str, Lease]] = []
+        self.releases_asked = 0
+        """Releases asked so far: :meth:`release` returns the count as the ticket that
+        :meth:`released` waits for."""
+        self._releases_written = 0
+        self._release_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.lost: list[tuple[str, Lease]] = []
         self.jobs: list[Callable[[], Awaitable[Any]]] = []
         self.announced = asyncio.Event()
@@ -297,11 +305,33 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
         self.announced.clear()
         self._poke()
 
-    def release(self, worker: str, lease: Lease) -> None:
+    def release(self, worker: str, lease: Lease) -> int:
+        """Hand the task back to the queue (attempt refunded); the ticket for
+        :meth:`released`."""
         self.releases.append((worker, lease))
         self.progress.pop(lease.task_id, None)
         self.announced.clear()
         self._poke()
+        self.releases_asked += 1
+        return self.releases_asked
+
+    async def released(self, ticket: int) -> None:
+        """Until the releases asked up to ``ticket`` were written (or failed: their
+        leases then expire)."""
+        if self._releases_written >= ticket:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._release_waiters.append((ticket, future))
+        await future
+
+    def _releases_done(self, upto: int) -> None:
+        self._releases_written = upto
+        waiting, self._release_waiters = self._release_waiters, []
+        for ticket, future in waiting:
+            if ticket > upto:
+                self._release_waiters.append((ticket, future))
+            elif not future.done():
+                future.set_result(None)
 
     def lose(self, worker: str, lease: Lease) -> None:
         """A service that had picked the task up went away: the run is lost, as if
@@ -404,6 +434,7 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
                     if owner is not None:
                         bus.release(owner)
         releases, self.releases = self.releases, []
+        releases_upto = self.releases_asked
         if releases:
             by_worker_r: dict[str, list[Lease]] = {}
             for worker, lease in releases:
@@ -419,6 +450,7 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
                 await remote.app.bus.announce(
                     [(task_id, "task.released") for task_id in released],
                     self.storage.get_many)
+            self._releases_done(releases_upto)
         lost, self.lost = self.lost, []
         if lost:
             by_worker_l: dict[str, list[Lease]] = {}
@@ -557,9 +589,8 @@ class Remote:
                     raise ProtocolError("not_found", "no subscription with id None: "
                                                      "a live query ends with 'unlive'")
                 raise ProtocolError("not_found", f"no subscription with id {target!r}")
-            self.unsubscribe(sub, "unsubscribed")
-            conn.send_msg({"type": "ok", "id": msg["id"]})
-            return None
+            ticket = self.unsubscribe(sub, "unsubscribed")
+            return self._answer_unsubscribe(conn, msg["id"], ticket)
         if name == "heartbeat":
             if msg.get("ack") is True:
                 conn.send_msg({"type": "ok", "id": msg["id"]})
@@ -672,11 +703,21 @@ class Remote:
             self.services[key] = service
         return service
 
-    def unsubscribe(self, sub: Sub, why: str) -> None:
+    async def _answer_unsubscribe(self, conn: Connection, msg_id: Any, ticket: int) -> None:
+        """``ok`` once the runs the subscription handed back are queued again (so that
+        a service's stop returns with its tasks back), or after ``RELEASE_WAIT``."""
+        if ticket:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.writer.released(ticket), RELEASE_WAIT)
+        conn.send_msg({"type": "ok", "id": msg_id})
+
+    def unsubscribe(self, sub: Sub, why: str) -> int:
         """End a subscription: its offers and runs go back to the queue (or to
-        another connection of the service, for delivery ``all``)."""
+        another connection of the service, for delivery ``all``). Returns the
+        writer's ticket of the last release asked (0: none)."""
+        ticket = 0
         if sub.closed:
-            return
+            return ticket
         sub.closed = True
         sub.conn.subs.pop(sub.key, None)
         service = sub.service
@@ -707,7 +748,7 @@ class Remote:
                                            {"service": service.name, "worker": service.worker_id}))
                     self.writer.lose(service.worker_id, held.lease)
                 else:
-                    self.writer.release(service.worker_id, held.lease)
+                    ticket = self.writer.release(service.worker_id, held.lease)
         if not service.subs:
             while service.pending:
                 part = service.pending.popleft()
@@ -718,6 +759,7 @@ class Remote:
             self._refresh_info(service)
             self._drain_pending(service)
         self._wake.set()
+        return ticket
 
     def _refresh_info(self, service: Service) -> None:
         """Write the service's worker record again soon (its connections changed)."""
