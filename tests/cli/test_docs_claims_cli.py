@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from conveyor.hub._credentials import CredentialStore
 
 from ._support import (
@@ -80,6 +82,22 @@ def test_conveyor_debug_adds_the_traceback(tmp_path: Path) -> None:
     assert debug.code == 1, debug
     first = debug.err.splitlines()[0]
     assert first.startswith("error: ") and "not a database" in first, debug
+    assert "Traceback (most recent call last)" in debug.err, debug
+
+
+@pytest.mark.parametrize("args", [("add", "a:b", "1", "--delay", "5x"),
+                                  ("add", "a:b", "1", "--priority", "nan"),
+                                  ("nosuchcmd",)])
+def test_conveyor_debug_adds_the_traceback_of_usage_errors_too(tmp_path: Path,
+                                                                args: tuple[str, ...]) -> None:
+    """"of any error, bad input too": a value an option refuses and an unknown
+    command also print their traceback (they printed the one line only)."""
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    plain = cli(*args, "--db", url, env=clean_env())
+    debug = cli(*args, "--db", url, env=clean_env(CONVEYOR_DEBUG="1"))
+    assert plain.code == debug.code == 2, (plain, debug)
+    assert "Traceback" not in plain.err and len(plain.err.splitlines()) == 1, plain
+    assert debug.err.splitlines()[0] == plain.err.splitlines()[0], debug
     assert "Traceback (most recent call last)" in debug.err, debug
 
 

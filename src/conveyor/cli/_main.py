@@ -113,9 +113,11 @@ def run(args: Sequence[str] | None = None, *, prog_name: str = "conveyor") -> in
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         _error(one_line(exc.format_message()) + hint)
+        _debug_traceback(exc)
         return EXIT_USAGE
     except click.ClickException as exc:
         _error(one_line(exc.format_message()))
+        _debug_traceback(exc)
         return exc.exit_code
     except (click.Abort, KeyboardInterrupt, asyncio.CancelledError):
         return EXIT_INTERRUPTED
@@ -146,11 +148,17 @@ def main(args: Sequence[str] | None = None, *, prog_name: str = "conveyor") -> N
 def _report(exc: BaseException) -> int:
     code, message = describe_error(exc)
     _error(one_line(message))
+    _debug_traceback(exc)
+    return code
+
+
+def _debug_traceback(exc: BaseException) -> None:
+    """With ``CONVEYOR_DEBUG`` set, the traceback of ``exc`` on stderr."""
     if os.environ.get(DEBUG_ENV):
         import traceback
 
-        traceback.print_exception(exc, file=sys.stderr)
-    return code
+        with contextlib.suppress(OSError):
+            traceback.print_exception(exc, file=sys.stderr)
 
 
 def _error(message: str) -> None:
