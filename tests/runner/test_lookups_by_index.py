@@ -74,3 +74,26 @@ async def test_the_memory_key_index_follows_deletes_retries_and_key_hand_overs()
         third, created = await app.add_checked("a", 3, unique_key="k")
         assert created and (await app.get(third.id)).status is Status.QUEUED
         assert app.storage._keyed == {"k": {third.id: None}}  # type: ignore[attr-defined]
+
+
+def test_a_database_of_the_first_version_2_gets_the_created_index(tmp_path: Path) -> None:
+    """Version 2 first held the key index alone (commit 8776854; the created index
+    joined it in the same file later): such a file gets it from version 3."""
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in sqlite_storage._split_statements(sqlite_storage.MIGRATIONS[0].sql):
+        conn.execute(statement)
+    conn.execute("CREATE INDEX conveyor_tasks_key ON conveyor_tasks (unique_key) "
+                 "WHERE unique_key IS NOT NULL")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    with SyncConveyor(f"sqlite:///{path}") as app:
+        app.add("a", 1)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_storage.SCHEMA_VERSION
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = "
+                        "'conveyor_tasks_created'").fetchone()[0] == 1
+    plan = " / ".join(row[3] for row in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM conveyor_tasks ORDER BY created_at DESC, id DESC "
+        "LIMIT 100"))
+    assert "conveyor_tasks_created" in plan and "TEMP B-TREE" not in plan, plan
