@@ -38,7 +38,7 @@ from typing import Any, NoReturn
 
 from ._aio import stop_tasks
 from .errors import ConveyorError, ValidationError
-from .model import LogLevel, Progress, Status, Task
+from .model import LogLevel, LogRecord, Progress, Status, Task
 from .storage import Change, Completion, Storage, _ops
 
 __all__ = [
@@ -721,6 +721,7 @@ class ChangeRelay:
             log.exception("could not read tasks for events")
             tasks = {}
         attempts = self._attempts_of(changes, tasks)
+        logs = await self._read_logs([c.task_id for c, _ in wanted if c.event == "log"])
         for change, type in wanted:
             task = tasks.get(change.task_id)
             if task is not None and task.version != change.version and change.event != "log":
@@ -729,7 +730,7 @@ class ChangeRelay:
                                attempts=attempts.get((change.task_id, change.version),
                                                      task.attempts))
             if change.event == "log":
-                await self._emit_logs(change, task)
+                self._emit_logs(change.task_id, task, logs.pop(change.task_id, None))
                 continue
             if tally and task is not None and change.event in _TALLIED:
                 self.bus._tally(change.event, task, change.status)
@@ -793,17 +794,41 @@ class ChangeRelay:
     def _saw_progress(self, task_id: str, progress: Progress) -> None:
         _remember(self._progress_seen, task_id, progress)
 
-    async def _emit_logs(self, change: Change, task: Task | None) -> None:
-        after = self._log_seen.get(change.task_id, 0)
-        try:
-            records = await self.storage.read_logs(change.task_id, after, LogLevel.DEBUG)
-        except Exception:
-            log.exception("could not read logs for events")
+    async def _read_logs(self, task_ids: Sequence[str]) -> dict[str, Sequence[LogRecord]]:
+        """The new lines of each task (once per task, however many of its log changes
+        the batch holds), read at the same time: one slow read no longer holds up
+        the others (they were read one after another)."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+        at_once = asyncio.Semaphore(_LOG_READS_AT_ONCE)
+
+        async def read(task_id: str) -> Sequence[LogRecord]:
+            async with at_once:
+                return await self.storage.read_logs(task_id, self._log_seen.get(task_id, 0),
+                                                    LogLevel.DEBUG)
+
+        reads = await asyncio.gather(*(read(i) for i in ids), return_exceptions=True)
+        out: dict[str, Sequence[LogRecord]] = {}
+        for task_id, records in zip(ids, reads, strict=True):
+            if isinstance(records, BaseException):
+                if not isinstance(records, Exception):
+                    raise records
+                log.error("could not read logs for events", exc_info=records)
+            else:
+                out[task_id] = records
+        return out
+
+    def _emit_logs(self, task_id: str, task: Task | None,
+                   records: Sequence[LogRecord] | None) -> None:
+        """Emit the lines read of a task (None: read already for an earlier change of
+        the batch, or the read failed)."""
+        if records is None:
             return
         for record in records:
-            self.bus.emit(Event("task.log", change.task_id, task, {"log": record}, record.ts))
-            after = record.seq
-        _remember(self._log_seen, change.task_id, after)
+            self.bus.emit(Event("task.log", task_id, task, {"log": record}, record.ts))
+        _remember(self._log_seen, task_id,
+                  records[-1].seq if records else self._log_seen.get(task_id, 0))
 
 
 def event_types_matching(pattern: str | Sequence[str]) -> Iterable[str]:
@@ -813,6 +838,9 @@ def event_types_matching(pattern: str | Sequence[str]) -> Iterable[str]:
 
 
 _SEEN_CAP = 10_000
+_LOG_READS_AT_ONCE = 8
+"""Log reads the change relay runs at the same time (a batch's tasks' new lines): a
+pool's connections are shared with everything else the process does."""
 
 
 def _remember(seen: dict[str, Any], task_id: str, value: Any) -> None:
