@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -54,6 +55,13 @@ async def test_items_other_than_the_documented_tuples_are_refused(
     assert await storage.count(parse_filter({})) == 0
 
 
+async def _until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time limit"
+        await asyncio.sleep(0.01)
+
+
 async def test_worker_sees_it_only_after_commit(storage: Any, other: Any,
                                                 schema_url: str) -> None:
     seen: list[str] = []
@@ -69,14 +77,13 @@ async def test_worker_sees_it_only_after_commit(storage: Any, other: Any,
         async with await _user_conn(schema_url) as conn:
             async with conn.transaction():
                 [res] = await storage.add_in(conn, [make_spec()])
-                await asyncio.sleep(0.3)  # several listener polls and notifications
-                assert await other.claim("w", ["test:a"], 10, 30) == []
+                # a task added and committed after it reaches the other process...
+                [later] = await storage.add([make_spec("test:later")])
+                await _until(lambda: later.task.id in seen)
+                # ...while the one of the open transaction is neither seen nor claimable
                 assert res.task.id not in seen
-            for _ in range(100):
-                if res.task.id in seen:
-                    break
-                await asyncio.sleep(0.01)
-            assert res.task.id in seen  # the commit woke the other process
+                assert await other.claim("w", ["test:a"], 10, 30) == []
+            await _until(lambda: res.task.id in seen)  # the commit woke the other process
             claimed = await other.claim("w", ["test:a"], 10, 30)
             assert [t.id for t in claimed] == [res.task.id]
     finally:
