@@ -258,6 +258,8 @@ class Worker:
         self.limits = ClaimLimits({h.action: h.limit for h in self.registry.handlers()
                                    if h.limit is not None})
         self.running: dict[str, _Run] = {}
+        self.unstored = 0
+        """Outcomes of ended runs handed to the writer and not yet stored."""
         # a task rescued from a dead worker runs alone (see _alone_if_rescued)
         self._alone: str | None = None
         self._single = False
@@ -380,7 +382,10 @@ class Worker:
     # -- claiming -------------------------------------------------------------
 
     def _free(self) -> int:
-        return self.concurrency - len(self.running) - self.zombies
+        # outcomes waiting to be stored beyond one per slot hold claims back: a slow
+        # storage is not handed ever more runs whose ends it cannot keep up with
+        return (self.concurrency - len(self.running) - self.zombies
+                - max(0, self.unstored - self.concurrency))
 
     async def _claim_loop(self) -> None:
         errors = 0
@@ -867,15 +872,20 @@ class Worker:
             progress = pending[1]
         run.done = True
         self._writer.finish(Completion(run.task.id, run.lease.token, transition, progress), run)
-        self._forget(run)
+        self.unstored += 1
+        self._forget(run, outcome_pending=True)
 
-    def _forget(self, run: _Run) -> None:
+    def _forget(self, run: _Run, outcome_pending: bool = False) -> None:
+        """The run no longer takes a slot. Its lease is kept in the heartbeats while
+        its outcome waits to be stored (``outcome_pending``; :meth:`_finished` lets it
+        go): a slow storage must not let it expire and the task run again."""
         if self.running.get(run.task.id) is run:
             del self.running[run.task.id]
             if self._alone == run.task.id:
                 self._alone = None
-            with self._leases_lock:
-                self._leases.pop(run.task.id, None)
+            if not outcome_pending:
+                with self._leases_lock:
+                    self._leases.pop(run.task.id, None)
             self._slot.set()
 
     def _finished(self, completion: Completion, run: _Run, refused: bool,
@@ -883,6 +893,12 @@ class Worker:
         """Called by the writer once a completion is stored (or refused; ``aborted``:
         refused because an abort requested meanwhile ended the task instead, as
         read)."""
+        self.unstored -= 1
+        with self._leases_lock:
+            held = self._leases.get(completion.task_id)
+            if held is not None and held.token == completion.token:
+                del self._leases[completion.task_id]  # not a later claim of the task
+        self._slot.set()
         if aborted is not None:
             log.info("task %s: aborted as its run ended; not queued again",
                      completion.task_id)
@@ -1012,7 +1028,8 @@ class Worker:
                     try:
                         reply = await storage.heartbeat(self.id, leases, self.lease)
                         if self._loop is not None and (reply.lost or reply.abort_requested):
-                            self._loop.call_soon_threadsafe(self._on_heartbeat, reply)
+                            sent = {lease.task_id: lease.token for lease in leases}
+                            self._loop.call_soon_threadsafe(self._on_heartbeat, reply, sent)
                         if not reply.known:  # forgotten while paused: say we are alive
                             await storage.register_worker(self._info())
                     except Exception as exc:
@@ -1039,10 +1056,13 @@ class Worker:
             if own:
                 await storage.close()
 
-    def _on_heartbeat(self, reply: HeartbeatReply) -> None:
+    def _on_heartbeat(self, reply: HeartbeatReply, sent: dict[str, str]) -> None:
+        """``sent``: the token of each lease the heartbeat named. A lease reported lost
+        is that claim's (an ended run's, kept until its outcome was stored, may be
+        reported lost after a new claim of the task: that run goes on)."""
         for task_id in reply.lost:
             run = self.running.get(task_id)
-            if run is not None and not run.done:
+            if run is not None and not run.done and run.lease.token == sent.get(task_id):
                 if not run.lost:  # said once: a sync handler's thread runs on, and its
                     # lease is reported lost at each beat (an async one is cancelled
                     # again at each: a handler may swallow one cancellation)

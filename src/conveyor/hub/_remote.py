@@ -278,6 +278,10 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
         super().__init__(remote.app.storage, "hub")
         self.remote = remote
         self.releases: list[tuple[str, Lease]] = []
+        self.unstored: dict[str, dict[str, Lease]] = {}
+        """The leases of ended runs whose outcomes wait to be stored, by worker id: the
+        heartbeats keep extending them meanwhile (a slow storage must not let them
+        expire and the tasks run again)."""
         self.releases_asked = 0
         """Releases asked so far: :meth:`release` returns the count as the ticket that
         :meth:`released` waits for."""
@@ -301,9 +305,22 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
     def finish(self, worker: str, completion: Completion, task: Task | None) -> None:
         """Store ``completion``; ``task`` (the claimed task) announces it, None does not."""
         self.completions.append((worker, completion, task))
+        self.unstored.setdefault(worker, {})[completion.task_id] = Lease(completion.task_id,
+                                                                         completion.token)
         self.progress.pop(completion.task_id, None)
         self.announced.clear()
         self._poke()
+
+    def _stored(self, worker: str, completions: Sequence[Completion]) -> None:
+        held = self.unstored.get(worker)
+        if held is None:
+            return
+        for c in completions:
+            lease = held.get(c.task_id)
+            if lease is not None and lease.token == c.token:
+                del held[c.task_id]
+        if not held:
+            del self.unstored[worker]
 
     def release(self, worker: str, lease: Lease) -> int:
         """Hand the task back to the queue (attempt refunded); the ticket for
@@ -405,6 +422,7 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
                 for worker, items in by_worker.items():
                     refused = set(await self.storage.finish(worker, [c for c, _ in items]))
                     done += 1
+                    self._stored(worker, [c for c, _ in items])
                     aborted = await self.aborted_instead(refused, [c for c, _ in items])
                     for completion, task in items:
                         self.progress_written.pop(completion.task_id, None)
@@ -1419,6 +1437,7 @@ class Remote:
         for service in list(self.services.values()):
             leases = [h.lease for s in service.subs for h in s.held.values() if h.fan is None]
             leases.extend(f.lease for f in self.fans.values() if f.service is service)
+            leases.extend(self.writer.unstored.get(service.worker_id, {}).values())
             if not service.subs and not leases:
                 continue
             try:
@@ -1431,15 +1450,18 @@ class Remote:
             except Exception as exc:
                 log.warning("service %s: heartbeat failed: %s", service.name, exc)
                 continue
+            sent = {lease.task_id: lease.token for lease in leases}
             for task_id in reply.lost:
-                self._lost(task_id)
+                self._lost(task_id, sent[task_id])
             for task_id, reason in reply.abort_requested.items():
                 self.abort_local(task_id, reason)
 
-    def _lost(self, task_id: str) -> None:
-        """Storage says the lease is gone (rescued or taken over): stop the run here."""
+    def _lost(self, task_id: str, token: str) -> None:
+        """Storage says the lease ``token`` is gone (rescued or taken over): stop the
+        run here, if it is that claim's (an ended run's lease, kept until its outcome
+        was stored, may be reported lost after a new claim of the task)."""
         held = self.index.get(task_id)
-        if held is not None:
+        if held is not None and held.lease.token == token:
             log.warning("task %s: lease lost; withdrawing it from service %s", task_id,
                         held.sub.service.name)
             held.sub.send('"type":"cancel","task_id":' + _json.dumps(task_id)
@@ -1447,7 +1469,7 @@ class Remote:
             self._forget(held)
             return
         fan = self.fans.get(task_id)
-        if fan is not None:
+        if fan is not None and fan.lease.token == token:
             for part in fan.parts.values():
                 if part.held is not None:
                     part.held.sub.send('"type":"cancel","task_id":' + _json.dumps(task_id)

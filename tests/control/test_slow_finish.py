@@ -1,0 +1,53 @@
+"""A storage slow to store outcomes: the runs that ended keep their leases in the
+heartbeats until their outcomes are stored, and the worker stops claiming once one
+outcome per slot waits.
+
+The lease of an ended run left the heartbeats at once: with the finishes held up
+past the lease (the PostgreSQL benchmark's 30-100 s finishes), the sweeper rescued
+those tasks and they ran again, while the worker went on claiming more than it
+could finish (22,200 outcomes waiting in one worker)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from conveyor import Context, Conveyor
+from conveyor.model import Status
+
+CONCURRENCY = 4
+LEASE = 1.0
+
+
+async def test_ended_runs_keep_their_leases_until_stored(url: str) -> None:
+    app = Conveyor(url, concurrency=CONCURRENCY, lease=LEASE, sweep_interval=0.2,
+                   stop_timeout=5.0)
+    runs: Counter[str] = Counter()
+    gate = asyncio.Event()
+    held = asyncio.Event()
+
+    @app.handler("slow:finish")
+    async def work(ctx: Context[Any]) -> None:
+        runs[ctx.task.id] += 1
+
+    async with app:
+        finish = app.storage.finish
+
+        async def slow_finish(*args: Any, **kwargs: Any) -> Any:
+            held.set()
+            await gate.wait()  # the outcomes wait, and past their leases
+            return await finish(*args, **kwargs)
+
+        app.storage.finish = slow_finish  # type: ignore[method-assign]
+        tasks = await app.add_many([("slow:finish", i) for i in range(40)])
+        await asyncio.wait_for(held.wait(), 10)
+        await asyncio.sleep(4 * LEASE)  # the clock: leases not extended would expire
+        started_while_held = sum(runs.values())
+        gate.set()
+        ended = [await app.wait_task(t.id, timeout=30) for t in tasks]
+    assert [t.status for t in ended] == [Status.SUCCEEDED] * 40
+    assert sorted(runs.values()) == [1] * 40, runs  # none ran twice
+    assert all(t.rescues == 0 for t in ended)
+    # one batch being written, one outcome per slot waiting, the slots running
+    assert started_while_held <= 3 * CONCURRENCY, started_while_held
