@@ -212,6 +212,10 @@ async def test_the_tables_indexes_and_autovacuum_settings(schema_url: str, serve
     index("tasks_status", "tasks", "(status, action)")
     index("tasks_finished", "tasks", "(finished_at)")
     index("tasks_parent", "tasks", "(parent_id)")
+    index("tasks_created", "tasks", "(created_at DESC NULLS LAST, id DESC NULLS LAST)")
+    index("tasks_key_newest", "tasks", "(unique_key, status, created_at, id)",
+          "WHERE (unique_key IS NOT NULL)")
+    assert "tasks_key" not in indexes  # replaced by tasks_key_newest
     assert any(t == "logs" and "(task_id, seq)" in d for t, d in indexes.values()), indexes
     assert any(t == "changes" and d.endswith("(xid)") for t, d in indexes.values()), indexes
     assert options is not None and options[0] is not None
@@ -219,7 +223,7 @@ async def test_the_tables_indexes_and_autovacuum_settings(schema_url: str, serve
         <= set(options[0]), options
     # the migration table of docs/postgres.md: one record per file, named as there
     assert migrations == [(1, "0001_initial.sql"), (2, "0002_ready_hint.sql"),
-                          (3, "0003_batched_changes.sql")]
+                          (3, "0003_batched_changes.sql"), (4, "0004_lookups.sql")]
 
 
 async def test_migrate_refuses_a_tasks_table_it_did_not_make(bare_url: str, server: str) -> None:

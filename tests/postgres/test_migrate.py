@@ -94,7 +94,7 @@ async def test_upgrade_from_version_2_keeps_the_feed(bare_url: str, server: str,
                      "created_at, updated_at) SELECT 'old-' || i, 'test:a', 'null', 'queued', "
                      "0, 0, 0 FROM generate_series(1, 3) AS i")
     monkeypatch.undo()
-    assert await migrate(bare_url) == SCHEMA_VERSION == 3
+    assert await migrate(bare_url) == SCHEMA_VERSION == 4
     storage = PostgresStorage(bare_url)
     await storage.open()
     try:

@@ -8,7 +8,12 @@
 -- the primary key whatever the statistics say. Analyzed while few tasks ran (a
 -- queue filled at a quiet time), the plain form read every running task for each
 -- id: a finish of 5,000 with 20,000 running took 41 s instead of 0.1 s, the
--- finishes fell behind and the leases of the tasks they ended expired.
+-- finishes fell behind and the leases of the tasks they ended expired. Those that
+-- lock a worker's batch (heartbeat, progress, finish) go through the batch, sorted
+-- by id, and look each id up in a LATERAL subquery: a join let the planner scan the
+-- table and read the whole batch once per running task (rows x batch) when it
+-- expected few running; the UPDATE then joins the rows locked (mine) by id alone,
+-- their token and status checked as they were locked.
 
 -- name: insert_tasks
 -- New tasks as one JSON array of rows:
@@ -46,7 +51,21 @@ ON CONFLICT (unique_key)
 RETURNING id
 
 -- name: tasks_with_keys
-SELECT * FROM {schema}.tasks WHERE unique_key = ANY(%(keys)s::text[])
+-- The tasks an add of these keys may get back (storage.base.key_holder chooses): the
+-- holder of each key (in its own scope: at most one, by the unique index), and for
+-- each key and status the newest task (by tasks_key_newest): a few rows per key,
+-- however many ended tasks once held it (all of them were read and decoded: 3.9 s
+-- for an add of a key 100,000 ended tasks had used).
+SELECT * FROM {schema}.tasks
+WHERE unique_key = ANY(%(keys)s::text[]) AND strpos(unique_scope, '|' || status || '|') > 0
+UNION ALL
+SELECT x.* FROM unnest(%(keys)s::text[]) AS k(key)
+CROSS JOIN unnest(ARRAY['queued', 'running', 'succeeded', 'failed', 'aborted']) AS s(status)
+CROSS JOIN LATERAL (
+    SELECT * FROM {schema}.tasks AS t
+    WHERE t.unique_key = k.key AND t.status = s.status
+    ORDER BY t.created_at DESC, t.id DESC
+    LIMIT 1) AS x
 
 -- name: save_tasks
 -- Write back tasks changed in Python (cold paths), each only if nobody changed it meanwhile.
@@ -249,17 +268,18 @@ FOR UPDATE SKIP LOCKED
 -- Like every statement of a worker on its running tasks, it locks them in the
 -- order of their ids (mine) first: two such statements wait for each other
 -- instead of deadlocking.
-WITH mine AS (
-    SELECT t.id, l.token
-    FROM {schema}.tasks AS t
-    JOIN unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token) ON t.id = l.id
-    WHERE t.token = l.token AND (t.status = 'running') IS TRUE
-    ORDER BY t.id
-    FOR UPDATE OF t
+WITH l AS MATERIALIZED (
+    SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
+    ORDER BY id COLLATE "C"
+), mine AS (
+    SELECT l.id FROM l CROSS JOIN LATERAL (
+        SELECT 1 FROM {schema}.tasks AS t
+        WHERE t.id = l.id AND t.token = l.token AND (t.status = 'running') IS TRUE
+        FOR UPDATE OF t) AS held
 ), held AS (
     UPDATE {schema}.tasks AS t SET lease_until = %(lease_until)s
     FROM mine
-    WHERE t.id = mine.id AND t.token = mine.token AND (t.status = 'running') IS TRUE
+    WHERE t.id = mine.id
     RETURNING t.id, t.abort_requested
 ), w AS (
     UPDATE {schema}.workers SET last_seen = %(now)s, running = (SELECT count(*) FROM held)
@@ -271,19 +291,20 @@ UNION ALL
 SELECT NULL, NULL FROM w
 
 -- name: update_progress
-WITH r AS (
+WITH r AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(id text, token text, progress jsonb)
+    ORDER BY id COLLATE "C"
 ), mine AS (
-    SELECT r.* FROM {schema}.tasks AS t JOIN r ON t.id = r.id
-    WHERE t.token = r.token AND (t.status = 'running') IS TRUE
-    ORDER BY t.id
-    FOR UPDATE OF t
+    SELECT r.* FROM r CROSS JOIN LATERAL (
+        SELECT 1 FROM {schema}.tasks AS t
+        WHERE t.id = r.id AND t.token = r.token AND (t.status = 'running') IS TRUE
+        FOR UPDATE OF t) AS held
 )
 UPDATE {schema}.tasks AS t SET
     progress = r.progress, updated_at = %(now)s, version = t.version + 1,
     event = 'progress', origin = %(origin)s
 FROM mine AS r
-WHERE t.id = r.id AND t.token = r.token AND (t.status = 'running') IS TRUE
+WHERE t.id = r.id
 RETURNING t.id, r.token
 
 -- name: finish_tasks
@@ -291,15 +312,16 @@ RETURNING t.id, r.token
 -- A run queued again while an abort is requested is left to the cold path
 -- (_ops.finished_with_event: it ends aborted). Rows locked in id order (mine), as
 -- by the heartbeat.
-WITH c AS (
+WITH c AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS c(
         id text, token text, status text, run_at float8, result jsonb, error jsonb,
         reason text, refund integer, progress jsonb, event text)
+    ORDER BY id COLLATE "C"
 ), mine AS (
-    SELECT c.* FROM {schema}.tasks AS t JOIN c ON t.id = c.id
-    WHERE t.token = c.token AND (t.status = 'running') IS TRUE
-    ORDER BY t.id
-    FOR UPDATE OF t
+    SELECT c.* FROM c CROSS JOIN LATERAL (
+        SELECT 1 FROM {schema}.tasks AS t
+        WHERE t.id = c.id AND t.token = c.token AND (t.status = 'running') IS TRUE
+        FOR UPDATE OF t) AS held
 )
 UPDATE {schema}.tasks AS t SET
     status = c.status,
@@ -317,8 +339,7 @@ UPDATE {schema}.tasks AS t SET
     progress = coalesce(c.progress, t.progress),
     updated_at = %(now)s, version = t.version + 1, event = c.event, origin = %(origin)s
 FROM mine AS c
-WHERE t.id = c.id AND t.token = c.token AND (t.status = 'running') IS TRUE
-  AND NOT (c.status = 'queued' AND t.abort_requested IS NOT NULL)
+WHERE t.id = c.id AND NOT (c.status = 'queued' AND t.abort_requested IS NOT NULL)
 RETURNING t.id, c.token
 
 -- name: held_tasks
