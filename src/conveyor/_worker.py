@@ -205,8 +205,12 @@ class _Writer(BatchedWrites[tuple[Completion, "_Run"]]):
             except (TypeError, ValueError):
                 # a value that cannot be stored must not block the others
                 completions = [self._storable(c, run) for c, run in completions]
-                refused = set(await self.storage.finish(
-                    self.worker.id, [c for c, _ in completions]))
+                try:
+                    refused = set(await self.storage.finish(
+                        self.worker.id, [c for c, _ in completions]))
+                except Exception:
+                    self.completions[:0] = completions  # tried again, as below
+                    raise
             except Exception:
                 self.completions[:0] = completions
                 raise

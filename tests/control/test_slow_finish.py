@@ -51,3 +51,34 @@ async def test_ended_runs_keep_their_leases_until_stored(url: str) -> None:
     assert all(t.rescues == 0 for t in ended)
     # one batch being written, one outcome per slot waiting, the slots running
     assert started_while_held <= 3 * CONCURRENCY, started_while_held
+
+
+async def test_a_failed_retry_of_the_storable_outcomes_is_tried_again(url: str) -> None:
+    """A finish refused as not storable (ValueError) is tried again with the values
+    made storable; when that try failed too (the connection lost) the outcomes were
+    dropped: never stored, their leases renewed for ever, and once more of them
+    than slots, the worker claimed nothing again."""
+    app = Conveyor(url, concurrency=2, lease=LEASE, sweep_interval=0.2, stop_timeout=5.0)
+    calls = 0
+
+    @app.handler("flaky:finish")
+    async def work(ctx: Context[Any]) -> int:
+        return int(ctx.payload)
+
+    async with app:
+        finish = app.storage.finish
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls in (1, 3):
+                raise ValueError("cannot encode")  # tried again as storable values...
+            if calls in (2, 4):
+                raise ConnectionError("connection reset")  # ...which fails too
+            return await finish(*args, **kwargs)
+
+        app.storage.finish = flaky  # type: ignore[method-assign]
+        tasks = await app.add_many([("flaky:finish", i) for i in range(8)])
+        ended = [await app.wait_task(t.id, timeout=30) for t in tasks]
+    assert [(t.status, t.result) for t in ended] == [(Status.SUCCEEDED, i) for i in range(8)]
+    assert calls > 4

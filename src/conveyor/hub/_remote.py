@@ -110,8 +110,9 @@ MAX_ACTIONS = 1000
 MAX_TEXT = 100_000
 """Characters of a service's log line or error message kept (a traceback: twice
 as many); the rest is cut, with a note of how many characters went."""
-RELEASE_WAIT = 5.0
-"""Seconds an ``unsubscribe`` waits for its hand-backs to be stored before it answers."""
+RELEASE_WAIT = 3.0
+"""Seconds an ``unsubscribe`` waits for its hand-backs to be stored before it answers
+(less than the 5 s ``HubClient`` waits for the answer)."""
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.:@/\-]{1,100}$")
 _OPEN = frozenset({"pending", "offered", "running"})
 
@@ -532,6 +533,7 @@ class Remote:
         self._writer: _Writer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._unlisten: list[Callable[[], None]] = []
+        self._answers: set[asyncio.Future[None]] = set()  # unsubscribes being answered
         self._loop: asyncio.AbstractEventLoop | None = None
         self.claimed_total = 0
         self.finished_total = 0
@@ -565,6 +567,8 @@ class Remote:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        for answer in list(self._answers):
+            answer.cancel()
         if self._offer_clock is not None:
             self._tasks.append(self._offer_clock)
         await stop_tasks(*self._tasks, what="the hub's remote-worker tasks")
@@ -580,7 +584,11 @@ class Remote:
         if self._on_changes in self.app._relay_listeners:
             self.app._relay_listeners.remove(self._on_changes)
         if self._writer is not None:
-            await self._writer.close()
+            beating = asyncio.ensure_future(self._beat_while_closing())
+            try:
+                await self._writer.close()
+            finally:
+                await stop_tasks(beating, what="the hub's closing heartbeat")
 
     def wake(self) -> None:
         self._wake.set()
@@ -608,7 +616,14 @@ class Remote:
                                                      "a live query ends with 'unlive'")
                 raise ProtocolError("not_found", f"no subscription with id {target!r}")
             ticket = self.unsubscribe(sub, "unsubscribed")
-            return self._answer_unsubscribe(conn, msg["id"], ticket)
+            if not ticket:
+                conn.send_msg({"type": "ok", "id": msg["id"]})
+                return None
+            # answered beside the connection's other messages, which go on meanwhile
+            answer = asyncio.ensure_future(self._answer_unsubscribe(conn, msg["id"], ticket))
+            self._answers.add(answer)
+            answer.add_done_callback(self._answers.discard)
+            return None
         if name == "heartbeat":
             if msg.get("ack") is True:
                 conn.send_msg({"type": "ok", "id": msg["id"]})
@@ -724,10 +739,10 @@ class Remote:
     async def _answer_unsubscribe(self, conn: Connection, msg_id: Any, ticket: int) -> None:
         """``ok`` once the runs the subscription handed back are queued again (so that
         a service's stop returns with its tasks back), or after ``RELEASE_WAIT``."""
-        if ticket:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.writer.released(ticket), RELEASE_WAIT)
-        conn.send_msg({"type": "ok", "id": msg_id})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.writer.released(ticket), RELEASE_WAIT)
+        if not conn.closed:
+            conn.send_msg({"type": "ok", "id": msg_id})
 
     def unsubscribe(self, sub: Sub, why: str) -> int:
         """End a subscription: its offers and runs go back to the queue (or to
@@ -1423,6 +1438,24 @@ class Remote:
                     log.warning("hub: could not forget dead workers: %s", exc)
             await asyncio.sleep(max(0.0, min(next_beat, next_sweep) - loop.time()))
 
+    async def _beat_unstored(self, covered: set[str]) -> None:
+        """Renew the leases of outcomes waiting to be stored whose service the
+        heartbeat does not cover (``covered``: the worker ids it does): a service that
+        reported its runs and went away, or all of them while the hub stops."""
+        for worker_id, held in list(self.writer.unstored.items()):
+            if worker_id in covered or not held:
+                continue
+            try:
+                await self.app.storage.heartbeat(worker_id, list(held.values()), self.lease)
+            except Exception as exc:
+                log.warning("hub: could not renew the leases of outcomes waiting to be "
+                            "stored: %s", exc)
+
+    async def _beat_while_closing(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            await self._beat_unstored(set())
+
     async def _heartbeat(self) -> None:
         storage = self.app.storage
         silent_after = time.monotonic() - self.lease
@@ -1437,7 +1470,9 @@ class Remote:
         for service in list(self.services.values()):
             leases = [h.lease for s in service.subs for h in s.held.values() if h.fan is None]
             leases.extend(f.lease for f in self.fans.values() if f.service is service)
-            leases.extend(self.writer.unstored.get(service.worker_id, {}).values())
+            live = {lease.task_id for lease in leases}  # a later claim supersedes an ended run
+            ended = self.writer.unstored.get(service.worker_id, {})
+            leases.extend(lease for lease in ended.values() if lease.task_id not in live)
             if not service.subs and not leases:
                 continue
             try:
@@ -1455,6 +1490,7 @@ class Remote:
                 self._lost(task_id, sent[task_id])
             for task_id, reason in reply.abort_requested.items():
                 self.abort_local(task_id, reason)
+        await self._beat_unstored({service.worker_id for service in self.services.values()})
 
     def _lost(self, task_id: str, token: str) -> None:
         """Storage says the lease ``token`` is gone (rescued or taken over): stop the
