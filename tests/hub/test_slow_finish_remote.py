@@ -6,90 +6,84 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from conveyor import Context
 from conveyor.client import HubClient
-from conveyor.model import Status
+from conveyor.model import Status, Task
 
 from ._ws_helpers import make_hub
 
 LEASE = 1.0
 
 
-async def test_remote_outcomes_keep_their_leases_until_stored(tmp_path: Path) -> None:
-    runs: Counter[str] = Counter()
+class Held:
+    """A hub whose finishes wait for ``gate``, a service counting its ``runs``."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.held = asyncio.Event()
+        self.runs: Counter[str] = Counter()
+
+
+@asynccontextmanager
+async def held_finishes(tmp_path: Path, action: str
+                        ) -> AsyncIterator[tuple[Any, HubClient, asyncio.Task[None], Held]]:
+    state = Held()
     async with make_hub(tmp_path, insecure=True, service_lease=LEASE) as hub:
-        gate = asyncio.Event()
-        held = asyncio.Event()
         finish = hub.app.storage.finish
 
         async def slow_finish(*args: Any, **kwargs: Any) -> Any:
-            held.set()
-            await gate.wait()  # the outcomes wait, and past their leases
+            state.held.set()
+            await state.gate.wait()  # the outcomes wait, and past their leases
             return await finish(*args, **kwargs)
 
         hub.app.storage.finish = slow_finish  # type: ignore[method-assign]
         client = HubClient(hub.url)
 
-        @client.handler("slow:remote")
+        @client.handler(action)
         async def work(ctx: Context[Any]) -> None:
-            runs[ctx.task.id] += 1
+            state.runs[ctx.task.id] += 1
 
         worker = asyncio.create_task(client.work("svc", concurrency=4, stop_timeout=1.0))
         try:
             await client.wait_working(10)
-            tasks = await hub.app.add_many([("slow:remote", i) for i in range(20)])
-            await asyncio.wait_for(held.wait(), 10)
-            await asyncio.sleep(4 * LEASE)  # the clock: leases not extended would expire
-            gate.set()
-            ended = [await hub.app.wait_task(t.id, timeout=30) for t in tasks]
+            yield hub, client, worker, state
         finally:
-            gate.set()
+            state.gate.set()
             client.stop()
             await asyncio.wait_for(worker, 20)
             await client.close()
-    assert [t.status for t in ended] == [Status.SUCCEEDED] * 20
-    assert sorted(runs.values()) == [1] * 20, runs  # none ran twice
-    assert all(t.rescues == 0 for t in ended)
+
+
+def _ran_once(ended: list[Task], state: Held) -> None:
+    assert [(t.status, t.rescues) for t in ended] == [(Status.SUCCEEDED, 0)] * len(ended)
+    assert sorted(state.runs.values()) == [1] * len(ended), state.runs  # none ran twice
+
+
+async def test_remote_outcomes_keep_their_leases_until_stored(tmp_path: Path) -> None:
+    async with held_finishes(tmp_path, "slow:remote") as (hub, _, _, state):
+        tasks = await hub.app.add_many([("slow:remote", i) for i in range(20)])
+        await asyncio.wait_for(state.held.wait(), 10)
+        await asyncio.sleep(4 * LEASE)  # the clock: leases not extended would expire
+        state.gate.set()
+        ended = [await hub.app.wait_task(t.id, timeout=30) for t in tasks]
+    _ran_once(ended, state)
 
 
 async def test_outcomes_of_a_service_gone_keep_their_leases(tmp_path: Path) -> None:
     """The service reports its runs, then stops (the hub retires it) while the
     outcomes wait: the hub renews their leases all the same (it renewed only those
     of the services it still had)."""
-    runs: Counter[str] = Counter()
-    async with make_hub(tmp_path, insecure=True, service_lease=LEASE) as hub:
-        gate = asyncio.Event()
-        held = asyncio.Event()
-        finish = hub.app.storage.finish
-
-        async def slow_finish(*args: Any, **kwargs: Any) -> Any:
-            held.set()
-            await gate.wait()
-            return await finish(*args, **kwargs)
-
-        hub.app.storage.finish = slow_finish  # type: ignore[method-assign]
-        client = HubClient(hub.url)
-
-        @client.handler("slow:gone")
-        async def work(ctx: Context[Any]) -> None:
-            runs[ctx.task.id] += 1
-
-        worker = asyncio.create_task(client.work("svc", concurrency=4, stop_timeout=1.0))
-        try:
-            await client.wait_working(10)
-            tasks = await hub.app.add_many([("slow:gone", i) for i in range(4)])
-            await asyncio.wait_for(held.wait(), 10)
-            client.stop()  # the service goes away after its runs ended
-            await asyncio.wait_for(worker, 20)
-            await asyncio.sleep(4 * LEASE)  # the clock: leases not extended would expire
-            gate.set()
-            ended = [await hub.app.wait_task(t.id, timeout=30) for t in tasks]
-        finally:
-            gate.set()
-            client.stop()
-            await client.close()
-    assert [(t.status, t.rescues) for t in ended] == [(Status.SUCCEEDED, 0)] * 4
-    assert sorted(runs.values()) == [1] * 4, runs
+    async with held_finishes(tmp_path, "slow:gone") as (hub, client, worker, state):
+        tasks = await hub.app.add_many([("slow:gone", i) for i in range(4)])
+        await asyncio.wait_for(state.held.wait(), 10)
+        client.stop()  # the service goes away after its runs ended
+        await asyncio.wait_for(worker, 20)
+        await asyncio.sleep(4 * LEASE)  # the clock: leases not extended would expire
+        state.gate.set()
+        ended = [await hub.app.wait_task(t.id, timeout=30) for t in tasks]
+    _ran_once(ended, state)
