@@ -44,10 +44,22 @@ WHERE id = :id AND unique_key IS NOT NULL
 
 -- name: find_live_duplicate
 -- The task holding a key (the rule of storage.base.key_holder): the one in its own
--- scope, else the newest in the given one.
-SELECT * FROM conveyor_tasks
-WHERE unique_key = :unique_key
-  AND (instr(:scope, '|' || status || '|') > 0 OR instr(unique_scope, '|' || status || '|') > 0)
+-- scope, else the newest in the given one. Chosen among the holder (at most one, by
+-- the unique index) and the newest task of each status in the scope (by
+-- conveyor_tasks_key_newest): a few rows, however many ended tasks once held the key.
+SELECT * FROM (
+    SELECT * FROM conveyor_tasks
+    WHERE unique_key = :unique_key AND instr(unique_scope, '|' || status || '|') > 0
+    UNION ALL
+    SELECT t.* FROM (SELECT 'queued' AS s UNION ALL SELECT 'running' UNION ALL
+                     SELECT 'succeeded' UNION ALL SELECT 'failed' UNION ALL
+                     SELECT 'aborted') AS st
+    JOIN conveyor_tasks AS t ON t.id = (
+        SELECT n.id FROM conveyor_tasks AS n
+        WHERE n.unique_key = :unique_key AND n.status = st.s
+        ORDER BY n.created_at DESC, n.id DESC
+        LIMIT 1)
+    WHERE instr(:scope, '|' || st.s || '|') > 0)
 ORDER BY instr(unique_scope, '|' || status || '|') > 0 DESC, created_at DESC, id DESC
 LIMIT 1
 
