@@ -200,18 +200,15 @@ class _Writer(BatchedWrites[tuple[Completion, "_Run"]]):
         owner = None if bus.idle else bus.hold(c.task_id for c, _ in completions)
         try:
             try:
-                refused = set(await self.storage.finish(
-                    self.worker.id, [c for c, _ in completions]))
-            except (TypeError, ValueError):
-                # a value that cannot be stored must not block the others
-                completions = [self._storable(c, run) for c, run in completions]
                 try:
                     refused = set(await self.storage.finish(
                         self.worker.id, [c for c, _ in completions]))
-                except Exception:
-                    self.completions[:0] = completions  # tried again, as below
-                    raise
-            except Exception:
+                except (TypeError, ValueError):
+                    # a value that cannot be stored must not block the others
+                    completions = [self._storable(c, run) for c, run in completions]
+                    refused = set(await self.storage.finish(
+                        self.worker.id, [c for c, _ in completions]))
+            except Exception:  # tried again (the storable values, after such a refusal)
                 self.completions[:0] = completions
                 raise
             aborted = await self.aborted_instead(refused, [c for c, _ in completions])
