@@ -25,6 +25,9 @@ log = logging.getLogger("conveyor")
 CLOSE_TIMEOUT = 15.0
 """Seconds a stopping worker or hub keeps trying to store what its runs reported."""
 
+FINISH_BATCH = 1000
+"""Most outcomes stored in one write; the rest wait for the next, which follows at once."""
+
 C = TypeVar("C")
 
 
@@ -137,8 +140,11 @@ class BatchedWrites(Generic[C]):
         stored first; lines queued during the write (a sync handler's last ones, say)
         wait with their run's completion for the next batch. Taken after, a completion
         could be stored, and its ``task.ended`` emitted, before its last lines. When the
-        write fails the runs are put back."""
-        completions, self.completions = self.completions, []
+        write fails the runs are put back. At most ``FINISH_BATCH`` are taken (outcomes
+        piled up behind a slow storage made one finish of 22,200 rows); the others stay
+        queued, and the writer's loop takes them next."""
+        completions = self.completions[:FINISH_BATCH]
+        del self.completions[:FINISH_BATCH]
         try:
             await self.write_logs_and_progress(bus, interval)
         except BaseException:

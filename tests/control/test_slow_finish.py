@@ -82,3 +82,40 @@ async def test_a_failed_retry_of_the_storable_outcomes_is_tried_again(url: str) 
         ended = [await app.wait_task(t.id, timeout=30) for t in tasks]
     assert [(t.status, t.result) for t in ended] == [(Status.SUCCEEDED, i) for i in range(8)]
     assert calls > 4
+
+
+async def test_outcomes_piled_up_are_stored_in_bounded_batches(url: str) -> None:
+    """Outcomes that piled up behind a held finish are stored at most FINISH_BATCH
+    at a time (they went in one finish: 22,200 rows in the stalled benchmark)."""
+    from conveyor._batched import FINISH_BATCH
+
+    n, slots = 3000, 1500
+    app = Conveyor(url, concurrency=slots, lease=60.0, stop_timeout=5.0)
+    ran = 0
+    piled = asyncio.Event()
+    gate = asyncio.Event()
+    sizes: list[int] = []
+
+    @app.handler("many:finish")
+    async def work(ctx: Context[Any]) -> None:
+        nonlocal ran
+        ran += 1
+        if ran == FINISH_BATCH + 300:
+            piled.set()
+
+    async with app:
+        finish = app.storage.finish
+
+        async def held_finish(worker: str, completions: Any) -> Any:
+            sizes.append(len(completions))
+            await gate.wait()
+            return await finish(worker, completions)
+
+        app.storage.finish = held_finish  # type: ignore[method-assign]
+        tasks = await app.add_many([("many:finish", i) for i in range(n)])
+        await asyncio.wait_for(piled.wait(), 60)  # more outcomes wait than one batch
+        gate.set()
+        ended = [await app.wait_task(t.id, timeout=120) for t in tasks]
+    assert {t.status for t in ended} == {Status.SUCCEEDED}
+    assert sum(sizes) == n
+    assert max(sizes) <= FINISH_BATCH, sizes
