@@ -15,6 +15,7 @@ from ..storage.base import WorkerInfo
 from ._config import HubConfig
 from ._credentials import ANONYMOUS, Credential, CredentialStore
 from ._limits import LoginLimiter
+from ._stats import SharedStats
 
 __all__ = ["WORKER_STALE_AFTER", "AuthError", "Hub", "HubConnection", "Service"]
 
@@ -83,6 +84,8 @@ class Hub:
         self.started_at = time.time()
         self.ready = False
         self._workers: tuple[float, list[WorkerInfo]] = (0.0, [])
+        self.stats = SharedStats(app)
+        """The task counts of ``/api/v1/stats`` and ``/metrics`` (shared once costly)."""
         self._watcher: asyncio.Task[None] | None = None
 
     # -- urls ---------------------------------------------------------------------
@@ -227,4 +230,5 @@ class Hub:
                 with contextlib.suppress(Exception):
                     await conn.close(1001, "hub shutting down")
         await stop_tasks(self._watcher, what="the hub's watcher")
+        self.stats.close()
         await self.app.close()

@@ -6,7 +6,8 @@ a tally on the app's event bus (:meth:`EventBus.add_tally
 <conveyor.events.EventBus.add_tally>`): tasks added, started and finished
 through any route, by this process's worker, and (through the storage change
 feed) by other processes on the same storage. Gauges of task counts per action and status
-are read from ``app.stats()`` when the metrics are scraped.
+are read from the storage when the metrics are scraped (``Hub.stats``: shared
+with ``/api/v1/stats`` once a read is costly).
 
 A credential only sees the samples of the actions it may read (admins see
 every one); samples without an ``action`` label are shown to every
@@ -27,6 +28,7 @@ from prometheus_client.exposition import generate_latest
 
 from ..errors import StorageError
 from ..model import Status
+from ._stats import retrieved
 
 if TYPE_CHECKING:
     from ._credentials import Credential
@@ -126,8 +128,8 @@ class Metrics:
         at the same time share one read (each with its own deadline), and a read
         that outlives its scrape is the next scrape's, so reads never pile up."""
         if self._reading is None or self._reading.done():
-            self._reading = asyncio.create_task(self.hub.app.stats())
-            self._reading.add_done_callback(_retrieved)
+            self._reading = asyncio.create_task(self.hub.stats.read())
+            self._reading.add_done_callback(retrieved)
         try:
             stats = await asyncio.wait_for(asyncio.shield(self._reading), self.storage_timeout)
         except (TimeoutError, StorageError) as exc:
@@ -172,9 +174,3 @@ class _Visible:
             action = sample.labels.get("action")
             if action is None or self.cred.can_read(action):
                 yield sample
-
-
-def _retrieved(task: asyncio.Task[Any]) -> None:
-    """A shared read's error is the scrapes' to report; none may be left unread."""
-    if not task.cancelled():
-        task.exception()

@@ -616,7 +616,7 @@ class _Api:
 
     async def stats(self, request: Request, cred: Credential) -> Response:
         _no_query(request)
-        stats = await self.app.stats()
+        stats = await self.hub.stats.read()
         if not cred.admin:
             stats = {a: counts for a, counts in stats.items() if cred.can_read(a)}
         return JSONResponse({"stats": stats})
