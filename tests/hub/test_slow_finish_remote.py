@@ -65,13 +65,19 @@ def _ran_once(ended: list[Task], state: Held) -> None:
 
 
 async def test_remote_outcomes_keep_their_leases_until_stored(tmp_path: Path) -> None:
+    """...and the hub stops claiming for a service while more of its outcomes wait
+    than it has slots (8: concurrency 4 and the client's default prefetch), as a
+    worker does: it went on offering every task (60 of 60 ran while held)."""
     async with held_finishes(tmp_path, "slow:remote") as (hub, _, _, state):
-        tasks = await hub.app.add_many([("slow:remote", i) for i in range(20)])
+        tasks = await hub.app.add_many([("slow:remote", i) for i in range(60)])
         await asyncio.wait_for(state.held.wait(), 10)
         await asyncio.sleep(4 * LEASE)  # the clock: leases not extended would expire
+        started_while_held = sum(state.runs.values())
         state.gate.set()
         ended = [await hub.app.wait_task(t.id, timeout=30) for t in tasks]
     _ran_once(ended, state)
+    # one batch being written, one outcome per slot waiting, the slots running
+    assert started_while_held <= 3 * 8, started_while_held
 
 
 async def test_outcomes_of_a_service_gone_keep_their_leases(tmp_path: Path) -> None:
@@ -87,3 +93,47 @@ async def test_outcomes_of_a_service_gone_keep_their_leases(tmp_path: Path) -> N
         state.gate.set()
         ended = [await hub.app.wait_task(t.id, timeout=30) for t in tasks]
     _ran_once(ended, state)
+
+
+async def test_full_services_do_not_spin_the_dispatcher(tmp_path: Path) -> None:
+    """Every slot taken and tasks ready: the hub waits for a slot to free. It read
+    the next due time and waited 1 ms, over and over (~600 reads a second)."""
+    async with make_hub(tmp_path, insecure=True) as hub:
+        storage = hub.app.storage
+        reads = 0
+        next_run_at = storage.next_run_at
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return await next_run_at(*args, **kwargs)
+
+        storage.next_run_at = counted  # type: ignore[method-assign]
+        client = HubClient(hub.url)
+        gate = asyncio.Event()
+        running: set[str] = set()
+        full = asyncio.Event()
+
+        @client.handler("busy")
+        async def work(ctx: Context[Any]) -> None:
+            running.add(ctx.task.id)
+            if len(running) == 2:
+                full.set()
+            await gate.wait()
+
+        worker = asyncio.create_task(client.work("svc", concurrency=2, stop_timeout=1.0))
+        try:
+            await client.wait_working(10)
+            tasks = await hub.app.add_many([("busy", i) for i in range(20)])
+            await asyncio.wait_for(full.wait(), 10)
+            before = reads
+            await asyncio.sleep(2.0)  # the window the reads are counted in
+            assert reads - before <= 4, reads - before  # idle_poll is 1 s
+            gate.set()
+            ended = [await hub.app.wait_task(t.id, timeout=30) for t in tasks]
+            assert {t.status for t in ended} == {Status.SUCCEEDED}
+        finally:
+            gate.set()
+            client.stop()
+            await asyncio.wait_for(worker, 20)
+            await client.close()

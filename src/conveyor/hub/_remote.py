@@ -322,6 +322,7 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
                 del held[c.task_id]
         if not held:
             del self.unstored[worker]
+        self.remote.wake()  # a service held back by its outcomes may claim again
 
     def release(self, worker: str, lease: Lease) -> int:
         """Hand the task back to the queue (attempt refunded); the ticket for
@@ -528,6 +529,7 @@ class Remote:
         self._offer_clock: asyncio.Task[None] | None = None
         self._worker_ids: set[str] = set()
         self._wake = asyncio.Event()
+        self._room = False  # the last dispatch found a free slot to claim for
         self._stopping = False
         self._leaving = False  # the hub closes its connections: runs are handed back
         self._writer: _Writer | None = None
@@ -850,17 +852,24 @@ class Remote:
 
     async def _dispatch_once(self) -> bool:
         services = [s for s in self.services.values() if s.subs]
+        self._room = False
         if not services:
             return False
         more = False
         storage = self.app.storage
         writer = self.writer
         for service in services:
+            # as a worker does: no claim while more of the service's outcomes wait to
+            # be stored than it has slots (a slow storage); _stored wakes this loop
+            slots = sum(s.capacity for s in service.subs if not s.closed)
+            if len(writer.unstored.get(service.worker_id, ())) > slots:
+                continue
             for actions, subs in service.groups().items():
                 free = sum(s.free for s in subs if not s.closed)
                 if free <= 0:
                     continue
                 limit = min(free, CLAIM_BATCH)
+                self._room = True
                 if not writer.announced.is_set() and self.state.streams.by_task:
                     # someone follows tasks: tell a finished run before its next start
                     await writer.announced.wait()
@@ -875,7 +884,9 @@ class Remote:
         timeout = self.app.idle_poll
         actions = sorted({a for s in self.services.values() for sub in s.subs
                           for a in sub.actions})
-        if actions:
+        # with no free slot, a task due now cannot be claimed: a slot freed wakes the
+        # loop (_forget); reading the next due time then spun (1 ms waits, ~600 reads/s)
+        if actions and self._room:
             try:
                 due = await self.app.storage.next_run_at(actions)
             except Exception:
