@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from conveyor.client import HubClient
-from conveyor.errors import QueryError
+from conveyor.errors import QueryError, ValidationError
 from conveyor.query._regex import compile_regex, search
 
 from ._rest_helpers import API, client
@@ -74,3 +74,26 @@ async def test_the_hub_bounds_its_clients_patterns_not_its_own_scope(hub: Runnin
         assert "concurrency[0].query.payload.n.$regex" in too_long.text
     # the embedded API is not bounded (a stored condition is parsed again at each claim)
     assert await hub.app.count({"payload.s": {"$regex": "a" * 1001}}) == 0
+
+
+@pytest.mark.parametrize("rights", [{"admin": True}, {"publish": ["*"]}])
+async def test_every_credential_s_conditions_are_bounded(hub: RunningHub,
+                                                         rights: dict[str, object]) -> None:
+    """An admin's conditions, and those of a key that may read every action, are
+    stored as given but bounded all the same (they were not: a 1001-character
+    pattern was stored), over REST and WebSocket; nothing is added."""
+    key = hub.key("broad", **rights)
+    condition = {"query": {"payload.n": {"$regex": "b" * 1001}}}
+    async with client(hub, key) as http:
+        refused = await http.post(f"{API}/tasks", json={"action": "cond:x",
+                                                        "concurrency": [condition]})
+        assert refused.status_code == 422, refused.text
+        assert "concurrency[0].query.payload.n.$regex" in refused.text
+        five = {"query": {"$or": [{"payload.n": {"$regex": c * 1000}} for c in "abcde"]}}
+        refused = await http.post(f"{API}/tasks", json={"action": "cond:x",
+                                                        "concurrency": five})
+        assert refused.status_code == 422, refused.text
+    async with HubClient(hub.url, key) as ws:
+        with pytest.raises(ValidationError, match=r"concurrency\[0\].query.payload.n.\$regex"):
+            await ws.add("cond:x", concurrency=condition)
+    assert await hub.app.count({"action": "cond:x"}) == 0

@@ -56,8 +56,8 @@ async def add_as(app: Conveyor, cred: Credential, items: Sequence[dict[str, Any]
     task it may not read. ``before_events(results)``: run once the tasks are stored,
     before their events go out (a publish's streams start listening then)."""
     several = len(items) > 1
-    if not cred.admin and "*" not in cred.readable:
-        items = [_scoped_conditions(item, cred) for item in items]
+    narrow = not cred.admin and "*" not in cred.readable
+    items = [_scoped_conditions(item, cred, narrow) for item in items]
     if several and not cred.admin:
         await _check_holders(app, cred, items)
     added = [(r.task, r.created)
@@ -88,10 +88,12 @@ async def _check_holders(app: Conveyor, cred: Credential,
             raise KeyHeld(i, key, True, False)
 
 
-def _scoped_conditions(item: dict[str, Any], cred: Credential) -> dict[str, Any]:
-    """``item`` with its conditions' queries narrowed to the actions ``cred`` may read.
-    A condition the add will refuse (not an object, a bad query) is left as it is, so
-    that its error keeps its own words and path."""
+def _scoped_conditions(item: dict[str, Any], cred: Credential, narrow: bool
+                       ) -> dict[str, Any]:
+    """``item`` with its conditions' queries held to the hub's bound on patterns (for
+    every credential: an admin's too) and, when ``narrow``, narrowed to the actions
+    ``cred`` may read. A condition the add will refuse (not an object, a bad query) is
+    left as it is, so that its error keeps its own words and path."""
     conditions = item.get("concurrency")
     if not isinstance(conditions, Mapping | list):
         return item  # none, or refused by the add
@@ -107,8 +109,9 @@ def _scoped_conditions(item: dict[str, Any], cred: Credential) -> dict[str, Any]
                 # the hub's own bound on patterns (the add does not know it comes from a hub)
                 parse_filter(cond["query"], bounded=True,
                              where=f"concurrency[{i}].query" if several else "concurrency.query")
-                cond = {**cond, "query": {"$and": [read_scope_query(cred.readable),
-                                                   cond["query"]]}}
+                if narrow:
+                    cond = {**cond, "query": {"$and": [read_scope_query(cred.readable),
+                                                       cond["query"]]}}
         scoped.append(cond)
     return {**item, "concurrency": scoped if several else scoped[0]}
 
