@@ -11,6 +11,7 @@ from typing import Any
 from .errors import ValidationError
 
 __all__ = [
+    "WIRE_DEPTH",
     "check_depth",
     "copy_checked",
     "dumps",
@@ -20,6 +21,10 @@ __all__ = [
     "loads",
     "loads_strict",
 ]
+
+WIRE_DEPTH = 64
+"""Deepest nesting of arrays and objects in a WebSocket frame or a REST body (the
+hub refuses deeper ones; its clients refuse to send them)."""
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _decoder = json.JSONDecoder()

@@ -5,6 +5,7 @@ backoff) sent as their JSON."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import math
 from datetime import timedelta
@@ -173,3 +174,25 @@ async def test_a_hub_urls_password_stays_out_of_messages() -> None:
     with pytest.raises(ValueError, match="not a hub URL") as bad:
         HubClient("ftp://ann:s3cret@127.0.0.1:1", "cvk_1_x")
     assert "s3cret" not in str(bad.value)
+
+
+def _nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+async def test_a_message_nested_too_deeply_is_refused_by_the_client(hub: RunningHub) -> None:
+    """The hub refuses a frame nested more than 64 levels (bad_json, without the
+    message's id): HubClient.add waited for ever. The client refuses it itself."""
+    key = hub.key("pub", publish=["mail:*"])
+    async with HubClient(hub.url, key) as ws, HTTPClient(hub.url, key) as http:
+        for client in (ws, http):
+            with pytest.raises(ValidationError, match="nested more than 64 levels"):
+                await asyncio.wait_for(client.add("mail:send", _nested(64)), 10)
+        assert await hub.app.count() == 0
+        assert ws._link is not None and not ws._link._pending
+        # a deep payload that fits the frame goes through
+        task = await ws.add("mail:send", _nested(60))
+        assert (await hub.app.get(task.id)).payload == _nested(60)

@@ -177,6 +177,10 @@ class Link:
             text = _json.dumps(message)
         except (TypeError, ValueError, RecursionError) as exc:  # a set, NaN: nothing sent
             raise Unsendable(f"the {kind} message is not JSON-serialisable: {exc}") from None
+        try:  # deeper, the hub answers bad_json without the message's id
+            _json.check_depth(message, f"the {kind} message", _json.WIRE_DEPTH)
+        except ValueError as exc:
+            raise Unsendable(str(exc)) from None
         try:
             size = _size(text)
         except UnicodeEncodeError:  # the hub refuses it (bad_json), even escaped

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
-MAX_DEPTH = 64
+MAX_DEPTH = _json.WIRE_DEPTH
 """Deepest nesting of arrays and objects in a WebSocket frame or a REST body."""
 
 CLOSE_NORMAL = 1000
