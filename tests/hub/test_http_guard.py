@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -270,3 +271,33 @@ async def test_a_connection_answered_early_is_kept_for_the_next_request(
     assert reply.startswith(b"HTTP/1.1 404 "), reply[:100]
     assert b"HTTP/1.1 201 " in reply, reply[-300:]
     assert await guarded.app.count({"action": "k:x"}) == 1
+
+
+async def test_a_connection_answered_early_then_idle_is_closed(tmp_path: Path) -> None:
+    """A request refused before its body was read (no key: 401), whose body then came
+    whole, left the connection open for good once the client went quiet: the body's
+    bytes stopped uvicorn's keep-alive timer, and nothing started it again."""
+    store = CredentialStore(tmp_path / "credentials.json")
+    config = HubConfig(port=0, credentials_path=str(store.path))
+    async with running_hub(Conveyor(hub_db_url(tmp_path)), config, store) as hub:
+        body = b'{"action": "k:x", "payload": "' + b"x" * 1_000_000 + b'"}'
+        head = (b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                b"application/json\r\nContent-Length: " + str(len(body)).encode()
+                + b"\r\n\r\n")
+
+        def idle_after_answer() -> tuple[bytes, float]:
+            with socket.create_connection(("127.0.0.1", _port(hub)), timeout=10) as sock:
+                sock.sendall(head)
+                reply = sock.recv(65536)  # the 401, before the body was sent
+                sock.sendall(body)
+                began = time.monotonic()
+                try:
+                    _read_all(sock, 15)  # until the hub closes
+                except TimeoutError:
+                    return reply, float("inf")
+                return reply, time.monotonic() - began
+
+        reply, closed_after = await asyncio.to_thread(idle_after_answer)
+        assert reply.startswith(b"HTTP/1.1 401 "), reply[:100]
+        assert closed_after < 10, "the idle connection was not closed (keep-alive: 5 s)"
+        assert await hub.app.count() == 0

@@ -65,6 +65,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._head = 0           # the head's bytes read so far
         self._tail = b""         # its last 3 bytes (an end split across two reads)
         self._framing = 0        # bytes of the body read since its last data
+        self._idle_after = False  # an answered request's body ended: idle once read
         # the time a head may take, or the unread rest of an answered request's body
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
             self.head_timeout, self._late)
@@ -98,6 +99,21 @@ class GuardedHttpTools(HttpToolsProtocol):
         if self._in_body and self._framing > self.max_head:
             self._refuse(431, "Request Header Fields Too Large", "too_large",
                          f"a chunk size or the trailers are over {self.max_head} bytes")
+        if self._idle_after:
+            self._idle_after = False
+            self._keep_alive_again()
+
+    def _keep_alive_again(self) -> None:
+        """The rest of an answered request's body came: the connection is idle, and
+        closed after uvicorn's keep-alive, as after any answer. (The body's bytes
+        stopped that timer, and no answer was left to start it again: a client that
+        went quiet then held the connection for good.)"""
+        cycle = self.cycle
+        if (self.transport.is_closing() or self.pipeline or self.timeout_keep_alive_task
+                is not None or (cycle is not None and not cycle.response_complete)):
+            return
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -110,6 +126,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._idle_after = self.cycle is not None and self.cycle.response_complete
         super().on_message_complete()
         self._in_head, self._head, self._tail = True, 0, b""
         self._in_body = False
