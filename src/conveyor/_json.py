@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -87,6 +88,8 @@ def _finite_float(text: str) -> float:
 
 
 _INF = float("inf")
+_BIG_INT = "integer string conversion"  # Python's bound on int <-> text (CVE-2020-10735)
+_INT_DIGITS = sys.get_int_max_str_digits()
 _strict_decoder = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
 _SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
@@ -107,6 +110,9 @@ def loads_strict(text: str | bytes, what: str, max_depth: int | None = None) -> 
         raise ValueError(f"{what} is not valid JSON: {exc.msg} (line {exc.lineno}, "
                          f"column {exc.colno})") from None
     except ValueError as exc:
+        if _BIG_INT in str(exc):
+            raise ValueError(f"{what} holds an integer of more than {_INT_DIGITS} digits, "
+                             "the most conveyor takes") from None
         raise ValueError(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
         raise ValueError(f"{what} is nested too deeply") from None
@@ -151,6 +157,10 @@ def dumps_checked(value: Any, what: str, limit: int | None = None) -> str:
     try:
         text = _encoder.encode(value)
     except (TypeError, ValueError) as exc:
+        if _BIG_INT in str(exc):
+            raise ValidationError(f"{what} is not JSON-serialisable: it holds an integer of "
+                                  f"more than {_INT_DIGITS} digits, the most conveyor "
+                                  "takes") from None
         raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from None
     except RecursionError:
         raise ValidationError(f"{what} is nested too deeply") from None

@@ -20,9 +20,11 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from conveyor import Conveyor
+from conveyor.errors import ValidationError
 from conveyor.hub import HubConfig
 from conveyor.hub._credentials import CredentialStore
 from conveyor.hub._serve import run_hub
@@ -249,6 +251,9 @@ STRICT = [
     # valid JSON text, but past a float: read as infinity, it jammed the hub's writer
     ('{"type": "publish", "id": 1, "action": "a", "payload": {"x": 1e400}}', "1e400"),
     ('{"type": "ping", "id": 1, "extra": [-2.5e999]}', "-2.5e999"),
+    # an integer past Python's bound on int <-> text: said so, not how to lift the bound
+    ('{"type": "publish", "id": 1, "action": "a", "payload": ' + "7" * 4301 + '}',
+     "holds an integer of more than 4300 digits"),
     ('[{"type": "publish", "id": 1, "action": "a"}, '
      '{"type": "publish", "id": 2, "action": "a", "payload": "\\ud83d"}]', "lone surrogate"),
 ]
@@ -300,3 +305,25 @@ async def test_a_task_is_rescued_max_rescues_times_then_fails(hub: RunningHub) -
     final = await hub.app.wait_task(task.id, timeout=10)
     assert final.status is Status.FAILED and final.reason == "worker_lost"
     assert final.rescues == 3
+
+
+async def test_an_integer_of_too_many_digits_is_refused_in_plain_words(
+        hub: RunningHub) -> None:
+    """REST and the Python API say what is wrong with an integer past 4300 digits
+    (the hub's answer told a remote client to call sys.set_int_max_str_digits())."""
+    key = hub.key("ops", admin=True)
+    body = '{"action": "a", "payload": ' + "7" * 4301 + "}"
+    async with httpx.AsyncClient(base_url=hub.url,
+                                 headers={"Authorization": f"Bearer {key}"}) as http:
+        r = await http.post("/api/v1/tasks", content=body,
+                            headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_json"
+    assert "holds an integer of more than 4300 digits" in r.json()["error"]["message"]
+    assert "sys." not in r.text
+    with pytest.raises(ValidationError, match="integer of more than 4300 digits"):
+        await hub.app.add("a", 10 ** 4400)
+    assert await hub.app.count() == 0
+    fits = int("7" * 4300)
+    task = await hub.app.add("a", fits)
+    assert (await hub.app.get(task.id)).payload == fits
