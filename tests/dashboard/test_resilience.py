@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.async_api import Browser, expect
@@ -80,6 +82,13 @@ async def test_a_dead_network_is_noticed_and_the_page_reconnects(dash: Dash) -> 
     """The page said "connected" and showed frozen tasks for as long as a dead network
     lasted; it now pings, and gives a silent connection up after 15 seconds."""
     page = dash.page
+    pings: list[float] = []  # when the page sent each ping
+
+    def on_socket(ws: Any) -> None:
+        ws.on("framesent", lambda payload: pings.append(time.monotonic())
+              if '"ping"' in str(payload) else None)
+
+    page.on("websocket", on_socket)
     async with StallingProxy(int(dash.hub.url.rsplit(":", 1)[1])) as proxy:
         await page.goto(f"http://127.0.0.1:{proxy.port}/")
         await sign_in(page, dash.admin)
@@ -93,6 +102,10 @@ async def test_a_dead_network_is_noticed_and_the_page_reconnects(dash: Dash) -> 
         during = await dash.app.add("mail:send", {"n": 1})
         await expect(page.get_by_test_id("connection")).to_contain_text(
             "no answer from the hub for 15 s; reconnecting", timeout=30_000)
+        gave_up = time.monotonic()
+        # 15 s after the unanswered ping, not at the 5-second tick after that (up to 20 s)
+        unanswered = max(t for t in pings if t < gave_up)
+        assert 15.0 <= gave_up - unanswered < 16.5, gave_up - unanswered
         proxy.flowing.set()
         await expect(page.get_by_test_id("connection")).to_have_text("connected as admin",
                                                                      timeout=20_000)

@@ -252,3 +252,21 @@ async def test_long_values_wrap_and_an_ended_task_has_a_still_bar(dash: Dash) ->
     await expect(page.get_by_test_id("task-status")).to_have_text("succeeded")
     bar = page.get_by_test_id("task-progress")
     assert await bar.evaluate("b => b.hasAttribute('value') && b.value === b.max")
+
+
+async def test_the_view_follows_changes_made_elsewhere(dash: Dash) -> None:
+    """A priority set by another client showed in the table but not in the open
+    view (a watch has no message for it)."""
+    task = await dash.app.add("mail:send", {"n": 1})  # no handler: it stays queued
+    await dash.open()
+    page = dash.page
+    await dash.row(task.id).click()
+    shown = page.get_by_test_id("task-priority")
+    await expect(shown).to_have_text("0")
+    await dash.app.prioritize(task.id, 9)
+    await expect(shown).to_have_text("9")
+    await dash.app.prioritize(task.id, -3)
+    await expect(shown).to_have_text("-3")
+    await expect(page.get_by_test_id("task-status")).to_have_text("queued")
+    await dash.app.abort(task.id, "not now")
+    await expect(page.get_by_test_id("task-status")).to_have_text("aborted")

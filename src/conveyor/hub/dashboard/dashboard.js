@@ -260,6 +260,8 @@
     if (state.pingSince === null) {
       state.pingSince = now;
       send({ type: "ping", id: newId("ping") });
+      // looked at again just past the limit, not at the next tick (up to 5 s late)
+      setTimeout(keepAlive, SILENCE_LIMIT + 50);
     }
   }
 
@@ -294,6 +296,7 @@
     }
     if (state.live && msg.id === state.live.id) { onLive(msg); return; }
     if (state.watch && msg.id === state.watch.id) { onWatch(msg); return; }
+    if (state.watch && msg.id === state.watch.live) { onViewLive(msg); return; }
     // late answers of closed streams (unlive, unwatch, old ids) are ignored
   }
 
@@ -562,24 +565,36 @@
     show("tasks-panel", true);
   }
 
+  // the view watches its task (logs, progress, status) and, while the watch lasts,
+  // keeps a live query of it: a watch has no message for every stored change (a
+  // priority set elsewhere)
   function watch(taskId) {
     const id = newId("watch");
-    state.watch = { id, taskId, seqs: new Set(), ended: false };
+    const live = newId("viewlive");
+    state.watch = { id, taskId, seqs: new Set(), ended: false, live };
     $("task-logs").replaceChildren();
     send({ type: "watch", id, task_id: taskId, logs: true, max_level: "debug" });
+    send({ type: "live", id: live, filter: { id: taskId }, limit: 1 });
   }
 
   function stopWatch() {
     if (state.watch && !state.watch.ended) {
       send({ type: "unwatch", id: newId("unwatch"), stream: state.watch.id });
+      send({ type: "unlive", id: newId("unlive"), live: state.watch.live });
     }
     state.watch = null;
+  }
+
+  function onViewLive(msg) {
+    const task = msg.type === "snapshot" ? (msg.tasks || [])[0] : msg.task;
+    if (state.watch.ended || !task || !state.viewed || task.id !== state.viewed.id) return;
+    if (task.version > state.viewed.version) renderTask(task);  // else told by the watch
   }
 
   function onWatch(msg) {
     if (msg.type === "error") {
       actionError(msg.message);
-      state.watch.ended = true;
+      endWatch();
       return;
     }
     if (msg.task) renderTask(msg.task);
@@ -592,7 +607,12 @@
       setText("task-reason", `abort requested: ${msg.reason}`);
       show("task-abort", false);  // requested already (from here or elsewhere)
     }
-    if (msg.type === "end") state.watch.ended = true;
+    if (msg.type === "end") endWatch();
+  }
+
+  function endWatch() {  // the view's live query ends with its watch
+    state.watch.ended = true;
+    send({ type: "unlive", id: newId("unlive"), live: state.watch.live });
   }
 
   function addLog(line) {
