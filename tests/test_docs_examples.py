@@ -53,6 +53,7 @@ EXAMPLES = {
     "app.add_error_sink(": "test_guide_sinks",
     "def poll_until_done(": "test_guide_transition_policy",
     'app.schedule("cleanup"': "test_guide_schedules",
+    '"schedule removed"': "test_guide_schedule_removed",
     'concurrency=[{"scope": "running"': "test_guide_concurrency_condition",
     "class Download(BaseModel)": "test_guide_typed_payloads",
     "class TestMyStorage(StorageContract)": "test_guide_storage_contract",
@@ -264,6 +265,26 @@ async def test_guide_schedules(app: Conveyor) -> None:
         ("cleanup", "*/15 * * * *", None, "Europe/Paris", {"older_than": 86400}),
     ]
     assert "reports:daily" in app.registry and "feeds:poll" in app.registry
+
+
+async def test_guide_schedule_removed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'schedules.db'}"
+    before = Conveyor(url, stop_timeout=2.0)
+
+    @before.handler("feeds:poll", schedule=60)
+    async def poll(ctx: Context) -> None: ...
+
+    async with before:
+        added = before.events("task.added")
+        await before.start()
+        queued = await asyncio.wait_for(added.__anext__(), 10)  # the next occurrence
+        [occurrence] = await before.find({"tags.schedule": "feeds:poll every 60s"})
+        assert occurrence.id == queued.task_id
+    after = Conveyor(url, stop_timeout=2.0)  # the schedule taken out of the code
+    async with after:
+        await run_fragment(find_block('"schedule removed"'), {"app": after})
+        assert (await after.get(occurrence.id)).status is Status.ABORTED
+        assert await after.count({"status": "queued"}) == 0
 
 
 async def test_guide_concurrency_condition(app: Conveyor) -> None:
