@@ -322,7 +322,8 @@ class _Writer(BatchedWrites[tuple[str, Completion, "Task | None"]]):
                 del held[c.task_id]
         if not held:
             del self.unstored[worker]
-        self.remote.wake()  # a service held back by its outcomes may claim again
+        if worker in self.remote.held_back:
+            self.remote.wake()  # it may claim again
 
     def release(self, worker: str, lease: Lease) -> int:
         """Hand the task back to the queue (attempt refunded); the ticket for
@@ -530,6 +531,8 @@ class Remote:
         self._worker_ids: set[str] = set()
         self._wake = asyncio.Event()
         self._room = False  # the last dispatch found a free slot to claim for
+        self.held_back: set[str] = set()
+        """Services (worker ids) not claimed for while their outcomes wait to be stored."""
         self._stopping = False
         self._leaving = False  # the hub closes its connections: runs are handed back
         self._writer: _Writer | None = None
@@ -815,6 +818,7 @@ class Remote:
         """Forget a service with no subscription left (unregister its worker)."""
         if service.subs:
             return
+        self.held_back.discard(service.worker_id)
         if service.registered:
             service.registered = False
             worker_id = service.worker_id
@@ -863,7 +867,9 @@ class Remote:
             # be stored than it has slots (a slow storage); _stored wakes this loop
             slots = sum(s.capacity for s in service.subs if not s.closed)
             if len(writer.unstored.get(service.worker_id, ())) > slots:
+                self.held_back.add(service.worker_id)
                 continue
+            self.held_back.discard(service.worker_id)
             for actions, subs in service.groups().items():
                 free = sum(s.free for s in subs if not s.closed)
                 if free <= 0:
