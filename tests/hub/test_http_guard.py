@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -301,3 +302,44 @@ async def test_a_connection_answered_early_then_idle_is_closed(tmp_path: Path) -
         assert reply.startswith(b"HTTP/1.1 401 "), reply[:100]
         assert closed_after < 10, "the idle connection was not closed (keep-alive: 5 s)"
         assert await hub.app.count() == 0
+
+
+async def test_a_body_that_stops_coming_is_refused_with_408(tmp_path: Path,
+                                                            monkeypatch: Any) -> None:
+    """A client with a key that sent part of a body and then nothing held its
+    connection, and its request, for good (no bound but the keyless ones). A body
+    that keeps coming, however slowly, is taken."""
+    from conveyor.hub._guard import GuardedHttpTools
+
+    monkeypatch.setattr(GuardedHttpTools, "body_stall", 0.6)
+    store = CredentialStore(tmp_path / "credentials.json")
+    config = HubConfig(port=0, credentials_path=str(store.path))
+    async with running_hub(Conveyor(hub_db_url(tmp_path)), config, store) as hub:
+        key = hub.key("pub", admin=True)
+        body = b'{"action": "k:slow", "payload": "' + b"x" * 40 + b'"}'
+        head = (b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                + key.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\n\r\n")
+
+        def stalled() -> tuple[bytes, float]:
+            with socket.create_connection(("127.0.0.1", _port(hub)), timeout=10) as sock:
+                sock.sendall(head + body[:10])
+                began = time.monotonic()
+                return _read_all(sock, 10), time.monotonic() - began
+
+        reply, after = await asyncio.to_thread(stalled)
+        assert reply.startswith(b"HTTP/1.1 408 "), reply[:100]
+        assert b"stopped coming" in reply and after < 5, (reply, after)
+        # in four pieces 0.4 s apart (1.2 s in all, twice the bound): it keeps coming
+
+        def paced() -> bytes:
+            with socket.create_connection(("127.0.0.1", _port(hub)), timeout=10) as sock:
+                sock.sendall(head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+                for start in range(0, len(body), 16):
+                    time.sleep(0.4)  # the pace of a slow client
+                    sock.sendall(body[start:start + 16])
+                return _read_all(sock, 10)
+
+        reply = await asyncio.to_thread(paced)
+        assert reply.startswith(b"HTTP/1.1 201 "), reply[:100]
+    assert await hub.app.count({"action": "k:slow"}) == 1

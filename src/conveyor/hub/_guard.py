@@ -35,6 +35,10 @@ _END = b"\r\n\r\n"
 LINGER = 2.0
 """Seconds a refused connection stays open, dropping what it gets, before it closes."""
 
+BODY_STALL = 60.0
+"""Seconds a request's body may stop coming before the hub answers ``408`` and closes
+the connection (nginx's ``client_body_timeout``)."""
+
 
 def _refusal(status: int, reason: str, code: str, message: str) -> bytes:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
@@ -55,6 +59,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     max_head = 64 * 1024
     head_timeout = 10.0
+    body_stall = BODY_STALL
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -66,12 +71,14 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._tail = b""         # its last 3 bytes (an end split across two reads)
         self._framing = 0        # bytes of the body read since its last data
         self._idle_after = False  # an answered request's body ended: idle once read
+        self._stall_timer: asyncio.TimerHandle | None = None  # a body that stopped coming
         # the time a head may take, or the unread rest of an answered request's body
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
             self.head_timeout, self._late)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_stall_timer()
         super().connection_lost(exc)
 
     def _responding(self) -> bool:
@@ -102,6 +109,8 @@ class GuardedHttpTools(HttpToolsProtocol):
         if self._idle_after:
             self._idle_after = False
             self._keep_alive_again()
+        if self._in_body and not self._dropping:
+            self._body_came()
 
     def _keep_alive_again(self) -> None:
         """The rest of an answered request's body came: the connection is idle, and
@@ -120,6 +129,29 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._in_body, self._framing = True, 0
         self._stop_head_timer()
         super().on_headers_complete()
+        self._body_came()
+
+    def _body_came(self) -> None:
+        """A request's body is awaited: it must go on coming (a client with a key that
+        stopped sending one held its connection and its request for good). An
+        answered request's rest is timed by the head timer instead."""
+        self._stop_stall_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._stall_timer = self.loop.call_later(self.body_stall, self._stalled)
+
+    def _stop_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        if self._in_body and not self._responding_started():
+            self._refuse(408, "Request Timeout", "timeout",
+                         f"the request's body stopped coming for {self.body_stall:g} s")
+
+    def _responding_started(self) -> bool:
+        return self.cycle is not None and self.cycle.response_started
 
     def on_body(self, body: bytes) -> None:
         self._framing = 0
@@ -127,6 +159,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._idle_after = self.cycle is not None and self.cycle.response_complete
+        self._stop_stall_timer()
         super().on_message_complete()
         self._in_head, self._head, self._tail = True, 0, b""
         self._in_body = False
@@ -170,6 +203,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         would be reset before the client read the answer)."""
         self._in_head = self._in_body = False
         self._stop_head_timer()
+        self._stop_stall_timer()
         if self.transport.is_closing():
             return
         self._dropping = True
