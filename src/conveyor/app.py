@@ -7,6 +7,7 @@ import logging
 import os
 import reprlib
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -46,6 +47,7 @@ __all__ = ["DB_ENV", "DEFAULT_URL", "MAX_CONCURRENCY", "Conveyor"]
 
 log = logging.getLogger("conveyor")
 _READ_RETRIES = 8  # consecutive storage errors a wait or a log stream rides out
+_ABORTS_TOLD = 10_000  # running tasks whose abort request this app remembers announcing
 
 MAX_CONCURRENCY = 100_000
 """The most tasks one worker may run at once (``concurrency``)."""
@@ -155,6 +157,9 @@ class Conveyor:
         self._worker: Worker | None = None
         self._opened = False
         self._closes = 0  # how many times close() ended waits (see _read)
+        # the version each running task had when this app announced its abort request:
+        # a second abort() changes nothing stored, and is not announced again
+        self._abort_told: OrderedDict[str, int] = OrderedDict()
         self._open_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -739,7 +744,12 @@ class Conveyor:
         if task.status is Status.RUNNING:
             if self._worker is not None:
                 self._worker.abort_local(task_id, reason)
-            self.bus.task_event("task.abort_requested", task)
+            if self._abort_told.get(task_id) != task.version:
+                self._abort_told[task_id] = task.version
+                self._abort_told.move_to_end(task_id)
+                if len(self._abort_told) > _ABORTS_TOLD:
+                    self._abort_told.popitem(last=False)
+                self.bus.task_event("task.abort_requested", task)
         else:
             self.bus.task_event("task.aborted", task)
         return task

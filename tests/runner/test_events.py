@@ -100,6 +100,37 @@ async def test_added_and_aborted_events(app: Conveyor) -> None:
     assert (second.type, third.type) == ("task.aborted", "task.ended")
 
 
+async def test_a_second_abort_of_a_running_task_is_not_announced_again(
+        app: Conveyor) -> None:
+    """abort() twice: storage changes once (one version), but the second call
+    announced task.abort_requested again, with the same version."""
+    started = asyncio.Event()
+
+    @app.handler("abort:twice")
+    async def hold(ctx: Context[Any]) -> None:
+        started.set()
+        await asyncio.Event().wait()  # until the abort cancels it
+
+    seen: list[tuple[str, int]] = []
+    ended = asyncio.Event()
+
+    def note(event: Event) -> None:
+        seen.append((event.type, event.data["version"]))
+        if event.type == "task.ended":
+            ended.set()
+
+    task = await app.add("abort:twice")
+    app.on(["task.abort_requested", "task.aborted", "task.ended"], note, task_id=task.id)
+    await app.start()
+    await asyncio.wait_for(started.wait(), 10)
+    first = await app.abort(task.id, "one")
+    again = await app.abort(task.id, "two")
+    assert first.version == again.version
+    await asyncio.wait_for(ended.wait(), 10)
+    assert [t for t, _ in seen].count("task.abort_requested") == 1, seen
+    assert seen[0] == ("task.abort_requested", first.version)
+
+
 async def test_logs_replay_then_follow(app: Conveyor) -> None:
     step = asyncio.Event()
 
