@@ -37,3 +37,37 @@ async def test_a_key_used_many_times_reads_a_few_rows(storage: Any) -> None:
     failed = (Status.FAILED,)
     [two] = await storage.add([make_spec("key:y", unique_key="k", unique_scope=failed)])
     assert not two.created and two.task.id == task.id  # the newest failed
+
+
+async def test_a_retry_racing_an_add_of_its_key_is_refused(storage: Any) -> None:
+    """retry() checks that no other task holds the key, then writes: an add of the
+    key committed in between made the retry give its key up silently (it returned
+    the task with the key, stored without it: two live tasks for one key). It is a
+    DuplicateTask, and nothing of the retry is written."""
+    from conveyor.errors import DuplicateTask
+
+    [res] = await storage.add([make_spec("key:r", unique_key="r")])
+    await storage.abort(res.task.id, "stopped")  # ended: the key is free
+    rows = storage._rows
+    added: list[Any] = []
+
+    async def racing(conn: Any, query: str, params: Any) -> Any:
+        out = await rows(conn, query, params)
+        if query == storage._q["live_duplicate"] and not added:  # checked: none holds it
+            added.extend(await storage.add([make_spec("key:r", unique_key="r")]))
+        return out
+
+    storage._rows = racing
+    try:
+        try:
+            await storage.retry(res.task.id)
+        except DuplicateTask:
+            pass
+        else:
+            raise AssertionError("the retry took a key another task holds")
+    finally:
+        del storage._rows
+    assert added and added[0].created
+    [old, new] = await storage.get_many([res.task.id, added[0].task.id])
+    assert (old.status, old.unique_key) == (Status.ABORTED, "r")
+    assert (new.status, new.unique_key) == (Status.QUEUED, "r")

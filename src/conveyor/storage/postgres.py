@@ -1576,7 +1576,10 @@ class PostgresStorage(FanoutFeed, Storage):
                         if rows:
                             raise DuplicateTask(f"task {rows[0][0]} already holds unique "
                                                     f"key {task.unique_key!r}", task)
-                    await self._save(conn, [(task, new, "retried")])
+                    # not _save: its yield of the key to an add committed since the
+                    # check is for a worker's retry; the caller's is refused (the
+                    # unique index: UniqueViolation, below)
+                    await self._write_back(conn, [(task, new, "retried")])
             except psycopg.errors.UniqueViolation:
                 raise DuplicateTask(
                     f"another task already holds unique key {task.unique_key!r}", task) from None
