@@ -72,10 +72,11 @@ def _worker(background: Callable[..., Background], tmp_path: Path, url: str) -> 
     return worker
 
 
-def _on_a_terminal(args: list[str], stream: str, *, cwd: Path,
-                   timeout: float = 60.0) -> tuple[int, str, str]:
+def _on_a_terminal(args: list[str], stream: str, *, cwd: Path, timeout: float = 60.0,
+                   shown_first: Callable[[], object] | None = None) -> tuple[int, str, str]:
     """Run the CLI with ``stream`` ('out' or 'err') on a pseudo-terminal, the other on
-    a pipe. Returns (exit code, what the terminal showed, what the pipe got)."""
+    a pipe; ``shown_first()`` is called once the terminal showed something. Returns
+    (exit code, what the terminal showed, what the pipe got)."""
     master, slave = pty.openpty()
     env = clean_env(COLUMNS="120", TERM="xterm")
     kwargs: dict[str, Any] = {"stdout": slave, "stderr": subprocess.PIPE} if stream == "out" \
@@ -95,6 +96,9 @@ def _on_a_terminal(args: list[str], stream: str, *, cwd: Path,
             if not chunk:
                 break
             shown += chunk
+            if shown_first is not None:
+                shown_first()
+                shown_first = None
         elif proc.poll() is not None:
             break
     os.close(master)
@@ -308,9 +312,11 @@ def test_add_wait_draws_a_progress_bar_on_a_terminal_only(
 def test_tail_follows_logs_with_a_bar_on_a_terminal(
         tmp_path: Path, background: Callable[..., Background]) -> None:
     url = _url(tmp_path)
-    _worker(background, tmp_path, url)
     task_id = cli("add", "t:steps", "--db", url).out.strip()
-    code, shown, err = _on_a_terminal(["tail", task_id, "--db", url], "out", cwd=tmp_path)
+    # the worker starts once tail shows the task (queued): tail follows the whole run
+    # (started first, a busy machine's tail could come after the end: no bar then)
+    code, shown, err = _on_a_terminal(["tail", task_id, "--db", url], "out", cwd=tmp_path,
+                                      shown_first=lambda: _worker(background, tmp_path, url))
     assert code == 0, (shown, err)
     for step in range(1, 5):
         assert f"did step {step}" in shown, shown
