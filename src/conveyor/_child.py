@@ -9,7 +9,8 @@ time. It talks to its worker with JSON lines, never pickle:
   reason, "run": key}`` (the key names one run: an abort that comes before its
   run starts is kept for it; one for a run that has ended is dropped);
 - child -> worker on its protocol pipe (the original stdout; the handler's
-  own prints go to stderr): ``{"progress": ...}``, ``{"log": ...}``,
+  own prints go to stderr): ``{"started": true}`` when it takes a run (a child
+  that dies before it is replaced), ``{"progress": ...}``, ``{"log": ...}``,
   ``{"emit": value}``, then one of ``{"result": value}``,
   ``{"retry": {"after": s, "reason": r}}``, ``{"reschedule": {"after": s,
   "result": v}}``, ``{"error": {"type", "message", "traceback",
@@ -172,6 +173,7 @@ class _Runs:
 
 def _run_one(handler: Any, channel: _Channel, runs: _Runs) -> None:
     task = runs.start()
+    channel.send({"started": True})  # from here on, a death is the run's
     ctx: Context[Any] | None = None
     try:
         payload = handler.load_payload(task.payload)

@@ -18,7 +18,7 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from ._registry import Handler
 
-__all__ = ["Child", "ChildPool", "handler_location"]
+__all__ = ["LINE_LIMIT", "Child", "ChildLineTooLong", "ChildPool", "handler_location"]
 
 
 def handler_location(handler: Handler) -> tuple[str, str]:
@@ -40,6 +40,16 @@ def handler_location(handler: Handler) -> tuple[str, str]:
     return module, qualname
 
 
+LINE_LIMIT = 64 * 1024 * 1024
+"""Largest line (one message) read from a child: asyncio's default, 64 KiB, failed
+results, log lines and progress over it and left the channel out of step (later runs
+got the rest of the line as their messages: other tasks' results)."""
+
+
+class ChildLineTooLong(Exception):
+    """A child sent a line over ``LINE_LIMIT``."""
+
+
 class Child:
     """One child process, talking JSON lines."""
 
@@ -53,9 +63,15 @@ class Child:
         await self.proc.stdin.drain()
 
     async def receive(self) -> dict[str, Any] | None:
-        """The next message, or None when the child is gone."""
+        """The next message, or None when the child is gone. :class:`ChildLineTooLong`
+        for a line over ``LINE_LIMIT`` bytes (the child is then out of step: kill it)."""
         assert self.proc.stdout is not None
-        line = await self.proc.stdout.readline()
+        try:
+            line = await self.proc.stdout.readline()
+        except ValueError:  # asyncio's limit of a line
+            raise ChildLineTooLong(
+                f"a message of the handler's process is over {LINE_LIMIT} bytes (a "
+                f"result, log line, progress or emitted value)") from None
         if not line:
             return None
         message: dict[str, Any] = _json.loads(line)
@@ -99,6 +115,7 @@ class ChildPool:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "conveyor._child", *key,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            limit=LINE_LIMIT,
             # out of the worker's process group: a terminal's Ctrl-C (a signal to the
             # whole group) is the worker's to handle, its graceful stop included; the
             # child ends when the worker kills it or closes its stdin

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from . import _json
 from ._aio import cancelled_here, stop_tasks
 from ._batched import BatchedWrites
-from ._children import ChildPool
+from ._children import Child, ChildLineTooLong, ChildPool
 from ._logging import log_outcome, log_recovery
 from ._policy import decide, with_defaults
 from ._recent import RecentIds, abort_asked
@@ -72,6 +72,7 @@ before it starts one (see ``Worker._alone_if_rescued``)."""
 log = logging.getLogger("conveyor.worker")
 _PLAIN = (bool, int)  # results that are always valid JSON
 _RETURNED_NONE = Returned(None)  # outcomes are frozen: the common one is shared
+_CHILD_TRIES = 3  # children tried for one run when each was gone before it took it
 
 
 @dataclass(frozen=True, slots=True)
@@ -730,10 +731,27 @@ class Worker:
         return Aborted(run.abort_reason or "aborted")
 
     async def _run_process(self, run: _Run, timeout: float | None) -> Outcome:
-        """Run the handler in a child process; kill the child if it ignores an abort."""
+        """Run the handler in a child process; kill the child if it ignores an abort.
+        A child found gone before it took the run (an idle one that died: its exit not
+        seen yet) is replaced: the handler was not called, the run is not its error."""
         if self._children is None:
             self._children = ChildPool()
-        child = await self._children.acquire(run.handler)
+        for _ in range(_CHILD_TRIES):
+            outcome = await self._run_in_child(run, timeout,
+                                               await self._children.acquire(run.handler))
+            if outcome is not None:
+                return outcome
+            log.warning("task %s: its handler's process was gone before it took the run; "
+                        "starting another", run.task.id)
+        return Raised(ErrorInfo("ChildProcessError", f"the handler's process died before "
+                                f"the run started, {_CHILD_TRIES} times in a row",
+                                attempt=run.task.attempts), retryable=True)
+
+    async def _run_in_child(self, run: _Run, timeout: float | None,
+                            child: Child) -> Outcome | None:
+        """One try of :meth:`_run_process`; None when the child was gone before it
+        took the run."""
+        assert self._children is not None
         loop = asyncio.get_running_loop()
         run.abort_event = asyncio.Event()
         if run.abort_reason is not None:
@@ -744,10 +762,15 @@ class Worker:
         asked_at: float | None = None  # when the child was asked to stop
         timed_out = False
         keep = True
+        started = False  # the child took the run (it says so before calling the handler)
         try:
             # "run" names this run (its lease token): an abort for it names it too
             run_key = run.task.token or run.task.id
-            await child.send({"task": run.task.to_json(), "run": run_key})
+            try:
+                await child.send({"task": run.task.to_json(), "run": run_key})
+            except (BrokenPipeError, ConnectionResetError):
+                keep = False
+                return None
             while True:
                 if receive is None:
                     receive = asyncio.ensure_future(child.receive())
@@ -760,14 +783,24 @@ class Worker:
                 done, _ = await asyncio.wait(waiting, timeout=limit,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if receive in done:
-                    message, receive = receive.result(), None
+                    try:
+                        message, receive = receive.result(), None
+                    except ChildLineTooLong as exc:  # its channel is out of step: not kept
+                        keep = False
+                        return Raised(ErrorInfo("ValueError", str(exc),
+                                                attempt=run.task.attempts), retryable=False)
                     if message is None:  # the child died
                         keep = False
                         if asked_at is not None:
                             break
+                        if not started:
+                            return None
                         return Raised(ErrorInfo("ChildProcessError",
                                                 "the handler's process died",
                                                 attempt=run.task.attempts), retryable=True)
+                    if "started" in message:
+                        started = True
+                        continue
                     outcome = self._child_message(run, message)
                     if outcome is None:
                         continue

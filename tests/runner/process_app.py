@@ -79,3 +79,13 @@ async def nap(ctx: Context[Any]) -> str:
 async def overtime(ctx: Context[Any]) -> str:
     await asyncio.sleep(60)
     return "late"
+
+
+@app.handler("proc:big", mode="process", max_attempts=1)
+def big(ctx: Context[Any]) -> dict[str, Any]:
+    """Messages over asyncio's default line limit (64 KiB): a log line, a progress
+    message and a result of ``size`` characters each."""
+    size = int(ctx.payload["size"])
+    ctx.log.info("%s", "l" * size)
+    ctx.progress(1, total=1, message="p" * size)
+    return {"n": ctx.payload["n"], "pid": os.getpid(), "text": "r" * size}

@@ -119,3 +119,36 @@ def test_process_handlers_must_be_importable() -> None:
 
     with pytest.raises(ConfigurationError, match="module-level"):
         app.register("x", local, mode="process")
+
+
+async def test_messages_over_64_kib_reach_the_worker(papp: Conveyor) -> None:
+    """A result, log line or progress over asyncio's default line limit (64 KiB)
+    failed its task, and left the child's channel out of step: later tasks on that
+    child got the rest of the line, then other tasks' results."""
+    size = 300_000
+    tasks = [await papp.add("proc:big", {"n": n, "size": size if n % 2 else 10})
+             for n in range(8)]
+    results = [await papp.wait(t.id, timeout=60) for t in tasks]
+    assert [r["n"] for r in results] == list(range(8))  # each its own result
+    assert [len(r["text"]) for r in results] == [10, size] * 4
+    done = await papp.get(tasks[1].id, logs=True)
+    assert done.logs is not None and [len(line.message) for line in done.logs] == [size]
+    assert done.progress is not None and done.progress.message == "p" * size
+
+
+async def test_an_idle_child_that_died_is_replaced(papp: Conveyor) -> None:
+    """A child that died while idle (killed, say) was handed the next task before its
+    exit was seen: the task failed ("the handler's process died") though its handler
+    never ran. The worker now starts another child for it."""
+    import os
+    import signal
+
+    for _ in range(5):
+        first = [await papp.add("proc:square", {"n": n}) for n in range(4)]
+        pids = {(await papp.wait(t.id, timeout=30))["pid"] for t in first}
+        for pid in pids:  # the idle children die
+            os.kill(pid, signal.SIGKILL)
+        again = [await papp.add("proc:square", {"n": n}) for n in range(4)]
+        ended = [await papp.wait_task(t.id, timeout=30) for t in again]
+        assert [(t.status, t.error) for t in ended] == [(Status.SUCCEEDED, None)] * 4
+        assert not {t.result["pid"] for t in ended} & pids
