@@ -486,6 +486,11 @@ class EventBus:
         for tally in self._tallies:
             tally("ended", action, status.value, seconds)
 
+    def is_deleted(self, task_id: str) -> bool:
+        """Whether this process announced the task's deletion (see :meth:`deleted`)."""
+        seen = self._versions.get(task_id)
+        return seen is not None and seen[0] >= _GONE
+
     def is_stale(self, task_id: str, version: int) -> bool:
         """Whether a change of this version is older than an event of the task
         delivered already (the change feed's events are exact, so one that another
@@ -824,6 +829,8 @@ class ChangeRelay:
         """Emit the lines read of a task (None: read already for an earlier change of
         the batch, or the read failed)."""
         if records is None:
+            return
+        if self.bus.is_deleted(task_id):  # deleted here while its lines were read
             return
         for record in records:
             self.bus.emit(Event("task.log", task_id, task, {"log": record}, record.ts))

@@ -535,6 +535,52 @@ async def test_no_event_of_a_task_after_this_process_deleted_it() -> None:
     assert not bus.is_stale("t2", 1)
 
 
+async def test_log_lines_read_as_the_task_is_deleted_are_not_shown(tmp_path: Any) -> None:
+    """The relay read another process's new log lines; the task was deleted here
+    meanwhile (it had ended): the lines came after ``task.deleted`` (1 of 40 tasks
+    in a CI run of the test below)."""
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    here, there = Conveyor(url), Conveyor(url)
+
+    @there.handler("quick")
+    async def quick(ctx: Context[Any]) -> int:
+        ctx.log.info("ran")
+        return 1
+
+    try:
+        await here.open()
+        seen: list[str] = []
+        deleted, added_after = asyncio.Event(), asyncio.Event()
+
+        def note(event: Event) -> None:
+            seen.append(event.type)
+            if event.type == "task.deleted":
+                deleted.set()
+            elif event.type == "task.added" and deleted.is_set():
+                added_after.set()  # a later change: the feed is caught up
+
+        here.on("task.*", note)
+        read_logs = here.storage.read_logs
+
+        async def read_then_deleted(task_id: str, *args: Any) -> Any:
+            records = await read_logs(task_id, *args)
+            await there.wait_task(task_id, timeout=10)
+            assert await here.delete([task_id])  # while the relay holds the lines
+            return records
+
+        here.storage.read_logs = read_then_deleted  # type: ignore[method-assign]
+        await there.start()
+        task = await there.add("quick")
+        await asyncio.wait_for(deleted.wait(), 20)
+        await there.add("parked")
+        await asyncio.wait_for(added_after.wait(), 20)
+        assert "task.log" not in seen[seen.index("task.deleted"):], (task.id, seen)
+    finally:
+        await there.close()
+        await here.close()
+
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_a_task_deleted_at_once_does_not_come_back_through_the_feed(
         kind: str, tmp_path: Any) -> None:
