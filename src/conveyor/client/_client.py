@@ -580,9 +580,11 @@ class HubClient:
                         if seq <= last_seq:
                             continue
                         last_seq = seq
+                    # the stream is over at its end, also for a caller that stops
+                    # iterating there (an unwatch then got a not_found warning)
+                    ended = kind == "end"
                     yield Update(kind, task_id, msg)
-                    if kind == "end":
-                        ended = True
+                    if ended:
                         return
             finally:
                 link.routes.pop(message["id"], None)
