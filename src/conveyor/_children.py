@@ -93,10 +93,15 @@ class Child:
 
 
 class ChildPool:
-    """Idle children per handler, started on demand."""
+    """Idle children per handler, started on demand; at most ``max_idle`` idle in all
+    (the worker's slots), the least recently used ended first: each handler kept up
+    to a slot's worth of idle children, so a worker with several process handlers
+    held many more processes than it could ever use at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_idle: int | None = None) -> None:
+        self.max_idle = max_idle
         self._idle: dict[tuple[str, str], list[Child]] = {}
+        self._lru: dict[Child, None] = {}  # the idle children, least recently used first
         self._all: set[Child] = set()
 
     async def acquire(self, handler: Handler) -> Child:
@@ -104,10 +109,15 @@ class ChildPool:
         idle = self._idle.setdefault(key, [])
         while idle:
             child = idle.pop()
+            self._lru.pop(child, None)
             if child.alive:
                 return child
             self._all.discard(child)
         return await self._spawn(key)
+
+    def idle(self) -> int:
+        """How many children are idle."""
+        return len(self._lru)
 
     async def _spawn(self, key: tuple[str, str]) -> Child:
         env = dict(os.environ)
@@ -131,11 +141,17 @@ class ChildPool:
             raise RuntimeError(f"could not start a handler process: {reason}")
         return child
 
-    def release(self, child: Child) -> None:
-        if child.alive:
-            self._idle.setdefault(child.key, []).append(child)
-        else:
+    async def release(self, child: Child) -> None:
+        if not child.alive:
             self._all.discard(child)
+            return
+        self._idle.setdefault(child.key, []).append(child)
+        self._lru[child] = None
+        while self.max_idle is not None and len(self._lru) > self.max_idle:
+            oldest = next(iter(self._lru))
+            del self._lru[oldest]
+            self._idle[oldest.key].remove(oldest)
+            await self.discard(oldest)
 
     async def discard(self, child: Child) -> None:
         self._all.discard(child)
@@ -144,5 +160,6 @@ class ChildPool:
     async def close(self) -> None:
         children, self._all = list(self._all), set()
         self._idle.clear()
+        self._lru.clear()
         for child in children:
             await child.kill()

@@ -735,7 +735,7 @@ class Worker:
         A child found gone before it took the run (an idle one that died: its exit not
         seen yet) is replaced: the handler was not called, the run is not its error."""
         if self._children is None:
-            self._children = ChildPool()
+            self._children = ChildPool(max_idle=self.concurrency)
         for _ in range(_CHILD_TRIES):
             outcome = await self._run_in_child(run, timeout,
                                                await self._children.acquire(run.handler))
@@ -826,7 +826,7 @@ class Worker:
             if receive is not None:
                 receive.cancel()
             if keep:
-                self._children.release(child)
+                await self._children.release(child)
             else:
                 await self._children.discard(child)
         if timed_out:

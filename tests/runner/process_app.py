@@ -89,3 +89,13 @@ def big(ctx: Context[Any]) -> dict[str, Any]:
     ctx.log.info("%s", "l" * size)
     ctx.progress(1, total=1, message="p" * size)
     return {"n": ctx.payload["n"], "pid": os.getpid(), "text": "r" * size}
+
+
+@app.handler("proc:one", mode="process")
+def one(ctx: Context[Any]) -> int:
+    return 1
+
+
+@app.handler("proc:two", mode="process")
+def two(ctx: Context[Any]) -> int:
+    return 2

@@ -152,3 +152,38 @@ async def test_an_idle_child_that_died_is_replaced(papp: Conveyor) -> None:
         ended = [await papp.wait_task(t.id, timeout=30) for t in again]
         assert [(t.status, t.error) for t in ended] == [(Status.SUCCEEDED, None)] * 4
         assert not {t.result["pid"] for t in ended} & pids
+
+
+def _children_of_this_process() -> set[int]:
+    import os
+    from pathlib import Path
+
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == os.getpid() and b"conveyor._child" in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+async def test_idle_children_are_at_most_the_slots(papp: Conveyor) -> None:
+    """Each handler kept its idle children: six process handlers run once each left
+    six processes beside a worker of four slots. The least recently used go past
+    the slots."""
+    before = _children_of_this_process()
+    for action in ("proc:square", "proc:one", "proc:two", "proc:again", "proc:big",
+                   "proc:fail"):
+        task = await papp.add(action, {"n": 1, "size": 1})
+        await papp.wait_task(task.id, timeout=30)
+    left = _children_of_this_process()
+    assert len(left) <= papp.concurrency, (before, left)
+    again = await papp.add("proc:fail")  # the most recent is still there: reused
+    assert (await papp.wait_task(again.id, timeout=30)).status is Status.FAILED
+    assert _children_of_this_process() <= left
