@@ -56,6 +56,8 @@ class Child:
     def __init__(self, proc: asyncio.subprocess.Process, key: tuple[str, str]) -> None:
         self.proc = proc
         self.key = key
+        self.runs = 0
+        """Runs handed to it (see the handler option ``max_runs``)."""
 
     async def send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None

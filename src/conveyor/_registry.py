@@ -81,6 +81,7 @@ class Handler:
     result_model: type[BaseModel] | None = None
     abort_grace: float = 5.0
     mode: str = "auto"
+    max_runs: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def retries(self, exc: BaseException) -> bool:
@@ -203,7 +204,7 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
                   limit: int | None = None, policy: Policy | None = None,
                   priority: float | None = None, payload_model: type[BaseModel] | None = None,
                   result_model: type[BaseModel] | None = None, mode: str = "auto",
-                  abort_grace: float = 5.0) -> Handler:
+                  abort_grace: float = 5.0, max_runs: int | None = None) -> Handler:
     try:
         check_action(action)
     except ValidationError as exc:
@@ -212,6 +213,9 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
         raise ConfigurationError(f"handler for {action!r} is not callable")
     if mode not in MODES:
         raise ConfigurationError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if max_runs is not None and mode != "process":
+        raise ConfigurationError(f"handler for {action!r}: max_runs (runs per child process) "
+                                 f"needs mode='process'")
     is_coroutine = inspect.iscoroutinefunction(fn) or (
         not inspect.isfunction(fn) and inspect.iscoroutinefunction(type(fn).__call__))
     if mode == "async" and not is_coroutine:
@@ -257,6 +261,7 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
             result_model=_model(result_model, "result_model") or sig_result,
             abort_grace=seconds(abort_grace, "abort_grace") or 0.0,
             mode=mode,
+            max_runs=_positive_int(max_runs, "max_runs"),
         )
     except ValidationError as exc:
         raise ConfigurationError(f"handler for {action!r}: {exc}") from None

@@ -767,6 +767,7 @@ class Worker:
             # "run" names this run (its lease token): an abort for it names it too
             run_key = run.task.token or run.task.id
             try:
+                child.runs += 1
                 await child.send({"task": run.task.to_json(), "run": run_key})
             except (BrokenPipeError, ConnectionResetError):
                 keep = False
@@ -825,7 +826,8 @@ class Worker:
             abort_wait.cancel()
             if receive is not None:
                 receive.cancel()
-            if keep:
+            max_runs = run.handler.max_runs
+            if keep and (max_runs is None or child.runs < max_runs):
                 await self._children.release(child)
             else:
                 await self._children.discard(child)

@@ -182,7 +182,10 @@ class Conveyor:
         ``ctx: Context[Model]`` and the return annotation), ``mode``
         (``"auto"``, ``"async"``, ``"thread"`` or ``"process"``), ``abort_grace``
         (seconds a sync or process handler gets to honour an abort, default 5),
-        ``schedule`` (a cron string or an interval: see :meth:`schedule`).
+        ``max_runs`` (``mode="process"`` only: runs per child process, which is
+        then ended and a fresh one started; default None, no bound: Celery's
+        ``max_tasks_per_child``), ``schedule`` (a cron string or an interval: see
+        :meth:`schedule`).
         """
 
         def register(fn: F) -> F:

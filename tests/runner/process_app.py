@@ -99,3 +99,8 @@ def one(ctx: Context[Any]) -> int:
 @app.handler("proc:two", mode="process")
 def two(ctx: Context[Any]) -> int:
     return 2
+
+
+@app.handler("proc:pid", mode="process", max_runs=2)
+def pid(ctx: Context[Any]) -> int:
+    return os.getpid()

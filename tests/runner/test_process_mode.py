@@ -187,3 +187,24 @@ async def test_idle_children_are_at_most_the_slots(papp: Conveyor) -> None:
     again = await papp.add("proc:fail")  # the most recent is still there: reused
     assert (await papp.wait_task(again.id, timeout=30)).status is Status.FAILED
     assert _children_of_this_process() <= left
+
+
+async def test_max_runs_ends_a_child_after_its_runs(papp: Conveyor) -> None:
+    """max_runs=2: a child runs two tasks, then a fresh one takes the next (a handler
+    that leaks memory grew its child for ever: 52 -> 332 MiB over 15 runs)."""
+    pids = []
+    for _ in range(5):
+        task = await papp.add("proc:pid")
+        pids.append(await papp.wait(task.id, timeout=30))
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4], pids
+    assert pids[0] not in _children_of_this_process()
+
+
+def test_max_runs_is_for_process_handlers() -> None:
+    app = Conveyor("memory://")
+    for bad, why in [({"max_runs": 3}, "needs mode='process'"),
+                     ({"max_runs": 0, "mode": "process"}, "max_runs must be an integer >= 1"),
+                     ({"max_runs": True, "mode": "process"}, "max_runs must be")]:
+        with pytest.raises(ConfigurationError, match=why):
+            app.register("x:y", process_app.pid, **bad)
+    assert "x:y" not in app.registry
