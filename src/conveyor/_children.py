@@ -117,10 +117,6 @@ class ChildPool:
             self._all.discard(child)
         return await self._spawn(key)
 
-    def idle(self) -> int:
-        """How many children are idle."""
-        return len(self._lru)
-
     async def _spawn(self, key: tuple[str, str]) -> Child:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]])

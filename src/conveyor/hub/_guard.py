@@ -146,12 +146,9 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def _stalled(self) -> None:
         self._stall_timer = None
-        if self._in_body and not self._responding_started():
+        if self._in_body and not (self.cycle is not None and self.cycle.response_started):
             self._refuse(408, "Request Timeout", "timeout",
                          f"the request's body stopped coming for {self.body_stall:g} s")
-
-    def _responding_started(self) -> bool:
-        return self.cycle is not None and self.cycle.response_started
 
     def on_body(self, body: bytes) -> None:
         self._framing = 0
