@@ -230,6 +230,39 @@ async def test_add_in_refuses_what_is_not_a_psycopg_connection(storage: Any,
 
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_a_failed_transaction_is_refused_in_plain_words(storage: Any, schema_url: str,
+                                                              kind: str) -> None:
+    """An earlier statement of the caller failed: the add says so (psycopg's own
+    error said only that commands are ignored), and after the caller's rollback the
+    same connection adds."""
+    from conveyor import ConfigurationError
+
+    async def failed_then_add(conn: Any, run: Any) -> None:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await run(conn.execute("SELECT 1/0"))
+        with pytest.raises(ConfigurationError, match=r"has not failed.*roll back"):
+            await storage.add_in(conn, [make_spec()])
+        await run(conn.rollback())
+        [res] = await storage.add_in(conn, [make_spec()])
+        await run(conn.commit())
+        assert (await storage.get(res.task.id)) is not None
+
+    async def awaited(value: Any) -> Any:
+        return await value
+
+    async def done(value: Any) -> Any:
+        return value
+
+    if kind == "async":
+        async with await _user_conn(schema_url) as aconn:
+            await failed_then_add(aconn, awaited)
+    else:
+        with _sync_conn(schema_url) as conn:
+            await failed_then_add(conn, done)
+    assert await storage.count(parse_filter({})) == 1
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
 async def test_a_first_statement_on_a_connection_without_autocommit_rolls_back(
         storage: Any, schema_url: str, kind: str) -> None:
     """No autocommit and nothing run yet (Django's atomic() begins this way): the add

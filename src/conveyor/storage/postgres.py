@@ -1043,6 +1043,12 @@ class PostgresStorage(FanoutFeed, Storage):
             raise ConfigurationError(
                 f"add_in() needs a connection inside a transaction: use `{enter}` "
                 "(or a connection without autocommit)")
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            # psycopg's own InFailedSqlTransaction said only "commands ignored"
+            raise ConfigurationError(
+                "add_in() needs a transaction that has not failed: an earlier statement "
+                "of yours failed, so the server ignores every command until you roll "
+                "back (nothing was added)")
         if self._dbname is not None:
             # the name the server gives, not the one asked for (a pooler's alias)
             dbname = self._callers_dbnames.get(raw)
