@@ -55,7 +55,16 @@ from .model import (
     TimedOut,
     Transition,
 )
-from .storage import ClaimLimits, Completion, HeartbeatReply, Lease, NewLog, WorkerInfo, _ops
+from .storage import (
+    ClaimLimits,
+    Completion,
+    HeartbeatReply,
+    Lease,
+    NewLog,
+    Storage,
+    WorkerInfo,
+    _ops,
+)
 
 if TYPE_CHECKING:
     from ._registry import Handler
@@ -272,6 +281,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._slot = asyncio.Event()
         self._stopping = False
+        self._stop_task: asyncio.Task[None] | None = None
         self._releasing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -311,12 +321,33 @@ class Worker:
         log.info("worker %s started: %d action(s), concurrency %d", self.id, len(self.actions),
                  self.concurrency)
 
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called (the stop may still be under way)."""
+        return self._stopping
+
     async def stop(self, timeout: float | None = None) -> None:
         """Stop claiming, let running tasks finish for up to ``timeout`` seconds,
-        then hand the rest back to the queue with their attempt refunded."""
-        if self._stopping:
-            return
-        self._stopping = True
+        then hand the rest back to the queue with their attempt refunded.
+
+        The stop runs in a task of its own: a caller cancelled meanwhile does not
+        cut it short (a worker stopped halfway kept its handlers, leases and keeper
+        thread for good), and every call waits for that one stop to end."""
+        if self._stop_task is None:
+            self._stopping = True
+            self._stop_task = asyncio.create_task(self._stop(timeout),
+                                                  name=f"conveyor-stop-{self.id}")
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self, timeout: float | None) -> None:
+        try:
+            await self._stop_steps(timeout)
+        finally:
+            # even when the stop itself is cancelled (its loop ending with it): no
+            # lease of this worker is renewed from here on
+            self._keeper_stop.set()
+
+    async def _stop_steps(self, timeout: float | None) -> None:
         self._wake.set()
         self._slot.set()
         await stop_tasks(self._schedule_task, what=f"worker {self.id}: the scheduler")
@@ -1034,17 +1065,25 @@ class Worker:
     # -- the keeper thread ----------------------------------------------------
 
     def _keeper_main(self) -> None:
-        try:
-            asyncio.run(self._keep())
-        except Exception:
-            log.exception("worker %s: lease keeper stopped", self.id)
+        # the keeper outlives its errors: a worker without it kept claiming and
+        # running tasks whose leases nobody renewed (then run again elsewhere)
+        delay = 0.1
+        while not self._keeper_stop.is_set():
+            try:
+                asyncio.run(self._keep())
+                return
+            except Exception:
+                log.exception("worker %s: lease keeper failed; starting it again in %.1fs",
+                              self.id, delay)
+            self._keeper_stop.wait(delay)
+            delay = min(2 * delay, max(0.05, self.lease / 3))
 
     async def _keep(self) -> None:
         storage = self.storage.fork()
         own = storage is not self.storage
-        if own:
-            await storage.open()
         beat = max(0.05, self.lease / 3)
+        if own and not await self._open_keeper_storage(storage, beat):
+            return
         sweep = self.app.sweep_interval
         next_beat = time.monotonic() + beat
         next_sweep = time.monotonic()
@@ -1056,6 +1095,13 @@ class Worker:
         next_prune = time.monotonic() + min(4.0, prune_every)
         try:
             while not self._keeper_stop.is_set():
+                if self._loop is not None and self._loop.is_closed():
+                    # its loop ended with the worker running (an asyncio.run() that
+                    # returned without a close): the runs ended with it; their leases
+                    # are left to expire, and the tasks to be rescued
+                    log.warning("worker %s: its event loop ended before the worker "
+                                "stopped; its leases are no longer renewed", self.id)
+                    return
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + beat
@@ -1091,6 +1137,22 @@ class Worker:
         finally:
             if own:
                 await storage.close()
+
+    async def _open_keeper_storage(self, storage: Storage, beat: float) -> bool:
+        """Open the keeper's own connection, again and again until it opens (a
+        database refusing connections when the worker started: its heartbeats begin
+        once one is free); False if the worker stops first."""
+        delay = 0.1
+        while not self._keeper_stop.is_set():
+            try:
+                await storage.open()
+                return True
+            except Exception as exc:
+                log.warning("worker %s: the lease keeper cannot connect (%s); trying again "
+                            "in %.1fs", self.id, exc, delay)
+            await asyncio.to_thread(self._keeper_stop.wait, delay)
+            delay = min(2 * delay, beat)
+        return False
 
     def _on_heartbeat(self, reply: HeartbeatReply, sent: dict[str, str]) -> None:
         """``sent``: the token of each lease the heartbeat named. A lease reported lost

@@ -155,6 +155,7 @@ class Conveyor:
         self._relay: ChangeRelay | None = None
         self._relay_listeners: list[Callable[[Sequence[Change]], None]] = []
         self._worker: Worker | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._opened = False
         self._closes = 0  # how many times close() ended waits (see _read)
         # the version each running task had when this app announced its abort request:
@@ -332,12 +333,30 @@ class Conveyor:
         self._opened = False
         self._open_lock = None
         self._background = set()
+        self._closing = None
 
     async def close(self) -> None:
         """Stop the worker if running, and disconnect. Waits, log streams and event
         subscriptions still open here end: ``wait()``, ``wait_task()``, ``logs()``
         and ``events()`` iterators raise :class:`ConveyorError` (the app may be
-        opened again, by the next call)."""
+        opened again, by the next call).
+
+        A caller cancelled meanwhile does not cut the close short: it goes on in
+        the background, and the next ``close()`` waits for it."""
+        loop = asyncio.get_running_loop()
+        task = self._closing
+        if task is None or task.done() or task.get_loop() is not loop:
+            task = self._closing = loop.create_task(self._close(), name="conveyor-close")
+            task.add_done_callback(self._closed)
+        await asyncio.shield(task)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        if self._closing is task:
+            self._closing = None
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller cancelled meanwhile never sees it
+
+    async def _close(self) -> None:
         await self.stop()  # first: handlers may be waiting for other tasks
         self._closes += 1
         self.bus._end_waits()
@@ -351,6 +370,8 @@ class Conveyor:
     async def start(self) -> None:
         """Start a worker for the registered handlers in this process."""
         await self.open()
+        if self._worker is not None and self._worker.stopping:
+            await self.stop()  # a stop under way (its caller cancelled) ends first
         if self._worker is not None:
             return
         if not len(self.registry) and not self.schedules:
@@ -362,9 +383,13 @@ class Conveyor:
         """Stop the worker: no more claims; running tasks get ``timeout`` seconds
         (default ``stop_timeout``) to finish, then go back to the queue."""
         wait = seconds(timeout, "stop timeout")
-        worker, self._worker = self._worker, None
+        worker = self._worker
         if worker is not None:
+            # kept until its stop has ended: a caller cancelled meanwhile leaves it
+            # stopping, and the next stop() or close() waits for it
             await worker.stop(wait)
+            if self._worker is worker:
+                self._worker = None
 
     async def run(self) -> None:
         """Start the worker and run until cancelled; then stop gracefully."""
@@ -706,6 +731,13 @@ class Conveyor:
         unsubscribe = self.bus.on(pattern, callback, task_id=task_id)
         self._ensure_relay()
         return unsubscribe
+
+    def _home_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop this app is open in, while that loop runs (for ``SyncConveyor``)."""
+        if not self._opened or self._open_lock is None:
+            return None
+        loop = self._open_lock[0]
+        return loop if loop.is_running() and not loop.is_closed() else None
 
     def _open_and_relaying(self) -> bool:
         """Open, with a change relay whose loop has not ended (``asyncio.run``

@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import inspect
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Self, TypeVar
 
@@ -42,6 +43,9 @@ T = TypeVar("T")
 # Sync methods of Conveyor whose work must happen on the loop thread.
 _ON_LOOP = frozenset({"events"})
 
+
+# the loops portals run: never lent to another portal (one closing ends its calls)
+_PORTAL_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 SIGNAL_CHECK = 0.2
 """Seconds the main thread waits at most between two looks for a signal (Ctrl-C)."""
@@ -63,16 +67,29 @@ def _result(future: concurrent.futures.Future[T]) -> T:
 
 
 class Portal:
-    """An event loop in a daemon thread, and blocking calls into it."""
+    """An event loop in a daemon thread, and blocking calls into it; or, given
+    ``loop``, blocking calls into that loop, which another thread runs (the portal
+    then neither starts nor stops it)."""
 
-    def __init__(self, owner: str = "SyncConveyor") -> None:
+    def __init__(self, owner: str = "SyncConveyor",
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.owner = owner  # the class named in errors
-        self._loop = asyncio.new_event_loop()
         self._closing = False
+        self._thread: threading.Thread | None = None
+        if loop is not None:
+            self._loop = loop
+            return
+        self._loop = asyncio.new_event_loop()
+        _PORTAL_LOOPS.add(self._loop)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="conveyor-sync-loop", daemon=True)
         self._thread.start()
         self._ready.wait()
+
+    @property
+    def borrowed(self) -> bool:
+        """True for a portal into a loop it did not start."""
+        return self._thread is None
 
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -88,7 +105,12 @@ class Portal:
 
     def run(self, fn: Callable[[], Any]) -> Any:
         """Call ``fn()`` on the loop thread (awaiting it if needed) and return its result."""
-        if threading.current_thread() is self._thread:
+        if self._thread is None:
+            if _running_loop() is self._loop:
+                raise ConveyorError(f"a {self.owner} of an app open in this event loop cannot "
+                                    "be called from it (it would wait for itself): await the "
+                                    "app's own methods here")
+        elif threading.current_thread() is self._thread:
             raise ConveyorError(f"a {self.owner} cannot be called from its own event loop "
                                 "thread (a callback or sink of it: hand the work to another "
                                 "thread)")
@@ -132,11 +154,20 @@ class Portal:
         if self._loop.is_closed():
             return
         self._closing = True
+        if self._thread is None:
+            return  # another's loop: it goes on
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(_cancel_others(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 async def _cancel_others() -> None:
@@ -246,9 +277,18 @@ class _Seam:
 
     def _get_portal(self) -> Portal:
         with self._lock:
-            if self._portal is None:
-                self._portal = Portal(type(self).__name__)
-            return self._portal
+            portal = self._portal
+            if portal is not None and portal.borrowed and not portal.loop.is_running():
+                portal = None  # the loop lent has ended: a loop of our own from now on
+            if portal is None:
+                home = self._home_loop()
+                portal = self._portal = Portal(type(self).__name__, home)
+            return portal
+
+    def _home_loop(self) -> asyncio.AbstractEventLoop | None:
+        """A running loop, of another thread, that the wrapped object is bound to
+        (calls then go there), or None (the seam runs a loop of its own)."""
+        return None
 
     def _enter(self, open_: Callable[[], Any]) -> Self:
         """``with``: run ``open_`` on the loop thread. ``__exit__`` is not called when
@@ -306,7 +346,13 @@ def _signature(cls: type, name: str, method: Any) -> inspect.Signature:
 
 class SyncConveyor(_Seam):
     """A blocking :class:`Conveyor`. Takes the same arguments, or an existing app
-    (alone: options beside it are a ``TypeError``)."""
+    (alone: options beside it are a ``TypeError``).
+
+    An existing app already open in an event loop that another thread runs (a web
+    server's, which opened it in its lifespan) is called in that loop, where its
+    worker and waits live; from that loop's own thread a call is a
+    :class:`ConveyorError` (await the app there). Otherwise the calls run in a loop
+    of the SyncConveyor's own, in a background thread."""
 
     _on_loop = _ON_LOOP
 
@@ -317,8 +363,13 @@ class SyncConveyor(_Seam):
         self.app = url if isinstance(url, Conveyor) else Conveyor(url, **options)
         super().__init__(self.app)
 
+    def _home_loop(self) -> asyncio.AbstractEventLoop | None:
+        loop = self.app._home_loop()
+        return None if loop is None or loop in _PORTAL_LOOPS else loop
+
     def close(self) -> None:
-        """Stop the worker if any, disconnect, and end the background loop."""
+        """Stop the worker if any, disconnect, and end the background loop (not the
+        loop of an app opened elsewhere, see the class)."""
         portal = self._take_portal()
         if portal is not None:
             try:

@@ -765,9 +765,15 @@ class PostgresStorage(FanoutFeed, Storage):
             # opening waits for pool_min connections: not cut short by a small pool_timeout
             await pool.open(wait=first and self.options.pool_min > 0,
                             timeout=max(30.0, self.options.pool_timeout))
-        except PoolTimeout:
-            await pool.close()
-            raise StorageError(f"cannot open connections to PostgreSQL at {self.url}") from None
+        except BaseException as exc:
+            # a timeout, or the open cancelled: the pool's own tasks are ended here,
+            # else they were left pending, unreferenced
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pool.close(timeout=1.0))
+            if isinstance(exc, PoolTimeout):
+                raise StorageError(f"cannot open connections to PostgreSQL at {self.url}"
+                                   ) from None
+            raise
         with self._state:
             self._pools[loop] = pool
             self._guards[loop] = loop.create_task(self._close_if_cancelled(pool),
