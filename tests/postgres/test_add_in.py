@@ -316,6 +316,40 @@ async def test_a_connection_that_loads_jsonb_as_text(storage: Any, schema_url: s
     assert await storage.get(spec.id) is None
 
 
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+@pytest.mark.parametrize("rows", ["dict_row", "namedtuple_row"])
+async def test_a_connection_with_its_own_row_factory(storage: Any, schema_url: str,
+                                                     sync: bool, rows: str) -> None:
+    """Connections made with ``row_factory=dict_row`` (common with FastAPI and
+    psycopg_pool): the add reads its rows on cursors of its own (a dict_row
+    connection failed with ``KeyError: 0``), on every path: a plain task, a unique
+    key held, more than 250 tasks."""
+    import psycopg.rows
+
+    factory = getattr(psycopg.rows, rows)
+    [held] = await storage.add([make_spec(unique_key="k")])
+    items = [make_spec(unique_key="k"), make_spec(),
+             *(("test:a", {"i": i}) for i in range(300))]
+    conninfo, _, _ = parse_postgres_url(schema_url)
+    if sync:
+        with psycopg.Connection.connect(conninfo, row_factory=factory) as conn:
+            with conn.transaction():
+                results = await storage.add_in(conn, items)
+            own = conn.execute("SELECT 1 AS one").fetchone()
+    else:
+        async with await psycopg.AsyncConnection.connect(conninfo,
+                                                         row_factory=factory) as aconn:
+            async with aconn.transaction():
+                results = await storage.add_in(aconn, items)
+            cur = await aconn.execute("SELECT 1 AS one")
+            own = await cur.fetchone()
+    assert [r.created for r in results[:2]] == [False, True]
+    assert results[0].task.id == held.task.id
+    assert all(r.created for r in results[2:])
+    assert await storage.count(parse_filter({})) == 302
+    assert (own["one"] if rows == "dict_row" else own.one) == 1  # the caller's rows still
+
+
 async def test_the_adding_app_announces_add_in_tasks_at_the_commit(schema_url: str) -> None:
     """``task.added`` of a task added in the caller's transaction comes when that
     transaction commits (through the change feed, as from another process), and

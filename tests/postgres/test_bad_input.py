@@ -64,7 +64,8 @@ async def test_a_url_without_a_host_keeps_its_form(schema_url: str) -> None:
 
     conninfo, _, display = parse_postgres_url("postgresql:///tasks?host=/run/pg&schema=jobs")
     assert psycopg.conninfo.conninfo_to_dict(conninfo) == {
-        "dbname": "tasks", "host": "/run/pg", "connect_timeout": "10"}
+        "dbname": "tasks", "host": "/run/pg", "connect_timeout": "10",
+        "client_encoding": "UTF8"}
     assert display == "postgresql:///tasks?host=%2Frun%2Fpg&schema=jobs"
     parts = urlsplit(schema_url)
     query = (f"{parts.query}&host={parts.hostname}&port={parts.port}"

@@ -76,7 +76,8 @@ def test_the_options_default_as_documented() -> None:
     given = _conninfo("postgresql://app@db.example/app?connect_timeout=5&sslmode=require"
                       "&application_name=my%20app&schema=jobs&listen=false")
     assert given == {"user": "app", "host": "db.example", "dbname": "app",
-                     "connect_timeout": "5", "sslmode": "require", "application_name": "my app"}
+                     "connect_timeout": "5", "sslmode": "require", "application_name": "my app",
+                     "client_encoding": "UTF8"}
 
 
 def test_keyword_options_override_the_urls() -> None:

@@ -158,6 +158,9 @@ def _flag(key: str, value: str) -> bool:
     raise ConfigurationError(f"postgres URL option {key} must be true or false, not {value!r}")
 
 
+_UTF8_NAMES = frozenset({"UTF8", "UNICODE"})
+
+
 def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
     """Split a ``postgresql://`` URL into the libpq connection string, conveyor's
     options, and a display URL without the password."""
@@ -222,6 +225,16 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
     _check_options(options)
     if not any(k == "connect_timeout" for k, _ in rest):
         rest.append(("connect_timeout", "10"))
+    encodings = [v for k, v in rest if k == "client_encoding"]
+    if not encodings:
+        # the text conveyor sends and reads is UTF-8 whatever the database or role
+        # sets by default (a LATIN1 default failed every claim of a task holding a
+        # character LATIN1 lacks); libpq's parameter wins over an options "-c"
+        rest.append(("client_encoding", "UTF8"))
+    elif encodings[-1].replace("-", "").replace("_", "").upper() not in _UTF8_NAMES:
+        raise ConfigurationError(
+            f"postgres URL option client_encoding={encodings[-1]!r}: conveyor's connections "
+            "use UTF8 (leave the option out)")
     # quote, not urlencode's default quote_plus: libpq reads "+" as itself, not a space
     conninfo = _unsplit(parts._replace(scheme="postgresql",
                                        query=urlencode(rest, quote_via=quote)))
@@ -595,7 +608,8 @@ def _no_such_id(task_id: str) -> bool:
 async def _current_database(conn: psycopg.AsyncConnection[Any]) -> str:
     """The database ``conn`` reaches, as the server names it (behind a pooler the
     name in the URL can be an alias)."""
-    cur = await conn.execute("SELECT current_database()")
+    cur = conn.cursor(row_factory=tuple_row)  # whatever rows the caller's connection makes
+    await cur.execute("SELECT current_database()")
     row = await cur.fetchone()
     assert row is not None
     return str(row[0])
@@ -1049,6 +1063,11 @@ class PostgresStorage(FanoutFeed, Storage):
             raise ConfigurationError(
                 f"add_in() needs a connection inside a transaction: use `{enter}` "
                 "(or a connection without autocommit)")
+        if conn.info.encoding != "utf-8":
+            raise ConfigurationError(
+                f"add_in() needs a connection whose client_encoding is UTF8, not "
+                f"{conn.info.parameter_status('client_encoding')!r}: connect with "
+                "client_encoding=UTF8 (or SET client_encoding TO 'UTF8')")
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
             # psycopg's own InFailedSqlTransaction said only "commands ignored"
             raise ConfigurationError(
