@@ -325,10 +325,17 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e400: a float of infinity, no JSON value either
+        raise ValueError(f"{text} is out of a number's range")
+    return number
+
+
 def parse_json(text: str, what: str) -> Any:
     """``text`` as JSON, or a :class:`CliError` that names ``what``."""
     try:
-        return json.loads(text, parse_constant=_no_constants)
+        return json.loads(text, parse_constant=_no_constants, parse_float=_finite)
     except RecursionError:
         raise CliError(f"{what} is nested too deeply to be read") from None
     except json.JSONDecodeError as exc:
@@ -413,6 +420,9 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
         return seconds
 
 
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
 class Number(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
     """A finite number, at least ``minimum``; ``what`` names it in errors."""
 
@@ -431,10 +441,15 @@ class Number(click.ParamType):  # type: ignore[type-arg]  # generic only in newe
         if isinstance(value, int | float) and not isinstance(value, bool):
             number = float(value)
         else:
+            text = str(value).strip()
             try:
-                number = float(str(value).strip())
+                number = float(text)
             except ValueError:
                 self.fail(f"must be a number, not {value!r}", param, ctx)
+            if math.isfinite(number) and not _NUMBER.fullmatch(text):
+                # float() takes "1_0" and digits of other scripts too
+                self.fail(f"must be a number written with the digits 0-9 (an exponent "
+                          f"allowed), not {value!r}", param, ctx)
         if not math.isfinite(number):
             self.fail(f"must be a finite number, not {value!r}", param, ctx)
         if number < self.minimum:

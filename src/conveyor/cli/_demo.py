@@ -24,7 +24,7 @@ from conveyor.events import Event
 from conveyor.model import Progress, Status, Task
 
 from ._base import EXIT_OK, Duration, db_option_with, explicit_db
-from ._render import STATUS_STYLE, ago, out_console, stats_table, status_text
+from ._render import STATUS_STYLE, ago, out_console, shown, stats_table, status_text
 from ._signals import stop_signals
 
 __all__ = ["demo_command"]
@@ -164,7 +164,7 @@ def _bar(task: Task, progress: Progress | None, width: int = BAR_WIDTH) -> Rende
 
 def _note(task: Task, progress: Progress | None, now: float) -> str:
     if task.status is Status.RUNNING:
-        return escape(progress.message or "") if progress else ""
+        return escape(shown(progress.message or "")) if progress else ""
     if task.status is Status.QUEUED:
         if task.run_at > now + 0.05:
             why = "retry" if task.error is not None else "next poll" \
@@ -172,21 +172,21 @@ def _note(task: Task, progress: Progress | None, now: float) -> str:
             return f"{why} {ago(task.run_at, now)}"
         return "waiting for a slot"
     if task.status is Status.SUCCEEDED:
-        return escape(json.dumps(task.result, separators=(",", ":")))
+        return escape(shown(json.dumps(task.result, separators=(",", ":"))))
     err = task.error
-    return escape(f"{err.type}: {err.message}" if err else (task.reason or ""))
+    return escape(shown(f"{err.type}: {err.message}" if err else (task.reason or "")))
 
 
 async def _run_demo(app: Conveyor, url: str, duration: float | None, every: float) -> int:
     console = out_console()
-    board = _Board(app, url, width=lambda: console.width)
+    board = _Board(app, app.storage.url, width=lambda: console.width)  # no password
     app.on("task.progress", board.on_progress)
     with stop_signals() as stop:
         try:
             await app.start()
             assert app.worker is not None
             board.worker_id = app.worker.id
-            console.print(f"conveyor demo: worker {app.worker.id} on {url} "
+            console.print(f"conveyor demo: worker {app.worker.id} on {board.url} "
                           f"({', '.join(demo.ACTIONS)})")
 
             async def feed() -> None:

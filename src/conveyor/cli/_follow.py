@@ -24,7 +24,7 @@ from conveyor.events import Event
 from conveyor.model import LogLevel, Status, Task
 from conveyor.model import Progress as TaskProgress
 
-from ._render import STATUS_STYLE, print_log
+from ._render import STATUS_STYLE, print_log, shown
 
 if TYPE_CHECKING:
     from conveyor.client import HTTPClient
@@ -91,12 +91,13 @@ class _Bar:
     def set_progress(self, progress: TaskProgress | None) -> None:
         if progress is None:
             return
-        changes: dict[str, Any] = {"message": progress.message or ""}
+        message = shown(progress.message or "")
+        changes: dict[str, Any] = {"message": message}
         if progress.total:
             changes["total"] = progress.total
             changes["completed"] = progress.current or 0
         elif progress.current is not None:
-            changes["message"] = f"{progress.current:g} {progress.message or ''}".strip()
+            changes["message"] = f"{progress.current:g} {message}".strip()
         self.progress.update(self.id, **changes)
 
     def finish(self, task: Task) -> None:

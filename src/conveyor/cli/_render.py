@@ -33,6 +33,7 @@ __all__ = [
     "out_console",
     "print_log",
     "progress_text",
+    "shown",
     "stats_table",
     "status_text",
     "task_details",
@@ -56,6 +57,29 @@ LEVEL_STYLE: Mapping[LogLevel, str] = {
     LogLevel.WARNING: "yellow",
     LogLevel.ERROR: "bold red",
 }
+def _escapes(one_line: bool) -> dict[int, str]:
+    table = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0)) if c != 0x09}
+    table.update({c: f"\\u{c:04x}" for c in (0x200e, 0x200f, *range(0x202a, 0x202f),
+                                              *range(0x2066, 0x206a), 0x2028, 0x2029)})
+    table.update({0x0a: "\\n", 0x0d: "\\r"})
+    if not one_line:
+        del table[0x0a]
+    return table
+
+
+_ONE_LINE = _escapes(one_line=True)
+_LINES = _escapes(one_line=False)
+
+
+def shown(text: str, *, lines: bool = False) -> str:
+    """Text a task carries (a log line, a message, an error), safe for a terminal:
+    control characters (ESC, BEL, CR, C1), bidirectional overrides and line
+    separators written as escapes (``\\x1b``, ``\\u202e``), newlines too unless
+    ``lines``: a handler or a remote worker cannot move the cursor, recolour or
+    clear the operator's screen, or forge a line of output."""
+    return text.translate(_LINES if lines else _ONE_LINE)
+
+
 STALE_AFTER = 90.0
 """Seconds without a heartbeat after which a registered worker is presumed gone
 (workers beat every ``lease / 3`` seconds, 10 s by default)."""
@@ -161,10 +185,10 @@ def _local(ts: float) -> datetime | None:
 def _no_time(ts: Any) -> str:
     """How a stored value that is not a valid time is shown, instead of failing."""
     try:
-        shown = f"{ts:g}"
+        text = f"{ts:g}"
     except (TypeError, ValueError):
-        shown = repr(ts)
-    return f"{shown} (not a valid time)"
+        text = repr(ts)
+    return f"{text} (not a valid time)"
 
 
 def ago(ts: float | None, now: float | None = None) -> str:
@@ -214,7 +238,7 @@ def progress_text(task: Task) -> str:
     elif progress.current is not None:
         parts.append(f"{progress.current:g}")
     if progress.message:
-        parts.append(progress.message)
+        parts.append(shown(progress.message))
     return " ".join(parts)
 
 
@@ -223,7 +247,8 @@ def _compact(value: Any) -> str:
 
 
 def tags_text(tags: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v if isinstance(v, str) else _compact(v)}" for k, v in tags.items())
+    return " ".join(f"{shown(k)}={shown(v) if isinstance(v, str) else shown(_compact(v))}"
+                    for k, v in tags.items())
 
 
 def tasks_table(tasks: Sequence[Task], *, caption: str | None = None) -> Table:
@@ -255,8 +280,8 @@ def tasks_table(tasks: Sequence[Task], *, caption: str | None = None) -> Table:
 def _json_block(value: Any) -> str:
     compact = json.dumps(value, ensure_ascii=False)
     if len(compact) <= 60:
-        return compact
-    return json.dumps(value, indent=2, ensure_ascii=False)
+        return shown(compact)
+    return shown(json.dumps(value, indent=2, ensure_ascii=False), lines=True)
 
 
 def task_details(task: Task) -> Table:
@@ -276,9 +301,11 @@ def task_details(task: Task) -> Table:
             cell = timestamp(value) if value is not None else "-"
         elif name == "error" and task.error is not None:
             cell = Text()
-            cell.append(f"{task.error.type}: {task.error.message}", style="red")
+            cell.append(shown(f"{task.error.type}: {task.error.message}", lines=True),
+                        style="red")
             if task.error.traceback:
-                cell.append("\n" + task.error.traceback.rstrip(), style="dim")
+                cell.append("\n" + shown(task.error.traceback.rstrip(), lines=True),
+                            style="dim")
         elif name == "errors":
             if not task.errors:
                 cell = "-"
@@ -288,17 +315,18 @@ def task_details(task: Task) -> Table:
                     if i:
                         cell.append("\n")
                     when = f" ({ago(err.at)})" if err.at else ""
-                    cell.append(f"attempt {err.attempt}: {err.type}: {err.message}{when}")
+                    cell.append(shown(f"attempt {err.attempt}: {err.type}: {err.message}",
+                                      lines=True) + when)
         elif name == "progress":
-            shown = progress_text(task) or "-"
+            described = progress_text(task) or "-"
             if task.progress is not None and task.progress.current is not None:
                 total = "" if task.progress.total is None else f" of {task.progress.total:g}"
-                shown += f" ({task.progress.current:g}{total})"
-            cell = Text(shown)
+                described += f" ({task.progress.current:g}{total})"
+            cell = Text(described)
         elif value is None or value == [] or value == {}:
             cell = "-"
         elif isinstance(value, str):
-            cell = escape(value)
+            cell = escape(shown(value, lines=True))
         elif isinstance(value, bool | int | float):
             cell = f"{value:g}" if isinstance(value, float) else str(value)
         else:
@@ -313,9 +341,9 @@ def log_line(record: LogRecord) -> Text:
     text = Text()
     text.append(f"{stamp} ", style="dim")
     text.append(f"{record.level.name:<7}", style=LEVEL_STYLE.get(record.level, ""))
-    text.append(" " + record.message)
+    text.append(" " + shown(record.message))
     if record.data:
-        text.append(" " + _compact(record.data), style="dim")
+        text.append(" " + shown(_compact(record.data)), style="dim")
     return text
 
 
@@ -377,8 +405,9 @@ def workers_table(workers: Iterable[WorkerInfo]) -> Table:
         if not alive:
             seen.append(" (gone?)", style="red")
         app_name = w.info.get("name")
-        shown = f"{w.id} ({app_name})" if isinstance(app_name, str) and app_name else w.id
-        table.add_row(escape(shown), escape(w.host), str(w.pid), escape(", ".join(w.actions)),
+        label = f"{w.id} ({app_name})" if isinstance(app_name, str) and app_name else w.id
+        table.add_row(escape(shown(label)), escape(shown(w.host)), str(w.pid),
+                      escape(shown(", ".join(w.actions))),
                       str(w.concurrency), str(w.running), ago(w.started_at, now), seen,
                       style=None if alive else "dim")
     return table

@@ -39,6 +39,7 @@ from ._render import (
     err_console,
     out_console,
     print_log,
+    shown,
     stats_table,
     task_details,
     tasks_table,
@@ -228,13 +229,13 @@ def _report_end(task: Task) -> int:
     if task.status is Status.SUCCEEDED:
         return EXIT_OK
     if task.status is Status.ABORTED:
-        detail = task.reason or "aborted"
+        detail = shown(task.reason or "aborted")
         click.echo(f"error: task {task.id} ({task.action}) was aborted: {detail}", err=True)
     else:
         err = task.error
         detail = f"{err.type}: {err.message}" if err else (task.reason or "failed")
-        click.echo(f"error: task {task.id} ({task.action}) failed: {' '.join(detail.split())}",
-                   err=True)
+        click.echo(f"error: task {task.id} ({task.action}) failed: "
+                   f"{shown(' '.join(detail.split()))}", err=True)
     return EXIT_FAILED
 
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from .._aio import stop_tasks
 from ..app import Conveyor
+from ..storage._url import hide_password
 from ..storage.base import WorkerInfo
 from ._config import HubConfig
 from ._credentials import ANONYMOUS, Credential, CredentialStore
@@ -206,7 +207,7 @@ class Hub:
         for service in self.services:
             await service.start()
         self.ready = True
-        log.info("hub ready on %s (%s)", self.config.base_url,
+        log.info("hub ready on %s (%s)", hide_password(self.config.base_url),
                  "INSECURE: no credentials" if self.credentials is None else "credentials on")
 
     async def going_away(self, timeout: float = GOING_AWAY_WAIT) -> None:
