@@ -8,6 +8,8 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from ._support import Background, add, assert_error, cli, count, eventually, find
 
 KEYS = {"storage", "tasks", "concurrency", "add_one_per_s", "add_many_per_s", "drain_per_s",
@@ -61,13 +63,17 @@ def test_bench_without_latency_samples_reports_no_latency() -> None:
     assert figures["latency_p50_ms"] is None and figures["latency_p99_ms"] is None
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_bench_says_which_of_its_tasks_are_left(
-        db: str, background: Callable[..., Background]) -> None:
+        db: str, background: Callable[..., Background], sig: signal.Signals,
+        code: int) -> None:
+    """Ctrl-C, and SIGTERM (``timeout 60 conveyor bench``: it left its tasks silently)."""
     mine = add(db, "mail:send")
     bench = background("bench", "--tasks", "300000", "--latency-samples", "0", "--db", db)
     eventually(lambda: count(db) > 1, what="the bench's first tasks")
-    bench.signal(signal.SIGINT)
-    assert bench.wait(60) == 130, (bench.out, bench.err)
+    bench.signal(sig)
+    assert bench.wait(60) == code, (bench.out, bench.err)
     said = " ".join(bench.err)
     match = re.search(r"bench stopped: ([\d,]+) of its tasks \(action (conveyor\.bench:\w+)\) "
                       r"are left in", said)
