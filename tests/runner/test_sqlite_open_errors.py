@@ -182,3 +182,30 @@ def test_a_cancelled_opener_does_not_cancel_the_others(
             await storage.close()
 
     assert run_in_thread(main) == 0
+
+
+def test_a_file_of_a_development_version_1_is_refused_unchanged(tmp_path: Path) -> None:
+    """Development versions before 7d6c617 wrote schema version 1 with a change feed
+    fed by triggers and no ``batch`` column; migrating it marked it version 4 and then
+    every write failed ("no column named batch"). It is refused, and left as it was."""
+    from conveyor.storage.sqlite import MIGRATIONS
+
+    path = tmp_path / "early.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0].sql)
+    conn.executescript(
+        "DROP TABLE conveyor_changes; CREATE TABLE conveyor_changes (seq INTEGER PRIMARY KEY,"
+        " task_id TEXT NOT NULL, version INTEGER, status TEXT, event TEXT, ts REAL,"
+        " origin TEXT); PRAGMA user_version = 1;")
+    conn.close()
+    storage = SQLiteStorage(str(path))
+    with pytest.raises(SchemaError, match=r"development version.*cannot be migrated"):
+        asyncio.run(storage.open())
+    asyncio.run(storage.close())
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(conveyor_changes)")]
+        assert "batch" not in columns
+    finally:
+        conn.close()

@@ -246,6 +246,15 @@ class SQLiteStorage(FanoutFeed, Storage):
                 ).fetchone()[0]
                 if existing:
                     raise SchemaError(f"database {self.path!r} has conveyor tables but no version")
+            elif not any(row[1] == "batch" for row in
+                         conn.execute("PRAGMA table_info(conveyor_changes)")):
+                # version 1 as development versions before 7d6c617 made it (a change row
+                # per task by triggers): the later migrations do not apply to it
+                raise SchemaError(
+                    f"database {self.path!r} was made by a development version of conveyor "
+                    "whose version-1 schema differs from the released one (its change feed "
+                    "has no batch column); it cannot be migrated: move its tasks to a new "
+                    "database")
             for migration in MIGRATIONS:
                 if migration.version > current:
                     for statement in _split_statements(migration.sql):
