@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -251,7 +252,12 @@ class SameOrigin:
             return f"malformed Host or Origin header: {exc}"
 
     def _check(self, headers: dict[bytes, bytes]) -> str | None:
-        host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        given = headers.get(b"host")
+        host = (given or b"").decode("latin-1").strip().lower()
+        if given is not None and not _HOST.fullmatch(host):
+            # empty, or what no browser sends ("evil.com:80@127.0.0.1" read as a user
+            # before an address): refused rather than read one way or another
+            raise ValueError(f"{host!r} is not a host and port")
         if self.loopback and host:
             name = _origin("http", host)[1]
             if not (name in self.names or name.endswith(".localhost") or _is_ip(name)):
@@ -270,6 +276,10 @@ class SameOrigin:
                         f"answers only pages it serves itself (origin "
                         f"{origin.decode('latin-1')!r}, host {host!r})")
         return None
+
+
+_HOST = re.compile(r"(?:\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(?::[0-9]{1,5})?", re.ASCII)
+"""A ``Host`` header as browsers send it: a name or address, and a port."""
 
 
 def _origin(scheme: str, netloc: str) -> tuple[str, str, int]:

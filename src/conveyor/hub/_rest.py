@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import pydantic
 from starlette.exceptions import HTTPException
@@ -364,9 +365,19 @@ async def body_as(request: Request, model: type[M], *, required: bool = True) ->
 
 
 def query_params(request: Request, allowed: set[str]) -> dict[str, str]:
-    """The query parameters, each at most once; unknown ones are refused (422)."""
+    """The query parameters, each at most once; unknown ones are refused (422), and
+    so is one whose percent-escapes are not UTF-8 (``filter`` and ``sort``: 400
+    ``invalid_json``, as a body that is not UTF-8). Starlette's own parsing
+    replaced such bytes with U+FFFD, and the query ran with them."""
     out: dict[str, str] = {}
-    for name, value in request.query_params.multi_items():
+    raw = request.scope.get("query_string", b"").decode("latin-1")
+    for name, value in parse_qsl(raw, keep_blank_values=True, errors="surrogateescape"):
+        if not (_utf8(name) and _utf8(value)):
+            shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            if name in ("filter", "sort"):
+                raise Problem(400, "invalid_json", f"query parameter {name!r} is not UTF-8")
+            raise Problem(422, "invalid", f"query parameter {shown!r} is not UTF-8",
+                          path=shown)
         if name not in allowed:
             names = ", ".join(sorted(allowed)) or "none"
             raise Problem(422, "invalid", f"unknown query parameter {name!r} (accepted: {names})",
@@ -376,6 +387,14 @@ def query_params(request: Request, allowed: set[str]) -> dict[str, str]:
                           path=name)
         out[name] = value
     return out
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a byte of no UTF-8 sequence, kept as a surrogate
+        return False
+    return True
 
 
 def _no_query(request: Request) -> None:

@@ -58,13 +58,32 @@ def _redacted(text: str) -> str:
     return _KEY_SHAPED.sub("cvk_***", _SECRET_PARAM.sub(r"\1***", text))
 
 
+class _ClientFaultsPlain(logging.Filter):
+    """A client's text frame that is not UTF-8 is closed by the WebSocket server with
+    1007, as RFC 6455 says, before the hub reads it; uvicorn logged it as an error with
+    a traceback, and a client without a key could fill the log with them. One warning
+    line each now."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UnicodeDecodeError):
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def redact_access_log() -> None:
     """Install the filter that keeps keys given in URLs out of uvicorn's logs (its
-    access log, and its ``uvicorn.error`` logger, where WebSocket handshakes go)."""
+    access log, and its ``uvicorn.error`` logger, where WebSocket handshakes go),
+    and the one that logs a client's frame that is not UTF-8 without a traceback."""
     for name in ("uvicorn.access", "uvicorn.error"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _RedactSecrets) for f in logger.filters):
             logger.addFilter(_RedactSecrets())
+    errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _ClientFaultsPlain) for f in errors.filters):
+        errors.addFilter(_ClientFaultsPlain())
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -38,7 +38,7 @@ from ..errors import (
 from ..model import Task
 from ..storage import AddResult
 from ._credentials import Credential
-from ._http import client_address, key_from
+from ._http import client_address, error_response, key_from
 from ._hub import AuthError, Hub
 from ._live import LiveManager, LiveSub
 from ._publish import KeyHeld, add_as
@@ -87,7 +87,18 @@ def ws_routes(hub: Hub) -> list[BaseRoute]:
     hub.services.append(state)
     hub.farewells.append(state.going_away)
     return [WebSocketRoute("/ws", state.endpoint),
-            WebSocketRoute("/ws/tasks/{task_id}", state.task_endpoint)]
+            WebSocketRoute("/ws/tasks/{task_id}", state.task_endpoint),
+            WebSocketRoute("/{path:path}", _no_route)]
+
+
+async def _no_route(websocket: WebSocket) -> None:
+    """A handshake to a path that is no WebSocket route: 404 ``not_found``, as for
+    HTTP (Starlette refused it with an empty 403)."""
+    response = error_response(404, "not_found", f"no WebSocket route {websocket.url.path}")
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+    else:  # a server without the denial extension: its refusal (403)
+        await websocket.close()
 
 
 class WSState:
