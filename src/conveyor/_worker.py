@@ -326,6 +326,11 @@ class Worker:
         """True once :meth:`stop` was called (the stop may still be under way)."""
         return self._stopping
 
+    @property
+    def stopped(self) -> bool:
+        """True once the stop has ended, whatever its outcome."""
+        return self._stop_task is not None and self._stop_task.done()
+
     async def stop(self, timeout: float | None = None) -> None:
         """Stop claiming, let running tasks finish for up to ``timeout`` seconds,
         then hand the rest back to the queue with their attempt refunded.

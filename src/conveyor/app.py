@@ -385,11 +385,13 @@ class Conveyor:
         wait = seconds(timeout, "stop timeout")
         worker = self._worker
         if worker is not None:
-            # kept until its stop has ended: a caller cancelled meanwhile leaves it
-            # stopping, and the next stop() or close() waits for it
-            await worker.stop(wait)
-            if self._worker is worker:
-                self._worker = None
+            # kept until its stop has ended (however it ended): a caller cancelled
+            # meanwhile leaves it stopping, and the next stop() or close() waits for it
+            try:
+                await worker.stop(wait)
+            finally:
+                if worker.stopped and self._worker is worker:
+                    self._worker = None
 
     async def run(self) -> None:
         """Start the worker and run until cancelled; then stop gracefully."""
