@@ -8,6 +8,8 @@ killed and replaced. Messages are JSON lines (see :mod:`conveyor._child`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,10 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from ._registry import Handler
 
-__all__ = ["LINE_LIMIT", "Child", "ChildLineTooLong", "ChildPool", "handler_location"]
+__all__ = ["LINE_LIMIT", "SPAWN_TRIES", "Child", "ChildLineTooLong", "ChildPool",
+           "handler_location"]
+
+log = logging.getLogger("conveyor.worker")
 
 
 def handler_location(handler: Handler) -> tuple[str, str]:
@@ -39,6 +44,9 @@ def handler_location(handler: Handler) -> tuple[str, str]:
         module = os.path.abspath(path)
     return module, qualname
 
+
+SPAWN_TRIES = 3
+"""Children started for one acquire when each is killed by a signal before it is ready."""
 
 LINE_LIMIT = 64 * 1024 * 1024
 """Largest line (one message) read from a child: asyncio's default, 64 KiB, failed
@@ -118,6 +126,32 @@ class ChildPool:
         return await self._spawn(key)
 
     async def _spawn(self, key: tuple[str, str]) -> Child:
+        """A new child, ready. One killed by a signal before it said so (the OOM
+        killer, a signal to the worker's process group in the moment before the
+        child has a session of its own) is replaced, up to ``SPAWN_TRIES`` children:
+        the task did not fail for it. One that exits by itself (its handler cannot
+        be imported) is not."""
+        for attempt in range(1, SPAWN_TRIES + 1):
+            child, hello = await self._start(key)
+            if hello is not None and "ready" in hello:
+                return child
+            if hello is None:  # its output ended: it is ending; how, its exit code says
+                # (not killed first: Popen's kill reaps an exited child itself, and
+                # asyncio's watcher then reports 255 for it)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(child.proc.wait(), 5)
+            await child.kill()
+            self._all.discard(child)
+            code = child.proc.returncode
+            if hello is None and code is not None and code < 0 and attempt < SPAWN_TRIES:
+                log.warning("a handler process was killed by signal %d as it started; "
+                            "starting another", -code)
+                continue
+            reason = (hello or {}).get("fatal", "the child process exited")
+            raise RuntimeError(f"could not start a handler process: {reason}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _start(self, key: tuple[str, str]) -> tuple[Child, dict[str, Any] | None]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]])
         proc = await asyncio.create_subprocess_exec(
@@ -131,13 +165,7 @@ class ChildPool:
         )
         child = Child(proc, key)
         self._all.add(child)
-        hello = await child.receive()
-        if hello is None or "ready" not in hello:
-            await child.kill()
-            self._all.discard(child)
-            reason = (hello or {}).get("fatal", "the child process exited")
-            raise RuntimeError(f"could not start a handler process: {reason}")
-        return child
+        return child, await child.receive()
 
     async def release(self, child: Child) -> None:
         if not child.alive:

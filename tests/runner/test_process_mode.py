@@ -208,3 +208,19 @@ def test_max_runs_is_for_process_handlers() -> None:
         with pytest.raises(ConfigurationError, match=why):
             app.register("x:y", process_app.pid, **bad)
     assert "x:y" not in app.registry
+
+
+async def test_a_child_killed_as_it_starts_is_replaced(tmp_path: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task failed ("could not start a handler process: the child process
+    exited") though its handler never ran; another child is started now."""
+    from . import _dies_starting
+
+    marker = tmp_path / "died"
+    monkeypatch.setenv("CONVEYOR_TEST_DIE_MARKER", str(marker))
+    async with _dies_starting.app as app:
+        task = await app.add("proc:after_a_death")
+        pid = await app.wait(task.id, timeout=60)
+        done = await app.get(task.id)
+    assert marker.exists()  # the first child was killed
+    assert isinstance(pid, int) and done.attempts == 1 and done.errors == ()
