@@ -110,3 +110,17 @@ async def test_an_insecure_hub_refuses_a_host_that_is_no_host(tmp_path: Path) ->
             assert await asyncio.to_thread(status, host) == 403, host
         for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
             assert await asyncio.to_thread(status, host) == 200, host
+
+
+async def test_of_two_key_headers_the_bearer_one_is_used(hub: RunningHub) -> None:
+    good = hub.key("reader", subscribe=["*"])
+    bad = "cvk_000000000000_" + "0" * 40
+    async with httpx.AsyncClient() as client:
+        async def status(headers: dict[str, str]) -> int:
+            got = await client.get(hub.url + "/api/v1/tasks/count", headers=headers)
+            return got.status_code
+
+        assert await status({"Authorization": f"Bearer {good}", "X-Conveyor-Key": bad}) == 200
+        assert await status({"Authorization": f"Bearer {bad}", "X-Conveyor-Key": good}) == 401
+        # another scheme (a proxy's own authentication) leaves X-Conveyor-Key to be read
+        assert await status({"Authorization": "Basic dTpw", "X-Conveyor-Key": good}) == 200
