@@ -324,14 +324,19 @@ def test_tail_follows_logs_with_a_bar_on_a_terminal(
     assert re.search(rf"task {task_id} \(t:steps\) succeeded in \d+\.\ds", err), err
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
 def test_tail_of_a_queued_task_warns_and_ctrl_c_exits_130(
-        tmp_path: Path, background: Callable[..., Background]) -> None:
+        tmp_path: Path, background: Callable[..., Background], sig: signal.Signals,
+        code: int) -> None:
+    """Ctrl-C exits 130; SIGTERM (which ended it without a word) says the same and
+    exits 143."""
     url = _url(tmp_path)
     task = add(url, "nobody:here")
     tail = background("tail", task.id, "--db", url)
     tail.wait_for("no running worker handles 'nobody:here'", stream="err")
-    tail.signal(signal.SIGINT)
-    assert tail.wait() == 130
+    tail.signal(sig)
+    assert tail.wait() == code
     assert f"interrupted: task {task.id} goes on (queued)" in tail.err
     assert not any("Traceback" in line for line in tail.err)
     assert get(url, task.id).status.value == "queued"

@@ -255,13 +255,17 @@ def test_worker_refuses_bad_targets(project: Path, db: str, target: str,
     assert result.out == ""
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_while_waiting_leaves_the_task_queued(
-        background: Callable[..., Background], db: str) -> None:
+        background: Callable[..., Background], db: str, sig: signal.Signals,
+        code: int) -> None:
+    """Ctrl-C, and SIGTERM (which ended the command without a word)."""
     waiting = background("add", "nobody:home", "--wait", "--db", db)
     added = waiting.wait_for("added task", stream="err")
     task_id = added.split()[-1]
-    waiting.signal(signal.SIGINT)
-    assert waiting.wait() == 130
+    waiting.signal(sig)
+    assert waiting.wait() == code
     assert f"interrupted: task {task_id} goes on (queued)" in waiting.err
     assert not any("Traceback" in line for line in waiting.err)
     assert get(db, task_id).status == "queued"

@@ -7,17 +7,14 @@ own benchmarks, with raw-database baselines and peer libraries, are in ``bench/`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
-import signal
 import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.table import Table
@@ -28,8 +25,7 @@ from conveyor.storage import Storage, open_storage
 
 from ._base import EXIT_OK, db_option_with, dump_json, explicit_db
 from ._render import err_console, out_console
-
-T = TypeVar("T")
+from ._signals import EXIT_TERMINATED, stops_on_sigterm
 
 __all__ = ["BenchResult", "bench_command", "run_bench"]
 
@@ -158,31 +154,6 @@ async def _leave_note(app: Conveyor, action: str) -> None:
             f"{app.storage.url}; no worker runs them")
 
 
-EXIT_TERMINATED = 128 + signal.SIGTERM
-"""``bench``'s exit code when SIGTERM stopped it (its cleanup done, as for Ctrl-C)."""
-
-
-async def _stops_on_sigterm(work: Coroutine[Any, Any, T], terminated: list[bool]) -> T:
-    """``await work``, cancelled by SIGTERM as Ctrl-C cancels it (``timeout 60 conveyor
-    bench`` left its queued tasks in the database, silently); ``terminated`` gets an
-    item when that happened."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-
-    def stop() -> None:
-        terminated.append(True)
-        task.cancel()
-
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals here
-        loop.add_signal_handler(signal.SIGTERM, stop)
-    try:
-        return await work
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.remove_signal_handler(signal.SIGTERM)
-
-
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -220,7 +191,7 @@ def bench_command(ctx: click.Context, tasks: int, concurrency: int, latency_samp
             err_console().print(f"measuring {tasks:,} no-op tasks on {storage.url} ...")
         terminated: list[bool] = []
         try:
-            result = asyncio.run(_stops_on_sigterm(
+            result = asyncio.run(stops_on_sigterm(
                 run_bench(storage, tasks=tasks, concurrency=concurrency,
                           latency_samples=latency_samples), terminated))
         except asyncio.CancelledError:

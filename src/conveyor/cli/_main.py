@@ -90,7 +90,7 @@ def cli(ctx: click.Context) -> None:
     Exit codes: 0 success; 1 the operation failed (a task failed or was
     aborted, a task is in the wrong state, storage errors, the hub refused
     the key); 2 bad input (usage, malformed JSON or filter, unknown task id,
-    bad URL); 130 Ctrl-C.
+    bad URL); 130 Ctrl-C; 143 SIGTERM while following a task or in bench.
     """
     command = ctx.invoked_subcommand
     if command == "credentials" and explicit_db(ctx) is not None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
-__all__ = ["StopSignal", "stop_signals"]
+T = TypeVar("T")
+
+__all__ = ["EXIT_TERMINATED", "StopSignal", "stop_signals", "stops_on_sigterm"]
 
 SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None))
                 if s is not None)
@@ -65,3 +69,30 @@ def stop_signals() -> Iterator[StopSignal]:
             loop.remove_signal_handler(sig)
         for sig, old in previous.items():  # pragma: no cover - not on Unix
             signal.signal(sig, old)  # type: ignore[arg-type]
+
+
+EXIT_TERMINATED = 128 + signal.SIGTERM
+"""The exit code of a command that SIGTERM stopped after its cleanup (``bench``,
+``tail``, ``add --wait``)."""
+
+
+async def stops_on_sigterm(work: Coroutine[Any, Any, T], terminated: list[bool]) -> T:
+    """``await work``, cancelled by SIGTERM as Ctrl-C cancels it, so that its way out
+    runs (``timeout 60 conveyor bench`` left its queued tasks in the database
+    silently; ``tail`` ended without its "goes on" line); ``terminated`` gets an item
+    when that happened."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def stop() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals here
+        loop.add_signal_handler(signal.SIGTERM, stop)
+    try:
+        return await work
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGTERM)
