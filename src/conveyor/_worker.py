@@ -55,16 +55,7 @@ from .model import (
     TimedOut,
     Transition,
 )
-from .storage import (
-    ClaimLimits,
-    Completion,
-    HeartbeatReply,
-    Lease,
-    NewLog,
-    Storage,
-    WorkerInfo,
-    _ops,
-)
+from .storage import ClaimLimits, Completion, HeartbeatReply, Lease, NewLog, WorkerInfo, _ops
 
 if TYPE_CHECKING:
     from ._registry import Handler
@@ -81,6 +72,10 @@ before it starts one (see ``Worker._alone_if_rescued``)."""
 log = logging.getLogger("conveyor.worker")
 _PLAIN = (bool, int)  # results that are always valid JSON
 _RETURNED_NONE = Returned(None)  # outcomes are frozen: the common one is shared
+class _KeeperCannotConnect(Exception):
+    """The lease keeper's own storage did not open (the cause says why)."""
+
+
 _CHILD_TRIES = 3  # children tried for one run when each was gone before it took it
 
 
@@ -1072,11 +1067,16 @@ class Worker:
     def _keeper_main(self) -> None:
         # the keeper outlives its errors: a worker without it kept claiming and
         # running tasks whose leases nobody renewed (then run again elsewhere)
+        # (one that cannot connect, a database at its connection limit when the worker
+        # started, tries again at least once per heartbeat interval)
         delay = 0.1
         while not self._keeper_stop.is_set():
             try:
                 asyncio.run(self._keep())
                 return
+            except _KeeperCannotConnect as exc:
+                log.warning("worker %s: the lease keeper cannot connect (%s); trying again "
+                            "in %.1fs", self.id, exc.__cause__, delay)
             except Exception:
                 log.exception("worker %s: lease keeper failed; starting it again in %.1fs",
                               self.id, delay)
@@ -1087,8 +1087,11 @@ class Worker:
         storage = self.storage.fork()
         own = storage is not self.storage
         beat = max(0.05, self.lease / 3)
-        if own and not await self._open_keeper_storage(storage, beat):
-            return
+        if own:
+            try:
+                await storage.open()
+            except Exception as exc:
+                raise _KeeperCannotConnect from exc
         sweep = self.app.sweep_interval
         next_beat = time.monotonic() + beat
         next_sweep = time.monotonic()
@@ -1142,22 +1145,6 @@ class Worker:
         finally:
             if own:
                 await storage.close()
-
-    async def _open_keeper_storage(self, storage: Storage, beat: float) -> bool:
-        """Open the keeper's own connection, again and again until it opens (a
-        database refusing connections when the worker started: its heartbeats begin
-        once one is free); False if the worker stops first."""
-        delay = 0.1
-        while not self._keeper_stop.is_set():
-            try:
-                await storage.open()
-                return True
-            except Exception as exc:
-                log.warning("worker %s: the lease keeper cannot connect (%s); trying again "
-                            "in %.1fs", self.id, exc, delay)
-            await asyncio.to_thread(self._keeper_stop.wait, delay)
-            delay = min(2 * delay, beat)
-        return False
 
     def _on_heartbeat(self, reply: HeartbeatReply, sent: dict[str, str]) -> None:
         """``sent``: the token of each lease the heartbeat named. A lease reported lost

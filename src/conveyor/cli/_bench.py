@@ -25,7 +25,7 @@ from conveyor.storage import Storage, open_storage
 
 from ._base import EXIT_OK, db_option_with, dump_json, explicit_db
 from ._render import err_console, out_console
-from ._signals import EXIT_TERMINATED, stops_on_sigterm
+from ._signals import run_stopping_on_sigterm
 
 __all__ = ["BenchResult", "bench_command", "run_bench"]
 
@@ -189,15 +189,8 @@ def bench_command(ctx: click.Context, tasks: int, concurrency: int, latency_samp
         storage = open_storage(url)
         if not as_json:
             err_console().print(f"measuring {tasks:,} no-op tasks on {storage.url} ...")
-        terminated: list[bool] = []
-        try:
-            result = asyncio.run(stops_on_sigterm(
-                run_bench(storage, tasks=tasks, concurrency=concurrency,
-                          latency_samples=latency_samples), terminated))
-        except asyncio.CancelledError:
-            if terminated:
-                return EXIT_TERMINATED
-            raise
+        result = run_stopping_on_sigterm(run_bench(
+            storage, tasks=tasks, concurrency=concurrency, latency_samples=latency_samples))
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

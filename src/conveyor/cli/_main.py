@@ -25,6 +25,7 @@ from ._base import (
     hub_option,
     one_line,
 )
+from ._signals import EXIT_TERMINATED, Terminated
 
 __all__ = ["COMMANDS", "cli", "main", "run"]
 
@@ -121,6 +122,8 @@ def run(args: Sequence[str] | None = None, *, prog_name: str = "conveyor") -> in
         return exc.exit_code
     except (click.Abort, KeyboardInterrupt, asyncio.CancelledError):
         return EXIT_INTERRUPTED
+    except Terminated:
+        return EXIT_TERMINATED
     except OSError as exc:
         if exc.errno == errno.EPIPE:  # the reader went away (| head): stop quietly
             _silence_stdout()

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["EXIT_TERMINATED", "StopSignal", "stop_signals", "stops_on_sigterm"]
+__all__ = ["EXIT_TERMINATED", "StopSignal", "Terminated", "run_stopping_on_sigterm",
+           "stop_signals"]
 
 SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None))
                 if s is not None)
@@ -76,23 +77,37 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 ``tail``, ``add --wait``)."""
 
 
-async def stops_on_sigterm(work: Coroutine[Any, Any, T], terminated: list[bool]) -> T:
-    """``await work``, cancelled by SIGTERM as Ctrl-C cancels it, so that its way out
-    runs (``timeout 60 conveyor bench`` left its queued tasks in the database
-    silently; ``tail`` ended without its "goes on" line); ``terminated`` gets an item
-    when that happened."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
+class Terminated(Exception):
+    """SIGTERM stopped the command after its way out ran (the CLI exits 143)."""
 
-    def stop() -> None:
-        terminated.append(True)
-        task.cancel()
 
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals here
-        loop.add_signal_handler(signal.SIGTERM, stop)
+def run_stopping_on_sigterm(work: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(work)``, with SIGTERM cancelling ``work`` as Ctrl-C does, so that
+    its way out runs (``timeout 60 conveyor bench`` left its queued tasks in the
+    database silently; ``tail`` ended without its "goes on" line); then
+    :class:`Terminated`."""
+    terminated: list[bool] = []
+
+    async def stoppable() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def stop() -> None:
+            terminated.append(True)
+            task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals
+            loop.add_signal_handler(signal.SIGTERM, stop)
+        try:
+            return await work
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGTERM)
+
     try:
-        return await work
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.remove_signal_handler(signal.SIGTERM)
+        return asyncio.run(stoppable())
+    except asyncio.CancelledError:
+        if terminated:
+            raise Terminated from None
+        raise

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -47,7 +47,7 @@ from ._render import (
     worker_alive,
     workers_table,
 )
-from ._signals import EXIT_TERMINATED, stops_on_sigterm
+from ._signals import run_stopping_on_sigterm
 
 __all__ = [
     "abort_command",
@@ -77,19 +77,6 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 
 def _run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-def _run_following(coro: Coroutine[Any, Any, int]) -> int:
-    """:func:`_run` for the commands that follow a task (``add --wait``, ``tail``):
-    SIGTERM interrupts them as Ctrl-C does (they say the task goes on), then exit
-    143."""
-    terminated: list[bool] = []
-    try:
-        return int(asyncio.run(stops_on_sigterm(coro, terminated)))
-    except asyncio.CancelledError:
-        if terminated:
-            return EXIT_TERMINATED
-        raise
 
 
 def _echo_json(value: Any) -> None:
@@ -167,7 +154,8 @@ def add_command(ctx: click.Context, action: str, payload: str | None, priority: 
     if pickup_timeout is not None:
         options["pickup_timeout"] = pickup_timeout
     url = store_target(ctx)
-    return _run_following(_add(url, action, data, options, wait=wait, as_json=as_json))
+    return int(run_stopping_on_sigterm(_add(url, action, data, options, wait=wait,
+                                            as_json=as_json)))
 
 
 async def _add(url: Target, action: str, payload: Any, options: dict[str, Any], *, wait: bool,
@@ -376,7 +364,7 @@ def tail_command(ctx: click.Context, task_id: str, level: str) -> int:
     Exits 0 if it succeeded, 1 if it failed or was aborted, 130 on Ctrl-C.
     """
     url = store_target(ctx)
-    return _run_following(_tail(url, task_id, LogLevel.parse(level)))
+    return int(run_stopping_on_sigterm(_tail(url, task_id, LogLevel.parse(level))))
 
 
 async def _tail(url: Target, task_id: str, level: LogLevel) -> int:
