@@ -105,11 +105,17 @@ async def test_a_second_abort_of_a_running_task_is_not_announced_again(
     """abort() twice: storage changes once (one version), but the second call
     announced task.abort_requested again, with the same version."""
     started = asyncio.Event()
+    release = asyncio.Event()
 
     @app.handler("abort:twice")
     async def hold(ctx: Context[Any]) -> None:
         started.set()
-        await asyncio.Event().wait()  # until the abort cancels it
+        try:
+            await asyncio.Event().wait()  # until the abort cancels it
+        finally:
+            # the run ends only after the second abort(): it found the task ended
+            # (InvalidTransition) when the first one's cancellation was quick
+            await release.wait()
 
     seen: list[tuple[str, int]] = []
     ended = asyncio.Event()
@@ -125,6 +131,7 @@ async def test_a_second_abort_of_a_running_task_is_not_announced_again(
     await asyncio.wait_for(started.wait(), 10)
     first = await app.abort(task.id, "one")
     again = await app.abort(task.id, "two")
+    release.set()
     assert first.version == again.version
     await asyncio.wait_for(ended.wait(), 10)
     assert [t for t, _ in seen].count("task.abort_requested") == 1, seen
