@@ -57,6 +57,7 @@ EXAMPLES = {
     'concurrency=[{"scope": "running"': "test_guide_concurrency_condition",
     "class Download(BaseModel)": "test_guide_typed_payloads",
     "class TestMyStorage(StorageContract)": "test_guide_storage_contract",
+    "async def test_signup_sends_mail(": "test_guide_drain_in_a_test",
     '"payload.user.id": 42': "test_query_find",
     "compile_sqlite(q.filter)": "test_query_compile_sqlite",
 }
@@ -285,6 +286,21 @@ async def test_guide_schedule_removed(tmp_path: Path) -> None:
         await run_fragment(find_block('"schedule removed"'), {"app": after})
         assert (await after.get(occurrence.id)).status is Status.ABORTED
         assert await after.count({"status": "queued"}) == 0
+
+
+async def test_guide_drain_in_a_test() -> None:
+    ns = exec_module(find_block("async def test_signup_sends_mail("), {})
+    await ns["test_signup_sends_mail"]()  # its assertions hold
+    app = ns["make_app"]("memory://")
+    try:
+        await app.add("users:signup", {"email": "bob@example.com"})
+        await app.add("users:signup", {"email": "eve@example.com"})
+        assert (await app.drain(timeout=10))["succeeded"] == 4
+        sent = await app.find({"action": "mail:send"}, sort=["payload.to", 1])
+        assert [t.result for t in sent] == [{"sent": "bob@example.com"},
+                                            {"sent": "eve@example.com"}]
+    finally:
+        await app.close()
 
 
 async def test_guide_concurrency_condition(app: Conveyor) -> None:

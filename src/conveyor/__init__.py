@@ -21,6 +21,7 @@ from .context import Context, TaskAbortRequested, TaskLogger
 from .errors import (
     ConfigurationError,
     ConveyorError,
+    DrainTimeout,
     DuplicateTask,
     InvalidTransition,
     LeaseLost,
@@ -69,6 +70,7 @@ __all__ = [
     "Context",
     "Conveyor",
     "ConveyorError",
+    "DrainTimeout",
     "DuplicateTask",
     "ErrorInfo",
     "ErrorItem",

@@ -29,6 +29,7 @@ from ._worker import Worker
 from .errors import (
     ConfigurationError,
     ConveyorError,
+    DrainTimeout,
     SchemaError,
     StorageError,
     TaskAborted,
@@ -51,6 +52,9 @@ _ABORTS_TOLD = 10_000  # running tasks whose abort request this app remembers an
 
 MAX_CONCURRENCY = 100_000
 """The most tasks one worker may run at once (``concurrency``)."""
+
+_DRAIN_TALLY = ("succeeded", "failed", "aborted", "retrying", "rescheduled")
+"""The keys of what :meth:`Conveyor.drain` returns: the event types it counts."""
 
 _ENDED = parse_filter({"status": {"$in": ["succeeded", "failed", "aborted"]}})
 """What ``delete`` by filter adds to the caller's filter: tasks that have ended."""
@@ -646,6 +650,81 @@ class Conveyor:
                     pass
         finally:
             self.bus.unsignal(task_id, signal)
+
+    async def drain(self, actions: str | Sequence[str] | None = None, *,
+                    timeout: float | None = None) -> dict[str, int]:
+        """Run tasks until none is due or running, and say how they ended: for tests
+        (as Oban's ``drain_queue``, or Celery's eager mode).
+
+        Starts this app's worker if it is not running (and stops it again before
+        returning), then waits until no task of ``actions`` (an action or a list;
+        default: every action with a handler here) is queued with its ``run_at``
+        come, or running. Tasks the handlers add meanwhile are run too; tasks due
+        later (a ``delay``, a retry's backoff) stay queued. Returns how many tasks of
+        those actions, from the call on, ``"succeeded"``, ``"failed"``,
+        ``"aborted"``, went back to the queue for a retry (``"retrying"``) or by
+        ``Reschedule`` (``"rescheduled"``): every key, zeros included.
+
+        Raises :class:`ValidationError` for an action that has no handler here
+        (nothing is run) and :class:`DrainTimeout` when tasks are still due or
+        running after ``timeout`` seconds (the worker it started is stopped).
+        """
+        wanted = self._drain_actions(actions)
+        limit = seconds(timeout, "timeout")
+        await self.open()
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        tally = dict.fromkeys(_DRAIN_TALLY, 0)
+        changed = asyncio.Event()
+
+        def seen(event: Event) -> None:
+            if event.task is not None and event.task.action in wanted:
+                changed.set()
+                counted = event.type.removeprefix("task.")
+                if counted in tally:
+                    tally[counted] += 1
+
+        unsubscribe = self.bus.on("task.*", seen)
+        started_here = self._worker is None or self._worker.stopping
+        try:
+            await self.start()
+            closes = self._closes
+            while True:
+                changed.clear()
+                busy = parse_filter({"action": {"$in": sorted(wanted)}, "$or": [
+                    {"status": "running"}, {"status": "queued", "run_at": {"$lte": time.time()}}]})
+                left = await self._read(closes, self.storage.count, busy, deadline=deadline)
+                if not left:
+                    return tally
+                pause = 1.0  # a change made by another process may come late
+                if deadline is not None:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise DrainTimeout(left, limit or 0.0)
+                    pause = min(pause, remaining)
+                try:
+                    async with asyncio.timeout(pause):
+                        await changed.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            unsubscribe()
+            if started_here:
+                await self.stop()
+
+    def _drain_actions(self, actions: str | Sequence[str] | None) -> frozenset[str]:
+        if actions is None:
+            if not len(self.registry):
+                raise ConfigurationError("no handlers are registered: nothing to drain")
+            return frozenset(self.registry.actions)
+        names = [actions] if isinstance(actions, str) else actions
+        if not isinstance(names, Sequence) or not names:
+            raise ValidationError("actions must be an action name or a non-empty list of them")
+        for name in names:
+            if not isinstance(name, str) or name not in self.registry:
+                raise ValidationError(f"no handler for action {name!r} is registered here: "
+                                      "drain() runs this process's handlers")
+        return frozenset(names)
 
     async def _read(self, closes: int, read: Callable[..., Awaitable[_T]], *args: Any,
                     deadline: float | None = None) -> _T:

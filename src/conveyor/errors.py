@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigurationError",
     "ConveyorError",
+    "DrainTimeout",
     "DuplicateTask",
     "InvalidTransition",
     "LeaseLost",
@@ -109,6 +110,16 @@ class WaitTimeout(ConveyorError, TimeoutError):
         self.task_id = task_id
         self.timeout = timeout
         super().__init__(f"task {task_id} did not end within {timeout:g}s")
+
+
+class DrainTimeout(ConveyorError, TimeoutError):
+    """:meth:`Conveyor.drain` gave up with tasks still due or running: ``left`` of
+    them when it last counted, after ``timeout`` seconds."""
+
+    def __init__(self, left: int, timeout: float) -> None:
+        self.left = left
+        self.timeout = timeout
+        super().__init__(f"{left} task(s) still due or running after {timeout:g}s of drain()")
 
 
 class TaskFailed(ConveyorError):
