@@ -56,6 +56,10 @@ MAX_CONCURRENCY = 100_000
 _DRAIN_TALLY = ("succeeded", "failed", "aborted", "retrying", "rescheduled")
 """The keys of what :meth:`Conveyor.drain` returns: the event types it counts."""
 
+_RUN_ENDS = frozenset({"task.succeeded", "task.failed", "task.aborted", "task.retrying",
+                       "task.rescheduled", "task.released", "task.rescued"})
+"""Events that end a run :meth:`Conveyor.drain` saw start."""
+
 _ENDED = parse_filter({"status": {"$in": ["succeeded", "failed", "aborted"]}})
 """What ``delete`` by filter adds to the caller's filter: tasks that have ended."""
 
@@ -676,37 +680,56 @@ class Conveyor:
         deadline = None if limit is None else loop.time() + limit
         tally = dict.fromkeys(_DRAIN_TALLY, 0)
         changed = asyncio.Event()
+        # runs seen starting whose end is not announced yet: a worker stores an outcome
+        # before it announces it, and drain() ends once it has counted it
+        going: set[str] = set()
 
         def seen(event: Event) -> None:
-            if event.task is not None and event.task.action in wanted:
-                changed.set()
-                counted = event.type.removeprefix("task.")
-                if counted in tally:
-                    tally[counted] += 1
+            if event.task is None or event.task.action not in wanted:
+                return
+            changed.set()
+            if event.type == "task.started":
+                going.add(event.task.id)
+            elif event.type in _RUN_ENDS:
+                going.discard(event.task.id)
+            counted = event.type.removeprefix("task.")
+            if counted in tally:
+                tally[counted] += 1
 
         unsubscribe = self.bus.on("task.*", seen)
         started_here = self._worker is None or self._worker.stopping
         try:
             await self.start()
+            if self._worker is not None:  # runs it has going (a worker started earlier)
+                going.update(task_id for task_id, run in self._worker.running.items()
+                             if run.task.action in wanted)
             closes = self._closes
+            quiet = False
             while True:
                 changed.clear()
                 busy = parse_filter({"action": {"$in": sorted(wanted)}, "$or": [
                     {"status": "running"}, {"status": "queued", "run_at": {"$lte": time.time()}}]})
                 left = await self._read(closes, self.storage.count, busy, deadline=deadline)
-                if not left:
+                if not left and going and quiet:
+                    # a second without news: a run whose end no event told (its lease lost,
+                    # the task deleted) is let go once storage has it ended
+                    read = await self._read(closes, self.storage.get_many, sorted(going),
+                                            deadline=deadline)
+                    going.intersection_update(t.id for t in read if t.status is Status.RUNNING)
+                if not left and not going:
                     return tally
                 pause = 1.0  # a change made by another process may come late
                 if deadline is not None:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
-                        raise DrainTimeout(left, limit or 0.0)
+                        raise DrainTimeout(max(left, len(going)), limit or 0.0)
                     pause = min(pause, remaining)
+                quiet = False
                 try:
                     async with asyncio.timeout(pause):
                         await changed.wait()
                 except TimeoutError:
-                    pass
+                    quiet = True
         finally:
             unsubscribe()
             if started_here:

@@ -269,3 +269,31 @@ def test_ctrl_c_while_waiting_leaves_the_task_queued(
     assert f"interrupted: task {task_id} goes on (queued)" in waiting.err
     assert not any("Traceback" in line for line in waiting.err)
     assert get(db, task_id).status == "queued"
+
+
+def test_burst_runs_what_is_due_then_exits(project: Path, db: str) -> None:
+    echoes = [add(db, "t:echo", i) for i in range(3)]
+    failing = add(db, "t:fail")
+    later = add(db, "t:echo", "later", delay=3600)
+    done = cli("worker", "cliworkerapp:app", "--burst", cwd=project,
+               env=clean_env(CONVEYOR_DB=db))
+    assert done.code == 0, done
+    lines = done.out.splitlines()
+    assert "drained: 3 succeeded, 1 failed, 0 aborted, 0 retrying, 0 rescheduled" in lines
+    assert "stopped (nothing due): 4 task run(s) finished, 4 claimed" in lines[-1]
+    assert [get(db, t.id).result for t in echoes] == [{"echo": i} for i in range(3)]
+    assert get(db, failing.id).status.value == "failed"
+    assert get(db, later.id).status.value == "queued"  # due later: left for later
+    assert json.loads(cli("workers", "--json", "--db", db).out) == []
+
+
+def test_burst_stops_on_sigterm_without_draining(
+        background: Callable[..., Background], project: Path, db: str) -> None:
+    blocked = add(db, "t:block")
+    worker = start_worker(background, project, db, "--burst", "--stop-timeout", "0.5")
+    eventually(lambda: get(db, blocked.id).status.value == "running", what="claimed")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, (worker.out, worker.err)
+    assert "stopped (SIGTERM)" in worker.out[-1]
+    assert not any(line.startswith("drained:") for line in worker.out)
+    assert get(db, blocked.id).status.value == "queued"  # handed back

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -11,12 +12,14 @@ from typing import Any
 
 import click
 
+from conveyor._worker import Worker
 from conveyor.app import MAX_CONCURRENCY, Conveyor
+from conveyor.events import Event
 from conveyor.storage import open_storage
 from conveyor.sync import SyncConveyor
 
 from ._base import EXIT_OK, CliError, Duration, db_option_with, explicit_db
-from ._signals import stop_signals
+from ._signals import StopSignal, stop_signals
 
 __all__ = ["load_app", "worker_command"]
 
@@ -64,11 +67,14 @@ def load_app(target: str) -> Conveyor:
 @click.option("--stop-timeout", type=Duration("seconds"),
               help="On stop, seconds running tasks get to finish before they are handed "
                    "back to the queue (overrides the app's setting, default 10).")
+@click.option("--burst", is_flag=True,
+              help="Run what is due, and what those tasks add, until nothing is; then stop "
+                   "and exit (Conveyor.drain: for cron jobs and CI).")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @db_option_with("Run on this storage instead of the app's own ($CONVEYOR_DB is not read).")
 @click.pass_context
 def worker_command(ctx: click.Context, target: str, concurrency: int | None,
-                   stop_timeout: float | None, verbose: int) -> int:
+                   stop_timeout: float | None, burst: bool, verbose: int) -> int:
     """Run the worker of the Conveyor app MODULE:APP until Ctrl-C or SIGTERM.
 
     MODULE is imported with the current directory on the import path; APP is
@@ -76,11 +82,14 @@ def worker_command(ctx: click.Context, target: str, concurrency: int | None,
     storage is the app's own, unless --db is given on the command line. On
     Ctrl-C or SIGTERM the worker stops claiming, lets running tasks finish
     for up to --stop-timeout seconds, hands the rest back to the queue and
-    exits 0.
+    exits 0. With --burst it stops by itself once no task of its actions is
+    due or running, and says how many ended how.
     """
     app = load_app(target)
     if not len(app.registry) and not getattr(app, "schedules", None):
         raise CliError(f"{target} has no handlers registered: nothing to work on")
+    if burst and not len(app.registry):
+        raise CliError(f"{target} has schedules but no handlers: nothing to drain (--burst)")
     url = explicit_db(ctx)
     if url is not None and url != app.storage.url:
         app.storage = open_storage(url)
@@ -93,32 +102,85 @@ def worker_command(ctx: click.Context, target: str, concurrency: int | None,
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("conveyor").setLevel(level)
-    return int(asyncio.run(_run_worker(app)))
+    return int(asyncio.run(_run_worker(app, burst)))
 
 
-async def _run_worker(app: Conveyor) -> int:
+async def _run_worker(app: Conveyor, burst: bool) -> int:
     with stop_signals() as stop:
         stop.on_repeat = lambda name: click.echo(
             f"{name}: already stopping; running tasks get up to {app.stop_timeout:g}s",
             err=True)
         try:
-            await app.start()
-            worker = app.worker
-            assert worker is not None
-            actions = ", ".join(worker.actions)
-            schedules = len(getattr(app, "schedules", ()))
-            keeps = f", {schedules} schedule(s)" if schedules else ""
-            click.echo(f"worker {worker.id} started on {app.storage.url}: "
-                       f"{len(worker.actions)} action(s) ({actions}){keeps}, "
-                       f"concurrency {worker.concurrency}; Ctrl-C to stop")
-            await stop.wait()
-            running = len(worker.running)
-            if running:
-                click.echo(f"{stop.name}: stopping; {running} running task(s) get up to "
-                           f"{app.stop_timeout:g}s to finish", err=True)
-            await app.stop()
+            worker = await (_burst(app, stop) if burst else _until_stopped(app, stop))
         finally:
             await app.close()
-    click.echo(f"worker {worker.id} stopped ({stop.name}): {worker.finished_total} task "
-               f"run(s) finished, {worker.claimed_total} claimed")
+    why = stop.name or "nothing due"
+    if worker is None:
+        click.echo(f"worker stopped ({why}) before it started")
+    else:
+        click.echo(f"worker {worker.id} stopped ({why}): {worker.finished_total} task "
+                   f"run(s) finished, {worker.claimed_total} claimed")
     return EXIT_OK
+
+
+def _say_started(worker: Worker) -> None:
+    actions = ", ".join(worker.actions)
+    schedules = len(worker.app.schedules)
+    keeps = f", {schedules} schedule(s)" if schedules else ""
+    click.echo(f"worker {worker.id} started on {worker.app.storage.url}: "
+               f"{len(worker.actions)} action(s) ({actions}){keeps}, "
+               f"concurrency {worker.concurrency}; Ctrl-C to stop")
+
+
+def _say_stopping(worker: Worker, stop: StopSignal) -> None:
+    running = len(worker.running)
+    if running:
+        click.echo(f"{stop.name}: stopping; {running} running task(s) get up to "
+                   f"{worker.app.stop_timeout:g}s to finish", err=True)
+
+
+async def _until_stopped(app: Conveyor, stop: StopSignal) -> Worker:
+    await app.start()
+    worker = app.worker
+    assert worker is not None
+    _say_started(worker)
+    await stop.wait()
+    _say_stopping(worker, stop)
+    await app.stop()
+    return worker
+
+
+async def _burst(app: Conveyor, stop: StopSignal) -> Worker | None:
+    """``--burst``: ``app.drain()``, which starts the worker itself (so that what it
+    counts holds every run of that worker) and stops it once nothing is due. A stop
+    signal cancels the drain, whose stop of the worker is the graceful one."""
+    await app.open()
+    started: list[Worker] = []
+    has_started = asyncio.Event()
+
+    def seen(_event: Event) -> None:
+        if app.worker is not None and not started:
+            started.append(app.worker)
+            has_started.set()
+
+    unsubscribe = app.on("worker.started", seen)
+    drain = asyncio.ensure_future(app.drain())
+    signal = asyncio.ensure_future(stop.wait())
+    announced = asyncio.ensure_future(has_started.wait())
+    try:
+        await asyncio.wait({drain, signal, announced}, return_when=asyncio.FIRST_COMPLETED)
+        if started:
+            _say_started(started[0])
+        await asyncio.wait({drain, signal}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():
+            if started:
+                _say_stopping(started[0], stop)
+            drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            tally = await drain
+            click.echo("drained: " + ", ".join(f"{n} {key}" for key, n in tally.items()))
+    finally:
+        unsubscribe()
+        for future in (drain, signal, announced):
+            future.cancel()
+    return started[0] if started else None
