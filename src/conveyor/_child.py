@@ -69,7 +69,10 @@ class _Channel:
         self.send({"emit": value})
 
 
-def _find_handler(module_name: str, qualname: str) -> Any:
+def _find_handler(module_name: str, qualname: str, action: str, app_name: str) -> Any:
+    """The handler of ``action`` in the app named ``app_name`` in the module (any app
+    of the module when the worker's app has no name there), whose function is
+    ``qualname``."""
     from .app import Conveyor
     from .sync import SyncConveyor
 
@@ -82,13 +85,17 @@ def _find_handler(module_name: str, qualname: str) -> Any:
         spec.loader.exec_module(module)
     else:
         module = importlib.import_module(module_name)
-    for value in vars(module).values():
+    values = [getattr(module, app_name, None)] if app_name else list(vars(module).values())
+    for value in values:
         app = value.app if isinstance(value, SyncConveyor) else value
         if isinstance(app, Conveyor):
-            for handler in app.registry.handlers():
-                if getattr(handler.fn, "__qualname__", None) == qualname:
-                    return handler
-    raise LookupError(f"no Conveyor app in {module_name} registers {qualname}")
+            handler = app.registry.get(action)
+            if handler is not None and getattr(handler.fn, "__qualname__", None) == qualname:
+                return handler
+    if app_name:
+        raise LookupError(f"the app {app_name!r} of {module_name} does not register "
+                          f"{qualname} for {action!r}")
+    raise LookupError(f"no Conveyor app in {module_name} registers {qualname} for {action!r}")
 
 
 def _task_from_json(raw: dict[str, Any]) -> Task:
@@ -211,13 +218,13 @@ def main(argv: list[str]) -> int:
     # its stop timeout, then kills it; a closed stdin ends it too).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    module_name, qualname = argv
+    module_name, qualname, action, app_name = argv
     # the protocol owns the real stdout; the handler's prints go to stderr
     proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     channel = _Channel(proto)
     try:
-        handler = _find_handler(module_name, qualname)
+        handler = _find_handler(module_name, qualname, action, app_name)
     except Exception as exc:
         channel.send({"fatal": f"{type(exc).__name__}: {exc}"})
         return 2

@@ -26,8 +26,12 @@ __all__ = ["LINE_LIMIT", "SPAWN_TRIES", "Child", "ChildLineTooLong", "ChildPool"
 log = logging.getLogger("conveyor.worker")
 
 
-def handler_location(handler: Handler) -> tuple[str, str]:
-    """The module (or script path) and qualified name a child imports the handler from."""
+def handler_location(handler: Handler, app: object = None) -> tuple[str, str, str, str]:
+    """What a child finds its handler by: the module (or script path) and qualified
+    name it imports the function from, the action, and the name ``app`` has in that
+    module ("" when it has none there). A function registered for several actions,
+    or by several apps of its module, runs with the options (``environment``,
+    models, ``retry_on``) of the very handler that claimed the task."""
     fn = handler.fn
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
@@ -35,6 +39,7 @@ def handler_location(handler: Handler) -> tuple[str, str]:
         raise ConfigurationError(
             f"handler for {handler.action!r} runs in a process, so it must be a module-level "
             "function")
+    name = _name_in(sys.modules.get(module), app) if app is not None else ""
     if module == "__main__":
         path = getattr(sys.modules["__main__"], "__file__", None)
         if not path:
@@ -42,7 +47,17 @@ def handler_location(handler: Handler) -> tuple[str, str]:
                 f"handler for {handler.action!r}: a process handler cannot live in an "
                 "interactive session")
         module = os.path.abspath(path)
-    return module, qualname
+    return module, qualname, handler.action, name
+
+
+def _name_in(module: object, app: object) -> str:
+    """The module-level name of ``app`` (or of a SyncConveyor of it) in ``module``."""
+    from .sync import SyncConveyor
+
+    for name, value in vars(module).items() if module is not None else ():
+        if value is app or (isinstance(value, SyncConveyor) and value.app is app):
+            return str(name)
+    return ""
 
 
 SPAWN_TRIES = 3
@@ -61,7 +76,7 @@ class ChildLineTooLong(Exception):
 class Child:
     """One child process, talking JSON lines."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, key: tuple[str, str]) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, key: tuple[str, ...]) -> None:
         self.proc = proc
         self.key = key
         self.runs = 0
@@ -108,14 +123,15 @@ class ChildPool:
     to a slot's worth of idle children, so a worker with several process handlers
     held many more processes than it could ever use at once."""
 
-    def __init__(self, max_idle: int | None = None) -> None:
+    def __init__(self, max_idle: int | None = None, app: object = None) -> None:
         self.max_idle = max_idle
-        self._idle: dict[tuple[str, str], list[Child]] = {}
+        self.app = app  # the app whose handlers the children run
+        self._idle: dict[tuple[str, ...], list[Child]] = {}
         self._lru: dict[Child, None] = {}  # the idle children, least recently used first
         self._all: set[Child] = set()
 
     async def acquire(self, handler: Handler) -> Child:
-        key = handler_location(handler)
+        key = handler_location(handler, self.app)
         idle = self._idle.setdefault(key, [])
         while idle:
             child = idle.pop()
@@ -125,7 +141,7 @@ class ChildPool:
             self._all.discard(child)
         return await self._spawn(key)
 
-    async def _spawn(self, key: tuple[str, str]) -> Child:
+    async def _spawn(self, key: tuple[str, ...]) -> Child:
         """A new child, ready. One killed by a signal before it said so (the OOM
         killer, a signal to the worker's process group in the moment before the
         child has a session of its own) is replaced, up to ``SPAWN_TRIES`` children:
@@ -151,7 +167,7 @@ class ChildPool:
             raise RuntimeError(f"could not start a handler process: {reason}")
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _start(self, key: tuple[str, str]) -> tuple[Child, dict[str, Any] | None]:
+    async def _start(self, key: tuple[str, ...]) -> tuple[Child, dict[str, Any] | None]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]])
         proc = await asyncio.create_subprocess_exec(

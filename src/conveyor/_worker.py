@@ -766,7 +766,7 @@ class Worker:
         A child found gone before it took the run (an idle one that died: its exit not
         seen yet) is replaced: the handler was not called, the run is not its error."""
         if self._children is None:
-            self._children = ChildPool(max_idle=self.concurrency)
+            self._children = ChildPool(max_idle=self.concurrency, app=self.app)
         for _ in range(_CHILD_TRIES):
             outcome = await self._run_in_child(run, timeout,
                                                await self._children.acquire(run.handler))

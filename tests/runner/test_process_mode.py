@@ -224,3 +224,25 @@ async def test_a_child_killed_as_it_starts_is_replaced(tmp_path: Any,
         done = await app.get(task.id)
     assert marker.exists()  # the first child was killed
     assert isinstance(pid, int) and done.attempts == 1 and done.errors == ()
+
+
+async def test_a_function_shared_by_apps_and_actions_runs_with_each_ones_options() -> None:
+    from . import process_tenants
+
+    a, b = process_tenants.tenant_a, process_tenants.tenant_b.app
+    async with a, b:
+        for _ in range(2):  # the second round on children kept idle from the first
+            ta, tb = await a.add("report"), await b.add("report")
+            assert await a.wait(ta.id, timeout=30) == {"env": {"tenant": "A"},
+                                                       "action": "report"}
+            assert await b.wait(tb.id, timeout=30) == {"env": {"tenant": "B"},
+                                                       "action": "report"}
+    resizer = process_tenants.resizer
+    async with resizer:
+        for _ in range(2):
+            large = await resizer.add("resize:large")
+            small = await resizer.add("resize:small")
+            assert await resizer.wait(large.id, timeout=30) == {
+                "env": {"width": 2000}, "action": "resize:large"}
+            assert await resizer.wait(small.id, timeout=30) == {
+                "env": {"width": 100}, "action": "resize:small"}
