@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADD_OPTIONS",
+    "MAX_ABORT_REASON",
     "build_spec",
     "check_abort_reason",
     "check_backoff",
@@ -86,10 +87,17 @@ def check_task_id(task_id: Any) -> None:
     check_unicode(task_id, "a task id")
 
 
+MAX_ABORT_REASON = 1000
+"""The longest abort reason, in characters (the same at every entry point)."""
+
+
 def check_abort_reason(reason: Any) -> str:
-    """An abort reason: a non-empty string of valid Unicode."""
-    if not isinstance(reason, str) or not reason:
-        raise ValidationError("abort reason must be a non-empty string")
+    """An abort reason: a string of valid Unicode, not blank, of at most
+    ``MAX_ABORT_REASON`` characters."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValidationError("abort reason must be a non-empty string (not only spaces)")
+    if len(reason) > MAX_ABORT_REASON:
+        raise ValidationError(f"abort reason is longer than {MAX_ABORT_REASON} characters")
     return check_unicode(reason, "the abort reason")
 
 
@@ -347,6 +355,8 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
         except ValidationError:
             raise ValidationError("parent_id must be a task id (a non-empty string of at most "
                                   f"100 characters), not {reprlib.repr(parent_id)}") from None
+        if "\x00" in parent_id:  # SQLite would cut it there (into another task's id)
+            raise ValidationError("parent_id: a task id has no NUL character (\\u0000)")
 
     return TaskSpec(
         id=new_id(), action=action, payload=payload, priority=priority, run_at=start,

@@ -36,7 +36,9 @@ CASES: dict[str, Case] = {
     "filter-malformed": Case(("ls", '{"status": '), 2, ("filter is not valid JSON",)),
     "filter-unknown-operator": Case(("ls", '{"priority": {"$near": 1}}'), 2,
                                     ("filter.priority", "$near")),
-    "filter-not-an-object": Case(("ls", "[1, 2]"), 2, ("filter must be a JSON object",)),
+    "filter-not-an-object": Case(("ls", "[1, 2]"), 2, ("filter: a filter must be an object, "
+                                                       "not a list",)),
+    "filter-a-number": Case(("ls", "3"), 2, ("a filter must be an object, not a number",)),
     "sort-unknown-field": Case(("ls", "--sort", "-colour"), 2, ("sort", "unknown field")),
     # priorities: >= 0 from the command line
     "priority-negative": Case(("add", "a:b", "--priority", "-1"), 2,

@@ -424,3 +424,15 @@ async def test_ctx_sleep_and_wait_aborted_take_durations() -> None:
     for bad, message in bad_ones:
         assert message in seen[repr(bad)], seen
         assert message in seen["wait " + repr(bad)], seen
+
+
+async def test_a_parent_id_with_nul_is_refused_on_every_backend(app: Conveyor) -> None:
+    parent = await app.add("a")
+    with pytest.raises(ValidationError, match=r"^parent_id: .*NUL"):
+        await app.add("a", parent_id=parent.id + "\x00-and-more")
+    with pytest.raises(ValidationError, match=r"parent_id: .*NUL"):
+        await app.add_many([("a", None, {"parent_id": parent.id}),
+                            ("a", None, {"parent_id": parent.id + "\x00"})])
+    assert await app.count() == 1  # nothing of either
+    child = await app.add("a", parent_id=parent.id)
+    assert [t.id for t in await app.find({"parent_id": parent.id})] == [child.id]

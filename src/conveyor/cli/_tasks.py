@@ -16,7 +16,7 @@ from conveyor._specs import MAX_ATTEMPTS
 from conveyor.app import Conveyor
 from conveyor.errors import ConveyorError, TaskNotFound, ValidationError, _shown_id
 from conveyor.model import LogLevel, Status, Task
-from conveyor.query import parse_query
+from conveyor.query import parse_filter, parse_query
 from conveyor.storage import WorkerInfo
 
 from ._base import (
@@ -269,9 +269,9 @@ def ls_command(ctx: click.Context, filter: str | None, statuses: tuple[str, ...]
     parts: list[dict[str, Any]] = []
     if filter is not None:
         raw = read_json_arg(filter, "filter")
-        if not isinstance(raw, dict):
-            raise CliError(f"the filter must be a JSON object, not {type(raw).__name__}")
-        if raw:
+        if raw is not None and not isinstance(raw, dict):
+            parse_filter(raw)  # the library's QueryError: "a filter must be an object, not a list"
+        if raw:  # {} and null: no filter
             parts.append(raw)
     if statuses:
         parts.append({"status": {"$in": sorted({s.lower() for s in statuses})}})

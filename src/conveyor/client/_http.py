@@ -30,6 +30,7 @@ import httpx
 
 from .._specs import check_task_id, task_ids
 from ..errors import (
+    DuplicateTask,
     InvalidTransition,
     QueryError,
     TaskAborted,
@@ -49,6 +50,7 @@ from ..model import (
     Task,
     seconds,
 )
+from ..query import parse_filter
 from ..query._tree import check_window
 from ..storage import WorkerInfo
 from ..storage._url import hide_password, scrub_password
@@ -201,16 +203,24 @@ class HTTPClient:
 
     async def find(self, filter: Mapping[str, Any] | None = None, *, sort: Any = None,
                    limit: int | None = None, skip: int = 0) -> list[Task]:
-        """Tasks matching ``filter``, sorted, paged (read 1,000 per request)."""
+        """Tasks matching ``filter``, sorted, paged (read 1,000 per request).
+
+        Pages are separate reads: a task that a change during the listing moved
+        into a page already read is not listed twice, but one that it moved back
+        into such a page is not listed at all."""
         check_window(limit, skip)
+        where = _filter_body(filter)
         out: list[Task] = []
+        seen: set[str] = set()
+        read = 0
         while True:
             want = PAGE if limit is None else min(PAGE, limit - len(out))
-            body = {"filter": dict(filter) if filter else None, "sort": sort, "limit": want,
-                    "skip": skip + len(out)}
+            body = {"filter": where, "sort": sort, "limit": want, "skip": skip + read}
             _, data = await self._call("POST", f"{API}/tasks/search", body=body)
             page = [task_from_json(t) for t in data["tasks"]]
-            out.extend(page)
+            read += len(page)
+            out.extend(t for t in page if t.id not in seen)
+            seen.update(t.id for t in page)
             if len(page) < want or want == 0 or (limit is not None and len(out) >= limit):
                 return out
 
@@ -223,7 +233,7 @@ class HTTPClient:
     async def count(self, filter: Mapping[str, Any] | None = None) -> int:
         """How many tasks match the filter."""
         _, data = await self._call("POST", f"{API}/tasks/count",
-                                   body={"filter": dict(filter) if filter else None})
+                                   body={"filter": _filter_body(filter)})
         return int(data["count"])
 
     async def stats(self) -> dict[str, dict[str, int]]:
@@ -384,8 +394,9 @@ def _error(response: httpx.Response, task_id: str | None) -> Exception:
         error = body["error"]
         code, message = str(error["code"]), str(error["message"])
         path = str(error.get("path") or "")
+        duplicate = error.get("duplicate") is True
     except (ValueError, KeyError, TypeError):
-        code, path = "", ""
+        code, path, duplicate = "", "", False
         message = " ".join(response.text.split())[:200] or response.reason_phrase
     if status == 404 and code == "not_found" and task_id is not None:
         return TaskNotFound(task_id)
@@ -396,7 +407,7 @@ def _error(response: httpx.Response, task_id: str | None) -> Exception:
     if status in (400, 413, 415, 422):
         return ValidationError(message)
     if status == 409 and code == "invalid_transition":
-        return InvalidTransition(message)
+        return DuplicateTask(message) if duplicate else InvalidTransition(message)
     return HubError(status, message, code)
 
 
@@ -410,3 +421,13 @@ def _level(value: LogLevel | str) -> str:
 def _item(item: Any, index: int) -> dict[str, Any]:
     action, payload, options = item_json(item, index)
     return {"action": action, "payload": payload_json(payload), **options_json(options)}
+
+
+def _filter_body(filter: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The filter as sent: a mapping, or None for every task; anything else is the
+    library's ``QueryError`` (an empty list is not "no filter")."""
+    if filter is None:
+        return None
+    if not isinstance(filter, Mapping):
+        parse_filter(filter)  # raises what Conveyor.find would
+    return dict(filter)

@@ -97,6 +97,9 @@ def create_hub(app: Conveyor | str, config: HubConfig | None = None, *,
     middleware = [Middleware(SameOrigin, config=hub.config)] if hub.config.insecure else []
     asgi = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                      exception_handlers=rest_exception_handlers())
+    # no 307 to the path without its slash: a redirect built from the request's Host
+    # header, without the JSON error body (docs/http.md: a 404 for what is no route)
+    asgi.router.redirect_slashes = False
     asgi.state.hub = hub
     return asgi
 

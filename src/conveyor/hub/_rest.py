@@ -41,6 +41,7 @@ from .._specs import ADD_OPTIONS
 from ..client._unserved import UNSERVED_HEADER
 from ..errors import (
     ConveyorError,
+    DuplicateTask,
     InvalidTransition,
     QueryError,
     StorageError,
@@ -151,7 +152,9 @@ def _endpoint(hub: Hub, handlers: Mapping[str, Handler], literals: Mapping[str, 
         except TaskNotFound as exc:
             return error_response(404, "not_found", str(exc))
         except InvalidTransition as exc:
-            return error_response(409, "invalid_transition", str(exc))
+            # a retry whose unique key another task took: the client raises DuplicateTask
+            extra = {"duplicate": True} if isinstance(exc, DuplicateTask) else {}
+            return error_response(409, "invalid_transition", str(exc), **extra)
         except StorageError as exc:
             log.warning("storage error on %s %s: %s", request.method, request.url.path, exc)
             return error_response(503, "storage_unavailable", f"storage unavailable: {exc}")

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from .._specs import MAX_ATTEMPTS, MAX_CONDITION_TERMS, MAX_CONDITIONS
+from .._specs import MAX_ABORT_REASON, MAX_ATTEMPTS, MAX_CONDITION_TERMS, MAX_CONDITIONS
 from ..model import FIELDS, JSON_FIELDS
 from ..query._parse import FIELD_OPERATORS
 
@@ -215,12 +215,14 @@ class TaskIn(_In):
     unique_fields: Annotated[list[Annotated[str, Field(min_length=1)]],
                              Field(min_length=1)] | None = Field(
         None, description="Payload fields to build the unique key from (not with unique_key).")
-    unique_scope: Annotated[list[Status], Field(
+    unique_scope: Status | Annotated[list[Status], Field(
         min_length=1, json_schema_extra={"contains": {"const": "queued"}})] | None = Field(
-        None, description="Statuses the unique key is held in (must include queued).")
-    concurrency: Annotated[list[ConditionIn], Field(max_length=MAX_CONDITIONS)] | None = Field(
-        None, description=f"At most {MAX_CONDITIONS} conditions, with {MAX_CONDITION_TERMS} "
-                          "comparisons in all.")
+        None, description="Statuses the unique key is held in (must include queued); "
+                          "one status or a list, as for Conveyor.add.")
+    concurrency: ConditionIn | Annotated[list[ConditionIn], Field(
+        max_length=MAX_CONDITIONS)] | None = Field(
+        None, description=f"One condition or a list: at most {MAX_CONDITIONS} conditions, "
+                          f"with {MAX_CONDITION_TERMS} comparisons in all.")
     parent_id: Annotated[str, Field(min_length=1, max_length=100)] | None = None
 
 
@@ -244,7 +246,7 @@ class CountIn(_In):
 
 
 class AbortIn(_In):
-    reason: Annotated[str, Field(min_length=1, max_length=1000)] = "aborted"
+    reason: Annotated[str, Field(min_length=1, max_length=MAX_ABORT_REASON)] = "aborted"
 
 
 class RetryIn(_In):

@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from .._registry import check_action
-from .._specs import ADD_OPTIONS
+from .._specs import ADD_OPTIONS, MAX_ABORT_REASON
 from ..errors import (
     ConveyorError,
     InvalidTransition,
@@ -35,7 +35,7 @@ from ..errors import (
     TaskNotFound,
     ValidationError,
 )
-from ..model import Task
+from ..model import MAX_SECONDS, Task
 from ..storage import AddResult
 from ._credentials import Credential
 from ._http import client_address, error_response, key_from
@@ -686,7 +686,7 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
         items = [_task_item(conn, msg, "publish", _PUBLISH_KEYS)]
         several = False
     wait = opt_bool(msg, "wait", False)
-    timeout = opt_number(msg, "timeout", None)
+    timeout = opt_number(msg, "timeout", None, maximum=MAX_SECONDS)
     updates = opt_bool(msg, "updates", True)
     wait_spec = None
     if wait or timeout is not None or "default" in msg:
@@ -742,7 +742,7 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
 
 async def _wait(conn: Connection, msg: dict[str, Any]) -> None:
     task_id = req_str(msg, "task_id", limit=100)
-    timeout = opt_number(msg, "timeout", None)
+    timeout = opt_number(msg, "timeout", None, maximum=MAX_SECONDS)
     key = encode_id(msg["id"])
     stream = TaskStream(conn.state, conn, msg["id"], key, task_id, replay=False, updates=False,
                         wait=WaitSpec(timeout, "default" in msg, msg.get("default")),
@@ -802,7 +802,8 @@ async def _get(conn: Connection, msg: dict[str, Any]) -> None:
 
 async def _abort(conn: Connection, msg: dict[str, Any]) -> None:
     task_id = req_str(msg, "task_id", limit=100)
-    reason = opt_str(msg, "reason", limit=500)  # "" is refused by app.abort, as over REST
+    # "" is refused by app.abort, as over REST
+    reason = opt_str(msg, "reason", limit=MAX_ABORT_REASON)
     reason = "aborted" if reason is None else reason
     if not conn.credential.admin:
         raise ProtocolError("forbidden", f"credential {conn.credential.name!r} may not abort "
