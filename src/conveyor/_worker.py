@@ -270,6 +270,7 @@ class Worker:
         self._alone: str | None = None
         self._single = False
         self._drain_until = 0.0  # (monotonic) 0: not waiting for running tasks to end
+        self._name_clashes: set[str | None] = set()  # schedules told to be named apart
         self.zombies = 0
         self.claimed_total = 0
         self.finished_total = 0
@@ -563,15 +564,24 @@ class Worker:
 
     async def _add_occurrence(self, schedule: Schedule, at: float) -> bool:
         try:
-            await self.app.add(schedule.action, schedule.payload, run_at=at,
-                               priority=schedule.priority,
-                               unique_key=schedule.unique_key(at), unique_scope=list(Status),
-                               tags={"schedule": schedule.name})
-            return True
+            task = await self.app.add(schedule.action, schedule.payload, run_at=at,
+                                      priority=schedule.priority,
+                                      unique_key=schedule.unique_key(at),
+                                      unique_scope=list(Status),
+                                      tags={"schedule": schedule.name})
         except Exception as exc:
             log.warning("schedule %s: could not add the occurrence at %s: %s", schedule.name,
                         at, exc)
             return False
+        if task.action != schedule.action and schedule.name not in self._name_clashes:
+            # the key names the schedule, not its action: another app on this database
+            # declares a schedule of the same name, and its occurrence took the key
+            self._name_clashes.add(schedule.name)
+            log.warning("schedule %s: its occurrence at %s is task %s of %r: another "
+                        "app's schedule on this database has the same name, and only one "
+                        "of the two runs at each time; give them different names",
+                        schedule.name, at, task.id, task.action)
+        return True
 
     # -- running --------------------------------------------------------------
 
