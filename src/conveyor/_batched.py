@@ -68,8 +68,8 @@ class BatchedWrites(Generic[C]):
             await asyncio.wait_for(self.drain(), timeout)
         except TimeoutError:
             log.error("%s: gave up storing what its runs reported within %g s of stopping "
-                      "(%d outcome(s) and %d log line(s) waiting, besides those being "
-                      "written); their tasks will be rescued when their leases end",
+                      "(the write under way, and %d more outcome(s) and %d log line(s) "
+                      "queued behind it); their tasks will be rescued when their leases end",
                       self.owner, timeout, len(self.completions), len(self.logs))
             if self._task is not None:
                 self._task.cancel()

@@ -291,3 +291,22 @@ def test_a_missing_extra_is_named(tmp_path: Path) -> None:
     assert out.stderr.splitlines() == [
         "error: this needs the [hub] extra (no module 'starlette'): pip install "
         "'conveyor[hub]' (in a clone: scripts/setup hub)"], out.stderr
+
+
+def test_read_commands_refuse_another_applications_file_unchanged(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "theirs.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    url = f"sqlite:///{path}"
+    for args in (("ls",), ("stats",), ("workers",), ("show", "01a00000-0000-7000-8000-0000")):
+        result = cli(*args, "--db", url)
+        assert_error(result, 1, "is not a conveyor database")
+    assert path.read_bytes() == before and not (tmp_path / "theirs.db-wal").exists()
+    migrated = cli("migrate", "--db", url)  # asked for: conveyor's tables beside theirs
+    assert migrated.code == 0, migrated
+    assert cli("ls", "--db", url).code == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Coroutine, Iterator
@@ -20,9 +21,9 @@ from typing import Any
 import pytest
 
 from conveyor import Conveyor
-from conveyor.errors import SchemaError, StorageError
+from conveyor.errors import ConfigurationError, SchemaError, StorageError
 from conveyor.query import parse_filter
-from conveyor.storage.sqlite import SQLiteStorage
+from conveyor.storage.sqlite import SQLiteStorage, parse_sqlite_url
 
 
 def not_a_database(path: Path) -> None:
@@ -209,3 +210,40 @@ def test_a_file_of_a_development_version_1_is_refused_unchanged(tmp_path: Path) 
         assert "batch" not in columns
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize(("url", "needle"), [
+    ("sqlite:///queue#2.db", "a '#' in the path is written %23"),
+    ("sqlite:/abs.db", "use sqlite:///relative/path.db"),
+])
+def test_sqlite_urls_that_would_name_another_file_are_refused(url: str, needle: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(needle)):
+        parse_sqlite_url(url)
+
+
+async def test_a_percent_escaped_sqlite_path_is_decoded(tmp_path: Path) -> None:
+    folder = tmp_path / "my queue#1"
+    folder.mkdir()
+    app = Conveyor(f"sqlite:///{tmp_path}/my%20queue%231/tasks.db")
+    try:
+        await app.add("a")
+    finally:
+        await app.close()
+    assert (folder / "tasks.db").exists()
+
+
+@pytest.mark.parametrize("version", [1, 3, 7])
+async def test_another_applications_versioned_file_is_refused_unchanged(
+        tmp_path: Path, version: int) -> None:
+    path = tmp_path / "theirs.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER)")
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    app = Conveyor(f"sqlite:///{path}")
+    with pytest.raises(SchemaError, match="is not a conveyor database"):
+        await app.add("a")
+    await app.close()
+    assert path.read_bytes() == before  # not even switched to WAL

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 import re
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -189,6 +191,29 @@ def _require_existing(url: str) -> None:
             f"{path!r} ({url}) is an empty file, not a conveyor database: check --db or "
             f"${DB_ENV}; 'conveyor migrate', 'conveyor add' or a worker makes it one",
             EXIT_FAILED)
+    if _foreign_file(path):
+        raise CliError(
+            f"{path!r} ({url}) is not a conveyor database (it has tables, none of them "
+            f"conveyor's): check --db or ${DB_ENV}; 'conveyor migrate' adds conveyor's "
+            "tables to it", EXIT_FAILED)
+
+
+def _foreign_file(path: str) -> bool:
+    """Whether ``path`` is a SQLite file with tables but none of conveyor's (read
+    without writing to it: a read command must not make it a conveyor database)."""
+    try:
+        conn = sqlite3.connect(f"{pathlib.Path(path).absolute().as_uri()}?mode=ro", uri=True,
+                               timeout=5)
+    except sqlite3.Error:
+        return False  # let the storage say what is wrong
+    try:
+        names = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return bool(names) and "conveyor_tasks" not in names
 
 
 def _empty_file(path: str) -> bool:

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .. import _json
 from ..errors import (
@@ -75,7 +75,7 @@ from .base import (
     WorkerInfo,
 )
 
-__all__ = ["FEED_RETENTION", "SQLiteStorage", "parse_sqlite_url"]
+__all__ = ["FEED_RETENTION", "WAL_SIZE_LIMIT", "SQLiteStorage", "parse_sqlite_url"]
 
 T = TypeVar("T")
 log = logging.getLogger("conveyor.storage.sqlite")
@@ -86,6 +86,13 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 MIN_SQLITE = (3, 38, 0)
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _STATUS = {s.value: s for s in Status}
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Bytes the ``-wal`` file is cut back to once checkpoints catch up (``journal_size_limit``)."""
+_DEVELOPMENT_FILE = (
+    "database {path!r} was made by a development version of conveyor whose version-1 "
+    "schema differs from the released one (its change feed has no batch column); it "
+    "cannot be migrated: move its tasks to a new database")
+_SWEEP_STALL = 5.0  # seconds a sweep may wait for the write lock and still judge leases
 FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
 READERS = 2
@@ -98,11 +105,14 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
     parts = urlsplit(url)
     if parts.scheme != "sqlite":
         raise ConfigurationError(f"not a sqlite URL: {url!r}")
-    if parts.netloc:
+    if parts.netloc or not url[len("sqlite:"):].startswith("//"):
         raise ConfigurationError(
             f"bad sqlite URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
-    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if "#" in url:  # urlsplit would cut the path there: another file
+        raise ConfigurationError(
+            f"bad sqlite URL {url!r}: a '#' in the path is written %23")
+    path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
     if not path:
         raise ConfigurationError(f"sqlite URL {url!r} names no file")
     if path == ":memory:":
@@ -187,9 +197,18 @@ class SQLiteStorage(FanoutFeed, Storage):
             # timeout=0: waits for the write lock happen in _sqlthread, with short sleeps
             conn = sqlite3.connect(self.path, timeout=0.0, isolation_level=None,
                                    check_same_thread=False)
+            try:  # before anything is written (the WAL mode is, in the file's header)
+                retry_busy(lambda: self._refuse_foreign(conn), self.busy_timeout)
+            except BaseException:
+                conn.close()
+                raise
             retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone(),
                        self.busy_timeout)
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            # the -wal file grows while a long read holds back checkpoints; once they
+            # catch up it is cut back to this size (it kept its peak size until the
+            # last connection closed)
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT:d}")
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open database {self.path!r}: {exc}") from None
         _register_functions(conn)
@@ -229,6 +248,20 @@ class SQLiteStorage(FanoutFeed, Storage):
         if self._feed.active and self._feed.wants_own():
             self._kick.set()
 
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        """A file with a schema version but none of conveyor's tables is another
+        application's (``user_version`` is its too): refused, unchanged."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version and not conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'conveyor_tasks'").fetchone()[0]:
+            raise SchemaError(
+                f"database {self.path!r} is not a conveyor database: it has none of "
+                f"conveyor's tables, and its schema version ({version}) is another "
+                "application's; check the URL")
+        if version and version < 4 and not any(
+                row[1] == "batch" for row in conn.execute("PRAGMA table_info(conveyor_changes)")):
+            raise SchemaError(_DEVELOPMENT_FILE.format(path=self.path))
+
     def _migrate(self, conn: sqlite3.Connection) -> None:
         current = conn.execute("PRAGMA user_version").fetchone()[0]
         if current > SCHEMA_VERSION:
@@ -250,11 +283,7 @@ class SQLiteStorage(FanoutFeed, Storage):
                          conn.execute("PRAGMA table_info(conveyor_changes)")):
                 # version 1 as development versions before 7d6c617 made it (a change row
                 # per task by triggers): the later migrations do not apply to it
-                raise SchemaError(
-                    f"database {self.path!r} was made by a development version of conveyor "
-                    "whose version-1 schema differs from the released one (its change feed "
-                    "has no batch column); it cannot be migrated: move its tasks to a new "
-                    "database")
+                raise SchemaError(_DEVELOPMENT_FILE.format(path=self.path))
             for migration in MIGRATIONS:
                 if migration.version > current:
                     for statement in _split_statements(migration.sql):
@@ -846,7 +875,18 @@ class SQLiteStorage(FanoutFeed, Storage):
         return await self._write(tx)
 
     async def recover(self, max_rescues: int) -> RecoverReport:
+        # A sweep that waited for the write lock (another process, a sqlite3 shell or
+        # a backup, held it) rescues nothing this time: no worker could renew a lease
+        # while it waited either, and their heartbeats, queued behind the lock, land
+        # once it is free. (It rescued them, and the tasks ran twice, when the lock went
+        # to the sweep first.) The next sweep judges the leases.
+        asked = time.monotonic()
+
         def tx(conn: sqlite3.Connection) -> RecoverReport:
+            if time.monotonic() - asked > _SWEEP_STALL:
+                log.info("the sweep waited %.1fs for the database; leases are judged "
+                         "by the next one", time.monotonic() - asked)
+                return RecoverReport((), (), (), ())
             now = time.time()
             expired = self._expire_pickups(conn, now)
             groups: dict[str, list[str]] = {"rescued": [], "lost": [], "lost_aborted": []}
