@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -252,7 +252,7 @@ class _Writer(BatchedWrites[tuple[Completion, "_Run"]]):
 class Worker:
     """Runs the handlers of one :class:`Conveyor` app. Created by ``app.start()``."""
 
-    def __init__(self, app: Conveyor) -> None:
+    def __init__(self, app: Conveyor, actions: Iterable[str] | None = None) -> None:
         self.app = app
         self.storage = app.storage
         self.registry = app.registry
@@ -260,7 +260,8 @@ class Worker:
         self.concurrency = app.concurrency
         self.lease = app.lease
         self.batch_size = app.batch_size
-        self.actions = self.registry.actions
+        self.actions = self.registry.actions if actions is None else sorted(actions)
+        """The actions it claims: every registered one, or those a drain() started it for."""
         self.limits = ClaimLimits({h.action: h.limit for h in self.registry.handlers()
                                    if h.limit is not None})
         self.running: dict[str, _Run] = {}
@@ -408,6 +409,13 @@ class Worker:
                           started_at=self._started_at, last_seen=now, running=len(self.running),
                           info={"lease": self.lease,
                                 **({"name": self.app.name} if self.app.name else {})})
+
+    def serve(self, actions: Iterable[str]) -> None:
+        """Claim tasks of ``actions`` too (registered actions; from the next claim)."""
+        more = set(actions) - set(self.actions)
+        if more:
+            self.actions = sorted({*self.actions, *more})
+            self.wake()
 
     def wake(self) -> None:
         """Claim now (a task was added in this process)."""

@@ -163,6 +163,8 @@ class Conveyor:
         self._relay: ChangeRelay | None = None
         self._relay_listeners: list[Callable[[Sequence[Change]], None]] = []
         self._worker: Worker | None = None
+        self._drain_worker: Worker | None = None  # started by drain() for its actions
+        self._drains = 0  # drain() calls under way
         self._closing: asyncio.Task[None] | None = None
         self._opened = False
         self._closes = 0  # how many times close() ended waits (see _read)
@@ -338,6 +340,8 @@ class Conveyor:
         self.bus._after_fork()
         self._relay = None
         self._worker = None
+        self._drain_worker = None
+        self._drains = 0
         self._opened = False
         self._open_lock = None
         self._background = set()
@@ -377,15 +381,29 @@ class Conveyor:
 
     async def start(self) -> None:
         """Start a worker for the registered handlers in this process."""
+        await self._start_worker(None)
+
+    async def _start_worker(self, actions: frozenset[str] | None) -> Worker:
+        """The running worker, started if none runs: for ``actions`` only (a drain's,
+        stopped when the last drain ends), or for every action (``start()``'s). A
+        drain's worker that ``start()`` finds takes every action and is left running."""
         await self.open()
         if self._worker is not None and self._worker.stopping:
             await self.stop()  # a stop under way (its caller cancelled) ends first
-        if self._worker is not None:
-            return
+        worker = self._worker
+        if worker is not None:
+            if worker is self._drain_worker:
+                worker.serve(self.registry.actions if actions is None else actions)
+                if actions is None:
+                    self._drain_worker = None
+            return worker
         if not len(self.registry) and not self.schedules:
             raise ConfigurationError("no handlers are registered: nothing to work on")
-        self._worker = Worker(self)
-        await self._worker.start()
+        worker = self._worker = Worker(self, actions)
+        if actions is not None:
+            self._drain_worker = worker
+        await worker.start()
+        return worker
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop the worker: no more claims; running tasks get ``timeout`` seconds
@@ -660,18 +678,23 @@ class Conveyor:
         """Run tasks until none is due or running, and say how they ended: for tests
         (as Oban's ``drain_queue``, or Celery's eager mode).
 
-        Starts this app's worker if it is not running (and stops it again before
-        returning), then waits until no task of ``actions`` (an action or a list;
-        default: every action with a handler here) is queued with its ``run_at``
-        come, or running. Tasks the handlers add meanwhile are run too; tasks due
-        later (a ``delay``, a retry's backoff) stay queued. Returns how many tasks of
-        those actions, from the call on, ``"succeeded"``, ``"failed"``,
-        ``"aborted"``, went back to the queue for a retry (``"retrying"``) or by
-        ``Reschedule`` (``"rescheduled"``): every key, zeros included.
+        Starts a worker for ``actions`` (an action or a list; default: every action
+        with a handler here) if this app's worker is not running, and stops it again
+        when the last drain under way returns; a worker already running (``start()``)
+        is used and left running. Then waits until no task of ``actions`` is queued
+        with its ``run_at`` come, or running. Tasks the handlers add meanwhile are
+        run too; tasks due later (a ``delay``, a retry's backoff) stay queued, and so
+        do other actions' tasks (a worker it started claims ``actions`` only).
+        Returns how many tasks of those actions, from the call on, ``"succeeded"``,
+        ``"failed"``, ``"aborted"``, went back to the queue for a retry
+        (``"retrying"``) or by ``Reschedule`` (``"rescheduled"``): every key, zeros
+        included.
 
         Raises :class:`ValidationError` for an action that has no handler here
         (nothing is run) and :class:`DrainTimeout` when tasks are still due or
-        running after ``timeout`` seconds (the worker it started is stopped).
+        running after ``timeout`` seconds. A worker it started is stopped at once
+        when it ends that way (or is cancelled): running tasks go back to the queue
+        without waiting ``stop_timeout``.
         """
         wanted = self._drain_actions(actions)
         limit = seconds(timeout, "timeout")
@@ -697,12 +720,11 @@ class Conveyor:
                 tally[counted] += 1
 
         unsubscribe = self.bus.on("task.*", seen)
-        started_here = self._worker is None or self._worker.stopping
+        self._drains += 1
         try:
-            await self.start()
-            if self._worker is not None:  # runs it has going (a worker started earlier)
-                going.update(task_id for task_id, run in self._worker.running.items()
-                             if run.task.action in wanted)
+            worker = await self._start_worker(wanted)
+            going.update(task_id for task_id, run in worker.running.items()
+                         if run.task.action in wanted)  # a worker started earlier
             closes = self._closes
             quiet = False
             while True:
@@ -732,8 +754,14 @@ class Conveyor:
                     quiet = True
         finally:
             unsubscribe()
-            if started_here:
-                await self.stop()
+            self._drains -= 1
+            owned = self._drain_worker
+            if not self._drains and owned is not None:
+                self._drain_worker = None
+                if self._worker is owned:
+                    # at once: a run still going (a timeout, a cancelled drain) is handed
+                    # back without waiting stop_timeout
+                    await self.stop(0)
 
     def _drain_actions(self, actions: str | Sequence[str] | None) -> frozenset[str]:
         if actions is None:
@@ -744,7 +772,9 @@ class Conveyor:
         if not isinstance(names, Sequence) or not names:
             raise ValidationError("actions must be an action name or a non-empty list of them")
         for name in names:
-            if not isinstance(name, str) or name not in self.registry:
+            if not isinstance(name, str):
+                raise ValidationError(f"actions are action names (strings), not {name!r}")
+            if name not in self.registry:
                 raise ValidationError(f"no handler for action {name!r} is registered here: "
                                       "drain() runs this process's handlers")
         return frozenset(names)

@@ -171,3 +171,86 @@ def test_sync_face_drains(tmp_path: Any) -> None:
         assert [app.wait(t.id, timeout=1) for t in tasks] == [0, 2, 4, 6, 8]
     finally:
         app.close()
+
+
+async def test_a_worker_drain_starts_claims_its_actions_only(app: Conveyor) -> None:
+    ran: list[str] = []
+
+    @app.handler("a")
+    async def a(ctx: Context[Any]) -> None:
+        ran.append("a")
+
+    @app.handler("b")
+    async def b(ctx: Context[Any]) -> None:
+        ran.append("b")
+
+    await app.open()
+    other = await app.add("b")
+    await app.add("a")
+    assert await app.drain("a", timeout=30) == {**NOTHING, "succeeded": 1}
+    assert ran == ["a"] and app.worker is None
+    again = await app.get(other.id)
+    assert again is not None and again.status is Status.QUEUED and again.attempts == 0
+
+
+async def test_drains_at_once_share_the_worker_until_the_last_ends(app: Conveyor) -> None:
+    release = asyncio.Event()
+
+    @app.handler("quick")
+    async def quick(ctx: Context[Any]) -> None: ...
+
+    @app.handler("slow")
+    async def slow(ctx: Context[Any]) -> None:
+        await release.wait()
+
+    await app.open()
+    await app.add("quick")
+    await app.add_many([("slow", i) for i in range(3)])
+    slow_drain = asyncio.create_task(app.drain("slow", timeout=60))
+    assert await app.drain("quick", timeout=60) == {**NOTHING, "succeeded": 1}
+    assert app.worker is not None  # the slow drain still uses it
+    release.set()
+    assert await slow_drain == {**NOTHING, "succeeded": 3}
+    assert app.worker is None
+
+
+async def test_start_during_a_drain_keeps_the_worker_for_every_action(app: Conveyor) -> None:
+    release, entered = asyncio.Event(), asyncio.Event()
+
+    @app.handler("held")
+    async def held(ctx: Context[Any]) -> None:
+        entered.set()
+        await release.wait()
+
+    @app.handler("later")
+    async def later(ctx: Context[Any]) -> str:
+        return "ran"
+
+    await app.open()
+    await app.add("held")
+    draining = asyncio.create_task(app.drain("held", timeout=60))
+    await asyncio.wait_for(entered.wait(), 30)  # run by the drain's worker
+    await app.start()
+    release.set()
+    assert (await draining)["succeeded"] == 1
+    assert app.worker is not None and not app.worker.stopping  # start()'s, left running
+    task = await app.add("later")
+    assert await app.wait(task.id, timeout=30) == "ran"
+
+
+async def test_drain_timeout_hands_runs_back_without_waiting_stop_timeout(
+        url: str) -> None:
+    app = Conveyor(url, stop_timeout=3600)
+
+    @app.handler("stuck")
+    async def stuck(ctx: Context[Any]) -> None:
+        await asyncio.Event().wait()
+
+    try:
+        task = await app.add("stuck")
+        with pytest.raises(DrainTimeout):  # within 30 s, not an hour
+            await asyncio.wait_for(app.drain(timeout=0.5), 30)
+        again = await app.get(task.id)
+        assert again is not None and again.status is Status.QUEUED and app.worker is None
+    finally:
+        await app.close()

@@ -153,7 +153,7 @@ async def _until_stopped(app: Conveyor, stop: StopSignal) -> Worker:
 async def _burst(app: Conveyor, stop: StopSignal) -> Worker | None:
     """``--burst``: ``app.drain()``, which starts the worker itself (so that what it
     counts holds every run of that worker) and stops it once nothing is due. A stop
-    signal cancels the drain, whose stop of the worker is the graceful one."""
+    signal stops the worker gracefully, then cancels the drain."""
     await app.open()
     started: list[Worker] = []
     has_started = asyncio.Event()
@@ -175,6 +175,7 @@ async def _burst(app: Conveyor, stop: StopSignal) -> Worker | None:
         if not drain.done():
             if started:
                 _say_stopping(started[0], stop)
+            await app.stop()  # the graceful stop (--stop-timeout), then the drain ends
             drain.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             tally = await drain
