@@ -108,11 +108,14 @@ class Conveyor:
     """
 
     def __init__(self, url: str | Storage | None = None, *, name: str | None = None,
-                 concurrency: int = 32, lease: float = 30.0, batch_size: int | None = None,
-                 max_payload: int = 1 << 20, policy: Policy | None = None,
-                 max_rescues: int = 3, sweep_interval: float | None = None,
-                 idle_poll: float = 1.0, progress_interval: float = 0.05,
-                 stop_timeout: float = 10.0, retention: float | None = None) -> None:
+                 concurrency: int = 32, lease: float | timedelta = 30.0,
+                 batch_size: int | None = None, max_payload: int = 1 << 20,
+                 policy: Policy | None = None, max_rescues: int = 3,
+                 sweep_interval: float | timedelta | None = None,
+                 idle_poll: float | timedelta = 1.0,
+                 progress_interval: float | timedelta = 0.05,
+                 stop_timeout: float | timedelta = 10.0,
+                 retention: float | timedelta | None = None) -> None:
         if (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
                 or concurrency > MAX_CONCURRENCY):
             raise ConfigurationError(f"concurrency must be an integer from 1 to "
@@ -405,7 +408,7 @@ class Conveyor:
         await worker.start()
         return worker
 
-    async def stop(self, timeout: float | None = None) -> None:
+    async def stop(self, timeout: float | timedelta | None = None) -> None:
         """Stop the worker: no more claims; running tasks get ``timeout`` seconds
         (default ``stop_timeout``) to finish, then go back to the queue."""
         wait = seconds(timeout, "stop timeout")
@@ -629,7 +632,7 @@ class Conveyor:
 
     # -- waiting and following ----------------------------------------------------
 
-    async def wait(self, task_id: str, timeout: float | None = None) -> Any:
+    async def wait(self, task_id: str, timeout: float | timedelta | None = None) -> Any:
         """Wait until the task ends and return its result.
 
         Raises :class:`TaskFailed` or :class:`TaskAborted` if it did not
@@ -642,7 +645,8 @@ class Conveyor:
             raise TaskAborted(task)
         raise TaskFailed(task)
 
-    async def wait_task(self, task_id: str, timeout: float | None = None) -> Task:
+    async def wait_task(self, task_id: str,
+                        timeout: float | timedelta | None = None) -> Task:
         """Wait until the task ends and return it, whatever its final status."""
         check_task_id(task_id)
         limit = seconds(timeout, "timeout")
@@ -674,7 +678,7 @@ class Conveyor:
             self.bus.unsignal(task_id, signal)
 
     async def drain(self, actions: str | Sequence[str] | None = None, *,
-                    timeout: float | None = None) -> dict[str, int]:
+                    timeout: float | timedelta | None = None) -> dict[str, int]:
         """Run tasks until none is due or running, and say how they ended: for tests
         (as Oban's ``drain_queue``, or Celery's eager mode).
 
@@ -923,7 +927,7 @@ class Conveyor:
             self.bus.task_event("task.aborted", task)
         return task
 
-    async def retry(self, task_id: str, *, delay: float | None = None) -> Task:
+    async def retry(self, task_id: str, *, delay: float | timedelta | None = None) -> Task:
         """Queue a failed or aborted task again: same id, history kept, one more attempt."""
         check_task_id(task_id)
         wait = seconds(delay, "delay") or 0.0
@@ -961,7 +965,7 @@ class Conveyor:
             self.bus.deleted(task_id)
         return deleted
 
-    async def prune(self, older_than: float) -> int:
+    async def prune(self, older_than: float | timedelta) -> int:
         """Delete tasks that finished more than ``older_than`` seconds ago."""
         age = seconds(older_than, "older_than", allow_none=False) or 0.0
         await self.open()

@@ -13,7 +13,9 @@ import reprlib
 import threading
 from collections.abc import Generator, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol
+
+from typing_extensions import TypeVar
 
 from . import _json
 from .errors import ConveyorError, ValidationError
@@ -22,7 +24,7 @@ from .model import seconds as check_seconds
 
 __all__ = ["Context", "TaskAbortRequested", "TaskLogger"]
 
-P = TypeVar("P")
+P = TypeVar("P", default=Any)  # a bare Context is Context[Any]
 _EVENT_LOCK = threading.Lock()
 
 

@@ -10,6 +10,10 @@ than bad input or a task's state (authentication, rights, rate limits, an
 unreachable hub).
 """
 
+# isort: skip_file
+# (the [hub] extra is looked for before any of its modules is imported)
+from .. import _needs_hub  # noqa: F401
+
 from ._client import MISSING, HubClient, LiveChange, LiveQuery, Update
 from ._errors import HubError
 from ._http import HTTPClient, LogPage

@@ -14,6 +14,10 @@ Needs ``pip install 'conveyor[hub]'``.
 
 from __future__ import annotations
 
+# isort: skip_file
+# (the [hub] extra is looked for before any of its modules is imported)
+from .. import _needs_hub  # noqa: F401
+
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
