@@ -39,8 +39,9 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from . import _json
+from ._taskjson import task_from_json
 from .context import Context, TaskAbortRequested
-from .model import LogLevel, Progress, Reschedule, Retry, Status, Task
+from .model import LogLevel, Progress, Reschedule, Retry, Task
 
 __all__ = ["main"]
 
@@ -96,16 +97,6 @@ def _find_handler(module_name: str, qualname: str, action: str, app_name: str) -
         raise LookupError(f"the app {app_name!r} of {module_name} does not register "
                           f"{qualname} for {action!r}")
     raise LookupError(f"no Conveyor app in {module_name} registers {qualname} for {action!r}")
-
-
-def _task_from_json(raw: dict[str, Any]) -> Task:
-    return Task(id=raw["id"], action=raw["action"], payload=raw["payload"],
-                status=Status(raw["status"]), priority=raw["priority"], run_at=raw["run_at"],
-                created_at=raw["created_at"], updated_at=raw["updated_at"],
-                started_at=raw["started_at"], attempts=raw["attempts"],
-                max_attempts=raw["max_attempts"], rescues=raw["rescues"],
-                run_timeout=raw["run_timeout"], worker=raw["worker"], tags=raw["tags"],
-                parent_id=raw["parent_id"], result=raw["result"], version=raw["version"])
 
 
 async def _cancellable(handler: Any, ctx: Context[Any], runs: _Runs) -> Any:
@@ -196,20 +187,36 @@ def _run_one(handler: Any, channel: _Channel, runs: _Runs) -> None:
             channel.send({"aborted": ctx.abort_reason or "aborted"})
         elif isinstance(value, Retry):
             channel.send({"retry": {"after": value.after, "reason": value.reason}})
-        elif isinstance(value, Reschedule):
-            channel.send({"reschedule": {"after": value.after, "result": value.result}})
         else:
-            channel.send({"result": handler.dump_result(value)})
+            channel.send(_returned(handler, value))
     except TaskAbortRequested as exc:
         channel.send({"aborted": exc.reason})
     except asyncio.CancelledError:  # cancelled by an abort (nothing else cancels it here)
         channel.send({"aborted": (ctx.abort_reason if ctx else None) or "aborted"})
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() ends the run, not the child
         channel.send({"error": {"type": type(exc).__name__, "message": str(exc),
                                 "traceback": "".join(traceback.format_exception(exc)),
                                 "retryable": handler.retries(exc)}})
     finally:
         runs.end()
+
+
+def _returned(handler: Any, value: Any) -> dict[str, Any]:
+    """The message for what the handler returned (a value, or a ``Reschedule``): a
+    value that is not JSON, or does not fit the result model, fails the run and is not
+    retried, as in the worker's process (it was taken for the handler's error, and
+    retried)."""
+    try:
+        if isinstance(value, Reschedule):
+            _json.dumps_checked(value.result, "Reschedule(result=...)")
+            return {"reschedule": {"after": value.after, "result": value.result}}
+        result = handler.dump_result(value)
+        _json.dumps_checked(result, "result")
+        return {"result": result}
+    except Exception as exc:  # conveyor's ValidationError, or pydantic's for the model
+        return {"error": {"type": type(exc).__name__, "message": str(exc),
+                          "traceback": "".join(traceback.format_exception(exc)),
+                          "retryable": False}}
 
 
 def main(argv: list[str]) -> int:
@@ -238,7 +245,7 @@ def main(argv: list[str]) -> int:
             message = _json.loads(line)
             key = str(message.get("run", ""))
             if "task" in message:
-                runs.add(_task_from_json(message["task"]), key)
+                runs.add(task_from_json(message["task"]), key)
             elif "abort" in message:
                 runs.abort(key, str(message["abort"]))
         os._exit(0)  # the worker closed our stdin: it is gone or done with us

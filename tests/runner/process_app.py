@@ -104,3 +104,22 @@ def two(ctx: Context[Any]) -> int:
 @app.handler("proc:pid", mode="process", max_runs=2)
 def pid(ctx: Context[Any]) -> int:
     return os.getpid()
+
+
+@app.handler("proc:nan", mode="process", max_attempts=3)
+def nan(ctx: Context[Any]) -> float:
+    return float("nan")  # not JSON: the run fails, not retried
+
+
+@app.handler("proc:exit", mode="process", max_attempts=3)
+def leave(ctx: Context[Any]) -> None:
+    raise SystemExit(3)  # ends the run, not the child
+
+
+@app.handler("proc:history", mode="process", max_attempts=2, backoff={"base": 0, "jitter": 0})
+def history(ctx: Context[Any]) -> dict[str, Any]:
+    if ctx.attempt == 1:
+        raise ValueError("first")
+    task = ctx.task
+    return {"errors": [e.type for e in task.errors], "error": task.error and task.error.type,
+            "backoff": task.backoff and task.backoff.base}

@@ -246,3 +246,18 @@ async def test_a_function_shared_by_apps_and_actions_runs_with_each_ones_options
                 "env": {"width": 2000}, "action": "resize:large"}
             assert await resizer.wait(small.id, timeout=30) == {
                 "env": {"width": 100}, "action": "resize:small"}
+
+
+async def test_process_outcomes_are_the_in_process_ones(papp: Conveyor) -> None:
+    """Worker parity audit: a result that is not JSON fails at once (it was retried as
+    a handler error), ``sys.exit()`` fails the run (it killed the child and was retried
+    as ChildProcessError), and ``ctx.task`` is the whole task (its errors were lost)."""
+    nan = await papp.wait_task((await papp.add("proc:nan")).id, timeout=60)
+    assert nan.status is Status.FAILED and nan.attempts == 1
+    assert nan.error is not None and nan.error.type == "ValidationError"
+    assert "not JSON" in nan.error.message
+    left = await papp.wait_task((await papp.add("proc:exit")).id, timeout=60)
+    assert left.status is Status.FAILED and left.attempts == 1
+    assert left.error is not None and (left.error.type, left.error.message) == ("SystemExit", "3")
+    seen = await papp.wait((await papp.add("proc:history")).id, timeout=60)
+    assert seen == {"errors": ["ValueError"], "error": "ValueError", "backoff": 0}

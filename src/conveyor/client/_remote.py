@@ -174,11 +174,16 @@ class WorkerSession:
         self.sub_id = sub_id
         msg = {"type": "subscribe", "id": sub_id, "service": self.service,
                "actions": sorted(self.handlers), "capacity": self.concurrency + self.prefetch}
+        # retry_timeouts: a run timeout the hub enforces (the task's own) is retried only
+        # when the handler's retry_on covers TimeoutError, as in-process
         defaults = {action: {name: value for name, value in (
             ("max_attempts", h.max_attempts),
-            ("backoff", None if h.backoff is None else asdict(h.backoff))) if value is not None}
+            ("backoff", None if h.backoff is None else asdict(h.backoff)),
+            ("retry_timeouts", None if h.retries(TimeoutError()) else False))
+            if value is not None}
             for action, h in self.handlers.items()
-            if h.max_attempts is not None or h.backoff is not None}
+            if h.max_attempts is not None or h.backoff is not None
+            or not h.retries(TimeoutError())}
         if defaults:
             msg["defaults"] = defaults
         reply = await link.request(msg, route=self._on_message)

@@ -117,26 +117,38 @@ _SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.:@/\-]{1,100}$")
 _OPEN = frozenset({"pending", "offered", "running"})
 
 
-def _handler_defaults(raw: Any, actions: list[str]
-                      ) -> dict[str, tuple[int | None, Backoff | None]]:
-    """``subscribe``'s ``defaults``: ``{action: {"max_attempts", "backoff"}}`` for
-    actions of the subscription, applied to its tasks that were added without them."""
+_Defaults = tuple[int | None, Backoff | None, bool]
+"""A subscription's handler settings for an action: ``max_attempts``, ``backoff``, and
+whether the handler's ``retry_on`` covers ``TimeoutError`` (a run timeout the hub
+enforces is retried only then, as in-process)."""
+_NO_DEFAULTS: _Defaults = (None, None, True)
+
+
+def _handler_defaults(raw: Any, actions: list[str]) -> dict[str, _Defaults]:
+    """``subscribe``'s ``defaults``: ``{action: {"max_attempts", "backoff",
+    "retry_timeouts"}}`` for actions of the subscription, applied to its tasks that
+    were added without them."""
     if raw is None:
         return {}
     if not isinstance(raw, dict) or len(raw) > len(actions):
         raise ProtocolError("bad_message", "'defaults' must be an object of the subscribed "
-                                           "actions to {max_attempts, backoff}")
-    out: dict[str, tuple[int | None, Backoff | None]] = {}
+                                           "actions to {max_attempts, backoff, retry_timeouts}")
+    out: dict[str, _Defaults] = {}
     for action, given in raw.items():
         if action not in actions:
             raise ProtocolError("bad_message", f"'defaults' names {reprlib.repr(action)}, "
                                                "which is not among the subscribed actions")
-        if not isinstance(given, dict) or not set(given) <= {"max_attempts", "backoff"}:
+        if not isinstance(given, dict) or not set(given) <= {"max_attempts", "backoff",
+                                                             "retry_timeouts"}:
             raise ProtocolError("bad_message", f"defaults of {action!r} must be an object with "
-                                               "max_attempts and/or backoff")
+                                               "max_attempts, backoff and/or retry_timeouts")
+        retry_timeouts = given.get("retry_timeouts", True)
+        if not isinstance(retry_timeouts, bool):
+            raise ProtocolError("invalid", f"defaults of {action!r}: retry_timeouts must be "
+                                           "true or false")
         try:
             out[action] = (check_max_attempts(given.get("max_attempts")),
-                           check_backoff(given.get("backoff")))
+                           check_backoff(given.get("backoff")), retry_timeouts)
         except ValidationError as exc:
             raise ProtocolError("invalid", f"defaults of {action!r}: {exc}") from None
     return out
@@ -186,7 +198,7 @@ class Sub:
 
     def __init__(self, conn: Connection, msg_id: Any, key: str, service: Service,
                  actions: frozenset[str], capacity: int,
-                 defaults: dict[str, tuple[int | None, Backoff | None]] | None = None) -> None:
+                 defaults: dict[str, _Defaults] | None = None) -> None:
         self.conn = conn
         self.msg_id = msg_id
         self.key = key
@@ -1173,9 +1185,11 @@ class Remote:
             value = msg.get("result")
             try:
                 _json.dumps_checked(value, "result", limit=self.app.max_payload)
-            except ValidationError as exc:
-                raise ProtocolError("invalid", str(exc)) from None
-            outcome = Reschedule(after, value)
+                outcome = Reschedule(after, value)
+            except ValidationError as exc:  # the run fails, as in-process (it stayed
+                # running for good when the message was refused and nothing ended it)
+                outcome = Raised(ErrorInfo("ValidationError", str(exc), attempt=task.attempts,
+                                           at=time.time()), retryable=False)
         else:  # pragma: no cover - the handler table only routes the names above
             raise ProtocolError("unknown_type", name)
         if held.fan is not None:
@@ -1187,7 +1201,8 @@ class Remote:
 
     def _aborted_outcome(self, held: Held) -> Outcome:
         if held.timed_out:
-            return TimedOut(held.task.run_timeout or 0.0, retryable=True)
+            retryable = held.sub.defaults.get(held.task.action, _NO_DEFAULTS)[2]
+            return TimedOut(held.task.run_timeout or 0.0, retryable=retryable)
         return Aborted(held.abort_reason or "aborted")
 
     def _complete(self, held: Held, outcome: Outcome, dropped: bool = False) -> None:
@@ -1195,7 +1210,7 @@ class Remote:
         self._forget(held)
         self.finished_total += 1
         task = held.task
-        max_attempts, backoff = held.sub.defaults.get(task.action, (None, None))
+        max_attempts, backoff, _ = held.sub.defaults.get(task.action, _NO_DEFAULTS)
         task = with_defaults(task, max_attempts=max_attempts, backoff=backoff)
         transition = self._transition(task, outcome)
         if dropped and transition.status is Status.SUCCEEDED:

@@ -1,0 +1,74 @@
+"""The same outcome wherever a handler runs (worker parity audit): a remote
+``Reschedule(result=...)`` over the hub app's ``max_payload`` fails its run as
+in-process (the task stayed ``running`` for good)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from conveyor import Context, Conveyor, Reschedule, Status
+from conveyor.client import HubClient
+from conveyor.hub import HubConfig
+from conveyor.hub._credentials import CredentialStore
+
+from .conftest import hub_db_url, running_hub
+
+
+@contextlib.asynccontextmanager
+async def working(client: HubClient) -> AsyncIterator[None]:
+    task = asyncio.create_task(client.work("svc", concurrency=2, stop_timeout=1.0))
+    await client.wait_working(10)
+    try:
+        yield
+    finally:
+        client.stop()
+        await asyncio.wait_for(task, 20)
+        await client.close()
+
+
+async def test_a_remote_reschedule_result_over_max_payload_fails_its_run(
+        tmp_path: Path) -> None:
+    app = Conveyor(hub_db_url(tmp_path), max_payload=1000)
+    store = CredentialStore(tmp_path / "credentials.json")
+    async with running_hub(app, HubConfig(port=0, credentials_path=str(store.path)),
+                           store) as hub:
+        worker = HubClient(hub.url, hub.key("svc", subscribe=["*"]))
+
+        @worker.handler("poll")
+        async def poll(ctx: Context) -> Reschedule:
+            return Reschedule(after=0, result={"blob": "x" * 2000})
+
+        async with working(worker):
+            task = await app.add("poll")
+            ended = await app.wait_task(task.id, timeout=30)  # it never ended before
+    assert ended.status is Status.FAILED and ended.attempts == 1
+    assert ended.error is not None and ended.error.type == "ValidationError"
+    assert "1000" in ended.error.message
+
+
+async def test_a_remote_run_timeout_follows_the_handlers_retry_on(tmp_path: Path) -> None:
+    app = Conveyor(hub_db_url(tmp_path))
+    store = CredentialStore(tmp_path / "credentials.json")
+    async with running_hub(app, HubConfig(port=0, credentials_path=str(store.path)),
+                           store) as hub:
+        worker = HubClient(hub.url, hub.key("svc", subscribe=["*"]))
+
+        @worker.handler("narrow", retry_on=ValueError, max_attempts=3)
+        async def narrow(ctx: Context) -> None:
+            await asyncio.Event().wait()  # until the hub's run timeout ends it
+
+        @worker.handler("wide", max_attempts=2, backoff=0)
+        async def wide(ctx: Context) -> None:
+            await asyncio.Event().wait()
+
+        async with working(worker):
+            narrowed = await app.add("narrow", timeout=0.5)
+            widened = await app.add("wide", timeout=0.5)
+            first = await app.wait_task(narrowed.id, timeout=60)
+            second = await app.wait_task(widened.id, timeout=60)
+    # as in-process: not retried when retry_on leaves TimeoutError out; else retried
+    assert (first.status, first.reason, first.attempts) == (Status.ABORTED, "timeout", 1)
+    assert (second.status, second.reason, second.attempts) == (Status.ABORTED, "timeout", 2)
