@@ -628,9 +628,12 @@ class Worker:
             if run.abort_reason is not None:  # aborted before the handler was called
                 raise TaskAbortRequested(run.abort_reason)
             if isinstance(run.ctx.payload, Exception):
-                raise ValidationError(
+                # it never will: the run fails, not retried (as on a remote service)
+                unfit = ValidationError(
                     f"payload does not fit the handler's model: {run.ctx.payload}")
-            if handler.mode == "process":
+                outcome = Raised(ErrorInfo.from_exception(unfit, attempt=task.attempts),
+                                 retryable=False)
+            elif handler.mode == "process":
                 outcome = await self._run_process(run, timeout)
             elif handler.is_async:
                 if timeout is None:  # the common case, without a second coroutine

@@ -14,7 +14,7 @@ from conveyor.client import HubClient
 from conveyor.hub import HubConfig
 from conveyor.hub._credentials import CredentialStore
 
-from .conftest import hub_db_url, running_hub
+from .conftest import RunningHub, hub_db_url, running_hub
 
 
 @contextlib.asynccontextmanager
@@ -72,3 +72,18 @@ async def test_a_remote_run_timeout_follows_the_handlers_retry_on(tmp_path: Path
     # as in-process: not retried when retry_on leaves TimeoutError out; else retried
     assert (first.status, first.reason, first.attempts) == (Status.ABORTED, "timeout", 1)
     assert (second.status, second.reason, second.attempts) == (Status.ABORTED, "timeout", 2)
+
+
+async def test_remote_progress_keeps_whole_numbers(hub: RunningHub) -> None:
+    worker = HubClient(hub.url, hub.key("svc", subscribe=["*"]))
+
+    @worker.handler("steps")
+    async def steps(ctx: Context) -> None:
+        await ctx.progress(1, total=2, message="half")
+
+    async with working(worker):
+        task = await hub.app.add("steps")
+        ended = await hub.app.wait_task(task.id, timeout=30)
+    assert ended.progress is not None
+    assert (ended.progress.current, ended.progress.total) == (1, 2)
+    assert isinstance(ended.progress.current, int) and isinstance(ended.progress.total, int)

@@ -117,6 +117,13 @@ _SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.:@/\-]{1,100}$")
 _OPEN = frozenset({"pending", "offered", "running"})
 
 
+def _as_given(msg: dict[str, Any], name: str, checked: float | None) -> float | None:
+    """A number checked by ``opt_number``, kept an int when it was sent as one (as
+    ``ctx.progress(1, total=2)`` keeps it in-process)."""
+    value = msg.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else checked
+
+
 _Defaults = tuple[int | None, Backoff | None, bool]
 """A subscription's handler settings for an action: ``max_attempts``, ``backoff``, and
 whether the handler's ``retry_on`` covers ``TimeoutError`` (a run timeout the hub
@@ -1113,8 +1120,8 @@ class Remote:
                 raise ProtocolError("bad_message", "give the progress fields at the top "
                                                    "level or inside 'progress', not both")
             msg = nested
-        current = opt_number(msg, "current", minimum=None)
-        total = opt_number(msg, "total", minimum=None)
+        current = _as_given(msg, "current", opt_number(msg, "current", minimum=None))
+        total = _as_given(msg, "total", opt_number(msg, "total", minimum=None))
         message = opt_str(msg, "message", limit=10_000)
         data = msg.get("data")
         if data is not None and not isinstance(data, dict):
