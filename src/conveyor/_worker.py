@@ -897,7 +897,12 @@ class Worker:
             self._writer.log(NewLog(task_id, LogLevel(entry["level"]), entry["message"],
                                     time.time(), entry.get("data"), run.lease.token))
         elif "emit" in message:
-            self._emit(task_id, message["emit"])
+            try:  # held to max_payload as in-process (where the handler gets the error)
+                _json.dumps_checked(message["emit"], "emitted result", limit=self.app.max_payload)
+            except ValidationError as exc:
+                log.warning("task %s: %s; not emitted", task_id, exc)
+            else:
+                self._emit(task_id, message["emit"])
         elif "result" in message:
             return self._returned(run, message["result"])
         elif "retry" in message:

@@ -123,3 +123,10 @@ def history(ctx: Context[Any]) -> dict[str, Any]:
     task = ctx.task
     return {"errors": [e.type for e in task.errors], "error": task.error and task.error.type,
             "backoff": task.backoff and task.backoff.base}
+
+
+@app.handler("proc:emit_big", mode="process")
+def emit_big(ctx: Context[Any]) -> str:
+    ctx.emit("x" * (2 << 20))  # over max_payload (1 MiB): dropped, not emitted
+    ctx.emit("after")
+    return "ok"

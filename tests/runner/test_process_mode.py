@@ -261,3 +261,12 @@ async def test_process_outcomes_are_the_in_process_ones(papp: Conveyor) -> None:
     assert left.error is not None and (left.error.type, left.error.message) == ("SystemExit", "3")
     seen = await papp.wait((await papp.add("proc:history")).id, timeout=60)
     assert seen == {"errors": ["ValueError"], "error": "ValueError", "backoff": 0}
+
+
+async def test_a_process_handlers_emit_over_max_payload_is_dropped(papp: Conveyor) -> None:
+    results = papp.events("task.result")
+    task = await papp.add("proc:emit_big")
+    assert await papp.wait(task.id, timeout=60) == "ok"
+    event = await asyncio.wait_for(results.__anext__(), 30)
+    assert event.task_id == task.id and event.data["value"] == "after"  # the big one: not
+    results.close()
