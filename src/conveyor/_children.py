@@ -54,7 +54,7 @@ def _name_in(module: object, app: object) -> str:
     """The module-level name of ``app`` (or of a SyncConveyor of it) in ``module``."""
     from .sync import SyncConveyor
 
-    for name, value in vars(module).items() if module is not None else ():
+    for name, value in list(vars(module).items()) if module is not None else ():
         if value is app or (isinstance(value, SyncConveyor) and value.app is app):
             return str(name)
     return ""

@@ -5,8 +5,6 @@ in-process (the task stayed ``running`` for good)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from conveyor import Context, Conveyor, Reschedule, Status
@@ -15,18 +13,7 @@ from conveyor.hub import HubConfig
 from conveyor.hub._credentials import CredentialStore
 
 from .conftest import RunningHub, hub_db_url, running_hub
-
-
-@contextlib.asynccontextmanager
-async def working(client: HubClient) -> AsyncIterator[None]:
-    task = asyncio.create_task(client.work("svc", concurrency=2, stop_timeout=1.0))
-    await client.wait_working(10)
-    try:
-        yield
-    finally:
-        client.stop()
-        await asyncio.wait_for(task, 20)
-        await client.close()
+from .test_client_timeouts_refusals import working
 
 
 async def test_a_remote_reschedule_result_over_max_payload_fails_its_run(
@@ -41,7 +28,7 @@ async def test_a_remote_reschedule_result_over_max_payload_fails_its_run(
         async def poll(ctx: Context) -> Reschedule:
             return Reschedule(after=0, result={"blob": "x" * 2000})
 
-        async with working(worker):
+        async with working(worker, "svc"):
             task = await app.add("poll")
             ended = await app.wait_task(task.id, timeout=30)  # it never ended before
     assert ended.status is Status.FAILED and ended.attempts == 1
@@ -64,7 +51,7 @@ async def test_a_remote_run_timeout_follows_the_handlers_retry_on(tmp_path: Path
         async def wide(ctx: Context) -> None:
             await asyncio.Event().wait()
 
-        async with working(worker):
+        async with working(worker, "svc"):
             narrowed = await app.add("narrow", timeout=0.5)
             widened = await app.add("wide", timeout=0.5)
             first = await app.wait_task(narrowed.id, timeout=60)
@@ -81,7 +68,7 @@ async def test_remote_progress_keeps_whole_numbers(hub: RunningHub) -> None:
     async def steps(ctx: Context) -> None:
         await ctx.progress(1, total=2, message="half")
 
-    async with working(worker):
+    async with working(worker, "svc"):
         task = await hub.app.add("steps")
         ended = await hub.app.wait_task(task.id, timeout=30)
     assert ended.progress is not None
