@@ -1,5 +1,6 @@
 """The documented usages type-check under ``mypy --strict`` in a user's program
-(packaging audit): a bare ``Context`` and ``timedelta`` durations were rejected."""
+(packaging audit): a bare ``Context``, ``timedelta`` durations and ``@app.on(...)``
+as a decorator were rejected."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ PROGRAM = textwrap.dedent('''
     import asyncio
     from datetime import timedelta
 
-    from conveyor import Context, Conveyor
+    from conveyor import Context, Conveyor, Event
 
     app = Conveyor("sqlite:///tasks.db", lease=timedelta(seconds=30),
                    stop_timeout=timedelta(seconds=5), retention=timedelta(days=7))
@@ -26,6 +27,14 @@ PROGRAM = textwrap.dedent('''
         return {"bytes": ctx.env["chunk"]}
 
 
+    @app.on("task.succeeded")
+    def announce(event: Event) -> None:
+        print(event.type, event.task_id)
+
+
+    stop_listening = app.on("task.failed", lambda event: None)
+
+
     async def main() -> None:
         async with app:
             task = await app.add("files:download", {"url": "..."})
@@ -34,6 +43,7 @@ PROGRAM = textwrap.dedent('''
             await app.prune(timedelta(days=7))
             await app.drain(timeout=timedelta(seconds=10))
             await app.stop(timedelta(seconds=3))
+        stop_listening()
 
 
     asyncio.run(main())

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from . import _forks
 from ._registry import Handler, Registry, build_handler, check_handler_options, check_policy
@@ -71,6 +71,7 @@ DB_ENV = "CONVEYOR_DB"
 storage URL from."""
 F = TypeVar("F", bound=Callable[..., Any])
 _T = TypeVar("_T")
+_C = TypeVar("_C", bound=Callable[[Event], Any])
 Sink = Any  # a callable taking one item, or an object with put(item)
 
 
@@ -854,6 +855,14 @@ class Conveyor:
         """
         self._ensure_relay()
         return self.bus.subscribe(pattern, task_id=task_id, maxsize=maxsize)
+
+    @overload
+    def on(self, pattern: str | Sequence[str], callback: Callable[[Event], Any], *,
+           task_id: str | None = None) -> Callable[[], None]: ...
+
+    @overload
+    def on(self, pattern: str | Sequence[str], callback: None = None, *,
+           task_id: str | None = None) -> Callable[[_C], _C]: ...
 
     def on(self, pattern: str | Sequence[str], callback: Callable[[Event], Any] | None = None,
            *, task_id: str | None = None) -> Any:
