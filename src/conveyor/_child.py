@@ -96,7 +96,9 @@ def _find_handler(module_name: str, qualname: str, action: str, app_name: str) -
     if app_name:
         raise LookupError(f"the app {app_name!r} of {module_name} does not register "
                           f"{qualname} for {action!r}")
-    raise LookupError(f"no Conveyor app in {module_name} registers {qualname} for {action!r}")
+    raise LookupError(f"no Conveyor app in {module_name} registers {qualname} for {action!r} "
+                      "(the worker's app is not a module-level name there: the child finds "
+                      "a process handler through the apps of its module)")
 
 
 async def _cancellable(handler: Any, ctx: Context[Any], runs: _Runs) -> Any:

@@ -252,6 +252,12 @@ class Conveyor:
         See :mod:`conveyor.schedule`. Workers of this app keep the schedule. Add
         schedules before the app's worker starts (afterwards: :class:`ConfigurationError`)."""
         if isinstance(when, Schedule):
+            if action != when.action:
+                raise ConfigurationError(f"the schedule given is of {when.action!r}, "
+                                         f"not {action!r}")
+            if payload is not None or name is not None or tz != "UTC" or priority is not None:
+                raise ConfigurationError("a Schedule object has its own payload, name, tz and "
+                                         "priority: give them to it, not beside it")
             schedule = when
         else:
             schedule = Schedule.parse(action, when, payload=payload, name=name, tz=tz,

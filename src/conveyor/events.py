@@ -34,11 +34,12 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any, NoReturn
 
 from ._aio import stop_tasks
 from .errors import ConveyorError, ValidationError
-from .model import LogLevel, LogRecord, Progress, Status, Task
+from .model import LogLevel, LogRecord, Progress, Status, Task, seconds
 from .storage import Change, Completion, Storage, _ops
 
 __all__ = [
@@ -222,10 +223,11 @@ class Subscription:
             raise ConveyorError("the app was closed while this call waited")
         raise StopAsyncIteration
 
-    async def get(self, timeout: float | None = None) -> Event | None:
+    async def get(self, timeout: float | timedelta | None = None) -> Event | None:
         """The next event, or None after ``timeout`` seconds (or when closed)."""
+        limit = seconds(timeout, "timeout")
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(limit):
                 return await self.__anext__()
         except (TimeoutError, StopAsyncIteration):
             return None
@@ -235,6 +237,16 @@ class Subscription:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+def _count(tally: Tally, kind: str, action: str, status: str | None,
+           seconds: float | None) -> None:
+    """One call of a tally; its error is logged (it failed an add after the write, and
+    kept a run's end from being announced)."""
+    try:
+        tally(kind, action, status, seconds)
+    except Exception:
+        log.exception("tally %r failed on %s of %s", tally, kind, action)
 
 
 class EventBus:
@@ -342,7 +354,10 @@ class EventBus:
         its final status and, when it ran, its run time), by this process or (through
         the change feed) by others. Cheaper than an event listener: for runs this
         process ends, no :class:`Event` is built and the task is not read back.
-        Returns a function that removes it."""
+        Returns a function that removes it. A tally that raises is logged and does
+        not stop the others, nor the change it counts (or its events)."""
+        if not callable(tally):
+            raise ValidationError(f"a tally must be callable, not {tally!r}")
         self._tallies.append(tally)
 
         def remove() -> None:
@@ -476,7 +491,7 @@ class EventBus:
         """Feed the tallies one change (``event`` as in the change feed)."""
         if event == "added" or event == "started":
             for tally in self._tallies:
-                tally(event, task.action, None, None)
+                _count(tally, event, task.action, None, None)
         elif event in _ENDING and status in _TERMINAL:
             self._tally_ended(task.action, status, None if task.started_at is None
                               or task.finished_at is None
@@ -484,7 +499,7 @@ class EventBus:
 
     def _tally_ended(self, action: str, status: Status, seconds: float | None) -> None:
         for tally in self._tallies:
-            tally("ended", action, status.value, seconds)
+            _count(tally, "ended", action, status.value, seconds)
 
     def is_deleted(self, task_id: str) -> bool:
         """Whether this process announced the task's deletion (see :meth:`deleted`)."""

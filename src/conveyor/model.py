@@ -418,12 +418,13 @@ class Backoff:
             value = getattr(self, name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValidationError(f"backoff {name} must be a finite number, not {value!r}")
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValidationError(f"backoff {name} must be a number >= 0, not {value!r}")
-        if self.factor < 1:
-            raise ValidationError(f"backoff factor must be >= 1, not {self.factor!r}")
+            least = 1 if name == "factor" else 0
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < least:
+                rule = "from 0 to 1" if name == "jitter" else f">= {least}"
+                raise ValidationError(f"backoff {name} must be a number {rule}, not {value!r}")
         if self.jitter > 1:
-            raise ValidationError(f"backoff jitter must be between 0 and 1, not {self.jitter!r}")
+            raise ValidationError(f"backoff jitter must be a number from 0 to 1, "
+                                  f"not {self.jitter!r}")
 
     def delay(self, failed_attempts: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before the next attempt after ``failed_attempts`` failures
@@ -757,7 +758,7 @@ Outcome: TypeAlias = Returned | Raised | Retry | Reschedule | Aborted | TimedOut
 class Transition:
     """What happens to a task after a run: the policy's answer.
 
-    ``status`` is the next status (a :class:`Status` or its name); ``run_at``
+    ``status`` is the next status (a :class:`Status` or its value, ``"queued"``); ``run_at``
     (epoch seconds in the range of :func:`check_time`) is required when it is
     ``queued``. ``error`` is an :class:`ErrorInfo` (added to the task's errors),
     ``reason`` a string, and ``refund_attempt`` gives the attempt back

@@ -29,6 +29,7 @@ import inspect
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any, Self, TypeVar
 
 from . import _forks
@@ -215,7 +216,7 @@ class BlockingIterator(Iterator[Any]):
                 raise StopIteration from None
             raise
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | timedelta | None = None) -> Any:
         """The next item, or None after ``timeout`` seconds or at the end, for a
         stream that offers ``get`` (``events()``: :meth:`Subscription.get
         <conveyor.events.Subscription.get>`); else ``AttributeError``."""

@@ -33,6 +33,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from .. import _forks
@@ -408,7 +409,8 @@ class HubClient:
         return [(task_from_json(t), bool(c)) for t, c in zip(reply["tasks"], reply["created"],
                                                              strict=True)]
 
-    async def run(self, action: str, payload: Any = None, *, timeout: float | None = None,
+    async def run(self, action: str, payload: Any = None, *,
+                  timeout: float | timedelta | None = None,
                   default: Any = MISSING, delivery: str | None = None,
                   **options: Any) -> Any:
         """Add a task and wait for its result (see :meth:`wait`)."""
@@ -439,16 +441,18 @@ class HubClient:
             msg = await self._wait_message(task_id, left, lost=True)
         return self._answer(task_id, msg, timeout, default)
 
-    async def wait(self, task_id: str, timeout: float | None = None, *,
+    async def wait(self, task_id: str, timeout: float | timedelta | None = None, *,
                    default: Any = MISSING) -> Any:
         """The task's result once it ended. Raises :class:`~conveyor.errors.TaskFailed`,
         :class:`~conveyor.errors.TaskAborted` or :class:`~conveyor.errors.WaitTimeout` —
         or returns ``default`` instead when one is given."""
-        msg = await self._wait_message(task_id, timeout)
-        return self._answer(task_id, msg, timeout, default)
+        limit = seconds(timeout, "timeout")
+        msg = await self._wait_message(task_id, limit)
+        return self._answer(task_id, msg, limit, default)
 
-    async def wait_task(self, task_id: str, timeout: float | None = None) -> Task:
+    async def wait_task(self, task_id: str, timeout: float | timedelta | None = None) -> Task:
         """The task once it ended, whatever its status (raises WaitTimeout)."""
+        timeout = seconds(timeout, "timeout")
         msg = await self._wait_message(task_id, timeout)
         raw = msg.get("task")
         if isinstance(raw, Mapping):

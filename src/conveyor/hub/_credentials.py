@@ -21,6 +21,7 @@ import hmac
 import json
 import os
 import re
+import reprlib
 import secrets
 import tempfile
 import threading
@@ -48,6 +49,10 @@ _KEY = re.compile(r"^cvk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
 
 def _check_patterns(patterns: Iterable[str], what: str) -> tuple[str, ...]:
+    if isinstance(patterns, str | bytes) or not isinstance(patterns, Iterable):
+        # a string would be read as its characters ("mail:*" as "m", ..., "*": everything)
+        raise ValidationError(f"{what} must be a list of action patterns, not "
+                              f"{reprlib.repr(patterns)}")
     out = []
     for p in patterns:
         if not isinstance(p, str) or not _PATTERN.fullmatch(p):
@@ -120,10 +125,15 @@ class Credential:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Credential:
         """A credential from its stored form."""
+        admin = raw.get("admin", False)
+        if not isinstance(admin, bool):  # "no" is not false: refused, never read as true
+            raise ValueError(f"credential {raw.get('name')!r}: admin must be true or false, "
+                             f"not {admin!r}")
         return cls(name=raw["name"], key_id=raw["key_id"], key_hash=raw["hash"],
-                   salt=raw["salt"], publish=tuple(raw.get("publish", ())),
-                   subscribe=tuple(raw.get("subscribe", ())), read=tuple(raw.get("read", ())),
-                   admin=bool(raw.get("admin")),
+                   salt=raw["salt"], publish=_check_patterns(raw.get("publish", ()), "publish"),
+                   subscribe=_check_patterns(raw.get("subscribe", ()), "subscribe"),
+                   read=_check_patterns(raw.get("read", ()), "read"),
+                   admin=admin,
                    max_instances=raw.get("max_instances"),
                    created_at=float(raw.get("created_at", 0.0)),
                    revoked_at=raw.get("revoked_at"))
@@ -252,6 +262,8 @@ class CredentialStore:
                                           or not isinstance(max_instances, int)
                                           or max_instances < 1):
             raise ValidationError("max_instances must be an integer >= 1")
+        if not isinstance(admin, bool):
+            raise ValidationError(f"admin must be True or False, not {reprlib.repr(admin)}")
         pub = _check_patterns(publish, "publish")
         sub = _check_patterns(subscribe, "subscribe")
         rd = _check_patterns(read, "read")

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .. import _json
 from ..errors import (
@@ -92,7 +92,6 @@ _DEVELOPMENT_FILE = (
     "database {path!r} was made by a development version of conveyor whose version-1 "
     "schema differs from the released one (its change feed has no batch column); it "
     "cannot be migrated: move its tasks to a new database")
-_SWEEP_STALL = 5.0  # seconds a sweep may wait for the write lock and still judge leases
 FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
 READERS = 2
@@ -111,8 +110,10 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
         )
     if "#" in url:  # urlsplit would cut the path there: another file
         raise ConfigurationError(
-            f"bad sqlite URL {url!r}: a '#' in the path is written %23")
-    path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+            f"bad sqlite URL {url!r}: a path with '#' cannot be given as a URL; rename the "
+            "file, or pass SQLiteStorage(path) to Conveyor")
+    # taken as written, not percent-decoded: a URL that named the file 'a%20b.db' still does
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
     if not path:
         raise ConfigurationError(f"sqlite URL {url!r} names no file")
     if path == ":memory:":
@@ -514,8 +515,12 @@ class SQLiteStorage(FanoutFeed, Storage):
             raise TaskNotFound(task_id)
         return row_to_task(row)
 
-    def _expire_pickups(self, conn: sqlite3.Connection, now: float) -> list[str]:
-        rows = conn.execute(Q["pickup_expired"], {"now": now}).fetchall()
+    def _expire_pickups(self, conn: sqlite3.Connection, now: float,
+                        cut: float | None = None) -> list[str]:
+        """Fail, at ``now``, the queued tasks whose pickup deadline is before ``cut``
+        (default ``now``)."""
+        rows = conn.execute(Q["pickup_expired"],
+                            {"now": now if cut is None else cut}).fetchall()
         expired = []
         for row in rows:
             task = row_to_task(row)
@@ -875,22 +880,21 @@ class SQLiteStorage(FanoutFeed, Storage):
         return await self._write(tx)
 
     async def recover(self, max_rescues: int) -> RecoverReport:
-        # A sweep that waited for the write lock (another process, a sqlite3 shell or
-        # a backup, held it) rescues nothing this time: no worker could renew a lease
-        # while it waited either, and their heartbeats, queued behind the lock, land
-        # once it is free. (It rescued them, and the tasks ran twice, when the lock went
-        # to the sweep first.) The next sweep judges the leases.
-        asked = time.monotonic()
+        # Leases and pickup deadlines are judged at the time of the call, not once the
+        # write lock is held: while another process (a sqlite3 shell, a backup) held
+        # the lock, no worker could renew a lease either, and a lease that expired while
+        # the sweep waited must not count against its worker (it was rescued, and the
+        # task ran twice, when the lock went to the sweep before the heartbeats queued
+        # behind it). A lease renewed every lease/3 outlives the first sweep called
+        # after the lock was taken (sweeps come every lease/3 by default).
+        asked = time.time()
 
         def tx(conn: sqlite3.Connection) -> RecoverReport:
-            if time.monotonic() - asked > _SWEEP_STALL:
-                log.info("the sweep waited %.1fs for the database; leases are judged "
-                         "by the next one", time.monotonic() - asked)
-                return RecoverReport((), (), (), ())
             now = time.time()
-            expired = self._expire_pickups(conn, now)
+            cut = min(asked, now)
+            expired = self._expire_pickups(conn, now, cut)
             groups: dict[str, list[str]] = {"rescued": [], "lost": [], "lost_aborted": []}
-            for row in conn.execute(Q["expired_leases"], {"now": now}).fetchall():
+            for row in conn.execute(Q["expired_leases"], {"now": cut}).fetchall():
                 task = row_to_task(row)
                 new, event = _ops.rescued(task, now, max_rescues)
                 self._save(conn, task, new, event)
