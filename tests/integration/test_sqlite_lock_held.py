@@ -1,9 +1,10 @@
 """Another program holding the SQLite write lock (a ``sqlite3`` shell in ``BEGIN
 IMMEDIATE``, a backup) for longer than a lease, under the busy timeout: no write
-fails, and no task is rescued and run twice for it (a sweep judges leases at the time
-it was called, not once it got the lock: the heartbeats queued behind the lock land
-before the next). From the SQLite operations audit and the review of its first fix
-(which skipped sweeps that waited over 5 s: a shorter hold still ran a task twice)."""
+fails, and no task is rescued and run twice for it (for a moment after a write waited
+for the lock, sweeps rescue nothing: the heartbeats queued behind the lock land
+first). From the SQLite operations audit and the review of its first fix (which
+skipped only a sweep that waited over 5 s: a shorter hold, or the sweep right after,
+still ran a task twice)."""
 
 from __future__ import annotations
 

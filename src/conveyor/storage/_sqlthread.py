@@ -44,7 +44,8 @@ from typing import Any, TypeVar
 from ..errors import StorageError
 from ..query._regex import take_timeout
 
-__all__ = ["ConnSlot", "DBThread", "ReaderPool", "begin_immediate", "is_busy", "retry_busy"]
+__all__ = ["LOCK_STALL", "ConnSlot", "DBThread", "ReaderPool", "begin_immediate", "is_busy",
+           "retry_busy"]
 
 T = TypeVar("T")
 
@@ -54,6 +55,10 @@ MAX_GROUP = 64
 def is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
+
+
+LOCK_STALL = 1.0
+"""Seconds of waiting for the write lock that make a stall (see ``DBThread.stall_ended``)."""
 
 
 def retry_busy(fn: Callable[[], T], timeout: float) -> T:
@@ -184,6 +189,10 @@ class DBThread:
         self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._closed = False
         self._slot = ConnSlot()
+        self.stall_ended: float | None = None
+        """When (``time.monotonic()``) a write last got the write lock after waiting
+        for it more than ``LOCK_STALL`` seconds, or gave up waiting (see
+        ``SQLiteStorage.recover``)."""
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -285,12 +294,16 @@ class DBThread:
         jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
         if not jobs:
             return
+        asked = time.monotonic()
         try:
             begin_immediate(conn, self._busy_timeout)
         except BaseException as exc:
+            self.stall_ended = time.monotonic()
             for job in jobs:
                 _reject(job.future, exc)
             return
+        if time.monotonic() - asked > LOCK_STALL:
+            self.stall_ended = time.monotonic()
         outcomes: list[tuple[bool, Any]] = []
         if len(jobs) == 1:  # alone in its transaction: no savepoint needed
             job = jobs[0]

@@ -88,6 +88,7 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _STATUS = {s.value: s for s in Status}
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes the ``-wal`` file is cut back to once checkpoints catch up (``journal_size_limit``)."""
+_SWEEP_GRACE = 2.0  # seconds after a stall on the write lock during which sweeps skip
 _DEVELOPMENT_FILE = (
     "database {path!r} was made by a development version of conveyor whose version-1 "
     "schema differs from the released one (its change feed has no batch column); it "
@@ -515,12 +516,8 @@ class SQLiteStorage(FanoutFeed, Storage):
             raise TaskNotFound(task_id)
         return row_to_task(row)
 
-    def _expire_pickups(self, conn: sqlite3.Connection, now: float,
-                        cut: float | None = None) -> list[str]:
-        """Fail, at ``now``, the queued tasks whose pickup deadline is before ``cut``
-        (default ``now``)."""
-        rows = conn.execute(Q["pickup_expired"],
-                            {"now": now if cut is None else cut}).fetchall()
+    def _expire_pickups(self, conn: sqlite3.Connection, now: float) -> list[str]:
+        rows = conn.execute(Q["pickup_expired"], {"now": now}).fetchall()
         expired = []
         for row in rows:
             task = row_to_task(row)
@@ -880,21 +877,22 @@ class SQLiteStorage(FanoutFeed, Storage):
         return await self._write(tx)
 
     async def recover(self, max_rescues: int) -> RecoverReport:
-        # Leases and pickup deadlines are judged at the time of the call, not once the
-        # write lock is held: while another process (a sqlite3 shell, a backup) held
-        # the lock, no worker could renew a lease either, and a lease that expired while
-        # the sweep waited must not count against its worker (it was rescued, and the
-        # task ran twice, when the lock went to the sweep before the heartbeats queued
-        # behind it). A lease renewed every lease/3 outlives the first sweep called
-        # after the lock was taken (sweeps come every lease/3 by default).
-        asked = time.time()
-
+        # For a moment after a write of this storage waited long for the write lock
+        # (another process, a sqlite3 shell or a backup, held it), sweeps rescue
+        # nothing: no worker could renew a lease while the lock was held either, and
+        # their heartbeats, queued behind it, land once it is free. (Tasks were
+        # rescued, and ran twice, when the lock went to a sweep before them.)
         def tx(conn: sqlite3.Connection) -> RecoverReport:
+            db = self._db
+            ended = None if db is None else db.stall_ended
+            if ended is not None and time.monotonic() - ended < _SWEEP_GRACE:
+                log.info("a write waited for the database's lock %.1fs ago; leases are "
+                         "judged by a later sweep", time.monotonic() - ended)
+                return RecoverReport((), (), (), ())
             now = time.time()
-            cut = min(asked, now)
-            expired = self._expire_pickups(conn, now, cut)
+            expired = self._expire_pickups(conn, now)
             groups: dict[str, list[str]] = {"rescued": [], "lost": [], "lost_aborted": []}
-            for row in conn.execute(Q["expired_leases"], {"now": cut}).fetchall():
+            for row in conn.execute(Q["expired_leases"], {"now": now}).fetchall():
                 task = row_to_task(row)
                 new, event = _ops.rescued(task, now, max_rescues)
                 self._save(conn, task, new, event)
