@@ -258,38 +258,66 @@ async def test_round_robin_across_instances_and_the_instance_limit(hub: RunningH
         await ws.close()
 
 
+class _SweepLines(logging.Handler):
+    """The hub's ``sweeper:`` log lines, and an event set when ``until`` shows up (the
+    sweep stores its changes, then logs them: a wait can end in between)."""
+
+    def __init__(self, until: str) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[int, str]] = []
+        self.until = until
+        self.seen = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "sweeper:" in message:
+            self.lines.append((record.levelno, message))
+            if self.until in message:
+                self.loop.call_soon_threadsafe(self.seen.set)
+
+
 async def test_pickup_timeout_without_and_with_a_silent_service(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="conveyor.hub")
-    async with make_hub(tmp_path, insecure=True) as hub:
-        lonely = await hub.app.add("nobody:home", 1, pickup_timeout=0.3)
-        ended = await hub.app.wait_task(lonely.id, timeout=10)
-        assert ended.status is Status.FAILED and ended.reason == "pickup_timeout"
-        # the hub's sweep says so, naming the task (docs/guide.md, "Logging")
-        swept = [(r.levelno, r.getMessage()) for r in caplog.records
-                 if r.name.startswith("conveyor.hub") and "sweeper:" in r.getMessage()]
-        assert (logging.ERROR, "sweeper: 1 task(s) failed, not picked up in time "
-                f"(reason pickup_timeout): {lonely.id}") in swept, swept
-        assert (logging.INFO, "sweeper: 0 requeued, 0 failed (worker lost), 0 aborted, "
-                "1 pickup timeouts") in swept, swept
+    lines = _SweepLines("not picked up in time")
+    logging.getLogger("conveyor.hub").addHandler(lines)
+    try:
+        async with make_hub(tmp_path, insecure=True) as hub:
+            lonely = await hub.app.add("nobody:home", 1, pickup_timeout=0.3)
+            ended = await hub.app.wait_task(lonely.id, timeout=10)
+            assert ended.status is Status.FAILED and ended.reason == "pickup_timeout"
+            # the hub's sweep says so, naming the task (docs/guide.md, "Logging")
+            await asyncio.wait_for(lines.seen.wait(), 10)
+            assert (logging.ERROR, "sweeper: 1 task(s) failed, not picked up in time "
+                    f"(reason pickup_timeout): {lonely.id}") in lines.lines, lines.lines
+            assert (logging.INFO, "sweeper: 0 requeued, 0 failed (worker lost), 0 aborted, "
+                    "1 pickup timeouts") in lines.lines, lines.lines
+            await _silent_service_part(hub)
+    finally:
+        logging.getLogger("conveyor.hub").removeHandler(lines)
 
-        silent = await Raw.open(hub.url)
-        await subscribe(silent, "silent", ["ignored"])
-        pub = await Raw.open(hub.url)
-        reply = await pub.request({"type": "publish", "id": "p", "action": "ignored",
-                                   "options": {"pickup_timeout": 0.5}, "wait": True},
-                                  "published")
-        offer = await silent.expect("offer")
-        assert offer["expires_in"] <= 0.5
-        cancel = await silent.expect("cancel", timeout=5)
-        assert cancel["task_id"] == reply["task"]["id"]
-        error = await pub.expect("error", "p")
-        assert error["code"] == "task_failed" and error["task"]["reason"] == "pickup_timeout"
-        # the late pickup is refused
-        late = await silent.request({"type": "pickup", "task_id": offer["task_id"]}, "error")
-        assert late["code"] == "not_held"
-        await silent.close()
-        await pub.close()
+
+async def _silent_service_part(hub: Any) -> None:
+    """A silent service: its offer expires, the publisher is told, a late pickup is
+    refused."""
+    silent = await Raw.open(hub.url)
+    await subscribe(silent, "silent", ["ignored"])
+    pub = await Raw.open(hub.url)
+    reply = await pub.request({"type": "publish", "id": "p", "action": "ignored",
+                               "options": {"pickup_timeout": 0.5}, "wait": True},
+                              "published")
+    offer = await silent.expect("offer")
+    assert offer["expires_in"] <= 0.5
+    cancel = await silent.expect("cancel", timeout=5)
+    assert cancel["task_id"] == reply["task"]["id"]
+    error = await pub.expect("error", "p")
+    assert error["code"] == "task_failed" and error["task"]["reason"] == "pickup_timeout"
+    # the late pickup is refused
+    late = await silent.request({"type": "pickup", "task_id": offer["task_id"]}, "error")
+    assert late["code"] == "not_held"
+    await silent.close()
+    await pub.close()
 
 
 async def test_an_offer_not_picked_up_in_time_goes_elsewhere(tmp_path: Path) -> None:
