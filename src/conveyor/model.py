@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_UNIQUE_SCOPE",
     "FIELDS",
     "JSON_FIELDS",
+    "MAX_CONDITION_LIMIT",
     "MAX_SECONDS",
     "MAX_TIME",
     "MIN_TIME",
@@ -339,6 +340,11 @@ class Progress:
                    message=raw.get("message"), data=raw.get("data"))
 
 
+MAX_CONDITION_LIMIT = 2**63 - 1
+"""The largest ``limit`` of a concurrency condition (a 64-bit integer, as every
+backend stores and compares it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
     """A concurrency condition: claim the task only while fewer than ``limit``
@@ -371,8 +377,10 @@ class Condition:
         if not isinstance(query, Mapping):
             raise ValidationError(f"{where}.query must be a filter object")
         limit = raw.get("limit", 1)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValidationError(f"{where}.limit must be an integer >= 1, not {limit!r}")
+        if (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+                or limit > MAX_CONDITION_LIMIT):
+            raise ValidationError(f"{where}.limit must be an integer from 1 to "
+                                  f"{MAX_CONDITION_LIMIT} (2**63 - 1), not {limit!r}")
         scope_raw = raw.get("scope", "running")
         names = [scope_raw] if isinstance(scope_raw, str) else scope_raw
         if not isinstance(names, list | tuple) or not names:

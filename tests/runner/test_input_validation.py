@@ -436,3 +436,17 @@ async def test_a_parent_id_with_nul_is_refused_on_every_backend(app: Conveyor) -
     assert await app.count() == 1  # nothing of either
     child = await app.add("a", parent_id=parent.id)
     assert [t.id for t in await app.find({"parent_id": parent.id})] == [child.id]
+
+
+async def test_a_condition_limit_past_64_bits_is_refused(app: Conveyor) -> None:
+    """Conditions audit: PostgreSQL read a limit of 10**19 back as a float, and the task
+    then broke every claim of its action, and every read of it."""
+    query = {"payload.group": "g"}
+    with pytest.raises(ValidationError, match=r"limit must be an integer from 1 to"):
+        await app.add("a", {"group": "g"}, concurrency=[{"query": query, "limit": 10**19}])
+    assert await app.count() == 0
+    widest = await app.add("a", {"group": "g"},
+                           concurrency=[{"query": query, "limit": 2**63 - 1}])
+    read = await app.get(widest.id)
+    assert read is not None and read.concurrency[0].limit == 2**63 - 1
+    assert [t.id for t in await app.find({})] == [widest.id]

@@ -191,7 +191,7 @@ class ConditionIn(_In):
     status is in ``scope`` match ``query``."""
 
     query: _Filter
-    limit: Annotated[int, Field(ge=1, le=MAX_INT)] = 1
+    limit: Annotated[int, Field(ge=1, le=MAX_INT)] = 1  # MAX_CONDITION_LIMIT
     scope: Status | Annotated[list[Status], Field(min_length=1)] = "running"
 
 
