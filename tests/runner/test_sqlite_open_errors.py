@@ -215,6 +215,7 @@ def test_a_file_of_a_development_version_1_is_refused_unchanged(tmp_path: Path) 
 @pytest.mark.parametrize(("url", "needle"), [
     ("sqlite:///queue#2.db", "a path with '#' cannot be given as a URL"),
     ("sqlite:/abs.db", "use sqlite:///relative/path.db"),
+    ("sqlite:///e.db?busy_timeout=5#frag", "it takes no '#' fragment"),
 ])
 def test_sqlite_urls_that_would_name_another_file_are_refused(url: str, needle: str) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(needle)):

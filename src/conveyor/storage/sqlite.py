@@ -109,10 +109,12 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
         raise ConfigurationError(
             f"bad sqlite URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
-    if "#" in url:  # urlsplit would cut the path there: another file
+    if "#" in url.split("?", 1)[0]:  # urlsplit would cut the path there: another file
         raise ConfigurationError(
             f"bad sqlite URL {url!r}: a path with '#' cannot be given as a URL; rename the "
             "file, or pass SQLiteStorage(path) to Conveyor")
+    if parts.fragment or url.endswith("#"):
+        raise ConfigurationError(f"bad sqlite URL {url!r}: it takes no '#' fragment")
     # taken as written, not percent-decoded: a URL that named the file 'a%20b.db' still does
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     if not path:
