@@ -86,19 +86,25 @@ def _find_handler(module_name: str, qualname: str, action: str, app_name: str) -
         spec.loader.exec_module(module)
     else:
         module = importlib.import_module(module_name)
-    values = [getattr(module, app_name, None)] if app_name else list(vars(module).values())
+    named = getattr(module, app_name, None) if app_name else None
+    # the worker's app by its name; without one here (a factory's app, or one built
+    # under `if __name__ == "__main__":`), the apps of the module
+    values = [named] if named is not None else list(vars(module).values())
     for value in values:
         app = value.app if isinstance(value, SyncConveyor) else value
         if isinstance(app, Conveyor):
             handler = app.registry.get(action)
             if handler is not None and getattr(handler.fn, "__qualname__", None) == qualname:
                 return handler
-    if app_name:
+    if named is not None:
         raise LookupError(f"the app {app_name!r} of {module_name} does not register "
                           f"{qualname} for {action!r}")
-    raise LookupError(f"no Conveyor app in {module_name} registers {qualname} for {action!r} "
-                      "(the worker's app is not a module-level name there: the child finds "
-                      "a process handler through the apps of its module)")
+    where = (f"the worker's app, {app_name!r}, is not a name of {module_name} when it is "
+             "imported (built under `if __name__ == \"__main__\":`?)" if app_name else
+             f"the worker's app is not a module-level name of {module_name}")
+    raise LookupError(f"no Conveyor app in {module_name} registers {qualname} for {action!r}: "
+                      f"{where}; the child finds a process handler through the apps of its "
+                      "module")
 
 
 async def _cancellable(handler: Any, ctx: Context[Any], runs: _Runs) -> Any:

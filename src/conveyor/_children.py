@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ._registry import Handler
 
 __all__ = ["LINE_LIMIT", "SPAWN_TRIES", "Child", "ChildLineTooLong", "ChildPool",
-           "handler_location"]
+           "HandlerUnavailable", "handler_location"]
 
 log = logging.getLogger("conveyor.worker")
 
@@ -71,6 +71,16 @@ got the rest of the line as their messages: other tasks' results)."""
 
 class ChildLineTooLong(Exception):
     """A child sent a line over ``LINE_LIMIT``."""
+
+
+class HandlerUnavailable(Exception):
+    """A new child could not find or import its handler (``kind``: the exception it
+    met, such as ``LookupError``): the run fails, not retried (it would meet it again)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
 
 
 class Child:
@@ -163,8 +173,11 @@ class ChildPool:
                 log.warning("a handler process was killed by signal %d as it started; "
                             "starting another", -code)
                 continue
-            reason = (hello or {}).get("fatal", "the child process exited")
-            raise RuntimeError(f"could not start a handler process: {reason}")
+            fatal = (hello or {}).get("fatal")
+            if isinstance(fatal, str):  # the child said why: its handler cannot be had
+                kind, _, message = fatal.partition(": ")
+                raise HandlerUnavailable(kind or "LookupError", message or fatal)
+            raise RuntimeError("could not start a handler process: the child process exited")
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _start(self, key: tuple[str, ...]) -> tuple[Child, dict[str, Any] | None]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from . import _json
 from ._aio import cancelled_here, stop_tasks
 from ._batched import BatchedWrites
-from ._children import Child, ChildLineTooLong, ChildPool
+from ._children import Child, ChildLineTooLong, ChildPool, HandlerUnavailable
 from ._logging import log_outcome, log_recovery
 from ._policy import decide, with_defaults
 from ._recent import RecentIds, abort_asked
@@ -789,8 +789,13 @@ class Worker:
         if self._children is None:
             self._children = ChildPool(max_idle=self.concurrency, app=self.app)
         for _ in range(_CHILD_TRIES):
-            outcome = await self._run_in_child(run, timeout,
-                                               await self._children.acquire(run.handler))
+            try:
+                child = await self._children.acquire(run.handler)
+            except HandlerUnavailable as exc:
+                return Raised(ErrorInfo(exc.kind, f"the handler's process cannot run it: "
+                                        f"{exc.message}", attempt=run.task.attempts),
+                              retryable=False)
+            outcome = await self._run_in_child(run, timeout, child)
             if outcome is not None:
                 return outcome
             log.warning("task %s: its handler's process was gone before it took the run; "

@@ -270,3 +270,17 @@ async def test_a_process_handlers_emit_over_max_payload_is_dropped(papp: Conveyo
     event = await asyncio.wait_for(results.__anext__(), 30)
     assert event.task_id == task.id and event.data["value"] == "after"  # the big one: not
     results.close()
+
+
+async def test_a_handler_the_child_cannot_find_fails_its_run_once() -> None:
+    """Leftovers audit: an app that is not a module-level name (a factory's) with a
+    process handler no app of its module registers failed as a RuntimeError and was
+    retried to max_attempts, a new child each time; it fails at once, as LookupError."""
+    app = Conveyor("memory://")  # not a name of process_app
+    app.register("proc:elsewhere", process_app.square, mode="process", max_attempts=3)
+    async with app:
+        task = await app.add("proc:elsewhere", {"n": 2})
+        ended = await app.wait_task(task.id, timeout=60)
+    assert ended.status is Status.FAILED and ended.attempts == 1
+    assert ended.error is not None and ended.error.type == "LookupError"
+    assert "is not a module-level name of" in ended.error.message

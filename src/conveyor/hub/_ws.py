@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from .._registry import check_action
-from .._specs import ADD_OPTIONS, MAX_ABORT_REASON
+from .._specs import ADD_OPTIONS
 from ..errors import (
     ConveyorError,
     InvalidTransition,
@@ -802,8 +802,9 @@ async def _get(conn: Connection, msg: dict[str, Any]) -> None:
 
 async def _abort(conn: Connection, msg: dict[str, Any]) -> None:
     task_id = req_str(msg, "task_id", limit=100)
-    # "" is refused by app.abort, as over REST
-    reason = opt_str(msg, "reason", limit=MAX_ABORT_REASON)
+    # "" and a reason over MAX_ABORT_REASON are refused by app.abort (`invalid`, as over
+    # REST); past the frame's bound on any string, the message is malformed
+    reason = opt_str(msg, "reason")
     reason = "aborted" if reason is None else reason
     if not conn.credential.admin:
         raise ProtocolError("forbidden", f"credential {conn.credential.name!r} may not abort "
