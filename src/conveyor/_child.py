@@ -202,11 +202,16 @@ def _run_one(handler: Any, channel: _Channel, runs: _Runs) -> None:
     except asyncio.CancelledError:  # cancelled by an abort (nothing else cancels it here)
         channel.send({"aborted": (ctx.abort_reason if ctx else None) or "aborted"})
     except (Exception, SystemExit) as exc:  # sys.exit() ends the run, not the child
-        channel.send({"error": {"type": type(exc).__name__, "message": str(exc),
-                                "traceback": "".join(traceback.format_exception(exc)),
-                                "retryable": handler.retries(exc)}})
+        channel.send(_error(exc, handler.retries(exc)))
     finally:
         runs.end()
+
+
+def _error(exc: BaseException, retryable: bool) -> dict[str, Any]:
+    """The message of a run that ended with ``exc``."""
+    return {"error": {"type": type(exc).__name__, "message": str(exc),
+                      "traceback": "".join(traceback.format_exception(exc)),
+                      "retryable": retryable}}
 
 
 def _returned(handler: Any, value: Any) -> dict[str, Any]:
@@ -222,9 +227,7 @@ def _returned(handler: Any, value: Any) -> dict[str, Any]:
         _json.dumps_checked(result, "result")
         return {"result": result}
     except Exception as exc:  # conveyor's ValidationError, or pydantic's for the model
-        return {"error": {"type": type(exc).__name__, "message": str(exc),
-                          "traceback": "".join(traceback.format_exception(exc)),
-                          "retryable": False}}
+        return _error(exc, retryable=False)
 
 
 def main(argv: list[str]) -> int:

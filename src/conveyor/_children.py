@@ -136,12 +136,15 @@ class ChildPool:
     def __init__(self, max_idle: int | None = None, app: object = None) -> None:
         self.max_idle = max_idle
         self.app = app  # the app whose handlers the children run
+        self._keys: dict[str, tuple[str, ...]] = {}  # handler_location by action
         self._idle: dict[tuple[str, ...], list[Child]] = {}
         self._lru: dict[Child, None] = {}  # the idle children, least recently used first
         self._all: set[Child] = set()
 
     async def acquire(self, handler: Handler) -> Child:
-        key = handler_location(handler, self.app)
+        key = self._keys.get(handler.action)
+        if key is None:  # once per action: it reads the module's globals
+            key = self._keys[handler.action] = handler_location(handler, self.app)
         idle = self._idle.setdefault(key, [])
         while idle:
             child = idle.pop()

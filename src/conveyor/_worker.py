@@ -72,11 +72,11 @@ before it starts one (see ``Worker._alone_if_rescued``)."""
 log = logging.getLogger("conveyor.worker")
 _PLAIN = (bool, int)  # results that are always valid JSON
 _RETURNED_NONE = Returned(None)  # outcomes are frozen: the common one is shared
+_CHILD_TRIES = 3  # children tried for one run when each was gone before it took it
+
+
 class _KeeperCannotConnect(Exception):
     """The lease keeper's own storage did not open (the cause says why)."""
-
-
-_CHILD_TRIES = 3  # children tried for one run when each was gone before it took it
 
 
 @dataclass(frozen=True, slots=True)
@@ -902,12 +902,10 @@ class Worker:
             self._writer.log(NewLog(task_id, LogLevel(entry["level"]), entry["message"],
                                     time.time(), entry.get("data"), run.lease.token))
         elif "emit" in message:
-            try:  # held to max_payload as in-process (where the handler gets the error)
-                _json.dumps_checked(message["emit"], "emitted result", limit=self.app.max_payload)
+            try:  # checked as in-process, where the handler gets the error
+                self.emit(task_id, message["emit"])
             except ValidationError as exc:
                 log.warning("task %s: %s; not emitted", task_id, exc)
-            else:
-                self._emit(task_id, message["emit"])
         elif "result" in message:
             return self._returned(run, message["result"])
         elif "retry" in message:

@@ -89,10 +89,6 @@ _STATUS = {s.value: s for s in Status}
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes the ``-wal`` file is cut back to once checkpoints catch up (``journal_size_limit``)."""
 _SWEEP_GRACE = 2.0  # seconds after a stall on the write lock during which sweeps skip
-_DEVELOPMENT_FILE = (
-    "database {path!r} was made by a development version of conveyor whose version-1 "
-    "schema differs from the released one (its change feed has no batch column); it "
-    "cannot be migrated: move its tasks to a new database")
 FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
 READERS = 2
@@ -254,7 +250,9 @@ class SQLiteStorage(FanoutFeed, Storage):
 
     def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
         """A file with a schema version but none of conveyor's tables is another
-        application's (``user_version`` is its too): refused, unchanged."""
+        application's (``user_version`` is its too), and one that development versions
+        of the first day made cannot be migrated: both refused, unchanged (this runs on
+        every connection, before anything is written)."""
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version and not conn.execute(
                 "SELECT count(*) FROM sqlite_master WHERE name = 'conveyor_tasks'").fetchone()[0]:
@@ -264,7 +262,13 @@ class SQLiteStorage(FanoutFeed, Storage):
                 "application's; check the URL")
         if version and version < 4 and not any(
                 row[1] == "batch" for row in conn.execute("PRAGMA table_info(conveyor_changes)")):
-            raise SchemaError(_DEVELOPMENT_FILE.format(path=self.path))
+            # version 1 as development versions before 7d6c617 made it (a change row per
+            # task by triggers): the later migrations do not apply to it
+            raise SchemaError(
+                f"database {self.path!r} was made by a development version of conveyor "
+                "whose version-1 schema differs from the released one (its change feed "
+                "has no batch column); it cannot be migrated: move its tasks to a new "
+                "database")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         current = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -283,11 +287,7 @@ class SQLiteStorage(FanoutFeed, Storage):
                 ).fetchone()[0]
                 if existing:
                     raise SchemaError(f"database {self.path!r} has conveyor tables but no version")
-            elif not any(row[1] == "batch" for row in
-                         conn.execute("PRAGMA table_info(conveyor_changes)")):
-                # version 1 as development versions before 7d6c617 made it (a change row
-                # per task by triggers): the later migrations do not apply to it
-                raise SchemaError(_DEVELOPMENT_FILE.format(path=self.path))
+            # (a development file of the first day was refused by _refuse_foreign)
             for migration in MIGRATIONS:
                 if migration.version > current:
                     for statement in _split_statements(migration.sql):
