@@ -668,12 +668,17 @@ class Conveyor:
                 task = await self._read(closes, self.storage.get, task_id, deadline=deadline)
                 if task is None:
                     raise TaskNotFound(task_id)
-                if task.terminal:
+                # an end this process stored returns once its events are out (a
+                # callback given to on() has seen it), as the task.ended they make
+                # wakes the wait again
+                if task.terminal and not self.bus.is_held(task_id):
                     return task
                 pause = 1.0
                 if deadline is not None:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
+                        if task.terminal:
+                            return task
                         raise WaitTimeout(task_id, limit or 0.0)
                     pause = min(pause, remaining)
                 try:

@@ -269,6 +269,8 @@ class EventBus:
         # task id -> (the announce holding it, the events that came meanwhile, and the
         # calls deferred after them)
         self._held: dict[str, tuple[object, list[Event | Callable[[], None]]]] = {}
+        # tasks whose changes from the feed the change relay is reading for events
+        self._relaying: set[str] = set()
         # held tasks whose events are made even with nobody listening yet (new tasks
         # until their add lets them out: a listener may come before that)
         self._eager: set[str] = set()
@@ -289,6 +291,7 @@ class EventBus:
         self._dead = []
         self._subscriptions = weakref.WeakSet()
         self._held = {}
+        self._relaying = set()
         self._eager = set()
         self._versions = OrderedDict()
 
@@ -527,6 +530,12 @@ class EventBus:
                 self._eager.add(task_id)
         return owner
 
+    def is_held(self, task_id: str) -> bool:
+        """Whether events of the task are on their way: held (see :meth:`hold`),
+        or a change of it being read back by :meth:`announce` or by the change
+        relay. Its signals are set again when they are out."""
+        return task_id in self._held or task_id in self._relaying
+
     def release(self, owner: object,
                 first: Iterable[tuple[str, Task]] = ()) -> None:
         """Announce ``first`` (``(type, task)`` pairs, as :meth:`task_event`), then
@@ -538,8 +547,9 @@ class EventBus:
             self._eager.discard(task_id)
         for type, task in first:
             self.task_event(type, task)
-        for _, events in mine:
+        for task_id, events in mine:
             self._let_out(events)
+            self._notify(task_id)  # a wait that saw the task held (is_held)
 
     def defer(self, task_id: str, call: Callable[[], None]) -> bool:
         """Run ``call`` once the events held for this task (see :meth:`hold`) are out,
@@ -594,6 +604,7 @@ class EventBus:
                 if mine:
                     assert held is not None
                     self._let_out(held[1])
+                    self._notify(task_id)  # a wait that saw the task held (is_held)
 
     async def announce_finished(self, items: Sequence[tuple[Completion, Task]],
                                 read: Callable[[list[str]], Awaitable[Sequence[Task]]],
@@ -717,12 +728,14 @@ class ChangeRelay:
         own = self.storage.instance_id
         tally = bool(self.bus._tallies)
         wanted: list[tuple[Change, str]] = []
+        quiet: list[str] = []  # tasks whose signals are set at once
         for change in changes:
-            self.bus._notify(change.task_id)
             if change.origin == own and change.event in DIRECT:
+                quiet.append(change.task_id)
                 continue  # announced by this process when it made the change
             type = _FROM_CHANGE.get(change.event)
             if type is None:
+                quiet.append(change.task_id)
                 continue
             if ((tally and change.event in _TALLIED)
                     or self.bus.wants(type, change.task_id)
@@ -732,8 +745,26 @@ class ChangeRelay:
                     or (change.event in _FINISHING
                         and self.bus.wants("task.progress", change.task_id))):
                 wanted.append((change, type))
+            else:
+                quiet.append(change.task_id)
+        for task_id in quiet:
+            self.bus._notify(task_id)
         if not wanted:
             return
+        # the others' signals are set once their events are out: a wait() they wake
+        # returns after a callback given to on() has seen the task's end
+        relayed = {c.task_id for c, _ in wanted}
+        self.bus._relaying.update(relayed)
+        try:
+            await self._deliver(changes, wanted)
+        finally:
+            self.bus._relaying.difference_update(relayed)
+            for task_id in relayed:
+                self.bus._notify(task_id)
+
+    async def _deliver(self, changes: Sequence[Change],
+                       wanted: list[tuple[Change, str]]) -> None:
+        tally = bool(self.bus._tallies)
         ids = list(dict.fromkeys(c.task_id for c, _ in wanted if c.event != "deleted"))
         try:
             tasks = {t.id: t for t in await self.storage.get_many(ids)} if ids else {}
