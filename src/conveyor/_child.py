@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from . import _json
+from ._children import ARGV_ENV
 from ._taskjson import task_from_json
 from .context import Context, TaskAbortRequested
 from .model import LogLevel, Progress, Reschedule, Retry, Task
@@ -241,8 +242,15 @@ def main(argv: list[str]) -> int:
     proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     channel = _Channel(proto)
+    given = os.environ.pop(ARGV_ENV, None)
+    if given is not None:
+        sys.argv = [str(arg) for arg in _json.loads(given)]
     try:
         handler = _find_handler(module_name, qualname, action, app_name)
+    except SystemExit as exc:  # the module's code at import (a script's argparse)
+        channel.send({"fatal": f"SystemExit: importing {module_name} in the handler "
+                               f"process exited with {exc.code!r} (its output says why)"})
+        return 2
     except Exception as exc:
         channel.send({"fatal": f"{type(exc).__name__}: {exc}"})
         return 2

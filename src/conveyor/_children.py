@@ -20,8 +20,11 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from ._registry import Handler
 
-__all__ = ["LINE_LIMIT", "SPAWN_TRIES", "Child", "ChildLineTooLong", "ChildPool",
+__all__ = ["ARGV_ENV", "LINE_LIMIT", "SPAWN_TRIES", "Child", "ChildLineTooLong", "ChildPool",
            "HandlerUnavailable", "handler_location"]
+
+ARGV_ENV = "CONVEYOR_WORKER_ARGV"
+"""The environment variable that hands a child the worker's ``sys.argv`` (JSON)."""
 
 log = logging.getLogger("conveyor.worker")
 
@@ -186,6 +189,9 @@ class ChildPool:
     async def _start(self, key: tuple[str, ...]) -> tuple[Child, dict[str, Any] | None]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]])
+        # the module the child imports sees the worker's command line, as a
+        # multiprocessing child does (a script reading its options at import)
+        env[ARGV_ENV] = _json.dumps(sys.argv)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "conveyor._child", *key,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,

@@ -15,7 +15,8 @@ from conveyor import Context, Conveyor
 app = Conveyor("memory://", concurrency=1)
 
 _MARKER = os.environ.get("CONVEYOR_TEST_DIE_MARKER")
-if (_MARKER and sys.argv[0].endswith(os.path.join("conveyor", "_child.py"))
+_SPEC = getattr(sys.modules["__main__"], "__spec__", None)
+if (_MARKER and _SPEC is not None and _SPEC.name == "conveyor._child"
         and not Path(_MARKER).exists()):
     Path(_MARKER).touch()
     os.kill(os.getpid(), signal.SIGKILL)
