@@ -16,7 +16,7 @@ from conveyor.client import HTTPClient, HubClient
 from conveyor.storage.base import WorkerInfo
 
 from ._rest_helpers import client
-from ._ws_helpers import Raw, make_hub
+from ._ws_helpers import Raw, eventually, make_hub, ws_state
 from .conftest import RunningHub
 
 HEADER = "X-Conveyor-Unserved"
@@ -108,3 +108,36 @@ async def test_a_failed_read_of_the_workers_does_not_fail_the_publish(
         assert answer.status_code == 201 and HEADER not in answer.headers
         assert await hub.app.count({"action": "mail:send"}) == 1
     assert any("could not read the workers" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_service_that_subscribes_again_at_once_stays_listed(hub: RunningHub) -> None:
+    """A connection's services are unregistered by the hub's writer after the
+    connection closes; a service subscribing again at once (a client reconnecting)
+    is registered under the same worker id. The queued removal used to run after
+    the new registration and delete it: the service was missing from the workers
+    and its action named unserved until the next heartbeat (7 of 20 reconnects)."""
+    key = hub.key("mailer", subscribe=["mail:*"])
+    shop = hub.key("shop", publish=["mail:*"])
+    remote = ws_state(hub).remote
+    missing = 0
+    for _ in range(20):
+        first = await Raw.open(hub.url, key)
+        await first.request({"type": "subscribe", "id": "a", "service": "mailer",
+                             "actions": ["mail:big"]}, "subscribed")
+        await first.request({"type": "subscribe", "id": "b", "service": "solo",
+                             "actions": ["mail:solo"]}, "subscribed")
+        await first.close()
+        again = await Raw.open(hub.url, key)
+        try:
+            ok = await again.request({"type": "subscribe", "id": "b", "service": "solo",
+                                      "actions": ["mail:solo"]}, "subscribed")
+            await remote.writer.drain()  # the removals queued by the close are done
+            ids = [w.id for w in await hub.app.workers()]
+            async with client(hub, shop) as http:
+                added = await http.post("/api/v1/tasks", json={"action": "mail:solo"})
+            if ok["worker"] not in ids or HEADER in added.headers:
+                missing += 1
+        finally:
+            await again.close()
+        await eventually(lambda: not remote.services)  # both services retired
+    assert missing == 0

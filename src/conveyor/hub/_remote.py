@@ -548,6 +548,8 @@ class Remote:
         self.early_aborts = RecentIds()             # asked of tasks not (yet) held here
         self._offer_clock: asyncio.Task[None] | None = None
         self._worker_ids: set[str] = set()
+        # worker records being removed (by the writer): set when that is done
+        self._unregistering: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._room = False  # the last dispatch found a free slot to claim for
         self.held_back: set[str] = set()
@@ -726,6 +728,12 @@ class Remote:
         service.subs.append(sub)
         if not service.registered:
             service.registered = True
+            removing = self._unregistering.get(service.worker_id)
+            if removing is not None:  # the record of the last connection, by the writer:
+                # removed first, or it would remove this one's (a reconnect at once)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RELEASE_WAIT):
+                        await removing.wait()
             try:
                 await self.app.storage.register_worker(service.info(self.hub_id, self.lease))
             except Exception:
@@ -842,9 +850,15 @@ class Remote:
             service.registered = False
             worker_id = service.worker_id
             storage = self.app.storage
+            done = self._unregistering[worker_id] = asyncio.Event()
 
             async def unregister() -> None:
-                await storage.unregister_worker(worker_id)
+                try:
+                    await storage.unregister_worker(worker_id)
+                finally:
+                    done.set()
+                    if self._unregistering.get(worker_id) is done:
+                        del self._unregistering[worker_id]
 
             self.writer.job(unregister)
         if service.fans == 0:
