@@ -153,3 +153,19 @@ async def test_a_retry_refused_for_a_held_key_is_duplicate_task(hub: RunningHub)
         response = await raw.post(f"{API}/tasks/{old.id}/retry", json={})
     error_of(response, 409, "invalid_transition")
     assert response.json()["error"]["duplicate"] is True
+
+
+async def test_an_empty_action_name_is_invalid_in_publish_as_in_subscribe(hub: RunningHub) -> None:
+    """protocol.md: a malformed action name is ``invalid`` (an empty one in
+    ``publish`` was ``bad_message``, in ``subscribe`` and over REST ``invalid``)."""
+    key = hub.key("ops", admin=True)
+    async with Raw.opened(hub.url, key) as ws:
+        for message in ({"type": "publish", "action": ""},
+                        {"type": "publish", "tasks": [{"action": "a"}, {"action": ""}]},
+                        {"type": "subscribe", "service": "s", "actions": [""]}):
+            error = await ws.request(message, "error")
+            assert error["code"] == "invalid", (message, error)
+        for shape in ({"type": "publish"}, {"type": "publish", "action": 7}):
+            error = await ws.request(shape, "error")
+            assert error["code"] == "bad_message" and "must be a string" in error["message"]
+    assert await hub.app.count() == 0

@@ -638,8 +638,8 @@ def _task_item(conn: Connection, raw: Any, where: str, own: frozenset[str]) -> d
         raise ProtocolError("bad_message",
                             f"{where}: put {names} inside 'options' (the options of add)")
     action = raw.get("action")
-    if not isinstance(action, str) or not action:
-        raise ProtocolError("bad_message", f"{where}.action must be a non-empty string")
+    if not isinstance(action, str):  # an empty name is invalid below, as in subscribe
+        raise ProtocolError("bad_message", f"{where}.action must be a string (the action's name)")
     options = raw.get("options")
     if options is None:
         options = {}
