@@ -177,6 +177,39 @@ async def test_delivery_all_runs_on_every_service(hub: RunningHub) -> None:
         await ws.close()
 
 
+async def test_delivery_all_an_abort_after_the_first_return_keeps_its_result(
+        hub: RunningHub) -> None:
+    """protocol.md: the first return completes the task, publishers and waits have
+    its result; an abort then stops the other shares, and the task ends succeeded
+    with that result (it ended aborted without one, against what was told)."""
+    pub = await Raw.open(hub.url, hub.key("pub", publish=["cache:*"]))
+    services = {}
+    for name in ("alpha", "beta"):
+        ws = await Raw.open(hub.url, hub.key(name, subscribe=["cache:*"]))
+        await subscribe(ws, name, ["cache:clear"])
+        services[name] = ws
+    await pub.request({"type": "publish", "id": "b", "action": "cache:clear", "payload": {},
+                       "delivery": "all", "wait": True}, "published")
+    offers = {name: await ws.expect("offer") for name, ws in services.items()}
+    task_id = offers["alpha"]["task_id"]
+    for ws in services.values():
+        await ws.request({"type": "pickup", "task_id": task_id, "ack": True}, "ok")
+    await services["beta"].send({"type": "return", "task_id": task_id, "result": "beta won"})
+    assert (await pub.expect("result", "b"))["value"] == "beta won"
+    await services["alpha"].expect("completed")
+    aborting = await hub.app.abort(task_id, "stop it")
+    assert aborting.status is Status.RUNNING  # alpha's share still runs
+    told = await services["alpha"].expect("abort")
+    await services["alpha"].send({"type": "fail", "task_id": task_id,
+                                  "error": {"type": "Aborted", "message": told["reason"]}})
+    end = await pub.expect("end", "b")
+    assert end["status"] == "succeeded"
+    task = await hub.app.get(task_id)
+    assert (task.status, task.result) == (Status.SUCCEEDED, "beta won")
+    for ws in (*services.values(), pub):
+        await ws.close()
+
+
 async def test_delivery_all_by_config_and_outcomes(tmp_path: Path) -> None:
     async with make_hub(tmp_path, insecure=True, delivery={"notify:*": "all"}) as hub:
         a = await Raw.open(hub.url)

@@ -1416,10 +1416,11 @@ class Remote:
         progress = self.writer.pending_progress(task.id)
         outcome: Outcome | None
         dropped = False
-        if fan.aborted is not None:
-            outcome = Aborted(fan.aborted)
-        elif fan.first is not None:
+        if fan.first is not None:  # what publishers and waits were told (the first
+            # return completes the task): an abort after it stops the other shares only
             outcome = Returned(fan.first[1])
+        elif fan.aborted is not None:
+            outcome = Aborted(fan.aborted)
         elif "dropped" in states or "skipped" in states:
             outcome, dropped = Returned(None), True
         elif "failed" in states:
