@@ -32,6 +32,7 @@ __all__ = [
     "FIELDS",
     "JSON_FIELDS",
     "MAX_CONDITION_LIMIT",
+    "MAX_ERRORS",
     "MAX_SECONDS",
     "MAX_TIME",
     "MIN_TIME",
@@ -186,6 +187,10 @@ MAX_SECONDS = 36525 * 86400.0
 """The longest duration conveyor accepts (a delay, timeout, interval, lease, backoff
 time, retention...): 100 years, in seconds. Now plus any duration is then a time
 that :data:`MAX_TIME` allows."""
+MAX_ERRORS = 100
+"""How many errors ``Task.errors`` keeps: the most recent ones (a policy that
+queues a failing task again for ever would otherwise grow its record without
+end; every claim and finish rewrites it)."""
 MIN_TIME = -62135596800.0
 """The earliest time a task may hold (``run_at``): 0001-01-01T00:00:00Z, in epoch seconds."""
 MAX_TIME = 253402300800.0

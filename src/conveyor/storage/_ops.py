@@ -14,7 +14,16 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import InvalidTransition
-from ..model import ErrorInfo, Status, Task, TaskSpec, Transition, _task_from_values, _task_replace
+from ..model import (
+    MAX_ERRORS,
+    ErrorInfo,
+    Status,
+    Task,
+    TaskSpec,
+    Transition,
+    _task_from_values,
+    _task_replace,
+)
 from .base import Completion
 
 __all__ = [
@@ -36,6 +45,11 @@ __all__ = [
     "rescued",
     "retried",
 ]
+
+
+def _kept(*errors: ErrorInfo) -> tuple[ErrorInfo, ...]:
+    """A task's error history with new ones appended: the most recent MAX_ERRORS."""
+    return errors[-MAX_ERRORS:]
 
 
 def pickup_deadline(task: Task | TaskSpec, ready_at: float) -> float | None:
@@ -137,7 +151,7 @@ def _aborted(task: Task, reason: str, now: float, before: tuple[ErrorInfo, ...] 
     ``before`` ones in its history), its lease and abort request cleared."""
     error = ErrorInfo("Aborted", reason, attempt=task.attempts, at=now)
     return replace(task, status=Status.ABORTED, reason=reason, error=error,
-                   errors=(*task.errors, *before, error), finished_at=now,
+                   errors=_kept(*task.errors, *before, error), finished_at=now,
                    pickup_deadline=None, worker=None, token=None, lease_until=None,
                    abort_requested=None, updated_at=now, version=task.version + 1, **more)
 
@@ -157,7 +171,7 @@ def finished(task: Task, completion: Completion, now: float) -> Task:
         pickup_deadline=pickup_deadline(task, run_at) if queued else None,
         result=t.result,
         error=t.error,
-        errors=task.errors + ((t.error,) if t.error is not None else ()),
+        errors=_kept(*task.errors, t.error) if t.error is not None else task.errors,
         reason=t.reason,
         finished_at=None if queued else now,
         attempts=task.attempts - (1 if t.refund_attempt else 0),
@@ -216,12 +230,12 @@ def rescued(task: Task, now: float, max_rescues: int) -> tuple[Task, str]:
                      attempt=task.attempts, at=now)
     if task.rescues >= max_rescues:
         return replace(task, status=Status.FAILED, reason="worker_lost", error=lost,
-                       errors=(*task.errors, lost), finished_at=now, worker=None, token=None,
+                       errors=_kept(*task.errors, lost), finished_at=now, worker=None, token=None,
                        lease_until=None, updated_at=now, version=task.version + 1), "lost"
     return replace(task, status=Status.QUEUED, rescues=task.rescues + 1,
-                   attempts=max(0, task.attempts - 1), errors=(*task.errors, lost), worker=None,
-                   token=None, lease_until=None, pickup_deadline=pickup_deadline(task, now),
-                   updated_at=now,
+                   attempts=max(0, task.attempts - 1), errors=_kept(*task.errors, lost),
+                   worker=None, token=None, lease_until=None,
+                   pickup_deadline=pickup_deadline(task, now), updated_at=now,
                    version=task.version + 1), "rescued"
 
 
@@ -232,7 +246,7 @@ def condition_failed(task: Task, now: float, message: str) -> Task:
     error = ErrorInfo("QueryError", f"its concurrency condition could not be evaluated: "
                       f"{message}", attempt=task.attempts, at=now)
     return replace(task, status=Status.FAILED, reason="condition_error", error=error,
-                   errors=(*task.errors, error), finished_at=now, pickup_deadline=None,
+                   errors=_kept(*task.errors, error), finished_at=now, pickup_deadline=None,
                    updated_at=now, version=task.version + 1)
 
 
@@ -241,5 +255,5 @@ def pickup_expired(task: Task, now: float) -> Task:
                       f"not started within its pickup timeout of {task.pickup_timeout or 0:g}s",
                       attempt=task.attempts, at=now)
     return replace(task, status=Status.FAILED, reason="pickup_timeout", error=error,
-                   errors=(*task.errors, error), finished_at=now, pickup_deadline=None,
+                   errors=_kept(*task.errors, error), finished_at=now, pickup_deadline=None,
                    updated_at=now, version=task.version + 1)

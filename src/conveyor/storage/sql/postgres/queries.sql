@@ -330,7 +330,10 @@ UPDATE {schema}.tasks AS t SET
                            THEN coalesce(c.run_at, t.run_at) + t.pickup_timeout END,
     result = c.result,
     error = c.error,
+    -- the most recent 100 (model.MAX_ERRORS): one is added at a time
     errors = CASE WHEN c.error IS NULL THEN t.errors
+                  WHEN jsonb_array_length(t.errors) >= 100
+                  THEN (t.errors - 0) || jsonb_build_array(c.error)
                   ELSE t.errors || jsonb_build_array(c.error) END,
     reason = c.reason,
     finished_at = CASE WHEN c.status = 'queued' THEN NULL ELSE %(now)s END,

@@ -189,7 +189,10 @@ UPDATE conveyor_tasks SET
                            THEN coalesce(c.value ->> 3, run_at) + pickup_timeout END,
     result = nullif(c.value -> 4, 'null'),
     error = nullif(c.value -> 5, 'null'),
+    -- the most recent 100 (model.MAX_ERRORS): one is added at a time
     errors = CASE WHEN c.value -> 5 = 'null' THEN errors
+                  WHEN json_array_length(errors) >= 100
+                  THEN json_insert(json_remove(errors, '$[0]'), '$[#]', json(c.value -> 5))
                   ELSE json_insert(errors, '$[#]', json(c.value -> 5)) END,
     reason = c.value ->> 6,
     finished_at = CASE WHEN c.value ->> 2 = 'queued' THEN NULL ELSE :now END,
