@@ -209,7 +209,7 @@ def retried(task: Task, run_at: float, now: float) -> Task:
             task)
     return replace(task, status=Status.QUEUED, run_at=run_at,
                    pickup_deadline=pickup_deadline(task, max(run_at, now)), finished_at=None,
-                   reason=None,
+                   reason=None, rescues=0,  # the new run has max_rescues of its own
                    error=None, result=None, abort_requested=None, worker=None, token=None,
                    lease_until=None, updated_at=now, version=task.version + 1)
 
