@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError as PydanticValidationError
 
 from .errors import ConfigurationError, ValidationError
-from .model import Backoff, Policy, seconds
+from .model import Backoff, PermanentFailure, Policy, seconds
 
 __all__ = [
     "ACTION_PATTERN",
@@ -85,7 +85,8 @@ class Handler:
     options: dict[str, Any] = field(default_factory=dict)
 
     def retries(self, exc: BaseException) -> bool:
-        return isinstance(exc, self.retry_on)
+        """Whether a run that raised ``exc`` may be retried (attempts allowing)."""
+        return isinstance(exc, self.retry_on) and not isinstance(exc, PermanentFailure)
 
     def validate_payload(self, payload: Any) -> Any:
         """The JSON payload to store, checked against the payload model if any."""

@@ -45,6 +45,7 @@ __all__ = [
     "LogLevel",
     "LogRecord",
     "Outcome",
+    "PermanentFailure",
     "Policy",
     "Progress",
     "Raised",
@@ -716,6 +717,17 @@ class Retry:
         if self.reason is not None and not isinstance(self.reason, str):
             raise ValidationError(
                 f"Retry(reason=...) must be a string or None, not {self.reason!r}")
+
+
+class PermanentFailure(Exception):
+    """Raise this (or a subclass) from a handler to fail the task now: no retry,
+    whatever attempts remain and whatever the handler's ``retry_on`` (BullMQ's
+    ``UnrecoverableError``, Celery's ``Reject``, Oban's ``{:cancel, reason}``).
+
+    The run's outcome is ``Raised(error, retryable=False)``: the default policy
+    ends the task ``failed`` with this error (its type the class's name, its
+    message the exception's). In every kind of handler: async, thread, process
+    and a hub's remote service (``conveyor.client``)."""
 
 
 @dataclass(frozen=True, slots=True)

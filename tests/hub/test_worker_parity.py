@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from conveyor import Context, Conveyor, Reschedule, Status
+from conveyor import Context, Conveyor, PermanentFailure, Reschedule, Status
 from conveyor.client import HubClient
 from conveyor.hub import HubConfig
 from conveyor.hub._credentials import CredentialStore
@@ -74,3 +74,22 @@ async def test_remote_progress_keeps_whole_numbers(hub: RunningHub) -> None:
     assert ended.progress is not None
     assert (ended.progress.current, ended.progress.total) == (1, 2)
     assert isinstance(ended.progress.current, int) and isinstance(ended.progress.total, int)
+
+
+async def test_a_remote_permanent_failure_is_not_retried(tmp_path: Path) -> None:
+    app = Conveyor(hub_db_url(tmp_path))
+    store = CredentialStore(tmp_path / "credentials.json")
+    async with running_hub(app, HubConfig(port=0, credentials_path=str(store.path)),
+                           store) as hub:
+        worker = HubClient(hub.url, hub.key("svc", subscribe=["*"]))
+
+        @worker.handler("perm", max_attempts=5, backoff=0)
+        async def perm(ctx: Context) -> None:
+            raise PermanentFailure("no such user")
+
+        async with working(worker, "svc"):
+            task = await app.add("perm")
+            ended = await app.wait_task(task.id, timeout=60)
+    assert (ended.status, ended.attempts) == (Status.FAILED, 1)
+    assert ended.error is not None
+    assert (ended.error.type, ended.error.message) == ("PermanentFailure", "no such user")

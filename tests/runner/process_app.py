@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from conveyor import Context, Conveyor, Retry
+from conveyor import Context, Conveyor, PermanentFailure, Retry
 
 app = Conveyor(os.environ.get("CONVEYOR_DB", "memory://"), concurrency=4)
 
@@ -130,3 +130,12 @@ def emit_big(ctx: Context[Any]) -> str:
     ctx.emit("x" * (2 << 20))  # over max_payload (1 MiB): dropped, not emitted
     ctx.emit("after")
     return "ok"
+
+
+class BadInput(PermanentFailure):
+    """A user's error that no retry can fix."""
+
+
+@app.handler("proc:permanent", mode="process", max_attempts=5)
+def permanent(ctx: Context[Any]) -> None:
+    raise BadInput(f"no such user {ctx.payload['user']}")
