@@ -238,7 +238,9 @@ class Transitions(RuleBasedStateMachine):
         if m.status in (Status.FAILED, Status.ABORTED):
             task = self.run(self.storage.retry(task_id, run_at))
             assert task.status is Status.QUEUED and task.attempts == m.attempts
+            assert task.rescues == 0  # the new run has max_rescues of its own
             m.status = Status.QUEUED
+            m.rescues = 0
             m.run_at = run_at
             m.final_version = None
             return
