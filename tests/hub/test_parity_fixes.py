@@ -18,7 +18,7 @@ import asyncio
 
 import pytest
 
-from conveyor import Conveyor, DuplicateTask, QueryError, Status, ValidationError
+from conveyor import Conveyor, DuplicateTask, Event, QueryError, Status, ValidationError
 from conveyor.client import HTTPClient
 
 from ._rest_helpers import API, client, error_of
@@ -169,3 +169,28 @@ async def test_an_empty_action_name_is_invalid_in_publish_as_in_subscribe(hub: R
             error = await ws.request(shape, "error")
             assert error["code"] == "bad_message" and "must be a string" in error["message"]
     assert await hub.app.count() == 0
+
+
+async def test_a_task_deleted_before_the_hub_read_its_end_says_how_it_ended(
+        hub: RunningHub) -> None:
+    """Another process ends a task and deletes it at once: the hub's change relay
+    reads neither (the row is gone) and emits the end without the task, then the
+    deletion. A publisher waiting on it gets the error ``deleted`` with the status
+    the task ended with (it got the bare error, the outcome unsaid)."""
+    key = hub.key("ops", admin=True)
+    async with Raw.opened(hub.url, key) as ws:
+        published = await ws.request({"type": "publish", "id": "p", "action": "a",
+                                       "updates": True, "wait": True}, "published")
+        task_id = published["task"]["id"]
+        watch = await Raw.open(hub.url, key)
+        await watch.request({"type": "watch", "id": "w", "task_id": task_id}, "watching")
+        data = {"version": 3, "status": "succeeded"}
+        for event in (Event("task.succeeded", task_id, None, data),
+                      Event("task.ended", task_id, None, data),
+                      Event("task.deleted", task_id)):
+            hub.app.bus.emit(event)  # as the relay emits them for a task it cannot read
+        for conn in (ws, watch):
+            error = await conn.expect("error")
+            assert error["code"] == "deleted" and error["status"] == "succeeded"
+            assert "ended succeeded" in error["message"]
+        await watch.close()

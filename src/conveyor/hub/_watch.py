@@ -110,6 +110,9 @@ class TaskStream:
         self.first_return_sent = False  # delivery all: the early, non-final success
         self.success_sent = False  # the final one
         self.ended = False
+        # the status a task.ended came with when the task could not be read (deleted
+        # right after it ended, before this hub read it): told with the deletion
+        self._ended_unread: str | None = None
         self.waited = False
         self.read = False  # the task was read (its wait can time out only then)
         self._timed_out = False  # the wait's timeout passed before that
@@ -386,13 +389,20 @@ class TaskStream:
                             "value": event.data.get("value")})
             return
         if kind == "task.deleted":
-            self._send({"type": "error", "code": "deleted", "task_id": self.task_id,
-                        "message": "the task was deleted"})
+            error: dict[str, Any] = {"type": "error", "code": "deleted", "task_id": self.task_id,
+                                     "message": "the task was deleted"}
+            if self._ended_unread is not None and not self.ended:
+                error["status"] = self._ended_unread
+                error["message"] = (f"the task ended {self._ended_unread} and was deleted "
+                                    "before this hub could read its outcome")
+            self._send(error)
             self._finish()
             return
         if kind == "task.ended":
             if task is not None and not self.ended:
                 self._end(task)
+            elif task is None and isinstance(event.data.get("status"), str):
+                self._ended_unread = event.data["status"]
             return
         if kind == "task.expired":
             # a pickup timeout: the task.failed of the same version follows (and sends
