@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import reprlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar, overload
@@ -933,29 +942,49 @@ class Conveyor:
         check_task_id(task_id)
         check_abort_reason(reason)
         await self.open()
-        task = await self.storage.abort(task_id, reason)
-        if task.status is Status.RUNNING:
-            if self._worker is not None:
-                self._worker.abort_local(task_id, reason)
-            if self._abort_told.get(task_id) != task.version:
-                self._abort_told[task_id] = task.version
-                self._abort_told.move_to_end(task_id)
-                if len(self._abort_told) > _ABORTS_TOLD:
-                    self._abort_told.popitem(last=False)
-                self.bus.task_event("task.abort_requested", task)
-        else:
-            self.bus.task_event("task.aborted", task)
+        with self._announcing(task_id) as changed:
+            task = await self.storage.abort(task_id, reason)
+            if task.status is Status.RUNNING:
+                if self._worker is not None:
+                    self._worker.abort_local(task_id, reason)
+                if self._abort_told.get(task_id) != task.version:
+                    self._abort_told[task_id] = task.version
+                    self._abort_told.move_to_end(task_id)
+                    if len(self._abort_told) > _ABORTS_TOLD:
+                        self._abort_told.popitem(last=False)
+                    changed.append(("task.abort_requested", task))
+            else:
+                changed.append(("task.aborted", task))
         return task
+
+    @contextlib.contextmanager
+    def _announcing(self, task_id: str) -> Iterator[list[tuple[str, Task]]]:
+        """Hold the task's events while this process changes it, then announce the
+        ``(type, task)`` changes put in the list, before those held meanwhile: the
+        ``task.started`` of a retried task that a worker claimed at once (here, or
+        through the change feed) comes after its ``task.retried``."""
+        bus = self.bus
+        owner = None if bus.idle else bus.hold((task_id,))
+        changed: list[tuple[str, Task]] = []
+        try:
+            yield changed
+        finally:
+            if owner is not None:
+                bus.release(owner, changed)
+            else:
+                for type_, task in changed:
+                    bus.task_event(type_, task)
 
     async def retry(self, task_id: str, *, delay: float | timedelta | None = None) -> Task:
         """Queue a failed or aborted task again: same id, history kept, one more attempt."""
         check_task_id(task_id)
         wait = seconds(delay, "delay") or 0.0
         await self.open()
-        task = await self.storage.retry(task_id, time.time() + wait)
-        if self._worker is not None:
-            self._worker.wake()
-        self.bus.task_event("task.retried", task)
+        with self._announcing(task_id) as changed:
+            task = await self.storage.retry(task_id, time.time() + wait)
+            if self._worker is not None:
+                self._worker.wake()
+            changed.append(("task.retried", task))
         return task
 
     async def prioritize(self, task_id: str, priority: float) -> Task:
@@ -963,8 +992,9 @@ class Conveyor:
         check_task_id(task_id)
         value = check_priority(priority)
         await self.open()
-        task = await self.storage.prioritize(task_id, value)
-        self.bus.task_event("task.prioritized", task)
+        with self._announcing(task_id) as changed:
+            task = await self.storage.prioritize(task_id, value)
+            changed.append(("task.prioritized", task))
         return task
 
     async def delete(self, target: str | Sequence[str] | Mapping[str, Any] | Filter
