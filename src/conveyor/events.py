@@ -817,10 +817,15 @@ class ChangeRelay:
             items.sort(key=lambda c: c.version)
             prev = self._attempts_seen.get(task_id)
             for change in items:
+                delta = _ATTEMPT_DELTA.get(change.event, 0)
                 if change.event == "added":
                     prev = (change.version, 0)
                 elif prev is not None and change.version == prev[0] + 1:
-                    prev = (change.version, max(0, prev[1] + _ATTEMPT_DELTA.get(change.event, 0)))
+                    prev = (change.version, max(0, prev[1] + delta))
+                elif prev is None and change.version == 2 and change.event != "log":
+                    # the first change after the add (version 1, no attempt): the add
+                    # itself is not relayed to the process that made it
+                    prev = (2, max(0, delta))
                 elif prev is None or change.version != prev[0]:
                     prev = None
                 if prev is not None:
@@ -829,7 +834,9 @@ class ChangeRelay:
             if task is not None and task.version == items[-1].version:
                 last = (task.version, task.attempts)
                 count = task.attempts
-                for newer, change in zip(reversed(items), reversed(items[:-1]), strict=False):
+                # log lines keep the version: the changes that made one, counted back
+                bumps = [c for c in items if c.event != "log"]
+                for newer, change in zip(reversed(bumps), reversed(bumps[:-1]), strict=False):
                     if newer.version != change.version + 1:
                         break
                     count -= _ATTEMPT_DELTA.get(newer.event, 0)

@@ -144,3 +144,13 @@ async def reschedule_thrice(ctx: Context[Any]) -> Any:
 
     rounds = (ctx.task.result or 0) + 1
     return Reschedule(after=0, result=rounds) if rounds < 4 else "done"
+
+
+@app.handler("log_and_retry", max_attempts=3)
+async def log_and_retry(ctx: Context[Any]) -> Any:
+    """A log line, then retried at once twice: the changes of a run with the log
+    lines between them, as another process's feed brings them."""
+    from conveyor import Retry
+
+    ctx.log.info("attempt %d", ctx.attempt)
+    return Retry(after=0) if ctx.attempt < 3 else ctx.attempt

@@ -58,8 +58,8 @@ async def test_retried_comes_before_the_next_start(kind: str, tmp_path: Path) ->
             # and this process's change relay has had it (held, or delivered)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10
-            while not (relayed.is_set() or controller.bus.is_held(task_id)
-                       and controller.bus._held[task_id][1]):
+            while not (relayed.is_set() or (controller.bus.is_held(task_id)
+                       and controller.bus._held[task_id][1])):
                 assert loop.time() < deadline, "the relay never brought the start"
                 await asyncio.sleep(0.005)
             return done
