@@ -482,3 +482,41 @@ async def test_a_match_measured_again_that_runs_out_of_time_ends_the_query(
         assert calls == [task.id, task.id]
     finally:
         await ws.close()
+
+
+async def test_progress_stored_by_another_process_comes_with_its_version(
+        insecure_hub: RunningHub, tmp_path: Path) -> None:
+    """A worker outside the hub stores its progress snapshots, each a new version;
+    the live query sent them with the version the run started with (a client that
+    keeps only newer states dropped every one)."""
+    other = Conveyor(hub_db_url(tmp_path), progress_interval=0.01)  # the hub's database
+    shown: dict[int, asyncio.Event] = {n: asyncio.Event() for n in (1, 2, 3)}
+
+    @other.handler("p:job")
+    async def job(ctx: Context) -> str:
+        for n in (1, 2, 3):
+            await ctx.progress(n, total=3)
+            await asyncio.wait_for(shown[n].wait(), 10)  # the live query has it
+        return "done"
+
+    ws = await Raw.open(insecure_hub.url)
+    try:
+        await live(ws, filter={"action": "p:job"}, fields=["status", "progress"])
+        await other.start()
+        await other.add("p:job")
+        states: list[tuple[int, str, Any]] = []
+        while not states or states[-1][1] != "succeeded":
+            change = await next_change(ws)
+            task = change["task"]
+            current = (task.get("progress") or {}).get("current")
+            states.append((task["version"], task["status"], current))
+            if isinstance(current, int) and current in shown:
+                shown[current].set()
+    finally:
+        await ws.close()
+        await other.close()
+    versions = [v for v, _, _ in states]
+    assert versions == sorted(versions), states
+    progressed = [(v, c) for v, s, c in states if s == "running" and c is not None]
+    assert [c for _, c in progressed] == [1, 2, 3], states
+    assert len({v for v, _ in progressed}) == 3, states  # each stored snapshot's own version

@@ -578,7 +578,10 @@ class _Group:
         if (current.status is not Status.RUNNING or current.attempts != task.attempts
                 or current.progress == progress):
             return
-        patched = replace(current, progress=progress)
+        # a progress stored by another process's worker comes with the version it
+        # made (the event's task); full-rate progress of this hub's runs keeps it
+        patched = replace(current, progress=progress,
+                          version=max(current.version, task.version))
         if self._matches(patched):
             enc = self.encode(patched)
             self.members[task.id] = (patched, enc)
