@@ -284,6 +284,9 @@ class Worker:
         self._loop_thread = 0
         self._claim_task: asyncio.Task[None] | None = None
         self._schedule_task: asyncio.Task[None] | None = None
+        self.scheduled = asyncio.Event()
+        """Set once the schedules' next occurrences were added (or tried), at once
+        when the app has none: a drain counts what is due after that."""
         self._feed_task: asyncio.Task[None] | None = None
         self._writer = _Writer(self)
         self._pool: DaemonThreadPool | None = None
@@ -311,6 +314,8 @@ class Worker:
         if self.app.schedules:
             self._schedule_task = asyncio.create_task(self._schedule_loop(),
                                                       name="conveyor-schedules")
+        else:
+            self.scheduled.set()
         self._keeper = threading.Thread(target=self._keeper_main, name="conveyor-keeper",
                                         daemon=True)
         self._keeper.start()
@@ -549,26 +554,41 @@ class Worker:
     # -- schedules ------------------------------------------------------------
 
     async def _schedule_loop(self) -> None:
-        """Keep the next occurrence of every schedule queued (deduped across processes)."""
+        """Keep the next occurrence of every schedule queued (deduped across processes).
+        An occurrence whose add failed is tried again (about every second) until it
+        is added, late if need be, before the schedule moves on; an error of the loop
+        itself is logged and the loop goes on (it ended every schedule, unlogged)."""
         schedules = list(self.app.schedules)
-        now = time.time()
-        due = [s.next_after(now) for s in schedules]
-        pending = set(range(len(schedules)))
+        due: list[float] = []
+        pending: set[int] = set()
         while not self._stopping:
-            for i in sorted(pending):
-                if await self._add_occurrence(schedules[i], due[i]):
-                    pending.discard(i)
-            now = time.time()
-            pause = min(due) - now
-            if pending:
-                pause = min(pause, 1.0)  # retry failed additions soon
-            if pause > 0:
-                await asyncio.sleep(pause)
-            now = time.time()
-            for i, schedule in enumerate(schedules):
-                if due[i] <= now:
-                    due[i] = schedule.next_after(max(now, due[i]))
-                    pending.add(i)
+            try:
+                if not due:
+                    now = time.time()
+                    due = [s.next_after(now) for s in schedules]
+                    pending = set(range(len(schedules)))
+                for i in sorted(pending):
+                    if await self._add_occurrence(schedules[i], due[i]):
+                        pending.discard(i)
+                self.scheduled.set()
+                now = time.time()
+                upcoming = [at for i, at in enumerate(due) if i not in pending]
+                pause = min(upcoming) - now if upcoming else 1.0
+                if pending:
+                    pause = min(pause, 1.0)  # retry failed additions soon
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                now = time.time()
+                for i, schedule in enumerate(schedules):
+                    if due[i] <= now and i not in pending:
+                        due[i] = schedule.next_after(max(now, due[i]))
+                        pending.add(i)
+            except Exception:
+                log.exception("schedules: keeping the next occurrences queued failed; "
+                              "trying again in 1 s")
+                self.scheduled.set()
+                due = []
+                await asyncio.sleep(1.0)
 
     async def _add_occurrence(self, schedule: Schedule, at: float) -> bool:
         try:

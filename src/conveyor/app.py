@@ -246,7 +246,8 @@ class Conveyor:
                     raise ConfigurationError(f"handler for {action!r}: {exc}") from None
         if parsed is not None:
             if any(s.name == parsed.name for s in self.schedules):
-                raise ConfigurationError(f"a schedule named {parsed.name!r} exists already")
+                raise ConfigurationError(f"a schedule named {parsed.name!r} exists already "
+                                         "(give this one another name=)")
             self._check_schedule(parsed, handler)
         self.registry.add(handler)
         if parsed is not None:
@@ -278,7 +279,8 @@ class Conveyor:
         if self._worker is not None:
             raise ConfigurationError("add schedules before the worker starts")
         if any(s.name == schedule.name for s in self.schedules):
-            raise ConfigurationError(f"a schedule named {schedule.name!r} exists already")
+            raise ConfigurationError(f"a schedule named {schedule.name!r} exists already "
+                                     "(give this one another name=)")
         self._check_schedule(schedule, self.registry.get(schedule.action))
         self.schedules.append(schedule)
 
@@ -750,6 +752,11 @@ class Conveyor:
             worker = await self._start_worker(wanted)
             going.update(task_id for task_id, run in worker.running.items()
                          if run.task.action in wanted)  # a worker started earlier
+            # the schedules' next occurrences are queued first (what is due of them
+            # runs; they stay queued for later), as in any worker's start
+            with contextlib.suppress(TimeoutError):  # past the deadline: the loop says so
+                async with asyncio.timeout_at(deadline):
+                    await worker.scheduled.wait()
             closes = self._closes
             quiet = False
             while True:

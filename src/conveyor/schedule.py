@@ -20,8 +20,9 @@ ones, hour field ``*``, fire in both), and where they go forward, a time
 that does not exist fires at the first moment after it (an hourly
 expression has no occurrence in the missing hour). Interval schedules fire on
 multiples of the interval since the Unix epoch, so every process computes the
-same occurrences; an interval is from 0.001 s (occurrences are told apart by
-the millisecond) to :data:`~conveyor.model.MAX_SECONDS`.
+same occurrences (``tz`` is for cron expressions only); an interval is from
+0.001 s (occurrences are told apart by the millisecond) to
+:data:`~conveyor.model.MAX_SECONDS`.
 
 Every worker that has the handler keeps the next occurrence queued: it adds
 a task whose ``unique_key`` names the schedule and the occurrence, with a
@@ -30,7 +31,8 @@ database, each occurrence is added once and therefore runs once. When the
 last worker stops, the occurrence it had queued stays queued: it runs, late,
 when a worker starts again. The occurrences that fell due while no worker
 was running are not made up: the schedule goes on with the next one after
-the start.
+the start. An occurrence whose add failed is tried again until it is added,
+late if need be.
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ _HOST_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 """Zone files (also under ``posix/`` or ``right/``) that stand for the host's own
 zone, or for none, rather than a place."""
 _HASHED = re.compile(r"[hr](?:\(|/|$)", re.IGNORECASE)
+
+
+def _seconds(value: float) -> str:
+    """An interval as a default name shows it: short (``60``, ``0.5``), yet exact
+    (``1000001.0``, where ``:g`` made two intervals ``1e+06``)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def _check_cron(cron: object) -> None:
@@ -121,6 +130,10 @@ class Schedule:
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigurationError(f"unknown time zone {self.tz!r}") from None
         object.__setattr__(self, "_zone", zone)
+        if self.every is not None and self.tz != "UTC":
+            raise ConfigurationError(
+                f"an interval schedule fires on multiples of the interval since the Unix "
+                f"epoch, whatever the zone: tz={self.tz!r} applies to cron expressions only")
         if self.cron is not None:
             try:
                 self.next_after(time.time())
@@ -128,7 +141,8 @@ class Schedule:
                 raise ConfigurationError(
                     f"bad cron expression {self.cron!r}: it never fires") from None
         if self.name is None:
-            spec = self.cron if self.cron is not None else f"every {self.every:g}s"
+            spec = (self.cron if self.cron is not None
+                    else f"every {_seconds(self.every or 0.0)}s")
             object.__setattr__(self, "name", f"{self.action} {spec}")
         elif not isinstance(self.name, str) or not self.name:
             raise ConfigurationError(f"a schedule's name is a non-empty string, not "
@@ -157,14 +171,17 @@ class Schedule:
     def next_after(self, t: float) -> float:
         """The first occurrence strictly after ``t`` (epoch seconds)."""
         if self.every is not None:
-            return (math.floor(t / self.every) + 1) * self.every
+            n = math.floor(t / self.every) + 1
+            while n * self.every <= t:  # a quotient rounded down
+                n += 1
+            return n * self.every
         assert self.cron is not None
-        start = datetime.fromtimestamp(t, tz=self._zone)
-        nxt = croniter(self.cron, start).get_next(datetime)
-        value = float(nxt.timestamp())
-        if value <= t or self._repeated_wall_time(value):
-            return self.next_after(max(value, t + 1))
-        return value
+        while True:  # a loop: an hour set back repeats up to 3,600 times to step over
+            start = datetime.fromtimestamp(t, tz=self._zone)
+            value = float(croniter(self.cron, start).get_next(datetime).timestamp())
+            if value > t and not self._repeated_wall_time(value):
+                return value
+            t = max(value, t + 1)
 
     def _repeated_wall_time(self, at: float) -> bool:
         """Whether ``at`` is the second time its local wall time comes (a clock set
