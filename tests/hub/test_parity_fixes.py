@@ -194,3 +194,23 @@ async def test_a_task_deleted_before_the_hub_read_its_end_says_how_it_ended(
             assert error["code"] == "deleted" and error["status"] == "succeeded"
             assert "ended succeeded" in error["message"]
         await watch.close()
+
+
+async def test_watch_does_not_repeat_an_abort_request_its_task_showed(hub: RunningHub) -> None:
+    """The ``watching`` message's task carries an abort request already; the
+    ``task.abort_requested`` of that same version, relayed a moment later, was sent
+    again as an ``abort_requested`` message (eventlog audit, 1 stream of 210)."""
+    key = hub.key("ops", admin=True)
+    task = await hub.app.add("a")
+    [_claimed] = await hub.app.storage.claim("ghost", ["a"], 1, 30.0)
+    asked = await hub.app.abort(task.id, "stop")
+    assert asked.abort_requested == "stop"
+    async with Raw.opened(hub.url, key) as ws:
+        watching = await ws.request({"type": "watch", "id": "w", "task_id": task.id},
+                                    "watching")
+        assert watching["task"]["abort_requested"] == "stop"
+        data = {"version": asked.version, "status": "running"}
+        hub.app.bus.emit(Event("task.abort_requested", task.id, asked, data))  # late
+        hub.app.bus.emit(Event("task.result", task.id, asked, {"value": 1}))
+        following = await ws.expect(None, "w")
+        assert following["type"] == "emit", following

@@ -113,6 +113,8 @@ class TaskStream:
         # the status a task.ended came with when the task could not be read (deleted
         # right after it ended, before this hub read it): told with the deletion
         self._ended_unread: str | None = None
+        # the version of the task in the watching message, when it had an abort request
+        self._abort_told_at: int | None = None
         self.waited = False
         self.read = False  # the task was read (its wait can time out only then)
         self._timed_out = False  # the wait's timeout passed before that
@@ -205,6 +207,8 @@ class TaskStream:
             if self.updates and self.initial is None:
                 self._send({"type": "watching", "task_id": self.task_id,
                             "task": self.state.task_json(task)})
+                if task.abort_requested is not None:
+                    self._abort_told_at = task.version  # told in the task: not again
             if self.replay and self.logs:
                 await self._replay_logs()
         except asyncio.CancelledError:
@@ -409,6 +413,10 @@ class TaskStream:
             # the fail); taking this version here would drop it as stale
             return
         if kind == "task.abort_requested":
+            version = event.data.get("version")
+            if (self._abort_told_at is not None and isinstance(version, int)
+                    and version <= self._abort_told_at):
+                return  # the watching message's task had it already
             if self.updates and task is not None:
                 self._send({"type": "abort_requested", "task_id": self.task_id,
                             "reason": task.abort_requested})
