@@ -185,3 +185,33 @@ async def test_a_burst_of_progress_does_not_cut_a_reader_off(tmp_path: Path) -> 
             assert msg["status"] == "succeeded"
         finally:
             await ws.close()
+
+
+async def test_a_burst_of_log_lines_does_not_cut_a_publisher_off(tmp_path: Path) -> None:
+    """The stream of a task its publish added sends a burst of log lines from storage
+    at the reader's pace too, as a watch does (only watches that replay did: the
+    publisher, reading as fast as it could, was cut off with 4008)."""
+    app = Conveyor(hub_db_url(tmp_path))
+    many = 10 * MAX_PENDING
+    gate = asyncio.Event()
+
+    @app.handler("chatty")
+    async def chatty(ctx: Context) -> int:
+        await gate.wait()
+        for i in range(many):
+            ctx.log.info("line %d", i)
+        return many
+
+    async with make_hub(tmp_path, insecure=True, app=app, max_pending=MAX_PENDING) as hub:
+        ws = await Raw.open(hub.url)
+        try:
+            await ws.request({"type": "publish", "id": "p", "action": "chatty"}, "published")
+            gate.set()
+            lines = []
+            while (msg := await ws.recv(timeout=30))["type"] != "end":
+                if msg["type"] == "log":
+                    lines.append(msg["log"]["message"])
+            assert lines == [f"line {i}" for i in range(many)]
+            assert msg["status"] == "succeeded"
+        finally:
+            await ws.close()

@@ -152,7 +152,8 @@ class TaskStream:
             if self.initial.terminal:
                 self.primed = True
                 self._end(self.initial)
-            elif self._buffer:  # what came since listen(), in order, then live
+            elif self._buffer or self._live_seq > self.last_seq:
+                # what came since listen(), in order, then live
                 self._prime_task = asyncio.ensure_future(self._catch_up())
             else:
                 self.primed = True
@@ -281,8 +282,11 @@ class TaskStream:
 
     @property
     def _reads_log(self) -> bool:
-        """Whether this stream sends the log from storage (a replay, and bursts)."""
-        return self.replay and self.logs and self.updates
+        """Whether this stream sends the log from storage (a replay, and bursts): a
+        watch that replays, or the stream of a task its publish added (all its lines
+        are the stream's; a publish that found an existing task follows it live)."""
+        fresh = self.initial is not None and not self.recheck
+        return (self.replay or fresh) and self.logs and self.updates
 
     def _behind(self, event: Event) -> bool:
         """A live stream whose reader has half its queue waiting: ``event`` and what
