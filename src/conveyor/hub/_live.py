@@ -733,6 +733,10 @@ class LiveManager:
             raise QueryError("a filter is an object of field: condition entries", "filter")
         parse_filter(raw_filter, bounded=True)  # errors name the client's filter
         query = parse_query(raw_filter, raw_sort, raw_limit, 0)
+        if query.limit is not None and query.limit > MAX_LIVE_RESULT:
+            # the window is held in the hub, and read again whole on changes at its edge
+            raise QueryError(f"a live query's limit is at most {MAX_LIVE_RESULT:,} (the "
+                             f"bound of one without a limit), not {query.limit}", "limit")
         query_filter = query.filter
         fields = _fields(raw_fields)
         readable = cred.readable

@@ -26,6 +26,7 @@ from typing import Any
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from .. import _json
 from .._registry import check_action
 from .._specs import ADD_OPTIONS
 from ..errors import (
@@ -202,8 +203,12 @@ class Connection:
     def fits(self, text: str) -> bool:
         """Whether the send queue has room for ``text`` (else :meth:`send` cuts the
         reader off)."""
+        return self.has_room(len(text))
+
+    def has_room(self, chars: int) -> bool:
+        """Whether the send queue has room for one message of ``chars`` characters."""
         return (len(self._out) < self.config.max_pending
-                and self._out_chars + len(text) <= self.config.max_pending_bytes)
+                and self._out_chars + chars <= self.config.max_pending_bytes)
 
     def send(self, text: str) -> None:
         """Queue one encoded message. A full queue cuts the reader off (4008)."""
@@ -666,6 +671,11 @@ def _task_item(conn: Connection, raw: Any, where: str, own: frozenset[str]) -> d
     return {"action": action, "payload": raw.get("payload"), **options}
 
 
+_REPLY_PER_TASK = 1_000
+"""Characters a task takes in a ``published`` reply besides its payload (its
+fields, tags and options: about 700), for the check that the reply fits."""
+
+
 async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
     state = conn.state
     msg_id = msg["id"]
@@ -694,6 +704,16 @@ async def _publish(conn: Connection, msg: dict[str, Any]) -> None:
     key = encode_id(msg_id)
     if updates or wait_spec is not None:
         conn.require_new_id(key)  # before anything is added
+    # the reply holds every task: one that would not fit the send queue is refused
+    # before anything is added (queued, it cut the reader off with the tasks stored
+    # and no reply, so that a retry added them twice)
+    reply_size = sum(len(_json.dumps(item.get("payload"))) + _REPLY_PER_TASK
+                     for item in items)
+    if not conn.has_room(reply_size):
+        raise ProtocolError("too_large", f"the reply to this publish (about {reply_size:,} "
+                                         "characters, every task) would not fit in the send "
+                                         "queue (max_pending_bytes, less what waits to be "
+                                         "sent): publish fewer tasks at once; nothing was added")
     # read before the add: nothing may run between the add and its streams (below), or
     # the first updates of a task a service picks up at once would be missed
     unserved = await state.hub.unserved(item["action"] for item in items)
