@@ -365,3 +365,43 @@ async def test_a_wait_and_a_log_stream_ride_out_lost_connections(
         go.set()
         assert await asyncio.wait_for(result, 30) == "done"
         assert await asyncio.wait_for(lines, 30) == ["before", "after"]
+
+
+_RUNS_LEFT_OPEN = """
+import asyncio, sys, psycopg
+from conveyor import Conveyor
+
+url, admin, name = sys.argv[1:4]
+app = Conveyor(url)
+
+async def one(i):
+    await app.add("left:x", i)  # and the run ends with the app open
+
+def connections():
+    with psycopg.connect(admin, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                            (name,)).fetchone()[0]
+
+counts = []
+for i in range(8):
+    asyncio.run(one(i))
+    counts.append(connections())
+print(" ".join(map(str, counts)), len(app.storage._pools))
+"""
+
+
+def test_runs_that_leave_the_app_open_leave_no_pooled_connection(
+        schema_url: str, server: str, tmp_path: Path) -> None:
+    """docs/postgres.md, "An app left open": the end of ``asyncio.run()`` closes the
+    app's pool. Its idle connections stayed open (the pool's close raised the
+    cancellation of its own workers first): one more server connection per run,
+    until the server refused connections."""
+    name = f"conveyor-runs-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "runs_left_open.py"
+    script.write_text(_RUNS_LEFT_OPEN)
+    done = subprocess.run([sys.executable, str(script), f"{schema_url}&application_name={name}",
+                           server, name], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    *counts, pools = (int(x) for x in done.stdout.split())
+    assert max(counts) <= 1, counts  # the listener's one, at most: none per run
+    assert pools == 0  # nothing of the ended loops is kept

@@ -806,8 +806,21 @@ class PostgresStorage(FanoutFeed, Storage):
             with self._state:
                 still_open = any(p is pool for p in self._pools.values())
             if still_open:
-                with contextlib.suppress(Exception):
+                # its idle connections, taken before close() takes them out: close()
+                # waits for its worker tasks, which asyncio.run() cancelled too, and
+                # that wait raises CancelledError before it closes them (one server
+                # connection left open per asyncio.run())
+                idle = list(getattr(pool, "_pool", ()))
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await pool.close(timeout=1.0)
+                for conn in idle:
+                    if not conn.closed:
+                        with contextlib.suppress(Exception, asyncio.CancelledError):
+                            await conn.close()
+                with self._state:  # the loop is ending: nothing of it is kept
+                    for loop in [lp for lp, p in self._pools.items() if p is pool]:
+                        del self._pools[loop]
+                        self._guards.pop(loop, None)
             raise
 
     def _loop_pool(self) -> AsyncConnectionPool[Any] | None:
