@@ -136,16 +136,24 @@ async def test_failures_retries_and_drops(hub: RunningHub) -> None:
     await ws.close()
 
 
-async def test_delivery_all_runs_on_every_service(hub: RunningHub) -> None:
+async def fanned_out(hub: RunningHub, names: tuple[str, ...]
+                     ) -> tuple[Raw, dict[str, Raw], dict[str, dict[str, Any]]]:
+    """A publisher (``wait``, stream id ``b``) of a ``cache:clear`` task in delivery
+    ``all`` to a service per name: the publisher, the services, their offers."""
     pub = await Raw.open(hub.url, hub.key("pub", publish=["cache:*"]))
     services = {}
-    for name in ("alpha", "beta", "gamma"):
+    for name in names:
         ws = await Raw.open(hub.url, hub.key(name, subscribe=["cache:*"]))
         await subscribe(ws, name, ["cache:clear"])
         services[name] = ws
     await pub.request({"type": "publish", "id": "b", "action": "cache:clear", "payload": {},
                        "delivery": "all", "wait": True}, "published")
     offers = {name: await ws.expect("offer") for name, ws in services.items()}
+    return pub, services, offers
+
+
+async def test_delivery_all_runs_on_every_service(hub: RunningHub) -> None:
+    pub, services, offers = await fanned_out(hub, ("alpha", "beta", "gamma"))
     task_id = offers["alpha"]["task_id"]
     assert {o["task_id"] for o in offers.values()} == {task_id}
     assert {o["delivery"] for o in offers.values()} == {"all"}
@@ -182,15 +190,7 @@ async def test_delivery_all_an_abort_after_the_first_return_keeps_its_result(
     """protocol.md: the first return completes the task, publishers and waits have
     its result; an abort then stops the other shares, and the task ends succeeded
     with that result (it ended aborted without one, against what was told)."""
-    pub = await Raw.open(hub.url, hub.key("pub", publish=["cache:*"]))
-    services = {}
-    for name in ("alpha", "beta"):
-        ws = await Raw.open(hub.url, hub.key(name, subscribe=["cache:*"]))
-        await subscribe(ws, name, ["cache:clear"])
-        services[name] = ws
-    await pub.request({"type": "publish", "id": "b", "action": "cache:clear", "payload": {},
-                       "delivery": "all", "wait": True}, "published")
-    offers = {name: await ws.expect("offer") for name, ws in services.items()}
+    pub, services, offers = await fanned_out(hub, ("alpha", "beta"))
     task_id = offers["alpha"]["task_id"]
     for ws in services.values():
         await ws.request({"type": "pickup", "task_id": task_id, "ack": True}, "ok")
