@@ -83,6 +83,8 @@ DIRECT = frozenset({
     "rescheduled", "prioritized", "abort_requested", "released", "retried", "deleted",
 })
 _ENDING_TYPES = frozenset({"task.succeeded", "task.failed", "task.aborted"})
+# Events that are not status changes: kept whatever version they carry.
+_UNORDERED = frozenset({"task.progress", "task.log", "task.result"})
 # Changes of a finished run: progress not yet stored when the handler returned is
 # stored with them, so the relay reports it (as task.progress) before them.
 _FINISHING = frozenset({"succeeded", "failed", "aborted", "retrying", "rescheduled",
@@ -271,6 +273,10 @@ class EventBus:
         self._held: dict[str, tuple[object, list[Event | Callable[[], None]]]] = {}
         # tasks whose changes from the feed the change relay is reading for events
         self._relaying: set[str] = set()
+        # the tasks each hold() asked for (until its release), and how many holds
+        # ask for each task
+        self._asked: dict[object, list[str]] = {}
+        self._pending: dict[str, int] = {}
         # held tasks whose events are made even with nobody listening yet (new tasks
         # until their add lets them out: a listener may come before that)
         self._eager: set[str] = set()
@@ -292,6 +298,8 @@ class EventBus:
         self._subscriptions = weakref.WeakSet()
         self._held = {}
         self._relaying = set()
+        self._asked = {}
+        self._pending = {}
         self._eager = set()
         self._versions = OrderedDict()
 
@@ -525,16 +533,21 @@ class EventBus:
         even while nobody listens, for the listeners that come before the release (an
         add's new tasks: a hub's wait starts listening then)."""
         owner = object() if owner is None else owner
+        asked = self._asked.setdefault(owner, [])
         for task_id in task_ids:
             if self._held.setdefault(task_id, (owner, []))[0] is owner and eager:
                 self._eager.add(task_id)
+            # held by another owner (an add not returned yet): this one's change is
+            # still on its way when that one lets the task go (see is_held)
+            asked.append(task_id)
+            self._pending[task_id] = self._pending.get(task_id, 0) + 1
         return owner
 
     def is_held(self, task_id: str) -> bool:
         """Whether events of the task are on their way: held (see :meth:`hold`),
         or a change of it being read back by :meth:`announce` or by the change
         relay. Its signals are set again when they are out."""
-        return task_id in self._held or task_id in self._relaying
+        return task_id in self._held or task_id in self._relaying or task_id in self._pending
 
     def release(self, owner: object,
                 first: Iterable[tuple[str, Task]] = ()) -> None:
@@ -545,10 +558,18 @@ class EventBus:
         for task_id, _ in mine:
             del self._held[task_id]
             self._eager.discard(task_id)
+        asked = self._asked.pop(owner, ())
+        for task_id in asked:
+            left = self._pending[task_id] - 1
+            if left:
+                self._pending[task_id] = left
+            else:
+                del self._pending[task_id]
         for type, task in first:
             self.task_event(type, task)
-        for task_id, events in mine:
+        for _, events in mine:
             self._let_out(events)
+        for task_id in {*asked, *(task_id for task_id, _ in mine)}:
             self._notify(task_id)  # a wait that saw the task held (is_held)
 
     def defer(self, task_id: str, call: Callable[[], None]) -> bool:
@@ -564,6 +585,14 @@ class EventBus:
     def _let_out(self, held: list[Event | Callable[[], None]]) -> None:
         for item in held:
             if isinstance(item, Event):
+                version = item.data.get("version")
+                if (item.task_id is not None and isinstance(version, int)
+                        and item.type not in _UNORDERED
+                        and self.is_stale(item.task_id, version)):
+                    # a change that waited while this process announced a later one
+                    # of its own (a relayed task.started behind an abort() that held
+                    # the task): shown after it, it would break the version order
+                    continue
                 self.emit(item)
             else:
                 item()

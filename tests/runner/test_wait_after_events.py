@@ -9,6 +9,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -71,3 +72,55 @@ async def test_a_subscription_holds_the_end_when_wait_returns(app: Conveyor) -> 
         while len(got) < len(ids):
             got.append((await asyncio.wait_for(sub.__anext__(), 10)).task_id)
     assert got == ids
+
+
+async def test_a_run_that_ends_before_its_add_returns_is_waited_for(app: Conveyor) -> None:
+    """A worker may claim, run and store the end of a task before the add that made
+    it returns (PostgreSQL's notification wakes it at the add's commit). The add
+    held the task's events, so the writer's hold did not take the task; once the
+    add let go, a wait read the stored end with nothing held and returned before
+    the writer announced it (1 of 60 in a CI run). The writer's own hold counts
+    now: the wait waits for the end's events."""
+    @app.handler("ok")
+    async def ok(ctx: Context) -> int:
+        return 1
+
+    ended: list[str] = []
+    app.on("task.ended", lambda e: ended.append(e.task_id or ""))
+    stored = asyncio.Event()
+    go_on = asyncio.Event()
+    finish, add = app.storage.finish, app.storage.add
+
+    async def finish_then_pause(*args: Any, **kwargs: Any) -> Any:
+        done = await finish(*args, **kwargs)
+        stored.set()
+        await go_on.wait()  # the writer's announce waits: the window, held open
+        return done
+
+    async def add_until_stored(*args: Any, **kwargs: Any) -> Any:
+        done = await add(*args, **kwargs)
+        await asyncio.wait_for(stored.wait(), 30)  # the run ended before the add returns
+        return done
+
+    app.storage.finish = finish_then_pause  # type: ignore[method-assign]
+    app.storage.add = add_until_stored  # type: ignore[method-assign]
+    await app.start()
+    task = await app.add("ok")
+    assert (await app.storage.get(task.id)).status.value == "succeeded"  # stored, not told
+    assert app.bus.is_held(task.id)
+    get = app.storage.get
+    read = asyncio.Event()
+
+    async def get_and_tell(task_id: str) -> Any:
+        got = await get(task_id)
+        if task_id == task.id:
+            read.set()
+        return got
+
+    app.storage.get = get_and_tell  # type: ignore[method-assign]
+    waiting = asyncio.ensure_future(app.wait(task.id, timeout=30))
+    await asyncio.wait_for(read.wait(), 30)  # the wait read the stored end
+    assert not waiting.done()
+    go_on.set()
+    assert await waiting == 1
+    assert task.id in ended
