@@ -367,10 +367,6 @@ def _libpq_keywords() -> frozenset[str]:
 
 
 
-_HEAL_EVERY = 30.0
-"""Seconds between two replacements of a pool that lost its connections."""
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -682,9 +678,6 @@ class PostgresStorage(FanoutFeed, Storage):
         # calls under way on each pool (waiting for a connection or using one), and the
         # event close() waits on for them to end: each set on its pool's own loop
         self._busy: dict[AsyncConnectionPool[Any], int] = {}
-        # connections of each pool that a caller holds (inside _conn's block)
-        self._holding: dict[AsyncConnectionPool[Any], int] = {}
-        self._last_heal = -math.inf  # (monotonic) when a pool was last replaced
         self._quiet: dict[AsyncConnectionPool[Any], asyncio.Event] = {}
         self._open_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._opened = False
@@ -894,37 +887,17 @@ class PostgresStorage(FanoutFeed, Storage):
                 pool = await self._new_pool()
         task = asyncio.current_task()
         asked = task.cancelling() if task is not None else 0
-        counted = pool
         with self._state:
-            self._busy[counted] = self._busy.get(counted, 0) + 1
+            self._busy[pool] = self._busy.get(pool, 0) + 1
         try:
-            try:
-                conn = await pool.getconn()
-            except PoolTimeout:
-                replaced = await self._replace_if_lost(pool)
-                if replaced is None:
-                    raise
-                conn = await replaced.getconn()
-                pool = replaced
-            try:
+            async with pool.connection() as conn:
                 if task is not None and task.cancelling() > asked:
                     # Python 3.11: the pool waits for a free connection with
                     # asyncio.wait_for, which loses a cancellation that comes as the
                     # connection is handed over (CPython gh-86296); the task would go
                     # on (a stopping relay or worker then hangs). Deliver it here.
                     raise asyncio.CancelledError
-                with self._state:
-                    self._holding[pool] = self._holding.get(pool, 0) + 1
-                try:
-                    async with conn:  # as pool.connection(): commit, or roll back
-                        yield conn
-                finally:
-                    with self._state:
-                        self._holding[pool] -= 1
-                        if not self._holding[pool]:
-                            del self._holding[pool]
-            finally:
-                await pool.putconn(conn)
+                yield conn
         except PoolTimeout:
             raise StorageError(f"no PostgreSQL connection available for {self.url} "
                                "(pool exhausted or server unreachable)") from None
@@ -939,43 +912,14 @@ class PostgresStorage(FanoutFeed, Storage):
             raise StorageError(f"PostgreSQL at {self.url}: {_first_line(exc)}") from None
         finally:
             with self._state:
-                left = self._busy[counted] - 1
+                left = self._busy[pool] - 1
                 if left:
-                    self._busy[counted] = left
+                    self._busy[pool] = left
                 else:
-                    del self._busy[counted]
-                quiet = None if left else self._quiet.get(counted)
+                    del self._busy[pool]
+                quiet = None if left else self._quiet.get(pool)
             if quiet is not None:
                 quiet.set()
-
-    async def _replace_if_lost(self, pool: AsyncConnectionPool[Any]
-                               ) -> AsyncConnectionPool[Any] | None:
-        """After a wait for a connection timed out: when the pool is at its size
-        with none of its connections held by a caller, it has lost them (a
-        connection handed to a waiter as it was cancelled, never given back: a
-        hub stopped reaching its database for good). Then a new pool takes its
-        place (at most once every :data:`_HEAL_EVERY` seconds), and is returned."""
-        stats = pool.get_stats()
-        with self._state:
-            holding = self._holding.get(pool, 0)
-            now = time.monotonic()
-            if (holding or stats.get("pool_size", 0) < pool.max_size
-                    or stats.get("pool_available", 0) or now - self._last_heal < _HEAL_EVERY
-                    or self._loop_pool() is not pool):
-                return None
-            self._last_heal = now
-        log.error("PostgreSQL pool of %s: all %d connections are out and no call holds "
-                  "one: they were lost; replacing the pool", self.url, pool.max_size)
-        loop = asyncio.get_running_loop()
-        with self._state:
-            del self._pools[loop]
-            guard = self._guards.pop(loop, None)
-        if guard is not None:
-            guard.cancel()
-        replaced = await self._new_pool()
-        closing = loop.create_task(pool.close(timeout=0), name="conveyor-lost-pool")
-        closing.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return replaced
 
     # -- change feed ----------------------------------------------------------------
 
