@@ -20,13 +20,36 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from ._registry import Handler
 
-__all__ = ["ARGV_ENV", "LINE_LIMIT", "SPAWN_TRIES", "Child", "ChildLineTooLong", "ChildPool",
-           "HandlerUnavailable", "handler_location"]
+__all__ = ["ARGV_ENV", "ARGV_MAX", "LINE_LIMIT", "SPAWN_TRIES", "Child", "ChildLineTooLong",
+           "ChildPool", "HandlerUnavailable", "handler_location"]
 
 ARGV_ENV = "CONVEYOR_WORKER_ARGV"
 """The environment variable that hands a child the worker's ``sys.argv`` (JSON)."""
 
 log = logging.getLogger("conveyor.worker")
+
+ARGV_MAX = 100_000
+"""The longest ``sys.argv`` (in bytes of JSON) handed to a handler's child: one
+environment string holds at most 128 KiB on Linux, and a longer one fails the
+child's start."""
+_argv_warned = False
+
+
+def _worker_argv() -> str | None:
+    """The worker's ``sys.argv`` as JSON for its children (each argument as text),
+    or None when it is too long to hand over (once, a warning: the children then
+    see their own command line)."""
+    global _argv_warned
+    argv = [str(arg) for arg in getattr(sys, "argv", None) or ()]
+    text = _json.dumps(argv)
+    if len(text.encode("utf-8", "surrogateescape")) <= ARGV_MAX:
+        return text
+    if not _argv_warned:
+        _argv_warned = True
+        log.warning("the worker's command line (%d arguments) is too long to hand to its "
+                    "handler processes (over %d bytes): their sys.argv is their own",
+                    len(argv), ARGV_MAX)
+    return None
 
 
 def handler_location(handler: Handler, app: object = None) -> tuple[str, str, str, str]:
@@ -191,7 +214,9 @@ class ChildPool:
         env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]])
         # the module the child imports sees the worker's command line, as a
         # multiprocessing child does (a script reading its options at import)
-        env[ARGV_ENV] = _json.dumps(sys.argv)
+        argv = _worker_argv()
+        if argv is not None:
+            env[ARGV_ENV] = argv
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "conveyor._child", *key,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,

@@ -301,6 +301,12 @@ class Worker:
 
     # -- life -----------------------------------------------------------------
 
+    @property
+    def orphaned(self) -> bool:
+        """Whether the event loop it ran in has ended without stopping it (an
+        ``asyncio.run()`` that returned with the app open): it runs nothing."""
+        return self._loop is not None and self._loop.is_closed()
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()

@@ -409,6 +409,12 @@ class Conveyor:
         stopped when the last drain ends), or for every action (``start()``'s). A
         drain's worker that ``start()`` finds takes every action and is left running."""
         await self.open()
+        if self._worker is not None and self._worker.orphaned:
+            # its loop ended without a stop (an earlier asyncio.run() left the app
+            # open): it runs nothing, and its runs are rescued; a new one takes over
+            if self._drain_worker is self._worker:
+                self._drain_worker = None
+            self._worker = None
         if self._worker is not None and self._worker.stopping:
             await self.stop()  # a stop under way (its caller cancelled) ends first
         worker = self._worker

@@ -33,8 +33,10 @@ __all__ = [
     "JSON_FIELDS",
     "MAX_CONDITION_LIMIT",
     "MAX_ERRORS",
+    "MAX_ERROR_MESSAGE",
     "MAX_SECONDS",
     "MAX_TIME",
+    "MAX_TRACEBACK",
     "MIN_TIME",
     "TERMINAL",
     "Aborted",
@@ -58,6 +60,7 @@ __all__ = [
     "TimedOut",
     "Transition",
     "check_time",
+    "cut_text",
     "default_policy",
     "new_id",
     "seconds",
@@ -177,6 +180,21 @@ def storable_text(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+MAX_ERROR_MESSAGE = 100_000
+"""The longest error message stored, in characters (longer ones are cut, with a
+note of how much): a handler's exception that holds a whole response body, say,
+would otherwise put megabytes into every one of the task's errors."""
+MAX_TRACEBACK = 200_000
+"""The longest traceback stored with an error, in characters (cut likewise)."""
+
+
+def cut_text(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and a note of how many were cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} [cut: {len(text) - limit} more characters]"
 
 
 def new_token() -> str:
@@ -306,13 +324,15 @@ class ErrorInfo:
         ``with_traceback=False``) traceback."""
         import traceback as tb
 
-        text = storable_text("".join(tb.format_exception(exc))) if with_traceback else None
+        text = (storable_text(cut_text("".join(tb.format_exception(exc)), MAX_TRACEBACK))
+                if with_traceback else None)
         try:
             message = str(exc)
         except Exception:  # a __str__ that fails or returns no str
             message = f"<{type(exc).__name__}: str() failed>"
-        return cls(type=type(exc).__name__, message=storable_text(message), traceback=text,
-                   attempt=attempt, at=time.time())
+        return cls(type=type(exc).__name__,
+                   message=storable_text(cut_text(message, MAX_ERROR_MESSAGE)),
+                   traceback=text, attempt=attempt, at=time.time())
 
 
 @dataclass(frozen=True, slots=True)

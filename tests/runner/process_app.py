@@ -139,3 +139,10 @@ class BadInput(PermanentFailure):
 @app.handler("proc:permanent", mode="process", max_attempts=5)
 def permanent(ctx: Context[Any]) -> None:
     raise BadInput(f"no such user {ctx.payload['user']}")
+
+
+@app.handler("proc:argv", mode="process")
+def argv(ctx: Context[Any]) -> list[str]:
+    import sys
+
+    return sys.argv[1:4]

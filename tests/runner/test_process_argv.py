@@ -13,6 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from conveyor import _children
+
+from . import process_app
+
 SCRIPT = Path(__file__).with_name("_argv_script.py")
 
 
@@ -41,3 +47,28 @@ def test_a_module_that_exits_at_import_fails_the_run_once_and_says_so(tmp_path: 
     kind, message = out["error"]
     assert kind == "SystemExit"
     assert "_argv_script" in message and "exited with 3" in message
+
+
+@pytest.mark.parametrize("argv", ["a path", "none", "huge"])
+async def test_an_odd_worker_argv_does_not_stop_the_child(
+        argv: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The worker's argv with a non-string (a Path a program appended), no argv at
+    all (an embedded interpreter), or one longer than an environment string may be
+    (8,000 file names): the child started with it failed every run (TypeError,
+    AttributeError, 'Argument list too long')."""
+    if argv == "a path":
+        monkeypatch.setattr(sys, "argv", ["prog", Path("/data/in.csv"), "x"])
+    elif argv == "none":
+        monkeypatch.delattr(sys, "argv")
+    else:
+        monkeypatch.setattr(sys, "argv", ["prog", *(f"/data/in/file{i:05d}.csv"
+                                                    for i in range(8000))])
+        monkeypatch.setattr(_children, "_argv_warned", False)  # warned once a process
+    async with process_app.app as app:
+        task = await app.add("proc:argv")
+        done = await app.wait_task(task.id, timeout=60)
+    assert done.status.value == "succeeded", done.error
+    if argv == "a path":
+        assert done.result == ["/data/in.csv", "x"]
+    if argv == "huge":
+        assert "too long to hand to its handler processes" in caplog.text

@@ -64,6 +64,7 @@ from .._specs import check_backoff, check_max_attempts
 from ..errors import ValidationError
 from ..events import Event
 from ..model import (
+    MAX_ERROR_MESSAGE,
     MAX_SECONDS,
     Aborted,
     Backoff,
@@ -79,6 +80,7 @@ from ..model import (
     Task,
     TimedOut,
     Transition,
+    cut_text,
 )
 from ..storage import Change, Completion, Lease, NewLog, WorkerInfo
 from ._credentials import matches_pattern
@@ -107,7 +109,7 @@ SWEEP_INTERVAL = 1.0
 FORGET_INTERVAL = 30.0
 MAX_CAPACITY = 10_000
 MAX_ACTIONS = 1000
-MAX_TEXT = 100_000
+MAX_TEXT = MAX_ERROR_MESSAGE
 """Characters of a service's log line or error message kept (a traceback: twice
 as many); the rest is cut, with a note of how many characters went."""
 RELEASE_WAIT = 3.0
@@ -1161,7 +1163,7 @@ class Remote:
             raise ProtocolError("bad_message", "'data' must be an object")
         if held.fan is not None:
             data = {**(data or {}), "service": held.sub.service.name}
-        self.writer.log(NewLog(held.task.id, level, _cut(message, MAX_TEXT), time.time(),
+        self.writer.log(NewLog(held.task.id, level, cut_text(message, MAX_TEXT), time.time(),
                                data, held.lease.token))
 
     def _emit(self, held: Held, msg: dict[str, Any]) -> None:
@@ -1606,24 +1608,17 @@ def _plain(value: Any, limit: int) -> bool:
     return kind is str and len(value) * 4 <= limit
 
 
-def _cut(text: str, limit: int) -> str:
-    """``text``, or its first ``limit`` characters and a note of how many were cut."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]} [cut: {len(text) - limit} more characters]"
-
-
 def _error_from(raw: Any, attempt: int) -> ErrorInfo:
     now = time.time()
     if isinstance(raw, str):
-        return ErrorInfo("Error", _cut(raw, MAX_TEXT), attempt=attempt, at=now)
+        return ErrorInfo("Error", cut_text(raw, MAX_TEXT), attempt=attempt, at=now)
     if isinstance(raw, dict):
         kind = raw.get("type")
         message = raw.get("message")
         trace = raw.get("traceback")
         return ErrorInfo(kind[:200] if isinstance(kind, str) and kind else "Error",
-                         _cut(message, MAX_TEXT) if isinstance(message, str) else "",
-                         _cut(trace, 2 * MAX_TEXT) if isinstance(trace, str) else None,
+                         cut_text(message, MAX_TEXT) if isinstance(message, str) else "",
+                         cut_text(trace, 2 * MAX_TEXT) if isinstance(trace, str) else None,
                          attempt=attempt, at=now)
     if raw is None:
         return ErrorInfo("Error", "the service reported a failure", attempt=attempt, at=now)

@@ -330,9 +330,12 @@ UPDATE {schema}.tasks AS t SET
                            THEN coalesce(c.run_at, t.run_at) + t.pickup_timeout END,
     result = c.result,
     error = c.error,
-    -- the most recent 100 (model.MAX_ERRORS): one is added at a time
+    -- the most recent 100 (model.MAX_ERRORS): one is added at a time (a record with
+    -- more, from before the bound, loses one more at each: down to 100)
     errors = CASE WHEN c.error IS NULL THEN t.errors
-                  WHEN jsonb_array_length(t.errors) >= 100
+                  WHEN jsonb_array_length(t.errors) > 100
+                  THEN (t.errors - 0 - 0) || jsonb_build_array(c.error)
+                  WHEN jsonb_array_length(t.errors) = 100
                   THEN (t.errors - 0) || jsonb_build_array(c.error)
                   ELSE t.errors || jsonb_build_array(c.error) END,
     reason = c.reason,

@@ -189,9 +189,12 @@ UPDATE conveyor_tasks SET
                            THEN coalesce(c.value ->> 3, run_at) + pickup_timeout END,
     result = nullif(c.value -> 4, 'null'),
     error = nullif(c.value -> 5, 'null'),
-    -- the most recent 100 (model.MAX_ERRORS): one is added at a time
+    -- the most recent 100 (model.MAX_ERRORS): one is added at a time (a record with
+    -- more, from before the bound, loses one more at each: down to 100)
     errors = CASE WHEN c.value -> 5 = 'null' THEN errors
-                  WHEN json_array_length(errors) >= 100
+                  WHEN json_array_length(errors) > 100
+                  THEN json_insert(json_remove(errors, '$[0]', '$[0]'), '$[#]', json(c.value -> 5))
+                  WHEN json_array_length(errors) = 100
                   THEN json_insert(json_remove(errors, '$[0]'), '$[#]', json(c.value -> 5))
                   ELSE json_insert(errors, '$[#]', json(c.value -> 5)) END,
     reason = c.value ->> 6,

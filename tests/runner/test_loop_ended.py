@@ -1,0 +1,38 @@
+"""An app whose worker's event loop ended without a stop (an ``asyncio.run()`` that
+returned with the app open) starts a new worker in the next loop: ``start()``
+returned the dead one, so nothing ran, and ``drain()`` waited for ever."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from conveyor import Context, Conveyor
+
+
+def test_a_worker_of_an_ended_loop_is_replaced(tmp_path: Path) -> None:
+    app = Conveyor(f"sqlite:///{tmp_path / 'tasks.db'}")
+
+    @app.handler("job")
+    async def job(ctx: Context[Any]) -> str:
+        return "ran"
+
+    async def run_once() -> tuple[str, object]:
+        await app.start()
+        task = await app.add("job")
+        return await app.wait(task.id, timeout=30), app.worker  # and the loop ends
+
+    async def drain_once() -> dict[str, int]:
+        await app.add("job")
+        return await app.drain(timeout=30)
+
+    async def close() -> None:
+        await app.close()
+
+    first, first_worker = asyncio.run(run_once())
+    second, second_worker = asyncio.run(run_once())
+    assert (first, second) == ("ran", "ran")
+    assert second_worker is not first_worker
+    assert asyncio.run(drain_once())["succeeded"] == 1
+    asyncio.run(close())
