@@ -41,6 +41,8 @@ from .context import Context, TaskAbortRequested
 from .errors import ValidationError
 from .events import Event
 from .model import (
+    MAX_ERROR_MESSAGE,
+    MAX_TRACEBACK,
     Aborted,
     ErrorInfo,
     LogLevel,
@@ -54,6 +56,7 @@ from .model import (
     Task,
     TimedOut,
     Transition,
+    cut_text,
 )
 from .storage import ClaimLimits, Completion, HeartbeatReply, Lease, NewLog, WorkerInfo, _ops
 
@@ -942,7 +945,9 @@ class Worker:
             return Aborted(run.abort_reason or str(message["aborted"]))
         elif "error" in message:
             err = message["error"]
-            return Raised(ErrorInfo(err["type"], err["message"], err.get("traceback"),
+            trace = err.get("traceback")
+            return Raised(ErrorInfo(err["type"], cut_text(err["message"], MAX_ERROR_MESSAGE),
+                                    None if trace is None else cut_text(trace, MAX_TRACEBACK),
                                     attempt=run.task.attempts, at=time.time()),
                           retryable=bool(err.get("retryable", True)))
         return None

@@ -29,6 +29,7 @@ import asyncio
 import fnmatch
 import inspect
 import logging
+import math
 import time
 import weakref
 from collections import OrderedDict
@@ -565,10 +566,11 @@ class EventBus:
                 self._pending[task_id] = left
             else:
                 del self._pending[task_id]
-        for type, task in first:
-            self.task_event(type, task)
-        for _, events in mine:
-            self._let_out(events)
+        held = dict(mine)
+        for task_id, changes in _by_task(first).items():
+            self._let_out_with(held.pop(task_id, []), changes)
+        for events in held.values():
+            self._let_out(_in_version_order(events))
         for task_id in {*asked, *(task_id for task_id, _ in mine)}:
             self._notify(task_id)  # a wait that saw the task held (is_held)
 
@@ -585,17 +587,26 @@ class EventBus:
     def _let_out(self, held: list[Event | Callable[[], None]]) -> None:
         for item in held:
             if isinstance(item, Event):
-                version = item.data.get("version")
-                if (item.task_id is not None and isinstance(version, int)
-                        and item.type not in _UNORDERED
-                        and self.is_stale(item.task_id, version)):
-                    # a change that waited while this process announced a later one
-                    # of its own (a relayed task.started behind an abort() that held
-                    # the task): shown after it, it would break the version order
-                    continue
                 self.emit(item)
             else:
                 item()
+
+    def _let_out_with(self, held: list[Event | Callable[[], None]],
+                      changes: Sequence[tuple[str, Task]], *, tally: bool = True) -> None:
+        """Announce ``changes`` of a task (as :meth:`task_event`) and let out the
+        events held for it, all in version order: a held event older than an
+        announced change (the worker's task.started held behind an abort() of
+        the task it had just claimed, or a run's end held behind the start of its
+        retry) comes before it, as it happened."""
+        pending = _in_version_order(held)
+        for type, task in changes:
+            early = 0
+            while early < len(pending) and _held_version(pending[early]) < task.version:
+                early += 1
+            self._let_out(pending[:early])
+            pending = pending[early:]
+            self.task_event(type, task, tally=tally)
+        self._let_out(pending)
 
     async def announce(self, changes: Sequence[tuple[str, str]],
                        read: Callable[[list[str]], Awaitable[Sequence[Task]]],
@@ -628,12 +639,16 @@ class EventBus:
                 if mine:
                     del self._held[task_id]
                 task = tasks.get(task_id)
+                if not mine:
+                    if task is not None:
+                        self.task_event(type, task, tally=False)
+                    continue
+                assert held is not None
                 if task is not None:
-                    self.task_event(type, task, tally=False)
-                if mine:
-                    assert held is not None
-                    self._let_out(held[1])
-                    self._notify(task_id)  # a wait that saw the task held (is_held)
+                    self._let_out_with(held[1], [(type, task)], tally=False)
+                else:
+                    self._let_out(_in_version_order(held[1]))
+                self._notify(task_id)  # a wait that saw the task held (is_held)
 
     async def announce_finished(self, items: Sequence[tuple[Completion, Task]],
                                 read: Callable[[list[str]], Awaitable[Sequence[Task]]],
@@ -667,6 +682,39 @@ class EventBus:
         await self.announce(
             [(c.task_id, "task." + (c.event or _ops.completion_event(c.transition)))
              for c, _ in items], read_as_ended, owner)
+
+
+def _held_version(item: Event | Callable[[], None]) -> float:
+    """The version of a held status event; others (log lines, progress, results,
+    calls) keep their place after the event before them (see _in_version_order)."""
+    if isinstance(item, Event) and item.type not in _UNORDERED:
+        version = item.data.get("version")
+        if isinstance(version, int):
+            return version
+    return -math.inf
+
+
+def _in_version_order(held: list[Event | Callable[[], None]]
+                      ) -> list[Event | Callable[[], None]]:
+    """Held items with their status events in version order (a held list can get
+    this process's own events out of order: a run's end read back after its
+    retry's start), each other item staying after the status event before it."""
+    groups: list[tuple[float, int, list[Event | Callable[[], None]]]] = []
+    for item in held:
+        version = _held_version(item)
+        if version == -math.inf and groups:
+            groups[-1][2].append(item)
+        else:
+            groups.append((version, len(groups), [item]))
+    groups.sort(key=lambda g: (g[0], g[1]))
+    return [item for _, _, items in groups for item in items]
+
+
+def _by_task(changes: Iterable[tuple[str, Task]]) -> dict[str, list[tuple[str, Task]]]:
+    out: dict[str, list[tuple[str, Task]]] = {}
+    for type, task in changes:
+        out.setdefault(task.id, []).append((type, task))
+    return out
 
 
 async def _guard(awaitable: Awaitable[Any]) -> None:

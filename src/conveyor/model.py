@@ -874,7 +874,8 @@ def default_policy(task: Task, outcome: Outcome, *, now: float | None = None,
             return Transition(Status.QUEUED, run_at=now + after, result=result,
                               refund_attempt=True)
         case Retry(after, reason):
-            error = ErrorInfo("Retry", reason or "retry requested", attempt=task.attempts, at=now)
+            error = ErrorInfo("Retry", cut_text(reason or "retry requested", MAX_ERROR_MESSAGE),
+                              attempt=task.attempts, at=now)
             if attempts_left:
                 delay = backoff.delay(task.attempts) if after is None else after
                 return Transition(Status.QUEUED, run_at=now + delay, error=error)

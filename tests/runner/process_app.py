@@ -146,3 +146,8 @@ def argv(ctx: Context[Any]) -> list[str]:
     import sys
 
     return sys.argv[1:4]
+
+
+@app.handler("proc:wordy", mode="process", max_attempts=1)
+def wordy(ctx: Context[Any]) -> None:
+    raise ValueError("x" * 300_000)

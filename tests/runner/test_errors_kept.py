@@ -13,10 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from conveyor import Backoff, Context, Conveyor
+from conveyor import Backoff, Context, Conveyor, Retry
 from conveyor.model import MAX_ERROR_MESSAGE, MAX_ERRORS, MAX_TRACEBACK
 
 from ..conftest import BACKENDS, PG_ENV, backend_url, drop_pg_schema, pg_schema
+from . import process_app
 
 RUNS = MAX_ERRORS + 20
 
@@ -90,4 +91,21 @@ async def test_a_long_error_message_is_cut(app: Conveyor) -> None:
     assert done.error is not None
     assert done.error.message.startswith("x" * MAX_ERROR_MESSAGE)
     assert done.error.message.endswith(f"[cut: {MAX_ERROR_MESSAGE * 2} more characters]")
+    assert done.error.traceback is not None and len(done.error.traceback) < MAX_TRACEBACK + 100
+
+
+async def test_a_process_handlers_long_error_and_a_retry_reason_are_cut(app: Conveyor) -> None:
+    @app.handler("again", max_attempts=1)
+    async def again(ctx: Context[Any]) -> Retry:
+        return Retry(reason="y" * (MAX_ERROR_MESSAGE + 5))
+
+    task = await app.add("again")
+    assert (await app.drain(timeout=30))["failed"] == 1
+    error = (await app.get(task.id)).error
+    assert error is not None and error.message.endswith("[cut: 5 more characters]")
+    async with process_app.app as papp:
+        wordy = await papp.add("proc:wordy")
+        done = await papp.wait_task(wordy.id, timeout=60)
+    assert done.error is not None
+    assert done.error.message.endswith(f"[cut: {300_000 - MAX_ERROR_MESSAGE} more characters]")
     assert done.error.traceback is not None and len(done.error.traceback) < MAX_TRACEBACK + 100

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import Context, Conveyor, TaskFailed
+from conveyor import Backoff, Context, Conveyor, Event, TaskFailed
 
 ROUNDS = 60
 
@@ -124,3 +124,62 @@ async def test_a_run_that_ends_before_its_add_returns_is_waited_for(app: Conveyo
     go_on.set()
     assert await waiting == 1
     assert task.id in ended
+
+
+async def test_held_events_come_out_in_version_order(app: Conveyor) -> None:
+    """A run that fails before its add returns, whose retry is claimed while the
+    writer reads the failed run back: the add holds both the retry's task.started
+    (v4) and, after it, the run's task.retrying (v3). They come out in version
+    order when the add lets go (a first fix dropped the older one as stale)."""
+    calls = 0
+
+    @app.handler("flaky", max_attempts=3, backoff=Backoff(base=0.0, jitter=0.0))
+    async def flaky(ctx: Context) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("first attempt fails")
+        return "ok"
+
+    seen: list[tuple[str, int]] = []
+    app.on("task.*", lambda e: seen.append((e.type, e.data["version"]))
+           if "version" in e.data else None)
+    storage = app.storage
+    claim, add, get_many = storage.claim, storage.add, storage.get_many
+    second_claim = asyncio.Event()
+    claims = 0
+
+    async def counted_claim(*args: Any, **kwargs: Any) -> Any:
+        nonlocal claims
+        got = await claim(*args, **kwargs)
+        claims += len(got)
+        if claims >= 2:
+            second_claim.set()
+        return got
+
+    async def read_back_after_the_retry_starts(ids: Any) -> Any:
+        out = await get_many(ids)
+        await asyncio.wait_for(second_claim.wait(), 30)
+        return out
+
+    async def add_until_both_held(*args: Any, **kwargs: Any) -> Any:
+        done = await add(*args, **kwargs)
+        task_id = done[0].task.id
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not any(isinstance(e, Event) and e.type == "task.retrying"
+                      for e in app.bus._held.get(task_id, (None, []))[1]):
+            assert loop.time() < deadline, "the run's end was never held"
+            await asyncio.sleep(0.005)
+        return done
+
+    storage.claim = counted_claim  # type: ignore[method-assign]
+    storage.add = add_until_both_held  # type: ignore[method-assign]
+    storage.get_many = read_back_after_the_retry_starts  # type: ignore[method-assign]
+    await app.start()
+    task = await app.add("flaky")
+    storage.add, storage.get_many = add, get_many  # type: ignore[method-assign]
+    assert await app.wait(task.id, timeout=30) == "ok"
+    statuses = [(t, v) for t, v in seen if t != "task.progress"]
+    assert statuses[:4] == [("task.added", 1), ("task.started", 2), ("task.retrying", 3),
+                            ("task.started", 4)], seen
