@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -307,8 +308,32 @@ class Worker:
     @property
     def orphaned(self) -> bool:
         """Whether the event loop it ran in has ended without stopping it (an
-        ``asyncio.run()`` that returned with the app open): it runs nothing."""
-        return self._loop is not None and self._loop.is_closed()
+        ``asyncio.run()`` that returned with the app open, or a loop that no longer
+        runs, seen from another): it runs nothing."""
+        loop = self._loop
+        if loop is None:
+            return False
+        if loop.is_closed():
+            return True
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        return current is not None and current is not loop and not loop.is_running()
+
+    def abandon(self) -> None:
+        """End what an orphaned worker still holds outside its loop: its lease
+        keeper, its handler processes (killed) and its handler threads (left to
+        end; no new ones)."""
+        self._stopping = True
+        self._keeper_stop.set()
+        children = self._children
+        if children is not None:
+            for child in list(children._all):
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    os.kill(child.proc.pid, signal.SIGKILL)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -409,12 +409,7 @@ class Conveyor:
         stopped when the last drain ends), or for every action (``start()``'s). A
         drain's worker that ``start()`` finds takes every action and is left running."""
         await self.open()
-        if self._worker is not None and self._worker.orphaned:
-            # its loop ended without a stop (an earlier asyncio.run() left the app
-            # open): it runs nothing, and its runs are rescued; a new one takes over
-            if self._drain_worker is self._worker:
-                self._drain_worker = None
-            self._worker = None
+        self._drop_orphan()
         if self._worker is not None and self._worker.stopping:
             await self.stop()  # a stop under way (its caller cancelled) ends first
         worker = self._worker
@@ -436,6 +431,7 @@ class Conveyor:
         """Stop the worker: no more claims; running tasks get ``timeout`` seconds
         (default ``stop_timeout``) to finish, then go back to the queue."""
         wait = seconds(timeout, "stop timeout")
+        self._drop_orphan()
         worker = self._worker
         if worker is not None:
             # kept until its stop has ended (however it ended): a caller cancelled
@@ -445,6 +441,17 @@ class Conveyor:
             finally:
                 if worker.stopped and self._worker is worker:
                     self._worker = None
+
+    def _drop_orphan(self) -> None:
+        """Forget a worker whose event loop ended without a stop (an earlier
+        ``asyncio.run()`` left the app open): it runs nothing, its runs are rescued
+        when their leases end; its handler processes and threads are ended here."""
+        worker = self._worker
+        if worker is not None and worker.orphaned:
+            if self._drain_worker is worker:
+                self._drain_worker = None
+            self._worker = None
+            worker.abandon()
 
     async def run(self) -> None:
         """Start the worker and run until cancelled; then stop gracefully."""

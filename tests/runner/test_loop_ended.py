@@ -36,3 +36,25 @@ def test_a_worker_of_an_ended_loop_is_replaced(tmp_path: Path) -> None:
     assert second_worker is not first_worker
     assert asyncio.run(drain_once())["succeeded"] == 1
     asyncio.run(close())
+
+
+def test_close_after_the_workers_loop_ended(tmp_path: Path) -> None:
+    """close() in a new loop raised 'Event loop is closed' (the stop of a worker
+    whose loop had ended), before it closed the storage."""
+    app = Conveyor(f"sqlite:///{tmp_path / 'tasks.db'}")
+
+    @app.handler("job", mode="thread")
+    def job(ctx: Context[Any]) -> str:
+        return "ran"
+
+    async def run_once() -> str:
+        await app.start()
+        task = await app.add("job")
+        return await app.wait(task.id, timeout=30)
+
+    async def close() -> None:
+        await app.close()
+
+    assert asyncio.run(run_once()) == "ran"
+    asyncio.run(close())
+    assert app.worker is None
