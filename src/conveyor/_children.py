@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -41,8 +42,8 @@ def _worker_argv() -> str | None:
     see their own command line)."""
     global _argv_warned
     argv = [str(arg) for arg in getattr(sys, "argv", None) or ()]
-    text = _json.dumps(argv)
-    if len(text.encode("utf-8", "surrogateescape")) <= ARGV_MAX:
+    text = json.dumps(argv)  # ASCII: any text (a lone surrogate too) goes in the environment
+    if len(text) <= ARGV_MAX:
         return text
     if not _argv_warned:
         _argv_warned = True

@@ -49,7 +49,7 @@ def test_a_module_that_exits_at_import_fails_the_run_once_and_says_so(tmp_path: 
     assert "_argv_script" in message and "exited with 3" in message
 
 
-@pytest.mark.parametrize("argv", ["a path", "none", "huge"])
+@pytest.mark.parametrize("argv", ["a path", "none", "huge", "a lone surrogate"])
 async def test_an_odd_worker_argv_does_not_stop_the_child(
         argv: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """The worker's argv with a non-string (a Path a program appended), no argv at
@@ -60,6 +60,8 @@ async def test_an_odd_worker_argv_does_not_stop_the_child(
         monkeypatch.setattr(sys, "argv", ["prog", Path("/data/in.csv"), "x"])
     elif argv == "none":
         monkeypatch.delattr(sys, "argv")
+    elif argv == "a lone surrogate":
+        monkeypatch.setattr(sys, "argv", ["prog", "bad-\ud800-text"])
     else:
         monkeypatch.setattr(sys, "argv", ["prog", *(f"/data/in/file{i:05d}.csv"
                                                     for i in range(8000))])
@@ -67,6 +69,9 @@ async def test_an_odd_worker_argv_does_not_stop_the_child(
     async with process_app.app as app:
         task = await app.add("proc:argv")
         done = await app.wait_task(task.id, timeout=60)
+    if argv == "a lone surrogate":  # the child ran and returned it: a result refused
+        assert done.error is not None and "not valid Unicode" in done.error.message
+        return
     assert done.status.value == "succeeded", done.error
     if argv == "a path":
         assert done.result == ["/data/in.csv", "x"]
