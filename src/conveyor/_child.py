@@ -244,7 +244,7 @@ def main(argv: list[str]) -> int:
     channel = _Channel(proto)
     given = os.environ.pop(ARGV_ENV, None)
     if given is not None:
-        sys.argv = [str(arg) for arg in _json.loads(given)]
+        sys.argv = _json.loads(given)
     try:
         handler = _find_handler(module_name, qualname, action, app_name)
     except SystemExit as exc:  # the module's code at import (a script's argparse)

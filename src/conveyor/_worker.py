@@ -42,8 +42,6 @@ from .context import Context, TaskAbortRequested
 from .errors import ValidationError
 from .events import Event
 from .model import (
-    MAX_ERROR_MESSAGE,
-    MAX_TRACEBACK,
     Aborted,
     ErrorInfo,
     LogLevel,
@@ -57,7 +55,6 @@ from .model import (
     Task,
     TimedOut,
     Transition,
-    cut_text,
 )
 from .storage import ClaimLimits, Completion, HeartbeatReply, Lease, NewLog, WorkerInfo, _ops
 
@@ -970,10 +967,8 @@ class Worker:
             return Aborted(run.abort_reason or str(message["aborted"]))
         elif "error" in message:
             err = message["error"]
-            trace = err.get("traceback")
-            return Raised(ErrorInfo(err["type"], cut_text(err["message"], MAX_ERROR_MESSAGE),
-                                    None if trace is None else cut_text(trace, MAX_TRACEBACK),
-                                    attempt=run.task.attempts, at=time.time()),
+            return Raised(ErrorInfo.bounded(err["type"], err["message"], err.get("traceback"),
+                                            attempt=run.task.attempts, at=time.time()),
                           retryable=bool(err.get("retryable", True)))
         return None
 

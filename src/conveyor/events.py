@@ -805,14 +805,11 @@ class ChangeRelay:
         own = self.storage.instance_id
         tally = bool(self.bus._tallies)
         wanted: list[tuple[Change, str]] = []
-        quiet: list[str] = []  # tasks whose signals are set at once
         for change in changes:
             if change.origin == own and change.event in DIRECT:
-                quiet.append(change.task_id)
                 continue  # announced by this process when it made the change
             type = _FROM_CHANGE.get(change.event)
             if type is None:
-                quiet.append(change.task_id)
                 continue
             if ((tally and change.event in _TALLIED)
                     or self.bus.wants(type, change.task_id)
@@ -822,15 +819,14 @@ class ChangeRelay:
                     or (change.event in _FINISHING
                         and self.bus.wants("task.progress", change.task_id))):
                 wanted.append((change, type))
-            else:
-                quiet.append(change.task_id)
-        for task_id in quiet:
+        # the signals of tasks with events to relay are set once those are out (a
+        # wait() they wake returns after a callback given to on() has seen the end);
+        # the others' at once
+        relayed = {c.task_id for c, _ in wanted}
+        for task_id in {c.task_id for c in changes} - relayed:
             self.bus._notify(task_id)
         if not wanted:
             return
-        # the others' signals are set once their events are out: a wait() they wake
-        # returns after a callback given to on() has seen the task's end
-        relayed = {c.task_id for c, _ in wanted}
         self.bus._relaying.update(relayed)
         try:
             await self._deliver(changes, wanted)

@@ -307,6 +307,16 @@ class ErrorInfo:
         }
 
     @classmethod
+    def bounded(cls, type: str, message: str, traceback: str | None = None, *,
+                attempt: int | None = None, at: float | None = None) -> ErrorInfo:
+        """An error with its message cut at :data:`MAX_ERROR_MESSAGE` characters and
+        its traceback at :data:`MAX_TRACEBACK` (a note says how many went): what a
+        handler, in-process or remote, reports."""
+        return cls(type, cut_text(message, MAX_ERROR_MESSAGE),
+                   None if traceback is None else cut_text(traceback, MAX_TRACEBACK),
+                   attempt=attempt, at=at)
+
+    @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> ErrorInfo:
         """An error from its JSON form."""
         return cls(
@@ -324,15 +334,13 @@ class ErrorInfo:
         ``with_traceback=False``) traceback."""
         import traceback as tb
 
-        text = (storable_text(cut_text("".join(tb.format_exception(exc)), MAX_TRACEBACK))
-                if with_traceback else None)
+        text = storable_text("".join(tb.format_exception(exc))) if with_traceback else None
         try:
             message = str(exc)
         except Exception:  # a __str__ that fails or returns no str
             message = f"<{type(exc).__name__}: str() failed>"
-        return cls(type=type(exc).__name__,
-                   message=storable_text(cut_text(message, MAX_ERROR_MESSAGE)),
-                   traceback=text, attempt=attempt, at=time.time())
+        return cls.bounded(type(exc).__name__, storable_text(message), text,
+                           attempt=attempt, at=time.time())
 
 
 @dataclass(frozen=True, slots=True)
@@ -874,8 +882,8 @@ def default_policy(task: Task, outcome: Outcome, *, now: float | None = None,
             return Transition(Status.QUEUED, run_at=now + after, result=result,
                               refund_attempt=True)
         case Retry(after, reason):
-            error = ErrorInfo("Retry", cut_text(reason or "retry requested", MAX_ERROR_MESSAGE),
-                              attempt=task.attempts, at=now)
+            error = ErrorInfo.bounded("Retry", reason or "retry requested",
+                                      attempt=task.attempts, at=now)
             if attempts_left:
                 delay = backoff.delay(task.attempts) if after is None else after
                 return Transition(Status.QUEUED, run_at=now + delay, error=error)

@@ -1611,15 +1611,15 @@ def _plain(value: Any, limit: int) -> bool:
 def _error_from(raw: Any, attempt: int) -> ErrorInfo:
     now = time.time()
     if isinstance(raw, str):
-        return ErrorInfo("Error", cut_text(raw, MAX_TEXT), attempt=attempt, at=now)
+        return ErrorInfo.bounded("Error", raw, attempt=attempt, at=now)
     if isinstance(raw, dict):
         kind = raw.get("type")
         message = raw.get("message")
         trace = raw.get("traceback")
-        return ErrorInfo(kind[:200] if isinstance(kind, str) and kind else "Error",
-                         cut_text(message, MAX_TEXT) if isinstance(message, str) else "",
-                         cut_text(trace, 2 * MAX_TEXT) if isinstance(trace, str) else None,
-                         attempt=attempt, at=now)
+        return ErrorInfo.bounded(kind[:200] if isinstance(kind, str) and kind else "Error",
+                                 message if isinstance(message, str) else "",
+                                 trace if isinstance(trace, str) else None,
+                                 attempt=attempt, at=now)
     if raw is None:
         return ErrorInfo("Error", "the service reported a failure", attempt=attempt, at=now)
     raise ProtocolError("bad_message", "'error' must be an object with type and message, "
