@@ -28,10 +28,9 @@ async def test_errors_keep_the_most_recent(app: Conveyor) -> None:
         raise ValueError(f"attempt {ctx.task.attempts}")
 
     task = await app.add("flaky")
-    ended = await app.drain(timeout=120)
-    assert ended["failed"] == 1
-    done = await app.get(task.id)
-    assert done is not None and done.attempts == RUNS
+    await app.start()
+    done = await app.wait_task(task.id, timeout=120)
+    assert done.status.value == "failed" and done.attempts == RUNS
     assert len(done.errors) == MAX_ERRORS
     messages = [e.message for e in done.errors]
     assert messages == [f"attempt {n}" for n in range(RUNS - MAX_ERRORS + 1, RUNS + 1)]
