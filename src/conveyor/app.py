@@ -783,7 +783,9 @@ class Conveyor:
                     read = await self._read(closes, self.storage.get_many, sorted(going),
                                             deadline=deadline)
                     going.intersection_update(t.id for t in read if t.status is Status.RUNNING)
-                if not left and not going:
+                if not left and not going and not changed.is_set():
+                    # (news during the read: a run that went back to the queue then
+                    # has a run_at later than the count's "now": read again)
                     return tally
                 pause = 1.0  # a change made by another process may come late
                 if deadline is not None:
