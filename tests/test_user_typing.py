@@ -49,14 +49,57 @@ PROGRAM = textwrap.dedent('''
     asyncio.run(main())
 ''')
 
+# the sync faces: each call's result is typed (it was Any), and a wrong argument
+# type is an error (checked by SYNC_ERRORS below)
+SYNC_PROGRAM = textwrap.dedent('''
+    from conveyor import Event, LogRecord, SyncConveyor, Task
+    from conveyor.client import LiveChange, SyncHubClient
 
-@pytest.mark.serial  # mypy: a few seconds of CPU
-def test_documented_usages_pass_mypy_strict(tmp_path: Path) -> None:
+    app = SyncConveyor("sqlite:///tasks.db")
+    task: Task = app.add("mail:send", {"to": "ann@example.com"})
+    again: list[Task] = app.find({"status": "queued"}, limit=10)
+    tally: dict[str, int] = app.drain(timeout=5)
+    lines: list[LogRecord] = list(app.logs(task.id, follow=False))
+    event: Event | None = app.events("task.*").get(0.1)
+    app.stop()
+    app.close()
+
+    hub = SyncHubClient("http://127.0.0.1:8765", "key")
+    published: Task = hub.add("mail:send", {"to": "ann@example.com"})
+    for change in hub.live({"status": "running"}):
+        seen: LiveChange = change
+    hub.close()
+''')
+SYNC_ERRORS = textwrap.dedent('''
+    from conveyor import SyncConveyor
+
+    app = SyncConveyor("sqlite:///tasks.db")
+    count: str = app.count()
+    app.add(42)
+''')
+
+
+def _mypy(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     program = tmp_path / "user_app.py"
-    program.write_text(PROGRAM, encoding="utf-8")
+    program.write_text(text, encoding="utf-8")
     src = Path(__file__).resolve().parents[1] / "src"
-    done = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+    return subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
                            str(program)], capture_output=True, text=True, timeout=300,
                           check=False, env={"MYPYPATH": str(src), "PATH": "/usr/bin:/bin"},
                           cwd=tmp_path)
+
+
+@pytest.mark.serial  # mypy: a few seconds of CPU
+def test_documented_usages_pass_mypy_strict(tmp_path: Path) -> None:
+    done = _mypy(tmp_path, PROGRAM)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.serial
+def test_the_sync_faces_are_typed(tmp_path: Path) -> None:
+    done = _mypy(tmp_path, SYNC_PROGRAM)
+    assert done.returncode == 0, done.stdout + done.stderr
+    wrong = _mypy(tmp_path, SYNC_ERRORS)
+    assert "user_app.py:5: error: Incompatible types in assignment" in wrong.stdout, wrong.stdout
+    assert "user_app.py:6: error: Argument 1 to \"add\"" in wrong.stdout, wrong.stdout
+    assert "Found 2 errors" in wrong.stdout, wrong.stdout

@@ -30,7 +30,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _forks
 from .app import Conveyor
@@ -181,8 +181,9 @@ async def _cancel_others() -> None:
         await asyncio.wait(others, timeout=5)
 
 
-class BlockingIterator(Iterator[Any]):
-    """An ordinary iterator over an async iterator that lives on a portal's loop."""
+class BlockingIterator(Iterator[T]):
+    """An ordinary iterator over an async iterator that lives on a portal's loop
+    (``BlockingIterator[LogRecord]`` for ``logs()``, ``[Event]`` for ``events()``)."""
 
     def __init__(self, portal: Portal, aiter: Any) -> None:
         self._portal = portal
@@ -190,10 +191,10 @@ class BlockingIterator(Iterator[Any]):
         self._done = False
         self._step: asyncio.Task[Any] | None = None  # the pending __anext__, on the loop
 
-    def __iter__(self) -> BlockingIterator:
+    def __iter__(self) -> BlockingIterator[T]:
         return self
 
-    def __next__(self) -> Any:
+    def __next__(self) -> T:
         if self._done:
             raise StopIteration
 
@@ -207,7 +208,8 @@ class BlockingIterator(Iterator[Any]):
                 self._step = None
 
         try:
-            return self._portal.run(step)
+            item: T = self._portal.run(step)
+            return item
         except StopAsyncIteration:
             self._done = True
             raise StopIteration from None
@@ -216,7 +218,7 @@ class BlockingIterator(Iterator[Any]):
                 raise StopIteration from None
             raise
 
-    def get(self, timeout: float | timedelta | None = None) -> Any:
+    def get(self, timeout: float | timedelta | None = None) -> T | None:
         """The next item, or None after ``timeout`` seconds or at the end, for a
         stream that offers ``get`` (``events()``: :meth:`Subscription.get
         <conveyor.events.Subscription.get>`); else ``AttributeError``."""
@@ -225,7 +227,8 @@ class BlockingIterator(Iterator[Any]):
             raise AttributeError(f"{type(self._aiter).__name__} offers no get(); iterate it")
         if self._done:
             return None
-        return self._portal.run(lambda: getter(timeout))
+        got: T | None = self._portal.run(lambda: getter(timeout))
+        return got
 
     def close(self) -> None:
         """Stop iterating early and release the underlying stream. From another
@@ -248,7 +251,7 @@ class BlockingIterator(Iterator[Any]):
 
         self._portal.run(shut)
 
-    def __enter__(self) -> BlockingIterator:
+    def __enter__(self) -> BlockingIterator[T]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -345,7 +348,14 @@ def _signature(cls: type, name: str, method: Any) -> inspect.Signature:
     return found
 
 
-class SyncConveyor(_Seam):
+if TYPE_CHECKING:
+    from ._blocking import BlockingConveyor as _Typed
+else:
+    class _Typed:
+        """The blocking signatures (``conveyor._blocking``), for type checkers only."""
+
+
+class SyncConveyor(_Typed, _Seam):
     """A blocking :class:`Conveyor`. Takes the same arguments, or an existing app
     (alone: options beside it are a ``TypeError``).
 

@@ -21,7 +21,7 @@ ordinary iterators (:class:`conveyor.sync.BlockingIterator`), and
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConveyorError
 from ..sync import _Seam
@@ -34,7 +34,14 @@ __all__ = ["SyncHubClient"]
 _ITERATORS = frozenset({"live"})
 
 
-class SyncHubClient(_Seam):
+if TYPE_CHECKING:
+    from .._blocking import BlockingHubClient as _Typed
+else:
+    class _Typed:
+        """The blocking signatures (``conveyor._blocking``), for type checkers only."""
+
+
+class SyncHubClient(_Typed, _Seam):
     """A blocking :class:`HubClient`. Takes the same arguments, or a HubClient (alone: a
     key or options beside it are a ``TypeError``)."""
 
