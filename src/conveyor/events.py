@@ -364,7 +364,9 @@ class EventBus:
         """Call ``tally(kind, action, status, run_seconds)`` for every task added
         (``"added"``), run started (``"started"``) and task ended (``"ended"``, with
         its final status and, when it ran, its run time), by this process or (through
-        the change feed) by others. Cheaper than an event listener: for runs this
+        the change feed) by others; a change of another process whose task was
+        deleted before this process read it is not counted (the feed does not say
+        its action). Cheaper than an event listener: for runs this
         process ends, no :class:`Event` is built and the task is not read back.
         Returns a function that removes it. A tally that raises is logged and does
         not stop the others, nor the change it counts (or its events)."""

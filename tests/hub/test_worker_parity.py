@@ -93,3 +93,40 @@ async def test_a_remote_permanent_failure_is_not_retried(tmp_path: Path) -> None
     assert (ended.status, ended.attempts) == (Status.FAILED, 1)
     assert ended.error is not None
     assert (ended.error.type, ended.error.message) == ("PermanentFailure", "no such user")
+
+
+async def test_an_app_handlers_limit_holds_for_remote_services_too(tmp_path: Path) -> None:
+    """``limit=N`` caps an action's running tasks across all workers: the hub's
+    claims for remote services of that action count it too (they ignored it: the
+    in-process worker ran one while the service ran three more)."""
+    app = Conveyor(hub_db_url(tmp_path))
+    running: list[str] = []
+    most: list[int] = [0]
+
+    async def hold(ctx: Context, where: str) -> str:
+        running.append(ctx.task.id)
+        most[0] = max(most[0], len(running))
+        try:
+            await asyncio.sleep(0.2)  # the run itself: long enough for others to overlap
+        finally:
+            running.remove(ctx.task.id)
+        return where
+
+    @app.handler("capped", limit=1)
+    async def here(ctx: Context) -> str:
+        return await hold(ctx, "here")
+
+    store = CredentialStore(tmp_path / "credentials.json")
+    async with running_hub(app, HubConfig(port=0, credentials_path=str(store.path)),
+                           store) as hub:
+        worker = HubClient(hub.url, hub.key("svc", subscribe=["*"]))
+
+        @worker.handler("capped")
+        async def there(ctx: Context) -> str:
+            return await hold(ctx, "there")
+
+        async with working(worker, "svc"):
+            tasks = await app.add_many([("capped", {"n": n}) for n in range(6)])
+            ended = [await app.wait_task(t.id, timeout=60) for t in tasks]
+    assert [t.status for t in ended] == [Status.SUCCEEDED] * 6
+    assert most[0] == 1

@@ -82,7 +82,7 @@ from ..model import (
     Transition,
     cut_text,
 )
-from ..storage import Change, Completion, Lease, NewLog, WorkerInfo
+from ..storage import Change, ClaimLimits, Completion, Lease, NewLog, WorkerInfo
 from ._credentials import matches_pattern
 from ._ws_proto import (
     CLOSE_HEARTBEAT,
@@ -914,12 +914,19 @@ class Remote:
                 if not writer.announced.is_set() and self.state.streams.by_task:
                     # someone follows tasks: tell a finished run before its next start
                     await writer.announced.wait()
-                tasks = await storage.claim(service.worker_id, sorted(actions), limit, self.lease)
+                tasks = await storage.claim(service.worker_id, sorted(actions), limit, self.lease,
+                                            self._limits())
                 if len(tasks) >= limit:
                     more = True
                 for task in tasks:
                     self._place(service, subs, task)
         return more
+
+    def _limits(self) -> ClaimLimits | None:
+        """The ``limit=`` of the hub app's own handlers (``serve --app``): a cap of an
+        action's running tasks across all workers, remote services included."""
+        caps = {h.action: h.limit for h in self.app.registry.handlers() if h.limit is not None}
+        return ClaimLimits(caps) if caps else None
 
     async def _idle(self) -> None:
         timeout = self.app.idle_poll
