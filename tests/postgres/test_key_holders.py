@@ -71,3 +71,48 @@ async def test_a_retry_racing_an_add_of_its_key_is_refused(storage: Any) -> None
     [old, new] = await storage.get_many([res.task.id, added[0].task.id])
     assert (old.status, old.unique_key) == (Status.ABORTED, "r")
     assert (new.status, new.unique_key) == (Status.QUEUED, "r")
+
+
+async def test_a_key_given_twice_gets_the_concurrent_holder_for_both(
+        storage: Any, schema_url: str) -> None:
+    """A batch naming one key twice, while another transaction adds that key and
+    commits after the batch looked but before it inserted: both items get the other
+    transaction's task (the second got the batch's own first task, never stored)."""
+    import asyncio
+    import os
+    import time
+
+    import psycopg
+
+    from conveyor import Conveyor
+
+    from ..conftest import PG_ENV, pg_schema
+
+    app = Conveyor(schema_url)
+    await app.open()
+    try:
+        schema = pg_schema(schema_url)
+        async with await psycopg.AsyncConnection.connect(os.environ[PG_ENV]) as conn:
+            await conn.execute("SELECT 1")  # the other transaction, not committed yet
+            held = await app.add_in(conn, "key:x", {"by": "tx"}, unique_key="k")
+            batch = asyncio.ensure_future(app.add_many_checked([
+                ("key:x", {"copy": 1}, {"unique_key": "k"}),
+                ("key:x", {"copy": 2}, {"unique_key": "k"})]))
+            deadline = time.monotonic() + 10
+            async with await psycopg.AsyncConnection.connect(os.environ[PG_ENV],
+                                                             autocommit=True) as watch:
+                while True:  # until the batch's insert waits on the uncommitted key
+                    cur = await watch.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE %s", (f"%{schema}%tasks%",))
+                    row = await cur.fetchone()
+                    if row is not None and row[0] >= 1:
+                        break
+                    assert time.monotonic() < deadline and not batch.done()
+                    await asyncio.sleep(0.01)
+            await conn.commit()
+            results = await batch
+        assert [(task.id, created) for task, created in results] == [(held.id, False)] * 2
+        assert [t.id for t in await app.find({"unique_key": "k"})] == [held.id]
+    finally:
+        await app.close()

@@ -1199,22 +1199,24 @@ class PostgresStorage(FanoutFeed, Storage):
         keys = list({s.unique_key for s in specs if s.unique_key is not None})
         existing = await self._holders(conn, keys)
         out: list[AddResult | None] = [None] * len(specs)
-        batch: dict[str, Task] = {}
+        batch: dict[str, int] = {}  # key -> the item of this call that takes it
+        copies: dict[int, int] = {}  # a later item of that key -> the one taking it
         pending: list[int] = []
-        for i, (spec, task) in enumerate(zip(specs, tasks, strict=True)):
+        for i, spec in enumerate(specs):
             key = spec.unique_key
             if key is None:
                 pending.append(i)
                 continue
             dup = key_holder(existing.get(key, ()), spec.unique_scope)
             if dup is None and key in batch:
-                first = batch[key]
+                first = tasks[batch[key]]
                 if first.status in spec.unique_scope or first.status in first.unique_scope:
-                    dup = first
+                    copies[i] = batch[key]
+                    continue
             if dup is not None:
                 out[i] = AddResult(dup, created=False)
                 continue
-            batch.setdefault(key, task)
+            batch.setdefault(key, i)
             pending.append(i)
         for _ in range(5):
             if not pending:
@@ -1240,6 +1242,11 @@ class PostgresStorage(FanoutFeed, Storage):
                     out[i] = AddResult(dup, created=False)
                 else:  # it went away meanwhile: try again
                     pending.append(i)
+        for i, taker in copies.items():
+            # the task its first item got: the new one, or, when a concurrent add took
+            # the key meanwhile, that add's (the first's own task was never stored)
+            taken = out[taker]
+            out[i] = None if taken is None else AddResult(taken.task, created=False)
         if pending or any(r is None for r in out):
             raise StorageError("could not add tasks: unique keys kept changing; try again")
         return [r for r in out if r is not None]
