@@ -669,16 +669,19 @@ class EventBus:
 
         async def read_as_ended(task_ids: list[str]) -> list[Task]:
             # a task read back after it moved on (a retried task claimed again, as
-            # soon as its backoff allowed) is shown as this run's end left it
+            # soon as its backoff allowed) is shown as this run's end left it; so is
+            # one deleted meanwhile (another process's cleanup of ended tasks)
             now = time.time()
+            stored = {t.id: t for t in await read(task_ids)}
             shown = []
-            for stored in await read(task_ids):
-                completion, claimed = ended[stored.id]
+            for task_id in task_ids:
+                completion, claimed = ended[task_id]
                 t = completion.transition
                 attempts = claimed.attempts - (1 if t.refund_attempt else 0)
-                if stored.status is not t.status or stored.attempts != attempts:
-                    stored = _ops.finished(claimed, completion, now)
-                shown.append(stored)
+                task = stored.get(task_id)
+                if task is None or task.status is not t.status or task.attempts != attempts:
+                    task = _ops.finished(claimed, completion, now)
+                shown.append(task)
             return shown
 
         await self.announce(
