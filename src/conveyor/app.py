@@ -69,6 +69,7 @@ _RUN_ENDS = frozenset({"task.succeeded", "task.failed", "task.aborted", "task.re
                        "task.rescheduled", "task.released", "task.rescued"})
 """Events that end a run :meth:`Conveyor.drain` saw start."""
 
+_DELETE_BATCH = 1000  # tasks a delete by filter reads and deletes per transaction
 _ENDED = parse_filter({"status": {"$in": ["succeeded", "failed", "aborted"]}})
 """What ``delete`` by filter adds to the caller's filter: tasks that have ended."""
 
@@ -1022,16 +1023,26 @@ class Conveyor:
     async def delete(self, target: str | Sequence[str] | Mapping[str, Any] | Filter
                      ) -> list[str]:
         """Delete finished tasks (and their logs): by id, ids, or a filter.
-        Tasks that have not ended are left alone. Returns the ids deleted."""
+        Tasks that have not ended are left alone. Returns the ids deleted. A filter's
+        tasks are deleted in batches of 1,000, each in a transaction of its own (other
+        writers wait for one batch at most, not for the whole deletion)."""
         if isinstance(target, Mapping | Filter):
             # its errors name the paths of the filter as given, also those a backend
             # finds (all_of keeps them)
-            query = parse_query(all_of(parse_filter(target), _ENDED))
+            query = parse_query(all_of(parse_filter(target), _ENDED), limit=_DELETE_BATCH)
             await self.open()
-            ids = [t.id for t in await self.storage.find(query)]
-        else:
-            ids = task_ids(target)
+            deleted: list[str] = []
+            while True:
+                found = [t.id for t in await self.storage.find(query)]
+                done = await self._delete_ids(found) if found else []
+                deleted += done
+                if len(found) < _DELETE_BATCH or not done:
+                    return deleted
+        ids = task_ids(target)
         await self.open()
+        return await self._delete_ids(ids)
+
+    async def _delete_ids(self, ids: list[str]) -> list[str]:
         deleted = await self.storage.delete(ids)
         for task_id in deleted:
             self.bus.deleted(task_id)
