@@ -5,8 +5,16 @@ refused with ``unique_key_held`` and adds nothing."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sqlite3
+from typing import Any
+
+import psycopg
+
 from conveyor.model import Status
 
+from ..conftest import PG_ENV
 from ._rest_helpers import client
 from ._ws_helpers import Raw
 from .conftest import RunningHub
@@ -81,3 +89,45 @@ async def test_a_bad_action_name_is_invalid_not_forbidden(hub: RunningHub) -> No
         assert err["code"] == "invalid" and "invalid action name" in err["message"], err
         err = await ws.request({"type": "publish", "id": 2, "action": "geo:x"})
         assert err["code"] == "forbidden", err
+
+
+async def _ended_copies(hub: RunningHub, key: str, n: int) -> None:
+    """``n`` ended tasks carrying ``key`` (a key reused each time its task ended):
+    copies of one, written in the hub's database by hand for speed."""
+    task = await hub.app.add("mail:old", unique_key=key)
+    await hub.app.abort(task.id)
+    storage: Any = hub.app.storage
+    if hasattr(storage, "schema"):  # PostgreSQL
+        async with await psycopg.AsyncConnection.connect(os.environ[PG_ENV]) as conn:
+            tasks = f'"{storage.schema}".tasks'
+            await conn.execute(f"CREATE TEMP TABLE copies AS SELECT t.* FROM {tasks} AS t "
+                               "CROSS JOIN generate_series(1, %s) WHERE t.id = %s", (n, task.id))
+            await conn.execute("UPDATE copies SET id = gen_random_uuid()::text")
+            await conn.execute(f"INSERT INTO {tasks} SELECT * FROM copies")
+        return
+    with contextlib.closing(sqlite3.connect(storage.path)) as db, db:
+        row = db.execute("SELECT * FROM conveyor_tasks WHERE id = ?", (task.id,)).fetchone()
+        names = [r[1] for r in db.execute("PRAGMA table_info(conveyor_tasks)")]
+        at = names.index("id")
+        db.executemany(f"INSERT INTO conveyor_tasks VALUES ({', '.join('?' * len(names))})",
+                       [(*row[:at], f"{task.id}-{i}", *row[at + 1:]) for i in range(n)])
+
+
+async def test_a_batch_is_refused_before_adding_whatever_the_keys_history(
+        hub: RunningHub) -> None:
+    """The look before a batch read the 10,000 newest tasks carrying its keys: with
+    more on one key, an older hidden holder of another key was missed, the batch
+    was added and then answered 409 (``the call's other tasks were added``). It asks
+    the storage for the task each item's key would get, a few rows per key."""
+    secret_id = await _secret(hub, "k9")
+    await _ended_copies(hub, "daily", 10_001)
+    shop = hub.key("shop", publish=["mail:*"])
+    async with client(hub, shop) as http:
+        batch = await http.post("/api/v1/tasks/batch", json={"tasks": [
+            {"action": "mail:send", "unique_key": "daily"},
+            {"action": "mail:send", "unique_key": "k9"}]})
+        assert batch.status_code == 409, batch.text
+        message = batch.json()["error"]["message"]
+        assert message.startswith("task 1: unique key 'k9'") and "nothing was added" in message
+        assert secret_id not in batch.text
+    assert await hub.app.count({"action": "mail:send"}) == 0

@@ -32,7 +32,6 @@ from ._credentials import Credential, read_scope_query
 
 __all__ = ["KeyHeld", "add_as"]
 
-_HOLDERS_READ = 10_000
 
 
 class KeyHeld(Exception):
@@ -72,19 +71,18 @@ async def add_as(app: Conveyor, cred: Credential, items: Sequence[dict[str, Any]
 
 async def _check_holders(app: Conveyor, cred: Credential,
                          items: Sequence[dict[str, Any]]) -> None:
-    keyed = {i: item["unique_key"] for i, item in enumerate(items)
-             if isinstance(item.get("unique_key"), str)}
+    """Refuse a call (before anything is added) one of whose keys the add would
+    answer with a task ``cred`` may not read: the storage tells which task each
+    item's key and scope get, reading a few rows per key."""
+    keyed = [(i, item["unique_key"]) for i, item in enumerate(items)
+             if isinstance(item.get("unique_key"), str)]
     if not keyed:
         return
-    holders = await app.find({"unique_key": {"$in": sorted(set(keyed.values()))}},
-                             sort="-created_at", limit=_HOLDERS_READ)
-    hidden: dict[str, list[Task]] = {}
-    for task in holders:
-        if not cred.can_read(task.action):
-            hidden.setdefault(task.unique_key or "", []).append(task)
-    for i, key in keyed.items():
-        scope = _scope(items[i].get("unique_scope"))
-        if any(t.status in t.unique_scope or t.status in scope for t in hidden.get(key, ())):
+    await app.open()
+    holders = await app.storage.key_holders(
+        [(key, _scope(items[i].get("unique_scope"))) for i, key in keyed])
+    for (i, key), holder in zip(keyed, holders, strict=True):
+        if holder is not None and not cred.can_read(holder.action):
             raise KeyHeld(i, key, True, False)
 
 

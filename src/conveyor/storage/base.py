@@ -242,6 +242,20 @@ class Storage(abc.ABC):
     async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
         """The tasks that exist among ``task_ids``, in no particular order."""
 
+    async def key_holders(self, wanted: Sequence[tuple[str, Sequence[Status]]]
+                          ) -> list[Task | None]:
+        """For each ``(unique_key, unique_scope)``: the task an add of that key with
+        that scope would return now instead of a new one (:func:`key_holder`), or
+        None. This default reads every task with the key; the backends read a few
+        rows per key, however many ended tasks once held it."""
+        from ..query import parse_query
+
+        out: list[Task | None] = []
+        for key, scope in wanted:
+            tasks = await self.find(parse_query({"unique_key": key}))
+            out.append(key_holder(tasks, scope))
+        return out
+
     @abc.abstractmethod
     async def find(self, query: Query) -> list[Task]:
         """Tasks matching the query, sorted (ties by id), skipped and limited."""

@@ -277,6 +277,12 @@ class MemoryStorage(FanoutFeed, Storage):
             tasks = [t for i in task_ids if (t := self._tasks.get(i)) is not None]
         return [_out(t) for t in tasks]
 
+    async def key_holders(self, wanted: Sequence[tuple[str, Sequence[Status]]]
+                          ) -> list[Task | None]:
+        with self._lock:
+            found = [key_holder(self._with_key(key), scope) for key, scope in wanted]
+        return [None if t is None else _out(t) for t in found]
+
     async def find(self, query: Query) -> list[Task]:
         with self._lock:
             tasks = list(self._tasks.values())

@@ -1279,6 +1279,15 @@ class PostgresStorage(FanoutFeed, Storage):
             rows = await self._rows(conn, self._q["get_tasks"], {"ids": list(task_ids)})
         return [row_to_task(r, decoded=True) for r in rows]
 
+    async def key_holders(self, wanted: Sequence[tuple[str, Sequence[Status]]]
+                          ) -> list[Task | None]:
+        keys = sorted({key for key, _ in wanted if not _no_such_id(key)})  # NUL: none has it
+        found: dict[str, list[Task]] = {}
+        if keys:
+            async with self._conn() as conn:
+                found = await self._holders(conn, keys)
+        return [key_holder(found.get(key, ()), scope) for key, scope in wanted]
+
     async def find(self, query: Query) -> list[Task]:
         where, params = compile_postgres(query.filter)
         order, order_params = compile_sort_postgres(query.sort)

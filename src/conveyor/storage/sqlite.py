@@ -584,6 +584,18 @@ class SQLiteStorage(FanoutFeed, Storage):
         return await self._run(
             lambda conn: [row_to_task(r) for r in conn.execute(Q["get_tasks"], {"ids": ids})])
 
+    async def key_holders(self, wanted: Sequence[tuple[str, Sequence[Status]]]
+                          ) -> list[Task | None]:
+        def read(conn: sqlite3.Connection) -> list[Task | None]:
+            out: list[Task | None] = []
+            for key, scope in wanted:
+                row = conn.execute(Q["find_live_duplicate"], {
+                    "unique_key": key, "scope": encode_scope(scope)}).fetchone()
+                out.append(None if row is None else row_to_task(row))
+            return out
+
+        return await self._run(read)
+
     async def find(self, query: Query) -> list[Task]:
         where, params = compile_sqlite(query.filter)
         order, order_params = compile_sort_sqlite(query.sort)

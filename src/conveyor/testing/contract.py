@@ -33,6 +33,7 @@ import pytest
 
 from ..errors import InvalidTransition, StorageError, TaskNotFound
 from ..model import (
+    DEFAULT_UNIQUE_SCOPE,
     Backoff,
     Condition,
     ErrorInfo,
@@ -237,6 +238,22 @@ class StorageContract:
         assert not found.created and found.task.id == plain.task.id
         [fresh] = await storage.add([make_spec(unique_key="k5")])
         assert fresh.created
+
+    async def test_key_holders_name_what_an_add_would_return(self, storage: Storage) -> None:
+        wide = (Status.QUEUED, Status.RUNNING, Status.SUCCEEDED)
+        [ended] = await storage.add([make_spec(unique_key="h1")])
+        task = await _claim_one(storage)
+        await storage.finish("w1", [Completion(task.id, task.token or "", ok())])
+        [live] = await storage.add([make_spec(unique_key="h2")])
+        asked = [("h1", DEFAULT_UNIQUE_SCOPE), ("h1", wide), ("h2", DEFAULT_UNIQUE_SCOPE),
+                 ("h2", wide), ("nobody", wide)]
+        holders = await storage.key_holders(asked)
+        assert [None if t is None else t.id for t in holders] == [
+            None, ended.task.id, live.task.id, live.task.id, None]
+        [again] = await storage.add([make_spec(unique_key="h1", unique_scope=wide)])
+        assert not again.created and again.task.id == ended.task.id  # as the add says
+        assert await storage.key_holders([]) == []
+        assert await storage.key_holders([("nul\x00key", wide)]) == [None]
 
     async def test_which_task_a_key_returns_when_several_are_in_scope(
             self, storage: Storage) -> None:
