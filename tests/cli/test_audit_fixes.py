@@ -109,6 +109,21 @@ def test_ls_sort_with_spaces_still_works(db: str, tmp_path: Path) -> None:
     assert [t["id"] for t in json.loads(result.out)] == [second.id, first.id]
 
 
+def test_ls_says_when_status_or_action_make_the_filter_too_large(db: str,
+                                                                  tmp_path: Path) -> None:
+    """A filter at the bound of 2,000 comparisons passes alone; with --status it was
+    refused at ``filter.$and[1].status.$in``, a path the user never wrote."""
+    add(db, "a:b")
+    full = json.dumps({"id": {"$in": [f"id-{i}" for i in range(2000)]}})
+    assert cli("ls", full, "--db", db, cwd=tmp_path).code == 0
+    result = cli("ls", full, "--status", "failed", "--db", db, cwd=tmp_path)
+    assert_error(result, 2, "the filter with --status/--action added: the filter is too large")
+    assert "$and" not in result.err
+    # the filter's own errors keep their own paths
+    assert_error(cli("ls", '{"id": {"$bad": 1}}', "--status", "failed", "--db", db,
+                     cwd=tmp_path), 2, "filter.id.$bad: unknown operator")
+
+
 # -- deeply nested JSON ------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import click
 from conveyor._registry import check_action
 from conveyor._specs import MAX_ATTEMPTS
 from conveyor.app import Conveyor
-from conveyor.errors import ConveyorError, TaskNotFound, ValidationError, _shown_id
+from conveyor.errors import ConveyorError, QueryError, TaskNotFound, ValidationError, _shown_id
 from conveyor.model import LogLevel, Status, Task
 from conveyor.query import parse_filter, parse_query
 from conveyor.storage import WorkerInfo
@@ -286,7 +286,13 @@ def ls_command(ctx: click.Context, filter: str | None, statuses: tuple[str, ...]
     if len(parts) == 1:
         where = parts[0]
     elif parts:
+        if len(parts) > 1 and filter is not None and raw:
+            parse_filter(raw)  # its own errors first, with its own paths
         where = {"$and": parts}
+        try:
+            parse_filter(where)
+        except QueryError as exc:  # --status and --action count in the bound too
+            raise CliError(f"the filter with --status/--action added: {exc.reason}") from None
     sort_keys = [s.strip() for s in sort.split(",")]
     if not all(sort_keys):
         raise CliError(f"--sort {sort!r}: every field must be named (comma-separated fields "
