@@ -112,3 +112,55 @@ async def test_upgrade_from_version_2_keeps_the_feed(bare_url: str, server: str,
     changes = _changes(rows)
     assert [c.task_id for c in changes][:3] == ["old-1", "old-2", "old-3"]
     assert len(changes) == 7 and {c.seq for c in changes[3:]} == {rows[3][0]}
+
+
+async def test_a_migration_that_meets_a_deadlock_with_a_worker_runs_again(
+        bare_url: str, server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0004 builds indexes (SHARE on tasks), then drops one (ACCESS EXCLUSIVE). A
+    worker's transaction that locked a row of tasks, then writes it while the build
+    runs, waits for the SHARE lock, and the drop waits for the worker: ``deadlock
+    detected`` failed 7 of 10 migrations beside busy workers of the version before.
+    The migration is rolled back, the worker goes on, and the migration runs again."""
+    import time
+
+    from conveyor.storage import postgres
+
+    monkeypatch.setattr(postgres, "MIGRATIONS", MIGRATIONS[:3])
+    assert await migrate(bare_url) == 3
+    monkeypatch.setattr(postgres, "MIGRATIONS", MIGRATIONS)
+    schema = pg_schema(bare_url)
+    task_id = "01a25000-0000-7000-8000-000000000001"
+    async with await psycopg.AsyncConnection.connect(server) as worker:
+        columns = "id, action, payload, status, priority, run_at, created_at, updated_at"
+        await worker.execute(f'INSERT INTO "{schema}".tasks ({columns}) '
+                             "VALUES (%s, 'a', 'null', 'queued', 0, 0, 0, 0)", (task_id,))
+        # enough ended tasks that the index builds take a while
+        await worker.execute(f'INSERT INTO "{schema}".tasks ({columns}) SELECT %s || g, '
+                             "'a', 'null', 'succeeded', 0, 0, g, 0 "
+                             "FROM generate_series(1, 300000) AS g", ("old-",))
+        await worker.commit()
+        # a claim's first statement: a row locked (ROW SHARE on the table)
+        await worker.execute(f'SELECT id FROM "{schema}".tasks WHERE id = %s FOR UPDATE',
+                             (task_id,))
+        migrating = asyncio.ensure_future(migrate(bare_url))
+        deadline = time.monotonic() + 20
+        async with await psycopg.AsyncConnection.connect(server, autocommit=True) as watch:
+            while True:  # until the migration builds its indexes (SHARE granted)
+                cur = await watch.execute(
+                    "SELECT count(*) FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation "
+                    "JOIN pg_namespace AS n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+                    "AND c.relname = 'tasks' AND l.mode = 'ShareLock' AND l.granted", (schema,))
+                row = await cur.fetchone()
+                if row is not None and row[0] >= 1:
+                    break
+                assert time.monotonic() < deadline and not migrating.done()
+                await asyncio.sleep(0.005)
+        # its next statement waits for the build; the drop then waits for it: the
+        # migration is cancelled by PostgreSQL, and this statement goes on
+        await worker.execute(f'UPDATE "{schema}".tasks SET priority = 1 WHERE id = %s',
+                             (task_id,))
+        await worker.commit()
+    assert await asyncio.wait_for(migrating, 60) == SCHEMA_VERSION
+    async with await psycopg.AsyncConnection.connect(server) as conn:
+        cur = await conn.execute(f'SELECT max(version) FROM "{schema}".migrations')
+        assert await cur.fetchone() == (SCHEMA_VERSION,)

@@ -112,6 +112,7 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 # storage's own writes (which the app announces as it makes them) but announced when
 # the caller's transaction commits, through the feed, in this process too
 _TX_ORIGIN = "-tx"
+_MIGRATE_TRIES = 6  # a migration that meets a deadlock with workers is run again
 _ADD_CHUNK = 250  # rows per insert statement of a big add (see _insert_overlapped)
 _LOCK_IDLE_FLOOR = 5.0  # seconds; see _lock_idle
 _CLOSE_DRAIN = 5.0  # seconds close() waits for the calls under way on a pool
@@ -534,7 +535,25 @@ def _foreign(schema: str, what: str) -> SchemaError:
 
 
 async def _apply_migrations(conn: psycopg.AsyncConnection[Any], schema: str) -> int:
-    """Create or upgrade the schema; safe to run from many processes at once."""
+    """Create or upgrade the schema; safe to run from many processes at once, and
+    beside running workers: a migration that takes a stronger lock on a table after
+    a weaker one (an index built, then one dropped) can deadlock with a worker's
+    statement, and PostgreSQL then cancels one of the two; the whole migration is
+    rolled back and run again, up to ``_MIGRATE_TRIES`` times."""
+    for attempt in range(_MIGRATE_TRIES):
+        try:
+            return await _apply_migrations_once(conn, schema)
+        except psycopg.errors.DeadlockDetected:
+            if attempt == _MIGRATE_TRIES - 1:
+                raise StorageError(
+                    f"could not migrate schema \"{schema}\": {_MIGRATE_TRIES} tries met a "
+                    "deadlock with running workers (nothing was changed): run it again, "
+                    "or stop the workers while it runs") from None
+            await asyncio.sleep(0.1 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+async def _apply_migrations_once(conn: psycopg.AsyncConnection[Any], schema: str) -> int:
     ident = sql.Identifier(schema)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("migrate", schema),))
