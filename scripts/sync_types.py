@@ -31,7 +31,7 @@ OUT = SRC / "conveyor" / "_blocking.py"
 # (class, its module, the class written, the seam's wrapped iterator methods, the
 # methods the sync face defines itself: their own signatures stand)
 FACES = (
-    ("Conveyor", "conveyor.app", "BlockingConveyor", ("events",), ("close",)),
+    ("Conveyor", "conveyor.app", "BlockingConveyor", ("events",), ("close", "run")),
     ("HubClient", "conveyor.client._client", "BlockingHubClient", ("live",), ("close", "stop")),
 )
 

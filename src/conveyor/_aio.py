@@ -1,13 +1,17 @@
 """Stopping background tasks without hanging on a lost cancellation; telling a
-cancellation of the running task from a CancelledError raised by code it awaited."""
+cancellation of the running task from a CancelledError raised by code it awaited;
+SIGTERM as a graceful stop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["cancelled_here", "stop_tasks"]
+__all__ = ["cancelled_here", "on_sigterm", "stop_tasks"]
 
 log = logging.getLogger("conveyor")
 
@@ -43,3 +47,22 @@ async def stop_tasks(*tasks: asyncio.Future[Any] | None, what: str,
             exc = ended.exception()
             if exc is not None:
                 log.error("%s failed", what, exc_info=exc)
+
+
+def on_sigterm(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback`` on SIGTERM, in the running loop, if it runs in the main thread
+    and SIGTERM has its default handling; returns what restores that."""
+    sigterm = getattr(signal, "SIGTERM", None)
+    if (sigterm is None or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(sigterm) is not signal.SIG_DFL):
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(sigterm, callback)
+    except (NotImplementedError, RuntimeError):  # not on Unix, or not the main loop
+        return lambda: None
+
+    def undo() -> None:
+        loop.remove_signal_handler(sigterm)
+
+    return undo

@@ -23,6 +23,7 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from . import _forks
+from ._aio import on_sigterm
 from ._registry import Handler, Registry, build_handler, check_handler_options, check_policy
 from ._specs import (
     build_spec,
@@ -455,12 +456,23 @@ class Conveyor:
             worker.abandon()
 
     async def run(self) -> None:
-        """Start the worker and run until cancelled; then stop gracefully."""
+        """Start the worker and run until cancelled; then stop gracefully (running
+        tasks get ``stop_timeout``, then go back to the queue). SIGTERM (what systemd,
+        Docker and Kubernetes send) stops it the same way, and ``run()`` then returns,
+        when its loop runs in the main thread and SIGTERM has its default handling
+        there (a handler of your own is left alone); a second SIGTERM during the stop
+        is ignored."""
         await self.start()
+        terminated = asyncio.Event()
+        undo = on_sigterm(terminated.set)
         try:
-            await asyncio.Event().wait()
+            try:
+                await terminated.wait()
+                log.info("SIGTERM: stopping the worker")
+            finally:
+                await self.close()
         finally:
-            await self.close()
+            undo()
 
     @property
     def worker(self) -> Worker | None:

@@ -23,9 +23,11 @@ Handlers registered on a SyncConveyor run in its background loop once
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import inspect
+import signal
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -355,6 +357,50 @@ else:
         """The blocking signatures (``conveyor._blocking``), for type checkers only."""
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during :meth:`SyncConveyor.run`: handled as Ctrl-C is (the call is
+    cancelled and its graceful stop waited for), then ``run()`` returns."""
+
+
+def _sigterm_interrupts() -> Callable[[], None]:
+    """In the main thread, while SIGTERM has its default handling: make its first
+    SIGTERM raise :class:`_Terminated` (later ones are ignored); returns what
+    restores the default."""
+    sigterm = getattr(signal, "SIGTERM", None)
+    if (sigterm is None or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(sigterm) is not signal.SIG_DFL):
+        return lambda: None
+    seen: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not seen:
+            seen.append(signum)
+            raise _Terminated()
+
+    signal.signal(sigterm, handler)
+
+    def restore() -> None:
+        signal.signal(sigterm, signal.SIG_DFL)
+
+    return restore
+
+
+_FACES: weakref.WeakSet[SyncConveyor] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    """At the interpreter's exit (a normal one: a script's end, ``sys.exit``,
+    gunicorn's or Django's exit on SIGTERM): a worker still running in a
+    SyncConveyor is stopped gracefully, its running tasks handed back, as
+    ``close()`` would (they stayed running until their leases ran out, and counted a
+    rescue)."""
+    for face in list(_FACES):
+        if face.app.worker is not None and face._portal is not None:
+            with contextlib.suppress(Exception):
+                face.close()
+
+
 class SyncConveyor(_Typed, _Seam):
     """A blocking :class:`Conveyor`. Takes the same arguments, or an existing app
     (alone: options beside it are a ``TypeError``).
@@ -373,6 +419,22 @@ class SyncConveyor(_Typed, _Seam):
                             "an existing app has its own; give them to Conveyor(...)")
         self.app = url if isinstance(url, Conveyor) else Conveyor(url, **options)
         super().__init__(self.app)
+        _FACES.add(self)
+
+    def run(self) -> None:
+        """``app.run()`` as a blocking call: start the worker and run until Ctrl-C
+        (``KeyboardInterrupt`` once the graceful stop is done) or SIGTERM (the same
+        stop, then ``run()`` returns; when called in the main thread while SIGTERM
+        has its default handling there; a second SIGTERM during the stop is
+        ignored)."""
+        portal = self._get_portal()
+        restore = _sigterm_interrupts()
+        try:
+            portal.run(self.app.run)
+        except _Terminated:
+            return
+        finally:
+            restore()
 
     def _home_loop(self) -> asyncio.AbstractEventLoop | None:
         loop = self.app._home_loop()

@@ -2,7 +2,8 @@
 
 Handlers: ``job:sleep`` (sleeps ``payload["sleep"]`` seconds, then returns the
 payload's ``n``), ``job:noop`` (returns the payload). Prints ``ready`` once
-subscribed.
+subscribed, and ``stopped`` when ``work()`` returned (SIGTERM stops it gracefully).
+An optional fifth argument is ``work()``'s ``stop_timeout`` (default 10).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from conveyor import Context
 from conveyor.client import HubClient
 
 
-async def main(url: str, key: str, service: str, concurrency: int) -> None:
+async def main(url: str, key: str, service: str, concurrency: int,
+               stop_timeout: float) -> None:
     client = HubClient(url, key or None)
 
     @client.handler("job:sleep")
@@ -28,14 +30,17 @@ async def main(url: str, key: str, service: str, concurrency: int) -> None:
     async def noop(ctx: Context) -> Any:
         return ctx.payload
 
-    work = asyncio.create_task(client.work(service, concurrency=concurrency, max_backoff=0.5))
+    work = asyncio.create_task(client.work(service, concurrency=concurrency, max_backoff=0.5,
+                                           stop_timeout=stop_timeout))
     await client.wait_working(30)
     print("ready", flush=True)
     await work
+    print("stopped", flush=True)
 
 
 if __name__ == "__main__":
     url, key = sys.argv[1], sys.argv[2]
     service = sys.argv[3] if len(sys.argv) > 3 else "crashy"
     concurrency = int(sys.argv[4]) if len(sys.argv) > 4 else 4
-    asyncio.run(main(url, key, service, concurrency))
+    stop_timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 10.0
+    asyncio.run(main(url, key, service, concurrency, stop_timeout))

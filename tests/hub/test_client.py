@@ -454,6 +454,30 @@ async def test_a_remote_worker_killed_mid_task_loses_nothing(tmp_path: Path) -> 
                 final.logs
 
 
+async def test_sigterm_to_a_remote_worker_hands_its_tasks_back(tmp_path: Path) -> None:
+    """A deploy stops a service with SIGTERM: ``work()`` stops gracefully (its
+    running tasks handed back, their attempt refunded) and returns. The process died
+    at once, its connection's close counted as lost runs (a rescue each)."""
+    async with make_hub(tmp_path) as hub:
+        key = hub.key("deployed", publish=["job:*"], subscribe=["job:*"])
+        proc = spawn("tests.hub._remote_worker", hub.url, key, "deployed", "2", "0.2",
+                     log=tmp_path / "worker.log")
+        try:
+            assert (await read_line(proc)).strip() == "ready"
+            tasks = await hub.app.add_many([("job:sleep", {"n": i, "sleep": 60})
+                                            for i in range(2)])
+            await eventually(lambda: _logged(hub.app, [t.id for t in tasks]), timeout=20)
+            proc.send_signal(signal.SIGTERM)
+            assert (await read_line(proc)).strip() == "stopped"
+            assert proc.wait(30) == 0
+        finally:
+            reap(proc)
+        for task in tasks:
+            back = await hub.app.get(task.id)
+            assert back.status is Status.QUEUED, back
+            assert (back.attempts, back.rescues) == (0, 0)
+
+
 async def _logged(app: Conveyor, ids: list[str]) -> bool:
     for task_id in ids:
         if not await app.storage.read_logs(task_id):

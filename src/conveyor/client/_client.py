@@ -37,6 +37,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from .. import _forks
+from .._aio import on_sigterm
 from .._registry import Handler, build_handler, check_handler_options
 from .._specs import check_abort_reason, check_task_id
 from ..errors import (
@@ -671,7 +672,11 @@ class HubClient:
         only when it starts; it is given back when the worker stops. An offer held
         more than half its ``expires_in``, or started soon after this worker's event
         loop stood still (a frozen process, a blocking handler), runs only once the
-        hub confirms it is still this worker's (it may have been run elsewhere)."""
+        hub confirms it is still this worker's (it may have been run elsewhere).
+
+        SIGTERM (what systemd, Docker and Kubernetes send) is a :meth:`stop`, when
+        this loop runs in the main thread and SIGTERM has its default handling there
+        (a handler of your own is left alone); ``work()`` then returns."""
         if not self._handlers:
             raise ConfigurationError("no handlers are registered: nothing to work on")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -689,6 +694,7 @@ class HubClient:
         self._ends.add(ended)
         session = WorkerSession(self, service, dict(self._handlers), concurrency, prefetch)
         self._sessions.add(session)
+        undo_sigterm = on_sigterm(self.stop)  # as a graceful stop (see above)
         delay = 0.1
         try:
             while not stop.is_set():
@@ -736,6 +742,7 @@ class HubClient:
                 await _sleep_or(stop, delay * (0.5 + random.random()))
                 delay = min(max_backoff, delay * 2)
         finally:
+            undo_sigterm()
             self._stops.discard(stop)
             self._sessions.discard(session)
             session.abandon("worker stopped")
