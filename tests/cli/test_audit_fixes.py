@@ -15,7 +15,18 @@ import pytest
 
 from conveyor.hub._credentials import CredentialStore
 
-from ._support import Background, add, assert_error, clean_env, cli, count, find, run
+from ._support import (
+    Background,
+    add,
+    assert_error,
+    clean_env,
+    cli,
+    count,
+    eventually,
+    find,
+    get,
+    run,
+)
 
 MISSING = ["01a00000-0000-7000-8000-000000000001", "01a00000-0000-7000-8000-000000000002"]
 
@@ -325,3 +336,42 @@ def test_read_commands_refuse_another_applications_file_unchanged(tmp_path: Path
     migrated = cli("migrate", "--db", url)  # asked for: conveyor's tables beside theirs
     assert migrated.code == 0, migrated
     assert cli("ls", "--db", url).code == 0
+
+
+# -- worker: a handler that does not let itself be cancelled ------------------------------
+
+STUBBORN = '''
+import asyncio
+
+from conveyor import Context, Conveyor
+
+app = Conveyor(stop_timeout=0.5)
+
+
+@app.handler("x:stubborn")
+async def stubborn(ctx: Context) -> str:
+    while True:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            pass  # and goes on
+'''
+
+
+def test_a_worker_exits_after_its_stop_even_with_a_handler_that_ignores_cancellation(
+        tmp_path: Path, background: Callable[..., Background]) -> None:
+    """The worker handed the task back and said it stopped, then the process stayed,
+    for ever, waiting for the handler (asyncio.run awaits every task at its end)."""
+    (tmp_path / "stubbornapp.py").write_text(STUBBORN, encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'stubborn.db'}"
+    worker = background("worker", "stubbornapp:app", cwd=tmp_path,
+                        env=clean_env(CONVEYOR_DB=url))
+    worker.wait_for("started")
+    task = add(url, "x:stubborn")
+    eventually(lambda: get(url, task.id).status == "running", what="the task to start")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.err  # stop_timeout 0.5 + 5 s to unwind + 2 s
+    assert "stopped (SIGTERM)" in worker.out[-1], worker.out
+    assert any("1 task(s) ignored their cancellation" in line for line in worker.err), \
+        worker.err
+    assert get(url, task.id).status.value == "queued"  # handed back by the stop

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["EXIT_TERMINATED", "StopSignal", "Terminated", "run_stopping_on_sigterm",
-           "stop_signals"]
+__all__ = ["EXIT_TERMINATED", "LEFT_BEHIND_GRACE", "StopSignal", "Terminated",
+           "run_leaving_stuck_tasks", "run_stopping_on_sigterm", "stop_signals"]
 
 SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None))
                 if s is not None)
@@ -111,3 +113,43 @@ def run_stopping_on_sigterm(work: Coroutine[Any, Any, T]) -> T:
         if terminated:
             raise Terminated from None
         raise
+
+
+LEFT_BEHIND_GRACE = 2.0
+"""Seconds the tasks still pending when a worker command's work has returned (an
+async handler that swallowed its cancellation) get to end once cancelled again."""
+
+
+def run_leaving_stuck_tasks(main: Coroutine[Any, Any, int], what: str) -> int:
+    """``asyncio.run(main)`` for a command that has stopped its worker: the tasks
+    still pending when ``main`` returns are cancelled and get
+    :data:`LEFT_BEHIND_GRACE` seconds; those still running then (an async handler
+    that catches its cancellation and goes on) are left behind with a warning, and
+    the process exits with ``main``'s code (``asyncio.run`` waited for them for
+    ever, the worker having said it stopped and handed their tasks back). Stop
+    signals are ignored meanwhile, as during the stop."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        code = loop.run_until_complete(main)
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        if pending:
+            for sig in SIGNALS:
+                with contextlib.suppress(ValueError, OSError):  # not the main thread
+                    signal.signal(sig, signal.SIG_IGN)
+            for task in pending:
+                task.cancel()
+            _, stuck = loop.run_until_complete(asyncio.wait(pending, timeout=LEFT_BEHIND_GRACE))
+            if stuck:
+                print(f"{what}: {len(stuck)} task(s) ignored their cancellation "
+                      f"(an async handler that catches CancelledError and goes on); "
+                      "exiting without them", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                os._exit(code)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        return code
+    finally:
+        asyncio.set_event_loop(None)
+        if not loop.is_closed():
+            loop.close()

@@ -19,7 +19,7 @@ from conveyor.storage import open_storage
 from conveyor.sync import SyncConveyor
 
 from ._base import EXIT_OK, CliError, Duration, db_option_with, explicit_db
-from ._signals import StopSignal, stop_signals
+from ._signals import StopSignal, run_leaving_stuck_tasks, stop_signals
 
 __all__ = ["load_app", "worker_command"]
 
@@ -102,14 +102,15 @@ def worker_command(ctx: click.Context, target: str, concurrency: int | None,
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("conveyor").setLevel(level)
-    return int(asyncio.run(_run_worker(app, burst)))
+    return run_leaving_stuck_tasks(_run_worker(app, burst), "worker")
 
 
 async def _run_worker(app: Conveyor, burst: bool) -> int:
     with stop_signals() as stop:
         stop.on_repeat = lambda name: click.echo(
-            f"{name}: already stopping; running tasks get up to {app.stop_timeout:g}s",
-            err=True)
+            f"{name}: already stopping (running tasks get up to {app.stop_timeout:g}s to "
+            "finish, then a grace to unwind: 5 s for async handlers, abort_grace for sync "
+            "ones)", err=True)
         try:
             worker = await (_burst(app, stop) if burst else _until_stopped(app, stop))
         finally:
