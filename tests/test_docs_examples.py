@@ -54,6 +54,7 @@ EXAMPLES = {
     "def poll_until_done(": "test_guide_transition_policy",
     'app.schedule("cleanup"': "test_guide_schedules",
     '"schedule removed"': "test_guide_schedule_removed",
+    '"renamed to mail:send"': "test_guide_action_renamed",
     'concurrency=[{"scope": "running"': "test_guide_concurrency_condition",
     "class Download(BaseModel)": "test_guide_typed_payloads",
     "class TestMyStorage(StorageContract)": "test_guide_storage_contract",
@@ -286,6 +287,19 @@ async def test_guide_schedule_removed(tmp_path: Path) -> None:
         await run_fragment(find_block('"schedule removed"'), {"app": after})
         assert (await after.get(occurrence.id)).status is Status.ABORTED
         assert await after.count({"status": "queued"}) == 0
+
+
+async def test_guide_action_renamed(tmp_path: Path) -> None:
+    app = Conveyor(f"sqlite:///{tmp_path / 'renamed.db'}")
+    async with app:
+        old = [await app.add("mail:send-v1", {"to": f"{n}@example.com"}, priority=n)
+               for n in range(3)]
+        await run_fragment(find_block('"renamed to mail:send"'), {"app": app})
+        for task in old:
+            assert (await app.get(task.id)).status is Status.ABORTED
+        moved = await app.find({"action": "mail:send"}, sort="priority")
+        assert [(t.payload, t.priority, t.status) for t in moved] == [
+            (task.payload, task.priority, Status.QUEUED) for task in old]
 
 
 async def test_guide_drain_in_a_test() -> None:
