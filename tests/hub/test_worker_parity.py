@@ -130,3 +130,36 @@ async def test_an_app_handlers_limit_holds_for_remote_services_too(tmp_path: Pat
             ended = [await app.wait_task(t.id, timeout=60) for t in tasks]
     assert [t.status for t in ended] == [Status.SUCCEEDED] * 6
     assert most[0] == 1
+
+
+async def test_a_remote_stop_tells_handlers_the_worker_is_stopping(tmp_path: Path) -> None:
+    """A service's graceful stop asks the handlers still running to end with the
+    reason a worker process's stop gives, ``worker stopping`` (they saw
+    ``connection lost``), and hands their tasks back."""
+    import threading
+
+    app = Conveyor(hub_db_url(tmp_path))
+    store = CredentialStore(tmp_path / "credentials.json")
+    async with running_hub(app, HubConfig(port=0, credentials_path=str(store.path)),
+                           store) as hub:
+        worker = HubClient(hub.url, hub.key("svc", subscribe=["*"]))
+        started = threading.Event()
+        reasons: list[str | None] = []
+
+        @worker.handler("slow", mode="thread")
+        def slow(ctx: Context) -> None:
+            started.set()
+            ctx.wait_aborted(60)
+            reasons.append(ctx.abort_reason)
+            raise RuntimeError("stopped")
+
+        work = asyncio.create_task(worker.work("svc", concurrency=1, stop_timeout=0.2))
+        await worker.wait_working(10)
+        task = await app.add("slow")
+        assert await asyncio.to_thread(started.wait, 30)
+        worker.stop()
+        await asyncio.wait_for(work, 30)
+        await worker.close()
+        back = await app.get(task.id)
+    assert reasons == ["worker stopping"]
+    assert back.status is Status.QUEUED and back.attempts == 0

@@ -259,6 +259,9 @@ class WorkerSession:
         futures = [r.future for r in self.runs.values() if r.future is not None]
         if futures:
             await asyncio.wait(futures, timeout=timeout)
+        # the runs still going are handed back below: their handlers are asked to end
+        # with the reason an in-process worker's stop gives (not "connection lost")
+        self.abandon("worker stopping")
         link = self.link
         if link is not None and not link.closed.is_set() and self.sub_id is not None:
             try:  # after the reports of the runs that ended (one connection, in order)
