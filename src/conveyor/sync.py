@@ -388,7 +388,6 @@ def _sigterm_interrupts() -> Callable[[], None]:
 _FACES: weakref.WeakSet[SyncConveyor] = weakref.WeakSet()
 
 
-@atexit.register
 def _stop_at_exit() -> None:
     """At the interpreter's exit (a normal one: a script's end, ``sys.exit``,
     gunicorn's or Django's exit on SIGTERM): a worker still running in a
@@ -399,6 +398,26 @@ def _stop_at_exit() -> None:
         if face.app.worker is not None and face._portal is not None:
             with contextlib.suppress(Exception):
                 face.close()
+
+
+def _at_interpreter_exit(fn: Callable[[], None]) -> None:
+    """Run ``fn`` at the interpreter's exit while threads may still be handed work:
+    with threading's own exit hooks, which run (last registered first) before
+    ``concurrent.futures`` stops taking work and before ``atexit`` (whose hooks
+    come too late: every ``asyncio.to_thread`` of a stop then raised "cannot
+    schedule new futures after interpreter shutdown"); ``atexit`` where threading
+    has no such hook."""
+    import concurrent.futures.thread  # noqa: F401 - its exit hook first, so ours runs before
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        with contextlib.suppress(RuntimeError):  # the interpreter is shutting down
+            register(fn)
+            return
+    atexit.register(fn)
+
+
+_at_interpreter_exit(_stop_at_exit)
 
 
 class SyncConveyor(_Typed, _Seam):

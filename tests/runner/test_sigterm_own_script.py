@@ -42,6 +42,9 @@ async def test_a_deploy_hands_the_running_task_back(tmp_path: Path, mode: str) -
                 await proc.wait()
         assert proc.returncode == 0, err
         assert b"returned" in out, err
+        # the stop ran while threads could still be handed work (an atexit hook came
+        # after concurrent.futures had shut down: "cannot schedule new futures")
+        assert b"Traceback" not in err and b"lease keeper failed" not in err, err
         back = await app.get(task.id)
     assert back.status is Status.QUEUED, back
     assert (back.attempts, back.rescues) == (0, 0)  # handed back: refunded, not rescued
