@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PORTAL_LOOPS", "cancelled_here", "on_sigterm", "stop_tasks"]
+__all__ = ["PORTAL_LOOPS", "cancelled_here", "green_threads", "on_sigterm", "stop_tasks"]
 
 log = logging.getLogger("conveyor")
 
@@ -71,3 +72,23 @@ def on_sigterm(callback: Callable[[], None]) -> Callable[[], None]:
         loop.remove_signal_handler(sigterm)
 
     return undo
+
+
+def green_threads() -> str | None:
+    """``"gevent"`` or ``"eventlet"`` when that library has monkey-patched
+    ``threading`` in this process (its threads are then greenlets of one OS thread),
+    else None. Only looked up if the library was imported."""
+    gevent = sys.modules.get("gevent.monkey")
+    if gevent is not None and _patched(gevent, "is_module_patched", "threading"):
+        return "gevent"
+    eventlet = sys.modules.get("eventlet.patcher")
+    if eventlet is not None and _patched(eventlet, "is_monkey_patched", "thread"):
+        return "eventlet"
+    return None
+
+
+def _patched(module: Any, check: str, name: str) -> bool:
+    try:
+        return bool(getattr(module, check)(name))
+    except Exception:  # an unknown version of the library: assume not
+        return False

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from . import _forks
-from ._aio import PORTAL_LOOPS, on_sigterm
+from ._aio import PORTAL_LOOPS, green_threads, on_sigterm
 from ._registry import Handler, Registry, build_handler, check_handler_options, check_policy
 from ._specs import (
     build_spec,
@@ -427,6 +427,14 @@ class Conveyor:
             return worker
         if not len(self.registry) and not self.schedules:
             raise ConfigurationError("no handlers are registered: nothing to work on")
+        green = green_threads()
+        if green is not None:
+            # its lease keeper would be a greenlet of the loop's own thread, which
+            # cannot run an event loop: leases never renewed, long tasks run twice
+            raise ConfigurationError(
+                f"a worker cannot run in a process that {green} has monkey-patched (its "
+                "lease keeper needs a thread of its own): run workers in their own "
+                "processes (`conveyor worker`); adding and reading tasks works here")
         worker = self._worker = Worker(self, actions)
         if actions is not None:
             self._drain_worker = worker

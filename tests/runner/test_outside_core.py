@@ -740,3 +740,33 @@ async def test_the_app_name_is_shown_with_the_worker(tmp_path: Path) -> None:
     assert data["alive"] is True and data["info"]["name"] == "billing-worker"
     assert await app.workers() == []
     await app.close()
+
+
+@pytest.mark.parametrize(("library", "module", "check", "name"), [
+    ("gevent", "gevent.monkey", "is_module_patched", "threading"),
+    ("eventlet", "eventlet.patcher", "is_monkey_patched", "thread")])
+async def test_a_worker_refuses_green_threads(app: Conveyor, monkeypatch: pytest.MonkeyPatch,
+                                              library: str, module: str, check: str,
+                                              name: str) -> None:
+    """Under gevent's monkey-patching (gunicorn -k gevent) the lease keeper was a
+    greenlet of the loop's own thread: it could not run its event loop, leases were
+    never renewed, and a long task ran twice at once. Starting a worker there is
+    refused; adding tasks still works. (The library itself is not installed here:
+    a module with its check stands in for it.)"""
+    import types
+
+    patched = types.ModuleType(module)
+    setattr(patched, check, lambda what: what == name)
+    monkeypatch.setitem(sys.modules, module, patched)
+
+    @app.handler("green:job")
+    async def job(ctx: Context[Any]) -> None: ...
+
+    task = await app.add("green:job")
+    with pytest.raises(ConfigurationError, match=f"{library} has monkey-patched"):
+        await app.start()
+    assert app.worker is None
+    assert (await app.get(task.id)).status is Status.QUEUED
+    monkeypatch.delitem(sys.modules, module)
+    await app.start()  # not patched: it starts
+    assert app.worker is not None
