@@ -9,17 +9,12 @@ import logging
 import signal
 import sys
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PORTAL_LOOPS", "cancelled_here", "green_threads", "on_sigterm", "stop_tasks"]
+__all__ = ["cancelled_here", "green_threads", "on_sigterm", "stop_tasks"]
 
 log = logging.getLogger("conveyor")
-
-# the loops the sync faces run in threads of their own (conveyor.sync.Portal): never
-# lent to another face, and not where an app opened elsewhere as well should live
-PORTAL_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 
 def cancelled_here() -> bool:

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from . import _forks
-from ._aio import PORTAL_LOOPS, green_threads, on_sigterm
+from ._aio import green_threads, on_sigterm
 from ._registry import Handler, Registry, build_handler, check_handler_options, check_policy
 from ._specs import (
     build_spec,
@@ -334,23 +334,19 @@ class Conveyor:
 
     async def open(self) -> None:
         """Connect to storage (done on first use; call it to fail early)."""
-        loop = asyncio.get_running_loop()
-        if self._open_and_relaying() and not self._relay_elsewhere(loop):
+        if self._open_and_relaying():
             return
+        loop = asyncio.get_running_loop()
         if self._open_lock is None or self._open_lock[0] is not loop:
             # one per loop: a SyncConveyor closed and used again runs a new loop
             self._open_lock = (loop, asyncio.Lock())
         async with self._open_lock[1]:
             if self._opened:
-                old = self._relay
-                if old is not None and (old.orphaned or self._relay_elsewhere(loop)):
+                if self._relay is not None and self._relay.orphaned:
                     # opened under an asyncio.run() that has returned: the relay ended
-                    # with its loop (other processes' changes would come by polling);
-                    # or opened by a SyncConveyor's own loop first: it moves here
+                    # with its loop (other processes' changes would come by polling)
                     self._relay = self._new_relay()
                     await self._relay.wait_ready()
-                    if not old.orphaned:
-                        _stop_in_its_loop(old)
                 return
             await self.storage.open()
             self._relay = self._new_relay()
@@ -958,20 +954,6 @@ class Conveyor:
         returned since the app was opened: the relay ended with it)."""
         return self._opened and (self._relay is None or not self._relay.orphaned)
 
-    def _relay_elsewhere(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether the change relay runs in a SyncConveyor's own loop (the sync face
-        opened the app first: a module's ``conv.open()`` at import, a warm-up add)
-        while the app is used in ``loop`` too, a loop of the program's own with no
-        worker of this app elsewhere: the relay moves to ``loop``, where the worker
-        it wakes and the waits it ends live (it woke neither: a second late each,
-        and its stop from here hung 10 s)."""
-        relay_loop = None if self._relay is None else self._relay.loop
-        worker = self._worker
-        return (relay_loop is not None and relay_loop is not loop
-                and relay_loop in PORTAL_LOOPS and loop not in PORTAL_LOOPS
-                and not relay_loop.is_closed()
-                and (worker is None or worker.orphaned))
-
     def _ensure_relay(self) -> None:
         if self._open_and_relaying():
             return
@@ -1091,14 +1073,6 @@ class Conveyor:
         age = seconds(older_than, "older_than", allow_none=False) or 0.0
         await self.open()
         return await self.storage.prune(time.time() - age)
-
-
-def _stop_in_its_loop(relay: ChangeRelay) -> None:
-    """Stop a relay that runs in another thread's loop (it moved), without waiting."""
-    loop = relay.loop
-    if loop is not None and loop.is_running():
-        future = asyncio.run_coroutine_threadsafe(relay.stop(), loop)
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _opened_in_background(task: asyncio.Future[None]) -> None:

@@ -752,11 +752,6 @@ class ChangeRelay:
             self._task = asyncio.create_task(self._run(), name="conveyor-change-relay")
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop | None:
-        """The loop the relay runs in (None before :meth:`start`)."""
-        return None if self._task is None else self._task.get_loop()
-
-    @property
     def orphaned(self) -> bool:
         """Whether the relay's loop has ended (``asyncio.run`` returned): it relays
         nothing any more."""

@@ -35,7 +35,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _forks
-from ._aio import PORTAL_LOOPS
 from .app import Conveyor
 from .errors import ConveyorError
 from .storage import Storage
@@ -48,6 +47,8 @@ T = TypeVar("T")
 _ON_LOOP = frozenset({"events"})
 
 
+# the loops portals run: never lent to another portal (one closing ends its calls)
+_PORTAL_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 SIGNAL_CHECK = 0.2
 """Seconds the main thread waits at most between two looks for a signal (Ctrl-C)."""
@@ -82,7 +83,7 @@ class Portal:
             self._loop = loop
             return
         self._loop = asyncio.new_event_loop()
-        PORTAL_LOOPS.add(self._loop)
+        _PORTAL_LOOPS.add(self._loop)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="conveyor-sync-loop", daemon=True)
         self._thread.start()
@@ -270,16 +271,14 @@ class _Seam:
     def __init__(self, wrapped: Any) -> None:
         self._wrapped = wrapped
         self._portal: Portal | None = None
-        self._retired: list[Portal] = []  # own loops left for a home loop (see _get_portal)
         self._lock = threading.Lock()
         _forks.track(self)
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's loop thread does not exist here; the next
         call starts a new one (the wrapped object resets itself likewise)."""
-        _forks.keep(self._portal, *self._retired)
+        _forks.keep(self._portal)
         self._portal = None
-        self._retired = []
         self._lock = threading.Lock()
 
     def _get_portal(self) -> Portal:
@@ -287,24 +286,10 @@ class _Seam:
             portal = self._portal
             if portal is not None and portal.borrowed and not portal.loop.is_running():
                 portal = None  # the loop lent has ended: a loop of our own from now on
-            home = self._home_loop()
-            if (portal is not None and not portal.borrowed and home is not None
-                    and home is not portal.loop):
-                # the object was opened in a loop of the program's own since (an ASGI
-                # lifespan, `conveyor worker`): calls go there, where its worker and
-                # waits live; this loop ends with close() (what it ran may still end)
-                self._retired.append(portal)
-                portal = None
             if portal is None:
+                home = self._home_loop()
                 portal = self._portal = Portal(type(self).__name__, home)
             return portal
-
-    def _close_retired(self) -> None:
-        """End the loops of our own that calls left for the object's home loop."""
-        with self._lock:
-            retired, self._retired = self._retired, []
-        for portal in retired:
-            portal.close()
 
     def _home_loop(self) -> asyncio.AbstractEventLoop | None:
         """A running loop, of another thread, that the wrapped object is bound to
@@ -472,20 +457,17 @@ class SyncConveyor(_Typed, _Seam):
 
     def _home_loop(self) -> asyncio.AbstractEventLoop | None:
         loop = self.app._home_loop()
-        return None if loop is None or loop in PORTAL_LOOPS else loop
+        return None if loop is None or loop in _PORTAL_LOOPS else loop
 
     def close(self) -> None:
         """Stop the worker if any, disconnect, and end the background loop (not the
         loop of an app opened elsewhere, see the class)."""
         portal = self._take_portal()
-        try:
-            if portal is not None:
-                try:
-                    portal.run(self.app.close)
-                finally:
-                    portal.close()
-        finally:
-            self._close_retired()
+        if portal is not None:
+            try:
+                portal.run(self.app.close)
+            finally:
+                portal.close()
 
     def __enter__(self) -> SyncConveyor:
         return self._enter(self.app.__aenter__)
