@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["cancelled_here", "green_threads", "on_sigterm", "stop_tasks"]
+__all__ = ["LoopEvent", "cancelled_here", "green_threads", "on_sigterm", "stop_tasks"]
 
 log = logging.getLogger("conveyor")
 
@@ -87,3 +87,26 @@ def _patched(module: Any, check: str, name: str) -> bool:
         return bool(getattr(module, check)(name))
     except Exception:  # an unknown version of the library: assume not
         return False
+
+
+class LoopEvent(asyncio.Event):
+    """An ``asyncio.Event`` that code running in another thread may set: a change
+    relay or a storage listener in another event loop (an app that a SyncConveyor
+    opened, then a loop of the program's own used as well). ``set()`` from another
+    thread is handed to the event's own loop (an ``asyncio.Event`` set there woke
+    nobody: its waiters ended on their next poll, a second later). Made in a
+    running loop, which is its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._home: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+
+    def set(self) -> None:
+        home = self._home
+        if home is None or asyncio._get_running_loop() is home:
+            super().set()
+        elif not home.is_closed():
+            try:
+                home.call_soon_threadsafe(super().set)
+            except RuntimeError:  # closed meanwhile: nobody waits any more
+                pass

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import _json
-from ._aio import cancelled_here, stop_tasks
+from ._aio import LoopEvent, cancelled_here, stop_tasks
 from ._batched import BatchedWrites
 from ._children import Child, ChildLineTooLong, ChildPool, HandlerUnavailable
 from ._logging import log_outcome, log_recovery
@@ -276,7 +276,7 @@ class Worker:
         self.zombies = 0
         self.claimed_total = 0
         self.finished_total = 0
-        self._wake = asyncio.Event()
+        self._wake = LoopEvent()  # woken by a relay or listener of another loop too
         self._slot = asyncio.Event()
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, NoReturn
 
-from ._aio import stop_tasks
+from ._aio import LoopEvent, stop_tasks
 from .errors import ConveyorError, ValidationError
 from .model import LogLevel, LogRecord, Progress, Status, Task, seconds
 from .storage import Change, Completion, Storage, _ops
@@ -452,7 +452,7 @@ class EventBus:
         """An asyncio.Event set on every change of the task (any process).
 
         Clear it before re-reading; release it with :meth:`unsignal`."""
-        ev = asyncio.Event()
+        ev = LoopEvent()  # set by a relay of another loop too
         self._signals.setdefault(task_id, set()).add(ev)
         return ev
 
@@ -752,6 +752,11 @@ class ChangeRelay:
             self._task = asyncio.create_task(self._run(), name="conveyor-change-relay")
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the relay runs in (None before :meth:`start`)."""
+        return None if self._task is None else self._task.get_loop()
+
+    @property
     def orphaned(self) -> bool:
         """Whether the relay's loop has ended (``asyncio.run`` returned): it relays
         nothing any more."""
@@ -765,7 +770,18 @@ class ChangeRelay:
     async def stop(self) -> None:
         """Stop relaying (:func:`~conveyor._aio.stop_tasks`: a cancellation lost in a
         library is asked again; after 10 s the task is left behind with an error in
-        the log rather than hang the app's ``close()``)."""
+        the log rather than hang the app's ``close()``). A relay running in another
+        thread's loop (a SyncConveyor's, when the app is closed from a loop of the
+        program's own) is stopped there: awaited from here, its task hung the close
+        10 s."""
+        loop = self.loop
+        if loop is not None and loop is not asyncio.get_running_loop() and loop.is_running():
+            stopped = asyncio.run_coroutine_threadsafe(self.stop(), loop)
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(stopped), 15)
+            except Exception:
+                log.exception("could not stop the change relay in its own loop")
+            return
         task, self._task = self._task, None
         await stop_tasks(task, what="the change relay")
 

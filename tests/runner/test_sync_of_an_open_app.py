@@ -47,3 +47,35 @@ async def test_calls_run_in_the_loop_the_app_is_open_in(tmp_path: Path) -> None:
     # closed, the app is opened again by the next call, in a loop of the face's own
     assert face.add("inc", 5).action == "inc"
     face.close()
+
+
+async def test_an_app_the_sync_face_opened_first_works_from_the_programs_loop(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The sync face opened the app first (``conv.open()`` at a module's import, a
+    warm-up add), then the program runs it in a loop of its own (``conveyor worker
+    module:conv``, an ASGI lifespan): the change relay stays in the face's loop, and
+    what it sets for the program's loop (the worker's wake-up, the waits' signals)
+    is handed to that loop. The worker was not woken (each task waited for its
+    ``idle_poll``), waits ended on their one-second poll, and the close hung 10 s
+    on the relay of the other loop."""
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    app = Conveyor(url, idle_poll=60)  # a worker not woken would sleep a minute
+
+    @app.handler("inc")
+    async def inc(ctx: Context[Any]) -> int:
+        return int(ctx.payload) + 1
+
+    face = SyncConveyor(app)
+    await asyncio.to_thread(face.open)  # at import, from a plain thread
+    other = Conveyor(url)  # another process adds
+    try:
+        await app.start()  # the program's loop: `conveyor worker`, a lifespan
+        task = await other.add("inc", 1)
+        done = await app.wait_task(task.id, timeout=20)
+        assert done.result == 2
+    finally:
+        await other.close()
+        await app.close()
+        await asyncio.to_thread(face.close)
+    assert "did not stop" not in caplog.text
+
