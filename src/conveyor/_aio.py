@@ -50,23 +50,64 @@ async def stop_tasks(*tasks: asyncio.Future[Any] | None, what: str,
                 log.error("%s failed", what, exc_info=exc)
 
 
+class _SigtermCalls:
+    """The callbacks of :func:`on_sigterm` in one loop, all called by one handler of
+    that loop (two ``run()`` in one program: each stops)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.calls: list[Callable[[], None]] = []
+
+    def __call__(self) -> None:
+        for call in list(self.calls):
+            try:
+                call()
+            except Exception:
+                log.exception("a SIGTERM callback failed")
+
+
+_SIGTERM: dict[asyncio.AbstractEventLoop, _SigtermCalls] = {}
+
+
 def on_sigterm(callback: Callable[[], None]) -> Callable[[], None]:
     """Call ``callback`` on SIGTERM, in the running loop, if it runs in the main thread
-    and SIGTERM has its default handling; returns what restores that."""
+    and SIGTERM has its default handling there (or already calls this function's
+    callbacks: several at once are all called); returns what takes ``callback``
+    back, and restores the default with the last one, unless the program has put a
+    handler of its own in place meanwhile (that one stays)."""
     sigterm = getattr(signal, "SIGTERM", None)
-    if (sigterm is None or threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(sigterm) is not signal.SIG_DFL):
+    if sigterm is None or threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(sigterm, callback)
-    except (NotImplementedError, RuntimeError):  # not on Unix, or not the main loop
-        return lambda: None
+    calls = _SIGTERM.get(loop)
+    if calls is None or not _handles(loop, sigterm, calls):
+        if signal.getsignal(sigterm) is not signal.SIG_DFL:
+            return lambda: None  # the program's own handling
+        calls = _SigtermCalls(loop)
+        try:
+            loop.add_signal_handler(sigterm, calls)
+        except (NotImplementedError, RuntimeError):  # not on Unix, or not the main loop
+            return lambda: None
+        _SIGTERM[loop] = calls
+    calls.calls.append(callback)
 
     def undo() -> None:
-        loop.remove_signal_handler(sigterm)
+        if callback in calls.calls:
+            calls.calls.remove(callback)
+        if calls.calls or _SIGTERM.get(loop) is not calls:
+            return
+        del _SIGTERM[loop]
+        if _handles(loop, sigterm, calls) and not loop.is_closed():
+            loop.remove_signal_handler(sigterm)
 
     return undo
+
+
+def _handles(loop: asyncio.AbstractEventLoop, sig: int, calls: _SigtermCalls) -> bool:
+    """Whether ``loop``'s handler of ``sig`` is still ``calls`` (the program may have
+    put its own in place since)."""
+    handle = getattr(loop, "_signal_handlers", {}).get(sig)
+    return handle is not None and getattr(handle, "_callback", None) is calls
 
 
 def green_threads() -> str | None:

@@ -1,6 +1,7 @@
 """A worker script of a user's own (not `conveyor worker`), stopped as a deploy stops
 it: ``_sigterm_script.py DB MODE`` where MODE is ``async`` (``asyncio.run(app.run())``),
-``sync-run`` (``SyncConveyor.run()``) or ``sync-exit`` (``SyncConveyor.start()``,
+``two-runs`` (two apps' ``run()`` in one loop), ``sync-run`` (``SyncConveyor.run()``)
+or ``sync-exit`` (``SyncConveyor.start()``,
 then the script ends, without ``close()``, once its task runs). Prints ``returned``
 when the call returned."""
 
@@ -24,6 +25,14 @@ async def long(ctx: Context[Any]) -> None:
 mode = sys.argv[2]
 if mode == "async":
     asyncio.run(app.run())
+elif mode == "two-runs":  # two apps run in one program: SIGTERM stops both
+    second = Conveyor(sys.argv[1], stop_timeout=0.5)
+    second.register("long", long)
+
+    async def both() -> None:
+        await asyncio.gather(app.run(), second.run())
+
+    asyncio.run(both())
 elif mode == "sync-run":
     SyncConveyor(app).run()
 else:

@@ -8,10 +8,12 @@ rescue, and after ``max_rescues`` deploys it failed ``worker_lost``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +22,7 @@ from conveyor import Conveyor, Status
 SCRIPT = Path(__file__).with_name("_sigterm_script.py")
 
 
-@pytest.mark.parametrize("mode", ["async", "sync-run", "sync-exit"])
+@pytest.mark.parametrize("mode", ["async", "two-runs", "sync-run", "sync-exit"])
 async def test_a_deploy_hands_the_running_task_back(tmp_path: Path, mode: str) -> None:
     url = f"sqlite:///{tmp_path / 'tasks.db'}"
     async with Conveyor(url) as app:
@@ -48,3 +50,32 @@ async def test_a_deploy_hands_the_running_task_back(tmp_path: Path, mode: str) -
         back = await app.get(task.id)
     assert back.status is Status.QUEUED, back
     assert (back.attempts, back.rescues) == (0, 0)  # handed back: refunded, not rescued
+
+
+async def test_run_leaves_a_sigterm_handler_the_program_put_in_place_alone(
+        tmp_path: Path) -> None:
+    """A program that sets its own SIGTERM handler while ``run()`` runs keeps it
+    after ``run()`` ends (the end of ``run()`` removed it: the next SIGTERM killed
+    the process)."""
+    loop = asyncio.get_running_loop()
+    app = Conveyor(f"sqlite:///{tmp_path / 'tasks.db'}")
+
+    @app.handler("long")
+    async def long(ctx: Any) -> None: ...
+
+    await app.start()
+    running = asyncio.create_task(app.run())
+    try:
+        await asyncio.sleep(0)  # run() takes SIGTERM at once: its worker runs already
+        assert signal.SIGTERM in loop._signal_handlers  # type: ignore[attr-defined]
+        mine: list[str] = []
+        loop.add_signal_handler(signal.SIGTERM, mine.append, "mine")
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    try:
+        handle = loop._signal_handlers.get(signal.SIGTERM)  # type: ignore[attr-defined]
+        assert handle is not None and handle._callback == mine.append
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
