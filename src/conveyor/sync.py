@@ -394,10 +394,29 @@ def _stop_at_exit() -> None:
     SyncConveyor is stopped gracefully, its running tasks handed back, as
     ``close()`` would (they stayed running until their leases ran out, and counted a
     rescue)."""
-    for face in list(_FACES):
-        if face.app.worker is not None and face._portal is not None:
-            with contextlib.suppress(Exception):
-                face.close()
+    faces = [f for f in list(_FACES) if f.app.worker is not None and f._portal is not None]
+    if not faces:
+        return
+    # the program's own threads that are not daemons still run (the interpreter waits
+    # for them after these hooks): they may still need the worker
+    for thread in _program_threads():
+        thread.join()
+    for face in faces:
+        with contextlib.suppress(Exception):
+            face.close()
+
+
+def _program_threads() -> list[threading.Thread]:
+    """The non-daemon threads still alive but this one, the main one and the workers
+    of ``concurrent.futures`` executors (they end with that module's own exit hook,
+    which comes after ours)."""
+    import concurrent.futures.thread as pool
+
+    executors = set(getattr(pool, "_threads_queues", {}))
+    current = threading.current_thread()
+    return [t for t in threading.enumerate()
+            if t.is_alive() and not t.daemon and t is not current
+            and t is not threading.main_thread() and t not in executors]
 
 
 def _at_interpreter_exit(fn: Callable[[], None]) -> None:

@@ -79,3 +79,40 @@ async def test_run_leaves_a_sigterm_handler_the_program_put_in_place_alone(
         assert handle is not None and handle._callback == mine.append
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+THREAD_AFTER_MAIN = """
+import sys, threading
+from conveyor import SyncConveyor
+
+conv = SyncConveyor(sys.argv[1])
+
+@conv.handler("job")
+def job(ctx):
+    return "done"
+
+conv.start()
+main_ended = threading.Event()
+
+def producer():
+    main_ended.wait(30)  # the program's own thread goes on after the main one
+    task = conv.add("job")
+    print("result", conv.wait(task.id, timeout=30), flush=True)
+
+threading.Thread(target=producer).start()  # not a daemon
+main_ended.set()
+"""
+
+
+async def test_the_exit_stop_waits_for_the_programs_own_threads(tmp_path: Path) -> None:
+    """The stop at the interpreter's exit comes once the program's own (non-daemon)
+    threads have ended: it ran when the main thread ended, and a thread still adding
+    and waiting found no worker (WaitTimeout)."""
+    script = tmp_path / "thread_after_main.py"
+    script.write_text(THREAD_AFTER_MAIN, encoding="utf-8")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), f"sqlite:///{tmp_path / 'tasks.db'}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err
+    assert b"result done" in out, (out, err)
