@@ -370,7 +370,15 @@ class Worker:
 
         The stop runs in a task of its own: a caller cancelled meanwhile does not
         cut it short (a worker stopped halfway kept its handlers, leases and keeper
-        thread for good), and every call waits for that one stop to end."""
+        thread for good), and every call waits for that one stop to end. Called from
+        another event loop (the app closed from a second loop or a second
+        SyncConveyor), the stop runs in the worker's own loop, where its tasks
+        live, and this call waits for it there (it raised halfway, and the worker's
+        runs went on without their leases renewed)."""
+        own = self._loop
+        if own is not None and own is not asyncio.get_running_loop() and own.is_running():
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.stop(timeout), own))
+            return
         if self._stop_task is None:
             self._stopping = True
             self._stop_task = asyncio.create_task(self._stop(timeout),

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from . import _forks
-from ._aio import green_threads, on_sigterm
+from ._aio import LoopEvent, green_threads, on_sigterm
 from ._registry import Handler, Registry, build_handler, check_handler_options, check_policy
 from ._specs import (
     build_spec,
@@ -183,6 +183,7 @@ class Conveyor:
         self._closing: asyncio.Task[None] | None = None
         self._opened = False
         self._closes = 0  # how many times close() ended waits (see _read)
+        self._runs: set[LoopEvent] = set()  # what ends each run() under way
         # the version each running task had when this app announced its abort request:
         # a second abort() changes nothing stored, and is not announced again
         self._abort_told: OrderedDict[str, int] = OrderedDict()
@@ -369,6 +370,7 @@ class Conveyor:
         self._open_lock = None
         self._background = set()
         self._closing = None
+        self._runs = set()
 
     async def close(self) -> None:
         """Stop the worker if running, and disconnect. Waits, log streams and event
@@ -395,6 +397,8 @@ class Conveyor:
         await self.stop()  # first: handlers may be waiting for other tasks
         self._closes += 1
         self.bus._end_waits()
+        for run in list(self._runs):  # run() ends with the close (in its own loop)
+            run.set()
         if self._relay is not None:
             await self._relay.stop()
             self._relay = None
@@ -469,16 +473,22 @@ class Conveyor:
         Docker and Kubernetes send) stops it the same way, and ``run()`` then returns,
         when its loop runs in the main thread and SIGTERM has its default handling
         there (a handler of your own is left alone); a second SIGTERM during the stop
-        is ignored."""
+        is ignored. ``close()`` (from here or another loop) ends it too: ``run()``
+        returns once the close has stopped the worker."""
         await self.start()
-        terminated = asyncio.Event()
-        undo = on_sigterm(terminated.set)
+        ended = LoopEvent()  # set by SIGTERM, or by a close from any loop
+        closes = self._closes
+        undo = on_sigterm(ended.set)
+        self._runs.add(ended)
         try:
             try:
-                await terminated.wait()
-                log.info("SIGTERM: stopping the worker")
+                await ended.wait()
             finally:
-                await self.close()
+                self._runs.discard(ended)
+                if self._closes == closes:  # not ended by a close: SIGTERM, cancelled
+                    if ended.is_set():
+                        log.info("SIGTERM: stopping the worker")
+                    await self.close()
         finally:
             undo()
 
