@@ -320,10 +320,13 @@ class Worker:
 
     def abandon(self) -> None:
         """End what an orphaned worker still holds outside its loop: its lease
-        keeper, its handler processes (killed) and its handler threads (left to
-        end; no new ones)."""
+        keeper, its handler processes (killed) and its handler threads (asked to
+        abort, reason ``worker stopping``, then left to end; no new ones: a thread
+        handler went on unaware while its task, rescued, ran again elsewhere)."""
         self._stopping = True
         self._keeper_stop.set()
+        for run in list(self.running.values()):
+            run.ctx._request_abort("worker stopping")
         children = self._children
         if children is not None:
             for child in list(children._all):
@@ -813,6 +816,10 @@ class Worker:
                                          return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             abort_wait.cancel()
+            # nobody takes this run's outcome now (a stop, or its event loop ending
+            # without one): the handler is told, else it went on unaware while its
+            # task, rescued, ran again elsewhere
+            run.ctx._request_abort(run.abort_reason or "worker stopping")
             if run.released and not future.done():
                 # a stop (the handler sees ctx.aborted): its grace period to end before
                 # its task goes back to the queue, as an async handler gets time to unwind

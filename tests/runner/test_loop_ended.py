@@ -5,6 +5,7 @@ returned the dead one, so nothing ran, and ``drain()`` waited for ever."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +59,31 @@ def test_close_after_the_workers_loop_ended(tmp_path: Path) -> None:
     assert asyncio.run(run_once()) == "ran"
     asyncio.run(close())
     assert app.worker is None
+
+
+def test_a_thread_handler_is_told_when_its_loop_ends_without_a_close(tmp_path: Path) -> None:
+    """An asyncio.run() that returned with a thread handler running (a test's loop,
+    a script without close()): the handler went on unaware, and the next start()
+    rescued its task and ran it a second time at once (lifecycle audit). It is asked
+    to abort, reason ``worker stopping``, as at a stop."""
+    app = Conveyor(f"sqlite:///{tmp_path / 'tasks.db'}")
+    started, ended = threading.Event(), threading.Event()
+    seen: list[str | None] = []
+
+    @app.handler("t:sync")
+    def sync(ctx: Context[Any]) -> None:
+        started.set()
+        told = ctx.wait_aborted(10)
+        seen.append(ctx.abort_reason if told else None)
+        ended.set()
+
+    async def first() -> None:
+        await app.start()
+        await app.add("t:sync")
+        assert await asyncio.to_thread(started.wait, 30)
+        # returns without close(): the loop ends with the run under way
+
+    asyncio.run(first())
+    assert ended.wait(30)
+    assert seen == ["worker stopping"]
+    asyncio.run(app.close())
