@@ -163,3 +163,47 @@ async def test_a_remote_stop_tells_handlers_the_worker_is_stopping(tmp_path: Pat
         back = await app.get(task.id)
     assert reasons == ["worker stopping"]
     assert back.status is Status.QUEUED and back.attempts == 0
+
+
+async def test_a_stop_between_two_works_applies_to_the_next(hub: RunningHub) -> None:
+    """``stop()`` while no ``work()`` runs applies to the next one, also after a
+    ``work()`` whose event loop has ended (it was sent to that dead loop and lost: a
+    supervisor's ``while ...: asyncio.run(hub.work())`` never stopped)."""
+    import threading
+
+    worker = HubClient(hub.url, hub.key("svc", subscribe=["*"]))
+
+    @worker.handler("t:x")
+    async def x(ctx: Context) -> int:
+        return 1
+
+    working = threading.Event()
+
+    async def work_then_close() -> None:
+        async def tell() -> None:
+            await worker.wait_working(20)
+            working.set()
+
+        told = asyncio.create_task(tell())
+        try:
+            await worker.work("svc", stop_timeout=0.5)
+        finally:
+            told.cancel()
+            await worker.close()  # in its own loop, which then ends
+
+    def work_in_a_thread() -> threading.Thread:
+        thread = threading.Thread(target=lambda: asyncio.run(work_then_close()), daemon=True)
+        thread.start()
+        return thread
+
+    first = work_in_a_thread()
+    assert await asyncio.to_thread(working.wait, 20)
+    worker.stop()
+    await asyncio.to_thread(first.join, 20)
+    assert not first.is_alive()
+    worker.stop()  # none runs now
+    working.clear()
+    second = work_in_a_thread()
+    await asyncio.to_thread(second.join, 20)
+    assert not second.is_alive()  # it returned at once: the stop applied to it
+    assert not working.is_set()

@@ -771,14 +771,16 @@ class HubClient:
         while no :meth:`work` runs (one about to start, in another thread) applies
         to the next :meth:`work`, which then returns at once."""
         loop = self._loop
-        if loop is None:
+        if loop is None or loop.is_closed():  # none ran yet, or its loop has ended
             self._stop_requested = True
             return
         if _on_loop(loop):
             self._stop_now()
         else:
-            with contextlib.suppress(RuntimeError):
+            try:
                 loop.call_soon_threadsafe(self._stop_now)
+            except RuntimeError:  # the loop closed meanwhile: for the next work()
+                self._stop_requested = True
 
     def _stop_now(self) -> None:
         if not self._stops:
