@@ -482,6 +482,10 @@ class SyncConveyor(_Typed, _Seam):
         """Stop the worker if any, disconnect, and end the background loop (not the
         loop of an app opened elsewhere, see the class)."""
         portal = self._take_portal()
+        if portal is not None and portal.borrowed and not portal.loop.is_running():
+            # the loop it was lent has ended (a lifespan's): close the app in one of
+            # our own (it raised "this SyncConveyor is closed", the storage left open)
+            portal = Portal(type(self).__name__)
         if portal is not None:
             try:
                 portal.run(self.app.close)

@@ -79,3 +79,28 @@ async def test_an_app_the_sync_face_opened_first_works_from_the_programs_loop(
         await asyncio.to_thread(face.close)
     assert "did not stop" not in caplog.text
 
+
+
+def test_close_after_the_lent_loop_ended(tmp_path: Path) -> None:
+    """Sync views used the app an ASGI lifespan had open; once the server's loop
+    ended, the face's close() (a test's teardown, an exit hook) raised "this
+    SyncConveyor is closed" although nobody had closed it (lifecycle audit)."""
+    app = Conveyor(f"sqlite:///{tmp_path / 'tasks.db'}")
+
+    @app.handler("inc")
+    async def inc(ctx: Context[Any]) -> int:
+        return int(ctx.payload) + 1
+
+    before = _sync_loops()
+    face = SyncConveyor(app)
+
+    async def lifespan() -> Any:
+        async with app:
+            def view() -> Any:
+                return face.wait(face.add("inc", 1).id, timeout=10)
+
+            return await asyncio.to_thread(view)
+
+    assert asyncio.run(lifespan()) == 2
+    face.close()  # raised ConveyorError
+    assert _sync_loops() == before  # the loop it closed the app in has ended too
