@@ -26,6 +26,7 @@ events, possibly already a later version).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import inspect
 import logging
@@ -173,6 +174,10 @@ class Subscription:
                  maxsize: int) -> None:
         self._bus = bus
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        # the loop that reads it: events told from another loop's thread (a change
+        # relay that runs in a SyncConveyor's loop) are handed over to it (a queue put
+        # there woke nobody: the consumer waited until something else woke its loop)
+        self._home = asyncio._get_running_loop()
         self._maxsize = maxsize
         self._overflowed = False
         self._app_closed = False
@@ -192,6 +197,12 @@ class Subscription:
         self._finalizer = weakref.finalize(self, _abandoned, bus, self._listener)
 
     def _put(self, event: Event) -> None:
+        home = self._home
+        if home is not None and asyncio._get_running_loop() is not home:
+            if not home.is_closed():
+                with contextlib.suppress(RuntimeError):  # closed meanwhile
+                    home.call_soon_threadsafe(self._put, event)
+            return
         if self._closed:
             return
         if self._queue.qsize() >= self._maxsize:

@@ -69,3 +69,35 @@ async def test_close_from_another_loop_stops_the_worker_in_its_own(tmp_path: Pat
     back = await app.get(task.id)
     assert back.status is Status.QUEUED and (back.attempts, back.rescues) == (0, 0)
     await app.close()
+
+
+async def test_events_of_a_worker_in_another_loop_reach_a_subscriber_here(
+        tmp_path: Path) -> None:
+    """events() iterated in this loop while the worker runs in a thread's loop: the
+    events were put into the subscription's queue from that thread, which did not
+    wake this loop (the event came only when something else woke it: 5 s later, at
+    the caller's timeout). Woken at once now: well within the 3 s looked for."""
+    app = Conveyor(f"sqlite:///{tmp_path / 'tasks.db'}", stop_timeout=0.5)
+
+    @app.handler("t:x")
+    async def x(ctx: Context[Any]) -> int:
+        return 1
+
+    started = threading.Event()
+    app.on("worker.started", lambda event: started.set())
+    thread = threading.Thread(target=lambda: asyncio.run(app.run()), daemon=True)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(started.wait, 30)
+        async with app.events("task.succeeded") as events:
+            clock = asyncio.get_running_loop().time
+            begun = clock()
+            task = await app.add("t:x")
+            async with asyncio.timeout(10):
+                event = await events.__anext__()
+            took = clock() - begun
+        assert event.task_id == task.id
+        assert took < 2.5, took  # woken by the event itself, not by a timeout
+    finally:
+        await app.close()
+        await asyncio.to_thread(thread.join, 30)
