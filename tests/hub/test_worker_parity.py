@@ -207,3 +207,36 @@ async def test_a_stop_between_two_works_applies_to_the_next(hub: RunningHub) -> 
     await asyncio.to_thread(second.join, 20)
     assert not second.is_alive()  # it returned at once: the stop applied to it
     assert not working.is_set()
+
+
+async def test_close_from_another_loop_is_a_graceful_stop(hub: RunningHub) -> None:
+    """``close()`` while ``work()`` runs in another loop (a thread's): it returned at
+    once and the handler was cancelled, its task counted as a lost run (rescues 1)
+    instead of getting ``stop_timeout`` to finish."""
+    import threading
+
+    worker = HubClient(hub.url, hub.key("svc", subscribe=["*"]))
+    began = threading.Event()
+    ends: list[str] = []
+
+    @worker.handler("t:slow")
+    async def slow(ctx: Context) -> str:
+        began.set()
+        try:
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            ends.append("cancelled")
+            raise
+        ends.append("finished")
+        return "ok"
+
+    thread = threading.Thread(
+        target=lambda: asyncio.run(worker.work("svc", stop_timeout=10)), daemon=True)
+    thread.start()
+    task = await hub.app.add("t:slow")
+    assert await asyncio.to_thread(began.wait, 30)
+    await worker.close()  # here, not in work()'s loop
+    await asyncio.to_thread(thread.join, 30)
+    assert not thread.is_alive() and ends == ["finished"]
+    done = await hub.app.wait_task(task.id, timeout=30)
+    assert done.status is Status.SUCCEEDED and done.rescues == 0

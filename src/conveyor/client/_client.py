@@ -27,6 +27,7 @@ A remote worker uses the handler style of in-process workers::
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
@@ -285,6 +286,8 @@ class HubClient:
         self._stops: set[asyncio.Event] = set()
         self._ends: set[asyncio.Future[None]] = set()  # done when its work() has returned
         self._closing: set[asyncio.Future[None]] = set()  # close() from a handler, under way
+        # close() from another loop than work()'s: told when work() has disconnected
+        self._closed_waiters: list[concurrent.futures.Future[None]] = []
         self._sessions: set[WorkerSession] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
@@ -321,6 +324,7 @@ class HubClient:
         self._stops = set()
         self._ends = set()
         self._closing = set()
+        self._closed_waiters = []
         self._sessions = set()
         self._loop = None
         self._stop_requested = False
@@ -339,7 +343,24 @@ class HubClient:
         """Stop working (if :meth:`work` runs, as :meth:`stop` does: running tasks
         get its ``stop_timeout`` to finish, then go back to the queue, their attempt
         refunded), wait for it to return (those tasks are queued again by then),
-        and disconnect."""
+        and disconnect. Called from another event loop than :meth:`work`'s, the
+        close runs in that loop, where the work lives, and this call waits for it
+        (from here the handlers were cancelled at once and their tasks counted as
+        lost runs)."""
+        loop = self._loop
+        if loop is not None and loop.is_running() and not _on_loop(loop):
+            if self._stops:
+                # work() disconnects as it returns (its asyncio.run() may end the loop
+                # right after, with anything else that ran there)
+                closed: concurrent.futures.Future[None] = concurrent.futures.Future()
+                self._closed_waiters.append(closed)
+                self.stop()
+                await asyncio.wrap_future(closed)
+                return
+            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
+                await asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(self._disconnect(), loop))
+            return
         if self._stops:
             ends = list(self._ends)
             self.stop()
@@ -751,6 +772,14 @@ class HubClient:
             self._ends.discard(ended)
             if not ended.done():
                 ended.set_result(None)
+            if self._closed_waiters and not self._stops:  # a close() from another loop
+                waiters, self._closed_waiters = self._closed_waiters, []
+                try:
+                    await self._disconnect()
+                finally:
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_result(None)
 
     async def wait_working(self, timeout: float | None = None) -> None:
         """Wait until :meth:`work` has subscribed (for tests and orchestration)."""
