@@ -380,7 +380,13 @@ class Worker:
         runs went on without their leases renewed)."""
         own = self._loop
         if own is not None and own is not asyncio.get_running_loop() and own.is_running():
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.stop(timeout), own))
+            try:
+                await asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(self.stop(timeout), own))
+            except asyncio.CancelledError:
+                if cancelled_here():
+                    raise
+                # its loop ended meanwhile (its asyncio.run() returned): the worker with it
             return
         if self._stop_task is None:
             self._stopping = True

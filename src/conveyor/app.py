@@ -397,14 +397,16 @@ class Conveyor:
         await self.stop()  # first: handlers may be waiting for other tasks
         self._closes += 1
         self.bus._end_waits()
-        for run in list(self._runs):  # run() ends with the close (in its own loop)
-            run.set()
         if self._relay is not None:
             await self._relay.stop()
             self._relay = None
         if self._opened:
             await self.storage.close()
             self._opened = False
+        # last: a run() in another thread's loop ends with it, and that loop may end
+        # right after (its asyncio.run() returning), with what still ran there
+        for run in list(self._runs):
+            run.set()
 
     async def start(self) -> None:
         """Start a worker for the registered handlers in this process."""

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, NoReturn
 
-from ._aio import LoopEvent, stop_tasks
+from ._aio import LoopEvent, cancelled_here, stop_tasks
 from .errors import ConveyorError, ValidationError
 from .model import LogLevel, LogRecord, Progress, Status, Task, seconds
 from .storage import Change, Completion, Storage, _ops
@@ -217,7 +217,12 @@ class Subscription:
             self._closed = True
             self._finalizer.detach()
             self._bus._remove(self._listener)
-            self._queue.put_nowait(None)
+            home = self._home
+            if home is not None and asyncio._get_running_loop() is not home:
+                with contextlib.suppress(RuntimeError):  # its loop has ended: none reads
+                    home.call_soon_threadsafe(self._queue.put_nowait, None)
+            else:
+                self._queue.put_nowait(None)
 
     def __aiter__(self) -> Subscription:
         return self
@@ -790,6 +795,10 @@ class ChangeRelay:
             stopped = asyncio.run_coroutine_threadsafe(self.stop(), loop)
             try:
                 await asyncio.wait_for(asyncio.wrap_future(stopped), 15)
+            except asyncio.CancelledError:
+                if cancelled_here():
+                    raise
+                # its loop ended meanwhile (its asyncio.run() returned): so did the relay
             except Exception:
                 log.exception("could not stop the change relay in its own loop")
             return

@@ -5,6 +5,7 @@ second SyncConveyor) is stopped gracefully in its own loop (lifecycle audit)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,27 @@ async def test_events_of_a_worker_in_another_loop_reach_a_subscriber_here(
     finally:
         await app.close()
         await asyncio.to_thread(thread.join, 30)
+
+
+
+async def test_a_close_in_another_thread_ends_an_events_read_here(tmp_path: Path) -> None:
+    """The app closed from another thread's loop ends the events() iterations of
+    this loop at once (the end was put in the queue from that thread, which woke
+    nobody here: the reader ended at its own timeout)."""
+    from conveyor import ConveyorError
+
+    app = Conveyor(f"sqlite:///{tmp_path / 'tasks.db'}")
+    await app.open()
+    events = app.events("task.*")
+    closer = threading.Timer(0.1, lambda: asyncio.run(app.close()))
+    clock = asyncio.get_running_loop().time
+    begun = clock()
+    closer.start()
+    try:
+        async with asyncio.timeout(10):
+            with contextlib.suppress(StopAsyncIteration, ConveyorError):
+                await events.__anext__()
+        took = clock() - begun
+    finally:
+        await asyncio.to_thread(closer.join, 30)
+    assert took < 2.5, took  # ended by the close itself, not by a timeout
