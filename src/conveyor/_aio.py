@@ -5,14 +5,16 @@ SIGTERM as a graceful stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["LoopEvent", "cancelled_here", "green_threads", "on_sigterm", "stop_tasks"]
+__all__ = ["LoopEvent", "cancelled_here", "green_threads", "handed_to", "on_sigterm",
+           "run_in_its_loop", "stop_tasks"]
 
 log = logging.getLogger("conveyor")
 
@@ -143,11 +145,36 @@ class LoopEvent(asyncio.Event):
         self._home: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
 
     def set(self) -> None:
-        home = self._home
-        if home is None or asyncio._get_running_loop() is home:
+        if not handed_to(self._home, super().set):
             super().set()
-        elif not home.is_closed():
-            try:
-                home.call_soon_threadsafe(super().set)
-            except RuntimeError:  # closed meanwhile: nobody waits any more
-                pass
+
+
+def handed_to(home: asyncio.AbstractEventLoop | None, fn: Callable[..., Any],
+              *args: Any) -> bool:
+    """Hand ``fn(*args)`` to ``home`` when called from another thread than that loop's
+    (or drop it when ``home`` has ended: nothing waits there any more), and say so;
+    False in ``home`` itself or without one, where the caller calls it."""
+    if home is None or asyncio._get_running_loop() is home:
+        return False
+    if not home.is_closed():
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            home.call_soon_threadsafe(fn, *args)
+    return True
+
+
+async def run_in_its_loop(loop: asyncio.AbstractEventLoop | None,
+                          make: Callable[[], Coroutine[Any, Any, Any]]) -> bool:
+    """When ``loop`` is another thread's running loop: run ``make()`` there, where what
+    it stops lives, wait for it here, and say so (a loop that ends meanwhile, its
+    ``asyncio.run()`` returning, ends that work with it); False otherwise, where the
+    caller runs it itself."""
+    if loop is None or loop is asyncio.get_running_loop() or not loop.is_running():
+        return False
+    try:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(make(), loop))
+    except asyncio.CancelledError:
+        if cancelled_here():
+            raise
+    except RuntimeError:  # closed meanwhile
+        pass
+    return True

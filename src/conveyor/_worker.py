@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import _json
-from ._aio import LoopEvent, cancelled_here, stop_tasks
+from ._aio import LoopEvent, cancelled_here, run_in_its_loop, stop_tasks
 from ._batched import BatchedWrites
 from ._children import Child, ChildLineTooLong, ChildPool, HandlerUnavailable
 from ._logging import log_outcome, log_recovery
@@ -378,15 +378,7 @@ class Worker:
         SyncConveyor), the stop runs in the worker's own loop, where its tasks
         live, and this call waits for it there (it raised halfway, and the worker's
         runs went on without their leases renewed)."""
-        own = self._loop
-        if own is not None and own is not asyncio.get_running_loop() and own.is_running():
-            try:
-                await asyncio.wrap_future(
-                    asyncio.run_coroutine_threadsafe(self.stop(timeout), own))
-            except asyncio.CancelledError:
-                if cancelled_here():
-                    raise
-                # its loop ended meanwhile (its asyncio.run() returned): the worker with it
+        if await run_in_its_loop(self._loop, lambda: self.stop(timeout)):
             return
         if self._stop_task is None:
             self._stopping = True

@@ -26,7 +26,6 @@ events, possibly already a later version).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import inspect
 import logging
@@ -39,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, NoReturn
 
-from ._aio import LoopEvent, cancelled_here, stop_tasks
+from ._aio import LoopEvent, handed_to, run_in_its_loop, stop_tasks
 from .errors import ConveyorError, ValidationError
 from .model import LogLevel, LogRecord, Progress, Status, Task, seconds
 from .storage import Change, Completion, Storage, _ops
@@ -197,11 +196,7 @@ class Subscription:
         self._finalizer = weakref.finalize(self, _abandoned, bus, self._listener)
 
     def _put(self, event: Event) -> None:
-        home = self._home
-        if home is not None and asyncio._get_running_loop() is not home:
-            if not home.is_closed():
-                with contextlib.suppress(RuntimeError):  # closed meanwhile
-                    home.call_soon_threadsafe(self._put, event)
+        if handed_to(self._home, self._put, event):
             return
         if self._closed:
             return
@@ -217,11 +212,7 @@ class Subscription:
             self._closed = True
             self._finalizer.detach()
             self._bus._remove(self._listener)
-            home = self._home
-            if home is not None and asyncio._get_running_loop() is not home:
-                with contextlib.suppress(RuntimeError):  # its loop has ended: none reads
-                    home.call_soon_threadsafe(self._queue.put_nowait, None)
-            else:
+            if not handed_to(self._home, self._queue.put_nowait, None):
                 self._queue.put_nowait(None)
 
     def __aiter__(self) -> Subscription:
@@ -790,17 +781,12 @@ class ChangeRelay:
         thread's loop (a SyncConveyor's, when the app is closed from a loop of the
         program's own) is stopped there: awaited from here, its task hung the close
         10 s."""
-        loop = self.loop
-        if loop is not None and loop is not asyncio.get_running_loop() and loop.is_running():
-            stopped = asyncio.run_coroutine_threadsafe(self.stop(), loop)
-            try:
-                await asyncio.wait_for(asyncio.wrap_future(stopped), 15)
-            except asyncio.CancelledError:
-                if cancelled_here():
-                    raise
-                # its loop ended meanwhile (its asyncio.run() returned): so did the relay
-            except Exception:
-                log.exception("could not stop the change relay in its own loop")
+        try:
+            async with asyncio.timeout(15):
+                if await run_in_its_loop(self.loop, self.stop):
+                    return
+        except Exception:  # its own loop did not stop it within 15 s
+            log.exception("could not stop the change relay in its own loop")
             return
         task, self._task = self._task, None
         await stop_tasks(task, what="the change relay")

@@ -38,7 +38,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from .. import _forks
-from .._aio import on_sigterm
+from .._aio import on_sigterm, run_in_its_loop
 from .._registry import Handler, build_handler, check_handler_options
 from .._specs import check_abort_reason, check_task_id
 from ..errors import (
@@ -357,9 +357,7 @@ class HubClient:
                 self.stop()
                 await asyncio.wrap_future(closed)
                 return
-            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
-                await asyncio.wrap_future(
-                    asyncio.run_coroutine_threadsafe(self._disconnect(), loop))
+            await run_in_its_loop(loop, self._disconnect)
             return
         if self._stops:
             ends = list(self._ends)
