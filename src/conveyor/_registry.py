@@ -25,6 +25,7 @@ __all__ = [
     "Registry",
     "build_handler",
     "check_action",
+    "check_decorated",
     "check_handler_options",
     "check_policy",
     "is_model",
@@ -212,6 +213,7 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
         raise ConfigurationError(str(exc)) from None
     if not callable(fn):
         raise ConfigurationError(f"handler for {action!r} is not callable")
+    _check_callable_with_context(action, fn)
     if mode not in MODES:
         raise ConfigurationError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if max_runs is not None and mode != "process":
@@ -270,6 +272,48 @@ def build_handler(action: str, fn: Callable[..., Any], *, environment: Any = Non
 
 HANDLER_OPTIONS = frozenset(inspect.signature(build_handler).parameters) - {"action", "fn"}
 """The options :func:`build_handler` takes (``schedule`` is the app's)."""
+
+
+def _check_callable_with_context(action: str, fn: Callable[..., Any]) -> None:
+    """Refuse a function that cannot run as a handler, at registration rather than at
+    every run: a generator (its body never runs) or one that cannot be called with the
+    context as its one argument (``def send(to, subject)``, ``def f()``, a method
+    taken from its class)."""
+    call = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn).__call__
+    if inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call):
+        raise ConfigurationError(
+            f"handler for {action!r} is a generator function: a handler returns its "
+            "result (ctx.emit() sends values while it runs)")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (some builtins): not checked
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        raise ConfigurationError(
+            f"handler for {action!r}: {name}{signature} cannot be called with the "
+            "context as its one argument; a handler is a function of the context, "
+            "def handler(ctx): ... (the payload is ctx.payload)") from None
+
+
+def check_decorated(action: object, options: Mapping[str, Any], *,
+                    also: frozenset[str] = frozenset()) -> None:
+    """The checks of a ``handler(action, **options)`` decorator made before it has
+    its function: a decorator used without its action (``@app.handler`` bare made
+    the function the action's name, and registered nothing), a bad action name and
+    unknown options (``also``: the caller's own, besides :func:`build_handler`'s) are
+    refused where they are written."""
+    if callable(action) and not isinstance(action, str):
+        raise ConfigurationError(
+            "handler() needs the action's name: write @app.handler(\"mail:send\") "
+            f"above {getattr(action, '__qualname__', action)!r}, not a bare @app.handler")
+    try:
+        check_action(action)
+    except ValidationError as exc:
+        raise ConfigurationError(str(exc)) from None
+    check_handler_options(action, {k: v for k, v in options.items() if k not in also})
 
 
 def check_handler_options(action: Any, options: Mapping[str, Any]) -> None:

@@ -24,7 +24,14 @@ from typing import Any, TypeVar, overload
 
 from . import _forks
 from ._aio import LoopEvent, green_threads, on_sigterm
-from ._registry import Handler, Registry, build_handler, check_handler_options, check_policy
+from ._registry import (
+    Handler,
+    Registry,
+    build_handler,
+    check_decorated,
+    check_handler_options,
+    check_policy,
+)
 from ._specs import (
     build_spec,
     check_abort_reason,
@@ -213,7 +220,13 @@ class Conveyor:
         then ended and a fresh one started; default None, no bound: Celery's
         ``max_tasks_per_child``), ``schedule`` (a cron string or an interval: see
         :meth:`schedule`).
+
+        The action's name and the options' names are checked here, before the
+        function (a bare ``@app.handler`` raises :class:`ConfigurationError`); the
+        function, when it is registered: it must take the context as its one
+        argument, and not be a generator.
         """
+        check_decorated(action, options, also=frozenset({"schedule"}))
 
         def register(fn: F) -> F:
             self.register(action, fn, **options)

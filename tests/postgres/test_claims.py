@@ -154,8 +154,9 @@ async def test_claim_plan_uses_the_ready_index(storage: Any) -> None:
 
 async def test_pickup_timeouts_expire_in_batches(storage: Any) -> None:
     now = time.time()
-    await storage.add([make_spec(run_at=now - 10, pickup_timeout=1.0) for _ in range(30)])
+    await storage.add([make_spec(run_at=now - 10, pickup_timeout=0.01) for _ in range(30)])
     await storage.add([make_spec(payload="ok")])
+    await asyncio.sleep(0.05)  # the pickup timeouts run out
     claimed = await storage.claim("w", ["test:a"], 5, 30)
     assert [t.payload for t in claimed] == ["ok"]
     assert await storage.count(parse_filter({"reason": "pickup_timeout"})) == 30

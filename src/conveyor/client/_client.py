@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from .. import _forks
 from .._aio import on_sigterm, run_in_its_loop
-from .._registry import Handler, build_handler, check_handler_options
+from .._registry import Handler, build_handler, check_decorated, check_handler_options
 from .._specs import check_abort_reason, check_task_id
 from ..errors import (
     ConfigurationError,
@@ -641,7 +641,12 @@ class HubClient:
         travel inline). A refused task goes back to the hub, which offers it to
         another connection first; offered here again, it waits a moment
         (doubling at each refusal in a row, up to 2 s) before ``accept`` is
-        asked again, so that a refusal does not turn into a busy loop."""
+        asked again, so that a refusal does not turn into a busy loop.
+
+        As with :meth:`Conveyor.handler`, the action's name and the options' names
+        are checked here (a bare ``@client.handler`` raises
+        :class:`ConfigurationError`), and the function when it is registered."""
+        check_decorated(action, options, also=frozenset({"accept", "schedule"}))
 
         def register(fn: F) -> F:
             self.register(action, fn, **options)

@@ -57,9 +57,17 @@ def pickup_deadline(task: Task | TaskSpec, ready_at: float) -> float | None:
     return None if task.pickup_timeout is None else ready_at + task.pickup_timeout
 
 
+def ready_at(run_at: float, now: float) -> float:
+    """When a task queued ``now`` to run at ``run_at`` becomes ready: a ``run_at`` in
+    the past is not (a task added or queued again with one is ready from now on, and
+    its pickup timeout counts from then: it failed at once, without running)."""
+    return run_at if run_at > now else now
+
+
 def new_task(spec: TaskSpec, now: float) -> Task:
     run_at = now if spec.run_at is None else spec.run_at
-    deadline = None if spec.pickup_timeout is None else run_at + spec.pickup_timeout
+    deadline = None if spec.pickup_timeout is None else (
+        ready_at(run_at, now) + spec.pickup_timeout)
     # in field order, without the dataclass __init__: this runs for every task of a bulk add
     return _task_from_values((
         spec.id, spec.action, spec.payload, Status.QUEUED, spec.priority, run_at,
@@ -168,7 +176,7 @@ def finished(task: Task, completion: Completion, now: float) -> Task:
         task,
         status=t.status,
         run_at=run_at,
-        pickup_deadline=pickup_deadline(task, run_at) if queued else None,
+        pickup_deadline=pickup_deadline(task, ready_at(run_at, now)) if queued else None,
         result=t.result,
         error=t.error,
         errors=_kept(*task.errors, t.error) if t.error is not None else task.errors,
@@ -208,7 +216,7 @@ def retried(task: Task, run_at: float, now: float) -> Task:
             f"task {task.id} is {task.status.value}: only failed or aborted tasks can be retried",
             task)
     return replace(task, status=Status.QUEUED, run_at=run_at,
-                   pickup_deadline=pickup_deadline(task, max(run_at, now)), finished_at=None,
+                   pickup_deadline=pickup_deadline(task, ready_at(run_at, now)), finished_at=None,
                    reason=None, rescues=0,  # the new run has max_rescues of its own
                    error=None, result=None, abort_requested=None, worker=None, token=None,
                    lease_until=None, updated_at=now, version=task.version + 1)

@@ -384,9 +384,10 @@ class StorageContract:
     async def test_pickup_timeout_expires_on_claim(self, storage: Storage) -> None:
         now = time.time()
         [late] = await storage.add([make_spec(payload="late", run_at=now - 10,
-                                              pickup_timeout=5.0)])
+                                              pickup_timeout=0.01)])
         [fine] = await storage.add([make_spec(payload="fine", run_at=now - 10,
                                               pickup_timeout=60.0)])
+        await asyncio.sleep(0.05)  # the pickup timeout runs out
         claimed = await storage.claim("w1", ["test:a"], 10, 30)
         assert [t.id for t in claimed] == [fine.task.id]
         expired = await storage.get(late.task.id)
@@ -395,12 +396,31 @@ class StorageContract:
         assert expired.error is not None and expired.error.type == "PickupTimeout"
 
     async def test_pickup_timeout_expires_on_recover(self, storage: Storage) -> None:
-        [late] = await storage.add([make_spec(run_at=time.time() - 10, pickup_timeout=1.0)])
+        [late] = await storage.add([make_spec(run_at=time.time() - 10, pickup_timeout=0.01)])
+        await asyncio.sleep(0.05)  # the pickup timeout runs out
         report = await storage.recover(max_rescues=3)
         assert report.expired == (late.task.id,)
         task = await storage.get(late.task.id)
         assert task is not None and task.status is Status.FAILED
         assert task.reason == "pickup_timeout"
+
+    async def test_a_past_run_at_counts_the_pickup_timeout_from_now(
+            self, storage: Storage) -> None:
+        """A task cannot become ready before it is added (or queued again): its pickup
+        timeout counts from then, not from a ``run_at`` in the past (it failed at
+        once, without running)."""
+        hour_ago = time.time() - 3600
+        [res] = await storage.add([make_spec(run_at=hour_ago, pickup_timeout=60.0)])
+        assert res.task.run_at == hour_ago
+        assert res.task.pickup_deadline == pytest.approx(time.time() + 60, abs=5)
+        task = await _claim_one(storage)
+        assert task.id == res.task.id
+        await storage.finish("w1", [Completion(task.id, task.token or "", Transition(
+            Status.QUEUED, run_at=hour_ago, refund_attempt=True))])
+        again = await storage.get(task.id)
+        assert again is not None and again.status is Status.QUEUED
+        assert again.pickup_deadline == pytest.approx(time.time() + 60, abs=5)
+        assert [t.id for t in await storage.claim("w1", ["test:a"], 5, 30)] == [task.id]
 
     # -- concurrency conditions -------------------------------------------------
 

@@ -327,7 +327,8 @@ UPDATE {schema}.tasks AS t SET
     status = c.status,
     run_at = coalesce(c.run_at, t.run_at),
     pickup_deadline = CASE WHEN c.status = 'queued' AND t.pickup_timeout IS NOT NULL
-                           THEN coalesce(c.run_at, t.run_at) + t.pickup_timeout END,
+                           THEN greatest(coalesce(c.run_at, t.run_at), %(now)s)
+                                + t.pickup_timeout END,
     result = c.result,
     error = c.error,
     -- the most recent 100 (model.MAX_ERRORS): one is added at a time (a record with

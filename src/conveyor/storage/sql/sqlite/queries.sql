@@ -186,7 +186,7 @@ UPDATE conveyor_tasks SET
     status = c.value ->> 2,
     run_at = coalesce(c.value ->> 3, run_at),
     pickup_deadline = CASE WHEN c.value ->> 2 = 'queued' AND pickup_timeout IS NOT NULL
-                           THEN coalesce(c.value ->> 3, run_at) + pickup_timeout END,
+                           THEN max(coalesce(c.value ->> 3, run_at), :now) + pickup_timeout END,
     result = nullif(c.value -> 4, 'null'),
     error = nullif(c.value -> 5, 'null'),
     -- the most recent 100 (model.MAX_ERRORS): one is added at a time (a record with
