@@ -74,6 +74,10 @@ log = logging.getLogger("conveyor.worker")
 _PLAIN = (bool, int)  # results that are always valid JSON
 _RETURNED_NONE = Returned(None)  # outcomes are frozen: the common one is shared
 _CHILD_TRIES = 3  # children tried for one run when each was gone before it took it
+_HELD_FIRST = 0.01  # first wait (s) for due tasks a claim left (a limit or condition
+# holds them), doubled at each empty claim up to idle_poll; a change that may free them
+# (a task leaving running or queued: a run ended here or elsewhere) wakes it sooner
+_FREEING = frozenset(Status) - {Status.RUNNING}
 
 
 class _KeeperCannotConnect(Exception):
@@ -277,6 +281,7 @@ class Worker:
         self.claimed_total = 0
         self.finished_total = 0
         self._wake = LoopEvent()  # woken by a relay or listener of another loop too
+        self._held_wait = 0.0  # the wait for due tasks the last claims left (0: none)
         self._slot = asyncio.Event()
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
@@ -510,7 +515,7 @@ class Worker:
                 continue
             if tasks:
                 await asyncio.sleep(0)  # let the handlers just launched start first
-            await self._idle()
+            await self._idle(took=bool(claimed))
 
     async def _alone_if_rescued(self, tasks: list[Task]) -> list[Task]:
         """A task rescued from a dead worker (``rescues > 0``) may be what killed it: it
@@ -554,14 +559,27 @@ class Worker:
             self._alone = None
             self._slot.set()
 
-    async def _idle(self) -> None:
+    async def _idle(self, took: bool) -> None:
+        """Sleep after a claim that took fewer tasks than it asked for (``took``: some):
+        until the next task is due, something wakes the worker, or ``idle_poll``.
+        Tasks already due that a claim taking none left are held back by a ``limit=``
+        or a concurrency condition: the worker claims again when a change may have
+        freed them (a task leaving ``running``, here or elsewhere), else after a wait
+        doubled at each empty claim from 10 ms up to ``idle_poll``, rather than at once
+        (a spin of ~1,000 claims a second while a task waited behind a limit)."""
         timeout = self.app.idle_poll
         try:
             due = await self.storage.next_run_at(self.actions)
         except Exception:
             due = None
-        if due is not None:
-            timeout = min(timeout, max(0.0, due - time.time()) + 0.001)
+        now = time.time()
+        if due is not None and due <= now and not took:
+            self._held_wait = min(timeout, max(_HELD_FIRST, self._held_wait * 2))
+            timeout = self._held_wait
+        else:
+            self._held_wait = 0.0
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - now) + 0.001)
         if self._wake.is_set():
             return
         try:
@@ -572,7 +590,8 @@ class Worker:
 
     def _on_changes(self, changes: Any) -> None:
         for change in changes:
-            if change.status is Status.QUEUED and change.event != "prioritized":
+            if ((change.status is Status.QUEUED and change.event != "prioritized")
+                    or (self._held_wait and change.status in _FREEING)):
                 self._wake.set()
             elif change.event == "abort_requested":
                 run = self.running.get(change.task_id)
@@ -1059,6 +1078,8 @@ class Worker:
             if held is not None and held.token == completion.token:
                 del self._leases[completion.task_id]  # not a later claim of the task
         self._slot.set()
+        if self._held_wait:  # its end may free a task held back by a limit or condition
+            self._wake.set()
         if aborted is not None:
             log.info("task %s: aborted as its run ended; not queued again",
                      completion.task_id)

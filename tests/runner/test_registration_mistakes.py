@@ -41,7 +41,7 @@ def test_a_bare_decorator_is_refused_and_names_the_fix(target: Any) -> None:
 def test_a_bad_name_or_option_is_refused_before_the_function(target: Any) -> None:
     with pytest.raises(ConfigurationError, match="invalid action name 'not a name!'"):
         target.handler("not a name!")
-    with pytest.raises(ConfigurationError, match="unknown option.*priorty"):
+    with pytest.raises(ConfigurationError, match=r"unknown option.*priorty"):
         target.handler("a", priorty=3)
     assert _registered(target) == []
 
@@ -104,7 +104,7 @@ class _Callable:
         return "object"
 
 
-@pytest.mark.parametrize("fn,expected", [
+@pytest.mark.parametrize(("fn", "expected"), [
     (_with_default, 3), (_star, 1), (functools.partial(_extra, extra=1), None),
     (Service().method, None), (_Callable(), "object"), (lambda ctx: "lambda", "lambda"),
 ], ids=["default", "star", "partial", "bound", "object", "lambda"])
