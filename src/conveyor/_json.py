@@ -12,6 +12,7 @@ from typing import Any
 from .errors import ValidationError
 
 __all__ = [
+    "MAX_DEPTH",
     "WIRE_DEPTH",
     "check_depth",
     "copy_checked",
@@ -26,6 +27,13 @@ __all__ = [
 WIRE_DEPTH = 64
 """Deepest nesting of arrays and objects in a WebSocket frame or a REST body (the
 hub refuses deeper ones; its clients refuse to send them)."""
+
+MAX_DEPTH = 512
+"""Deepest nesting of arrays and objects in a value conveyor stores (a payload, a
+result, tags, log or progress data, an emitted value; the value itself is the first
+level): a deeper one is a :class:`ValidationError`, the same on every backend. (The
+bound was Python's recursion limit, met at different depths by each backend's own
+encoding: a PostgreSQL worker retried for ever to store a result about 980 deep.)"""
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _decoder = json.JSONDecoder()
@@ -137,22 +145,22 @@ def check_depth(value: Any, what: str, max_depth: int) -> None:
         item, depth = stack.pop()
         if isinstance(item, dict):
             children: Any = item.values()
-        elif isinstance(item, list):
+        elif isinstance(item, list | tuple):
             children = item
         else:
             continue
         if depth > max_depth:
             raise ValueError(f"{what} is nested more than {max_depth} levels deep")
         stack.extend((child, depth + 1) for child in children
-                     if isinstance(child, dict | list))
+                     if isinstance(child, dict | list | tuple))
 
 
 def dumps_checked(value: Any, what: str, limit: int | None = None) -> str:
     """Encode ``value`` or raise a :class:`ValidationError` that names ``what``.
 
     Refuses values that are not plain JSON (sets, bytes, objects, NaN),
-    text that is not valid UTF-8 (lone surrogates), and encodings longer
-    than ``limit`` bytes.
+    text that is not valid UTF-8 (lone surrogates), values nested more than
+    :data:`MAX_DEPTH` levels deep, and encodings longer than ``limit`` bytes.
     """
     try:
         text = _encoder.encode(value)
@@ -163,7 +171,12 @@ def dumps_checked(value: Any, what: str, limit: int | None = None) -> str:
                                   "takes") from None
         raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from None
     except RecursionError:
-        raise ValidationError(f"{what} is nested too deeply") from None
+        raise ValidationError(f"{what} is nested more than {MAX_DEPTH} levels deep") from None
+    if text.count("[") + text.count("{") > MAX_DEPTH:  # a bound (strings hold brackets too)
+        try:
+            check_depth(value, what, MAX_DEPTH)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
     if text.isascii():
         size = len(text)
     else:

@@ -213,7 +213,7 @@ class _Writer(BatchedWrites[tuple[Completion, "_Run"]]):
                 try:
                     refused = set(await self.storage.finish(
                         self.worker.id, [c for c, _ in completions]))
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, RecursionError):
                     # a value that cannot be stored must not block the others
                     completions = [self._storable(c, run) for c, run in completions]
                     refused = set(await self.storage.finish(

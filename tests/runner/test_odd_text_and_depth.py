@@ -5,13 +5,13 @@ stored as it can be; none half-writes or stops a worker."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conveyor import Context, Conveyor
+from conveyor._json import MAX_DEPTH
 from conveyor.errors import ConfigurationError, ValidationError
 from conveyor.model import Status
 
@@ -49,12 +49,73 @@ async def test_lone_surrogates_in_keys_reasons_and_ids_are_validation_errors(
     assert await app.count() == 1
 
 
-@pytest.mark.parametrize("depth", [400, 600, 900])
+def _deep(depth: int) -> Any:
+    """Lists nested ``depth`` levels deep (built without recursion)."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [400, MAX_DEPTH])
 async def test_deep_payloads_are_stored_and_read_back(app: Conveyor, depth: int) -> None:
-    payload = json.loads("[" * depth + "]" * depth)
+    payload = _deep(depth)
     task = await app.add("odd:deep", payload)
     assert (await app.get(task.id)).payload == payload
     assert [t.id for t in await app.find()] == [task.id]
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 980, 5000])
+async def test_deeper_payloads_are_refused_alike_on_every_backend(
+        app: Conveyor, depth: int) -> None:
+    deep = f"nested more than {MAX_DEPTH} levels deep"
+    with pytest.raises(ValidationError, match=f"payload is {deep}"):
+        await app.add("odd:deep", _deep(depth))
+    with pytest.raises(ValidationError, match=f"payload is {deep}"):
+        await app.add_many([("odd:deep", None), ("odd:deep", {"a": _deep(depth)})])
+    with pytest.raises(ValidationError, match=f"tags is {deep}"):
+        await app.add("odd:deep", None, tags={"t": _deep(depth)})
+    assert await app.count() == 0
+
+
+async def test_deep_outcomes_fail_their_task_and_the_worker_goes_on(app: Conveyor) -> None:
+    """A result, log data or progress data nested about 980 deep passed the worker's
+    check and jammed its writer on PostgreSQL (a RecursionError retried for ever): that
+    task and every later one stayed running."""
+    too_deep = _deep(980)
+
+    @app.handler("odd:result")
+    async def result(ctx: Context[Any]) -> Any:
+        return {"tree": too_deep}
+
+    @app.handler("odd:data")
+    async def data(ctx: Context[Any]) -> str:
+        kind = ctx.payload
+        try:
+            if kind == "log":
+                ctx.log.info("deep", data={"tree": too_deep})
+            else:
+                ctx.progress(1, total=2, data={"tree": too_deep})
+        except ValidationError as exc:
+            return str(exc)
+        return "stored"
+
+    @app.handler("odd:ok")
+    async def ok(ctx: Context[Any]) -> int:
+        return 2
+
+    async with app:
+        deep = await app.add("odd:result")
+        log = await app.add("odd:data", "log")
+        progress = await app.add("odd:data", "progress")
+        after = await app.add("odd:ok")
+        assert await app.wait(after.id, timeout=10) == 2
+        ended = await app.wait_task(deep.id, timeout=10)
+        assert ended.status is Status.FAILED and ended.attempts == 1
+        assert ended.error is not None and "nested more than" in ended.error.message
+        for task in (log, progress):
+            assert f"nested more than {MAX_DEPTH} levels deep" in await app.wait(
+                task.id, timeout=10)
 
 
 def test_arguments_of_the_wrong_type_are_named() -> None:
