@@ -193,7 +193,9 @@ def unique_key_from_fields(action: str, payload: Any, fields: Sequence[str]) -> 
     """The dedupe key built from payload fields: ``action``, a colon, then the fields
     and their values as a JSON object in name order (``mail:send:{"to":"ann"}``), so
     different fields with equal values make different keys; a whole float is
-    written as an int (42.0 and 42 make one key)."""
+    written as an int (42.0 and 42 make one key), and the keys of objects inside
+    the values in name order too (``{"city":..,"zip":..}`` whatever order it came
+    in: PostgreSQL gives objects back in its own order)."""
     if isinstance(fields, str) or not isinstance(fields, Sequence) or not fields:
         raise ValidationError("unique_fields must be a non-empty list of payload field names")
     for name in fields:
@@ -205,11 +207,12 @@ def unique_key_from_fields(action: str, payload: Any, fields: Sequence[str]) -> 
 
 def _same_number(value: Any) -> Any:
     """``value`` with whole floats as ints, so that 42.0 and 42 (one number in JSON)
-    make one key; inside lists and objects too."""
+    make one key, and objects' keys in name order (one object in JSON whatever the
+    order); inside lists and objects too."""
     if type(value) is float and value.is_integer():
         return int(value)
     if isinstance(value, Mapping):
-        return {k: _same_number(v) for k, v in value.items()}
+        return {k: _same_number(value[k]) for k in sorted(value, key=str)}
     if isinstance(value, list | tuple):
         return [_same_number(v) for v in value]
     return value

@@ -462,6 +462,16 @@ async def test_unique_fields_build_the_key_from_the_action_and_payload(app: Conv
     half = await app.add("dedupe:f", {"n": 42.5, "m": [1, {"k": 2}]}, unique_fields=["n", "m"])
     assert whole.id == floats.id != half.id
     assert whole.unique_key == 'dedupe:f:{"m":[1,{"k":2}],"n":42}'
+    # one object in JSON whatever the order of its keys (PostgreSQL's jsonb gives them
+    # back by length): a payload read back and added again finds its task
+    to = {"city": "Oslo", "zip": "0150", "c": [{"y": 1, "x": 2}]}
+    ship = await app.add("dedupe:f", {"to": to}, unique_fields=["to"])
+    stored = await app.get(ship.id)
+    reordered = await app.add("dedupe:f", {"to": {"c": [{"x": 2, "y": 1}], "zip": "0150",
+                                                  "city": "Oslo"}}, unique_fields=["to"])
+    read_back = await app.add("dedupe:f", stored.payload, unique_fields=["to"])
+    assert ship.id == reordered.id == read_back.id
+    assert ship.unique_key == 'dedupe:f:{"to":{"c":[{"x":2,"y":1}],"city":"Oslo","zip":"0150"}}'
 
 
 async def test_unique_scope_with_succeeded_keeps_the_key(app: Conveyor) -> None:
