@@ -195,15 +195,18 @@ class Context(Generic[P]):
                  message: str | None = None, **data: Any) -> _Done:
         """Report progress. Events carry every call; storage keeps a snapshot
         at most every ``progress_interval`` seconds and always the last one.
-        ``current`` and ``total`` are finite numbers (or None), ``message`` text,
+        ``current`` and ``total`` are finite numbers (or None), ``message`` text
+        (a lone surrogate in it is escaped, ``\\ud800``, as in a log line),
         ``data`` JSON values; anything else raises :class:`ValidationError` in
         the handler, and nothing is reported."""
         for name, value in (("current", current), ("total", total)):
             if value is not None and not _json.is_finite_number(value):
                 raise ValidationError(
                     f"progress {name} must be a finite number, not {value!r}")
-        if message is not None and not isinstance(message, str):
-            raise ValidationError(f"progress message must be text, not {message!r}")
+        if message is not None:
+            if not isinstance(message, str):
+                raise ValidationError(f"progress message must be text, not {message!r}")
+            message = storable_text(message)  # a lone surrogate escaped, as in a log line
         if data:
             data = _json.copy_checked(data, "progress data")
         self._channel.progress(self.task.id, Progress(current, total, message, data or None))

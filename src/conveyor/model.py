@@ -742,9 +742,12 @@ class Retry:
     def __post_init__(self) -> None:
         value = seconds(self.after, "Retry(after=...)")
         object.__setattr__(self, "after", value)
-        if self.reason is not None and not isinstance(self.reason, str):
-            raise ValidationError(
-                f"Retry(reason=...) must be a string or None, not {self.reason!r}")
+        if self.reason is not None:
+            if not isinstance(self.reason, str):
+                raise ValidationError(
+                    f"Retry(reason=...) must be a string or None, not {self.reason!r}")
+            # a lone surrogate is escaped, as in a log line or an error's message
+            object.__setattr__(self, "reason", storable_text(self.reason))
 
 
 class PermanentFailure(Exception):

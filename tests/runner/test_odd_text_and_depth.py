@@ -169,3 +169,35 @@ async def test_a_log_line_that_cannot_be_stored_does_not_block_the_writer(
         assert "unstorable" in (lines[0].data or {}) and lines[1].data == {"n": 1}
     finally:
         await app.close()
+
+
+@pytest.mark.parametrize("mode", ["async", "thread"])
+async def test_a_lone_surrogate_in_a_progress_message_or_retry_reason_is_escaped(
+        app: Conveyor, mode: str) -> None:
+    """They failed the run on SQLite and PostgreSQL (its result lost: "the run's
+    outcome contains text that is not valid Unicode"), were dropped by a sync handler,
+    and were stored raw on memory (a hub then answered 500 for the task list)."""
+    from conveyor import Retry
+
+    def body(ctx: Context[Any]) -> Any:
+        if ctx.task.attempts == 1:
+            ctx.progress(1, total=2, message="half \ud800")
+            return Retry(after=0, reason="why \udcff")
+        ctx.progress(2, total=2, message="end \ud801")
+        return "done"
+
+    if mode == "async":
+        async def handler(ctx: Context[Any]) -> Any:
+            return body(ctx)
+    else:
+        def handler(ctx: Context[Any]) -> Any:
+            return body(ctx)
+
+    app.register("odd:progress", handler, max_attempts=2, backoff={"base": 0})
+    async with app:
+        task = await app.add("odd:progress")
+        assert await app.wait(task.id, timeout=10) == "done"
+    stored = await app.get(task.id)
+    assert stored.attempts == 2
+    assert [e.message for e in stored.errors] == ["why \\udcff"]
+    assert stored.progress is not None and stored.progress.message == "end \\ud801"
