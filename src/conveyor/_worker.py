@@ -282,6 +282,9 @@ class Worker:
         self.finished_total = 0
         self._wake = LoopEvent()  # woken by a relay or listener of another loop too
         self._held_wait = 0.0  # the wait for due tasks the last claims left (0: none)
+        # aborts the keeper's heartbeat brought, by task id: (the lease's token, reason),
+        # read by a run that ends before the loop (blocked by it) takes the hand-over
+        self._told_aborts: dict[str, tuple[str, str]] = {}
         self._slot = asyncio.Event()
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
@@ -787,7 +790,9 @@ class Worker:
                 run.ctx._request_abort("timeout")
             task.cancel()
 
-        handle = asyncio.get_running_loop().call_later(timeout, expire)
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(timeout, expire)
+        deadline = loop.time() + timeout
         try:
             value = await run.handler.fn(run.ctx)
         except (asyncio.CancelledError, TaskAbortRequested):
@@ -804,14 +809,25 @@ class Worker:
         handle.cancel()
         if expired:
             task.uncancel()  # the handler swallowed the cancellation: it was ours
-            if run.abort_reason is None:  # the timeout still decides
-                return self._timed_out(run, timeout)
+        # (not expired: the handler blocked the loop past its timeout, whose timer could
+        # not fire: it returns late, and the timeout decides all the same)
+        if ((expired or loop.time() >= deadline) and run.abort_reason is None
+                and self._told_abort(run) is None):
+            return self._timed_out(run, timeout)
         return self._async_outcome(run, value)
 
+    def _told_abort(self, run: _Run) -> str | None:
+        """An abort of this run the keeper's heartbeat brought and the loop has not
+        handed to it yet (a handler blocking the loop: its value must not win)."""
+        told = self._told_aborts.get(run.task.id)
+        return told[1] if told is not None and told[0] == run.lease.token else None
+
     def _async_outcome(self, run: _Run, value: Any) -> Outcome:
-        if run.abort_reason is not None:
-            # the handler swallowed the cancellation of an abort: its value is discarded
-            return Aborted(run.abort_reason)
+        reason = run.abort_reason or self._told_abort(run)
+        if reason is not None:
+            # the handler swallowed the cancellation of an abort, or blocked the loop
+            # while the abort came: its value is discarded
+            return Aborted(reason)
         return self._returned(run, value)
 
     def _timed_out(self, run: _Run, timeout: float) -> TimedOut:
@@ -1233,6 +1249,9 @@ class Worker:
                         reply = await storage.heartbeat(self.id, leases, self.lease)
                         if self._loop is not None and (reply.lost or reply.abort_requested):
                             sent = {lease.task_id: lease.token for lease in leases}
+                            for task_id, reason in reply.abort_requested.items():
+                                if task_id in sent:
+                                    self._told_aborts[task_id] = (sent[task_id], reason)
                             self._loop.call_soon_threadsafe(self._on_heartbeat, reply, sent)
                         if not reply.known:  # forgotten while paused: say we are alive
                             await storage.register_worker(self._info())
@@ -1278,6 +1297,7 @@ class Worker:
                 if run.handler.is_async:
                     run.cancel()
         for task_id, reason in reply.abort_requested.items():
+            self._told_aborts.pop(task_id, None)
             run = self.running.get(task_id)
             if run is not None:
                 self._request_abort(run, reason)
