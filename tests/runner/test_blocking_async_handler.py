@@ -21,7 +21,7 @@ from ..conftest import BACKENDS, backend_url, drop_pg_schema
 async def test_a_run_timeout_passed_while_the_loop_was_blocked_decides(app: Conveyor) -> None:
     @app.handler("block", timeout=0.2)
     async def block(ctx: Context[Any]) -> str:
-        time.sleep(0.6)  # blocks the loop: the timeout's timer cannot fire
+        time.sleep(0.6)  # noqa: ASYNC251 (the scenario: blocks the loop, its timer cannot fire)
         return "late"
 
     @app.handler("quick", timeout=5)
@@ -47,7 +47,7 @@ async def test_an_abort_the_heartbeat_brought_while_the_loop_was_blocked_wins(
     @app.handler("block")
     async def block(ctx: Context[Any]) -> str:
         started.set()
-        time.sleep(1.5)  # blocks the loop: the abort cannot reach the handler
+        time.sleep(1.5)  # noqa: ASYNC251 (the scenario: blocks the loop, the abort waits)
         return "late"
 
     def abort_from_elsewhere(task_id: str) -> None:

@@ -1,9 +1,9 @@
 """The storage interface every backend implements.
 
 The interface is small and batch-shaped so that a backend can do each call
-in one round trip. Every write is atomic. The contract test suite in
-``tests/contract`` (importable as ``tests.contract``; see the docs on
-writing a backend) checks that a backend keeps these promises.
+in one round trip. Every write is atomic. The contract test suite,
+:class:`conveyor.testing.StorageContract` (see "Writing a backend" in the
+guide), checks that a backend keeps these promises.
 
 Fencing: :meth:`Storage.claim` gives each claimed task a ``token``.
 :meth:`Storage.heartbeat`, :meth:`Storage.update_progress`,

@@ -87,9 +87,10 @@ class StorageContract:
         raise NotImplementedError("provide a `storage` fixture")
 
     @pytest.fixture
-    async def other_storage(self, storage: Storage) -> Storage:
+    def other_storage(self, storage: Storage) -> Storage:
         """A second storage object on the same data; backends override to use a
-        second connection."""
+        second connection. (A plain function: the suite's own fixtures work under
+        pytest-asyncio's strict mode as well as its auto mode.)"""
         return storage
 
     # -- add / get ------------------------------------------------------------
