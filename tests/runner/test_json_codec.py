@@ -80,8 +80,8 @@ def test_bulk_fast_paths_equal_the_constructors() -> None:
                         updated_at=124.0)
     full = build_spec("a:b", [1], now=4.0, priority=2, tags={"t": 1}, unique_key="k",
                       pickup_timeout=3, max_attempts=2, parent_id="p", delay=1)
-    made = new_task(full, 6.0)
+    made = new_task(full, 6.0)  # stored after its run_at: ready (and timed) from then
     assert made == Task(full.id, "a:b", [1], Status.QUEUED, priority=2.0, run_at=5.0,
                         created_at=6.0, updated_at=6.0, max_attempts=2, pickup_timeout=3.0,
-                        pickup_deadline=8.0, unique_key="k", tags={"t": 1}, parent_id="p")
+                        pickup_deadline=9.0, unique_key="k", tags={"t": 1}, parent_id="p")
     assert made.tags is not full.tags

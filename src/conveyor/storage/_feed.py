@@ -85,6 +85,14 @@ class Fanout:
         :meth:`batches`)."""
         return any(c.wanted() for c in self._consumers)
 
+    def unread(self) -> bool:
+        """Whether no stream is read: none is open, or each one's event loop is closed
+        (an app never closed whose loop ended: nothing reads it again; those are
+        dropped). A backend's watcher then has nobody to poll for."""
+        with self._lock:
+            self._consumers = [c for c in self._consumers if not c.loop.is_closed()]
+            return not self._consumers
+
     def publish(self, changes: Sequence[Change]) -> None:
         if not changes:
             return

@@ -88,6 +88,7 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _STATUS = {s.value: s for s in Status}
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes the ``-wal`` file is cut back to once checkpoints catch up (``journal_size_limit``)."""
+_UNREAD_CHECK = 1.0  # seconds between the watcher's looks for streams nobody reads
 _SWEEP_GRACE = 2.0  # seconds after a stall on the write lock during which sweeps skip
 FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
@@ -382,6 +383,7 @@ class SQLiteStorage(FanoutFeed, Storage):
     # -- change feed ----------------------------------------------------------------
 
     def _start_watcher(self) -> None:
+        self._kick.set()  # a watcher polling slowly for nobody reads at once
         if self._watcher is None and not self._closed:
             self._watcher = threading.Thread(target=self._watch,
                                              args=(opened_start(self._p0),),
@@ -395,7 +397,13 @@ class SQLiteStorage(FanoutFeed, Storage):
         slot = ConnSlot()  # its connection, closed by a fork (see _sqlthread)
         version = -1
         failures = 0
+        feed = self._feed
+        look_for_readers = time.monotonic() + _UNREAD_CHECK
+        unread = False  # no stream is read: poll slowly, for nobody
         while not self._stop_watcher.is_set():
+            if time.monotonic() >= look_for_readers:
+                look_for_readers = time.monotonic() + _UNREAD_CHECK
+                unread = feed.unread()
             try:
                 with slot:
                     if slot.conn is None:
@@ -404,7 +412,12 @@ class SQLiteStorage(FanoutFeed, Storage):
                     if last is None:
                         last = int(slot.conn.execute(Q["last_change"]).fetchone()[0])
                         version = slot.conn.execute("PRAGMA data_version").fetchone()[0]
-                kicked = self._kick.wait(self.poll_interval)
+                # (an app never closed whose loop ended: its watcher polled every few
+                # milliseconds for the rest of the process; a new stream kicks it and
+                # gets the changes since its last read, at most a second old)
+                kicked = self._kick.wait(_UNREAD_CHECK if unread else self.poll_interval)
+                if unread and feed.active:
+                    unread = False
                 if self._stop_watcher.is_set():
                     break
                 if kicked:
