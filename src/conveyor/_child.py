@@ -5,9 +5,10 @@ the :class:`Conveyor` app in it that registered the handler ``QUALNAME``
 (handlers only ever come from an app's registry), then runs tasks one at a
 time. It talks to its worker with JSON lines, never pickle:
 
-- worker -> child on stdin: ``{"task": <task json>, "run": key}``, ``{"abort":
-  reason, "run": key}`` (the key names one run: an abort that comes before its
-  run starts is kept for it; one for a run that has ended is dropped);
+- worker -> child on stdin: ``{"task": <task json>, "run": key, "max_payload":
+  bytes}`` (the app's bound, for ``ctx.emit``), ``{"abort": reason, "run": key}``
+  (the key names one run: an abort that comes before its run starts is kept for
+  it; one for a run that has ended is dropped);
 - child -> worker on its protocol pipe (the original stdout; the handler's
   own prints go to stderr): ``{"started": true}`` when it takes a run (a child
   that dies before it is replaced), ``{"progress": ...}``, ``{"log": ...}``,
@@ -15,6 +16,12 @@ time. It talks to its worker with JSON lines, never pickle:
   ``{"retry": {"after": s, "reason": r}}``, ``{"reschedule": {"after": s,
   "result": v}}``, ``{"error": {"type", "message", "traceback",
   "retryable"}}``, ``{"aborted": reason}``.
+
+Each line is written by :func:`conveyor._children.encode_line`: a lone surrogate
+crosses as an escape and arrives as it was given. What the handler hands the
+context is checked here as in-process (``ctx.emit`` of a value that is not JSON,
+or over ``max_payload``, raises ``ValidationError`` in the handler); an error's
+message and traceback are escaped as in-process (:func:`conveyor.model.storable_text`).
 
 An abort (or the run timeout, which the worker sends as an abort) cancels an
 async handler, as on the worker's event loop; a sync one sees ``ctx.aborted``.
@@ -39,10 +46,10 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from . import _json
-from ._children import ARGV_ENV
+from ._children import ARGV_ENV, encode_line
 from ._taskjson import task_from_json
 from .context import Context, TaskAbortRequested
-from .model import LogLevel, Progress, Reschedule, Retry, Task
+from .model import LogLevel, Progress, Reschedule, Retry, Task, storable_text
 
 __all__ = ["main"]
 
@@ -50,14 +57,15 @@ Cancel = Callable[[], object]
 
 
 class _Channel:
-    def __init__(self, out: IO[str]) -> None:
+    def __init__(self, out: IO[bytes]) -> None:
         self._out = out
         self._lock = threading.Lock()
+        self.max_payload: int | None = None  # the worker's, for the run under way
 
     def send(self, message: dict[str, Any]) -> None:
-        line = _json.dumps(message)
+        line = encode_line(message)
         with self._lock:
-            self._out.write(line + "\n")
+            self._out.write(line)
             self._out.flush()
 
     def progress(self, task_id: str, progress: Progress) -> None:
@@ -68,6 +76,8 @@ class _Channel:
         self.send({"log": {"level": int(level), "message": message, "data": data}})
 
     def emit(self, task_id: str, value: Any) -> None:
+        # as the worker checks it in-process: the handler gets the ValidationError
+        _json.dumps_checked(value, "emitted result", limit=self.max_payload)
         self.send({"emit": value})
 
 
@@ -127,7 +137,7 @@ class _Runs:
     by the main thread (which runs them) and the thread reading the worker's lines."""
 
     def __init__(self) -> None:
-        self.queued: list[tuple[Task, str]] = []
+        self.queued: list[tuple[Task, str, int | None]] = []  # + the run's max_payload
         self.ready = threading.Event()
         self.key: str | None = None  # the run under way
         self.ctx: Context[Any] | None = None
@@ -135,16 +145,16 @@ class _Runs:
         self.aborts: dict[str, str] = {}  # run key -> reason, for runs not started
         self.lock = threading.Lock()
 
-    def add(self, task: Task, key: str) -> None:
+    def add(self, task: Task, key: str, max_payload: int | None) -> None:
         with self.lock:
-            self.queued.append((task, key))
+            self.queued.append((task, key, max_payload))
         self.ready.set()
 
     def abort(self, key: str, reason: str) -> None:
         with self.lock:
             ctx, cancel = (self.ctx, self.cancel) if key == self.key else (None, None)
             if ctx is None:
-                if key == self.key or any(k == key for _, k in self.queued):
+                if key == self.key or any(k == key for _, k, _ in self.queued):
                     self.aborts[key] = reason  # asked before its handler started
                 return  # else: a run that has ended
         ctx._request_abort(reason)
@@ -152,12 +162,12 @@ class _Runs:
             with contextlib.suppress(RuntimeError):  # its loop has just closed
                 cancel()
 
-    def start(self) -> Task:
+    def start(self) -> tuple[Task, int | None]:
         """Take the next run: it is the one under way from now on."""
         with self.lock:
-            task, self.key = self.queued.pop(0)
+            task, self.key, max_payload = self.queued.pop(0)
             self.ctx = self.cancel = None
-            return task
+            return task, max_payload
 
     def attach(self, ctx: Context[Any]) -> None:
         """The run's context: an abort asked for meanwhile applies to it now."""
@@ -179,7 +189,7 @@ class _Runs:
 
 
 def _run_one(handler: Any, channel: _Channel, runs: _Runs) -> None:
-    task = runs.start()
+    task, channel.max_payload = runs.start()
     channel.send({"started": True})  # from here on, a death is the run's
     ctx: Context[Any] | None = None
     try:
@@ -209,9 +219,17 @@ def _run_one(handler: Any, channel: _Channel, runs: _Runs) -> None:
 
 
 def _error(exc: BaseException, retryable: bool) -> dict[str, Any]:
-    """The message of a run that ended with ``exc``."""
-    return {"error": {"type": type(exc).__name__, "message": str(exc),
-                      "traceback": "".join(traceback.format_exception(exc)),
+    """The message of a run that ended with ``exc``: its message and traceback as
+    in-process (:meth:`conveyor.ErrorInfo.from_exception`, which the worker's bound on
+    their length completes): a lone surrogate escaped, a failing ``__str__`` named
+    (either killed the child, and the run's error became "the handler's process
+    died")."""
+    try:
+        message = str(exc)
+    except Exception:  # a __str__ that fails or returns no str
+        message = f"<{type(exc).__name__}: str() failed>"
+    return {"error": {"type": type(exc).__name__, "message": storable_text(message),
+                      "traceback": storable_text("".join(traceback.format_exception(exc))),
                       "retryable": retryable}}
 
 
@@ -239,7 +257,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     module_name, qualname, action, app_name = argv
     # the protocol owns the real stdout; the handler's prints go to stderr
-    proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    proto = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     channel = _Channel(proto)
     given = os.environ.pop(ARGV_ENV, None)
@@ -252,7 +270,7 @@ def main(argv: list[str]) -> int:
                                f"process exited with {exc.code!r} (its output says why)"})
         return 2
     except Exception as exc:
-        channel.send({"fatal": f"{type(exc).__name__}: {exc}"})
+        channel.send({"fatal": storable_text(f"{type(exc).__name__}: {exc}")})
         return 2
     if inspect.iscoroutinefunction(handler.fn) and not handler.is_async:  # pragma: no cover
         return 2
@@ -264,7 +282,9 @@ def main(argv: list[str]) -> int:
             message = _json.loads(line)
             key = str(message.get("run", ""))
             if "task" in message:
-                runs.add(task_from_json(message["task"]), key)
+                bound = message.get("max_payload")
+                runs.add(task_from_json(message["task"]), key,
+                         bound if isinstance(bound, int) else None)
             elif "abort" in message:
                 runs.abort(key, str(message["abort"]))
         os._exit(0)  # the worker closed our stdin: it is gone or done with us

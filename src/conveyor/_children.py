@@ -22,12 +22,26 @@ if TYPE_CHECKING:
     from ._registry import Handler
 
 __all__ = ["ARGV_ENV", "ARGV_MAX", "LINE_LIMIT", "SPAWN_TRIES", "Child", "ChildLineTooLong",
-           "ChildPool", "HandlerUnavailable", "handler_location"]
+           "ChildPool", "HandlerUnavailable", "encode_line", "handler_location"]
 
 ARGV_ENV = "CONVEYOR_WORKER_ARGV"
 """The environment variable that hands a child the worker's ``sys.argv`` (JSON)."""
 
 log = logging.getLogger("conveyor.worker")
+
+
+def encode_line(message: dict[str, Any]) -> bytes:
+    """One message of the pipe between a worker and its child: a line of JSON in UTF-8.
+    Text that UTF-8 cannot hold (a lone surrogate: undecodable bytes read as text, such
+    as a file name) goes as a ``\\u`` escape, which the reader's JSON decoder turns back
+    into the same text: the value arrives as it was given, and what becomes of it is
+    decided as in-process (writing it as UTF-8 raised ``UnicodeEncodeError``, which
+    killed the child that wrote an error's message)."""
+    line = _json.dumps(message)
+    try:
+        return (line + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(message, allow_nan=False, separators=(",", ":")) + "\n").encode()
 
 ARGV_MAX = 100_000
 """The longest ``sys.argv`` (in bytes of JSON) handed to a handler's child: one
@@ -121,7 +135,7 @@ class Child:
 
     async def send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write((_json.dumps(message) + "\n").encode())
+        self.proc.stdin.write(encode_line(message))
         await self.proc.stdin.drain()
 
     async def receive(self) -> dict[str, Any] | None:

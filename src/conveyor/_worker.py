@@ -924,7 +924,8 @@ class Worker:
             run_key = run.task.token or run.task.id
             try:
                 child.runs += 1
-                await child.send({"task": run.task.to_json(), "run": run_key})
+                await child.send({"task": run.task.to_json(), "run": run_key,
+                                  "max_payload": self.app.max_payload})
             except (BrokenPipeError, ConnectionResetError):
                 keep = False
                 return None
@@ -1001,7 +1002,7 @@ class Worker:
             self._writer.log(NewLog(task_id, LogLevel(entry["level"]), entry["message"],
                                     time.time(), entry.get("data"), run.lease.token))
         elif "emit" in message:
-            try:  # checked as in-process, where the handler gets the error
+            try:  # the child checked it, and its handler got the error; this is a guard
                 self.emit(task_id, message["emit"])
             except ValidationError as exc:
                 log.warning("task %s: %s; not emitted", task_id, exc)

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from conveyor import Context, Conveyor, PermanentFailure, Retry
+from conveyor import Context, Conveyor, PermanentFailure, Retry, ValidationError
 
 app = Conveyor(os.environ.get("CONVEYOR_DB", "memory://"), concurrency=4)
 
@@ -127,8 +127,10 @@ def history(ctx: Context[Any]) -> dict[str, Any]:
 
 @app.handler("proc:emit_big", mode="process")
 def emit_big(ctx: Context[Any]) -> str:
-    ctx.emit("x" * (2 << 20))  # over max_payload (1 MiB): dropped, not emitted
-    ctx.emit("after")
+    try:
+        ctx.emit("x" * (2 << 20))  # over max_payload (1 MiB): refused, as in-process
+    except ValidationError as exc:
+        ctx.emit(str(exc))
     return "ok"
 
 

@@ -263,12 +263,17 @@ async def test_process_outcomes_are_the_in_process_ones(papp: Conveyor) -> None:
     assert seen == {"errors": ["ValueError"], "error": "ValueError", "backoff": 0}
 
 
-async def test_a_process_handlers_emit_over_max_payload_is_dropped(papp: Conveyor) -> None:
+async def test_a_process_handlers_emit_over_max_payload_is_refused_in_the_handler(
+        papp: Conveyor) -> None:
+    """As in-process, a ValidationError in the handler (it was dropped with a warning,
+    the handler none the wiser: tests/runner/test_process_values.py has the rest)."""
     results = papp.events("task.result")
     task = await papp.add("proc:emit_big")
     assert await papp.wait(task.id, timeout=60) == "ok"
     event = await asyncio.wait_for(results.__anext__(), 30)
-    assert event.task_id == task.id and event.data["value"] == "after"  # the big one: not
+    assert event.task_id == task.id  # the big one: not emitted
+    assert event.data["value"] == ("emitted result is 2097154 bytes, over the limit of "
+                                   "1048576 bytes")
     results.close()
 
 
