@@ -212,7 +212,9 @@ def _run_one(handler: Any, channel: _Channel, runs: _Runs) -> None:
         channel.send({"aborted": exc.reason})
     except asyncio.CancelledError:  # cancelled by an abort (nothing else cancels it here)
         channel.send({"aborted": (ctx.abort_reason if ctx else None) or "aborted"})
-    except (Exception, SystemExit) as exc:  # sys.exit() ends the run, not the child
+    except BaseException as exc:  # sys.exit() too ends the run, not the child, as
+        # in-process, where a BaseException the handler raises is the run's error
+        # (one that is not an Exception killed the child: "the handler's process died")
         channel.send(_error(exc, handler.retries(exc)))
     finally:
         runs.end()

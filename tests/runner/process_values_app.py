@@ -30,6 +30,14 @@ def raise_badstr(ctx: Context[Any]) -> None:
     raise BadStr()
 
 
+class Fatal(BaseException):
+    """Not an ``Exception``: in-process, still the run's error."""
+
+
+def raise_base(ctx: Context[Any]) -> None:
+    raise Fatal(f"gave up on {UNDECODABLE}")
+
+
 def emit_values(ctx: Context[Any]) -> list[str]:
     """Emits each value, and returns what each call did."""
     said = []
@@ -60,6 +68,7 @@ def retry_undecodable(ctx: Context[Any]) -> Any:
 
 HANDLERS: dict[str, Callable[[Context[Any]], Any]] = {
     "raise_undecodable": raise_undecodable, "raise_badstr": raise_badstr,
+    "raise_base": raise_base,
     "emit_values": emit_values, "emit_nan": emit_nan,
     "progress_undecodable": progress_undecodable,
     "retry_undecodable": retry_undecodable,

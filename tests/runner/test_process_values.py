@@ -49,17 +49,20 @@ async def _both(app: Conveyor, name: str) -> tuple[dict[str, Any], Task]:
     return _outcome(in_process), in_process
 
 
-@pytest.mark.parametrize(("name", "error"), [
-    ("raise_undecodable", ("RuntimeError", f"missing input file {ESCAPED}")),
-    ("raise_badstr", ("BadStr", "<BadStr: str() failed>")),
+@pytest.mark.parametrize(("name", "error", "attempts"), [
+    ("raise_undecodable", ("RuntimeError", f"missing input file {ESCAPED}"), 2),
+    ("raise_badstr", ("BadStr", "<BadStr: str() failed>"), 2),
+    # not an Exception: not retried (the default retry_on), in-process or not
+    ("raise_base", ("Fatal", f"gave up on {ESCAPED}"), 1),
 ])
 async def test_an_error_the_child_cannot_write_as_it_is_is_kept_as_in_process(
-        app: Conveyor, name: str, error: tuple[str, str]) -> None:
+        app: Conveyor, name: str, error: tuple[str, str], attempts: int) -> None:
     """The message escaped as in-process (``storable_text``), a failing ``__str__``
-    named: the real error, retried as any other, no child death."""
+    named, a BaseException that is not an Exception taken as the run's error: the real
+    error, retried or not as in-process, no child death."""
     ended, task = await _both(app, name)
-    assert ended["status"] is Status.FAILED and ended["attempts"] == 2
-    assert ended["errors"] == [error, error]
+    assert ended["status"] is Status.FAILED and ended["attempts"] == attempts
+    assert ended["errors"] == [error] * attempts
     assert task.error is not None and task.error.traceback is not None
     assert error[0] in task.error.traceback
 
