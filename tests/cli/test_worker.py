@@ -297,3 +297,31 @@ def test_burst_stops_on_sigterm_without_draining(
     assert "stopped (SIGTERM)" in worker.out[-1]
     assert not any(line.startswith("drained:") for line in worker.out)
     assert get(db, blocked.id).status.value == "queued"  # handed back
+
+
+STARTED_AT_IMPORT = textwrap.dedent('''
+    import os
+
+    from conveyor import Context, SyncConveyor
+
+    conv = SyncConveyor(os.environ["CONVEYOR_DB"])
+
+    @conv.handler("w:x")
+    def x(ctx: Context) -> object:
+        return ctx.payload
+
+    conv.start()  # a web module that starts its worker at import
+''')
+
+
+def test_db_refuses_an_app_whose_worker_started_at_import(tmp_path: Path, db: str) -> None:
+    """--db replaced the storage of an app whose worker already ran on its own: the
+    command said "started on OTHER" while that worker went on running the module's
+    database, and OTHER's tasks waited."""
+    (tmp_path / "startsatimport.py").write_text(STARTED_AT_IMPORT, encoding="utf-8")
+    own = f"sqlite:///{tmp_path / 'own.db'}"
+    result = cli("worker", "startsatimport:conv", "--db", db, cwd=tmp_path,
+                 env=clean_env(CONVEYOR_DB=own))
+    assert_error(result, 2, "startsatimport:conv's worker is already running on",
+                 "--db cannot move it")
+    assert result.out == ""

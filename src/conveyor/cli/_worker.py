@@ -92,6 +92,12 @@ def worker_command(ctx: click.Context, target: str, concurrency: int | None,
         raise CliError(f"{target} has schedules but no handlers: nothing to drain (--burst)")
     url = explicit_db(ctx)
     if url is not None and url != app.storage.url:
+        if app.worker is not None:
+            # its worker runs on the app's own storage: it would go on there, unseen
+            raise CliError(
+                f"{target}'s worker is already running on {app.storage.url} (started when "
+                "its module was imported): --db cannot move it; start the worker under "
+                "`if __name__ == \"__main__\":` or in your server's startup instead")
         app.storage = open_storage(url)
     if concurrency is not None:
         app.concurrency = concurrency
