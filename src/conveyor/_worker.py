@@ -135,6 +135,7 @@ class _Run:
     released: bool = False
     done: bool = False
     started: bool = False  # _execute took its first step
+    interrupted: bool = False  # its async handler raised KeyboardInterrupt
 
     def cancel(self) -> None:
         """Cancel the run's asyncio task once it has started. A task cancelled before
@@ -425,6 +426,16 @@ class Worker:
         # the runs' outcomes, logs and progress first (given up after a while when
         # the storage cannot be written), then the hand-back
         await self._writer.close()
+        for run in [r for r in leftover if r.interrupted]:
+            # a KeyboardInterrupt raised in its handler ended the process's loop: maybe
+            # a Ctrl-C, maybe the handler's own code, which would end every restart the
+            # same way. As after a crash, its lease is left to expire and the task is
+            # rescued, counted against max_rescues, rather than handed back for free
+            log.warning("task %s: its handler raised KeyboardInterrupt; not handed back "
+                        "(rescued when its lease ends, counted against max_rescues)",
+                        run.task.id)
+            leftover.remove(run)
+            self._forget(run)
         if leftover:
             try:
                 released = await self.storage.release(self.id, [r.lease for r in leftover])
@@ -740,6 +751,7 @@ class Worker:
             outcome = Aborted(run.abort_reason or exc.reason)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt) and handler.is_async:
+                run.interrupted = True  # not handed back at the stop (see _stop_steps)
                 raise  # maybe the user's Ctrl-C, raised in the handler's frame
             # SystemExit and the like too: the handler's error, not the worker's end
             outcome = self._raised(run, exc)
