@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from .app import Conveyor
     from .schedule import Schedule
 
-__all__ = ["ErrorItem", "ResultItem", "Worker"]
+__all__ = ["RUNNING_HERE", "ErrorItem", "ResultItem", "Worker"]
 
 ALONE_FOR = 10.0
 """Seconds a task rescued from a dead worker runs with nothing else starting beside it
@@ -74,6 +74,11 @@ log = logging.getLogger("conveyor.worker")
 _PLAIN = (bool, int)  # results that are always valid JSON
 _RETURNED_NONE = Returned(None)  # outcomes are frozen: the common one is shared
 _CHILD_TRIES = 3  # children tried for one run when each was gone before it took it
+RUNNING_HERE: contextvars.ContextVar[tuple[object, str, str] | None] = contextvars.ContextVar(
+    "conveyor_running_here", default=None)
+"""(app, task id, action) of the run a handler's code is in (its asyncio task, and the
+thread of a sync handler): a ``wait()`` or ``drain()`` there for its own task would
+wait for ever (it ends when the handler returns)."""
 _HELD_FIRST = 0.01  # first wait (s) for due tasks a claim left (a limit or condition
 # holds them), doubled at each empty claim up to idle_poll; a change that may free them
 # (a task leaving running or queued: a run ended here or elsewhere) wakes it sooner
@@ -715,6 +720,7 @@ class Worker:
             self._forget(run)
             return
         handler, task = run.handler, run.task
+        RUNNING_HERE.set((self.app, task.id, task.action))  # this run's own asyncio task
         timeout = task.run_timeout or handler.run_timeout
         outcome: Outcome
         try:

@@ -42,7 +42,7 @@ from ._specs import (
     task_ids,
     unpack_item,
 )
-from ._worker import Worker
+from ._worker import RUNNING_HERE, Worker
 from .errors import (
     ConfigurationError,
     ConveyorError,
@@ -727,6 +727,11 @@ class Conveyor:
         """Wait until the task ends and return it, whatever its final status."""
         check_task_id(task_id)
         limit = seconds(timeout, "timeout")
+        here = RUNNING_HERE.get()
+        if here is not None and here[0] is self and here[1] == task_id:
+            raise ConveyorError(
+                f"wait() for task {task_id} inside its own handler: it ends when the "
+                "handler returns, so the wait would never end")
         await self.open()
         closes = self._closes
         loop = asyncio.get_running_loop()
@@ -784,6 +789,12 @@ class Conveyor:
         """
         wanted = self._drain_actions(actions)
         limit = seconds(timeout, "timeout")
+        here = RUNNING_HERE.get()
+        if here is not None and here[0] is self and here[2] in wanted:
+            raise ConveyorError(
+                f"drain() of {here[2]!r} inside the handler of task {here[1]}: it would wait "
+                "for this task, which ends when the handler returns (drain other actions, "
+                "or add the tasks and return)")
         await self.open()
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit

@@ -115,8 +115,9 @@ class Portal:
                                     "app's own methods here")
         elif threading.current_thread() is self._thread:
             raise ConveyorError(f"a {self.owner} cannot be called from its own event loop "
-                                "thread (a callback or sink of it: hand the work to another "
-                                "thread)")
+                                "thread (it would wait for itself): in an async handler, "
+                                "await the async object's own methods (SyncConveyor.app); "
+                                "in a callback or sink, hand the work to another thread")
         if self._loop.is_closed():
             raise ConveyorError(f"this {self.owner} is closed")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import ConfigurationError, Context, Conveyor
+from conveyor import ConfigurationError, Context, Conveyor, ConveyorError
 from conveyor.client import HubClient
 
 
@@ -117,3 +117,39 @@ async def test_functions_that_take_the_context_run(fn: Any, expected: Any) -> No
         assert (await app.wait(task.id, timeout=5)) == expected
     finally:
         await app.close()
+
+
+async def test_waiting_for_its_own_task_inside_a_handler_is_refused_at_once() -> None:
+    """``app.wait(ctx.task.id)`` and ``app.drain()`` inside the handler waited for the
+    handler's own task (for ever, or until their timeout): refused at once. A drain
+    of other actions there still runs them."""
+    app = Conveyor("memory://")
+
+    @app.handler("outer")
+    async def outer(ctx: Context) -> dict[str, Any]:
+        said: dict[str, Any] = {}
+        for name, call in (("wait", lambda: app.wait(ctx.task.id, timeout=30)),
+                           ("drain", lambda: app.drain(timeout=30)),
+                           ("drain own", lambda: app.drain("outer", timeout=30))):
+            try:
+                await call()
+            except ConveyorError as exc:
+                said[name] = str(exc)
+        await app.add("inner", None)
+        said["inner"] = await app.drain("inner", timeout=10)
+        return said
+
+    @app.handler("inner")
+    def inner(ctx: Context) -> str:
+        return "ran"
+
+    try:
+        task = await app.add("outer", None)
+        await app.drain("outer", timeout=10)
+        said = await app.wait(task.id, timeout=5)
+    finally:
+        await app.close()
+    assert "inside its own handler" in said["wait"]
+    assert "it would wait for this task" in said["drain"]
+    assert "it would wait for this task" in said["drain own"]
+    assert said["inner"]["succeeded"] == 1
