@@ -243,6 +243,8 @@ def test_worker_accepts_a_sync_conveyor_and_the_demo_app(
 
 @pytest.mark.parametrize(("target", "needles"), [
     ("nosuchmodule:app", ("cannot import 'nosuchmodule'", "no module named")),
+    ("cliworkerapp.py:app", ("'cliworkerapp.py' is a file path", "(cliworkerapp:app)")),
+    ("sub/cliworkerapp.py", ("is a file path", "(sub.cliworkerapp:app)")),
     ("cliworkerapp:nosuch", ("has no attribute 'nosuch'",)),
     ("cliworkerapp:not_an_app", ("is a int, not a Conveyor application",)),
     ("cliworkerapp:empty", ("no handlers registered",)),

@@ -31,6 +31,12 @@ def load_app(target: str) -> Conveyor:
     module_name, attribute = module_name.strip(), (attribute.strip() or "app")
     if not module_name:
         raise CliError(f"expected MODULE:APP (for example myproject.tasks:app), not {target!r}")
+    if "/" in module_name or os.sep in module_name or (
+            module_name.endswith(".py") and os.path.isfile(module_name)):
+        dotted = module_name.removesuffix(".py").replace(os.sep, ".").replace("/", ".")
+        raise CliError(f"{module_name!r} is a file path: give the module's name, as "
+                       f"`import` takes it ({dotted.strip('.')}:{attribute}), from the "
+                       "folder that holds its package")
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
