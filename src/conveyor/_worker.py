@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from .app import Conveyor
     from .schedule import Schedule
 
-__all__ = ["RUNNING_HERE", "ErrorItem", "ResultItem", "Worker"]
+__all__ = ["HELD_FIRST", "RUNNING_HERE", "ErrorItem", "ResultItem", "Worker"]
 
 ALONE_FOR = 10.0
 """Seconds a task rescued from a dead worker runs with nothing else starting beside it
@@ -79,7 +79,7 @@ RUNNING_HERE: contextvars.ContextVar[tuple[object, str, str] | None] = contextva
 """(app, task id, action) of the run a handler's code is in (its asyncio task, and the
 thread of a sync handler): a ``wait()`` or ``drain()`` there for its own task would
 wait for ever (it ends when the handler returns)."""
-_HELD_FIRST = 0.01  # first wait (s) for due tasks a claim left (a limit or condition
+HELD_FIRST = 0.01  # first wait (s) for due tasks a claim left (a limit or condition
 # holds them), doubled at each empty claim up to idle_poll; a change that may free them
 # (a task leaving running or queued: a run ended here or elsewhere) wakes it sooner
 _FREEING = frozenset(Status) - {Status.RUNNING}
@@ -593,7 +593,7 @@ class Worker:
             due = None
         now = time.time()
         if due is not None and due <= now and not took:
-            self._held_wait = min(timeout, max(_HELD_FIRST, self._held_wait * 2))
+            self._held_wait = min(timeout, max(HELD_FIRST, self._held_wait * 2))
             timeout = self._held_wait
         else:
             self._held_wait = 0.0

@@ -61,6 +61,7 @@ from .._policy import decide, with_defaults
 from .._recent import RecentIds, abort_asked
 from .._registry import check_action
 from .._specs import check_backoff, check_max_attempts
+from .._worker import HELD_FIRST
 from ..errors import ValidationError
 from ..events import Event
 from ..model import (
@@ -554,6 +555,12 @@ class Remote:
         self._unregistering: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._room = False  # the last dispatch found a free slot to claim for
+        self._took = False  # ... and claimed something
+        self._held_wait = 0.0  # the wait for due tasks the last claims left (0: none)
+        # when each service (by worker id) last got tasks: the one that got them
+        # least recently is offered first, so services of an action take turns
+        self._took_at: dict[str, int] = {}
+        self._tick = 0
         self.held_back: set[str] = set()
         """Services (worker ids) not claimed for while their outcomes wait to be stored."""
         self._stopping = False
@@ -626,7 +633,8 @@ class Remote:
 
     def _on_changes(self, changes: Sequence[Change]) -> None:
         for change in changes:
-            if change.status is Status.QUEUED and change.event != "prioritized":
+            if ((change.status is Status.QUEUED and change.event != "prioritized")
+                    or (self._held_wait and change.status is not Status.RUNNING)):
                 self._wake.set()
                 return
 
@@ -866,6 +874,7 @@ class Remote:
         if service.fans == 0:
             self.services.pop((service.cred_key, service.name), None)
             self._worker_ids.discard(service.worker_id)
+            self._took_at.pop(service.worker_id, None)
 
     # -- claiming ---------------------------------------------------------------
 
@@ -891,9 +900,13 @@ class Remote:
 
     async def _dispatch_once(self) -> bool:
         services = [s for s in self.services.values() if s.subs]
-        self._room = False
+        self._room = self._took = False
         if not services:
             return False
+        # the services of an action take turns (the first one subscribed got every
+        # task of a trickle while it had room)
+        took_at = self._took_at
+        services.sort(key=lambda s: took_at.get(s.worker_id, 0))
         more = False
         storage = self.app.storage
         writer = self.writer
@@ -918,6 +931,10 @@ class Remote:
                                             self._limits())
                 if len(tasks) >= limit:
                     more = True
+                if tasks:
+                    self._took = True
+                    self._tick += 1
+                    took_at[service.worker_id] = self._tick
                 for task in tasks:
                     self._place(service, subs, task)
         return more
@@ -939,8 +956,18 @@ class Remote:
                 due = await self.app.storage.next_run_at(actions)
             except Exception:
                 due = None
-            if due is not None:
-                timeout = min(timeout, max(0.0, due - time.time()) + 0.001)
+            now = time.time()
+            if due is not None and due <= now and not self._took:
+                # due tasks the claims left: held back by a limit or a condition (as a
+                # worker does: see Worker._idle); a task leaving running wakes it sooner
+                self._held_wait = min(timeout, max(HELD_FIRST, self._held_wait * 2))
+                timeout = self._held_wait
+            else:
+                self._held_wait = 0.0
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due - now) + 0.001)
+        else:
+            self._held_wait = 0.0
         if self._wake.is_set():
             return
         try:
