@@ -41,6 +41,8 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, tuple[str, ...]]] = [
     ("POST", T, {"json": {"action": "a", "priority": "high"}}, 422, "invalid",
      ("priority", "number")),
     ("POST", T, {"json": {"action": "a", "priority": True}}, 422, "invalid", ("priority",)),
+    ("POST", T, {"json": {"action": "a", "priority": 10**320}}, 422, "invalid",
+     ("priority: must be a finite number, not an integer of about 320 digits",)),
     ("POST", T, {"json": {"action": "a", "delay": -1}}, 422, "invalid", ("delay",)),
     ("POST", T, {"json": {"action": "a", "delay": 1, "run_at": 2}}, 422, "invalid",
      ("delay or run_at",)),

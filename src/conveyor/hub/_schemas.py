@@ -18,9 +18,11 @@ Schema can: the field names and paths, the operators, the forms of a sort
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from .._specs import MAX_ABORT_REASON, MAX_ATTEMPTS, MAX_CONDITION_TERMS, MAX_CONDITIONS
 from ..model import FIELDS, JSON_FIELDS
@@ -68,7 +70,17 @@ MAX_INT = 2**63 - 1
 
 Status = Literal["queued", "running", "succeeded", "failed", "aborted"]
 Level = Literal["debug", "info", "warning", "error"]
-Number = Annotated[float, Field(allow_inf_nan=False)]
+def _float_range(value: Any) -> Any:
+    """An integer past a float's range is refused by name (pydantic said "input should
+    be a valid number" of a number), as the Python API and the WebSocket say it."""
+    if type(value) is int and abs(value) > sys.float_info.max:
+        raise PydanticCustomError(
+            "float_range", "must be a finite number, not an integer of about {digits} digits",
+            {"digits": len(str(abs(value))) - 1})
+    return value
+
+
+Number = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_float_range)]
 JSONObject = dict[str, Any]
 
 
