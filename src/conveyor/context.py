@@ -19,7 +19,7 @@ from typing_extensions import TypeVar
 
 from . import _json
 from .errors import ConveyorError, ValidationError
-from .model import LogLevel, Progress, Task, storable_text
+from .model import MAX_ERROR_MESSAGE, LogLevel, Progress, Task, cut_text, storable_text
 from .model import seconds as check_seconds
 
 __all__ = ["Context", "TaskAbortRequested", "TaskLogger"]
@@ -78,7 +78,8 @@ class TaskLogger:
     def log(self, level: LogLevel | str | int, message: str, *args: Any,
             data: dict[str, Any] | None = None) -> _Done:
         """Write one log line at ``level``; ``message % args`` as in :mod:`logging`; ``data`` (a
-        dict with text keys and JSON values) is attached as JSON."""
+        dict with text keys and JSON values) is attached as JSON. A message over 100,000
+        characters is cut there, ending ``[cut: N more characters]``."""
         parsed = LogLevel.parse(level)
         if data is not None:
             data = _check_data(data)
@@ -89,8 +90,10 @@ class TaskLogger:
             except (TypeError, ValueError):
                 text = " ".join([text, *map(str, args)])
         # a lone surrogate (undecodable bytes read as text) is escaped, never refused
-        # by the storage when the line is written with the others
-        self._channel.log(self._task_id, parsed, storable_text(text), data)
+        # by the storage when the line is written with the others; a line is cut at
+        # MAX_ERROR_MESSAGE characters, as a remote service's is by the hub
+        self._channel.log(self._task_id, parsed,
+                          cut_text(storable_text(text), MAX_ERROR_MESSAGE), data)
         return _DONE
 
     def debug(self, message: str, *args: Any, data: dict[str, Any] | None = None) -> _Done:

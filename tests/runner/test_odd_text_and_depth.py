@@ -201,3 +201,16 @@ async def test_a_lone_surrogate_in_a_progress_message_or_retry_reason_is_escaped
     assert stored.attempts == 2
     assert [e.message for e in stored.errors] == ["why \\udcff"]
     assert stored.progress is not None and stored.progress.message == "end \\ud801"
+
+
+async def test_a_log_line_is_cut_at_100000_characters_as_a_remote_ones(app: Conveyor) -> None:
+    @app.handler("odd:longlog")
+    async def long_log(ctx: Context[Any]) -> None:
+        ctx.log.info("x" * 100_000)
+        ctx.log.info("y" * 100_005)
+
+    async with app:
+        task = await app.add("odd:longlog")
+        await app.wait(task.id, timeout=10)
+    lines = [r.message async for r in app.logs(task.id)]
+    assert lines == ["x" * 100_000, "y" * 100_000 + " [cut: 5 more characters]"]
