@@ -31,6 +31,10 @@ CASES: dict[str, Case] = {
     # JSON input
     "payload-malformed": Case(("add", "a:b", '{"to": '), 2, ("payload is not valid JSON",)),
     "payload-nan": Case(("add", "a:b", '{"x": NaN}'), 2, ("payload is not valid JSON", "NaN")),
+    "payload-long-int": Case(("add", "a:b", "1" * 4301), 2,
+                             ("payload holds an integer of more than 4300 digits",)),
+    "filter-long-int": Case(("ls", '{"priority": ' + "1" * 4301 + "}"), 2,
+                            ("filter holds an integer of more than 4300 digits",)),
     "payload-file-missing": Case(("add", "a:b", "@{tmp}/nope.json"), 2,
                                  ("cannot read payload file", "nope.json")),
     "filter-malformed": Case(("ls", '{"status": '), 2, ("filter is not valid JSON",)),

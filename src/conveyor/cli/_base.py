@@ -365,7 +365,11 @@ def parse_json(text: str, what: str) -> Any:
         raise CliError(f"{what} is nested too deeply to be read") from None
     except json.JSONDecodeError as exc:
         raise CliError(f"{what} is not valid JSON: {_json_problem(exc)}") from None
-    except ValueError as exc:  # NaN, Infinity
+    except ValueError as exc:  # NaN, Infinity, an integer of too many digits
+        if "integer string conversion" in str(exc):  # Python's bound (CVE-2020-10735)
+            raise CliError(f"{what} holds an integer of more than "
+                           f"{sys.get_int_max_str_digits()} digits, the most conveyor "
+                           "takes") from None
         raise CliError(f"{what} is not valid JSON: {exc}") from None
 
 
