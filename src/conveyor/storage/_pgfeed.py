@@ -7,7 +7,10 @@ visible in its own (rows of transactions the previous snapshot saw running, or
 that started after it), so every committed row is read exactly once whatever
 the order in which transactions commit, and nothing is lost while the
 connection is down: the first read after a reconnect catches up from the last
-snapshot. See docs/postgres.md, "Change feed".
+snapshot. A read takes only rows of transactions its own snapshot sees completed:
+rows restored from a cluster whose transaction counter was ahead carry xids of
+this cluster's future, and are not delivered at every read (see the query).
+See docs/postgres.md, "Change feed".
 """
 
 from __future__ import annotations

@@ -450,6 +450,19 @@ SELECT pg_current_snapshot()::text
 -- they were read in (the next `since`): rows of the transactions that `since`
 -- saw running, and of those that started after it. Exactly once, in any commit order.
 -- A row of several tasks has NULL task_id and version, and their ids and versions.
+--
+-- Only rows of transactions that had completed when this read's snapshot was
+-- taken: every row a transaction of this cluster wrote and committed is one
+-- (so the bound drops none), but a row restored by pg_restore from a cluster
+-- whose transaction counter was ahead of this one's carries an xid of this
+-- cluster's future (or, by chance, of a transaction still running here), which
+-- "xid >= xmax of since" would match at every read: it would be delivered again
+-- at each poll until the counter passed it. Such a row is not delivered while
+-- its xid is ahead; if the counter reaches it while the row is still in the feed
+-- (retention keeps an hour), it is delivered once then, as the read whose
+-- snapshot first sees it completed is the only one to match it. The xmax bound
+-- is an index condition (restored rows are not even read); pg_visible_in_snapshot
+-- also leaves out an xid that this snapshot sees running.
 SELECT s.snap::text, c.seq, c.task_id, c.version, c.status, c.event, c.origin, c.ts,
        c.ids, c.versions
 FROM (SELECT pg_current_snapshot() AS snap) AS s
@@ -457,6 +470,7 @@ LEFT JOIN LATERAL (
     SELECT * FROM {schema}.changes
     WHERE (xid = ANY(ARRAY(SELECT pg_snapshot_xip(%(since)s::pg_snapshot)))
            OR xid >= pg_snapshot_xmax(%(since)s::pg_snapshot))
+      AND xid < pg_snapshot_xmax(s.snap) AND pg_visible_in_snapshot(xid, s.snap)
       AND (%(origin)s::text IS NULL OR origin IS DISTINCT FROM %(origin)s::text)
       AND (NOT %(wakeups)s::boolean OR status = 'queued' OR event = 'abort_requested')
     ORDER BY seq
@@ -464,11 +478,14 @@ LEFT JOIN LATERAL (
 ORDER BY c.seq
 
 -- name: changes_page
--- The same inside one REPEATABLE READ transaction, a page at a time (catch-up).
+-- The same inside one REPEATABLE READ transaction, a page at a time (catch-up);
+-- pg_current_snapshot() is the transaction's snapshot, the one the pages are read in.
 SELECT seq, task_id, version, status, event, origin, ts, ids, versions
 FROM {schema}.changes
 WHERE (xid = ANY(ARRAY(SELECT pg_snapshot_xip(%(since)s::pg_snapshot)))
        OR xid >= pg_snapshot_xmax(%(since)s::pg_snapshot))
+  AND xid < pg_snapshot_xmax(pg_current_snapshot())
+  AND pg_visible_in_snapshot(xid, pg_current_snapshot())
   AND (%(origin)s::text IS NULL OR origin IS DISTINCT FROM %(origin)s::text)
   AND (NOT %(wakeups)s::boolean OR status = 'queued' OR event = 'abort_requested')
   AND seq > %(after)s
