@@ -1,5 +1,5 @@
-"""A schema restored from a dump into another cluster (the change feed's xids come
-from that cluster's counter).
+"""A schema restored from a dump: into another cluster (the change feed's xids come
+from that cluster's counter) and under another name (ALTER SCHEMA ... RENAME).
 
 Restoring into a cluster whose transaction counter is behind the source's is
 simulated as the audit did: the restored feed rows get their xid moved ahead
@@ -9,16 +9,20 @@ of this cluster's counter (what pg_dump copies verbatim from a busier server).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import pytest
 
 from conveyor import Conveyor
-from conveyor.storage.postgres import PostgresStorage
+from conveyor.errors import SchemaError
+from conveyor.storage.postgres import PostgresStorage, migrate
 from conveyor.testing.contract import make_spec
 
-from ..conftest import pg_schema
+from ..conftest import drop_pg_schema, pg_schema, pg_url
 from .test_feed import Collector, _read_since
 
 AHEAD = 5_000_000  # the audit's exp14: a dump of a cluster 5 M transactions ahead
@@ -152,3 +156,157 @@ async def test_an_app_on_a_restore_from_a_cluster_ahead_gets_each_event_once(
     finally:
         reading.cancel()
         await app.close()
+
+
+# -- finding 2: a schema renamed (a dump restored under another name) --------------------
+
+
+@pytest.fixture
+def renamed(bare_url: str) -> Iterator[tuple[str, str]]:
+    """(the URL of a migrated schema, the URL of the name it will be renamed to)."""
+    new_url = pg_url()
+    yield bare_url, new_url
+    drop_pg_schema(new_url)
+
+
+def _rename(server: str, old_url: str, new_url: str) -> None:
+    with _admin(server) as conn:
+        conn.execute(f'ALTER SCHEMA "{pg_schema(old_url)}" RENAME TO "{pg_schema(new_url)}"')
+
+
+def _bindings(server: str, schema: str) -> tuple[list[str], list[bytes]]:
+    """The schema names in its trigger functions' bodies, and its changes_notify
+    triggers' arguments."""
+    with _admin(server) as conn:
+        bodies = conn.execute(
+            "SELECT prosrc FROM pg_proc WHERE pronamespace = to_regnamespace(%s)",
+            (f'"{schema}"',)).fetchall()
+        args = conn.execute(
+            "SELECT tgargs FROM pg_trigger WHERE tgrelid = to_regclass(%s) "
+            "AND tgname = 'changes_notify'", (f'"{schema}".changes',)).fetchall()
+    names = sorted({n for (b,) in bodies for n in re.findall(r'"([^"]+)"\.', b)})
+    return names, [bytes(a) for (a,) in args]
+
+
+async def test_a_renamed_schema_is_refused_until_migrate_binds_it(
+        renamed: tuple[str, str], server: str) -> None:
+    old_url, new_url = renamed
+    old, new = pg_schema(old_url), pg_schema(new_url)
+    await migrate(old_url)
+    before = PostgresStorage(old_url)
+    await before.open()
+    [kept] = await before.add([make_spec()])
+    await before.close()
+    _rename(server, old_url, new_url)
+
+    storage = PostgresStorage(new_url)
+    with pytest.raises(SchemaError) as err:  # before the fix: opened, and every add failed
+        await storage.open()
+    assert "conveyor migrate" in str(err.value) and f'"{old}"' in str(err.value)
+
+    await migrate(new_url)  # binds it
+    await migrate(new_url)  # finds it bound
+    assert _bindings(server, new) == ([new], [f"conveyor:{new}".encode() + b"\0"])
+    a, b = PostgresStorage(new_url), PostgresStorage(new_url)
+    await a.open()
+    await b.open()
+    feed = Collector(b, include_own=False)
+    try:
+        await feed.ready()
+        assert (await a.get(kept.task.id)) is not None
+        [res] = await a.add([make_spec()])
+        await feed.until(lambda s: any(c.task_id == res.task.id for c in s), timeout=2)
+        [claimed] = await a.claim("w", ["test:a"], 1, 30)
+        await feed.until(lambda s: any(c.task_id == claimed.id and c.event == "started"
+                                       for c in s), timeout=2)
+    finally:
+        feed.stop()
+        await a.close()
+        await b.close()
+
+
+async def test_a_schema_set_aside_in_the_same_database_no_longer_writes_into_the_fresh_one(
+        renamed: tuple[str, str], server: str) -> None:
+    """The audit's exp4: conveyor -> conveyor_old, then a fresh conveyor migrated;
+    conveyor_old's changes went into the fresh schema's feed and on its channel."""
+    fresh_url, aside_url = renamed
+    fresh, aside = pg_schema(fresh_url), pg_schema(aside_url)
+    await migrate(fresh_url)
+    _rename(server, fresh_url, aside_url)
+    await migrate(fresh_url)  # a fresh schema of the first name
+
+    with pytest.raises(SchemaError, match="conveyor migrate"):
+        await PostgresStorage(aside_url).open()
+    await migrate(aside_url)
+
+    on_fresh, on_aside = PostgresStorage(fresh_url), PostgresStorage(aside_url)
+    writer = PostgresStorage(aside_url)
+    for s in (on_fresh, on_aside, writer):
+        await s.open()
+    fresh_feed, aside_feed = Collector(on_fresh), Collector(on_aside)
+    try:
+        await fresh_feed.ready()
+        await aside_feed.ready()
+        [res] = await writer.add([make_spec()])
+        await aside_feed.until(lambda s: any(c.task_id == res.task.id for c in s), timeout=2)
+        await _reads(on_fresh, 2)
+        assert fresh_feed.seen == []
+        with _admin(server) as conn:
+            counts = [conn.execute(f'SELECT count(*) FROM "{s}".changes').fetchone()
+                      for s in (fresh, aside)]
+        assert counts == [(0,), (1,)]
+    finally:
+        fresh_feed.stop()
+        aside_feed.stop()
+        for s in (on_fresh, on_aside, writer):
+            await s.close()
+
+
+async def test_open_with_migrate_true_binds_a_renamed_schema_from_many_processes_at_once(
+        renamed: tuple[str, str], server: str) -> None:
+    old_url, new_url = renamed
+    await migrate(old_url)
+    _rename(server, old_url, new_url)
+    storages = [PostgresStorage(new_url, migrate=True) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.open() for s in storages))
+        [res] = await storages[0].add([make_spec()])
+        assert (await storages[1].get(res.task.id)) is not None
+    finally:
+        for s in storages:
+            await s.close()
+    new = pg_schema(new_url)
+    assert _bindings(server, new) == ([new], [f"conveyor:{new}".encode() + b"\0"])
+
+
+async def test_bound_definitions_are_the_migrations_word_for_word(
+        renamed: tuple[str, str], server: str) -> None:
+    """bound.sql holds what the migrations leave: a schema made under one name and
+    bound by migrate under another has the definitions a fresh migrate makes."""
+    old_url, new_url = renamed
+    twin_url = pg_url()
+    try:
+        await migrate(old_url)
+        _rename(server, old_url, new_url)
+        await migrate(new_url)
+        await migrate(twin_url)
+        new, twin = pg_schema(new_url), pg_schema(twin_url)
+
+        def definitions(schema: str) -> list[tuple[Any, ...]]:
+            with _admin(server) as conn:
+                funcs = conn.execute(
+                    "SELECT proname::text, replace(prosrc, %s, '<s>') FROM pg_proc "
+                    "WHERE pronamespace = to_regnamespace(%s) ORDER BY proname",
+                    (f'"{schema}"', f'"{schema}"')).fetchall()
+                triggers = conn.execute(
+                    "SELECT c.relname::text, t.tgname::text, "
+                    "replace(pg_get_triggerdef(t.oid), %s, '<s>') "
+                    "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                    "WHERE c.relnamespace = to_regnamespace(%s) AND NOT t.tgisinternal "
+                    "ORDER BY 1, 2", (schema, f'"{schema}"')).fetchall()
+            return funcs + triggers
+
+        assert definitions(new) == definitions(twin)
+    finally:
+        drop_pg_schema(twin_url)
+

@@ -3,7 +3,8 @@
 A query file holds blocks that start with a ``-- name: <name>`` line; the
 text up to the next such line is the query. Migrations are files named
 ``NNNN_description.sql`` in a ``migrations`` folder; ``NNNN`` is the schema
-version the file brings the database to.
+version the file brings the database to. Other ``.sql`` files of a dialect's
+folder are read whole by name (:func:`load_sql`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-__all__ = ["Migration", "load_migrations", "load_queries"]
+__all__ = ["Migration", "load_migrations", "load_queries", "load_sql"]
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -29,6 +30,11 @@ def load_queries(dialect: str) -> dict[str, str]:
             raise RuntimeError(f"query {name!r} defined twice in {dialect}/queries.sql")
         queries[name] = body
     return queries
+
+
+def load_sql(dialect: str, name: str) -> str:
+    """The text of ``sql/<dialect>/<name>``."""
+    return resources.files(__package__).joinpath("sql", dialect, name).read_text("utf-8")
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,7 @@ from ._codec import encode_scope, row_to_task
 from ._feed import Fanout, FanoutFeed, opened_start
 from ._pgfeed import Listener
 from ._pgsync import SyncConnection
-from ._sqlfile import load_migrations, load_queries
+from ._sqlfile import load_migrations, load_queries, load_sql
 from ._url import hide_password as _hide_password
 from ._url import misplaced_userinfo as _misplaced_userinfo
 from ._url import scrub_password as _scrub_password
@@ -108,6 +108,10 @@ _RAW_QUERIES = load_queries("postgres")
 MIGRATIONS = load_migrations("postgres")
 SCHEMA_VERSION = MIGRATIONS[-1].version
 """The schema version this code needs: the number of the last migration."""
+# the definitions that name the schema (see the file), made again by migrate when
+# they name another one, and the functions among them
+_BOUND_SQL = load_sql("postgres", "bound.sql")
+_BOUND_FUNCTIONS = ("tasks_inserted", "tasks_updated", "tasks_deleted")
 # the origin of changes written by add_in, after the storage's instance id: not this
 # storage's own writes (which the app announces as it makes them) but announced when
 # the caller's transaction commits, through the feed, in this process too
@@ -488,6 +492,48 @@ def _channel(schema: str) -> str:
     return f"conveyor:{schema}"
 
 
+def _fill(text: str, schema: str) -> bytes:
+    """A migration's (or bound.sql's) text for ``schema``."""
+    return (text.replace("{schema}", f'"{schema}"')
+            .replace("{channel}", "'" + _channel(schema) + "'")).encode()
+
+
+# a qualified name in a trigger function's body, as _fill writes it: "schema".table
+_QUALIFIED = re.compile(r'"((?:[^"]|"")+)"\.[a-z_]+')
+
+
+async def _bound_elsewhere(conn: psycopg.AsyncConnection[Any], schema: str) -> str | None:
+    """None when the change-feed trigger functions of ``schema`` write into its own
+    tables and its ``changes_notify`` trigger notifies on its own channel; else what
+    is wrong, for a message (the schema was renamed, or restored under another
+    name, after they were made: see bound.sql). One catalog query."""
+    cur = await conn.execute(
+        "SELECT proname::text, prosrc, NULL::bytea FROM pg_proc "
+        "WHERE pronamespace = to_regnamespace(%(nsp)s) AND proname = ANY(%(names)s) "
+        "UNION ALL "
+        "SELECT NULL, NULL, tgargs FROM pg_trigger "
+        "WHERE tgrelid = to_regclass(%(changes)s) AND tgname = 'changes_notify'",
+        {"nsp": f'"{schema}"', "names": list(_BOUND_FUNCTIONS), "changes": f'"{schema}".changes'})
+    rows = await cur.fetchall()
+    names: set[str] = set()
+    channel: bytes | None = None
+    for proname, body, args in rows:
+        if proname is None:
+            channel = bytes(args)
+            continue
+        names.update(n.replace('""', '"') for n in _QUALIFIED.findall(body))
+    others = sorted(names - {schema})
+    if others:
+        return ("its change-feed triggers write into schema "
+                + ", ".join(f'"{n}"' for n in others))
+    if channel != _channel(schema).encode() + b"\0":
+        if channel is None:
+            return "its changes_notify trigger is missing"
+        heard = channel.rstrip(b"\0").decode("utf-8", "replace")
+        return f'its change-feed trigger notifies on channel "{heard}"'
+    return None
+
+
 _TABLES = ("tasks", "logs", "changes", "workers")
 # The columns of the migrations table, in order, as _apply_migrations makes it:
 # another tool's table of that name (even an empty one) is not taken over.
@@ -571,13 +617,20 @@ async def _apply_migrations_once(conn: psycopg.AsyncConnection[Any], schema: str
         for migration in MIGRATIONS:
             if migration.version <= current:
                 continue
-            text = (migration.sql.replace("{schema}", f'"{schema}"')
-                    .replace("{channel}", "'" + _channel(schema) + "'"))
-            await conn.execute(text.encode())
+            await conn.execute(_fill(migration.sql, schema))
             await conn.execute(
                 sql.SQL("INSERT INTO {}.migrations (version, name) VALUES (%s, %s)").format(ident),
                 (migration.version, migration.name))
             current = migration.version
+        # The migrations wrote the schema's name into the trigger functions and the
+        # channel into a trigger's argument: a schema renamed since (ALTER SCHEMA ...
+        # RENAME, the way to restore a dump under another name) still names the old
+        # one. Checked at every run (one catalog query) and made again only then, in
+        # this transaction and under this lock: runs at once find it done.
+        wrong = await _bound_elsewhere(conn, schema)
+        if wrong is not None:
+            await conn.execute(_fill(_BOUND_SQL, schema))
+            log.warning('schema "%s": %s; made them again for this schema', schema, wrong)
     return current
 
 
@@ -769,6 +822,12 @@ class PostgresStorage(FanoutFeed, Storage):
                     raise SchemaError(
                         f'schema "{self.schema}" of {self.url} is at version {version}, older '
                         f"than this conveyor ({SCHEMA_VERSION}): run `conveyor migrate`")
+                wrong = await _bound_elsewhere(conn, self.schema)
+                if wrong is not None:
+                    raise SchemaError(
+                        f'schema "{self.schema}" of {self.url}: {wrong} (was it renamed, or '
+                        "restored under another name?): run `conveyor migrate --db <url>` "
+                        f'to make them again for "{self.schema}"')
                 await _check_clock(conn, self.url)
                 cur = await conn.execute(self._q["snapshot"])
                 row = await cur.fetchone()
