@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from .app import Conveyor
     from .schedule import Schedule
 
-__all__ = ["HELD_FIRST", "RUNNING_HERE", "ErrorItem", "ResultItem", "Worker"]
+__all__ = ["RUNNING_HERE", "ErrorItem", "ResultItem", "Worker", "idle_wait"]
 
 ALONE_FOR = 10.0
 """Seconds a task rescued from a dead worker runs with nothing else starting beside it
@@ -83,6 +83,22 @@ HELD_FIRST = 0.01  # first wait (s) for due tasks a claim left (a limit or condi
 # holds them), doubled at each empty claim up to idle_poll; a change that may free them
 # (a task leaving running or queued: a run ended here or elsewhere) wakes it sooner
 _FREEING = frozenset(Status) - {Status.RUNNING}
+
+
+def idle_wait(due: float | None, took: bool, held: float,
+              idle_poll: float) -> tuple[float, float]:
+    """How long a claimer (a worker, the hub's dispatch) sleeps after a claim that took
+    fewer tasks than it asked for, and the held-back wait it keeps: until ``due`` (the
+    next task's ``run_at``), at most ``idle_poll``; when tasks are already due and the
+    claim took none (``took``), they are held back by a limit or a condition: ``held``
+    doubled, from ``HELD_FIRST`` up to ``idle_poll``."""
+    now = time.time()
+    if due is not None and due <= now and not took:
+        held = min(idle_poll, max(HELD_FIRST, held * 2))
+        return held, held
+    if due is None:
+        return idle_poll, 0.0
+    return min(idle_poll, max(0.0, due - now) + 0.001), 0.0
 
 
 class _KeeperCannotConnect(Exception):
@@ -586,19 +602,11 @@ class Worker:
         freed them (a task leaving ``running``, here or elsewhere), else after a wait
         doubled at each empty claim from 10 ms up to ``idle_poll``, rather than at once
         (a spin of ~1,000 claims a second while a task waited behind a limit)."""
-        timeout = self.app.idle_poll
         try:
             due = await self.storage.next_run_at(self.actions)
         except Exception:
             due = None
-        now = time.time()
-        if due is not None and due <= now and not took:
-            self._held_wait = min(timeout, max(HELD_FIRST, self._held_wait * 2))
-            timeout = self._held_wait
-        else:
-            self._held_wait = 0.0
-            if due is not None:
-                timeout = min(timeout, max(0.0, due - now) + 0.001)
+        timeout, self._held_wait = idle_wait(due, took, self._held_wait, self.app.idle_poll)
         if self._wake.is_set():
             return
         try:

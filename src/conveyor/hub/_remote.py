@@ -61,7 +61,7 @@ from .._policy import decide, with_defaults
 from .._recent import RecentIds, abort_asked
 from .._registry import check_action
 from .._specs import check_backoff, check_max_attempts
-from .._worker import HELD_FIRST
+from .._worker import idle_wait
 from ..errors import ValidationError
 from ..events import Event
 from ..model import (
@@ -956,16 +956,9 @@ class Remote:
                 due = await self.app.storage.next_run_at(actions)
             except Exception:
                 due = None
-            now = time.time()
-            if due is not None and due <= now and not self._took:
-                # due tasks the claims left: held back by a limit or a condition (as a
-                # worker does: see Worker._idle); a task leaving running wakes it sooner
-                self._held_wait = min(timeout, max(HELD_FIRST, self._held_wait * 2))
-                timeout = self._held_wait
-            else:
-                self._held_wait = 0.0
-                if due is not None:
-                    timeout = min(timeout, max(0.0, due - now) + 0.001)
+            # due tasks the claims left are held back by a limit or a condition (as a
+            # worker's: see Worker._idle); a task leaving running wakes it sooner
+            timeout, self._held_wait = idle_wait(due, self._took, self._held_wait, timeout)
         else:
             self._held_wait = 0.0
         if self._wake.is_set():
