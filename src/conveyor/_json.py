@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ValidationError
+from .model import MAX_DEPTH
 
 __all__ = [
-    "MAX_DEPTH",
     "WIRE_DEPTH",
     "check_depth",
     "copy_checked",
@@ -27,13 +27,6 @@ __all__ = [
 WIRE_DEPTH = 64
 """Deepest nesting of arrays and objects in a WebSocket frame or a REST body (the
 hub refuses deeper ones; its clients refuse to send them)."""
-
-MAX_DEPTH = 512
-"""Deepest nesting of arrays and objects in a value conveyor stores (a payload, a
-result, tags, log or progress data, an emitted value; the value itself is the first
-level): a deeper one is a :class:`ValidationError`, the same on every backend. (The
-bound was Python's recursion limit, met at different depths by each backend's own
-encoding: a PostgreSQL worker retried for ever to store a result about 980 deep.)"""
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _decoder = json.JSONDecoder()

@@ -32,6 +32,7 @@ __all__ = [
     "FIELDS",
     "JSON_FIELDS",
     "MAX_CONDITION_LIMIT",
+    "MAX_DEPTH",
     "MAX_ERRORS",
     "MAX_ERROR_MESSAGE",
     "MAX_SECONDS",
@@ -377,6 +378,13 @@ class Progress:
 MAX_CONDITION_LIMIT = 2**63 - 1
 """The largest ``limit`` of a concurrency condition (a 64-bit integer, as every
 backend stores and compares it)."""
+
+MAX_DEPTH = 512
+"""Deepest nesting of arrays and objects in a value conveyor stores (a payload, a
+result, tags, log or progress data, an emitted value; the value itself is the first
+level): a deeper one is a :class:`ValidationError`, the same on every backend. (The
+bound was Python's recursion limit, met at different depths by each backend's own
+encoding: a PostgreSQL worker retried for ever to store a result about 980 deep.)"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from conveyor import Context, Conveyor
-from conveyor._json import MAX_DEPTH
 from conveyor.errors import ConfigurationError, ValidationError
-from conveyor.model import Status
+from conveyor.model import MAX_DEPTH, Status
 
 
 async def test_a_log_line_with_a_lone_surrogate_is_escaped_and_the_worker_goes_on(
