@@ -163,7 +163,10 @@ def _models_from_signature(fn: Callable[..., Any]) -> tuple[type[BaseModel] | No
         hints = typing.get_type_hints(fn)
     except Exception as exc:
         raw = getattr(fn, "__annotations__", {})
-        first = next(iter(inspect.signature(fn).parameters), None)
+        try:
+            first = next(iter(inspect.signature(fn).parameters), None)
+        except (TypeError, ValueError):
+            first = None
         if "[" in str(raw.get(first, "")) or "return" in raw:
             raise ConfigurationError(
                 f"cannot read the type annotations of handler {fn.__qualname__} ({exc}): "
@@ -171,7 +174,11 @@ def _models_from_signature(fn: Callable[..., Any]) -> tuple[type[BaseModel] | No
                 "payload_model= / result_model=") from None
         return None, None
     payload_model = None
-    params = [p for p in inspect.signature(fn).parameters.values()
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (some builtins): no models
+        return None, None
+    params = [p for p in signature.parameters.values()
               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if params:
         hint = hints.get(params[0].name)
@@ -285,7 +292,9 @@ def _check_callable_with_context(action: str, fn: Callable[..., Any]) -> None:
             f"handler for {action!r} is a generator function: a handler returns its "
             "result (ctx.emit() sends values while it runs)")
     try:
-        signature = inspect.signature(fn)
+        # the wrapper's own signature: a decorator's wrapper(ctx) may call the function
+        # it wraps with more (an injected session), as functools.wraps hides
+        signature = inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):  # no signature to read (some builtins): not checked
         return
     try:

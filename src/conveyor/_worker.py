@@ -473,6 +473,7 @@ class Worker:
             await asyncio.to_thread(self._keeper.join, 10)
         if self._on_changes in self.app._relay_listeners:
             self.app._relay_listeners.remove(self._on_changes)
+        self.app._relay_needs_every_change.discard(self)
         remove_hook = getattr(self.storage, "remove_ready_hook", None)
         if remove_hook is not None:
             remove_hook(self.wake)
@@ -607,6 +608,12 @@ class Worker:
         except Exception:
             due = None
         timeout, self._held_wait = idle_wait(due, took, self._held_wait, self.app.idle_poll)
+        # while tasks are held back, the relay reads every change (a plain worker reads
+        # only wake-ups): a run ending elsewhere, or an abort here, may free them
+        if self._held_wait:
+            self.app._relay_needs_every_change.add(self)
+        else:
+            self.app._relay_needs_every_change.discard(self)
         if self._wake.is_set():
             return
         try:

@@ -184,6 +184,7 @@ class Conveyor:
         self.error_sinks: list[Sink] = []
         self._relay: ChangeRelay | None = None
         self._relay_listeners: list[Callable[[Sequence[Change]], None]] = []
+        self._relay_needs_every_change: set[object] = set()  # see ChangeRelay
         self._worker: Worker | None = None
         self._drain_worker: Worker | None = None  # started by drain() for its actions
         self._drains = 0  # drain() calls under way
@@ -343,6 +344,7 @@ class Conveyor:
     def _new_relay(self) -> ChangeRelay:
         relay = ChangeRelay(self.storage, self.bus)
         relay.listeners = self._relay_listeners
+        relay.needs_every_change = self._relay_needs_every_change
         relay.start()
         return relay
 

@@ -751,6 +751,10 @@ class ChangeRelay:
         self._progress_seen: dict[str, Progress] = {}
         self._attempts_seen: dict[str, tuple[int, int]] = {}  # (version, attempts)
         self.listeners: list[Callable[[Sequence[Change]], None]] = []
+        self.needs_every_change: set[object] = set()
+        """Listeners that want every change for now, their own process's included (a
+        worker whose due tasks a limit or a condition holds back: any task leaving
+        ``running`` may free them), not only wake-ups."""
         self._ready = asyncio.Event()
 
     def start(self) -> None:
@@ -792,12 +796,13 @@ class ChangeRelay:
         await stop_tasks(task, what="the change relay")
 
     def _wants_own(self) -> bool:
-        """Own changes matter only to event listeners and task signals in this process."""
-        return not self.bus.idle or bool(self.bus._signals)
+        """Own changes matter only to event listeners and task signals in this process
+        (and to a worker holding tasks back)."""
+        return not self.bus.idle or bool(self.bus._signals) or bool(self.needs_every_change)
 
     def _wakeups_only(self) -> bool:
         """With no listener and no signal, only wake-ups (for the worker) matter."""
-        return self.bus.idle and not self.bus._signals
+        return self.bus.idle and not self.bus._signals and not self.needs_every_change
 
     def _wanted(self) -> bool:
         """Changes matter only to event listeners, tallies, task signals and change

@@ -89,3 +89,28 @@ async def test_two_services_take_turns_at_a_trickle(hub: RunningHub) -> None:
             await pub.wait(task.id, timeout=10)
     assert ran["a"] + ran["b"] == 20
     assert ran["a"] >= 5 and ran["b"] >= 5, ran
+
+
+async def test_the_hubs_pickup_deadline_of_a_past_run_at_counts_from_the_add(
+        hub: RunningHub) -> None:
+    """A task added with a run_at a minute ago and a pickup timeout of a minute has
+    its whole minute from the add (as its stored pickup_deadline): the hub counted it
+    from the run_at and failed it at the first refused offer."""
+    refused = 0
+
+    def accept(task: Any) -> bool:
+        nonlocal refused
+        refused += 1
+        return refused > 6  # refused six times (the waits between offers grow)
+
+    worker = HubClient(hub.url, hub.key("svc", subscribe=["*"]))
+
+    @worker.handler("late", accept=accept)
+    async def late(ctx: Context[Any]) -> str:
+        return "ran"
+
+    async with working(worker, "svc", 2), HubClient(
+            hub.url, hub.key("pub", publish=["*"], read=["*"])) as pub:
+        task = await pub.add("late", None, run_at=time.time() - 59.95, pickup_timeout=60)
+        assert await pub.wait(task.id, timeout=20) == "ran"
+    assert refused == 7

@@ -104,10 +104,27 @@ class _Callable:
         return "object"
 
 
+def _with_session(fn: Any) -> Any:
+    """A decorator that injects an argument: its wrapper takes the context alone
+    (``inspect.signature`` follows ``__wrapped__`` to the function, which takes two)."""
+
+    @functools.wraps(fn)
+    async def wrapper(ctx: Context) -> Any:
+        return await fn(ctx, {"session": 1})
+
+    return wrapper
+
+
+@_with_session
+async def _injected(ctx: Context, session: dict[str, int]) -> int:
+    return session["session"]
+
+
 @pytest.mark.parametrize(("fn", "expected"), [
     (_with_default, 3), (_star, 1), (functools.partial(_extra, extra=1), None),
     (Service().method, None), (_Callable(), "object"), (lambda ctx: "lambda", "lambda"),
-], ids=["default", "star", "partial", "bound", "object", "lambda"])
+    (_injected, 1), (bool, True),
+], ids=["default", "star", "partial", "bound", "object", "lambda", "injected", "builtin"])
 async def test_functions_that_take_the_context_run(fn: Any, expected: Any) -> None:
     app = Conveyor("memory://")
     app.register("a", fn)

@@ -985,7 +985,9 @@ class Remote:
         self.claimed_total += 1
         if task.pickup_timeout is not None and task.id not in self.deadlines:
             now = time.time()
-            deadline = task.run_at + task.pickup_timeout
+            # ready at its run_at, or when added if that was past (as the storage's
+            # pickup_deadline, which the claim cleared)
+            deadline = max(task.run_at, task.created_at) + task.pickup_timeout
             if deadline < now:  # released or rescued since: its clock restarted
                 deadline = now + task.pickup_timeout
             self.deadlines[task.id] = deadline
