@@ -143,3 +143,28 @@ async def test_an_abort_here_of_a_queued_blocker_frees_a_held_task_at_once(url: 
         assert started[0] - aborted < 0.3
     finally:
         await app.close()
+
+
+async def test_a_producer_sharing_a_memory_storage_wakes_the_worker_app() -> None:
+    """Two apps given one storage object (a producer beside a worker, in a test): the
+    producer's add did not wake the worker app (their feeds leave out the storage's
+    own changes), and each task started a whole idle_poll later."""
+    worker_app = Conveyor("memory://", idle_poll=5.0)
+    started = asyncio.Event()
+
+    @worker_app.handler("run")
+    async def run(ctx: Context) -> None:
+        started.set()
+
+    producer = Conveyor(worker_app.storage)
+    try:
+        await worker_app.start()
+        for _ in range(3):
+            started.clear()
+            added = time.monotonic()
+            await producer.add("run", None)
+            await asyncio.wait_for(started.wait(), 10)
+            assert time.monotonic() - added < 0.5  # not the 5 s idle poll
+    finally:
+        await producer.close()
+        await worker_app.close()
