@@ -18,8 +18,11 @@
   files in ``storage/sql/sqlite/migrations``; a database of a newer schema
   version is refused.
 
-URL options: ``sqlite:///tasks.db?synchronous=normal&busy_timeout=30&poll_interval=0.002``.
-Three slashes then a relative path, four for an absolute one.
+URL options: ``sqlite:///tasks.db?synchronous=normal&busy_timeout=30&poll_interval=0.002``,
+and ``mode=ro`` (read-only: to inspect a backup or a file one may not write,
+with ``conveyor ls``/``show``; nothing is written, the schema not even migrated,
+and every write is a :class:`StorageError`). Three slashes then a relative path,
+four for an absolute one.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import functools
 import logging
 import math
 import os
+import pathlib
 import sqlite3
 import threading
 import time
@@ -126,7 +130,7 @@ class SQLiteStorage(FanoutFeed, Storage):
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
                  busy_timeout: float = 30.0, poll_interval: float = 0.002,
-                 url: str | None = None) -> None:
+                 url: str | None = None, read_only: bool = False) -> None:
         sync = synchronous.upper()
         if sync not in _SYNCHRONOUS:
             raise ConfigurationError(
@@ -140,6 +144,7 @@ class SQLiteStorage(FanoutFeed, Storage):
         self.synchronous = sync
         self.busy_timeout = busy_timeout
         self.poll_interval = poll_interval
+        self.read_only = read_only
         self.instance_id = uuid.uuid4().hex
         self._db: DBThread | None = None
         self._readers: ReaderPool | None = None
@@ -162,7 +167,7 @@ class SQLiteStorage(FanoutFeed, Storage):
         cross a fork; the parent's is left alone)."""
         return SQLiteStorage(self.path, synchronous=self.synchronous,
                              busy_timeout=self.busy_timeout, poll_interval=self.poll_interval,
-                             url=self.url)
+                             url=self.url, read_only=self.read_only)
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStorage:
@@ -177,10 +182,15 @@ class SQLiteStorage(FanoutFeed, Storage):
                     kwargs[key] = float(value)
                 except ValueError:
                     raise ConfigurationError(f"sqlite URL option {key} must be a number") from None
+            elif key == "mode":
+                if value not in ("ro", "rw"):
+                    raise ConfigurationError(
+                        f"sqlite URL option mode must be ro (read-only) or rw, not {value!r}")
+                kwargs["read_only"] = value == "ro"
             else:
                 raise ConfigurationError(
                     f"unknown sqlite URL option {key!r} (known: synchronous, busy_timeout, "
-                    "poll_interval)")
+                    "poll_interval, mode)")
         return cls(path, url=url.split("?", 1)[0], **kwargs)
 
     # -- plumbing -----------------------------------------------------------------
@@ -196,13 +206,24 @@ class SQLiteStorage(FanoutFeed, Storage):
                 f"cannot open database {self.path!r}: folder {folder!r} does not exist")
         try:
             # timeout=0: waits for the write lock happen in _sqlthread, with short sleeps
-            conn = sqlite3.connect(self.path, timeout=0.0, isolation_level=None,
-                                   check_same_thread=False)
+            if self.read_only:  # the file as it is: no journal mode set, nothing written
+                if not os.path.exists(self.path):
+                    raise StorageError(f"cannot open database {self.path!r} read-only: "
+                                       "no such file")
+                conn = sqlite3.connect(f"{pathlib.Path(os.path.abspath(self.path)).as_uri()}"
+                                       "?mode=ro", uri=True, timeout=0.0,
+                                       isolation_level=None, check_same_thread=False)
+            else:
+                conn = sqlite3.connect(self.path, timeout=0.0, isolation_level=None,
+                                       check_same_thread=False)
             try:  # before anything is written (the WAL mode is, in the file's header)
                 retry_busy(lambda: self._refuse_foreign(conn), self.busy_timeout)
             except BaseException:
                 conn.close()
                 raise
+            if self.read_only:
+                _register_functions(conn)
+                return conn
             retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone(),
                        self.busy_timeout)
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -232,6 +253,9 @@ class SQLiteStorage(FanoutFeed, Storage):
         readers = self._readers
         if db is None or readers is None:
             raise StorageError("storage is closed")
+        if write and self.read_only:
+            raise StorageError(f"database {self.path!r} is opened read-only (mode=ro): "
+                               "nothing can be written")
         try:
             result: T = await asyncio.wrap_future(
                 db.submit(fn) if write else readers.submit(fn))
@@ -277,6 +301,12 @@ class SQLiteStorage(FanoutFeed, Storage):
             raise SchemaError(
                 f"database {self.path!r} has schema version {current}, newer than this conveyor "
                 f"knows ({SCHEMA_VERSION}): upgrade conveyor")
+        if self.read_only and current != SCHEMA_VERSION:
+            raise SchemaError(
+                f"database {self.path!r} opened read-only (mode=ro) has schema version "
+                f"{current}, and this conveyor reads version {SCHEMA_VERSION}: "
+                + ("it is not a conveyor database, or an empty file" if not current else
+                   "migrate a copy of it (without mode=ro) to read it"))
         if current == SCHEMA_VERSION:
             return
         begin_immediate(conn, self.busy_timeout)
