@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -22,6 +21,7 @@ from conveyor.hub import HubConfig
 from conveyor.hub._credentials import CredentialStore
 from conveyor.model import Status
 
+from ._working import working
 from ._ws_helpers import eventually, make_hub, read_line, reap, spawn
 from .conftest import RunningHub, free_port, hub_db_url, running_hub
 
@@ -77,18 +77,6 @@ def worker_client(hub: RunningHub, key: str) -> HubClient:
         return sum(ctx.payload)
 
     return client
-
-
-@contextlib.asynccontextmanager
-async def working(client: HubClient, service: str, concurrency: int = 8) -> Any:
-    task = asyncio.create_task(client.work(service, concurrency=concurrency, stop_timeout=1.0))
-    await client.wait_working(10)
-    try:
-        yield task
-    finally:
-        client.stop()
-        await asyncio.wait_for(task, 20)
-        await client.close()
 
 
 async def test_publish_and_await_with_the_client(hub: RunningHub) -> None:

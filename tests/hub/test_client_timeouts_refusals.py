@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +12,14 @@ from conveyor import Context, Conveyor, Task
 from conveyor.client import HubClient
 from conveyor.model import Status
 
+from ._working import working as _working
 from ._ws_helpers import make_hub
 from .conftest import RunningHub, hub_db_url
 
 
-@contextlib.asynccontextmanager
-async def working(client: HubClient, service: str) -> AsyncIterator[None]:
-    task = asyncio.create_task(client.work(service, concurrency=4, stop_timeout=1.0))
-    await client.wait_working(10)
-    try:
-        yield
-    finally:
-        client.stop()
-        await asyncio.wait_for(task, 20)
-        await client.close()
+def working(client: HubClient, service: str) -> Any:
+    """The service at 4 handlers at once."""
+    return _working(client, service, concurrency=4)
 
 
 def _slow_handlers(register: Callable[..., Any], prefix: str) -> None:

@@ -6,29 +6,20 @@ of tasks (the first one subscribed got them all while it had room)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 from conveyor import Context
 from conveyor.client import HubClient
 
+from ._working import working as _working
 from .conftest import RunningHub
 
 
-@contextlib.asynccontextmanager
-async def working(client: HubClient, service: str, concurrency: int) -> AsyncIterator[None]:
-    task = asyncio.create_task(client.work(service, concurrency=concurrency, prefetch=0,
-                                           stop_timeout=1.0))
-    await client.wait_working(10)
-    try:
-        yield
-    finally:
-        client.stop()
-        await asyncio.wait_for(task, 20)
-        await client.close()
+def working(client: HubClient, service: str, concurrency: int) -> Any:
+    """The service without prefetched offers (they keep their place: see protocol.md)."""
+    return _working(client, service, concurrency, prefetch=0)
 
 
 def _count_claims(hub: RunningHub) -> list[int]:
