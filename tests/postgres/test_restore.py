@@ -9,9 +9,10 @@ of this cluster's counter (what pg_dump copies verbatim from a busier server).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
@@ -45,6 +46,21 @@ async def _reads(storage: Any, n: int) -> None:
         await _read_since(storage, time.time())
 
 
+@contextlib.asynccontextmanager
+async def _reading(schema_url: str) -> AsyncIterator[tuple[PostgresStorage, Collector]]:
+    """A second storage on the schema (polling every 50 ms) and a collector of its
+    feed, ready."""
+    reader = PostgresStorage(schema_url, poll_interval=0.05)
+    await reader.open()
+    feed = Collector(reader)
+    try:
+        await feed.ready()
+        yield reader, feed
+    finally:
+        feed.stop()
+        await reader.close()
+
+
 def _times(feed: Collector, task_ids: list[str]) -> dict[str, int]:
     return {t: sum(1 for c in feed.seen if c.task_id == t) for t in task_ids}
 
@@ -56,11 +72,7 @@ async def test_restored_rows_of_a_cluster_ahead_are_not_delivered_at_every_read(
         schema_url: str, storage: Any, server: str) -> None:
     restored = [r.task.id for r in await storage.add([make_spec() for _ in range(3)])]
     _move_xids(server, pg_schema(schema_url), f"xid::text::bigint + {AHEAD}")
-    reader = PostgresStorage(schema_url, poll_interval=0.05)
-    await reader.open()
-    feed = Collector(reader)
-    try:
-        await feed.ready()
+    async with _reading(schema_url) as (reader, feed):
         await _reads(reader, 6)
         # before the fix: each of them once per read (6 times or more)
         assert _times(feed, restored) == dict.fromkeys(restored, 0)
@@ -70,9 +82,6 @@ async def test_restored_rows_of_a_cluster_ahead_are_not_delivered_at_every_read(
         await _reads(reader, 3)
         assert _times(feed, [new.task.id]) == {new.task.id: 1}
         assert _times(feed, restored) == dict.fromkeys(restored, 0)
-    finally:
-        feed.stop()
-        await reader.close()
 
 
 async def test_a_restored_row_is_delivered_once_when_the_counter_passes_its_xid(
@@ -87,11 +96,7 @@ async def test_a_restored_row_is_delivered_once_when_the_counter_passes_its_xid(
                            ).fetchone()
     assert row is not None
     target = int(row[0])
-    reader = PostgresStorage(schema_url, poll_interval=0.05)
-    await reader.open()
-    feed = Collector(reader)
-    try:
-        await feed.ready()
+    async with _reading(schema_url) as (reader, feed):
         await _reads(reader, 4)
         assert _times(feed, restored) == dict.fromkeys(restored, 0)
         with _admin(server) as conn:  # this cluster's transactions catch up with the dump's
@@ -101,9 +106,6 @@ async def test_a_restored_row_is_delivered_once_when_the_counter_passes_its_xid(
         await feed.until(lambda s: set(restored) <= {c.task_id for c in s})
         await _reads(reader, 6)
         assert _times(feed, restored) == dict.fromkeys(restored, 1)
-    finally:
-        feed.stop()
-        await reader.close()
 
 
 async def test_a_restored_row_whose_xid_runs_here_waits_for_its_end(
@@ -117,19 +119,12 @@ async def test_a_restored_row_whose_xid_runs_here_waits_for_its_end(
         row = running.execute("SELECT pg_current_xact_id()::text").fetchone()
         assert row is not None
         _move_xids(server, pg_schema(schema_url), f"{row[0]}::bigint")
-        reader = PostgresStorage(schema_url, poll_interval=0.05)
-        await reader.open()
-        feed = Collector(reader)
-        try:
-            await feed.ready()
+        async with _reading(schema_url) as (reader, feed):
             await _reads(reader, 6)
             assert _times(feed, [res.task.id]) == {res.task.id: 0}
             running.execute("ROLLBACK")
             await _reads(reader, 6)
             assert _times(feed, [res.task.id]) == {res.task.id: 1}
-        finally:
-            feed.stop()
-            await reader.close()
 
 
 async def test_an_app_on_a_restore_from_a_cluster_ahead_gets_each_event_once(
