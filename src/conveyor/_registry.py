@@ -308,16 +308,17 @@ def _check_callable_with_context(action: str, fn: Callable[..., Any]) -> None:
 
 
 def check_decorated(action: object, options: Mapping[str, Any], *,
-                    also: frozenset[str] = frozenset()) -> None:
+                    also: frozenset[str] = frozenset(), owner: str = "app") -> None:
     """The checks of a ``handler(action, **options)`` decorator made before it has
     its function: a decorator used without its action (``@app.handler`` bare made
     the function the action's name, and registered nothing), a bad action name and
     unknown options (``also``: the caller's own, besides :func:`build_handler`'s) are
-    refused where they are written."""
+    refused where they are written. ``owner``: how the message names the object
+    (``app``, ``client``)."""
     if callable(action) and not isinstance(action, str):
         raise ConfigurationError(
-            "handler() needs the action's name: write @app.handler(\"mail:send\") "
-            f"above {getattr(action, '__qualname__', action)!r}, not a bare @app.handler")
+            f"handler() needs the action's name: write @{owner}.handler(\"mail:send\") "
+            f"above {getattr(action, '__qualname__', action)!r}, not a bare @{owner}.handler")
     try:
         check_action(action)
     except ValidationError as exc:

@@ -646,7 +646,7 @@ class HubClient:
         As with :meth:`Conveyor.handler`, the action's name and the options' names
         are checked here (a bare ``@client.handler`` raises
         :class:`ConfigurationError`), and the function when it is registered."""
-        check_decorated(action, options, also=frozenset({"accept", "schedule"}))
+        check_decorated(action, options, also=frozenset({"accept", "schedule"}), owner="client")
 
         def register(fn: F) -> F:
             self.register(action, fn, **options)

@@ -207,12 +207,7 @@ class SQLiteStorage(FanoutFeed, Storage):
         try:
             # timeout=0: waits for the write lock happen in _sqlthread, with short sleeps
             if self.read_only:  # the file as it is: no journal mode set, nothing written
-                if not os.path.exists(self.path):
-                    raise StorageError(f"cannot open database {self.path!r} read-only: "
-                                       "no such file")
-                conn = sqlite3.connect(f"{pathlib.Path(os.path.abspath(self.path)).as_uri()}"
-                                       "?mode=ro", uri=True, timeout=0.0,
-                                       isolation_level=None, check_same_thread=False)
+                conn = self._connect_read_only()
             else:
                 conn = sqlite3.connect(self.path, timeout=0.0, isolation_level=None,
                                        check_same_thread=False)
@@ -272,6 +267,27 @@ class SQLiteStorage(FanoutFeed, Storage):
     def _committed(self) -> None:
         if self._feed.active and self._feed.wants_own():
             self._kick.set()
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A read-only connection (``mode=ro``). A file in WAL mode (every file conveyor
+        makes, and a ``.backup`` copy) is read through its ``-shm`` index, which SQLite
+        creates beside it: in a folder one may not write, it is read as it is instead
+        (``immutable=1``: a snapshot; changes made meanwhile are not seen)."""
+        if not os.path.exists(self.path):
+            raise StorageError(f"cannot open database {self.path!r} read-only: no such file")
+        uri = pathlib.Path(os.path.abspath(self.path)).as_uri()
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=0.0,
+                               isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA user_version").fetchone()
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            text = str(exc)
+            if "readonly" not in text and "unable to open" not in text:
+                raise
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=0.0,
+                               isolation_level=None, check_same_thread=False)
 
     def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
         """A file with a schema version but none of conveyor's tables is another
