@@ -182,7 +182,7 @@ async def test_ready_hook_fires_on_another_writers_queued_task(storage: Any, oth
 
     storage.add_ready_hook(hook)
     try:
-        assert storage._ready_hint() is True  # the listener defers its read after a hint
+        assert storage._ready_hooks.call() is True  # the listener defers its read after a hint
         await asyncio.wait_for(fired.wait(), 5)
         woken.clear()
         fired.clear()
@@ -202,7 +202,7 @@ async def test_ready_hook_fires_on_another_writers_queued_task(storage: Any, oth
         await feed.until(lambda s: any(c.task_id == late.task.id for c in s))
         assert len(woken) == 1
         # with no hook left the hint wakes nobody, and the listener reads at once
-        assert storage._ready_hint() is False
+        assert storage._ready_hooks.call() is False
     finally:
         storage.remove_ready_hook(hook)
         feed.stop()

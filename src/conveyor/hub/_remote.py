@@ -84,6 +84,7 @@ from ..model import (
     cut_text,
 )
 from ..storage import Change, ClaimLimits, Completion, Lease, NewLog, WorkerInfo
+from ..storage._ops import ready_at
 from ._credentials import matches_pattern
 from ._ws_proto import (
     CLOSE_HEARTBEAT,
@@ -987,7 +988,7 @@ class Remote:
             now = time.time()
             # ready at its run_at, or when added if that was past (as the storage's
             # pickup_deadline, which the claim cleared)
-            deadline = max(task.run_at, task.created_at) + task.pickup_timeout
+            deadline = ready_at(task.run_at, task.created_at) + task.pickup_timeout
             if deadline < now:  # released or rescued since: its clock restarted
                 deadline = now + task.pickup_timeout
             self.deadlines[task.id] = deadline

@@ -11,7 +11,7 @@ from typing import TypeVar
 from ..model import Status
 from .base import Change
 
-__all__ = ["OPENED_FRESH", "Fanout", "FanoutFeed", "is_wakeup", "opened_start"]
+__all__ = ["OPENED_FRESH", "Fanout", "FanoutFeed", "ReadyHooks", "is_wakeup", "opened_start"]
 
 _P = TypeVar("_P")
 
@@ -31,6 +31,50 @@ def opened_start(p0: tuple[_P, float] | None) -> _P | None:
 def is_wakeup(change: Change) -> bool:
     """A change that can make a worker act: a task became ready, or an abort was asked."""
     return change.status is Status.QUEUED or change.event == "abort_requested"
+
+
+class ReadyHooks:
+    """Functions a backend calls, each on its own event loop, when a task may have been
+    queued (a worker's ``wake``): a hint ahead of the change feed, from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hooks: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._hooks)
+
+    def add(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` on the running event loop from now on."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._hooks.append((loop, hook))
+
+    def remove(self, hook: Callable[[], None]) -> None:
+        with self._lock:
+            self._hooks = [(lp, h) for lp, h in self._hooks if h != hook]
+
+    def call(self) -> bool:
+        """Run every hook on its loop (at once when that is the running one); whether
+        any ran. A hook whose loop is closed is dropped."""
+        with self._lock:
+            hooks = list(self._hooks)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        woke = False
+        for loop, hook in hooks:
+            if loop is running:
+                hook()
+                woke = True
+                continue
+            try:
+                loop.call_soon_threadsafe(hook)
+                woke = True
+            except RuntimeError:  # that loop is closed
+                self.remove(hook)
+        return woke
 
 
 def _flag(value: Callable[[], bool] | bool) -> Callable[[], bool]:

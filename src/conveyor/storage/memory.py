@@ -15,7 +15,6 @@ lists copies them, faster than decoding JSON text again).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import operator
 import threading
@@ -45,7 +44,7 @@ from ..model import (
 )
 from ..query import Filter, Query, apply_query, matches, parse_filter
 from . import _ops
-from ._feed import Fanout, FanoutFeed, is_wakeup
+from ._feed import Fanout, FanoutFeed, ReadyHooks, is_wakeup
 from .base import (
     AddResult,
     Change,
@@ -173,7 +172,7 @@ class MemoryStorage(FanoutFeed, Storage):
         self._workers: dict[str, WorkerInfo] = {}
         self._feed = Fanout(self.instance_id)
         self._pending: list[Change] = []
-        self._ready_hooks: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+        self._ready_hooks = ReadyHooks()
 
     async def open(self) -> None:
         return None
@@ -213,39 +212,20 @@ class MemoryStorage(FanoutFeed, Storage):
     def _flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
-            hooks = list(self._ready_hooks) if self._ready_hooks else None
         self._feed.publish(pending)
-        if hooks and any(is_wakeup(c) for c in pending):
-            self._ready_hint(hooks)
+        if self._ready_hooks and any(is_wakeup(c) for c in pending):
+            self._ready_hooks.call()
 
     def add_ready_hook(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` (on the running event loop) when a task is queued. Two apps
         given this one storage object (a producer beside a worker, in a test) do not
         see each other's changes in their feeds (they share its origin): the worker's
         hook is how the other app's add wakes it (it waited for its ``idle_poll``)."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            self._ready_hooks.append((loop, hook))
+        self._ready_hooks.add(hook)
 
     def remove_ready_hook(self, hook: Callable[[], None]) -> None:
         """Stop calling ``hook`` (see :meth:`add_ready_hook`)."""
-        with self._lock:
-            self._ready_hooks = [(lp, h) for lp, h in self._ready_hooks if h != hook]
-
-    def _ready_hint(self, hooks: list[tuple[asyncio.AbstractEventLoop,
-                                            Callable[[], None]]]) -> None:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        for loop, hook in hooks:
-            if loop is running:
-                hook()
-                continue
-            try:
-                loop.call_soon_threadsafe(hook)
-            except RuntimeError:  # that loop is closed
-                self.remove_ready_hook(hook)
+        self._ready_hooks.remove(hook)
 
     def _must(self, task_id: str) -> Task:
         task = self._tasks.get(task_id)

@@ -80,7 +80,7 @@ from ..model import (
 from ..query import Filter, Query, compile_postgres, compile_sort_postgres, matches, parse_filter
 from . import _ops
 from ._codec import encode_scope, row_to_task
-from ._feed import Fanout, FanoutFeed, opened_start
+from ._feed import Fanout, FanoutFeed, ReadyHooks, opened_start
 from ._pgfeed import Listener
 from ._pgsync import SyncConnection
 from ._sqlfile import load_migrations, load_queries, load_sql
@@ -760,7 +760,7 @@ class PostgresStorage(FanoutFeed, Storage):
             weakref.WeakKeyDictionary())
         self._listener: Listener | None = None
         self._feed = Fanout(self.instance_id, on_first=self._start_listener)
-        self._ready_hooks: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+        self._ready_hooks = ReadyHooks()
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStorage:
@@ -1014,7 +1014,7 @@ class PostgresStorage(FanoutFeed, Storage):
                 queries=self._q,
                 channel=_channel(self.schema), feed=self._feed, origin=self.instance_id,
                 poll_interval=self.options.poll_interval, listen=self.options.listen,
-                since=since, on_ready=self._ready_hint, wanted=self._feed_wanted)
+                since=since, on_ready=self._ready_hooks.call, wanted=self._feed_wanted)
             self._listener = listener
         listener.start()
 
@@ -1026,27 +1026,11 @@ class PostgresStorage(FanoutFeed, Storage):
         """Call ``hook`` (on the running event loop) as soon as the listener hears that
         another process queued a task, before the change feed delivers the change.
         Workers use it to claim about half a millisecond sooner; it is a hint only."""
-        loop = asyncio.get_running_loop()
-        with self._state:
-            self._ready_hooks.append((loop, hook))
+        self._ready_hooks.add(hook)
 
     def remove_ready_hook(self, hook: Callable[[], None]) -> None:
         """Stop calling ``hook`` (see :meth:`add_ready_hook`)."""
-        with self._state:
-            self._ready_hooks = [(lp, h) for lp, h in self._ready_hooks if h != hook]
-
-    def _ready_hint(self) -> bool:
-        """From the listener's thread: run the ready hooks on their loops; whether any ran."""
-        with self._state:
-            hooks = list(self._ready_hooks)
-        woke = False
-        for loop, hook in hooks:
-            try:
-                loop.call_soon_threadsafe(hook)
-                woke = True
-            except RuntimeError:  # that loop is closed
-                self.remove_ready_hook(hook)
-        return woke
+        self._ready_hooks.remove(hook)
 
     def feed_health(self) -> dict[str, Any]:
         """The listener's state: connected, listening (false while nothing here wants
