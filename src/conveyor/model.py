@@ -877,6 +877,10 @@ def default_policy(task: Task, outcome: Outcome, *, now: float | None = None,
       attempts remain and the action retries ``TimeoutError``), and when no
       attempt is left, ``aborted`` with reason ``timeout``;
     - an abort: ``aborted`` with the given reason.
+
+    A retry keeps the task's stored ``result`` (the polling state a
+    ``Reschedule`` left, read again by the next run); a run that ends the task
+    otherwise stores the transition's result (None for a failure).
     """
     if type(outcome) is Returned:
         if outcome.value is None:
@@ -897,19 +901,20 @@ def default_policy(task: Task, outcome: Outcome, *, now: float | None = None,
                                       attempt=task.attempts, at=now)
             if attempts_left:
                 delay = backoff.delay(task.attempts) if after is None else after
-                return Transition(Status.QUEUED, run_at=now + delay, error=error)
+                return Transition(Status.QUEUED, run_at=now + delay, error=error,
+                                  result=task.result)
             return Transition(Status.FAILED, error=error, reason="error")
         case Raised(error, retryable):
             if retryable and attempts_left:
                 return Transition(Status.QUEUED, run_at=now + backoff.delay(task.attempts),
-                                  error=error)
+                                  error=error, result=task.result)
             return Transition(Status.FAILED, error=error, reason="error")
         case TimedOut(timeout, retryable):
             error = ErrorInfo("TimeoutError", f"run timeout of {timeout:g}s exceeded",
                               attempt=task.attempts, at=now)
             if retryable and attempts_left:
                 return Transition(Status.QUEUED, run_at=now + backoff.delay(task.attempts),
-                                  error=error)
+                                  error=error, result=task.result)
             return Transition(Status.ABORTED, error=error, reason="timeout")
         case Aborted(reason):
             error = ErrorInfo("Aborted", reason, attempt=task.attempts, at=now)

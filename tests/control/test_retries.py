@@ -279,6 +279,31 @@ async def test_reschedule_does_not_use_attempts(app: Conveyor) -> None:
     assert all(b - a >= 0.05 for a, b in pairwise(runs))
 
 
+async def test_a_retry_keeps_the_polling_state_a_reschedule_left(app: Conveyor) -> None:
+    seen: list[Any] = []
+
+    @app.handler("poll", max_attempts=3, backoff={"base": 0.01, "jitter": 0}, timeout=0.3)
+    async def poll(ctx: Context[Any]) -> Any:
+        state = ctx.task.result
+        seen.append(state)
+        cursor = 0 if state is None else state["cursor"]
+        if len(seen) == 3:
+            raise ConnectionError("a blip")  # an error retry
+        if len(seen) == 5:
+            await asyncio.sleep(5)  # a run timeout, retried
+        if cursor == 4:
+            return {"done_at": cursor}
+        return Reschedule(after=0.01, result={"cursor": cursor + 1})
+
+    async with app:
+        task = await app.add("poll")
+        done = await app.wait_task(task.id, timeout=10)
+    assert done.status is Status.SUCCEEDED and done.result == {"done_at": 4}, done
+    cursors = [None if s is None else s["cursor"] for s in seen]
+    assert cursors == [None, 1, 2, 2, 3, 3, 4], cursors  # neither retry started over
+    assert [e.type for e in done.errors] == ["ConnectionError", "TimeoutError"]
+
+
 async def test_custom_policy_turns_failures_into_polling(app: Conveyor) -> None:
     runs: dict[str, list[int]] = {"poller": [], "plain": []}
 
