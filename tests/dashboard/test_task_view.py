@@ -270,3 +270,24 @@ async def test_the_view_follows_changes_made_elsewhere(dash: Dash) -> None:
     await expect(page.get_by_test_id("task-status")).to_have_text("queued")
     await dash.app.abort(task.id, "not now")
     await expect(page.get_by_test_id("task-status")).to_have_text("aborted")
+
+
+async def test_a_delayed_task_shows_when_it_runs(dash: Dash) -> None:
+    later = await dash.app.add("job:quick", delay=3600)
+    now = await dash.app.add("job:hang")
+    await dash.open()
+    page = dash.page
+    status = dash.row(later.id).get_by_test_id("cell-status")
+    await expect(status).to_have_text("queued")
+    shown = await page.evaluate(
+        "t => new Date(t * 1000).toLocaleString()", later.run_at)
+    await expect(status).to_have_attribute("title", f"runs at {shown}")
+    await expect(dash.row(now.id).get_by_test_id("cell-status")).to_have_text("running")
+    await expect(dash.row(now.id).get_by_test_id("cell-status")).not_to_have_attribute(
+        "title", f"runs at {shown}")
+    await dash.row(later.id).click()
+    await expect(page.get_by_test_id("task-run-at")).to_have_text(shown)
+    await page.get_by_test_id("task-close").click()
+    await dash.row(now.id).click()
+    await expect(page.get_by_test_id("task-status")).to_have_text("running")
+    await expect(page.get_by_test_id("task-run-at")).to_have_text("")  # not waiting

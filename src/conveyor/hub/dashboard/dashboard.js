@@ -8,7 +8,7 @@
   // newest first; the tasks of one batch share created_at, and ids are time-ordered
   const LIVE_SORT = ["-created_at", "-id"];
   const LIVE_FIELDS = ["action", "status", "priority", "attempts", "max_attempts", "progress",
-                       "created_at"];
+                       "created_at", "run_at"];
   const STATS_EVERY = 2000;
   const WORKERS_EVERY = 3000;
   // a connection that stops carrying data without closing (a network gone dead) is
@@ -33,6 +33,10 @@
   const show = (testid, visible) => { $(testid).hidden = !visible; };
   const setText = (testid, text) => { $(testid).textContent = text == null ? "" : String(text); };
   const time = (ts) => (ts == null ? "" : new Date(ts * 1000).toLocaleString());
+  // when a queued task runs: its run_at while that is ahead (a delay, a backoff
+  // between attempts, a polling task's next look), "" when it is due now
+  const runsAt = (task) => (task.status === "queued" && task.run_at != null
+                            && task.run_at * 1000 > Date.now() ? time(task.run_at) : "");
   const json = (value) => JSON.stringify(value, null, 2);
   const shortId = (id) => "…" + id.slice(-8);  // UUIDv7: the start is the time, the end random
 
@@ -471,6 +475,9 @@
     cell("action").textContent = task.action;
     cell("status").textContent = task.status;
     cell("status").className = `status-${task.status}`;
+    const due = runsAt(task);
+    if (due) cell("status").title = `runs at ${due}`;
+    else cell("status").removeAttribute("title");
     cell("priority").textContent = String(task.priority);
     cell("attempts").textContent = task.max_attempts == null
       ? String(task.attempts) : `${task.attempts} / ${task.max_attempts}`;
@@ -651,6 +658,7 @@
     setText("task-priority", task.priority);
     setText("task-attempts", task.max_attempts == null ? task.attempts
                                                        : `${task.attempts} / ${task.max_attempts}`);
+    setText("task-run-at", runsAt(task));
     setText("task-created", time(task.created_at));
     setText("task-started", time(task.started_at));
     setText("task-finished", time(task.finished_at));
