@@ -131,3 +131,34 @@ async def test_a_batch_is_refused_before_adding_whatever_the_keys_history(
         assert message.startswith("task 1: unique key 'k9'") and "nothing was added" in message
         assert secret_id not in batch.text
     assert await hub.app.count({"action": "mail:send"}) == 0
+
+
+async def test_a_batch_whose_unique_fields_key_is_held_elsewhere_adds_nothing(
+        hub: RunningHub) -> None:
+    """A key built from ``unique_fields`` starts with its action, but another
+    action's task may have been given that very string as its ``unique_key``: the
+    look before a batch skipped such items, so the batch's other tasks were added
+    before the 409 (a publisher retrying it added them again each time)."""
+    key = 'mail:send:{"to":"T"}'
+    secret_id = await _secret(hub, key)
+    shop = hub.key("shop", publish=["mail:*"])
+    tasks = [{"action": "mail:send", "unique_key": "fresh"},
+             {"action": "mail:send", "payload": {"to": "T"}, "unique_fields": ["to"]}]
+    async with client(hub, shop) as http:
+        for _ in range(2):
+            batch = await http.post("/api/v1/tasks/batch", json={"tasks": tasks})
+            assert batch.status_code == 409, batch.text
+            message = batch.json()["error"]["message"]
+            assert message.startswith("task 1: unique key") and "nothing was added" in message
+            assert secret_id not in batch.text
+        # a bad item among them is refused in the add's own words, naming it
+        bad = await http.post("/api/v1/tasks/batch", json={"tasks": [
+            *tasks, {"action": "mail:send", "payload": {}, "unique_fields": ["to"]}]})
+        assert bad.status_code == 422 and "task 2" in bad.text, bad.text
+    async with Raw.opened(hub.url, shop) as ws:
+        err = await ws.request({"type": "publish", "id": "b", "tasks": [
+            {"action": "mail:send", "options": {"unique_key": "fresh"}},
+            {"action": "mail:send", "payload": {"to": "T"},
+             "options": {"unique_fields": ["to"]}}]})
+        assert err["code"] == "unique_key_held" and "nothing was added" in err["message"], err
+    assert await hub.app.count({"action": "mail:send"}) == 0

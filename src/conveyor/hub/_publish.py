@@ -2,9 +2,9 @@
 credential may not read is refused, never answered with that task, and the queries
 of the tasks' concurrency conditions count only tasks of actions it may read.
 
-Unique keys are shared by all actions (keys from ``unique_fields`` start with
-their action, so only a ``unique_key`` given as such can meet another action's
-task). A publish that met such a holder would return the task (its payload,
+Unique keys are shared by all actions (a key from ``unique_fields`` starts with
+its action, but another action's task may have been given that very string as its
+``unique_key``). A publish that met such a holder would return the task (its payload,
 result, ...) and, over the WebSocket, stream its events to a publisher that may
 not read them. A batch is checked before it is added (so all or none holds); a
 holder that appears between that check and the add is refused after it, and a
@@ -22,10 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .._specs import unique_scope
 from ..app import Conveyor, _item_list
-from ..errors import QueryError, ValidationError
-from ..model import DEFAULT_UNIQUE_SCOPE, Status, Task
+from ..errors import QueryError
+from ..model import Task
 from ..query import parse_filter
 from ..storage import AddResult
 from ._credentials import Credential, read_scope_query
@@ -73,15 +72,18 @@ async def _check_holders(app: Conveyor, cred: Credential,
                          items: Sequence[dict[str, Any]]) -> None:
     """Refuse a call (before anything is added) one of whose keys the add would
     answer with a task ``cred`` may not read: the storage tells which task each
-    item's key and scope get, reading a few rows per key."""
-    keyed = [(i, item["unique_key"]) for i, item in enumerate(items)
-             if isinstance(item.get("unique_key"), str)]
-    if not keyed:
+    item's key and scope get, reading a few rows per key. The keys are those the
+    add makes (``unique_key``, or built from ``unique_fields``): the items are
+    checked as the add checks them, so a bad one is refused in the add's words."""
+    if not any(item.get("unique_key") is not None or item.get("unique_fields") is not None
+               for item in items):
         return
+    specs = app._spec_builder(_item_list(items))(0, len(items))
+    keyed = [(i, spec.unique_key, spec.unique_scope) for i, spec in enumerate(specs)
+             if spec.unique_key is not None]
     await app.open()
-    holders = await app.storage.key_holders(
-        [(key, _scope(items[i].get("unique_scope"))) for i, key in keyed])
-    for (i, key), holder in zip(keyed, holders, strict=True):
+    holders = await app.storage.key_holders([(key, scope) for _, key, scope in keyed])
+    for (i, key, _), holder in zip(keyed, holders, strict=True):
         if holder is not None and not cred.can_read(holder.action):
             raise KeyHeld(i, key, True, False)
 
@@ -113,10 +115,3 @@ def _scoped_conditions(item: dict[str, Any], cred: Credential, narrow: bool
         scoped.append(cond)
     return {**item, "concurrency": scoped if several else scoped[0]}
 
-
-def _scope(value: Any) -> tuple[Status, ...]:
-    """An item's ``unique_scope`` (a bad one is refused by the add itself)."""
-    try:
-        return unique_scope(value)
-    except ValidationError:
-        return DEFAULT_UNIQUE_SCOPE
