@@ -1269,12 +1269,14 @@ class PostgresStorage(FanoutFeed, Storage):
             if key is None:
                 pending.append(i)
                 continue
-            dup = key_holder(existing.get(key, ()), spec.unique_scope)
-            if dup is None and key in batch:
-                first = tasks[batch[key]]
-                if first.status in spec.unique_scope or first.status in first.unique_scope:
-                    copies[i] = batch[key]
-                    continue
+            # the rule over the stored tasks and the one this call adds before it, as
+            # if the items were added one by one (the others do so)
+            first = tasks[batch[key]] if key in batch else None
+            dup = key_holder([*existing.get(key, ()), *([first] if first else [])],
+                             spec.unique_scope)
+            if dup is not None and dup is first:
+                copies[i] = batch[key]
+                continue
             if dup is not None:
                 out[i] = AddResult(dup, created=False)
                 continue

@@ -240,6 +240,30 @@ class StorageContract:
         [fresh] = await storage.add([make_spec(unique_key="k5")])
         assert fresh.created
 
+    async def test_a_batch_answers_its_items_as_adds_one_by_one_would(
+            self, storage: Storage) -> None:
+        """An item of a batch is answered by the rule of :func:`key_holder` over the
+        stored tasks and the tasks the batch adds before it: here the first item's
+        new task (the key's holder), not an ended task the second's wider scope
+        matches."""
+        wide = (Status.QUEUED, Status.RUNNING, Status.SUCCEEDED)
+        [ended] = await storage.add([make_spec(unique_key="b1")])
+        task = await _claim_one(storage)
+        await storage.finish("w1", [Completion(task.id, task.token or "", ok())])
+        first, second = await storage.add([make_spec(unique_key="b1"),
+                                           make_spec(unique_key="b1", unique_scope=wide)])
+        assert first.created and not second.created
+        assert second.task.id == first.task.id != ended.task.id
+        # a running task outside its own scope, then a batch: the new holder again
+        queued_only = (Status.QUEUED,)
+        await storage.add([make_spec(action="test:b2", unique_key="b2",
+                                     unique_scope=queued_only)])
+        running = await _claim_one(storage, "test:b2")
+        first, second = await storage.add([make_spec(unique_key="b2", unique_scope=queued_only),
+                                           make_spec(unique_key="b2")])
+        assert first.created and not second.created
+        assert second.task.id == first.task.id != running.id
+
     async def test_key_holders_name_what_an_add_would_return(self, storage: Storage) -> None:
         wide = (Status.QUEUED, Status.RUNNING, Status.SUCCEEDED)
         [ended] = await storage.add([make_spec(unique_key="h1")])
