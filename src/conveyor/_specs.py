@@ -181,6 +181,10 @@ def check_tags(value: Any) -> dict[str, Any]:
 
 
 def _lookup(payload: Any, path: str) -> Any:
+    """The payload's field ``path``: a top-level field of that very name, else the
+    path read through objects, a name per dot (``"customer.id"``)."""
+    if isinstance(payload, Mapping) and path in payload:
+        return payload[path]
     value = payload
     for part in path.split("."):
         if not isinstance(value, Mapping) or part not in value:
@@ -190,7 +194,8 @@ def _lookup(payload: Any, path: str) -> Any:
 
 
 def unique_key_from_fields(action: str, payload: Any, fields: Sequence[str]) -> str:
-    """The dedupe key built from payload fields: ``action``, a colon, then the fields
+    """The dedupe key built from payload fields (a name is a top-level field, or a
+    path through objects such as ``"customer.id"``): ``action``, a colon, then the fields
     and their values as a JSON object in name order (``mail:send:{"to":"ann"}``), so
     different fields with equal values make different keys; a whole float is
     written as an int (42.0 and 42 make one key), and the keys of objects inside
@@ -347,6 +352,10 @@ def build_spec(action: Any, payload: Any = None, *, handler: Handler | None = No
             raise ValidationError("unique_key must not contain NUL characters (\\x00)")
     elif unique_fields is not None:
         unique_key = unique_key_from_fields(action, payload, unique_fields)
+        if len(unique_key) > MAX_UNIQUE_KEY:
+            raise ValidationError(
+                f"unique_fields: the key they make is {len(unique_key)} characters long, "
+                f"more than a unique key's {MAX_UNIQUE_KEY}")
     if unique_key is not None and len(unique_key) > MAX_UNIQUE_KEY:
         raise ValidationError(f"unique_key is longer than {MAX_UNIQUE_KEY} characters")
     scope = unique_scope(options.get("unique_scope"))

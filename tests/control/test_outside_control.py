@@ -442,6 +442,23 @@ async def test_unique_key_returns_the_live_task(app: Conveyor) -> None:
     assert created and third.id != first.id
 
 
+async def test_unique_fields_name_a_field_or_a_path_through_objects(app: Conveyor) -> None:
+    nested = await app.add("dedupe:p", {"customer": {"id": 7}, "n": 1},
+                           unique_fields=["customer.id"])
+    same = await app.add("dedupe:p", {"customer": {"id": 7}, "n": 2},
+                         unique_fields=["customer.id"])
+    assert nested.id == same.id and nested.unique_key == 'dedupe:p:{"customer.id":7}'
+    # a top-level field whose name holds a dot is that field (it was "no field")
+    dotted = await app.add("dedupe:p", {"customer.id": 8}, unique_fields=["customer.id"])
+    assert dotted.unique_key == 'dedupe:p:{"customer.id":8}' and dotted.id != nested.id
+    with pytest.raises(ValidationError, match=r"payload has no field 'customer\.name'"):
+        await app.add("dedupe:p", {"customer": {"id": 7}}, unique_fields=["customer.name"])
+    # a key too long names unique_fields, not a unique_key the call did not give
+    with pytest.raises(ValidationError, match=r"^unique_fields: the key they make is \d+ "):
+        await app.add("dedupe:p", {"x": "y" * 600}, unique_fields=["x"])
+    assert await app.count({"action": "dedupe:p"}) == 2
+
+
 async def test_unique_fields_build_the_key_from_the_action_and_payload(app: Conveyor) -> None:
     a = await app.add("dedupe:f", {"invoice": 1, "note": "x"}, unique_fields=["invoice"])
     b = await app.add("dedupe:f", {"invoice": 1, "note": "y"}, unique_fields=["invoice"])

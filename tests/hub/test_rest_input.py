@@ -57,6 +57,8 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, tuple[str, ...]]] = [
      ("unique_scope",)),
     ("POST", T, {"json": {"action": "a", "unique_fields": ["x"], "payload": {}}}, 422,
      "invalid", ("unique_fields",)),
+    ("POST", T, {"json": {"action": "a", "unique_fields": ["x"], "payload": {"x": "y" * 600}}},
+     422, "invalid", ("unique_fields: the key they make is",)),
     ("POST", T, {"json": {"action": "a", "backoff": {"factor": 0.5}}}, 422, "invalid",
      ("backoff.factor",)),
     ("POST", T, {"json": {"action": "a", "concurrency": [{"query": {"nope": 1}}]}}, 422,
