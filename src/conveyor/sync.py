@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import contextlib
 import inspect
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _forks
 from .app import Conveyor
-from .errors import ConveyorError
+from .errors import ConveyorError, StorageError
 from .storage import Storage
 
 __all__ = ["BlockingIterator", "Portal", "SyncConveyor"]
@@ -52,6 +53,16 @@ _PORTAL_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 SIGNAL_CHECK = 0.2
 """Seconds the main thread waits at most between two looks for a signal (Ctrl-C)."""
+
+_KEEP_HELD_WAIT = 1.0
+"""Seconds a closing SyncConveyor waits in all for what its iterators' ended streams
+still give (it is in memory: a stream that does not end in that time is taken as
+ended)."""
+
+
+def _ended_with_the_app() -> ConveyorError:
+    return ConveyorError("the app was closed while this call waited (this iterator "
+                         "ended with it)")
 
 
 def _result(future: concurrent.futures.Future[T]) -> T:
@@ -78,6 +89,9 @@ class Portal:
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.owner = owner  # the class named in errors
         self._closing = False
+        self._ending = False  # a close is under way: no call of other threads from now
+        self._submit = threading.Lock()  # the look at _ending and the submission, at once
+        self.iterators: weakref.WeakSet[BlockingIterator[Any]] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         if loop is not None:
             self._loop = loop
@@ -106,8 +120,15 @@ class Portal:
         """The event loop the portal's thread runs."""
         return self._loop
 
-    def run(self, fn: Callable[[], Any]) -> Any:
-        """Call ``fn()`` on the loop thread (awaiting it if needed) and return its result."""
+    def end_calls(self) -> None:
+        """For a close: refuse calls from now on, but those given ``last=True`` (the
+        close's own). Calls submitted before run on."""
+        with self._submit:
+            self._ending = True
+
+    def run(self, fn: Callable[[], Any], *, last: bool = False) -> Any:
+        """Call ``fn()`` on the loop thread (awaiting it if needed) and return its
+        result. After :meth:`end_calls`, only a ``last`` call is taken."""
         if self._thread is None:
             if _running_loop() is self._loop:
                 raise ConveyorError(f"a {self.owner} of an app open in this event loop cannot "
@@ -133,7 +154,12 @@ class Portal:
             finally:
                 finished.set()
 
-        future = asyncio.run_coroutine_threadsafe(call(), self._loop)
+        with self._submit:
+            if self._ending and not last:
+                raise ConveyorError(f"this {self.owner} is being closed by another thread: "
+                                    "call again once close() has returned (the call then "
+                                    "opens it again)")
+            future = asyncio.run_coroutine_threadsafe(call(), self._loop)
         try:
             return _result(future)
         except KeyboardInterrupt:
@@ -146,10 +172,18 @@ class Portal:
                     pass
             raise
         except concurrent.futures.CancelledError:
-            if self._closing:
+            if self._closing or self._ending:
                 raise ConveyorError(f"this {self.owner} was closed while the call "
                                     "waited") from None
             raise
+
+    async def keep_held(self) -> None:
+        """On the loop, once what the iterators read from has ended (the app closed):
+        each iterator takes what its stream still holds (see
+        :meth:`BlockingIterator._keep_held`)."""
+        deadline = self._loop.time() + _KEEP_HELD_WAIT
+        for iterator in list(self.iterators):
+            await iterator._keep_held(deadline)
 
     def close(self) -> None:
         """Stop the loop and join its thread (up to 10 s); closing twice is harmless.
@@ -193,13 +227,60 @@ class BlockingIterator(Iterator[T]):
         self._aiter = aiter
         self._done = False
         self._step: asyncio.Task[Any] | None = None  # the pending __anext__, on the loop
+        # kept when the portal closed: the items the stream still held, then its end
+        self._held: collections.deque[T] = collections.deque()
+        self._end: BaseException | None = None
+        self._started = False  # a step was asked for (a generator then runs)
+        portal.iterators.add(self)
 
     def __iter__(self) -> BlockingIterator[T]:
         return self
 
+    async def _keep_held(self, deadline: float) -> None:
+        """On the loop, the app closed: take the items the stream still holds and the
+        way it ends (the app's "closed while this call waited"), so that they are
+        given after the loop is gone, by ``deadline`` (the loop's time). Not while
+        another thread waits in a step (the close ended that wait: it gets its item
+        or error itself); a generator never started holds nothing."""
+        if self._done or self._step is not None:
+            return
+        if inspect.isasyncgen(self._aiter) and not self._started:
+            return  # it ends as an iterator whose stream ended with the app
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                item = await asyncio.wait_for(self._aiter.__anext__(),
+                                              max(0.0, deadline - loop.time()))
+            except StopAsyncIteration:
+                self._end = StopIteration()
+                return
+            except ConveyorError as exc:
+                self._end = exc
+                return
+            except Exception as exc:  # a stream that cannot end cleanly
+                self._end = _ended_with_the_app()
+                self._end.__cause__ = exc
+                return
+            self._held.append(item)
+
+    def _after_close(self) -> T:
+        """``next()`` once the portal's loop is closed: a held item, then the end."""
+        if self._held:
+            return self._held.popleft()
+        self._done = True
+        end, self._end = self._end, None
+        if end is None or isinstance(end, StopIteration):
+            if end is None:
+                raise _ended_with_the_app()
+            raise StopIteration
+        raise end
+
     def __next__(self) -> T:
+        if self._portal.loop.is_closed() and not self._done:
+            return self._after_close()
         if self._done:
             raise StopIteration
+        self._started = True
 
         async def step() -> Any:
             if self._done:  # closed by another thread before this step began
@@ -230,15 +311,24 @@ class BlockingIterator(Iterator[T]):
             raise AttributeError(f"{type(self._aiter).__name__} offers no get(); iterate it")
         if self._done:
             return None
+        if self._portal.loop.is_closed():
+            try:
+                return self._after_close()
+            except StopIteration:
+                return None
         got: T | None = self._portal.run(lambda: getter(timeout))
         return got
 
     def close(self) -> None:
         """Stop iterating early and release the underlying stream. From another
-        thread, a ``next()`` waiting meanwhile ends the iteration (StopIteration)."""
+        thread, a ``next()`` waiting meanwhile ends the iteration (StopIteration).
+        Harmless twice, and once the app was closed (its stream ended with it)."""
         if self._done:
             return
         self._done = True
+        self._held.clear()
+        if self._portal.loop.is_closed():
+            return
 
         async def shut() -> None:
             step = self._step
@@ -273,6 +363,7 @@ class _Seam:
         self._wrapped = wrapped
         self._portal: Portal | None = None
         self._lock = threading.Lock()
+        self._closing = False  # a close() is under way: no new portal meanwhile
         _forks.track(self)
 
     def _after_fork(self) -> None:
@@ -284,6 +375,12 @@ class _Seam:
 
     def _get_portal(self) -> Portal:
         with self._lock:
+            if self._closing:
+                # a new loop now would open the wrapped object beside the close under
+                # way (two loops at once on one app: errors, and threads left behind)
+                raise ConveyorError(f"this {type(self).__name__} is being closed by another "
+                                    "thread: call again once close() has returned (the "
+                                    "call then opens it again)")
             portal = self._portal
             if portal is not None and portal.borrowed and not portal.loop.is_running():
                 portal = None  # the loop lent has ended: a loop of our own from now on
@@ -308,11 +405,21 @@ class _Seam:
             raise
         return self
 
-    def _take_portal(self) -> Portal | None:
-        """Detach the portal (for ``close``): the next call makes a new one."""
+    @contextlib.contextmanager
+    def _closing_portal(self) -> Iterator[Portal | None]:
+        """For ``close``: detach the portal (the next call makes a new one) and
+        refuse calls from other threads until the close is done."""
         with self._lock:
+            if self._closing:
+                raise ConveyorError(f"this {type(self).__name__} is already being closed "
+                                    "by another thread")
             portal, self._portal = self._portal, None
-        return portal
+            self._closing = True
+        try:
+            yield portal
+        finally:
+            with self._lock:
+                self._closing = False
 
     def __getattr__(self, name: str) -> Any:
         wrapped = self.__dict__.get("_wrapped")
@@ -327,7 +434,14 @@ class _Seam:
 
         def blocking(*args: Any, **kwargs: Any) -> Any:
             portal = self._get_portal()
-            value = portal.run(lambda: attr(*args, **kwargs))
+            try:
+                value = portal.run(lambda: attr(*args, **kwargs))
+            except StorageError as exc:
+                if portal is self._portal:
+                    raise
+                # a close() from another thread closed the storage under this call
+                raise ConveyorError(f"this {type(self).__name__} was closed while the "
+                                    "call ran") from exc
             if hasattr(value, "__anext__"):
                 return BlockingIterator(portal, value)
             return value
@@ -482,16 +596,33 @@ class SyncConveyor(_Typed, _Seam):
     def close(self) -> None:
         """Stop the worker if any, disconnect, and end the background loop (not the
         loop of an app opened elsewhere, see the class)."""
-        portal = self._take_portal()
-        if portal is not None and portal.borrowed and not portal.loop.is_running():
-            # the loop it was lent has ended (a lifespan's): close the app in one of
-            # our own (it raised "this SyncConveyor is closed", the storage left open)
-            portal = Portal(type(self).__name__)
-        if portal is not None:
-            try:
-                portal.run(self.app.close)
-            finally:
-                portal.close()
+        with self._closing_portal() as portal:
+            if portal is not None and portal.borrowed and not portal.loop.is_running():
+                # the loop it was lent has ended (a lifespan's): close the app in one of
+                # our own (it raised "this SyncConveyor is closed", the storage left open)
+                portal = Portal(type(self).__name__)
+            if portal is not None:
+                portal.end_calls()  # calls of other threads from now on are refused
+                try:
+                    portal.run(self.app.close, last=True)
+                    # the iterators' streams ended with the app: what they hold is
+                    # kept for them, as the async ones give it before their error
+                    portal.run(portal.keep_held, last=True)
+                    if not portal.borrowed:  # (another's loop goes on as it is)
+                        portal.run(self._settle, last=True)
+                finally:
+                    portal.close()
+
+    async def _settle(self) -> None:
+        """The close's last step on its own loop: a call submitted before the close
+        began may have opened the app, or its storage alone (which opens on use),
+        again meanwhile (its loop is about to end with them open on it, their
+        threads and files left behind): end those calls, and close what they
+        opened."""
+        await _cancel_others()
+        if self.app._opened:
+            await self.app.close()
+        await self.app.storage.close()  # nothing to do when it stayed closed
 
     def __enter__(self) -> SyncConveyor:
         return self._enter(self.app.__aenter__)

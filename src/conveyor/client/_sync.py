@@ -61,14 +61,15 @@ class SyncHubClient(_Typed, _Seam):
 
     def close(self) -> None:
         """Disconnect and end the background loop."""
-        portal = self._take_portal()
-        if portal is not None:
-            try:
-                portal.run(self.client.close)
-            except ConveyorError:
-                pass
-            finally:
-                portal.close()
+        with self._closing_portal() as portal:
+            if portal is not None:
+                try:
+                    portal.run(self.client.close)
+                    portal.run(portal.keep_held)
+                except ConveyorError:
+                    pass
+                finally:
+                    portal.close()
 
     def __enter__(self) -> SyncHubClient:
         return self._enter(self.client.connect)
