@@ -56,7 +56,16 @@ from .model import (
     TimedOut,
     Transition,
 )
-from .storage import ClaimLimits, Completion, HeartbeatReply, Lease, NewLog, WorkerInfo, _ops
+from .storage import (
+    ClaimLimits,
+    Completion,
+    HeartbeatReply,
+    Lease,
+    NewLog,
+    Storage,
+    WorkerInfo,
+    _ops,
+)
 
 if TYPE_CHECKING:
     from ._registry import Handler
@@ -83,6 +92,24 @@ HELD_FIRST = 0.01  # first wait (s) for due tasks a claim left (a limit or condi
 # holds them), doubled at each empty claim up to idle_poll; a change that may free them
 # (a task leaving running or queued: a run ended here or elsewhere) wakes it sooner
 _FREEING = frozenset(Status) - {Status.RUNNING}
+
+
+def prune_cadence(retention: float | None) -> tuple[float, float]:
+    """``(every, first)`` seconds of the retention pass: every minute, or every
+    ``retention`` seconds when that is shorter (at most once a second); the first
+    comes 4 s after the start (or sooner), so that it is done within the 5 s the
+    docs promise."""
+    every = 60.0 if retention is None else min(60.0, max(1.0, retention))
+    return every, min(4.0, every)
+
+
+async def prune_once(storage: Storage, retention: float | None, who: str) -> None:
+    """One retention pass: finished tasks older than ``retention`` (none when None)
+    and change-feed entries older than the storage keeps them; a failure is logged."""
+    try:
+        await storage.prune(None if retention is None else time.time() - retention)
+    except Exception as exc:
+        log.warning("%s: prune failed: %s", who, exc)
 
 
 def idle_wait(due: float | None, took: bool, held: float,
@@ -1259,12 +1286,9 @@ class Worker:
         sweep = self.app.sweep_interval
         next_beat = time.monotonic() + beat
         next_sweep = time.monotonic()
-        # Retention: every minute, or every ``retention`` seconds when that is shorter (at
-        # most once a second); the first prune comes 4 s after the start (or sooner),
-        # so that it is done within the 5 s the docs promise.
         retention = self.app.retention
-        prune_every = 60.0 if retention is None else min(60.0, max(1.0, retention))
-        next_prune = time.monotonic() + min(4.0, prune_every)
+        prune_every, first_prune = prune_cadence(retention)
+        next_prune = time.monotonic() + first_prune
         try:
             while not self._keeper_stop.is_set():
                 if self._loop is not None and self._loop.is_closed():
@@ -1303,10 +1327,7 @@ class Worker:
                         log.warning("worker %s: sweep failed: %s", self.id, exc)
                 if now >= next_prune:
                     next_prune = now + prune_every
-                    try:
-                        await storage.prune(None if retention is None else time.time() - retention)
-                    except Exception as exc:
-                        log.warning("worker %s: prune failed: %s", self.id, exc)
+                    await prune_once(storage, retention, f"worker {self.id}")
                 wait = max(0.0, min(next_beat, next_sweep, next_prune) - time.monotonic())
                 await asyncio.to_thread(self._keeper_stop.wait, wait)
         finally:

@@ -715,7 +715,9 @@ class Conveyor:
         """Wait until the task ends and return its result.
 
         Raises :class:`TaskFailed` or :class:`TaskAborted` if it did not
-        succeed, :class:`WaitTimeout` after ``timeout`` seconds.
+        succeed, :class:`WaitTimeout` after ``timeout`` seconds,
+        :class:`TaskNotFound` when there is no such task (or no longer: deleted,
+        by retention too, before its end was seen).
         """
         task = await self.wait_task(task_id, timeout)
         if task.status is Status.SUCCEEDED:
@@ -916,23 +918,24 @@ class Conveyor:
     async def logs(self, task_id: str, *, follow: bool = True,
                    max_level: LogLevel | str = LogLevel.DEBUG) -> AsyncIterator[LogRecord]:
         """A task's logs from the beginning; with ``follow`` (the default), then
-        new ones as they are written, until the task ends or you stop iterating."""
+        new ones as they are written, until the task ends or you stop iterating.
+        :class:`TaskNotFound` when there is no such task, and when it is deleted
+        (pruned) before its end was read (the lines since the last read went with
+        it)."""
         check_task_id(task_id)
         level = LogLevel.parse(max_level)
         await self.open()
         closes = self._closes
         signal = self.bus.signal(task_id)
         last = 0
-        first = True
         try:
             while True:
                 signal.clear()
                 task = await self._read(closes, self.storage.get, task_id)
                 if task is None:
-                    if first:
-                        raise TaskNotFound(task_id)
-                    return
-                first = False
+                    # deleted (pruned) while it was followed: the lines written since
+                    # the last read are gone with it, and the reader must know
+                    raise TaskNotFound(task_id)
                 for record in await self._read(closes, self.storage.read_logs, task_id, last,
                                                level):
                     last = record.seq

@@ -61,7 +61,7 @@ from .._policy import decide, with_defaults
 from .._recent import RecentIds, abort_asked
 from .._registry import check_action
 from .._specs import check_backoff, check_max_attempts
-from .._worker import idle_wait
+from .._worker import idle_wait, prune_cadence, prune_once
 from ..errors import ValidationError
 from ..events import Event
 from ..model import (
@@ -1508,6 +1508,11 @@ class Remote:
         next_beat = loop.time() + beat
         next_sweep = loop.time()
         next_forget = loop.time() + 5.0
+        # retention, as a worker's keeper does: a hub serving remote services alone
+        # has no worker, and the change feed (and the app's finished tasks, with a
+        # ``retention``) grew for ever
+        prune_every, first_prune = prune_cadence(self.app.retention)
+        next_prune = loop.time() + first_prune
         while not self._stopping:
             now = loop.time()
             if now >= next_beat:
@@ -1522,7 +1527,10 @@ class Remote:
                     await self.app.storage.forget_workers()
                 except Exception as exc:
                     log.warning("hub: could not forget dead workers: %s", exc)
-            await asyncio.sleep(max(0.0, min(next_beat, next_sweep) - loop.time()))
+            if now >= next_prune:
+                next_prune = now + prune_every
+                await prune_once(self.app.storage, self.app.retention, "hub")
+            await asyncio.sleep(max(0.0, min(next_beat, next_sweep, next_prune) - loop.time()))
 
     async def _beat_unstored(self, covered: set[str]) -> None:
         """Renew the leases of outcomes waiting to be stored whose service the
