@@ -4,6 +4,7 @@ as a decorator were rejected."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -89,6 +90,36 @@ def _mypy(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
                           cwd=tmp_path)
 
 
+def _errors(tmp_path: Path, text: str) -> dict[int, str]:
+    """mypy --strict's errors on ``text`` as a user's module: line -> its messages
+    (joined by newlines; notes left out)."""
+    done = _mypy(tmp_path, text)
+    found: dict[int, str] = {}
+    for line in done.stdout.splitlines():
+        match = re.match(r"user_app\.py:(\d+): error: (.*)", line)
+        if match:
+            n = int(match.group(1))
+            found[n] = (found[n] + "\n" if n in found else "") + match.group(2)
+    assert found or done.returncode == 0, done.stdout + done.stderr
+    return found
+
+
+def _marked(text: str) -> dict[int, str]:
+    """The lines of ``text`` marked ``# error: <part of the message>``: line -> part."""
+    return {n: line.split("# error: ", 1)[1].strip()
+            for n, line in enumerate(text.splitlines(), start=1) if "# error: " in line}
+
+
+def _check_marked(tmp_path: Path, text: str) -> None:
+    """mypy --strict reports an error on each marked line (its message containing the
+    mark's text) and on no other line."""
+    found = _errors(tmp_path, text)
+    expected = _marked(text)
+    assert sorted(found) == sorted(expected), (found, expected)
+    for n, part in expected.items():
+        assert part in found[n], (n, part, found[n])
+
+
 @pytest.mark.serial  # mypy: a few seconds of CPU
 def test_documented_usages_pass_mypy_strict(tmp_path: Path) -> None:
     done = _mypy(tmp_path, PROGRAM)
@@ -103,3 +134,29 @@ def test_the_sync_faces_are_typed(tmp_path: Path) -> None:
     assert "user_app.py:5: error: Incompatible types in assignment" in wrong.stdout, wrong.stdout
     assert "user_app.py:6: error: Argument 1 to \"add\"" in wrong.stdout, wrong.stdout
     assert "Found 2 errors" in wrong.stdout, wrong.stdout
+
+
+# The user's mistakes a checker must see as the run time does, and the documented
+# calls it must accept (typing audit): a line marked ``# error: ...`` must be an
+# error, every other line must be clean.
+
+TASK_FAILED_ERROR = textwrap.dedent('''
+    from conveyor import ErrorInfo, TaskFailed
+
+
+    def show(exc: TaskFailed) -> str:
+        info: ErrorInfo | None = exc.error
+        if exc.error is not None:
+            return exc.error.message + (info.type if info else "")
+        return exc.error.message  # error: "None" has no attribute "message"
+
+
+    def misspelt(exc: TaskFailed) -> None:
+        if exc.error:
+            print(exc.error.mesage)  # error: "ErrorInfo" has no attribute "mesage"
+''')
+
+
+@pytest.mark.serial
+def test_task_failed_error_is_error_info_or_none(tmp_path: Path) -> None:
+    _check_marked(tmp_path, TASK_FAILED_ERROR)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .model import Task
+    from .model import ErrorInfo, Task
 
 __all__ = [
     "ConfigurationError",
@@ -132,7 +132,7 @@ class TaskFailed(ConveyorError):
         super().__init__(f"task {task.id} ({task.action}) failed: {detail}")
 
     @property
-    def error(self) -> Any:
+    def error(self) -> ErrorInfo | None:
         """The task's last error (:class:`ErrorInfo`), or None."""
         return self.task.error
 
