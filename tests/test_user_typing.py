@@ -160,3 +160,24 @@ TASK_FAILED_ERROR = textwrap.dedent('''
 @pytest.mark.serial
 def test_task_failed_error_is_error_info_or_none(tmp_path: Path) -> None:
     _check_marked(tmp_path, TASK_FAILED_ERROR)
+
+
+EXISTS_FILTER = textwrap.dedent('''
+    from conveyor import Conveyor, SyncConveyor
+    from conveyor.query import parse_filter
+
+
+    async def look(app: Conveyor, sync: SyncConveyor) -> bool:
+        where = parse_filter({"status": "queued"})
+        found = await app.exists(where) or await app.exists({"status": "queued"})
+        return found or sync.exists(where) or sync.exists("task-id")
+
+
+    async def wrong(app: Conveyor) -> bool:
+        return await app.exists(42)  # error: Argument 1 to "exists" of "Conveyor"
+''')
+
+
+@pytest.mark.serial
+def test_exists_takes_a_parsed_filter(tmp_path: Path) -> None:
+    _check_marked(tmp_path, EXISTS_FILTER)

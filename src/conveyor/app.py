@@ -691,7 +691,7 @@ class Conveyor:
         await self.open()
         return await self.storage.count(where)
 
-    async def exists(self, filter_or_id: Mapping[str, Any] | str) -> bool:
+    async def exists(self, filter_or_id: Mapping[str, Any] | Filter | str) -> bool:
         """Whether a task with this id, or one matching this filter, exists."""
         if isinstance(filter_or_id, str):
             check_unicode(filter_or_id, "a task id")
