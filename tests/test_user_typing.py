@@ -181,3 +181,33 @@ EXISTS_FILTER = textwrap.dedent('''
 @pytest.mark.serial
 def test_exists_takes_a_parsed_filter(tmp_path: Path) -> None:
     _check_marked(tmp_path, EXISTS_FILTER)
+
+
+DURATIONS_AND_STATUSES = textwrap.dedent('''
+    from datetime import timedelta
+
+    from conveyor import Backoff, Reschedule, Retry, Status, Transition
+    from conveyor.client import HTTPClient
+
+    retry = Retry(after=timedelta(seconds=5))
+    resched = Reschedule(after=timedelta(minutes=1), result={"page": 2})
+    backoff = Backoff(base=timedelta(seconds=2), maximum=timedelta(minutes=5), factor=3)
+    queued = Transition("queued", run_at=1e9, refund_attempt=True)
+    failed = Transition(Status.FAILED, reason="error")
+    after: float | None = retry.after
+    seconds: float = resched.after + backoff.base + backoff.maximum
+    status: Status = queued.status
+    wrong: str = retry.after  # error: Incompatible types in assignment
+    Transition("running")  # error: Argument 1 to "Transition" has incompatible type
+    Retry(after="5 seconds")  # error: Argument "after" to "Retry" has incompatible type
+
+
+    async def poll(hub: HTTPClient, task_id: str) -> None:
+        await hub.wait(task_id, timeout=timedelta(seconds=30))
+        await hub.wait_task(task_id, timedelta(seconds=30))
+''')
+
+
+@pytest.mark.serial
+def test_durations_take_a_timedelta_and_read_back_as_seconds(tmp_path: Path) -> None:
+    _check_marked(tmp_path, DURATIONS_AND_STATUSES)

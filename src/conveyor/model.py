@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 from .errors import ValidationError
 
@@ -439,7 +439,7 @@ class Condition:
         return cls(query=dict(query), limit=limit, scope=tuple(scope))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Backoff:
     """Exponential backoff with jitter between attempts.
 
@@ -459,11 +459,17 @@ class Backoff:
     maximum: float = 600.0
     jitter: float = 0.2
 
-    def __post_init__(self) -> None:
-        for name in ("base", "maximum"):
-            value = getattr(self, name)
-            if isinstance(value, timedelta):  # a duration like every other one
-                object.__setattr__(self, name, value.total_seconds())
+    # written out (not generated) so that a type checker takes the timedelta the
+    # run time takes, while the fields read back as floats
+    def __init__(self, base: float | timedelta = 1.0, factor: float = 2.0,
+                 maximum: float | timedelta = 600.0, jitter: float = 0.2) -> None:
+        # base and maximum: a duration like every other one
+        object.__setattr__(self, "base",
+                           base.total_seconds() if isinstance(base, timedelta) else base)
+        object.__setattr__(self, "factor", factor)
+        object.__setattr__(self, "maximum",
+                           maximum.total_seconds() if isinstance(maximum, timedelta) else maximum)
+        object.__setattr__(self, "jitter", jitter)
         for name in ("base", "factor", "maximum", "jitter"):
             value = getattr(self, name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -737,9 +743,10 @@ _spec_from_values = _builder(TaskSpec)
 # outcomes: what a handler run came to
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Retry:
-    """Return this from a handler to run the task again after ``after`` seconds.
+    """Return this from a handler to run the task again after ``after`` seconds
+    (or a :class:`~datetime.timedelta`, kept as its seconds).
 
     The attempt counts against ``max_attempts``; ``after=None`` uses the backoff.
     """
@@ -747,15 +754,17 @@ class Retry:
     after: float | None = None
     reason: str | None = None
 
-    def __post_init__(self) -> None:
-        value = seconds(self.after, "Retry(after=...)")
-        object.__setattr__(self, "after", value)
-        if self.reason is not None:
-            if not isinstance(self.reason, str):
+    # written out (not generated): ``after`` takes a timedelta, and reads back as seconds
+    def __init__(self, after: float | timedelta | None = None,
+                 reason: str | None = None) -> None:
+        object.__setattr__(self, "after", seconds(after, "Retry(after=...)"))
+        if reason is not None:
+            if not isinstance(reason, str):
                 raise ValidationError(
-                    f"Retry(reason=...) must be a string or None, not {self.reason!r}")
+                    f"Retry(reason=...) must be a string or None, not {reason!r}")
             # a lone surrogate is escaped, as in a log line or an error's message
-            object.__setattr__(self, "reason", storable_text(self.reason))
+            reason = storable_text(reason)
+        object.__setattr__(self, "reason", reason)
 
 
 class PermanentFailure(Exception):
@@ -769,17 +778,20 @@ class PermanentFailure(Exception):
     and a hub's remote service (``conveyor.client``)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Reschedule:
     """Return this from a handler to queue the task again after ``after`` seconds
-    without using up an attempt (polling)."""
+    (or a :class:`~datetime.timedelta`, kept as its seconds) without using up an
+    attempt (polling)."""
 
     after: float = 0.0
     result: JSON = None
 
-    def __post_init__(self) -> None:
-        value = seconds(self.after, "Reschedule(after=...)", allow_none=False)
-        object.__setattr__(self, "after", value)
+    # written out (not generated): ``after`` takes a timedelta, and reads back as seconds
+    def __init__(self, after: float | timedelta = 0.0, result: JSON = None) -> None:
+        object.__setattr__(self, "after",
+                           seconds(after, "Reschedule(after=...)", allow_none=False))
+        object.__setattr__(self, "result", result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -818,7 +830,7 @@ Outcome: TypeAlias = Returned | Raised | Retry | Reschedule | Aborted | TimedOut
 """How one run of a handler ended, as the transition policy sees it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Transition:
     """What happens to a task after a run: the policy's answer.
 
@@ -836,7 +848,19 @@ class Transition:
     reason: str | None = None
     refund_attempt: bool = False
 
-    def __post_init__(self) -> None:
+    # written out (not generated): ``status`` takes a status's value, and reads back as
+    # a Status
+    def __init__(self, status: Status | Literal["queued", "succeeded", "failed", "aborted"],
+                 run_at: float | None = None, result: JSON = None,
+                 error: ErrorInfo | None = None, reason: str | None = None,
+                 refund_attempt: bool = False) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "status", status)
+        setattr_(self, "run_at", run_at)
+        setattr_(self, "result", result)
+        setattr_(self, "error", error)
+        setattr_(self, "reason", reason)
+        setattr_(self, "refund_attempt", refund_attempt)
         if type(self.status) is not Status:
             if not isinstance(self.status, str) or self.status not in _STATUS_NAMES:
                 raise ValidationError(f"a transition's status must be a status, not "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from conveyor import LogLevel, Status, Task
@@ -50,6 +52,8 @@ async def test_add_read_and_wait(worker_hub: RunningHub) -> None:
         slow = await hub.add("job:slow", delay=600)
         with pytest.raises(WaitTimeout):
             await hub.wait(slow.id, timeout=0.3)
+        with pytest.raises(WaitTimeout):  # a duration may be a timedelta, as elsewhere
+            await hub.wait_task(slow.id, timeout=timedelta(seconds=0.2))
         aborted = await hub.abort(slow.id, "enough")
         assert aborted.status is Status.ABORTED
         with pytest.raises(TaskAborted):

@@ -286,20 +286,21 @@ class HTTPClient:
             task_id=task_id, timeout=self.timeout + wait, ok=(200, 202))
         return task_from_json(data), status == 200
 
-    async def wait_task(self, task_id: str, timeout: float | None = None) -> Task:
+    async def wait_task(self, task_id: str,
+                        timeout: float | timedelta | None = None) -> Task:
         """Wait until the task ends and return it, whatever its final status
-        (:class:`WaitTimeout` after ``timeout`` seconds)."""
-        timeout = seconds(timeout, "timeout")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        (:class:`WaitTimeout` after ``timeout`` seconds, or a timedelta)."""
+        limit = seconds(timeout, "timeout")
+        deadline = None if limit is None else time.monotonic() + limit
         while True:
             left = LONG_POLL if deadline is None else deadline - time.monotonic()
             task, ended = await self.wait_once(task_id, max(0.0, left))
             if ended:
                 return task
             if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(task_id, float(timeout or 0.0))
+                raise WaitTimeout(task_id, float(limit or 0.0))
 
-    async def wait(self, task_id: str, timeout: float | None = None) -> Any:
+    async def wait(self, task_id: str, timeout: float | timedelta | None = None) -> Any:
         """The task's result once it ends; :class:`TaskFailed` or
         :class:`TaskAborted` if it did not succeed."""
         task = await self.wait_task(task_id, timeout)
