@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -211,3 +212,45 @@ DURATIONS_AND_STATUSES = textwrap.dedent('''
 @pytest.mark.serial
 def test_durations_take_a_timedelta_and_read_back_as_seconds(tmp_path: Path) -> None:
     _check_marked(tmp_path, DURATIONS_AND_STATUSES)
+
+
+RETRYING_HANDLER = textwrap.dedent('''
+    from pydantic import BaseModel
+
+    from conveyor import Context, Conveyor, Reschedule, Retry
+
+    app = Conveyor("memory://")
+
+
+    class Done(BaseModel):
+        size: int
+
+
+    @app.handler("files:download")
+    async def download(ctx: Context) -> Done | Retry:
+        if ctx.attempt == 1:
+            return Retry(after=5)
+        return Done(size=1)
+
+
+    @app.handler("files:poll")
+    async def poll(ctx: Context) -> Reschedule | Done:
+        return Reschedule(after=60) if ctx.task.result is None else Done(size=2)
+
+
+    @app.handler("files:plain")
+    async def plain(ctx: Context) -> Done:
+        return Retry(after=5)  # error: Incompatible return value type (got "Retry"
+''')
+
+
+@pytest.mark.serial
+def test_a_handler_that_retries_keeps_its_result_model(tmp_path: Path) -> None:
+    """``-> Done | Retry``, the annotation a checker wants of a handler that may
+    return ``Retry``, keeps ``Done`` as the result model (it silently had none)."""
+    _check_marked(tmp_path, RETRYING_HANDLER)
+    namespace: dict[str, Any] = {"__name__": "user_app"}
+    exec(compile(RETRYING_HANDLER, "user_app.py", "exec"), namespace)
+    app = namespace["app"]
+    for action in ("files:download", "files:poll", "files:plain"):
+        assert app.registry.get(action).result_model is namespace["Done"], action

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError as PydanticValidationError
 
 from .errors import ConfigurationError, ValidationError
-from .model import Backoff, PermanentFailure, Policy, seconds
+from .model import Backoff, PermanentFailure, Policy, Reschedule, Retry, seconds
 
 __all__ = [
     "ACTION_PATTERN",
@@ -185,9 +186,28 @@ def _models_from_signature(fn: Callable[..., Any]) -> tuple[type[BaseModel] | No
         for arg in typing.get_args(hint):
             if is_model_class(arg):
                 payload_model = arg
-    ret = hints.get("return")
-    result_model = ret if is_model_class(ret) else None
-    return payload_model, result_model
+    return payload_model, _result_model(hints.get("return"))
+
+
+_OUTCOMES = (Retry, Reschedule)
+"""What a handler with a result model may return besides the model (its annotation
+``-> Done | Retry`` keeps ``Done`` as the result model)."""
+
+
+def _result_model(ret: Any) -> type[BaseModel] | None:
+    """The result model a return annotation names: a model class, or a union of
+    exactly one model class and conveyor's outcomes (:class:`Retry`,
+    :class:`Reschedule`), in any order. Anything else (``Done | None``, two models, a
+    dict) names none."""
+    if is_model_class(ret):
+        return typing.cast("type[BaseModel]", ret)
+    if typing.get_origin(ret) not in (typing.Union, types.UnionType):
+        return None
+    models = [arg for arg in typing.get_args(ret) if is_model_class(arg)]
+    others = [arg for arg in typing.get_args(ret) if not is_model_class(arg)]
+    if len(models) == 1 and others and all(arg in _OUTCOMES for arg in others):
+        return typing.cast("type[BaseModel]", models[0])
+    return None
 
 
 def _positive_int(value: Any, what: str) -> int | None:

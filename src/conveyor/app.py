@@ -214,7 +214,8 @@ class Conveyor:
         action running at once across all workers), ``policy`` (transition
         policy), ``priority`` (default priority of new tasks),
         ``payload_model`` / ``result_model`` (pydantic models; also read from
-        ``ctx: Context[Model]`` and the return annotation), ``mode``
+        ``ctx: Context[Model]`` and the return annotation, ``-> Done`` or
+        ``-> Done | Retry``), ``mode``
         (``"auto"``, ``"async"``, ``"thread"`` or ``"process"``), ``abort_grace``
         (seconds a sync or process handler gets to honour an abort, default 5),
         ``max_runs`` (``mode="process"`` only: runs per child process, which is

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
 import pytest
 from pydantic import BaseModel
@@ -13,6 +13,8 @@ from conveyor import (
     Context,
     Conveyor,
     ConveyorError,
+    Reschedule,
+    Retry,
     Status,
     SyncConveyor,
     TaskFailed,
@@ -109,6 +111,39 @@ async def test_a_result_model_is_enforced_for_every_return(app: Conveyor) -> Non
         assert task.status is Status.FAILED and task.attempts == 1, name  # not retried
         assert task.error is not None and task.error.type == "ValidationError", name
         assert "Done" in task.error.message, name
+
+
+async def test_a_result_model_with_outcomes_in_a_union(app: Conveyor) -> None:
+    """``-> Done | Retry`` (the annotation a checker wants of a handler that may
+    retry) keeps ``Done`` as the result model, as ``-> Done`` does (typing audit: the
+    union switched validation off, and bad data was stored as succeeded). A union
+    with anything but conveyor's outcomes names no model."""
+    async def union(ctx: Context[Any]) -> Done | Retry:
+        if ctx.attempt == 1:
+            return Retry(after=0)
+        return ctx.payload  # type: ignore[no-any-return]
+
+    async def polling(ctx: Context[Any]) -> Reschedule | Done | Retry: ...
+    async def old_style(ctx: Context[Any]) -> Union[Retry, Done]: ...  # noqa: UP007
+    async def optional(ctx: Context[Any]) -> Optional[Done]: ...  # noqa: UP045
+    async def or_none(ctx: Context[Any]) -> Done | Retry | None: ...
+    async def two_models(ctx: Context[Any]) -> Done | Other: ...
+    async def not_a_model(ctx: Context[Any]) -> dict[str, Any] | Retry: ...
+
+    for fn in (union, polling, old_style, optional, or_none, two_models, not_a_model):
+        app.register(fn.__name__, fn, max_attempts=2)
+    models = {a: h.result_model for a in app.registry.actions
+              if (h := app.registry.get(a)) is not None}
+    assert models == {"union": Done, "polling": Done, "old_style": Done, "optional": None,
+                      "or_none": None, "two_models": None, "not_a_model": None}
+    async with app:
+        good = await app.add("union", {"size": "3"})
+        bad = await app.add("union", {"size": "not a number"})
+        assert await app.wait(good.id, timeout=10) == {"size": 3}
+        failed = await app.wait_task(bad.id, timeout=10)
+    assert failed.status is Status.FAILED and failed.attempts == 2  # the Retry, then this
+    assert failed.error is not None and failed.error.type == "ValidationError"
+    assert "Done" in failed.error.message
 
 
 def test_sync_face(tmp_path: Path) -> None:
