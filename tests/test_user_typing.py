@@ -254,3 +254,44 @@ def test_a_handler_that_retries_keeps_its_result_model(tmp_path: Path) -> None:
     app = namespace["app"]
     for action in ("files:download", "files:poll", "files:plain"):
         assert app.registry.get(action).result_model is namespace["Done"], action
+
+
+SINKS = textwrap.dedent('''
+    import asyncio
+    import queue
+
+    from conveyor import Conveyor, ErrorItem, ResultItem
+
+    app = Conveyor("memory://")
+
+
+    def alert(error: object) -> None:
+        print(error)
+
+
+    async def on_result(item: ResultItem) -> None:
+        print(item.value, item.final)
+
+
+    def wrong_sink(item: ErrorItem, extra: int) -> None:
+        print(item, extra)
+
+
+    results: asyncio.Queue[ResultItem] = asyncio.Queue()
+    app.add_error_sink(lambda item: alert(item.error.message))
+    app.add_result_sink(queue.Queue())
+    app.add_result_sink(results)
+    app.add_result_sink(on_result)
+    app.add_error_sink(lambda item: alert(item.eror))  # error: "ErrorItem" has no attribute "eror"
+    app.add_error_sink(wrong_sink)  # error: Argument 1 to "add_error_sink" of "Conveyor"
+    app.add_result_sink(42)  # error: Argument 1 to "add_result_sink" of "Conveyor"
+    app.add_result_sink(lambda item: item.error)  # error: "ResultItem" has no attribute "error"
+''')
+
+
+@pytest.mark.serial
+def test_sinks_are_typed(tmp_path: Path) -> None:
+    """A sink is a callable taking the item or an object with ``put(item)``: the
+    documented lambda gets the item's type (a misspelt field is an error), a sink
+    that needs more arguments or is no sink at all is refused (sinks took Any)."""
+    _check_marked(tmp_path, SINKS)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from conveyor._registry import Handler
     from conveyor._worker import Worker
-    from conveyor.app import _C, F, Sink
+    from conveyor.app import _C, ErrorSink, F, ResultSink
     from conveyor.client._client import F as F_HubClient
     from conveyor.client._client import HubClient, LiveChange, Update
     from conveyor.events import Event
@@ -50,9 +50,9 @@ if TYPE_CHECKING:
             priority: float | None = ...,
         ) -> Schedule: ...
 
-        def add_result_sink(self, sink: Sink) -> None: ...
+        def add_result_sink(self, sink: ResultSink) -> None: ...
 
-        def add_error_sink(self, sink: Sink) -> None: ...
+        def add_error_sink(self, sink: ErrorSink) -> None: ...
 
         def open(self) -> None: ...
 

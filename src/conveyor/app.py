@@ -20,7 +20,7 @@ from collections.abc import (
 )
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, cast, overload
 
 from . import _forks
 from ._aio import LoopEvent, green_threads, on_sigterm
@@ -42,7 +42,7 @@ from ._specs import (
     task_ids,
     unpack_item,
 )
-from ._worker import RUNNING_HERE, Worker
+from ._worker import RUNNING_HERE, ErrorItem, ResultItem, Worker
 from .errors import (
     ConfigurationError,
     ConveyorError,
@@ -90,7 +90,23 @@ storage URL from."""
 F = TypeVar("F", bound=Callable[..., Any])
 _T = TypeVar("_T")
 _C = TypeVar("_C", bound=Callable[[Event], Any])
-Sink = Any  # a callable taking one item, or an object with put(item)
+_I = TypeVar("_I")
+_I_contra = TypeVar("_I_contra", contravariant=True)
+
+
+class SupportsPut(Protocol[_I_contra]):
+    """A sink that is an object with ``put(item)``: a :class:`queue.Queue`, an
+    :class:`asyncio.Queue` (its ``put`` is awaited in the background), ..."""
+
+    def put(self, item: _I_contra, /) -> object: ...
+
+
+ResultSink = Callable[[ResultItem], object] | SupportsPut[ResultItem]
+"""What :meth:`Conveyor.add_result_sink` takes: a callable taking a :class:`ResultItem`
+(a coroutine function too), or an object with ``put(item)``."""
+ErrorSink = Callable[[ErrorItem], object] | SupportsPut[ErrorItem]
+"""What :meth:`Conveyor.add_error_sink` takes: a callable taking an :class:`ErrorItem`,
+or an object with ``put(item)``."""
 
 
 class Conveyor:
@@ -180,8 +196,8 @@ class Conveyor:
         self.registry = Registry()
         self.bus = EventBus()
         self.schedules: list[Schedule] = []
-        self.result_sinks: list[Sink] = []
-        self.error_sinks: list[Sink] = []
+        self.result_sinks: list[ResultSink] = []
+        self.error_sinks: list[ErrorSink] = []
         self._relay: ChangeRelay | None = None
         self._relay_listeners: list[Callable[[Sequence[Change]], None]] = []
         self._relay_needs_every_change: set[object] = set()  # see ChangeRelay
@@ -311,28 +327,32 @@ class Conveyor:
         except ValidationError as exc:
             raise ConfigurationError(f"schedule {schedule.name!r}: {exc}") from None
 
-    def add_result_sink(self, sink: Sink) -> None:
+    def add_result_sink(self, sink: ResultSink) -> None:
         """Push every result (final, and intermediate from ``ctx.emit``) to ``sink``:
         a callable taking a :class:`ResultItem`, or an object with ``put(item)``
         (a :class:`queue.Queue` or :class:`asyncio.Queue` works)."""
         self._check_sink(sink)
         self.result_sinks.append(sink)
 
-    def add_error_sink(self, sink: Sink) -> None:
-        """Push the error of every failed attempt to ``sink`` as an :class:`ErrorItem`."""
+    def add_error_sink(self, sink: ErrorSink) -> None:
+        """Push the error of every failed attempt to ``sink`` as an :class:`ErrorItem`
+        (a callable taking it, or an object with ``put(item)``)."""
         self._check_sink(sink)
         self.error_sinks.append(sink)
 
     @staticmethod
-    def _check_sink(sink: Sink) -> None:
+    def _check_sink(sink: object) -> None:
         if not (callable(getattr(sink, "put", None)) or callable(sink)):
-            raise ConfigurationError("a sink is a callable or an object with put(item)")
+            raise ConfigurationError(
+                f"a sink is a callable taking the item, or an object with put(item); "
+                f"not {reprlib.repr(sink)}")
 
-    def _push_sinks(self, sinks: Sequence[Sink], item: Any) -> None:
+    def _push_sinks(self, sinks: Sequence[Callable[[_I], object] | SupportsPut[_I]],
+                    item: _I) -> None:
         for sink in sinks:
             try:
                 put = getattr(sink, "put", None)
-                result = put(item) if callable(put) else sink(item)
+                result = put(item) if callable(put) else cast("Callable[[_I], object]", sink)(item)
                 if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
                     task = asyncio.ensure_future(result)
                     self._background.add(task)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from conveyor import (
+    ConfigurationError,
     Context,
     Conveyor,
     ErrorItem,
@@ -197,6 +198,16 @@ async def test_result_and_error_sinks(app: Conveyor) -> None:
     assert [(e.task.status, e.task.attempts, len(e.task.errors)) for e in errors] == [
         (Status.QUEUED, 1, 1), (Status.FAILED, 2, 2)]
     assert errors[1].task.error == errors[1].error and errors[1].task.worker is None
+
+
+def test_a_non_sink_is_refused_where_it_is_added(app: Conveyor) -> None:
+    for bad in (42, "alerts", object()):
+        with pytest.raises(ConfigurationError, match=r"a sink is a callable taking the item, "
+                                                     r"or an object with put\(item\); not "):
+            app.add_result_sink(bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="a sink is a callable"):
+            app.add_error_sink(bad)  # type: ignore[arg-type]
+    assert app.result_sinks == [] and app.error_sinks == []
 
 
 async def test_sink_must_be_usable(app: Conveyor) -> None:
