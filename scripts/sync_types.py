@@ -12,6 +12,14 @@ awaits, an async generator (or a method the seam wraps, such as ``events``) a
 ``BlockingIterator`` of what it yields, and every other method its own
 signature (overloads kept). Defaults are written ``...``. Names the annotations
 use are imported from where the source module imports them.
+
+The public attributes (``storage``, ``concurrency``, ``registry``, ...) are
+read from the annotated ``self.name: T = ...`` of the class's ``__init__`` and
+written as read-only properties (the seam forwards reads; a public attribute
+assigned without an annotation there stops the script). The constructor is
+written as two overloads: the wrapped object alone, or the async class's own
+parameters. The seam's ``__getattr__`` is not shown to checkers, so a misspelt
+name is an error, as on the async class.
 ``tests/test_sync_types.py`` runs ``--check`` so the module never falls behind.
 """
 
@@ -116,14 +124,72 @@ def _method(fn: ast.FunctionDef | ast.AsyncFunctionDef, module: str, wrapped: tu
     return decl
 
 
+def _attributes(cls: ast.ClassDef) -> list[ast.FunctionDef]:
+    """The public attributes of ``cls`` (its ``__init__``'s annotated ``self.name: T``)
+    as read-only properties; a public attribute assigned anywhere in the class
+    without that annotation stops the script."""
+    init = next((n for n in cls.body if isinstance(n, ast.FunctionDef)
+                 and n.name == "__init__"), None)
+    declared: dict[str, ast.expr] = {}
+    for node in ast.walk(init) if init is not None else ():
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Attribute)
+                and isinstance(node.target.value, ast.Name) and node.target.value.id == "self"
+                and not node.target.attr.startswith("_")):
+            declared.setdefault(node.target.attr, node.annotation)
+    for node in ast.walk(cls):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            for sub in ast.walk(target):
+                if (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name)
+                        and sub.value.id == "self" and not sub.attr.startswith("_")
+                        and sub.attr not in declared):
+                    raise SystemExit(
+                        f"sync_types: {cls.name}.{sub.attr} (line {sub.lineno}) has no "
+                        f"annotation in __init__: write self.{sub.attr}: <type> = ... there "
+                        "(the sync face declares it with that type)")
+    decls = []
+    for name, annotation in declared.items():
+        decl = ast.FunctionDef(
+            name=name, args=ast.arguments(posonlyargs=[], args=[ast.arg("self")],
+                                          kwonlyargs=[], kw_defaults=[], defaults=[]),
+            body=[ast.Expr(ast.Constant(...))], decorator_list=[ast.Name("property")],
+            returns=annotation, type_comment=None)
+        decls.append(ast.fix_missing_locations(decl))
+    return decls
+
+
+def _constructor(cls: ast.ClassDef) -> list[ast.FunctionDef]:
+    """The sync face's ``__init__``: the wrapped object alone, or the async class's own
+    parameters (two overloads, and the declaration that takes either)."""
+    init = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    first = init.args.args[1]
+    alone = ast.FunctionDef(
+        name="__init__", args=ast.arguments(
+            posonlyargs=[], args=[ast.arg("self"), ast.arg(first.arg, ast.Name(cls.name))],
+            kwonlyargs=[], kw_defaults=[], defaults=[]),
+        body=[ast.Expr(ast.Constant(...))], decorator_list=[ast.Name("overload")],
+        returns=ast.Constant(None), type_comment=None)
+    own = _method(init, "", (), False)
+    own.decorator_list = [ast.Name("overload")]
+    either = _method(init, "", (), False)
+    annotation = ast.parse(f"{cls.name} | {ast.unparse(first.annotation)}", mode="eval").body
+    either.args.args = [either.args.args[0], ast.arg(first.arg, annotation),
+                        *either.args.args[2:]]
+    return [ast.fix_missing_locations(d) for d in (alone, own, either)]
+
+
 def _face(class_name: str, module: str, wrapped: tuple[str, ...], own: tuple[str, ...]
           ) -> tuple[list[ast.FunctionDef], dict[str, tuple[str, str]]]:
-    """The declarations of ``class_name``'s public methods on its blocking face, and
-    what its module imports."""
+    """The declarations of ``class_name``'s public attributes, constructor and public
+    methods on its blocking face, and what its module imports."""
     path = SRC / (module.replace(".", "/") + ".py")
     tree = ast.parse(path.read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
-    decls = []
+    decls = _attributes(cls) + _constructor(cls)
     for node in cls.body:
         if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
@@ -148,7 +214,7 @@ def render() -> str:
     taken: dict[str, tuple[str, str]] = {}  # name written -> (module, name) imported
     for class_name, module, out_name, wrapped, own in FACES:
         decls, known = _face(class_name, module, wrapped, own)
-        used = set().union(*(_names(d) for d in decls)) | {"Any", "BlockingIterator"}
+        used = set().union(*(_names(d) for d in decls)) | {"BlockingIterator"}
         renames: dict[str, str] = {}
         for name in sorted(used - {"self", "property"} - set(dir(builtins))):
             if name == "BlockingIterator":
@@ -168,7 +234,6 @@ def render() -> str:
                  ""]
         for decl in decls:
             body += ["        " + line for line in _declare(_Rename(renames).visit(decl))] + [""]
-        body += ["        def __getattr__(self, name: str) -> Any: ...", ""]
     groups: dict[bool, dict[str, list[str]]] = {False: {}, True: {}}
     for alias, (mod, name) in taken.items():
         entry = name if alias == name else f"{name} as {alias}"

@@ -295,3 +295,36 @@ def test_sinks_are_typed(tmp_path: Path) -> None:
     documented lambda gets the item's type (a misspelt field is an error), a sink
     that needs more arguments or is no sink at all is refused (sinks took Any)."""
     _check_marked(tmp_path, SINKS)
+
+
+SYNC_FACES = textwrap.dedent('''
+    from datetime import timedelta
+
+    from conveyor import Conveyor, SyncConveyor
+    from conveyor._registry import Registry
+    from conveyor.client import HubClient, SyncHubClient
+    from conveyor.storage import Storage
+
+    app = SyncConveyor("sqlite:///tasks.db", concurrency=4, lease=timedelta(seconds=30))
+    again = SyncConveyor(Conveyor("memory://"))
+    storage: Storage = app.storage
+    running: int = app.concurrency
+    registry: Registry = app.registry
+    lease: float = app.lease
+    hub = SyncHubClient("http://127.0.0.1:8765", "key", open_timeout=5)
+    same = SyncHubClient(HubClient("http://127.0.0.1:8765"))
+    url: str = hub.url
+    SyncConveyor("memory://", concurency=4)  # error: Unexpected keyword argument "concurency"
+    app.ad("mail:send")  # error: "SyncConveyor" has no attribute "ad"
+    wrong: str = app.concurrency  # error: Incompatible types in assignment
+    app.concurrency = 8  # error: Property "concurrency" defined in "BlockingConveyor" is read-only
+    SyncHubClient("http://127.0.0.1:8765", "key", open_timout=5)  # error: Unexpected keyword
+    hub.wiat("task-id")  # error: "SyncHubClient" has no attribute "wiat"
+''')
+
+
+@pytest.mark.serial
+def test_the_sync_faces_check_names_and_attributes(tmp_path: Path) -> None:
+    """A misspelt method or option of a sync face is an error, and its public
+    attributes have their types (``__getattr__ -> Any`` took every name)."""
+    _check_marked(tmp_path, SYNC_FACES)

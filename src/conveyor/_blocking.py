@@ -20,20 +20,114 @@ if TYPE_CHECKING:
     from datetime import timedelta
     from typing import Any, overload
 
-    from conveyor._registry import Handler
+    from conveyor._registry import Handler, Registry
     from conveyor._worker import Worker
-    from conveyor.app import _C, ErrorSink, F, ResultSink
+    from conveyor.app import _C, Conveyor, ErrorSink, F, ResultSink
     from conveyor.client._client import F as F_HubClient
     from conveyor.client._client import HubClient, LiveChange, Update
-    from conveyor.events import Event
-    from conveyor.model import LogLevel, LogRecord, Task
+    from conveyor.events import Event, EventBus
+    from conveyor.model import LogLevel, LogRecord, Policy, Task
     from conveyor.query import Filter
     from conveyor.schedule import Schedule
-    from conveyor.storage import WorkerInfo
+    from conveyor.storage import Storage, WorkerInfo
     from conveyor.sync import BlockingIterator
 
     class BlockingConveyor:
         """The blocking methods of ``Conveyor`` (see the module)."""
+
+        @property
+        def storage(self) -> Storage: ...
+
+        @property
+        def name(self) -> str | None: ...
+
+        @property
+        def concurrency(self) -> int: ...
+
+        @property
+        def batch_size(self) -> int: ...
+
+        @property
+        def max_payload(self) -> int: ...
+
+        @property
+        def policy(self) -> Policy | None: ...
+
+        @property
+        def max_rescues(self) -> int: ...
+
+        @property
+        def sweep_interval(self) -> float: ...
+
+        @property
+        def registry(self) -> Registry: ...
+
+        @property
+        def bus(self) -> EventBus: ...
+
+        @property
+        def schedules(self) -> list[Schedule]: ...
+
+        @property
+        def result_sinks(self) -> list[ResultSink]: ...
+
+        @property
+        def error_sinks(self) -> list[ErrorSink]: ...
+
+        @property
+        def lease(self) -> float: ...
+
+        @property
+        def idle_poll(self) -> float: ...
+
+        @property
+        def progress_interval(self) -> float: ...
+
+        @property
+        def stop_timeout(self) -> float: ...
+
+        @property
+        def retention(self) -> float | None: ...
+
+        @overload
+        def __init__(self, url: Conveyor) -> None: ...
+
+        @overload
+        def __init__(
+            self,
+            url: str | Storage | None = ...,
+            *,
+            name: str | None = ...,
+            concurrency: int = ...,
+            lease: float | timedelta = ...,
+            batch_size: int | None = ...,
+            max_payload: int = ...,
+            policy: Policy | None = ...,
+            max_rescues: int = ...,
+            sweep_interval: float | timedelta | None = ...,
+            idle_poll: float | timedelta = ...,
+            progress_interval: float | timedelta = ...,
+            stop_timeout: float | timedelta = ...,
+            retention: float | timedelta | None = ...,
+        ) -> None: ...
+
+        def __init__(
+            self,
+            url: Conveyor | str | Storage | None = ...,
+            *,
+            name: str | None = ...,
+            concurrency: int = ...,
+            lease: float | timedelta = ...,
+            batch_size: int | None = ...,
+            max_payload: int = ...,
+            policy: Policy | None = ...,
+            max_rescues: int = ...,
+            sweep_interval: float | timedelta | None = ...,
+            idle_poll: float | timedelta = ...,
+            progress_interval: float | timedelta = ...,
+            stop_timeout: float | timedelta = ...,
+            retention: float | timedelta | None = ...,
+        ) -> None: ...
 
         def handler(self, action: str, **options: Any) -> Callable[[F], F]: ...
 
@@ -175,10 +269,45 @@ if TYPE_CHECKING:
 
         def prune(self, older_than: float | timedelta) -> int: ...
 
-        def __getattr__(self, name: str) -> Any: ...
-
     class BlockingHubClient:
         """The blocking methods of ``HubClient`` (see the module)."""
+
+        @property
+        def url(self) -> str: ...
+
+        @property
+        def key(self) -> str | None: ...
+
+        @property
+        def open_timeout(self) -> float: ...
+
+        @property
+        def hello(self) -> bool: ...
+
+        @property
+        def connects(self) -> int: ...
+
+        @overload
+        def __init__(self, url: HubClient) -> None: ...
+
+        @overload
+        def __init__(
+            self,
+            url: str,
+            key: str | None = ...,
+            *,
+            open_timeout: float = ...,
+            hello: bool = ...,
+        ) -> None: ...
+
+        def __init__(
+            self,
+            url: HubClient | str,
+            key: str | None = ...,
+            *,
+            open_timeout: float = ...,
+            hello: bool = ...,
+        ) -> None: ...
 
         def connect(self) -> HubClient: ...
 
@@ -273,5 +402,3 @@ if TYPE_CHECKING:
         ) -> None: ...
 
         def wait_working(self, timeout: float | None = ...) -> None: ...
-
-        def __getattr__(self, name: str) -> Any: ...

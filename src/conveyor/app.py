@@ -164,14 +164,15 @@ class Conveyor:
             raise ConfigurationError("max_rescues must be an integer >= 0")
         check_policy(policy)
         try:
-            self.lease = seconds(lease, "lease", allow_none=False, allow_zero=False) or 30.0
-            self.idle_poll = seconds(idle_poll, "idle_poll", allow_none=False,
-                                     allow_zero=False) or 1.0
-            self.progress_interval = seconds(progress_interval, "progress_interval",
-                                             allow_none=False) or 0.0
-            self.stop_timeout = seconds(stop_timeout, "stop_timeout", allow_none=False) or 0.0
+            self.lease: float = seconds(lease, "lease", allow_none=False, allow_zero=False) or 30.0
+            self.idle_poll: float = seconds(idle_poll, "idle_poll", allow_none=False,
+                                            allow_zero=False) or 1.0
+            self.progress_interval: float = seconds(progress_interval, "progress_interval",
+                                                    allow_none=False) or 0.0
+            self.stop_timeout: float = seconds(stop_timeout, "stop_timeout",
+                                               allow_none=False) or 0.0
             sweep = seconds(sweep_interval, "sweep_interval", allow_zero=False)
-            self.retention = seconds(retention, "retention")
+            self.retention: float | None = seconds(retention, "retention")
         except ValidationError as exc:
             raise ConfigurationError(str(exc)) from None
         if url is None:
@@ -184,17 +185,17 @@ class Conveyor:
             raise ConfigurationError("name must be None or printable text of 1-200 "
                                      f"characters, not {name!r}")
         self.storage: Storage = open_storage(url) if isinstance(url, str) else url
-        self.name = name
-        self.concurrency = concurrency
-        self.batch_size = min(batch_size or concurrency, concurrency, 1000)
+        self.name: str | None = name
+        self.concurrency: int = concurrency
+        self.batch_size: int = min(batch_size or concurrency, concurrency, 1000)
         if batch_size is None:
             self.batch_size = min(self.batch_size, 100)
-        self.max_payload = max_payload
-        self.policy = policy
-        self.max_rescues = max_rescues
-        self.sweep_interval = sweep or max(0.05, self.lease / 3)
-        self.registry = Registry()
-        self.bus = EventBus()
+        self.max_payload: int = max_payload
+        self.policy: Policy | None = policy
+        self.max_rescues: int = max_rescues
+        self.sweep_interval: float = sweep or max(0.05, self.lease / 3)
+        self.registry: Registry = Registry()
+        self.bus: EventBus = EventBus()
         self.schedules: list[Schedule] = []
         self.result_sinks: list[ResultSink] = []
         self.error_sinks: list[ErrorSink] = []

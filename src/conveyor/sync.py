@@ -405,6 +405,10 @@ class _Seam:
             raise
         return self
 
+    def close(self) -> None:
+        """Each face's own: disconnect, and end the background loop."""
+        raise NotImplementedError
+
     @contextlib.contextmanager
     def _closing_portal(self) -> Iterator[Portal | None]:
         """For ``close``: detach the portal (the next call makes a new one) and
@@ -421,7 +425,16 @@ class _Seam:
             with self._lock:
                 self._closing = False
 
-    def __getattr__(self, name: str) -> Any:
+    if not TYPE_CHECKING:
+        # checkers read each forwarded name from the sync face's declarations
+        # (``conveyor._blocking``): a name neither declares is an error there, as on
+        # the async class, not Any
+        def __getattr__(self, name: str) -> Any:
+            return self._forward(name)
+
+    def _forward(self, name: str) -> Any:
+        """The wrapped object's attribute ``name``: a coroutine or async generator
+        method (or one named in ``_on_loop``) as a blocking call, anything else as is."""
         wrapped = self.__dict__.get("_wrapped")
         if wrapped is None:
             raise AttributeError(name)
@@ -566,12 +579,19 @@ class SyncConveyor(_Typed, _Seam):
 
     _on_loop = _ON_LOOP
 
-    def __init__(self, url: str | Storage | Conveyor | None = None, **options: Any) -> None:
+    if not TYPE_CHECKING:
+        # checkers read the constructor from ``conveyor._blocking``: Conveyor's own
+        # parameters (typed), or an app alone
+        def __init__(self, url: str | Storage | Conveyor | None = None,
+                     **options: Any) -> None:
+            self._setup(url, options)
+
+    def _setup(self, url: str | Storage | Conveyor | None, options: dict[str, Any]) -> None:
         if isinstance(url, Conveyor) and options:
             raise TypeError(f"SyncConveyor(app) takes no options (got {', '.join(options)}): "
                             "an existing app has its own; give them to Conveyor(...)")
-        self.app = url if isinstance(url, Conveyor) else Conveyor(url, **options)
-        super().__init__(self.app)
+        self.app: Conveyor = url if isinstance(url, Conveyor) else Conveyor(url, **options)
+        _Seam.__init__(self, self.app)
         _FACES.add(self)
 
     def run(self) -> None:

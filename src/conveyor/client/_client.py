@@ -276,10 +276,10 @@ class HubClient:
 
     def __init__(self, url: str, key: str | None = None, *, open_timeout: float = 10.0,
                  hello: bool = False) -> None:
-        self.url = ws_url(url)
-        self.key = key
-        self.open_timeout = open_timeout
-        self.hello = hello
+        self.url: str = ws_url(url)
+        self.key: str | None = key
+        self.open_timeout: float = open_timeout
+        self.hello: bool = hello
         self._link: Link | None = None
         self._lock: asyncio.Lock | None = None
         self._handlers: dict[str, Handler] = {}
@@ -291,7 +291,7 @@ class HubClient:
         self._sessions: set[WorkerSession] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
-        self.connects = 0
+        self.connects: int = 0
 
     def __repr__(self) -> str:
         return f"HubClient({hide_password(self.url)!r})"

@@ -47,13 +47,21 @@ class SyncHubClient(_Typed, _Seam):
 
     _on_loop = _ITERATORS
 
-    def __init__(self, url: str | HubClient, key: str | None = None, **options: Any) -> None:
+    if not TYPE_CHECKING:
+        # checkers read the constructor from ``conveyor._blocking``: HubClient's own
+        # parameters (typed), or a client alone
+        def __init__(self, url: str | HubClient, key: str | None = None,
+                     **options: Any) -> None:
+            self._setup(url, key, options)
+
+    def _setup(self, url: str | HubClient, key: str | None, options: dict[str, Any]) -> None:
         if isinstance(url, HubClient) and (key is not None or options):
             given = ", ".join((["key"] if key is not None else []) + list(options))
             raise TypeError(f"SyncHubClient(client) takes no key or options (got {given}): "
                             "an existing client has its own; give them to HubClient(...)")
-        self.client = url if isinstance(url, HubClient) else HubClient(url, key, **options)
-        super().__init__(self.client)
+        self.client: HubClient = (url if isinstance(url, HubClient)
+                                  else HubClient(url, key, **options))
+        _Seam.__init__(self, self.client)
 
     def stop(self) -> None:
         """Ask a running ``work()`` to stop (from any thread or a signal handler)."""
