@@ -328,3 +328,22 @@ def test_the_sync_faces_check_names_and_attributes(tmp_path: Path) -> None:
     """A misspelt method or option of a sync face is an error, and its public
     attributes have their types (``__getattr__ -> Any`` took every name)."""
     _check_marked(tmp_path, SYNC_FACES)
+
+
+# the documents' examples that are whole modules, as a user pastes them (typing audit:
+# bare ``-> dict``, an untyped policy)
+WHOLE_EXAMPLES = ('environment={"chunk": 1024}, max_attempts=3',
+                  '{"url": "https://example.com/f"}', "def poll_until_done(",
+                  "async def test_signup_sends_mail(", "class Download(BaseModel)")
+
+
+@pytest.mark.serial
+def test_the_documents_examples_pass_mypy_strict(tmp_path: Path) -> None:
+    from ._docs import find_block
+
+    for key in WHOLE_EXAMPLES:
+        block = find_block(key)
+        prelude = "from conveyor import Context, Conveyor\napp = Conveyor()\n" * (
+            "app = " not in block.code)
+        found = _errors(tmp_path, prelude + block.code)
+        assert found == {}, (str(block), found)

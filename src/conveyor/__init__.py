@@ -2,12 +2,14 @@
 
 ::
 
+    from typing import Any
+
     from conveyor import Conveyor, Context
 
     app = Conveyor("sqlite:///tasks.db")
 
     @app.handler("files:download")
-    async def download(ctx: Context) -> dict:
+    async def download(ctx: Context) -> dict[str, Any]:
         await ctx.progress(1, total=1)
         return {"ok": True}
 

@@ -13,10 +13,14 @@
 
 A remote worker uses the handler style of in-process workers::
 
+    from typing import Any
+
+    from conveyor import Context
+
     hub = HubClient(url, key)
 
     @hub.handler("mail:send")
-    async def send(ctx: Context) -> dict:
+    async def send(ctx: Context) -> dict[str, Any]:
         await ctx.progress(1, total=2)
         ctx.log.info("sending to %s", ctx.payload["to"])
         return {"sent": True}

@@ -15,7 +15,7 @@ ordinary iterators (:class:`conveyor.sync.BlockingIterator`), and
         ...
 
     @hub.handler("mail:send")
-    def send(ctx): ...                  # sync handlers run in threads
+    def send(ctx: Context) -> None: ...  # sync handlers run in threads
     hub.work(service="mailer")          # blocks until hub.stop() (from any thread)
 """
 
