@@ -43,6 +43,10 @@ FACES = (
     ("HubClient", "conveyor.client._client", "BlockingHubClient", ("live",), ("close", "stop")),
 )
 
+# wrapped iterators the sync face returns as a class of its own (with the stream's
+# attributes): (the async class returned, the blocking class, its module)
+OWN_ITERATORS = {"LiveQuery": ("BlockingLiveQuery", "conveyor.client._sync")}
+
 HEADER = '''\
 """The blocking signatures of :class:`~conveyor.SyncConveyor` and
 :class:`~conveyor.client.SyncHubClient`, for type checkers only.
@@ -112,6 +116,8 @@ def _method(fn: ast.FunctionDef | ast.AsyncFunctionDef, module: str, wrapped: tu
     returns = fn.returns
     if is_gen and isinstance(returns, ast.Subscript):  # AsyncIterator[X] -> BlockingIterator[X]
         returns = ast.Subscript(value=ast.Name("BlockingIterator"), slice=returns.slice)
+    elif fn.name in wrapped and isinstance(returns, ast.Name) and returns.id in OWN_ITERATORS:
+        returns = ast.Name(OWN_ITERATORS[returns.id][0])
     elif fn.name in wrapped and isinstance(returns, ast.Name):
         item = _item_type(module, returns.id)
         returns = ast.Subscript(value=ast.Name("BlockingIterator"),
@@ -219,6 +225,8 @@ def render() -> str:
         for name in sorted(used - {"self", "property"} - set(dir(builtins))):
             if name == "BlockingIterator":
                 source = ("conveyor.sync", name)
+            elif name in {own for own, _ in OWN_ITERATORS.values()}:
+                source = next((mod, own) for own, mod in OWN_ITERATORS.values() if own == name)
             elif name in ("Any", "overload"):
                 source = ("typing", name)
             elif name in known:

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from conveyor._worker import Worker
     from conveyor.app import _C, Conveyor, ErrorSink, F, ResultSink
     from conveyor.client._client import F as F_HubClient
-    from conveyor.client._client import HubClient, LiveChange, Update
+    from conveyor.client._client import HubClient, Update
+    from conveyor.client._sync import BlockingLiveQuery
     from conveyor.events import Event, EventBus
     from conveyor.model import LogLevel, LogRecord, Policy, Task
     from conveyor.query import Filter
@@ -382,7 +383,7 @@ if TYPE_CHECKING:
             sort: Any = ...,
             limit: int | None = ...,
             fields: Sequence[str] | None = ...,
-        ) -> BlockingIterator[LiveChange]: ...
+        ) -> BlockingLiveQuery: ...
 
         def handler(self, action: str, **options: Any) -> Callable[[F_HubClient], F_HubClient]: ...
 

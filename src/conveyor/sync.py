@@ -33,7 +33,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from . import _forks
 from .app import Conveyor
@@ -43,6 +43,7 @@ from .storage import Storage
 __all__ = ["BlockingIterator", "Portal", "SyncConveyor"]
 
 T = TypeVar("T")
+T2 = TypeVar("T2")
 
 # Sync methods of Conveyor whose work must happen on the loop thread.
 _ON_LOOP = frozenset({"events"})
@@ -319,6 +320,13 @@ class BlockingIterator(Iterator[T]):
         got: T | None = self._portal.run(lambda: getter(timeout))
         return got
 
+    def _read(self, read: Callable[[Any], T2]) -> T2:
+        """``read(stream)`` on the loop thread, where the stream changes (directly
+        once the loop is gone)."""
+        if self._portal.loop.is_closed():
+            return read(self._aiter)
+        return cast("T2", self._portal.run(lambda: read(self._aiter), last=True))
+
     def close(self) -> None:
         """Stop iterating early and release the underlying stream. From another
         thread, a ``next()`` waiting meanwhile ends the iteration (StopIteration).
@@ -425,6 +433,10 @@ class _Seam:
             with self._lock:
                 self._closing = False
 
+    def _iterator(self, portal: Portal, aiter: Any) -> BlockingIterator[Any]:
+        """The blocking iterator over ``aiter`` a forwarded call returns."""
+        return BlockingIterator(portal, aiter)
+
     if not TYPE_CHECKING:
         # checkers read each forwarded name from the sync face's declarations
         # (``conveyor._blocking``): a name neither declares is an error there, as on
@@ -456,7 +468,7 @@ class _Seam:
                 raise ConveyorError(f"this {type(self).__name__} was closed while the "
                                     "call ran") from exc
             if hasattr(value, "__anext__"):
-                return BlockingIterator(portal, value)
+                return self._iterator(portal, value)
             return value
 
         blocking.__name__ = name

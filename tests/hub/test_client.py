@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from conveyor import Context, Conveyor, Reschedule, Retry
-from conveyor.client import HubClient, HubError, SyncHubClient
+from conveyor.client import BlockingLiveQuery, HubClient, HubError, SyncHubClient
 from conveyor.errors import TaskAborted, TaskFailed, TaskNotFound, ValidationError, WaitTimeout
 from conveyor.hub import HubConfig
 from conveyor.hub._credentials import CredentialStore
@@ -318,7 +318,14 @@ def test_the_sync_client(tmp_path: Path) -> None:
                 assert change.type == "changed" and change.task is not None, change
                 statuses.append(change.task["status"])
             assert statuses[0] in ("queued", "running") and len(statuses) >= 2
+            # the sync live query keeps the result as the async one does (it had
+            # neither tasks nor resyncs)
+            assert isinstance(live, BlockingLiveQuery)
+            assert len(live.tasks) == 3 and first_change.task is not None
+            assert live.tasks[first_change.task["id"]]["status"] == "succeeded"
+            assert live.resyncs == 0
             live.close()
+            assert len(live.tasks) == 3  # read after the close, as it was
     finally:
         worker.stop()
         runner.join(20)

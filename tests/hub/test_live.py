@@ -93,6 +93,7 @@ async def test_fields_sort_and_validation(insecure_hub: RunningHub) -> None:
         ({"filter": {}, "sort": "-nonsense"}, "bad_filter"),
         ({"filter": {}, "limit": -1}, "bad_filter"),
         ({"filter": {}, "fields": ["status", "secret"]}, "bad_message"),
+        ({"filter": {}, "sort": "priority", "limit": 2, "skip": 1}, "bad_message"),  # ignored
     ]
     for i, (query, code) in enumerate(bad):
         error = await ws.request({"type": "live", "id": f"bad{i}", **query}, "error")
@@ -520,3 +521,47 @@ async def test_progress_stored_by_another_process_comes_with_its_version(
     progressed = [(v, c) for v, s, c in states if s == "running" and c is not None]
     assert [c for _, c in progressed] == [1, 2, 3], states
     assert len({v for v, _ in progressed}) == 3, states  # each stored snapshot's own version
+
+
+async def test_progress_of_another_process_that_takes_a_task_out_says_its_version(
+        insecure_hub: RunningHub, tmp_path: Path) -> None:
+    """A progress stored by a worker outside the hub took the task out of the query:
+    the removal carried the version before it (that of the change that took it
+    out is documented), and the tasks changed meanwhile kept the run's first
+    ``updated_at`` beside a later version (a state never stored)."""
+    other = Conveyor(hub_db_url(tmp_path), progress_interval=0.01)  # the hub's database
+    shown: dict[int, asyncio.Event] = {n: asyncio.Event() for n in (1, 2, 4)}
+
+    @other.handler("p:out")
+    async def job(ctx: Context) -> str:
+        for n in (1, 2, 4):
+            await ctx.progress(n, total=4)
+            await asyncio.wait_for(shown[n].wait(), 10)  # the live query has it
+        return "done"
+
+    ws = await Raw.open(insecure_hub.url)
+    try:
+        await live(ws, filter={"action": "p:out", "progress.current": {"$lt": 3}},
+                   fields=["status", "progress", "updated_at"])
+        await other.start()
+        task = await other.add("p:out")
+        changes: list[dict[str, Any]] = []
+        while not changes or changes[-1]["type"] != "removed":
+            change = await next_change(ws)
+            changes.append(change)
+            current = ((change.get("task") or {}).get("progress") or {}).get("current")
+            if current in shown:
+                shown[current].set()
+        shown[4].set()
+        done = await other.wait_task(task.id, timeout=10)
+    finally:
+        await ws.close()
+        await other.close()
+    running = [c["task"] for c in changes if c["type"] in ("added", "changed")]
+    assert [t["progress"]["current"] for t in running][-1] == 2, changes
+    two = running[-1]
+    # the state sent is one that was stored: its time moved on with its version
+    assert two["version"] > running[0]["version"] and two["updated_at"] > running[0]["updated_at"]
+    removed = changes[-1]
+    assert removed["version"] > two["version"], changes  # the change that took it out
+    assert done.version > removed["version"]

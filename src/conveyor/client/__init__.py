@@ -17,7 +17,7 @@ from .. import _needs_hub  # noqa: F401
 from ._client import MISSING, HubClient, LiveChange, LiveQuery, Update
 from ._errors import HubError
 from ._http import HTTPClient, LogPage
-from ._sync import SyncHubClient
+from ._sync import BlockingLiveQuery, SyncHubClient
 
-__all__ = ["MISSING", "HTTPClient", "HubClient", "HubError", "LiveChange", "LiveQuery", "LogPage",
-           "SyncHubClient", "Update"]
+__all__ = ["MISSING", "BlockingLiveQuery", "HTTPClient", "HubClient", "HubError", "LiveChange",
+           "LiveQuery", "LogPage", "SyncHubClient", "Update"]

@@ -24,10 +24,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConveyorError
-from ..sync import _Seam
-from ._client import HubClient
+from ..sync import BlockingIterator, Portal, _Seam
+from ._client import HubClient, LiveChange, LiveQuery
 
-__all__ = ["SyncHubClient"]
+__all__ = ["BlockingLiveQuery", "SyncHubClient"]
 
 # Methods that return async iterators without being coroutines: they are called
 # on the loop thread and wrapped.
@@ -39,6 +39,23 @@ if TYPE_CHECKING:
 else:
     class _Typed:
         """The blocking signatures (``conveyor._blocking``), for type checkers only."""
+
+
+class BlockingLiveQuery(BlockingIterator[LiveChange]):
+    """What :meth:`SyncHubClient.live` returns: an iterator of :class:`LiveChange`
+    with the :class:`LiveQuery`'s ``tasks`` (the current result, a dict by task id,
+    a copy taken as of the changes the iterator gave) and ``resyncs``."""
+
+    @property
+    def tasks(self) -> dict[str, Any]:
+        """The current result, a dict by task id (a copy: it does not change under
+        you)."""
+        return self._read(lambda live: dict(live.tasks))
+
+    @property
+    def resyncs(self) -> int:
+        """How many times the query subscribed again (after a gap or a reconnect)."""
+        return int(self._read(lambda live: live.resyncs))
 
 
 class SyncHubClient(_Typed, _Seam):
@@ -62,6 +79,11 @@ class SyncHubClient(_Typed, _Seam):
         self.client: HubClient = (url if isinstance(url, HubClient)
                                   else HubClient(url, key, **options))
         _Seam.__init__(self, self.client)
+
+    def _iterator(self, portal: Portal, aiter: Any) -> BlockingIterator[Any]:
+        if isinstance(aiter, LiveQuery):
+            return BlockingLiveQuery(portal, aiter)
+        return BlockingIterator(portal, aiter)
 
     def stop(self) -> None:
         """Ask a running ``work()`` to stop (from any thread or a signal handler)."""

@@ -579,16 +579,19 @@ class _Group:
                 or current.progress == progress):
             return
         # a progress stored by another process's worker comes with the version it
-        # made (the event's task); full-rate progress of this hub's runs keeps it
+        # made and its time (the event's task); full-rate progress of this hub's runs
+        # keeps them
+        newer = task.version > current.version
         patched = replace(current, progress=progress,
-                          version=max(current.version, task.version))
+                          version=task.version if newer else current.version,
+                          updated_at=task.updated_at if newer else current.updated_at)
         if self._matches(patched):
             enc = self.encode(patched)
             self.members[task.id] = (patched, enc)
             self._changed(enc)
         else:
             del self.members[task.id]
-            self._removed(task.id, current.version)
+            self._removed(task.id, patched.version)  # that of the change taking it out
 
     def _enters(self, task: Task, progress: Progress) -> Task | None:
         """The running task, with this progress, when the progress makes it match (a

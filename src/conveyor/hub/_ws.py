@@ -838,6 +838,10 @@ async def _live(conn: Connection, msg: dict[str, Any]) -> None:
     conn.require_new_id(key)
     if len(conn.lives) >= 100:
         raise ProtocolError("too_many", "at most 100 live queries per connection")
+    if "skip" in msg:  # a window starts at the first task: refused, not ignored
+        raise ProtocolError("bad_message", "a live query takes no skip (its window is the "
+                                           "first `limit` tasks of its sort): narrow the "
+                                           "filter instead, or page with a find")
     live = await conn.state.live.subscribe(conn, msg["id"], key, msg.get("filter"),
                                            msg.get("sort"), msg.get("limit"), msg.get("fields"))
     if live is not None:
