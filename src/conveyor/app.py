@@ -559,7 +559,8 @@ class Conveyor:
         (statuses, default queued and running), ``concurrency`` (conditions),
         ``parent_id``.
 
-        With a ``unique_key`` that a live task holds, that task is returned
+        With a ``unique_key`` that a task holds in scope (see the guide's dedupe: the
+        key's holder, or a task in the new one's scope), that task is returned
         instead of a new one. A payload is checked against the handler's
         payload model when the handler is registered in this process. The
         returned task holds the payload as stored, in its JSON form (tuples
@@ -571,7 +572,7 @@ class Conveyor:
     async def add_checked(self, action: str, payload: Any = None,
                           **options: Any) -> tuple[Task, bool]:
         """:meth:`add`, and whether the task is new: ``(task, False)`` when a
-        live task held its ``unique_key`` and that task is returned. The flag
+        task in scope held its ``unique_key`` and that task is returned. The flag
         comes from the insert itself, so of two racing adds of one key exactly
         one is told ``True``."""
         result = (await self._add_items([(action, payload, options)]))[0]

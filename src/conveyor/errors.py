@@ -89,8 +89,9 @@ class InvalidTransition(ConveyorError):
 
 
 class DuplicateTask(InvalidTransition):
-    """A live task already holds this unique key, where returning that task is not
-    possible: :meth:`Conveyor.retry` of a task whose key another task took meanwhile
+    """A task in scope (see the guide's dedupe) already holds this unique key, where
+    returning that task is not possible: :meth:`Conveyor.retry` of a task whose key
+    another task took meanwhile
     (an :class:`InvalidTransition`; ``task`` is the task retried)."""
 
 

@@ -115,7 +115,8 @@ def handles(workers: Sequence[WorkerInfo], action: str) -> bool:
               help="Run no earlier than SECONDS from now (90, or 90s, 5m, 2h, 1d).")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
               help="A tag (repeatable); VALUE is parsed as JSON when it parses, else text.")
-@click.option("--unique-key", help="Return the live task holding this key instead of a new one.")
+@click.option("--unique-key",
+              help="Return the task holding this key (in scope) instead of a new one.")
 @click.option("--max-attempts", type=click.IntRange(min=1, max=MAX_ATTEMPTS),
               help="Attempts before it fails.")
 @click.option("--timeout", type=POSITIVE_SECONDS,
@@ -174,7 +175,7 @@ async def _add(url: Target, action: str, payload: Any, options: dict[str, Any], 
             # the hub lists its remote workers (and the workers of its storage) too
             unhandled = not task.terminal and not await _handled_by_hub(app, action)
         if not created:
-            _warn(f"a live task already holds unique key {options['unique_key']!r}: "
+            _warn(f"a task already holds unique key {options['unique_key']!r}: "
                   f"{task.id} ({task.status.value}); nothing was added")
         elif unhandled:
             _warn(f"no running worker handles {action!r}; the task will wait until one does")

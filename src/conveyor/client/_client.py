@@ -412,7 +412,7 @@ class HubClient:
 
     async def add_checked(self, action: str, payload: Any = None, *,
                           delivery: str | None = None, **options: Any) -> tuple[Task, bool]:
-        """:meth:`add`, and whether the task is new (False: a live task held its
+        """:meth:`add`, and whether the task is new (False: a task in scope held its
         ``unique_key``, and that task is returned)."""
         item = _publish_item(action, payload, options, delivery)
         reply = await self._request({"type": "publish", **item, "updates": False})

@@ -161,13 +161,13 @@ class HTTPClient:
     # -- adding ---------------------------------------------------------------------
 
     async def add(self, action: str, payload: Any = None, **options: Any) -> Task:
-        """Add a task (options as :meth:`Conveyor.add`); a live task holding
-        ``unique_key`` is returned instead of a new one."""
+        """Add a task (options as :meth:`Conveyor.add`); a task holding
+        ``unique_key`` in scope is returned instead of a new one."""
         return (await self.add_checked(action, payload, **options))[0]
 
     async def add_checked(self, action: str, payload: Any = None,
                           **options: Any) -> tuple[Task, bool]:
-        """:meth:`add`, and whether the task is new (False: a live task held its
+        """:meth:`add`, and whether the task is new (False: a task in scope held its
         ``unique_key``, and that task is returned)."""
         body = {"action": action, "payload": payload_json(payload), **options_json(options)}
         status, data = await self._call("POST", f"{API}/tasks", body=body)

@@ -162,7 +162,7 @@ def openapi_document(hub: Hub) -> dict[str, Any]:
             "post": _op(
                 "Add a task", "tasks",
                 {"201": _json(TaskOut, "The task was added.", headers=_UNSERVED),
-                 "200": _json(TaskOut, "A live task holds the unique key: that task, "
+                 "200": _json(TaskOut, "A task holding the unique key in scope: that task, "
                                        "nothing added.", headers=_UNSERVED),
                  "409": _json(ErrorOut, _KEY_HELD)},
                 op_id="addTask", body=TaskIn,

@@ -223,7 +223,7 @@ class TaskIn(_In):
     pickup_timeout: Annotated[Number, Field(gt=0)] | None = None
     backoff: Annotated[Number, Field(ge=0)] | BackoffIn | None = None
     unique_key: Annotated[str, Field(min_length=1, max_length=512)] | None = Field(
-        None, description="Return the live task holding this key instead of a new one.")
+        None, description="Return the task holding this key (in scope) instead of a new one.")
     unique_fields: Annotated[list[Annotated[str, Field(min_length=1)]],
                              Field(min_length=1)] | None = Field(
         None, description="Payload fields to build the unique key from (not with unique_key).")
@@ -363,7 +363,7 @@ class BatchOut(_Out):
     tasks: list[TaskOut]
     created: list[bool] = Field(
         description="For each task, in the order given: true if it was added, false if a "
-                    "live task held its unique_key and that task is in `tasks` instead.")
+                    "task in scope held its unique_key and that task is in `tasks` instead.")
 
 
 class TaskListOut(_Out):

@@ -41,7 +41,7 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class AddResult:
     """One answer of :meth:`Storage.add`: the task, and whether it is new
-    (``False`` when a live task with the same unique key was returned)."""
+    (``False`` when a task holding the same unique key in scope was returned)."""
 
     task: Task
     created: bool
