@@ -14,7 +14,7 @@ import click
 from conveyor.app import Conveyor
 from conveyor.storage import open_storage
 
-from ._base import EXIT_OK, CliError, Duration, db_option, db_url, explicit_db
+from ._base import EXIT_OK, CliError, Duration, db_option, db_url
 from ._signals import stop_signals
 
 if TYPE_CHECKING:
@@ -92,12 +92,10 @@ def serve_command(ctx: click.Context, host: str, port: int, target: str | None, 
     from conveyor.hub._credentials import CredentialStore
 
     if target is not None:
-        from ._worker import load_app
+        from ._worker import load_app, use_explicit_db
 
         app = load_app(target)
-        url = explicit_db(ctx)
-        if url is not None and url != app.storage.url:
-            app.storage = open_storage(url)
+        use_explicit_db(ctx, app, target)
     else:
         app = Conveyor(db_url(ctx))
     path = _credentials_file(credentials_path)

@@ -21,7 +21,7 @@ from conveyor.sync import SyncConveyor
 from ._base import EXIT_OK, CliError, Duration, db_option_with, explicit_db
 from ._signals import StopSignal, run_leaving_stuck_tasks, stop_signals
 
-__all__ = ["load_app", "worker_command"]
+__all__ = ["load_app", "use_explicit_db", "worker_command"]
 
 
 def load_app(target: str) -> Conveyor:
@@ -66,6 +66,22 @@ def load_app(target: str) -> Conveyor:
     return obj
 
 
+def use_explicit_db(ctx: click.Context, app: Conveyor, target: str) -> None:
+    """Put ``app`` (loaded from ``target``) on the storage of ``--db``, when given and
+    not already the app's. An app whose worker started when its module was imported
+    is refused (:class:`CliError`, exit 2): that worker would go on running on the
+    app's own storage, unseen, while the command worked on the other one."""
+    url = explicit_db(ctx)
+    if url is None or url == app.storage.url:
+        return
+    if app.worker is not None:
+        raise CliError(
+            f"{target}'s worker is already running on {app.storage.url} (started when "
+            "its module was imported): --db cannot move it; start the worker under "
+            "`if __name__ == \"__main__\":` or in your server's startup instead")
+    app.storage = open_storage(url)
+
+
 @click.command("worker", short_help="Run the worker of a Conveyor app.")
 @click.argument("target", metavar="MODULE:APP")
 @click.option("--concurrency", type=click.IntRange(min=1, max=MAX_CONCURRENCY),
@@ -96,15 +112,7 @@ def worker_command(ctx: click.Context, target: str, concurrency: int | None,
         raise CliError(f"{target} has no handlers registered: nothing to work on")
     if burst and not len(app.registry):
         raise CliError(f"{target} has schedules but no handlers: nothing to drain (--burst)")
-    url = explicit_db(ctx)
-    if url is not None and url != app.storage.url:
-        if app.worker is not None:
-            # its worker runs on the app's own storage: it would go on there, unseen
-            raise CliError(
-                f"{target}'s worker is already running on {app.storage.url} (started when "
-                "its module was imported): --db cannot move it; start the worker under "
-                "`if __name__ == \"__main__\":` or in your server's startup instead")
-        app.storage = open_storage(url)
+    use_explicit_db(ctx, app, target)
     if concurrency is not None:
         app.concurrency = concurrency
         app.batch_size = min(concurrency, 100)

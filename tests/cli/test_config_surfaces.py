@@ -1,0 +1,42 @@
+"""Configuration the command line took and should have refused (the config audit):
+each is one ``error:`` line with exit 2, and nothing is started, created or changed."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from ._support import assert_error, clean_env, cli
+
+STARTED_AT_IMPORT = textwrap.dedent('''
+    import os
+
+    from conveyor import Context, SyncConveyor
+
+    conv = SyncConveyor(os.environ["CONVEYOR_DB"])
+
+    @conv.handler("w:x")
+    def x(ctx: Context) -> object:
+        return ctx.payload
+
+    conv.start()  # a web module that starts its worker at import
+''')
+
+
+def test_serve_app_db_refuses_an_app_whose_worker_started_at_import(tmp_path: Path) -> None:
+    """``serve --app M:APP --db OTHER`` moved the hub to OTHER while the app's
+    import-started worker went on on its own storage: tasks added through the hub
+    were never run. It is refused as ``worker M:APP --db`` refuses it."""
+    (tmp_path / "startsatimport.py").write_text(STARTED_AT_IMPORT, encoding="utf-8")
+    own = f"sqlite:///{tmp_path / 'own.db'}"
+    other = tmp_path / "other.db"
+    env = clean_env(CONVEYOR_DB=own)
+    worker = cli("worker", "startsatimport:conv", "--db", f"sqlite:///{other}", cwd=tmp_path,
+                 env=env)
+    served = cli("serve", "--app", "startsatimport:conv", "--db", f"sqlite:///{other}",
+                 "--port", "0", "--insecure", cwd=tmp_path, env=env, timeout=30)
+    line = assert_error(served, 2, "startsatimport:conv's worker is already running on",
+                        "--db cannot move it")
+    assert line == assert_error(worker, 2)  # the same check, the same words
+    assert "hub on" not in served.err and served.out == ""
+    assert not other.exists()
