@@ -52,6 +52,12 @@ class HubConfig:
       request): later, ``408`` and the connection closed;
     - ``delivery``: delivery modes per action pattern (``{"cache:*": "all"}``);
       a task's ``delivery`` tag wins; the default is ``one``.
+
+    Every field is checked when the config is made: a value of the wrong type or out
+    of range is a :class:`~conveyor.errors.ConfigurationError` (a ``ValueError``).
+    ``insecure`` must be a real ``bool`` (a string such as ``"false"`` read from the
+    environment is refused, never taken as true), ``port`` an ``int`` from 0 to
+    65535, ``host`` a non-empty string and ``login_failures`` an ``int`` >= 0.
     """
 
     host: str = "127.0.0.1"
@@ -75,10 +81,34 @@ class HubConfig:
     delivery: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
+        # a value read from the environment or a file arrives as a string: insecure="false"
+        # is truthy, and served every client as an admin without a key
+        if not isinstance(self.insecure, bool):
+            raise ConfigurationError(f"insecure must be True or False, not {self.insecure!r}")
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise ConfigurationError(f"host must be a non-empty host name or address, not "
+                                     f"{self.host!r}")
+        if (isinstance(self.port, bool) or not isinstance(self.port, int)
+                or not 0 <= self.port <= 65535):
+            raise ConfigurationError(f"port must be an integer from 0 to 65535 (0: a free "
+                                     f"port), not {self.port!r}")
+        if not isinstance(self.credentials_path, str) or not self.credentials_path:
+            raise ConfigurationError(f"credentials_path must be a file name, not "
+                                     f"{self.credentials_path!r}")
+        if (isinstance(self.login_failures, bool) or not isinstance(self.login_failures, int)
+                or self.login_failures < 0):
+            raise ConfigurationError(f"login_failures must be an integer >= 0, not "
+                                     f"{self.login_failures!r}")
+        if not isinstance(self.delivery, Mapping):
+            raise ConfigurationError(f"delivery must be a mapping of action patterns to "
+                                     f"'one' or 'all', not {self.delivery!r}")
         for pattern, mode in self.delivery.items():
+            if not isinstance(pattern, str) or not pattern:
+                raise ConfigurationError(f"delivery patterns must be non-empty strings, not "
+                                         f"{pattern!r}")
             if mode not in ("one", "all"):
-                raise ValueError(f"delivery mode of {pattern!r} must be 'one' or 'all', "
-                                 f"not {mode!r}")
+                raise ConfigurationError(f"delivery mode of {pattern!r} must be 'one' or "
+                                         f"'all', not {mode!r}")
         if self.public_url is not None:
             check_public_url(self.public_url)
         for name in ("max_rate", "login_window", "login_lockout", "offer_timeout",
@@ -120,7 +150,7 @@ class HubConfig:
     @property
     def base_url(self) -> str:
         """``public_url`` when given, else ``http://host:port`` of the hub: a wildcard
-        ``host`` (``0.0.0.0``, ``::``, empty) gives this machine's host name, which
+        ``host`` (``0.0.0.0``, ``::``) gives this machine's host name, which
         other machines can at least try, and an IPv6 address is put in brackets."""
         if self.public_url:
             return self.public_url.rstrip("/")
