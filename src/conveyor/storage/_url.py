@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from urllib.parse import SplitResult, urlsplit
 
-__all__ = ["hide_password", "misplaced_userinfo", "scrub_password"]
+__all__ = ["given_twice", "hide_password", "misplaced_userinfo", "scrub_password"]
 
 _PASSWORD_PARAM = re.compile(r"(?i)((?:^|&)password=)[^&]*")
 
@@ -19,6 +20,13 @@ def misplaced_userinfo(parts: SplitResult) -> bool:
         return False
     keys = [item.partition("=")[0] for item in parts.query.split("&")]
     return "@" in parts.path or "@" in parts.fragment or any("@" in k for k in keys)
+
+
+def given_twice(keys: Sequence[str]) -> str | None:
+    """The first (in sorted order) of the URL options ``keys`` that is given more than
+    once, if any: a URL's option is given once (last-wins hid the other value)."""
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    return twice[0] if twice else None
 
 
 def hide_password(url: str) -> str:

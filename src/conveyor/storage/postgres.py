@@ -84,6 +84,7 @@ from ._feed import Fanout, FanoutFeed, ReadyHooks, opened_start
 from ._pgfeed import Listener
 from ._pgsync import SyncConnection
 from ._sqlfile import load_migrations, load_queries, load_sql
+from ._url import given_twice
 from ._url import hide_password as _hide_password
 from ._url import misplaced_userinfo as _misplaced_userinfo
 from ._url import scrub_password as _scrub_password
@@ -348,10 +349,10 @@ def _check_keys(url: str, parts: SplitResult, keys: Sequence[str]) -> None:
                 f"bad postgres URL {_hide_password(url)!r}: unknown option {key!r} (conveyor's "
                 f"are {', '.join(sorted(_OPTIONS))}; the rest go to libpq, which does not "
                 "know it)")
-    twice = sorted({k for k in keys if keys.count(k) > 1})
-    if twice:
+    twice = given_twice(keys)
+    if twice is not None:
         raise ConfigurationError(
-            f"bad postgres URL {_hide_password(url)!r}: option {twice[0]!r} given twice")
+            f"bad postgres URL {_hide_password(url)!r}: option {twice!r} given twice")
     hosts = parts.netloc.rpartition("@")[2]
     port = re.search(r":\d*$", hosts)  # the last host's; "[::1]" has none
     written = {"user": bool(parts.username), "password": parts.password is not None,

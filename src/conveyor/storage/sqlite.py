@@ -22,7 +22,9 @@ URL options: ``sqlite:///tasks.db?synchronous=normal&busy_timeout=30&poll_interv
 and ``mode=ro`` (read-only: to inspect a backup or a file one may not write,
 with ``conveyor ls``/``show``; nothing is written, the schema not even migrated,
 and every write is a :class:`StorageError`). Three slashes then a relative path,
-four for an absolute one.
+four for an absolute one. ``busy_timeout`` and ``poll_interval`` are seconds,
+more than 0 and at most :data:`MAX_OPTION_SECONDS` (an hour); an option is
+given once.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from ._codec import claimed_to_task, encode_scope, row_to_task, task_to_row
 from ._feed import Fanout, FanoutFeed, opened_start
 from ._sqlfile import load_migrations, load_queries
 from ._sqlthread import ConnSlot, DBThread, ReaderPool, begin_immediate, is_busy, retry_busy
+from ._url import given_twice
 from .base import (
     AddResult,
     Change,
@@ -79,7 +82,8 @@ from .base import (
     WorkerInfo,
 )
 
-__all__ = ["FEED_RETENTION", "WAL_SIZE_LIMIT", "SQLiteStorage", "parse_sqlite_url"]
+__all__ = ["FEED_RETENTION", "MAX_OPTION_SECONDS", "WAL_SIZE_LIMIT", "SQLiteStorage",
+           "parse_sqlite_url"]
 
 T = TypeVar("T")
 log = logging.getLogger("conveyor.storage.sqlite")
@@ -96,6 +100,9 @@ _UNREAD_CHECK = 1.0  # seconds between the watcher's looks for streams nobody re
 _SWEEP_GRACE = 2.0  # seconds after a stall on the write lock during which sweeps skip
 FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
+MAX_OPTION_SECONDS = 3600.0
+"""The most ``busy_timeout`` and ``poll_interval`` may be: an hour (well within what
+``threading`` can wait, ``threading.TIMEOUT_MAX``)."""
 READERS = 2
 """Reader threads (each with its own connection) a storage object starts at most:
 the second when a read finds the first busy."""
@@ -122,7 +129,25 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
         raise ConfigurationError(f"sqlite URL {url!r} names no file")
     if path == ":memory:":
         raise ConfigurationError("sqlite :memory: cannot be shared between threads: use memory://")
-    return path, dict(parse_qsl(parts.query, keep_blank_values=True))
+    options = parse_qsl(parts.query, keep_blank_values=True)
+    twice = given_twice([key for key, _ in options])
+    if twice is not None:
+        raise ConfigurationError(f"bad sqlite URL {url!r}: option {twice!r} given twice")
+    return path, dict(options)
+
+
+def _seconds_option(name: str, value: Any) -> float:
+    """``value`` of the option ``name`` (``busy_timeout``, ``poll_interval``) when it is a
+    number of seconds > 0 and at most :data:`MAX_OPTION_SECONDS`; else
+    :class:`ConfigurationError`. NaN and infinity passed a ``<= 0`` check: a write
+    then waited for the lock forever, and the watcher spun (NaN) or died (past what
+    ``threading`` can wait)."""
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or not 0 < value <= MAX_OPTION_SECONDS):
+        raise ConfigurationError(
+            f"sqlite option {name} must be a number of seconds > 0 and at most "
+            f"{MAX_OPTION_SECONDS:.0f} (an hour), not {value!r}")
+    return float(value)
 
 
 class SQLiteStorage(FanoutFeed, Storage):
@@ -131,14 +156,16 @@ class SQLiteStorage(FanoutFeed, Storage):
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
                  busy_timeout: float = 30.0, poll_interval: float = 0.002,
                  url: str | None = None, read_only: bool = False) -> None:
-        sync = synchronous.upper()
+        sync = synchronous.upper() if isinstance(synchronous, str) else None
         if sync not in _SYNCHRONOUS:
             raise ConfigurationError(
                 f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, not {synchronous!r}")
-        if busy_timeout <= 0:
-            raise ConfigurationError("busy_timeout must be > 0 seconds")
-        if poll_interval <= 0:
-            raise ConfigurationError("poll_interval must be > 0 seconds")
+        busy_timeout = _seconds_option("busy_timeout", busy_timeout)
+        poll_interval = _seconds_option("poll_interval", poll_interval)
+        if not isinstance(read_only, bool):  # read_only="false" opened the file read-only
+            raise ConfigurationError(f"read_only must be True or False, not {read_only!r}")
+        if url is not None and not isinstance(url, str):
+            raise ConfigurationError(f"url must be a string, not {url!r}")
         self.path = os.fspath(path)
         self.url = url or f"sqlite:///{self.path}"
         self.synchronous = sync
@@ -181,7 +208,8 @@ class SQLiteStorage(FanoutFeed, Storage):
                 try:
                     kwargs[key] = float(value)
                 except ValueError:
-                    raise ConfigurationError(f"sqlite URL option {key} must be a number") from None
+                    raise ConfigurationError(f"sqlite URL option {key} must be a number of "
+                                             f"seconds, not {value!r}") from None
             elif key == "mode":
                 if value not in ("ro", "rw"):
                     raise ConfigurationError(
