@@ -6,6 +6,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from ._support import assert_error, clean_env, cli
 
 STARTED_AT_IMPORT = textwrap.dedent('''
@@ -40,3 +42,23 @@ def test_serve_app_db_refuses_an_app_whose_worker_started_at_import(tmp_path: Pa
     assert line == assert_error(worker, 2)  # the same check, the same words
     assert "hub on" not in served.err and served.out == ""
     assert not other.exists()
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("http://hub.example:99999", "its port must be a number from 1 to 65535"),
+    ("http://hub.example:0", "its port must be a number from 1 to 65535"),
+    ("http://hub.example/base?x=1", "it must not have a query"),
+    ("http://hub.example/#frag", "it must not have a fragment"),
+])
+def test_serve_public_url_is_checked_as_hub_is(tmp_path: Path, url: str, problem: str) -> None:
+    """`--public-url http://h:99999` with --insecure crashed the hub at startup (a
+    traceback, exit 3); without it every task's public_url carried the bad port, and a
+    query or fragment ended up in front of the task's path. Refused as --hub is."""
+    db = tmp_path / "p.db"
+    served = cli("serve", "--db", f"sqlite:///{db}", "--port", "0", "--insecure",
+                 "--public-url", url, cwd=tmp_path, timeout=30)
+    assert_error(served, 2, "--public-url", f"not {url!r}", problem)
+    assert not db.exists()
+    through_hub = cli("ls", "--hub", url, cwd=tmp_path)
+    assert_error(through_hub, 2, f"--hub must be the hub's http:// or https:// URL with a "
+                                 f"host, not {url!r}", problem)

@@ -51,3 +51,17 @@ def test_hub_config_still_takes(kwargs: dict[str, Any]) -> None:
     config = HubConfig(**kwargs)
     for name, value in kwargs.items():
         assert getattr(config, name) == value
+
+
+@pytest.mark.parametrize("url", ["http://hub.example:99999", "http://hub.example:0",
+                                 "http://hub.example/base?x=1", "http://hub.example/#frag",
+                                 "ftp://hub.example", "http://"])
+def test_public_url_is_checked_as_hub_urls_are(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="public_url must be an http:// or https:// "
+                                                 "URL with a host"):
+        HubConfig(public_url=url)
+
+
+def test_public_url_with_a_port_and_a_path_still_works() -> None:
+    config = HubConfig(public_url="https://hub.example:8443/conveyor/")
+    assert config.base_url == "https://hub.example:8443/conveyor"

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
-from urllib.parse import urlsplit
 
 import click
 
+from conveyor._hub_url import hub_url_problem
 from conveyor.app import DB_ENV, DEFAULT_URL, Conveyor
 from conveyor.errors import (
     ConfigurationError,
@@ -308,21 +308,12 @@ def store_target(ctx: click.Context) -> Target:
                            else "--key is the key of a hub: give --hub URL (or $CONVEYOR_HUB) "
                                 "too")
         return db_url(ctx)
-    if not _http_url(hub):
+    problem = hub_url_problem(hub)
+    if problem is not None:
         raise CliError(f"{where} must be the hub's http:// or https:// URL with a host, "
-                       f"not {hide_password(hub)!r}")
+                       f"not {hide_password(hub)!r} ({problem})")
     key = ctx.find_root().meta.get(_KEY_KEY) or os.environ.get(KEY_ENV, "").strip() or None
     return HubTarget(hub.rstrip("/"), key)
-
-
-def _http_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
-        return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and not any(
-        c.isspace() for c in url)
 
 
 @asynccontextmanager

@@ -38,14 +38,14 @@ _credentials_option = click.option(
 def _public_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    from conveyor.errors import ConfigurationError
-    from conveyor.hub._config import check_public_url
+    from conveyor._hub_url import hub_url_problem
+    from conveyor.storage._url import hide_password
 
-    try:
-        return check_public_url(value)
-    except ConfigurationError:
+    problem = hub_url_problem(value)  # as --hub and HubConfig.public_url are checked
+    if problem is not None:
         raise click.BadParameter(f"must be an http:// or https:// URL with a host, not "
-                                 f"{value!r}") from None
+                                 f"{hide_password(value)!r} ({problem})")
+    return value
 
 
 def _credentials_file(path: str | None) -> str:

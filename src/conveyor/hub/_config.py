@@ -8,8 +8,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
+from .._hub_url import hub_url_problem
 from ..errors import ConfigurationError
 
 __all__ = ["HubConfig", "check_public_url", "is_loopback"]
@@ -163,13 +163,13 @@ class HubConfig:
 
 
 def check_public_url(url: Any) -> str:
-    """``url`` when it is an http(s) URL with a host (the base of tasks' ``public_url``);
+    """``url`` when it is an http(s) URL with a host, a port from 1 to 65535 if any, and
+    no query or fragment (the base of tasks' ``public_url``, checked as ``--hub`` is);
     else :class:`ConfigurationError`."""
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
-            or any(c.isspace() for c in url):
+    problem = hub_url_problem(url)
+    if problem is not None:
         raise ConfigurationError(f"public_url must be an http:// or https:// URL with a "
-                                 f"host, not {url!r}")
+                                 f"host, not {url!r} ({problem})")
     assert isinstance(url, str)
     return url
 
