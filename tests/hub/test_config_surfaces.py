@@ -3,10 +3,14 @@ config audit): each is a ConfigurationError (a ValueError) when the object is ma
 
 from __future__ import annotations
 
+import asyncio
+import re
+import socket
 from typing import Any
 
 import pytest
 
+from conveyor import Context
 from conveyor.errors import ConfigurationError
 from conveyor.hub import HubConfig
 
@@ -65,3 +69,74 @@ def test_public_url_is_checked_as_hub_urls_are(url: str) -> None:
 def test_public_url_with_a_port_and_a_path_still_works() -> None:
     config = HubConfig(public_url="https://hub.example:8443/conveyor/")
     assert config.base_url == "https://hub.example:8443/conveyor"
+
+
+# -- the clients' settings ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("127.0.0.1:8765", "it has no scheme"),  # was "cannot reach the hub" at the first call
+    ("ftp://h", "its scheme is 'ftp'"),
+    ("http://h:99999", "its port must be a number from 1 to 65535"),
+    ("http://", "it has no host"),
+    ("http://h/?x=1", "it must not have a query"),
+])
+async def test_http_client_checks_its_url_when_made(url: str, problem: str) -> None:
+    from conveyor.client import HTTPClient
+
+    with pytest.raises(ConfigurationError, match=re.escape(problem)):
+        HTTPClient(url)
+
+
+@pytest.mark.parametrize(("timeout", "needle"), [
+    (float("nan"), "timeout must be a finite number of seconds, not nan"),
+    (float("inf"), "timeout must be a finite number of seconds"),
+    (-1, "timeout must be > 0 seconds, not -1"),
+    (0, "timeout must be > 0 seconds, not 0"),
+    ("30", "timeout must be a number of seconds"),
+])
+async def test_client_timeouts_are_checked_when_made(timeout: Any, needle: str) -> None:
+    from conveyor.client import HTTPClient, HubClient
+
+    with pytest.raises(ConfigurationError, match=re.escape(needle)):
+        HTTPClient("http://127.0.0.1:1", timeout=timeout)
+    with pytest.raises(ConfigurationError, match=re.escape(f"open_{needle}")):
+        HubClient("http://127.0.0.1:1", open_timeout=timeout)
+
+
+def test_hub_client_url_of_another_scheme_is_a_configuration_error() -> None:
+    from conveyor.client import HubClient
+
+    with pytest.raises(ConfigurationError, match="not a hub URL"):
+        HubClient("127.0.0.1:8765")
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"max_backoff": 0}, "max_backoff must be > 0 seconds, not 0"),
+    ({"max_backoff": -1}, "max_backoff must be > 0 seconds, not -1"),
+    ({"max_backoff": float("nan")}, "max_backoff must be a finite number of seconds"),
+    ({"stop_timeout": float("nan")}, "stop_timeout must be a finite number of seconds"),
+    ({"stop_timeout": -1}, "stop_timeout must be >= 0 seconds, not -1"),
+])
+async def test_work_checks_its_timings_before_connecting(
+        kwargs: dict[str, Any], needle: str, caplog: pytest.LogCaptureFixture) -> None:
+    """max_backoff=0 against a hub that was down: thousands of reconnects (and warning
+    lines) a second. Refused before the first attempt."""
+    from conveyor.client import HubClient
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = HubClient(f"http://127.0.0.1:{port}", open_timeout=1)
+
+    @client.handler("w:x")
+    async def x(ctx: Context) -> None:
+        return None
+
+    try:
+        with pytest.raises(ConfigurationError, match=re.escape(needle)):
+            await asyncio.wait_for(client.work("svc", **kwargs), 10)
+    finally:
+        await client.close()
+    assert client.connects == 0
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]

@@ -57,6 +57,7 @@ from ..errors import (
 )
 from ..model import LogLevel, LogRecord, Progress, Status, Task, seconds
 from ..storage._url import hide_password
+from ._checks import setting_seconds
 from ._errors import HubError
 from ._http import task_from_json
 from ._link import CLOSED, Link, ws_url
@@ -276,13 +277,16 @@ class HubClient:
     ``key`` its credential's key (sent in the handshake's ``Authorization``
     header, or in a ``hello`` message with ``hello=True``). One client holds
     one connection, opened on first use and opened again when it was lost.
+    ``open_timeout`` is the seconds opening it may take. A URL of another scheme,
+    or an ``open_timeout`` that is not a finite number > 0, is a
+    :class:`~conveyor.errors.ConfigurationError` (a ``ValueError``) at once.
     """
 
     def __init__(self, url: str, key: str | None = None, *, open_timeout: float = 10.0,
                  hello: bool = False) -> None:
         self.url: str = ws_url(url)
         self.key: str | None = key
-        self.open_timeout: float = open_timeout
+        self.open_timeout: float = setting_seconds(open_timeout, "open_timeout")
         self.hello: bool = hello
         self._link: Link | None = None
         self._lock: asyncio.Lock | None = None
@@ -704,7 +708,11 @@ class HubClient:
 
         SIGTERM (what systemd, Docker and Kubernetes send) is a :meth:`stop`, when
         this loop runs in the main thread and SIGTERM has its default handling there
-        (a handler of your own is left alone); ``work()`` then returns."""
+        (a handler of your own is left alone); ``work()`` then returns.
+
+        ``max_backoff`` (the longest pause between attempts to reconnect) must be a
+        finite number of seconds > 0, ``stop_timeout`` one >= 0: else
+        :class:`~conveyor.errors.ConfigurationError`, before connecting."""
         if not self._handlers:
             raise ConfigurationError("no handlers are registered: nothing to work on")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -713,6 +721,9 @@ class HubClient:
             prefetch = min(concurrency, 100)
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ConfigurationError("prefetch must be an integer >= 0")
+        # max_backoff=0 (or < 0) reconnected to a hub that was down in a tight loop
+        stop_timeout = setting_seconds(stop_timeout, "stop_timeout", allow_zero=True)
+        max_backoff = setting_seconds(max_backoff, "max_backoff")
         self._loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         if self._stop_requested:

@@ -51,6 +51,7 @@ from ..query import parse_filter
 from ..query._tree import check_window
 from ..storage import WorkerInfo
 from ..storage._url import hide_password, scrub_password
+from ._checks import check_http_url, setting_seconds
 from ._errors import HubError
 from ._unserved import UNSERVED_HEADER, warn_unserved
 from ._wire import item_json, options_json, payload_json, seconds_json
@@ -88,13 +89,16 @@ class HTTPClient:
 
     ``url`` is the hub's base URL (``http://127.0.0.1:8765``), ``key`` a
     credential's key (None for a hub running ``--insecure``), ``timeout`` the
-    seconds one request may take (long polls get their wait on top).
+    seconds one request may take (long polls get their wait on top). A URL that
+    is not an ``http://`` or ``https://`` URL with a host (a port from 1 to 65535,
+    no query or fragment), or a ``timeout`` that is not a finite number > 0, is a
+    :class:`~conveyor.errors.ConfigurationError` (a ``ValueError``) at once.
     """
 
     def __init__(self, url: str, key: str | None = None, *, timeout: float = 30.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.url = url.rstrip("/")
-        self.timeout = timeout
+        self.url = check_http_url(url).rstrip("/")
+        self.timeout = setting_seconds(timeout, "timeout")
         headers = {"Accept": "application/json", "User-Agent": "conveyor-client"}
         if key:
             headers["Authorization"] = f"Bearer {key}"

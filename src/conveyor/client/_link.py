@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from .. import _json
-from ..errors import ValidationError
+from ..errors import ConfigurationError, ValidationError
 from ..storage._url import hide_password, scrub_password
 from ._errors import HubError
 
@@ -65,8 +65,8 @@ def ws_url(url: str, path: str = "/ws") -> str:
     parts = urlsplit(url)
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
     if scheme is None:
-        raise ValueError(f"not a hub URL: {hide_password(url)!r} (expected http://, https://, "
-                         "ws:// or wss://)")
+        raise ConfigurationError(f"not a hub URL: {hide_password(url)!r} (expected http://, "
+                                 "https://, ws:// or wss://)")
     base = parts.path.rstrip("/")
     if not base.endswith(path):
         base += path
