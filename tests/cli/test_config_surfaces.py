@@ -3,6 +3,7 @@ each is one ``error:`` line with exit 2, and nothing is started, created or chan
 
 from __future__ import annotations
 
+import socket
 import textwrap
 from pathlib import Path
 
@@ -62,3 +63,23 @@ def test_serve_public_url_is_checked_as_hub_is(tmp_path: Path, url: str, problem
     through_hub = cli("ls", "--hub", url, cwd=tmp_path)
     assert_error(through_hub, 2, f"--hub must be the hub's http:// or https:// URL with a "
                                  f"host, not {url!r}", problem)
+
+
+def test_serve_bind_errors_name_the_host_and_port(tmp_path: Path) -> None:
+    """`error: Address already in use` named neither --host nor --port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        served = cli("serve", "--db", "memory://", "--port", str(port), "--insecure",
+                     cwd=tmp_path, timeout=30)
+    assert_error(served, 1, f"error: cannot listen on 127.0.0.1:{port}: Address already in use")
+    unknown = cli("serve", "--db", "memory://", "--port", "0", "--insecure",
+                  "--host", "no such host.invalid", cwd=tmp_path, timeout=30)
+    # (after the warning that --insecure off loopback prints)
+    assert unknown.code == 1 and "Traceback" not in unknown.err, unknown
+    assert unknown.err.splitlines()[-1].startswith(
+        "error: cannot listen on no such host.invalid:0: "), unknown
+    empty = cli("serve", "--db", "memory://", "--port", "0", "--insecure", "--host", "",
+                cwd=tmp_path, timeout=30)
+    assert_error(empty, 2, "host must be a non-empty host name or address, not ''")

@@ -91,6 +91,16 @@ def serve_command(ctx: click.Context, host: str, port: int, target: str | None, 
     from conveyor.hub._config import is_loopback
     from conveyor.hub._credentials import CredentialStore
 
+    path = _credentials_file(credentials_path)
+    modes: dict[str, str] = {}
+    for item in delivery:
+        pattern, _, mode = item.partition("=")
+        if not pattern or mode not in ("one", "all"):
+            raise CliError(f"--delivery {item!r}: expected PATTERN=one or PATTERN=all")
+        modes[pattern] = mode
+    # checked before anything is imported, opened or said (--host '' included)
+    config = HubConfig(host=host, port=port, insecure=insecure, credentials_path=path,
+                       public_url=public_url, service_lease=service_lease, delivery=modes)
     if target is not None:
         from ._worker import load_app, use_explicit_db
 
@@ -98,7 +108,6 @@ def serve_command(ctx: click.Context, host: str, port: int, target: str | None, 
         use_explicit_db(ctx, app, target)
     else:
         app = Conveyor(db_url(ctx))
-    path = _credentials_file(credentials_path)
     store = None if insecure else CredentialStore(path)
     if insecure and not is_loopback(host):
         click.echo(f"warning: serving on {host} with --insecure: anyone who can reach it "
@@ -106,14 +115,6 @@ def serve_command(ctx: click.Context, host: str, port: int, target: str | None, 
     if store is not None and not store.list():
         click.echo(f"warning: no credentials in {path}: create one with "
                    "'conveyor credentials add NAME'", err=True)
-    modes: dict[str, str] = {}
-    for item in delivery:
-        pattern, _, mode = item.partition("=")
-        if not pattern or mode not in ("one", "all"):
-            raise CliError(f"--delivery {item!r}: expected PATTERN=one or PATTERN=all")
-        modes[pattern] = mode
-    config = HubConfig(host=host, port=port, insecure=insecure, credentials_path=path,
-                       public_url=public_url, service_lease=service_lease, delivery=modes)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

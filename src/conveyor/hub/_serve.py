@@ -87,19 +87,34 @@ def redact_access_log() -> None:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` and listening (``port`` 0: a free one)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
+    """A TCP socket bound to ``host:port`` and listening (``port`` 0: a free one). An
+    address that cannot be used is an :class:`OSError` that names it (``cannot listen
+    on 127.0.0.1:8765: Address already in use``; the system's words alone named
+    neither the host nor the port)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise _cannot_listen(exc, host, port) from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(2048)
         sock.set_inheritable(True)
+    except OSError as exc:
+        sock.close()
+        raise _cannot_listen(exc, host, port) from exc
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _cannot_listen(exc: OSError, host: str, port: int) -> OSError:
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return OSError(exc.errno, f"cannot listen on {shown}:{port}: {exc.strerror or exc}")
 
 
 def server_config(asgi: Starlette, config: HubConfig, *,
