@@ -83,3 +83,51 @@ def test_serve_bind_errors_name_the_host_and_port(tmp_path: Path) -> None:
     empty = cli("serve", "--db", "memory://", "--port", "0", "--insecure", "--host", "",
                 cwd=tmp_path, timeout=30)
     assert_error(empty, 2, "host must be a non-empty host name or address, not ''")
+
+
+def test_key_with_a_command_that_does_not_talk_to_a_hub_is_refused(tmp_path: Path) -> None:
+    """`conveyor --key K migrate --db ...` ignored the key (exit 0); `ls --db --key` was
+    refused. Refused for every command that does not work through a hub."""
+    db = tmp_path / "m.db"
+    for command in (["migrate", "--db", f"sqlite:///{db}"],
+                    ["serve", "--db", f"sqlite:///{db}", "--port", "0"],
+                    ["credentials", "list"]):
+        result = cli("--key", "K", *command, cwd=tmp_path, timeout=30)
+        assert_error(result, 2, "--key is the key of a hub", f"'{command[0]}' does not work "
+                                                           "through a hub")
+    assert not db.exists()
+    assert cli("migrate", "--db", f"sqlite:///{db}", cwd=tmp_path).code == 0
+
+
+@pytest.mark.parametrize(("value", "traceback"), [
+    ("1", True), ("true", True), ("YES", True), ("on", True),
+    ("0", False), ("false", False), ("no", False), ("off", False), ("", False),
+])
+def test_conveyor_debug_values(tmp_path: Path, value: str, traceback: bool) -> None:
+    """CONVEYOR_DEBUG=0 or =false turned tracebacks on (any non-empty value did)."""
+    result = cli("ls", "--db", f"sqlite:///{tmp_path / 'missing.db'}", cwd=tmp_path,
+                 env=clean_env(CONVEYOR_DEBUG=value))
+    assert result.code == 1
+    assert result.err.startswith("error: no database at")
+    assert ("Traceback" in result.err) is traceback, result
+
+
+def test_sqlite_url_of_a_folder_is_refused_at_once(tmp_path: Path) -> None:
+    """`add --db sqlite:///dir/` made a file named `dir` and added the task; `ls` then
+    said there was no database at 'dir/'."""
+    (tmp_path / "data").mkdir()
+    for args in (["add", "a:b"], ["ls"]):
+        result = cli(*args, "--db", "sqlite:///data/", cwd=tmp_path)
+        assert_error(result, 2, "bad sqlite URL 'sqlite:///data/': it names a folder")
+    missing = cli("add", "a:b", "--db", "sqlite:///nothere/", cwd=tmp_path)
+    assert_error(missing, 2, "it names a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert not any((tmp_path / "data").iterdir())
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "0.05"])
+def test_service_lease_messages_name_the_real_minimum(tmp_path: Path, value: str) -> None:
+    result = cli("serve", "--db", "memory://", "--port", "0", "--service-lease", value,
+                 cwd=tmp_path, timeout=30)
+    line = assert_error(result, 2, "--service-lease")
+    assert "0.1" in line and ">= 0," not in line, line

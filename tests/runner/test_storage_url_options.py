@@ -76,3 +76,42 @@ async def test_sqlite_options_at_their_bounds_work(tmp_path: Path) -> None:
                             read_only=True)
     assert (storage.busy_timeout, storage.poll_interval) == (1.0, 0.5)
     await storage.close()
+
+
+@pytest.mark.parametrize("url", ["memory://name", "memory://?foo=1", "memory://#x",
+                                 "memory:", "memory:/", "memory:///x", "MEMORY://shared"])
+def test_memory_url_takes_nothing_after_the_scheme(url: str) -> None:
+    """memory://name looked like a named, shared store; it was a new empty one."""
+    with pytest.raises(ConfigurationError, match=re.escape(
+            f"bad memory URL {url!r}: write memory:// with nothing after it")):
+        Conveyor(url)
+
+
+async def test_memory_url_still_works() -> None:
+    for url in ("memory://", "MEMORY://"):
+        app = Conveyor(url)
+        try:
+            assert (await app.add("a")).action == "a"
+        finally:
+            await app.close()
+
+
+@pytest.mark.parametrize(("path", "needle"), [
+    ("dir/", "it names a folder (it ends with '/'), not a file"),
+    ("/abs/dir/", "it names a folder"),
+])
+def test_sqlite_url_of_a_folder_is_refused(path: str, needle: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(needle)):
+        Conveyor(f"sqlite:///{path}")
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:p@127.0.0.1/db#x",
+                                 "postgresql://u:p@127.0.0.1/db?schema=s#x",
+                                 "postgresql://u:p@127.0.0.1/db#"])
+def test_postgres_url_with_a_fragment_is_refused(url: str) -> None:
+    """The fragment was dropped silently (`db#x` connected to `db`); SQLite refuses it."""
+    from conveyor.storage.postgres import parse_postgres_url  # the [postgres] extra
+
+    with pytest.raises(ConfigurationError, match="it takes no '#' fragment") as caught:
+        parse_postgres_url(url)
+    assert ":p@" not in str(caught.value)  # the password stays hidden

@@ -54,6 +54,7 @@ __all__ = [
     "describe_error",
     "dump_json",
     "explicit_hub",
+    "explicit_key",
     "hub_option",
     "open_store",
     "parse_json",
@@ -292,6 +293,12 @@ def explicit_hub(ctx: click.Context) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def explicit_key(ctx: click.Context) -> str | None:
+    """The key given with ``--key`` on the command line, if any."""
+    value = ctx.find_root().meta.get(_KEY_KEY)
+    return value if isinstance(value, str) else None
+
+
 def store_target(ctx: click.Context) -> Target:
     """Where the tasks are: ``--db`` or ``--hub`` (not both), else ``$CONVEYOR_HUB``,
     else the storage URL of :func:`db_url`."""
@@ -414,6 +421,13 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return self.what.upper()
 
+    def _bound(self) -> str:
+        """The least value, as messages say it (the real one: ``--service-lease nan``
+        said ">= 0" of an option whose least is 0.1)."""
+        if self.minimum > 0:
+            return f">= {self.minimum:g}"
+        return "> 0" if self.strict else ">= 0"
+
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> float:
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -421,8 +435,8 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
         else:
             text = str(value).strip()
             if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
-                self.fail(f"must be a finite duration "
-                          f"{'> 0' if self.strict else '>= 0'}, not {value!r}", param, ctx)
+                self.fail(f"must be a finite duration {self._bound()}, not {value!r}",
+                          param, ctx)
             parsed = _DURATION.fullmatch(text)
             if parsed is None:
                 self.fail(f"must be seconds or a number with a unit (s, m, h, d, w) such as "
@@ -430,8 +444,7 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
             number, unit = float(parsed[1]), _UNITS.get(parsed[2], 1.0)
         seconds = number * unit + 0.0  # -0 is 0
         if not math.isfinite(seconds) or seconds < 0 or (self.strict and seconds == 0):
-            bound = "> 0" if self.strict else ">= 0"
-            self.fail(f"must be a finite duration {bound}, not {value!r}", param, ctx)
+            self.fail(f"must be a finite duration {self._bound()}, not {value!r}", param, ctx)
         if seconds < self.minimum:
             self.fail(f"must be at least {self.minimum:g} seconds, not {value!r}", param, ctx)
         if seconds > MAX_SECONDS:  # what every duration of the library allows

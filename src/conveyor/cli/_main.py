@@ -22,6 +22,7 @@ from ._base import (
     describe_error,
     explicit_db,
     explicit_hub,
+    explicit_key,
     hub_option,
     one_line,
 )
@@ -30,7 +31,9 @@ from ._signals import EXIT_TERMINATED, Terminated
 __all__ = ["COMMANDS", "cli", "main", "run"]
 
 DEBUG_ENV = "CONVEYOR_DEBUG"
-"""Set it to print the traceback of an unexpected error after its one-line message."""
+"""Set it to ``1`` (or ``true``, ``yes``, ``on``) to print the traceback of an error
+after its one-line message; any other value (``0``, ``false``, empty) leaves it off."""
+_DEBUG_ON = frozenset({"1", "true", "yes", "on"})
 
 # command name -> module and attribute; a command's module is imported when it is used
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -101,6 +104,11 @@ def cli(ctx: click.Context) -> None:
     if explicit_hub(ctx) is not None and command is not None and command not in HUB_COMMANDS:
         raise click.UsageError(f"'{command}' does not work through a hub: --hub is for "
                                f"{', '.join(sorted(HUB_COMMANDS))}")
+    if explicit_key(ctx) is not None and command is not None and command not in HUB_COMMANDS:
+        # it was ignored silently (`conveyor --key K migrate --db ...`)
+        raise click.UsageError(f"--key is the key of a hub: '{command}' does not work "
+                               f"through a hub (--key is for "
+                               f"{', '.join(sorted(HUB_COMMANDS))})")
 
 
 def run(args: Sequence[str] | None = None, *, prog_name: str = "conveyor") -> int:
@@ -156,8 +164,9 @@ def _report(exc: BaseException) -> int:
 
 
 def _debug_traceback(exc: BaseException) -> None:
-    """With ``CONVEYOR_DEBUG`` set, the traceback of ``exc`` on stderr."""
-    if os.environ.get(DEBUG_ENV):
+    """With ``CONVEYOR_DEBUG=1`` (or true, yes, on), the traceback of ``exc`` on stderr
+    (``CONVEYOR_DEBUG=0`` or ``false`` turned it on: any non-empty value did)."""
+    if os.environ.get(DEBUG_ENV, "").strip().lower() in _DEBUG_ON:
         import traceback
 
         with contextlib.suppress(OSError):

@@ -50,6 +50,12 @@ def open_storage(url: str) -> Storage:
     if scheme == "memory":
         from .memory import MemoryStorage
 
+        if url.partition(":")[2] != "//":
+            # memory://name, ?options or #x were taken silently: each memory storage is
+            # its own (a name would suggest a shared one), and it has no options
+            raise ConfigurationError(
+                f"bad memory URL {url!r}: write memory:// with nothing after it (each "
+                "memory storage is its own, in this process; it takes no name or option)")
         return MemoryStorage(url)
     if scheme == "sqlite":
         from .sqlite import SQLiteStorage

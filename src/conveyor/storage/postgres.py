@@ -187,6 +187,10 @@ def parse_postgres_url(url: str) -> tuple[str, PgOptions, str]:
         raise ConfigurationError(
             f"bad postgres URL {_hide_password(url)!r}: a '/', '?' or '#' in the user name or "
             "password must be percent-encoded (%2F, %3F, %23)")
+    if parts.fragment or url.endswith("#"):  # it was dropped silently; SQLite refuses it
+        raise ConfigurationError(
+            f"bad postgres URL {_hide_password(url)!r}: it takes no '#' fragment (a '#' in a "
+            "database name or an option's value is written %23)")
     try:
         # libpq's several hosts (``h1:5432,h2:5433``, for failover): each port is checked
         for host in parts.netloc.rpartition("@")[2].split(","):

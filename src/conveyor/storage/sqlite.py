@@ -127,6 +127,10 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     if not path:
         raise ConfigurationError(f"sqlite URL {url!r} names no file")
+    if path.endswith("/"):  # it made a file named as the folder, then could not find it
+        raise ConfigurationError(
+            f"bad sqlite URL {url!r}: it names a folder (it ends with '/'), not a file: "
+            "write the file's name after it, such as sqlite:///data/tasks.db")
     if path == ":memory:":
         raise ConfigurationError("sqlite :memory: cannot be shared between threads: use memory://")
     options = parse_qsl(parts.query, keep_blank_values=True)
