@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,8 +62,14 @@ __all__ = ["HTTPClient", "HubError", "LogPage", "task_from_json"]
 API = "/api/v1"
 PAGE = 1000
 """Tasks read per request when :meth:`HTTPClient.find` has no limit (or a larger one)."""
-LONG_POLL = 60.0
-"""The hub's longest wait per request."""
+LONG_POLL = 50.0
+"""The longest wait per request (the hub's is 60 s): under the 60 s a reverse
+proxy commonly allows an answer (nginx's ``proxy_read_timeout``), so that the
+hub's "not yet" comes before the proxy's own timeout."""
+
+_PROXY_TIMEOUTS = (502, 503, 504)
+"""Statuses a proxy in front of the hub answers a long poll with when the hub's
+answer comes late or the hub restarts: a wait polls again (until its timeout)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,8 +289,8 @@ class HTTPClient:
     # -- waiting --------------------------------------------------------------------
 
     async def wait_once(self, task_id: str, timeout: float) -> tuple[Task, bool]:
-        """One long poll of at most ``timeout`` seconds (capped at 60): the task,
-        and whether it has ended."""
+        """One long poll of at most ``timeout`` seconds (capped at 50, under a
+        proxy's common 60 s limit): the task, and whether it has ended."""
         wait = max(0.0, min(float(timeout), LONG_POLL))
         status, data = await self._call(
             "GET", f"{API}/tasks/{self._id(task_id)}/wait", params={"timeout": f"{wait:g}"},
@@ -298,9 +305,17 @@ class HTTPClient:
         deadline = None if limit is None else time.monotonic() + limit
         while True:
             left = LONG_POLL if deadline is None else deadline - time.monotonic()
-            task, ended = await self.wait_once(task_id, max(0.0, left))
-            if ended:
-                return task
+            try:
+                task, ended = await self.wait_once(task_id, max(0.0, left))
+            except HubError as exc:
+                # a proxy's own answer (not the hub's JSON: no code) to a poll it
+                # gave up on, or while the hub restarts: ask again
+                if exc.status not in _PROXY_TIMEOUTS or exc.code:
+                    raise
+                ended = False
+            else:
+                if ended:
+                    return task
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(task_id, float(limit or 0.0))
 
@@ -363,9 +378,16 @@ def _error(response: httpx.Response, task_id: str | None) -> Exception:
         path = str(error.get("path") or "")
         duplicate = error.get("duplicate") is True
     except (ValueError, KeyError, TypeError):
+        # not the hub's answer: a proxy's in front of it (an HTML page)
         code, path, duplicate = "", "", False
-        message = " ".join(response.text.split())[:200] or response.reason_phrase
-    if status == 404 and code == "not_found" and task_id is not None:
+        title = re.search(r"<title>(.*?)</title>", response.text, re.IGNORECASE | re.DOTALL)
+        said = " ".join((title[1] if title else response.text).split())[:200]
+        message = (f"HTTP {status} {response.reason_phrase}, not from the hub (its answers "
+                   f"are JSON): from a proxy in front of it?" + (f" It said: {said}"
+                                                                  if said else ""))
+        return HubError(status, message, code)
+    if status == 404 and code == "not_found" and task_id is not None \
+            and not message.startswith("no route"):  # a wrong path to the hub is no task's
         return TaskNotFound(task_id)
     if status == 422 and code == "invalid_query":
         exc = QueryError(message)
