@@ -103,13 +103,15 @@ def prune_cadence(retention: float | None) -> tuple[float, float]:
     return every, min(4.0, every)
 
 
-async def prune_once(storage: Storage, retention: float | None, who: str) -> None:
+async def prune_once(storage: Storage, retention: float | None, who: str,
+                     logger: logging.Logger = log) -> None:
     """One retention pass: finished tasks older than ``retention`` (none when None)
-    and change-feed entries older than the storage keeps them; a failure is logged."""
+    and change-feed entries older than the storage keeps them; a failure is logged
+    (on ``logger``, the caller's)."""
     try:
         await storage.prune(None if retention is None else time.time() - retention)
     except Exception as exc:
-        log.warning("%s: prune failed: %s", who, exc)
+        logger.warning("%s: prune failed: %s", who, exc)
 
 
 def idle_wait(due: float | None, took: bool, held: float,

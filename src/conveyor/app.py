@@ -958,7 +958,9 @@ class Conveyor:
                 if task is None:
                     # deleted (pruned) while it was followed: the lines written since
                     # the last read are gone with it, and the reader must know
-                    raise TaskNotFound(task_id)
+                    raise TaskNotFound(task_id, "deleted while its log was read, by "
+                                                "retention or a delete: its last lines "
+                                                "went with it")
                 for record in await self._read(closes, self.storage.read_logs, task_id, last,
                                                level):
                     last = record.seq

@@ -72,11 +72,13 @@ def _shown_id(task_id: str) -> str:
 
 
 class TaskNotFound(ConveyorError, LookupError):
-    """No task has this id."""
+    """No task has this id (``detail``, when given, says more: a task deleted while
+    it was followed)."""
 
-    def __init__(self, task_id: str) -> None:
+    def __init__(self, task_id: str, detail: str | None = None) -> None:
         self.task_id = task_id
-        super().__init__(f"no task with id {_shown_id(task_id)}")
+        message = f"no task with id {_shown_id(task_id)}"
+        super().__init__(message if detail is None else f"{message} ({detail})")
 
 
 class InvalidTransition(ConveyorError):

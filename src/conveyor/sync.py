@@ -36,6 +36,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from . import _forks
+from ._worker import RUNNING_HERE
 from .app import Conveyor
 from .errors import ConveyorError, StorageError
 from .storage import Storage
@@ -120,6 +121,12 @@ class Portal:
     def loop(self) -> asyncio.AbstractEventLoop:
         """The event loop the portal's thread runs."""
         return self._loop
+
+    def in_its_loop(self) -> bool:
+        """True when called from the loop the portal's calls run in."""
+        if self._thread is None:
+            return _running_loop() is self._loop
+        return threading.current_thread() is self._thread
 
     def end_calls(self) -> None:
         """For a close: refuse calls from now on, but those given ``last=True`` (the
@@ -420,8 +427,15 @@ class _Seam:
     @contextlib.contextmanager
     def _closing_portal(self) -> Iterator[Portal | None]:
         """For ``close``: detach the portal (the next call makes a new one) and
-        refuse calls from other threads until the close is done."""
+        refuse calls from other threads until the close is done. From the portal's
+        own loop (an ``on()`` callback, a sink) a close would stop the loop it runs
+        on, the app left open on it: refused first, nothing changed."""
         with self._lock:
+            own = self._portal
+            if own is not None and own.in_its_loop():
+                raise ConveyorError(f"a {type(self).__name__} cannot be closed from its own "
+                                    "event loop (in an on() callback or a sink): hand the "
+                                    "close to another thread")
             if self._closing:
                 raise ConveyorError(f"this {type(self).__name__} is already being closed "
                                     "by another thread")
@@ -627,7 +641,15 @@ class SyncConveyor(_Typed, _Seam):
 
     def close(self) -> None:
         """Stop the worker if any, disconnect, and end the background loop (not the
-        loop of an app opened elsewhere, see the class)."""
+        loop of an app opened elsewhere, see the class). Not from a handler of the
+        app (its stop waits for the handler) nor from its loop (an ``on()``
+        callback): :class:`ConveyorError`, nothing changed."""
+        here = RUNNING_HERE.get()
+        if here is not None and here[0] is self.app:
+            raise ConveyorError(
+                f"close() inside the handler of task {here[1]}: the close stops the worker, "
+                "which waits for this handler to return; close the app from the code that "
+                "started it")
         with self._closing_portal() as portal:
             if portal is not None and portal.borrowed and not portal.loop.is_running():
                 # the loop it was lent has ended (a lifespan's): close the app in one of

@@ -45,6 +45,19 @@ def test_serve_app_db_refuses_an_app_whose_worker_started_at_import(tmp_path: Pa
     assert not other.exists()
 
 
+def test_db_naming_the_apps_own_database_another_way_is_not_another(tmp_path: Path) -> None:
+    """`--db` written with an option (or, on PostgreSQL, a password) that the app's
+    shown URL leaves out named "another" database: an import-started app was
+    refused, though nothing would move."""
+    (tmp_path / "startsatimport.py").write_text(STARTED_AT_IMPORT, encoding="utf-8")
+    own = f"sqlite:///{tmp_path / 'own.db'}?busy_timeout=5"
+    env = clean_env(CONVEYOR_DB=own)
+    burst = cli("worker", "startsatimport:conv", "--db", own, "--burst", cwd=tmp_path,
+                env=env, timeout=60)
+    assert burst.code == 0, burst.err
+    assert "already running" not in burst.err
+
+
 @pytest.mark.parametrize(("url", "problem"), [
     ("http://hub.example:99999", "its port must be a number from 1 to 65535"),
     ("http://hub.example:0", "its port must be a number from 1 to 65535"),

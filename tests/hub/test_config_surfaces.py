@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,6 +56,12 @@ def test_hub_config_still_takes(kwargs: dict[str, Any]) -> None:
     config = HubConfig(**kwargs)
     for name, value in kwargs.items():
         assert getattr(config, name) == value
+
+
+def test_hub_config_takes_a_path_as_credentials_path(tmp_path: Path) -> None:
+    """A pathlib.Path worked before the type checks, as CredentialStore takes one."""
+    config = HubConfig(credentials_path=tmp_path / "creds.json")
+    assert config.credentials_path == str(tmp_path / "creds.json")
 
 
 @pytest.mark.parametrize("url", ["http://hub.example:99999", "http://hub.example:0",

@@ -31,7 +31,7 @@ async def test_a_follow_of_a_task_deleted_before_its_end_was_read_raises(
         gate.set()
         await app.wait_task(task.id, timeout=10)
         assert await app.delete(task.id) == [task.id]  # before the reader went on
-        with pytest.raises(TaskNotFound):
+        with pytest.raises(TaskNotFound, match="deleted while its log was read"):
             async for _ in lines:
                 pass
         # a task that is gone from the start: as before

@@ -154,3 +154,39 @@ def test_an_iterator_gives_what_it_held_when_the_app_closes(tmp_path: Path, kind
         app.close()
     # leaving the with block after the close raised ConveyorError before
     app.close()
+
+
+def test_close_from_an_on_callback_or_a_handler_is_refused_and_changes_nothing(
+        tmp_path: Path) -> None:
+    """From an ``on()`` callback (the portal's own loop) close() stopped that loop
+    with the app open on it: a wait in another thread hung for ever. From a sync
+    handler of the app it waited for the handler itself. Both are refused at once."""
+    before = _ours()
+    app = SyncConveyor(f"sqlite:///{tmp_path / 'tasks.db'}")
+    seen: list[str] = []
+    refused = threading.Event()
+
+    def on_added(event: Any) -> None:
+        try:
+            app.close()
+        except ConveyorError as exc:
+            seen.append(f"callback: {exc}")
+        refused.set()
+
+    @app.handler("closes")
+    def closes(ctx: Context[Any]) -> str:
+        try:
+            app.close()
+        except ConveyorError as exc:
+            return str(exc)
+        return "closed"
+
+    with app:
+        app.on("task.added", on_added)
+        task = app.add("closes")
+        assert refused.wait(10)
+        said = app.wait(task.id, timeout=10)  # the app still runs
+        assert "inside the handler of task" in said
+        assert seen and "cannot be closed from its own event loop" in seen[0]
+    assert not app.app._opened
+    assert _ours() == before

@@ -74,12 +74,17 @@ def use_explicit_db(ctx: click.Context, app: Conveyor, target: str) -> None:
     url = explicit_db(ctx)
     if url is None or url == app.storage.url:
         return
+    other = open_storage(url)  # not connected yet
+    if other.url == app.storage.url:
+        # the app's own database, written another way (its shown URL hides a
+        # password and leaves out options): nothing moves
+        return
     if app.worker is not None:
         raise CliError(
             f"{target}'s worker is already running on {app.storage.url} (started when "
             "its module was imported): --db cannot move it; start the worker under "
             "`if __name__ == \"__main__\":` or in your server's startup instead")
-    app.storage = open_storage(url)
+    app.storage = other
 
 
 @click.command("worker", short_help="Run the worker of a Conveyor app.")

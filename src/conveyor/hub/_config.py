@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ class HubConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     insecure: bool = False
-    credentials_path: str = "conveyor-credentials.json"
+    credentials_path: str | os.PathLike[str] = "conveyor-credentials.json"
     public_url: str | None = None
     max_frame: int = 1 << 20
     inline_payload: int = 64 * 1024
@@ -92,6 +93,8 @@ class HubConfig:
                 or not 0 <= self.port <= 65535):
             raise ConfigurationError(f"port must be an integer from 0 to 65535 (0: a free "
                                      f"port), not {self.port!r}")
+        if isinstance(self.credentials_path, os.PathLike):  # a pathlib.Path: its text
+            object.__setattr__(self, "credentials_path", os.fspath(self.credentials_path))
         if not isinstance(self.credentials_path, str) or not self.credentials_path:
             raise ConfigurationError(f"credentials_path must be a file name, not "
                                      f"{self.credentials_path!r}")

@@ -1529,7 +1529,7 @@ class Remote:
                     log.warning("hub: could not forget dead workers: %s", exc)
             if now >= next_prune:
                 next_prune = now + prune_every
-                await prune_once(self.app.storage, self.app.retention, "hub")
+                await prune_once(self.app.storage, self.app.retention, "hub", log)
             await asyncio.sleep(max(0.0, min(next_beat, next_sweep, next_prune) - loop.time()))
 
     async def _beat_unstored(self, covered: set[str]) -> None:
