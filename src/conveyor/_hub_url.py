@@ -12,11 +12,13 @@ __all__ = ["hub_url_problem"]
 _BAD_PORT = "its port must be a number from 1 to 65535"
 
 
-def hub_url_problem(url: Any, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
+def hub_url_problem(url: Any, schemes: tuple[str, ...] = ("http", "https"), *,
+                    query: bool = False) -> str | None:
     """What is wrong with ``url`` as the base URL of a hub, in a few words; ``None``
     when it is a URL of one of ``schemes`` with a host, a port from 1 to 65535 if any,
-    and no query, fragment or white space (paths are appended to it: a query or a
-    fragment would end up in front of them)."""
+    and no query (unless ``query``: a WebSocket URL keeps it), fragment or white
+    space (paths are appended to it: a query or a fragment would end up in front of
+    them)."""
     if not isinstance(url, str):
         return "it is not a string"
     if any(c.isspace() for c in url):
@@ -32,7 +34,7 @@ def hub_url_problem(url: Any, schemes: tuple[str, ...] = ("http", "https")) -> s
         return "it has no host"
     if port == 0:
         return _BAD_PORT
-    if parts.query or "?" in url:
+    if not query and (parts.query or "?" in url):
         return "it must not have a query: paths are appended to it"
     if parts.fragment or "#" in url:
         return "it must not have a fragment: paths are appended to it"

@@ -118,6 +118,22 @@ def test_hub_client_url_of_another_scheme_is_a_configuration_error() -> None:
         HubClient("127.0.0.1:8765")
 
 
+@pytest.mark.parametrize(("url", "problem"), [
+    ("http://127.0.0.1:0", "its port must be a number from 1 to 65535"),
+    ("http://127.0.0.1:99999", "its port must be a number from 1 to 65535"),
+    ("http://", "it has no host"),
+])
+def test_hub_client_checks_its_url_as_http_client_does(url: str, problem: str) -> None:
+    """HubClient took these and failed at the first connect (port 80 named, a bare
+    ValueError, "hostname isn't provided"); HTTPClient and --hub refused them."""
+    from conveyor.client import HubClient
+
+    with pytest.raises(ConfigurationError, match=re.escape(problem)):
+        HubClient(url)
+    # a WebSocket URL keeps its query (a token a proxy reads, say)
+    assert HubClient("http://h.example/x?token=1").url == "ws://h.example/x/ws?token=1"
+
+
 @pytest.mark.parametrize(("kwargs", "needle"), [
     ({"max_backoff": 0}, "max_backoff must be > 0 seconds, not 0"),
     ({"max_backoff": -1}, "max_backoff must be > 0 seconds, not -1"),

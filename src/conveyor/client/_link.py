@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from .. import _json
+from .._hub_url import hub_url_problem
 from ..errors import ConfigurationError, ValidationError
 from ..storage._url import hide_password, scrub_password
 from ._errors import HubError
@@ -61,12 +62,14 @@ _wire_log = _Redacting(logging.getLogger("websockets.client"), {})
 
 
 def ws_url(url: str, path: str = "/ws") -> str:
-    """``http://host:port`` (or ``ws://...``, with or without ``/ws``) as the WebSocket URL."""
+    """``http://host:port`` (or ``ws://...``, with or without ``/ws``) as the WebSocket
+    URL; checked as ``--hub`` is (a host, a port from 1 to 65535), but a query is kept."""
+    problem = hub_url_problem(url, ("http", "https", "ws", "wss"), query=True)
+    if problem is not None:
+        raise ConfigurationError(f"not a hub URL: {hide_password(url)!r} ({problem}; expected "
+                                 "http://, https://, ws:// or wss:// with a host)")
     parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
-    if scheme is None:
-        raise ConfigurationError(f"not a hub URL: {hide_password(url)!r} (expected http://, "
-                                 "https://, ws:// or wss://)")
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}[parts.scheme.lower()]
     base = parts.path.rstrip("/")
     if not base.endswith(path):
         base += path
