@@ -9,6 +9,7 @@ import queue
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -176,3 +177,20 @@ class Background:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+# a module that starts its app's worker when imported (a web module's habit): its
+# worker runs on its own database, which --db cannot move
+STARTED_AT_IMPORT = textwrap.dedent('''
+    import os
+
+    from conveyor import Context, SyncConveyor
+
+    conv = SyncConveyor(os.environ["CONVEYOR_DB"])
+
+    @conv.handler("w:x")
+    def x(ctx: Context) -> object:
+        return ctx.payload
+
+    conv.start()  # a web module that starts its worker at import
+''')

@@ -4,26 +4,11 @@ each is one ``error:`` line with exit 2, and nothing is started, created or chan
 from __future__ import annotations
 
 import socket
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from ._support import assert_error, clean_env, cli
-
-STARTED_AT_IMPORT = textwrap.dedent('''
-    import os
-
-    from conveyor import Context, SyncConveyor
-
-    conv = SyncConveyor(os.environ["CONVEYOR_DB"])
-
-    @conv.handler("w:x")
-    def x(ctx: Context) -> object:
-        return ctx.payload
-
-    conv.start()  # a web module that starts its worker at import
-''')
+from ._support import STARTED_AT_IMPORT, assert_error, clean_env, cli
 
 
 def test_serve_app_db_refuses_an_app_whose_worker_started_at_import(tmp_path: Path) -> None:

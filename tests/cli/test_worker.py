@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from ._support import CLI, Background, add, assert_error, clean_env, cli, eventually, get
+from ._support import (
+    CLI,
+    STARTED_AT_IMPORT,
+    Background,
+    add,
+    assert_error,
+    clean_env,
+    cli,
+    eventually,
+    get,
+)
 
 APP_MODULE = textwrap.dedent('''
     import asyncio
@@ -301,19 +311,6 @@ def test_burst_stops_on_sigterm_without_draining(
     assert get(db, blocked.id).status.value == "queued"  # handed back
 
 
-STARTED_AT_IMPORT = textwrap.dedent('''
-    import os
-
-    from conveyor import Context, SyncConveyor
-
-    conv = SyncConveyor(os.environ["CONVEYOR_DB"])
-
-    @conv.handler("w:x")
-    def x(ctx: Context) -> object:
-        return ctx.payload
-
-    conv.start()  # a web module that starts its worker at import
-''')
 
 
 def test_db_refuses_an_app_whose_worker_started_at_import(tmp_path: Path, db: str) -> None:
