@@ -62,6 +62,12 @@ still give (it is in memory: a stream that does not end in that time is taken as
 ended)."""
 
 
+def _being_closed(owner: str) -> ConveyorError:
+    """A call from another thread while a close is under way."""
+    return ConveyorError(f"this {owner} is being closed by another thread: call again "
+                         "once close() has returned (the call then opens it again)")
+
+
 def _ended_with_the_app() -> ConveyorError:
     return ConveyorError("the app was closed while this call waited (this iterator "
                          "ended with it)")
@@ -164,9 +170,7 @@ class Portal:
 
         with self._submit:
             if self._ending and not last:
-                raise ConveyorError(f"this {self.owner} is being closed by another thread: "
-                                    "call again once close() has returned (the call then "
-                                    "opens it again)")
+                raise _being_closed(self.owner)
             future = asyncio.run_coroutine_threadsafe(call(), self._loop)
         try:
             return _result(future)
@@ -277,9 +281,9 @@ class BlockingIterator(Iterator[T]):
             return self._held.popleft()
         self._done = True
         end, self._end = self._end, None
-        if end is None or isinstance(end, StopIteration):
-            if end is None:
-                raise _ended_with_the_app()
+        if end is None:
+            raise _ended_with_the_app()
+        if isinstance(end, StopIteration):
             raise StopIteration
         raise end
 
@@ -393,9 +397,7 @@ class _Seam:
             if self._closing:
                 # a new loop now would open the wrapped object beside the close under
                 # way (two loops at once on one app: errors, and threads left behind)
-                raise ConveyorError(f"this {type(self).__name__} is being closed by another "
-                                    "thread: call again once close() has returned (the "
-                                    "call then opens it again)")
+                raise _being_closed(type(self).__name__)
             portal = self._portal
             if portal is not None and portal.borrowed and not portal.loop.is_running():
                 portal = None  # the loop lent has ended: a loop of our own from now on
