@@ -343,3 +343,85 @@ async def test_a_body_that_stops_coming_is_refused_with_408(tmp_path: Path,
         reply = await asyncio.to_thread(paced)
         assert reply.startswith(b"HTTP/1.1 201 "), reply[:100]
     assert await hub.app.count({"action": "k:slow"}) == 1
+
+
+def _send_whole_then_read(port: int, request: bytes) -> tuple[str, bytes]:
+    """Send ``request`` whole, then read until the hub closes: ("", the answer), or
+    what went wrong ("send: ...", "recv: ...") and the answer read before it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(request)
+        except OSError as exc:
+            return f"send: {exc!r}", b""
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except OSError as exc:
+            return f"recv: {exc!r}", out
+        return "", out
+
+
+@pytest.mark.parametrize("connection", ["keep-alive", "close"])
+async def test_an_early_answer_reaches_the_client_whatever_its_connection_header(
+        tmp_path: Path, connection: str) -> None:
+    """A request answered before its body was read (a bad key: 401, a body over the
+    limit: 413) on a connection with ``Connection: close`` (what nginx sends upstream
+    by default): the hub closed the socket with the body unread, the kernel reset it
+    under the sender, and the client (nginx: 502) never read the answer. It is read
+    and dropped as on a kept-alive connection, then the connection is closed."""
+    store = CredentialStore(tmp_path / "credentials.json")
+    config = HubConfig(port=0, credentials_path=str(store.path))
+    async with running_hub(Conveyor(hub_db_url(tmp_path)), config, store) as hub:
+        good = hub.key("pub", admin=True)
+        trials = [("cvk_000000000000_bad", 4 << 20, 401, "unauthorized"),
+                  (good, 17 << 20, 413, "too_large")]
+        for key, size, status, code in trials:
+            body = b'{"action": "k:x", "payload": "' + b"z" * size + b'"}'
+            request = (b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: "
+                       b"Bearer " + key.encode() + b"\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: "
+                       + connection.encode() + b"\r\n\r\n" + body)
+            if connection == "keep-alive":  # then a request that closes, to end it
+                request += (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: "
+                            b"Bearer " + good.encode() + b"\r\nConnection: close\r\n\r\n")
+            failed, reply = await asyncio.to_thread(_send_whole_then_read, _port(hub),
+                                                    request)
+            assert not failed, (status, failed, reply[:200])
+            assert reply.startswith(f"HTTP/1.1 {status} ".encode()), (status, reply[:1000])
+            head, _, rest = reply.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")))
+            assert json.loads(rest[:length])["error"]["code"] == code, reply[:300]
+            if connection == "keep-alive":
+                assert b"HTTP/1.1 200 " in rest[length:], reply[-300:]
+        assert await hub.app.count() == 0
+
+
+async def test_an_early_answer_that_closes_waits_for_the_rest_a_bounded_time(
+        tmp_path: Path) -> None:
+    """The rest of a body answered early on a ``Connection: close`` request is read and
+    dropped only while it comes within head_timeout of the answer, as on a kept-alive
+    connection: a client trickling a 100 MB body does not hold the connection."""
+    store = CredentialStore(tmp_path / "credentials.json")
+    config = HubConfig(port=0, credentials_path=str(store.path), head_timeout=1.0)
+    async with running_hub(Conveyor(hub_db_url(tmp_path)), config, store) as hub:
+        head = (b"POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{")
+
+        def trickle() -> tuple[bytes, float]:
+            with socket.create_connection(("127.0.0.1", _port(hub)), timeout=10) as sock:
+                sock.sendall(head)
+                reply = _read_all(sock, 10)  # the answer, then the end of what comes
+                began = time.monotonic()
+                while time.monotonic() - began < 15:
+                    try:
+                        sock.sendall(b" ")
+                    except OSError:  # closed: a reset or a broken pipe
+                        return reply, time.monotonic() - began
+                    time.sleep(0.2)
+                return reply, float("inf")
+
+        reply, closed_after = await asyncio.to_thread(trickle)
+        assert reply.startswith(b"HTTP/1.1 401 ") and reply.endswith(b"}}"), reply[-200:]
+        assert closed_after < 6, "the hub went on reading the body of an answered request"

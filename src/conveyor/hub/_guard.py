@@ -22,10 +22,11 @@ import asyncio
 import ipaddress
 import json
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from ._config import HubConfig, is_loopback
 from ._http import error_response
@@ -72,6 +73,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._tail = b""         # its last 3 bytes (an end split across two reads)
         self._framing = 0        # bytes of the body read since its last data
         self._idle_after = False  # an answered request's body ended: idle once read
+        self._close_after = False  # answered, not kept alive: closed once its body is read
         self._stall_timer: asyncio.TimerHandle | None = None  # a body that stopped coming
         # the time a head may take, or the unread rest of an answered request's body
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
@@ -130,7 +132,26 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._in_body, self._framing = True, 0
         self._stop_head_timer()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # not an upgrade
+            cycle.transport = _CycleTransport(self, cycle)  # type: ignore[assignment]
         self._body_came()
+
+    def _answered_closing(self, cycle: RequestResponseCycle) -> None:
+        """``cycle``'s answer, not kept alive, is out: close. When it was sent before
+        the request's body was read whole (a refused key: 401, a body over the limit:
+        413), the rest is first read and dropped, as on a kept-alive connection (within
+        head_timeout of the answer, see :meth:`on_response_complete`): closed with
+        unread data, the connection was reset under a client still sending (nginx,
+        which sends ``Connection: close`` upstream, answered 502), which then lost the
+        answer."""
+        if (cycle is self.cycle and cycle.response_complete and self._in_body
+                and not self.transport.is_closing()):
+            self._close_after = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()  # the answer is whole: no more is coming
+            return
+        self.transport.close()
 
     def _body_came(self) -> None:
         """A request's body is awaited: it must go on coming (a client with a key that
@@ -163,6 +184,15 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._in_body = False
         self._heads += 1
         self._stop_head_timer()  # a body that had to come in time came
+        if self._close_after:  # the rest of an answered request's body, read whole
+            self._dropping = True
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._dropping:  # data after the request that closes the connection
+            self.transport.close()
+            return
+        super().send_400_response(msg)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -219,6 +249,23 @@ class GuardedHttpTools(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER, self.transport.close)
+
+
+class _CycleTransport:
+    """The transport a request's cycle writes its answer to: the connection's, but for
+    the close after an answer that is not kept alive (see
+    :meth:`GuardedHttpTools._answered_closing`)."""
+
+    def __init__(self, protocol: GuardedHttpTools, cycle: RequestResponseCycle) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+        self._transport = protocol.transport
+
+    def close(self) -> None:
+        self._protocol._answered_closing(self._cycle)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class SameOrigin:
