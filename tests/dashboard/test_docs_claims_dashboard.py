@@ -23,7 +23,7 @@ COUNT_CALLS = """
   window.__calls = {};
   const fetch = window.fetch.bind(window);
   window.fetch = (path, init) => {
-    const name = String(path);
+    const name = new URL(String(path), location.href).pathname;  // relative to the page
     window.__calls[name] = (window.__calls[name] || 0) + 1;
     return fetch(path, init);
   };

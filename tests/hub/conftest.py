@@ -14,12 +14,13 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import uvicorn
+from starlette.types import ASGIApp
 
 from conveyor import Conveyor
 from conveyor.hub import Hub, HubConfig, create_hub
@@ -95,12 +96,18 @@ class RunningHub:
 
 @contextlib.asynccontextmanager
 async def running_hub(app: Conveyor, config: HubConfig,
-                      credentials: CredentialStore | None) -> AsyncIterator[RunningHub]:
+                      credentials: CredentialStore | None, *,
+                      wrap: Callable[[ASGIApp], ASGIApp] | None = None,
+                      ) -> AsyncIterator[RunningHub]:
+    """The hub of ``app``, served by uvicorn as ``conveyor serve`` serves it; ``wrap``,
+    when given, puts an ASGI app in front of it (a proxy's path prefix, say)."""
     port = config.port or free_port()
     config = replace(config, port=port)
     asgi = create_hub(app, config, credentials=credentials)
-    server = uvicorn.Server(server_config(asgi, replace(config, host="127.0.0.1"),
-                                          log_level="warning"))
+    settings = server_config(asgi, replace(config, host="127.0.0.1"), log_level="warning")
+    if wrap is not None:
+        settings.app = wrap(asgi)
+    server = uvicorn.Server(settings)
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + START_TIMEOUT
     while not server.started:

@@ -1,5 +1,9 @@
 """The dashboard: a static page at ``/`` and its assets under ``/dashboard/static/``.
 
+The page refers to its assets, the API and the WebSocket by URLs relative to
+its own, so a proxy may serve the hub under a path prefix it strips
+(``https://host/conveyor/``; see ``docs/dashboard.md``).
+
 The page holds no data and is served without a credential (a browser cannot
 send a Bearer header when it navigates); everything it shows comes from the
 hub's public REST and WebSocket API, called with the key the user types in

@@ -1,4 +1,6 @@
 // conveyor dashboard: uses only the hub's public API (REST under /api/v1, WebSocket /ws).
+// Every URL is relative to the page's, so the hub may be served under a path prefix
+// (https://host/conveyor/): a proxy that strips it sends the hub its own paths.
 // Every value from the hub is rendered with textContent, never as HTML.
 "use strict";
 
@@ -70,6 +72,13 @@
 
   function connection(text) { setText("connection", text); }
 
+  // the hub's WebSocket, beside the page (ws: for an http: page, wss: for https:)
+  function hubSocketURL() {
+    const url = new URL("ws", location.href);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    return url.href;
+  }
+
   // -- REST ----------------------------------------------------------------------------
 
   class HubError extends Error {
@@ -140,7 +149,7 @@
     connection("checking the hub");
     let insecure = false;
     try {
-      const probe = await fetch("/healthz", { cache: "no-store" });
+      const probe = await fetch("healthz", { cache: "no-store" });
       if (probe.status === 429) {
         notice("Too many failed logins from this address: wait a minute, then reload.");
       }
@@ -210,8 +219,7 @@
     stop();
     show("key-form", false);
     connection("connecting");
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${scheme}//${location.host}/ws`);
+    const ws = new WebSocket(hubSocketURL());
     state.ws = ws;
     let refused = false;
     ws.onopen = () => {
@@ -700,7 +708,7 @@
     const stillViewed = () => Boolean(state.watch && state.watch.taskId === task.id);
     busy(true, what);
     try {
-      const updated = await api("POST", `/api/v1/tasks/${encodeURIComponent(task.id)}/${what}`,
+      const updated = await api("POST", `api/v1/tasks/${encodeURIComponent(task.id)}/${what}`,
                                 body);
       if (!stillViewed()) return;
       renderTask(updated);
@@ -710,7 +718,7 @@
       actionError(`${what}: ${err.message}`);
       if (err.status === 409) {  // the task moved on meanwhile: show it as it is now
         try {
-          const now = await api("GET", `/api/v1/tasks/${encodeURIComponent(task.id)}`);
+          const now = await api("GET", `api/v1/tasks/${encodeURIComponent(task.id)}`);
           if (!stillViewed() || !state.viewed || state.viewed.id !== now.id) return;
           renderTask(now);
           // live again (retried elsewhere) while this view's watch had ended: follow it
@@ -740,7 +748,7 @@
   async function panelData(what) {
     if (!state.authed) return null;
     try {
-      const data = await api("GET", `/api/v1/${what}`);
+      const data = await api("GET", `api/v1/${what}`);
       panelError(what, null);
       return data;
     } catch (err) {
@@ -782,7 +790,7 @@
     if (!state.authed) return null;
     const headers = state.key ? { Authorization: `Bearer ${state.key}` } : {};
     try {
-      const response = await fetch("/metrics", { headers, cache: "no-store" });
+      const response = await fetch("metrics", { headers, cache: "no-store" });
       return response.ok ? await response.text() : null;
     } catch (_) {
       return null;
