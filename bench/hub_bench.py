@@ -417,7 +417,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tmp", default=None)
     p.add_argument("--sync", choices=["full", "normal"], default="full",
-                   help="SQLite synchronous setting of every database (default full)")
+                   help="SQLite synchronous setting of the databases (default full; "
+                        "the fan-out's are always normal, as its docstring says)")
     args = p.parse_args()
     for name in ("count", "n", "concurrency", "subscribers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

@@ -590,9 +590,11 @@ def conveyor_drain(url: str, procs: int, cfg: Config, tag: str) -> dict[str, Any
         out["longest_stall_s"] = gap
         out["reruns"] = reader.one(
             f"SELECT count(*) FROM {TABLE} WHERE attempts > 1 OR rescues > 0")
-        out["succeeded_per_process"] = [r[0] for r in reader.all(
-            'SELECT count(*) FROM "conveyor".changes WHERE event = \'succeeded\' '
-            "GROUP BY origin ORDER BY 1 DESC")]
+        # tasks, not change rows: a batched row carries the change of every task in
+        # its ``ids``
+        out["succeeded_per_process"] = [int(r[0]) for r in reader.all(
+            'SELECT sum(coalesce(cardinality(ids), 1)) FROM "conveyor".changes '
+            "WHERE event = 'succeeded' GROUP BY origin ORDER BY 1 DESC")]
         if statuses.get("succeeded") != cfg.n:
             raise BenchError(f"conveyor drain ({procs} procs): statuses {statuses}")
     finally:
@@ -1353,6 +1355,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--drain-timeout must be more than 0")
     if a.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(a.out))):
         ap.error(f"--out {a.out!r}: its folder does not exist")
+    if a.peers and not os.path.isdir(a.peers):
+        ap.error(f"--peers {a.peers!r}: no such folder ('' for no peers)")
+    unknown_peers = {p for p in a.peer_set.split(",") if p} - set(PEER_SET)
+    if unknown_peers:
+        ap.error(f"--peer-set: unknown peer(s) {', '.join(sorted(unknown_peers))} "
+                 f"(known: {', '.join(PEER_SET)})")
+    if a.only:
+        unknown = set(a.only.split(",")) - {"conveyor", "raw", *CONVEYOR_PIECES}
+        if unknown:
+            ap.error(f"--only: unknown piece(s) {', '.join(sorted(unknown))}")
     procs = a.drain_procs.split(",")
     if not procs or any(p not in ("1", "2") for p in procs):
         ap.error("--drain-procs takes 1, 2 or 1,2 (the figures compare 2 processes, as the "
@@ -1369,6 +1381,13 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="conveyor-pgbench-")
     cfg = Config(a, tmp)
     server = server_url(a.db)
+    import psycopg
+
+    try:
+        psycopg.connect(server, connect_timeout=10).close()
+    except psycopg.Error as exc:  # one line, not a traceback
+        raise SystemExit(f"cannot connect to PostgreSQL: {' '.join(str(exc).split())}") \
+            from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     res: dict[str, Any] = {"bench": "postgres",
                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

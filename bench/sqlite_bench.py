@@ -596,8 +596,11 @@ def conveyor_drain(db: str, procs: int, cfg: Config) -> dict[str, Any]:
         out["db_rate_first_start_to_last_finish"] = cfg.n / (last - first)
         out["reruns"] = reader.execute(
             "SELECT count(*) FROM conveyor_tasks WHERE attempts > 1 OR rescues > 0").fetchone()[0]
+        # tasks, not change rows: a row with a batch carries the change of every
+        # task in it (a JSON array of [task_id, version] pairs)
         per_proc = reader.execute(
-            "SELECT count(*) FROM conveyor_changes WHERE event = 'succeeded' "
+            "SELECT sum(CASE WHEN batch IS NULL THEN 1 ELSE json_array_length(batch) END) "
+            "FROM conveyor_changes WHERE event = 'succeeded' "
             "GROUP BY origin ORDER BY 1 DESC").fetchall()
         out["succeeded_per_process"] = [r[0] for r in per_proc]
         if rows.get("succeeded") != cfg.n:

@@ -83,3 +83,14 @@ def test_an_interrupted_bench_says_which_of_its_tasks_are_left(
     assert count(db, {"action": action}) == left > 0
     assert count(db, {"action": action, "status": {"$ne": "queued"}}) == 0
     assert [t.id for t in find(db, {"action": "mail:send"})] == [mine.id]
+
+
+def test_latency_percentiles_are_nearest_rank() -> None:
+    """p99 of 100 samples was their largest (index int(0.99 * n)); the nearest rank,
+    as bench/sqlite_bench.py reports it, is the 99th."""
+    from conveyor.cli._bench import _percentile
+
+    assert _percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
+    assert _percentile([float(i) for i in range(1, 201)], 0.99) == 198.0
+    assert _percentile([float(i) for i in range(1, 101)], 0.5) == 50.0
+    assert _percentile([7.0], 0.99) == 7.0

@@ -7,6 +7,7 @@ own benchmarks, with raw-database baselines and peer libraries, are in ``bench/`
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
 import statistics
 import tempfile
@@ -155,8 +156,10 @@ async def _leave_note(app: Conveyor, action: str) -> None:
 
 
 def _percentile(values: list[float], q: float) -> float:
+    """The nearest-rank percentile (as bench/sqlite_bench.py reports it): p99 of 100
+    samples is the 99th, not the largest."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 @click.command("bench", short_help="Measure no-op task throughput and latency here.")
