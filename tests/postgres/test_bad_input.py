@@ -35,6 +35,7 @@ def _with(url: str, **parts: Any) -> str:
     "postgresql://u:p@localhost/db?pool_max=lots",
     "postgresql://u:p@localhost/db?pool_min=5&pool_max=2",
     "postgresql://u:p@localhost/db?poll_interval=0",
+    "postgresql://u:p@localhost/db?poll_interval=1e10",  # the feed read once in 300 years
     "postgresql://u:p@localhost/db?pool_timeout=0",
     "postgresql://u:p@localhost/db?pool_timeout=-1",
     "postgresql://u:p@localhost/db?pool_timeout=soon",
@@ -319,3 +320,9 @@ async def test_nul_in_a_unique_key_is_named(storage: Any) -> None:
     with pytest.raises(ValidationError, match="unique key"):
         await storage.add([spec])
     assert await storage.get(spec.id) is None
+
+
+def test_poll_interval_is_at_most_an_hour() -> None:
+    with pytest.raises(ConfigurationError, match="poll_interval must be at most 3600"):
+        open_storage("postgresql://u:p@localhost/db?poll_interval=3601")
+    assert open_storage("postgresql://u:p@localhost/db?poll_interval=3600") is not None

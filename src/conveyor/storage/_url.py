@@ -6,7 +6,13 @@ import re
 from collections.abc import Sequence
 from urllib.parse import SplitResult, urlsplit
 
-__all__ = ["given_twice", "hide_password", "misplaced_userinfo", "scrub_password"]
+__all__ = ["MAX_OPTION_SECONDS", "given_twice", "hide_password", "misplaced_userinfo",
+           "scrub_password"]
+
+MAX_OPTION_SECONDS = 3600.0
+"""The most a storage's ``busy_timeout`` and ``poll_interval`` (SQLite) or
+``poll_interval`` (PostgreSQL) may be: an hour (well within what
+``threading`` can wait, ``threading.TIMEOUT_MAX``)."""
 
 _PASSWORD_PARAM = re.compile(r"(?i)((?:^|&)password=)[^&]*")
 

@@ -24,7 +24,7 @@ the schema on open), ``pool_min`` / ``pool_max`` (connections of the first event
 loop's pool, default 1 / 10; another loop's pool has at most 4),
 ``pool_timeout`` (seconds a call waits for a pooled connection, default 30),
 ``poll_interval`` (seconds between change-feed reads without a notification,
-default 1), ``listen`` (``false``: poll only, for poolers in
+default 1, at most an hour), ``listen`` (``false``: poll only, for poolers in
 transaction mode), ``prepare`` (``false``: never use prepared statements, for
 PgBouncer before 1.21 in transaction mode). See docs/postgres.md.
 """
@@ -84,7 +84,7 @@ from ._feed import Fanout, FanoutFeed, ReadyHooks, opened_start
 from ._pgfeed import Listener
 from ._pgsync import SyncConnection
 from ._sqlfile import load_migrations, load_queries, load_sql
-from ._url import given_twice
+from ._url import MAX_OPTION_SECONDS, given_twice
 from ._url import hide_password as _hide_password
 from ._url import misplaced_userinfo as _misplaced_userinfo
 from ._url import scrub_password as _scrub_password
@@ -338,6 +338,9 @@ def _check_options(o: PgOptions) -> None:
     for name in ("poll_interval", "pool_timeout"):
         if not getattr(o, name) > 0:
             raise ConfigurationError(f"postgres {name} must be > 0 seconds")
+    if o.poll_interval > MAX_OPTION_SECONDS:  # the feed would be read once a day, say
+        raise ConfigurationError(f"postgres poll_interval must be at most "
+                                 f"{MAX_OPTION_SECONDS:g} seconds, not {o.poll_interval!r}")
     if not _SCHEMA_NAME.fullmatch(o.schema) or o.schema.startswith("pg_"):
         raise ConfigurationError(
             f"bad schema name {o.schema!r}: use lower-case letters, digits and underscores "

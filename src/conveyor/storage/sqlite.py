@@ -68,7 +68,7 @@ from ._codec import claimed_to_task, encode_scope, row_to_task, task_to_row
 from ._feed import Fanout, FanoutFeed, opened_start
 from ._sqlfile import load_migrations, load_queries
 from ._sqlthread import ConnSlot, DBThread, ReaderPool, begin_immediate, is_busy, retry_busy
-from ._url import given_twice
+from ._url import MAX_OPTION_SECONDS, given_twice
 from .base import (
     AddResult,
     Change,
@@ -100,9 +100,6 @@ _UNREAD_CHECK = 1.0  # seconds between the watcher's looks for streams nobody re
 _SWEEP_GRACE = 2.0  # seconds after a stall on the write lock during which sweeps skip
 FEED_RETENTION = 3600.0
 """Seconds the change feed keeps its entries (consumers only read recent ones)."""
-MAX_OPTION_SECONDS = 3600.0
-"""The most ``busy_timeout`` and ``poll_interval`` may be: an hour (well within what
-``threading`` can wait, ``threading.TIMEOUT_MAX``)."""
 READERS = 2
 """Reader threads (each with its own connection) a storage object starts at most:
 the second when a read finds the first busy."""
