@@ -291,3 +291,17 @@ async def test_a_delayed_task_shows_when_it_runs(dash: Dash) -> None:
     await dash.row(now.id).click()
     await expect(page.get_by_test_id("task-status")).to_have_text("running")
     await expect(page.get_by_test_id("task-run-at")).to_have_text("")  # not waiting
+
+
+async def test_a_child_task_links_to_its_parent(dash: Dash) -> None:
+    parent = await dash.app.add("job:hang")
+    child = await dash.app.add("job:quick", {"n": 1}, parent_id=parent.id)
+    await dash.open()
+    page = dash.page
+    await page.goto(f"{dash.hub.url}/#/tasks/{child.id}")
+    await expect(page.get_by_test_id("task-id")).to_have_text(child.id)
+    link = page.get_by_test_id("task-parent-link")
+    await expect(link).to_have_text(parent.id)
+    await link.click()
+    await expect(page.get_by_test_id("task-id")).to_have_text(parent.id)
+    await expect(page.get_by_test_id("task-parent")).to_have_text("")  # none of its own

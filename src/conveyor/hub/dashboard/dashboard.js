@@ -671,6 +671,15 @@
     setText("task-started", time(task.started_at));
     setText("task-finished", time(task.finished_at));
     setText("task-worker", task.worker || "");
+    // parent_id is a label (the parent may not exist): a link to its view
+    const parent = $("task-parent");
+    if (task.parent_id) {
+      const link = make("a", task.parent_id, "task-parent-link");
+      link.href = `#/tasks/${encodeURIComponent(task.parent_id)}`;
+      parent.replaceChildren(link);
+    } else {
+      parent.replaceChildren();
+    }
     renderProgress(task.progress, task.status);
     setText("task-payload", json(task.payload));
     show("task-result-box", task.status === "succeeded");
