@@ -39,7 +39,7 @@ class HubConfig:
     - ``max_rate``: messages per second one connection may send (a burst of
       twice that is allowed) before it is cut off (close code 4029);
     - ``login_failures`` within ``login_window`` seconds lock a client address
-      out for ``login_lockout`` seconds;
+      out for ``login_lockout`` seconds (0 and 1 alike: the first failure);
     - ``offer_timeout``: how long an offer waits for a ``pickup`` before the
       task is offered elsewhere;
     - ``service_lease``: how long a remote worker's task lease lasts without a
