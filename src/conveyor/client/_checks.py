@@ -9,7 +9,7 @@ from ..errors import ConfigurationError, ValidationError
 from ..model import seconds
 from ..storage._url import hide_password
 
-__all__ = ["check_http_url", "setting_seconds"]
+__all__ = ["check_http_url", "check_hub_url", "setting_seconds"]
 
 
 def setting_seconds(value: float | timedelta, what: str, *, allow_zero: bool = False) -> float:
@@ -28,9 +28,17 @@ def setting_seconds(value: float | timedelta, what: str, *, allow_zero: bool = F
 def check_http_url(url: str) -> str:
     """``url`` when it is the hub's base ``http://`` or ``https://`` URL, as ``--hub``
     is checked; else :class:`ConfigurationError`."""
-    problem = hub_url_problem(url)
+    return check_hub_url(url, ("http", "https"), "the hub's http:// or https:// URL with "
+                                                 "a host")
+
+
+def check_hub_url(url: str, schemes: tuple[str, ...], expected: str, *,
+                  query: bool = False) -> str:
+    """``url`` when :func:`~conveyor._hub_url.hub_url_problem` finds nothing wrong with
+    it (one of ``schemes``; a query only with ``query``); else
+    :class:`ConfigurationError` naming the problem and what was ``expected``."""
+    problem = hub_url_problem(url, schemes, query=query)
     if problem is not None:
         shown = hide_password(url) if isinstance(url, str) else url
-        raise ConfigurationError(f"not a hub URL: {shown!r} ({problem}; expected the hub's "
-                                 "http:// or https:// URL with a host)")
+        raise ConfigurationError(f"not a hub URL: {shown!r} ({problem}; expected {expected})")
     return url

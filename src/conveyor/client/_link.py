@@ -24,9 +24,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from .. import _json
-from .._hub_url import hub_url_problem
-from ..errors import ConfigurationError, ValidationError
+from ..errors import ValidationError
 from ..storage._url import hide_password, scrub_password
+from ._checks import check_hub_url
 from ._errors import HubError
 
 __all__ = ["CLOSED", "FrameTooBig", "Link", "Unsendable", "hub_error", "ws_url"]
@@ -64,10 +64,8 @@ _wire_log = _Redacting(logging.getLogger("websockets.client"), {})
 def ws_url(url: str, path: str = "/ws") -> str:
     """``http://host:port`` (or ``ws://...``, with or without ``/ws``) as the WebSocket
     URL; checked as ``--hub`` is (a host, a port from 1 to 65535), but a query is kept."""
-    problem = hub_url_problem(url, ("http", "https", "ws", "wss"), query=True)
-    if problem is not None:
-        raise ConfigurationError(f"not a hub URL: {hide_password(url)!r} ({problem}; expected "
-                                 "http://, https://, ws:// or wss:// with a host)")
+    check_hub_url(url, ("http", "https", "ws", "wss"),
+                  "http://, https://, ws:// or wss:// with a host", query=True)
     parts = urlsplit(url)
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}[parts.scheme.lower()]
     base = parts.path.rstrip("/")
